@@ -1,0 +1,264 @@
+"""Default configuration of MICA (yacs).
+
+One tree of defaults, built at import and never mutated: ``get_cfg_defaults()`` returns a clone.
+Entry scripts call ``load_cfg(cfg_file, opts)``, which merges a YAML file (``configs/mica.yml``)
+and trailing ``KEY VALUE`` command-line pairs, checks the result (``check_cfg``) and freezes it.
+An unknown key or a value of the wrong type is a one-line ``ValueError``.
+
+Relative paths are relative to the project root (the folder holding this ``configs/`` package);
+``resolve_path`` turns them into absolute ones.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Iterable, Optional, Sequence
+
+import yaml
+from yacs.config import CfgNode as CN
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+
+_C = CN()
+# Bump when a key is renamed, so old YAML files can be recognised.
+_C.VERSION = 1
+
+# Compute device: "auto" (cuda, else mps, else cpu), "cpu", "cuda", "cuda:N" or "mps".
+_C.device = "auto"
+# Kept for compatibility with the original YAML files; with device "cuda" selects the GPU index.
+_C.device_id = "0"
+# Numeric precision of the networks: "fp32" (default, the original's numbers), "bf16", "fp16" or
+# "auto" (bf16 on CPUs with native bf16 support, fp16/bf16 on CUDA, else fp32).
+_C.precision = "fp32"
+# Seed of every random number generator (each rank adds its rank).
+_C.seed = 0
+# The MICA checkpoint (mica.tar format) used by demo.py and test.py, and to initialise training
+# when model.use_pretrained is True. Empty = none.
+_C.pretrained_model_path = "data/pretrained/mica.tar"
+# Output folder of training runs / tests. Empty = "output/<config file stem>".
+_C.output_dir = ""
+
+# ---------------------------------------------------------------------------------------------
+# Model
+# ---------------------------------------------------------------------------------------------
+_C.model = CN()
+_C.model.testing = False
+# Name of the model (only "mica" exists).
+_C.model.name = "mica"
+# FLAME 2020 files (see data/README.md for where to get them).
+_C.model.topology_path = "data/FLAME2020/head_template.obj"
+_C.model.flame_model_path = "data/FLAME2020/generic_model.pkl"
+_C.model.flame_lmk_embedding_path = "data/FLAME2020/landmark_embedding.npy"
+_C.model.flame_masks_path = "data/FLAME2020/FLAME_masks/FLAME_masks.pkl"
+# Number of FLAME identity (shape) coefficients predicted (at most 300 of FLAME's 400 columns;
+# the last 100 are expression).
+_C.model.n_shape = 300
+# Number of FLAME expression coefficients of the FLAME layer (zero for MICA's canonical shape).
+_C.model.n_exp = 100
+# Unused by MICA's mapping network; kept so the original YAML files load.
+_C.model.layers = 8
+_C.model.hidden_layers_size = 256
+# Hidden 300x300 layers of the mapping network (a skip connection is added when > 5).
+_C.model.mapping_layers = 3
+# ArcFace backbone architecture: iresnet18/34/50/100/200.
+_C.model.arch = "iresnet100"
+# Start training from pretrained_model_path (True) or from the ArcFace weights below (False).
+_C.model.use_pretrained = True
+# arcface_torch backbone.pth (Glint360K) used to initialise ArcFace when training from scratch.
+_C.model.arcface_pretrained_model = "data/pretrained/backbone.pth"
+
+# ---------------------------------------------------------------------------------------------
+# Face detection (demo / benchmark export)
+# ---------------------------------------------------------------------------------------------
+_C.detector = CN()
+# "auto" (SCRFD when antelopev2 is present, else MTCNN), "scrfd" or "mtcnn".
+_C.detector.name = "auto"
+# Folder of insightface antelopev2 (holds scrfd_10g_bnkps.onnx).
+_C.detector.antelopev2_dir = "~/.insightface/models/antelopev2"
+# Detection input size (width, height) of SCRFD, as in MICA's demo.
+_C.detector.det_size = (224, 224)
+# Minimum detection score.
+_C.detector.threshold = 0.5
+
+# ---------------------------------------------------------------------------------------------
+# Datasets
+# ---------------------------------------------------------------------------------------------
+_C.dataset = CN()
+# Names of the training datasets (upper-cased on lookup; lists in datasets/image_paths/).
+_C.dataset.training_data = ["LYHM"]
+# Names of the validation datasets.
+_C.dataset.eval_data = ["FLORENCE"]
+# Actors per batch; each brings K images.
+_C.dataset.batch_size = 2
+# Images drawn per actor, without replacement.
+_C.dataset.K = 4
+_C.dataset.n_train = 100000
+# DataLoader worker processes (0 = load in the main process).
+_C.dataset.num_workers = 4
+# Root holding one folder per dataset (NAME/FLAME_parameters, NAME/arcface_input).
+_C.dataset.root = "/datasets/MICA/"
+# Folder of the per-dataset image lists (NAME.npy).
+_C.dataset.image_lists = "datasets/image_paths"
+
+# ---------------------------------------------------------------------------------------------
+# Per-vertex loss weights from FLAME_masks.pkl (assigned in the order whole, eyes, ears, face;
+# later assignments win). nose/lips/forehead/eye regions are carried but unused by default.
+# ---------------------------------------------------------------------------------------------
+_C.mask_weights = CN()
+_C.mask_weights.face = 150.0
+_C.mask_weights.nose = 50.0
+_C.mask_weights.lips = 50.0
+_C.mask_weights.forehead = 50.0
+_C.mask_weights.lr_eye_region = 50.0
+_C.mask_weights.eye_region = 50.0
+_C.mask_weights.whole = 1.0
+_C.mask_weights.ears = 0.01
+_C.mask_weights.eyes = 0.01
+
+# Window of the running average of the validation loss used to keep "best" models.
+_C.running_average = 7
+
+# ---------------------------------------------------------------------------------------------
+# Training
+# ---------------------------------------------------------------------------------------------
+_C.train = CN()
+# Weight the per-vertex loss with mask_weights (False = uniform weights).
+_C.train.use_mask = False
+_C.train.max_epochs = 50
+_C.train.max_steps = 100000
+# Learning rate of the mapping network.
+_C.train.lr = 1e-4
+# Learning rate of the trainable ArcFace part (layer4 and head).
+_C.train.arcface_lr = 1e-3
+_C.train.weight_decay = 0.0
+# StepLR: multiply both learning rates by 0.1 every lr_update_step steps.
+_C.train.lr_update_step = 100000000
+# Sub-folders of output_dir.
+_C.train.log_dir = "logs"
+_C.train.vis_dir = "train_images"
+_C.train.val_vis_dir = "val_images"
+# Periods in steps (0 = never).
+_C.train.log_steps = 10
+_C.train.vis_steps = 200
+_C.train.checkpoint_steps = 1000
+_C.train.checkpoint_epochs_steps = 2
+_C.train.val_steps = 1000
+_C.train.eval_steps = 5000
+_C.train.val_save_img = 5000
+_C.train.write_summary = True
+# Start a fresh optimiser when loading a training checkpoint.
+_C.train.reset_optimizer = False
+# Resume from output_dir's last checkpoint if there is one.
+_C.train.resume = True
+# Keep this many periodic checkpoints (0 = keep all).
+_C.train.keep_checkpoints = 3
+# Deterministic algorithms (bit-identical resume; slower).
+_C.train.deterministic = False
+
+# Benchmark used by test.py when --benchmark is not given ("now" or "stirling").
+_C.test_dataset = "now"
+
+# ---------------------------------------------------------------------------------------------
+# Benchmarks (test.py)
+# ---------------------------------------------------------------------------------------------
+_C.test = CN()
+# NoW root (holds imagepathsvalidation.txt, NoW_Dataset/, scans/, scans_lmks_onlypp/).
+_C.test.now_root = ""
+# Stirling/ESRC root (holds images/Real_images__Subset_2D_FG2018/{HQ,LQ}).
+_C.test.stirling_root = ""
+# Tag appended to the output folder name (now_test_TAG / stirling_test_TAG).
+_C.test.tag = "mica"
+
+
+def get_cfg_defaults() -> CN:
+    """A clone of the default configuration (safe to modify)."""
+    return _C.clone()
+
+
+def resolve_path(path: str) -> Path:
+    """Absolute path: ``~`` expanded, relative paths taken from the project root."""
+    p = Path(os.path.expanduser(str(path)))
+    return p if p.is_absolute() else PROJECT_ROOT / p
+
+
+def _merge_yaml(cfg: CN, cfg_file: str | os.PathLike) -> None:
+    path = Path(cfg_file)
+    if not path.is_file():
+        raise FileNotFoundError(f"config file {path} does not exist (try configs/mica.yml)")
+    try:
+        with open(path, "r", encoding="utf-8") as f:
+            data = yaml.safe_load(f) or {}
+    except yaml.YAMLError as e:
+        raise ValueError(f"config file {path} is not valid YAML: {str(e).splitlines()[0]}") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"config file {path} must hold a mapping of keys, not {type(data).__name__}")
+    try:
+        cfg.merge_from_other_cfg(CN(data))
+    except (KeyError, ValueError) as e:
+        raise ValueError(f"config file {path}: {_yacs_message(e)}") from None
+
+
+def _yacs_message(e: Exception) -> str:
+    msg = str(e.args[0]) if e.args else str(e)
+    if msg.startswith(("Non-existent config key", "Non-existent key")):
+        key = msg.split(":", 1)[1].strip()
+        return f"unknown config key '{key}' (see configs/config.py for the valid keys)"
+    return msg.replace("\n", " ")
+
+
+def merge_opts(cfg: CN, opts: Sequence[str]) -> None:
+    """Merge trailing ``KEY VALUE`` pairs (e.g. ``train.lr 1e-4``) into ``cfg``."""
+    opts = list(opts or [])
+    if len(opts) % 2:
+        raise ValueError(f"command-line overrides must be KEY VALUE pairs, got an odd number: {opts}")
+    try:
+        cfg.merge_from_list(opts)
+    except (KeyError, ValueError, AssertionError) as e:
+        raise ValueError(f"command-line override: {_yacs_message(e)}") from None
+
+
+def check_cfg(cfg: CN) -> None:
+    """Cross-key checks; raises ``ValueError`` naming the key and the allowed values."""
+    if cfg.precision not in ("fp32", "bf16", "fp16", "auto"):
+        raise ValueError(f"precision must be fp32, bf16, fp16 or auto, not '{cfg.precision}'")
+    dev = str(cfg.device)
+    if not (dev in ("auto", "cpu", "mps", "cuda") or dev.startswith("cuda:")):
+        raise ValueError(f"device must be auto, cpu, cuda, cuda:N or mps, not '{dev}'")
+    if not 1 <= cfg.model.n_shape <= 300:
+        raise ValueError(f"model.n_shape must be in 1..300 (FLAME identity space), not {cfg.model.n_shape}")
+    if not 0 <= cfg.model.n_exp <= 100:
+        raise ValueError(f"model.n_exp must be in 0..100, not {cfg.model.n_exp}")
+    if cfg.model.mapping_layers < 0:
+        raise ValueError(f"model.mapping_layers must be >= 0, not {cfg.model.mapping_layers}")
+    if cfg.model.arch not in ("iresnet18", "iresnet34", "iresnet50", "iresnet100", "iresnet200"):
+        raise ValueError(f"model.arch must be one of iresnet18/34/50/100/200, not '{cfg.model.arch}'")
+    if cfg.detector.name not in ("auto", "scrfd", "mtcnn"):
+        raise ValueError(f"detector.name must be auto, scrfd or mtcnn, not '{cfg.detector.name}'")
+    if cfg.dataset.batch_size < 1 or cfg.dataset.K < 1:
+        raise ValueError("dataset.batch_size and dataset.K must be >= 1")
+    if cfg.dataset.num_workers < 0:
+        raise ValueError("dataset.num_workers must be >= 0")
+    for key in ("lr", "arcface_lr", "weight_decay"):
+        if cfg.train[key] < 0:
+            raise ValueError(f"train.{key} must be >= 0, not {cfg.train[key]}")
+    if cfg.train.lr_update_step < 1:
+        raise ValueError("train.lr_update_step must be >= 1")
+
+
+def load_cfg(cfg_file: Optional[str | os.PathLike] = None, opts: Iterable[str] = (), freeze: bool = True) -> CN:
+    """Defaults, then ``cfg_file`` (YAML), then ``opts``; checked and (by default) frozen.
+
+    Raises:
+        FileNotFoundError: ``cfg_file`` does not exist.
+        ValueError: invalid YAML, unknown key, wrong value type or a failed cross-key check.
+    """
+    cfg = get_cfg_defaults()
+    if cfg_file:
+        _merge_yaml(cfg, cfg_file)
+        if not cfg.output_dir:
+            cfg.output_dir = str(Path("output") / Path(cfg_file).stem)
+    merge_opts(cfg, list(opts))
+    check_cfg(cfg)
+    if freeze:
+        cfg.freeze()
+    return cfg

@@ -42,3 +42,12 @@ def flame_public_dir() -> Path:
 def image_paths_dir() -> Path:
     """The original per-dataset image lists (../shared/data/image_paths); skips when absent."""
     return _shared_subdir("image_paths")
+
+
+@pytest.fixture(scope="session")
+def synthetic_flame_dir(tmp_path_factory) -> Path:
+    """A synthetic FLAME in the real formats (generic_model.pkl, landmark_embedding.npy,
+    FLAME_masks.pkl, head_template.obj); real topology when ../shared is present."""
+    from tests.synthetic_flame import write_synthetic_flame
+
+    return write_synthetic_flame(tmp_path_factory.mktemp("flame"))

@@ -1,0 +1,505 @@
+"""NoW-protocol scoring of predicted meshes against 3D scans (no psbody, no pytorch3d).
+
+Per image (NoW challenge, Sanyal et al. 2019; metrical variant as in MICA):
+1. crop the scan around the face from its 7 landmarks (``crop_scan``);
+2. align the prediction to the scan with its 7 landmarks: similarity Procrustes
+   (``metrical``: rotation and translation only, the scale fixed to the unit factor);
+3. refine scale/rotation/translation (``metrical``: rotation/translation) by least squares on the
+   scan-to-mesh distances, with the 100 * (|s| - s) penalty keeping s positive (``refine_alignment``);
+4. the distances (mm) from every kept scan vertex to the closest point of the aligned predicted
+   surface. All images' distances are concatenated for median / mean / std, overall and per group
+   (NoW challenge, Stirling quality).
+
+``now_items`` / ``stirling_items`` turn a benchmark folder and a predicted folder into work items;
+``evaluate`` scores them and ``write_official_outputs`` writes NoW's result files.
+"""
+from __future__ import annotations
+
+import os
+import pickle
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional, Sequence, Union
+
+import numpy as np
+from loguru import logger
+from scipy.optimize import least_squares
+from tqdm import tqdm
+
+from testing.geometry import MeshDistance, apply_similarity, rotvec_to_matrix, similarity_procrustes
+from testing.pp import read_pp
+from utils.errors import MICAError
+from utils.io import atomic_save, atomic_write_text
+
+PathLike = Union[str, os.PathLike]
+
+NOW_CHALLENGES = ("multiview_neutral", "multiview_expressions", "multiview_occlusions", "selfie")
+NOW_IMAGE_LISTS = {"validation": "imagepathsvalidation.txt", "test": "imagepathstest.txt"}
+# Factor turning predicted units into the scans' millimetres (metrical evaluation).
+UNIT_FACTORS = {"mm": 1.0, "cm": 10.0, "m": 1000.0}
+MESH_SUFFIXES = (".obj", ".ply")
+LANDMARK_SUFFIXES = (".npy", ".txt")
+
+__all__ = [
+    "NOW_CHALLENGES", "UNIT_FACTORS", "Stats", "EvalItem", "EvalResult",
+    "crop_scan", "landmark_alignment", "refine_alignment", "score_mesh",
+    "load_mesh", "load_pred_landmarks", "read_image_list", "now_items", "stirling_items",
+    "evaluate", "write_official_outputs",
+]
+
+
+# ---------------------------------------------------------------------------------------------
+# Per-image protocol
+# ---------------------------------------------------------------------------------------------
+def crop_scan(vertices: np.ndarray, faces: Optional[np.ndarray], lmks: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Keep the scan vertices within NoW's face sphere.
+
+    centre = lmk4 + 0.3 * (nose_bridge - lmk4), nose_bridge = (lmk1 + lmk2) / 2,
+    radius = 1.4 * (|lmk0 - lmk3| + |nose_bridge - lmk4|) / 2.
+
+    Args:
+        vertices: (V, 3) scan vertices (mm).
+        faces: (F, 3) scan triangles or None.
+        lmks: (7, 3) scan landmarks in NoW order.
+
+    Returns:
+        kept vertices (K, 3), kept faces (G, 3) re-indexed (faces whose 3 vertices are kept),
+        and the boolean mask (V,).
+    """
+    lmks = np.asarray(lmks, dtype=np.float64).reshape(7, 3)
+    nose_bottom = lmks[4]
+    nose_bridge = (lmks[1] + lmks[2]) / 2
+    centre = nose_bottom + 0.3 * (nose_bridge - nose_bottom)
+    radius = 1.4 * (np.linalg.norm(lmks[0] - lmks[3]) + np.linalg.norm(nose_bridge - nose_bottom)) / 2
+    mask = np.linalg.norm(vertices - centre, axis=1) <= radius
+    new_index = np.full(len(vertices), -1, dtype=np.int64)
+    new_index[mask] = np.arange(int(mask.sum()))
+    if faces is None or len(faces) == 0:
+        kept_faces = np.zeros((0, 3), dtype=np.int64)
+    else:
+        faces = np.asarray(faces, dtype=np.int64)
+        kept_faces = new_index[faces[mask[faces].all(axis=1)]]
+    return vertices[mask], kept_faces, mask
+
+
+def landmark_alignment(pred_lmks: np.ndarray, scan_lmks: np.ndarray, metrical: bool = False,
+                       unit_factor: float = 1.0) -> tuple[float, np.ndarray, np.ndarray]:
+    """Similarity (s, R, t) taking the predicted landmarks onto the scan landmarks.
+
+    Non-metrical: full Procrustes with scale (a reflection is allowed when it fits better, as
+    NoW's ``reflection='best'``). Metrical: the Procrustes rotation, the scale replaced by
+    ``unit_factor`` and the translation that is optimal for that fixed scale.
+
+    Returns:
+        (s, R (3,3), t (3,)) with aligned = s * x @ R.T + t.
+    """
+    s, rot, t = similarity_procrustes(pred_lmks, scan_lmks, scaling=True, allow_reflection=True)
+    if metrical:
+        s = float(unit_factor)
+        t = np.asarray(scan_lmks).reshape(-1, 3).mean(0) - s * rot @ np.asarray(pred_lmks).reshape(-1, 3).mean(0)
+    return s, rot, t
+
+
+@dataclass
+class Refinement:
+    """Result of ``refine_alignment``: aligned = scale * x @ rot.T + t; distances (N,) in scan units."""
+
+    scale: float
+    rot: np.ndarray
+    t: np.ndarray
+    distances: np.ndarray
+    n_evals: int
+
+
+def refine_alignment(scan_points: np.ndarray, mesh: MeshDistance, with_scale: bool = True,
+                     max_nfev: int = 200) -> Refinement:
+    """Rigid (+ scale) refinement minimising the scan-to-mesh distances.
+
+    Parameters are s, axis-angle r and t of x -> s R (x - c) + c + t, c the scan centroid (the same
+    family of transforms as the original's s R x + t, better conditioned), started at the
+    identity. Residuals: the distance of every scan point to the transformed surface, plus
+    100 * (|s| - s). The distances are computed by moving the scan with the inverse transform
+    (one spatial index for the whole fit). The Jacobian is exact: the derivative of |p - q(theta)|
+    with the closest point q held on its triangle (envelope theorem).
+
+    Args:
+        scan_points: (N, 3) kept scan vertices.
+        mesh: ``MeshDistance`` of the landmark-aligned predicted mesh.
+        with_scale: optimise the scale too (non-metrical); else r and t only.
+        max_nfev: bound on residual evaluations.
+    """
+    p = np.asarray(scan_points, dtype=np.float64)
+    c = p.mean(axis=0)
+    cache: dict = {}
+
+    def unpack(x: np.ndarray):
+        if with_scale:
+            return float(x[0]), x[1:4], x[4:7]
+        return 1.0, x[0:3], x[3:6]
+
+    def closest(x: np.ndarray):
+        key = x.tobytes()
+        if cache.get("key") != key:
+            s, r, t = unpack(x)
+            rot = rotvec_to_matrix(r)
+            local = ((p - c - t) @ rot) / s + c  # R^T (p - c - t) / s + c
+            res = mesh.query(local)
+            cache.update(key=key, s=s, rot=rot, r=r.copy(), t=t.copy(), res=res)
+        return cache
+
+    def fun(x: np.ndarray) -> np.ndarray:
+        st = closest(x)
+        d = abs(st["s"]) * st["res"].distances
+        if with_scale:
+            d = np.append(d, 100.0 * (abs(st["s"]) - st["s"]))
+        return d
+
+    def jac(x: np.ndarray) -> np.ndarray:
+        st = closest(x)
+        s, rot, r, t = st["s"], st["rot"], st["r"], st["t"]
+        q0c = st["res"].points - c
+        q = s * q0c @ rot.T + c + t
+        diff = p - q
+        norm = np.linalg.norm(diff, axis=1, keepdims=True)
+        n = np.divide(diff, norm, out=np.zeros_like(diff), where=norm > 1e-12)
+        cols = []
+        if with_scale:
+            cols.append(-(n * (q0c @ rot.T)).sum(axis=1))
+        h = 1e-6
+        for k in range(3):
+            e = np.zeros(3)
+            e[k] = h
+            d_rot = (rotvec_to_matrix(r + e) - rotvec_to_matrix(r - e)) / (2 * h)
+            cols.append(-s * (n * (q0c @ d_rot.T)).sum(axis=1))
+        for k in range(3):
+            cols.append(-n[:, k])
+        j = np.stack(cols, axis=1)
+        if with_scale:
+            row = np.zeros((1, j.shape[1]))
+            row[0, 0] = 100.0 * (np.sign(s) - 1.0)
+            j = np.concatenate([j, row])
+        return j
+
+    x0 = np.zeros(7 if with_scale else 6)
+    if with_scale:
+        x0[0] = 1.0
+    sol = least_squares(fun, x0, jac=jac, method="trf", x_scale="jac", ftol=1e-10, xtol=1e-10,
+                        gtol=1e-10, max_nfev=max_nfev)
+    x = sol.x
+    s, r, t = unpack(x)
+    st = closest(x)
+    rot = rotvec_to_matrix(r)
+    distances = abs(s) * st["res"].distances
+    # x -> s R (x - c) + c + t  ==  s R x + (c + t - s R c)
+    return Refinement(s, rot, c + t - s * rot @ c, distances, int(sol.nfev))
+
+
+@dataclass
+class MeshScore:
+    """Per-image result: ``distances`` (K,) mm, and the final alignment aligned = s * x @ R.T + t."""
+
+    distances: np.ndarray
+    scale: float
+    rot: np.ndarray
+    t: np.ndarray
+
+
+def score_mesh(scan_vertices: np.ndarray, scan_lmks: np.ndarray, pred_vertices: np.ndarray,
+               pred_faces: np.ndarray, pred_lmks: np.ndarray, metrical: bool = False,
+               unit_factor: float = 1.0, crop: bool = True, max_nfev: int = 200) -> MeshScore:
+    """Score one predicted mesh against one scan with the NoW protocol (see module docstring).
+
+    Args:
+        scan_vertices: (V, 3) scan vertices, mm.
+        scan_lmks: (7, 3) scan landmarks, mm.
+        pred_vertices: (P, 3), pred_faces (F, 3): the prediction in its own frame/units.
+        pred_lmks: (7, 3) predicted landmarks, same frame as ``pred_vertices``.
+        metrical: no scale in the alignment (``unit_factor`` turns predicted units into mm).
+        crop: apply NoW's face crop to the scan first.
+
+    Raises:
+        MICAError: no scan vertex lies inside the crop (landmarks wrong or in other units).
+    """
+    scan = np.asarray(scan_vertices, dtype=np.float64)
+    if crop:
+        scan, _, _ = crop_scan(scan, None, scan_lmks)
+    if len(scan) == 0:
+        raise MICAError("no scan vertex lies within the face crop of its landmarks (are the .pp landmarks from this scan, in mm?)")
+    s0, r0, t0 = landmark_alignment(pred_lmks, scan_lmks, metrical=metrical, unit_factor=unit_factor)
+    aligned = apply_similarity(pred_vertices, s0, r0, t0)
+    ref = refine_alignment(scan, MeshDistance(aligned, pred_faces), with_scale=not metrical, max_nfev=max_nfev)
+    # Compose: x -> ref(s0 R0 x + t0).
+    scale = ref.scale * s0
+    rot = ref.rot @ r0
+    t = ref.scale * ref.rot @ t0 + ref.t
+    return MeshScore(ref.distances, scale, rot, t)
+
+
+# ---------------------------------------------------------------------------------------------
+# Files
+# ---------------------------------------------------------------------------------------------
+def load_mesh(path: PathLike) -> tuple[np.ndarray, np.ndarray]:
+    """Read an .obj/.ply mesh as (vertices (V,3) float64, faces (F,3) int64), no processing.
+
+    Raises:
+        FileNotFoundError / MICAError: missing, unreadable or face-less file.
+    """
+    import trimesh  # local: only the scorer needs it
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"mesh {path} does not exist")
+    try:
+        mesh = trimesh.load(str(path), process=False, force="mesh")
+    except Exception as e:  # trimesh raises many types for corrupt files
+        raise MICAError(f"mesh {path} could not be read ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}); re-export it as .obj/.ply") from None
+    v = np.asarray(getattr(mesh, "vertices", np.zeros((0, 3))), dtype=np.float64)
+    f = np.asarray(getattr(mesh, "faces", np.zeros((0, 3))), dtype=np.int64)
+    if len(v) == 0:
+        raise MICAError(f"mesh {path} has no vertices; re-export it")
+    return v, f.reshape(-1, 3)
+
+
+def load_pred_landmarks(path: PathLike) -> np.ndarray:
+    """Read predicted landmarks: .npy (7,3) or (1,7,3), or .txt with 7 rows "x y z". Returns (7, 3)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"landmark file {path} does not exist")
+    try:
+        arr = np.load(path, allow_pickle=False) if path.suffix == ".npy" else np.loadtxt(path)
+    except (ValueError, OSError) as e:
+        raise MICAError(f"landmark file {path} could not be read ({str(e).splitlines()[0]}); write 7x3 numbers") from None
+    arr = np.asarray(arr, dtype=np.float64)
+    if arr.size != 21:
+        raise MICAError(f"landmark file {path} holds shape {arr.shape}, expected 7x3 (the 7 NoW landmarks)")
+    return arr.reshape(7, 3)
+
+
+def read_image_list(path: PathLike) -> list[str]:
+    """Non-empty lines of a NoW image list (``SUBJECT/CHALLENGE/NAME.jpg``)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"image list {path} does not exist (set test.now_root to the NoW folder holding it)")
+    return [ln.strip() for ln in path.read_text(encoding="utf-8").splitlines() if ln.strip()]
+
+
+def _find_with_suffix(stem: Path, suffixes: Sequence[str]) -> Optional[Path]:
+    for suf in suffixes:
+        cand = stem.with_name(stem.name + suf)
+        if cand.is_file():
+            return cand
+    return None
+
+
+def _first_file(folder: Path, pattern: str, what: str) -> Path:
+    files = sorted(folder.glob(pattern))
+    if not files:
+        raise FileNotFoundError(f"no {what} ({pattern}) in {folder}")
+    if len(files) > 1:
+        logger.warning(f"{folder} holds {len(files)} {what} files; using {files[0].name}")
+    return files[0]
+
+
+@dataclass
+class EvalItem:
+    """One image to score: its key (relative image path), group, scan files and predicted files."""
+
+    key: str
+    group: str
+    scan_mesh: Path
+    scan_lmks: Path
+    pred_mesh: Optional[Path]
+    pred_lmks: Optional[Path]
+
+
+def now_items(now_root: PathLike, pred_dir: PathLike, split: str = "validation",
+              scans_dir: Optional[PathLike] = None, lmks_dir: Optional[PathLike] = None,
+              image_list: Optional[PathLike] = None) -> list[EvalItem]:
+    """Work items for a NoW-layout folder (scans in ``scans/SUBJECT/*.obj``, landmarks in
+    ``scans_lmks_onlypp/SUBJECT/*.pp``) and a predicted folder ``PRED/SUBJECT/CHALLENGE/NAME.{obj,ply,npy}``.
+
+    ``scans_dir``/``lmks_dir``/``image_list`` override the NoW defaults, so any folder of scans with
+    .pp landmarks can be scored. Predictions that are missing get ``pred_mesh = None``.
+    """
+    root = Path(now_root)
+    if split not in NOW_IMAGE_LISTS:
+        raise ValueError(f"split must be one of {sorted(NOW_IMAGE_LISTS)}, not '{split}'")
+    if not root.is_dir():
+        raise FileNotFoundError(f"NoW folder {root} does not exist (set test.now_root or --now-root)")
+    pred = Path(pred_dir)
+    if not pred.is_dir():
+        raise FileNotFoundError(f"predicted folder {pred} does not exist (run test.py --benchmark now first)")
+    scans = Path(scans_dir) if scans_dir else root / "scans"
+    lmks = Path(lmks_dir) if lmks_dir else root / "scans_lmks_onlypp"
+    for folder, what in ((scans, "scans"), (lmks, "scan landmarks")):
+        if not folder.is_dir():
+            raise FileNotFoundError(f"{what} folder {folder} does not exist (NoW scans are public for the validation subjects only)")
+    lines = read_image_list(image_list if image_list else root / NOW_IMAGE_LISTS[split])
+    items = []
+    scan_cache: dict[str, tuple[Path, Path]] = {}
+    for line in lines:
+        parts = Path(line).parts
+        if len(parts) < 3:
+            raise MICAError(f"image list line '{line}' is not SUBJECT/CHALLENGE/NAME.jpg")
+        subject, challenge = parts[0], parts[1]
+        if subject not in scan_cache:
+            scan_cache[subject] = (_first_file(scans / subject, "*.obj", "scan"), _first_file(lmks / subject, "*.pp", "scan landmark"))
+        stem = pred / Path(line).with_suffix("")
+        items.append(EvalItem(line, challenge, *scan_cache[subject],
+                              _find_with_suffix(stem, MESH_SUFFIXES), _find_with_suffix(stem, LANDMARK_SUFFIXES)))
+    return items
+
+
+def stirling_items(pred_dir: PathLike, scans_dir: PathLike, lmks_dir: Optional[PathLike] = None) -> list[EvalItem]:
+    """Work items for Stirling/ESRC predictions ``PRED/{HQ,LQ}/ID5/ID9.{ply,obj,npy}``.
+
+    The scan of subject ID5 is the first ``*.obj`` of ``SCANS/ID5/`` and its landmarks the first
+    ``*.pp`` of ``LMKS/ID5/`` (``LMKS`` defaults to ``SCANS``). Groups are HQ and LQ.
+    """
+    pred, scans = Path(pred_dir), Path(scans_dir)
+    lmks = Path(lmks_dir) if lmks_dir else scans
+    for folder, what in ((pred, "predicted"), (scans, "scans"), (lmks, "scan landmarks")):
+        if not folder.is_dir():
+            raise FileNotFoundError(f"{what} folder {folder} does not exist")
+    items = []
+    for quality in ("HQ", "LQ"):
+        for mesh in sorted(list((pred / quality).glob("*/*.ply")) + list((pred / quality).glob("*/*.obj"))):
+            subject = mesh.parent.name
+            if not (scans / subject).is_dir():
+                logger.warning(f"no scan folder {scans / subject} for {mesh}; skipped")
+                continue
+            items.append(EvalItem(f"{quality}/{subject}/{mesh.name}", quality,
+                                  _first_file(scans / subject, "*.obj", "scan"),
+                                  _first_file(lmks / subject, "*.pp", "scan landmark"),
+                                  mesh, _find_with_suffix(mesh.with_suffix(""), LANDMARK_SUFFIXES)))
+    if not items:
+        raise MICAError(f"no predicted meshes under {pred}/{{HQ,LQ}}/ID5/ (run test.py --benchmark stirling first)")
+    return items
+
+
+# ---------------------------------------------------------------------------------------------
+# Whole benchmark
+# ---------------------------------------------------------------------------------------------
+@dataclass
+class Stats:
+    """Distances summary (mm)."""
+
+    median: float
+    mean: float
+    std: float
+    n_points: int
+    n_images: int
+
+    @classmethod
+    def of(cls, distances: Sequence[np.ndarray]) -> "Stats":
+        if not distances:
+            return cls(float("nan"), float("nan"), float("nan"), 0, 0)
+        d = np.concatenate([np.asarray(x).ravel() for x in distances])
+        return cls(float(np.median(d)), float(np.mean(d)), float(np.std(d)), int(d.size), len(distances))
+
+
+@dataclass
+class EvalResult:
+    """Scores of one method: all images and per group, plus what the official file stores."""
+
+    method: str
+    metrical: bool
+    overall: Stats
+    groups: dict[str, Stats]
+    distances: list[np.ndarray]
+    input_files: list[str]
+    item_groups: list[str] = field(default_factory=list)
+    missing: list[str] = field(default_factory=list)
+    failed: list[str] = field(default_factory=list)
+
+    @property
+    def all_distances(self) -> np.ndarray:
+        """(N,) every distance of every scored image, mm."""
+        return np.concatenate(self.distances) if self.distances else np.zeros(0)
+
+
+def evaluate(items: Sequence[EvalItem], method: str = "method", metrical: bool = False, unit: str = "mm",
+             max_nfev: int = 200, progress: bool = True) -> EvalResult:
+    """Score every item (see module docstring). Missing predictions are counted, not fatal.
+
+    Args:
+        items: from ``now_items`` / ``stirling_items``.
+        method: name used in output files and tables.
+        metrical: no scale in the alignment.
+        unit: predicted unit ("mm", "cm", "m"); the scale used by the metrical variant.
+
+    Raises:
+        ValueError: unknown unit.
+        MICAError / FileNotFoundError: an unreadable scan or prediction file.
+    """
+    if unit not in UNIT_FACTORS:
+        raise ValueError(f"unit must be one of {sorted(UNIT_FACTORS)}, not '{unit}'")
+    scans: dict[tuple[Path, Path], tuple[np.ndarray, np.ndarray]] = {}
+    distances: list[np.ndarray] = []
+    inputs: list[str] = []
+    item_groups: list[str] = []
+    groups: dict[str, list[np.ndarray]] = {}
+    missing: list[str] = []
+    failed: list[str] = []
+    for item in tqdm(items, desc=f"scoring {method}", disable=not progress):
+        if item.pred_mesh is None or item.pred_lmks is None:
+            missing.append(item.key)
+            continue
+        skey = (item.scan_mesh, item.scan_lmks)
+        if skey not in scans:
+            v, _ = load_mesh(item.scan_mesh)
+            lm = read_pp(item.scan_lmks)
+            kept, _, _ = crop_scan(v, None, lm)
+            if len(kept) == 0:
+                raise MICAError(f"no vertex of scan {item.scan_mesh} lies within the face crop of {item.scan_lmks} (landmarks from another scan or unit?)")
+            scans = {skey: (kept, lm)}  # keep one subject's scan in memory (lists are subject-ordered)
+        kept, lm = scans[skey]
+        pv, pf = load_mesh(item.pred_mesh)
+        if len(pf) == 0:
+            raise MICAError(f"predicted mesh {item.pred_mesh} has no faces; write a triangle mesh")
+        plm = load_pred_landmarks(item.pred_lmks)
+        try:
+            res = score_mesh(kept, lm, pv, pf, plm, metrical=metrical, unit_factor=UNIT_FACTORS[unit],
+                             crop=False, max_nfev=max_nfev)
+        except np.linalg.LinAlgError as e:
+            logger.warning(f"{item.key}: alignment failed ({e}); counted as failed")
+            failed.append(item.key)
+            continue
+        distances.append(res.distances)
+        inputs.append(item.key)
+        item_groups.append(item.group)
+        groups.setdefault(item.group, []).append(res.distances)
+    if missing:
+        logger.warning(f"{len(missing)} of {len(items)} predictions missing (first: {missing[0]})")
+    return EvalResult(method, metrical, Stats.of(distances), {g: Stats.of(d) for g, d in groups.items()},
+                      distances, inputs, item_groups, missing, failed)
+
+
+def write_official_outputs(result: EvalResult, out_dir: PathLike) -> tuple[Path, Path]:
+    """Write NoW's ``METHOD_computed_distances.npy`` (pickled dict: ``computed_distances``,
+    ``num_missing_files``, ``input_files``) and ``...npy.meanmedian`` (median, then mean)."""
+    out = Path(out_dir)
+    path = out / f"{result.method}_computed_distances.npy"
+    payload = {
+        "computed_distances": [np.asarray(d) for d in result.distances],
+        "num_missing_files": len(result.missing),
+        "input_files": list(result.input_files),
+    }
+    atomic_save(path, lambda tmp: np.save(tmp, np.array(payload, dtype=object), allow_pickle=True))
+    mm = Path(str(path) + ".meanmedian")
+    atomic_write_text(mm, f"{result.overall.median:.18e}\n{result.overall.mean:.18e}\n")
+    return path, mm
+
+
+def read_official_outputs(path: PathLike) -> dict:
+    """Load a ``*_computed_distances.npy`` written by NoW's scorer or ``write_official_outputs``.
+
+    It is a pickle: only open files you or the official scorer wrote.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"result file {path} does not exist")
+    try:
+        return np.load(path, allow_pickle=True)[()]
+    except (ValueError, OSError, pickle.UnpicklingError) as e:
+        raise MICAError(f"result file {path} is not a NoW computed_distances file ({e})") from None

@@ -1,0 +1,97 @@
+"""Random-weight checkpoints in the real formats, for tests and benchmarks (nothing downloaded).
+
+- ``write_random_mica_tar(path, flame=None, arch='iresnet100', seed=0)``: a ``mica.tar``-format file
+  (``arcface`` state dict + ``flameModel`` with ``regressor.*`` and, when a FLAME module is given,
+  its ``generator.*`` buffers), as the official code saves it.
+- ``write_random_backbone(path, arch)``: an insightface arcface_torch ``backbone.pth`` (bare
+  IResNet state dict).
+
+The random ArcFace is *well conditioned* rather than insightface-initialised (insightface's N(0, 0.1)
+convolutions overflow to NaN through 49 blocks without trained BN statistics): He-normal
+convolutions, the residual branch damped by its last BN (weight 0.2), random BN running
+statistics. Embeddings then vary with the input like a trained network's do, which keeps
+precision measurements on random weights meaningful.
+"""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Optional
+
+import torch
+from torch import nn
+
+from models.arcface import IBasicBlock, IResNet, create_arcface
+from models.generator import MappingNetwork
+
+
+# Weight of each block's last BN: keeps the residual stream's growth over ~50 blocks modest.
+RESIDUAL_BN_WEIGHT = 0.2
+
+
+def random_arcface(arch: str = "iresnet100", seed: int = 0) -> IResNet:
+    """A well-conditioned random-weight IResNet (eval mode), deterministic in ``seed``."""
+    gen = torch.Generator().manual_seed(seed)
+    model = create_arcface(arch)
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, nn.Conv2d):
+                fan_in = m.weight[0].numel()
+                m.weight.copy_(torch.randn(m.weight.shape, generator=gen) * math.sqrt(2.0 / fan_in))
+            elif isinstance(m, (nn.BatchNorm2d, nn.BatchNorm1d)):
+                n = m.num_features
+                m.weight.copy_(1.0 + 0.1 * torch.randn(n, generator=gen))
+                m.bias.copy_(0.1 * torch.randn(n, generator=gen))
+                m.running_mean.copy_(0.1 * torch.randn(n, generator=gen))
+                m.running_var.copy_(0.5 + torch.rand(n, generator=gen))
+                m.num_batches_tracked.fill_(1000)
+            elif isinstance(m, nn.Linear):
+                m.weight.copy_(torch.randn(m.weight.shape, generator=gen) / math.sqrt(m.in_features))
+                m.bias.copy_(0.01 * torch.randn(m.out_features, generator=gen))
+            elif isinstance(m, nn.PReLU):
+                m.weight.copy_(0.25 + 0.05 * torch.randn(m.weight.shape, generator=gen))
+        for m in model.modules():
+            if isinstance(m, IBasicBlock):
+                m.bn3.weight.mul_(RESIDUAL_BN_WEIGHT)
+        model.features.weight.fill_(1.0)
+    return model.eval()
+
+
+def random_mapping_network(n_layers: int = 3, n_shape: int = 300, seed: int = 0) -> MappingNetwork:
+    """The mapping network with its own (Kaiming) initialisation, deterministic in ``seed``."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return MappingNetwork(512, 300, n_layers, n_shape)
+
+
+def write_random_mica_tar(path: str | Path, flame: Optional[nn.Module] = None, arch: str = "iresnet100",
+                          seed: int = 0, mapping_layers: int = 3, n_shape: int = 300,
+                          extra: Optional[dict] = None) -> Path:
+    """Write a random-weight checkpoint in the ``mica.tar`` format; returns ``path``.
+
+    Args:
+        path: output file (written atomically).
+        flame: a FLAME module (models.flame.FLAME) whose ``mica_buffers()`` are stored as
+            ``flameModel['generator.*']`` like the official file; None leaves them out.
+        arch: ArcFace depth (iresnet100 is what the official file holds; iresnet18 is ~4x smaller).
+        seed: seed of every random weight.
+        mapping_layers, n_shape: mapping network size.
+        extra: further top-level entries (e.g. a training checkpoint's ``epoch``).
+    """
+    from utils.checkpoint import save_mica_checkpoint
+
+    arcface = random_arcface(arch, seed)
+    regressor = random_mapping_network(mapping_layers, n_shape, seed + 1)
+    return save_mica_checkpoint(path, arcface, regressor, flame, extra)
+
+
+def write_random_backbone(path: str | Path, arch: str = "iresnet100", seed: int = 0) -> Path:
+    """Write a random-weight insightface arcface_torch ``backbone.pth`` (bare IResNet state dict)."""
+    import io as _io
+
+    from utils.io import atomic_write_bytes
+
+    buf = _io.BytesIO()
+    torch.save(random_arcface(arch, seed).state_dict(), buf)
+    atomic_write_bytes(path, buf.getvalue())
+    return Path(path)

@@ -1,0 +1,326 @@
+"""Reading and writing MICA checkpoints (``mica.tar`` format) and arcface_torch ``backbone.pth``.
+
+``mica.tar`` is ``torch.save`` of a dict::
+
+    {'arcface': IResNet state dict,
+     'flameModel': {'regressor.network.{i}.weight/bias', 'regressor.output.weight/bias',
+                    'generator.<FLAME buffers>' ...},
+     # training checkpoints only:
+     'opt', 'scheduler', 'validator', 'epoch', 'global_step', 'batch_size', ...}
+
+Loading always uses ``torch.load(weights_only=True)``: a pickle that names arbitrary Python
+objects is refused (and nothing of it runs). Keys are mapped by name only (``module.`` and
+``_orig_mod.`` prefixes stripped, ``regressor.`` removed for the mapping network); the
+``generator.*`` FLAME buffers are not loaded (FLAME comes from the user's ``generic_model.pkl``) but
+may be compared with it. Every problem is one line naming the file, what was expected and the fix.
+"""
+from __future__ import annotations
+
+import io
+import pickle
+import re
+import zipfile
+from collections import OrderedDict
+from pathlib import Path
+from typing import Any, Dict, Iterable, List, Mapping, Optional, Tuple, Union
+
+import torch
+from loguru import logger
+from torch import nn
+
+from utils.errors import MICAError
+from utils.io import atomic_save
+
+__all__ = [
+    "load_checkpoint_file",
+    "load_mica_checkpoint",
+    "load_arcface_backbone",
+    "save_mica_checkpoint",
+    "load_state_dict_checked",
+    "clean_state_dict",
+    "guess_arcface_layers",
+    "check_flame_template",
+    "load_arcface_into",
+    "load_regressor_into",
+]
+
+PathLike = Union[str, Path]
+MICA_KEYS = ("arcface", "flameModel")
+REGRESSOR_PREFIX = "regressor."
+GENERATOR_PREFIX = "generator."
+_STRIP_PREFIXES = ("module.", "_orig_mod.")
+# Largest template difference (metres) tolerated silently between the checkpoint's FLAME and ours.
+TEMPLATE_TOLERANCE_M = 1e-6
+# Published insightface depths (blocks per stage), to name the architecture of a state dict.
+# Mirrors models.arcface.ARCFACE_ARCHS (utils must not import models; a test checks they agree).
+KNOWN_IRESNETS = {
+    "iresnet18": [2, 2, 2, 2],
+    "iresnet34": [3, 4, 6, 3],
+    "iresnet50": [3, 4, 14, 3],
+    "iresnet100": [3, 13, 30, 3],
+    "iresnet200": [6, 26, 60, 6],
+}
+# Key groups listed in one error line before "... and N more".
+_MAX_GROUPS = 6
+
+
+def load_checkpoint_file(path: PathLike, what: str = "checkpoint") -> Any:
+    """``torch.load(path, map_location='cpu', weights_only=True)`` with one-line errors.
+
+    Raises:
+        FileNotFoundError: ``path`` does not exist.
+        MICAError: not a PyTorch file, truncated/corrupt, or it holds objects other than tensors
+            and plain containers (refused by ``weights_only``; nothing was executed).
+    """
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise FileNotFoundError(f"{what} {path} not found (check the path in the config / command line)")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        msg = str(e)
+        if "Weights only load failed" in msg or "Unsupported global" in msg:
+            found = re.search(r"Unsupported global: GLOBAL ([\w.]+)", msg)
+            name = f" ({found.group(1)})" if found else ""
+            raise MICAError(f"{what} {path} refused: it holds Python objects other than tensors{name}; "
+                            f"it was not executed - use an original checkpoint file from a trusted source") from None
+        raise MICAError(f"{what} {path} is not a readable PyTorch file ({msg.splitlines()[0][:120]}); "
+                        f"the file is corrupt - download or copy it again") from None
+    except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError, AttributeError, KeyError,
+            IndexError, TypeError, UnicodeDecodeError) as e:
+        first = (str(e).splitlines() or [type(e).__name__])[0][:120]
+        raise MICAError(f"{what} {path} is not a readable PyTorch file ({first}); it is truncated or "
+                        f"corrupt - download or copy it again") from None
+
+
+def clean_state_dict(state: Mapping[str, Any]) -> "OrderedDict[str, torch.Tensor]":
+    """Strip DDP ``module.`` and torch.compile ``_orig_mod.`` prefixes (repeatedly) from every key."""
+    out: "OrderedDict[str, torch.Tensor]" = OrderedDict()
+    for key, value in state.items():
+        k = str(key)
+        changed = True
+        while changed:
+            changed = False
+            for prefix in _STRIP_PREFIXES:
+                if k.startswith(prefix):
+                    k, changed = k[len(prefix):], True
+        out[k] = value
+    return out
+
+
+def guess_arcface_layers(state: Mapping[str, Any]) -> Optional[List[int]]:
+    """Blocks per stage of an IResNet state dict (from ``layer{s}.{i}.`` keys), or None."""
+    counts = [0, 0, 0, 0]
+    for key in state:
+        m = re.match(r"layer([1-4])\.(\d+)\.", key)
+        if m:
+            s = int(m.group(1)) - 1
+            counts[s] = max(counts[s], int(m.group(2)) + 1)
+    return counts if all(counts) else None
+
+
+def _arch_name(layers: Optional[List[int]]) -> str:
+    if layers is None:
+        return "not an IResNet"
+    for name, blocks in KNOWN_IRESNETS.items():
+        if list(blocks) == list(layers):
+            return name
+    return f"an IResNet with blocks {layers}"
+
+
+def _group(keys: Iterable[str]) -> str:
+    """Compact one-line listing of keys grouped by module prefix: ``layer4.2.{bn1,conv1}.*, ...``."""
+    groups: "OrderedDict[str, List[str]]" = OrderedDict()
+    for k in keys:
+        parts = k.split(".")
+        head = ".".join(parts[:-1]) if len(parts) > 1 else ""
+        groups.setdefault(head, []).append(parts[-1])
+    items = [f"{h}.{{{','.join(v)}}}" if h else ",".join(v) for h, v in groups.items()]
+    text = ", ".join(items[:_MAX_GROUPS])
+    if len(items) > _MAX_GROUPS:
+        text += f" ... and {len(items) - _MAX_GROUPS} more groups"
+    return text
+
+
+def load_state_dict_checked(module: nn.Module, state: Mapping[str, Any], source: str, fix: str) -> None:
+    """Load ``state`` into ``module`` strictly; any mismatch is one ``MICAError`` line.
+
+    Args:
+        module: target module.
+        state: cleaned state dict (names already mapped).
+        source: what is being loaded, e.g. ``"mica.tar 'arcface'"`` (appears in the message).
+        fix: what the user should do, appended to the message.
+    """
+    own = module.state_dict()
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    shaped = [k for k in own if k in state and (not torch.is_tensor(state[k]) or tuple(state[k].shape) != tuple(own[k].shape))]
+    if not (missing or unexpected or shaped):
+        module.load_state_dict(state, strict=True)
+        return
+    parts = []
+    if missing:
+        parts.append(f"{len(missing)} missing keys ({_group(missing)})")
+    if unexpected:
+        parts.append(f"{len(unexpected)} unexpected keys ({_group(unexpected)})")
+    if shaped:
+        k = shaped[0]
+        got = tuple(state[k].shape) if torch.is_tensor(state[k]) else type(state[k]).__name__
+        parts.append(f"{len(shaped)} mis-shaped tensors (e.g. {k}: file {got}, model {tuple(own[k].shape)}; {_group(shaped)})")
+    raise MICAError(f"{source} does not match the model: {'; '.join(parts)} - {fix}")
+
+
+def _check_arcface(state: Mapping[str, Any], model: Optional[nn.Module], source: str) -> None:
+    """Raise a clear error when ``state`` is an IResNet of another depth than ``model``."""
+    if model is None or not hasattr(model, "layers_per_stage"):
+        return
+    file_layers = guess_arcface_layers(state)
+    if file_layers != list(model.layers_per_stage):
+        raise MICAError(f"{source} looks like {_arch_name(file_layers)} but the model is "
+                        f"{_arch_name(list(model.layers_per_stage))} - set model.arch to match the checkpoint "
+                        f"or use a checkpoint of that architecture")
+
+
+def load_mica_checkpoint(path: PathLike) -> Dict[str, Any]:
+    """Read a ``mica.tar``-format file.
+
+    Returns:
+        dict with ``arcface`` (IResNet state dict), ``regressor`` (mapping-network state dict,
+        ``network.{i}.*``/``output.*``), ``generator`` (the checkpoint's FLAME buffers, names
+        without ``generator.``; informative only) and ``extra`` (every other top-level entry of a
+        training checkpoint: ``opt``, ``scheduler``, ``epoch``, ...).
+
+    Raises:
+        FileNotFoundError, MICAError: unreadable file or not the mica.tar layout.
+    """
+    path = Path(path).expanduser()
+    data = load_checkpoint_file(path, "MICA checkpoint")
+    if not isinstance(data, Mapping) or any(k not in data for k in MICA_KEYS):
+        if isinstance(data, Mapping) and guess_arcface_layers(clean_state_dict(data)) is not None:
+            raise MICAError(f"MICA checkpoint {path} is a bare ArcFace backbone ({_arch_name(guess_arcface_layers(clean_state_dict(data)))}), "
+                            f"not a mica.tar - set model.arcface_pretrained_model to it with model.use_pretrained False")
+        found = sorted(map(str, data.keys()))[:8] if isinstance(data, Mapping) else type(data).__name__
+        raise MICAError(f"MICA checkpoint {path} lacks the keys 'arcface' and 'flameModel' (found {found}) - "
+                        f"use the official mica.tar or a checkpoint saved by this project")
+    if not isinstance(data["arcface"], Mapping) or not isinstance(data["flameModel"], Mapping):
+        raise MICAError(f"MICA checkpoint {path}: 'arcface' and 'flameModel' must be state dicts - the file is not in mica.tar format")
+    flame_model = clean_state_dict(data["flameModel"])
+    regressor: "OrderedDict[str, torch.Tensor]" = OrderedDict()
+    generator: "OrderedDict[str, torch.Tensor]" = OrderedDict()
+    other = []
+    for k, v in flame_model.items():
+        if k.startswith(REGRESSOR_PREFIX):
+            regressor[k[len(REGRESSOR_PREFIX):]] = v
+        elif k.startswith(GENERATOR_PREFIX):
+            generator[k[len(GENERATOR_PREFIX):]] = v
+        else:
+            other.append(k)
+    if other:
+        raise MICAError(f"MICA checkpoint {path}: 'flameModel' has keys outside regressor.*/generator.* "
+                        f"({_group(other)}) - the file is not in mica.tar format")
+    if not regressor:
+        raise MICAError(f"MICA checkpoint {path}: 'flameModel' holds no regressor.* (mapping network) weights - "
+                        f"use the official mica.tar or a checkpoint saved by this project")
+    extra = {k: v for k, v in data.items() if k not in MICA_KEYS}
+    return {"arcface": clean_state_dict(data["arcface"]), "regressor": regressor, "generator": generator, "extra": extra}
+
+
+def load_arcface_backbone(path: PathLike) -> "OrderedDict[str, torch.Tensor]":
+    """Read an insightface arcface_torch ``backbone.pth`` (bare IResNet state dict).
+
+    Also accepts a ``mica.tar`` (its ``arcface`` entry) and dicts wrapping the weights under
+    ``state_dict``/``model``.
+
+    Raises:
+        FileNotFoundError, MICAError: unreadable file or no IResNet weights in it.
+    """
+    path = Path(path).expanduser()
+    data = load_checkpoint_file(path, "ArcFace backbone")
+    if isinstance(data, Mapping):
+        for key in ("arcface", "state_dict", "model"):
+            if key in data and isinstance(data[key], Mapping):
+                data = data[key]
+                break
+    if not isinstance(data, Mapping) or guess_arcface_layers(clean_state_dict(data)) is None:
+        raise MICAError(f"ArcFace backbone {path} holds no IResNet weights (no layer1..layer4 keys) - "
+                        f"use insightface arcface_torch's backbone.pth (e.g. Glint360K iresnet100)")
+    return clean_state_dict(data)
+
+
+def load_arcface_into(model: nn.Module, state: Mapping[str, Any], source: str) -> None:
+    """Architecture check, then strict load of an IResNet state dict into ``model``."""
+    _check_arcface(state, model, source)
+    load_state_dict_checked(model, state, source, "use a checkpoint of the architecture in model.arch")
+
+
+def load_regressor_into(model: nn.Module, state: Mapping[str, Any], source: str) -> None:
+    """Strict load of mapping-network weights with a hint on mapping_layers / n_shape."""
+    layers = sorted({int(m.group(1)) for k in state for m in [re.match(r"network\.(\d+)\.", k)] if m})
+    out = state.get("output.weight")
+    hint = ""
+    if layers and out is not None and torch.is_tensor(out):
+        hint = f" (the file has mapping_layers={len(layers) - 1}, n_shape={out.shape[0]})"
+    load_state_dict_checked(model, state, source, f"set model.mapping_layers / model.n_shape to the checkpoint's values{hint}")
+
+
+def check_flame_template(generator: Mapping[str, Any], flame: Optional[nn.Module], source: str) -> Optional[float]:
+    """Compare the checkpoint's ``v_template`` with our FLAME's; warn when they differ.
+
+    Returns the largest difference in metres, or None when it cannot be compared.
+    """
+    theirs = generator.get("v_template")
+    ours = getattr(flame, "v_template", None) if flame is not None else None
+    if not (torch.is_tensor(theirs) and torch.is_tensor(ours)):
+        return None
+    theirs, ours = theirs.detach().double().cpu(), ours.detach().double().cpu().reshape(-1, 3)
+    if theirs.reshape(-1, 3).shape != ours.shape:
+        logger.warning(f"{source}: the checkpoint's FLAME has {theirs.reshape(-1, 3).shape[0]} vertices, yours "
+                       f"{ours.shape[0]}; the mapping network was trained for another FLAME model")
+        return None
+    diff = float((theirs.reshape(-1, 3) - ours).abs().max())
+    if diff > TEMPLATE_TOLERANCE_M:
+        logger.warning(f"{source}: the checkpoint's FLAME template differs from your generic_model.pkl by up to "
+                       f"{diff * 1000:.3f} mm; meshes use your FLAME file (check it is FLAME 2020)")
+    return diff
+
+
+def _module_state(obj: Union[nn.Module, Mapping[str, Any]]) -> "OrderedDict[str, torch.Tensor]":
+    if isinstance(obj, nn.Module):
+        obj = obj.state_dict()
+    return OrderedDict((k, v.detach().cpu().clone() if torch.is_tensor(v) else v) for k, v in clean_state_dict(obj).items())
+
+
+def save_mica_checkpoint(path: PathLike, arcface: Union[nn.Module, Mapping[str, Any]],
+                         regressor: Union[nn.Module, Mapping[str, Any]], flame: Optional[nn.Module] = None,
+                         extra: Optional[Mapping[str, Any]] = None) -> Path:
+    """Write a ``mica.tar``-format checkpoint atomically (tensors on CPU).
+
+    Args:
+        path: output file.
+        arcface: IResNet (or its state dict) -> ``arcface``.
+        regressor: mapping network (or its state dict) -> ``flameModel['regressor.*']``.
+        flame: our FLAME module; its ``mica_buffers()`` become ``flameModel['generator.*']`` so the
+            official code can read the file. None leaves them out.
+        extra: further top-level entries (training state: ``opt``, ``scheduler``, ``epoch``, ...).
+
+    Returns:
+        ``path`` as a Path.
+    """
+    path = Path(path)
+    flame_model: "OrderedDict[str, Any]" = OrderedDict()
+    for k, v in _module_state(regressor).items():
+        flame_model[REGRESSOR_PREFIX + k] = v
+    if flame is not None:
+        buffers = flame.mica_buffers() if hasattr(flame, "mica_buffers") else {}
+        for k, v in buffers.items():
+            name = k if k.startswith(GENERATOR_PREFIX) else GENERATOR_PREFIX + k
+            flame_model[name] = v.detach().cpu().clone() if torch.is_tensor(v) else v
+    data: Dict[str, Any] = {"arcface": _module_state(arcface), "flameModel": flame_model}
+    for k, v in (extra or {}).items():
+        if k in MICA_KEYS:
+            raise ValueError(f"extra checkpoint entry '{k}' would overwrite the model weights; rename it")
+        data[k] = v
+    buf = io.BytesIO()
+    torch.save(data, buf)
+    atomic_save(path, lambda tmp: tmp.write_bytes(buf.getvalue()))
+    return path

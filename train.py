@@ -1,0 +1,70 @@
+"""Train MICA.
+
+    python train.py --cfg configs/mica.yml [KEY VALUE ...]                 # one process (CPU or one GPU)
+    torchrun --nproc_per_node N train.py --cfg configs/mica.yml [KEY VALUE ...]   # N GPUs (or N CPU processes, gloo)
+    python train.py --cfg configs/mica.yml --resume                        # continue the last checkpoint
+    python train.py --cfg configs/mica.yml --resume path/to/model_00001000.tar
+
+``dataset.batch_size`` is per process. Without ``--resume`` a run continues from the output folder's
+last checkpoint when ``train.resume`` is True (the default); ``--no-resume`` always starts over.
+The output folder (``output_dir``) receives ``config.yaml``, ``logs/train.log``, TensorBoard events
+in ``logs/``, ``checkpoints/``, ``best_models/``, ``train_images/`` and the final ``model.tar``.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import List, Optional
+
+from loguru import logger
+
+from utils.errors import run_main
+
+
+def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description="Train MICA (single process or torchrun).")
+    p.add_argument("--cfg", default="configs/mica.yml", help="YAML config (default configs/mica.yml)")
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--resume", nargs="?", const="auto", default=None,
+                   help="resume from PATH, or without PATH from the output folder's last checkpoint")
+    g.add_argument("--no-resume", action="store_true", help="start from step 0 even if checkpoints exist")
+    p.add_argument("opts", nargs=argparse.REMAINDER, help="config overrides as KEY VALUE pairs")
+    return p.parse_args(argv)
+
+
+def setup_logging(output_dir, log_dir: str, main: bool) -> None:
+    """Rank 0: console + ``output_dir/log_dir/train.log``; other ranks: warnings only."""
+    logger.remove()
+    logger.add(sys.stderr, level="INFO" if main else "WARNING")
+    if main:
+        path = output_dir / log_dir / "train.log"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        logger.add(str(path), level="DEBUG")
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    args = parse_args(argv)
+    from configs.config import load_cfg
+    from micalib.trainer import build_trainer, output_dir_of
+    from utils import dist as comm
+    from utils.device import resolve_device
+    from utils.io import atomic_write_text
+
+    cfg = load_cfg(args.cfg, args.opts)
+    comm.init_distributed(resolve_device(cfg.device).type)
+    try:
+        out = output_dir_of(cfg)
+        setup_logging(out, cfg.train.log_dir, comm.is_main_process())
+        if comm.is_main_process():
+            atomic_write_text(out / "config.yaml", cfg.dump())
+            logger.info(f"output folder {out}; {comm.get_world_size()} process(es)")
+        resume = False if args.no_resume else args.resume
+        trainer = build_trainer(cfg, resume=resume)
+        trainer.train()
+    finally:
+        comm.destroy_distributed()
+    return 0
+
+
+if __name__ == "__main__":
+    run_main(main)

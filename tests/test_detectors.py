@@ -1,0 +1,213 @@
+"""utils/detectors.py: SCRFD decoding (tiny hand-made ONNX graph), NMS, MTCNN on real photos,
+the factory and the centre-face choice."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from loguru import logger
+from onnx import TensorProto, helper, numpy_helper
+
+from utils.alignment import ARCFACE_TEMPLATE, estimate_norm
+from utils.detectors import MTCNN, SCRFD, SCRFD_FILE, Face, create_detector, nms, pick_centre_face
+from utils.errors import MICAError
+from utils.image_io import list_images, read_image
+
+DET = 64  # input side of the tiny SCRFD graph: grids 8x8, 4x4, 2x2 (x 2 anchors)
+
+
+def _scrfd_outputs(batched: bool) -> list[np.ndarray]:
+    """Raw SCRFD outputs (scores x3, box distances x3, keypoint distances x3) with a few set anchors."""
+    n = {s: (DET // s) ** 2 * 2 for s in (8, 16, 32)}
+    sc = {s: np.zeros((n[s], 1), np.float32) for s in n}
+    bb = {s: np.zeros((n[s], 4), np.float32) for s in n}
+    kp = {s: np.zeros((n[s], 10), np.float32) for s in n}
+    # A: stride 8, cell (x=3, y=2), anchor 1 -> index (2*8+3)*2+1 = 39, centre (24, 16)
+    sc[8][39] = 0.9
+    bb[8][39] = [1, 2, 3, 4]
+    kp[8][39] = [0.5, 0.25, 1, 0.25, 0.75, 1, 0.5, 2, 1, 2]
+    # B: same cell, anchor 0, nearly the same box, lower score -> removed by NMS
+    sc[8][38] = 0.8
+    bb[8][38] = [1, 2, 3, 4.5]
+    # C: stride 32, cell (1, 1), anchor 0 -> index 6, centre (32, 32); small box, IoU with A ~0.17 -> kept
+    sc[32][6] = 0.7
+    bb[32][6] = [0.25, 0.25, 0.25, 0.25]
+    # D: below the score threshold
+    sc[16][5] = 0.3
+    bb[16][5] = [1, 1, 1, 1]
+    outs = [sc[8], sc[16], sc[32], bb[8], bb[16], bb[32], kp[8], kp[16], kp[32]]
+    return [o[None] for o in outs] if batched else outs
+
+
+def _make_scrfd_onnx(path: Path, batched: bool = False) -> list[np.ndarray]:
+    """A 9-output ONNX graph with SCRFD's input/output layout that emits ``_scrfd_outputs``."""
+    outs = _scrfd_outputs(batched)
+    names = [f"{kind}_{s}" for kind in ("score", "bbox", "kps") for s in (8, 16, 32)]
+    inits = [numpy_helper.from_array(a, name=f"c_{nm}") for a, nm in zip(outs, names)]
+    nodes = [helper.make_node("Identity", [f"c_{nm}"], [nm]) for nm in names]
+    graph = helper.make_graph(
+        nodes, "tiny_scrfd",
+        [helper.make_tensor_value_info("input.1", TensorProto.FLOAT, [1, 3, "h", "w"])],
+        [helper.make_tensor_value_info(nm, TensorProto.FLOAT, list(a.shape)) for nm, a in zip(names, outs)],
+        initializer=inits,
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    onnx.save(model, str(path))
+    return outs
+
+
+@pytest.mark.parametrize("batched", [False, True])
+def test_scrfd_decoding_matches_hand_computed(tmp_path: Path, batched: bool) -> None:
+    _make_scrfd_onnx(tmp_path / "tiny.onnx", batched)
+    det = SCRFD(tmp_path / "tiny.onnx", det_size=(DET, DET), threshold=0.5)
+    image = np.zeros((64, 128, 3), np.uint8)  # w=128, h=64 -> resized to 64x32, det_scale 0.5
+    faces = det.detect(image)
+    assert len(faces) == 2
+    a, c = faces
+    assert a.score == pytest.approx(0.9) and c.score == pytest.approx(0.7)
+    # A: centre (24,16), distances (1,2,3,4)*8 -> (16,0,48,48) in input pixels -> /0.5
+    np.testing.assert_allclose(a.box, [32, 0, 96, 96], atol=1e-4)
+    # keypoints: centre + d*8 -> (28,18),(32,18),(30,24),(28,32),(32,32) -> /0.5
+    np.testing.assert_allclose(a.kps, [[56, 36], [64, 36], [60, 48], [56, 64], [64, 64]], atol=1e-4)
+    # C: centre (32,32) +- 0.25*32 -> (24,24,40,40) -> /0.5; zero keypoint distances -> centre
+    np.testing.assert_allclose(c.box, [48, 48, 80, 80], atol=1e-4)
+    np.testing.assert_allclose(c.kps, np.full((5, 2), 64.0), atol=1e-4)
+    assert a.box.dtype == np.float32 and a.kps.shape == (5, 2)
+
+
+def test_scrfd_preprocess_letterbox_and_normalisation(tmp_path: Path) -> None:
+    _make_scrfd_onnx(tmp_path / "tiny.onnx")
+    det = SCRFD(tmp_path / "tiny.onnx", det_size=(DET, DET))
+    img = np.zeros((128, 32, 3), np.uint8)  # tall: h/w = 4 -> new_h = 64, new_w = int(64/4) = 16
+    img[..., 0] = 255
+    img[..., 2] = 64
+    blob, scale = det.preprocess(img)
+    assert blob.shape == (1, 3, DET, DET) and blob.dtype == np.float32
+    assert scale == pytest.approx(0.5)
+    # RGB order kept, (x - 127.5) / 128
+    np.testing.assert_allclose(blob[0, :, :, :16].reshape(3, -1).mean(1), [(255 - 127.5) / 128, -127.5 / 128,
+                                                                          (64 - 127.5) / 128], atol=1e-6)
+    np.testing.assert_allclose(blob[0, :, :, 16:], -127.5 / 128)  # black padding on the right
+
+
+def test_anchor_centres_layout(tmp_path: Path) -> None:
+    _make_scrfd_onnx(tmp_path / "tiny.onnx")
+    det = SCRFD(tmp_path / "tiny.onnx", det_size=(DET, DET))
+    c = det.anchor_centres(16)  # 4x4 grid, 2 anchors
+    assert c.shape == (32, 2)
+    np.testing.assert_array_equal(c[0], c[1])
+    np.testing.assert_array_equal(c[2], [16, 0])  # second cell of the first row
+    np.testing.assert_array_equal(c[8], [0, 16])  # first cell of the second row
+    np.testing.assert_array_equal(c[31], [48, 48])
+
+
+def test_nms_hand_computed() -> None:
+    boxes = np.array([[0, 0, 9, 9], [1, 0, 10, 9], [5, 5, 14, 14], [100, 100, 101, 101]], float)
+    scores = np.array([0.9, 0.8, 0.7, 0.1])
+    # IoU(0,1) = 90/110 = 0.82; IoU(0,2) = 25/175 = 0.14; box 3 isolated
+    np.testing.assert_array_equal(nms(boxes, scores, 0.4), [0, 2, 3])
+    np.testing.assert_array_equal(nms(boxes, scores, 0.9), [0, 1, 2, 3])
+    # "min": overlap(0,2) = 25/100 = 0.25 > 0.2 -> dropped
+    np.testing.assert_array_equal(nms(boxes, scores, 0.2, mode="min"), [0, 3])
+    assert nms(np.zeros((0, 4)), np.zeros(0), 0.5).size == 0
+
+
+def test_pick_centre_face() -> None:
+    kps = np.zeros((5, 2), np.float32)
+    faces = [Face(np.array([0, 0, 20, 20], np.float32), kps, 0.99),
+             Face(np.array([90, 40, 110, 60], np.float32), kps, 0.6),  # centre (100, 50)
+             Face(np.array([150, 80, 190, 100], np.float32), kps, 0.9)]
+    assert pick_centre_face(faces, (100, 200, 3)) is faces[1]  # image centre (x=100, y=50)
+    assert pick_centre_face([], (100, 200, 3)) is None
+
+
+def test_create_detector(tmp_path: Path) -> None:
+    with pytest.raises(MICAError, match=str(tmp_path / "none" / SCRFD_FILE)):
+        create_detector("scrfd", antelopev2_dir=tmp_path / "none")
+    with pytest.raises(MICAError, match="unknown detector"):
+        create_detector("yolo", antelopev2_dir=tmp_path)
+    messages: list[str] = []
+    sink = logger.add(lambda m: messages.append(str(m)), level="INFO")
+    try:
+        det = create_detector("auto", antelopev2_dir=tmp_path / "none")
+    finally:
+        logger.remove(sink)
+    assert isinstance(det, MTCNN)
+    assert len(messages) == 1 and "antelopev2" in messages[0] and "install.sh --download" in messages[0]
+    (tmp_path / "ante").mkdir()
+    _make_scrfd_onnx(tmp_path / "ante" / SCRFD_FILE)
+    assert isinstance(create_detector("auto", antelopev2_dir=tmp_path / "ante", det_size=(DET, DET)), SCRFD)
+    (tmp_path / "bad").mkdir()
+    (tmp_path / "bad" / SCRFD_FILE).write_bytes(b"not onnx")
+    with pytest.raises(MICAError, match="cannot be loaded"):
+        create_detector("scrfd", antelopev2_dir=tmp_path / "bad")
+
+
+# ------------------------------------------------------------------------------------------------
+# MTCNN with the real weights on real photos
+# ------------------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def mtcnn() -> MTCNN:
+    return MTCNN()
+
+
+def _plausible(face: Face) -> None:
+    le, re, nose, lm, rm = face.kps
+    x1, y1, x2, y2 = face.box
+    assert le[0] < re[0] and lm[0] < rm[0], face.kps
+    assert max(le[1], re[1]) < nose[1] < min(lm[1], rm[1]), face.kps
+    assert np.all(face.kps[:, 0] > x1) and np.all(face.kps[:, 0] < x2), (face.kps, face.box)
+    assert np.all(face.kps[:, 1] > y1) and np.all(face.kps[:, 1] < y2), (face.kps, face.box)
+    # eyes are a sensible fraction of the box width apart
+    assert 0.2 < (re[0] - le[0]) / (x2 - x1) < 0.7
+
+
+def test_mtcnn_finds_faces_with_plausible_keypoints(faces_dir: Path, mtcnn: MTCNN) -> None:
+    paths = list_images(faces_dir)
+    assert paths
+    for path in paths:
+        img = read_image(path)
+        faces = mtcnn.detect(img)
+        assert faces, f"no face found in {path.name}"
+        assert [f.score for f in faces] == sorted((f.score for f in faces), reverse=True)
+        face = pick_centre_face(faces, img.shape)
+        assert face.score > 0.95, path.name
+        _plausible(face)
+        # the 5 points fit the ArcFace template by a similarity within a few pixels (112 crop;
+        # the eyes are 35 px apart there); a turned head is the main residual
+        m = estimate_norm(face.kps, 112)
+        mapped = face.kps @ m[:, :2].T + m[:, 2]
+        err = np.linalg.norm(mapped - ARCFACE_TEMPLATE, axis=1).mean()
+        assert err < 4.0, (path.name, err)
+
+
+def test_mtcnn_mirror_and_scale_consistency(faces_dir: Path, mtcnn: MTCNN) -> None:
+    img = read_image(sorted(list_images(faces_dir))[0])
+    f = pick_centre_face(mtcnn.detect(img), img.shape)
+    eye_dist = np.linalg.norm(f.kps[1] - f.kps[0])
+    # mirrored photo: the image-left eye of the mirror is the mirrored image-right eye
+    w = img.shape[1]
+    g = pick_centre_face(mtcnn.detect(np.ascontiguousarray(img[:, ::-1])), img.shape)
+    mirrored = np.stack([w - 1 - g.kps[:, 0], g.kps[:, 1]], 1)[[1, 0, 2, 4, 3]]
+    assert np.abs(mirrored - f.kps).max() < 0.1 * eye_dist, (mirrored, f.kps)
+    # same photo padded into a larger canvas: keypoints shift by the offset
+    canvas = np.zeros((img.shape[0] + 60, img.shape[1] + 100, 3), np.uint8)
+    canvas[60:, 100:] = img
+    h = max(mtcnn.detect(canvas), key=lambda x: x.score)
+    assert np.abs(h.kps - (f.kps + [100, 60])).max() < 0.1 * eye_dist
+
+
+def test_mtcnn_blank_image_has_no_face(mtcnn: MTCNN) -> None:
+    assert mtcnn.detect(np.full((200, 300, 3), 128, np.uint8)) == []
+    with pytest.raises(ValueError):
+        mtcnn.detect(np.zeros((50, 50), np.uint8))
+
+
+def test_mtcnn_bad_weights(tmp_path: Path) -> None:
+    for n in ("pnet", "rnet", "onet"):
+        (tmp_path / f"{n}.pt").write_bytes(b"garbage")
+    with pytest.raises(MICAError, match="pnet.pt"):
+        MTCNN(weights_dir=tmp_path)

@@ -1,0 +1,546 @@
+"""Face detection with 5 keypoints: SCRFD (insightface antelopev2, onnxruntime) and MTCNN (torch).
+
+Both detectors take an RGB uint8 photo (H, W, 3) and return ``list[Face]`` sorted by score
+(highest first). Keypoints are in ArcFace order: left eye, right eye, nose, left mouth corner,
+right mouth corner ("left" = image left), in photo pixels.
+
+- ``SCRFD`` runs ``scrfd_10g_bnkps.onnx`` from insightface's antelopev2 pack (what MICA uses).
+  The pack is licence-restricted and never downloaded at run time.
+- ``MTCNN`` is our own P-Net/R-Net/O-Net cascade running the MIT-licensed weights shipped in the
+  ``facenet-pytorch`` package (installed with ``--no-deps``; the package itself is never imported,
+  it needs torchvision). It works on a fresh install with nothing to download.
+
+``create_detector('auto', ...)`` picks SCRFD when antelopev2 is present, else MTCNN.
+"""
+from __future__ import annotations
+
+import importlib.metadata
+import importlib.util
+import math
+import pickle
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional, Protocol, Sequence, Union
+
+import cv2
+import numpy as np
+import torch
+import torch.nn.functional as F
+from loguru import logger
+from torch import nn
+
+from utils.errors import MICAError
+
+PathLike = Union[str, os.PathLike]
+
+__all__ = ["Face", "FaceDetector", "SCRFD", "MTCNN", "PNet", "RNet", "ONet", "nms", "create_detector",
+           "pick_centre_face", "find_mtcnn_weights", "DEFAULT_ANTELOPEV2_DIR", "SCRFD_FILE"]
+
+DEFAULT_ANTELOPEV2_DIR = "~/.insightface/models/antelopev2"
+SCRFD_FILE = "scrfd_10g_bnkps.onnx"
+_ANTELOPE_HOWTO = ("get it with `bash install.sh --download` or unzip antelopev2.zip to "
+                   "~/.insightface/models/antelopev2")
+
+
+@dataclass
+class Face:
+    """One detected face.
+
+    Attributes:
+        box: (4,) float32 x1, y1, x2, y2 in photo pixels.
+        kps: (5, 2) float32 keypoints (left eye, right eye, nose, left/right mouth corner).
+        score: detection confidence in [0, 1].
+    """
+
+    box: np.ndarray
+    kps: np.ndarray
+    score: float
+
+
+class FaceDetector(Protocol):
+    """Anything with ``detect(image_rgb (H,W,3) uint8) -> list[Face]`` (sorted by score)."""
+
+    def detect(self, image_rgb: np.ndarray) -> list[Face]: ...
+
+
+def _check_image(image_rgb: np.ndarray) -> np.ndarray:
+    img = np.asarray(image_rgb)
+    if img.ndim != 3 or img.shape[2] != 3 or img.dtype != np.uint8:
+        raise ValueError(f"detect() expects an RGB uint8 (H,W,3) image, got {img.dtype} {img.shape}")
+    return img
+
+
+def nms(boxes: np.ndarray, scores: np.ndarray, threshold: float, mode: str = "union") -> np.ndarray:
+    """Greedy non-maximum suppression with the "+1 pixel" box area of insightface/MTCNN.
+
+    Args:
+        boxes: (N, 4) x1, y1, x2, y2.
+        scores: (N,).
+        threshold: a box is dropped when its overlap with a kept, higher-scoring box exceeds it.
+        mode: "union" (IoU) or "min" (intersection / smaller area, MTCNN's last stage).
+
+    Returns:
+        (K,) int64 indices of the kept boxes, highest score first.
+    """
+    boxes = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
+    scores = np.asarray(scores, dtype=np.float64).reshape(-1)
+    if mode not in ("union", "min"):
+        raise ValueError(f"nms mode must be 'union' or 'min', not '{mode}'")
+    x1, y1, x2, y2 = boxes.T
+    areas = (x2 - x1 + 1) * (y2 - y1 + 1)
+    order = np.argsort(-scores, kind="stable")
+    keep = []
+    while order.size > 0:
+        i = order[0]
+        keep.append(i)
+        rest = order[1:]
+        w = np.maximum(0.0, np.minimum(x2[i], x2[rest]) - np.maximum(x1[i], x1[rest]) + 1)
+        h = np.maximum(0.0, np.minimum(y2[i], y2[rest]) - np.maximum(y1[i], y1[rest]) + 1)
+        inter = w * h
+        if mode == "min":
+            ovr = inter / np.minimum(areas[i], areas[rest])
+        else:
+            ovr = inter / (areas[i] + areas[rest] - inter)
+        order = rest[ovr <= threshold]
+    return np.asarray(keep, dtype=np.int64)
+
+
+# ------------------------------------------------------------------------------------------------
+# SCRFD (insightface antelopev2 scrfd_10g_bnkps.onnx)
+# ------------------------------------------------------------------------------------------------
+class SCRFD:
+    """onnxruntime runner for insightface SCRFD models with keypoints (``*_bnkps.onnx``).
+
+    Pre-processing as insightface: the photo is resized keeping its aspect ratio into the top-left
+    corner of a ``det_size`` canvas (rest black), then fed as RGB (pixel - 127.5) / 128, NCHW.
+    Outputs (9): scores, box distances, keypoint distances for strides 8, 16, 32, two anchors per
+    location; distances are in stride units from the anchor centre.
+
+    Args:
+        model_path: the .onnx file.
+        det_size: (width, height) of the network input (MICA's demo: 224x224); ignored when the
+            model has a fixed input size.
+        threshold: minimum score.
+        nms_threshold: IoU above which a lower-scoring box is suppressed (insightface: 0.4).
+        providers: onnxruntime execution providers (default: CUDA when available, else CPU).
+    """
+
+    STRIDES = (8, 16, 32)
+    NUM_ANCHORS = 2
+    INPUT_MEAN = 127.5
+    INPUT_STD = 128.0
+
+    def __init__(self, model_path: PathLike, det_size: Sequence[int] = (224, 224), threshold: float = 0.5,
+                 nms_threshold: float = 0.4, providers: Optional[Sequence[str]] = None) -> None:
+        import onnxruntime as ort
+
+        self.model_path = Path(model_path).expanduser()
+        if not self.model_path.is_file():
+            raise MICAError(f"SCRFD model {self.model_path} not found; {_ANTELOPE_HOWTO} "
+                            f"(or use detector.name mtcnn)")
+        if providers is None:
+            avail = ort.get_available_providers()
+            providers = [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider") if p in avail]
+        opts = ort.SessionOptions()
+        opts.log_severity_level = 3
+        try:
+            self.session = ort.InferenceSession(str(self.model_path), sess_options=opts, providers=list(providers))
+        except Exception as e:  # onnxruntime raises its own exception types for corrupt files
+            raise MICAError(f"SCRFD model {self.model_path} cannot be loaded ({type(e).__name__}); "
+                            f"re-download antelopev2: {_ANTELOPE_HOWTO}") from None
+        inp = self.session.get_inputs()[0]
+        self.input_name = inp.name
+        self.output_names = [o.name for o in self.session.get_outputs()]
+        if len(self.output_names) != 9:
+            raise MICAError(f"SCRFD model {self.model_path} has {len(self.output_names)} outputs, expected 9 "
+                            f"(scores, boxes, keypoints x 3 strides); use antelopev2's {SCRFD_FILE}")
+        shape = inp.shape
+        if len(shape) == 4 and isinstance(shape[2], int) and isinstance(shape[3], int):
+            self.input_size = (int(shape[3]), int(shape[2]))  # fixed (width, height)
+        else:
+            self.input_size = (int(det_size[0]), int(det_size[1]))
+        if any(s % self.STRIDES[-1] for s in self.input_size):
+            raise ValueError(f"SCRFD det_size {self.input_size} must be multiples of 32")
+        self.threshold = float(threshold)
+        self.nms_threshold = float(nms_threshold)
+
+    def preprocess(self, image_rgb: np.ndarray) -> tuple[np.ndarray, float]:
+        """Letterbox + normalise: returns the (1, 3, H_in, W_in) float32 blob and the resize factor."""
+        img = _check_image(image_rgb)
+        in_w, in_h = self.input_size
+        h, w = img.shape[:2]
+        if h / w > in_h / in_w:
+            new_h = in_h
+            new_w = int(new_h / (h / w))
+        else:
+            new_w = in_w
+            new_h = int(new_w * (h / w))
+        new_w, new_h = max(new_w, 1), max(new_h, 1)
+        det_scale = new_h / h
+        canvas = np.zeros((in_h, in_w, 3), np.uint8)
+        canvas[:new_h, :new_w] = cv2.resize(img, (new_w, new_h), interpolation=cv2.INTER_LINEAR)
+        blob = (canvas.astype(np.float32) - self.INPUT_MEAN) / self.INPUT_STD
+        return np.ascontiguousarray(blob.transpose(2, 0, 1)[None]), det_scale
+
+    def anchor_centres(self, stride: int) -> np.ndarray:
+        """(H/s * W/s * 2, 2) anchor centres (x, y) in input pixels, row-major, anchors adjacent."""
+        in_w, in_h = self.input_size
+        gh, gw = in_h // stride, in_w // stride
+        ys, xs = np.mgrid[0:gh, 0:gw]
+        centres = np.stack([xs, ys], -1).reshape(-1, 2).astype(np.float32) * stride
+        return np.repeat(centres, self.NUM_ANCHORS, axis=0)
+
+    def decode(self, outputs: Sequence[np.ndarray], det_scale: float) -> list[Face]:
+        """Turn the 9 raw outputs into faces in photo pixels (threshold, NMS, sorted by score)."""
+        n = len(self.STRIDES)
+        boxes, kpss, scores = [], [], []
+        for i, stride in enumerate(self.STRIDES):
+            # batched exports have a leading batch axis of 1
+            sc, bb, kp = (np.asarray(outputs[i + k * n]) for k in range(3))
+            if sc.ndim == 3:
+                sc, bb, kp = sc[0], bb[0], kp[0]
+            sc = sc.reshape(-1)
+            bb = bb.reshape(-1, 4) * stride
+            kp = kp.reshape(-1, 10) * stride
+            centres = self.anchor_centres(stride)
+            if len(centres) != len(sc):
+                raise MICAError(f"SCRFD model {self.model_path}: stride {stride} gives {len(sc)} scores for "
+                                f"{len(centres)} anchors; is it antelopev2's {SCRFD_FILE}?")
+            pos = np.nonzero(sc >= self.threshold)[0]
+            c = centres[pos]
+            d = bb[pos]
+            boxes.append(np.concatenate([c - d[:, :2], c + d[:, 2:]], axis=1))
+            kpss.append(c[:, None, :] + kp[pos].reshape(-1, 5, 2))
+            scores.append(sc[pos])
+        box = np.concatenate(boxes) / det_scale
+        kps = np.concatenate(kpss) / det_scale
+        score = np.concatenate(scores)
+        keep = nms(box, score, self.nms_threshold)
+        return [Face(box[k].astype(np.float32), kps[k].astype(np.float32), float(score[k])) for k in keep]
+
+    def detect(self, image_rgb: np.ndarray) -> list[Face]:
+        """Faces in ``image_rgb`` (H, W, 3) uint8 RGB, highest score first."""
+        blob, det_scale = self.preprocess(image_rgb)
+        outputs = self.session.run(self.output_names, {self.input_name: blob})
+        return self.decode(outputs, det_scale)
+
+
+# ------------------------------------------------------------------------------------------------
+# MTCNN (Zhang et al. 2016) with facenet-pytorch's converted weights
+# ------------------------------------------------------------------------------------------------
+class PNet(nn.Module):
+    """Proposal net: fully convolutional, 12x12 receptive field, stride 2.
+    forward (B,3,H,W) -> (box regression (B,4,h,w), face probability (B,2,h,w))."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, 10, 3)
+        self.prelu1 = nn.PReLU(10)
+        self.pool1 = nn.MaxPool2d(2, 2, ceil_mode=True)
+        self.conv2 = nn.Conv2d(10, 16, 3)
+        self.prelu2 = nn.PReLU(16)
+        self.conv3 = nn.Conv2d(16, 32, 3)
+        self.prelu3 = nn.PReLU(32)
+        self.conv4_1 = nn.Conv2d(32, 2, 1)
+        self.conv4_2 = nn.Conv2d(32, 4, 1)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        x = self.pool1(self.prelu1(self.conv1(x)))
+        x = self.prelu3(self.conv3(self.prelu2(self.conv2(x))))
+        return self.conv4_2(x), torch.softmax(self.conv4_1(x), dim=1)
+
+
+def _flatten_transposed(x: torch.Tensor) -> torch.Tensor:
+    """Flatten (B,C,H,W) in (W,H,C) order: the dense weights come from a model trained on
+    transposed images, so its flatten order is width-major."""
+    return x.permute(0, 3, 2, 1).reshape(x.shape[0], -1)
+
+
+class RNet(nn.Module):
+    """Refine net: (B,3,24,24) -> (box regression (B,4), face probability (B,2))."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, 28, 3)
+        self.prelu1 = nn.PReLU(28)
+        self.pool1 = nn.MaxPool2d(3, 2, ceil_mode=True)
+        self.conv2 = nn.Conv2d(28, 48, 3)
+        self.prelu2 = nn.PReLU(48)
+        self.pool2 = nn.MaxPool2d(3, 2, ceil_mode=True)
+        self.conv3 = nn.Conv2d(48, 64, 2)
+        self.prelu3 = nn.PReLU(64)
+        self.dense4 = nn.Linear(576, 128)
+        self.prelu4 = nn.PReLU(128)
+        self.dense5_1 = nn.Linear(128, 2)
+        self.dense5_2 = nn.Linear(128, 4)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        x = self.pool1(self.prelu1(self.conv1(x)))
+        x = self.pool2(self.prelu2(self.conv2(x)))
+        x = self.prelu3(self.conv3(x))
+        x = self.prelu4(self.dense4(_flatten_transposed(x)))
+        return self.dense5_2(x), torch.softmax(self.dense5_1(x), dim=1)
+
+
+class ONet(nn.Module):
+    """Output net: (B,3,48,48) -> (box regression (B,4), landmarks (B,10) = 5 x then 5 y in
+    [0,1] box units, face probability (B,2))."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, 32, 3)
+        self.prelu1 = nn.PReLU(32)
+        self.pool1 = nn.MaxPool2d(3, 2, ceil_mode=True)
+        self.conv2 = nn.Conv2d(32, 64, 3)
+        self.prelu2 = nn.PReLU(64)
+        self.pool2 = nn.MaxPool2d(3, 2, ceil_mode=True)
+        self.conv3 = nn.Conv2d(64, 64, 3)
+        self.prelu3 = nn.PReLU(64)
+        self.pool3 = nn.MaxPool2d(2, 2, ceil_mode=True)
+        self.conv4 = nn.Conv2d(64, 128, 2)
+        self.prelu4 = nn.PReLU(128)
+        self.dense5 = nn.Linear(1152, 256)
+        self.prelu5 = nn.PReLU(256)
+        self.dense6_1 = nn.Linear(256, 2)
+        self.dense6_2 = nn.Linear(256, 4)
+        self.dense6_3 = nn.Linear(256, 10)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        x = self.pool1(self.prelu1(self.conv1(x)))
+        x = self.pool2(self.prelu2(self.conv2(x)))
+        x = self.pool3(self.prelu3(self.conv3(x)))
+        x = self.prelu4(self.conv4(x))
+        x = self.prelu5(self.dense5(_flatten_transposed(x)))
+        return self.dense6_2(x), self.dense6_3(x), torch.softmax(self.dense6_1(x), dim=1)
+
+
+def find_mtcnn_weights() -> Path:
+    """Folder holding pnet.pt, rnet.pt, onet.pt of the installed facenet-pytorch (not imported).
+
+    Raises:
+        MICAError: the package (or its data files) is not installed.
+    """
+    candidates = []
+    spec = importlib.util.find_spec("facenet_pytorch")  # top-level: locates without importing
+    if spec is not None and spec.submodule_search_locations:
+        candidates += [Path(p) / "data" for p in spec.submodule_search_locations]
+    try:
+        dist = importlib.metadata.distribution("facenet-pytorch")
+        candidates.append(Path(dist.locate_file("facenet_pytorch/data")))
+    except importlib.metadata.PackageNotFoundError:
+        pass
+    for folder in candidates:
+        if all((folder / f"{n}.pt").is_file() for n in ("pnet", "rnet", "onet")):
+            return folder
+    raise MICAError("MTCNN weights (facenet_pytorch/data/{pnet,rnet,onet}.pt) not found; install them with "
+                    "`pip install --no-deps facenet-pytorch==2.6.0` (bash install.sh does this)")
+
+
+class MTCNN:
+    """Three-stage MTCNN cascade (image pyramid -> P-Net -> R-Net -> O-Net) with 5 landmarks.
+
+    Args:
+        weights_dir: folder with pnet.pt / rnet.pt / onet.pt (default: the installed facenet-pytorch).
+        min_face_size: smallest face searched for, in pixels.
+        thresholds: face-probability thresholds of the three stages.
+        factor: pyramid scale step.
+        threshold: extra minimum final score (the O-Net probability) applied to the output.
+        max_side: photos whose longer side exceeds this many pixels are detected on a copy shrunk
+            to it (results mapped back), which bounds the run time on camera-size photos; faces
+            smaller than ``min_face_size`` x (longer side / max_side) are then missed. None = off.
+        device: torch device for the networks (default cpu).
+    """
+
+    def __init__(self, weights_dir: Optional[PathLike] = None, min_face_size: int = 20,
+                 thresholds: Sequence[float] = (0.6, 0.7, 0.7), factor: float = 0.709, threshold: float = 0.0,
+                 max_side: Optional[int] = 1024, device: Union[str, torch.device] = "cpu") -> None:
+        folder = Path(weights_dir).expanduser() if weights_dir is not None else find_mtcnn_weights()
+        self.device = torch.device(device)
+        self.pnet, self.rnet, self.onet = PNet(), RNet(), ONet()
+        for name, net in (("pnet", self.pnet), ("rnet", self.rnet), ("onet", self.onet)):
+            path = folder / f"{name}.pt"
+            try:
+                state = torch.load(path, map_location="cpu", weights_only=True)
+                net.load_state_dict(state, strict=True)
+            except FileNotFoundError:
+                raise MICAError(f"MTCNN weights {path} not found; reinstall with "
+                                f"`pip install --no-deps facenet-pytorch==2.6.0`") from None
+            except (RuntimeError, OSError, EOFError, ValueError, pickle.UnpicklingError) as e:
+                raise MICAError(f"MTCNN weights {path} are corrupt or of another format "
+                                f"({str(e).splitlines()[0]}); reinstall facenet-pytorch==2.6.0 --no-deps") from None
+            net.to(self.device).eval()
+            net.requires_grad_(False)
+        self.min_face_size = float(min_face_size)
+        self.thresholds = tuple(float(t) for t in thresholds)
+        self.factor = float(factor)
+        self.threshold = float(threshold)
+        self.max_side = None if max_side is None else int(max_side)
+
+    # -- helpers (boxes are (N,4) float64 numpy in MTCNN's 1-based inclusive pixel convention) --
+    @staticmethod
+    def _normalise(x: torch.Tensor) -> torch.Tensor:
+        return (x - 127.5) * 0.0078125
+
+    @staticmethod
+    def _square(boxes: np.ndarray) -> np.ndarray:
+        """Grow each box to a square of side max(w, h) around its centre."""
+        w = boxes[:, 2] - boxes[:, 0]
+        h = boxes[:, 3] - boxes[:, 1]
+        side = np.maximum(w, h)
+        x1 = boxes[:, 0] + w * 0.5 - side * 0.5
+        y1 = boxes[:, 1] + h * 0.5 - side * 0.5
+        return np.stack([x1, y1, x1 + side, y1 + side], axis=1)
+
+    @staticmethod
+    def _regress(boxes: np.ndarray, reg: np.ndarray, plus_one: bool = True) -> np.ndarray:
+        """Apply box regression offsets (fractions of the box width/height)."""
+        w = boxes[:, 2] - boxes[:, 0] + (1 if plus_one else 0)
+        h = boxes[:, 3] - boxes[:, 1] + (1 if plus_one else 0)
+        return boxes + reg * np.stack([w, h, w, h], axis=1)
+
+    def _crops(self, img: torch.Tensor, boxes: np.ndarray, size: int) -> torch.Tensor:
+        """(N,3,size,size) normalised crops of ``boxes`` (1-based inclusive, truncated to ints);
+        parts outside the photo are zero-padded as in the original MTCNN."""
+        _, h, w = img.shape
+        b = np.trunc(boxes).astype(np.int64)
+        out = torch.empty((len(b), 3, size, size), dtype=img.dtype, device=img.device)
+        for k, (x1, y1, x2, y2) in enumerate(b):
+            bw, bh = max(int(x2 - x1 + 1), 1), max(int(y2 - y1 + 1), 1)
+            patch = torch.zeros((1, 3, bh, bw), dtype=img.dtype, device=img.device)
+            sx1, sy1 = max(int(x1) - 1, 0), max(int(y1) - 1, 0)
+            sx2, sy2 = min(int(x2), w), min(int(y2), h)  # exclusive, 0-based
+            if sx2 > sx1 and sy2 > sy1:
+                dx, dy = sx1 - (int(x1) - 1), sy1 - (int(y1) - 1)
+                patch[0, :, dy:dy + sy2 - sy1, dx:dx + sx2 - sx1] = img[:, sy1:sy2, sx1:sx2]
+            out[k] = F.interpolate(patch, size=(size, size), mode="area")[0]
+        return self._normalise(out)
+
+    @staticmethod
+    def _batched(net: nn.Module, x: torch.Tensor, batch: int = 512) -> list[np.ndarray]:
+        outs = [net(x[i:i + batch]) for i in range(0, len(x), batch)]
+        return [torch.cat(o).float().cpu().numpy().astype(np.float64) for o in zip(*outs)]
+
+    def _scales(self, h: int, w: int) -> list[float]:
+        m = 12.0 / self.min_face_size
+        minl = min(h, w) * m
+        scales = []
+        while minl >= 12:
+            scales.append(m)
+            m *= self.factor
+            minl *= self.factor
+        return scales
+
+    @torch.inference_mode()
+    def detect(self, image_rgb: np.ndarray) -> list[Face]:
+        """Faces in ``image_rgb`` (H, W, 3) uint8 RGB, highest score first."""
+        rgb = _check_image(image_rgb)
+        if self.max_side is None or max(rgb.shape[:2]) <= self.max_side:
+            return self._detect(rgb)
+        h, w = rgb.shape[:2]
+        shrink = self.max_side / max(h, w)
+        small = cv2.resize(rgb, (max(1, round(w * shrink)), max(1, round(h * shrink))), interpolation=cv2.INTER_AREA)
+        sxy = np.array([small.shape[1] / w, small.shape[0] / h], dtype=np.float32)
+        return [Face(f.box / np.tile(sxy, 2), f.kps / sxy, f.score) for f in self._detect(small)]
+
+    def _detect(self, rgb: np.ndarray) -> list[Face]:
+        """The cascade at the photo's own resolution."""
+        h, w = rgb.shape[:2]
+        img = torch.tensor(rgb, dtype=torch.float32, device=self.device).permute(2, 0, 1)
+
+        # Stage 1: P-Net over the pyramid
+        cands = []
+        for scale in self._scales(h, w):
+            sz = (int(h * scale + 1), int(w * scale + 1))
+            x = self._normalise(F.interpolate(img[None], size=sz, mode="area"))
+            reg, prob = self.pnet(x)
+            prob = prob[0, 1].cpu().numpy()
+            reg = reg[0].cpu().numpy()
+            ys, xs = np.nonzero(prob >= self.thresholds[0])
+            if len(ys) == 0:
+                continue
+            pos = np.stack([xs, ys], axis=1).astype(np.float64)
+            q1 = np.floor((2 * pos + 1) / scale)
+            q2 = np.floor((2 * pos + 12) / scale)
+            c = np.concatenate([q1, q2, prob[ys, xs][:, None], reg[:, ys, xs].T], axis=1)
+            cands.append(c[nms(c[:, :4], c[:, 4], 0.5)])
+        if not cands:
+            return []
+        c = np.concatenate(cands)
+        c = c[nms(c[:, :4], c[:, 4], 0.7)]
+        boxes = self._square(self._regress(c[:, :4], c[:, 5:9], plus_one=False))
+
+        # Stage 2: R-Net on 24x24 crops
+        reg, prob = self._batched(self.rnet, self._crops(img, boxes, 24))
+        ok = prob[:, 1] > self.thresholds[1]
+        boxes, reg, score = boxes[ok], reg[ok], prob[ok, 1]
+        if len(boxes) == 0:
+            return []
+        keep = nms(boxes, score, 0.7)
+        boxes = self._square(self._regress(boxes[keep], reg[keep]))
+
+        # Stage 3: O-Net on 48x48 crops, landmarks
+        reg, lmk, prob = self._batched(self.onet, self._crops(img, boxes, 48))
+        ok = prob[:, 1] > self.thresholds[2]
+        boxes, reg, lmk, score = boxes[ok], reg[ok], lmk[ok], prob[ok, 1]
+        if len(boxes) == 0:
+            return []
+        bw = boxes[:, 2] - boxes[:, 0] + 1
+        bh = boxes[:, 3] - boxes[:, 1] + 1
+        kps = np.stack([bw[:, None] * lmk[:, :5] + boxes[:, :1] - 1,
+                        bh[:, None] * lmk[:, 5:] + boxes[:, 1:2] - 1], axis=2)  # (N,5,2), 0-based
+        boxes = self._regress(boxes, reg)
+        keep = nms(boxes, score, 0.7, mode="min")
+        boxes = boxes[keep] - np.array([1.0, 1.0, 0.0, 0.0])  # 1-based inclusive -> 0-based edges
+        return [Face(boxes[i].astype(np.float32), kps[k].astype(np.float32), float(score[k]))
+                for i, k in enumerate(keep) if score[k] >= self.threshold]
+
+
+# ------------------------------------------------------------------------------------------------
+# Factory and face choice
+# ------------------------------------------------------------------------------------------------
+def create_detector(name: str = "auto", antelopev2_dir: PathLike = DEFAULT_ANTELOPEV2_DIR,
+                    det_size: Sequence[int] = (224, 224), threshold: float = 0.5,
+                    device: Union[str, torch.device] = "cpu") -> FaceDetector:
+    """Build a face detector.
+
+    Args:
+        name: "auto" (SCRFD when ``antelopev2_dir/scrfd_10g_bnkps.onnx`` exists, else MTCNN with a
+            one-line notice), "scrfd" or "mtcnn".
+        antelopev2_dir: folder of insightface's antelopev2 models.
+        det_size: SCRFD input (width, height).
+        threshold: minimum detection score (both detectors).
+        device: torch device of MTCNN (SCRFD picks its onnxruntime provider itself).
+
+    Raises:
+        MICAError: "scrfd" without the ONNX file, unknown name, or missing MTCNN weights.
+    """
+    scrfd_path = Path(antelopev2_dir).expanduser() / SCRFD_FILE
+    if name == "scrfd":
+        return SCRFD(scrfd_path, det_size=det_size, threshold=threshold)
+    if name == "auto":
+        if scrfd_path.is_file():
+            return SCRFD(scrfd_path, det_size=det_size, threshold=threshold)
+        logger.info(f"antelopev2 not found ({scrfd_path}); using the MTCNN detector instead. "
+                    f"For MICA's own detector (SCRFD) {_ANTELOPE_HOWTO}")
+        return MTCNN(threshold=threshold, device=device)
+    if name == "mtcnn":
+        return MTCNN(threshold=threshold, device=device)
+    raise MICAError(f"unknown detector '{name}' (use auto, scrfd or mtcnn)")
+
+
+def pick_centre_face(faces: Sequence[Face], image_shape: Sequence[int]) -> Optional[Face]:
+    """The face whose box centre is closest to the image centre (MICA's choice among several).
+
+    Args:
+        faces: detections.
+        image_shape: (H, W, ...) of the photo.
+
+    Returns:
+        That face, or None when ``faces`` is empty. Ties keep the earlier (higher-scoring) face.
+    """
+    if len(faces) == 0:
+        return None
+    cy, cx = image_shape[0] / 2.0, image_shape[1] / 2.0
+    dists = [math.hypot((f.box[0] + f.box[2]) / 2.0 - cx, (f.box[1] + f.box[3]) / 2.0 - cy) for f in faces]
+    return faces[int(np.argmin(dists))]

@@ -1,0 +1,184 @@
+"""Safe FLAME file loaders: real formats, refusal of foreign globals, clear user errors."""
+from __future__ import annotations
+
+import io
+import os
+import pickle
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from models.flame_io import (FLAME_URL, load_flame_masks, load_flame_model, load_landmark_embedding,
+                             safe_unpickle)
+from tests.synthetic_flame import generic_model_bytes, make_model_arrays, write_synthetic_flame
+from utils.errors import MICAError
+
+MASK_SIZES = {"face": 1787, "eye_region": 751, "left_eye_region": 287, "right_eye_region": 287,
+              "left_eyeball": 546, "right_eyeball": 546, "left_ear": 588, "right_ear": 588,
+              "forehead": 133, "lips": 254, "nose": 379, "scalp": 489, "neck": 253, "boundary": 114}
+
+
+class _System:
+    """Pickles as a call of os.system (what a malicious file would do)."""
+
+    def __init__(self, cmd: str) -> None:
+        self.cmd = cmd
+
+    def __reduce__(self):
+        return (os.system, (self.cmd,))
+
+
+class _Eval:
+    def __reduce__(self):
+        return (eval, ("__import__('os').getcwd()",))
+
+
+@pytest.fixture(scope="module")
+def small_flame(tmp_path_factory):
+    return write_synthetic_flame(tmp_path_factory.mktemp("small_flame"), seed=3, real=False)
+
+
+def test_synthetic_model_is_real_format_and_loads(small_flame):
+    raw = (small_flame / "generic_model.pkl").read_bytes()
+    assert b"chumpy.ch" in raw and b"csc_matrix" in raw  # the real file's foreign classes
+    assert "chumpy" not in sys.modules and "chumpy.ch" not in sys.modules
+    with pytest.raises(ModuleNotFoundError):  # a plain pickle.load needs chumpy
+        pickle.loads(raw, encoding="latin1")
+    ref = make_model_arrays(seed=3, real=False)["model"]
+    m = load_flame_model(small_flame / "generic_model.pkl")
+    n_v = ref["v_template"].shape[0]
+    np.testing.assert_array_equal(m.v_template, ref["v_template"])
+    np.testing.assert_array_equal(m.shapedirs, ref["shapedirs"])
+    np.testing.assert_array_equal(m.posedirs, ref["posedirs"])
+    np.testing.assert_array_equal(m.J_regressor, ref["J_regressor"])
+    np.testing.assert_array_equal(m.weights, ref["weights"])
+    np.testing.assert_array_equal(m.faces, ref["f"].astype(np.int64))
+    assert m.shapedirs.shape == (n_v, 3, 400) and m.posedirs.shape == (n_v, 3, 36)
+    assert m.J_regressor.shape == (5, n_v) and m.faces.dtype == np.int64
+    assert m.kintree_table[0].tolist() == [-1, 0, 1, 1, 1]  # 2**32-1 root parent fixed
+
+
+def test_real_topology_synthetic(synthetic_flame_dir, flame_public_dir):
+    m = load_flame_model(synthetic_flame_dir / "generic_model.pkl")
+    assert m.v_template.shape == (5023, 3) and m.faces.shape == (9976, 3)
+
+
+def test_refuses_os_system_without_running_it(tmp_path):
+    marker = tmp_path / "pwned"
+    bad = tmp_path / "generic_model.pkl"
+    bad.write_bytes(pickle.dumps({"f": _System(f"touch {marker}")}, protocol=2))
+    with pytest.raises(MICAError) as e:
+        load_flame_model(bad)
+    msg = str(e.value)
+    assert str(bad) in msg and "system" in msg and "\n" not in msg
+    assert not marker.exists()
+    with pytest.raises(MICAError, match="eval"):
+        safe_unpickle(pickle.dumps(_Eval()), "x.pkl")
+
+
+def test_refuses_payload_hidden_in_chumpy_state(tmp_path, small_flame):
+    """A global nested inside a Ch object's state is refused too."""
+    marker = tmp_path / "pwned2"
+    model = dict(make_model_arrays(seed=3, real=False)["model"])
+    model["bs_style"] = _System(f"touch {marker}")
+    path = tmp_path / "generic_model.pkl"
+    path.write_bytes(generic_model_bytes(model))
+    with pytest.raises(MICAError, match="system"):
+        load_flame_model(path)
+    assert not marker.exists()
+
+
+def test_refuses_in_masks_and_embedding(tmp_path):
+    marker = tmp_path / "pwned3"
+    masks = tmp_path / "FLAME_masks.pkl"
+    masks.write_bytes(pickle.dumps({"face": _System(f"touch {marker}")}))
+    with pytest.raises(MICAError, match="FLAME_masks.pkl"):
+        load_flame_masks(masks)
+    lmk = tmp_path / "landmark_embedding.npy"
+    np.save(lmk, np.array({"x": _System(f"touch {marker}")}, dtype=object), allow_pickle=True)
+    with pytest.raises(MICAError, match="system"):
+        load_landmark_embedding(lmk)
+    assert not marker.exists()
+
+
+def test_missing_file_says_where_to_get_it(tmp_path):
+    path = tmp_path / "data" / "generic_model.pkl"
+    with pytest.raises(FileNotFoundError) as e:
+        load_flame_model(path)
+    assert str(path) in str(e.value) and FLAME_URL in str(e.value)
+    with pytest.raises(FileNotFoundError, match="landmark_embedding"):
+        load_landmark_embedding(tmp_path / "landmark_embedding.npy")
+    with pytest.raises(FileNotFoundError, match="FLAME_masks"):
+        load_flame_masks(tmp_path / "FLAME_masks.pkl")
+
+
+@pytest.mark.parametrize("name", ["generic_model.pkl", "landmark_embedding.npy", "FLAME_masks.pkl"])
+def test_truncated_files(tmp_path, small_flame, name):
+    raw = (small_flame / name).read_bytes()
+    path = tmp_path / name
+    path.write_bytes(raw[: len(raw) // 2])
+    loader = {"generic_model.pkl": load_flame_model, "landmark_embedding.npy": load_landmark_embedding,
+              "FLAME_masks.pkl": load_flame_masks}[name]
+    with pytest.raises(MICAError) as e:
+        loader(path)
+    assert str(path) in str(e.value) and "\n" not in str(e.value)
+    path.write_bytes(b"\x00garbage" * 10)
+    with pytest.raises(MICAError, match=str(path)):
+        loader(path)
+
+
+def test_wrong_content(tmp_path):
+    model = dict(make_model_arrays(seed=3, real=False)["model"])
+    path = tmp_path / "generic_model.pkl"
+    path.write_bytes(pickle.dumps({k: v for k, v in model.items() if k != "shapedirs"}))
+    with pytest.raises(MICAError, match="shapedirs"):
+        load_flame_model(path)
+    model["posedirs"] = model["posedirs"][:, :, :20]
+    path.write_bytes(generic_model_bytes(model))
+    with pytest.raises(MICAError, match=r"posedirs.*\(262, 3, 36\)|posedirs"):
+        load_flame_model(path)
+    path.write_bytes(pickle.dumps([1, 2, 3]))
+    with pytest.raises(MICAError, match="dict"):
+        load_flame_model(path)
+
+
+def test_real_landmark_embedding(flame_public_dir):
+    path = flame_public_dir / "landmark_embedding.npy"
+    emb = load_landmark_embedding(path)
+    # Oracle: the trusted plain loader (needs torch for the dynamic entries).
+    ref = np.load(path, allow_pickle=True, encoding="latin1")[()]
+    for key in ("static_lmk_faces_idx", "static_lmk_bary_coords", "full_lmk_faces_idx", "full_lmk_bary_coords"):
+        np.testing.assert_array_equal(getattr(emb, key), np.asarray(ref[key]))
+    for key in ("dynamic_lmk_faces_idx", "dynamic_lmk_bary_coords"):
+        assert isinstance(ref[key], torch.Tensor)
+        np.testing.assert_array_equal(getattr(emb, key), ref[key].numpy())
+    assert emb.static_lmk_faces_idx.shape == (51,) and emb.dynamic_lmk_faces_idx.shape == (79, 17)
+    assert emb.dynamic_lmk_bary_coords.shape == (79, 17, 3) and emb.full_lmk_faces_idx.shape == (1, 68)
+    # The inner 51 of the full 68 are the static landmarks.
+    np.testing.assert_array_equal(emb.full_lmk_faces_idx[0, 17:], emb.static_lmk_faces_idx)
+    np.testing.assert_allclose(emb.static_lmk_bary_coords.sum(1), 1.0, atol=1e-5)
+
+
+def test_real_masks(flame_public_dir):
+    masks = load_flame_masks(flame_public_dir / "FLAME_masks.pkl")
+    assert {k: len(v) for k, v in masks.items()} == MASK_SIZES
+    assert all(v.dtype == np.int64 and v.max() < 5023 for v in masks.values())
+
+
+def test_torch_global_other_than_tensor_rebuild_refused():
+    class _TorchLoad:
+        def __reduce__(self):
+            return (torch.load, ("/nonexistent",))
+
+    with pytest.raises(MICAError, match="torch.serialization.load|torch.load"):
+        safe_unpickle(pickle.dumps(_TorchLoad()), "x.npy")
+
+
+def test_pickled_tensor_roundtrip():
+    """A plain pickle of torch tensors (as in landmark_embedding.npy) loads as numpy."""
+    t = torch.arange(12, dtype=torch.float32).view(3, 4)
+    out = safe_unpickle(pickle.dumps({"t": t, "i": torch.tensor([5, 6])}, protocol=2), "x")
+    np.testing.assert_array_equal(out["t"], t.numpy())
+    np.testing.assert_array_equal(out["i"], [5, 6])

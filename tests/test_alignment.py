@@ -1,7 +1,6 @@
 """utils/alignment.py: similarity estimation, ArcFace crops, network input, box crops."""
 from __future__ import annotations
 
-
 import numpy as np
 import pytest
 

@@ -47,6 +47,8 @@ def closest_points_on_triangles(p: np.ndarray, a: np.ndarray, b: np.ndarray, c: 
         bary: (..., 3) its barycentric coordinates with respect to (a, b, c).
     """
     p, a, b, c = np.broadcast_arrays(*(np.asarray(x, dtype=np.float64) for x in (p, a, b, c)))
+    shape = p.shape
+    p, a, b, c = (x.reshape(-1, 3) for x in (p, a, b, c))
     ab, ac, ap = b - a, c - a, p - a
     d1, d2 = _dot(ab, ap), _dot(ac, ap)
     bp = p - b
@@ -94,7 +96,7 @@ def closest_points_on_triangles(p: np.ndarray, a: np.ndarray, b: np.ndarray, c: 
 
     bary = np.stack([u, v, w], axis=-1)
     closest = a * u[..., None] + b * v[..., None] + c * w[..., None]
-    return closest, bary
+    return closest.reshape(shape), bary.reshape(shape)
 
 
 def _subdivide(vertices: np.ndarray, faces: np.ndarray, max_radius: float, max_levels: int = 8):

@@ -239,25 +239,14 @@ def score_mesh(scan_vertices: np.ndarray, scan_lmks: np.ndarray, pred_vertices: 
 # Files
 # ---------------------------------------------------------------------------------------------
 def load_mesh(path: PathLike) -> tuple[np.ndarray, np.ndarray]:
-    """Read an .obj/.ply mesh as (vertices (V,3) float64, faces (F,3) int64), no processing.
+    """Read an .obj/.ply mesh as (vertices (V,3) float64, faces (F,3) int64), vertex order kept.
 
     Raises:
-        FileNotFoundError / MICAError: missing, unreadable or face-less file.
+        FileNotFoundError / MICAError / ValueError: missing, unreadable or not a mesh file.
     """
-    import trimesh  # local: only the scorer needs it
+    from utils.mesh import read_mesh
 
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"mesh {path} does not exist")
-    try:
-        mesh = trimesh.load(str(path), process=False, force="mesh")
-    except Exception as e:  # trimesh raises many types for corrupt files
-        raise MICAError(f"mesh {path} could not be read ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}); re-export it as .obj/.ply") from None
-    v = np.asarray(getattr(mesh, "vertices", np.zeros((0, 3))), dtype=np.float64)
-    f = np.asarray(getattr(mesh, "faces", np.zeros((0, 3))), dtype=np.int64)
-    if len(v) == 0:
-        raise MICAError(f"mesh {path} has no vertices; re-export it")
-    return v, f.reshape(-1, 3)
+    return read_mesh(path)
 
 
 def load_pred_landmarks(path: PathLike) -> np.ndarray:

@@ -81,9 +81,8 @@ def plot_cumulative_curves(curves: Mapping[str, tuple[np.ndarray, np.ndarray]], 
         if x.size:
             keep = np.concatenate([[0.0], x[x <= x_max]]), np.concatenate([[0.0], y[x <= x_max]])
             xs, ys = keep
-            if x.max() > x_max:  # extend to the right border at the level reached there
-                xs = np.append(xs, x_max)
-                ys = np.append(ys, np.interp(x_max, x, y))
+            xs = np.append(xs, x_max)  # to the right border, at the level reached there
+            ys = np.append(ys, np.interp(x_max, x, y))
             step = max(1, len(xs) // 2000)  # 100000 bins: thin out for drawing
             pts = to_px(np.append(xs[::step], xs[-1]), np.append(ys[::step], ys[-1]))
             draw.line(pts, fill=colour, width=2)

@@ -1,0 +1,187 @@
+"""NoW-protocol scoring: crop, alignment, refinement and the whole-folder evaluation."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from testing.now_eval import (crop_scan, evaluate, landmark_alignment, load_pred_landmarks, now_items,
+                              read_official_outputs, score_mesh, stirling_items)
+from testing.pp import read_pp, write_pp
+from testing.report import PUBLISHED_NOW, cumulative_error_curve, markdown_table, write_reports
+from tests.synthetic_now import ellipsoid_head, kept_mask, make_scan, random_similarity, write_now_folder, write_prediction
+from utils.errors import MICAError
+
+
+def test_pp_roundtrip_and_errors(tmp_path):
+    pts = np.random.default_rng(0).normal(size=(7, 3)) * 50
+    write_pp(tmp_path / "a.pp", pts)
+    np.testing.assert_array_equal(read_pp(tmp_path / "a.pp"), pts)
+    # The official reader takes lines 9..15: our file keeps that layout.
+    lines = (tmp_path / "a.pp").read_text().splitlines()
+    assert all(ln.strip().startswith("<point") for ln in lines[8:15])
+    (tmp_path / "bad.pp").write_text("<PickedPoints><point x='1'")
+    with pytest.raises(MICAError, match="bad.pp"):
+        read_pp(tmp_path / "bad.pp")
+    write_pp(tmp_path / "six.pp", pts[:6])
+    with pytest.raises(MICAError, match="6 points"):
+        read_pp(tmp_path / "six.pp")
+    with pytest.raises(FileNotFoundError, match="missing.pp"):
+        read_pp(tmp_path / "missing.pp")
+
+
+def test_crop_scan_hand_values():
+    # Landmarks: outer eyes 80 apart, bridge 40 above the nose bottom -> centre (0, 12, 0), radius 84.
+    lm = np.array([[-40, 40, 0], [-10, 40, 0], [10, 40, 0], [40, 40, 0], [0, 0, 0], [-20, -30, 0], [20, -30, 0]], float)
+    pts = np.array([[0, 12, 83.9], [0, 12, 84.1], [0, 12 - 84.1, 0], [0, 12 - 83.0, 0]])
+    faces = np.array([[0, 1, 2], [0, 3, 0]])
+    kept, kept_faces, mask = crop_scan(pts, faces, lm)
+    np.testing.assert_array_equal(mask, [True, False, False, True])
+    np.testing.assert_array_equal(kept, pts[[0, 3]])
+    np.testing.assert_array_equal(kept_faces, [[0, 1, 0]])
+
+
+def test_landmark_alignment_metrical_keeps_unit_scale():
+    rng = np.random.default_rng(1)
+    src = rng.normal(size=(7, 3)) * 0.05  # metres
+    s, rot, t = random_similarity(rng, scale=1000.0)
+    dst = s * src @ rot.T + t
+    s2, r2, t2 = landmark_alignment(src, dst * 1.1, metrical=True, unit_factor=1000.0)
+    assert s2 == 1000.0
+    np.testing.assert_allclose(r2, rot, atol=1e-9)
+    s3, _, _ = landmark_alignment(src, dst * 1.1, metrical=False)
+    assert s3 == pytest.approx(1100.0)
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_similarity_copy_of_the_mesh_scores_zero(seed):
+    rng = np.random.default_rng(seed)
+    v, f, lm = ellipsoid_head(3)
+    scan = make_scan(v, f, lm, noise_mm=0.0, rng=rng, scale=1.2, landmark_noise_mm=3.0)  # landmarks off by ~3 mm
+    res = score_mesh(scan.vertices, scan.landmarks, v, f, lm, metrical=False)
+    assert res.distances.max() < 1e-6
+    assert res.scale == pytest.approx(scan.scale, rel=1e-6)
+    np.testing.assert_allclose(res.rot, scan.rot, atol=1e-6)
+    # Metrical: a scaled copy cannot be matched without scale, a rigid copy can.
+    assert score_mesh(scan.vertices, scan.landmarks, v, f, lm, metrical=True).distances.mean() > 1.0
+    rigid = make_scan(v, f, lm, noise_mm=0.0, rng=rng, scale=1.0, landmark_noise_mm=3.0)
+    res_m = score_mesh(rigid.vertices, rigid.landmarks, v, f, lm, metrical=True)
+    assert res_m.distances.max() < 1e-6 and res_m.scale == 1.0
+    # Units: a prediction in metres with unit factor 1000.
+    res_m = score_mesh(rigid.vertices, rigid.landmarks, v / 1000, f, lm / 1000, metrical=True, unit_factor=1000.0)
+    assert res_m.distances.max() < 1e-6
+
+
+def test_error_equals_added_noise():
+    rng = np.random.default_rng(2)
+    v, f, lm = ellipsoid_head(4)
+    sigma = 0.4
+    scan = make_scan(v, f, lm, noise_mm=sigma, rng=rng, landmark_noise_mm=2.0)
+    res = score_mesh(scan.vertices, scan.landmarks, v, f, lm)
+    truth = np.abs(scan.offsets[kept_mask(scan.vertices, scan.landmarks)]) * scan.scale
+    assert len(res.distances) == len(truth) > 1000
+    # The refinement fits the noise a little (the true pose is one feasible point, so the refined
+    # sum of squares can only be lower); per point it stays within a small fraction of sigma.
+    np.testing.assert_allclose(res.distances, truth, atol=0.15 * sigma)
+    assert (res.distances ** 2).sum() <= (truth ** 2).sum() * (1 + 1e-3)
+    assert np.median(res.distances) == pytest.approx(np.median(truth), rel=0.02)
+    assert np.mean(res.distances) == pytest.approx(np.mean(truth), rel=0.02)
+
+
+def _build(tmp_path, rng, subjects=("S1", "S2"), sigma=0.3, scale=None):
+    v, f, lm = ellipsoid_head(3)
+    scans, truths = {}, {}
+    for s in subjects:
+        scan = make_scan(v, f, lm, noise_mm=sigma, rng=rng, scale=scale, landmark_noise_mm=1.0)
+        scans[s] = scan
+        truths[s] = np.abs(scan.offsets[kept_mask(scan.vertices, scan.landmarks)]) * scan.scale
+    root = write_now_folder(tmp_path / "now", scans)
+    lines = []
+    for s in subjects:
+        for ch in ("multiview_neutral", "selfie"):
+            lines.append(f"{s}/{ch}/IMG_{ch[:3]}.jpg")
+    (root / "imagepathsvalidation.txt").write_text("\n".join(lines) + "\n")
+    pred = tmp_path / "pred"
+    for i, line in enumerate(lines[:-1]):  # the last prediction is missing
+        write_prediction(pred, line, v * 1.0, f, lm, suffix=".obj" if i % 2 else ".ply")
+    return root, pred, lines, truths
+
+
+def test_evaluate_folder_official_outputs_and_report(tmp_path):
+    rng = np.random.default_rng(3)
+    root, pred, lines, truths = _build(tmp_path, rng)
+    items = now_items(root, pred, "validation")
+    res = evaluate(items, method="synthetic", progress=False)
+    assert res.missing == [lines[-1]]
+    assert res.input_files == lines[:-1]
+    expected = np.concatenate([truths[ln.split("/")[0]] for ln in lines[:-1]])
+    got = res.all_distances
+    np.testing.assert_allclose(np.sort(got), np.sort(expected), atol=0.3 * 0.3)  # refinement fits the noise a little
+    assert res.overall.median == pytest.approx(np.median(expected), rel=0.05)
+    assert res.overall.mean == pytest.approx(np.mean(expected), rel=0.03)
+    assert res.overall.std == pytest.approx(np.std(expected), rel=0.05)
+    sel = np.concatenate([truths[ln.split("/")[0]] for ln in lines[:-1] if "selfie" in ln])
+    assert res.groups["selfie"].mean == pytest.approx(np.mean(sel), rel=0.03)
+    assert res.groups["multiview_neutral"].n_images == 2 and res.groups["selfie"].n_images == 1
+
+    out = tmp_path / "results"
+    written = write_reports([res], out, PUBLISHED_NOW)
+    off = read_official_outputs(out / "synthetic_computed_distances.npy")
+    assert off["num_missing_files"] == 1 and off["input_files"] == lines[:-1]
+    np.testing.assert_allclose(np.concatenate(off["computed_distances"]), got)
+    med, mean = np.loadtxt(out / "synthetic_computed_distances.npy.meanmedian")
+    assert med == pytest.approx(np.median(got)) and mean == pytest.approx(np.mean(got))
+    img = Image.open(written["curve"])
+    assert img.size == (800, 560) and img.format == "PNG"
+    assert (out / "cumulative_errors_selfie.png").is_file()
+    table = (out / "results.md").read_text()
+    assert "| synthetic | no | 3 | 1 |" in table and "MICA (published) | no | - | - | 0.900 | 1.110 | 0.920" in table
+
+
+def test_metrical_variant_sees_the_scale(tmp_path):
+    rng = np.random.default_rng(4)
+    root, pred, lines, truths = _build(tmp_path, rng, subjects=("S1",), scale=1.1)
+    items = now_items(root, pred, "validation")
+    plain = evaluate(items, method="a", progress=False)
+    metrical = evaluate(items, method="b", metrical=True, progress=False)
+    assert plain.overall.mean == pytest.approx(np.mean(truths["S1"]), rel=0.03)
+    assert metrical.overall.mean > 3 * plain.overall.mean
+    table = markdown_table([plain, metrical])
+    assert "| b | yes |" in table
+
+
+def test_cumulative_curve_hand_values():
+    x, y = cumulative_error_curve(np.array([0.5, 1.5, 2.5, 3.5]), bins=3)
+    np.testing.assert_allclose(x, [1.5, 2.5, 3.5])
+    np.testing.assert_allclose(y, [25.0, 50.0, 100.0])
+
+
+def test_landmark_files_and_missing_folders(tmp_path):
+    np.save(tmp_path / "a.npy", np.arange(21.0).reshape(1, 7, 3))
+    np.testing.assert_array_equal(load_pred_landmarks(tmp_path / "a.npy"), np.arange(21.0).reshape(7, 3))
+    np.savetxt(tmp_path / "b.txt", np.ones((7, 3)))
+    assert load_pred_landmarks(tmp_path / "b.txt").shape == (7, 3)
+    np.save(tmp_path / "c.npy", np.ones((68, 3)))
+    with pytest.raises(MICAError, match="c.npy"):
+        load_pred_landmarks(tmp_path / "c.npy")
+    with pytest.raises(FileNotFoundError, match="test.now_root"):
+        now_items(tmp_path / "nope", tmp_path)
+    (tmp_path / "now").mkdir()
+    with pytest.raises(FileNotFoundError, match="scans"):
+        now_items(tmp_path / "now", tmp_path)
+    with pytest.raises(FileNotFoundError, match="predicted folder"):
+        now_items(tmp_path / "now", tmp_path / "nopred")
+
+
+def test_stirling_items_layout(tmp_path):
+    rng = np.random.default_rng(5)
+    v, f, lm = ellipsoid_head(3)
+    scan = make_scan(v, f, lm, noise_mm=0.2, rng=rng, scale=1.0)
+    write_now_folder(tmp_path / "st", {"F1001": scan})
+    for q in ("HQ", "LQ"):
+        write_prediction(tmp_path / "pred" / q, "F1001/F1001_01A", v, f, lm, suffix=".ply")
+    items = stirling_items(tmp_path / "pred", tmp_path / "st" / "scans", tmp_path / "st" / "scans_lmks_onlypp")
+    assert [i.group for i in items] == ["HQ", "LQ"]
+    res = evaluate(items, method="st", metrical=True, progress=False)
+    truth = np.abs(scan.offsets[kept_mask(scan.vertices, scan.landmarks)])
+    assert res.groups["HQ"].mean == pytest.approx(np.mean(truth), rel=0.03)

@@ -6,7 +6,7 @@ with ``pickle.load`` needs chumpy and runs whatever callable the file names. Her
 unpickler resolves only the globals the formats need:
 
 - numpy array reconstruction (``numpy[._]core.multiarray._reconstruct``, ``numpy.ndarray``,
-  ``numpy.dtype``, ``numpy[._]core.multiarray.scalar``);
+  ``numpy.dtype``, ``numpy[._]core.multiarray.scalar``, ``numpy[._]core.numeric._frombuffer``);
 - ``scipy.sparse`` ``csc_matrix`` / ``csr_matrix`` (old and new module paths), mapped to a stand-in
   that keeps the pickled ``data``/``indices``/``indptr``/shape and is densified afterwards;
 - ``chumpy.ch.Ch``, mapped to a stand-in that keeps the array of its pickled state key ``x``;
@@ -129,6 +129,7 @@ def _rebuild_tensor(storage: Any, offset: int, size: Any, stride: Any, *rest: An
 def _allowed_globals() -> Dict[tuple, Any]:
     reconstruct = np.ndarray.__reduce__(np.zeros(1))[0]  # numpy's own _reconstruct
     scalar = np.float64(0).__reduce__()[0]
+    frombuffer = np.zeros(1).__reduce_ex__(5)[0]  # numpy's own _frombuffer
     table: Dict[tuple, Any] = {
         ("numpy", "ndarray"): np.ndarray,
         ("numpy", "dtype"): np.dtype,
@@ -145,6 +146,8 @@ def _allowed_globals() -> Dict[tuple, Any]:
     for mod in ("numpy.core.multiarray", "numpy._core.multiarray"):
         table[(mod, "_reconstruct")] = reconstruct
         table[(mod, "scalar")] = scalar
+    for mod in ("numpy.core.numeric", "numpy._core.numeric"):  # protocol 5 (files re-saved by Python 3)
+        table[(mod, "_frombuffer")] = frombuffer
     for mod in ("scipy.sparse", "scipy.sparse.csc", "scipy.sparse._csc"):
         table[(mod, "csc_matrix")] = _CscStandIn
     for mod in ("scipy.sparse", "scipy.sparse.csr", "scipy.sparse._csr"):

@@ -6,7 +6,9 @@
   file (``f, v_template, shapedirs, posedirs, J_regressor, weights, kintree_table, J, bs_style,
   bs_type``); ``v_template, shapedirs, posedirs, weights, J`` are pickled as ``chumpy.ch.Ch``
   objects (state ``{'x': array}``), ``J_regressor`` as a scipy ``csc_matrix``, the root parent in
-  ``kintree_table`` as 2**32-1, all as in the real file. chumpy is faked only while pickling.
+  ``kintree_table`` as 2**32-1, binary data as Python-2 ``str`` and Python-2 global names
+  (``numpy.core.multiarray``, ``scipy.sparse.csc``), as in the real file. chumpy is never
+  imported: a throwaway class named ``chumpy.ch.Ch`` is written by name.
 - ``landmark_embedding.npy`` (object array of a dict; dynamic entries are torch tensors),
   ``FLAME_masks.pkl`` and ``head_template.obj``.
 
@@ -20,7 +22,7 @@ from __future__ import annotations
 import io
 import os
 import pickle
-import sys
+import struct
 import types
 from pathlib import Path
 from typing import Dict, Optional, Tuple
@@ -196,12 +198,14 @@ def make_model_arrays(seed: int = 0, real: Optional[bool] = None) -> Dict[str, o
 # ---------------------------------------------------------------------------------------------
 # Writing in the real formats
 # ---------------------------------------------------------------------------------------------
-def _fake_chumpy_ch() -> Tuple[types.ModuleType, types.ModuleType, type]:
-    """Throwaway ``chumpy`` / ``chumpy.ch`` modules with a ``Ch`` class pickled as state {'x': array}."""
-    pkg = types.ModuleType("chumpy")
+def _fake_chumpy_ch() -> Tuple[types.ModuleType, type]:
+    """A throwaway ``chumpy.ch`` module object with a ``Ch`` class pickled as state {'x': array}.
+
+    It is never put into ``sys.modules``: ``_Py2Pickler`` writes its global by name.
+    """
     mod = types.ModuleType("chumpy.ch")
 
-    class Ch:  # noqa: D401 - stand-in for chumpy.ch.Ch while pickling
+    class Ch:  # stand-in for chumpy.ch.Ch while pickling
         def __init__(self, x: np.ndarray) -> None:
             self.x = x
 
@@ -211,28 +215,70 @@ def _fake_chumpy_ch() -> Tuple[types.ModuleType, types.ModuleType, type]:
     Ch.__module__ = "chumpy.ch"
     Ch.__qualname__ = "Ch"
     mod.Ch = Ch
-    pkg.ch = mod
-    return pkg, mod, Ch
+    return mod, Ch
+
+
+# Python-3 location -> the name a Python 2 / old numpy+scipy pickle used.
+_PY2_GLOBALS = {
+    ("numpy._core.multiarray", "_reconstruct"): ("numpy.core.multiarray", "_reconstruct"),
+    ("numpy.core.multiarray", "_reconstruct"): ("numpy.core.multiarray", "_reconstruct"),
+    ("scipy.sparse._csc", "csc_matrix"): ("scipy.sparse.csc", "csc_matrix"),
+    ("copyreg", "_reconstructor"): ("copy_reg", "_reconstructor"),
+    ("builtins", "object"): ("__builtin__", "object"),
+    ("chumpy.ch", "Ch"): ("chumpy.ch", "Ch"),
+}
+
+
+class _Py2Pickler(pickle._Pickler):  # the pure-Python pickler, whose dispatch can be extended
+    """Writes pickles as Python 2 did: bytes and ASCII text as ``str`` (BINSTRING), py2 global names."""
+
+    dispatch = dict(pickle._Pickler.dispatch)
+
+    def _binstring(self, obj: object, data: bytes) -> None:
+        if len(data) < 256:
+            self.write(pickle.SHORT_BINSTRING + bytes([len(data)]) + data)
+        else:
+            self.write(pickle.BINSTRING + struct.pack("<i", len(data)) + data)
+        self.memoize(obj)
+
+    def save_bytes(self, obj: bytes) -> None:
+        self._binstring(obj, obj)
+
+    def save_str(self, obj: str) -> None:
+        try:
+            self._binstring(obj, obj.encode("ascii"))
+        except UnicodeEncodeError:
+            pickle._Pickler.save_str(self, obj)
+
+    def save_global(self, obj: object, name: Optional[str] = None) -> None:
+        key = (getattr(obj, "__module__", None), name or getattr(obj, "__qualname__", None))
+        if key in _PY2_GLOBALS:
+            module, qualname = _PY2_GLOBALS[key]
+            self.write(pickle.GLOBAL + f"{module}\n{qualname}\n".encode("ascii"))
+            self.memoize(obj)
+        else:
+            pickle._Pickler.save_global(self, obj, name)
+
+    dispatch[bytes] = save_bytes
+    dispatch[str] = save_str
+    dispatch[types.FunctionType] = save_global
+    dispatch[type] = save_global
 
 
 def generic_model_bytes(model: Dict[str, object], ch_keys=("v_template", "shapedirs", "posedirs",
-                                                            "weights", "J")) -> bytes:
-    """Pickle ``model`` as FLAME 2020 does: Ch objects, csc J_regressor, protocol 2."""
-    pkg, mod, ch_cls = _fake_chumpy_ch()
-    saved = {k: sys.modules.get(k) for k in ("chumpy", "chumpy.ch")}
+                                                            "weights", "J"), protocol: int = 2) -> bytes:
+    """Pickle ``model`` as the Python-2 FLAME 2020 file: Ch objects, csc J_regressor, py2 strings.
+
+    ``protocol`` 2 is the real file's; 0/1 exercise ``copy_reg._reconstructor``.
+    """
+    _, ch_cls = _fake_chumpy_ch()
     out = dict(model)
     out["J_regressor"] = scipy.sparse.csc_matrix(np.asarray(model["J_regressor"]))
     for k in ch_keys:
         out[k] = ch_cls(np.asarray(model[k]))
-    sys.modules["chumpy"], sys.modules["chumpy.ch"] = pkg, mod
-    try:
-        return pickle.dumps(out, protocol=2)
-    finally:
-        for k, v in saved.items():
-            if v is None:
-                sys.modules.pop(k, None)
-            else:
-                sys.modules[k] = v
+    buf = io.BytesIO()
+    _Py2Pickler(buf, protocol=protocol).dump(out)
+    return buf.getvalue()
 
 
 def embedding_npy_bytes(embedding: Dict[str, object]) -> bytes:

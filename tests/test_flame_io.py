@@ -43,6 +43,7 @@ def small_flame(tmp_path_factory):
 def test_synthetic_model_is_real_format_and_loads(small_flame):
     raw = (small_flame / "generic_model.pkl").read_bytes()
     assert b"chumpy.ch" in raw and b"csc_matrix" in raw  # the real file's foreign classes
+    assert b"numpy.core.multiarray" in raw and b"_codecs" not in raw  # Python-2 names and strings
     assert "chumpy" not in sys.modules and "chumpy.ch" not in sys.modules
     with pytest.raises(ModuleNotFoundError):  # a plain pickle.load needs chumpy
         pickle.loads(raw, encoding="latin1")
@@ -182,3 +183,34 @@ def test_pickled_tensor_roundtrip():
     out = safe_unpickle(pickle.dumps({"t": t, "i": torch.tensor([5, 6])}, protocol=2), "x")
     np.testing.assert_array_equal(out["t"], t.numpy())
     np.testing.assert_array_equal(out["i"], [5, 6])
+
+
+@pytest.mark.parametrize("protocol", [0, 1])
+def test_old_protocols_use_copy_reg(tmp_path, protocol):
+    """Protocol 0/1 pickles rebuild objects through copy_reg._reconstructor (allowed for stand-ins only)."""
+    ref = make_model_arrays(seed=4, real=False)["model"]
+    raw = generic_model_bytes(ref, protocol=protocol)
+    assert b"copy_reg" in raw
+    path = tmp_path / "generic_model.pkl"
+    path.write_bytes(raw)
+    m = load_flame_model(path)
+    np.testing.assert_array_equal(m.shapedirs, ref["shapedirs"])
+    np.testing.assert_array_equal(m.J_regressor, ref["J_regressor"])
+
+    class _Evil:
+        def __reduce__(self):
+            import copyreg
+            return (copyreg._reconstructor, (_System, object, None))
+
+    with pytest.raises(MICAError, match="_System|corrupt"):
+        safe_unpickle(pickle.dumps(_Evil(), protocol=1), "x.pkl")
+
+
+def test_resaved_python3_file(tmp_path):
+    """A chumpy-free copy re-saved by Python 3 (plain arrays, protocol 5) also loads."""
+    ref = make_model_arrays(seed=5, real=False)["model"]
+    path = tmp_path / "generic_model.pkl"
+    path.write_bytes(pickle.dumps(dict(ref), protocol=5))
+    m = load_flame_model(path)
+    np.testing.assert_array_equal(m.weights, ref["weights"])
+    np.testing.assert_array_equal(m.posedirs, ref["posedirs"])

@@ -1,7 +1,6 @@
 """Safe FLAME file loaders: real formats, refusal of foreign globals, clear user errors."""
 from __future__ import annotations
 
-import io
 import os
 import pickle
 import sys

@@ -1,0 +1,129 @@
+"""Export MICA's image -> FLAME shape-coefficients network to ONNX and validate it.
+
+    python -m micalib.export --cfg configs/mica.yml --onnx mica.onnx [--checkpoint data/pretrained/mica.tar]
+                             [--opset 17] [--no-validate] [KEY VALUE ...]
+
+The graph takes ``images (batch, 3, 112, 112)`` float32 ((RGB - 127.5) / 127.5) and returns
+``shape (batch, n_shape)`` float32; the batch axis is dynamic. The ONNX file is written atomically,
+then run with onnxruntime (CPU) on batches of 1 and 4 and compared with torch; a difference above
+``--atol`` is an error. FLAME is not part of the graph (``micalib.predictor`` decodes after it).
+"""
+from __future__ import annotations
+
+import argparse
+import io
+import sys
+from pathlib import Path
+from typing import Dict, Optional, Sequence, Union
+
+import numpy as np
+import torch
+from loguru import logger
+from torch import nn
+
+from utils.errors import MICAError, run_main
+from utils.io import atomic_write_bytes
+
+__all__ = ["export_onnx", "validate_onnx", "main"]
+
+INPUT_NAME = "images"
+OUTPUT_NAME = "shape"
+DEFAULT_OPSET = 17
+# Largest tolerated |onnxruntime - torch| of the fp32 coefficients.
+DEFAULT_ATOL = 1e-4
+VALIDATION_BATCHES = (1, 4)
+
+
+def export_onnx(net: nn.Module, path: Union[str, Path], opset: int = DEFAULT_OPSET) -> Path:
+    """Write ``net`` (images -> coefficients) to ``path`` as ONNX with a dynamic batch axis.
+
+    Uses the TorchScript-based exporter (``dynamo=False``) and falls back to the dynamo exporter
+    (onnxscript) if that fails. The model is exported on the CPU in float32, in eval mode.
+    """
+    path = Path(path)
+    net = net.float().cpu().eval()
+    example = torch.zeros(2, 3, 112, 112)
+    buf = io.BytesIO()
+    try:
+        with torch.no_grad():
+            torch.onnx.export(net, (example,), buf, dynamo=False, opset_version=opset,
+                              input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
+                              dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}})
+        data = buf.getvalue()
+    except Exception as e:  # exporter internals raise many types; try the other exporter once
+        logger.warning(f"TorchScript ONNX export failed ({str(e).splitlines()[0][:100]}); trying dynamo=True")
+        batch = torch.export.Dim("batch", min=1, max=1024)
+        with torch.no_grad():
+            program = torch.onnx.export(net, (example,), dynamo=True, opset_version=max(opset, 18),
+                                        input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
+                                        dynamic_shapes={"images": {0: batch}})
+        data = program.model_proto.SerializeToString()
+    atomic_write_bytes(path, data)
+    logger.info(f"wrote {path} ({len(data) / 2**20:.1f} MiB, opset {opset})")
+    return path
+
+
+def validate_onnx(net: nn.Module, path: Union[str, Path], batches: Sequence[int] = VALIDATION_BATCHES,
+                  atol: float = DEFAULT_ATOL, seed: int = 0) -> Dict[int, float]:
+    """Run the ONNX file with onnxruntime (CPU) and compare with ``net`` in torch fp32.
+
+    Returns:
+        ``{batch: max |ort - torch|}``.
+
+    Raises:
+        MICAError: a difference above ``atol`` or a wrong output shape.
+    """
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    gen = torch.Generator().manual_seed(seed)
+    net = net.float().cpu().eval()
+    diffs: Dict[int, float] = {}
+    for b in batches:
+        x = torch.rand(b, 3, 112, 112, generator=gen) * 2 - 1
+        with torch.no_grad():
+            ref = net(x).numpy()
+        got = session.run(None, {session.get_inputs()[0].name: x.numpy()})[0]
+        if got.shape != ref.shape:
+            raise MICAError(f"ONNX model {path}: batch {b} gives shape {got.shape}, torch {ref.shape} - export again")
+        diffs[b] = float(np.abs(got - ref).max())
+        if not diffs[b] <= atol:
+            raise MICAError(f"ONNX model {path} differs from torch by {diffs[b]:.2e} at batch {b} (> {atol:g}); "
+                            f"try another --opset")
+    logger.info("onnxruntime vs torch, max |diff| per batch: " + ", ".join(f"{b}: {d:.2e}" for b, d in diffs.items()))
+    return diffs
+
+
+def _parse(argv: Optional[Sequence[str]]) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m micalib.export", description=__doc__.splitlines()[0])
+    p.add_argument("--cfg", default="configs/mica.yml", help="YAML config (default configs/mica.yml)")
+    p.add_argument("--onnx", required=True, help="output ONNX file")
+    p.add_argument("--checkpoint", default="", help="mica.tar to export (default: the config's pretrained_model_path)")
+    p.add_argument("--opset", type=int, default=DEFAULT_OPSET, help=f"ONNX opset (default {DEFAULT_OPSET})")
+    p.add_argument("--atol", type=float, default=DEFAULT_ATOL, help=f"validation tolerance (default {DEFAULT_ATOL:g})")
+    p.add_argument("--no-validate", action="store_true", help="skip the onnxruntime comparison")
+    p.add_argument("opts", nargs=argparse.REMAINDER, help="config overrides: KEY VALUE ...")
+    return p.parse_args(argv)
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """Command-line entry; returns the exit code."""
+    from configs.config import load_cfg
+    from micalib.mica import MICA
+
+    args = _parse(argv)
+    cfg = load_cfg(args.cfg, args.opts)
+    checkpoint = args.checkpoint or cfg.pretrained_model_path
+    if not checkpoint:
+        raise MICAError(f"no checkpoint to export: {args.cfg} sets no pretrained_model_path - pass "
+                        f"--checkpoint data/pretrained/mica.tar")
+    model = MICA.from_config(cfg, device="cpu", with_flame=False, checkpoint=checkpoint)
+    net = model.image_to_shape().eval()
+    out = export_onnx(net, args.onnx, args.opset)
+    if not args.no_validate:
+        validate_onnx(net, out, atol=args.atol)
+    return 0
+
+
+if __name__ == "__main__":
+    run_main(lambda: main(sys.argv[1:]))

@@ -1,0 +1,183 @@
+"""Batched inference for demo.py / test.py: aligned 112x112 inputs -> identity, mesh, landmarks.
+
+Two interchangeable backends behind one interface:
+
+- ``torch``: the MICA network on ``device`` (auto/cpu/cuda/mps) at ``precision``
+  (fp32|bf16|fp16|auto, see ``utils.device``). The ArcFace encoder runs under autocast (channels-last
+  memory layout for reduced precision, where oneDNN/cuDNN are fastest); the mapping network and FLAME
+  always run in float32.
+- ``onnxruntime``: the exported image -> shape-coefficients network (``micalib.export``) on the CPU
+  or CUDA execution provider (float32), FLAME decoding in torch on the CPU afterwards.
+
+Both return the same dict of float32 numpy arrays: ``identity (B, n_shape)``, ``vertices (B, V, 3)``
+metres, ``landmarks68 (B, 68, 3)`` and ``landmarks7 (B, 7, 3)`` metres.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence, Union
+
+import numpy as np
+import torch
+from loguru import logger
+from torch import nn
+
+from micalib.mica import MICA
+from utils.device import autocast, resolve_device, resolve_precision
+from utils.errors import MICAError
+
+__all__ = ["Predictor", "BACKENDS", "INPUT_SHAPE"]
+
+BACKENDS = ("torch", "onnxruntime")
+INPUT_SHAPE = (3, 112, 112)
+ArrayLike = Union[np.ndarray, torch.Tensor]
+
+
+def _as_batch(images: ArrayLike) -> torch.Tensor:
+    """``(B, 3, 112, 112)`` or ``(3, 112, 112)`` array/tensor -> float32 CPU-or-device tensor."""
+    x = images if torch.is_tensor(images) else torch.from_numpy(np.ascontiguousarray(images))
+    if x.dim() == 3:
+        x = x.unsqueeze(0)
+    if x.dim() != 4 or tuple(x.shape[1:]) != INPUT_SHAPE:
+        raise ValueError(f"network inputs must have shape (B, 3, 112, 112) (aligned ArcFace crops, "
+                         f"(RGB - 127.5) / 127.5), got {tuple(x.shape)}")
+    if not x.is_floating_point():
+        raise ValueError(f"network inputs must be float ((RGB - 127.5) / 127.5), got {x.dtype}")
+    return x.float()
+
+
+class _OrtEncoder:
+    """onnxruntime session of the exported image -> coefficients graph."""
+
+    def __init__(self, onnx_path: Union[str, Path], device: str = "auto", threads: int = 0) -> None:
+        import onnxruntime as ort
+
+        path = Path(onnx_path).expanduser()
+        if not path.is_file():
+            raise FileNotFoundError(f"ONNX model {path} not found (create it with python -m micalib.export --onnx {path})")
+        available = ort.get_available_providers()
+        if device in ("cuda", "auto") and "CUDAExecutionProvider" in available:
+            providers = ["CUDAExecutionProvider", "CPUExecutionProvider"]
+        elif device == "cuda":
+            raise MICAError("onnxruntime has no CUDA provider here (install onnxruntime-gpu, or use --device cpu)")
+        else:
+            providers = ["CPUExecutionProvider"]
+        opts = ort.SessionOptions()
+        if threads:
+            opts.intra_op_num_threads = threads
+        try:
+            self.session = ort.InferenceSession(str(path), sess_options=opts, providers=providers)
+        except Exception as e:  # onnxruntime raises its own exception types for unreadable models
+            raise MICAError(f"ONNX model {path} cannot be loaded ({str(e).splitlines()[0][:120]}); "
+                            f"export it again with python -m micalib.export") from None
+        self.input_name = self.session.get_inputs()[0].name
+        self.providers = self.session.get_providers()
+
+    def __call__(self, images: torch.Tensor) -> torch.Tensor:
+        out = self.session.run(None, {self.input_name: images.detach().cpu().numpy()})[0]
+        return torch.from_numpy(out)
+
+
+class Predictor:
+    """Images -> identity coefficients, vertices and landmarks (torch or onnxruntime backend).
+
+    Args:
+        flame: the FLAME module used to decode (``models.flame.FLAME``); for the torch backend
+            ``model.flame`` is used when this is None.
+        model: MICA network (torch backend).
+        onnx_path: exported ONNX file (onnxruntime backend).
+        backend: ``torch`` or ``onnxruntime``.
+        device: ``auto``, ``cpu``, ``cuda[:N]`` or ``mps`` (onnxruntime: cpu/cuda/auto).
+        precision: ``fp32`` (default), ``bf16``, ``fp16`` or ``auto``; onnxruntime runs fp32 only.
+        batch_size: largest batch sent through the network at once.
+        channels_last: memory layout of the encoder; None = channels-last for reduced precision only
+            (measured faster for bf16 on CPU, slower for fp32: see bench/README.md).
+    """
+
+    def __init__(self, flame: Optional[nn.Module] = None, *, model: Optional[MICA] = None,
+                 onnx_path: Optional[Union[str, Path]] = None, backend: str = "torch", device: str = "auto",
+                 precision: str = "fp32", batch_size: int = 16, channels_last: Optional[bool] = None) -> None:
+        if backend not in BACKENDS:
+            raise ValueError(f"unknown backend '{backend}' (use {' or '.join(BACKENDS)})")
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, not {batch_size}")
+        self.backend, self.batch_size = backend, int(batch_size)
+        if backend == "torch":
+            if model is None:
+                raise ValueError("the torch backend needs a MICA model")
+            self.device = resolve_device(device)
+            self.dtype = resolve_precision(precision, self.device)
+            self.model = model.to(self.device).eval()
+            self.channels_last = (self.dtype != torch.float32) if channels_last is None else bool(channels_last)
+            if self.channels_last:
+                self.model.arcface.to(memory_format=torch.channels_last)
+            self.flame = flame if flame is not None else model.flame
+            self._ort = None
+        else:
+            if onnx_path is None:
+                raise ValueError("the onnxruntime backend needs onnx_path (python -m micalib.export)")
+            if precision not in ("fp32", "auto"):
+                raise MICAError(f"precision {precision} is not available with the onnxruntime backend "
+                                f"(it runs fp32; use --backend torch for bf16/fp16)")
+            self.device, self.dtype, self.model, self.channels_last = torch.device("cpu"), torch.float32, None, False
+            self._ort = _OrtEncoder(onnx_path, "auto" if device == "auto" else str(device).split(":")[0])
+            self.flame = flame
+        if self.flame is None:
+            raise ValueError("Predictor needs a FLAME module to decode the shape coefficients")
+        self.flame = self.flame.to(self.device).eval()
+        logger.debug(f"Predictor: backend={backend}, device={self.device}, dtype={self.dtype}")
+
+    @classmethod
+    def from_config(cls, cfg, backend: str = "torch", onnx_path: Optional[Union[str, Path]] = None,
+                    checkpoint: Optional[Union[str, Path]] = None, device: Optional[str] = None,
+                    precision: Optional[str] = None, batch_size: int = 16) -> "Predictor":
+        """Build from the config (weights: ``checkpoint`` or ``cfg.pretrained_model_path``)."""
+        device = device or cfg.device
+        precision = precision or cfg.precision
+        if backend == "torch":
+            weights = checkpoint or cfg.pretrained_model_path
+            if not weights:
+                raise MICAError("no MICA checkpoint configured: set pretrained_model_path (e.g. data/pretrained/mica.tar) "
+                                "or pass --checkpoint")
+            model = MICA.from_config(cfg, device="cpu", checkpoint=weights)
+            return cls(model=model, backend="torch", device=device, precision=precision, batch_size=batch_size)
+        from models.flame import FLAME
+
+        return cls(FLAME.from_config(cfg), onnx_path=onnx_path, backend=backend, device=device,
+                   precision=precision, batch_size=batch_size)
+
+    @torch.inference_mode()
+    def coefficients(self, images: ArrayLike) -> torch.Tensor:
+        """``(B, 3, 112, 112)`` network inputs -> ``(B, n_shape)`` float32 shape coefficients."""
+        x = _as_batch(images)
+        outs: List[torch.Tensor] = []
+        for start in range(0, x.shape[0], self.batch_size):
+            chunk = x[start:start + self.batch_size]
+            if self._ort is not None:
+                outs.append(self._ort(chunk))
+                continue
+            chunk = chunk.to(self.device, non_blocking=True)
+            if self.channels_last:
+                chunk = chunk.contiguous(memory_format=torch.channels_last)
+            with autocast(self.device, self.dtype):
+                code = self.model.encode(chunk)
+            outs.append(self.model.shape_code(code.float()))
+        return torch.cat(outs).float()
+
+    @torch.inference_mode()
+    def decode(self, shape: torch.Tensor) -> Dict[str, np.ndarray]:
+        """``(B, n_shape)`` coefficients -> dict of numpy arrays (metres), FLAME in float32."""
+        shape = shape.to(self.device, torch.float32)
+        vertices = self.flame.canonical(shape)
+        out = {
+            "identity": shape,
+            "vertices": vertices,
+            "landmarks68": self.flame.landmarks68(vertices),
+            "landmarks7": self.flame.landmarks7(vertices),
+        }
+        return {k: v.float().cpu().numpy() for k, v in out.items()}
+
+    def __call__(self, images: ArrayLike) -> Dict[str, np.ndarray]:
+        """Network inputs ``(B, 3, 112, 112)`` float32 ((RGB - 127.5) / 127.5) -> ``identity (B, n_shape)``,
+        ``vertices (B, V, 3)``, ``landmarks68 (B, 68, 3)``, ``landmarks7 (B, 7, 3)`` (metres, float32)."""
+        return self.decode(self.coefficients(images))

@@ -1,0 +1,121 @@
+"""MICA wrapper and Predictor: normalised codes, FLAME decode against the raw model arrays,
+config building, training-mode behaviour."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from configs.config import load_cfg
+from micalib.mica import MICA
+from micalib.predictor import Predictor
+from models.flame import FLAME
+from models.flame_io import load_flame_model
+from tests.synthetic_weights import random_arcface, random_mapping_network, write_random_backbone, write_random_mica_tar
+
+
+@pytest.fixture(scope="module")
+def flame(synthetic_flame_dir) -> FLAME:
+    d = Path(synthetic_flame_dir)
+    return FLAME.from_files(d / "generic_model.pkl", d / "landmark_embedding.npy", 300, 100)
+
+
+@pytest.fixture(scope="module")
+def mica(flame) -> MICA:
+    return MICA(random_arcface("iresnet18", 0), random_mapping_network(3, 300, 1), flame).eval()
+
+
+@pytest.fixture(scope="module")
+def images() -> torch.Tensor:
+    return torch.rand(3, 3, 112, 112, generator=torch.Generator().manual_seed(0)) * 2 - 1
+
+
+def test_encode_is_unit_norm(mica, images):
+    with torch.no_grad():
+        code = mica.encode(images)
+    assert code.shape == (3, 512)
+    torch.testing.assert_close(code.norm(dim=1), torch.ones(3))
+    with pytest.raises(ValueError, match=r"\(B, 3, 112, 112\)"):
+        mica.encode(torch.zeros(1, 3, 64, 64))
+
+
+def test_decode_matches_raw_flame_arrays(mica, images, synthetic_flame_dir):
+    """Vertices = v_template + shapedirs[..., :300] . shape, from the parsed pickle in numpy."""
+    with torch.no_grad():
+        out = mica(images)
+    raw = load_flame_model(Path(synthetic_flame_dir) / "generic_model.pkl")
+    shape = out["shape_code"].double().numpy()
+    expected = raw.v_template[None] + np.einsum("vcl,bl->bvc", raw.shapedirs[:, :, :300], shape)
+    np.testing.assert_allclose(out["vertices"].numpy(), expected, atol=1e-6)
+    assert out["landmarks68"].shape == (3, 68, 3) and out["landmarks7"].shape == (3, 7, 3)
+    assert out["shape_code"].shape == (3, 300) and out["code"].shape == (3, 512)
+    # the 7 NoW landmarks are the inner-51 indices 19, 22, 25, 28, 16, 31, 37 of the 68
+    torch.testing.assert_close(out["landmarks7"], out["landmarks68"][:, 17:][:, [19, 22, 25, 28, 16, 31, 37]],
+                               atol=1e-7, rtol=0)
+
+
+def test_train_mode_keeps_frozen_parts_and_flame_in_eval(mica):
+    mica.train()
+    try:
+        assert mica.arcface.layer4.training and mica.regressor.training
+        assert not mica.arcface.layer3.training and not mica.arcface.bn1.training and not mica.flame.training
+        groups = mica.parameter_groups(1e-5, 2e-5)
+        assert sum(p.numel() for p in groups[0]["params"]) == sum(p.numel() for p in mica.regressor.parameters())
+        trainable = sum(p.numel() for p in groups[1]["params"])
+        expected = sum(p.numel() for n, p in mica.arcface.named_parameters()
+                       if n.startswith(("layer4.", "bn2.", "fc.")) or n == "features.bias")
+        assert trainable == expected
+    finally:
+        mica.eval()
+
+
+def test_state_dict_has_no_flame(mica):
+    keys = list(mica.state_dict())
+    assert all(k.startswith(("arcface.", "regressor.")) for k in keys)
+
+
+def test_predictor_torch_matches_model(mica, images):
+    pred = Predictor(model=mica, device="cpu", precision="fp32", batch_size=2)
+    out = pred(images.numpy())
+    with torch.no_grad():
+        ref = mica(images)
+    np.testing.assert_allclose(out["identity"], ref["shape_code"].numpy(), atol=1e-6)
+    np.testing.assert_allclose(out["vertices"], ref["vertices"].numpy(), atol=1e-7)
+    np.testing.assert_allclose(out["landmarks7"], ref["landmarks7"].numpy(), atol=1e-7)
+    assert all(v.dtype == np.float32 for v in out.values())
+    one = pred(images[0].numpy())  # a single (3, 112, 112) input
+    np.testing.assert_allclose(one["identity"][0], out["identity"][0], atol=1e-6)
+    with pytest.raises(ValueError, match="112"):
+        pred(np.zeros((2, 112, 112, 3), np.float32))
+    with pytest.raises(ValueError, match="float"):
+        pred(np.zeros((1, 3, 112, 112), np.uint8))
+    with pytest.raises(ValueError, match="backend"):
+        Predictor(model=mica, backend="tensorrt")
+
+
+def _cfg(flame_dir: Path, **opts):
+    pairs = ["model.arch", "iresnet18", "device", "cpu",
+             "model.flame_model_path", str(flame_dir / "generic_model.pkl"),
+             "model.flame_lmk_embedding_path", str(flame_dir / "landmark_embedding.npy")]
+    for k, v in opts.items():
+        pairs += [k.replace("__", "."), v]
+    return load_cfg(None, pairs)
+
+
+def test_from_config_loads_checkpoint_and_backbone(synthetic_flame_dir, tmp_path, images):
+    d = Path(synthetic_flame_dir)
+    tar = write_random_mica_tar(tmp_path / "mica.tar", arch="iresnet18", seed=7)
+    model = MICA.from_config(_cfg(d, pretrained_model_path=str(tar)))
+    assert torch.equal(model.arcface.fc.weight, random_arcface("iresnet18", 7).fc.weight)
+    assert torch.equal(model.regressor.output.weight, random_mapping_network(3, 300, 8).output.weight)
+    bb = write_random_backbone(tmp_path / "backbone.pth", "iresnet18", seed=9)
+    scratch = MICA.from_config(_cfg(d, model__use_pretrained="False", model__arcface_pretrained_model=str(bb)))
+    assert torch.equal(scratch.arcface.layer4[1].conv2.weight, random_arcface("iresnet18", 9).layer4[1].conv2.weight)
+    with pytest.raises(FileNotFoundError, match="nothere.tar.*pretrained_model_path"):
+        MICA.from_config(_cfg(d, pretrained_model_path=str(tmp_path / "nothere.tar")))
+    with pytest.raises(FileNotFoundError, match="backbone"):
+        MICA.from_config(_cfg(d, model__use_pretrained="False", model__arcface_pretrained_model=str(tmp_path / "no.pth")))
+    pred = Predictor.from_config(_cfg(d, pretrained_model_path=str(tar)))
+    assert pred(images[:1])["vertices"].shape[0] == 1

@@ -118,7 +118,8 @@ class MICADataset(Dataset):
 
     def item_rng(self, index: int) -> np.random.Generator:
         """The generator of item ``index`` in the current epoch (independent of global RNG state)."""
-        return np.random.default_rng([self.seed, self.epoch, self._name_key, int(index)])
+        mask = (1 << 64) - 1  # SeedSequence needs non-negative entropy
+        return np.random.default_rng([self.seed & mask, self.epoch & mask, self._name_key, int(index)])
 
     def _warn_once(self, key: str, message: str) -> None:
         if key not in self._reported:

@@ -41,7 +41,7 @@ def _scrfd_outputs(batched: bool) -> list[np.ndarray]:
     return [o[None] for o in outs] if batched else outs
 
 
-def _make_scrfd_onnx(path: Path, batched: bool = False) -> list[np.ndarray]:
+def _make_scrfd_onnx(path: Path, batched: bool = False, fixed: bool = False) -> list[np.ndarray]:
     """A 9-output ONNX graph with SCRFD's input/output layout that emits ``_scrfd_outputs``."""
     outs = _scrfd_outputs(batched)
     names = [f"{kind}_{s}" for kind in ("score", "bbox", "kps") for s in (8, 16, 32)]
@@ -49,7 +49,7 @@ def _make_scrfd_onnx(path: Path, batched: bool = False) -> list[np.ndarray]:
     nodes = [helper.make_node("Identity", [f"c_{nm}"], [nm]) for nm in names]
     graph = helper.make_graph(
         nodes, "tiny_scrfd",
-        [helper.make_tensor_value_info("input.1", TensorProto.FLOAT, [1, 3, "h", "w"])],
+        [helper.make_tensor_value_info("input.1", TensorProto.FLOAT, [1, 3, DET, DET] if fixed else [1, 3, "h", "w"])],
         [helper.make_tensor_value_info(nm, TensorProto.FLOAT, list(a.shape)) for nm, a in zip(names, outs)],
         initializer=inits,
     )
@@ -76,6 +76,13 @@ def test_scrfd_decoding_matches_hand_computed(tmp_path: Path, batched: bool) -> 
     np.testing.assert_allclose(c.box, [48, 48, 80, 80], atol=1e-4)
     np.testing.assert_allclose(c.kps, np.full((5, 2), 64.0), atol=1e-4)
     assert a.box.dtype == np.float32 and a.kps.shape == (5, 2)
+
+
+def test_scrfd_fixed_input_size_wins_over_det_size(tmp_path: Path) -> None:
+    _make_scrfd_onnx(tmp_path / "fixed.onnx", fixed=True)
+    det = SCRFD(tmp_path / "fixed.onnx", det_size=(224, 224))
+    assert det.input_size == (DET, DET)
+    np.testing.assert_allclose(det.detect(np.zeros((64, 128, 3), np.uint8))[0].box, [32, 0, 96, 96], atol=1e-4)
 
 
 def test_scrfd_preprocess_letterbox_and_normalisation(tmp_path: Path) -> None:

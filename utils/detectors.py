@@ -521,7 +521,7 @@ def create_detector(name: str = "auto", antelopev2_dir: PathLike = DEFAULT_ANTEL
     if name == "auto":
         if scrfd_path.is_file():
             return SCRFD(scrfd_path, det_size=det_size, threshold=threshold)
-        logger.info(f"antelopev2 not found ({scrfd_path}); using the MTCNN detector instead. "
+        logger.warning(f"antelopev2 not found ({scrfd_path}); using the MTCNN detector instead. "
                     f"For MICA's own detector (SCRFD) {_ANTELOPE_HOWTO}")
         return MTCNN(threshold=threshold, device=device)
     if name == "mtcnn":

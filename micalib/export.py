@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import io
 import sys
+import warnings
 from pathlib import Path
 from typing import Dict, Optional, Sequence, Union
 
@@ -45,7 +46,8 @@ def export_onnx(net: nn.Module, path: Union[str, Path], opset: int = DEFAULT_OPS
     example = torch.zeros(2, 3, 112, 112)
     buf = io.BytesIO()
     try:
-        with torch.no_grad():
+        with torch.no_grad(), warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)  # the TorchScript exporter announces its removal
             torch.onnx.export(net, (example,), buf, dynamo=False, opset_version=opset,
                               input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
                               dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}})

@@ -104,6 +104,7 @@ def _cfg(flame_dir: Path, **opts):
     return load_cfg(None, pairs)
 
 
+@pytest.mark.slow
 def test_from_config_loads_checkpoint_and_backbone(synthetic_flame_dir, tmp_path, images):
     d = Path(synthetic_flame_dir)
     tar = write_random_mica_tar(tmp_path / "mica.tar", arch="iresnet18", seed=7)

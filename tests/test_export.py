@@ -1,0 +1,83 @@
+"""ONNX export: onnxruntime matches torch (batch 1 and 4, dynamic axis); CLI and predictor backend."""
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+import torch
+
+from micalib.export import export_onnx, main, validate_onnx
+from micalib.mica import MICA
+from micalib.predictor import Predictor
+from models.flame import FLAME
+from tests.synthetic_weights import random_arcface, random_mapping_network, write_random_mica_tar
+from utils.errors import MICAError
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="module")
+def net():
+    return MICA(random_arcface("iresnet18", 0), random_mapping_network(3, 300, 1), None).image_to_shape().eval()
+
+
+@pytest.fixture(scope="module")
+def onnx_file(net, tmp_path_factory) -> Path:
+    return export_onnx(net, tmp_path_factory.mktemp("onnx") / "mica.onnx")
+
+
+def test_onnx_matches_torch_batch_1_and_4(net, onnx_file):
+    import onnxruntime as ort
+
+    model = onnx.load(str(onnx_file))
+    dim = model.graph.input[0].type.tensor_type.shape.dim[0]
+    assert dim.dim_param and not dim.dim_value  # symbolic batch axis
+    sess = ort.InferenceSession(str(onnx_file), providers=["CPUExecutionProvider"])
+    for b in (1, 4):
+        x = torch.rand(b, 3, 112, 112, generator=torch.Generator().manual_seed(b)) * 2 - 1
+        with torch.no_grad():
+            ref = net(x).numpy()
+        got = sess.run(None, {"images": x.numpy()})[0]
+        assert got.shape == (b, 300)
+        np.testing.assert_allclose(got, ref, atol=1e-4, rtol=0)
+    assert max(validate_onnx(net, onnx_file).values()) <= 1e-4
+
+
+def test_validation_catches_a_wrong_model(net, onnx_file):
+    other = MICA(random_arcface("iresnet18", 5), random_mapping_network(3, 300, 1), None).image_to_shape().eval()
+    with pytest.raises(MICAError, match="differs from torch"):
+        validate_onnx(other, onnx_file)
+
+
+def test_predictor_onnxruntime_backend_matches_torch(net, onnx_file, synthetic_flame_dir):
+    d = Path(synthetic_flame_dir)
+    flame = FLAME.from_files(d / "generic_model.pkl", d / "landmark_embedding.npy", 300, 100)
+    model = MICA(random_arcface("iresnet18", 0), random_mapping_network(3, 300, 1), flame)
+    x = (torch.rand(3, 3, 112, 112, generator=torch.Generator().manual_seed(3)) * 2 - 1).numpy()
+    a = Predictor(model=model, device="cpu")(x)
+    b = Predictor(flame, onnx_path=onnx_file, backend="onnxruntime", device="cpu", batch_size=2)(x)
+    assert a.keys() == b.keys()
+    for k in a:
+        np.testing.assert_allclose(a[k], b[k], atol=1e-4, rtol=0)
+    with pytest.raises(MICAError, match="onnxruntime"):
+        Predictor(flame, onnx_path=onnx_file, backend="onnxruntime", precision="bf16")
+    with pytest.raises(FileNotFoundError, match="micalib.export"):
+        Predictor(flame, onnx_path=onnx_file.parent / "none.onnx", backend="onnxruntime")
+
+
+@pytest.mark.slow
+def test_cli_writes_and_validates(tmp_path):
+    tar = write_random_mica_tar(tmp_path / "mica.tar", arch="iresnet18", seed=2)
+    out = tmp_path / "out" / "m.onnx"
+    assert main(["--cfg", str(ROOT / "configs/mica.yml"), "--onnx", str(out), "--checkpoint", str(tar),
+                 "model.arch", "iresnet18"]) == 0
+    assert out.is_file() and not list(out.parent.glob(".*tmp*"))
+    # a user error is one line and exit code 1, no traceback
+    r = subprocess.run([sys.executable, "-m", "micalib.export", "--cfg", "configs/mica.yml", "--onnx", str(out)],
+                       cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 1 and "Traceback" not in r.stderr
+    assert "no checkpoint to export" in r.stderr and "--checkpoint" in r.stderr

@@ -3,7 +3,7 @@
     python train.py --cfg configs/mica.yml [KEY VALUE ...]                 # one process (CPU or one GPU)
     torchrun --nproc_per_node N train.py --cfg configs/mica.yml [KEY VALUE ...]   # N GPUs (or N CPU processes, gloo)
     python train.py --cfg configs/mica.yml --resume                        # continue the last checkpoint
-    python train.py --cfg configs/mica.yml --resume path/to/model_00001000.tar
+    python train.py --cfg configs/mica.yml --resume-from output/mica/checkpoints/model_00001000.tar
 
 ``dataset.batch_size`` is per process. Without ``--resume`` a run continues from the output folder's
 last checkpoint when ``train.resume`` is True (the default); ``--no-resume`` always starts over.
@@ -25,8 +25,9 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description="Train MICA (single process or torchrun).")
     p.add_argument("--cfg", default="configs/mica.yml", help="YAML config (default configs/mica.yml)")
     g = p.add_mutually_exclusive_group()
-    g.add_argument("--resume", nargs="?", const="auto", default=None,
-                   help="resume from PATH, or without PATH from the output folder's last checkpoint")
+    g.add_argument("--resume", action="store_true",
+                   help="resume from the output folder's last checkpoint (error when there is none)")
+    g.add_argument("--resume-from", metavar="PATH", default=None, help="resume from this training checkpoint")
     g.add_argument("--no-resume", action="store_true", help="start from step 0 even if checkpoints exist")
     p.add_argument("opts", nargs=argparse.REMAINDER, help="config overrides as KEY VALUE pairs")
     return p.parse_args(argv)
@@ -58,7 +59,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         if comm.is_main_process():
             atomic_write_text(out / "config.yaml", cfg.dump())
             logger.info(f"output folder {out}; {comm.get_world_size()} process(es)")
-        resume = False if args.no_resume else args.resume
+        resume = False if args.no_resume else (args.resume_from or (True if args.resume else None))
         trainer = build_trainer(cfg, resume=resume)
         trainer.train()
     finally:

@@ -127,6 +127,8 @@ class AllReduceBatchNorm(nn.modules.batchnorm._BatchNorm):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not (self.training and comm.get_world_size() > 1):
             return super().forward(x)
+        import warnings
+
         from torch.distributed.nn.functional import all_reduce
 
         c = x.shape[1]
@@ -134,7 +136,9 @@ class AllReduceBatchNorm(nn.modules.batchnorm._BatchNorm):
         count = torch.full((1,), x.numel() / c, dtype=torch.float64, device=x.device)
         xd = x.double()
         stats = torch.cat([xd.sum(dims), (xd * xd).sum(dims), count])
-        stats = all_reduce(stats)
+        with warnings.catch_warnings():  # deprecated in favour of an API without autograd on gloo
+            warnings.simplefilter("ignore", FutureWarning)
+            stats = all_reduce(stats)
         n = stats[-1]
         mean = stats[:c] / n
         var = (stats[c:2 * c] / n - mean * mean).clamp_min(0.0)
@@ -304,7 +308,7 @@ class Trainer:
         forward = MICAForward(mica)
         if self.world_size > 1:
             ids = [self.device.index] if self.device.type == "cuda" else None
-            self.model: nn.Module = DistributedDataParallel(forward, device_ids=ids, broadcast_buffers=True)
+            self.model: nn.Module = DistributedDataParallel(forward, device_ids=ids)
         else:
             self.model = forward
 

@@ -1,0 +1,320 @@
+"""Trainer: loss, best-model bookkeeping, sampler/RNG state, training, resume, DDP, config errors.
+
+Everything runs on CPU with the synthetic FLAME (``synthetic_flame_dir``), the tiny synthetic MICA
+dataset (``tests/synthetic_dataset.py``), ArcFace iresnet18 from a random-weight ``mica.tar`` and
+batch 2 x K 2.
+"""
+from __future__ import annotations
+
+import math
+import os
+import random
+import socket
+from pathlib import Path
+from typing import List, Sequence
+
+import numpy as np
+import pytest
+import torch
+import torch.multiprocessing as mp
+
+from configs.config import load_cfg
+from micalib.hooks import CallbackHook
+from micalib.trainer import (NonFiniteLossError, ResumableDistributedSampler, VertexLoss, build_trainer,
+                             get_rng_state, set_rng_state)
+from micalib.validator import BEST_AVERAGE, BEST_DIR, BEST_RUNNING, BestModelTracker
+from utils.errors import MICAError
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+# ------------------------------------------------------------------------------------------------
+# Pure pieces
+# ------------------------------------------------------------------------------------------------
+def test_vertex_loss_hand_computed():
+    pred = torch.zeros(2, 3, 3)
+    gt = torch.zeros(2, 3, 3)
+    pred[0, 0] = torch.tensor([0.001, -0.002, 0.0])  # |diff| 1 mm, 2 mm on vertex 0 of sample 0
+    pred[1, 2] = torch.tensor([0.0, 0.0, 0.003])      # 3 mm on vertex 2 of sample 1
+    w = torch.tensor([10.0, 1.0, 0.5])
+    loss = VertexLoss(w)
+    # sample 0: (0.001 + 0.002) * 10 / 9 * 1000 = 10/3 ; sample 1: 0.003 * 0.5 / 9 * 1000 = 1/6
+    per = loss.per_sample(pred, gt)
+    assert torch.allclose(per, torch.tensor([10 / 3, 1 / 6]), atol=1e-5)
+    assert math.isclose(float(loss(pred, gt)), (10 / 3 + 1 / 6) / 2, rel_tol=1e-5)
+
+
+def test_best_model_tracker_running_average_and_nan():
+    t = BestModelTracker(window=4)
+    assert t.update(8.0) == {"average": True, "running": True}          # r = 8
+    assert t.update(12.0) == {"average": False, "running": False}       # r = 8*3/4 + 12/4 = 9
+    assert math.isclose(t.running, 9.0)
+    assert t.update(float("nan")) == {"average": False, "running": False}
+    assert math.isclose(t.running, 9.0) and t.count == 2
+    assert t.update(4.0) == {"average": True, "running": True}          # r = 9*3/4 + 1 = 7.75
+    assert math.isclose(t.running, 7.75) and t.best_average == 4.0 and t.best_running == 7.75
+    t2 = BestModelTracker(window=4)
+    t2.load_state_dict(t.state_dict())
+    assert t2.update(5.0) == {"average": False, "running": True}        # r = 7.75*3/4 + 1.25 = 7.0625
+    assert math.isclose(t2.running, 7.0625)
+
+
+def test_resumable_sampler_offsets_and_shards():
+    data = list(range(10))
+    full = ResumableDistributedSampler(data, num_replicas=1, rank=0, seed=3)
+    full.set_epoch(2)
+    order = list(full)
+    assert sorted(order) == data
+    late = ResumableDistributedSampler(data, num_replicas=1, rank=0, seed=3)
+    late.set_epoch(2)
+    late.set_start(4)
+    assert list(late) == order[4:] and len(late) == 6
+    shards = []
+    for r in range(2):
+        s = ResumableDistributedSampler(data, num_replicas=2, rank=r, seed=3)
+        s.set_epoch(2)
+        shards.append(list(s))
+    # the two shards interleave the single-process order
+    assert shards[0] == order[0::2] and shards[1] == order[1::2]
+    full.set_epoch(3)
+    assert list(full) != order  # a new epoch reshuffles
+
+
+def test_rng_state_roundtrip_through_weights_only_file(tmp_path):
+    random.seed(1), np.random.seed(2), torch.manual_seed(3)
+    state = get_rng_state(torch.device("cpu"))
+    torch.save(state, tmp_path / "rng.pt")
+    expected = (random.random(), np.random.rand(), torch.rand(1).item(), np.random.randn())
+    set_rng_state(torch.load(tmp_path / "rng.pt", weights_only=True), torch.device("cpu"))
+    assert (random.random(), np.random.rand(), torch.rand(1).item(), np.random.randn()) == expected
+
+
+# ------------------------------------------------------------------------------------------------
+# End-to-end with the real MICA model (iresnet18) and the synthetic data
+# ------------------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def setup_dir(tmp_path_factory, synthetic_flame_dir) -> Path:
+    """Synthetic dataset (8 LYHM actors, 4 FLORENCE actors, 2 images each) + random iresnet18 mica.tar."""
+    from tests.synthetic_dataset import make_synthetic_mica_dataset
+    from tests.synthetic_weights import write_random_mica_tar
+
+    d = tmp_path_factory.mktemp("trainer")
+    make_synthetic_mica_dataset(d / "data", names=("LYHM",), n_actors=8, n_images=2, lists_dir=d / "lists", seed=1)
+    make_synthetic_mica_dataset(d / "data", names=("FLORENCE",), n_actors=4, n_images=2, lists_dir=d / "lists", seed=2)
+    write_random_mica_tar(d / "init.tar", arch="iresnet18", seed=5)
+    (d / "flame").symlink_to(synthetic_flame_dir)
+    return d
+
+
+def make_opts(d: Path, out: Path, **overrides) -> List[str]:
+    f = d / "flame"
+    opts = {
+        "dataset.root": str(d / "data"), "dataset.image_lists": str(d / "lists"),
+        "dataset.training_data": "['LYHM']", "dataset.eval_data": "['FLORENCE']",
+        "dataset.batch_size": "2", "dataset.K": "2", "dataset.num_workers": "0",
+        "model.arch": "iresnet18", "model.use_pretrained": "True", "pretrained_model_path": str(d / "init.tar"),
+        "model.flame_model_path": str(f / "generic_model.pkl"),
+        "model.flame_lmk_embedding_path": str(f / "landmark_embedding.npy"),
+        "model.flame_masks_path": str(f / "FLAME_masks.pkl"),
+        "output_dir": str(out), "device": "cpu", "seed": "7",
+        "train.lr": "1e-3", "train.arcface_lr": "1e-3", "train.max_steps": "4", "train.log_steps": "2",
+        "train.val_steps": "0", "train.vis_steps": "0", "train.checkpoint_steps": "0", "train.write_summary": "False",
+    }
+    opts.update({k: str(v) for k, v in overrides.items()})
+    return [x for kv in opts.items() for x in kv]
+
+
+def weights_of(trainer) -> dict:
+    return {k: v.detach().clone() for k, v in trainer.mica.state_dict().items()}
+
+
+def full_batch_loss(trainer) -> float:
+    """Training loss (train mode, no update) on all training actors at once, on a copy of the model."""
+    import copy
+
+    from datasets.mica_dataset import collate_mica
+
+    mica = copy.deepcopy(trainer.mica).train()
+    ds = trainer.train_dataset
+    ds.set_epoch(0)
+    batch = collate_mica([ds[i] for i in range(len(ds))])
+    images = batch["arcface"].flatten(0, 1)
+    with torch.no_grad():
+        gt = mica.flame.canonical(batch["betas"]).repeat_interleave(batch["arcface"].shape[1], dim=0)
+        pred = mica.decode(mica.encode(images))["vertices"]
+        return float(trainer.loss_fn(pred, gt))
+
+
+@pytest.mark.slow
+def test_training_lowers_loss_and_writes_run_files(setup_dir, tmp_path):
+    out = tmp_path / "run"
+    cfg = load_cfg(ROOT / "configs/mica.yml", make_opts(setup_dir, out, **{
+        "train.max_steps": 8, "train.val_steps": 8, "train.write_summary": True, "train.use_mask": True,
+        "train.lr": 1e-3, "train.arcface_lr": 1e-4,
+        "dataset.eval_data": "['LYHM']", "train.checkpoint_steps": 8}))
+    trainer = build_trainer(cfg)
+    before = full_batch_loss(trainer)
+    w0 = weights_of(trainer)
+    trainer.train()
+    after = full_batch_loss(trainer)
+    assert trainer.state.step == 8
+    assert after < 0.9 * before, (before, after)
+    assert math.isfinite(trainer.validator.history[-1]["average"])
+    # only the trainable part moved: frozen ArcFace stem stays, layer4 and the mapping network change
+    w1 = weights_of(trainer)
+    assert torch.equal(w0["arcface.layer1.0.conv1.weight"], w1["arcface.layer1.0.conv1.weight"])
+    assert torch.equal(w0["arcface.bn1.running_mean"], w1["arcface.bn1.running_mean"])
+    assert not torch.equal(w0["arcface.layer4.0.conv1.weight"], w1["arcface.layer4.0.conv1.weight"])
+    assert not torch.equal(w0["regressor.output.weight"], w1["regressor.output.weight"])
+    assert (out / "checkpoints" / "model_00000008.tar").is_file()
+    assert (out / "checkpoints" / "last_checkpoint").read_text().strip() == "model_00000008.tar"
+    assert (out / BEST_DIR / BEST_AVERAGE).is_file() and (out / BEST_DIR / BEST_RUNNING).is_file()
+    assert list((out / "logs").glob("events.out.tfevents.*"))
+    # the final model is a mica.tar the demo can load
+    from micalib.mica import MICA
+    from utils.checkpoint import load_mica_checkpoint
+
+    ck = load_mica_checkpoint(out / "model.tar")
+    assert ck["extra"]["global_step"] == 8
+    assert torch.equal(ck["regressor"]["output.weight"], w1["regressor.output.weight"])
+    m = MICA.from_config(cfg, "cpu", checkpoint=out / "model.tar")
+    assert torch.equal(m.arcface.layer4[0].conv1.weight, w1["arcface.layer4.0.conv1.weight"])
+
+
+class _Killed(Exception):
+    pass
+
+
+def _kill_at(step: int):
+    def fn(trainer):
+        if trainer.state.step == step:
+            raise _Killed(f"killed at step {step}")
+    return fn
+
+
+@pytest.mark.slow
+def test_killed_run_resumes_bit_identical(setup_dir, tmp_path):
+    common = {"train.max_steps": 5, "train.checkpoint_steps": 2, "train.deterministic": True,
+              "train.lr_update_step": 3, "train.weight_decay": 1e-2, "train.keep_checkpoints": 1}
+    # uninterrupted: 5 steps (3 batches per epoch with 8 actors... 4 per epoch: epoch boundary crossed)
+    ref = build_trainer(load_cfg(ROOT / "configs/mica.yml", make_opts(setup_dir, tmp_path / "a", **common)))
+    ref.train()
+    # killed after step 3 (last checkpoint at step 2), then resumed by a fresh process-like build
+    cfg_b = load_cfg(ROOT / "configs/mica.yml", make_opts(setup_dir, tmp_path / "b", **common))
+    killed = build_trainer(cfg_b, extra_hooks=[CallbackHook(_kill_at(3))])
+    with pytest.raises(_Killed):
+        killed.train()
+    assert not (tmp_path / "b" / "model.tar").exists()
+    random.seed(99), np.random.seed(99), torch.manual_seed(99)  # resume must restore the RNG states
+    resumed = build_trainer(cfg_b)  # train.resume True: picks checkpoints/last_checkpoint
+    assert resumed.state.step == 2 and resumed.state.epoch == 0 and resumed.state.offset == 2
+    resumed.train()
+    assert resumed.state.step == 5
+    assert [g["lr"] for g in resumed.optimizer.param_groups] == [g["lr"] for g in ref.optimizer.param_groups]
+    assert math.isclose(ref.optimizer.param_groups[0]["lr"], 1e-4)  # StepLR(0.1) after 3 steps
+    wa, wb = weights_of(ref), weights_of(resumed)
+    assert wa.keys() == wb.keys()
+    for k in wa:
+        assert torch.equal(wa[k], wb[k]), k
+    sa, sb = ref.optimizer.state_dict()["state"], resumed.optimizer.state_dict()["state"]
+    for i in sa:
+        assert torch.equal(sa[i]["exp_avg"], sb[i]["exp_avg"])
+    # keep-last-1: only the newest periodic checkpoint is left
+    assert sorted(p.name for p in (tmp_path / "b" / "checkpoints").glob("model_*.tar")) == ["model_00000005.tar"]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _ddp_worker(rank: int, world: int, port: int, opts: Sequence[str], result: str) -> None:
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), LOCAL_RANK=str(rank),
+                      WORLD_SIZE=str(world))
+    torch.set_num_threads(1)
+    from utils import dist as comm
+
+    comm.init_distributed("cpu", timeout_s=120)
+    try:
+        trainer = build_trainer(load_cfg(ROOT / "configs/mica.yml", list(opts)))
+        trainer.train()
+        torch.save({"weights": weights_of(trainer), "val": trainer.validator.history[-1]["average"],
+                    "world": comm.get_world_size()}, os.path.join(result, f"rank{rank}.pt"))
+    finally:
+        comm.destroy_distributed()
+
+
+@pytest.mark.slow
+def test_two_process_ddp_matches_single_process_with_double_batch(setup_dir, tmp_path):
+    steps = {"train.max_steps": 3, "train.val_steps": 3, "train.lr": 1e-3, "train.arcface_lr": 1e-3}
+    opts2 = make_opts(setup_dir, tmp_path / "ddp", **steps, **{"dataset.batch_size": 2})
+    mp.spawn(_ddp_worker, args=(2, _free_port(), opts2, str(tmp_path)), nprocs=2, join=True)
+    r0 = torch.load(tmp_path / "rank0.pt", weights_only=True)
+    r1 = torch.load(tmp_path / "rank1.pt", weights_only=True)
+    assert r0["world"] == r1["world"] == 2
+    for k in r0["weights"]:
+        assert torch.equal(r0["weights"][k], r1["weights"][k]), k
+    single = build_trainer(load_cfg(ROOT / "configs/mica.yml",
+                                    make_opts(setup_dir, tmp_path / "one", **steps, **{"dataset.batch_size": 4})))
+    w_init = weights_of(single)
+    single.train()
+    w1 = weights_of(single)
+    moved, tot_diff, tot_update = 0, 0.0, 0.0
+    for k, v in w1.items():
+        if not v.is_floating_point():
+            continue
+        update = (v - w_init[k]).double().norm().item()
+        diff = (v - r0["weights"][k]).double().norm().item()
+        tot_diff, tot_update = tot_diff + diff ** 2, tot_update + update ** 2
+        if update == 0:
+            assert diff == 0, k
+            continue
+        moved += 1
+        # Adam's first steps are ~lr*sign(grad), so gradients that are analytically zero (BN biases
+        # feeding another BN) move by float noise; compare the weight matrices per tensor, all in norm.
+        if v.numel() >= 1000:
+            assert diff <= 0.05 * update, (k, diff, update)
+    assert moved > 10
+    assert tot_diff ** 0.5 <= 0.05 * tot_update ** 0.5
+    assert math.isclose(r0["val"], single.validator.history[-1]["average"], rel_tol=1e-4)
+
+
+# ------------------------------------------------------------------------------------------------
+# Errors
+# ------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("override, message", [
+    ({"dataset.training_data": "['NOSUCH']"}, "unknown dataset 'NOSUCH'"),
+    ({"dataset.root": "/nonexistent/mica"}, "dataset.root"),
+    ({"dataset.batch_size": 9}, "batch_size"),
+    ({"pretrained_model_path": "/nonexistent/mica.tar"}, "mica.tar"),
+])
+def test_bad_config_fails_before_training_with_one_line(setup_dir, tmp_path, override, message):
+    cfg = load_cfg(ROOT / "configs/mica.yml", make_opts(setup_dir, tmp_path / "x", **override))
+    with pytest.raises((MICAError, FileNotFoundError)) as e:
+        build_trainer(cfg)
+    assert message in str(e.value) and "\n" not in str(e.value)
+    assert not (tmp_path / "x" / "checkpoints").exists()
+
+
+def test_train_py_reports_bad_config_in_one_line(setup_dir, tmp_path, capfd):
+    import train
+    from utils.errors import run_main
+
+    argv = ["--cfg", str(ROOT / "configs/mica.yml")] + make_opts(setup_dir, tmp_path / "y", **{"dataset.batch_size": 9})
+    with pytest.raises(SystemExit) as e:
+        run_main(lambda: train.main(argv))
+    assert e.value.code == 1
+    err = capfd.readouterr().err
+    assert "batch_size" in err and "Traceback" not in err
+    with pytest.raises(SystemExit):
+        run_main(lambda: train.main(["--cfg", str(ROOT / "configs/mica.yml"), "--resume"] + make_opts(setup_dir, tmp_path / "z")))
+    assert "no checkpoint" in capfd.readouterr().err
+
+
+def test_non_finite_loss_names_the_step(setup_dir, tmp_path):
+    trainer = build_trainer(load_cfg(ROOT / "configs/mica.yml", make_opts(setup_dir, tmp_path / "n")))
+    trainer.run_step()
+    trainer.loss_fn.weights.fill_(float("nan"))
+    with pytest.raises(NonFiniteLossError, match="at step 2"):
+        trainer.run_step()

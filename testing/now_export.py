@@ -1,0 +1,264 @@
+"""Predicted meshes for the NoW benchmark, in the layout its official scorer reads.
+
+For each line ``SUBJECT/CHALLENGE/NAME.jpg`` of the image list(s) (validation, test):
+photo + NoW's face box -> square crop (box centre, 1.6 x mean box side) resampled to 224 ->
+face detection on the crop (exactly one face, as MICA) -> ArcFace alignment -> network ->
+``OUT/predicted_meshes/SUBJECT/CHALLENGE/NAME.{ply,obj}`` (mm, no colours) and ``NAME.npy``
+(7x3 mm, NoW landmark order). Previews go to ``OUT/renders/`` so the predicted folder holds only
+what the scorer reads. Items whose mesh and landmarks already exist are skipped (resumable).
+
+``ExportWriter`` (batching, writing, previews, the status report) is shared with
+``testing.stirling_export``.
+"""
+from __future__ import annotations
+
+import json
+import os
+import pickle
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable, Optional, Sequence, Union
+
+import numpy as np
+from loguru import logger
+from tqdm import tqdm
+
+from testing.now_eval import NOW_IMAGE_LISTS, read_image_list
+from utils.errors import MICAError
+from utils.io import atomic_save_npy, atomic_write_text
+
+PathLike = Union[str, os.PathLike]
+
+NOW_IMAGES_DIR = Path("NoW_Dataset/final_release_version/iphone_pictures")
+NOW_BOXES_DIR = Path("NoW_Dataset/final_release_version/detected_face")
+CROP_SCALE = 1.6  # crop side = 1.6 x mean(box width, box height)
+CROP_SIZE = 224
+M_TO_MM = 1000.0
+
+__all__ = ["read_now_box", "prepare_from_box", "ExportItem", "ExportWriter", "now_export_items", "export_now",
+           "NOW_IMAGES_DIR", "NOW_BOXES_DIR"]
+
+
+# ---------------------------------------------------------------------------------------------
+# NoW face boxes
+# ---------------------------------------------------------------------------------------------
+class _BoxUnpickler(pickle.Unpickler):
+    """Only what ``np.save`` of a dict of numbers needs; anything else is refused."""
+
+    _ALLOWED = {
+        ("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
+        ("numpy.core.multiarray", "scalar"), ("numpy._core.multiarray", "scalar"),
+        ("numpy", "ndarray"), ("numpy", "dtype"),
+    }
+
+    def find_class(self, module: str, name: str):
+        if (module, name) in self._ALLOWED:
+            return super().find_class(module, name)
+        raise pickle.UnpicklingError(f"{module}.{name} is not allowed in a NoW box file")
+
+
+def read_now_box(path: PathLike) -> np.ndarray:
+    """A NoW ``detected_face`` file (``np.save`` of a dict with left/right/top/bottom pixels) as
+    (4,) float64 x1, y1, x2, y2. Read with a restricted unpickler (no code from the file runs).
+
+    Raises:
+        FileNotFoundError / MICAError: missing or not a NoW box file.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"face box {path} does not exist (NoW ships them in NoW_Dataset/final_release_version/detected_face/)")
+    try:
+        with open(path, "rb") as f:
+            version = np.lib.format.read_magic(f)
+            read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+            _, _, dtype = read_header(f)
+            if dtype.hasobject:
+                obj = _BoxUnpickler(f, encoding="latin1").load()
+            else:
+                raise ValueError("not a pickled dict")
+        box = obj[()] if isinstance(obj, np.ndarray) else obj
+        return np.array([float(box["left"]), float(box["top"]), float(box["right"]), float(box["bottom"])])
+    except (ValueError, KeyError, TypeError, EOFError, pickle.UnpicklingError, IndexError) as e:
+        raise MICAError(f"face box {path} is not a NoW box file (dict with left/right/top/bottom): {e}") from None
+
+
+def prepare_from_box(image: np.ndarray, box: np.ndarray, detector, source: str = "image"):
+    """MICA's NoW preparation: box crop (x1.6) -> 224, detect (exactly one face), align.
+
+    Returns:
+        ``micalib.face_prep.AlignedFace`` (224 crop for display, (3,112,112) network input).
+
+    Raises:
+        MICAError: no face or more than one face in the crop.
+    """
+    from micalib.face_prep import align_face
+    from utils.alignment import crop_from_box
+
+    crop, _ = crop_from_box(image, box, scale=CROP_SCALE, size=CROP_SIZE)
+    return _align_single(crop, detector, source, align_face)
+
+
+def _align_single(image: np.ndarray, detector, source: str, align_face: Callable):
+    faces = detector.detect(image)
+    if len(faces) != 1:
+        raise MICAError(f"{source}: {len(faces)} faces detected, MICA's protocol needs exactly one")
+    return align_face(image, faces[0])
+
+
+# ---------------------------------------------------------------------------------------------
+# Shared writer
+# ---------------------------------------------------------------------------------------------
+@dataclass
+class ExportItem:
+    """One output to write: ``key`` (report name), candidate ``images`` (tried in order until one
+    yields a face), output ``stem`` (no suffix), ``prepare(image_rgb, source) -> AlignedFace``,
+    optional preview path ``render``."""
+
+    key: str
+    images: list[Path]
+    stem: Path
+    prepare: Callable
+    render: Optional[Path] = None
+
+
+@dataclass
+class ExportReport:
+    """Counts and per-image failures of an export run."""
+
+    written: int = 0
+    skipped: int = 0
+    failed: dict[str, str] = field(default_factory=dict)  # image key -> reason
+
+
+class ExportWriter:
+    """Run prepared images through the predictor in batches and write mesh + 7 landmarks (mm).
+
+    Args:
+        predictor: ``micalib.predictor.Predictor`` (``(B,3,112,112) -> vertices (B,V,3) m, landmarks7``).
+        faces: (F, 3) triangles of the FLAME topology.
+        mesh_suffix: ".ply" (MICA's choice) or ".obj".
+        batch_size: faces per network call.
+        overwrite: redo items whose outputs exist.
+        render: write a preview image per item (``ExportItem.render``).
+    """
+
+    def __init__(self, predictor, faces: np.ndarray, mesh_suffix: str = ".ply", batch_size: int = 16,
+                 overwrite: bool = False, render: bool = True) -> None:
+        if mesh_suffix not in (".ply", ".obj"):
+            raise ValueError(f"mesh format must be .ply or .obj, not '{mesh_suffix}'")
+        self.predictor, self.faces = predictor, np.asarray(faces, dtype=np.int64)
+        self.mesh_suffix, self.batch_size = mesh_suffix, max(1, int(batch_size))
+        self.overwrite, self.render = overwrite, render
+
+    def paths(self, stem: Path) -> tuple[Path, Path]:
+        """(mesh path, landmark path) of an output stem."""
+        return stem.with_name(stem.name + self.mesh_suffix), stem.with_name(stem.name + ".npy")
+
+    def done(self, stem: Path) -> bool:
+        """Both outputs of ``stem`` exist."""
+        return all(p.is_file() for p in self.paths(stem))
+
+    def run(self, items: Sequence[ExportItem], desc: str = "export") -> ExportReport:
+        """Export every item (skipping done ones); failures are recorded, not fatal."""
+        from utils.image_io import read_image
+
+        report = ExportReport()
+        batch: list[tuple[ExportItem, object]] = []
+        for item in tqdm(items, desc=desc):
+            if not self.overwrite and self.done(item.stem):
+                report.skipped += 1
+                continue
+            aligned = None
+            for img in item.images:
+                source = str(img.name) if len(item.images) > 1 else item.key
+                try:
+                    aligned = item.prepare(read_image(img), source)
+                    break
+                except (MICAError, FileNotFoundError, ValueError) as e:
+                    report.failed[f"{item.key}:{img.name}" if len(item.images) > 1 else item.key] = str(e)
+                    logger.warning(f"{item.key}: {e}")
+            if aligned is None:
+                continue
+            batch.append((item, aligned))
+            if len(batch) >= self.batch_size:
+                self._flush(batch, report)
+                batch = []
+        if batch:
+            self._flush(batch, report)
+        return report
+
+    def _flush(self, batch: list, report: ExportReport) -> None:
+        from utils.mesh import write_mesh
+
+        inputs = np.stack([a.input112 for _, a in batch]).astype(np.float32)
+        out = self.predictor(inputs)
+        verts_mm = np.asarray(out["vertices"], dtype=np.float64) * M_TO_MM
+        lmk_mm = np.asarray(out["landmarks7"], dtype=np.float64) * M_TO_MM
+        for i, (item, aligned) in enumerate(batch):
+            mesh_path, lmk_path = self.paths(item.stem)
+            write_mesh(mesh_path, verts_mm[i], self.faces)
+            atomic_save_npy(lmk_path, lmk_mm[i].reshape(7, 3))
+            if self.render and item.render is not None:
+                self._preview(item.render, verts_mm[i], aligned.crop224)
+            report.written += 1
+
+    def _preview(self, path: Path, vertices_mm: np.ndarray, crop: np.ndarray) -> None:
+        try:
+            from micalib.renderer import render_preview
+            from utils.image_io import write_image
+
+            write_image(path, render_preview(vertices_mm, self.faces, crop))
+        except (ImportError, ValueError) as e:  # previews are a convenience; never fail the export
+            logger.debug(f"preview {path} skipped: {e}")
+
+
+def write_export_report(report: ExportReport, path: PathLike) -> None:
+    """JSON report of an export run (counts, failures by image)."""
+    atomic_write_text(path, json.dumps(asdict(report), indent=2) + "\n")
+
+
+# ---------------------------------------------------------------------------------------------
+# NoW
+# ---------------------------------------------------------------------------------------------
+def now_export_items(now_root: PathLike, out_dir: PathLike, detector,
+                     splits: Sequence[str] = ("validation", "test")) -> list[ExportItem]:
+    """Work items for the NoW image lists of ``splits`` (a missing list is an error naming it)."""
+    root = Path(now_root)
+    if not root.is_dir():
+        raise FileNotFoundError(f"NoW folder {root} does not exist (set test.now_root in the config or pass --now-root)")
+    images_dir, boxes_dir = root / NOW_IMAGES_DIR, root / NOW_BOXES_DIR
+    for folder in (images_dir, boxes_dir):
+        if not folder.is_dir():
+            raise FileNotFoundError(f"NoW folder {folder} does not exist (unpack the NoW images and detected_face boxes under {root})")
+    out = Path(out_dir)
+    items, seen = [], set()
+    for split in splits:
+        if split not in NOW_IMAGE_LISTS:
+            raise ValueError(f"NoW split must be validation or test, not '{split}'")
+        for line in read_image_list(root / NOW_IMAGE_LISTS[split]):
+            if line in seen:
+                continue
+            seen.add(line)
+            rel = Path(line)
+            box_path = (boxes_dir / rel).with_suffix(".npy")
+
+            def prepare(img: np.ndarray, source: str, box_path: Path = box_path):
+                return prepare_from_box(img, read_now_box(box_path), detector, source=source)
+
+            items.append(ExportItem(line, [images_dir / rel], out / "predicted_meshes" / rel.with_suffix(""), prepare,
+                                    out / "renders" / rel.with_suffix(".jpg")))
+    return items
+
+
+def export_now(predictor, faces: np.ndarray, detector, now_root: PathLike, out_dir: PathLike,
+               splits: Sequence[str] = ("validation", "test"), mesh_suffix: str = ".ply", batch_size: int = 16,
+               overwrite: bool = False, render: bool = True) -> ExportReport:
+    """Write ``out_dir/predicted_meshes`` for NoW (see module docstring) and ``out_dir/export_report.json``."""
+    writer = ExportWriter(predictor, faces, mesh_suffix, batch_size, overwrite, render)
+    items = now_export_items(now_root, out_dir, detector, splits)
+    report = writer.run(items, desc="NoW export")
+    write_export_report(report, Path(out_dir) / "export_report.json")
+    logger.info(f"NoW export: {report.written} written, {report.skipped} already done, {len(report.failed)} failed "
+                f"-> {Path(out_dir) / 'predicted_meshes'}")
+    return report
+

@@ -1,0 +1,210 @@
+"""test.py end to end: NoW/Stirling export in the official layout, then local NoW-protocol scoring.
+
+The export runs on real photos (../shared/data/faces) with the bundled MTCNN detector, random
+network weights in the mica.tar format and a synthetic FLAME in the real file format. The scans
+are then made from the exported meshes (known similarity + known noise), so the score must equal
+the noise that was added.
+"""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from configs.config import PROJECT_ROOT
+from testing.now_eval import read_official_outputs
+from tests.synthetic_now import (ellipsoid_head, kept_mask, make_scan, write_box, write_image_list, write_now_folder,
+                                 write_prediction)
+
+ARCH = "iresnet18"  # the checkpoint format is the same for every depth; 18 keeps CPU tests fast
+CHALLENGES = ("multiview_neutral", "multiview_expressions", "multiview_occlusions", "selfie")
+
+
+def _run(args: list[str]) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(PROJECT_ROOT / "test.py"), *args], cwd=PROJECT_ROOT,
+                          capture_output=True, text=True, timeout=600, env={"OMP_NUM_THREADS": "1", "PATH": "/usr/bin:/bin"})
+
+
+def _one_line_error(res: subprocess.CompletedProcess, *needles: str) -> None:
+    assert res.returncode == 1, res.stderr
+    lines = [ln for ln in res.stderr.strip().splitlines() if ln.strip()]
+    assert len(lines) == 1 and "Traceback" not in res.stderr, res.stderr
+    for n in needles:
+        assert n in lines[0], lines[0]
+
+
+# ---------------------------------------------------------------------------------------------
+# Fast: command-line errors and scoring through the CLI
+# ---------------------------------------------------------------------------------------------
+def test_missing_benchmark_folders_give_one_line(tmp_path):
+    _one_line_error(_run(["--benchmark", "now"]), "test.now_root", "--now-root")
+    _one_line_error(_run(["--benchmark", "now", "--now-root", str(tmp_path / "nope")]), "nope", "does not exist")
+    (tmp_path / "now").mkdir()
+    _one_line_error(_run(["--benchmark", "now", "--now-root", str(tmp_path / "now")]), "NoW_Dataset")
+    for sub in ("NoW_Dataset/final_release_version/iphone_pictures", "NoW_Dataset/final_release_version/detected_face"):
+        (tmp_path / "now" / sub).mkdir(parents=True)
+    _one_line_error(_run(["--benchmark", "now", "--now-root", str(tmp_path / "now")]), "imagepathsvalidation.txt")
+    _one_line_error(_run(["--benchmark", "stirling", "--stirling-root", str(tmp_path)]), "Real_images__Subset_2D_FG2018")
+    _one_line_error(_run(["--evaluate", "--benchmark", "stirling", "--stirling-root", str(tmp_path)]), "--scans")
+
+
+def test_evaluate_cli_compares_methods(tmp_path):
+    rng = np.random.default_rng(0)
+    v, f, lm = ellipsoid_head(3)
+    scan = make_scan(v, f, lm, noise_mm=0.25, rng=rng, landmark_noise_mm=1.0)
+    root = write_now_folder(tmp_path / "now", {"S1": scan})
+    lines = [f"S1/{c}/IMG_1.jpg" for c in CHALLENGES]
+    write_image_list(root, lines)
+    for ln in lines:
+        write_prediction(tmp_path / "good", ln, v, f, lm)
+        write_prediction(tmp_path / "bad", ln, v * np.array([1.0, 1.15, 1.0]), f, lm * np.array([1.0, 1.15, 1.0]))
+    res = _run(["--evaluate", "--now-root", str(root), "--predicted", f"good={tmp_path / 'good'}",
+                "--predicted", f"bad={tmp_path / 'bad'}", "--results", str(tmp_path / "res"), "output_dir", str(tmp_path)])
+    assert res.returncode == 0, res.stderr
+    summary = {r["method"]: r for r in json.loads((tmp_path / "res" / "results.json").read_text())}
+    truth = np.abs(scan.offsets[kept_mask(scan.vertices, scan.landmarks)]) * scan.scale
+    assert summary["good"]["overall"]["mean"] == pytest.approx(truth.mean(), rel=0.05)
+    assert summary["bad"]["overall"]["mean"] > 2 * summary["good"]["overall"]["mean"]
+    assert set(summary["good"]["groups"]) == set(CHALLENGES)
+    table = (tmp_path / "res" / "results.md").read_text()
+    assert "| good |" in table and "| bad |" in table and "MICA (published)" in table
+    for name in ("good", "bad"):
+        assert (tmp_path / "res" / f"{name}_computed_distances.npy").is_file()
+        assert (tmp_path / "res" / f"{name}_computed_distances.npy.meanmedian").is_file()
+    assert (tmp_path / "res" / "cumulative_errors.png").is_file()
+
+
+# ---------------------------------------------------------------------------------------------
+# Slow: export with the real pipeline, then scoring
+# ---------------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def mica_tar(tmp_path_factory):
+    from tests.synthetic_weights import write_random_mica_tar
+
+    tar = tmp_path_factory.mktemp("weights") / "mica.tar"
+    write_random_mica_tar(tar, arch=ARCH, seed=0)
+    return tar
+
+
+def _model_opts(flame_dir: Path, tar: Path) -> list[str]:
+    return [
+        "model.arch", ARCH, "pretrained_model_path", str(tar),
+        "model.flame_model_path", str(flame_dir / "generic_model.pkl"),
+        "model.flame_lmk_embedding_path", str(flame_dir / "landmark_embedding.npy"),
+        "model.topology_path", str(flame_dir / "head_template.obj"),
+        "model.flame_masks_path", str(flame_dir / "FLAME_masks.pkl"),
+        "detector.antelopev2_dir", "/nonexistent/antelopev2", "device", "cpu",
+    ]
+
+
+def _face_boxes(photos: list[Path]) -> dict[Path, np.ndarray]:
+    """Face boxes of the full photos (NoW ships detector boxes too), from the bundled MTCNN."""
+    from utils.detectors import create_detector, pick_centre_face
+    from utils.image_io import read_image
+
+    det = create_detector("mtcnn", threshold=0.5)
+    boxes = {}
+    for p in photos:
+        img = read_image(p)
+        face = pick_centre_face(det.detect(img), img.shape)
+        assert face is not None, p
+        boxes[p] = np.asarray(face.box, dtype=np.float64)
+    return boxes
+
+
+@pytest.mark.slow
+def test_now_export_then_evaluate(tmp_path, faces_dir, synthetic_flame_dir, mica_tar):
+    photos = sorted(p for p in faces_dir.iterdir() if p.suffix.lower() in (".jpg", ".png"))[:4]
+    boxes = _face_boxes(photos)
+    root = tmp_path / "now"
+    val, test = [], []
+    for i, p in enumerate(photos):
+        line = f"SUBJ{i}/{CHALLENGES[i % 4]}/IMG_{i}.jpg"
+        data = cv2.imencode(".jpg", cv2.imread(str(p)))[1].tobytes()
+        (val if i < len(photos) - 1 else test).append((line, data, tuple(boxes[p])))
+    # An image in which no face can be found: reported as failed, scored as missing.
+    blank = cv2.imencode(".jpg", np.full((400, 400, 3), 120, np.uint8))[1].tobytes()
+    val.append(("SUBJ0/selfie/IMG_blank.jpg", blank, (100.0, 100.0, 300.0, 300.0)))
+    write_now_folder(root, {}, val, "validation")
+    write_now_folder(root, {}, test, "test")
+    out = tmp_path / "bench"
+    args = ["--benchmark", "now", "--now-root", str(root), "-o", str(out), "--batch-size", "2", "--mesh-format", "obj",
+            *_model_opts(synthetic_flame_dir, mica_tar)]
+    res = _run(args)
+    assert res.returncode == 0, res.stderr
+    pred = out / "predicted_meshes"
+    report = json.loads((out / "export_report.json").read_text())
+    assert report["written"] == len(photos) and list(report["failed"]) == ["SUBJ0/selfie/IMG_blank.jpg"]
+    for line, _, _ in val[:-1] + test:
+        stem = pred / Path(line).with_suffix("")
+        obj, npy = stem.with_suffix(".obj"), stem.with_suffix(".npy")
+        assert obj.is_file() and npy.is_file(), line
+        v_lines = [ln.split() for ln in obj.read_text().splitlines() if ln.startswith("v ")]
+        assert all(len(x) == 4 for x in v_lines)  # "v x y z": no vertex colours
+        lmk = np.load(npy)
+        assert lmk.shape == (7, 3)
+    assert not (pred / "SUBJ0/selfie/IMG_blank.obj").exists()
+
+    # Resumable: a second run writes nothing and leaves the files untouched.
+    mtimes = {p: p.stat().st_mtime_ns for p in pred.rglob("*") if p.is_file()}
+    res = _run(args)
+    assert res.returncode == 0, res.stderr
+    assert json.loads((out / "export_report.json").read_text())["skipped"] == len(photos)
+    assert {p: p.stat().st_mtime_ns for p in pred.rglob("*") if p.is_file()} == mtimes
+
+    # Scans of the exported meshes: known similarity + known noise along the normals.
+    from testing.now_eval import load_mesh
+
+    rng = np.random.default_rng(7)
+    scans, truths = {}, []
+    for line, _, _ in val[:-1]:
+        stem = pred / Path(line).with_suffix("")
+        v, f = load_mesh(stem.with_suffix(".obj"))
+        lm = np.load(stem.with_suffix(".npy"))
+        scan = make_scan(v, f, lm, noise_mm=0.3, rng=rng, landmark_noise_mm=1.0)
+        scans[line.split("/")[0]] = scan
+        truths.append(np.abs(scan.offsets[kept_mask(scan.vertices, scan.landmarks)]) * scan.scale)
+    write_now_folder(root, scans)
+    res = _run(["--evaluate", "--benchmark", "now", "--now-root", str(root), "-o", str(out), "output_dir", str(tmp_path)])
+    assert res.returncode == 0, res.stderr
+    summary = json.loads((out / "results" / "results.json").read_text())[0]
+    truth = np.concatenate(truths)
+    assert summary["overall"]["n_images"] == len(val) - 1
+    assert summary["missing"] == ["SUBJ0/selfie/IMG_blank.jpg"]
+    assert summary["overall"]["mean"] == pytest.approx(truth.mean(), rel=0.05)
+    assert summary["overall"]["median"] == pytest.approx(np.median(truth), rel=0.07)
+    off = read_official_outputs(out / "results" / "mica_computed_distances.npy")
+    assert off["num_missing_files"] == 1 and len(off["computed_distances"]) == len(val) - 1
+    # Metrical protocol on the same meshes: the scans carry a random scale, so the error grows
+    # unless that scale is ~1.
+    res = _run(["--evaluate", "--metrical", "--now-root", str(root), "-o", str(out)])
+    assert res.returncode == 0, res.stderr
+    assert (out / "results_metrical" / "results.json").is_file()
+
+
+@pytest.mark.slow
+def test_stirling_export_layout(tmp_path, faces_dir, synthetic_flame_dir, mica_tar):
+    photos = sorted(p for p in faces_dir.iterdir() if p.suffix.lower() in (".jpg", ".png"))
+    folder = tmp_path / "stirling" / "images" / "Real_images__Subset_2D_FG2018"
+    names = {"HQ": ["f1001_01a_x.jpg", "F1002_01A_y.jpg"], "LQ": ["F1001_01A_lq.jpg"]}
+    k = 0
+    for q, files in names.items():
+        (folder / q).mkdir(parents=True)
+        for name in files:
+            cv2.imwrite(str(folder / q / name), cv2.imread(str(photos[k % len(photos)])))
+            k += 1
+    cv2.imwrite(str(folder / "HQ" / "F1003_01A_blank.jpg"), np.full((300, 300, 3), 120, np.uint8))
+    out = tmp_path / "out"
+    res = _run(["--benchmark", "stirling", "--stirling-root", str(tmp_path / "stirling"), "-o", str(out),
+                *_model_opts(synthetic_flame_dir, mica_tar)])
+    assert res.returncode == 0, res.stderr
+    pred = out / "predicted_meshes"
+    report = json.loads((out / "export_report.json").read_text())
+    for rel in ("HQ/F1001/F1001_01A", "LQ/F1001/F1001_01A"):
+        assert (pred / f"{rel}.ply").is_file() and np.load(pred / f"{rel}.npy").shape == (7, 3), (rel, report)
+    assert not (pred / "HQ/F1003").exists() and "HQ/F1003/F1003_01A" in report["failed"]

@@ -437,7 +437,7 @@ class Trainer:
         if self._last_batch is None:
             return None
         try:
-            from micalib.renderer import make_grid, render_mesh
+            from micalib.renderer import fit_camera, make_grid, render_mesh
         except ImportError as e:
             if not self._warned_renderer:
                 logger.warning(f"no training images: the CPU renderer is unavailable ({e})")
@@ -450,8 +450,9 @@ class Trainer:
             crop = ((b["images"][i].float().cpu().numpy().transpose(1, 2, 0) * 127.5) + 127.5).clip(0, 255).astype(np.uint8)
             size = 224
             crop = _resize_uint8(crop, size)
-            pred = render_mesh(b["pred"][i].cpu().numpy(), faces, size=size)
-            gt = render_mesh(b["gt"][i].cpu().numpy(), faces, size=size)
+            cam = fit_camera(b["gt"][i].cpu().numpy(), size)  # one camera: size differences stay visible
+            pred = render_mesh(b["pred"][i].cpu().numpy(), faces, size=size, camera=cam)
+            gt = render_mesh(b["gt"][i].cpu().numpy(), faces, size=size, camera=cam)
             tiles += [crop, _as_rgb_uint8(pred), _as_rgb_uint8(gt)]
         grid = make_grid(tiles, nrow=3)
         step = self.state.step

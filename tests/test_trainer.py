@@ -318,3 +318,21 @@ def test_non_finite_loss_names_the_step(setup_dir, tmp_path):
     trainer.loss_fn.weights.fill_(float("nan"))
     with pytest.raises(NonFiniteLossError, match="at step 2"):
         trainer.run_step()
+
+
+def test_training_image_grid(setup_dir, tmp_path):
+    pytest.importorskip("micalib.renderer")
+    out = tmp_path / "v"
+    trainer = build_trainer(load_cfg(ROOT / "configs/mica.yml", make_opts(setup_dir, out, **{"train.write_summary": True})))
+    trainer.run_step()
+    grid = trainer.visualize_last_batch()
+    # B*K = 4 samples, one row each: crop | predicted render | ground-truth render (224 px, 2 px padding)
+    assert grid.shape == (4 * 226 + 2, 3 * 226 + 2, 3) and grid.dtype == np.uint8
+    crop = grid[2:226, 2:226].astype(np.float64)
+    expected = trainer._last_batch["images"][0].numpy().transpose(1, 2, 0) * 127.5 + 127.5
+    import cv2
+
+    assert np.abs(crop - cv2.resize(expected, (224, 224))).mean() < 2.0
+    pred, gt = grid[2:226, 228:452], grid[2:226, 454:678]
+    assert (pred != 255).any() and (gt != 255).any() and not np.array_equal(pred, gt)
+    assert (out / "train_images" / "00000001.jpg").is_file()

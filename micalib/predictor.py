@@ -20,9 +20,11 @@ from typing import Dict, List, Optional, Sequence, Union
 import numpy as np
 import torch
 from loguru import logger
+import torch.nn.functional as F
 from torch import nn
 
 from micalib.mica import MICA
+from models.arcface import fuse_for_inference
 from utils.device import autocast, resolve_device, resolve_precision
 from utils.errors import MICAError
 
@@ -92,11 +94,15 @@ class Predictor:
         batch_size: largest batch sent through the network at once.
         channels_last: memory layout of the encoder; None = channels-last for reduced precision only
             (measured faster for bf16 on CPU, slower for fp32: see bench/README.md).
+        fuse: run a copy of ArcFace with its BatchNorms folded into the convolutions
+            (``models.arcface.fuse_for_inference``; same result up to float rounding, faster).
+        compile: wrap the encoder in ``torch.compile`` (torch backend; slow first call).
     """
 
     def __init__(self, flame: Optional[nn.Module] = None, *, model: Optional[MICA] = None,
                  onnx_path: Optional[Union[str, Path]] = None, backend: str = "torch", device: str = "auto",
-                 precision: str = "fp32", batch_size: int = 16, channels_last: Optional[bool] = None) -> None:
+                 precision: str = "fp32", batch_size: int = 16, channels_last: Optional[bool] = None,
+                 fuse: bool = True, compile: bool = False) -> None:
         if backend not in BACKENDS:
             raise ValueError(f"unknown backend '{backend}' (use {' or '.join(BACKENDS)})")
         if batch_size < 1:
@@ -109,9 +115,11 @@ class Predictor:
             self.dtype = resolve_precision(precision, self.device)
             self.model = model.to(self.device).eval()
             self.channels_last = (self.dtype != torch.float32) if channels_last is None else bool(channels_last)
+            arcface = fuse_for_inference(self.model.arcface) if fuse else self.model.arcface
             if self.channels_last:
-                self.model.arcface.to(memory_format=torch.channels_last)
+                arcface = arcface.to(memory_format=torch.channels_last)
             self.flame = flame if flame is not None else model.flame
+            self._arcface = torch.compile(arcface) if compile else arcface
             self._ort = None
         else:
             if onnx_path is None:
@@ -160,7 +168,7 @@ class Predictor:
             if self.channels_last:
                 chunk = chunk.contiguous(memory_format=torch.channels_last)
             with autocast(self.device, self.dtype):
-                code = self.model.encode(chunk)
+                code = F.normalize(self._arcface(chunk).float(), dim=1)
             outs.append(self.model.shape_code(code.float()))
         return torch.cat(outs).float()
 

@@ -26,6 +26,7 @@ __all__ = [
     "ARCFACE_ARCHS",
     "create_arcface",
     "freeze_for_mica",
+    "fuse_for_inference",
     "iresnet18",
     "iresnet34",
     "iresnet50",
@@ -180,6 +181,57 @@ def freeze_for_mica(model: IResNet) -> IResNet:
             p.requires_grad_(False)
     model.train(model.training)
     return model
+
+
+def _bn_affine(bn: nn.modules.batchnorm._BatchNorm) -> "tuple[torch.Tensor, torch.Tensor]":
+    """Eval-mode BN as ``y = scale * x + shift`` per channel."""
+    scale = bn.weight / torch.sqrt(bn.running_var + bn.eps)
+    return scale, bn.bias - bn.running_mean * scale
+
+
+def _fold_into_conv(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> nn.Conv2d:
+    """``bn(conv(x))`` as one convolution with bias (exact up to rounding)."""
+    scale, shift = _bn_affine(bn)
+    fused = nn.Conv2d(conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding, bias=True)
+    fused.weight.copy_(conv.weight * scale.view(-1, 1, 1, 1))
+    fused.bias.copy_(shift if conv.bias is None else conv.bias * scale + shift)
+    return fused.to(conv.weight.device, conv.weight.dtype)
+
+
+@torch.no_grad()
+def fuse_for_inference(model: IResNet) -> IResNet:
+    """Inference copy of ``model`` with every BN that follows a conv or feeds ``fc`` folded away.
+
+    Folded: stem ``bn1`` into ``conv1``; in each block ``bn2`` into ``conv1``, ``bn3`` into ``conv2``
+    and the shortcut BN into its 1x1 conv; head ``bn2`` and ``features`` into ``fc``. A block's
+    ``bn1`` stays (it precedes a zero-padded conv, so folding it would change the borders). Same
+    outputs as ``model.eval()`` up to float rounding, about a third fewer memory passes. The copy
+    has other state-dict names: use it for inference only, never save it as a checkpoint.
+    """
+    import copy
+
+    fused = copy.deepcopy(model).eval()
+    fused.freeze_mica = False
+    fused.conv1, fused.bn1 = _fold_into_conv(fused.conv1, fused.bn1), nn.Identity()
+    for stage in (fused.layer1, fused.layer2, fused.layer3, fused.layer4):
+        for block in stage:
+            block.conv1, block.bn2 = _fold_into_conv(block.conv1, block.bn2), nn.Identity()
+            block.conv2, block.bn3 = _fold_into_conv(block.conv2, block.bn3), nn.Identity()
+            if block.downsample is not None:
+                block.downsample = nn.Sequential(_fold_into_conv(block.downsample[0], block.downsample[1]))
+    # fc(flatten(bn2(x))) then features: fold bn2 (per channel, repeated over 7x7) and features.
+    s_in, t_in = _bn_affine(fused.bn2)
+    area = FEATURE_SIZE * FEATURE_SIZE
+    s_in, t_in = s_in.repeat_interleave(area), t_in.repeat_interleave(area)
+    s_out, t_out = _bn_affine(fused.features)
+    fc = fused.fc
+    bias = fc.bias + fc.weight @ t_in
+    fc.weight.copy_(fc.weight * s_in.view(1, -1) * s_out.view(-1, 1))
+    fc.bias.copy_(bias * s_out + t_out)
+    fused.bn2, fused.features = nn.Identity(), nn.Identity()
+    for p in fused.parameters():
+        p.requires_grad_(False)
+    return fused
 
 
 def _create(arch: str, **kwargs) -> IResNet:

@@ -119,3 +119,17 @@ def test_freezing_one_optimiser_step():
     assert not torch.equal(after["fc.weight"], before["fc.weight"])
     assert torch.equal(after["features.weight"], before["features.weight"])  # fixed at 1
     assert all(not torch.equal(v, reg_before[k]) for k, v in regressor.state_dict().items())
+
+
+def test_fused_inference_copy_matches():
+    from models.arcface import fuse_for_inference
+
+    model = random_arcface("iresnet18", 1)
+    fused = fuse_for_inference(model)
+    x = torch.rand(3, 3, 112, 112, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    with torch.no_grad():
+        ref, got = model(x), fused(x)
+    torch.testing.assert_close(got, ref, rtol=1e-4, atol=1e-4 * ref.abs().max().item())
+    n_bn = sum(isinstance(m, torch.nn.BatchNorm2d) for m in fused.modules())
+    assert n_bn == sum(ARCFACE_ARCHS["iresnet18"])  # only each block's pre-conv bn1 is left
+    assert isinstance(model.bn2, torch.nn.BatchNorm2d)  # the original is untouched

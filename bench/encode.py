@@ -1,0 +1,140 @@
+"""Encoder throughput: images -> FLAME coefficients -> vertices, per backend, precision and batch.
+
+    .venv/bin/python bench/encode.py [--arch iresnet100] [--batches 1 16] [--precisions fp32 bf16]
+                                     [--backends eager onnxruntime compile] [--rounds 3] [--json out.json]
+
+Random, well-conditioned weights (tests/synthetic_weights.py) and a synthetic FLAME: speed does not
+depend on the values. Every configuration is timed in interleaved rounds (round-robin, best of
+``--rounds``) so that load from other processes on a shared machine hits all of them alike; results
+are printed as ratios to the fp32 eager batch-1 figure of the same run. Also printed: FLOPs per
+image (``torch.utils.flop_counter``: 2 per multiply-add) and the achieved fraction of this machine's
+matmul peak for the dtype, measured here with large square matmuls (best of several sizes).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Callable, Dict, List, Tuple
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+from loguru import logger  # noqa: E402
+from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
+
+from micalib.mica import MICA  # noqa: E402
+from micalib.predictor import Predictor  # noqa: E402
+from models.flame import FLAME  # noqa: E402
+from tests.synthetic_flame import write_synthetic_flame  # noqa: E402
+from tests.synthetic_weights import random_arcface, random_mapping_network  # noqa: E402
+from utils.io import atomic_write_text  # noqa: E402
+
+PEAK_SIZES = (1024, 2048, 3072, 4096)
+
+
+def matmul_peak(dtype: torch.dtype, rounds: int = 3) -> float:
+    """Best GFLOP/s of square ``torch.mm`` in ``dtype`` over a few sizes."""
+    best = 0.0
+    for n in PEAK_SIZES:
+        a, b = torch.randn(n, n).to(dtype), torch.randn(n, n).to(dtype)
+        torch.mm(a, b)
+        for _ in range(rounds):
+            t = time.perf_counter()
+            torch.mm(a, b)
+            best = max(best, 2 * n ** 3 / (time.perf_counter() - t) / 1e9)
+    return best
+
+
+def flops_per_image(model: MICA) -> float:
+    """FLOPs of one image through ArcFace, mapping network and FLAME canonical decode."""
+    x = torch.zeros(1, 3, 112, 112)
+    with FlopCounterMode(display=False) as counter, torch.no_grad():
+        model.decode(model.encode(x))
+    return float(counter.get_total_flops())
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--arch", default="iresnet100")
+    p.add_argument("--batches", type=int, nargs="+", default=[1, 16])
+    p.add_argument("--precisions", nargs="+", default=["fp32", "bf16"])
+    p.add_argument("--backends", nargs="+", default=["eager", "onnxruntime"],
+                   help="eager (BN folded), unfused (eager, BN kept), compile (torch.compile of eager), onnxruntime")
+    p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--threads", type=int, default=0, help="torch/onnxruntime threads (0 = default)")
+    p.add_argument("--json", default="", help="also write the results here")
+    args = p.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    logger.remove()
+    logger.add(sys.stderr, level="WARNING")
+
+    tmp = Path(tempfile.mkdtemp(prefix="bench_encode_"))
+    flame_dir = write_synthetic_flame(tmp / "flame")
+    flame = FLAME.from_files(flame_dir / "generic_model.pkl", flame_dir / "landmark_embedding.npy", 300, 100)
+    model = MICA(random_arcface(args.arch, 0), random_mapping_network(3, 300, 1), flame).eval()
+    gflop = flops_per_image(model) / 1e9
+    print(f"{args.arch}: {gflop:.2f} GFLOPs per image (ArcFace + mapping + FLAME), "
+          f"torch {torch.__version__}, {torch.get_num_threads()} threads, cpu bf16: "
+          f"{'yes' if 'bf16' in open('/proc/cpuinfo').read() else 'no'}", flush=True)
+
+    runners: Dict[Tuple[str, str, int], Callable[[], None]] = {}
+    for backend in args.backends:
+        for prec in args.precisions:
+            if backend == "onnxruntime" and prec != "fp32":
+                continue
+            if backend == "onnxruntime":
+                from micalib.export import export_onnx
+
+                onnx_path = tmp / "mica.onnx"
+                if not onnx_path.exists():
+                    export_onnx(model.image_to_shape(), onnx_path)
+                pred = Predictor(flame, onnx_path=onnx_path, backend="onnxruntime", device="cpu", batch_size=max(args.batches))
+            else:
+                pred = Predictor(model=model, device="cpu", precision=prec, batch_size=max(args.batches),
+                                 fuse=backend != "unfused", compile=backend == "compile")
+            for b in args.batches:
+                x = (torch.rand(b, 3, 112, 112, generator=torch.Generator().manual_seed(b)) * 2 - 1).numpy()
+                runners[(backend, prec, b)] = (lambda pr=pred, xx=x: pr(xx))
+
+    for key, run in runners.items():  # warm-up (and compilation)
+        t = time.perf_counter()
+        run()
+        if key[0] == "compile":
+            print(f"warm-up {key}: {time.perf_counter() - t:.1f} s", flush=True)
+    best: Dict[Tuple[str, str, int], float] = {k: 0.0 for k in runners}
+    peaks = {"fp32": 0.0, "bf16": 0.0}
+    for r in range(args.rounds):
+        peaks["fp32"] = max(peaks["fp32"], matmul_peak(torch.float32, 1))
+        peaks["bf16"] = max(peaks["bf16"], matmul_peak(torch.bfloat16, 1))
+        for key, run in runners.items():
+            t = time.perf_counter()
+            run()
+            best[key] = max(best[key], key[2] / (time.perf_counter() - t))
+        print(f"round {r + 1}/{args.rounds} done", flush=True)
+
+    base = best.get(("eager", "fp32", 1)) or next(iter(best.values()))
+    print(f"matmul peak: fp32 {peaks['fp32']:.0f} GFLOP/s, bf16 {peaks['bf16']:.0f} GFLOP/s")
+    print(f"{'backend':<12}{'precision':<10}{'batch':>6}{'img/s':>9}{'x fp32 eager b1':>17}{'GFLOP/s':>9}{'% peak':>8}")
+    rows: List[dict] = []
+    for (backend, prec, b), ips in best.items():
+        achieved = ips * gflop
+        frac = achieved / peaks.get(prec, peaks["fp32"])
+        print(f"{backend:<12}{prec:<10}{b:>6}{ips:>9.2f}{ips / base:>17.2f}{achieved:>9.0f}{100 * frac:>7.0f}%")
+        rows.append(dict(backend=backend, precision=prec, batch=b, images_per_s=ips, ratio=ips / base,
+                         gflops=achieved, peak_fraction=frac))
+    if args.json:
+        atomic_write_text(args.json, json.dumps(dict(arch=args.arch, gflop_per_image=gflop, peaks=peaks, rows=rows), indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -196,7 +196,7 @@ def _kill_at(step: int):
 def test_killed_run_resumes_bit_identical(setup_dir, tmp_path):
     common = {"train.max_steps": 5, "train.checkpoint_steps": 2, "train.deterministic": True,
               "train.lr_update_step": 3, "train.weight_decay": 1e-2, "train.keep_checkpoints": 1}
-    # uninterrupted: 5 steps (3 batches per epoch with 8 actors... 4 per epoch: epoch boundary crossed)
+    # uninterrupted: 5 steps (8 actors / batch 2 = 4 steps per epoch, so an epoch boundary is crossed)
     ref = build_trainer(load_cfg(ROOT / "configs/mica.yml", make_opts(setup_dir, tmp_path / "a", **common)))
     ref.train()
     # killed after step 3 (last checkpoint at step 2), then resumed by a fresh process-like build

@@ -63,6 +63,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     e.add_argument("--image-list", default=None, help="NoW-style image list to score (default: NOW_ROOT/imagepathsSPLIT.txt)")
     e.add_argument("--results", default=None, help="results folder (default: OUTPUT/results or results_metrical)")
     e.add_argument("--max-nfev", type=int, default=200, help="bound on refinement evaluations per image")
+    e.add_argument("--fit-points", type=int, default=20000,
+                   help="refine the alignment on at most this many scan points per image (0 = all); errors use all")
     p.add_argument("opts", nargs=argparse.REMAINDER, help="KEY VALUE config overrides")
     return p.parse_args(argv)
 
@@ -164,7 +166,8 @@ def evaluate(args: argparse.Namespace, cfg, benchmark: str) -> int:
             if not args.scans:
                 raise MICAError("Stirling scoring needs the subjects' scans: pass --scans FOLDER (SCANS/ID5/*.obj with .pp landmarks)")
             items = stirling_items(folder, args.scans, args.scan_landmarks)
-        results.append(score(items, method=name, metrical=args.metrical, unit=args.unit, max_nfev=args.max_nfev))
+        results.append(score(items, method=name, metrical=args.metrical, unit=args.unit, max_nfev=args.max_nfev,
+                             fit_points=args.fit_points))
     res_dir = Path(args.results) if args.results else out / ("results_metrical" if args.metrical else "results")
     published = PUBLISHED_NOW if benchmark == "now" and not args.metrical else None
     written = write_reports(results, res_dir, published)

@@ -112,7 +112,7 @@ class Refinement:
 
 
 def refine_alignment(scan_points: np.ndarray, mesh: MeshDistance, with_scale: bool = True,
-                     max_nfev: int = 200) -> Refinement:
+                     max_nfev: int = 200, fit_points: int = 20000) -> Refinement:
     """Rigid (+ scale) refinement minimising the scan-to-mesh distances.
 
     Parameters are s, axis-angle r and t of x -> s R (x - c) + c + t, c the scan centroid (the same
@@ -127,8 +127,13 @@ def refine_alignment(scan_points: np.ndarray, mesh: MeshDistance, with_scale: bo
         mesh: ``MeshDistance`` of the landmark-aligned predicted mesh.
         with_scale: optimise the scale too (non-metrical); else r and t only.
         max_nfev: bound on residual evaluations.
+        fit_points: fit on at most this many scan points (evenly spread through the scan's vertex
+            order; 0 = all). The returned distances are always those of every scan point.
     """
-    p = np.asarray(scan_points, dtype=np.float64)
+    all_points = np.asarray(scan_points, dtype=np.float64)
+    p = all_points
+    if fit_points and len(p) > fit_points:
+        p = p[np.linspace(0, len(p) - 1, fit_points).round().astype(np.int64)]
     c = p.mean(axis=0)
     cache: dict = {}
 
@@ -187,9 +192,11 @@ def refine_alignment(scan_points: np.ndarray, mesh: MeshDistance, with_scale: bo
                         gtol=1e-10, max_nfev=max_nfev)
     x = sol.x
     s, r, t = unpack(x)
-    st = closest(x)
     rot = rotvec_to_matrix(r)
-    distances = abs(s) * st["res"].distances
+    if p is all_points:
+        distances = abs(s) * closest(x)["res"].distances
+    else:
+        distances = abs(s) * mesh.distances(((all_points - c - t) @ rot) / s + c)
     # x -> s R (x - c) + c + t  ==  s R x + (c + t - s R c)
     return Refinement(s, rot, c + t - s * rot @ c, distances, int(sol.nfev))
 
@@ -206,7 +213,7 @@ class MeshScore:
 
 def score_mesh(scan_vertices: np.ndarray, scan_lmks: np.ndarray, pred_vertices: np.ndarray,
                pred_faces: np.ndarray, pred_lmks: np.ndarray, metrical: bool = False,
-               unit_factor: float = 1.0, crop: bool = True, max_nfev: int = 200) -> MeshScore:
+               unit_factor: float = 1.0, crop: bool = True, max_nfev: int = 200, fit_points: int = 20000) -> MeshScore:
     """Score one predicted mesh against one scan with the NoW protocol (see module docstring).
 
     Args:
@@ -216,6 +223,7 @@ def score_mesh(scan_vertices: np.ndarray, scan_lmks: np.ndarray, pred_vertices: 
         pred_lmks: (7, 3) predicted landmarks, same frame as ``pred_vertices``.
         metrical: no scale in the alignment (``unit_factor`` turns predicted units into mm).
         crop: apply NoW's face crop to the scan first.
+        max_nfev, fit_points: refinement budget (see ``refine_alignment``).
 
     Raises:
         MICAError: no scan vertex lies inside the crop (landmarks wrong or in other units).
@@ -227,7 +235,8 @@ def score_mesh(scan_vertices: np.ndarray, scan_lmks: np.ndarray, pred_vertices: 
         raise MICAError("no scan vertex lies within the face crop of its landmarks (are the .pp landmarks from this scan, in mm?)")
     s0, r0, t0 = landmark_alignment(pred_lmks, scan_lmks, metrical=metrical, unit_factor=unit_factor)
     aligned = apply_similarity(pred_vertices, s0, r0, t0)
-    ref = refine_alignment(scan, MeshDistance(aligned, pred_faces), with_scale=not metrical, max_nfev=max_nfev)
+    ref = refine_alignment(scan, MeshDistance(aligned, pred_faces), with_scale=not metrical, max_nfev=max_nfev,
+                           fit_points=fit_points)
     # Compose: x -> ref(s0 R0 x + t0).
     scale = ref.scale * s0
     rot = ref.rot @ r0
@@ -408,7 +417,7 @@ class EvalResult:
 
 
 def evaluate(items: Sequence[EvalItem], method: str = "method", metrical: bool = False, unit: str = "mm",
-             max_nfev: int = 200, progress: bool = True) -> EvalResult:
+             max_nfev: int = 200, fit_points: int = 20000, progress: bool = True) -> EvalResult:
     """Score every item (see module docstring). Missing predictions are counted, not fatal.
 
     Args:
@@ -416,6 +425,7 @@ def evaluate(items: Sequence[EvalItem], method: str = "method", metrical: bool =
         method: name used in output files and tables.
         metrical: no scale in the alignment.
         unit: predicted unit ("mm", "cm", "m"); the scale used by the metrical variant.
+        max_nfev, fit_points: refinement budget per image (see ``refine_alignment``).
 
     Raises:
         ValueError: unknown unit.
@@ -449,7 +459,7 @@ def evaluate(items: Sequence[EvalItem], method: str = "method", metrical: bool =
         plm = load_pred_landmarks(item.pred_lmks)
         try:
             res = score_mesh(kept, lm, pv, pf, plm, metrical=metrical, unit_factor=UNIT_FACTORS[unit],
-                             crop=False, max_nfev=max_nfev)
+                             crop=False, max_nfev=max_nfev, fit_points=fit_points)
         except np.linalg.LinAlgError as e:
             logger.warning(f"{item.key}: alignment failed ({e}); counted as failed")
             failed.append(item.key)

@@ -185,3 +185,16 @@ def test_stirling_items_layout(tmp_path):
     res = evaluate(items, method="st", metrical=True, progress=False)
     truth = np.abs(scan.offsets[kept_mask(scan.vertices, scan.landmarks)])
     assert res.groups["HQ"].mean == pytest.approx(np.mean(truth), rel=0.03)
+
+
+def test_fit_on_a_subsample_scores_every_point():
+    rng = np.random.default_rng(6)
+    v, f, lm = ellipsoid_head(4)
+    scan = make_scan(v, f, lm, noise_mm=0.3, rng=rng, landmark_noise_mm=2.0)
+    full = score_mesh(scan.vertices, scan.landmarks, v, f, lm, fit_points=0)
+    sub = score_mesh(scan.vertices, scan.landmarks, v, f, lm, fit_points=1000)
+    truth = np.abs(scan.offsets[kept_mask(scan.vertices, scan.landmarks)]) * scan.scale
+    assert len(sub.distances) == len(full.distances) == len(truth)  # errors always on every kept scan vertex
+    assert sub.distances.mean() == pytest.approx(truth.mean(), rel=0.03)
+    assert full.distances.mean() == pytest.approx(truth.mean(), rel=0.03)
+    np.testing.assert_allclose(sub.distances, truth, atol=0.4 * 0.3)

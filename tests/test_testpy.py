@@ -170,7 +170,8 @@ def test_now_export_then_evaluate(tmp_path, faces_dir, synthetic_flame_dir, mica
         scans[line.split("/")[0]] = scan
         truths.append(np.abs(scan.offsets[kept_mask(scan.vertices, scan.landmarks)]) * scan.scale)
     write_now_folder(root, scans)
-    res = _run(["--evaluate", "--benchmark", "now", "--now-root", str(root), "-o", str(out), "output_dir", str(tmp_path)])
+    res = _run(["--evaluate", "--benchmark", "now", "--now-root", str(root), "-o", str(out), "--fit-points", "4000",
+                "output_dir", str(tmp_path)])
     assert res.returncode == 0, res.stderr
     summary = json.loads((out / "results" / "results.json").read_text())[0]
     truth = np.concatenate(truths)
@@ -182,7 +183,7 @@ def test_now_export_then_evaluate(tmp_path, faces_dir, synthetic_flame_dir, mica
     assert off["num_missing_files"] == 1 and len(off["computed_distances"]) == len(val) - 1
     # Metrical protocol on the same meshes: the scans carry a random scale, so the error grows
     # unless that scale is ~1.
-    res = _run(["--evaluate", "--metrical", "--now-root", str(root), "-o", str(out)])
+    res = _run(["--evaluate", "--metrical", "--now-root", str(root), "-o", str(out), "--fit-points", "4000"])
     assert res.returncode == 0, res.stderr
     assert (out / "results_metrical" / "results.json").is_file()
 

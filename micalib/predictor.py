@@ -136,10 +136,15 @@ class Predictor:
         logger.debug(f"Predictor: backend={backend}, device={self.device}, dtype={self.dtype}")
 
     @classmethod
-    def from_config(cls, cfg, backend: str = "torch", onnx_path: Optional[Union[str, Path]] = None,
+    def from_config(cls, cfg, backend: Optional[str] = None, onnx_path: Optional[Union[str, Path]] = None,
                     checkpoint: Optional[Union[str, Path]] = None, device: Optional[str] = None,
                     precision: Optional[str] = None, batch_size: int = 16) -> "Predictor":
-        """Build from the config (weights: ``checkpoint`` or ``cfg.pretrained_model_path``)."""
+        """Build from the config (weights: ``checkpoint`` or ``cfg.pretrained_model_path``).
+
+        ``backend`` None = onnxruntime when ``onnx_path`` is given, else torch.
+        """
+        if backend is None:
+            backend = "onnxruntime" if onnx_path else "torch"
         device = device or cfg.device
         precision = precision or cfg.precision
         if backend == "torch":
@@ -172,9 +177,21 @@ class Predictor:
             outs.append(self.model.shape_code(code.float()))
         return torch.cat(outs).float()
 
+    def predict_identity(self, images: ArrayLike) -> np.ndarray:
+        """``(B, 3, 112, 112)`` network inputs -> ``(B, n_shape)`` float32 identity coefficients."""
+        return self.coefficients(images).cpu().numpy()
+
+    @property
+    def faces(self) -> np.ndarray:
+        """``(F, 3)`` int64 triangle indices of the FLAME mesh."""
+        return self.flame.faces.detach().cpu().numpy().astype(np.int64)
+
     @torch.inference_mode()
-    def decode(self, shape: torch.Tensor) -> Dict[str, np.ndarray]:
-        """``(B, n_shape)`` coefficients -> dict of numpy arrays (metres), FLAME in float32."""
+    def decode(self, shape: ArrayLike) -> Dict[str, np.ndarray]:
+        """``(B, n_shape)`` coefficients (numpy or torch) -> dict of numpy arrays (metres), FLAME in float32."""
+        shape = shape if torch.is_tensor(shape) else torch.from_numpy(np.asarray(shape, dtype=np.float32))
+        if shape.dim() == 1:
+            shape = shape.unsqueeze(0)
         shape = shape.to(self.device, torch.float32)
         vertices = self.flame.canonical(shape)
         out = {

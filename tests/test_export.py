@@ -81,3 +81,16 @@ def test_cli_writes_and_validates(tmp_path):
                        cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert r.returncode == 1 and "Traceback" not in r.stderr
     assert "no checkpoint to export" in r.stderr and "--checkpoint" in r.stderr
+
+
+@pytest.mark.slow
+def test_iresnet100_mica_tar_roundtrip_and_onnx(tmp_path):
+    """The full-size network colleagues' end-to-end tests use: bit-exact reload, ONNX within 1e-4."""
+    tar = write_random_mica_tar(tmp_path / "mica.tar", arch="iresnet100", seed=0)
+    model = MICA(random_arcface("iresnet100", 1), random_mapping_network(3, 300, 5), None)
+    model.load_checkpoint(tar)
+    ref = random_arcface("iresnet100", 0).state_dict()
+    assert all(torch.equal(v, ref[k]) for k, v in model.arcface.state_dict().items())
+    net = model.image_to_shape().eval()
+    diffs = validate_onnx(net, export_onnx(net, tmp_path / "r100.onnx"), batches=(1, 4), atol=1e-4)
+    assert set(diffs) == {1, 4}

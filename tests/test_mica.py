@@ -120,3 +120,16 @@ def test_from_config_loads_checkpoint_and_backbone(synthetic_flame_dir, tmp_path
         MICA.from_config(_cfg(d, model__use_pretrained="False", model__arcface_pretrained_model=str(tmp_path / "no.pth")))
     pred = Predictor.from_config(_cfg(d, pretrained_model_path=str(tar)))
     assert pred(images[:1])["vertices"].shape[0] == 1
+
+
+def test_predictor_split_interface(mica, images):
+    """predict_identity + decode (numpy in/out), as demo.py uses them, equal the one-call path."""
+    pred = Predictor(model=mica, device="cpu")
+    ident = pred.predict_identity(images.numpy())
+    assert isinstance(ident, np.ndarray) and ident.shape == (3, 300)
+    whole = pred(images)
+    parts = pred.decode(ident)
+    for k in whole:
+        np.testing.assert_array_equal(parts[k], whole[k])
+    np.testing.assert_array_equal(pred.decode(ident[0])["vertices"][0], whole["vertices"][0])
+    assert pred.faces.dtype == np.int64 and pred.faces.shape[1] == 3

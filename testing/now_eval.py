@@ -5,7 +5,9 @@ Per image (NoW challenge, Sanyal et al. 2019; metrical variant as in MICA):
 2. align the prediction to the scan with its 7 landmarks: similarity Procrustes
    (``metrical``: rotation and translation only, the scale fixed to the unit factor);
 3. refine scale/rotation/translation (``metrical``: rotation/translation) by least squares on the
-   scan-to-mesh distances, with the 100 * (|s| - s) penalty keeping s positive (``refine_alignment``);
+   scan-to-mesh distances, with the 100 * (|s| - s) penalty keeping s positive (``refine_alignment``;
+   scipy's trust-region least squares with an exact Jacobian instead of chumpy's dogleg, fitted on
+   at most ``fit_points`` evenly spread scan vertices);
 4. the distances (mm) from every kept scan vertex to the closest point of the aligned predicted
    surface. All images' distances are concatenated for median / mean / std, overall and per group
    (NoW challenge, Stirling quality).

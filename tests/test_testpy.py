@@ -18,8 +18,7 @@ import pytest
 
 from configs.config import PROJECT_ROOT
 from testing.now_eval import read_official_outputs
-from tests.synthetic_now import (ellipsoid_head, kept_mask, make_scan, write_box, write_image_list, write_now_folder,
-                                 write_prediction)
+from tests.synthetic_now import ellipsoid_head, kept_mask, make_scan, write_image_list, write_now_folder, write_prediction
 
 ARCH = "iresnet18"  # the checkpoint format is the same for every depth; 18 keeps CPU tests fast
 CHALLENGES = ("multiview_neutral", "multiview_expressions", "multiview_occlusions", "selfie")

@@ -118,10 +118,7 @@ def export(args: argparse.Namespace, cfg, benchmark: str) -> int:
         stirling_export_items(root, out, None, qualities)
     predictor = Predictor.from_config(cfg, backend="onnxruntime" if args.onnx else "torch", onnx_path=args.onnx,
                                       batch_size=args.batch_size)
-    faces = getattr(predictor, "faces", None)
-    if faces is None:
-        faces = predictor.flame.faces
-    faces = faces.detach().cpu().numpy() if hasattr(faces, "detach") else faces
+    faces = predictor.faces
     detector = create_detector(cfg.detector.name, antelopev2_dir=resolve_path(cfg.detector.antelopev2_dir),
                                det_size=tuple(cfg.detector.det_size), threshold=threshold)
     kwargs = dict(mesh_suffix="." + args.mesh_format, batch_size=args.batch_size, overwrite=args.overwrite,

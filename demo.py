@@ -1,0 +1,90 @@
+"""MICA demo: metrical 3D face shape from single photos.
+
+    python demo.py -i demo/input -o demo/output
+
+For every face: OUTPUT/NAME/{mesh.ply, mesh.obj (mm), identity.npy, kpt7.npy, kpt68.npy, render.png},
+the aligned crops in -a (NAME.jpg 224 crop, NAME.npy network input), and OUTPUT/summary.{csv,json}.
+Trailing KEY VALUE pairs override the configuration (see configs/config.py).
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from loguru import logger
+
+from configs.config import load_cfg, resolve_path
+from utils.errors import MICAError, run_main
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description="MICA: metrical FLAME head meshes from photos",
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("-i", "--input", default="demo/input", help="image file or folder (searched recursively)")
+    p.add_argument("-o", "--output", default="demo/output", help="output folder")
+    p.add_argument("-a", "--arcface", default="demo/arcface", help="folder for aligned crops and network inputs")
+    p.add_argument("-m", "--model", default=None, help="MICA checkpoint (default: cfg pretrained_model_path)")
+    p.add_argument("--cfg", default=None, help="YAML config file merged over the defaults")
+    p.add_argument("--detector", choices=["auto", "scrfd", "mtcnn"], default=None,
+                   help="face detector; auto = SCRFD (antelopev2) if installed, else bundled MTCNN")
+    p.add_argument("--all-faces", action="store_true", help="reconstruct every face (NAME_0, NAME_1, ...)")
+    p.add_argument("--aligned", action="store_true", help="inputs are already aligned 112/224 ArcFace crops")
+    p.add_argument("--batch-size", type=int, default=8, help="faces per network call")
+    p.add_argument("--device", default=None, help="auto, cpu, cuda, cuda:N or mps")
+    p.add_argument("--precision", choices=["fp32", "bf16", "fp16", "auto"], default=None)
+    p.add_argument("--onnx", default=None, help="run this exported ONNX network on onnxruntime instead of torch")
+    p.add_argument("--fuse", action="store_true",
+                   help="also average the identity of all images of each sub-folder into SUBFOLDER/fused/")
+    p.add_argument("--no-render", action="store_true", help="skip render.png previews")
+    p.add_argument("--overwrite", action="store_true", help="redo images whose outputs already exist")
+    p.add_argument("opts", nargs=argparse.REMAINDER, help="KEY VALUE config overrides")
+    return p.parse_args(argv)
+
+
+def setup(args: argparse.Namespace):
+    """Frozen config from --cfg, the command-line flags and the trailing overrides."""
+    opts = list(args.opts)
+    for key, value in (("device", args.device), ("precision", args.precision),
+                       ("pretrained_model_path", args.model), ("detector.name", args.detector)):
+        if value is not None:
+            opts += [key, value]
+    return load_cfg(args.cfg, opts)
+
+
+def build_runner(args: argparse.Namespace, cfg):
+    """Predictor, detector and runner for the parsed arguments (also used by bench/demo.py)."""
+    from micalib.demo_runner import DemoRunner
+    from micalib.predictor import Predictor
+    from utils.detectors import create_detector
+
+    predictor = Predictor.from_config(cfg, onnx_path=args.onnx)
+    detector = None
+    if not args.aligned:
+        detector = create_detector(cfg.detector.name, antelopev2_dir=resolve_path(cfg.detector.antelopev2_dir),
+                                   det_size=tuple(cfg.detector.det_size), threshold=cfg.detector.threshold)
+    return DemoRunner(predictor, detector, predictor.faces, Path(args.output), Path(args.arcface),
+                      batch_size=args.batch_size, all_faces=args.all_faces, aligned=args.aligned,
+                      render=not args.no_render, overwrite=args.overwrite, fuse=args.fuse)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    if args.fuse and args.all_faces:
+        raise MICAError("--fuse averages one face per image; it cannot be combined with --all-faces")
+    cfg = setup(args)
+    runner = build_runner(args, cfg)
+    results = runner.run(Path(args.input))
+    failed = [r for r in results if r.status == "failed"]
+    done = sum(r.status == "ok" for r in results)
+    skipped = sum(r.status == "done" for r in results)
+    logger.info(f"{done} reconstructed, {skipped} already done, {len(failed)} failed -> {args.output}")
+    for r in failed:
+        logger.warning(f"failed: {r.input}: {r.message}")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    logger.remove()
+    logger.add(sys.stderr, format="<level>{level: <8}</level> {message}", level="INFO")
+    run_main(main)

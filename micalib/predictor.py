@@ -15,7 +15,7 @@ metres, ``landmarks68 (B, 68, 3)`` and ``landmarks7 (B, 7, 3)`` metres.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence, Union
+from typing import Dict, List, Optional, Union
 
 import numpy as np
 import torch

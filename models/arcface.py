@@ -15,7 +15,7 @@ L2-normalises it). No autocast or device calls inside: precision and device are 
 """
 from __future__ import annotations
 
-from typing import Callable, Dict, List, Optional, Sequence
+from typing import Dict, List, Optional, Sequence
 
 import torch
 from torch import nn

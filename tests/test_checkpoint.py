@@ -1,7 +1,6 @@
 """mica.tar / backbone.pth: bit-exact reload, name mapping, and one-line errors for bad files."""
 from __future__ import annotations
 
-import io
 from collections import OrderedDict
 from pathlib import Path
 

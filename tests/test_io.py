@@ -1,0 +1,38 @@
+"""Atomic writes: the final file appears whole or not at all, with normal permissions."""
+from __future__ import annotations
+
+import os
+import stat
+
+import numpy as np
+import pytest
+
+from utils.io import atomic_path, atomic_save_npy, atomic_write_text
+
+
+def test_written_files_have_umask_permissions(tmp_path):
+    old = os.umask(0o022)
+    try:
+        atomic_write_text(tmp_path / "a.txt", "hello")
+    finally:
+        os.umask(old)
+    assert (tmp_path / "a.txt").read_text() == "hello"
+    assert stat.S_IMODE((tmp_path / "a.txt").stat().st_mode) == 0o644
+
+
+def test_failure_leaves_nothing_behind(tmp_path):
+    target = tmp_path / "sub" / "x.npy"
+    with pytest.raises(RuntimeError):
+        with atomic_path(target) as tmp:
+            tmp.write_bytes(b"partial")
+            raise RuntimeError("boom")
+    assert not target.exists()
+    assert list((tmp_path / "sub").iterdir()) == []
+
+
+def test_existing_file_is_replaced_whole(tmp_path):
+    target = tmp_path / "x.npy"
+    atomic_save_npy(target, np.arange(3))
+    atomic_save_npy(target, np.arange(5.0))
+    np.testing.assert_array_equal(np.load(target), np.arange(5.0))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["x.npy"]

@@ -188,3 +188,23 @@ def test_missing_checkpoint_is_one_line(tmp_path, faces_dir, synthetic_flame_dir
     res = _run(["-m", str(tmp_path / "nope.tar"), "-i", str(faces_dir), "-o", str(tmp_path / "o"),
                 *_opts(synthetic_flame_dir, mica_files)])
     assert res.returncode == 1 and "Traceback" not in res.stderr and "nope.tar" in res.stderr
+
+
+def test_onnx_backend_matches_torch(tmp_path, faces_dir, synthetic_flame_dir, mica_files):
+    """`micalib.export` then `demo.py --onnx`: the same identities as the torch backend."""
+    onnx_path = tmp_path / "mica.onnx"
+    exp = subprocess.run([sys.executable, "-m", "micalib.export", "--onnx", str(onnx_path),
+                          "--checkpoint", str(mica_files), *_opts(synthetic_flame_dir, mica_files)],
+                         cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=600)
+    assert exp.returncode == 0, exp.stderr
+    photo = sorted(faces_dir.iterdir())[0]
+    outs = {}
+    for label, extra in (("torch", []), ("onnx", ["--onnx", str(onnx_path)])):
+        out = tmp_path / label
+        res = _run([*extra, "-i", str(photo), "-o", str(out), "-a", str(tmp_path / f"arc_{label}"), "--no-render",
+                    *_opts(synthetic_flame_dir, mica_files)])
+        assert res.returncode == 0, res.stderr
+        outs[label] = out / photo.stem
+    np.testing.assert_allclose(np.load(outs["onnx"] / "identity.npy"), np.load(outs["torch"] / "identity.npy"),
+                               atol=1e-4)
+    np.testing.assert_allclose(np.load(outs["onnx"] / "kpt68.npy"), np.load(outs["torch"] / "kpt68.npy"), atol=1e-3)

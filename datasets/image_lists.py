@@ -21,48 +21,11 @@ import numpy as np
 from numpy.lib import format as npy_format
 
 from utils.errors import MICAError
+from utils.safe_pickle import load_object_npy
 from utils.io import atomic_write_bytes
 
 PathLike = Union[str, os.PathLike]
 ImageList = Dict[str, Tuple[List[str], str]]
-
-# The only globals a pickled 0-d object array needs (numpy 1.x and 2.x module names).
-_ALLOWED_GLOBALS = {
-    ("numpy.core.multiarray", "_reconstruct"),
-    ("numpy._core.multiarray", "_reconstruct"),
-    ("numpy", "ndarray"),
-    ("numpy", "dtype"),
-}
-
-
-class _ListUnpickler(pickle.Unpickler):
-    """Unpickler that refuses every global except those needed to rebuild an object array."""
-
-    def find_class(self, module: str, name: str):
-        if (module, name) in _ALLOWED_GLOBALS:
-            return super().find_class(module, name)
-        raise pickle.UnpicklingError(f"refusing to load {module}.{name}")
-
-
-def _read_pickled_object_array(path: Path):
-    """The object stored in a ``.npy`` holding a pickled object array (restricted unpickling)."""
-    with open(path, "rb") as f:
-        version = npy_format.read_magic(f)
-        if version == (1, 0):
-            shape, _, dtype = npy_format.read_array_header_1_0(f)
-        elif version == (2, 0):
-            shape, _, dtype = npy_format.read_array_header_2_0(f)
-        else:
-            raise ValueError(f"unsupported .npy version {version}")
-        if dtype != np.dtype(object):
-            raise ValueError(f"holds a {dtype} array of shape {shape}, not a pickled dict")
-        arr = _ListUnpickler(f).load()
-    if isinstance(arr, np.ndarray):
-        if arr.shape != ():
-            raise ValueError(f"holds an object array of shape {arr.shape}, not a 0-d array")
-        return arr[()]
-    return arr
-
 
 def _as_str(x, what: str) -> str:
     if isinstance(x, (str, np.str_)):
@@ -107,7 +70,7 @@ def load_image_list(path: PathLike) -> ImageList:
         raise FileNotFoundError(f"image list {path} does not exist (copy it into that folder or build it with "
                                 f"python -m datasets.build_lists ROOT/NAME -o {path})")
     try:
-        obj = _read_pickled_object_array(path)
+        obj = load_object_npy(path)
         return validate_image_list(obj)
     except (ValueError, pickle.UnpicklingError, EOFError, OSError, TypeError, AttributeError) as e:
         raise MICAError(f"image list {path} is not a valid MICA image list ({e}); rebuild it with "

@@ -26,6 +26,7 @@ from tqdm import tqdm
 from testing.now_eval import NOW_IMAGE_LISTS, read_image_list
 from utils.errors import MICAError
 from utils.io import atomic_save_npy, atomic_write_text
+from utils.safe_pickle import load_object_npy
 
 PathLike = Union[str, os.PathLike]
 
@@ -42,21 +43,6 @@ __all__ = ["read_now_box", "prepare_from_box", "ExportItem", "ExportWriter", "no
 # ---------------------------------------------------------------------------------------------
 # NoW face boxes
 # ---------------------------------------------------------------------------------------------
-class _BoxUnpickler(pickle.Unpickler):
-    """Only what ``np.save`` of a dict of numbers needs; anything else is refused."""
-
-    _ALLOWED = {
-        ("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
-        ("numpy.core.multiarray", "scalar"), ("numpy._core.multiarray", "scalar"),
-        ("numpy", "ndarray"), ("numpy", "dtype"),
-    }
-
-    def find_class(self, module: str, name: str):
-        if (module, name) in self._ALLOWED:
-            return super().find_class(module, name)
-        raise pickle.UnpicklingError(f"{module}.{name} is not allowed in a NoW box file")
-
-
 def read_now_box(path: PathLike) -> np.ndarray:
     """A NoW ``detected_face`` file (``np.save`` of a dict with left/right/top/bottom pixels) as
     (4,) float64 x1, y1, x2, y2. Read with a restricted unpickler (no code from the file runs).
@@ -68,16 +54,8 @@ def read_now_box(path: PathLike) -> np.ndarray:
     if not path.is_file():
         raise FileNotFoundError(f"face box {path} does not exist (NoW ships them in NoW_Dataset/final_release_version/detected_face/)")
     try:
-        with open(path, "rb") as f:
-            version = np.lib.format.read_magic(f)
-            read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
-            _, _, dtype = read_header(f)
-            if dtype.hasobject:
-                obj = _BoxUnpickler(f, encoding="latin1").load()
-            else:
-                raise ValueError("not a pickled dict")
-        box = obj[()] if isinstance(obj, np.ndarray) else obj
-        return np.array([float(box["left"]), float(box["top"]), float(box["right"]), float(box["bottom"])])
+        obj = load_object_npy(path)
+        return np.array([float(obj["left"]), float(obj["top"]), float(obj["right"]), float(obj["bottom"])])
     except (ValueError, KeyError, TypeError, EOFError, pickle.UnpicklingError, IndexError) as e:
         raise MICAError(f"face box {path} is not a NoW box file (dict with left/right/top/bottom): {e}") from None
 

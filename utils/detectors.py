@@ -371,6 +371,8 @@ class MTCNN:
                                 f"({str(e).splitlines()[0]}); reinstall facenet-pytorch==2.6.0 --no-deps") from None
             net.to(self.device).eval()
             net.requires_grad_(False)
+        # P-Net runs on whole pyramid levels: NHWC convolutions/pooling are ~1.7x faster on CPU
+        self.pnet.to(memory_format=torch.channels_last)
         self.min_face_size = float(min_face_size)
         self.thresholds = tuple(float(t) for t in thresholds)
         self.factor = float(factor)
@@ -399,22 +401,22 @@ class MTCNN:
         h = boxes[:, 3] - boxes[:, 1] + (1 if plus_one else 0)
         return boxes + reg * np.stack([w, h, w, h], axis=1)
 
-    def _crops(self, img: torch.Tensor, boxes: np.ndarray, size: int) -> torch.Tensor:
-        """(N,3,size,size) normalised crops of ``boxes`` (1-based inclusive, truncated to ints);
-        parts outside the photo are zero-padded as in the original MTCNN."""
-        _, h, w = img.shape
+    def _crops(self, img: np.ndarray, boxes: np.ndarray, size: int) -> torch.Tensor:
+        """(N,3,size,size) normalised crops of ``boxes`` (1-based inclusive, truncated to ints) of
+        the (H,W,3) float32 photo; parts outside the photo are zero-padded as in the original MTCNN."""
+        h, w = img.shape[:2]
         b = np.trunc(boxes).astype(np.int64)
-        out = torch.empty((len(b), 3, size, size), dtype=img.dtype, device=img.device)
+        out = np.empty((len(b), size, size, 3), dtype=np.float32)
         for k, (x1, y1, x2, y2) in enumerate(b):
             bw, bh = max(int(x2 - x1 + 1), 1), max(int(y2 - y1 + 1), 1)
-            patch = torch.zeros((1, 3, bh, bw), dtype=img.dtype, device=img.device)
+            patch = np.zeros((bh, bw, 3), dtype=np.float32)
             sx1, sy1 = max(int(x1) - 1, 0), max(int(y1) - 1, 0)
             sx2, sy2 = min(int(x2), w), min(int(y2), h)  # exclusive, 0-based
             if sx2 > sx1 and sy2 > sy1:
                 dx, dy = sx1 - (int(x1) - 1), sy1 - (int(y1) - 1)
-                patch[0, :, dy:dy + sy2 - sy1, dx:dx + sx2 - sx1] = img[:, sy1:sy2, sx1:sx2]
-            out[k] = F.interpolate(patch, size=(size, size), mode="area")[0]
-        return self._normalise(out)
+                patch[dy:dy + sy2 - sy1, dx:dx + sx2 - sx1] = img[sy1:sy2, sx1:sx2]
+            out[k] = cv2.resize(patch, (size, size), interpolation=cv2.INTER_AREA)
+        return self._normalise(torch.from_numpy(out).to(self.device).permute(0, 3, 1, 2))
 
     @staticmethod
     def _batched(net: nn.Module, x: torch.Tensor, batch: int = 512) -> list[np.ndarray]:
@@ -446,14 +448,14 @@ class MTCNN:
     def _detect(self, rgb: np.ndarray) -> list[Face]:
         """The cascade at the photo's own resolution."""
         h, w = rgb.shape[:2]
-        img = torch.tensor(rgb, dtype=torch.float32, device=self.device).permute(2, 0, 1)
+        img = rgb.astype(np.float32)
 
-        # Stage 1: P-Net over the pyramid
+        # Stage 1: P-Net over the pyramid (OpenCV's area resampling: much faster than torch's on CPU)
         cands = []
         for scale in self._scales(h, w):
-            sz = (int(h * scale + 1), int(w * scale + 1))
-            x = self._normalise(F.interpolate(img[None], size=sz, mode="area"))
-            reg, prob = self.pnet(x)
+            level = cv2.resize(img, (int(w * scale + 1), int(h * scale + 1)), interpolation=cv2.INTER_AREA)
+            x = self._normalise(torch.from_numpy(level).to(self.device).permute(2, 0, 1)[None])
+            reg, prob = self.pnet(x.contiguous(memory_format=torch.channels_last))
             prob = prob[0, 1].cpu().numpy()
             reg = reg[0].cpu().numpy()
             ys, xs = np.nonzero(prob >= self.thresholds[0])

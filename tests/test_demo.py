@@ -208,3 +208,19 @@ def test_onnx_backend_matches_torch(tmp_path, faces_dir, synthetic_flame_dir, mi
     np.testing.assert_allclose(np.load(outs["onnx"] / "identity.npy"), np.load(outs["torch"] / "identity.npy"),
                                atol=1e-4)
     np.testing.assert_allclose(np.load(outs["onnx"] / "kpt68.npy"), np.load(outs["torch"] / "kpt68.npy"), atol=1e-3)
+
+
+def test_prefetch_gives_the_same_results_as_sequential(tmp_path, faces_dir, synthetic_flame_dir, mica_files):
+    outs = {}
+    for prefetch in ("0", "3"):
+        out = tmp_path / f"p{prefetch}"
+        res = _run(["-i", str(faces_dir), "-o", str(out), "-a", str(tmp_path / f"a{prefetch}"), "--no-render",
+                    "--batch-size", "2", "--prefetch", prefetch, *_opts(synthetic_flame_dir, mica_files)])
+        assert res.returncode == 0, res.stderr
+        outs[prefetch] = out
+    rows0 = list(csv.DictReader(open(outs["0"] / "summary.csv")))
+    rows3 = list(csv.DictReader(open(outs["3"] / "summary.csv")))
+    assert [r["input"] for r in rows0] == [r["input"] for r in rows3]
+    for p in sorted(faces_dir.iterdir()):
+        np.testing.assert_array_equal(np.load(outs["0"] / p.stem / "identity.npy"),
+                                      np.load(outs["3"] / p.stem / "identity.npy"))

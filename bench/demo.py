@@ -1,0 +1,97 @@
+"""Demo throughput: images per second through demo.py's pipeline, split into stages.
+
+Runs the same folder of images through ``micalib.demo_runner.DemoRunner`` in two set-ups, in one run:
+- ``baseline``: batch 1, fp32 (the original demo's way: one image at a time);
+- ``batched``: ``--batch-size 16 --precision auto`` (bf16 on CPUs with native bf16, fp16/bf16 on CUDA);
+- ``prefetch``: the same with ``--prefetch 16`` (images prepared in a worker thread ahead of the network).
+and prints seconds per stage (read+detect, align, crops, network, flame, render, write) and the
+throughput ratio to the baseline (with prefetch the stages overlap, so they add up to more than the wall time).
+
+Usage::
+
+    python bench/demo.py [-i FOLDER] [-n 32] [--arch iresnet100] [--device cpu] [--render]
+
+Without ``-i`` the photos in ../shared/data/faces are repeated to ``-n`` images. Weights are random
+(an iresnet100 in the mica.tar format) and FLAME is synthetic: speed does not depend on the values.
+"""
+from __future__ import annotations
+
+import argparse
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from loguru import logger  # noqa: E402
+
+from configs.config import load_cfg  # noqa: E402
+from utils.errors import MICAError, run_main  # noqa: E402
+from utils.image_io import list_images  # noqa: E402
+
+
+def _make_folder(src: Path, n: int, dst: Path) -> None:
+    photos = list_images(src)
+    if not photos:
+        raise MICAError(f"no images in {src}")
+    dst.mkdir(parents=True)
+    for i in range(n):
+        p = photos[i % len(photos)]
+        shutil.copy(p, dst / f"{i:03d}{p.suffix}")
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("-i", "--input", default=str(ROOT.parent / "shared" / "data" / "faces"))
+    ap.add_argument("-n", type=int, default=32)
+    ap.add_argument("--arch", default="iresnet100")
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--render", action="store_true", help="include render.png previews")
+    args = ap.parse_args()
+
+    from micalib.demo_runner import DemoRunner
+    from micalib.predictor import Predictor
+    from tests.synthetic_flame import write_synthetic_flame
+    from tests.synthetic_weights import write_random_mica_tar
+    from utils.detectors import create_detector
+
+    logger.remove()
+    logger.add(sys.stderr, level="WARNING")
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        _make_folder(Path(args.input), args.n, tmp / "in")
+        write_synthetic_flame(tmp / "flame")
+        write_random_mica_tar(tmp / "mica.tar", arch=args.arch)
+        f = tmp / "flame"
+        cfg = load_cfg(None, ["model.arch", args.arch, "pretrained_model_path", str(tmp / "mica.tar"),
+                              "model.flame_model_path", str(f / "generic_model.pkl"),
+                              "model.flame_lmk_embedding_path", str(f / "landmark_embedding.npy"),
+                              "device", args.device])
+        detector = create_detector("mtcnn")
+        rows = {}
+        for label, batch, precision, prefetch in (("baseline", 1, "fp32", 0), ("batched", 16, "auto", 0),
+                                                  ("prefetch", 16, "auto", 16)):
+            predictor = Predictor.from_config(cfg, precision=precision, batch_size=batch)
+            predictor.decode(predictor.predict_identity(__import__("numpy").zeros((1, 3, 112, 112), "float32")))
+            runner = DemoRunner(predictor, detector, predictor.faces, tmp / f"out_{label}", tmp / f"arc_{label}",
+                                batch_size=batch, render=args.render, prefetch=prefetch)
+            t0 = time.perf_counter()
+            results = runner.run(tmp / "in")
+            total = time.perf_counter() - t0
+            ok = sum(r.status == "ok" for r in results)
+            rows[label] = (total, ok, dict(runner.timings.seconds), str(predictor.dtype).replace("torch.", ""))
+    base = rows["baseline"][0]
+    stages = sorted({s for r in rows.values() for s in r[2]})
+    print(f"{args.n} images, {args.arch}, device {args.device}")
+    print(f"{'set-up':10s} {'dtype':9s} {'img/s':>7s} {'ratio':>6s} " + " ".join(f"{s:>12s}" for s in stages))
+    for label, (total, ok, sec, dtype) in rows.items():
+        print(f"{label:10s} {dtype:9s} {ok / total:7.2f} {base / total:6.2f} " + " ".join(f"{sec.get(s, 0):11.2f}s" for s in stages))
+    return 0
+
+
+if __name__ == "__main__":
+    run_main(main)

@@ -7,7 +7,9 @@ Two interchangeable backends behind one interface:
   memory layout for reduced precision, where oneDNN/cuDNN are fastest); the mapping network and FLAME
   always run in float32.
 - ``onnxruntime``: the exported image -> shape-coefficients network (``micalib.export``) on the CPU
-  or CUDA execution provider (float32), FLAME decoding in torch on the CPU afterwards.
+  or CUDA execution provider (float32), FLAME decoding in torch on the CPU afterwards. An int8 model
+  (``python -m micalib.export --int8``, the fast CPU path) runs the same way; ``onnx_precision``
+  tells which one was loaded.
 
 Both return the same dict of float32 numpy arrays: ``identity (B, n_shape)``, ``vertices (B, V, 3)``
 metres, ``landmarks68 (B, 68, 3)`` and ``landmarks7 (B, 7, 3)`` metres.
@@ -74,6 +76,8 @@ class _OrtEncoder:
                             f"export it again with python -m micalib.export") from None
         self.input_name = self.session.get_inputs()[0].name
         self.providers = self.session.get_providers()
+        # "int8" for a model from ``python -m micalib.export --int8`` (micalib.quantize), else fp32.
+        self.precision = self.session.get_modelmeta().custom_metadata_map.get("mica_precision", "fp32")
 
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
         out = self.session.run(None, {self.input_name: images.detach().cpu().numpy()})[0]
@@ -108,6 +112,7 @@ class Predictor:
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, not {batch_size}")
         self.backend, self.batch_size = backend, int(batch_size)
+        self.onnx_precision: Optional[str] = None  # onnxruntime backend: "fp32" or "int8" (the file's metadata)
         if backend == "torch":
             if model is None:
                 raise ValueError("the torch backend needs a MICA model")
@@ -129,11 +134,13 @@ class Predictor:
                                 f"(it runs fp32; use --backend torch for bf16/fp16)")
             self.device, self.dtype, self.model, self.channels_last = torch.device("cpu"), torch.float32, None, False
             self._ort = _OrtEncoder(onnx_path, "auto" if device == "auto" else str(device).split(":")[0])
+            self.onnx_precision = self._ort.precision
             self.flame = flame
         if self.flame is None:
             raise ValueError("Predictor needs a FLAME module to decode the shape coefficients")
         self.flame = self.flame.to(self.device).eval()
-        logger.debug(f"Predictor: backend={backend}, device={self.device}, dtype={self.dtype}")
+        logger.debug(f"Predictor: backend={backend}, device={self.device}, dtype={self.dtype}"
+                     + (f", onnx model {self.onnx_precision}" if self.onnx_precision else ""))
 
     @classmethod
     def from_config(cls, cfg, backend: Optional[str] = None, onnx_path: Optional[Union[str, Path]] = None,

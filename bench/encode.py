@@ -1,7 +1,8 @@
 """Encoder throughput: images -> FLAME coefficients -> vertices, per backend, precision and batch.
 
     .venv/bin/python bench/encode.py [--arch iresnet100] [--batches 1 16] [--precisions fp32 bf16]
-                                     [--backends eager onnxruntime compile] [--rounds 3] [--json out.json]
+                                     [--backends eager onnxruntime onnxruntime-int8 compile] [--rounds 3]
+                                     [--accuracy 32] [--json out.json]
 
 Random, well-conditioned weights (tests/synthetic_weights.py) and a synthetic FLAME: speed does not
 depend on the values. Every configuration is timed in interleaved rounds (round-robin, best of
@@ -9,6 +10,11 @@ depend on the values. Every configuration is timed in interleaved rounds (round-
 are printed as ratios to the fp32 eager batch-1 figure of the same run. Also printed: FLOPs per
 image (``torch.utils.flop_counter``: 2 per multiply-add) and the achieved fraction of this machine's
 matmul peak for the dtype, measured here with large square matmuls (best of several sizes).
+
+``onnxruntime-int8`` is the statically quantised model (``micalib.quantize``, calibrated on
+``--calib`` synthetic inputs); ``--accuracy N`` also compares it with torch fp32 on N other inputs:
+cosine of the identity codes and coefficients, vertex deviation in mm against the spread of the
+vertices across inputs.
 """
 from __future__ import annotations
 
@@ -24,12 +30,14 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from loguru import logger  # noqa: E402
 from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
 
 from micalib.mica import MICA  # noqa: E402
 from micalib.predictor import Predictor  # noqa: E402
+from micalib.quantize import _ShapeAndCode, compare_with_torch, export_int8, synthetic_calibration  # noqa: E402
 from models.flame import FLAME  # noqa: E402
 from tests.synthetic_flame import write_synthetic_flame  # noqa: E402
 from tests.synthetic_weights import random_arcface, random_mapping_network  # noqa: E402
@@ -61,13 +69,40 @@ def flops_per_image(model: MICA) -> float:
     return float(counter.get_total_flops())
 
 
+def int8_accuracy(model: MICA, flame: FLAME, tmp: Path, args: argparse.Namespace) -> dict:
+    """int8 ONNX vs torch fp32 on ``args.accuracy`` inputs other than the calibration ones."""
+    path = export_int8(model.arcface, model.regressor, tmp / "mica_int8_code.onnx",
+                       synthetic_calibration(args.calib, seed=12345), with_code=True)
+    images = synthetic_calibration(args.accuracy, seed=777)
+    res = compare_with_torch(_ShapeAndCode(model.arcface, model.regressor).eval(), path, images)
+    with torch.no_grad():
+        v8, v32 = (flame.canonical(torch.from_numpy(r[0])).numpy() * 1000 for r in (res["onnx"], res["torch"]))
+    dev = np.linalg.norm(v8 - v32, axis=-1)
+    spread = np.linalg.norm(v32 - v32.mean(0), axis=-1).mean()
+    codes = res["torch"][1]
+    between = (codes @ codes.T)[~np.eye(len(codes), dtype=bool)].mean()
+    shape_err = np.abs(res["onnx"][0] - res["torch"][0]).max() / np.abs(res["torch"][0]).max()
+    out = dict(code_cos_min=float(res["cosine"][1].min()), code_cos_mean=float(res["cosine"][1].mean()),
+               code_cos_between_inputs=float(between), shape_cos_min=float(res["cosine"][0].min()),
+               shape_cos_mean=float(res["cosine"][0].mean()), shape_max_err_rel=float(shape_err),
+               vertex_dev_mean_mm=float(dev.mean()), vertex_dev_max_mm=float(dev.max()), vertex_spread_mm=float(spread))
+    print(f"int8 vs fp32 torch ({args.accuracy} inputs): identity-code cosine min {out['code_cos_min']:.5f} mean "
+          f"{out['code_cos_mean']:.5f} (between inputs {between:.3f}); coefficient cosine min {out['shape_cos_min']:.5f}, "
+          f"max abs err / max abs {100 * shape_err:.1f}%; vertex deviation mean {dev.mean():.5f} / max {dev.max():.5f} mm, "
+          f"spread across inputs {spread:.4f} mm ({100 * dev.mean() / spread:.0f}%)")
+    return out
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--arch", default="iresnet100")
     p.add_argument("--batches", type=int, nargs="+", default=[1, 16])
     p.add_argument("--precisions", nargs="+", default=["fp32", "bf16"])
-    p.add_argument("--backends", nargs="+", default=["eager", "onnxruntime"],
-                   help="eager (BN folded), unfused (eager, BN kept), compile (torch.compile of eager), onnxruntime")
+    p.add_argument("--backends", nargs="+", default=["eager", "onnxruntime", "onnxruntime-int8"],
+                   help="eager (BN folded), unfused (eager, BN kept), compile (torch.compile of eager), onnxruntime, "
+                        "onnxruntime-int8 (micalib.quantize)")
+    p.add_argument("--calib", type=int, default=32, help="synthetic calibration inputs for onnxruntime-int8")
+    p.add_argument("--accuracy", type=int, default=32, help="inputs for the int8 accuracy check (0 = skip)")
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--threads", type=int, default=0, help="torch/onnxruntime threads (0 = default)")
     p.add_argument("--json", default="", help="also write the results here")
@@ -89,9 +124,15 @@ def main() -> int:
     runners: Dict[Tuple[str, str, int], Callable[[], None]] = {}
     for backend in args.backends:
         for prec in args.precisions:
-            if backend == "onnxruntime" and prec != "fp32":
+            if backend.startswith("onnxruntime") and prec != "fp32":
                 continue
-            if backend == "onnxruntime":
+            if backend == "onnxruntime-int8":
+                prec = "int8"
+                int8_path = tmp / "mica_int8.onnx"
+                export_int8(model.arcface, model.regressor, int8_path, synthetic_calibration(args.calib, seed=12345))
+                pred = Predictor(flame, onnx_path=int8_path, backend="onnxruntime", device="cpu",
+                                 batch_size=max(args.batches))
+            elif backend == "onnxruntime":
                 from micalib.export import export_onnx
 
                 onnx_path = tmp / "mica.onnx"
@@ -124,16 +165,19 @@ def main() -> int:
 
     base = best.get(("eager", "fp32", 1)) or next(iter(best.values()))
     print(f"matmul peak: fp32 {peaks['fp32']:.0f} GFLOP/s, bf16 {peaks['bf16']:.0f} GFLOP/s")
-    print(f"{'backend':<12}{'precision':<10}{'batch':>6}{'img/s':>9}{'x fp32 eager b1':>17}{'GFLOP/s':>9}{'% peak':>8}")
+    print(f"{'backend':<18}{'precision':<10}{'batch':>6}{'img/s':>9}{'x fp32 eager b1':>17}{'GFLOP/s':>9}{'% peak':>8}")
     rows: List[dict] = []
     for (backend, prec, b), ips in best.items():
         achieved = ips * gflop
-        frac = achieved / peaks.get(prec, peaks["fp32"])
-        print(f"{backend:<12}{prec:<10}{b:>6}{ips:>9.2f}{ips / base:>17.2f}{achieved:>9.0f}{100 * frac:>7.0f}%")
+        frac = achieved / peaks[prec] if prec in peaks else float("nan")  # no int8 peak measured
+        pct = f"{100 * frac:>7.0f}%" if frac == frac else f"{'-':>8}"
+        print(f"{backend:<18}{prec:<10}{b:>6}{ips:>9.2f}{ips / base:>17.2f}{achieved:>9.0f}{pct}")
         rows.append(dict(backend=backend, precision=prec, batch=b, images_per_s=ips, ratio=ips / base,
-                         gflops=achieved, peak_fraction=frac))
+                         gflops=achieved, peak_fraction=frac if frac == frac else None))
+    accuracy = int8_accuracy(model, flame, tmp, args) if "onnxruntime-int8" in args.backends and args.accuracy else {}
     if args.json:
-        atomic_write_text(args.json, json.dumps(dict(arch=args.arch, gflop_per_image=gflop, peaks=peaks, rows=rows), indent=1))
+        atomic_write_text(args.json, json.dumps(dict(arch=args.arch, gflop_per_image=gflop, peaks=peaks, rows=rows,
+                                                     int8_accuracy=accuracy), indent=1))
     return 0
 
 

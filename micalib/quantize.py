@@ -5,10 +5,11 @@
 Steps (``export_int8``): the network with its BatchNorms folded (``models.arcface.fuse_for_inference``)
 is exported to float32 ONNX (``micalib.export.export_onnx``); every PReLU whose slopes lie in [0, 1]
 is rewritten as ``Max(x, slope * x)`` (the same function; onnxruntime's PRelu kernel with per-channel
-slopes is ~10x slower than Mul + Max); then onnxruntime's static quantiser puts int8 QDQ pairs around
-the convolutions, fully connected layers and residual additions (per-channel int8 weights, uint8
-activations, MinMax ranges measured on the calibration inputs). BatchNorms that precede a padded
-convolution, the PReLUs and the L2 normalisation stay float32. The file is an ordinary ONNX model
+slopes is ~10x slower than Mul + Max) and each remaining BatchNorm (the blocks' ``bn1``, which precede
+a zero-padded convolution and cannot be folded) as ``x * s + t``, which needs no layout Transposes;
+then onnxruntime's static quantiser puts int8 QDQ pairs around the convolutions, fully connected
+layers and residual additions (per-channel int8 weights, uint8 activations, MinMax ranges measured
+on the calibration inputs). The BatchNorm affines, the PReLUs and the L2 normalisation stay float32. The file is an ordinary ONNX model
 with the same input/output names and dynamic batch axis as the float export, so
 ``micalib.predictor.Predictor(onnx_path=...)`` runs it unchanged. Its metadata holds
 ``mica_precision = int8``.
@@ -21,7 +22,7 @@ from __future__ import annotations
 
 import tempfile
 from pathlib import Path
-from typing import Dict, Iterator, Optional, Sequence, Union
+from typing import Dict, Iterator, List, Optional, Sequence, Union
 
 import numpy as np
 import torch
@@ -32,7 +33,7 @@ from utils.errors import MICAError
 from utils.io import atomic_save
 
 __all__ = ["QUANTIZED_OPS", "PRECISION_KEY", "load_calibration_folder", "synthetic_calibration",
-           "rewrite_prelu", "quantize_onnx", "export_int8", "compare_with_torch"]
+           "rewrite_prelu", "rewrite_batchnorm", "quantize_onnx", "export_int8", "compare_with_torch"]
 
 # Node types that get int8 QDQ pairs. Mul/Max (the rewritten PReLU) stay float: quantising Mul made
 # onnxruntime keep the int8 convolutions in a slower layout (measured 2.5x slower in total).
@@ -119,6 +120,37 @@ def rewrite_prelu(model) -> int:
     return count
 
 
+def rewrite_batchnorm(model) -> List[str]:
+    """Replace each inference BatchNormalization with constant statistics by ``Add(Mul(x, s), t)`` (in place).
+
+    ``s = gamma / sqrt(var + eps)``, ``t = beta - mean * s``, shaped ``(C, 1, 1)``. Unlike
+    BatchNormalization, Mul/Add run in onnxruntime's channels-last int8 layout without the two
+    Transposes it needs around a BatchNormalization. Returns the names of the new Add nodes (to be
+    kept float: a quantised Add here would add a requantisation for no speed gain).
+    """
+    from onnx import helper, numpy_helper
+
+    inits = {t.name: t for t in model.graph.initializer}
+    nodes, adds = [], []
+    for node in model.graph.node:
+        if node.op_type != "BatchNormalization" or len(node.output) != 1 or not all(i in inits for i in node.input[1:5]):
+            nodes.append(node)
+            continue
+        gamma, beta, mean, var = (numpy_helper.to_array(inits[i]).astype(np.float64) for i in node.input[1:5])
+        eps = next((a.f for a in node.attribute if a.name == "epsilon"), 1e-5)
+        scale = gamma / np.sqrt(var + eps)
+        shift = beta - mean * scale
+        names = [f"{node.name}_scale", f"{node.name}_shift", f"{node.output[0]}_scaled"]
+        model.graph.initializer.extend([numpy_helper.from_array(scale.astype(np.float32).reshape(-1, 1, 1), names[0]),
+                                        numpy_helper.from_array(shift.astype(np.float32).reshape(-1, 1, 1), names[1])])
+        nodes.append(helper.make_node("Mul", [node.input[0], names[0]], [names[2]], name=f"{node.name}_mul"))
+        nodes.append(helper.make_node("Add", [names[2], names[1]], [node.output[0]], name=f"{node.name}_add"))
+        adds.append(f"{node.name}_add")
+    del model.graph.node[:]
+    model.graph.node.extend(nodes)
+    return adds
+
+
 class _Reader:
     """onnxruntime CalibrationDataReader over an ``(N, 3, 112, 112)`` array in batches."""
 
@@ -153,6 +185,7 @@ def quantize_onnx(fp32_path: PathLike, out_path: PathLike, calibration: np.ndarr
     with tempfile.TemporaryDirectory(prefix="mica_int8_") as tmp:
         model = onnx.load(str(fp32_path))
         n = rewrite_prelu(model)
+        exclude = list(exclude) + rewrite_batchnorm(model)
         rewritten, prepared = Path(tmp) / "rewritten.onnx", Path(tmp) / "prepared.onnx"
         onnx.save(model, str(rewritten))
         input_name = model.graph.input[0].name
@@ -166,7 +199,7 @@ def quantize_onnx(fp32_path: PathLike, out_path: PathLike, calibration: np.ndarr
             quantize_static(str(prepared), str(target), Reader(calibration, input_name),
                             quant_format=QuantFormat.QDQ, op_types_to_quantize=list(ops), per_channel=True,
                             activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
-                            calibrate_method=CalibrationMethod.MinMax, nodes_to_exclude=list(exclude) or None)
+                            calibrate_method=CalibrationMethod.MinMax, nodes_to_exclude=exclude or None)
             quantized = onnx.load(str(target))
             onnx.helper.set_model_props(quantized, {PRECISION_KEY: "int8"})
             onnx.save(quantized, str(target))

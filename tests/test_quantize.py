@@ -19,7 +19,7 @@ from micalib.export import main
 from micalib.mica import MICA
 from micalib.predictor import Predictor
 from micalib.quantize import (_ShapeAndCode, compare_with_torch, export_int8, load_calibration_folder,
-                              rewrite_prelu, synthetic_calibration)
+                              rewrite_batchnorm, rewrite_prelu, synthetic_calibration)
 from models.flame import FLAME
 from tests.synthetic_weights import random_arcface, random_mapping_network, write_random_mica_tar
 from utils.errors import MICAError
@@ -43,7 +43,7 @@ def test_int8_close_to_torch_fp32(nets, int8_file):
     arcface, regressor = nets
     model = onnx.load(str(int8_file))
     ops = {n.op_type for n in model.graph.node}
-    assert {"QuantizeLinear", "DequantizeLinear"} <= ops and "PRelu" not in ops
+    assert {"QuantizeLinear", "DequantizeLinear"} <= ops and not ops & {"PRelu", "BatchNormalization"}
     assert {p.key: p.value for p in model.metadata_props}["mica_precision"] == "int8"
     # int8 weights: the file is about a quarter of the float one (iresnet18 fp32: 94 MiB)
     assert int8_file.stat().st_size < 35 * 2**20
@@ -92,6 +92,27 @@ def test_prelu_rewrite_is_exact(tmp_path):
     np.testing.assert_array_equal(y, np.where(x > 0, x, a * x))  # PReLU by hand
     m = model([-0.5, 0.25, 1.5])
     assert rewrite_prelu(m) == 0 and [n.op_type for n in m.graph.node] == ["PRelu"]
+
+
+def test_batchnorm_rewrite_matches_formula():
+    """x * s + t with s = gamma / sqrt(var + eps), t = beta - mean * s, against BN by hand."""
+    import onnxruntime as ort
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(1)
+    gamma, beta, mean = (rng.normal(size=3).astype(np.float32) for _ in range(3))
+    var = rng.uniform(0.5, 2, 3).astype(np.float32)
+    inits = [numpy_helper.from_array(a, n) for a, n in zip((gamma, beta, mean, var), "gbmv")]
+    g = helper.make_graph([helper.make_node("BatchNormalization", ["x", "g", "b", "m", "v"], ["y"], name="bn",
+                                            epsilon=1e-3)], "g",
+                          [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 3, 4, 4])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 3, 4, 4])], inits)
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+    assert rewrite_batchnorm(m) == ["bn_add"] and [n.op_type for n in m.graph.node] == ["Mul", "Add"]
+    x = rng.normal(size=(2, 3, 4, 4)).astype(np.float32)
+    y = ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+    c = lambda a: a.reshape(1, 3, 1, 1)  # noqa: E731
+    np.testing.assert_allclose(y, (x - c(mean)) / np.sqrt(c(var) + 1e-3) * c(gamma) + c(beta), atol=1e-5)
 
 
 def test_predictor_runs_int8_unchanged(tmp_path, synthetic_flame_dir):

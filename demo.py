@@ -31,8 +31,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--all-faces", action="store_true", help="reconstruct every face (NAME_0, NAME_1, ...)")
     p.add_argument("--aligned", action="store_true", help="inputs are already aligned 112/224 ArcFace crops")
     p.add_argument("--batch-size", type=int, default=8, help="faces per network call")
-    p.add_argument("--prefetch", type=int, default=8,
-                   help="images read/detected/aligned ahead in a worker thread while the network runs (0 = off)")
+    p.add_argument("--prefetch", type=int, default=None,
+                   help="images read/detected/aligned ahead in a worker thread while the network runs "
+                        "(0 = off; default: 8 when the network runs on a GPU, 0 on CPU, where both stages "
+                        "compete for the same cores: measured slower in bench/README.md)")
     p.add_argument("--device", default=None, help="auto, cpu, cuda, cuda:N or mps")
     p.add_argument("--precision", choices=["fp32", "bf16", "fp16", "auto"], default=None)
     p.add_argument("--onnx", default=None, help="run this exported ONNX network on onnxruntime instead of torch")
@@ -67,7 +69,13 @@ def build_runner(args: argparse.Namespace, cfg):
                                    det_size=tuple(cfg.detector.det_size), threshold=cfg.detector.threshold)
     return DemoRunner(predictor, detector, predictor.faces, Path(args.output), Path(args.arcface),
                       batch_size=args.batch_size, all_faces=args.all_faces, aligned=args.aligned,
-                      render=not args.no_render, overwrite=args.overwrite, fuse=args.fuse, prefetch=args.prefetch)
+                      render=not args.no_render, overwrite=args.overwrite, fuse=args.fuse,
+                      prefetch=_default_prefetch(predictor) if args.prefetch is None else args.prefetch)
+
+
+def _default_prefetch(predictor) -> int:
+    """Overlap CPU preparation with the network only when the network has its own device."""
+    return 8 if predictor.device.type in ("cuda", "mps") else 0
 
 
 def main(argv=None) -> int:

@@ -23,7 +23,6 @@ random state: with ``train.deterministic`` it ends bit-identical to an uninterru
 from __future__ import annotations
 
 import os
-import random
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,15 +34,16 @@ from loguru import logger
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Dataset
-from torch.utils.data.distributed import DistributedSampler
 from tqdm import tqdm
 
+from datasets.sampler import ResumableDistributedSampler
+from micalib.losses import VertexLoss
+from micalib.sync_batchnorm import convert_sync_batchnorm
 from utils import dist as comm
+from utils.rng import get_rng_state, seed_everything, seed_worker, set_rng_state
 from utils.errors import MICAError
 from utils.io import atomic_write_bytes, atomic_write_text
 
-# Loss scale of MICA: metres -> millimetres.
-LOSS_SCALE = 1000.0
 CHECKPOINT_DIR = "checkpoints"
 LAST_CHECKPOINT = "last_checkpoint"
 FINAL_MODEL = "model.tar"
@@ -58,29 +58,8 @@ class NonFiniteLossError(MICAError):
 
 
 # ------------------------------------------------------------------------------------------------
-# Loss and the module DDP wraps
+# The module DDP wraps
 # ------------------------------------------------------------------------------------------------
-class VertexLoss(nn.Module):
-    """MICA's masked per-vertex L1: ``mean_{v,xyz}(|pred - gt| * w_v) * 1000``.
-
-    Args:
-        weights: ``(V,)`` per-vertex weights (mask weights, or ones for ``train.use_mask False``).
-    """
-
-    def __init__(self, weights: torch.Tensor) -> None:
-        super().__init__()
-        self.register_buffer("weights", torch.as_tensor(weights, dtype=torch.float32).reshape(-1), persistent=False)
-
-    def per_sample(self, pred: torch.Tensor, gt: torch.Tensor) -> torch.Tensor:
-        """``(N, V, 3)`` x2 in metres -> ``(N,)`` loss of each sample."""
-        diff = (pred.float() - gt.float()).abs() * self.weights.to(pred.device)[None, :, None]
-        return diff.mean(dim=(1, 2)) * LOSS_SCALE
-
-    def forward(self, pred: torch.Tensor, gt: torch.Tensor) -> torch.Tensor:
-        """``(N, V, 3)`` x2 in metres -> scalar loss (mean over samples, vertices and xyz)."""
-        return self.per_sample(pred, gt).mean()
-
-
 class MICAForward(nn.Module):
     """What DDP wraps: ``images (N, 3, 112, 112) -> predicted canonical vertices (N, V, 3)`` in metres."""
 
@@ -111,136 +90,8 @@ def freeze_untrained(mica: nn.Module, groups: Sequence[Mapping[str, Any]]) -> No
 
 
 # ------------------------------------------------------------------------------------------------
-# BatchNorm synchronised over processes (CPU/gloo too; torch's SyncBatchNorm is GPU-only)
+# Run position
 # ------------------------------------------------------------------------------------------------
-class AllReduceBatchNorm(nn.modules.batchnorm._BatchNorm):
-    """BatchNorm whose training statistics are summed over all processes (differentiable all-reduce).
-
-    Same parameters, buffers and state-dict names as ``BatchNorm1d/2d``. In eval mode or with one
-    process it is plain BatchNorm.
-    """
-
-    def _check_input_dim(self, input: torch.Tensor) -> None:
-        if input.dim() < 2:
-            raise ValueError(f"expected at least 2D input (got {input.dim()}D input)")
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not (self.training and comm.get_world_size() > 1):
-            return super().forward(x)
-        import warnings
-
-        from torch.distributed.nn.functional import all_reduce
-
-        c = x.shape[1]
-        dims = [0] + list(range(2, x.dim()))
-        count = torch.full((1,), x.numel() / c, dtype=torch.float64, device=x.device)
-        xd = x.double()
-        stats = torch.cat([xd.sum(dims), (xd * xd).sum(dims), count])
-        with warnings.catch_warnings():  # deprecated in favour of an API without autograd on gloo
-            warnings.simplefilter("ignore", FutureWarning)
-            stats = all_reduce(stats)
-        n = stats[-1]
-        mean = stats[:c] / n
-        var = (stats[c:2 * c] / n - mean * mean).clamp_min(0.0)
-        if self.track_running_stats and self.running_mean is not None:
-            with torch.no_grad():
-                self.num_batches_tracked.add_(1)
-                m = self.momentum if self.momentum is not None else 1.0 / float(self.num_batches_tracked)
-                self.running_mean.mul_(1 - m).add_(m * mean.to(self.running_mean.dtype))
-                unbiased = var * n / (n - 1).clamp_min(1.0)
-                self.running_var.mul_(1 - m).add_(m * unbiased.to(self.running_var.dtype))
-        shape = [1, c] + [1] * (x.dim() - 2)
-        y = (xd - mean.view(shape)) * torch.rsqrt(var.view(shape) + self.eps)
-        y = y.to(x.dtype)
-        if self.affine:
-            y = y * self.weight.view(shape) + self.bias.view(shape)
-        return y
-
-
-def convert_sync_batchnorm(module: nn.Module) -> nn.Module:
-    """Replace every BatchNorm with trainable parameters by a process-synchronised one (in place).
-
-    Frozen BatchNorm layers (ArcFace stem..layer3, eval mode) are left alone. CUDA models get
-    ``torch.nn.SyncBatchNorm``, others :class:`AllReduceBatchNorm`. Returns ``module``.
-    """
-    for name, child in list(module.named_children()):
-        if isinstance(child, nn.modules.batchnorm._BatchNorm) and not isinstance(child, (nn.SyncBatchNorm, AllReduceBatchNorm)):
-            if not any(p.requires_grad for p in child.parameters()):
-                continue
-            on_cuda = child.weight is not None and child.weight.is_cuda
-            cls = nn.SyncBatchNorm if on_cuda else AllReduceBatchNorm
-            new = cls(child.num_features, child.eps, child.momentum, child.affine, child.track_running_stats)
-            new.load_state_dict(child.state_dict())
-            new = new.to(device=child.running_mean.device if child.running_mean is not None else None)
-            for p_new, p_old in zip(new.parameters(), child.parameters()):
-                p_new.requires_grad_(p_old.requires_grad)
-            new.train(child.training)
-            setattr(module, name, new)
-        else:
-            convert_sync_batchnorm(child)
-    return module
-
-
-# ------------------------------------------------------------------------------------------------
-# Sampling and random state
-# ------------------------------------------------------------------------------------------------
-class ResumableDistributedSampler(DistributedSampler):
-    """``DistributedSampler`` that can start an epoch at sample ``start`` of this rank's shard."""
-
-    def __init__(self, dataset: Dataset, num_replicas: int, rank: int, seed: int, shuffle: bool = True) -> None:
-        super().__init__(dataset, num_replicas=num_replicas, rank=rank, shuffle=shuffle, seed=seed, drop_last=True)
-        self.start = 0
-
-    def set_start(self, start: int) -> None:
-        """Skip the first ``start`` indices of this rank's shard in the current epoch."""
-        self.start = int(start)
-
-    def __iter__(self) -> Iterator[int]:
-        return iter(list(super().__iter__())[self.start:])
-
-    def __len__(self) -> int:
-        return self.num_samples - self.start
-
-
-def seed_everything(seed: int) -> None:
-    """Seed Python, NumPy and torch (all devices)."""
-    random.seed(seed)
-    np.random.seed(seed % 2 ** 32)
-    torch.manual_seed(seed)
-
-
-def _seed_worker(worker_id: int) -> None:
-    """DataLoader worker init: NumPy/Python seeds from the worker's torch seed."""
-    s = torch.initial_seed() % 2 ** 32
-    np.random.seed(s)
-    random.seed(s)
-
-
-def get_rng_state(device: torch.device) -> Dict[str, Any]:
-    """This process's generator states as tensors/plain containers (``weights_only``-loadable)."""
-    np_state = np.random.get_state()
-    state: Dict[str, Any] = {
-        "python": random.getstate(),
-        "numpy": {"key": torch.from_numpy(np_state[1].astype(np.int64)), "pos": int(np_state[2]),
-                  "has_gauss": int(np_state[3]), "gauss": float(np_state[4])},
-        "torch": torch.get_rng_state(),
-    }
-    if device.type == "cuda":
-        state["cuda"] = torch.cuda.get_rng_state(device)
-    return state
-
-
-def set_rng_state(state: Mapping[str, Any], device: torch.device) -> None:
-    """Restore what :func:`get_rng_state` returned."""
-    py = state["python"]
-    random.setstate((py[0], tuple(py[1]), py[2]))
-    n = state["numpy"]
-    np.random.set_state(("MT19937", n["key"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["gauss"]))
-    torch.set_rng_state(state["torch"])
-    if device.type == "cuda" and "cuda" in state:
-        torch.cuda.set_rng_state(state["cuda"], device)
-
-
 @dataclass
 class TrainState:
     """Position of a run: finished optimiser steps, epoch, batches of that epoch already consumed."""
@@ -321,7 +172,7 @@ class Trainer:
         self._loader_generator = torch.Generator()
         self.loader = DataLoader(train_dataset, batch_size=self.batch_size, sampler=self.sampler,
                                  num_workers=int(num_workers), collate_fn=collate_fn, drop_last=True,
-                                 pin_memory=self.device.type == "cuda", worker_init_fn=_seed_worker,
+                                 pin_memory=self.device.type == "cuda", worker_init_fn=seed_worker,
                                  generator=self._loader_generator, persistent_workers=False)
         self._data_iter: Optional[Iterator] = None
         self.validator = Validator(val_datasets, self.loss_fn, collate_fn=collate_fn, output_dir=self.output_dir,

@@ -82,6 +82,8 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     if args.fuse and args.all_faces:
         raise MICAError("--fuse averages one face per image; it cannot be combined with --all-faces")
+    if not Path(args.input).exists():
+        raise MICAError(f"input {args.input} does not exist (pass an image or a folder of images with -i)")
     cfg = setup(args)
     runner = build_runner(args, cfg)
     results = runner.run(Path(args.input))

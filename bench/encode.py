@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import sys
 import tempfile
 import time
@@ -175,6 +176,7 @@ def main() -> int:
         rows.append(dict(backend=backend, precision=prec, batch=b, images_per_s=ips, ratio=ips / base,
                          gflops=achieved, peak_fraction=frac if frac == frac else None))
     accuracy = int8_accuracy(model, flame, tmp, args) if "onnxruntime-int8" in args.backends and args.accuracy else {}
+    shutil.rmtree(tmp, ignore_errors=True)  # the ONNX files (~330 MB for iresnet100)
     if args.json:
         atomic_write_text(args.json, json.dumps(dict(arch=args.arch, gflop_per_image=gflop, peaks=peaks, rows=rows,
                                                      int8_accuracy=accuracy), indent=1))

@@ -1,8 +1,9 @@
 """Int8 ONNX (micalib.quantize): accuracy vs torch fp32, PReLU rewrite, dynamic batch, CLI, errors.
 
 Bounds come from measurements on these random well-conditioned weights (iresnet18, uniform inputs):
-identity-code cosine min 0.9975 (codes of different inputs: cosine ~0.38), coefficient cosine
-min 0.9998, mean vertex deviation ~14% of the mean distance of vertices from their across-input mean (bench/README.md, Encoder). Trained weights are not available here.
+identity-code cosine min 0.998 (codes of different inputs: cosine ~0.38), coefficient cosine
+min 0.9998, mean vertex deviation 10-14% of the mean distance of vertices from their across-input
+mean (iresnet100: bench/README.md, Encoder). Trained weights are not available here.
 """
 from __future__ import annotations
 

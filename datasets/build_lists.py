@@ -14,7 +14,7 @@ from __future__ import annotations
 import argparse
 import re
 from pathlib import Path
-from typing import List, Optional, Sequence
+from typing import Optional, Sequence
 
 from loguru import logger
 

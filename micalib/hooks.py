@@ -12,7 +12,7 @@ from __future__ import annotations
 import time
 import weakref
 from collections import defaultdict
-from typing import TYPE_CHECKING, Dict, List, Optional
+from typing import TYPE_CHECKING, Dict, List
 
 import numpy as np
 from loguru import logger

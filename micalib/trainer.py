@@ -36,13 +36,21 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
+from configs.config import resolve_path
+from datasets import build as dsb
+from datasets.mica_dataset import collate_mica
 from datasets.sampler import ResumableDistributedSampler
+from micalib import hooks
 from micalib.losses import VertexLoss
+from micalib.mica import MICA
 from micalib.sync_batchnorm import convert_sync_batchnorm
+from micalib.validator import Validator
 from utils import dist as comm
-from utils.rng import get_rng_state, seed_everything, seed_worker, set_rng_state
+from utils.checkpoint import load_arcface_into, load_mica_checkpoint, load_regressor_into, save_mica_checkpoint
+from utils.device import autocast, resolve_device, resolve_precision
 from utils.errors import MICAError
 from utils.io import atomic_write_bytes, atomic_write_text
+from utils.rng import get_rng_state, seed_everything, seed_worker, set_rng_state
 
 CHECKPOINT_DIR = "checkpoints"
 LAST_CHECKPOINT = "last_checkpoint"
@@ -131,7 +139,6 @@ class Trainer:
                  keep_every: int = 0, running_average: int = 7, amp_dtype: torch.dtype = torch.float32,
                  write_summary: bool = True, vis_dir: str = "train_images", log_dir: str = "logs",
                  config_text: str = "") -> None:
-        from micalib.validator import Validator
 
         self.device = next(mica.parameters()).device
         self.rank, self.world_size = comm.get_rank(), comm.get_world_size()
@@ -253,7 +260,6 @@ class Trainer:
         images = images.reshape(B * K, *images.shape[2:])
         gt = self.ground_truth(batch["betas"]).repeat_interleave(K, dim=0)
         t1 = time.perf_counter()
-        from utils.device import autocast
 
         with autocast(self.device, self.amp_dtype):
             pred = self.model(images)
@@ -335,7 +341,6 @@ class Trainer:
         return extra
 
     def _write_checkpoint(self, path: Path, extra: Dict[str, Any]) -> None:
-        from utils.checkpoint import save_mica_checkpoint
 
         save_mica_checkpoint(path, self.mica.arcface, self.mica.regressor, self.mica.flame, extra)
 
@@ -397,7 +402,6 @@ class Trainer:
         Raises:
             MICAError: not a training checkpoint of this project, or incompatible with this run.
         """
-        from utils.checkpoint import load_arcface_into, load_mica_checkpoint, load_regressor_into
 
         path = Path(path)
         ckpt = load_mica_checkpoint(path)
@@ -460,7 +464,6 @@ def _as_rgb_uint8(img: Any) -> np.ndarray:
 # ------------------------------------------------------------------------------------------------
 def default_hooks(cfg) -> List:
     """LR schedule, metrics, validation, images, checkpoints, timer -- in that order."""
-    from micalib import hooks
 
     return [
         hooks.LRSchedulerHook(),
@@ -474,14 +477,12 @@ def default_hooks(cfg) -> List:
 
 def output_dir_of(cfg) -> Path:
     """``cfg.output_dir`` as an absolute path (default ``output/mica``)."""
-    from configs.config import resolve_path
 
     return resolve_path(cfg.output_dir or "output/mica")
 
 
 def training_device(cfg) -> torch.device:
     """``cfg.device`` resolved; under torchrun on CUDA, GPU ``LOCAL_RANK``."""
-    from utils.device import resolve_device
 
     dev = resolve_device(cfg.device)
     if dev.type == "cuda" and comm.get_world_size() > 1:
@@ -531,11 +532,7 @@ def build_trainer(cfg, resume: Optional[str | bool] = None, device: Optional[tor
         device: override of ``cfg.device``.
         extra_hooks: appended after the default hooks.
     """
-    from datasets import build as dsb
-    from datasets.mica_dataset import collate_mica
-    from micalib.mica import MICA
     from models import masks
-    from utils.device import resolve_precision
 
     rank = comm.get_rank()
     dev = device if device is not None else training_device(cfg)

@@ -179,7 +179,6 @@ def make_model_arrays(seed: int = 0, real: Optional[bool] = None) -> Dict[str, o
         verts, faces = _random_topology(rng)
         emb = _random_embedding(rng, len(faces))
         masks = _random_masks(rng, len(verts))
-    n_v = len(verts)
     # RMS displacement per unit coefficient: 2 mm for the first identity component, decaying
     # (N(0,1) coefficients give ~5 mm RMS change); expression half of that.
     rms = np.concatenate([2e-3 / (1 + np.arange(300) / 5), 1e-3 / (1 + np.arange(100) / 5)])

@@ -26,7 +26,6 @@ from typing import Optional, Protocol, Sequence, Union
 import cv2
 import numpy as np
 import torch
-import torch.nn.functional as F
 from loguru import logger
 from torch import nn
 

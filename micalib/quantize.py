@@ -37,7 +37,7 @@ __all__ = ["QUANTIZED_OPS", "PRECISION_KEY", "load_calibration_folder", "synthet
 
 # Node types that get int8 QDQ pairs. The residual Adds stay float: same speed, and the identity codes
 # are closer to fp32 (iresnet100 code cosine min 0.9963 vs 0.9927 with int8 Adds). Mul/Max (the
-# rewritten PReLU) stay float: quantising Mul made onnxruntime run the int8 convolutions ~2.5x slower.
+# rewritten PReLU) stay float: quantising Mul made onnxruntime run the int8 convolutions ~3x slower.
 QUANTIZED_OPS = ("Conv", "Gemm", "MatMul")
 PRECISION_KEY = "mica_precision"
 CALIBRATION_BATCH = 8

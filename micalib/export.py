@@ -1,6 +1,6 @@
 """Export MICA's image -> FLAME shape-coefficients network to ONNX and validate it.
 
-    python -m micalib.export --cfg configs/mica.yml --onnx mica.onnx [--checkpoint data/pretrained/mica.tar]
+    python -m micalib.export --onnx mica.onnx [--cfg CFG] [--checkpoint data/pretrained/mica.tar]
                              [--opset 17] [--no-validate] [KEY VALUE ...]
     python -m micalib.export --onnx mica_int8.onnx --int8 --calib demo/arcface [--calib-count 64]
 
@@ -134,7 +134,8 @@ def validate_int8(net: nn.Module, path: Union[str, Path], images: np.ndarray,
 
 def _parse(argv: Optional[Sequence[str]]) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m micalib.export", description=__doc__.splitlines()[0])
-    p.add_argument("--cfg", default="configs/mica.yml", help="YAML config (default configs/mica.yml)")
+    p.add_argument("--cfg", default=None,
+                   help="YAML config merged over the defaults (default: none; the defaults read data/pretrained/mica.tar)")
     p.add_argument("--onnx", required=True, help="output ONNX file")
     p.add_argument("--checkpoint", default="", help="mica.tar to export (default: the config's pretrained_model_path)")
     p.add_argument("--opset", type=int, default=DEFAULT_OPSET, help=f"ONNX opset (default {DEFAULT_OPSET})")
@@ -159,7 +160,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     cfg = load_cfg(args.cfg, args.opts)
     checkpoint = args.checkpoint or cfg.pretrained_model_path
     if not checkpoint:
-        raise MICAError(f"no checkpoint to export: {args.cfg} sets no pretrained_model_path - pass "
+        raise MICAError(f"no checkpoint to export: {args.cfg or 'the config'} sets no pretrained_model_path - pass "
                         f"--checkpoint data/pretrained/mica.tar")
     calibration = None
     if args.int8:  # read the calibration inputs first: a bad folder should fail before the slow export

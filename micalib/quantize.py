@@ -3,11 +3,10 @@
     python -m micalib.export --onnx mica_int8.onnx --int8 --calib demo/arcface [--calib-count 64]
 
 Steps (``export_int8``): the network with its BatchNorms folded (``models.arcface.fuse_for_inference``)
-and the residual stream shifted so that each block's remaining ``bn1`` is a single per-channel Mul
-(``shift_residual_stream``, exact) is exported to float32 ONNX (``micalib.export.export_onnx``);
-every PReLU whose slopes lie in [0, 1] is rewritten as ``Max(x, slope * x)`` (the same function;
-onnxruntime's PRelu kernel with per-channel slopes is ~10x slower than Mul + Max) and any BatchNorm
-left as ``x * s + t``, which needs no layout Transposes;
+is exported to float32 ONNX (``micalib.export.export_onnx``); every PReLU whose slopes lie in [0, 1]
+is rewritten as ``Max(x, slope * x)`` (the same function; onnxruntime's PRelu kernel with per-channel
+slopes is ~10x slower than Mul + Max) and each remaining BatchNorm (the blocks' ``bn1``, which precede
+a zero-padded convolution and cannot be folded) as ``x * s + t``, which needs no layout Transposes;
 then onnxruntime's static quantiser puts int8 QDQ pairs around the convolutions and fully connected
 layers (per-channel int8 weights, uint8 activations, MinMax ranges measured on the calibration
 inputs). The residual additions, BatchNorm affines, PReLUs and the L2 normalisation stay float32. The file is an ordinary ONNX model
@@ -276,7 +275,9 @@ def shift_residual_stream(fused: nn.Module, max_scale_ratio: float = MAX_BN_SCAL
     constant after a conv is exact; the residual branch keeps its scale), and a strided block's
     1x1 shortcut conv (no padding) reads ``v_k`` with ``d_{k+1} - W d_k`` added to its bias. After
     the last block ``d = 0``. Per block the stream then costs Add + Mul instead of Add + Mul + Add
-    (one float pass fewer).
+    (one float pass fewer). Not used by default (``export_int8(shift_stream=True)``): in int8 the
+    constants shift ``conv2``'s quantisation range, and the measured gain (~2%) did not pay for the
+    slightly larger vertex deviation.
 
     Folding ``s_k`` into ``conv1``'s weights as well (no Mul at all) is also exact (``v = 0`` where
     ``bn1`` is 0, so zero padding stays right) and faster, but quantises the stream without its BN
@@ -314,12 +315,13 @@ def shift_residual_stream(fused: nn.Module, max_scale_ratio: float = MAX_BN_SCAL
 
 def export_int8(arcface: nn.Module, regressor: nn.Module, out_path: PathLike, calibration: np.ndarray,
                 opset: int = 17, with_code: bool = False, exclude: Sequence[str] = (),
-                shift_stream: bool = True) -> Path:
+                shift_stream: bool = False) -> Path:
     """ArcFace + mapping network -> int8 ONNX at ``out_path`` (atomic).
 
     ``with_code`` adds a second output ``code (B, 512)`` (the L2-normalised identity code) for
     measurements; the CLI's file has the single output ``shape`` like the float export.
-    ``shift_stream`` applies :func:`shift_residual_stream` (exact; one float pass per block fewer).
+    ``shift_stream`` applies :func:`shift_residual_stream` first (exact in float, ~2% faster, but off by
+    default: its int8 vertices deviated slightly more from fp32; bench/README.md, Encoder).
     """
     from micalib.export import export_onnx
     from micalib.mica import ImageToShape

@@ -44,9 +44,6 @@ def test_int8_close_to_torch_fp32(nets, int8_file):
     model = onnx.load(str(int8_file))
     ops = {n.op_type for n in model.graph.node}
     assert {"QuantizeLinear", "DequantizeLinear"} <= ops and not ops & {"PRelu", "BatchNormalization"}
-    # shifted stream: per block one residual Add (+ the stem's shift), no bn1 Add left
-    n_blocks = sum(arcface.layers_per_stage)
-    assert sum(n.op_type == "Add" for n in model.graph.node) == n_blocks + 1
     assert {p.key: p.value for p in model.metadata_props}["mica_precision"] == "int8"
     # int8 weights: the file is about a quarter of the float one (iresnet18 fp32: 94 MiB)
     assert int8_file.stat().st_size < 35 * 2**20
@@ -144,11 +141,25 @@ def test_shift_residual_stream_is_exact(nets, tmp_path):
     assert ref.abs().max() > 1
     torch.testing.assert_close(got, before, rtol=0, atol=1e-10 * float(ref.abs().max()))
     path = export_onnx(shifted.float(), tmp_path / "shifted.onnx")
+    # per block one residual Add (+ the stem's shift) and one Mul (bn1): no bn1 Add left
+    n_blocks = sum(arcface.layers_per_stage)
+    assert sum(op == "Add" for op in [n.op_type for n in onnx.load(str(path)).graph.node]) == n_blocks + 1
     ops = [n.op_type for n in onnx.load(str(path)).graph.node]
     assert "BatchNormalization" not in ops
     sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     out = sess.run(None, {"images": x.float().numpy()})[0]
     np.testing.assert_allclose(out, ref.numpy(), rtol=0, atol=1e-5 * float(ref.abs().max()))
+
+
+def test_int8_with_shifted_stream(nets, tmp_path):
+    """export_int8(shift_stream=True): one Add per block in the int8 graph, as accurate as the default."""
+    arcface, regressor = nets
+    path = export_int8(arcface, regressor, tmp_path / "s.onnx", synthetic_calibration(16, 0), with_code=True,
+                       shift_stream=True)
+    ops = [n.op_type for n in onnx.load(str(path)).graph.node]
+    assert "BatchNormalization" not in ops and ops.count("Add") == sum(arcface.layers_per_stage) + 1
+    res = compare_with_torch(_ShapeAndCode(arcface, regressor).eval(), path, synthetic_calibration(12, 7))
+    assert res["cosine"][1].min() >= 0.995 and res["cosine"][0].min() >= 0.999
 
 
 def test_shift_residual_stream_refuses_near_zero_scale(nets):

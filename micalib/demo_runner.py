@@ -23,11 +23,11 @@ from tqdm import tqdm
 
 from micalib.face_prep import AlignedFace, aligned_input, detect_and_align
 from micalib.outputs import outputs_done, write_reconstruction
+from models.flame import M_TO_MM
 from utils.errors import MICAError
 from utils.image_io import list_images, read_image, write_image
 from utils.io import atomic_save_npy, atomic_write_text
 
-M_TO_MM = 1000.0
 
 
 @dataclass

@@ -49,7 +49,8 @@ from utils import dist as comm
 from utils.checkpoint import load_arcface_into, load_mica_checkpoint, load_regressor_into, save_mica_checkpoint
 from utils.device import autocast, resolve_device, resolve_precision
 from utils.errors import MICAError
-from utils.io import atomic_write_bytes, atomic_write_text
+from utils.image_io import write_image
+from utils.io import atomic_write_text
 from utils.rng import get_rng_state, seed_everything, seed_worker, set_rng_state
 
 CHECKPOINT_DIR = "checkpoints"
@@ -315,11 +316,7 @@ class Trainer:
         step = self.state.step
         if self.writer is not None:
             self.writer.add_image("train/crop_pred_gt", grid, global_step=step, dataformats="HWC")
-        import cv2
-
-        ok, enc = cv2.imencode(".jpg", cv2.cvtColor(grid, cv2.COLOR_RGB2BGR))
-        if ok:
-            atomic_write_bytes(self.vis_dir / f"{step:08d}.jpg", enc.tobytes())
+        write_image(self.vis_dir / f"{step:08d}.jpg", grid)
         return grid
 
     # -------------------------------------------------------------------------------------------

@@ -23,6 +23,7 @@ import numpy as np
 from loguru import logger
 from tqdm import tqdm
 
+from models.flame import M_TO_MM
 from testing.now_eval import NOW_IMAGE_LISTS, read_image_list
 from utils.errors import MICAError
 from utils.io import atomic_save_npy, atomic_write_text
@@ -34,7 +35,6 @@ NOW_IMAGES_DIR = Path("NoW_Dataset/final_release_version/iphone_pictures")
 NOW_BOXES_DIR = Path("NoW_Dataset/final_release_version/detected_face")
 CROP_SCALE = 1.6  # crop side = 1.6 x mean(box width, box height)
 CROP_SIZE = 224
-M_TO_MM = 1000.0
 
 __all__ = ["read_now_box", "prepare_from_box", "ExportItem", "ExportWriter", "now_export_items", "export_now",
            "NOW_IMAGES_DIR", "NOW_BOXES_DIR"]

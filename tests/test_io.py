@@ -11,13 +11,13 @@ from utils.io import atomic_path, atomic_save_npy, atomic_write_text
 
 
 def test_written_files_have_umask_permissions(tmp_path):
-    old = os.umask(0o022)
-    try:
-        atomic_write_text(tmp_path / "a.txt", "hello")
-    finally:
-        os.umask(old)
+    """mkstemp creates 0600 files; ours get the usual 0666 minus the process umask."""
+    umask = os.umask(0)
+    os.umask(umask)
+    atomic_write_text(tmp_path / "a.txt", "hello")
     assert (tmp_path / "a.txt").read_text() == "hello"
-    assert stat.S_IMODE((tmp_path / "a.txt").stat().st_mode) == 0o644
+    assert stat.S_IMODE((tmp_path / "a.txt").stat().st_mode) == 0o666 & ~umask
+    assert 0o666 & ~umask != 0o600  # with a usual umask the check is not vacuous
 
 
 def test_failure_leaves_nothing_behind(tmp_path):

@@ -15,6 +15,17 @@ import numpy as np
 PathLike = Union[str, os.PathLike]
 
 
+def _read_umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+# Read once at import: os.umask can only be read by setting it, which must not race with other
+# threads writing files (the demo prepares images in a worker thread).
+_UMASK = _read_umask()
+
+
 @contextlib.contextmanager
 def atomic_path(path: PathLike) -> Iterator[Path]:
     """Yields a temporary path beside ``path``; on success it is renamed to ``path``.
@@ -31,17 +42,11 @@ def atomic_path(path: PathLike) -> Iterator[Path]:
         yield tmp
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp creates 0600; give the usual permissions
+        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp creates 0600; give the usual permissions
         os.replace(tmp, path)
     finally:
         if tmp.exists():
             tmp.unlink()
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
 
 
 def atomic_write_bytes(path: PathLike, data: bytes) -> None:

@@ -101,7 +101,8 @@ def main() -> int:
     p.add_argument("--precisions", nargs="+", default=["fp32", "bf16"])
     p.add_argument("--backends", nargs="+", default=["eager", "onnxruntime", "onnxruntime-int8"],
                    help="eager (BN folded), unfused (eager, BN kept), compile (torch.compile of eager), onnxruntime, "
-                        "onnxruntime-int8 (micalib.quantize)")
+                        "onnxruntime-int8 (micalib.quantize); onnxruntime backends split a batch across threads "
+                        "(Predictor's default), add -serial (e.g. onnxruntime-int8-serial) for one multi-threaded run")
     p.add_argument("--calib", type=int, default=32, help="synthetic calibration inputs for onnxruntime-int8")
     p.add_argument("--accuracy", type=int, default=32, help="inputs for the int8 accuracy check (0 = skip)")
     p.add_argument("--rounds", type=int, default=3)
@@ -127,19 +128,22 @@ def main() -> int:
         for prec in args.precisions:
             if backend.startswith("onnxruntime") and prec != "fp32":
                 continue
-            if backend == "onnxruntime-int8":
+            serial = backend.endswith("-serial")
+            if backend.startswith("onnxruntime-int8"):
                 prec = "int8"
                 int8_path = tmp / "mica_int8.onnx"
-                export_int8(model.arcface, model.regressor, int8_path, synthetic_calibration(args.calib, seed=12345))
+                if not int8_path.exists():
+                    export_int8(model.arcface, model.regressor, int8_path, synthetic_calibration(args.calib, seed=12345))
                 pred = Predictor(flame, onnx_path=int8_path, backend="onnxruntime", device="cpu",
-                                 batch_size=max(args.batches))
-            elif backend == "onnxruntime":
+                                 batch_size=max(args.batches), batch_parallel=not serial)
+            elif backend.startswith("onnxruntime"):
                 from micalib.export import export_onnx
 
                 onnx_path = tmp / "mica.onnx"
                 if not onnx_path.exists():
                     export_onnx(model.image_to_shape(), onnx_path)
-                pred = Predictor(flame, onnx_path=onnx_path, backend="onnxruntime", device="cpu", batch_size=max(args.batches))
+                pred = Predictor(flame, onnx_path=onnx_path, backend="onnxruntime", device="cpu",
+                                 batch_size=max(args.batches), batch_parallel=not serial)
             else:
                 pred = Predictor(model=model, device="cpu", precision=prec, batch_size=max(args.batches),
                                  fuse=backend != "unfused", compile=backend == "compile")
@@ -166,16 +170,17 @@ def main() -> int:
 
     base = best.get(("eager", "fp32", 1)) or next(iter(best.values()))
     print(f"matmul peak: fp32 {peaks['fp32']:.0f} GFLOP/s, bf16 {peaks['bf16']:.0f} GFLOP/s")
-    print(f"{'backend':<18}{'precision':<10}{'batch':>6}{'img/s':>9}{'x fp32 eager b1':>17}{'GFLOP/s':>9}{'% peak':>8}")
+    print(f"{'backend':<26}{'precision':<10}{'batch':>6}{'img/s':>9}{'x fp32 eager b1':>17}{'GFLOP/s':>9}{'% peak':>8}")
     rows: List[dict] = []
     for (backend, prec, b), ips in best.items():
         achieved = ips * gflop
         frac = achieved / peaks[prec] if prec in peaks else float("nan")  # no int8 peak measured
         pct = f"{100 * frac:>7.0f}%" if frac == frac else f"{'-':>8}"
-        print(f"{backend:<18}{prec:<10}{b:>6}{ips:>9.2f}{ips / base:>17.2f}{achieved:>9.0f}{pct}")
+        print(f"{backend:<26}{prec:<10}{b:>6}{ips:>9.2f}{ips / base:>17.2f}{achieved:>9.0f}{pct}")
         rows.append(dict(backend=backend, precision=prec, batch=b, images_per_s=ips, ratio=ips / base,
                          gflops=achieved, peak_fraction=frac if frac == frac else None))
-    accuracy = int8_accuracy(model, flame, tmp, args) if "onnxruntime-int8" in args.backends and args.accuracy else {}
+    int8 = any(b.startswith("onnxruntime-int8") for b in args.backends)
+    accuracy = int8_accuracy(model, flame, tmp, args) if int8 and args.accuracy else {}
     shutil.rmtree(tmp, ignore_errors=True)  # the ONNX files (~330 MB for iresnet100)
     if args.json:
         atomic_write_text(args.json, json.dumps(dict(arch=args.arch, gflop_per_image=gflop, peaks=peaks, rows=rows,

@@ -69,6 +69,25 @@ def test_predictor_onnxruntime_backend_matches_torch(net, onnx_file, synthetic_f
         Predictor(flame, onnx_path=onnx_file.parent / "none.onnx", backend="onnxruntime")
 
 
+def test_batch_parallel_split_gives_the_same_result(onnx_file):
+    """A batch split into one chunk per thread (concurrent single-threaded runs) equals the images
+    run one by one through the ordinary session, in order; single images are not split."""
+    from micalib.predictor import _OrtEncoder
+
+    x = torch.rand(5, 3, 112, 112, generator=torch.Generator().manual_seed(5)) * 2 - 1
+    split = _OrtEncoder(onnx_file, "cpu", threads=3, batch_parallel=True)
+    serial = _OrtEncoder(onnx_file, "cpu", threads=3, batch_parallel=False)
+    one_by_one = torch.cat([serial(x[i:i + 1]) for i in range(5)])
+    got = split(x)
+    assert split.last_chunks == 3 and got.shape == (5, 300)
+    np.testing.assert_allclose(got.numpy(), one_by_one.numpy(), atol=1e-5, rtol=0)
+    split(x[:1])
+    assert split.last_chunks == 1
+    serial(x)
+    assert serial.last_chunks == 1
+    assert _OrtEncoder(onnx_file, "cpu", threads=1).batch_parallel is False  # nothing to split across
+
+
 @pytest.mark.slow
 def test_cli_writes_and_validates(tmp_path):
     tar = write_random_mica_tar(tmp_path / "mica.tar", arch="iresnet18", seed=2)

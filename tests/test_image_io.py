@@ -121,3 +121,39 @@ def test_write_image_roundtrip(tmp_path: Path) -> None:
     assert [p.name for p in (tmp_path / "out").iterdir()] == ["w.png"]  # no temp files left
     with pytest.raises(ValueError):
         write_image(tmp_path / "bad.png", img.astype(np.float32))
+
+
+@pytest.mark.parametrize("orientation", range(1, 9))
+def test_jpeg_fast_path_orientations_match_pillow(tmp_path: Path, orientation: int) -> None:
+    """The OpenCV JPEG path applies each of the 8 EXIF orientations as Pillow's exif_transpose does
+    (the oracle), and decodes the same pixels as OpenCV's own reader (what MICA's demo uses)."""
+    import cv2
+    from PIL import ImageOps
+
+    img = _gradient(48, 80)
+    img[5:15, 10:30] = (255, 0, 0)  # an asymmetric mark, so a wrong flip cannot pass
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    path = tmp_path / f"o{orientation}.jpg"
+    Image.fromarray(img).save(path, quality=95, exif=exif)
+    with Image.open(path) as im:
+        im.load()
+        expected = np.asarray(ImageOps.exif_transpose(im).convert("RGB"))
+    out = read_image(path)
+    assert out.shape == expected.shape and out.flags.c_contiguous
+    assert np.abs(out.astype(int) - expected).mean() < 1.0  # same pixels up to decoder rounding
+    if orientation == 1:
+        np.testing.assert_array_equal(out, cv2.imread(str(path))[..., ::-1])
+
+
+def test_jpeg_with_trailing_data_and_greyscale(tmp_path: Path) -> None:
+    img = _gradient()
+    path = tmp_path / "trail.jpg"
+    Image.fromarray(img).save(path, quality=98)
+    path.write_bytes(path.read_bytes() + b"camera maker trailer")  # data after the end marker
+    assert np.abs(read_image(path).astype(int) - img).mean() < 3
+    grey = Image.fromarray(img).convert("L")
+    grey.save(tmp_path / "g.jpg", quality=98)
+    out = read_image(tmp_path / "g.jpg")
+    assert out.shape == img.shape and (out[..., 0] == out[..., 1]).all()
+    assert np.abs(out[..., 0].astype(int) - np.asarray(grey)).mean() < 3

@@ -90,6 +90,45 @@ def _cv2_read(path: Path) -> np.ndarray | None:
     return np.ascontiguousarray(img[..., 2::-1])
 
 
+# EXIF orientation (tag 0x0112) -> how the stored pixels become the displayed image, as numpy views
+# (the same transforms as Pillow's ImageOps.exif_transpose; tests/test_image_io.py checks all 8).
+_EXIF_ORIENTATION_TAG = 0x0112
+_ORIENT = {
+    2: lambda a: a[:, ::-1],
+    3: lambda a: a[::-1, ::-1],
+    4: lambda a: a[::-1],
+    5: lambda a: a.transpose(1, 0, 2),
+    6: lambda a: np.rot90(a, -1),
+    7: lambda a: a[::-1, ::-1].transpose(1, 0, 2),
+    8: lambda a: np.rot90(a, 1),
+}
+
+
+def _orientation(img: Image.Image) -> int:
+    try:
+        value = int(img.getexif().get(_EXIF_ORIENTATION_TAG, 1))
+    except Exception:  # malformed EXIF block: show the pixels as stored, as most viewers do
+        return 1
+    return value if value in _ORIENT else 1
+
+
+def _read_jpeg_fast(path: Path, img: Image.Image) -> np.ndarray | None:
+    """Decode a complete 8-bit RGB/greyscale JPEG with OpenCV (what MICA's demo reads with), about 2x
+    faster than Pillow's decode + array copy on camera-size photos; None for anything else (CMYK,
+    data after the end marker, truncated files) so that the Pillow path handles or reports it."""
+    if img.format != "JPEG" or img.mode not in ("RGB", "L"):
+        return None
+    data = np.fromfile(str(path), dtype=np.uint8)
+    if data.size < 4 or data[-2] != 0xFF or data[-1] != 0xD9:  # no end-of-image marker: truncated?
+        return None
+    bgr = cv2.imdecode(data, cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION)
+    if bgr is None or bgr.shape[:2] != (img.size[1], img.size[0]):
+        return None
+    rgb = cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+    orientation = _orientation(img)
+    return rgb if orientation == 1 else np.ascontiguousarray(_ORIENT[orientation](rgb))
+
+
 def read_image(path: PathLike, min_size: int = MIN_IMAGE_SIZE) -> np.ndarray:
     """Read a photo as RGB uint8.
 
@@ -116,9 +155,12 @@ def read_image(path: PathLike, min_size: int = MIN_IMAGE_SIZE) -> np.ndarray:
     rgb: np.ndarray | None = None
     try:
         with Image.open(path) as img:
-            img.load()
-            img = ImageOps.exif_transpose(img)
-            rgb = _pil_to_rgb(img)
+            rgb = _read_jpeg_fast(path, img)
+            if rgb is None:
+                img.load()
+                if _orientation(img) != 1:  # exif_transpose copies the image even when nothing changes
+                    img = ImageOps.exif_transpose(img)
+                rgb = _pil_to_rgb(img)
     except UnidentifiedImageError:
         rgb = _cv2_read(path)
         if rgb is None:

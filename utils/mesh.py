@@ -29,6 +29,25 @@ def _as_arrays(vertices: object, faces: object) -> Tuple[np.ndarray, np.ndarray]
     return v, f
 
 
+_FACE_LINES: Tuple[np.ndarray, bytes] = (np.empty((0, 3), np.int64), b"")  # last faces -> their "f" lines
+
+
+def obj_text(vertices: np.ndarray, faces: np.ndarray) -> bytes:
+    """Wavefront OBJ text: ``v x y z`` lines (6 decimals) then ``f i j k`` lines (1-based).
+
+    One C-level string formatting per block (about 4x faster than trimesh's exporter); the face
+    lines of the last face array are kept, since every FLAME mesh shares them.
+    """
+    global _FACE_LINES
+    v = np.asarray(vertices, dtype=np.float64)
+    f = np.asarray(faces, dtype=np.int64)
+    cached_faces, face_lines = _FACE_LINES
+    if not np.array_equal(cached_faces, f):
+        face_lines = (("f %d %d %d\n" * len(f)) % tuple((f + 1).ravel().tolist())).encode("ascii")
+        _FACE_LINES = (f.copy(), face_lines)
+    return (("v %.6f %.6f %.6f\n" * len(v)) % tuple(v.ravel().tolist())).encode("ascii") + face_lines
+
+
 def write_mesh(path: PathLike, vertices_mm: object, faces: object) -> Path:
     """Write a triangle mesh; the format follows the suffix (.ply binary, .obj text).
 
@@ -48,12 +67,10 @@ def write_mesh(path: PathLike, vertices_mm: object, faces: object) -> Path:
     if suffix not in MESH_SUFFIXES:
         raise ValueError(f"{path}: mesh files must end in .ply or .obj")
     v, f = _as_arrays(vertices_mm, faces)
-    mesh = trimesh.Trimesh(vertices=v, faces=f, process=False)
     if suffix == ".obj":
-        data = trimesh.exchange.obj.export_obj(mesh, include_normals=False, include_color=False,
-                                               include_texture=False, digits=6)
-        payload = data.encode("utf-8")
+        payload = obj_text(v, f)
     else:
+        mesh = trimesh.Trimesh(vertices=v, faces=f, process=False)
         payload = trimesh.exchange.ply.export_ply(mesh, encoding="binary", vertex_normal=False,
                                                   include_attributes=False)
     with atomic_path(path) as tmp:

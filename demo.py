@@ -66,7 +66,8 @@ def build_runner(args: argparse.Namespace, cfg):
     detector = None
     if not args.aligned:
         detector = create_detector(cfg.detector.name, antelopev2_dir=resolve_path(cfg.detector.antelopev2_dir),
-                                   det_size=tuple(cfg.detector.det_size), threshold=cfg.detector.threshold)
+                                   det_size=tuple(cfg.detector.det_size), threshold=cfg.detector.threshold,
+                                   mtcnn_max_side=cfg.detector.mtcnn_max_side)
     return DemoRunner(predictor, detector, predictor.faces, Path(args.output), Path(args.arcface),
                       batch_size=args.batch_size, all_faces=args.all_faces, aligned=args.aligned,
                       render=not args.no_render, overwrite=args.overwrite, fuse=args.fuse,

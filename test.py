@@ -120,7 +120,8 @@ def export(args: argparse.Namespace, cfg, benchmark: str) -> int:
                                       batch_size=args.batch_size)
     faces = predictor.faces
     detector = create_detector(cfg.detector.name, antelopev2_dir=resolve_path(cfg.detector.antelopev2_dir),
-                               det_size=tuple(cfg.detector.det_size), threshold=threshold)
+                               det_size=tuple(cfg.detector.det_size), threshold=threshold,
+                               mtcnn_max_side=cfg.detector.mtcnn_max_side)
     kwargs = dict(mesh_suffix="." + args.mesh_format, batch_size=args.batch_size, overwrite=args.overwrite,
                   render=not args.no_render)
     if benchmark == "now":

@@ -3,7 +3,9 @@
 Runs the same folder of images through ``micalib.demo_runner.DemoRunner`` in two set-ups, in one run:
 - ``baseline``: batch 1, fp32 (the original demo's way: one image at a time);
 - ``batched``: ``--batch-size 16 --precision auto`` (bf16 on CPUs with native bf16, fp16/bf16 on CUDA);
-- ``prefetch``: the same with ``--prefetch 16`` (images prepared in a worker thread ahead of the network).
+- ``prefetch``: the same with ``--prefetch 16`` (images prepared in a worker thread ahead of the network);
+- ``int8``, ``int8+pf``: batch 16 on the int8 ONNX model (``python -m micalib.export --int8``; the
+  fast CPU path, ``demo.py --onnx``), without and with prefetching (``--no-int8`` skips them).
 and prints seconds per stage (read+detect, align, crops, network, flame, render, write) and the
 throughput ratio to the baseline (with prefetch the stages overlap, so they add up to more than the wall time).
 
@@ -27,6 +29,7 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+import numpy as np  # noqa: E402
 from loguru import logger  # noqa: E402
 
 from configs.config import load_cfg  # noqa: E402
@@ -51,6 +54,7 @@ def main() -> int:
     ap.add_argument("--arch", default="iresnet100")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--render", action="store_true", help="include render.png previews")
+    ap.add_argument("--no-int8", action="store_true", help="skip the int8 ONNX set-ups")
     args = ap.parse_args()
 
     from micalib.demo_runner import DemoRunner
@@ -71,19 +75,28 @@ def main() -> int:
                               "model.flame_model_path", str(f / "generic_model.pkl"),
                               "model.flame_lmk_embedding_path", str(f / "landmark_embedding.npy"),
                               "device", args.device])
-        detector = create_detector("mtcnn")
+        detector = create_detector("mtcnn", mtcnn_max_side=cfg.detector.mtcnn_max_side)
+        setups = [("baseline", 1, "fp32", 0, None), ("batched", 16, "auto", 0, None), ("prefetch", 16, "auto", 16, None)]
+        if not args.no_int8:
+            from micalib.mica import MICA
+            from micalib.quantize import export_int8, synthetic_calibration
+
+            model = MICA.from_config(cfg, device="cpu", checkpoint=tmp / "mica.tar")
+            export_int8(model.arcface, model.regressor, tmp / "int8.onnx", synthetic_calibration(32, seed=1))
+            setups += [("int8", 16, "fp32", 0, tmp / "int8.onnx"), ("int8+pf", 16, "fp32", 16, tmp / "int8.onnx")]
         rows = {}
-        for label, batch, precision, prefetch in (("baseline", 1, "fp32", 0), ("batched", 16, "auto", 0),
-                                                  ("prefetch", 16, "auto", 16)):
-            predictor = Predictor.from_config(cfg, precision=precision, batch_size=batch)
-            predictor.decode(predictor.predict_identity(__import__("numpy").zeros((1, 3, 112, 112), "float32")))
+        for label, batch, precision, prefetch, onnx in setups:
+            predictor = Predictor.from_config(cfg, precision=precision, batch_size=batch, onnx_path=onnx)
+            for _ in range(2):  # steady state: oneDNN/onnxruntime prepare their kernels per batch shape
+                predictor.decode(predictor.predict_identity(np.zeros((batch, 3, 112, 112), np.float32)))
             runner = DemoRunner(predictor, detector, predictor.faces, tmp / f"out_{label}", tmp / f"arc_{label}",
                                 batch_size=batch, render=args.render, prefetch=prefetch)
             t0 = time.perf_counter()
             results = runner.run(tmp / "in")
             total = time.perf_counter() - t0
             ok = sum(r.status == "ok" for r in results)
-            rows[label] = (total, ok, dict(runner.timings.seconds), str(predictor.dtype).replace("torch.", ""))
+            rows[label] = (total, ok, dict(runner.timings.seconds),
+                           predictor.onnx_precision or str(predictor.dtype).replace("torch.", ""))
     base = rows["baseline"][0]
     stages = sorted({s for r in rows.values() for s in r[2]})
     print(f"{args.n} images, {args.arch}, device {args.device}")

@@ -52,6 +52,7 @@ def test_command_line_overrides():
         (["model.n_shape", "400"], "model.n_shape"),
         (["dataset.K", "0"], "dataset.K"),
         (["model.arch", "resnet50"], "model.arch"),
+        (["detector.mtcnn_max_side", "-1"], "detector.mtcnn_max_side"),
     ],
 )
 def test_bad_overrides_give_one_line_errors(opts, fragment):

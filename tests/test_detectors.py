@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import cv2
 import numpy as np
 import onnx
 import pytest
@@ -218,3 +219,17 @@ def test_mtcnn_bad_weights(tmp_path: Path) -> None:
         (tmp_path / f"{n}.pt").write_bytes(b"garbage")
     with pytest.raises(MICAError, match="pnet.pt"):
         MTCNN(weights_dir=tmp_path)
+
+
+def test_mtcnn_shrunk_search_maps_back_to_the_photo(faces_dir: Path) -> None:
+    """A photo larger than ``max_side`` is searched on a shrunk copy: the face found in a 3x
+    enlarged photo lands at 3x the coordinates found at the original size (no shrinking)."""
+    img = read_image(sorted(list_images(faces_dir))[0])
+    det = MTCNN(max_side=0)  # search every photo at its own size
+    f = pick_centre_face(det.detect(img), img.shape)
+    big = cv2.resize(img, (img.shape[1] * 3, img.shape[0] * 3), interpolation=cv2.INTER_CUBIC)
+    shrunk = MTCNN(max_side=max(img.shape[:2]))  # searches `big` at the original size
+    g = pick_centre_face(shrunk.detect(big), big.shape)
+    eye_dist = np.linalg.norm(f.kps[1] - f.kps[0])
+    assert np.abs(g.kps / 3 - f.kps).max() < 0.1 * eye_dist, (g.kps / 3, f.kps)
+    assert np.abs(g.box / 3 - f.box).max() < 0.15 * (f.box[2] - f.box[0])

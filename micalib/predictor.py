@@ -54,13 +54,17 @@ def _as_batch(images: ArrayLike) -> torch.Tensor:
 class _OrtEncoder:
     """onnxruntime session of the exported image -> coefficients graph.
 
-    On the CPU provider a batch of several images is split into one contiguous chunk per thread,
-    each run concurrently through a second, single-threaded session (``batch_parallel``): per-image
-    parallelism keeps every core busy through the many small element-wise steps between the
-    convolutions, where onnxruntime's intra-op threading mostly waits (measured +7-20% images/s at
-    batch 16 on 2 cores for the int8 model; bench/README.md). Single images use the ordinary
-    multi-threaded session. Results do not depend on the split: every image is computed alone.
+    On the CPU provider a batch of several images is split into small contiguous chunks run
+    concurrently, one per thread at a time, through a second, single-threaded session
+    (``batch_parallel``): per-image parallelism keeps every core busy through the many small
+    element-wise steps between the convolutions, where onnxruntime's intra-op threads partly wait
+    (bench/README.md). Single images use the ordinary multi-threaded session. Results do not depend
+    on the split: every image is computed alone.
     """
+
+    # Several small chunks per thread balance the load when another thread of the process (the
+    # demo's prefetching) takes a core for a while; 2-4 images per chunk run as fast as 8.
+    CHUNKS_PER_THREAD = 4
 
     def __init__(self, onnx_path: Union[str, Path], device: str = "auto", threads: int = 0,
                  batch_parallel: Optional[bool] = None) -> None:
@@ -105,7 +109,7 @@ class _OrtEncoder:
 
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
         x = np.ascontiguousarray(images.detach().cpu().numpy())
-        chunks = min(self.threads, x.shape[0]) if self.batch_parallel else 1
+        chunks = min(self.threads * self.CHUNKS_PER_THREAD, x.shape[0]) if self.batch_parallel else 1
         self.last_chunks = chunks
         if chunks < 2:
             return torch.from_numpy(self._run(self.session, x))

@@ -138,8 +138,9 @@ class Predictor:
         fuse: run a copy of ArcFace with its BatchNorms folded into the convolutions
             (``models.arcface.fuse_for_inference``; same result up to float rounding, faster).
         compile: wrap the encoder in ``torch.compile`` (torch backend; slow first call).
-        batch_parallel: onnxruntime on the CPU: run a batch as one chunk per thread through a
-            single-threaded session (None = yes when more than one thread; see ``_OrtEncoder``).
+        batch_parallel: onnxruntime on the CPU: run a batch as small chunks, one per thread at a
+            time, through a single-threaded session (None = yes when more than one thread; see
+            ``_OrtEncoder``).
     """
 
     def __init__(self, flame: Optional[nn.Module] = None, *, model: Optional[MICA] = None,

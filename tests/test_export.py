@@ -70,7 +70,7 @@ def test_predictor_onnxruntime_backend_matches_torch(net, onnx_file, synthetic_f
 
 
 def test_batch_parallel_split_gives_the_same_result(onnx_file):
-    """A batch split into one chunk per thread (concurrent single-threaded runs) equals the images
+    """A batch split into small chunks (concurrent single-threaded runs) equals the images
     run one by one through the ordinary session, in order; single images are not split."""
     from micalib.predictor import _OrtEncoder
 

@@ -12,7 +12,7 @@ from loguru import logger
 from onnx import TensorProto, helper, numpy_helper
 
 from utils.alignment import ARCFACE_TEMPLATE, estimate_norm
-from utils.detectors import MTCNN, SCRFD, SCRFD_FILE, Face, create_detector, nms, pick_centre_face
+from utils.detectors import MTCNN, SCRFD, SCRFD_FILE, Face, create_detector, nms, pick_centre_face, shrink_area
 from utils.errors import MICAError
 from utils.image_io import list_images, read_image
 
@@ -121,6 +121,31 @@ def test_nms_hand_computed() -> None:
     # "min": overlap(0,2) = 25/100 = 0.25 > 0.2 -> dropped
     np.testing.assert_array_equal(nms(boxes, scores, 0.2, mode="min"), [0, 3])
     assert nms(np.zeros((0, 4)), np.zeros(0), 0.5).size == 0
+
+
+@pytest.mark.parametrize("shape", [(3000, 2009), (2011, 5003), (1569, 1200), (300, 200)])
+def test_shrink_area_size_mapping_and_pixels(shape) -> None:
+    """Longer side = max_side; a bright block maps back to where it was; pixels agree with one
+    OpenCV area resampling (exactly below 8x the target size)."""
+    h, w = shape
+    rng = np.random.default_rng(1)
+    texture = rng.integers(0, 200, (h // 40 + 2, w // 40 + 2, 3), dtype=np.uint8)  # darker than the block
+    smooth = cv2.resize(texture, (w, h), interpolation=cv2.INTER_CUBIC)
+    x0, y0, x1, y1 = int(0.61 * w), int(0.23 * h), int(0.61 * w) + w // 8, int(0.23 * h) + h // 8
+    smooth[y0:y1, x0:x1] = 255
+    small, sxy = shrink_area(smooth, 320)
+    assert max(small.shape[:2]) == min(320, max(h, w))
+    nh, nw = small.shape[:2]
+    direct = cv2.resize(smooth, (nw, nh), interpolation=cv2.INTER_AREA)
+    diff = np.abs(small.astype(np.float64) - direct)
+    if max(h, w) < 8 * 320:
+        assert diff.max() == 0
+    else:
+        assert diff.mean() < 1.5  # grey levels, out of 255: the same picture
+    # the block's edges, found in the small image, map back onto the original within one small pixel
+    ys, xs = np.nonzero(small.min(axis=2) >= 250)
+    edges = np.array([xs.min(), ys.min(), xs.max() + 1, ys.max() + 1], np.float64) / np.tile(sxy, 2)
+    np.testing.assert_allclose(edges, [x0, y0, x1, y1], atol=1.5 / sxy.min())
 
 
 def test_pick_centre_face() -> None:

@@ -336,6 +336,33 @@ def find_mtcnn_weights() -> Path:
                     "`pip install --no-deps facenet-pytorch==2.6.0` (bash install.sh does this)")
 
 
+def shrink_area(image: np.ndarray, max_side: int) -> tuple[np.ndarray, np.ndarray]:
+    """``image`` shrunk by area averaging so that its longer side is ``max_side`` pixels.
+
+    Halves by 2x2 block means (OpenCV's fast integer path) while the image is at least eight times
+    the target size, then one area resampling to the target: a 6 Mpx photo to 320 px in ~3 instead
+    of ~12 ms, nearly the same pixels; photos under eight times the target get exactly OpenCV's
+    area resampling. (Halving down to 2-4x the target was faster still but moved MTCNN's keypoints
+    on one test photo by 2% of the face width: MTCNN reacts to small pixel changes.) A halving drops
+    an odd last row/column, so at most 2^k - 1 pixels at the right and bottom edge are not looked
+    at. Returns the image and ``(sx, sy)``, the factors that map original pixel-edge coordinates
+    onto it. An image no larger than ``max_side`` is returned as it is.
+    """
+    h, w = image.shape[:2]
+    if max(h, w) <= max_side:
+        return image, np.ones(2, dtype=np.float32)
+    scale = max_side / max(h, w)
+    nw, nh = max(1, round(w * scale)), max(1, round(h * scale))
+    factor = 1
+    while image.shape[1] >= 8 * nw and image.shape[0] >= 8 * nh:
+        ih, iw = image.shape[0] // 2 * 2, image.shape[1] // 2 * 2
+        image = cv2.resize(image[:ih, :iw], (iw // 2, ih // 2), interpolation=cv2.INTER_AREA)
+        factor *= 2
+    used_w, used_h = image.shape[1] * factor, image.shape[0] * factor  # original pixels covered
+    image = cv2.resize(image, (nw, nh), interpolation=cv2.INTER_AREA)
+    return image, np.array([nw / used_w, nh / used_h], dtype=np.float32)
+
+
 class MTCNN:
     """Three-stage MTCNN cascade (image pyramid -> P-Net -> R-Net -> O-Net) with 5 landmarks.
 
@@ -440,10 +467,7 @@ class MTCNN:
         rgb = _check_image(image_rgb)
         if self.max_side is None or max(rgb.shape[:2]) <= self.max_side:
             return self._detect(rgb)
-        h, w = rgb.shape[:2]
-        shrink = self.max_side / max(h, w)
-        small = cv2.resize(rgb, (max(1, round(w * shrink)), max(1, round(h * shrink))), interpolation=cv2.INTER_AREA)
-        sxy = np.array([small.shape[1] / w, small.shape[0] / h], dtype=np.float32)
+        small, sxy = shrink_area(rgb, self.max_side)
         return [Face(f.box / np.tile(sxy, 2), f.kps / sxy, f.score) for f in self._detect(small)]
 
     def _detect(self, rgb: np.ndarray) -> list[Face]:

@@ -35,6 +35,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="images read/detected/aligned ahead in a worker thread while the network runs "
                         "(0 = off; default: 8 when the network runs on a GPU, 0 on CPU, where both stages "
                         "compete for the same cores: measured slower in bench/README.md)")
+    p.add_argument("--workers", type=int, default=None,
+                   help="threads that read, detect and align the images of a batch at the same time, and "
+                        "write its outputs (default: the CPU cores, at most 8; 1 = one after the other)")
     p.add_argument("--device", default=None, help="auto, cpu, cuda, cuda:N or mps")
     p.add_argument("--precision", choices=["fp32", "bf16", "fp16", "auto"], default=None)
     p.add_argument("--onnx", default=None, help="run this exported ONNX network on onnxruntime instead of torch")
@@ -58,7 +61,7 @@ def setup(args: argparse.Namespace):
 
 def build_runner(args: argparse.Namespace, cfg):
     """Predictor, detector and runner for the parsed arguments (also used by bench/demo.py)."""
-    from micalib.demo_runner import DemoRunner
+    from micalib.demo_runner import DemoRunner, default_workers
     from micalib.predictor import Predictor
     from utils.detectors import create_detector
 
@@ -71,7 +74,8 @@ def build_runner(args: argparse.Namespace, cfg):
     return DemoRunner(predictor, detector, predictor.faces, Path(args.output), Path(args.arcface),
                       batch_size=args.batch_size, all_faces=args.all_faces, aligned=args.aligned,
                       render=not args.no_render, overwrite=args.overwrite, fuse=args.fuse,
-                      prefetch=_default_prefetch(predictor) if args.prefetch is None else args.prefetch)
+                      prefetch=_default_prefetch(predictor) if args.prefetch is None else args.prefetch,
+                      workers=default_workers() if args.workers is None else args.workers)
 
 
 def _default_prefetch(predictor) -> int:
@@ -81,6 +85,8 @@ def _default_prefetch(predictor) -> int:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    if args.workers is not None and args.workers < 1:
+        raise MICAError(f"--workers must be at least 1, got {args.workers}")
     if args.fuse and args.all_faces:
         raise MICAError("--fuse averages one face per image; it cannot be combined with --all-faces")
     if not Path(args.input).exists():

@@ -1,13 +1,18 @@
 """Demo throughput: images per second through demo.py's pipeline, split into stages.
 
-Runs the same folder of images through ``micalib.demo_runner.DemoRunner`` in two set-ups, in one run:
+Runs the same folder of images through ``micalib.demo_runner.DemoRunner`` in several set-ups, in one run:
 - ``baseline``: batch 1, fp32 (the original demo's way: one image at a time);
-- ``batched``: ``--batch-size 16 --precision auto`` (bf16 on CPUs with native bf16, fp16/bf16 on CUDA);
-- ``prefetch``: the same with ``--prefetch 16`` (images prepared in a worker thread ahead of the network);
-- ``int8``, ``int8+pf``: batch 16 on the int8 ONNX model (``python -m micalib.export --int8``; the
-  fast CPU path, ``demo.py --onnx``), without and with prefetching (``--no-int8`` skips them).
+- ``batched``: ``--batch-size 16 --precision auto`` (bf16 on CPUs with native bf16, fp16/bf16 on CUDA),
+  one image after the other (``--workers 1``);
+- ``batched-wN``: the same with N worker threads (``demo.py``'s default: the CPU cores, at most 8)
+  reading, detecting and aligning a batch's images at the same time and writing its outputs;
+- ``prefetch-wN``: the same with ``--prefetch 16`` (images prepared ahead, also while the network runs);
+- ``int8``, ``int8-wN``, ``int8-pf-wN``: batch 16 on the int8 ONNX model (``python -m micalib.export
+  --int8``; the fast CPU path, ``demo.py --onnx``), with 1 and N workers, and with prefetching
+  (``--no-int8`` skips them);
 and prints seconds per stage (read+detect, align, crops, network, flame, render, write) and the
-throughput ratio to the baseline (with prefetch the stages overlap, so they add up to more than the wall time).
+throughput ratio to the baseline. Stage seconds are summed over threads: with workers or prefetch
+they add up to more than the wall time.
 
 Usage::
 
@@ -55,9 +60,11 @@ def main() -> int:
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--render", action="store_true", help="include render.png previews")
     ap.add_argument("--no-int8", action="store_true", help="skip the int8 ONNX set-ups")
+    ap.add_argument("--workers", type=int, default=None,
+                    help="worker threads of the -wN set-ups (default: demo.py's, the CPU cores, at most 8)")
     args = ap.parse_args()
 
-    from micalib.demo_runner import DemoRunner
+    from micalib.demo_runner import DemoRunner, default_workers
     from micalib.predictor import Predictor
     from tests.synthetic_flame import write_synthetic_flame
     from tests.synthetic_weights import write_random_mica_tar
@@ -76,21 +83,24 @@ def main() -> int:
                               "model.flame_lmk_embedding_path", str(f / "landmark_embedding.npy"),
                               "device", args.device])
         detector = create_detector("mtcnn", mtcnn_max_side=cfg.detector.mtcnn_max_side)
-        setups = [("baseline", 1, "fp32", 0, None), ("batched", 16, "auto", 0, None), ("prefetch", 16, "auto", 16, None)]
+        w = default_workers() if args.workers is None else args.workers
+        setups = [("baseline", 1, "fp32", 0, 1, None), ("batched", 16, "auto", 0, 1, None),
+                  (f"batched-w{w}", 16, "auto", 0, w, None), (f"prefetch-w{w}", 16, "auto", 16, w, None)]
         if not args.no_int8:
             from micalib.mica import MICA
             from micalib.quantize import export_int8, synthetic_calibration
 
             model = MICA.from_config(cfg, device="cpu", checkpoint=tmp / "mica.tar")
             export_int8(model.arcface, model.regressor, tmp / "int8.onnx", synthetic_calibration(32, seed=1))
-            setups += [("int8", 16, "fp32", 0, tmp / "int8.onnx"), ("int8+pf", 16, "fp32", 16, tmp / "int8.onnx")]
+            setups += [("int8", 16, "fp32", 0, 1, tmp / "int8.onnx"), (f"int8-w{w}", 16, "fp32", 0, w, tmp / "int8.onnx"),
+                       (f"int8-pf-w{w}", 16, "fp32", 16, w, tmp / "int8.onnx")]
         rows = {}
-        for label, batch, precision, prefetch, onnx in setups:
+        for label, batch, precision, prefetch, workers, onnx in setups:
             predictor = Predictor.from_config(cfg, precision=precision, batch_size=batch, onnx_path=onnx)
             for _ in range(2):  # steady state: oneDNN/onnxruntime prepare their kernels per batch shape
                 predictor.decode(predictor.predict_identity(np.zeros((batch, 3, 112, 112), np.float32)))
             runner = DemoRunner(predictor, detector, predictor.faces, tmp / f"out_{label}", tmp / f"arc_{label}",
-                                batch_size=batch, render=args.render, prefetch=prefetch)
+                                batch_size=batch, render=args.render, prefetch=prefetch, workers=workers)
             t0 = time.perf_counter()
             results = runner.run(tmp / "in")
             total = time.perf_counter() - t0
@@ -100,9 +110,9 @@ def main() -> int:
     base = rows["baseline"][0]
     stages = sorted({s for r in rows.values() for s in r[2]})
     print(f"{args.n} images, {args.arch}, device {args.device}")
-    print(f"{'set-up':10s} {'dtype':9s} {'img/s':>7s} {'ratio':>6s} " + " ".join(f"{s:>12s}" for s in stages))
+    print(f"{'set-up':14s} {'dtype':9s} {'img/s':>7s} {'ratio':>6s} " + " ".join(f"{s:>12s}" for s in stages))
     for label, (total, ok, sec, dtype) in rows.items():
-        print(f"{label:10s} {dtype:9s} {ok / total:7.2f} {base / total:6.2f} " + " ".join(f"{sec.get(s, 0):11.2f}s" for s in stages))
+        print(f"{label:14s} {dtype:9s} {ok / total:7.2f} {base / total:6.2f} " + " ".join(f"{sec.get(s, 0):11.2f}s" for s in stages))
     return 0
 
 

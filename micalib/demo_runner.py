@@ -9,13 +9,16 @@ from __future__ import annotations
 import contextlib
 import csv
 import io
+import itertools
 import json
+import os
+import threading
 import time
 from collections import defaultdict, deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Dict, Iterator, List, Optional, Sequence, Union
+from typing import Callable, Dict, Iterator, List, Optional, Sequence, Union
 
 import numpy as np
 from loguru import logger
@@ -28,6 +31,15 @@ from utils.errors import MICAError
 from utils.image_io import list_images, read_image, write_image
 from utils.io import atomic_save_npy, atomic_write_text
 
+
+
+def default_workers() -> int:
+    """Worker threads for preparing and writing: the CPU cores this process may use, at most 8."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # macOS, Windows
+        cores = os.cpu_count() or 1
+    return max(1, min(8, cores))
 
 
 @dataclass
@@ -52,10 +64,12 @@ class _Job:
 
 
 class StageTimer:
-    """Seconds spent per named stage: ``with timer("network"): ...``."""
+    """Seconds spent per named stage: ``with timer("network"): ...`` (thread-safe; time spent in
+    worker threads at once is summed, so the stages can add up to more than the wall time)."""
 
     def __init__(self) -> None:
         self.seconds: Dict[str, float] = defaultdict(float)
+        self._lock = threading.Lock()
 
     @contextlib.contextmanager
     def __call__(self, stage: str) -> Iterator[None]:
@@ -63,7 +77,9 @@ class StageTimer:
         try:
             yield
         finally:
-            self.seconds[stage] += time.perf_counter() - start
+            elapsed = time.perf_counter() - start
+            with self._lock:
+                self.seconds[stage] += elapsed
 
 
 class DemoRunner:
@@ -82,13 +98,17 @@ class DemoRunner:
         overwrite: redo items whose outputs already exist.
         fuse: also average the identity of all images of each sub-folder (one person) into
             ``OUTPUT/SUBFOLDER/fused/`` with ``spread.json`` (per-image deviation in mm).
-        prefetch: images read, detected and aligned ahead in a worker thread while the network
-            runs (0 = one after the other). Stage timings then overlap.
+        prefetch: images read, detected and aligned ahead in worker threads while the network
+            runs (0 = never during a network call). Stage timings then overlap.
+        workers: threads that read, detect and align the images of a batch at the same time and
+            write its outputs at the same time (1 = one after the other). Without ``prefetch`` they
+            run between network calls, so they never compete with a network running on the CPU.
+            With batch size 1 there is one image at a time, so only ``prefetch`` can use them.
     """
 
     def __init__(self, predictor, detector, faces: np.ndarray, output_dir: Path, arcface_dir: Path,
                  batch_size: int = 8, all_faces: bool = False, aligned: bool = False, render: bool = True,
-                 overwrite: bool = False, fuse: bool = False, prefetch: int = 0):
+                 overwrite: bool = False, fuse: bool = False, prefetch: int = 0, workers: int = 1):
         self.predictor = predictor
         self.detector = detector
         self.faces = np.asarray(faces)
@@ -101,7 +121,9 @@ class DemoRunner:
         self.overwrite = overwrite
         self.fuse = fuse
         self.prefetch = max(0, int(prefetch))
+        self.workers = max(1, int(workers))
         self.timings = StageTimer()
+        self._pool: Optional[ThreadPoolExecutor] = None  # set while run() works
 
     # ------------------------------------------------------------------ inputs
     def _name(self, path: Path, root: Path) -> str:
@@ -142,23 +164,34 @@ class DemoRunner:
         except (MICAError, OSError, ValueError) as e:  # one bad image never stops the run
             return e if isinstance(e, MICAError) else MICAError(f"{path}: {e}")
 
-    def _prepare_all(self, todo: Sequence[tuple]) -> Iterator[tuple]:
-        """``(item, jobs or error)`` in input order; with ``prefetch > 0`` a worker thread reads,
-        detects and aligns up to ``prefetch`` images ahead while the network runs."""
-        if self.prefetch <= 0:
+    def _prepare_all(self, todo: Sequence[tuple], wanted: Callable[[], int]) -> Iterator[tuple]:
+        """``(item, jobs or error)`` in input order.
+
+        Without a worker pool one image after the other. With one and ``prefetch > 0``, that many
+        images are kept in preparation, also while the network runs. With one and no prefetch, the
+        ``wanted()`` images that complete the next batch are prepared at the same time, and all of
+        them are finished before the first is handed on, so nothing is prepared while the caller
+        runs the network.
+        """
+        if self._pool is None:
             for path, name, item in todo:
                 yield item, self._prepare_or_error(path, name, item)
             return
-        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="demo-prep") as pool:
+        rest = iter(todo)
+        if self.prefetch > 0:
             queue: deque = deque()
-            for path, name, item in todo:
-                queue.append((item, pool.submit(self._prepare_or_error, path, name, item)))
-                if len(queue) > self.prefetch:
-                    done_item, future = queue.popleft()
-                    yield done_item, future.result()
-            while queue:
-                done_item, future = queue.popleft()
-                yield done_item, future.result()
+            while True:
+                while len(queue) < self.prefetch and (entry := next(rest, None)) is not None:
+                    queue.append((entry[2], self._pool.submit(self._prepare_or_error, *entry)))
+                if not queue:
+                    return
+                item, future = queue.popleft()
+                yield item, future.result()
+        while chunk := list(itertools.islice(rest, max(1, wanted()))):
+            futures = [self._pool.submit(self._prepare_or_error, *entry) for entry in chunk]
+            prepared = [f.result() for f in futures]
+            for (_, _, item), jobs in zip(chunk, prepared):
+                yield item, jobs
 
     # ------------------------------------------------------------------ network + outputs
     def _flush(self, jobs: List[_Job], fused_codes: Dict[str, list]) -> None:
@@ -169,14 +202,23 @@ class DemoRunner:
             identity = self.predictor.predict_identity(batch)
         with self.timings("flame"):
             decoded = self.predictor.decode(identity)
-        for i, job in enumerate(jobs):
+
+        def write(i: int) -> Optional[OSError]:
             try:
-                self._write(job.name, decoded, i, identity[i], job.aligned.crop224)
+                self._write(jobs[i].name, decoded, i, identity[i], jobs[i].aligned.crop224)
+            except OSError as e:
+                return e
+            return None
+
+        indices = range(len(jobs))
+        errors = list(self._pool.map(write, indices)) if self._pool is not None else [write(i) for i in indices]
+        for i, (job, error) in enumerate(zip(jobs, errors)):  # bookkeeping in input order
+            if error is None:
                 job.item.outputs.append(job.name)
                 if self.fuse:
                     fused_codes[str(Path(job.item.input).parent)].append((job.name, identity[i]))
-            except OSError as e:
-                job.item.status, job.item.message = "failed", f"could not write outputs: {e}"
+            else:
+                job.item.status, job.item.message = "failed", f"could not write outputs: {error}"
                 logger.error(f"{job.item.input}: {job.item.message}")
 
     def _write(self, name: str, decoded: dict, i: int, identity: np.ndarray, crop: Optional[np.ndarray]) -> None:
@@ -237,18 +279,27 @@ class DemoRunner:
                 todo.append((path, name, item))
         pending: List[_Job] = []
         fused_codes: Dict[str, list] = defaultdict(list)
-        for item, jobs in tqdm(self._prepare_all(todo), total=len(todo), desc="faces", unit="img"):
-            if isinstance(jobs, Exception):
-                item.status, item.message = "failed", str(jobs)
-                logger.warning(str(jobs))
-                continue
-            pending.extend(jobs)
-            if len(pending) >= self.batch_size:
+        threads = self.workers if (self.batch_size > 1 or self.prefetch > 0) else 1
+        pool = ThreadPoolExecutor(threads, thread_name_prefix="demo-worker") if threads > 1 or self.prefetch else None
+        self._pool = pool
+        try:
+            prepared = self._prepare_all(todo, wanted=lambda: self.batch_size - len(pending))
+            for item, jobs in tqdm(prepared, total=len(todo), desc="faces", unit="img"):
+                if isinstance(jobs, Exception):
+                    item.status, item.message = "failed", str(jobs)
+                    logger.warning(str(jobs))
+                    continue
+                pending.extend(jobs)
+                if len(pending) >= self.batch_size:
+                    self._flush(pending[: self.batch_size], fused_codes)
+                    pending = pending[self.batch_size:]
+            while pending:
                 self._flush(pending[: self.batch_size], fused_codes)
                 pending = pending[self.batch_size:]
-        while pending:
-            self._flush(pending[: self.batch_size], fused_codes)
-            pending = pending[self.batch_size:]
+        finally:
+            self._pool = None
+            if pool is not None:
+                pool.shutdown(wait=True, cancel_futures=True)
         if self.fuse:
             self._write_fused(fused_codes)
         self.write_summary(results)

@@ -9,7 +9,9 @@ depend on the values. Every configuration is timed in interleaved rounds (round-
 ``--rounds``) so that load from other processes on a shared machine hits all of them alike; results
 are printed as ratios to the fp32 eager batch-1 figure of the same run. Also printed: FLOPs per
 image (``torch.utils.flop_counter``: 2 per multiply-add) and the achieved fraction of this machine's
-matmul peak for the dtype, measured here with large square matmuls (best of several sizes).
+matmul peak for the dtype, measured here with large matrix products (best of several sizes, each
+both as ``torch.mm`` and as a channels-last 1x1 convolution: on AMD CPUs MKL's fp32 ``torch.mm``
+reaches only ~40% of what oneDNN's convolution kernels do, so ``torch.mm`` alone understates it).
 
 ``onnxruntime-int8`` is the statically quantised model (``micalib.quantize``, calibrated on
 ``--calib`` synthetic inputs); ``--accuracy N`` also compares it with torch fp32 on N other inputs:
@@ -45,20 +47,31 @@ from tests.synthetic_weights import random_arcface, random_mapping_network  # no
 from utils.io import atomic_write_text  # noqa: E402
 
 PEAK_SIZES = (1024, 2048, 3072, 4096)
+PEAK_CONV_SHAPES = ((512, 128), (1024, 64), (2048, 64))  # (channels, side): 1x1 convolutions
 # oneDNN builds its kernels for a new shape over the first two calls; the third is steady state.
 WARMUP_CALLS = 3
 
 
 def matmul_peak(dtype: torch.dtype, rounds: int = 3) -> float:
-    """Best GFLOP/s of square ``torch.mm`` in ``dtype`` over a few sizes."""
+    """Best GFLOP/s of a matrix product in ``dtype`` over a few sizes: square ``torch.mm`` (MKL for
+    fp32) and (pixels x channels) @ (channels x channels) as a channels-last 1x1 convolution (oneDNN,
+    the library that runs the network's convolutions)."""
     best = 0.0
-    for n in PEAK_SIZES:
-        a, b = torch.randn(n, n).to(dtype), torch.randn(n, n).to(dtype)
-        torch.mm(a, b)
-        for _ in range(rounds):
-            t = time.perf_counter()
-            torch.mm(a, b)
-            best = max(best, 2 * n ** 3 / (time.perf_counter() - t) / 1e9)
+    with torch.no_grad():
+        ops = []
+        for n in PEAK_SIZES:
+            a, b = torch.randn(n, n).to(dtype), torch.randn(n, n).to(dtype)
+            ops.append((lambda a=a, b=b: torch.mm(a, b), 2 * n ** 3))
+        for channels, side in PEAK_CONV_SHAPES:
+            x = torch.randn(1, channels, side, side).to(dtype).contiguous(memory_format=torch.channels_last)
+            w = torch.randn(channels, channels, 1, 1).to(dtype).contiguous(memory_format=torch.channels_last)
+            ops.append((lambda x=x, w=w: torch.nn.functional.conv2d(x, w), 2 * channels ** 2 * side ** 2))
+        for op, flop in ops:
+            op()
+            for _ in range(rounds):
+                t = time.perf_counter()
+                op()
+                best = max(best, flop / (time.perf_counter() - t) / 1e9)
     return best
 
 

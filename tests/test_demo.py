@@ -146,6 +146,12 @@ def test_fuse_with_all_faces_is_refused(tmp_path, faces_dir):
     assert res.returncode == 1 and "--fuse" in res.stderr and "Traceback" not in res.stderr
 
 
+def test_zero_workers_is_refused(tmp_path, faces_dir):
+    res = _run(["-i", str(faces_dir), "-o", str(tmp_path / "o"), "--workers", "0"])
+    assert res.returncode == 1 and "--workers" in res.stderr and "Traceback" not in res.stderr
+    assert len(res.stderr.strip().splitlines()) == 1
+
+
 def test_all_faces_and_fuse(tmp_path, faces_dir, synthetic_flame_dir, mica_files):
     photos = sorted(p for p in faces_dir.iterdir())[:2]
     imgs = [cv2.resize(cv2.imread(str(p)), (320, 400)) for p in photos]

@@ -103,7 +103,8 @@ class DemoRunner:
         workers: threads that read, detect and align the images of a batch at the same time and
             write its outputs at the same time (1 = one after the other). Without ``prefetch`` they
             run between network calls, so they never compete with a network running on the CPU.
-            With batch size 1 there is one image at a time, so only ``prefetch`` can use them.
+            With batch size 1 there is one image at a time, so only ``prefetch`` can use them; with
+            ``prefetch`` they prepare, and the outputs are written by the calling thread.
     """
 
     def __init__(self, predictor, detector, faces: np.ndarray, output_dir: Path, arcface_dir: Path,
@@ -211,7 +212,10 @@ class DemoRunner:
             return None
 
         indices = range(len(jobs))
-        errors = list(self._pool.map(write, indices)) if self._pool is not None else [write(i) for i in indices]
+        if self._pool is not None and self.prefetch == 0:  # the workers are idle between batches
+            errors = list(self._pool.map(write, indices))
+        else:  # with prefetch they are busy preparing: the writes would queue behind them
+            errors = [write(i) for i in indices]
         for i, (job, error) in enumerate(zip(jobs, errors)):  # bookkeeping in input order
             if error is None:
                 job.item.outputs.append(job.name)

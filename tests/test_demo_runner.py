@@ -143,3 +143,17 @@ def test_default_workers_is_the_usable_cores_at_most_8():
         assert n == min(8, len(os.sched_getaffinity(0)))
     except AttributeError:
         pass
+
+
+@pytest.mark.parametrize("workers", [1, 3])
+def test_a_failed_write_fails_only_its_image(tmp_path, photos, workers):
+    out = tmp_path / f"w{workers}"
+    (out / "meshes").mkdir(parents=True)
+    (out / "meshes" / "img3").write_text("a file where the output folder should go")
+    results, _, _ = _run(photos, out, batch_size=4, workers=workers)
+    status = {r.input: (r.status, r.message) for r in results}
+    assert status["img3.png"][0] == "failed" and "could not write outputs" in status["img3.png"][1]
+    ok = [name for name, (st, _) in status.items() if st == "ok"]
+    assert sorted(ok) == [f"img{i}.png" for i in range(7) if i != 3]
+    for name in ok:
+        assert (out / "meshes" / Path(name).stem / "mesh.obj").is_file()

@@ -149,8 +149,9 @@ def main() -> int:
     flame = FLAME.from_files(flame_dir / "generic_model.pkl", flame_dir / "landmark_embedding.npy", 300, 100)
     model = MICA(random_arcface(args.arch, 0), random_mapping_network(3, 300, 1), flame).eval()
     gflop = flops_per_image(model) / 1e9
+    cpu = cpu_description()
     print(f"{args.arch}: {gflop:.2f} GFLOPs per image (ArcFace + mapping + FLAME), "
-          f"torch {torch.__version__}, {torch.get_num_threads()} threads; {cpu_description()}", flush=True)
+          f"torch {torch.__version__}, {torch.get_num_threads()} threads; {cpu}", flush=True)
 
     runners: Dict[Tuple[str, str, int], Callable[[], None]] = {}
     for backend in args.backends:
@@ -212,7 +213,7 @@ def main() -> int:
     accuracy = int8_accuracy(model, flame, tmp, args) if int8 and args.accuracy else {}
     shutil.rmtree(tmp, ignore_errors=True)  # the ONNX files (~330 MB for iresnet100)
     if args.json:
-        atomic_write_text(args.json, json.dumps(dict(arch=args.arch, cpu=cpu_description(), gflop_per_image=gflop, peaks=peaks, rows=rows,
+        atomic_write_text(args.json, json.dumps(dict(arch=args.arch, cpu=cpu, gflop_per_image=gflop, peaks=peaks, rows=rows,
                                                      int8_accuracy=accuracy), indent=1))
     return 0
 

@@ -283,8 +283,9 @@ class DemoRunner:
                 todo.append((path, name, item))
         pending: List[_Job] = []
         fused_codes: Dict[str, list] = defaultdict(list)
-        threads = self.workers if (self.batch_size > 1 or self.prefetch > 0) else 1
-        pool = ThreadPoolExecutor(threads, thread_name_prefix="demo-worker") if threads > 1 or self.prefetch else None
+        # batch size 1 without prefetch has one image at a time: nothing for a pool to share out
+        parallel = self.prefetch > 0 or (self.batch_size > 1 and self.workers > 1)
+        pool = ThreadPoolExecutor(self.workers, thread_name_prefix="demo-worker") if parallel else None
         self._pool = pool
         try:
             prepared = self._prepare_all(todo, wanted=lambda: self.batch_size - len(pending))

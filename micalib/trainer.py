@@ -164,6 +164,8 @@ class Trainer:
         self.optimizer = torch.optim.AdamW(groups, lr=lr, weight_decay=weight_decay, amsgrad=False)
         self.scheduler = torch.optim.lr_scheduler.StepLR(self.optimizer, step_size=int(lr_update_step), gamma=0.1)
         self.loss_fn = VertexLoss(vertex_weights).to(self.device)
+        # fp16 gradients underflow without loss scaling; bf16 and fp32 need none (scaler disabled)
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=amp_dtype == torch.float16)
         forward = MICAForward(mica)
         if self.world_size > 1:
             ids = [self.device.index] if self.device.type == "cuda" else None
@@ -270,8 +272,9 @@ class Trainer:
             raise NonFiniteLossError(f"training loss is {loss.item()} at step {step} (lower train.lr / "
                                      f"train.arcface_lr or check the data; resume from the last checkpoint)")
         self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        self.optimizer.step()
+        self.scaler.scale(loss).backward()
+        self.scaler.step(self.optimizer)  # with fp16: skipped when a gradient overflowed, scale lowered
+        self.scaler.update()
         self.state.step = step
         t2 = time.perf_counter()
         self.last_metrics = {"loss": float(loss.detach()), "data_time": t1 - t0, "step_time": t2 - t1}
@@ -324,6 +327,7 @@ class Trainer:
         extra = {
             "opt": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
+            "grad_scaler": self.scaler.state_dict(),
             "validator": self.validator.state_dict(),
             "global_step": self.state.step,
             "epoch": self.state.epoch,
@@ -412,6 +416,8 @@ class Trainer:
             try:
                 self.optimizer.load_state_dict(extra["opt"])
                 self.scheduler.load_state_dict(extra["scheduler"])
+                if extra.get("grad_scaler"):  # empty when written by a run without fp16
+                    self.scaler.load_state_dict(extra["grad_scaler"])
             except (ValueError, KeyError) as e:
                 raise MICAError(f"{path}: optimiser state does not fit this model ({e}); set train.reset_optimizer True") from None
         if "validator" in extra:

@@ -51,3 +51,17 @@ def synthetic_flame_dir(tmp_path_factory) -> Path:
     from tests.synthetic_flame import write_synthetic_flame
 
     return write_synthetic_flame(tmp_path_factory.mktemp("flame"))
+
+
+@pytest.fixture(scope="session")
+def train_setup_dir(tmp_path_factory, synthetic_flame_dir) -> Path:
+    """Trainer tests: synthetic dataset (8 LYHM actors, 4 FLORENCE actors, 2 images each) + random iresnet18 mica.tar."""
+    from tests.synthetic_dataset import make_synthetic_mica_dataset
+    from tests.synthetic_weights import write_random_mica_tar
+
+    d = tmp_path_factory.mktemp("trainer")
+    make_synthetic_mica_dataset(d / "data", names=("LYHM",), n_actors=8, n_images=2, lists_dir=d / "lists", seed=1)
+    make_synthetic_mica_dataset(d / "data", names=("FLORENCE",), n_actors=4, n_images=2, lists_dir=d / "lists", seed=2)
+    write_random_mica_tar(d / "init.tar", arch="iresnet18", seed=5)
+    (d / "flame").symlink_to(synthetic_flame_dir)
+    return d

@@ -94,20 +94,6 @@ def test_rng_state_roundtrip_through_weights_only_file(tmp_path):
 # ------------------------------------------------------------------------------------------------
 # End-to-end with the real MICA model (iresnet18) and the synthetic data
 # ------------------------------------------------------------------------------------------------
-@pytest.fixture(scope="module")
-def setup_dir(tmp_path_factory, synthetic_flame_dir) -> Path:
-    """Synthetic dataset (8 LYHM actors, 4 FLORENCE actors, 2 images each) + random iresnet18 mica.tar."""
-    from tests.synthetic_dataset import make_synthetic_mica_dataset
-    from tests.synthetic_weights import write_random_mica_tar
-
-    d = tmp_path_factory.mktemp("trainer")
-    make_synthetic_mica_dataset(d / "data", names=("LYHM",), n_actors=8, n_images=2, lists_dir=d / "lists", seed=1)
-    make_synthetic_mica_dataset(d / "data", names=("FLORENCE",), n_actors=4, n_images=2, lists_dir=d / "lists", seed=2)
-    write_random_mica_tar(d / "init.tar", arch="iresnet18", seed=5)
-    (d / "flame").symlink_to(synthetic_flame_dir)
-    return d
-
-
 def make_opts(d: Path, out: Path, **overrides) -> List[str]:
     f = d / "flame"
     opts = {
@@ -137,20 +123,21 @@ def full_batch_loss(trainer) -> float:
     from datasets.mica_dataset import collate_mica
 
     mica = copy.deepcopy(trainer.mica).train()
+    dev = next(mica.parameters()).device
     ds = trainer.train_dataset
     ds.set_epoch(0)
     batch = collate_mica([ds[i] for i in range(len(ds))])
-    images = batch["arcface"].flatten(0, 1)
+    images = batch["arcface"].flatten(0, 1).to(dev)
     with torch.no_grad():
-        gt = mica.flame.canonical(batch["betas"]).repeat_interleave(batch["arcface"].shape[1], dim=0)
+        gt = mica.flame.canonical(batch["betas"].to(dev)).repeat_interleave(batch["arcface"].shape[1], dim=0)
         pred = mica.decode(mica.encode(images))["vertices"]
         return float(trainer.loss_fn(pred, gt))
 
 
 @pytest.mark.slow
-def test_training_lowers_loss_and_writes_run_files(setup_dir, tmp_path):
+def test_training_lowers_loss_and_writes_run_files(train_setup_dir, tmp_path):
     out = tmp_path / "run"
-    cfg = load_cfg(ROOT / "configs/mica.yml", make_opts(setup_dir, out, **{
+    cfg = load_cfg(ROOT / "configs/mica.yml", make_opts(train_setup_dir, out, **{
         "train.max_steps": 8, "train.val_steps": 8, "train.write_summary": True, "train.use_mask": True,
         "train.lr": 1e-3, "train.arcface_lr": 1e-4,
         "dataset.eval_data": "['LYHM']", "train.checkpoint_steps": 8}))
@@ -197,14 +184,14 @@ def _kill_at(step: int):
 
 
 @pytest.mark.slow
-def test_killed_run_resumes_bit_identical(setup_dir, tmp_path):
+def test_killed_run_resumes_bit_identical(train_setup_dir, tmp_path):
     common = {"train.max_steps": 5, "train.checkpoint_steps": 2, "train.deterministic": True,
               "train.lr_update_step": 3, "train.weight_decay": 1e-2, "train.keep_checkpoints": 1}
     # uninterrupted: 5 steps (8 actors / batch 2 = 4 steps per epoch, so an epoch boundary is crossed)
-    ref = build_trainer(load_cfg(ROOT / "configs/mica.yml", make_opts(setup_dir, tmp_path / "a", **common)))
+    ref = build_trainer(load_cfg(ROOT / "configs/mica.yml", make_opts(train_setup_dir, tmp_path / "a", **common)))
     ref.train()
     # killed after step 3 (last checkpoint at step 2), then resumed by a fresh process-like build
-    cfg_b = load_cfg(ROOT / "configs/mica.yml", make_opts(setup_dir, tmp_path / "b", **common))
+    cfg_b = load_cfg(ROOT / "configs/mica.yml", make_opts(train_setup_dir, tmp_path / "b", **common))
     killed = build_trainer(cfg_b, extra_hooks=[CallbackHook(_kill_at(3))])
     with pytest.raises(_Killed):
         killed.train()
@@ -250,9 +237,9 @@ def _ddp_worker(rank: int, world: int, port: int, opts: Sequence[str], result: s
 
 
 @pytest.mark.slow
-def test_two_process_ddp_matches_single_process_with_double_batch(setup_dir, tmp_path):
+def test_two_process_ddp_matches_single_process_with_double_batch(train_setup_dir, tmp_path):
     steps = {"train.max_steps": 3, "train.val_steps": 3, "train.lr": 1e-3, "train.arcface_lr": 1e-3}
-    opts2 = make_opts(setup_dir, tmp_path / "ddp", **steps, **{"dataset.batch_size": 2})
+    opts2 = make_opts(train_setup_dir, tmp_path / "ddp", **steps, **{"dataset.batch_size": 2})
     mp.spawn(_ddp_worker, args=(2, _free_port(), opts2, str(tmp_path)), nprocs=2, join=True)
     r0 = torch.load(tmp_path / "rank0.pt", weights_only=True)
     r1 = torch.load(tmp_path / "rank1.pt", weights_only=True)
@@ -260,7 +247,7 @@ def test_two_process_ddp_matches_single_process_with_double_batch(setup_dir, tmp
     for k in r0["weights"]:
         assert torch.equal(r0["weights"][k], r1["weights"][k]), k
     single = build_trainer(load_cfg(ROOT / "configs/mica.yml",
-                                    make_opts(setup_dir, tmp_path / "one", **steps, **{"dataset.batch_size": 4})))
+                                    make_opts(train_setup_dir, tmp_path / "one", **steps, **{"dataset.batch_size": 4})))
     w_init = weights_of(single)
     single.train()
     w1 = weights_of(single)
@@ -293,41 +280,41 @@ def test_two_process_ddp_matches_single_process_with_double_batch(setup_dir, tmp
     ({"dataset.batch_size": 9}, "batch_size"),
     ({"pretrained_model_path": "/nonexistent/mica.tar"}, "mica.tar"),
 ])
-def test_bad_config_fails_before_training_with_one_line(setup_dir, tmp_path, override, message):
-    cfg = load_cfg(ROOT / "configs/mica.yml", make_opts(setup_dir, tmp_path / "x", **override))
+def test_bad_config_fails_before_training_with_one_line(train_setup_dir, tmp_path, override, message):
+    cfg = load_cfg(ROOT / "configs/mica.yml", make_opts(train_setup_dir, tmp_path / "x", **override))
     with pytest.raises((MICAError, FileNotFoundError)) as e:
         build_trainer(cfg)
     assert message in str(e.value) and "\n" not in str(e.value)
     assert not (tmp_path / "x" / "checkpoints").exists()
 
 
-def test_train_py_reports_bad_config_in_one_line(setup_dir, tmp_path, capfd):
+def test_train_py_reports_bad_config_in_one_line(train_setup_dir, tmp_path, capfd):
     import train
     from utils.errors import run_main
 
-    argv = ["--cfg", str(ROOT / "configs/mica.yml")] + make_opts(setup_dir, tmp_path / "y", **{"dataset.batch_size": 9})
+    argv = ["--cfg", str(ROOT / "configs/mica.yml")] + make_opts(train_setup_dir, tmp_path / "y", **{"dataset.batch_size": 9})
     with pytest.raises(SystemExit) as e:
         run_main(lambda: train.main(argv))
     assert e.value.code == 1
     err = capfd.readouterr().err
     assert "batch_size" in err and "Traceback" not in err
     with pytest.raises(SystemExit):
-        run_main(lambda: train.main(["--cfg", str(ROOT / "configs/mica.yml"), "--resume"] + make_opts(setup_dir, tmp_path / "z")))
+        run_main(lambda: train.main(["--cfg", str(ROOT / "configs/mica.yml"), "--resume"] + make_opts(train_setup_dir, tmp_path / "z")))
     assert "no checkpoint" in capfd.readouterr().err
 
 
-def test_non_finite_loss_names_the_step(setup_dir, tmp_path):
-    trainer = build_trainer(load_cfg(ROOT / "configs/mica.yml", make_opts(setup_dir, tmp_path / "n")))
+def test_non_finite_loss_names_the_step(train_setup_dir, tmp_path):
+    trainer = build_trainer(load_cfg(ROOT / "configs/mica.yml", make_opts(train_setup_dir, tmp_path / "n")))
     trainer.run_step()
     trainer.loss_fn.weights.fill_(float("nan"))
     with pytest.raises(NonFiniteLossError, match="at step 2"):
         trainer.run_step()
 
 
-def test_training_image_grid(setup_dir, tmp_path):
+def test_training_image_grid(train_setup_dir, tmp_path):
     pytest.importorskip("micalib.renderer")
     out = tmp_path / "v"
-    trainer = build_trainer(load_cfg(ROOT / "configs/mica.yml", make_opts(setup_dir, out, **{"train.write_summary": True})))
+    trainer = build_trainer(load_cfg(ROOT / "configs/mica.yml", make_opts(train_setup_dir, out, **{"train.write_summary": True})))
     trainer.run_step()
     grid = trainer.visualize_last_batch()
     # B*K = 4 samples, one row each: crop | predicted render | ground-truth render (224 px, 2 px padding)
@@ -340,3 +327,34 @@ def test_training_image_grid(setup_dir, tmp_path):
     pred, gt = grid[2:226, 228:452], grid[2:226, 454:678]
     assert (pred != 255).any() and (gt != 255).any() and not np.array_equal(pred, gt)
     assert (out / "train_images" / "00000001.jpg").is_file()
+
+
+@pytest.mark.slow
+def test_fp16_loss_scale_is_checkpointed_and_resumed(train_setup_dir, tmp_path, monkeypatch):
+    """fp16 training uses a GradScaler whose scale is saved and restored. fp16 is refused on the CPU
+    (utils.device), so CPU autocast fp16 is forced here to test the bookkeeping without a GPU."""
+    import micalib.trainer as trainer_mod
+    from utils.checkpoint import load_mica_checkpoint
+
+    monkeypatch.setattr(trainer_mod, "resolve_precision", lambda precision, device: torch.float16)
+    common = {"train.max_steps": 4, "train.checkpoint_steps": 2, "train.deterministic": True}
+    ref = build_trainer(load_cfg(ROOT / "configs/mica.yml", make_opts(train_setup_dir, tmp_path / "a", **common)))
+    assert ref.scaler.is_enabled() and ref.amp_dtype == torch.float16
+    scale0 = ref.scaler.get_scale()
+    ref.train()
+    saved = load_mica_checkpoint(tmp_path / "a" / "checkpoints" / "model_00000004.tar")["extra"]["grad_scaler"]
+    assert saved["scale"] == ref.scaler.get_scale()
+    # the scale moved (backed off after an overflow of the scaled fp16 gradients, or grew): it is live state
+    assert ref.scaler.get_scale() != scale0 or saved["_growth_tracker"] == 4
+    cfg_b = load_cfg(ROOT / "configs/mica.yml", make_opts(train_setup_dir, tmp_path / "b", **common))
+    killed = build_trainer(cfg_b, extra_hooks=[CallbackHook(_kill_at(3))])
+    with pytest.raises(_Killed):
+        killed.train()
+    at_two = load_mica_checkpoint(tmp_path / "b" / "checkpoints" / "model_00000002.tar")["extra"]["grad_scaler"]
+    resumed = build_trainer(cfg_b)
+    assert resumed.state.step == 2 and resumed.scaler.state_dict() == at_two
+    resumed.train()
+    assert resumed.scaler.state_dict() == ref.scaler.state_dict()
+    wa, wb = weights_of(ref), weights_of(resumed)
+    for k in wa:
+        assert torch.equal(wa[k], wb[k]), k

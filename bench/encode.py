@@ -2,7 +2,7 @@
 
     .venv/bin/python bench/encode.py [--arch iresnet100] [--batches 1 16] [--precisions fp32 bf16]
                                      [--backends eager onnxruntime onnxruntime-int8 compile] [--rounds 3]
-                                     [--accuracy 32] [--json out.json]
+                                     [--accuracy 32] [--json out.json] [--device cpu|cuda]
 
 Random, well-conditioned weights (tests/synthetic_weights.py) and a synthetic FLAME: speed does not
 depend on the values. Every configuration is timed in interleaved rounds (round-robin, best of
@@ -17,6 +17,10 @@ reaches only ~40% of what oneDNN's convolution kernels do, so ``torch.mm`` alone
 ``--calib`` synthetic inputs); ``--accuracy N`` also compares it with torch fp32 on N other inputs:
 cosine of the identity codes and coefficients, vertex deviation in mm against the spread of the
 vertices across inputs.
+
+``--device cuda`` times the torch backends on the GPU (fp32, which PyTorch runs as TF32 in cuDNN's
+convolutions by default, bf16, fp16), each call ending with the results copied back to the host as
+in the demo; the peaks there are ``torch.mm`` products of 8192x8192 matrices.
 """
 from __future__ import annotations
 
@@ -54,6 +58,14 @@ PEAK_CONV_SHAPES = ((512, 128), (1024, 64), (2048, 64))  # (channels, side): 1x1
 WARMUP_CALLS = 3
 
 
+def device_description(device: str) -> str:
+    """The CPU (:func:`cpu_description`), or for CUDA the GPU's name and memory."""
+    if device != "cuda":
+        return cpu_description()
+    prop = torch.cuda.get_device_properties(0)
+    return f"{prop.name}, {prop.total_memory / 2 ** 30:.0f} GiB, {prop.multi_processor_count} SMs, CUDA {torch.version.cuda}"
+
+
 def cpu_description() -> str:
     """CPU model, family/model numbers and the ISA extensions that decide the reduced-precision speed
     (machines of the same name differ: AMD family 25 is Zen 4, 26 is Zen 5)."""
@@ -69,10 +81,32 @@ def cpu_description() -> str:
             f"model {fields.get('model', '?')}), {os.cpu_count()} cores, {' '.join(isa) or 'no AVX-512'}")
 
 
-def matmul_peak(dtype: torch.dtype, rounds: int = 3) -> float:
+def cuda_matmul_peak(dtype: torch.dtype, rounds: int = 3, n: int = 8192) -> float:
+    """Best GFLOP/s of an n x n x n ``torch.mm`` in ``dtype`` on the current GPU; float32 as TF32, the
+    way cuDNN runs the network's fp32 convolutions by default."""
+    a = torch.randn(n, n, device="cuda").to(dtype)
+    b = torch.randn(n, n, device="cuda").to(dtype)
+    best = 0.0
+    tf32 = torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32
+    with torch.no_grad():
+        for i in range(rounds + 1):
+            torch.cuda.synchronize()
+            t = time.perf_counter()
+            torch.mm(a, b)
+            torch.cuda.synchronize()
+            if i:  # the first call loads the kernel
+                best = max(best, 2 * n ** 3 / (time.perf_counter() - t) / 1e9)
+    torch.backends.cuda.matmul.allow_tf32 = tf32
+    return best
+
+
+def matmul_peak(dtype: torch.dtype, rounds: int = 3, device: str = "cpu") -> float:
     """Best GFLOP/s of a matrix product in ``dtype`` over a few sizes: square ``torch.mm`` (MKL for
     fp32) and (pixels x channels) @ (channels x channels) as a channels-last 1x1 convolution (oneDNN,
-    the library that runs the network's convolutions)."""
+    the library that runs the network's convolutions). On CUDA: :func:`cuda_matmul_peak`."""
+    if device == "cuda":
+        return cuda_matmul_peak(dtype, rounds)
     best = 0.0
     with torch.no_grad():
         ops = []
@@ -138,7 +172,13 @@ def main() -> int:
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--threads", type=int, default=0, help="torch/onnxruntime threads (0 = default)")
     p.add_argument("--json", default="", help="also write the results here")
+    p.add_argument("--device", default="cpu", choices=["cpu", "cuda"],
+                   help="cuda: torch backends only (onnxruntime is timed on the CPU)")
     args = p.parse_args()
+    if args.device == "cuda":
+        if not torch.cuda.is_available():
+            raise SystemExit("bench/encode.py: --device cuda but CUDA is not available")
+        args.backends = [b for b in args.backends if not b.startswith("onnxruntime")]
     if args.threads:
         torch.set_num_threads(args.threads)
     logger.remove()
@@ -149,9 +189,12 @@ def main() -> int:
     flame = FLAME.from_files(flame_dir / "generic_model.pkl", flame_dir / "landmark_embedding.npy", 300, 100)
     model = MICA(random_arcface(args.arch, 0), random_mapping_network(3, 300, 1), flame).eval()
     gflop = flops_per_image(model) / 1e9
-    cpu = cpu_description()
+    cpu = device_description(args.device)
     print(f"{args.arch}: {gflop:.2f} GFLOPs per image (ArcFace + mapping + FLAME), "
           f"torch {torch.__version__}, {torch.get_num_threads()} threads; {cpu}", flush=True)
+    peak_dtypes = {"fp32": torch.float32, "bf16": torch.bfloat16}
+    if args.device == "cuda":
+        peak_dtypes["fp16"] = torch.float16
 
     runners: Dict[Tuple[str, str, int], Callable[[], None]] = {}
     for backend in args.backends:
@@ -175,7 +218,7 @@ def main() -> int:
                 pred = Predictor(flame, onnx_path=onnx_path, backend="onnxruntime", device="cpu",
                                  batch_size=max(args.batches), batch_parallel=not serial)
             else:
-                pred = Predictor(model=model, device="cpu", precision=prec, batch_size=max(args.batches),
+                pred = Predictor(model=model, device=args.device, precision=prec, batch_size=max(args.batches),
                                  fuse=backend != "unfused", compile=backend == "compile")
             for b in args.batches:
                 x = (torch.rand(b, 3, 112, 112, generator=torch.Generator().manual_seed(b)) * 2 - 1).numpy()
@@ -188,10 +231,10 @@ def main() -> int:
         if key[0] == "compile":
             print(f"warm-up {key}: {time.perf_counter() - t:.1f} s", flush=True)
     best: Dict[Tuple[str, str, int], float] = {k: 0.0 for k in runners}
-    peaks = {"fp32": 0.0, "bf16": 0.0}
+    peaks = {name: 0.0 for name in peak_dtypes}
     for r in range(args.rounds):
-        peaks["fp32"] = max(peaks["fp32"], matmul_peak(torch.float32, 1))
-        peaks["bf16"] = max(peaks["bf16"], matmul_peak(torch.bfloat16, 1))
+        for name, dtype in peak_dtypes.items():
+            peaks[name] = max(peaks[name], matmul_peak(dtype, 1, args.device))
         for key, run in runners.items():
             t = time.perf_counter()
             run()
@@ -199,7 +242,7 @@ def main() -> int:
         print(f"round {r + 1}/{args.rounds} done", flush=True)
 
     base = best.get(("eager", "fp32", 1)) or next(iter(best.values()))
-    print(f"matmul peak: fp32 {peaks['fp32']:.0f} GFLOP/s, bf16 {peaks['bf16']:.0f} GFLOP/s")
+    print("matmul peak: " + ", ".join(f"{k} {v:.0f} GFLOP/s" for k, v in peaks.items()))
     print(f"{'backend':<26}{'precision':<10}{'batch':>6}{'img/s':>9}{'x fp32 eager b1':>17}{'GFLOP/s':>9}{'% peak':>8}")
     rows: List[dict] = []
     for (backend, prec, b), ips in best.items():

@@ -16,7 +16,7 @@ they add up to more than the wall time.
 
 Usage::
 
-    python bench/demo.py [-i FOLDER] [-n 32] [--arch iresnet100] [--device cpu] [--render]
+    python bench/demo.py [-i FOLDER] [-n 32] [--arch iresnet100] [--device cpu] [--render] [--only int8-w]
 
 Without ``-i`` the photos in ../shared/data/faces are repeated to ``-n`` images. Weights are random
 (an iresnet100 in the mica.tar format) and FLAME is synthetic: speed does not depend on the values.
@@ -62,6 +62,8 @@ def main() -> int:
     ap.add_argument("--no-int8", action="store_true", help="skip the int8 ONNX set-ups")
     ap.add_argument("--workers", type=int, default=None,
                     help="worker threads of the -wN set-ups (default: demo.py's, the CPU cores, at most 8)")
+    ap.add_argument("--only", nargs="+", default=None, metavar="PREFIX",
+                    help="run only the set-ups whose label starts with one of these (the baseline always runs)")
     args = ap.parse_args()
 
     from micalib.demo_runner import DemoRunner, default_workers
@@ -86,7 +88,7 @@ def main() -> int:
         w = default_workers() if args.workers is None else args.workers
         setups = [("baseline", 1, "fp32", 0, 1, None), ("batched", 16, "auto", 0, 1, None),
                   (f"batched-w{w}", 16, "auto", 0, w, None), (f"prefetch-w{w}", 16, "auto", 16, w, None)]
-        if not args.no_int8:
+        if not args.no_int8 and (not args.only or any(p.startswith("int8") for p in args.only)):
             from micalib.mica import MICA
             from micalib.quantize import export_int8, synthetic_calibration
 
@@ -94,6 +96,8 @@ def main() -> int:
             export_int8(model.arcface, model.regressor, tmp / "int8.onnx", synthetic_calibration(32, seed=1))
             setups += [("int8", 16, "fp32", 0, 1, tmp / "int8.onnx"), (f"int8-w{w}", 16, "fp32", 0, w, tmp / "int8.onnx"),
                        (f"int8-pf-w{w}", 16, "fp32", 16, w, tmp / "int8.onnx")]
+        if args.only:
+            setups = [s for s in setups if s[0] == "baseline" or s[0].startswith(tuple(args.only))]
         rows = {}
         for label, batch, precision, prefetch, workers, onnx in setups:
             predictor = Predictor.from_config(cfg, precision=precision, batch_size=batch, onnx_path=onnx)

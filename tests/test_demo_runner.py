@@ -157,3 +157,34 @@ def test_a_failed_write_fails_only_its_image(tmp_path, photos, workers):
     assert sorted(ok) == [f"img{i}.png" for i in range(7) if i != 3]
     for name in ok:
         assert (out / "meshes" / Path(name).stem / "mesh.obj").is_file()
+
+
+def test_worker_threads_run_torch_on_one_core_and_the_network_keeps_all(tmp_path, photos):
+    import torch
+
+    if "ATen parallel backend: OpenMP" not in torch.__config__.parallel_info():
+        pytest.skip("torch's thread count is per thread only with the OpenMP backend")
+    seen: dict[str, set] = {"detect": set(), "network": set()}
+
+    class CountingDetector(SlowDetector):
+        def detect(self, image):
+            seen["detect"].add((threading.current_thread().name, torch.get_num_threads()))
+            return super().detect(image)
+
+    class CountingNetwork(SlowNetwork):
+        def predict_identity(self, batch):
+            seen["network"].add(torch.get_num_threads())
+            return super().predict_identity(batch)
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)  # so that "one" is distinguishable even on a one-core machine
+    try:
+        runner = DemoRunner(CountingNetwork(), CountingDetector(), TETRA, tmp_path / "m", tmp_path / "a",
+                            render=False, batch_size=4, workers=3)
+        runner.run(photos)
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
+    assert {t for name, t in seen["detect"]} == {1}
+    assert all(name.startswith("demo-worker") for name, _ in seen["detect"])
+    assert seen["network"] == {2}

@@ -12,6 +12,7 @@ from loguru import logger
 from onnx import TensorProto, helper, numpy_helper
 
 from utils.alignment import ARCFACE_TEMPLATE, estimate_norm
+from utils import detectors
 from utils.detectors import MTCNN, SCRFD, SCRFD_FILE, Face, create_detector, nms, pick_centre_face, shrink_area
 from utils.errors import MICAError
 from utils.image_io import list_images, read_image
@@ -121,6 +122,37 @@ def test_nms_hand_computed() -> None:
     # "min": overlap(0,2) = 25/100 = 0.25 > 0.2 -> dropped
     np.testing.assert_array_equal(nms(boxes, scores, 0.2, mode="min"), [0, 3])
     assert nms(np.zeros((0, 4)), np.zeros(0), 0.5).size == 0
+
+
+def _greedy_nms(boxes, scores, threshold, mode):
+    """Oracle: the textbook greedy loop, one pair at a time in plain Python."""
+    def overlap(a, b):
+        w = max(0.0, min(a[2], b[2]) - max(a[0], b[0]) + 1)
+        h = max(0.0, min(a[3], b[3]) - max(a[1], b[1]) + 1)
+        area_a, area_b = (a[2] - a[0] + 1) * (a[3] - a[1] + 1), (b[2] - b[0] + 1) * (b[3] - b[1] + 1)
+        return w * h / (min(area_a, area_b) if mode == "min" else area_a + area_b - w * h)
+    order = sorted(range(len(scores)), key=lambda k: -scores[k])  # stable: ties in input order
+    keep = []
+    for k in order:
+        if all(overlap(boxes[k], boxes[j]) <= threshold for j in keep):
+            keep.append(k)
+    return keep
+
+
+@pytest.mark.parametrize("matrix_max", [detectors.NMS_MATRIX_MAX, 0])  # both code paths
+def test_nms_matches_a_plain_greedy_loop(monkeypatch, matrix_max) -> None:
+    monkeypatch.setattr(detectors, "NMS_MATRIX_MAX", matrix_max)
+    rng = np.random.default_rng(0)
+    for trial in range(200):
+        n = int(rng.integers(0, 40))
+        xy, wh = rng.uniform(0, 60, (n, 2)), rng.uniform(1, 30, (n, 2))
+        boxes = np.concatenate([xy, xy + wh], 1)
+        scores = rng.integers(0, 6, n).astype(float)  # many ties
+        for mode in ("union", "min"):
+            for threshold in (0.3, 0.7):
+                got = nms(boxes, scores, threshold, mode)
+                assert got.dtype == np.int64
+                assert got.tolist() == _greedy_nms(boxes.tolist(), scores.tolist(), threshold, mode), (trial, mode)
 
 
 @pytest.mark.parametrize("shape", [(3000, 2009), (2011, 5003), (1569, 1200), (300, 200)])

@@ -70,6 +70,21 @@ def _check_image(image_rgb: np.ndarray) -> np.ndarray:
     return img
 
 
+# Up to this many boxes NMS compares all pairs at once (an n x n overlap matrix, then one row
+# operation per kept box): ~3x faster than box-by-box on MTCNN's 10-150 candidates per call.
+NMS_MATRIX_MAX = 512
+
+
+def _overlap(x1, y1, x2, y2, areas, i, j, mode: str) -> np.ndarray:
+    """Overlap of boxes ``i`` with boxes ``j`` (index arrays or broadcastable slices), "+1 pixel" areas."""
+    w = np.maximum(0.0, np.minimum(x2[i], x2[j]) - np.maximum(x1[i], x1[j]) + 1)
+    h = np.maximum(0.0, np.minimum(y2[i], y2[j]) - np.maximum(y1[i], y1[j]) + 1)
+    inter = w * h
+    if mode == "min":
+        return inter / np.minimum(areas[i], areas[j])
+    return inter / (areas[i] + areas[j] - inter)
+
+
 def nms(boxes: np.ndarray, scores: np.ndarray, threshold: float, mode: str = "union") -> np.ndarray:
     """Greedy non-maximum suppression with the "+1 pixel" box area of insightface/MTCNN.
 
@@ -80,29 +95,34 @@ def nms(boxes: np.ndarray, scores: np.ndarray, threshold: float, mode: str = "un
         mode: "union" (IoU) or "min" (intersection / smaller area, MTCNN's last stage).
 
     Returns:
-        (K,) int64 indices of the kept boxes, highest score first.
+        (K,) int64 indices of the kept boxes, highest score first (ties in input order).
     """
     boxes = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
     scores = np.asarray(scores, dtype=np.float64).reshape(-1)
     if mode not in ("union", "min"):
         raise ValueError(f"nms mode must be 'union' or 'min', not '{mode}'")
-    x1, y1, x2, y2 = boxes.T
-    areas = (x2 - x1 + 1) * (y2 - y1 + 1)
     order = np.argsort(-scores, kind="stable")
+    n = len(order)
+    if n <= 1:
+        return order.astype(np.int64)
+    x1, y1, x2, y2 = np.ascontiguousarray(boxes[order].T)
+    areas = (x2 - x1 + 1) * (y2 - y1 + 1)
     keep = []
-    while order.size > 0:
-        i = order[0]
-        keep.append(i)
-        rest = order[1:]
-        w = np.maximum(0.0, np.minimum(x2[i], x2[rest]) - np.maximum(x1[i], x1[rest]) + 1)
-        h = np.maximum(0.0, np.minimum(y2[i], y2[rest]) - np.maximum(y1[i], y1[rest]) + 1)
-        inter = w * h
-        if mode == "min":
-            ovr = inter / np.minimum(areas[i], areas[rest])
-        else:
-            ovr = inter / (areas[i] + areas[rest] - inter)
-        order = rest[ovr <= threshold]
-    return np.asarray(keep, dtype=np.int64)
+    if n <= NMS_MATRIX_MAX:
+        col, row = np.arange(n)[:, None], np.arange(n)[None]
+        suppresses = _overlap(x1, y1, x2, y2, areas, col, row, mode) > threshold
+        alive = np.ones(n, dtype=bool)
+        for i in range(n):
+            if alive[i]:
+                keep.append(i)
+                alive[i + 1:] &= ~suppresses[i, i + 1:]
+    else:  # box by box: memory linear in n
+        rest = np.arange(n)
+        while rest.size > 0:
+            i, rest = rest[0], rest[1:]
+            keep.append(i)
+            rest = rest[_overlap(x1, y1, x2, y2, areas, i, rest, mode) <= threshold]
+    return order[np.asarray(keep, dtype=np.int64)]
 
 
 # ------------------------------------------------------------------------------------------------
@@ -435,14 +455,17 @@ class MTCNN:
         h, w = img.shape[:2]
         b = np.trunc(boxes).astype(np.int64)
         out = np.empty((len(b), size, size, 3), dtype=np.float32)
-        for k, (x1, y1, x2, y2) in enumerate(b):
-            bw, bh = max(int(x2 - x1 + 1), 1), max(int(y2 - y1 + 1), 1)
-            patch = np.zeros((bh, bw, 3), dtype=np.float32)
-            sx1, sy1 = max(int(x1) - 1, 0), max(int(y1) - 1, 0)
-            sx2, sy2 = min(int(x2), w), min(int(y2), h)  # exclusive, 0-based
-            if sx2 > sx1 and sy2 > sy1:
-                dx, dy = sx1 - (int(x1) - 1), sy1 - (int(y1) - 1)
-                patch[dy:dy + sy2 - sy1, dx:dx + sx2 - sx1] = img[sy1:sy2, sx1:sx2]
+        for k, (x1, y1, x2, y2) in enumerate(b.tolist()):
+            if x1 >= 1 and y1 >= 1 and x2 <= w and y2 <= h and x2 >= x1 and y2 >= y1:
+                patch = img[y1 - 1:y2, x1 - 1:x2]  # inside the photo: no padded copy needed
+            else:
+                bw, bh = max(x2 - x1 + 1, 1), max(y2 - y1 + 1, 1)
+                patch = np.zeros((bh, bw, 3), dtype=np.float32)
+                sx1, sy1 = max(x1 - 1, 0), max(y1 - 1, 0)
+                sx2, sy2 = min(x2, w), min(y2, h)  # exclusive, 0-based
+                if sx2 > sx1 and sy2 > sy1:
+                    dx, dy = sx1 - (x1 - 1), sy1 - (y1 - 1)
+                    patch[dy:dy + sy2 - sy1, dx:dx + sx2 - sx1] = img[sy1:sy2, sx1:sx2]
             out[k] = cv2.resize(patch, (size, size), interpolation=cv2.INTER_AREA)
         return self._normalise(torch.from_numpy(out).to(self.device).permute(0, 3, 1, 2))
 

@@ -26,7 +26,7 @@ from tqdm import tqdm
 from models.flame import M_TO_MM
 from testing.now_eval import NOW_IMAGE_LISTS, read_image_list
 from utils.errors import MICAError
-from utils.io import atomic_save_npy, atomic_write_text
+from utils.io import atomic_save_npy, atomic_write_text, written_file
 from utils.safe_pickle import load_object_npy
 
 PathLike = Union[str, os.PathLike]
@@ -133,8 +133,8 @@ class ExportWriter:
         return stem.with_name(stem.name + self.mesh_suffix), stem.with_name(stem.name + ".npy")
 
     def done(self, stem: Path) -> bool:
-        """Both outputs of ``stem`` exist."""
-        return all(p.is_file() for p in self.paths(stem))
+        """Both outputs of ``stem`` exist (and are not empty: see ``utils.io.written_file``)."""
+        return all(written_file(p) for p in self.paths(stem))
 
     def run(self, items: Sequence[ExportItem], desc: str = "export") -> ExportReport:
         """Export every item (skipping done ones); failures are recorded, not fatal."""
@@ -174,8 +174,8 @@ class ExportWriter:
         lmk_mm = np.asarray(out["landmarks7"], dtype=np.float64) * M_TO_MM
         for i, (item, aligned) in enumerate(batch):
             mesh_path, lmk_path = self.paths(item.stem)
-            write_mesh(mesh_path, verts_mm[i], self.faces)
-            atomic_save_npy(lmk_path, lmk_mm[i].reshape(7, 3))
+            write_mesh(mesh_path, verts_mm[i], self.faces, fsync=False)  # bulk outputs: see utils.io
+            atomic_save_npy(lmk_path, lmk_mm[i].reshape(7, 3), fsync=False)
             if self.render and item.render is not None:
                 self._preview(item.render, verts_mm[i], aligned.crop224)
             report.written += 1
@@ -185,7 +185,7 @@ class ExportWriter:
             from micalib.renderer import render_preview
             from utils.image_io import write_image
 
-            write_image(path, render_preview(vertices_mm, self.faces, crop))
+            write_image(path, render_preview(vertices_mm, self.faces, crop), fsync=False)
         except (ImportError, ValueError) as e:  # previews are a convenience; never fail the export
             logger.debug(f"preview {path} skipped: {e}")
 

@@ -188,3 +188,14 @@ def test_worker_threads_run_torch_on_one_core_and_the_network_keeps_all(tmp_path
     assert {t for name, t in seen["detect"]} == {1}
     assert all(name.startswith("demo-worker") for name, _ in seen["detect"])
     assert seen["network"] == {2}
+
+
+def test_rerun_skips_finished_images_but_redoes_one_with_an_empty_output(tmp_path, photos):
+    _run(photos, tmp_path / "r", batch_size=3, workers=2)
+    (tmp_path / "r" / "meshes" / "img2" / "mesh.obj").write_bytes(b"")  # as a power failure can leave it
+    results, det, _ = _run(photos, tmp_path / "r", batch_size=3, workers=2)
+    status = {r.input: r.status for r in results}
+    assert status.pop("img2.png") == "ok" and status.pop("broken.jpg") == "failed"
+    assert set(status.values()) == {"done"}
+    assert len(det.clock.calls) == 1  # only img2 was detected again
+    assert (tmp_path / "r" / "meshes" / "img2" / "mesh.obj").stat().st_size > 0

@@ -7,7 +7,7 @@ import stat
 import numpy as np
 import pytest
 
-from utils.io import atomic_path, atomic_save_npy, atomic_write_text
+from utils.io import atomic_path, atomic_save_npy, atomic_write_bytes, atomic_write_text, written_file
 
 
 def test_written_files_have_umask_permissions(tmp_path):
@@ -36,3 +36,64 @@ def test_existing_file_is_replaced_whole(tmp_path):
     atomic_save_npy(target, np.arange(5.0))
     np.testing.assert_array_equal(np.load(target), np.arange(5.0))
     assert sorted(p.name for p in tmp_path.iterdir()) == ["x.npy"]
+
+
+@pytest.fixture()
+def fsyncs(monkeypatch):
+    """Counts os.fsync calls (still performing them)."""
+    calls = []
+    real = os.fsync
+
+    def counting(fd):
+        calls.append(fd)
+        return real(fd)
+
+    monkeypatch.setattr(os, "fsync", counting)
+    return calls
+
+
+def test_fsync_by_default_and_not_when_switched_off(tmp_path, fsyncs):
+    atomic_write_bytes(tmp_path / "a.bin", b"abc")
+    with atomic_path(tmp_path / "b.bin") as tmp:
+        tmp.write_bytes(b"def")
+    assert len(fsyncs) == 2
+    atomic_write_bytes(tmp_path / "c.bin", memoryview(np.arange(4, dtype=np.int32)), fsync=False)
+    with atomic_path(tmp_path / "d.bin", fsync=False) as tmp:
+        tmp.write_bytes(b"ghi")
+    assert len(fsyncs) == 2
+    assert np.frombuffer((tmp_path / "c.bin").read_bytes(), np.int32).tolist() == [0, 1, 2, 3]
+    assert (tmp_path / "d.bin").read_bytes() == b"ghi"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.bin", "b.bin", "c.bin", "d.bin"]
+
+
+def test_failed_write_of_bytes_leaves_nothing_behind(tmp_path, monkeypatch):
+    def disk_full(fd, data):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(os, "write", disk_full)
+    with pytest.raises(OSError, match="No space"):
+        atomic_write_bytes(tmp_path / "x.bin", b"data")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_written_file(tmp_path):
+    (tmp_path / "empty").write_bytes(b"")
+    (tmp_path / "full").write_bytes(b"x")
+    (tmp_path / "dir").mkdir()
+    assert written_file(tmp_path / "full")
+    assert not written_file(tmp_path / "empty")
+    assert not written_file(tmp_path / "dir")
+    assert not written_file(tmp_path / "missing")
+
+
+def test_reconstruction_outputs_skip_fsync_and_empty_files_are_not_done(tmp_path, fsyncs):
+    from micalib.outputs import OUTPUT_FILES, outputs_done, write_reconstruction
+
+    verts = np.random.default_rng(0).normal(size=(4, 3)).astype(np.float32)
+    faces = np.array([[0, 1, 2], [0, 1, 3], [0, 2, 3], [1, 2, 3]])
+    write_reconstruction(tmp_path / "r", verts, faces, np.zeros(300), np.zeros((68, 3)), np.zeros((7, 3)))
+    assert fsyncs == []  # bulk outputs: atomic, not flushed one by one
+    assert outputs_done(tmp_path / "r", render=False)
+    assert not outputs_done(tmp_path / "r", render=True)  # no render.png
+    (tmp_path / "r" / OUTPUT_FILES[2]).write_bytes(b"")  # what a power failure can leave
+    assert not outputs_done(tmp_path / "r", render=False)

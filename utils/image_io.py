@@ -195,8 +195,9 @@ def list_images(folder: PathLike, recursive: bool = True) -> list[Path]:
     return sorted(found, key=lambda p: p.as_posix())
 
 
-def write_image(path: PathLike, image_rgb: np.ndarray, quality: int = 95) -> None:
-    """Write an RGB uint8 (H,W,3) image atomically; the format follows the suffix (.jpg, .png, ...)."""
+def write_image(path: PathLike, image_rgb: np.ndarray, quality: int = 95, fsync: bool = True) -> None:
+    """Write an RGB uint8 (H,W,3) image atomically; the format follows the suffix (.jpg, .png, ...).
+    ``fsync``: see ``utils.io``."""
     path = Path(path)
     img = np.asarray(image_rgb)
     if img.dtype != np.uint8 or img.ndim != 3 or img.shape[2] != 3:
@@ -205,4 +206,4 @@ def write_image(path: PathLike, image_rgb: np.ndarray, quality: int = 95) -> Non
     ok, buf = cv2.imencode(path.suffix.lower() or ".png", np.ascontiguousarray(img[..., ::-1]), params)
     if not ok:
         raise MICAError(f"cannot encode image {path} (unsupported suffix '{path.suffix}'; use .jpg or .png)")
-    atomic_write_bytes(path, buf.tobytes())
+    atomic_write_bytes(path, buf, fsync=fsync)

@@ -9,7 +9,7 @@ import numpy as np
 import trimesh
 
 from utils.errors import MICAError
-from utils.io import atomic_path
+from utils.io import atomic_write_bytes
 
 PathLike = Union[str, os.PathLike]
 MESH_SUFFIXES = (".ply", ".obj")
@@ -48,13 +48,14 @@ def obj_text(vertices: np.ndarray, faces: np.ndarray) -> bytes:
     return (("v %.6f %.6f %.6f\n" * len(v)) % tuple(v.ravel().tolist())).encode("ascii") + face_lines
 
 
-def write_mesh(path: PathLike, vertices_mm: object, faces: object) -> Path:
+def write_mesh(path: PathLike, vertices_mm: object, faces: object, fsync: bool = True) -> Path:
     """Write a triangle mesh; the format follows the suffix (.ply binary, .obj text).
 
     Args:
         path: output file (.ply or .obj); parent folders are created.
         vertices_mm: (V, 3) vertices (numpy or torch), written as given (MICA: millimetres).
         faces: (F, 3) vertex indices.
+        fsync: see ``utils.io``.
 
     Returns:
         ``path`` as a Path. No vertex colours, normals or textures are written.
@@ -73,8 +74,7 @@ def write_mesh(path: PathLike, vertices_mm: object, faces: object) -> Path:
         mesh = trimesh.Trimesh(vertices=v, faces=f, process=False)
         payload = trimesh.exchange.ply.export_ply(mesh, encoding="binary", vertex_normal=False,
                                                   include_attributes=False)
-    with atomic_path(path) as tmp:
-        tmp.write_bytes(payload)
+    atomic_write_bytes(path, payload, fsync=fsync)
     return path
 
 

@@ -74,3 +74,39 @@ def test_obj_text_matches_trimesh_exporter() -> None:
                                               include_texture=False, digits=6)
         ours = obj_text(v, f).decode()
         assert ours.split() == [t for line in ref.splitlines() if not line.startswith("#") for t in line.split()]
+
+
+def test_obj_vertex_lines_of_float32_match_printf() -> None:
+    """The numpy-built vertex lines (float32 input) equal Python's "%.6f" formatting (C's printf),
+    including signs of values that round to zero, exact ties, carries into the whole part and
+    magnitudes up to 1e8; float64 values take the %-formatting path."""
+    from utils.mesh import _fixed6_vertex_lines, obj_text
+
+    rng = np.random.default_rng(1)
+    special = [-0.0, 0.0, -1e-7, 1e-7, 1 / 128, -3 / 128, 0.5, 999.9999995, -999.9999995, 9.9999996,
+               1e8, -12345.678, 5e-7, -5e-7, 0.0000005, 2.5e-6]
+    blocks = [np.array(special + [0.0, 0.0], np.float32).reshape(-1, 3)]
+    for scale in (1e-6, 1e-3, 1.0, 120.0, 1e5):
+        blocks.append((rng.normal(size=(200, 3)) * scale).astype(np.float32))
+    faces = np.array([[0, 1, 2]])
+    for v32 in blocks:
+        v = v32.astype(np.float64)
+        expected = ("v %.6f %.6f %.6f\n" * len(v)) % tuple(v.ravel().tolist())
+        assert _fixed6_vertex_lines(v) is not None  # the fast path really ran
+        assert obj_text(v, faces).decode() == expected + "f 1 2 3\n"
+    v64 = np.array([[0.1, 0.2, 1 / 3]])  # not float32 values: formatted by %
+    assert _fixed6_vertex_lines(v64) is None
+    assert obj_text(v64, faces).decode() == "v 0.100000 0.200000 0.333333\nf 1 2 3\n"
+
+
+def test_ply_bytes_match_trimesh_exporter(tmp_path) -> None:
+    import trimesh
+
+    from utils.mesh import ply_bytes
+
+    verts, faces = _mesh()
+    ref = trimesh.exchange.ply.export_ply(trimesh.Trimesh(vertices=verts, faces=faces, process=False),
+                                          encoding="binary", vertex_normal=False, include_attributes=False)
+    ours = ply_bytes(verts.astype(np.float64), faces)
+    drop_comment = lambda b: b"\n".join(x for x in b.split(b"\n") if not x.startswith(b"comment"))  # noqa: E731
+    assert drop_comment(ours) == drop_comment(ref)

@@ -21,13 +21,12 @@ import torch.nn.functional as F
 os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
 
 from configs.config import load_cfg  # noqa: E402
-from micalib.hooks import CallbackHook  # noqa: E402
 from micalib.mica import MICA  # noqa: E402
 from micalib.predictor import Predictor  # noqa: E402
 from micalib.trainer import build_trainer  # noqa: E402
 from models.flame import FLAME  # noqa: E402
 from tests.synthetic_weights import random_arcface, random_mapping_network  # noqa: E402
-from tests.test_trainer import ROOT, _Killed, _kill_at, full_batch_loss, make_opts, weights_of  # noqa: E402
+from tests.test_trainer import ROOT, full_batch_loss, killed_and_resumed, make_opts, weights_of  # noqa: E402
 from utils.device import resolve_precision  # noqa: E402
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
@@ -115,15 +114,8 @@ def test_training_on_cuda_lowers_loss(precision, train_setup_dir, tmp_path):
 def test_killed_cuda_run_resumes_bit_identical(train_setup_dir, tmp_path):
     common = {"device": "cuda", "train.max_steps": 5, "train.checkpoint_steps": 2, "train.deterministic": True,
               "train.lr_update_step": 3, "train.keep_checkpoints": 1}
-    ref = build_trainer(load_cfg(ROOT / "configs/mica.yml", make_opts(train_setup_dir, tmp_path / "a", **common)))
-    ref.train()
-    cfg_b = load_cfg(ROOT / "configs/mica.yml", make_opts(train_setup_dir, tmp_path / "b", **common))
-    killed = build_trainer(cfg_b, extra_hooks=[CallbackHook(_kill_at(3))])
-    with pytest.raises(_Killed):
-        killed.train()
-    torch.manual_seed(99), torch.cuda.manual_seed_all(99)  # resume must restore the RNG states
-    resumed = build_trainer(cfg_b)
-    assert resumed.state.step == 2
+    ref, resumed = killed_and_resumed(train_setup_dir, tmp_path, common)
+    assert resumed.state.step == 2 and next(resumed.mica.parameters()).is_cuda
     resumed.train()
     wa, wb = weights_of(ref), weights_of(resumed)
     for k in wa:

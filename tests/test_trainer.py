@@ -183,21 +183,28 @@ def _kill_at(step: int):
     return fn
 
 
+def killed_and_resumed(setup: Path, tmp_path: Path, common: dict, kill_at: int = 3):
+    """An uninterrupted run (``tmp_path/a``, trained) and a run killed after step ``kill_at``
+    (``tmp_path/b``) rebuilt as a new process would (``train.resume`` picks its last checkpoint),
+    with every RNG scrambled first: resuming must restore them. Returns (trained, resumed-not-trained)."""
+    ref = build_trainer(load_cfg(ROOT / "configs/mica.yml", make_opts(setup, tmp_path / "a", **common)))
+    ref.train()
+    cfg_b = load_cfg(ROOT / "configs/mica.yml", make_opts(setup, tmp_path / "b", **common))
+    killed = build_trainer(cfg_b, extra_hooks=[CallbackHook(_kill_at(kill_at))])
+    with pytest.raises(_Killed):
+        killed.train()
+    assert not (tmp_path / "b" / "model.tar").exists()
+    random.seed(99), np.random.seed(99), torch.manual_seed(99)  # also seeds every CUDA device
+    return ref, build_trainer(cfg_b)
+
+
 @pytest.mark.slow
 def test_killed_run_resumes_bit_identical(train_setup_dir, tmp_path):
     common = {"train.max_steps": 5, "train.checkpoint_steps": 2, "train.deterministic": True,
               "train.lr_update_step": 3, "train.weight_decay": 1e-2, "train.keep_checkpoints": 1}
-    # uninterrupted: 5 steps (8 actors / batch 2 = 4 steps per epoch, so an epoch boundary is crossed)
-    ref = build_trainer(load_cfg(ROOT / "configs/mica.yml", make_opts(train_setup_dir, tmp_path / "a", **common)))
-    ref.train()
-    # killed after step 3 (last checkpoint at step 2), then resumed by a fresh process-like build
-    cfg_b = load_cfg(ROOT / "configs/mica.yml", make_opts(train_setup_dir, tmp_path / "b", **common))
-    killed = build_trainer(cfg_b, extra_hooks=[CallbackHook(_kill_at(3))])
-    with pytest.raises(_Killed):
-        killed.train()
-    assert not (tmp_path / "b" / "model.tar").exists()
-    random.seed(99), np.random.seed(99), torch.manual_seed(99)  # resume must restore the RNG states
-    resumed = build_trainer(cfg_b)  # train.resume True: picks checkpoints/last_checkpoint
+    # 5 steps (8 actors / batch 2 = 4 steps per epoch, so an epoch boundary is crossed); the killed
+    # run stops after step 3, its last checkpoint is step 2
+    ref, resumed = killed_and_resumed(train_setup_dir, tmp_path, common)
     assert resumed.state.step == 2 and resumed.state.epoch == 0 and resumed.state.offset == 2
     resumed.train()
     assert resumed.state.step == 5
@@ -338,20 +345,13 @@ def test_fp16_loss_scale_is_checkpointed_and_resumed(train_setup_dir, tmp_path, 
 
     monkeypatch.setattr(trainer_mod, "resolve_precision", lambda precision, device: torch.float16)
     common = {"train.max_steps": 4, "train.checkpoint_steps": 2, "train.deterministic": True}
-    ref = build_trainer(load_cfg(ROOT / "configs/mica.yml", make_opts(train_setup_dir, tmp_path / "a", **common)))
+    ref, resumed = killed_and_resumed(train_setup_dir, tmp_path, common)
     assert ref.scaler.is_enabled() and ref.amp_dtype == torch.float16
-    scale0 = ref.scaler.get_scale()
-    ref.train()
     saved = load_mica_checkpoint(tmp_path / "a" / "checkpoints" / "model_00000004.tar")["extra"]["grad_scaler"]
     assert saved["scale"] == ref.scaler.get_scale()
     # the scale moved (backed off after an overflow of the scaled fp16 gradients, or grew): it is live state
-    assert ref.scaler.get_scale() != scale0 or saved["_growth_tracker"] == 4
-    cfg_b = load_cfg(ROOT / "configs/mica.yml", make_opts(train_setup_dir, tmp_path / "b", **common))
-    killed = build_trainer(cfg_b, extra_hooks=[CallbackHook(_kill_at(3))])
-    with pytest.raises(_Killed):
-        killed.train()
+    assert ref.scaler.get_scale() != 2.0 ** 16 or saved["_growth_tracker"] == 4
     at_two = load_mica_checkpoint(tmp_path / "b" / "checkpoints" / "model_00000002.tar")["extra"]["grad_scaler"]
-    resumed = build_trainer(cfg_b)
     assert resumed.state.step == 2 and resumed.scaler.state_dict() == at_two
     resumed.train()
     assert resumed.scaler.state_dict() == ref.scaler.state_dict()

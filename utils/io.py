@@ -34,13 +34,20 @@ def _read_umask() -> int:
 _UMASK = _read_umask()
 
 
-def _mkstemp_beside(path: Path) -> tuple[int, Path]:
-    """A new, open, empty temporary file in the folder of ``path`` (created if needed). Its name
-    keeps the suffix of ``path`` so libraries that pick a format by extension (trimesh, OpenCV)
-    still work."""
+@contextlib.contextmanager
+def _temporary_beside(path: Path) -> Iterator[tuple[int, Path]]:
+    """A new, open, empty temporary file in the folder of ``path`` (created if needed): its
+    descriptor, which the caller closes, and its path, removed at the end unless renamed away. Its
+    name keeps the suffix of ``path`` so libraries that pick a format by extension (trimesh,
+    OpenCV) still work."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=f".tmp{path.suffix}", dir=path.parent)
-    return fd, Path(tmp)
+    fd, name = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=f".tmp{path.suffix}", dir=path.parent)
+    tmp = Path(name)
+    try:
+        yield fd, tmp
+    finally:
+        if tmp.exists():
+            tmp.unlink()
 
 
 def _publish(tmp: Path, path: Path) -> None:
@@ -57,9 +64,8 @@ def atomic_path(path: PathLike, fsync: bool = True) -> Iterator[Path]:
     On an exception the temporary file is removed.
     """
     path = Path(path)
-    fd, tmp = _mkstemp_beside(path)
-    os.close(fd)
-    try:
+    with _temporary_beside(path) as (fd, tmp):
+        os.close(fd)
         yield tmp
         if fsync:  # by name: the writer may have replaced the file
             fd = os.open(tmp, os.O_RDWR)
@@ -68,16 +74,12 @@ def atomic_path(path: PathLike, fsync: bool = True) -> Iterator[Path]:
             finally:
                 os.close(fd)
         _publish(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
 
 
 def atomic_write_bytes(path: PathLike, data: bytes, fsync: bool = True) -> None:
     """Write ``data`` (bytes or any buffer) to ``path`` atomically."""
     path = Path(path)
-    fd, tmp = _mkstemp_beside(path)
-    try:
+    with _temporary_beside(path) as (fd, tmp):
         try:
             view = memoryview(data).cast("B")
             while view:
@@ -87,9 +89,6 @@ def atomic_write_bytes(path: PathLike, data: bytes, fsync: bool = True) -> None:
         finally:
             os.close(fd)
         _publish(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
 
 
 def written_file(path: PathLike) -> bool:

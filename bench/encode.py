@@ -49,7 +49,7 @@ from micalib.predictor import Predictor  # noqa: E402
 from micalib.quantize import _ShapeAndCode, compare_with_torch, export_int8, synthetic_calibration  # noqa: E402
 from models.flame import FLAME  # noqa: E402
 from tests.synthetic_flame import write_synthetic_flame  # noqa: E402
-from tests.synthetic_weights import random_arcface, random_mapping_network  # noqa: E402
+from tests.synthetic_weights import random_mica  # noqa: E402
 from utils.io import atomic_write_text  # noqa: E402
 
 PEAK_SIZES = (1024, 2048, 3072, 4096)
@@ -186,8 +186,8 @@ def main() -> int:
 
     tmp = Path(tempfile.mkdtemp(prefix="bench_encode_"))
     flame_dir = write_synthetic_flame(tmp / "flame")
-    flame = FLAME.from_files(flame_dir / "generic_model.pkl", flame_dir / "landmark_embedding.npy", 300, 100)
-    model = MICA(random_arcface(args.arch, 0), random_mapping_network(3, 300, 1), flame).eval()
+    model = random_mica(flame_dir, args.arch)
+    flame = model.flame
     gflop = flops_per_image(model) / 1e9
     cpu = device_description(args.device)
     print(f"{args.arch}: {gflop:.2f} GFLOPs per image (ArcFace + mapping + FLAME), "

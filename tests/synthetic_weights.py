@@ -5,6 +5,8 @@
   its ``generator.*`` buffers), as the official code saves it.
 - ``write_random_backbone(path, arch)``: an insightface arcface_torch ``backbone.pth`` (bare
   IResNet state dict).
+- ``random_mica(flame_dir, arch)``: a MICA model in eval mode (random ArcFace and mapping network,
+  the FLAME of ``flame_dir`` with 300 shape and 100 expression coefficients).
 
 The random ArcFace is *well conditioned* rather than insightface-initialised (insightface's N(0, 0.1)
 convolutions overflow to NaN through 49 blocks without trained BN statistics): He-normal
@@ -21,7 +23,9 @@ from typing import Optional
 import torch
 from torch import nn
 
+from micalib.mica import MICA
 from models.arcface import IBasicBlock, IResNet, create_arcface
+from models.flame import FLAME
 from models.generator import MappingNetwork
 
 
@@ -62,6 +66,14 @@ def random_mapping_network(n_layers: int = 3, n_shape: int = 300, seed: int = 0)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         return MappingNetwork(512, 300, n_layers, n_shape)
+
+
+def random_mica(flame_dir: str | Path, arch: str = "iresnet100", seed: int = 0) -> MICA:
+    """MICA with :func:`random_arcface` (``seed``), the mapping network of seed 1 and the FLAME
+    model files in ``flame_dir`` (e.g. ``tests/synthetic_flame.write_synthetic_flame``), in eval mode."""
+    d = Path(flame_dir)
+    flame = FLAME.from_files(d / "generic_model.pkl", d / "landmark_embedding.npy", 300, 100)
+    return MICA(random_arcface(arch, seed), random_mapping_network(3, 300, 1), flame).eval()
 
 
 def write_random_mica_tar(path: str | Path, flame: Optional[nn.Module] = None, arch: str = "iresnet100",

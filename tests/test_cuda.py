@@ -21,11 +21,9 @@ import torch.nn.functional as F
 os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
 
 from configs.config import load_cfg  # noqa: E402
-from micalib.mica import MICA  # noqa: E402
 from micalib.predictor import Predictor  # noqa: E402
 from micalib.trainer import build_trainer  # noqa: E402
-from models.flame import FLAME  # noqa: E402
-from tests.synthetic_weights import random_arcface, random_mapping_network  # noqa: E402
+from tests.synthetic_weights import random_mica  # noqa: E402
 from tests.test_trainer import ROOT, full_batch_loss, killed_and_resumed, make_opts, weights_of  # noqa: E402
 from utils.device import resolve_precision  # noqa: E402
 
@@ -39,11 +37,6 @@ def _restore_determinism():
     yield
     torch.use_deterministic_algorithms(flags[0])
     torch.backends.cudnn.benchmark = flags[1]
-
-
-def _model(arch: str, flame_dir: Path) -> MICA:
-    flame = FLAME.from_files(flame_dir / "generic_model.pkl", flame_dir / "landmark_embedding.npy", 300, 100)
-    return MICA(random_arcface(arch, 0), random_mapping_network(3, 300, 1), flame).eval()
 
 
 def _inputs(n: int) -> np.ndarray:
@@ -62,8 +55,8 @@ def _agreement(ref: dict, out: dict) -> tuple[float, float, float]:
 @pytest.mark.parametrize("arch", ["iresnet18", "iresnet100"])
 def test_fp32_on_cuda_matches_cpu(arch, synthetic_flame_dir):
     x = _inputs(8)
-    ref = Predictor(model=_model(arch, Path(synthetic_flame_dir)), device="cpu", precision="fp32")(x)
-    out = Predictor(model=_model(arch, Path(synthetic_flame_dir)), device="cuda", precision="fp32")(x)
+    ref = Predictor(model=random_mica(synthetic_flame_dir, arch), device="cpu", precision="fp32")(x)
+    out = Predictor(model=random_mica(synthetic_flame_dir, arch), device="cuda", precision="fp32")(x)
     cos, dev, spread = _agreement(ref, out)
     # cuDNN runs fp32 convolutions as TF32 by default (as the original did on its GPUs)
     assert cos >= 0.999, cos
@@ -74,7 +67,7 @@ def test_fp32_on_cuda_matches_cpu(arch, synthetic_flame_dir):
 @pytest.mark.parametrize("precision", ["bf16", "fp16", "auto"])
 def test_reduced_precision_on_cuda(precision, synthetic_flame_dir):
     x = _inputs(8)
-    model = _model("iresnet18", Path(synthetic_flame_dir))
+    model = random_mica(synthetic_flame_dir, "iresnet18")
     ref = Predictor(model=model, device="cuda", precision="fp32")(x)
     pred = Predictor(model=model, device="cuda", precision=precision)
     assert pred.dtype == resolve_precision(precision, torch.device("cuda")) != torch.float32

@@ -9,17 +9,14 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from micalib.mica import MICA
 from micalib.predictor import Predictor
-from models.flame import FLAME
-from tests.synthetic_weights import random_arcface, random_mapping_network
+from tests.synthetic_weights import random_mica
 from utils.device import cpu_supports_bf16, resolve_precision
 from utils.errors import MICAError
 
 
 def _compare(arch: str, flame_dir: Path, n: int = 4):
-    flame = FLAME.from_files(flame_dir / "generic_model.pkl", flame_dir / "landmark_embedding.npy", 300, 100)
-    model = MICA(random_arcface(arch, 0), random_mapping_network(3, 300, 1), flame).eval()
+    model = random_mica(flame_dir, arch)
     x = torch.rand(n, 3, 112, 112, generator=torch.Generator().manual_seed(1)) * 2 - 1
     with torch.inference_mode():
         code32 = model.encode(x)

@@ -5,11 +5,16 @@
 For every face: OUTPUT/NAME/{mesh.ply, mesh.obj (mm), identity.npy, kpt7.npy, kpt68.npy, render.png},
 the aligned crops in -a (NAME.jpg 224 crop, NAME.npy network input), and OUTPUT/summary.{csv,json}.
 Trailing KEY VALUE pairs override the configuration (see configs/config.py).
+Exit code: 0 when every input is reconstructed (or was by an earlier run), 1 when any failed,
+130 when interrupted (Ctrl-C or SIGTERM; the summary then lists the unprocessed inputs as pending).
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
+import signal
 import sys
+import threading
 from pathlib import Path
 
 from loguru import logger
@@ -63,9 +68,11 @@ def build_runner(args: argparse.Namespace, cfg):
     """Predictor, detector and runner for the parsed arguments (also used by bench/demo.py)."""
     from micalib.demo_runner import DemoRunner, default_workers
     from micalib.predictor import Predictor
+    from micalib.records import checkpoint_id
     from utils.detectors import create_detector
 
     predictor = Predictor.from_config(cfg, onnx_path=args.onnx)
+    weights = args.onnx or (resolve_path(cfg.pretrained_model_path) if cfg.pretrained_model_path else None)
     detector = None
     if not args.aligned:
         detector = create_detector(cfg.detector.name, antelopev2_dir=resolve_path(cfg.detector.antelopev2_dir),
@@ -75,7 +82,8 @@ def build_runner(args: argparse.Namespace, cfg):
                       batch_size=args.batch_size, all_faces=args.all_faces, aligned=args.aligned,
                       render=not args.no_render, overwrite=args.overwrite, fuse=args.fuse,
                       prefetch=_default_prefetch(predictor) if args.prefetch is None else args.prefetch,
-                      workers=default_workers() if args.workers is None else args.workers)
+                      workers=default_workers() if args.workers is None else args.workers,
+                      checkpoint=checkpoint_id(weights))
 
 
 def _default_prefetch(predictor) -> int:
@@ -92,8 +100,12 @@ def main(argv=None) -> int:
     if not Path(args.input).exists():
         raise MICAError(f"input {args.input} does not exist (pass an image or a folder of images with -i)")
     cfg = setup(args)
-    runner = build_runner(args, cfg)
-    results = runner.run(Path(args.input))
+    from micalib.output_lock import output_lock
+
+    # the lock before loading anything: a second run on the same -o is refused at once
+    with _sigterm_as_interrupt(), output_lock(Path(args.output)):
+        runner = build_runner(args, cfg)
+        results = runner.run(Path(args.input))
     failed = [r for r in results if r.status == "failed"]
     done = sum(r.status == "ok" for r in results)
     skipped = sum(r.status == "done" for r in results)
@@ -101,6 +113,23 @@ def main(argv=None) -> int:
     for r in failed:
         logger.warning(f"failed: {r.input}: {r.message}")
     return 1 if failed else 0
+
+
+@contextlib.contextmanager
+def _sigterm_as_interrupt():
+    """SIGTERM (``kill``, a job scheduler) stops the run like Ctrl-C: the summary is still written
+    and the exit code is 130."""
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 if __name__ == "__main__":

@@ -3,12 +3,15 @@
 Stages (timed separately, see ``DemoRunner.timings``): read + detect, align, network (ArcFace +
 mapping), FLAME decode, writing. Bad inputs never stop the run: each gets one line in the log and a
 row in ``summary.csv`` / ``summary.json``; the caller turns failures into the exit code.
+
+Each input is finished by its completion record (``micalib.records``), written after all of its
+files: a re-run redoes exactly the inputs without a complete record, also after a kill half-way
+through an input's faces. Output names follow ``micalib.outputs.output_names`` (no two inputs share
+a folder). The summary lists every input after every run, also an interrupted one (``pending``).
 """
 from __future__ import annotations
 
 import contextlib
-import csv
-import io
 import itertools
 import json
 import os
@@ -16,8 +19,8 @@ import threading
 import time
 from collections import defaultdict, deque
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field
-from pathlib import Path
+from dataclasses import dataclass
+from pathlib import Path, PurePath
 from typing import Callable, Dict, Iterator, List, Optional, Sequence, Union
 
 import numpy as np
@@ -26,12 +29,17 @@ from loguru import logger
 from tqdm import tqdm
 
 from micalib.face_prep import AlignedFace, aligned_input, detect_and_align
-from micalib.outputs import outputs_done, write_reconstruction
+from micalib.output_lock import output_lock
+from micalib.outputs import output_files, output_names, write_reconstruction
+from micalib.records import (PENDING_MESSAGE, STATE_DIR, ItemResult, is_done, read_record, remove_record,
+                             write_record, write_summary)
 from models.flame import M_TO_MM
+from utils.detectors import MTCNN
 from utils.errors import MICAError
 from utils.image_io import list_images, read_image, write_image
 from utils.io import atomic_save_npy, atomic_write_text
 
+__all__ = ["DemoRunner", "ItemResult", "StageTimer", "default_workers"]
 
 
 def _one_torch_thread() -> None:
@@ -54,15 +62,12 @@ def default_workers() -> int:
 
 
 @dataclass
-class ItemResult:
-    """One row of the summary: an input image and what became of it."""
+class _Item:
+    """An input being processed: its summary row and how many of its faces are still unwritten."""
 
-    input: str
-    status: str  # ok | done (finished by an earlier run) | failed
-    outputs: List[str] = field(default_factory=list)
-    message: str = ""
-    faces: int = 0
-    score: Optional[float] = None
+    path: Path
+    result: ItemResult
+    left: int = 0
 
 
 @dataclass
@@ -70,7 +75,7 @@ class _Job:
     """One aligned face waiting for the network."""
 
     name: str
-    item: ItemResult
+    item: _Item
     aligned: AlignedFace
 
 
@@ -116,11 +121,17 @@ class DemoRunner:
             run between network calls, so they never compete with a network running on the CPU.
             With batch size 1 there is one image at a time, so only ``prefetch`` can use them; with
             ``prefetch`` they prepare, and the outputs are written by the calling thread.
+        checkpoint: hash prefix of the network's file (``records.checkpoint_id``), kept in the records.
+        lock: hold ``OUTPUT/.mica/lock`` while running (``micalib.output_lock``). The shards of one
+            sharded run pass ``lock=False, summary=False``: each writes only its own records, and
+            ``records.rebuild_summary`` merges them.
+        summary: write ``summary.csv`` / ``summary.json`` at the end of ``run``.
     """
 
     def __init__(self, predictor, detector, faces: np.ndarray, output_dir: Path, arcface_dir: Path,
                  batch_size: int = 8, all_faces: bool = False, aligned: bool = False, render: bool = True,
-                 overwrite: bool = False, fuse: bool = False, prefetch: int = 0, workers: int = 1):
+                 overwrite: bool = False, fuse: bool = False, prefetch: int = 0, workers: int = 1,
+                 checkpoint: str = "", lock: bool = True, summary: bool = True):
         self.predictor = predictor
         self.detector = detector
         self.faces = np.asarray(faces)
@@ -134,21 +145,41 @@ class DemoRunner:
         self.fuse = fuse
         self.prefetch = max(0, int(prefetch))
         self.workers = max(1, int(workers))
+        self.checkpoint = checkpoint
+        self.lock = lock
+        self.summary = summary
         self.timings = StageTimer()
         self._pool: Optional[ThreadPoolExecutor] = None  # set while run() works
+        self._fused_codes: Dict[str, list] = defaultdict(list)
 
     # ------------------------------------------------------------------ inputs
-    def _name(self, path: Path, root: Path) -> str:
-        rel = path.relative_to(root) if path.is_relative_to(root) else Path(path.name)
-        return str(rel.with_suffix("")).replace("\\", "/")
+    def _list_inputs(self, input_dir: Path) -> tuple[List[Path], Path]:
+        """The images to process and the root their names are relative to. Our own output and crop
+        folders and anything under a ``.mica`` folder are skipped when they lie inside the input
+        folder (``-o X/out`` must not feed the first run's renders and crops to the second)."""
+        if input_dir.is_file():
+            return [input_dir], input_dir.parent
+        ours = [d.resolve() for d in (self.output_dir, self.arcface_dir)]
+        root = input_dir.resolve()
+        ours = [d for d in ours if d != root and d.is_relative_to(root)]  # not when -i is inside -o
+        paths = []
+        for path in list_images(input_dir, recursive=True):
+            rel = path.relative_to(input_dir)
+            if STATE_DIR in rel.parts[:-1]:
+                continue
+            if ours and any(path.resolve().is_relative_to(d) for d in ours):
+                continue
+            paths.append(path)
+        return paths, input_dir
 
-    def _already_done(self, name: str) -> bool:
-        if self.overwrite:
-            return False
-        first = name + ("_0" if self.all_faces else "")
-        return outputs_done(self.output_dir / first, self.render)
+    def _no_face_hint(self) -> str:
+        if isinstance(self.detector, MTCNN):
+            return (f"for a small face in a large photo raise detector.mtcnn_max_side (now "
+                    f"{self.detector.max_side or 'off'} px, e.g. 1024), or use --detector scrfd with antelopev2")
+        return ""
 
-    def _prepare(self, path: Path, name: str, item: ItemResult) -> List[_Job]:
+    def _prepare(self, path: Path, name: str, item: _Item) -> List[_Job]:
+        remove_record(self.output_dir, name)  # redone from here: a kill half-way must not leave it done
         with self.timings("read+detect"):
             image = read_image(path)
             if self.aligned:
@@ -157,10 +188,12 @@ class DemoRunner:
                 faces = self.detector.detect(image)
         if not self.aligned:
             with self.timings("align"):
-                aligned = detect_and_align(image, _Fixed(faces), self.all_faces, source=str(path))
-        item.faces = len(aligned)
+                aligned = detect_and_align(image, _Fixed(faces), self.all_faces, source=str(path),
+                                           hint=self._no_face_hint())
+        item.result.faces = len(aligned)
         scores = [a.face.score for a in aligned if a.face is not None]
-        item.score = float(max(scores)) if scores else None
+        item.result.score = float(max(scores)) if scores else None
+        item.left = len(aligned)
         names = [f"{name}_{i}" for i in range(len(aligned))] if self.all_faces else [name]
         jobs = []
         for job_name, a in zip(names, aligned):
@@ -170,7 +203,7 @@ class DemoRunner:
             jobs.append(_Job(job_name, item, a))
         return jobs
 
-    def _prepare_or_error(self, path: Path, name: str, item: ItemResult) -> Union[List[_Job], Exception]:
+    def _prepare_or_error(self, path: Path, name: str, item: _Item) -> Union[List[_Job], Exception]:
         try:
             return self._prepare(path, name, item)
         except (MICAError, OSError, ValueError) as e:  # one bad image never stops the run
@@ -206,6 +239,27 @@ class DemoRunner:
                 yield item, jobs
 
     # ------------------------------------------------------------------ network + outputs
+    def _finish(self, item: _Item, error: Optional[str] = None) -> None:
+        """One face of ``item`` is written (or failed, with ``error``); after its last one, its
+        record makes it done (``ok``) or remembers why it failed."""
+        r = item.result
+        if error is not None and r.status != "failed":
+            r.status, r.message = "failed", error
+            logger.warning(error if r.input in error else f"{r.input}: {error}")
+        item.left -= 1
+        if item.left > 0:
+            return
+        if r.status != "failed":
+            r.status, r.message = "ok", ""
+        try:
+            write_record(self.output_dir, r)
+        except OSError as e:
+            if r.status == "ok":
+                r.status, r.message = "failed", f"could not write its completion record: {e}"
+                logger.error(f"{r.input}: {r.message}")
+            else:
+                logger.error(f"{r.input}: could not write its completion record: {e}")
+
     def _flush(self, jobs: List[_Job], fused_codes: Dict[str, list]) -> None:
         if not jobs:
             return
@@ -214,12 +268,18 @@ class DemoRunner:
             identity = self.predictor.predict_identity(batch)
         with self.timings("flame"):
             decoded = self.predictor.decode(identity)
+        finite = np.isfinite(np.asarray(identity, dtype=np.float64).reshape(len(jobs), -1)).all(1)
+        for key in ("vertices", "landmarks68", "landmarks7"):
+            finite &= np.isfinite(np.asarray(decoded[key], dtype=np.float64).reshape(len(jobs), -1)).all(1)
 
-        def write(i: int) -> Optional[OSError]:
+        def write(i: int) -> Optional[str]:
+            if not finite[i]:
+                return ("the network predicted non-finite numbers (NaN or inf) for this face, nothing was "
+                        "written; check the checkpoint (-m) and the photo")
             try:
                 self._write(jobs[i].name, decoded, i, identity[i], jobs[i].aligned.crop224)
             except OSError as e:
-                return e
+                return f"could not write outputs: {e}"
             return None
 
         indices = range(len(jobs))
@@ -229,12 +289,10 @@ class DemoRunner:
             errors = [write(i) for i in indices]
         for i, (job, error) in enumerate(zip(jobs, errors)):  # bookkeeping in input order
             if error is None:
-                job.item.outputs.append(job.name)
+                job.item.result.outputs.append(job.name)
                 if self.fuse:
-                    fused_codes[str(Path(job.item.input).parent)].append((job.name, identity[i]))
-            else:
-                job.item.status, job.item.message = "failed", f"could not write outputs: {error}"
-                logger.error(f"{job.item.input}: {job.item.message}")
+                    fused_codes[str(PurePath(job.item.result.input).parent)].append((job.name, identity[i]))
+            self._finish(job.item, error)
 
     def _write(self, name: str, decoded: dict, i: int, identity: np.ndarray, crop: Optional[np.ndarray]) -> None:
         vertices_mm = decoded["vertices"][i] * M_TO_MM
@@ -274,26 +332,73 @@ class DemoRunner:
 
     # ------------------------------------------------------------------ driver
     def run(self, input_dir: Path) -> List[ItemResult]:
-        """Process every image under ``input_dir`` (recursively); returns one result per image."""
+        """Process every image under ``input_dir`` (recursively); returns one result per image.
+
+        On an interruption (KeyboardInterrupt, which demo.py also raises on SIGTERM) the summary is
+        still written, with the unprocessed inputs ``pending``, and the interruption is re-raised.
+        """
         input_dir = Path(input_dir)
         if not input_dir.exists():
             raise MICAError(f"input folder {input_dir} does not exist")
-        paths = [input_dir] if input_dir.is_file() else list_images(input_dir, recursive=True)
-        root = input_dir.parent if input_dir.is_file() else input_dir
+        with output_lock(self.output_dir, enabled=self.lock):
+            return self._run_locked(input_dir)
+
+    def _run_locked(self, input_dir: Path) -> List[ItemResult]:
+        paths, root = self._list_inputs(input_dir)
         if not paths:
             raise MICAError(f"no images found in {input_dir} (jpg, png, bmp, webp, tiff)")
-        results: List[ItemResult] = []
+        rels = [PurePath(p.relative_to(root).as_posix()) for p in paths]
+        names = output_names(rels)
+        required = output_files(self.render)
+        items: List[_Item] = []
         todo = []
-        for path in paths:
-            name = self._name(path, root)
-            item = ItemResult(input=str(path.relative_to(root)), status="ok")
-            results.append(item)
-            if self._already_done(name) and not self.fuse:
-                item.status, item.message = "done", "outputs exist (use --overwrite to redo)"
+        other_checkpoints = 0
+        for path, rel in zip(paths, rels):
+            name, rel_text = names[rel], rel.as_posix()
+            item = _Item(path, ItemResult(input=rel_text, status="pending", name=name, checkpoint=self.checkpoint,
+                                          files=list(required), message=PENDING_MESSAGE))
+            items.append(item)
+            if name != rel.with_suffix("").as_posix():
+                logger.info(f"{rel_text}: outputs in {name}/ (another input of its folder has the same name)")
+            record = None if self.overwrite or self.fuse else read_record(self.output_dir, name)
+            if is_done(self.output_dir, record, rel_text, required):
+                record.status, record.message = "done", "finished by an earlier run (use --overwrite to redo)"
+                item.result = record
+                other_checkpoints += bool(self.checkpoint and record.checkpoint != self.checkpoint)
             else:
                 todo.append((path, name, item))
+        if other_checkpoints:
+            logger.warning(f"{other_checkpoints} inputs were finished with another checkpoint than this run's "
+                           f"({self.checkpoint}) and are kept; --overwrite redoes them")
+        results = [it.result for it in items]  # the same objects, filled in as the run goes
+        try:
+            self._process(todo)
+        except BaseException:  # KeyboardInterrupt, or a fatal error: still leave a summary of every input
+            results = [it.result for it in items]
+            if self.summary:
+                try:
+                    write_summary(self.output_dir, results)
+                    pending = sum(r.status == "pending" for r in results)
+                    logger.warning(f"stopped: {pending} of {len(results)} inputs are pending in "
+                                   f"{self.output_dir / 'summary.csv'}; run the same command again to finish them")
+                except OSError as e:
+                    logger.error(f"could not write the summary to {self.output_dir}: {e}")
+            raise
+        results = [it.result for it in items]
+        if self.fuse:
+            self._write_fused(self._fused_codes)
+        renamed = [r for r in results if r.name != PurePath(r.input).with_suffix("").as_posix()]
+        if renamed:
+            logger.info(f"{len(renamed)} inputs share a name with another input of their folder and were given "
+                        f"their own output names (see the name column of summary.csv)")
+        if self.summary:
+            write_summary(self.output_dir, results)
+        return results
+
+    def _process(self, todo: Sequence[tuple]) -> None:
         pending: List[_Job] = []
-        fused_codes: Dict[str, list] = defaultdict(list)
+        self._fused_codes: Dict[str, list] = defaultdict(list)
+        fused_codes = self._fused_codes
         # batch size 1 without prefetch has one image at a time: nothing for a pool to share out
         parallel = self.prefetch > 0 or (self.batch_size > 1 and self.workers > 1)
         pool = (ThreadPoolExecutor(self.workers, thread_name_prefix="demo-worker", initializer=_one_torch_thread)
@@ -303,8 +408,8 @@ class DemoRunner:
             prepared = self._prepare_all(todo, wanted=lambda: self.batch_size - len(pending))
             for item, jobs in tqdm(prepared, total=len(todo), desc="faces", unit="img"):
                 if isinstance(jobs, Exception):
-                    item.status, item.message = "failed", str(jobs)
-                    logger.warning(str(jobs))
+                    item.left = 1
+                    self._finish(item, str(jobs))
                     continue
                 pending.extend(jobs)
                 if len(pending) >= self.batch_size:
@@ -317,21 +422,6 @@ class DemoRunner:
             self._pool = None
             if pool is not None:
                 pool.shutdown(wait=True, cancel_futures=True)
-        if self.fuse:
-            self._write_fused(fused_codes)
-        self.write_summary(results)
-        return results
-
-    def write_summary(self, results: Sequence[ItemResult]) -> None:
-        rows = [asdict(r) for r in results]
-        for r in rows:
-            r["outputs"] = ";".join(r["outputs"])
-        buf = io.StringIO()
-        writer = csv.DictWriter(buf, fieldnames=list(rows[0].keys()) if rows else ["input"])
-        writer.writeheader()
-        writer.writerows(rows)
-        atomic_write_text(self.output_dir / "summary.csv", buf.getvalue())
-        atomic_write_text(self.output_dir / "summary.json", json.dumps([asdict(r) for r in results], indent=2))
 
 
 class _Fixed:

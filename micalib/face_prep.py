@@ -41,15 +41,18 @@ def select_faces(faces: Sequence[Face], image_shape, all_faces: bool = False) ->
     return [pick_centre_face(list(faces), image_shape)]
 
 
-def detect_and_align(image: np.ndarray, detector, all_faces: bool = False, source: str = "image") -> List[AlignedFace]:
+def detect_and_align(image: np.ndarray, detector, all_faces: bool = False, source: str = "image",
+                     hint: str = "") -> List[AlignedFace]:
     """Detect, select and align faces of an RGB uint8 image.
 
     Raises:
-        MICAError: no face was found (the message names ``source``).
+        MICAError: no face was found (the message names ``source`` and gives ``hint`` as the fix,
+            by default: another photo or SCRFD).
     """
     faces = select_faces(detector.detect(image), image.shape, all_faces)
     if not faces:
-        raise MICAError(f"{source}: no face found (try another photo, or --detector scrfd with antelopev2 installed)")
+        fix = hint or "try another photo, or --detector scrfd with antelopev2 installed"
+        raise MICAError(f"{source}: no face found ({fix})")
     return [align_face(image, f) for f in faces]
 
 

@@ -1,4 +1,5 @@
-"""Writing one reconstruction to disk in MICA's demo layout (all files atomic).
+"""The demo's output layout: where each input's outputs go (``output_names``) and writing one
+reconstruction there (all files atomic).
 
 ``DST/mesh.ply``, ``DST/mesh.obj`` (millimetres), ``DST/identity.npy`` (n_shape FLAME identity
 coefficients), ``DST/kpt7.npy`` (7, 3) mm, ``DST/kpt68.npy`` (1, 68, 3) mm and, when given, a
@@ -6,8 +7,10 @@ rendered preview ``DST/render.png``.
 """
 from __future__ import annotations
 
-from pathlib import Path
-from typing import Optional
+import re
+from collections import defaultdict
+from pathlib import Path, PurePath
+from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 
@@ -16,6 +19,54 @@ from utils.io import atomic_save_npy, written_file
 from utils.mesh import write_mesh
 
 OUTPUT_FILES = ("mesh.ply", "mesh.obj", "identity.npy", "kpt7.npy", "kpt68.npy")
+RENDER_FILE = "render.png"
+FUSED = "fused"  # OUTPUT/SUBFOLDER/fused/ (--fuse): an input may not take this name
+
+
+def output_files(render: bool) -> List[str]:
+    """The files of one reconstruction folder."""
+    return list(OUTPUT_FILES) + ([RENDER_FILE] if render else [])
+
+
+def output_names(inputs: Sequence[PurePath]) -> Dict[PurePath, str]:
+    """``NAME`` of every input, given as paths relative to the input root: MICA's ``OUTPUT/NAME/``
+    with NAME = the path without its extension, unless that would lose or mix results.
+
+    Unlike MICA, which writes ``face.jpg``, ``face.JPG`` and ``face.png`` of one folder into the same
+    ``OUTPUT/face/`` (the last one wins), inputs of one folder whose stems are equal ignoring case
+    each use ``stem__ext`` (extension lower-cased: ``face__jpg``, ``face__png``). So do inputs that
+    would take a reserved name: ``fused`` (``--fuse``'s output) and ``NAME_k`` where NAME is the stem
+    of another input of the folder (``--all-faces`` writes ``NAME_0``, ``NAME_1``, ...). Names that
+    are still equal ignoring case get ``_2``, ``_3``, ... in the sorted order of the inputs (the first
+    keeps its name), so that no two inputs share a folder on a case-insensitive file system either.
+    """
+    by_folder: Dict[PurePath, List[PurePath]] = defaultdict(list)
+    for rel in inputs:
+        by_folder[rel.parent].append(rel)
+    names: Dict[PurePath, str] = {}
+    for folder, members in by_folder.items():
+        members = sorted(members, key=str)
+        stems = defaultdict(int)
+        for rel in members:
+            stems[rel.stem.casefold()] += 1
+        chosen = []
+        for rel in members:
+            key = rel.stem.casefold()
+            k_name = re.fullmatch(r"(.+)_\d+", key)
+            clash = (stems[key] > 1 or key == FUSED
+                     or (k_name is not None and k_name.group(1) in stems))
+            chosen.append(f"{rel.stem}__{rel.suffix[1:].lower()}" if clash else rel.stem)
+        taken = {c.casefold() for c in chosen}
+        seen: set = set()
+        for rel, name in zip(members, chosen):
+            if name.casefold() in seen:
+                k = 2
+                while f"{name}_{k}".casefold() in taken or f"{name}_{k}".casefold() in seen:
+                    k += 1
+                name = f"{name}_{k}"
+            seen.add(name.casefold())
+            names[rel] = name if str(folder) == "." else f"{folder.as_posix()}/{name}"
+    return names
 
 
 def outputs_done(dst: Path, render: bool) -> bool:

@@ -1,0 +1,184 @@
+"""The demo's completion records and the summaries rebuilt from them.
+
+One record per input, ``OUTPUT/.mica/done/<NAME>.json``, written atomically after all of that
+input's files (its crops and every output folder): the relative input path, its output names and
+files, faces, score, status (``ok`` or ``failed``), message and the checkpoint's hash prefix. An
+input is done iff its record exists, says ``ok``, names this input, and every listed output file is
+a complete file (``utils.io.written_file``). A re-run rebuilds the ``done`` rows of the summary from
+the records, so they are as complete as ``ok`` rows; a sharded run's summaries merge from them
+(``collect_records``, ``rebuild_summary``).
+
+Names: inputs may have names that are not valid UTF-8 (POSIX file names are bytes; Python carries
+the odd bytes as surrogate escapes). Records are written as ASCII JSON, in which Python reads such a
+name back exactly. Summaries stay valid UTF-8: such a name is written with backslash escapes
+(``caf\\xe9.jpg``) plus its bytes in hex in the ``input_hex`` column.
+"""
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import json
+import os
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Dict, Iterable, List, Optional, Sequence, Tuple, Union
+
+from utils.io import atomic_write_text, written_file
+
+STATE_DIR = ".mica"  # OUTPUT/.mica: the run's bookkeeping (records, lock); never an input
+RECORD_DIR = f"{STATE_DIR}/done"
+RECORD_VERSION = 1
+
+# summary statuses: ok (finished by this run), done (by an earlier one), failed, pending (not processed)
+STATUSES = ("ok", "done", "failed", "pending")
+
+
+@dataclass
+class ItemResult:
+    """One input and what became of it: a summary row, and (``ok`` / ``failed``) its record."""
+
+    input: str  # path relative to the input root, as listed (POSIX separators)
+    status: str  # one of STATUSES
+    outputs: List[str] = field(default_factory=list)  # output folder names (NAME or NAME_0, NAME_1, ...)
+    message: str = ""
+    faces: int = 0
+    score: Optional[float] = None
+    name: str = ""  # NAME (see micalib.outputs.output_names); differs from the stem after a rename
+    checkpoint: str = ""  # hash prefix of the network that made the outputs
+    files: List[str] = field(default_factory=list)  # the files inside each output folder
+
+
+SUMMARY_COLUMNS = ["input", "status", "outputs", "message", "faces", "score", "name", "checkpoint", "input_hex"]
+
+
+def checkpoint_id(path: Union[str, os.PathLike, None]) -> str:
+    """First 16 hex digits of the SHA-256 of a checkpoint / ONNX file ("" without one)."""
+    if not path or not Path(path).is_file():
+        return ""
+    with open(path, "rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()[:16]
+
+
+# ---------------------------------------------------------------------- names
+def display(text: str) -> str:
+    """``text`` as valid UTF-8: bytes that are not (surrogate escapes) become ``\\xNN``."""
+    try:
+        text.encode("utf-8")
+        return text
+    except UnicodeEncodeError:
+        return text.encode("utf-8", "surrogateescape" if _only_escapes(text) else "surrogatepass").decode(
+            "utf-8", "backslashreplace")
+
+
+def _only_escapes(text: str) -> bool:
+    return all(not (0xD800 <= ord(c) <= 0xDFFF) or 0xDC80 <= ord(c) <= 0xDCFF for c in text)
+
+
+def name_hex(text: str) -> str:
+    """The bytes of a file name in hex when it is not valid UTF-8, else ""."""
+    try:
+        text.encode("utf-8")
+        return ""
+    except UnicodeEncodeError:
+        return os.fsencode(text).hex() if _only_escapes(text) else text.encode("utf-8", "surrogatepass").hex()
+
+
+# ---------------------------------------------------------------------- records
+def record_path(output_dir: Path, name: str) -> Path:
+    return Path(output_dir) / RECORD_DIR / f"{name}.json"
+
+
+def write_record(output_dir: Path, result: ItemResult) -> None:
+    """Write the record of a finished input (``ok`` or ``failed``), atomically. Call it only after
+    all of the input's files are written: it is what makes the input done."""
+    assert result.status in ("ok", "failed"), result.status
+    data = {"version": RECORD_VERSION, **asdict(result), "input_hex": name_hex(result.input)}
+    # no fsync: an empty record (power failure) reads as no record, and the outputs are checked anyway
+    atomic_write_text(record_path(output_dir, result.name), json.dumps(data, indent=1) + "\n", fsync=False)
+
+
+def read_record(output_dir: Path, name: str) -> Optional[ItemResult]:
+    """The record of ``name``, or None when there is none or it is unreadable / empty / foreign."""
+    return _load(record_path(output_dir, name))
+
+
+def _load(path: Path) -> Optional[ItemResult]:
+    try:
+        data = json.loads(path.read_text(encoding="ascii"))
+        if data.get("version") != RECORD_VERSION or data.get("status") not in ("ok", "failed"):
+            return None
+        known = {f.name for f in fields(ItemResult)}
+        return ItemResult(**{k: v for k, v in data.items() if k in known})
+    except (OSError, ValueError, TypeError, AttributeError):
+        return None
+
+
+def remove_record(output_dir: Path, name: str) -> None:
+    """Forget that ``name`` was done (before redoing it: a kill half-way must not leave it done)."""
+    try:
+        record_path(output_dir, name).unlink()
+    except FileNotFoundError:
+        pass
+
+
+def is_done(output_dir: Path, record: Optional[ItemResult], input_rel: str, required_files: Sequence[str]) -> bool:
+    """True when ``record`` says ``ok`` for this input and every output folder it lists holds every
+    file it lists and every file in ``required_files`` (e.g. ``render.png`` when this run renders)."""
+    if record is None or record.status != "ok" or record.input != input_rel or not record.outputs:
+        return False
+    files = set(record.files) | set(required_files)
+    return all(written_file(Path(output_dir) / out / f) for out in record.outputs for f in files)
+
+
+def collect_records(output_dir: Path) -> Dict[str, ItemResult]:
+    """Every readable record under ``OUTPUT/.mica/done``, by NAME (for merging a sharded run)."""
+    root = Path(output_dir) / RECORD_DIR
+    found = {}
+    for path in sorted(root.rglob("*.json")) if root.is_dir() else []:
+        record = _load(path)
+        if record is not None:
+            found[record.name] = record
+    return found
+
+
+# ---------------------------------------------------------------------- summaries
+def write_summary(output_dir: Path, results: Iterable[ItemResult]) -> None:
+    """``OUTPUT/summary.csv`` and ``summary.json``: one row per input, valid UTF-8 whatever the
+    names (see the module docstring)."""
+    rows = []
+    for r in results:
+        rows.append({
+            "input": display(r.input), "status": r.status, "outputs": [display(o) for o in r.outputs],
+            "message": display(r.message), "faces": r.faces, "score": r.score, "name": display(r.name),
+            "checkpoint": r.checkpoint, "input_hex": name_hex(r.input),
+        })
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=SUMMARY_COLUMNS)
+    writer.writeheader()
+    writer.writerows({**row, "outputs": ";".join(row["outputs"])} for row in rows)
+    atomic_write_text(Path(output_dir) / "summary.csv", buf.getvalue())
+    atomic_write_text(Path(output_dir) / "summary.json", json.dumps(rows, indent=2, ensure_ascii=False))
+
+
+def rebuild_summary(output_dir: Path, inputs: Optional[Sequence[Tuple[str, str]]] = None) -> List[ItemResult]:
+    """Rebuild the summary from the records alone (e.g. after the shards of a sharded run finished):
+    with ``inputs`` ((relative input, NAME) pairs, in order) one row per input, ``pending`` where
+    no record is; without, one row per record, sorted by input. Writes and returns the rows."""
+    records = collect_records(output_dir)
+    for name, record in list(records.items()):  # an ok record whose outputs are incomplete is not done
+        if record.status == "ok" and not is_done(output_dir, record, record.input, ()):
+            records[name] = ItemResult(input=record.input, status="pending", name=name, message=PENDING_MESSAGE)
+    if inputs is None:
+        rows = sorted(records.values(), key=lambda r: r.input)
+    else:
+        rows = []
+        for rel, name in inputs:
+            record = records.get(name)
+            rows.append(record if record is not None and record.input == rel
+                        else ItemResult(input=rel, status="pending", name=name, message=PENDING_MESSAGE))
+    write_summary(output_dir, rows)
+    return rows
+
+
+PENDING_MESSAGE = "not processed yet (the run was interrupted); run the same command again to finish"

@@ -370,11 +370,13 @@ class DemoRunner:
         if other_checkpoints:
             logger.warning(f"{other_checkpoints} inputs were finished with another checkpoint than this run's "
                            f"({self.checkpoint}) and are kept; --overwrite redoes them")
-        results = [it.result for it in items]  # the same objects, filled in as the run goes
         try:
             self._process(todo)
         except BaseException:  # KeyboardInterrupt, or a fatal error: still leave a summary of every input
             results = [it.result for it in items]
+            for r in results:
+                if r.status == "pending":  # possibly half-way (--all-faces): nothing of it counts yet
+                    r.outputs, r.message = [], PENDING_MESSAGE
             if self.summary:
                 try:
                     write_summary(self.output_dir, results)

@@ -3,6 +3,7 @@ mica.tar format and a synthetic FLAME model in the real file format."""
 from __future__ import annotations
 
 import csv
+import hashlib
 import json
 import shutil
 import subprocess
@@ -115,12 +116,19 @@ def test_demo_end_to_end(tmp_path, faces_dir, synthetic_flame_dir, mica_files):
         assert not (out / "bad" / Path(name).stem).exists()
     assert not list(out.rglob("*.tmp*")) and not list(arc.rglob("*.tmp*"))
 
-    # re-running skips finished images; --overwrite redoes them
+    # re-running skips finished images; their rows are as complete as the first run's
+    checkpoint = hashlib.sha256(mica_files.read_bytes()).hexdigest()[:16]
+    assert {rows[name]["checkpoint"] for name in photos} == {checkpoint}
     again = _run(["-i", str(faces_dir), "-o", str(out), "-a", str(arc), "--device", "cpu", "--no-render",
                   *_opts(synthetic_flame_dir, mica_files)])
     assert again.returncode == 0, again.stderr
-    rows = list(csv.DictReader(open(out / "summary.csv")))
-    assert {r["status"] for r in rows} == {"done"}
+    rerun = list(csv.DictReader(open(out / "summary.csv")))
+    assert {r["status"] for r in rerun} == {"done"}
+    for r in rerun:
+        first = rows[r["input"]]
+        assert (r["outputs"], r["faces"], r["score"], r["checkpoint"]) == (
+            first["outputs"], first["faces"], first["score"], checkpoint)
+        assert int(r["faces"]) == 1 and 0 < float(r["score"]) <= 1
 
 
 def test_aligned_inputs_and_identical_results(tmp_path, faces_dir, synthetic_flame_dir, mica_files):

@@ -155,7 +155,8 @@ def test_all_faces_interrupted_after_the_first_face_is_redone_completely(tmp_pat
         _runner(tmp_path / "o", det=ThreeFaces(0), all_faces=True, batch_size=1).run(inp)
     meshes = tmp_path / "o" / "meshes"
     assert written == ["group_0"] and not (meshes / "group_1").exists()
-    assert _summary(meshes)["group.png"]["status"] == "pending"
+    row = _summary(meshes)["group.png"]
+    assert row["status"] == "pending" and row["outputs"] == ""  # group_0 alone does not count
     monkeypatch.setattr(dr, "write_reconstruction", real)
     results = _runner(tmp_path / "o", det=ThreeFaces(0), all_faces=True, batch_size=1).run(inp)
     assert results[0].status == "ok" and results[0].outputs == ["group_0", "group_1", "group_2"]  # not "done"
@@ -481,6 +482,14 @@ def test_without_flock_the_pid_and_host_decide(tmp_path, monkeypatch):
             with output_lock(tmp_path):
                 pass
         assert json.loads(lock.read_text()) == owner  # left alone
+
+
+def test_lock_on_an_output_that_is_a_file_is_one_line(tmp_path):
+    (tmp_path / "out").write_text("a file, not a folder")
+    with pytest.raises(MICAError, match="out") as e:
+        with output_lock(tmp_path / "out"):
+            pass
+    assert "\n" not in str(e.value)
 
 
 def test_the_lock_nests_in_one_process(tmp_path):

@@ -348,7 +348,7 @@ class DemoRunner:
         if not paths:
             raise MICAError(f"no images found in {input_dir} (jpg, png, bmp, webp, tiff)")
         rels = [PurePath(p.relative_to(root).as_posix()) for p in paths]
-        names = output_names(rels)
+        names = output_names(rels)  # over the whole listing: a shard must select its inputs after this
         required = output_files(self.render)
         items: List[_Item] = []
         todo = []

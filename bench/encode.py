@@ -210,7 +210,7 @@ def main() -> int:
                 pred = Predictor(flame, onnx_path=int8_path, backend="onnxruntime", device="cpu",
                                  batch_size=max(args.batches), batch_parallel=not serial)
             elif backend.startswith("onnxruntime"):
-                from micalib.export import export_onnx
+                from micalib.onnx_export import export_onnx
 
                 onnx_path = tmp / "mica.onnx"
                 if not onnx_path.exists():

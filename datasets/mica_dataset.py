@@ -17,7 +17,7 @@ Sampling
     before each epoch (with ``persistent_workers=False``, the default, workers see the new epoch).
 
 Missing or unreadable files
-    A missing/corrupt ``.npy`` (or crop, when crops are loaded) is reported once per process with a
+    A missing/corrupt ``.npy`` is reported once per process with a
     loguru warning naming the path, and the next image of the actor's draw order is used instead.
     An actor whose fit ``.npz`` is unusable, or that has fewer than K usable images (validation:
     fewer than its eval count), is SKIPPED: it is reported once and the item is replaced by another
@@ -31,7 +31,6 @@ import zlib
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Union
 
-import cv2
 import numpy as np
 import torch
 from loguru import logger
@@ -74,11 +73,10 @@ class MICADataset(Dataset):
         is_eval: validation mode (first ``min(200, smallest count)`` images in list order).
         seed: base seed of the per-item generators.
         n_shape: number of identity coefficients returned (first ``n_shape`` of the 400 betas).
-        load_crops: also return the 224 crops as ``image`` (K, 3, 224, 224) float32 in [0, 1].
     """
 
     def __init__(self, dataset_dir: PathLike, name: str, image_list: Union[PathLike, ImageList], K: int = 2,
-                 is_eval: bool = False, seed: int = 0, n_shape: int = 300, load_crops: bool = False) -> None:
+                 is_eval: bool = False, seed: int = 0, n_shape: int = 300) -> None:
         super().__init__()
         self.name = str(name).upper()
         self.dataset_dir = Path(dataset_dir)
@@ -95,7 +93,6 @@ class MICADataset(Dataset):
         self.is_eval = bool(is_eval)
         self.seed = int(seed)
         self.n_shape = int(n_shape)
-        self.load_crops = bool(load_crops)
         self.epoch = 0
         self.min_images = min(len(imgs) for imgs, _ in self.face_dict.values())
         # Validation: first min(200, smallest image count of this dataset) images of each actor.
@@ -153,14 +150,6 @@ class MICADataset(Dataset):
             return None
         return arr
 
-    def _load_crop(self, image_path: Path) -> Optional[np.ndarray]:
-        bgr = cv2.imread(str(image_path), cv2.IMREAD_COLOR) if image_path.is_file() else None
-        if bgr is None:
-            self._warn_once(str(image_path), f"{self.name}: skipping unreadable crop {image_path}")
-            return None
-        rgb = cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
-        return (rgb.astype(np.float32) / 255.0).transpose(2, 0, 1)
-
     def _try_actor(self, actor: str, rng: np.random.Generator) -> Optional[Dict]:
         """The item for ``actor``, or None when the actor is unusable (reported once)."""
         images, _ = self.face_dict[actor]
@@ -169,19 +158,14 @@ class MICADataset(Dataset):
         if betas is None:
             return None
         order = range(len(images)) if self.is_eval else rng.permutation(len(images))
-        inputs, crops, paths = [], [], []
+        inputs, paths = [], []
         for i in order:
             path = self.image_dir / images[int(i)]
-            if str(path.with_suffix(".npy")) in self._reported or str(path) in self._reported:
+            if str(path.with_suffix(".npy")) in self._reported:
                 continue
             arr = self._load_input(path)
             if arr is None:
                 continue
-            if self.load_crops:
-                crop = self._load_crop(path)
-                if crop is None:
-                    continue
-                crops.append(crop)
             inputs.append(arr)
             paths.append(str(path))
             if len(inputs) == n_wanted:
@@ -190,16 +174,13 @@ class MICADataset(Dataset):
             self._warn_once(f"actor:{actor}", f"{self.name}: skipping actor {actor}: {len(inputs)} usable images, "
                                               f"{n_wanted} needed per item")
             return None
-        item = {
+        return {
             "arcface": torch.from_numpy(np.stack(inputs)),
             "betas": torch.from_numpy(betas),
             "image_paths": paths,
             "actor": actor,
             "dataset": self.name,
         }
-        if self.load_crops:
-            item["image"] = torch.from_numpy(np.stack(crops))
-        return item
 
     def __getitem__(self, index: int) -> Dict:
         """Item ``index`` (deterministic given seed, epoch and index).
@@ -207,8 +188,8 @@ class MICADataset(Dataset):
         Returns:
             dict with ``arcface`` (K, 3, 112, 112) float32 network inputs, ``betas`` (n_shape,) float32
             FLAME identity coefficients (ground truth = canonical FLAME of these), ``image_paths``
-            (K absolute paths of the 224 crops), ``actor`` (str), ``dataset`` (str, upper-case) and,
-            with ``load_crops``, ``image`` (K, 3, 224, 224) float32 RGB in [0, 1]. K = ``images_per_item``.
+            (K absolute paths of the 224 crops), ``actor`` (str), ``dataset`` (str, upper-case).
+            K = ``images_per_item``.
         """
         if not 0 <= index < len(self):
             raise IndexError(f"index {index} out of range for {len(self)} actors")

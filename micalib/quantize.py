@@ -20,7 +20,6 @@ and speed on this machine: bench/README.md (Encoder).
 """
 from __future__ import annotations
 
-import copy
 import tempfile
 from pathlib import Path
 from typing import Dict, Iterator, List, Optional, Sequence, Union
@@ -30,11 +29,15 @@ import torch
 from loguru import logger
 from torch import nn
 
+from micalib.mica import ImageToShape
+from micalib.onnx_export import DEFAULT_OPSET, export_onnx
+from models.arcface import fuse_for_inference
 from utils.errors import MICAError
 from utils.io import atomic_save
 
 __all__ = ["QUANTIZED_OPS", "PRECISION_KEY", "load_calibration_folder", "synthetic_calibration",
-           "rewrite_prelu", "rewrite_batchnorm", "shift_residual_stream", "quantize_onnx", "export_int8", "compare_with_torch"]
+           "rewrite_prelu", "rewrite_batchnorm", "quantize_onnx", "export_int8", "compare_with_torch",
+           "validate_int8", "DEFAULT_MIN_COSINE"]
 
 # Node types that get int8 QDQ pairs. The residual Adds stay float: same speed, and the identity codes
 # are closer to fp32 (iresnet100 code cosine min 0.9963 vs 0.9927 with int8 Adds). Mul/Max (the
@@ -45,8 +48,8 @@ CALIBRATION_BATCH = 8
 INPUT_SHAPE = (3, 112, 112)
 # Network inputs are (RGB - 127.5) / 127.5: anything far outside [-1, 1] is not an aligned input.
 INPUT_RANGE = 1.01
-# shift_residual_stream keeps a block's bn1 when its smallest |scale| is below max |scale| / this.
-MAX_BN_SCALE_RATIO = 100.0
+# Smallest tolerated per-image cosine of int8 vs torch fp32 coefficients (measured >= 0.9996 on random weights).
+DEFAULT_MIN_COSINE = 0.99
 
 PathLike = Union[str, Path]
 
@@ -234,106 +237,14 @@ class _ShapeAndCode(nn.Module):
         return self.regressor(code), code
 
 
-class _ShiftedBlock(nn.Module):
-    """IBasicBlock on the shifted stream ``v = x + d`` (see :func:`shift_residual_stream`)."""
-
-    def __init__(self, scale: torch.Tensor, conv1: nn.Conv2d, prelu: nn.Module, conv2: nn.Conv2d,
-                 downsample: Optional[nn.Conv2d]) -> None:
-        super().__init__()
-        self.conv1, self.prelu, self.conv2, self.downsample = conv1, prelu, conv2, downsample
-        self.register_buffer("scale", scale.view(1, -1, 1, 1).clone())
-
-    def forward(self, v: torch.Tensor) -> torch.Tensor:
-        """``(B, C, H, W) -> (B, C', H', W')``: ``v + conv2(prelu(conv1(s v)))`` (shortcut conv when strided)."""
-        out = self.conv2(self.prelu(self.conv1(v * self.scale)))
-        return out + (v if self.downsample is None else self.downsample(v))
-
-
-class _ShiftedIResNet(nn.Module):
-    """Stem, ``+ d`` of the first block, shifted blocks, ``fc`` (as :func:`shift_residual_stream` builds it)."""
-
-    def __init__(self, conv1: nn.Conv2d, prelu: nn.Module, shift: torch.Tensor, blocks: List[_ShiftedBlock],
-                 fc: nn.Linear) -> None:
-        super().__init__()
-        self.conv1, self.prelu, self.blocks, self.fc = conv1, prelu, nn.Sequential(*blocks), fc
-        self.register_buffer("shift", shift.view(1, -1, 1, 1).clone())
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """``(B, 3, 112, 112) -> (B, 512)``, the same embedding as the IResNet it was built from."""
-        return self.fc(torch.flatten(self.blocks(self.prelu(self.conv1(x)) + self.shift), 1))
-
-
-@torch.no_grad()
-def shift_residual_stream(fused: nn.Module, max_scale_ratio: float = MAX_BN_SCALE_RATIO) -> Optional[nn.Module]:
-    """Turn each block's pre-activation BN (``bn1``) of a :func:`models.arcface.fuse_for_inference`
-    IResNet from Mul + Add into one Mul, exactly; returns the new network, or None if it cannot.
-
-    ``bn1_k(x) = s_k x + t_k = s_k (x + d_k)`` with ``d_k = t_k / s_k``. The residual stream is
-    carried as ``v_k = x_k + d_k`` instead of ``x_k``: block ``k`` feeds ``s_k v_k`` (exactly its
-    ``bn1`` output, so ``conv1``'s quantised input and weights are the original ones) to ``conv1``;
-    ``v_{k+1} = v_k + r_k + (d_{k+1} - d_k)`` puts the constant into the bias of ``conv2`` (a
-    constant after a conv is exact; the residual branch keeps its scale), and a strided block's
-    1x1 shortcut conv (no padding) reads ``v_k`` with ``d_{k+1} - W d_k`` added to its bias. After
-    the last block ``d = 0``. Per block the stream then costs Add + Mul instead of Add + Mul + Add
-    (one float pass fewer). Not used by default (``export_int8(shift_stream=True)``): in int8 the
-    constants shift ``conv2``'s quantisation range, and the measured gain (~2%) did not pay for the
-    slightly larger vertex deviation.
-
-    Folding ``s_k`` into ``conv1``'s weights as well (no Mul at all) is also exact (``v = 0`` where
-    ``bn1`` is 0, so zero padding stays right) and faster, but quantises the stream without its BN
-    normalisation and loses accuracy (bench/README.md, Encoder): not done.
-
-    Returns None when some ``|s|`` is below ``max |s| / max_scale_ratio`` of its BN (``d = t / s``
-    would swamp the stream's quantisation range).
-    """
-    from models.arcface import _bn_affine
-
-    blocks = [b for stage in (fused.layer1, fused.layer2, fused.layer3, fused.layer4) for b in stage]
-    affines = []
-    for b in blocks:
-        if not isinstance(b.bn1, nn.BatchNorm2d) or b.conv2.bias is None:
-            return None
-        s, t = (a.double() for a in _bn_affine(b.bn1))
-        if not (s.abs().min() * max_scale_ratio >= s.abs().max() > 0):
-            return None
-        affines.append((s, t / s))
-    shifts = [d for _, d in affines] + [torch.zeros(blocks[-1].conv2.out_channels, dtype=torch.float64)]
-    dtype = fused.fc.weight.dtype
-    out = []
-    for k, b in enumerate(blocks):
-        s, d = affines[k]
-        conv2, ds = copy.deepcopy(b.conv2), None
-        if b.downsample is None:
-            conv2.bias.add_((shifts[k + 1] - d).to(dtype))
-        else:
-            ds = copy.deepcopy(b.downsample[0])
-            ds.bias.add_((shifts[k + 1] - ds.weight.double().sum((2, 3)) @ d).to(dtype))
-        out.append(_ShiftedBlock(s.to(dtype), copy.deepcopy(b.conv1), copy.deepcopy(b.prelu), conv2, ds))
-    return _ShiftedIResNet(copy.deepcopy(fused.conv1), copy.deepcopy(fused.prelu), shifts[0].to(dtype), out,
-                           copy.deepcopy(fused.fc)).eval()
-
-
 def export_int8(arcface: nn.Module, regressor: nn.Module, out_path: PathLike, calibration: np.ndarray,
-                opset: int = 17, with_code: bool = False, exclude: Sequence[str] = (),
-                shift_stream: bool = False) -> Path:
+                opset: int = DEFAULT_OPSET, with_code: bool = False, exclude: Sequence[str] = ()) -> Path:
     """ArcFace + mapping network -> int8 ONNX at ``out_path`` (atomic).
 
     ``with_code`` adds a second output ``code (B, 512)`` (the L2-normalised identity code) for
     measurements; the CLI's file has the single output ``shape`` like the float export.
-    ``shift_stream`` applies :func:`shift_residual_stream` first (exact in float, ~2% faster, but off by
-    default: its int8 vertices deviated slightly more from fp32; bench/README.md, Encoder).
     """
-    from micalib.export import export_onnx
-    from micalib.mica import ImageToShape
-    from models.arcface import fuse_for_inference
-
     fused = fuse_for_inference(arcface.float().cpu().eval())
-    if shift_stream:
-        shifted = shift_residual_stream(fused)
-        if shifted is None:
-            logger.warning("a block's bn1 has a near-zero scale: the int8 graph keeps all bn1 as x * s + t (slower)")
-        else:
-            fused = shifted
     net = _ShapeAndCode(fused, regressor) if with_code else ImageToShape(fused, regressor)
     with tempfile.TemporaryDirectory(prefix="mica_fp32_") as tmp:
         fp32 = export_onnx(net.float().cpu().eval(), Path(tmp) / "fp32.onnx", opset,
@@ -364,3 +275,28 @@ def compare_with_torch(net: nn.Module, onnx_path: PathLike, images: np.ndarray, 
     cos = np.stack([(a * b).sum(1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1) + 1e-12)
                     for a, b in zip(got, ref)])
     return {"onnx": got, "torch": ref, "cosine": cos}
+
+
+def validate_int8(net: nn.Module, path: Union[str, Path], images: np.ndarray,
+                  min_cosine: float = DEFAULT_MIN_COSINE, count: int = 8) -> float:
+    """Check an int8 model against ``net`` (torch fp32) on up to ``count`` of ``images``, at batch 1 and
+    the rest together (dynamic axis); returns the smallest per-image cosine of the coefficients.
+
+    Raises:
+        MICAError: a cosine below ``min_cosine`` or a wrong output shape.
+    """
+    images = images[:count]
+    worst = 1.0
+    for chunk in (images[:1], images[1:]):
+        if len(chunk) == 0:
+            continue
+        res = compare_with_torch(net, path, chunk, batch=len(chunk))
+        if res["onnx"][0].shape != res["torch"][0].shape:
+            raise MICAError(f"int8 model {path}: batch {len(chunk)} gives shape {res['onnx'][0].shape}, "
+                            f"torch {res['torch'][0].shape} - export again")
+        worst = min(worst, float(res["cosine"][0].min()))
+    if not worst >= min_cosine:
+        raise MICAError(f"int8 model {path} is inaccurate: coefficient cosine to torch {worst:.4f} < {min_cosine} - "
+                        f"calibrate on more (and typical) inputs with --calib, or use the float export")
+    logger.info(f"int8 vs torch fp32: smallest coefficient cosine {worst:.5f} on {len(images)} calibration inputs")
+    return worst

@@ -1,5 +1,5 @@
 """CPU mesh renderer (numpy, no pytorch3d): z-buffered rasteriser, Lambertian headlight shading,
-orthographic camera fitted to the mesh, and a numpy/torch ``make_grid``.
+orthographic camera fitted to the mesh, and a numpy ``make_grid``.
 
 Conventions: mesh coordinates have +y up and the face looking along +z (FLAME). Screen pixels:
 x to the right, y down, pixel (row r, column c) has its centre at (c + 0.5, r + 0.5); a larger depth
@@ -259,40 +259,20 @@ def render_preview(vertices_mm: ArrayLike, faces: ArrayLike, crop_rgb: Optional[
     return np.concatenate(tiles, axis=1)
 
 
-def make_grid(images: Union[Sequence[np.ndarray], np.ndarray, torch.Tensor], nrow: int = 8, pad: int = 2,
-              pad_value: float = 0) -> Union[np.ndarray, torch.Tensor]:
+def make_grid(images: Union[Sequence[np.ndarray], np.ndarray], nrow: int = 8, pad: int = 2,
+              pad_value: float = 0) -> np.ndarray:
     """Tile images into a grid with torchvision's ``make_grid`` layout.
 
     ``min(nrow, B)`` images per row, ``pad`` pixels of ``pad_value`` around and between them.
 
     Args:
-        images: a torch (B, C, H, W) or (C, H, W) tensor (returned as a (C, H', W') tensor, 1-channel
-            inputs repeated to 3 as torchvision does), or numpy (B, H, W, C) / a list of (H, W, C) or
-            (H, W) arrays of one size (returned as a numpy (H', W', C) array of the same dtype).
+        images: numpy (B, H, W, C) or a list of (H, W, C) or (H, W) arrays of one size.
 
     Returns:
-        The grid: H' = rows * (H + pad) + pad, W' = min(nrow, B) * (W + pad) + pad.
+        The grid, a numpy (H', W', C) array of the images' dtype: H' = rows * (H + pad) + pad, W' = min(nrow, B) * (W + pad) + pad.
     """
     if nrow < 1 or pad < 0:
         raise ValueError(f"make_grid: nrow must be >= 1 and pad >= 0 (got {nrow}, {pad})")
-    if isinstance(images, torch.Tensor):
-        t = images
-        if t.dim() == 2:
-            t = t[None]
-        if t.dim() == 3:
-            t = t[None]
-        if t.dim() != 4:
-            raise ValueError(f"make_grid expects a (B,C,H,W) tensor, got {tuple(images.shape)}")
-        if t.shape[1] == 1:
-            t = t.expand(-1, 3, -1, -1)
-        b, c, h, w = t.shape
-        xm = min(nrow, b)
-        ym = math.ceil(b / xm)
-        grid = t.new_full((c, ym * (h + pad) + pad, xm * (w + pad) + pad), pad_value)
-        for k in range(b):
-            top, left = (k // xm) * (h + pad) + pad, (k % xm) * (w + pad) + pad
-            grid[:, top:top + h, left:left + w] = t[k]
-        return grid
     if isinstance(images, np.ndarray):
         # (B, H, W, C) batch, or one (H, W, C) / (H, W) image
         arrs = list(images) if images.ndim == 4 else [images]

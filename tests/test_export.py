@@ -10,7 +10,8 @@ import onnx
 import pytest
 import torch
 
-from micalib.export import export_onnx, main, validate_onnx
+from micalib.export import main
+from micalib.onnx_export import export_onnx, validate_onnx
 from micalib.mica import MICA
 from micalib.predictor import Predictor
 from models.flame import FLAME

@@ -19,7 +19,7 @@ from micalib.export import main
 from micalib.mica import MICA
 from micalib.predictor import Predictor
 from micalib.quantize import (_ShapeAndCode, compare_with_torch, export_int8, load_calibration_folder,
-                              rewrite_batchnorm, rewrite_prelu, shift_residual_stream, synthetic_calibration)
+                              rewrite_batchnorm, rewrite_prelu, synthetic_calibration)
 from models.flame import FLAME
 from tests.synthetic_weights import random_arcface, random_mapping_network, write_random_mica_tar
 from utils.errors import MICAError
@@ -113,66 +113,6 @@ def test_batchnorm_rewrite_matches_formula():
     y = ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
     c = lambda a: a.reshape(1, 3, 1, 1)  # noqa: E731
     np.testing.assert_allclose(y, (x - c(mean)) / np.sqrt(c(var) + 1e-3) * c(gamma) + c(beta), atol=1e-5)
-
-
-def test_shift_residual_stream_is_exact(nets, tmp_path):
-    """The shifted network (bn1 as one Mul, shift constants in the conv biases) equals the folded
-    IResNet it is built from (torch float64, to 1e-10) and, exported to fp32 ONNX and run by
-    onnxruntime, the original IResNet to float32 rounding."""
-    import copy
-
-    import onnxruntime as ort
-    import torch
-
-    from micalib.export import export_onnx
-    from models.arcface import fuse_for_inference
-
-    arcface = copy.deepcopy(nets[0]).double()
-    with torch.no_grad():  # larger BN shifts than the random weights have, so a lost shift would show
-        for block in [b for stage in (arcface.layer1, arcface.layer2, arcface.layer3, arcface.layer4) for b in stage]:
-            block.bn1.bias.add_(torch.linspace(-1, 1, block.bn1.num_features, dtype=torch.float64))
-    fused = fuse_for_inference(arcface)  # folds in float32 storage: compare the rewrite with it in float64
-    shifted = shift_residual_stream(fused)
-    assert shifted is not None and not any(isinstance(m, torch.nn.BatchNorm2d) for m in shifted.modules())
-    assert shifted.shift.abs().max() > 0.5  # d = t / s is far from zero
-    x = torch.from_numpy(synthetic_calibration(3, 5)).double()
-    with torch.no_grad():
-        ref, before, got = arcface(x), fused(x), shifted(x)
-    assert ref.abs().max() > 1
-    torch.testing.assert_close(got, before, rtol=0, atol=1e-10 * float(ref.abs().max()))
-    path = export_onnx(shifted.float(), tmp_path / "shifted.onnx")
-    # per block one residual Add (+ the stem's shift) and one Mul (bn1): no bn1 Add left
-    n_blocks = sum(arcface.layers_per_stage)
-    assert sum(op == "Add" for op in [n.op_type for n in onnx.load(str(path)).graph.node]) == n_blocks + 1
-    ops = [n.op_type for n in onnx.load(str(path)).graph.node]
-    assert "BatchNormalization" not in ops
-    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    out = sess.run(None, {"images": x.float().numpy()})[0]
-    np.testing.assert_allclose(out, ref.numpy(), rtol=0, atol=1e-5 * float(ref.abs().max()))
-
-
-def test_int8_with_shifted_stream(nets, tmp_path):
-    """export_int8(shift_stream=True): one Add per block in the int8 graph, as accurate as the default."""
-    arcface, regressor = nets
-    path = export_int8(arcface, regressor, tmp_path / "s.onnx", synthetic_calibration(16, 0), with_code=True,
-                       shift_stream=True)
-    ops = [n.op_type for n in onnx.load(str(path)).graph.node]
-    assert "BatchNormalization" not in ops and ops.count("Add") == sum(arcface.layers_per_stage) + 1
-    res = compare_with_torch(_ShapeAndCode(arcface, regressor).eval(), path, synthetic_calibration(12, 7))
-    assert res["cosine"][1].min() >= 0.995 and res["cosine"][0].min() >= 0.999
-
-
-def test_shift_residual_stream_refuses_near_zero_scale(nets):
-    import copy
-
-    import torch
-
-    from models.arcface import fuse_for_inference
-
-    arcface = copy.deepcopy(nets[0])
-    with torch.no_grad():
-        arcface.layer2[1].bn1.weight[3] = 1e-6  # d = t / s would be ~1e5
-    assert shift_residual_stream(fuse_for_inference(arcface)) is None
 
 
 def test_predictor_runs_int8_unchanged(tmp_path, synthetic_flame_dir):

@@ -91,9 +91,9 @@ def load_checkpoint_file(path: PathLike, what: str = "checkpoint") -> Any:
     except pickle.UnpicklingError as e:
         msg = str(e)
         if "Weights only load failed" in msg or "Unsupported global" in msg:
-            found = re.search(r"Unsupported global: GLOBAL ([\w.]+)", msg)
+            found = re.search(r"GLOBAL ([\w.]+)", msg)
             name = f" ({found.group(1)})" if found else ""
-            raise MICAError(f"{what} {path} refused: it holds Python objects other than tensors{name}; "
+            raise MICAError(f"{what} {path} refused: it holds Python objects other than tensors and numpy arrays{name}; "
                             f"it was not executed - use an original checkpoint file from a trusted source") from None
         raise MICAError(f"{what} {path} is not a readable PyTorch file ({msg.splitlines()[0][:120]}); "
                         f"the file is corrupt - download or copy it again") from None

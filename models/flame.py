@@ -122,8 +122,10 @@ class FLAME(nn.Module):
     @classmethod
     def from_files(cls, model_path: PathLike, lmk_path: PathLike, n_shape: int = 300,
                    n_exp: int = 100) -> "FLAME":
-        """Build from ``generic_model.pkl`` and ``landmark_embedding.npy`` (safe loaders)."""
-        return cls(load_flame_model(model_path), load_landmark_embedding(lmk_path), n_shape, n_exp)
+        """Build from ``generic_model.pkl`` and ``landmark_embedding.npy`` (safe loaders; the
+        embedding's triangle indices are checked against the model's triangle count)."""
+        model = load_flame_model(model_path)
+        return cls(model, load_landmark_embedding(lmk_path, n_faces=len(model.faces)), n_shape, n_exp)
 
     @classmethod
     def from_config(cls, cfg: Any) -> "FLAME":

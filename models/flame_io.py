@@ -1,40 +1,28 @@
 """Safe readers of the FLAME 2020 files (no chumpy, no arbitrary code from pickles).
 
 ``generic_model.pkl``, ``FLAME_masks.pkl`` and ``landmark_embedding.npy`` are Python pickles
-(the first one written by Python 2, with some arrays as ``chumpy.ch.Ch`` objects). Loading them
-with ``pickle.load`` needs chumpy and runs whatever callable the file names. Here a restricted
-unpickler resolves only the globals the formats need:
+(the first one written by Python 2, with some arrays as ``chumpy.ch.Ch`` objects). They are read
+with the project's one allow-list unpickler (``utils.safe_pickle``), each with its format's list:
+``FLAME_MODEL`` (numpy, chumpy ``Ch`` -> its ``x`` array, scipy sparse, ``set``/``frozenset``,
+protocol-0/1 ``copy_reg._reconstructor``), ``TORCH_TENSORS`` for the embedding (its dynamic
+entries are pickled torch tensors) and ``NUMPY_DATA`` for the masks. Any other global
+(``os.system``, ``builtins.eval``, ...) raises ``MICAError`` naming the file and the refused
+global, before anything is called.
 
-- numpy array reconstruction (``numpy[._]core.multiarray._reconstruct``, ``numpy.ndarray``,
-  ``numpy.dtype``, ``numpy[._]core.multiarray.scalar``, ``numpy[._]core.numeric._frombuffer``);
-- ``scipy.sparse`` ``csc_matrix`` / ``csr_matrix`` (old and new module paths), mapped to a stand-in
-  that keeps the pickled ``data``/``indices``/``indptr``/shape and is densified afterwards;
-- ``chumpy.ch.Ch``, mapped to a stand-in that keeps the array of its pickled state key ``x``;
-- ``copy_reg._reconstructor`` (only for the two stand-ins) and ``_codecs.encode`` (only latin-1:
-  how Python 3 writes bytes at pickle protocol <= 2);
-- pickled torch tensors (``torch._utils._rebuild_tensor_v2`` on a storage from
-  ``torch.storage._load_from_bytes``, whose bytes are read with ``torch.load(weights_only=True)``),
-  plus ``collections.OrderedDict`` (their empty backward-hook dict).
-
-Any other global (``os.system``, ``builtins.eval``, ...) raises ``MICAError`` naming the file and
-the refused global, before anything is called.
+Every array is then checked: shapes, index ranges against the mesh (triangle indices of the
+landmark embedding, vertex indices of the masks when the vertex count is given) and finite values.
 """
 from __future__ import annotations
 
-import codecs
-import io
 import os
-import pickle
-from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, Union
+from typing import Any, Dict, Optional, Union
 
 import numpy as np
-import scipy.sparse
-import torch
 
 from utils.errors import MICAError
+from utils.safe_pickle import FLAME_MODEL, NUMPY_DATA, TORCH_TENSORS, AllowList, RefusedGlobal, object_npy_from_bytes, unpickle
 
 PathLike = Union[str, os.PathLike]
 
@@ -42,158 +30,6 @@ FLAME_URL = "https://flame.is.tue.mpg.de"
 N_JOINTS = 5
 N_SHAPEDIRS = 400
 N_POSEDIRS = 36
-
-
-# ---------------------------------------------------------------------------------------------
-# Stand-ins for the pickled classes
-# ---------------------------------------------------------------------------------------------
-class _ChStandIn:
-    """Replaces ``chumpy.ch.Ch``: keeps the array stored under the state key ``x``."""
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        self.x = None
-
-    def __setstate__(self, state: Any) -> None:
-        if isinstance(state, tuple) and len(state) == 2 and isinstance(state[0], dict):
-            state = state[0]
-        if not isinstance(state, dict) or "x" not in state:
-            raise pickle.UnpicklingError("chumpy.ch.Ch object without an 'x' array in its state")
-        self.x = state["x"]
-
-
-class _SparseStandIn:
-    """Replaces ``scipy.sparse.csc_matrix``/``csr_matrix``: keeps the compressed arrays."""
-
-    fmt = "csc"
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        self.state: Dict[str, Any] = {}
-
-    def __setstate__(self, state: Any) -> None:
-        if isinstance(state, tuple) and len(state) == 2 and isinstance(state[0], dict):
-            state = state[0]
-        if not isinstance(state, dict):
-            raise pickle.UnpicklingError("sparse matrix with a non-dict state")
-        self.state = state
-
-    def to_dense(self) -> np.ndarray:
-        s = self.state
-        shape = s.get("_shape", s.get("shape"))
-        try:
-            data, indices, indptr = (np.asarray(s[k]) for k in ("data", "indices", "indptr"))
-            cls = scipy.sparse.csc_matrix if self.fmt == "csc" else scipy.sparse.csr_matrix
-            return np.asarray(cls((data, indices, indptr), shape=tuple(int(n) for n in shape)).toarray())
-        except (KeyError, TypeError, ValueError) as e:
-            raise pickle.UnpicklingError(f"invalid sparse matrix state ({e})") from None
-
-
-class _CscStandIn(_SparseStandIn):
-    fmt = "csc"
-
-
-class _CsrStandIn(_SparseStandIn):
-    fmt = "csr"
-
-
-_STAND_INS = (_ChStandIn, _CscStandIn, _CsrStandIn)
-
-
-def _safe_reconstructor(cls: Any, base: Any, state: Any) -> Any:
-    """``copy_reg._reconstructor`` limited to the stand-in classes (Python-2 protocol 0/1)."""
-    if cls not in _STAND_INS or base is not object:
-        raise pickle.UnpicklingError(f"copy_reg._reconstructor refused for {cls!r}")
-    return cls()
-
-
-def _latin1_encode(text: str, encoding: str = "utf-8") -> bytes:
-    """``_codecs.encode`` as Python 3 uses it for bytes at protocol <= 2 (latin-1 only)."""
-    if not isinstance(text, str) or codecs.lookup(encoding).name != "iso8859-1":
-        raise pickle.UnpicklingError(f"_codecs.encode refused for encoding {encoding!r}")
-    return text.encode("latin-1")
-
-
-def _storage_from_bytes(data: bytes) -> Any:
-    """``torch.storage._load_from_bytes`` read with ``torch.load(weights_only=True)``."""
-    if not isinstance(data, (bytes, bytearray)):
-        raise pickle.UnpicklingError("torch storage payload is not bytes")
-    return torch.load(io.BytesIO(bytes(data)), weights_only=True, map_location="cpu")
-
-
-def _rebuild_tensor(storage: Any, offset: int, size: Any, stride: Any, *rest: Any) -> torch.Tensor:
-    """``torch._utils._rebuild_tensor_v2`` limited to real storages."""
-    if not isinstance(storage, (torch.TypedStorage, torch.UntypedStorage)):
-        raise pickle.UnpicklingError("torch tensor rebuilt from something that is not a storage")
-    return torch._utils._rebuild_tensor_v2(storage, offset, size, stride, *rest)
-
-
-def _allowed_globals() -> Dict[tuple, Any]:
-    reconstruct = np.ndarray.__reduce__(np.zeros(1))[0]  # numpy's own _reconstruct
-    scalar = np.float64(0).__reduce__()[0]
-    frombuffer = np.zeros(1).__reduce_ex__(5)[0]  # numpy's own _frombuffer
-    table: Dict[tuple, Any] = {
-        ("numpy", "ndarray"): np.ndarray,
-        ("numpy", "dtype"): np.dtype,
-        ("chumpy.ch", "Ch"): _ChStandIn,
-        ("copy_reg", "_reconstructor"): _safe_reconstructor,
-        ("copyreg", "_reconstructor"): _safe_reconstructor,
-        ("__builtin__", "object"): object,
-        ("builtins", "object"): object,
-        ("_codecs", "encode"): _latin1_encode,
-        ("torch._utils", "_rebuild_tensor_v2"): _rebuild_tensor,
-        ("torch.storage", "_load_from_bytes"): _storage_from_bytes,
-        ("collections", "OrderedDict"): OrderedDict,
-    }
-    for mod in ("numpy.core.multiarray", "numpy._core.multiarray"):
-        table[(mod, "_reconstruct")] = reconstruct
-        table[(mod, "scalar")] = scalar
-    for mod in ("numpy.core.numeric", "numpy._core.numeric"):  # protocol 5 (files re-saved by Python 3)
-        table[(mod, "_frombuffer")] = frombuffer
-    for mod in ("scipy.sparse", "scipy.sparse.csc", "scipy.sparse._csc"):
-        table[(mod, "csc_matrix")] = _CscStandIn
-    for mod in ("scipy.sparse", "scipy.sparse.csr", "scipy.sparse._csr"):
-        table[(mod, "csr_matrix")] = _CsrStandIn
-    return table
-
-
-class RestrictedUnpickler(pickle.Unpickler):
-    """A latin-1 unpickler that resolves only the globals listed in the module docstring.
-
-    Args:
-        file: binary file object positioned at the pickle.
-        source: the file's path, named in the refusal message.
-    """
-
-    def __init__(self, file: Any, source: PathLike) -> None:
-        super().__init__(file, encoding="latin1", fix_imports=False)
-        self._source = str(source)
-        self._allowed = _allowed_globals()
-
-    def find_class(self, module: str, name: str) -> Any:
-        try:
-            return self._allowed[(module, name)]
-        except KeyError:
-            raise MICAError(
-                f"{self._source}: refused to load the global '{module}.{name}' from this pickle "
-                "(not part of the FLAME file formats; the file is not a genuine FLAME file)"
-            ) from None
-
-    def persistent_load(self, pid: Any) -> Any:
-        raise MICAError(f"{self._source}: refused persistent id in pickle (not a genuine FLAME file)")
-
-
-def _unwrap(obj: Any) -> Any:
-    """Replace stand-ins by plain numpy arrays, recursively through dicts/lists/tuples."""
-    if isinstance(obj, _ChStandIn):
-        return _unwrap(obj.x)
-    if isinstance(obj, _SparseStandIn):
-        return obj.to_dense()
-    if isinstance(obj, torch.Tensor):
-        return obj.detach().cpu().numpy()
-    if isinstance(obj, dict):
-        return {k: _unwrap(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return type(obj)(_unwrap(v) for v in obj)
-    return obj
 
 
 def _read_bytes(path: Path, what: str, hint: str) -> bytes:
@@ -204,21 +40,32 @@ def _read_bytes(path: Path, what: str, hint: str) -> bytes:
     return path.read_bytes()
 
 
-def safe_unpickle(data: bytes, source: PathLike) -> Any:
-    """Unpickle ``data`` (latin-1) with ``RestrictedUnpickler``; stand-ins become numpy arrays.
+def _user_error(e: Exception, source: PathLike, hint: str) -> MICAError:
+    """One line for a refused global or an unreadable pickle."""
+    if isinstance(e, RefusedGlobal):
+        return MICAError(f"{source}: refused to load the global '{e.global_name}' from this pickle "
+                         f"(not part of the FLAME file formats; nothing from it was run); {hint}")
+    first = (str(e).splitlines() or [""])[0]
+    return MICAError(f"{source}: file is truncated or corrupt ({type(e).__name__}: {first}); {hint}")
+
+
+def safe_unpickle(data: bytes, source: PathLike, allowed: AllowList = FLAME_MODEL,
+                  hint: str = "download it again") -> Any:
+    """Unpickle ``data`` with ``utils.safe_pickle`` (``allowed`` format); stand-ins become numpy arrays.
 
     Raises:
         MICAError: a refused global, or a truncated / corrupt pickle (message names ``source``).
     """
     try:
-        obj = RestrictedUnpickler(io.BytesIO(data), source).load()
-    except MICAError:
-        raise
+        return unpickle(data, allowed)
     except Exception as e:  # any parse failure of a user's file is a user error
-        first = (str(e).splitlines() or [""])[0]
-        raise MICAError(f"{source}: file is truncated or corrupt ({type(e).__name__}: {first}); "
-                        "download it again") from None
-    return _unwrap(obj)
+        raise _user_error(e, source, hint) from None
+
+
+def _check_finite(path: Path, what: str, key: str, a: np.ndarray, hint: str) -> None:
+    if np.issubdtype(a.dtype, np.floating) and not np.isfinite(a).all():
+        bad = int((~np.isfinite(a)).sum())
+        raise MICAError(f"{path}: {what} '{key}' holds {bad} NaN or infinite values; {hint}")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -269,7 +116,7 @@ def load_flame_model(path: PathLike) -> FlameModelData:
     """
     path = Path(path)
     hint = _model_hint(path)
-    data = safe_unpickle(_read_bytes(path, "FLAME model generic_model.pkl", hint), path)
+    data = safe_unpickle(_read_bytes(path, "FLAME model generic_model.pkl", hint), path, FLAME_MODEL, hint)
     if not isinstance(data, dict):
         raise MICAError(f"{path}: expected a dict of FLAME arrays, found {type(data).__name__}; {hint}")
     missing = [k for k in ("f", "v_template", "shapedirs", "posedirs", "J_regressor", "weights",
@@ -302,6 +149,7 @@ def load_flame_model(path: PathLike) -> FlameModelData:
     for key, (a, shape) in expected.items():
         if n_v < 1 or a.shape != shape:
             raise MICAError(f"{path}: FLAME key '{key}' has shape {a.shape}, expected {shape}; {hint}")
+        _check_finite(path, "FLAME array", key, a, hint)
     if faces.ndim != 2 or faces.shape[1] != 3 or faces.size == 0 or faces.min() < 0 or faces.max() >= n_v:
         raise MICAError(f"{path}: FLAME key 'f' is not a (F, 3) array of vertex indices < {n_v}; {hint}")
     kintree = kintree.copy()
@@ -346,39 +194,28 @@ _LMK_SHAPES = {
 }
 
 
-def _read_npy_object(raw: bytes, path: Path, hint: str) -> Any:
-    """Parse an ``.npy`` file; an object array's pickle goes through the restricted unpickler."""
-    f = io.BytesIO(raw)
-    try:
-        version = np.lib.format.read_magic(f)
-        if version == (1, 0):
-            shape, fortran, dtype = np.lib.format.read_array_header_1_0(f)
-        else:
-            shape, fortran, dtype = np.lib.format.read_array_header_2_0(f)
-    except Exception as e:
-        first = (str(e).splitlines() or [""])[0]
-        raise MICAError(f"{path}: not a valid .npy file ({first}); {hint}") from None
-    if dtype.hasobject:
-        obj = safe_unpickle(raw[f.tell():], path)
-        if isinstance(obj, np.ndarray) and obj.dtype.hasobject and obj.shape == ():
-            obj = obj[()]
-        return obj
-    try:
-        return np.load(io.BytesIO(raw), allow_pickle=False)
-    except Exception as e:
-        raise MICAError(f"{path}: file is truncated or corrupt ({type(e).__name__}); {hint}") from None
-
-
-def load_landmark_embedding(path: PathLike) -> LandmarkEmbedding:
+def load_landmark_embedding(path: PathLike, n_faces: Optional[int] = None) -> LandmarkEmbedding:
     """Read ``landmark_embedding.npy`` safely (its dynamic entries are pickled torch tensors).
+
+    Args:
+        path: the file.
+        n_faces: F, the triangle count of the FLAME model; when given, every triangle index must
+            lie in [0, F).
 
     Raises:
         FileNotFoundError: the file does not exist.
-        MICAError: truncated / corrupt file, refused pickle global, missing keys or wrong shapes.
+        MICAError: truncated / corrupt file, refused pickle global, missing keys, wrong shapes,
+            triangle indices out of range or non-finite barycentric coordinates.
     """
     path = Path(path)
     hint = f"get landmark_embedding.npy from the MICA repository (data/FLAME2020) and put it at {path}"
-    obj = _read_npy_object(_read_bytes(path, "FLAME landmark embedding", hint), path, hint)
+    raw = _read_bytes(path, "FLAME landmark embedding", hint)
+    try:
+        obj = object_npy_from_bytes(raw, TORCH_TENSORS)
+    except ValueError as e:
+        raise MICAError(f"{path}: not a landmark embedding ({e}); {hint}") from None
+    except Exception as e:
+        raise _user_error(e, path, hint) from None
     if not isinstance(obj, dict):
         raise MICAError(f"{path}: expected a dict of landmark arrays, found {type(obj).__name__}; {hint}")
     out = {}
@@ -391,6 +228,12 @@ def load_landmark_embedding(path: PathLike) -> LandmarkEmbedding:
             raise MICAError(f"{path}: landmark key '{key}' is not a numeric array; {hint}") from None
         if a.shape != shape:
             raise MICAError(f"{path}: landmark key '{key}' has shape {a.shape}, expected {shape}; {hint}")
+        _check_finite(path, "landmark key", key, np.asarray(obj[key], dtype=np.float64), hint)
+        if key.endswith("_faces_idx") and n_faces is not None and (a.min() < 0 or a.max() >= n_faces):
+            worst = int(a.min()) if a.min() < 0 else int(a.max())
+            raise MICAError(f"{path}: landmark key '{key}' names triangle {worst} but the FLAME model has "
+                            f"{n_faces} triangles (indices must be in [0, {n_faces})): the embedding does not "
+                            f"belong to this FLAME model; {hint}")
         out[key] = a
     return LandmarkEmbedding(**out)
 
@@ -403,16 +246,21 @@ MASK_NAMES = ("face", "eye_region", "left_eye_region", "right_eye_region", "left
               "neck", "boundary")
 
 
-def load_flame_masks(path: PathLike) -> Dict[str, np.ndarray]:
+def load_flame_masks(path: PathLike, n_vertices: Optional[int] = None) -> Dict[str, np.ndarray]:
     """Read ``FLAME_masks.pkl`` safely: region name -> (N,) int64 vertex indices.
+
+    Args:
+        path: the file.
+        n_vertices: V of the FLAME model; when given, every index must lie in [0, V).
 
     Raises:
         FileNotFoundError: the file does not exist.
-        MICAError: truncated / corrupt file, refused pickle global, or not a dict of index arrays.
+        MICAError: truncated / corrupt file, refused pickle global, not a dict of index arrays, or
+            an index out of range.
     """
     path = Path(path)
     hint = f"get FLAME_masks.pkl from {FLAME_URL} (FLAME_masks.zip) and put it at {path}"
-    obj = safe_unpickle(_read_bytes(path, "FLAME masks", hint), path)
+    obj = safe_unpickle(_read_bytes(path, "FLAME masks", hint), path, NUMPY_DATA, hint)
     if not isinstance(obj, dict) or not obj:
         raise MICAError(f"{path}: expected a dict of vertex index arrays; {hint}")
     out: Dict[str, np.ndarray] = {}
@@ -423,6 +271,10 @@ def load_flame_masks(path: PathLike) -> Dict[str, np.ndarray]:
                 raise ValueError
         except (TypeError, ValueError):
             raise MICAError(f"{path}: mask '{key}' is not a 1-D array of vertex indices; {hint}") from None
+        if n_vertices is not None and a.size and a.max() >= n_vertices:
+            raise MICAError(f"{path}: mask '{key}' names vertex {int(a.max())} but the FLAME model has {n_vertices} "
+                            f"vertices (indices must be in [0, {n_vertices})): the masks do not belong to this "
+                            f"FLAME model; {hint}")
         out[str(key)] = a.astype(np.int64)
     return out
 

@@ -64,5 +64,5 @@ def from_config(cfg: Any, n_vertices: int) -> np.ndarray:
 
     if not bool(cfg.train.use_mask):
         return np.ones(int(n_vertices), dtype=np.float32)
-    masks = load_flame_masks(resolve_path(cfg.model.flame_masks_path))
+    masks = load_flame_masks(resolve_path(cfg.model.flame_masks_path), n_vertices=int(n_vertices))
     return vertex_weights(masks, n_vertices, dict(cfg.mask_weights))

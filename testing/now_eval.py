@@ -32,6 +32,7 @@ from testing.geometry import MeshDistance, apply_similarity, rotvec_to_matrix, s
 from testing.pp import read_pp
 from utils.errors import MICAError
 from utils.io import atomic_save, atomic_write_text
+from utils.safe_pickle import load_object_npy
 
 PathLike = Union[str, os.PathLike]
 
@@ -495,12 +496,12 @@ def write_official_outputs(result: EvalResult, out_dir: PathLike) -> tuple[Path,
 def read_official_outputs(path: PathLike) -> dict:
     """Load a ``*_computed_distances.npy`` written by NoW's scorer or ``write_official_outputs``.
 
-    It is a pickle: only open files you or the official scorer wrote.
+    It is a pickle, read by the allow-list unpickler (numpy data only; nothing in it runs).
     """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"result file {path} does not exist")
     try:
-        return np.load(path, allow_pickle=True)[()]
-    except (ValueError, OSError, pickle.UnpicklingError) as e:
+        return load_object_npy(path)
+    except (ValueError, OSError, EOFError, pickle.UnpicklingError) as e:
         raise MICAError(f"result file {path} is not a NoW computed_distances file ({e})") from None

@@ -4,13 +4,17 @@
 
 - ``generic_model.pkl``: a pickle (protocol 2, latin-1 loadable) dict with the keys of the real
   file (``f, v_template, shapedirs, posedirs, J_regressor, weights, kintree_table, J, bs_style,
-  bs_type``); ``v_template, shapedirs, posedirs, weights, J`` are pickled as ``chumpy.ch.Ch``
-  objects (state ``{'x': array}``), ``J_regressor`` as a scipy ``csc_matrix``, the root parent in
-  ``kintree_table`` as 2**32-1, binary data as Python-2 ``str`` and Python-2 global names
-  (``numpy.core.multiarray``, ``scipy.sparse.csc``), as in the real file. chumpy is never
-  imported: a throwaway class named ``chumpy.ch.Ch`` is written by name.
-- ``landmark_embedding.npy`` (object array of a dict; dynamic entries are torch tensors),
-  ``FLAME_masks.pkl`` and ``head_template.obj``.
+  bs_type``); ``v_template, shapedirs, posedirs, weights, J`` are pickled as chumpy does it:
+  ``chumpy.ch.Ch`` built with NEWOBJ, then BUILD with chumpy's whole state (``x``,
+  ``_dirty_vars=set(['x'])``, ``_itr``, ``_make_dense``, ``_make_sparse``, ``_depends_on_deps``);
+  ``J_regressor`` as an old-scipy ``scipy.sparse.csc.csc_matrix``; the root parent in
+  ``kintree_table`` as 2**32-1; binary data as Python-2 ``str``; Python-2 global names
+  (``__builtin__``, ``numpy.core.multiarray``). The globals are exactly those MICA_FACTS lists for
+  protocol 2. chumpy and old scipy are never imported: throwaway classes are written by name
+  (``tests/legacy_pickle.py``).
+- ``landmark_embedding.npy`` (numpy-1 ``np.save`` of an object array of a dict; dynamic entries
+  are torch tensors), ``FLAME_masks.pkl`` (Python 2, protocol 0, as the real file) and
+  ``head_template.obj``.
 
 With ``../shared/data/flame_public`` present (or ``MICA_SHARED_DIR``), the real topology
 (5023 vertices, 9976 triangles), landmark embedding and masks are used; otherwise a small random
@@ -19,11 +23,8 @@ to millimetre-level displacements (identity ~ a few mm per unit coefficient).
 """
 from __future__ import annotations
 
-import io
 import os
 import pickle
-import struct
-import types
 from pathlib import Path
 from typing import Dict, Optional, Tuple
 
@@ -31,6 +32,8 @@ import numpy as np
 import scipy.sparse
 import torch
 
+from tests.legacy_pickle import PY2_NAMES, Numpy1Pickler, Py2Pickler, class_named, npy_object_bytes
+from tests.legacy_pickle import dumps as legacy_dumps
 from utils.io import atomic_write_bytes, atomic_write_text
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -197,94 +200,61 @@ def make_model_arrays(seed: int = 0, real: Optional[bool] = None) -> Dict[str, o
 # ---------------------------------------------------------------------------------------------
 # Writing in the real formats
 # ---------------------------------------------------------------------------------------------
-def _fake_chumpy_ch() -> Tuple[types.ModuleType, type]:
-    """A throwaway ``chumpy.ch`` module object with a ``Ch`` class pickled as state {'x': array}.
-
-    It is never put into ``sys.modules``: ``_Py2Pickler`` writes its global by name.
-    """
-    mod = types.ModuleType("chumpy.ch")
-
-    class Ch:  # stand-in for chumpy.ch.Ch while pickling
-        def __init__(self, x: np.ndarray) -> None:
-            self.x = x
-
-        def __getstate__(self) -> dict:
-            return {"x": self.x}
-
-    Ch.__module__ = "chumpy.ch"
-    Ch.__qualname__ = "Ch"
-    mod.Ch = Ch
-    return mod, Ch
+def chumpy_state(x: np.ndarray) -> dict:
+    """What chumpy's ``Ch.__getstate__`` returns for an array assigned to ``x`` (``__dict__`` minus
+    ``_parents`` and ``_cache``; ``_dirty_vars`` still holds ``'x'`` before any evaluation)."""
+    return {"x": x, "_dirty_vars": set(["x"]), "_itr": None, "_make_dense": False,
+            "_make_sparse": False, "_depends_on_deps": {}}
 
 
-# Python-3 location -> the name a Python 2 / old numpy+scipy pickle used.
-_PY2_GLOBALS = {
-    ("numpy._core.multiarray", "_reconstruct"): ("numpy.core.multiarray", "_reconstruct"),
-    ("numpy.core.multiarray", "_reconstruct"): ("numpy.core.multiarray", "_reconstruct"),
-    ("scipy.sparse._csc", "csc_matrix"): ("scipy.sparse.csc", "csc_matrix"),
-    ("copyreg", "_reconstructor"): ("copy_reg", "_reconstructor"),
-    ("builtins", "object"): ("__builtin__", "object"),
-    ("chumpy.ch", "Ch"): ("chumpy.ch", "Ch"),
-}
+def old_csc_state(matrix: np.ndarray) -> dict:
+    """The ``__dict__`` of a Python-2-era scipy ``csc_matrix`` (``spmatrix.__init__`` set ``format``,
+    ``_shape`` and ``maxprint``; the compressed arrays ``data``/``indices``/``indptr``)."""
+    m = scipy.sparse.csc_matrix(np.asarray(matrix))
+    return {"format": "csc", "_shape": tuple(int(n) for n in m.shape), "maxprint": 50,
+            "indices": m.indices, "indptr": m.indptr, "data": m.data}
 
 
-class _Py2Pickler(pickle._Pickler):  # the pure-Python pickler, whose dispatch can be extended
-    """Writes pickles as Python 2 did: bytes and ASCII text as ``str`` (BINSTRING), py2 global names."""
+# Throwaway classes pickled under the real files' names (chumpy and old scipy are never imported).
+ChumpyCh = class_named("chumpy.ch", "Ch", getstate=lambda self: self.state)
+OldCscMatrix = class_named("scipy.sparse.csc", "csc_matrix", getstate=lambda self: self.state)
 
-    dispatch = dict(pickle._Pickler.dispatch)
 
-    def _binstring(self, obj: object, data: bytes) -> None:
-        if len(data) < 256:
-            self.write(pickle.SHORT_BINSTRING + bytes([len(data)]) + data)
-        else:
-            self.write(pickle.BINSTRING + struct.pack("<i", len(data)) + data)
-        self.memoize(obj)
+class _FlamePickler(Py2Pickler):
+    renames = {**PY2_NAMES, ("chumpy.ch", "Ch"): ("chumpy.ch", "Ch"),
+               ("scipy.sparse.csc", "csc_matrix"): ("scipy.sparse.csc", "csc_matrix")}
 
-    def save_bytes(self, obj: bytes) -> None:
-        self._binstring(obj, obj)
 
-    def save_str(self, obj: str) -> None:
-        try:
-            self._binstring(obj, obj.encode("ascii"))
-        except UnicodeEncodeError:
-            pickle._Pickler.save_str(self, obj)
-
-    def save_global(self, obj: object, name: Optional[str] = None) -> None:
-        key = (getattr(obj, "__module__", None), name or getattr(obj, "__qualname__", None))
-        if key in _PY2_GLOBALS:
-            module, qualname = _PY2_GLOBALS[key]
-            self.write(pickle.GLOBAL + f"{module}\n{qualname}\n".encode("ascii"))
-            self.memoize(obj)
-        else:
-            pickle._Pickler.save_global(self, obj, name)
-
-    dispatch[bytes] = save_bytes
-    dispatch[str] = save_str
-    dispatch[types.FunctionType] = save_global
-    dispatch[type] = save_global
+def _wrapped(cls: type, state: dict) -> object:
+    obj = cls.__new__(cls)
+    obj.state = state
+    return obj
 
 
 def generic_model_bytes(model: Dict[str, object], ch_keys=("v_template", "shapedirs", "posedirs",
                                                             "weights", "J"), protocol: int = 2) -> bytes:
-    """Pickle ``model`` as the Python-2 FLAME 2020 file: Ch objects, csc J_regressor, py2 strings.
+    """Pickle ``model`` as the Python-2 FLAME 2020 file: chumpy ``Ch`` objects with chumpy's whole
+    state, an old-scipy ``csc_matrix`` J_regressor, Python-2 strings and global names.
 
-    ``protocol`` 2 is the real file's; 0/1 exercise ``copy_reg._reconstructor``.
+    ``protocol`` 2 is the real file's (``Ch``/``csc_matrix`` built with NEWOBJ then BUILD); 0/1
+    rebuild them through ``copy_reg._reconstructor`` and ``__builtin__.object``.
     """
-    _, ch_cls = _fake_chumpy_ch()
     out = dict(model)
-    out["J_regressor"] = scipy.sparse.csc_matrix(np.asarray(model["J_regressor"]))
+    out["J_regressor"] = _wrapped(OldCscMatrix, old_csc_state(np.asarray(model["J_regressor"])))
     for k in ch_keys:
-        out[k] = ch_cls(np.asarray(model[k]))
-    buf = io.BytesIO()
-    _Py2Pickler(buf, protocol=protocol).dump(out)
-    return buf.getvalue()
+        out[k] = _wrapped(ChumpyCh, chumpy_state(np.asarray(model[k])))
+    return legacy_dumps(out, _FlamePickler, protocol=protocol)
 
 
 def embedding_npy_bytes(embedding: Dict[str, object]) -> bytes:
-    """``np.save`` of a 0-d object array holding the landmark dict (as the real file)."""
-    buf = io.BytesIO()
-    np.save(buf, np.array(embedding, dtype=object), allow_pickle=True)
-    return buf.getvalue()
+    """``np.save`` of a 0-d object array holding the landmark dict, as the real file (numpy 1.x
+    names, protocol 3, the dynamic entries pickled torch tensors)."""
+    return npy_object_bytes(embedding, Numpy1Pickler)
+
+
+def masks_pkl_bytes(masks: Dict[str, np.ndarray]) -> bytes:
+    """``FLAME_masks.pkl`` as the real file: a Python 2 pickle at protocol 0 (numpy.core names)."""
+    return legacy_dumps(masks, Py2Pickler, protocol=0)
 
 
 def obj_text(verts: np.ndarray, faces: np.ndarray) -> str:
@@ -315,6 +285,6 @@ def write_synthetic_flame(folder: os.PathLike | str, seed: int = 0, real: Option
             atomic_write_bytes(folder / name, (public / name).read_bytes())
     else:
         atomic_write_bytes(folder / "landmark_embedding.npy", embedding_npy_bytes(arrays["embedding"]))
-        atomic_write_bytes(folder / "FLAME_masks.pkl", pickle.dumps(arrays["masks"], protocol=2))
+        atomic_write_bytes(folder / "FLAME_masks.pkl", masks_pkl_bytes(arrays["masks"]))
     atomic_write_text(folder / "head_template.obj", obj_text(model["v_template"], arrays["faces"]))
     return folder

@@ -9,7 +9,6 @@
 """
 from __future__ import annotations
 
-import io
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -88,11 +87,12 @@ def write_obj_scan(path: os.PathLike | str, scan: Scan) -> None:
 
 
 def write_box(path: os.PathLike | str, left: float, top: float, right: float, bottom: float) -> None:
-    """NoW ``detected_face`` box: a pickled dict with left/right/top/bottom (pixels)."""
+    """NoW ``detected_face`` box: ``np.save`` of a dict with left/right/top/bottom (pixels), as numpy
+    1.x wrote the released files (protocol 3, ``numpy.core.multiarray`` names)."""
+    from tests.legacy_pickle import npy_object_bytes
+
     box = {"left": float(left), "right": float(right), "top": float(top), "bottom": float(bottom)}
-    buf = io.BytesIO()
-    np.save(buf, np.array(box, dtype=object), allow_pickle=True)
-    atomic_write_bytes(path, buf.getvalue())
+    atomic_write_bytes(path, npy_object_bytes(box))
 
 
 def write_now_folder(root: os.PathLike | str, scans: Mapping[str, Scan],

@@ -5,6 +5,12 @@
   its ``generator.*`` buffers), as the official code saves it.
 - ``write_random_backbone(path, arch)``: an insightface arcface_torch ``backbone.pth`` (bare
   IResNet state dict).
+- ``official_training_checkpoint(arch, seed, flame)`` / ``write_official_training_checkpoint``: a
+  checkpoint as the official trainer's ``save_checkpoint`` writes it (``arcface``, ``flameModel``,
+  ``opt`` = AdamW state after one step, ``scheduler`` = StepLR state, ``validator`` with
+  ``embeddings_lyhm`` lists of float32 numpy arrays and ``best_model`` floats incl. ``inf``,
+  ``epoch``, ``global_step``, ``batch_size``), pickled under numpy-1 names as its environment
+  (torch 1.13, numpy 1.23) did (``tests/legacy_pickle.torch_save_numpy1``).
 - ``random_mica(flame_dir, arch)``: a MICA model in eval mode (random ArcFace and mapping network,
   the FLAME of ``flame_dir`` with 300 shape and 100 expression coefficients).
 
@@ -95,6 +101,56 @@ def write_random_mica_tar(path: str | Path, flame: Optional[nn.Module] = None, a
     arcface = random_arcface(arch, seed)
     regressor = random_mapping_network(mapping_layers, n_shape, seed + 1)
     return save_mica_checkpoint(path, arcface, regressor, flame, extra)
+
+
+def official_training_checkpoint(arch: str = "iresnet18", seed: int = 0, flame: Optional[nn.Module] = None,
+                                 lr: float = 1e-5, arcface_lr: float = 1e-5, weight_decay: float = 2e-4,
+                                 lr_update_step: int = 100000) -> dict:
+    """The dict the official trainer's ``save_checkpoint`` saves (layout: MICA_FACTS, ``mica.tar``).
+
+    AdamW over the two parameter groups (mapping network, ArcFace) has taken one step on random
+    gradients of the trainable parameters (layer4 and the head; the frozen stages get none), and
+    StepLR one step. The validator holds per-actor lists of float32 (512,) numpy embeddings (one
+    actor with an emptied list) and the best-model record with ``inf`` where nothing was measured.
+    """
+    import numpy as np
+
+    gen = torch.Generator().manual_seed(seed + 7)
+    arcface = random_arcface(arch, seed)
+    regressor = random_mapping_network(3, 300, seed + 1)
+    opt = torch.optim.AdamW([{"params": regressor.parameters(), "lr": lr},
+                             {"params": arcface.parameters(), "lr": arcface_lr}],
+                            lr=lr, weight_decay=weight_decay, amsgrad=False)
+    scheduler = torch.optim.lr_scheduler.StepLR(opt, step_size=lr_update_step, gamma=0.1)
+    trainable = list(regressor.parameters()) + [p for n, p in arcface.named_parameters()
+                                                if n.split(".")[0] in ("layer4", "bn2", "fc", "features")]
+    for p in trainable:
+        p.grad = torch.randn(p.shape, generator=gen) * 1e-3
+    opt.step()
+    scheduler.step()
+    flame_model = {f"regressor.{k}": v for k, v in regressor.state_dict().items()}
+    if flame is not None:
+        flame_model.update({f"generator.{k}": v for k, v in flame.mica_buffers().items()})
+    rng = np.random.default_rng(seed)
+    embeddings = {"00001": [rng.normal(size=512).astype(np.float32) for _ in range(3)],
+                  "00002": [rng.normal(size=512).astype(np.float32)],
+                  "00003": []}
+    validator = {"embeddings_lyhm": embeddings,
+                 "best_model": {"average": 1.25, "smoothed_average": float("inf"),
+                                "running_average": float("inf"), "now_mean": None, "counter": 2}}
+    return {"flameModel": flame_model, "arcface": arcface.state_dict(), "opt": opt.state_dict(),
+            "scheduler": scheduler.state_dict(), "validator": validator, "epoch": 3, "global_step": 1,
+            "batch_size": 8}
+
+
+def write_official_training_checkpoint(path: str | Path, arch: str = "iresnet18", seed: int = 0,
+                                       flame: Optional[nn.Module] = None) -> Path:
+    """Write :func:`official_training_checkpoint` as ``torch.save`` under numpy-1 global names."""
+    from tests.legacy_pickle import torch_save_numpy1
+    from utils.io import atomic_write_bytes
+
+    atomic_write_bytes(path, torch_save_numpy1(official_training_checkpoint(arch, seed, flame)))
+    return Path(path)
 
 
 def write_random_backbone(path: str | Path, arch: str = "iresnet100", seed: int = 0) -> Path:

@@ -165,3 +165,134 @@ def test_generator_buffers_are_dropped_and_compared(tmp_path, caplog):
     assert ckpt.check_flame_template(data["generator"], flame, "t") == 0.0
     shifted = dict(data["generator"], v_template=data["generator"]["v_template"] + 0.001)
     assert ckpt.check_flame_template(shifted, flame, "t") == pytest.approx(0.001, rel=1e-4)
+
+
+# ---------------------------------------------------------------------------------------------
+# Checkpoints written by the official trainer (numpy objects, numpy-1 names)
+# ---------------------------------------------------------------------------------------------
+NUMPY1 = {"numpy.core.multiarray._reconstruct", "numpy.ndarray", "numpy.dtype"}
+
+
+@pytest.fixture(scope="module")
+def official(tmp_path_factory):
+    """(path, dict): the dict the official trainer saves, written as its environment wrote it."""
+    from tests.legacy_pickle import torch_save_numpy1
+    from tests.synthetic_weights import official_training_checkpoint
+
+    ref = official_training_checkpoint("iresnet18", 3)
+    path = tmp_path_factory.mktemp("official") / "model_00000001.tar"
+    path.write_bytes(torch_save_numpy1(ref))
+    return path, ref
+
+
+@pytest.mark.slow  # a 270 MB file (iresnet18 + AdamW state)
+def test_official_trainer_checkpoint_loads(official):
+    import numpy as np
+
+    from tests.legacy_pickle import torch_file_globals
+
+    official_tar, ref = official
+    names = torch_file_globals(official_tar.read_bytes())
+    assert NUMPY1 <= names and not any(n.startswith("numpy._core") for n in names)  # numpy 1.23's names
+    with pytest.raises(Exception, match="numpy"):  # the oracle: plain weights_only refuses this file
+        torch.load(official_tar, weights_only=True)
+    data = ckpt.load_mica_checkpoint(official_tar)
+    extra = data["extra"]
+    assert set(extra) == {"opt", "scheduler", "validator", "epoch", "global_step", "batch_size"}
+    emb = extra["validator"]["embeddings_lyhm"]
+    assert set(emb) == {"00001", "00002", "00003"} and emb["00003"] == []
+    for actor, arrays in ref["validator"]["embeddings_lyhm"].items():
+        assert len(emb[actor]) == len(arrays)
+        for got, want in zip(emb[actor], arrays):
+            assert isinstance(got, np.ndarray) and got.dtype == np.float32 and got.shape == (512,)
+            np.testing.assert_array_equal(got, want)
+    best = extra["validator"]["best_model"]
+    assert best["smoothed_average"] == float("inf") and best["now_mean"] is None and best["counter"] == 2
+    assert extra["scheduler"] == ref["scheduler"]
+    assert extra["opt"]["param_groups"] == ref["opt"]["param_groups"]
+    for i, st in ref["opt"]["state"].items():
+        assert all(torch.equal(extra["opt"]["state"][i][k], v) for k, v in st.items())
+    # the weights load into the model as they were saved
+    model = _encoder()
+    model.load_checkpoint(official_tar)
+    assert all(torch.equal(v, ref["arcface"][k]) for k, v in model.arcface.state_dict().items())
+    assert all(torch.equal(v, ref["flameModel"]["regressor." + k]) for k, v in model.regressor.state_dict().items())
+
+
+def test_numpy2_names_and_scalars_load(tmp_path):
+    """numpy 2 writes numpy._core names; scalars go through multiarray.scalar under both names."""
+    import numpy as np
+
+    from tests.legacy_pickle import torch_file_globals, torch_save_numpy1
+
+    payload = {"a": np.arange(4, dtype=np.float32), "s": np.float64(2.5), "i": np.int64(-3),
+               "t": torch.ones(2), "text": "frame 7", "n": 7}
+    torch.save(payload, tmp_path / "np2.frame")
+    (tmp_path / "np1.frame").write_bytes(torch_save_numpy1(payload))
+    assert "numpy._core.multiarray.scalar" in torch_file_globals((tmp_path / "np2.frame").read_bytes())
+    assert "numpy.core.multiarray.scalar" in torch_file_globals((tmp_path / "np1.frame").read_bytes())
+    for name in ("np1.frame", "np2.frame"):
+        out = ckpt.load_checkpoint_file(tmp_path / name)
+        np.testing.assert_array_equal(out["a"], payload["a"])
+        assert out["s"] == 2.5 and isinstance(out["s"], np.float64) and out["i"] == -3
+        assert torch.equal(out["t"], payload["t"]) and out["text"] == "frame 7" and out["n"] == 7
+
+
+def test_safe_globals_are_exactly_numpys_data_objects():
+    import numpy as np
+
+    from utils.safe_pickle import torch_numpy_safe_globals
+
+    named = {name: obj for obj, name in (g for g in torch_numpy_safe_globals() if isinstance(g, tuple))}
+    assert set(named) == {f"numpy.{m}multiarray.{n}" for m in ("core.", "_core.") for n in ("_reconstruct", "scalar")} | \
+        {"numpy.ndarray", "numpy.dtype"}
+    assert named["numpy.core.multiarray._reconstruct"] is named["numpy._core.multiarray._reconstruct"]
+    assert named["numpy.ndarray"] is np.ndarray and named["numpy.dtype"] is np.dtype
+    others = [g for g in torch_numpy_safe_globals() if not isinstance(g, tuple)]
+    assert others and all(isinstance(c, type) and issubclass(c, np.dtype) for c in others)  # BUILD of dtypes
+
+
+def test_code_in_official_checkpoint_is_refused(tmp_path):
+    """numpy is allowed as data, code still is not: a payload beside the numpy arrays is refused."""
+    import numpy as np
+
+    from tests.legacy_pickle import torch_save_numpy1
+
+    marker = tmp_path / "pwned"
+
+    class Evil:
+        def __reduce__(self):
+            return (__import__("os").system, (f"touch {marker}",))
+
+    sd = {f"regressor.{k}": v for k, v in MappingNetwork().state_dict().items()}
+    path = tmp_path / "evil.tar"
+    path.write_bytes(torch_save_numpy1({"arcface": create_arcface("iresnet18").state_dict(), "flameModel": sd,
+                                        "validator": {"embeddings_lyhm": {"1": [np.zeros(512, np.float32)]},
+                                                      "best_model": Evil()}}))
+    with pytest.raises(MICAError) as e:
+        ckpt.load_mica_checkpoint(path)
+    msg = _one_line(e)
+    assert "refused" in msg and "system" in msg and str(path) in msg
+    assert not marker.exists()
+
+
+@pytest.mark.parametrize("where", ["arcface", "regressor", "backbone"])
+def test_non_finite_weights_are_named(tmp_path, tar18, where):
+    raw = torch.load(tar18, weights_only=True)
+    if where == "backbone":
+        state = dict(raw["arcface"])
+        state["layer2.0.conv1.weight"] = state["layer2.0.conv1.weight"].clone()
+        state["layer2.0.conv1.weight"][0, 0, 0, 0] = float("nan")
+        torch.save(state, tmp_path / "backbone.pth")
+        with pytest.raises(MICAError) as e:
+            ckpt.load_arcface_backbone(tmp_path / "backbone.pth")
+        assert "'layer2.0.conv1.weight' holds 1 NaN" in _one_line(e)
+        return
+    group, key = ("arcface", "bn1.running_var") if where == "arcface" else ("flameModel", "regressor.output.bias")
+    raw[group][key] = raw[group][key].clone()
+    raw[group][key][1] = float("inf")
+    torch.save(raw, tmp_path / "bad.tar")
+    with pytest.raises(MICAError) as e:
+        _encoder().load_checkpoint(tmp_path / "bad.tar")
+    msg = _one_line(e)
+    assert "bad.tar" in msg and f"'{key.replace('regressor.', '')}' holds 1 NaN or infinite" in msg

@@ -11,8 +11,17 @@ import torch
 
 from models.flame_io import (FLAME_URL, load_flame_masks, load_flame_model, load_landmark_embedding,
                              safe_unpickle)
-from tests.synthetic_flame import generic_model_bytes, make_model_arrays, write_synthetic_flame
+from tests.legacy_pickle import pickle_globals
+from tests.synthetic_flame import (embedding_npy_bytes, generic_model_bytes, make_model_arrays, masks_pkl_bytes,
+                                   write_synthetic_flame)
 from utils.errors import MICAError
+from utils.safe_pickle import FLAME_MODEL, NUMPY_DATA, TORCH_TENSORS
+
+# MICA_FACTS, "generic_model.pkl": the globals a genuine protocol-2 file names
+# (numpy.core.multiarray.scalar "possibly" as well).
+FLAME_P2_GLOBALS = {"chumpy.ch.Ch", "__builtin__.set", "numpy.core.multiarray._reconstruct", "numpy.ndarray",
+                    "numpy.dtype", "scipy.sparse.csc.csc_matrix"}
+CHUMPY_STATE_KEYS = {"x", "_dirty_vars", "_itr", "_make_dense", "_make_sparse", "_depends_on_deps"}
 
 MASK_SIZES = {"face": 1787, "eye_region": 751, "left_eye_region": 287, "right_eye_region": 287,
               "left_eyeball": 546, "right_eyeball": 546, "left_ear": 588, "right_ear": 588,
@@ -173,13 +182,13 @@ def test_torch_global_other_than_tensor_rebuild_refused():
             return (torch.load, ("/nonexistent",))
 
     with pytest.raises(MICAError, match="torch.serialization.load|torch.load"):
-        safe_unpickle(pickle.dumps(_TorchLoad()), "x.npy")
+        safe_unpickle(pickle.dumps(_TorchLoad()), "x.npy", TORCH_TENSORS)
 
 
 def test_pickled_tensor_roundtrip():
     """A plain pickle of torch tensors (as in landmark_embedding.npy) loads as numpy."""
     t = torch.arange(12, dtype=torch.float32).view(3, 4)
-    out = safe_unpickle(pickle.dumps({"t": t, "i": torch.tensor([5, 6])}, protocol=2), "x")
+    out = safe_unpickle(pickle.dumps({"t": t, "i": torch.tensor([5, 6])}, protocol=2), "x", TORCH_TENSORS)
     np.testing.assert_array_equal(out["t"], t.numpy())
     np.testing.assert_array_equal(out["i"], [5, 6])
 
@@ -189,7 +198,7 @@ def test_old_protocols_use_copy_reg(tmp_path, protocol):
     """Protocol 0/1 pickles rebuild objects through copy_reg._reconstructor (allowed for stand-ins only)."""
     ref = make_model_arrays(seed=4, real=False)["model"]
     raw = generic_model_bytes(ref, protocol=protocol)
-    assert b"copy_reg" in raw
+    assert pickle_globals(raw) == FLAME_P2_GLOBALS | {"copy_reg._reconstructor", "__builtin__.object"}
     path = tmp_path / "generic_model.pkl"
     path.write_bytes(raw)
     m = load_flame_model(path)
@@ -213,3 +222,168 @@ def test_resaved_python3_file(tmp_path):
     m = load_flame_model(path)
     np.testing.assert_array_equal(m.weights, ref["weights"])
     np.testing.assert_array_equal(m.posedirs, ref["posedirs"])
+
+
+class _Recorder:
+    """Stands in for chumpy's Ch / old scipy's csc_matrix in a plain unpickler (the oracle)."""
+
+    def __setstate__(self, state):
+        self.state = state
+
+
+class _RecordingUnpickler(pickle.Unpickler):
+    def find_class(self, module, name):
+        if (module, name) in (("chumpy.ch", "Ch"), ("scipy.sparse.csc", "csc_matrix")):
+            return type(name, (_Recorder,), {})
+        if (module, name) == ("__builtin__", "set"):
+            return set
+        if (module, name) == ("copy_reg", "_reconstructor"):
+            import copyreg
+            return copyreg._reconstructor
+        if (module, name) == ("__builtin__", "object"):
+            return object
+        return super().find_class(module, name)
+
+
+@pytest.mark.parametrize("protocol", [2, 0])
+def test_synthetic_model_names_exactly_the_real_globals(protocol):
+    """The synthetic file carries what chumpy writes: the protocol-2 globals of MICA_FACTS (plus
+    copy_reg._reconstructor and __builtin__.object at protocol 0), each Ch built with NEWOBJ (p2)
+    and BUILD with chumpy's whole state; and the loader accepts it."""
+    import pickletools
+
+    ref = make_model_arrays(seed=6, real=False)["model"]
+    raw = generic_model_bytes(ref, protocol=protocol)
+    expected = FLAME_P2_GLOBALS if protocol == 2 else FLAME_P2_GLOBALS | {"copy_reg._reconstructor", "__builtin__.object"}
+    assert pickle_globals(raw) == expected
+    if protocol == 2:
+        ops = [op.name for op, _, _ in pickletools.genops(raw)]
+        assert ops.count("NEWOBJ") == 6 and ops.count("BUILD") >= 6  # 5 Ch + csc_matrix
+    data = _RecordingUnpickler(__import__("io").BytesIO(raw), encoding="latin1").load()
+    for key in ("v_template", "shapedirs", "posedirs", "weights", "J"):
+        state = data[key].state
+        assert set(state) == CHUMPY_STATE_KEYS, key
+        assert state["_dirty_vars"] == {"x"} and state["_itr"] is None and state["_depends_on_deps"] == {}
+        assert state["_make_dense"] is False and state["_make_sparse"] is False
+        np.testing.assert_array_equal(state["x"], ref[key])
+    assert set(data["J_regressor"].state) >= {"data", "indices", "indptr", "_shape"}
+    path = __import__("pathlib").Path(__import__("tempfile").mkdtemp()) / "generic_model.pkl"
+    path.write_bytes(raw)
+    m = load_flame_model(path)
+    np.testing.assert_array_equal(m.shapedirs, ref["shapedirs"])
+    np.testing.assert_array_equal(m.J_regressor, ref["J_regressor"])
+
+
+def test_set_and_frozenset_accepted_only_for_the_flame_model():
+    payload = {"a": {"x"}, "b": frozenset({1, 2})}
+    for protocol in (0, 2):
+        for py2_names in (True, False):  # __builtin__.set / builtins.set
+            raw = pickle.dumps(payload, protocol=protocol, fix_imports=py2_names)
+            assert {"__builtin__.set", "__builtin__.frozenset"} <= pickle_globals(raw) if py2_names else \
+                {"builtins.set", "builtins.frozenset"} <= pickle_globals(raw)
+            assert safe_unpickle(raw, "m.pkl", FLAME_MODEL) == payload
+    with pytest.raises(MICAError, match="refused to load the global '__builtin__.set'"):
+        safe_unpickle(pickle.dumps(payload, protocol=2), "masks.pkl", NUMPY_DATA)
+    # everything else stays refused in the FLAME format, builtins included
+    for evil in (_Eval(), _System("true")):
+        with pytest.raises(MICAError, match="refused"):
+            safe_unpickle(pickle.dumps(evil, protocol=2), "m.pkl", FLAME_MODEL)
+
+    class _GetAttr:
+        def __reduce__(self):
+            return (getattr, (set, "mro"))
+
+    with pytest.raises(MICAError, match="getattr"):
+        safe_unpickle(pickle.dumps(_GetAttr(), protocol=2), "m.pkl", FLAME_MODEL)
+
+
+@pytest.mark.parametrize("key,value", [("v_template", np.nan), ("shapedirs", np.inf), ("J_regressor", np.nan),
+                                       ("weights", -np.inf), ("posedirs", np.nan)])
+def test_non_finite_model_array_is_named(tmp_path, key, value):
+    model = dict(make_model_arrays(seed=3, real=False)["model"])
+    arr = np.array(model[key], dtype=np.float64)
+    arr.flat[7] = value
+    model[key] = arr
+    path = tmp_path / "generic_model.pkl"
+    path.write_bytes(generic_model_bytes(model))
+    with pytest.raises(MICAError) as e:
+        load_flame_model(path)
+    msg = str(e.value)
+    assert "\n" not in msg and str(path) in msg and f"'{key}'" in msg and "1 NaN or infinite" in msg
+
+
+def _copy(a):
+    return a.numpy().copy() if isinstance(a, torch.Tensor) else np.array(a)
+
+
+@pytest.mark.parametrize("key,bad", [("static_lmk_faces_idx", "high"), ("full_lmk_faces_idx", "negative"),
+                                     ("dynamic_lmk_faces_idx", "high")])
+def test_landmark_face_index_out_of_range(tmp_path, key, bad):
+    arrays = make_model_arrays(seed=3, real=False)
+    n_faces = len(arrays["faces"])
+    emb = dict(arrays["embedding"])
+    a = _copy(emb[key])
+    a.flat[3] = n_faces if bad == "high" else -2
+    emb[key] = torch.from_numpy(a) if isinstance(emb[key], torch.Tensor) else a
+    path = tmp_path / "landmark_embedding.npy"
+    path.write_bytes(embedding_npy_bytes(emb))
+    load_landmark_embedding(path)  # the file on its own parses ...
+    with pytest.raises(MICAError) as e:  # ... but not against this mesh
+        load_landmark_embedding(path, n_faces=n_faces)
+    msg = str(e.value)
+    assert str(path) in msg and key in msg and f"[0, {n_faces})" in msg and "\n" not in msg
+    # FLAME.from_files checks against the model's triangle count
+    from models.flame import FLAME
+    folder = write_synthetic_flame(tmp_path / "flame", seed=3, real=False)
+    with pytest.raises(MICAError, match=key):
+        FLAME.from_files(folder / "generic_model.pkl", path, 300, 100)
+
+
+def test_landmark_bary_shape_and_finite(tmp_path):
+    emb = dict(make_model_arrays(seed=3, real=False)["embedding"])
+    path = tmp_path / "landmark_embedding.npy"
+    bad = dict(emb, static_lmk_bary_coords=np.asarray(emb["static_lmk_bary_coords"])[:, :2])
+    path.write_bytes(embedding_npy_bytes(bad))
+    with pytest.raises(MICAError, match=r"static_lmk_bary_coords' has shape \(51, 2\), expected \(51, 3\)"):
+        load_landmark_embedding(path)
+    b = _copy(emb["dynamic_lmk_bary_coords"])
+    b[4, 5, 1] = np.nan
+    path.write_bytes(embedding_npy_bytes(dict(emb, dynamic_lmk_bary_coords=torch.from_numpy(b))))
+    with pytest.raises(MICAError, match="dynamic_lmk_bary_coords' holds 1 NaN or infinite"):
+        load_landmark_embedding(path)
+
+
+def test_mask_index_out_of_range(tmp_path):
+    arrays = make_model_arrays(seed=3, real=False)
+    n_v = len(arrays["model"]["v_template"])
+    masks = dict(arrays["masks"])
+    masks["nose"] = np.append(masks["nose"], n_v)
+    path = tmp_path / "FLAME_masks.pkl"
+    path.write_bytes(masks_pkl_bytes(masks))
+    assert load_flame_masks(path)["nose"][-1] == n_v  # no vertex count, no range check
+    with pytest.raises(MICAError) as e:
+        load_flame_masks(path, n_vertices=n_v)
+    msg = str(e.value)
+    assert str(path) in msg and "'nose'" in msg and f"vertex {n_v}" in msg and f"[0, {n_v})" in msg
+
+
+def test_synthetic_masks_and_embedding_follow_the_real_files(flame_public_dir):
+    """Without ../shared the generators write masks (Python 2, protocol 0) and the embedding
+    (numpy-1 np.save, protocol 3) naming the same globals as the real public files."""
+    from numpy.lib import format as npy_format
+
+    def npy_pickle(raw):
+        f = __import__("io").BytesIO(raw)
+        npy_format.read_magic(f)
+        npy_format.read_array_header_1_0(f)
+        return raw[f.tell():]
+
+    arrays = make_model_arrays(seed=3, real=False)
+    real_masks = (flame_public_dir / "FLAME_masks.pkl").read_bytes()
+    ours = masks_pkl_bytes(arrays["masks"])
+    assert pickle_globals(ours) == pickle_globals(real_masks)
+    assert ours[:1] != b"\x80" and real_masks[:1] != b"\x80"  # protocol 0, no PROTO opcode
+    real_emb = npy_pickle((flame_public_dir / "landmark_embedding.npy").read_bytes())
+    ours_emb = npy_pickle(embedding_npy_bytes(arrays["embedding"]))
+    assert pickle_globals(ours_emb) == pickle_globals(real_emb)
+    assert ours_emb[:2] == real_emb[:2] == b"\x80\x03"

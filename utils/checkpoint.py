@@ -8,8 +8,12 @@
      # training checkpoints only:
      'opt', 'scheduler', 'validator', 'epoch', 'global_step', 'batch_size', ...}
 
-Loading always uses ``torch.load(weights_only=True)``: a pickle that names arbitrary Python
-objects is refused (and nothing of it runs). Keys are mapped by name only (``module.`` and
+Loading always uses ``torch.load(weights_only=True)`` inside
+``torch.serialization.safe_globals(utils.safe_pickle.torch_numpy_safe_globals())``: numpy arrays,
+scalars and dtypes are data (the official trainer's checkpoints hold numpy arrays in
+``validator['embeddings_lyhm']``, pickled under numpy 1's ``numpy.core.multiarray`` names; numpy 2
+writes ``numpy._core.multiarray``; both are accepted), anything else a pickle names is refused (and
+nothing of it runs). The model weights are checked for NaN / infinite values. Keys are mapped by name only (``module.`` and
 ``_orig_mod.`` prefixes stripped, ``regressor.`` removed for the mapping network); the
 ``generator.*`` FLAME buffers are not loaded (FLAME comes from the user's ``generic_model.pkl``) but
 may be compared with it. Every problem is one line naming the file, what was expected and the fix.
@@ -30,9 +34,11 @@ from torch import nn
 
 from utils.errors import MICAError
 from utils.io import atomic_save
+from utils.safe_pickle import torch_numpy_safe_globals
 
 __all__ = [
     "load_checkpoint_file",
+    "check_finite",
     "load_mica_checkpoint",
     "load_arcface_backbone",
     "save_mica_checkpoint",
@@ -65,7 +71,11 @@ _MAX_GROUPS = 6
 
 
 def load_checkpoint_file(path: PathLike, what: str = "checkpoint") -> Any:
-    """``torch.load(path, map_location='cpu', weights_only=True)`` with one-line errors.
+    """``torch.load(path, map_location='cpu', weights_only=True)`` with numpy allowed, one-line errors.
+
+    The one reader of every ``torch.save`` file of the project (checkpoints, ``backbone.pth``,
+    tracker ``.frame`` files): tensors, plain containers, numbers, strings and numpy arrays /
+    scalars / dtypes (numpy-1 and numpy-2 names) load; any other global is refused unexecuted.
 
     Raises:
         FileNotFoundError: ``path`` does not exist.
@@ -76,13 +86,14 @@ def load_checkpoint_file(path: PathLike, what: str = "checkpoint") -> Any:
     if not path.is_file():
         raise FileNotFoundError(f"{what} {path} not found (check the path in the config / command line)")
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        with torch.serialization.safe_globals(torch_numpy_safe_globals()):
+            return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
         msg = str(e)
         if "Weights only load failed" in msg or "Unsupported global" in msg:
-            found = re.search(r"Unsupported global: GLOBAL ([\w.]+)", msg)
+            found = re.search(r"GLOBAL ([\w.]+)", msg)
             name = f" ({found.group(1)})" if found else ""
-            raise MICAError(f"{what} {path} refused: it holds Python objects other than tensors{name}; "
+            raise MICAError(f"{what} {path} refused: it holds Python objects other than tensors and numpy arrays{name}; "
                             f"it was not executed - use an original checkpoint file from a trusted source") from None
         raise MICAError(f"{what} {path} is not a readable PyTorch file ({msg.splitlines()[0][:120]}); "
                         f"the file is corrupt - download or copy it again") from None
@@ -91,6 +102,15 @@ def load_checkpoint_file(path: PathLike, what: str = "checkpoint") -> Any:
         first = (str(e).splitlines() or [type(e).__name__])[0][:120]
         raise MICAError(f"{what} {path} is not a readable PyTorch file ({first}); it is truncated or "
                         f"corrupt - download or copy it again") from None
+
+
+def check_finite(state: Mapping[str, Any], source: str) -> None:
+    """Raise one ``MICAError`` line naming ``source`` and the first tensor holding NaN or inf."""
+    for key, value in state.items():
+        if torch.is_tensor(value) and value.is_floating_point() and not bool(torch.isfinite(value).all()):
+            bad = int((~torch.isfinite(value)).sum())
+            raise MICAError(f"{source}: tensor '{key}' holds {bad} NaN or infinite values - the file is damaged "
+                            f"or comes from a diverged training run; use another checkpoint")
 
 
 def clean_state_dict(state: Mapping[str, Any]) -> "OrderedDict[str, torch.Tensor]":
@@ -222,7 +242,10 @@ def load_mica_checkpoint(path: PathLike) -> Dict[str, Any]:
         raise MICAError(f"MICA checkpoint {path}: 'flameModel' holds no regressor.* (mapping network) weights - "
                         f"use the official mica.tar or a checkpoint saved by this project")
     extra = {k: v for k, v in data.items() if k not in MICA_KEYS}
-    return {"arcface": clean_state_dict(data["arcface"]), "regressor": regressor, "generator": generator, "extra": extra}
+    arcface = clean_state_dict(data["arcface"])
+    check_finite(arcface, f"MICA checkpoint {path} 'arcface'")
+    check_finite(regressor, f"MICA checkpoint {path} 'flameModel' regressor")
+    return {"arcface": arcface, "regressor": regressor, "generator": generator, "extra": extra}
 
 
 def load_arcface_backbone(path: PathLike) -> "OrderedDict[str, torch.Tensor]":
@@ -244,7 +267,9 @@ def load_arcface_backbone(path: PathLike) -> "OrderedDict[str, torch.Tensor]":
     if not isinstance(data, Mapping) or guess_arcface_layers(clean_state_dict(data)) is None:
         raise MICAError(f"ArcFace backbone {path} holds no IResNet weights (no layer1..layer4 keys) - "
                         f"use insightface arcface_torch's backbone.pth (e.g. Glint360K iresnet100)")
-    return clean_state_dict(data)
+    state = clean_state_dict(data)
+    check_finite(state, f"ArcFace backbone {path}")
+    return state
 
 
 def load_arcface_into(model: nn.Module, state: Mapping[str, Any], source: str) -> None:

@@ -46,7 +46,7 @@ LANDMARK_SUFFIXES = (".npy", ".txt")
 
 __all__ = [
     "NOW_CHALLENGES", "UNIT_FACTORS", "Stats", "EvalItem", "EvalResult",
-    "crop_scan", "landmark_alignment", "refine_alignment", "score_mesh",
+    "crop_scan", "landmark_alignment", "AlignmentResiduals", "refine_alignment", "score_mesh",
     "load_mesh", "load_pred_landmarks", "read_image_list", "now_items", "stirling_items",
     "evaluate", "write_official_outputs",
 ]
@@ -115,6 +115,69 @@ class Refinement:
     n_evals: int
 
 
+class AlignmentResiduals:
+    """The refinement's least-squares problem: residuals and their analytic Jacobian.
+
+    Parameters x = (s, r, t) (``with_scale``) or (r, t) of the transform q -> s R(r) (q - c) + c + t
+    of the predicted surface, c the centroid of ``points``. Residual i is the distance of
+    ``points[i]`` to the transformed surface, computed as |s| x the distance of the inversely
+    transformed point to the untransformed ``mesh``; with scale, one more residual 100 * (|s| - s).
+    """
+
+    def __init__(self, points: np.ndarray, mesh: MeshDistance, with_scale: bool) -> None:
+        self.points = np.asarray(points, dtype=np.float64)
+        self.mesh, self.with_scale = mesh, with_scale
+        self.centre = self.points.mean(axis=0)
+        self._cache: dict = {}
+
+    def unpack(self, x: np.ndarray) -> tuple[float, np.ndarray, np.ndarray]:
+        if self.with_scale:
+            return float(x[0]), x[1:4], x[4:7]
+        return 1.0, x[0:3], x[3:6]
+
+    def closest(self, x: np.ndarray) -> dict:
+        """Closest points of the (inversely transformed) points on the mesh, cached for this x."""
+        key = np.asarray(x, dtype=np.float64).tobytes()
+        if self._cache.get("key") != key:
+            s, r, t = self.unpack(x)
+            rot = rotvec_to_matrix(r)
+            c = self.centre
+            local = ((self.points - c - t) @ rot) / s + c  # R^T (p - c - t) / s + c
+            self._cache = dict(key=key, s=s, rot=rot, r=np.array(r), t=np.array(t), res=self.mesh.query(local))
+        return self._cache
+
+    def residuals(self, x: np.ndarray) -> np.ndarray:
+        st = self.closest(x)
+        d = abs(st["s"]) * st["res"].distances
+        if self.with_scale:
+            d = np.append(d, 100.0 * (abs(st["s"]) - st["s"]))
+        return d
+
+    def jacobian(self, x: np.ndarray) -> np.ndarray:
+        """d residuals / dx: the derivative of |p - q(x)| with the closest point held on its triangle
+        (envelope theorem), exact wherever the distance is differentiable."""
+        st = self.closest(x)
+        s, rot, r, t, c = st["s"], st["rot"], st["r"], st["t"], self.centre
+        q0c = st["res"].points - c
+        q = s * q0c @ rot.T + c + t
+        diff = self.points - q
+        norm = np.linalg.norm(diff, axis=1, keepdims=True)
+        n = np.divide(diff, norm, out=np.zeros_like(diff), where=norm > 1e-12)
+        cols = []
+        if self.with_scale:
+            cols.append(-(n * (q0c @ rot.T)).sum(axis=1))
+        for d_rot in rotvec_derivatives(r):
+            cols.append(-s * (n * (q0c @ d_rot.T)).sum(axis=1))
+        for k in range(3):
+            cols.append(-n[:, k])
+        j = np.stack(cols, axis=1)
+        if self.with_scale:
+            row = np.zeros((1, j.shape[1]))
+            row[0, 0] = 100.0 * (np.sign(s) - 1.0)
+            j = np.concatenate([j, row])
+        return j
+
+
 def refine_alignment(scan_points: np.ndarray, mesh: MeshDistance, with_scale: bool = True,
                      max_nfev: int = 200, fit_points: int = 0) -> Refinement:
     """Rigid (+ scale) refinement minimising the scan-to-mesh distances.
@@ -141,63 +204,18 @@ def refine_alignment(scan_points: np.ndarray, mesh: MeshDistance, with_scale: bo
     p = all_points
     if fit_points and len(p) > fit_points:
         p = p[np.linspace(0, len(p) - 1, fit_points).round().astype(np.int64)]
-    c = p.mean(axis=0)
-    cache: dict = {}
-
-    def unpack(x: np.ndarray):
-        if with_scale:
-            return float(x[0]), x[1:4], x[4:7]
-        return 1.0, x[0:3], x[3:6]
-
-    def closest(x: np.ndarray):
-        key = x.tobytes()
-        if cache.get("key") != key:
-            s, r, t = unpack(x)
-            rot = rotvec_to_matrix(r)
-            local = ((p - c - t) @ rot) / s + c  # R^T (p - c - t) / s + c
-            res = mesh.query(local)
-            cache.update(key=key, s=s, rot=rot, r=r.copy(), t=t.copy(), res=res)
-        return cache
-
-    def fun(x: np.ndarray) -> np.ndarray:
-        st = closest(x)
-        d = abs(st["s"]) * st["res"].distances
-        if with_scale:
-            d = np.append(d, 100.0 * (abs(st["s"]) - st["s"]))
-        return d
-
-    def jac(x: np.ndarray) -> np.ndarray:
-        st = closest(x)
-        s, rot, r, t = st["s"], st["rot"], st["r"], st["t"]
-        q0c = st["res"].points - c
-        q = s * q0c @ rot.T + c + t
-        diff = p - q
-        norm = np.linalg.norm(diff, axis=1, keepdims=True)
-        n = np.divide(diff, norm, out=np.zeros_like(diff), where=norm > 1e-12)
-        cols = []
-        if with_scale:
-            cols.append(-(n * (q0c @ rot.T)).sum(axis=1))
-        for d_rot in rotvec_derivatives(r):
-            cols.append(-s * (n * (q0c @ d_rot.T)).sum(axis=1))
-        for k in range(3):
-            cols.append(-n[:, k])
-        j = np.stack(cols, axis=1)
-        if with_scale:
-            row = np.zeros((1, j.shape[1]))
-            row[0, 0] = 100.0 * (np.sign(s) - 1.0)
-            j = np.concatenate([j, row])
-        return j
-
+    problem = AlignmentResiduals(p, mesh, with_scale)
     x0 = np.zeros(7 if with_scale else 6)
     if with_scale:
         x0[0] = 1.0
-    sol = least_squares(fun, x0, jac=jac, method="trf", x_scale="jac", ftol=1e-10, xtol=1e-10,
-                        gtol=1e-10, max_nfev=max_nfev)
+    sol = least_squares(problem.residuals, x0, jac=problem.jacobian, method="trf", x_scale="jac", ftol=1e-10,
+                        xtol=1e-10, gtol=1e-10, max_nfev=max_nfev)
     x = sol.x
-    s, r, t = unpack(x)
+    s, r, t = problem.unpack(x)
     rot = rotvec_to_matrix(r)
+    c = problem.centre
     if p is all_points:
-        distances = abs(s) * closest(x)["res"].distances
+        distances = abs(s) * problem.closest(x)["res"].distances
     else:
         distances = abs(s) * mesh.distances(((all_points - c - t) @ rot) / s + c)
     # x -> s R (x - c) + c + t  ==  s R x + (c + t - s R c)

@@ -184,23 +184,24 @@ class ExportWriter:
         before it go to ``report.skipped``; with none, the item goes to ``report.failed``."""
         from utils.image_io import read_image
 
-        reasons: list[tuple[str, str]] = []
+        reasons: list[tuple[str, str, bool]] = []
         for img in item.images:
             source = img.name if len(item.images) > 1 else item.key
             try:
                 aligned = item.prepare(read_image(img), source)
-            except (MICAError, FileNotFoundError, ValueError) as e:
-                reasons.append((self._image_key(item, img), str(e)))
+            except (MICAError, ValueError, OSError) as e:  # FileNotFoundError is an OSError
+                reasons.append((self._image_key(item, img), str(e), isinstance(e, NotExactlyOneFace)))
                 continue
-            for key, why in reasons:
+            for key, why, by_protocol in reasons:
                 report.skipped[key] = why
-                logger.info(f"skipped {key}: {why}")
+                # Dropped by the protocol (not exactly one face): expected; anything else: say so.
+                (logger.info if by_protocol else logger.warning)(f"skipped {key}: {why}")
             return aligned
         if len(reasons) == 1:
             why = reasons[0][1]
         else:
             why = (f"none of its {len(reasons)} images yields exactly one face: "
-                   + "; ".join(w for _, w in reasons))
+                   + "; ".join(w for _, w, _ in reasons))
         report.failed[item.key] = why
         logger.warning(f"failed {item.key}: {why}")
         return None

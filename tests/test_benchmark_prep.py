@@ -60,7 +60,7 @@ def _two_faces(faces_dir: Path) -> np.ndarray:
 
 
 def test_now_crop_detector_and_network_input_as_mica(faces_dir, mtcnn):
-    photo = read_image(faces_dir / "connelly.jpg")  # 2009 x 3000, not square
+    photo = read_image(faces_dir / "lawrence.jpg")  # 1200 x 1569
     box = np.asarray(mtcnn.detect(photo)[0].box, dtype=np.float64)  # NoW ships detector boxes too
     spy = Recording(mtcnn)
     aligned = prepare_from_box(photo, box, spy)

@@ -162,6 +162,10 @@ def evaluate(args: argparse.Namespace, cfg, benchmark: str) -> int:
     from testing.now_eval import now_items, stirling_items
     from testing.report import PUBLISHED_NOW, write_reports
 
+    if args.fit_points < 0:
+        raise MICAError(f"--fit-points must be 0 (every scan point, as NoW) or a positive count, not {args.fit_points}")
+    if args.max_nfev < 1:
+        raise MICAError(f"--max-nfev must be at least 1, not {args.max_nfev}")
     out = benchmark_dir(args, cfg, benchmark)
     methods = _predicted(args, out / "predicted_meshes", str(cfg.test.tag))
     results = []

@@ -200,6 +200,8 @@ def refine_alignment(scan_points: np.ndarray, mesh: MeshDistance, with_scale: bo
             evenly spread through the scan's vertex order (unlike NoW, because faster). The
             returned distances are always those of every scan point.
     """
+    if fit_points < 0:
+        raise ValueError(f"fit_points must be 0 (all points) or positive, not {fit_points}")
     all_points = np.asarray(scan_points, dtype=np.float64)
     p = all_points
     if fit_points and len(p) > fit_points:

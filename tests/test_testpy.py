@@ -50,6 +50,7 @@ def test_missing_benchmark_folders_give_one_line(tmp_path):
     _one_line_error(_run(["--benchmark", "now", "--now-root", str(tmp_path / "now")]), "imagepathsvalidation.txt")
     _one_line_error(_run(["--benchmark", "stirling", "--stirling-root", str(tmp_path)]), "Real_images__Subset_2D_FG2018")
     _one_line_error(_run(["--evaluate", "--benchmark", "stirling", "--stirling-root", str(tmp_path)]), "--scans")
+    _one_line_error(_run(["--evaluate", "--now-root", str(tmp_path), "--fit-points", "-5"]), "--fit-points", "-5")
 
 
 def test_evaluate_cli_compares_methods(tmp_path):

@@ -200,7 +200,7 @@ class ExportWriter:
         if len(reasons) == 1:
             why = reasons[0][1]
         else:
-            why = (f"none of its {len(reasons)} images yields exactly one face: "
+            why = (f"none of its {len(reasons)} images has exactly one face: "
                    + "; ".join(w for _, w, _ in reasons))
         report.failed[item.key] = why
         logger.warning(f"failed {item.key}: {why}")

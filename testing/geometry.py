@@ -22,6 +22,7 @@ __all__ = [
     "similarity_procrustes",
     "apply_similarity",
     "rotvec_to_matrix",
+    "rotvec_derivatives",
 ]
 
 
@@ -305,3 +306,39 @@ def apply_similarity(points: np.ndarray, scale: float, rot: np.ndarray, t: np.nd
 def rotvec_to_matrix(r: np.ndarray) -> np.ndarray:
     """Axis-angle (3,) (radians) -> rotation matrix (3, 3)."""
     return Rotation.from_rotvec(np.asarray(r, dtype=np.float64)).as_matrix()
+
+
+def _skew(v: np.ndarray) -> np.ndarray:
+    return np.array([[0.0, -v[2], v[1]], [v[2], 0.0, -v[0]], [-v[1], v[0], 0.0]])
+
+
+def rotvec_derivatives(r: np.ndarray) -> np.ndarray:
+    """(3, 3, 3): the exact partial derivatives dR/dr_k (k = 0, 1, 2) of the rotation matrix of the
+    axis-angle vector ``r`` (radians).
+
+    From Rodrigues' formula R = I + a K + b K^2 with K = [r]_x, theta = |r|, a = sin(theta)/theta,
+    b = (1 - cos(theta))/theta^2:
+    dR/dr_k = r_k a' K + a E_k + r_k b' K^2 + b (E_k K + K E_k), E_k = [e_k]_x,
+    a' = (theta cos(theta) - sin(theta))/theta^3, b' = (theta sin(theta) - 2 (1 - cos(theta)))/theta^4;
+    below theta = 1e-2 the coefficients come from their Taylor series (no cancellation).
+    """
+    r = np.asarray(r, dtype=np.float64).reshape(3)
+    th2 = float(r @ r)
+    th = np.sqrt(th2)
+    if th < 1e-2:
+        a = 1.0 - th2 / 6.0 + th2 * th2 / 120.0
+        b = 0.5 - th2 / 24.0 + th2 * th2 / 720.0
+        da = -1.0 / 3.0 + th2 / 30.0 - th2 * th2 / 840.0
+        db = -1.0 / 12.0 + th2 / 180.0 - th2 * th2 / 6720.0
+    else:
+        sn, cs = np.sin(th), np.cos(th)
+        a, b = sn / th, (1.0 - cs) / th2
+        da = (th * cs - sn) / (th2 * th)
+        db = (th * sn - 2.0 * (1.0 - cs)) / (th2 * th2)
+    k = _skew(r)
+    k2 = k @ k
+    out = np.empty((3, 3, 3))
+    for i in range(3):
+        e = _skew(np.eye(3)[i])
+        out[i] = r[i] * da * k + a * e + r[i] * db * k2 + b * (e @ k + k @ e)
+    return out

@@ -3,11 +3,13 @@
 Per image (NoW challenge, Sanyal et al. 2019; metrical variant as in MICA):
 1. crop the scan around the face from its 7 landmarks (``crop_scan``);
 2. align the prediction to the scan with its 7 landmarks: similarity Procrustes
-   (``metrical``: rotation and translation only, the scale fixed to the unit factor);
+   (``metrical``, as MICA's metrical scorer: the Procrustes rotation and the translation computed
+   with the Procrustes scale, then the scale replaced by the unit factor);
 3. refine scale/rotation/translation (``metrical``: rotation/translation) by least squares on the
-   scan-to-mesh distances, with the 100 * (|s| - s) penalty keeping s positive (``refine_alignment``;
-   scipy's trust-region least squares with an exact Jacobian instead of chumpy's dogleg, fitted on
-   at most ``fit_points`` evenly spread scan vertices);
+   scan-to-mesh distances of all kept scan vertices, with the 100 * (|s| - s) penalty keeping s
+   positive (``refine_alignment``; scipy's trust-region least squares with an analytic Jacobian
+   instead of chumpy's dogleg; ``fit_points`` > 0 fits on that many evenly spread scan vertices
+   instead, unlike NoW, because faster);
 4. the distances (mm) from every kept scan vertex to the closest point of the aligned predicted
    surface. All images' distances are concatenated for median / mean / std, overall and per group
    (NoW challenge, Stirling quality).
@@ -28,7 +30,7 @@ from loguru import logger
 from scipy.optimize import least_squares
 from tqdm import tqdm
 
-from testing.geometry import MeshDistance, apply_similarity, rotvec_to_matrix, similarity_procrustes
+from testing.geometry import MeshDistance, apply_similarity, rotvec_derivatives, rotvec_to_matrix, similarity_procrustes
 from testing.pp import read_pp
 from utils.errors import MICAError
 from utils.io import atomic_save, atomic_write_text
@@ -45,7 +47,7 @@ LANDMARK_SUFFIXES = (".npy", ".txt")
 
 __all__ = [
     "NOW_CHALLENGES", "UNIT_FACTORS", "Stats", "EvalItem", "EvalResult",
-    "crop_scan", "landmark_alignment", "refine_alignment", "score_mesh",
+    "crop_scan", "landmark_alignment", "AlignmentResiduals", "refine_alignment", "score_mesh",
     "load_mesh", "load_pred_landmarks", "read_image_list", "now_items", "stirling_items",
     "evaluate", "write_official_outputs",
 ]
@@ -90,8 +92,9 @@ def landmark_alignment(pred_lmks: np.ndarray, scan_lmks: np.ndarray, metrical: b
     """Similarity (s, R, t) taking the predicted landmarks onto the scan landmarks.
 
     Non-metrical: full Procrustes with scale (a reflection is allowed when it fits better, as
-    NoW's ``reflection='best'``). Metrical: the Procrustes rotation, the scale replaced by
-    ``unit_factor`` and the translation that is optimal for that fixed scale.
+    NoW's ``reflection='best'``). Metrical, as MICA's metrical scorer: the Procrustes rotation R and
+    the Procrustes translation t = mean(scan) - b * R mean(pred), computed with the Procrustes scale
+    b; only then is the scale replaced by ``unit_factor`` (t is not recomputed for it).
 
     Returns:
         (s, R (3,3), t (3,)) with aligned = s * x @ R.T + t.
@@ -99,7 +102,6 @@ def landmark_alignment(pred_lmks: np.ndarray, scan_lmks: np.ndarray, metrical: b
     s, rot, t = similarity_procrustes(pred_lmks, scan_lmks, scaling=True, allow_reflection=True)
     if metrical:
         s = float(unit_factor)
-        t = np.asarray(scan_lmks).reshape(-1, 3).mean(0) - s * rot @ np.asarray(pred_lmks).reshape(-1, 3).mean(0)
     return s, rot, t
 
 
@@ -114,90 +116,109 @@ class Refinement:
     n_evals: int
 
 
+class AlignmentResiduals:
+    """The refinement's least-squares problem: residuals and their analytic Jacobian.
+
+    Parameters x = (s, r, t) (``with_scale``) or (r, t) of the transform q -> s R(r) (q - c) + c + t
+    of the predicted surface, c the centroid of ``points``. Residual i is the distance of
+    ``points[i]`` to the transformed surface, computed as |s| x the distance of the inversely
+    transformed point to the untransformed ``mesh``; with scale, one more residual 100 * (|s| - s).
+    """
+
+    def __init__(self, points: np.ndarray, mesh: MeshDistance, with_scale: bool) -> None:
+        self.points = np.asarray(points, dtype=np.float64)
+        self.mesh, self.with_scale = mesh, with_scale
+        self.centre = self.points.mean(axis=0)
+        self._cache: dict = {}
+
+    def unpack(self, x: np.ndarray) -> tuple[float, np.ndarray, np.ndarray]:
+        if self.with_scale:
+            return float(x[0]), x[1:4], x[4:7]
+        return 1.0, x[0:3], x[3:6]
+
+    def closest(self, x: np.ndarray) -> dict:
+        """Closest points of the (inversely transformed) points on the mesh, cached for this x."""
+        key = np.asarray(x, dtype=np.float64).tobytes()
+        if self._cache.get("key") != key:
+            s, r, t = self.unpack(x)
+            rot = rotvec_to_matrix(r)
+            c = self.centre
+            local = ((self.points - c - t) @ rot) / s + c  # R^T (p - c - t) / s + c
+            self._cache = dict(key=key, s=s, rot=rot, r=np.array(r), t=np.array(t), res=self.mesh.query(local))
+        return self._cache
+
+    def residuals(self, x: np.ndarray) -> np.ndarray:
+        st = self.closest(x)
+        d = abs(st["s"]) * st["res"].distances
+        if self.with_scale:
+            d = np.append(d, 100.0 * (abs(st["s"]) - st["s"]))
+        return d
+
+    def jacobian(self, x: np.ndarray) -> np.ndarray:
+        """d residuals / dx: the derivative of |p - q(x)| with the closest point held on its triangle
+        (envelope theorem), exact wherever the distance is differentiable."""
+        st = self.closest(x)
+        s, rot, r, t, c = st["s"], st["rot"], st["r"], st["t"], self.centre
+        q0c = st["res"].points - c
+        q = s * q0c @ rot.T + c + t
+        diff = self.points - q
+        norm = np.linalg.norm(diff, axis=1, keepdims=True)
+        n = np.divide(diff, norm, out=np.zeros_like(diff), where=norm > 1e-12)
+        cols = []
+        if self.with_scale:
+            cols.append(-(n * (q0c @ rot.T)).sum(axis=1))
+        for d_rot in rotvec_derivatives(r):
+            cols.append(-s * (n * (q0c @ d_rot.T)).sum(axis=1))
+        for k in range(3):
+            cols.append(-n[:, k])
+        j = np.stack(cols, axis=1)
+        if self.with_scale:
+            row = np.zeros((1, j.shape[1]))
+            row[0, 0] = 100.0 * (np.sign(s) - 1.0)
+            j = np.concatenate([j, row])
+        return j
+
+
 def refine_alignment(scan_points: np.ndarray, mesh: MeshDistance, with_scale: bool = True,
-                     max_nfev: int = 200, fit_points: int = 20000) -> Refinement:
+                     max_nfev: int = 200, fit_points: int = 0) -> Refinement:
     """Rigid (+ scale) refinement minimising the scan-to-mesh distances.
 
     Parameters are s, axis-angle r and t of x -> s R (x - c) + c + t, c the scan centroid (the same
     family of transforms as the original's s R x + t, better conditioned), started at the
     identity. Residuals: the distance of every scan point to the transformed surface, plus
     100 * (|s| - s). The distances are computed by moving the scan with the inverse transform
-    (one spatial index for the whole fit). The Jacobian is exact: the derivative of |p - q(theta)|
-    with the closest point q held on its triangle (envelope theorem).
+    (one spatial index for the whole fit). The Jacobian is analytic and exact wherever the
+    distance is differentiable: the derivative of |p - q(theta)| with the closest point q held on
+    its triangle (envelope theorem), the rotation through the closed-form derivative of Rodrigues'
+    formula (``testing.geometry.rotvec_derivatives``).
 
     Args:
         scan_points: (N, 3) kept scan vertices.
         mesh: ``MeshDistance`` of the landmark-aligned predicted mesh.
         with_scale: optimise the scale too (non-metrical); else r and t only.
         max_nfev: bound on residual evaluations.
-        fit_points: fit on at most this many scan points (evenly spread through the scan's vertex
-            order; 0 = all). The returned distances are always those of every scan point.
+        fit_points: 0 (default, as NoW) fits on every scan point; N > 0 fits on at most N points
+            evenly spread through the scan's vertex order (unlike NoW, because faster). The
+            returned distances are always those of every scan point.
     """
+    if fit_points < 0:
+        raise ValueError(f"fit_points must be 0 (all points) or positive, not {fit_points}")
     all_points = np.asarray(scan_points, dtype=np.float64)
     p = all_points
     if fit_points and len(p) > fit_points:
         p = p[np.linspace(0, len(p) - 1, fit_points).round().astype(np.int64)]
-    c = p.mean(axis=0)
-    cache: dict = {}
-
-    def unpack(x: np.ndarray):
-        if with_scale:
-            return float(x[0]), x[1:4], x[4:7]
-        return 1.0, x[0:3], x[3:6]
-
-    def closest(x: np.ndarray):
-        key = x.tobytes()
-        if cache.get("key") != key:
-            s, r, t = unpack(x)
-            rot = rotvec_to_matrix(r)
-            local = ((p - c - t) @ rot) / s + c  # R^T (p - c - t) / s + c
-            res = mesh.query(local)
-            cache.update(key=key, s=s, rot=rot, r=r.copy(), t=t.copy(), res=res)
-        return cache
-
-    def fun(x: np.ndarray) -> np.ndarray:
-        st = closest(x)
-        d = abs(st["s"]) * st["res"].distances
-        if with_scale:
-            d = np.append(d, 100.0 * (abs(st["s"]) - st["s"]))
-        return d
-
-    def jac(x: np.ndarray) -> np.ndarray:
-        st = closest(x)
-        s, rot, r, t = st["s"], st["rot"], st["r"], st["t"]
-        q0c = st["res"].points - c
-        q = s * q0c @ rot.T + c + t
-        diff = p - q
-        norm = np.linalg.norm(diff, axis=1, keepdims=True)
-        n = np.divide(diff, norm, out=np.zeros_like(diff), where=norm > 1e-12)
-        cols = []
-        if with_scale:
-            cols.append(-(n * (q0c @ rot.T)).sum(axis=1))
-        h = 1e-6
-        for k in range(3):
-            e = np.zeros(3)
-            e[k] = h
-            d_rot = (rotvec_to_matrix(r + e) - rotvec_to_matrix(r - e)) / (2 * h)
-            cols.append(-s * (n * (q0c @ d_rot.T)).sum(axis=1))
-        for k in range(3):
-            cols.append(-n[:, k])
-        j = np.stack(cols, axis=1)
-        if with_scale:
-            row = np.zeros((1, j.shape[1]))
-            row[0, 0] = 100.0 * (np.sign(s) - 1.0)
-            j = np.concatenate([j, row])
-        return j
-
+    problem = AlignmentResiduals(p, mesh, with_scale)
     x0 = np.zeros(7 if with_scale else 6)
     if with_scale:
         x0[0] = 1.0
-    sol = least_squares(fun, x0, jac=jac, method="trf", x_scale="jac", ftol=1e-10, xtol=1e-10,
-                        gtol=1e-10, max_nfev=max_nfev)
+    sol = least_squares(problem.residuals, x0, jac=problem.jacobian, method="trf", x_scale="jac", ftol=1e-10,
+                        xtol=1e-10, gtol=1e-10, max_nfev=max_nfev)
     x = sol.x
-    s, r, t = unpack(x)
+    s, r, t = problem.unpack(x)
     rot = rotvec_to_matrix(r)
+    c = problem.centre
     if p is all_points:
-        distances = abs(s) * closest(x)["res"].distances
+        distances = abs(s) * problem.closest(x)["res"].distances
     else:
         distances = abs(s) * mesh.distances(((all_points - c - t) @ rot) / s + c)
     # x -> s R (x - c) + c + t  ==  s R x + (c + t - s R c)
@@ -216,7 +237,7 @@ class MeshScore:
 
 def score_mesh(scan_vertices: np.ndarray, scan_lmks: np.ndarray, pred_vertices: np.ndarray,
                pred_faces: np.ndarray, pred_lmks: np.ndarray, metrical: bool = False,
-               unit_factor: float = 1.0, crop: bool = True, max_nfev: int = 200, fit_points: int = 20000) -> MeshScore:
+               unit_factor: float = 1.0, crop: bool = True, max_nfev: int = 200, fit_points: int = 0) -> MeshScore:
     """Score one predicted mesh against one scan with the NoW protocol (see module docstring).
 
     Args:
@@ -411,7 +432,7 @@ class EvalResult:
     input_files: list[str]
     item_groups: list[str] = field(default_factory=list)
     missing: list[str] = field(default_factory=list)
-    failed: list[str] = field(default_factory=list)
+    failed: dict[str, str] = field(default_factory=dict)  # image key -> why it could not be scored
 
     @property
     def all_distances(self) -> np.ndarray:
@@ -420,8 +441,10 @@ class EvalResult:
 
 
 def evaluate(items: Sequence[EvalItem], method: str = "method", metrical: bool = False, unit: str = "mm",
-             max_nfev: int = 200, fit_points: int = 20000, progress: bool = True) -> EvalResult:
-    """Score every item (see module docstring). Missing predictions are counted, not fatal.
+             max_nfev: int = 200, fit_points: int = 0, progress: bool = True) -> EvalResult:
+    """Score every item (see module docstring). Missing predictions are counted (``missing``, the
+    official ``num_missing_files``); an unreadable scan or prediction is recorded in ``failed``
+    (image -> reason) and the others are still scored.
 
     Args:
         items: from ``now_items`` / ``stirling_items``.
@@ -432,49 +455,67 @@ def evaluate(items: Sequence[EvalItem], method: str = "method", metrical: bool =
 
     Raises:
         ValueError: unknown unit.
-        MICAError / FileNotFoundError: an unreadable scan or prediction file.
     """
     if unit not in UNIT_FACTORS:
         raise ValueError(f"unit must be one of {sorted(UNIT_FACTORS)}, not '{unit}'")
-    scans: dict[tuple[Path, Path], tuple[np.ndarray, np.ndarray]] = {}
+    scans: dict[tuple[Path, Path], object] = {}
     distances: list[np.ndarray] = []
     inputs: list[str] = []
     item_groups: list[str] = []
     groups: dict[str, list[np.ndarray]] = {}
     missing: list[str] = []
-    failed: list[str] = []
+    failed: dict[str, str] = {}
     for item in tqdm(items, desc=f"scoring {method}", disable=not progress):
         if item.pred_mesh is None or item.pred_lmks is None:
             missing.append(item.key)
             continue
         skey = (item.scan_mesh, item.scan_lmks)
         if skey not in scans:
-            v, _ = load_mesh(item.scan_mesh)
-            lm = read_pp(item.scan_lmks)
-            kept, _, _ = crop_scan(v, None, lm)
-            if len(kept) == 0:
-                raise MICAError(f"no vertex of scan {item.scan_mesh} lies within the face crop of {item.scan_lmks} (landmarks from another scan or unit?)")
-            scans = {skey: (kept, lm)}  # keep one subject's scan in memory (lists are subject-ordered)
-        kept, lm = scans[skey]
-        pv, pf = load_mesh(item.pred_mesh)
-        if len(pf) == 0:
-            raise MICAError(f"predicted mesh {item.pred_mesh} has no faces; write a triangle mesh")
-        plm = load_pred_landmarks(item.pred_lmks)
+            try:
+                scans = {skey: _load_scan(item.scan_mesh, item.scan_lmks)}  # one subject's scan in memory
+            except (MICAError, FileNotFoundError, ValueError, OSError) as e:
+                scans = {skey: str(e)}
+        scan = scans[skey]
         try:
+            if isinstance(scan, str):
+                raise MICAError(scan)
+            kept, lm = scan
+            pv, pf, plm = _load_prediction(item)
             res = score_mesh(kept, lm, pv, pf, plm, metrical=metrical, unit_factor=UNIT_FACTORS[unit],
                              crop=False, max_nfev=max_nfev, fit_points=fit_points)
-        except np.linalg.LinAlgError as e:
-            logger.warning(f"{item.key}: alignment failed ({e}); counted as failed")
-            failed.append(item.key)
+        except (MICAError, FileNotFoundError, ValueError, OSError, np.linalg.LinAlgError) as e:
+            failed[item.key] = str(e)
+            logger.warning(f"{item.key}: not scored: {e}")
             continue
         distances.append(res.distances)
         inputs.append(item.key)
         item_groups.append(item.group)
         groups.setdefault(item.group, []).append(res.distances)
     if missing:
-        logger.warning(f"{len(missing)} of {len(items)} predictions missing (first: {missing[0]})")
+        logger.warning(f"{len(missing)} of {len(items)} predictions missing (first: {missing[0]}); "
+                       f"reported as num_missing_files")
+    if failed:
+        logger.warning(f"{len(failed)} of {len(items)} images could not be scored (first: {next(iter(failed))})")
     return EvalResult(method, metrical, Stats.of(distances), {g: Stats.of(d) for g, d in groups.items()},
                       distances, inputs, item_groups, missing, failed)
+
+
+def _load_scan(mesh_path: Path, lmks_path: Path) -> tuple[np.ndarray, np.ndarray]:
+    """(kept scan vertices, 7 landmarks) of one scan, cropped as NoW."""
+    v, _ = load_mesh(mesh_path)
+    lm = read_pp(lmks_path)
+    kept, _, _ = crop_scan(v, None, lm)
+    if len(kept) == 0:
+        raise MICAError(f"no vertex of scan {mesh_path} lies within the face crop of {lmks_path} (landmarks from another scan or unit?)")
+    return kept, lm
+
+
+def _load_prediction(item: EvalItem) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(vertices, faces, 7 landmarks) of one prediction."""
+    pv, pf = load_mesh(item.pred_mesh)
+    if len(pf) == 0:
+        raise MICAError(f"predicted mesh {item.pred_mesh} has no faces; write a triangle mesh")
+    return pv, pf, load_pred_landmarks(item.pred_lmks)
 
 
 def write_official_outputs(result: EvalResult, out_dir: PathLike) -> tuple[Path, Path]:

@@ -1,14 +1,20 @@
 """Predicted meshes for the NoW benchmark, in the layout its official scorer reads.
 
-For each line ``SUBJECT/CHALLENGE/NAME.jpg`` of the image list(s) (validation, test):
-photo + NoW's face box -> square crop (box centre, 1.6 x mean box side) resampled to 224 ->
-face detection on the crop (exactly one face, as MICA) -> ArcFace alignment -> network ->
+For each line ``SUBJECT/CHALLENGE/NAME.jpg`` of the image list(s) (validation, test), as MICA
+prepares NoW images (``prepare_from_box``): photo + NoW's face box -> square crop (box centre, side
+``int(1.6 x mean box side)``, three corners onto (0,0), (0,223), (223,0)) sampled bilinearly from the
+float photo into 224x224 -> face detection on that crop truncated to uint8 (exactly one face) ->
+ArcFace alignment of the float crop (the 112 network input is never quantised) -> network ->
 ``OUT/predicted_meshes/SUBJECT/CHALLENGE/NAME.{ply,obj}`` (mm, no colours) and ``NAME.npy``
-(7x3 mm, NoW landmark order). Previews go to ``OUT/renders/`` so the predicted folder holds only
-what the scorer reads. Items whose mesh and landmarks already exist are skipped (resumable).
+(7x3 mm, NoW landmark order). Unlike MICA, an image with no face or several is reported as failed
+(MICA appends nothing, so the later images of that folder get the wrong names). Previews go to
+``OUT/renders/`` so the predicted folder holds only what the scorer reads. Items whose mesh and
+landmarks already exist are counted as done (resumable).
 
 ``ExportWriter`` (batching, writing, previews, the status report) is shared with
-``testing.stirling_export``.
+``testing.stirling_export``. Report (``export_report.json``): ``written`` and ``done`` items,
+``failed`` items (no output: key -> reason) and ``skipped`` images (dropped by the protocol while
+their item still got an output: image -> reason).
 """
 from __future__ import annotations
 
@@ -36,8 +42,8 @@ NOW_BOXES_DIR = Path("NoW_Dataset/final_release_version/detected_face")
 CROP_SCALE = 1.6  # crop side = 1.6 x mean(box width, box height)
 CROP_SIZE = 224
 
-__all__ = ["read_now_box", "prepare_from_box", "ExportItem", "ExportWriter", "now_export_items", "export_now",
-           "NOW_IMAGES_DIR", "NOW_BOXES_DIR"]
+__all__ = ["read_now_box", "prepare_from_box", "align_float", "NotExactlyOneFace", "ExportItem", "ExportReport",
+           "ExportWriter", "write_export_report", "now_export_items", "export_now", "NOW_IMAGES_DIR", "NOW_BOXES_DIR"]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -60,27 +66,51 @@ def read_now_box(path: PathLike) -> np.ndarray:
         raise MICAError(f"face box {path} is not a NoW box file (dict with left/right/top/bottom): {e}") from None
 
 
+class NotExactlyOneFace(MICAError):
+    """A photo in which the detector found no face or several (the protocols drop such photos)."""
+
+
 def prepare_from_box(image: np.ndarray, box: np.ndarray, detector, source: str = "image"):
-    """MICA's NoW preparation: box crop (x1.6) -> 224, detect (exactly one face), align.
+    """MICA's NoW preparation of one photo (see the module docstring).
+
+    The crop is sampled bilinearly in float64 (``utils.alignment.crop_from_box``; sampling is
+    linear, so this is MICA's scikit-image ``warp`` of photo / 255 up to rounding), divided by 255
+    and scaled back in float32 (MICA: the float crop x 255 as float32). The detector sees that crop truncated to uint8 (what insightface's uint8 letterbox
+    does to it); ``input112`` is the ArcFace alignment of the float crop.
 
     Returns:
-        ``micalib.face_prep.AlignedFace`` (224 crop for display, (3,112,112) network input).
+        ``micalib.face_prep.AlignedFace`` (uint8 224 ArcFace crop for previews, (3,112,112) input).
 
     Raises:
         MICAError: no face or more than one face in the crop.
+        ValueError: an empty or invalid box.
     """
-    from micalib.face_prep import align_face
     from utils.alignment import crop_from_box
 
     crop, _ = crop_from_box(image, box, scale=CROP_SCALE, size=CROP_SIZE)
-    return _align_single(crop, detector, source, align_face)
+    crop = (crop / 255.0).astype(np.float32) * np.float32(255.0)
+    detected = np.clip(crop, 0, 255).astype(np.uint8)  # truncation, as a float -> uint8 assignment
+    face = _single_face(detector.detect(detected), source)
+    return align_float(crop, face)
 
 
-def _align_single(image: np.ndarray, detector, source: str, align_face: Callable):
-    faces = detector.detect(image)
+def align_float(image: np.ndarray, face):
+    """ArcFace alignment of a float image: the 112 network input warped from it without
+    quantisation, the 224 crop rounded to uint8 for previews."""
+    from micalib.face_prep import AlignedFace
+    from utils.alignment import norm_crop, to_network_input
+
+    image = np.asarray(image, dtype=np.float32)
+    crop224 = np.clip(np.rint(norm_crop(image, face.kps, size=224)), 0, 255).astype(np.uint8)
+    return AlignedFace(face=face, crop224=crop224, input112=to_network_input(norm_crop(image, face.kps, size=112)))
+
+
+def _single_face(faces: Sequence, source: str):
+    """The only face of ``faces``; else MICAError (MICA's protocols need exactly one)."""
     if len(faces) != 1:
-        raise MICAError(f"{source}: {len(faces)} faces detected, MICA's protocol needs exactly one")
-    return align_face(image, faces[0])
+        what = "no face" if not faces else f"{len(faces)} faces"
+        raise NotExactlyOneFace(f"{source}: {what} detected, MICA's protocol needs exactly one")
+    return faces[0]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -88,9 +118,9 @@ def _align_single(image: np.ndarray, detector, source: str, align_face: Callable
 # ---------------------------------------------------------------------------------------------
 @dataclass
 class ExportItem:
-    """One output to write: ``key`` (report name), candidate ``images`` (tried in order until one
-    yields a face), output ``stem`` (no suffix), ``prepare(image_rgb, source) -> AlignedFace``,
-    optional preview path ``render``."""
+    """One output to write: ``key`` (report name), candidate ``images`` (tried in this order until
+    one yields exactly one face), output ``stem`` (no suffix), ``prepare(image_rgb, source) ->
+    AlignedFace``, optional preview path ``render``."""
 
     key: str
     images: list[Path]
@@ -101,11 +131,20 @@ class ExportItem:
 
 @dataclass
 class ExportReport:
-    """Counts and per-image failures of an export run."""
+    """Outcome of an export run.
+
+    Attributes:
+        written: items written by this run.
+        done: items whose outputs existed already (not redone).
+        failed: item key -> reason, for items that yield no output (they make test.py exit 1).
+        skipped: image -> reason, for images the protocol drops (e.g. a Stirling photo without
+            exactly one face) while their item still got an output from another image.
+    """
 
     written: int = 0
-    skipped: int = 0
-    failed: dict[str, str] = field(default_factory=dict)  # image key -> reason
+    done: int = 0
+    failed: dict[str, str] = field(default_factory=dict)
+    skipped: dict[str, str] = field(default_factory=dict)
 
 
 class ExportWriter:
@@ -136,25 +175,46 @@ class ExportWriter:
         """Both outputs of ``stem`` exist (and are not empty: see ``utils.io.written_file``)."""
         return all(written_file(p) for p in self.paths(stem))
 
-    def run(self, items: Sequence[ExportItem], desc: str = "export") -> ExportReport:
-        """Export every item (skipping done ones); failures are recorded, not fatal."""
+    @staticmethod
+    def _image_key(item: ExportItem, img: Path) -> str:
+        return f"{item.key}:{img.name}" if len(item.images) > 1 else item.key
+
+    def _prepare(self, item: ExportItem, report: ExportReport):
+        """The first of ``item.images`` that yields exactly one face, aligned; the images tried
+        before it go to ``report.skipped``; with none, the item goes to ``report.failed``."""
         from utils.image_io import read_image
 
+        reasons: list[tuple[str, str, bool]] = []
+        for img in item.images:
+            source = img.name if len(item.images) > 1 else item.key
+            try:
+                aligned = item.prepare(read_image(img), source)
+            except (MICAError, ValueError, OSError) as e:  # FileNotFoundError is an OSError
+                reasons.append((self._image_key(item, img), str(e), isinstance(e, NotExactlyOneFace)))
+                continue
+            for key, why, by_protocol in reasons:
+                report.skipped[key] = why
+                # Dropped by the protocol (not exactly one face): expected; anything else: say so.
+                (logger.info if by_protocol else logger.warning)(f"skipped {key}: {why}")
+            return aligned
+        if len(reasons) == 1:
+            why = reasons[0][1]
+        else:
+            why = (f"none of its {len(reasons)} images has exactly one face: "
+                   + "; ".join(w for _, w, _ in reasons))
+        report.failed[item.key] = why
+        logger.warning(f"failed {item.key}: {why}")
+        return None
+
+    def run(self, items: Sequence[ExportItem], desc: str = "export") -> ExportReport:
+        """Export every item (counting done ones); failures are recorded, not fatal."""
         report = ExportReport()
         batch: list[tuple[ExportItem, object]] = []
         for item in tqdm(items, desc=desc):
             if not self.overwrite and self.done(item.stem):
-                report.skipped += 1
+                report.done += 1
                 continue
-            aligned = None
-            for img in item.images:
-                source = str(img.name) if len(item.images) > 1 else item.key
-                try:
-                    aligned = item.prepare(read_image(img), source)
-                    break
-                except (MICAError, FileNotFoundError, ValueError) as e:
-                    report.failed[f"{item.key}:{img.name}" if len(item.images) > 1 else item.key] = str(e)
-                    logger.warning(f"{item.key}: {e}")
+            aligned = self._prepare(item, report)
             if aligned is None:
                 continue
             batch.append((item, aligned))
@@ -191,7 +251,7 @@ class ExportWriter:
 
 
 def write_export_report(report: ExportReport, path: PathLike) -> None:
-    """JSON report of an export run (counts, failures by image)."""
+    """JSON report of an export run (counts, failed items, skipped images)."""
     atomic_write_text(path, json.dumps(asdict(report), indent=2) + "\n")
 
 
@@ -236,7 +296,7 @@ def export_now(predictor, faces: np.ndarray, detector, now_root: PathLike, out_d
     items = now_export_items(now_root, out_dir, detector, splits)
     report = writer.run(items, desc="NoW export")
     write_export_report(report, Path(out_dir) / "export_report.json")
-    logger.info(f"NoW export: {report.written} written, {report.skipped} already done, {len(report.failed)} failed "
-                f"-> {Path(out_dir) / 'predicted_meshes'}")
+    logger.info(f"NoW export: {report.written} written, {report.done} already done, {len(report.failed)} failed "
+                f"-> {Path(out_dir) / 'predicted_meshes'} (report: {Path(out_dir) / 'export_report.json'})")
     return report
 

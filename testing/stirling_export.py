@@ -1,11 +1,18 @@
 """Predicted meshes for the Stirling/ESRC benchmark (FG2018 "Real_images__Subset_2D_FG2018").
 
 Images ``ROOT/images/Real_images__Subset_2D_FG2018/{HQ,LQ}/*.jpg``; the subject id (ID9) is the
-first 9 characters of the file name, upper-cased, and ID5 its first 5. As in MICA, the whole
-photo is resized to 224x224, faces are detected (threshold 0.1 by default) and only images with
-exactly one face are used. Output: ``OUT/predicted_meshes/{HQ,LQ}/ID5/ID9.{ply,obj}`` (mm) and
-``ID9.npy`` (7x3 mm). One mesh per subject id and quality, from the first image (sorted by name)
-that yields exactly one face. Resumable like the NoW export.
+first 9 characters of the file name, upper-cased, and ID5 its first 5. As MICA, the detector
+(threshold 0.1 by default, ``detector.det_size`` 224) runs on the **full-resolution photo** and the
+ArcFace crop is aligned from it (``prepare_full``); a photo counts only when exactly one face is
+found. MICA writes every such photo of a subject to the same ``ID9`` files, so the file left is the
+one of the **last** photo in sorted path order that has exactly one face: the export walks each
+subject's photos from the last one backwards and stops at the first with exactly one face (same
+result, less work). The photos after it that have no face or several are ``skipped`` in the export
+report; a subject none of whose photos has exactly one face is ``failed``. A subject whose ``ID9``
+files exist is done (resumable). MICA's 224x224 resize of the photo feeds only its preview; our
+previews show the aligned crop.
+
+Output: ``OUT/predicted_meshes/{HQ,LQ}/ID5/ID9.{ply,obj}`` (mm) and ``ID9.npy`` (7x3 mm).
 """
 from __future__ import annotations
 
@@ -16,19 +23,18 @@ from typing import Sequence, Union
 import numpy as np
 from loguru import logger
 
-from testing.now_export import ExportItem, ExportReport, ExportWriter, _align_single, write_export_report
+from testing.now_export import ExportItem, ExportReport, ExportWriter, _single_face, write_export_report
 from utils.errors import MICAError
 
 PathLike = Union[str, os.PathLike]
 
 STIRLING_IMAGES_DIR = Path("images/Real_images__Subset_2D_FG2018")
 QUALITIES = ("HQ", "LQ")
-STIRLING_SIZE = 224
 STIRLING_THRESHOLD = 0.1
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
 
-__all__ = ["STIRLING_IMAGES_DIR", "QUALITIES", "STIRLING_THRESHOLD", "subject_ids", "prepare_resized",
-           "stirling_export_items", "export_stirling"]
+__all__ = ["STIRLING_IMAGES_DIR", "QUALITIES", "STIRLING_THRESHOLD", "subject_ids", "prepare_full",
+           "subject_groups", "stirling_export_items", "export_stirling"]
 
 
 def subject_ids(file_name: str) -> tuple[str, str]:
@@ -37,26 +43,38 @@ def subject_ids(file_name: str) -> tuple[str, str]:
     return id9, id9[:5]
 
 
-def prepare_resized(image: np.ndarray, detector, source: str = "image"):
-    """MICA's Stirling preparation: resize the photo to 224x224, detect (exactly one face), align."""
-    import cv2
+def prepare_full(image: np.ndarray, detector, source: str = "image"):
+    """MICA's Stirling preparation: detect on the full-resolution photo (exactly one face), then
+    ArcFace-align from the same photo.
 
+    Raises:
+        MICAError (``NotExactlyOneFace``): no face or several.
+    """
     from micalib.face_prep import align_face
 
-    small = cv2.resize(image, (STIRLING_SIZE, STIRLING_SIZE), interpolation=cv2.INTER_AREA)
-    return _align_single(small, detector, source, align_face)
+    return align_face(image, _single_face(detector.detect(image), source))
+
+
+def subject_groups(folder: Path) -> dict[str, list[Path]]:
+    """ID9 -> the subject's photos in ``folder``, in sorted path order (MICA's order)."""
+    images = sorted((p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()), key=str)
+    groups: dict[str, list[Path]] = {}
+    for img in images:
+        groups.setdefault(subject_ids(img.name)[0], []).append(img)
+    return groups
 
 
 def stirling_export_items(stirling_root: PathLike, out_dir: PathLike, detector,
                           qualities: Sequence[str] = QUALITIES) -> list[ExportItem]:
-    """One work item per quality and subject id; its images (sorted) are tried in order."""
+    """One work item per quality and subject id; its photos are tried from the last (sorted) one
+    backwards, so the first with exactly one face is the one whose mesh MICA leaves on disk."""
     root = Path(stirling_root)
     if not root.is_dir():
         raise FileNotFoundError(f"Stirling folder {root} does not exist (set test.stirling_root in the config or pass --stirling-root)")
     out = Path(out_dir)
 
     def prepare(rgb: np.ndarray, source: str):
-        return prepare_resized(rgb, detector, source=source)
+        return prepare_full(rgb, detector, source=source)
 
     items = []
     for q in qualities:
@@ -65,15 +83,12 @@ def stirling_export_items(stirling_root: PathLike, out_dir: PathLike, detector,
         folder = root / STIRLING_IMAGES_DIR / q
         if not folder.is_dir():
             raise FileNotFoundError(f"Stirling image folder {folder} does not exist (unpack Real_images__Subset_2D_FG2018 under {root / 'images'})")
-        images = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
-        if not images:
+        groups = subject_groups(folder)
+        if not groups:
             raise MICAError(f"no images in {folder} (expected Stirling .jpg photos)")
-        groups: dict[str, list[Path]] = {}
-        for img in images:
-            groups.setdefault(subject_ids(img.name)[0], []).append(img)
         for id9, imgs in groups.items():
             id5 = id9[:5]
-            items.append(ExportItem(f"{q}/{id5}/{id9}", imgs, out / "predicted_meshes" / q / id5 / id9, prepare,
+            items.append(ExportItem(f"{q}/{id5}/{id9}", imgs[::-1], out / "predicted_meshes" / q / id5 / id9, prepare,
                                     out / "renders" / q / id5 / f"{id9}.jpg"))
     return items
 
@@ -86,6 +101,7 @@ def export_stirling(predictor, faces: np.ndarray, detector, stirling_root: PathL
     items = stirling_export_items(stirling_root, out_dir, detector, qualities)
     report = writer.run(items, desc="Stirling export")
     write_export_report(report, Path(out_dir) / "export_report.json")
-    logger.info(f"Stirling export: {report.written} subject meshes written, {report.skipped} already done, "
-                f"{len(report.failed)} images failed -> {Path(out_dir) / 'predicted_meshes'}")
+    logger.info(f"Stirling export: {report.written} subject meshes written, {report.done} already done, "
+                f"{len(report.failed)} subjects failed, {len(report.skipped)} photos skipped (not exactly one face) "
+                f"-> {Path(out_dir) / 'predicted_meshes'} (report: {Path(out_dir) / 'export_report.json'})")
     return report

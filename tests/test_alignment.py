@@ -4,8 +4,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from utils.alignment import (ARCFACE_TEMPLATE, crop_from_box, estimate_norm, estimate_similarity, norm_crop,
-                             to_network_input)
+from utils.alignment import (ARCFACE_TEMPLATE, box_crop_matrix, crop_from_box, estimate_norm, estimate_similarity,
+                             norm_crop, to_network_input, warp_bilinear)
 
 
 def _similarity(scale: float, angle: float, t: tuple[float, float]) -> np.ndarray:
@@ -94,15 +94,64 @@ def test_to_network_input() -> None:
         to_network_input(np.zeros((224, 224, 3), np.uint8))
 
 
-def test_crop_from_box() -> None:
-    img = np.zeros((400, 600, 3), np.uint8)
-    box = np.array([200, 100, 300, 260], float)  # w 100, h 160 -> extent 1.6 * 130 = 208 px
-    img[180, 250] = 255  # box centre (250, 180)
-    crop, m = crop_from_box(img, box, scale=1.6, size=224)
-    assert crop.shape == (224, 224, 3)
-    np.testing.assert_allclose(_apply(m, np.array([[250.0, 180.0]])), [[112, 112]])
-    np.testing.assert_allclose(m[0, 0], 224 / 208)
-    ys, xs = np.nonzero(crop[..., 0])
-    assert abs(xs.mean() - 112) < 1 and abs(ys.mean() - 112) < 1
-    # the crop spans exactly 208 photo pixels: photo x = 250 - 104 maps to crop x = 0
-    np.testing.assert_allclose(_apply(m, np.array([[146.0, 76.0]])), [[0, 0]], atol=1e-9)
+def test_box_crop_matrix_hand_values() -> None:
+    # Box left 200.3, top 100.2, right 300.9, bottom 261.7: width 100.6, height 161.5, mean 131.05;
+    # 1.6 x 131.05 = 209.68 -> side 209 (truncated); centre (250.6, 180.95); scale 223/209.
+    m = box_crop_matrix(np.array([200.3, 100.2, 300.9, 261.7]), scale=1.6, size=224)
+    k = 223.0 / 209.0
+    hand = np.array([[k, 0.0, -k * (250.6 - 104.5)], [0.0, k, -k * (180.95 - 104.5)]])
+    np.testing.assert_allclose(m, hand, rtol=0, atol=1e-12)
+    # The three corners land on (0,0), (0,223), (223,0); the centre on (111.5, 111.5).
+    corners = np.array([[146.1, 76.45], [146.1, 285.45], [355.1, 76.45], [250.6, 180.95]])
+    np.testing.assert_allclose(_apply(m, corners), [[0, 0], [0, 223], [223, 0], [111.5, 111.5]], atol=1e-9)
+    # scikit-image's least-squares similarity from the same three corners (what MICA calls).
+    from skimage.transform import estimate_transform
+
+    tf = estimate_transform("similarity", corners[:3], np.array([[0, 0], [0, 223], [223, 0]], float))
+    np.testing.assert_allclose(m, tf.params[:2], rtol=0, atol=1e-12)
+    with pytest.raises(ValueError, match="box"):
+        box_crop_matrix(np.array([10.0, 10.0, 5.0, 5.0]))
+
+
+def _skimage_crop(img: np.ndarray, m: np.ndarray) -> np.ndarray:
+    """Independent reference: scikit-image warp (bilinear, constant 0), as MICA samples NoW crops."""
+    from skimage.transform import AffineTransform, warp
+
+    return warp(img, AffineTransform(matrix=np.vstack([m, [0, 0, 1]])).inverse, output_shape=(224, 224),
+                order=1, mode="constant", cval=0.0, clip=False, preserve_range=True)
+
+
+def test_crop_from_box_is_exact_bilinear() -> None:
+    rng = np.random.default_rng(0)
+    # Non-square photo with hard edges (random blocks) and noise: OpenCV's 1/32-pixel grid fails here.
+    img = np.kron(rng.integers(0, 256, (30, 45, 3)), np.ones((10, 10, 1))).astype(np.uint8)
+    img = np.clip(img.astype(int) + rng.integers(-20, 21, img.shape), 0, 255).astype(np.uint8)
+    for box in ([150.3, 80.7, 260.2, 230.9], [-40.0, 200.5, 90.25, 320.0]):  # the second crosses the border
+        crop, m = crop_from_box(img / 255.0, np.array(box))
+        assert crop.shape == (224, 224, 3) and crop.dtype == np.float64
+        np.testing.assert_array_equal(m, box_crop_matrix(np.array(box)))
+        ref = _skimage_crop(img / 255.0, m)
+        assert np.abs(crop - ref).max() <= 1e-9  # far inside the 1/255 the protocol needs
+        # Sampling the uint8 photo directly is the same up to the /255 (no float copy of the photo).
+        np.testing.assert_allclose(crop_from_box(img, np.array(box))[0] / 255.0, ref, atol=1e-12)
+    # A plain loop over one pixel: the source point and its four neighbours, by hand.
+    x, y = 17, 203
+    sx, sy = np.linalg.solve(m[:, :2], np.array([x, y]) - m[:, 2])
+    x0, y0 = int(np.floor(sx)), int(np.floor(sy))
+    fx, fy = sx - x0, sy - y0
+
+    def px(xx, yy):
+        return img[yy, xx].astype(float) if 0 <= xx < img.shape[1] and 0 <= yy < img.shape[0] else np.zeros(3)
+
+    hand = ((1 - fx) * (1 - fy) * px(x0, y0) + fx * (1 - fy) * px(x0 + 1, y0) + (1 - fx) * fy * px(x0, y0 + 1)
+            + fx * fy * px(x0 + 1, y0 + 1))
+    np.testing.assert_allclose(crop_from_box(img, np.array(box))[0][y, x], hand, atol=1e-9)
+
+
+def test_warp_bilinear_grey_and_identity() -> None:
+    img = np.arange(20.0).reshape(4, 5)
+    out = warp_bilinear(img, np.array([[1.0, 0, 0], [0, 1.0, 0]]), 6)
+    np.testing.assert_array_equal(out[:4, :5], img)
+    assert (out[4:] == 0).all() and (out[:, 5:] == 0).all()
+    half = warp_bilinear(img, np.array([[1.0, 0, -0.5], [0, 1.0, 0]]), 4)  # samples x + 0.5
+    np.testing.assert_allclose(half[0, :3], [0.5, 1.5, 2.5])

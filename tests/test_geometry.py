@@ -153,3 +153,22 @@ def test_bad_inputs_raise_value_error():
         similarity_procrustes(np.zeros((2, 3)), np.zeros((2, 3)))
     with pytest.raises(ValueError, match="vertices"):
         MeshDistance(np.zeros((3, 3)), np.array([[0, 1, 5]]))
+
+
+def test_rotvec_derivatives_hand_values_and_differences():
+    from testing.geometry import rotvec_derivatives, rotvec_to_matrix
+
+    # At r = 0: dR/dr_k = [e_k]_x.
+    d0 = rotvec_derivatives(np.zeros(3))
+    np.testing.assert_array_equal(d0[2], [[0, -1, 0], [1, 0, 0], [0, 0, 0]])
+    np.testing.assert_array_equal(d0[0], [[0, 0, 0], [0, 0, -1], [0, 1, 0]])
+    # About z: R = [[c, -s, 0], [s, c, 0], [0, 0, 1]], so dR/dtheta = [[-s, -c, 0], [c, -s, 0], [0, 0, 0]].
+    for th in (1e-4, 0.7, 3.0):
+        c, s = np.cos(th), np.sin(th)
+        np.testing.assert_allclose(rotvec_derivatives(np.array([0.0, 0.0, th]))[2],
+                                   [[-s, -c, 0], [c, -s, 0], [0, 0, 0]], atol=1e-14)
+    # General vectors (small ones use the series): central differences of scipy's rotations.
+    h = 1e-6
+    for r in (np.array([3e-4, -2e-3, 1e-3]), np.array([0.004, 0.003, -0.008]), np.array([0.3, -1.2, 0.5])):
+        fd = np.stack([(rotvec_to_matrix(r + h * e) - rotvec_to_matrix(r - h * e)) / (2 * h) for e in np.eye(3)])
+        np.testing.assert_allclose(rotvec_derivatives(r), fd, atol=1e-9)

@@ -5,8 +5,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from testing.now_eval import (crop_scan, evaluate, landmark_alignment, load_pred_landmarks, now_items,
-                              read_official_outputs, score_mesh, stirling_items)
+from testing.geometry import MeshDistance, apply_similarity
+from testing.now_eval import (AlignmentResiduals, crop_scan, evaluate, landmark_alignment, load_pred_landmarks,
+                              now_items, read_official_outputs, score_mesh, stirling_items)
 from testing.pp import read_pp, write_pp
 from testing.report import PUBLISHED_NOW, cumulative_error_curve, markdown_table, write_reports
 from tests.synthetic_now import ellipsoid_head, kept_mask, make_scan, random_similarity, write_now_folder, write_prediction
@@ -51,6 +52,50 @@ def test_landmark_alignment_metrical_keeps_unit_scale():
     np.testing.assert_allclose(r2, rot, atol=1e-9)
     s3, _, _ = landmark_alignment(src, dst * 1.1, metrical=False)
     assert s3 == pytest.approx(1100.0)
+
+
+def test_metrical_alignment_keeps_the_procrustes_translation():
+    # Hand-made case: scan = 2 * R pred + d exactly, R = 90 degrees about z, d = (10, 20, 30), and the
+    # predicted landmarks have mean (1, 2, 3). Procrustes: b = 2, R, c = d. The metrical scorer keeps
+    # c (computed with b = 2) and only replaces the scale by the unit factor 1:
+    # pred' = R pred + d. (Recomputing c for scale 1 would give c = R (1,2,3) + d = (8, 21, 33).)
+    base = np.array([[1, 0, 0], [-1, 0, 0], [0, 2, 0], [0, -2, 0], [0, 0, 3], [0, 0, -3], [0, 0, 0]], float)
+    pred = base + [1.0, 2.0, 3.0]
+    rot = np.array([[0.0, -1.0, 0.0], [1.0, 0.0, 0.0], [0.0, 0.0, 1.0]])
+    scan = 2.0 * pred @ rot.T + [10.0, 20.0, 30.0]
+    s, r, t = landmark_alignment(pred, scan, metrical=True, unit_factor=1.0)
+    assert s == 1.0
+    np.testing.assert_allclose(r, rot, atol=1e-12)
+    np.testing.assert_allclose(t, [10.0, 20.0, 30.0], atol=1e-12)
+    # pred[0] = (2, 2, 3) -> R (2, 2, 3) + d = (-2, 2, 3) + (10, 20, 30).
+    np.testing.assert_allclose(apply_similarity(pred, s, r, t)[0], [8.0, 22.0, 33.0], atol=1e-12)
+    # Units: a prediction in metres (scan = 2000 * R pred_m + d) keeps the same c with factor 1000.
+    s_m, _, t_m = landmark_alignment(pred / 1000.0, scan, metrical=True, unit_factor=1000.0)
+    assert s_m == 1000.0
+    np.testing.assert_allclose(t_m, [10.0, 20.0, 30.0], atol=1e-9)
+    # Non-metrical: the full similarity.
+    s2, _, t2 = landmark_alignment(pred, scan)
+    assert s2 == pytest.approx(2.0) and np.allclose(t2, [10.0, 20.0, 30.0])
+
+
+@pytest.mark.parametrize("with_scale", [True, False])
+def test_refinement_jacobian_is_exact(with_scale):
+    """The analytic Jacobian against central differences of the residuals (both exact up to h^2)."""
+    rng = np.random.default_rng(8)
+    v, f, lm = ellipsoid_head(4)
+    scan = make_scan(v, f, lm, noise_mm=0.5, rng=rng, scale=1.0)
+    points = scan.vertices[kept_mask(scan.vertices, scan.landmarks)]
+    mesh_v = apply_similarity(v, scan.scale, scan.rot, scan.t)
+    problem = AlignmentResiduals(points[::7], MeshDistance(mesh_v, f), with_scale)
+    x = np.array([1.03, 0.02, -0.05, 0.03, 1.5, -0.7, 0.4]) if with_scale else np.array([0.3, -0.2, 0.1, 1.5, -0.7, 0.4])
+    jac = problem.jacobian(x)
+    h = 1e-6
+    fd = np.stack([(problem.residuals(x + h * e) - problem.residuals(x - h * e)) / (2 * h)
+                   for e in np.eye(len(x))], axis=1)
+    assert jac.shape == fd.shape == (len(points[::7]) + with_scale, len(x))
+    err = np.abs(jac - fd).max(axis=1)
+    # Rows whose closest point changes triangle within +-h are kinks of the distance; they are rare.
+    assert np.median(err) < 1e-7 and (err < 1e-5).mean() > 0.99
 
 
 @pytest.mark.parametrize("seed", [0, 1])
@@ -198,3 +243,20 @@ def test_fit_on_a_subsample_scores_every_point():
     assert sub.distances.mean() == pytest.approx(truth.mean(), rel=0.03)
     assert full.distances.mean() == pytest.approx(truth.mean(), rel=0.03)
     np.testing.assert_allclose(sub.distances, truth, atol=0.4 * 0.3)
+
+
+def test_unreadable_files_fail_their_items_and_the_rest_is_scored(tmp_path):
+    rng = np.random.default_rng(9)
+    root, pred, lines, truths = _build(tmp_path, rng, subjects=("S1", "S2", "S3"))
+    # lines: S1 neutral, S1 selfie, S2 neutral, S2 selfie, S3 neutral, S3 selfie (missing).
+    bad_mesh = pred / "S1" / "selfie" / "IMG_sel.obj"
+    assert bad_mesh.is_file()
+    bad_mesh.write_text("this is not a mesh\n")
+    (root / "scans_lmks_onlypp" / "S2" / "S2.pp").write_text("<PickedPoints><point x='1'")
+    res = evaluate(now_items(root, pred, "validation"), method="m", progress=False)
+    assert res.input_files == [lines[0], lines[4]]
+    assert set(res.failed) == {lines[1], lines[2], lines[3]}
+    assert str(bad_mesh.name) in res.failed[lines[1]] and "S2.pp" in res.failed[lines[2]]
+    assert res.missing == [lines[5]]
+    expected = np.concatenate([truths["S1"], truths["S3"]])
+    assert res.overall.mean == pytest.approx(np.mean(expected), rel=0.03)

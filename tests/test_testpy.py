@@ -50,6 +50,7 @@ def test_missing_benchmark_folders_give_one_line(tmp_path):
     _one_line_error(_run(["--benchmark", "now", "--now-root", str(tmp_path / "now")]), "imagepathsvalidation.txt")
     _one_line_error(_run(["--benchmark", "stirling", "--stirling-root", str(tmp_path)]), "Real_images__Subset_2D_FG2018")
     _one_line_error(_run(["--evaluate", "--benchmark", "stirling", "--stirling-root", str(tmp_path)]), "--scans")
+    _one_line_error(_run(["--evaluate", "--now-root", str(tmp_path), "--fit-points", "-5"]), "--fit-points", "-5")
 
 
 def test_evaluate_cli_compares_methods(tmp_path):
@@ -76,6 +77,28 @@ def test_evaluate_cli_compares_methods(tmp_path):
         assert (tmp_path / "res" / f"{name}_computed_distances.npy").is_file()
         assert (tmp_path / "res" / f"{name}_computed_distances.npy.meanmedian").is_file()
     assert (tmp_path / "res" / "cumulative_errors.png").is_file()
+
+
+def test_evaluate_exit_codes_missing_vs_unreadable(tmp_path):
+    rng = np.random.default_rng(1)
+    v, f, lm = ellipsoid_head(3)
+    root = write_now_folder(tmp_path / "now", {"S1": make_scan(v, f, lm, noise_mm=0.2, rng=rng)})
+    lines = [f"S1/{c}/IMG_1.jpg" for c in CHALLENGES]
+    write_image_list(root, lines)
+    for ln in lines[:3]:  # the selfie prediction is missing
+        write_prediction(tmp_path / "pred", ln, v, f, lm)
+    args = ["--evaluate", "--now-root", str(root), "--predicted", f"m={tmp_path / 'pred'}", "--results", str(tmp_path / "res")]
+    res = _run(args)
+    assert res.returncode == 0, res.stderr  # a missing prediction is num_missing_files, not an error
+    assert read_official_outputs(tmp_path / "res" / "m_computed_distances.npy")["num_missing_files"] == 1
+    # An unreadable prediction: the others are still scored, the exit code is 1.
+    (tmp_path / "pred" / "S1" / "multiview_neutral" / "IMG_1.npy").write_bytes(b"\x93NUMPY garbage")
+    res = _run(args)
+    assert res.returncode == 1
+    assert "multiview_neutral/IMG_1.npy" in res.stderr and "Traceback" not in res.stderr
+    summary = json.loads((tmp_path / "res" / "results.json").read_text())[0]
+    assert summary["overall"]["n_images"] == 2 and summary["missing"] == [lines[3]]
+    assert list(summary["failed"]) == [lines[0]]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -135,10 +158,13 @@ def test_now_export_then_evaluate(tmp_path, faces_dir, synthetic_flame_dir, mica
     args = ["--benchmark", "now", "--now-root", str(root), "-o", str(out), "--batch-size", "2", "--mesh-format", "obj",
             *_model_opts(synthetic_flame_dir, mica_tar)]
     res = _run(args)
-    assert res.returncode == 0, res.stderr
+    # The blank image yields no output: it is failed (exit code 1) and names no other image.
+    assert res.returncode == 1, res.stderr
+    assert "export_report.json" in res.stderr and "Traceback" not in res.stderr
     pred = out / "predicted_meshes"
     report = json.loads((out / "export_report.json").read_text())
     assert report["written"] == len(photos) and list(report["failed"]) == ["SUBJ0/selfie/IMG_blank.jpg"]
+    assert "no face" in report["failed"]["SUBJ0/selfie/IMG_blank.jpg"] and report["skipped"] == {}
     for line, _, _ in val[:-1] + test:
         stem = pred / Path(line).with_suffix("")
         obj, npy = stem.with_suffix(".obj"), stem.with_suffix(".npy")
@@ -152,8 +178,9 @@ def test_now_export_then_evaluate(tmp_path, faces_dir, synthetic_flame_dir, mica
     # Resumable: a second run writes nothing and leaves the files untouched.
     mtimes = {p: p.stat().st_mtime_ns for p in pred.rglob("*") if p.is_file()}
     res = _run(args)
-    assert res.returncode == 0, res.stderr
-    assert json.loads((out / "export_report.json").read_text())["skipped"] == len(photos)
+    assert res.returncode == 1, res.stderr  # the blank image still fails
+    rerun = json.loads((out / "export_report.json").read_text())
+    assert rerun["done"] == len(photos) and rerun["written"] == 0
     assert {p: p.stat().st_mtime_ns for p in pred.rglob("*") if p.is_file()} == mtimes
 
     # Scans of the exported meshes: known similarity + known noise along the normals.
@@ -198,13 +225,23 @@ def test_stirling_export_layout(tmp_path, faces_dir, synthetic_flame_dir, mica_t
         for name in files:
             cv2.imwrite(str(folder / q / name), cv2.imread(str(photos[k % len(photos)])))
             k += 1
-    cv2.imwrite(str(folder / "HQ" / "F1003_01A_blank.jpg"), np.full((300, 300, 3), 120, np.uint8))
-    out = tmp_path / "out"
-    res = _run(["--benchmark", "stirling", "--stirling-root", str(tmp_path / "stirling"), "-o", str(out),
-                *_model_opts(synthetic_flame_dir, mica_tar)])
-    assert res.returncode == 0, res.stderr
-    pred = out / "predicted_meshes"
-    report = json.loads((out / "export_report.json").read_text())
-    for rel in ("HQ/F1001/F1001_01A", "LQ/F1001/F1001_01A"):
+    blank = np.full((300, 300, 3), 120, np.uint8)
+    # After F1001's last one-face photo (sorted: "f..." after "F..."): dropped by the protocol.
+    cv2.imwrite(str(folder / "HQ" / "f1001_01a_y_blank.jpg"), blank)
+    args = ["--benchmark", "stirling", "--stirling-root", str(tmp_path / "stirling"), "-o", str(tmp_path / "out"),
+            *_model_opts(synthetic_flame_dir, mica_tar)]
+    res = _run(args)
+    assert res.returncode == 0, res.stderr  # a skipped photo is no failure
+    pred = tmp_path / "out" / "predicted_meshes"
+    report = json.loads((tmp_path / "out" / "export_report.json").read_text())
+    for rel in ("HQ/F1001/F1001_01A", "HQ/F1002/F1002_01A", "LQ/F1001/F1001_01A"):
         assert (pred / f"{rel}.ply").is_file() and np.load(pred / f"{rel}.npy").shape == (7, 3), (rel, report)
-    assert not (pred / "HQ/F1003").exists() and "HQ/F1003/F1003_01A" in report["failed"]
+    assert report["written"] == 3 and report["failed"] == {}
+    assert list(report["skipped"]) == ["HQ/F1001/F1001_01A:f1001_01a_y_blank.jpg"]
+    # A subject none of whose photos has one face gives no output: failed, exit code 1.
+    cv2.imwrite(str(folder / "HQ" / "F1003_01A_blank.jpg"), blank)
+    res = _run(args)
+    assert res.returncode == 1, res.stderr
+    report = json.loads((tmp_path / "out" / "export_report.json").read_text())
+    assert report["done"] == 3 and report["written"] == 0 and list(report["failed"]) == ["HQ/F1003/F1003_01A"]
+    assert not (pred / "HQ/F1003").exists()

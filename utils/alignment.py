@@ -9,7 +9,7 @@ import cv2
 import numpy as np
 
 __all__ = ["ARCFACE_TEMPLATE", "estimate_similarity", "estimate_norm", "norm_crop", "to_network_input",
-           "crop_from_box"]
+           "box_crop_matrix", "warp_bilinear", "crop_from_box"]
 
 # The standard ArcFace 112x112 template (same order as the keypoints).
 ARCFACE_TEMPLATE = np.array(
@@ -101,26 +101,86 @@ def to_network_input(crop112_rgb: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(x.transpose(2, 0, 1))
 
 
-def crop_from_box(img: np.ndarray, box: np.ndarray, scale: float = 1.6, size: int = 224
-                  ) -> tuple[np.ndarray, np.ndarray]:
-    """Square crop around a detection box, as MICA prepares NoW images.
+def box_crop_matrix(box: np.ndarray, scale: float = 1.6, size: int = 224) -> np.ndarray:
+    """The similarity MICA's NoW preparation maps a face box with (photo pixels -> crop pixels).
 
-    The crop is centred on the box centre and spans ``scale`` x mean(box width, box height)
-    pixels of the photo, resampled (similarity, no rotation) to ``size`` x ``size``.
+    As MICA (scikit-image ``estimate_transform('similarity')`` on three corners): centre c = box
+    centre, side ``s = int(scale * mean(box width, box height))`` (truncated), and the corners
+    (c - s/2, c - s/2), (c - s/2, c + s/2), (c + s/2, c - s/2) go to (0, 0), (0, size-1),
+    (size-1, 0): scale (size-1)/s, the box centre lands on ((size-1)/2, (size-1)/2). The three
+    corners fit a similarity exactly, so the matrix is written in closed form.
 
     Args:
-        img: (H, W, 3) image.
+        box: (4,) x1 (left), y1 (top), x2 (right), y2 (bottom) in pixels.
+
+    Returns:
+        (2, 3) float64 M with crop = M[:, :2] @ photo + M[:, 2] (x right, y down, pixel centres at
+        integers).
+
+    Raises:
+        ValueError: the box is empty, inverted or not finite.
+    """
+    x1, y1, x2, y2 = np.asarray(box, dtype=np.float64)[:4]
+    old_size = (x2 - x1 + y2 - y1) / 2.0  # MICA's expression, same float rounding
+    if not np.isfinite(old_size) or old_size <= 0 or not np.isfinite([x1, y1, x2, y2]).all():
+        raise ValueError(f"empty or invalid face box {list(np.asarray(box).ravel())} (need left < right, top < bottom)")
+    side = int(old_size * scale)
+    if side <= 0:
+        raise ValueError(f"face box {list(np.asarray(box).ravel())} is too small for a crop")
+    cx, cy = x2 - (x2 - x1) / 2.0, y2 - (y2 - y1) / 2.0
+    k = (size - 1) / side
+    return np.array([[k, 0.0, -k * (cx - side / 2.0)], [0.0, k, -k * (cy - side / 2.0)]])
+
+
+def warp_bilinear(img: np.ndarray, m: np.ndarray, size: int) -> np.ndarray:
+    """Exact bilinear resampling of ``img`` under the affine map ``m`` (source -> output pixels).
+
+    Every output pixel (x, y) samples the source at M^-1 (x, y) with float64 coordinates and weights
+    (no 1/32-pixel coordinate grid as OpenCV's ``warpAffine``); source pixels outside the image
+    count as 0 (scikit-image ``warp(order=1, mode='constant', cval=0)``). Only the four neighbours
+    of each output pixel are read, so a large photo is never converted to float as a whole.
+
+    Args:
+        img: (H, W) or (H, W, C) image of any real dtype.
+        m: (2, 3) affine matrix, output = m[:, :2] @ source + m[:, 2].
+        size: output side in pixels.
+
+    Returns:
+        (size, size[, C]) float64.
+    """
+    img = np.asarray(img)
+    a = np.asarray(m, dtype=np.float64)[:, :2]
+    inv = np.linalg.inv(a)
+    src0 = -inv @ np.asarray(m, dtype=np.float64)[:, 2]
+    ys, xs = np.mgrid[0:size, 0:size].astype(np.float64)
+    sx = inv[0, 0] * xs + inv[0, 1] * ys + src0[0]
+    sy = inv[1, 0] * xs + inv[1, 1] * ys + src0[1]
+    h, w = img.shape[:2]
+    x0, y0 = np.floor(sx), np.floor(sy)
+    fx, fy = sx - x0, sy - y0
+    x0, y0 = x0.astype(np.int64), y0.astype(np.int64)
+    out = np.zeros((size, size) + img.shape[2:], dtype=np.float64)
+    for dy, wy in ((0, 1.0 - fy), (1, fy)):
+        for dx, wx in ((0, 1.0 - fx), (1, fx)):
+            xi, yi = x0 + dx, y0 + dy
+            inside = (xi >= 0) & (xi < w) & (yi >= 0) & (yi < h)
+            weight = wx * wy * inside
+            vals = img[np.clip(yi, 0, h - 1), np.clip(xi, 0, w - 1)].astype(np.float64)
+            out += (weight.reshape(weight.shape + (1,) * (img.ndim - 2))) * vals
+    return out
+
+
+def crop_from_box(img: np.ndarray, box: np.ndarray, scale: float = 1.6, size: int = 224
+                  ) -> tuple[np.ndarray, np.ndarray]:
+    """Square crop around a face box, as MICA prepares NoW images (``box_crop_matrix``), resampled
+    bilinearly in float64 (``warp_bilinear``; MICA: scikit-image ``warp``, constant 0).
+
+    Args:
+        img: (H, W, 3) image (any real dtype; MICA passes the photo / 255).
         box: (4,) x1, y1, x2, y2 in pixels.
 
     Returns:
-        (crop (size, size, 3), M (2, 3)) where M maps photo pixels to crop pixels.
+        (crop (size, size, 3) float64, never quantised; M (2, 3) mapping photo to crop pixels).
     """
-    x1, y1, x2, y2 = np.asarray(box, dtype=np.float64)[:4]
-    extent = scale * ((x2 - x1) + (y2 - y1)) / 2.0
-    if not np.isfinite(extent) or extent <= 0:
-        raise ValueError(f"crop_from_box: empty or invalid box {box}")
-    s = size / extent
-    cx, cy = (x1 + x2) / 2.0, (y1 + y2) / 2.0
-    m = np.array([[s, 0.0, size / 2.0 - s * cx], [0.0, s, size / 2.0 - s * cy]])
-    crop = cv2.warpAffine(img, m, (size, size), flags=cv2.INTER_LINEAR, borderValue=0.0)
-    return crop, m
+    m = box_crop_matrix(box, scale, size)
+    return warp_bilinear(img, m, size), m

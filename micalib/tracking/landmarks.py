@@ -25,6 +25,7 @@ import importlib.util
 import io
 import os
 import sys
+import warnings
 import zipfile
 from pathlib import Path
 from typing import Iterator, Optional, Union
@@ -161,7 +162,9 @@ class MediaPipeLandmarker:
         self.close()
         # The graph loads its models in background threads right after construction, and they
         # print; one frame processed inside the quiet block waits for that to finish.
-        with _quiet_native_stderr():
+        with _quiet_native_stderr(), warnings.catch_warnings():
+            # protobuf 6 deprecates a call mediapipe 0.10.14 makes while building its graph
+            warnings.filterwarnings("ignore", category=DeprecationWarning, module=r"mediapipe\.")
             self._mesh = face_mesh.FaceMesh(**self._kwargs)
             self._mesh.process(np.zeros((64, 64, 3), np.uint8))
 

@@ -88,7 +88,9 @@ def test_crop_json_round_trip(tmp_path):
     assert [f["frame"] for f in doc["frames"]] == ["00000", "00001"]
     assert [f["input_frame"] for f in doc["frames"]] == [0, 2]
     np.testing.assert_allclose(doc["frames"][1]["matrix"], mats[1])
-    for a, b in zip(read_crop_json(tmp_path / "crop.json"), mats):
+    back = read_crop_json(tmp_path / "crop.json")
+    assert len(back) == len(mats)
+    for a, b in zip(back, mats, strict=True):
         np.testing.assert_array_equal(a, b)
 
 

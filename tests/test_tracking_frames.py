@@ -3,11 +3,13 @@ video written by OpenCV's own writer (mp4v) read back frame by frame, folders in
 and one-line errors for bad inputs."""
 from __future__ import annotations
 
+import threading
+
 import cv2
 import numpy as np
 import pytest
 
-from micalib.tracking.frames import FolderFrames, VideoFrames, open_frames, resample_indices
+from micalib.tracking.frames import FolderFrames, VideoFrames, open_frames, prefetch, resample_indices
 from utils.errors import MICAError
 
 # ---------------------------------------------------------------------------- resampling rule
@@ -135,3 +137,44 @@ def test_folder_errors(tmp_path):
     src = open_frames(tmp_path)
     with pytest.raises(MICAError, match=r"1\.png is 80x48 pixels but the first frame"):
         list(src)
+
+
+# ---------------------------------------------------------------------------- prefetch
+
+
+def test_prefetch_keeps_order_and_content(video_30fps):
+    src = open_frames(video_30fps, fps=20)
+    plain = [(k, i, rgb.copy()) for k, i, rgb in src]
+    fetched = list(prefetch(src, depth=3))
+    assert [(k, i) for k, i, _ in fetched] == [(k, i) for k, i, _ in plain]
+    assert all(np.array_equal(a[2], b[2]) for a, b in zip(fetched, plain, strict=True))
+
+
+def test_prefetch_raises_where_the_source_failed_and_stops_early():
+    def items():
+        yield 1
+        yield 2
+        raise MICAError("broken at 3")
+
+    got = []
+    with pytest.raises(MICAError, match="broken at 3"):
+        for x in prefetch(items(), depth=1):
+            got.append(x)
+    assert got == [1, 2]
+
+    closed = threading.Event()
+
+    def endless():
+        try:
+            n = 0
+            while True:
+                yield n
+                n += 1
+        finally:
+            closed.set()
+
+    gen = prefetch(endless(), depth=2)
+    assert [next(gen) for _ in range(5)] == [0, 1, 2, 3, 4]
+    gen.close()  # leaving the loop early stops the thread and closes the source
+    assert closed.wait(2.0)
+    assert not any(t.name == "prefetch" and t.is_alive() for t in threading.enumerate())

@@ -19,9 +19,11 @@ from __future__ import annotations
 
 import math
 import os
+import queue
+import threading
 from fractions import Fraction
 from pathlib import Path
-from typing import Iterator, Optional, Sequence, Union
+from typing import Iterable, Iterator, Optional, Sequence, TypeVar, Union
 
 import cv2
 import numpy as np
@@ -31,7 +33,9 @@ from utils.image_io import list_images, read_image
 
 PathLike = Union[str, os.PathLike]
 
-__all__ = ["FrameSource", "VideoFrames", "FolderFrames", "open_frames", "resample_indices"]
+__all__ = ["FrameSource", "VideoFrames", "FolderFrames", "open_frames", "resample_indices", "prefetch"]
+
+T = TypeVar("T")
 
 # Rational approximation of a frame rate read as a float (29.97002997... -> 30000/1001), so that
 # ties of the resampling rule are decided exactly.
@@ -215,3 +219,52 @@ def open_frames(path: PathLike, fps: Optional[float] = None) -> FrameSource:
     if p.is_dir():
         return FolderFrames(p)
     return VideoFrames(p, fps)
+
+
+_END = object()
+
+
+def prefetch(items: Iterable[T], depth: int = 4) -> Iterator[T]:
+    """Iterate ``items`` in a background thread, up to ``depth`` ahead: decoding (which releases the
+    GIL inside OpenCV) then overlaps with the caller's work. Exceptions of ``items`` are raised in
+    the caller at the item where they happened; leaving the loop early stops the thread."""
+    q: queue.Queue = queue.Queue(maxsize=max(1, int(depth)))
+    stop = threading.Event()
+
+    def put(x) -> bool:
+        while not stop.is_set():
+            try:
+                q.put(x, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def work() -> None:
+        it = iter(items)
+        try:
+            for x in it:
+                if not put((x, None)):
+                    return
+        except BaseException as e:  # handed to the consumer
+            put((_END, e))
+            return
+        finally:
+            close = getattr(it, "close", None)  # a generator releases its video here, in this thread
+            if close is not None:
+                close()
+        put((_END, None))
+
+    thread = threading.Thread(target=work, name="prefetch", daemon=True)
+    thread.start()
+    try:
+        while True:
+            x, err = q.get()
+            if x is _END:
+                if err is not None:
+                    raise err
+                return
+            yield x
+    finally:
+        stop.set()
+        thread.join()

@@ -55,6 +55,38 @@ def test_warp_shrink_is_the_block_mean():
     assert np.abs(crop - ref).max() <= 0.5 + 1e-9
 
 
+@pytest.mark.parametrize("box, n", [((30, 360, 40, 370), 100), ((10, 400, 5, 395), 128), ((40, 240, 20, 220), 100),
+                                     ((7, 157, 9, 159), 100)])
+def test_warp_samples_where_the_matrix_says(box, n):
+    """On a linear ramp (float image: value = x + 1000 y) every correct resampler returns the ramp at
+    the sample's centre, so the crop must equal the hand-computed centres
+    x = x_min + (u + 1/2) S / n - 1/2 (shrinks of 3.3x, 3.05x, 2x and 1.5x)."""
+    h, w = 420, 440
+    img = (np.arange(w)[None, :] + 1000.0 * np.arange(h)[:, None]).astype(np.float32)
+    img = np.repeat(img[..., None], 3, axis=2)
+    out = warp(img, crop_matrix(box, n), n)
+    s = (box[1] - box[0]) / n
+    u = np.arange(n)
+    x = box[0] + (u + 0.5) * s - 0.5
+    y = box[2] + (u + 0.5) * s - 0.5
+    np.testing.assert_allclose(out[..., 0], x[None, :] + 1000.0 * y[:, None], rtol=0, atol=0.05)
+
+
+def test_warp_large_shrink_does_not_alias():
+    """A grating finer than the crop's pixels must average out (as OpenCV's exact area resampling
+    does), not turn into moire (as plain bilinear sampling does)."""
+    x, y = np.arange(420), np.arange(400)
+    for period in (2.5, 4.0):
+        g = 128 + 100 * np.cos(2 * np.pi * (x[None, :] / period + y[:, None] / (period * 1.7)))
+        img = np.repeat(np.clip(np.rint(g), 0, 255).astype(np.uint8)[..., None], 3, axis=2)
+        for box, n in (((30, 360, 40, 370), 100), ((10, 400, 5, 395), 128)):  # 3.3x and 3.05x
+            sub = img[box[2]:box[3], box[0]:box[1]]
+            ours = warp(img, crop_matrix(box, n), n).astype(np.float64).std()
+            area = cv2.resize(sub, (n, n), interpolation=cv2.INTER_AREA).astype(np.float64).std()
+            lin = cv2.resize(sub, (n, n), interpolation=cv2.INTER_LINEAR).astype(np.float64).std()
+            assert ours < 1.5 * area + 1.0 and lin > 4 * ours, (period, n, ours, area, lin)
+
+
 def test_warp_matches_warp_affine_with_the_same_matrix_and_pads_black():
     rng = np.random.default_rng(2)
     img = cv2.GaussianBlur(rng.integers(0, 256, (120, 160, 3), dtype=np.uint8), (0, 0), 2.0)

@@ -127,19 +127,36 @@ def warp(rgb: np.ndarray, M: np.ndarray, size: Union[int, Sequence[int]]) -> np.
     """The crop of ``rgb`` under ``M`` (input px -> crop px), ``size`` = N or (w, h), black outside.
 
     When ``M`` is the ``crop_matrix`` of an integer box (the usual case) the box is sliced and
-    resized with ``cv2.resize`` (``INTER_AREA`` when shrinking: no aliasing; ``INTER_LINEAR`` when
-    enlarging), which samples exactly as ``M`` says; otherwise ``cv2.warpAffine`` (bilinear)."""
+    resized, sampling exactly where ``M`` says: bilinear (``INTER_LINEAR``, 0.4 ms for 842 -> 512)
+    when enlarging or shrinking less than 2x; shrinking by a factor s >= 2 first averages k x k
+    blocks (k = floor(s), OpenCV's fast integer ``INTER_AREA``), then interpolates bilinearly, so
+    nothing aliases. (``INTER_AREA`` at a fractional ratio would be exact too but costs ~10 ms.)
+    Any other matrix: ``cv2.warpAffine`` (bilinear)."""
     w_out, h_out = (int(size), int(size)) if np.isscalar(size) else (int(size[0]), int(size[1]))
     img = np.asarray(rgb)
     box = box_of_matrix(M, (w_out, h_out))
-    if box is not None:
+    if box is None:
+        return cv2.warpAffine(img, np.asarray(M, dtype=np.float64), (w_out, h_out), flags=cv2.INTER_LINEAR,
+                              borderMode=cv2.BORDER_CONSTANT, borderValue=0)
+    x_min, x_max, y_min, y_max = box
+    s_w, s_h = x_max - x_min, y_max - y_min
+    k = int(min(s_w / w_out, s_h / h_out))
+    if k < 2:
         sub = _padded_slice(img, box)
-        if sub.shape[1] == w_out and sub.shape[0] == h_out:
+        if (s_w, s_h) == (w_out, h_out):
             return np.ascontiguousarray(sub)
-        shrink = sub.shape[1] > w_out or sub.shape[0] > h_out
-        return cv2.resize(sub, (w_out, h_out), interpolation=cv2.INTER_AREA if shrink else cv2.INTER_LINEAR)
-    return cv2.warpAffine(img, np.asarray(M, dtype=np.float64), (w_out, h_out), flags=cv2.INTER_LINEAR,
-                          borderMode=cv2.BORDER_CONSTANT, borderValue=0)
+        return cv2.resize(sub, (w_out, h_out), interpolation=cv2.INTER_LINEAR)
+    n_w, n_h = -(-s_w // k), -(-s_h // k)  # blocks, the last one reaching past the box
+    blocks = cv2.resize(_padded_slice(img, (x_min, x_min + k * n_w, y_min, y_min + k * n_h)), (n_w, n_h),
+                        interpolation=cv2.INTER_AREA)
+    if k * n_w == s_w and k * n_h == s_h:
+        if (n_w, n_h) == (w_out, h_out):
+            return blocks
+        return cv2.resize(blocks, (w_out, h_out), interpolation=cv2.INTER_LINEAR)
+    # block j's centre is input pixel x_min + k j + (k - 1) / 2, i.e. crop pixel (k (j + 1/2)) w_out / s_w - 1/2
+    ax, ay = k * w_out / s_w, k * h_out / s_h
+    A = np.array([[ax, 0.0, 0.5 * ax - 0.5], [0.0, ay, 0.5 * ay - 0.5]])
+    return cv2.warpAffine(blocks, A, (w_out, h_out), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
 
 
 def save_bbox_pt(path: PathLike, box: Sequence[int]) -> None:

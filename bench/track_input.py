@@ -58,32 +58,34 @@ def main() -> None:
     src = open_frames(args.video, fps=args.fps)
     print(f"{_cpu()}, {os.cpu_count()} cores; {src}")
 
-    def timed(iterable, limit):
-        out, t = [], time.perf_counter()
-        for j, item in enumerate(iterable):
-            now = time.perf_counter()
-            out.append(now - t)
-            yield item, out
-            if j + 1 >= limit:
-                return
+    def timed(iterable, limit: int, keep: bool = False) -> tuple[list[float], list]:
+        """Seconds per item of ``iterable`` (its first ``limit`` items) and, with ``keep``, the items."""
+        times, kept = [], []
+        it = iter(iterable)
+        for _ in range(limit):
             t = time.perf_counter()
+            item = next(it, None)
+            if item is None:
+                break
+            times.append(time.perf_counter() - t)
+            if keep:
+                kept.append(item[2].copy())
+        close = getattr(it, "close", None)
+        if close is not None:
+            close()
+        return times, kept
 
     rows = {}
-    for _, times in timed(every, n):
-        pass
-    rows["decode, every input frame"] = times
-    first = None
-    for (k, i, rgb), times in timed(src, n):
-        if first is None:
-            first = rgb.copy()
-    rows[f"decode at --fps {args.fps:g} (per output frame)"] = times
+    rows["decode, every input frame"], _ = timed(every, n)
+    rows[f"decode at --fps {args.fps:g} (per output frame)"], frames = timed(src, n, keep=True)
+    first = frames[0]
+    frames = frames[:100]
 
     with MediaPipeLandmarker(video_mode=False) as lm:
         box = box_from_landmarks(lm.detect(first)[MEDIAPIPE_IBUG68])
     M = crop_matrix(box, args.image_size)
     size = (args.image_size, args.image_size)
     t_crop, t_mp_crop, t_mp_full = [], [], []
-    frames = [rgb.copy() for (_, _, rgb), _ in timed(src, min(n, 100))]
     for rgb in frames:
         t = time.perf_counter()
         warp(rgb, M, size)

@@ -19,8 +19,8 @@ coordinates put it. (TRACKER_FACTS says to subtract 0.5; measured on justin.mp4 
 detecting on the mirrored frame and mirroring back, pairs of mirror-symmetric mesh points differ by
 1.07 +- 0.11 px more than the pixel-centre convention predicts when 0.5 is subtracted, i.e. 0.07 +-
 0.11 px as used here, after removing a part proportional to the face size, 2.4 px per 350 px of
-face, that is the network's own: about half a pixel of its 192-pixel input. That part is not
-corrected; ``tests/test_tracking_landmarks.py`` checks the constant one.)
+face, that is the network's own (its size matches half a pixel of the network input, 192 px
+across the face region). That part is not corrected; ``tests/test_tracking_landmarks.py`` checks the constant one.)
 
 Landmark file (``landmarks.npz``, also the ``--landmarks`` input): a NumPy ``.npz`` archive with
 ``mediapipe`` (T,478,2) and/or ``ibug68`` (T,68,2) float arrays, one row per frame of the input in
@@ -311,9 +311,12 @@ class Ibug68Detector:
 
 
 def detect_in_crop(landmarker, rgb_input: np.ndarray, M: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    """Run ``landmarker.detect`` on the crop ``warp(rgb_input, M, size)`` (faster than the full
-    frame: MediaPipe ~4 ms on 512x512 vs ~16 ms on 1080p) and return the points in pixels of the
-    input frame (``M``: (2,3) input px -> crop px)."""
+    """Run ``landmarker.detect`` on the crop ``warp(rgb_input, M, size)`` and return the points in
+    pixels of the input frame (``M``: (2,3) input px -> crop px). With MediaPipe in video mode this
+    is not faster than the full frame (it crops its face region itself: ~3 ms per frame either way,
+    bench/README.md); it matters for image mode and the 68-point model. Do not mix crop and full
+    frames in one video-mode sequence without ``reset()``: the tracked region is in normalised
+    image coordinates."""
     crop = warp(rgb_input, M, size)
     return transform_points(landmarker.detect(crop), invert_matrix(M)).astype(np.float32)
 

@@ -15,7 +15,7 @@ from pathlib import Path
 from loguru import logger
 
 from configs.config import load_cfg, resolve_path
-from utils.errors import MICAError, run_main
+from utils.errors import MICAError, check_range, run_main
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -83,15 +83,30 @@ def _default_prefetch(predictor) -> int:
     return 8 if predictor.device.type in ("cuda", "mps") else 0
 
 
+def check_args(args: argparse.Namespace) -> None:
+    """One-line errors for out-of-range flags (argparse checks only the types)."""
+    check_range("--batch-size", args.batch_size, 1, 4096)
+    if args.workers is not None:
+        check_range("--workers", args.workers, 1, 64)
+    if args.prefetch is not None:
+        check_range("--prefetch", args.prefetch, 0, 64, hint="0 = off")
+
+
 def main(argv=None) -> int:
+    from utils.image_io import set_max_pixels
+    from utils.io import prepare_output_dir
+
     args = parse_args(argv)
-    if args.workers is not None and args.workers < 1:
-        raise MICAError(f"--workers must be at least 1, got {args.workers}")
+    check_args(args)
     if args.fuse and args.all_faces:
         raise MICAError("--fuse averages one face per image; it cannot be combined with --all-faces")
     if not Path(args.input).exists():
         raise MICAError(f"input {args.input} does not exist (pass an image or a folder of images with -i)")
     cfg = setup(args)
+    set_max_pixels(cfg.image.max_pixels)
+    # refuse an unusable output before loading anything; remove what killed runs left behind
+    prepare_output_dir(args.output, "output folder (-o)")
+    prepare_output_dir(args.arcface, "crop folder (-a)")
     runner = build_runner(args, cfg)
     results = runner.run(Path(args.input))
     failed = [r for r in results if r.status == "failed"]

@@ -29,7 +29,7 @@ from micalib.face_prep import AlignedFace, aligned_input, detect_and_align
 from micalib.outputs import outputs_done, write_reconstruction
 from models.flame import M_TO_MM
 from utils.errors import MICAError
-from utils.image_io import list_images, read_image, write_image
+from utils.image_io import ImageList, list_images, read_image, write_image
 from utils.io import atomic_save_npy, atomic_write_text
 
 
@@ -278,11 +278,14 @@ class DemoRunner:
         input_dir = Path(input_dir)
         if not input_dir.exists():
             raise MICAError(f"input folder {input_dir} does not exist")
-        paths = [input_dir] if input_dir.is_file() else list_images(input_dir, recursive=True)
+        paths = ImageList([input_dir]) if input_dir.is_file() else list_images(input_dir, recursive=True)
         root = input_dir.parent if input_dir.is_file() else input_dir
-        if not paths:
+        if not paths and not paths.failures:
             raise MICAError(f"no images found in {input_dir} (jpg, png, bmp, webp, tiff)")
         results: List[ItemResult] = []
+        for folder, message in paths.failures:  # sub-folders that could not be listed
+            results.append(ItemResult(input=str(folder.relative_to(root)), status="failed", message=message))
+            logger.warning(message)
         todo = []
         for path in paths:
             name = self._name(path, root)

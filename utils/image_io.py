@@ -313,8 +313,9 @@ def list_images(folder: PathLike, recursive: bool = True, exclude: Iterable[Path
     Every such file is listed, also one that turns out unreadable (``read_image`` then says why,
     e.g. an unsupported format), so that each gets a row in a summary. Hidden files and folders
     (names starting with '.', e.g. ``.mica/``) and the folders in ``exclude`` are passed over.
-    Symbolic links to folders are followed, each real folder once: a link back into its own
-    ancestors (a cycle) or to a folder already listed is not followed again (one log line).
+    Symbolic links to folders are followed after the real folders, each real folder once: a link
+    back into its own ancestors (a cycle) or to a folder already listed is not followed (one log
+    line), so every file is listed under one path.
     Sub-folders that cannot be listed are returned in ``failures``; files without an image
     extension are counted in ``ignored`` and in one log line.
 
@@ -337,54 +338,72 @@ def list_images(folder: PathLike, recursive: bool = True, exclude: Iterable[Path
     failures: List[Tuple[Path, str]] = []
     other: Counter = Counter()
     seen = {_folder_key(folder)}
-    # depth-first, with the chain of (real) ancestors of each folder to tell a cycle from a repeat
-    stack: List[Tuple[Path, Tuple[Tuple[int, int], ...]]] = [(folder, (_folder_key(folder),))]
-    while stack:
-        current, ancestors = stack.pop()
-        try:
-            with os.scandir(current) as it:
-                entries = list(it)
-        except OSError as e:
-            if current == folder:
-                raise MICAError(f"image folder {folder} cannot be listed: {e.strerror or e}; fix its permissions "
-                                f"or pass another folder") from None
-            failures.append((current, f"folder {current} cannot be listed: {e.strerror or e}; fix its "
-                                      f"permissions or move it out of the input folder"))
-            continue
-        for entry in entries:
-            path = Path(entry.path)
+    links: List[Path] = []  # symbolic links to folders, followed after the real folders
+
+    def unlistable(path: Path, e: OSError) -> None:
+        if path == folder:
+            raise MICAError(f"image folder {folder} cannot be listed: {e.strerror or e}; fix its permissions "
+                            f"or pass another folder") from None
+        failures.append((path, f"folder {path} cannot be listed: {e.strerror or e}; fix its permissions "
+                               f"or move it out of the input folder"))
+
+    def walk(start: Path) -> None:
+        stack = [start]
+        while stack:
+            current = stack.pop()
             try:
-                is_dir = entry.is_dir()
-            except OSError:
-                is_dir = False
-            if entry.name.startswith("."):
-                other["hidden"] += not is_dir
-                continue
-            if not is_dir:
-                ext = path.suffix.lower()
-                if ext in IMAGE_EXTENSIONS:
-                    found.append(path)
-                else:
-                    other[ext or "no extension"] += 1
-                continue
-            if not recursive:
-                continue
-            try:
-                key = _folder_key(path)
+                with os.scandir(current) as it:
+                    entries = list(it)
             except OSError as e:
-                failures.append((path, f"folder {path} cannot be listed: {e.strerror or e}; fix its permissions "
-                                       f"or move it out of the input folder"))
+                unlistable(current, e)
                 continue
-            if key in skip:
-                continue
-            if key in ancestors:
-                logger.warning(f"{path} links back to a folder that contains it (a cycle); not followed")
-                continue
-            if key in seen:
-                logger.info(f"{path} links to a folder that is listed already; not listed twice")
-                continue
-            seen.add(key)
-            stack.append((path, ancestors + (key,)))
+            for entry in entries:
+                path = Path(entry.path)
+                try:
+                    is_dir = entry.is_dir()
+                    is_link = entry.is_symlink()
+                except OSError:
+                    is_dir = is_link = False
+                if entry.name.startswith("."):
+                    other["hidden"] += not is_dir
+                elif not is_dir:
+                    ext = path.suffix.lower()
+                    if ext in IMAGE_EXTENSIONS:
+                        found.append(path)
+                    else:
+                        other[ext or "no extension"] += 1
+                elif recursive and is_link:
+                    links.append(path)
+                elif recursive:
+                    try:
+                        key = _folder_key(path)
+                    except OSError as e:
+                        unlistable(path, e)
+                        continue
+                    if key not in skip and key not in seen:
+                        seen.add(key)
+                        stack.append(path)
+
+    walk(folder)
+    while links:  # in name order, so the same tree always lists the same paths
+        links.sort(key=lambda p: p.as_posix(), reverse=True)
+        link = links.pop()
+        try:
+            key = _folder_key(link)
+        except OSError as e:  # a dangling link or one without permission
+            unlistable(link, e)
+            continue
+        if key in skip:
+            continue
+        if key in seen:
+            target = Path(os.path.realpath(link))
+            if Path(os.path.realpath(link.parent)).is_relative_to(target):
+                logger.warning(f"{link} links back to a folder that contains it (a cycle); not followed")
+            else:
+                logger.info(f"{link} links to a folder that is listed already; not listed twice")
+            continue
+        seen.add(key)
+        walk(link)
     ignored = sum(other.values())
     if ignored:
         kinds = ", ".join(f"{k} {n}" for k, n in other.most_common(5))

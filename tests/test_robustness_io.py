@@ -348,14 +348,16 @@ def test_radiance_hdr_named_jpg_is_refused_before_decoding(tmp_path, decoder_spy
     assert decoder_spy == []
 
 
-def test_radiance_hdr_written_by_opencv_is_read_within_the_limit(tmp_path, decoder_spy):
-    """A real Radiance file (OpenCV's writer), named .jpg: read through the fallback when it fits,
-    refused from its header when the limit is one pixel smaller."""
+@pytest.mark.parametrize("suffix", [".hdr", ".pam"])
+def test_opencv_only_formats_are_read_within_the_limit(tmp_path, decoder_spy, suffix):
+    """Real Radiance and PAM files (OpenCV's writers; Pillow identifies neither), named .jpg: read
+    through the fallback when they fit, refused from the header when the limit is one pixel smaller."""
     h, w = 40, 56
-    hdr = (np.random.default_rng(0).random((h, w, 3)) * 0.9).astype(np.float32)
-    assert cv2.imwrite(str(tmp_path / "x.hdr"), hdr)
+    pixels = np.random.default_rng(0).random((h, w, 3))
+    pixels = pixels.astype(np.float32) * 0.9 if suffix == ".hdr" else (pixels * 255).astype(np.uint8)
+    assert cv2.imwrite(str(tmp_path / f"x{suffix}"), pixels)
     path = tmp_path / "x.jpg"
-    path.write_bytes((tmp_path / "x.hdr").read_bytes())
+    path.write_bytes((tmp_path / f"x{suffix}").read_bytes())
     decoder_spy.clear()
     rgb = read_image(path, max_pixels=h * w)
     assert rgb.shape == (h, w, 3) and decoder_spy == ["imdecode"]

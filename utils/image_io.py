@@ -12,6 +12,7 @@ from __future__ import annotations
 import errno
 import os
 import re
+import stat
 from collections import Counter
 from pathlib import Path
 from typing import Iterable, List, Optional, Tuple, Union
@@ -247,7 +248,7 @@ def read_image(path: PathLike, min_size: int = MIN_IMAGE_SIZE, max_pixels: Optio
         raise FileNotFoundError(f"image {path} does not exist (check the path)") from None
     except OSError as e:
         raise _read_error(path, e) from None
-    if path.is_dir():
+    if stat.S_ISDIR(st.st_mode):
         raise MICAError(f"image {path} is a folder, not an image file (pass a file, or use the folder as input)")
     if st.st_size == 0:
         raise MICAError(f"image {path} is an empty file (0 bytes); {_FIX}")

@@ -62,41 +62,59 @@ def test_temporary_name_holds_host_and_pid_and_keeps_the_suffix(tmp_path):
     assert (tmp_path / "mesh.ply").read_bytes() == b"x"
 
 
-def test_stale_temps_of_dead_processes_are_removed_and_live_ones_kept(tmp_path):
-    live = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
-    try:
-        dead = _dead_pid()
-        sub = tmp_path / "NAME"
-        sub.mkdir()
-        old = time.time() - STALE_AGE_S - 3600
-        files = {
-            # (path, removed?)
-            sub / f".mesh.{HOST}.{dead}.abcd1234.tmp.ply": True,  # killed demo writer
-            tmp_path / f".model_00001000.{HOST}.{dead}.k2_x9zzz.tmp.tar": True,  # killed checkpoint writer
-            sub / f".mesh.{HOST}.{live.pid}.abcd1234.tmp.ply": False,  # another running process
-            sub / f".mesh.{HOST}.{os.getpid()}.abcd1234.tmp.obj": False,  # this process
-            sub / f".mesh.otherhost.{dead}.abcd1234.tmp.ply": False,  # other host: its PIDs mean nothing here
-            tmp_path / f".kpt7.otherhost.{dead}.abcd1234.tmp.npy": True,  # ... unless older than a day
-            tmp_path / f".identity.{HOST}.{live.pid}.abcd1234.tmp.npy": True,  # older than a day: PID reused
-            tmp_path / ".model_00002000.q1w2e3r4.tmp.tar": True,  # an old version's name, older than a day
-            tmp_path / ".model_00003000.q1w2e3r4.tmp.tar": False,  # ... and a fresh one
-            tmp_path / ".notes.tmp": False,  # not our naming
-            sub / "mesh.ply": False,
-        }
-        for path in files:
-            path.write_bytes(b"data")
-        for path in (tmp_path / f".kpt7.otherhost.{dead}.abcd1234.tmp.npy",
-                     tmp_path / f".identity.{HOST}.{live.pid}.abcd1234.tmp.npy",
-                     tmp_path / ".model_00002000.q1w2e3r4.tmp.tar"):
-            os.utime(path, (old, old))
-        removed = remove_stale_temps(tmp_path)
-        assert sorted(removed) == sorted(p for p, gone in files.items() if gone)
-        for path, gone in files.items():
-            assert path.exists() != gone, path
-        assert remove_stale_temps(tmp_path, recursive=False) == []  # nothing left to remove
-    finally:
-        live.kill()
-        live.wait()
+def _temp_files(tmp_path: Path, dead: int, live: int) -> dict[str, Path]:
+    sub = tmp_path / "NAME"
+    sub.mkdir(exist_ok=True)
+    files = {
+        "dead demo writer": sub / f".mesh.{HOST}.{dead}.abcd1234.tmp.ply",
+        "dead checkpoint writer": tmp_path / f".model_00001000.{HOST}.{dead}.k2_x9zzz.tmp.tar",
+        "running process": sub / f".mesh.{HOST}.{live}.abcd1234.tmp.ply",
+        "this process": sub / f".mesh.{HOST}.{os.getpid()}.abcd1234.tmp.obj",
+        "other host": tmp_path / f".kpt7.otherhost.{dead}.abcd1234.tmp.npy",
+        "old version's name": tmp_path / ".model_00002000.q1w2e3r4.tmp.tar",
+        "not ours (hidden)": tmp_path / ".notes.tmp",
+        "not ours": sub / "mesh.ply",
+    }
+    for path in files.values():
+        path.write_bytes(b"data")
+    return files
+
+
+@pytest.fixture()
+def live_pid():
+    proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    yield proc.pid
+    proc.kill()
+    proc.wait()
+
+
+def test_stale_temps_of_dead_processes_are_removed_and_live_ones_kept(tmp_path, live_pid):
+    files = _temp_files(tmp_path, _dead_pid(), live_pid)
+    removed = remove_stale_temps(tmp_path)
+    gone = {"dead demo writer", "dead checkpoint writer"}
+    assert sorted(removed) == sorted(files[k] for k in gone)
+    for kind, path in files.items():
+        assert path.exists() == (kind not in gone), kind
+    assert remove_stale_temps(tmp_path) == []  # nothing left to remove
+
+
+def test_temps_older_than_a_day_are_removed_whoever_wrote_them(tmp_path, live_pid, monkeypatch):
+    """A day later: also other hosts' files, an old version's names and a PID in use again; the age
+    counts from the last change of the file (its ctime too, which no writer can set back)."""
+    import utils.io as io_module
+
+    dead = _dead_pid()
+    files = _temp_files(tmp_path, dead, live_pid)
+    os.utime(files["other host"], (0, 0))  # an old modification time alone does not make it stale
+    dead_ones = {"dead demo writer", "dead checkpoint writer"}
+    assert sorted(remove_stale_temps(tmp_path)) == sorted(files[k] for k in dead_ones)
+    later = time.time() + STALE_AGE_S + 60
+    monkeypatch.setattr(io_module, "time", type("Clock", (), {"time": staticmethod(lambda: later)}))
+    removed = remove_stale_temps(tmp_path)
+    kept = {"this process", "not ours (hidden)", "not ours"}
+    assert sorted(removed) == sorted(p for k, p in files.items() if k not in kept | dead_ones)
+    for kind, path in files.items():
+        assert path.exists() == (kind in kept), kind
 
 
 _HOLDER = """

@@ -170,20 +170,24 @@ def _pid_running(pid: int) -> bool:
     return True
 
 
-def _stale(name: str, mtime: float, now: float) -> bool:
+def _stale(name: str, st: os.stat_result, now: float) -> bool:
     """Whether ``name`` is one of our temporary files whose writer is gone."""
     m = _TEMP_NAME.match(name)
+    # age since the last change: a writer may have copied an old modification time into the file,
+    # but that changes its ctime (the time of creation on Windows)
+    old = now - max(st.st_mtime, st.st_ctime) > STALE_AGE_S
     if m is None:
-        return _OLD_TEMP_NAME.match(name) is not None and now - mtime > STALE_AGE_S
-    if now - mtime > STALE_AGE_S:
-        return True
-    return m["host"] == _HOST and int(m["pid"]) != os.getpid() and not _pid_running(int(m["pid"]))
+        return old and _OLD_TEMP_NAME.match(name) is not None
+    if m["host"] == _HOST and int(m["pid"]) == os.getpid():
+        return False  # this process's own (another thread may be writing it)
+    return old or (m["host"] == _HOST and not _pid_running(int(m["pid"])))
 
 
 def remove_stale_temps(folder: PathLike, recursive: bool = True) -> list[Path]:
     """Remove the temporary files that killed writers left in ``folder`` (and its sub-folders,
     symbolic links not followed): those named by this module whose process on this host has ended,
-    and any older than ``STALE_AGE_S``. Files of running processes and all other files stay.
+    and any not changed for ``STALE_AGE_S`` (other hosts' too), except this process's own. Files
+    of running processes and all other files stay.
     Folders that cannot be listed are passed over. Returns the removed paths."""
     removed: list[Path] = []
     now = time.time()
@@ -198,7 +202,7 @@ def remove_stale_temps(folder: PathLike, recursive: bool = True) -> list[Path]:
                             if recursive:
                                 stack.append(Path(entry.path))
                         elif entry.name.startswith(".") and entry.is_file(follow_symlinks=False) \
-                                and _stale(entry.name, entry.stat(follow_symlinks=False).st_mtime, now):
+                                and _stale(entry.name, entry.stat(follow_symlinks=False), now):
                             os.unlink(entry.path)
                             removed.append(Path(entry.path))
                     except OSError:  # gone meanwhile, or not ours to remove

@@ -30,14 +30,14 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="face detector; auto = SCRFD (antelopev2) if installed, else bundled MTCNN")
     p.add_argument("--all-faces", action="store_true", help="reconstruct every face (NAME_0, NAME_1, ...)")
     p.add_argument("--aligned", action="store_true", help="inputs are already aligned 112/224 ArcFace crops")
-    p.add_argument("--batch-size", type=int, default=8, help="faces per network call")
+    p.add_argument("--batch-size", type=int, default=8, help="faces per network call (1..4096)")
     p.add_argument("--prefetch", type=int, default=None,
                    help="images read/detected/aligned ahead in a worker thread while the network runs "
-                        "(0 = off; default: 8 when the network runs on a GPU, 0 on CPU, where both stages "
+                        "(0..64; 0 = off; default: 8 when the network runs on a GPU, 0 on CPU, where both stages "
                         "compete for the same cores: measured slower in bench/README.md)")
     p.add_argument("--workers", type=int, default=None,
                    help="threads that read, detect and align the images of a batch at the same time, and "
-                        "write its outputs (default: the CPU cores, at most 8; 1 = one after the other)")
+                        "write its outputs (1..64; default: the CPU cores, at most 8; 1 = one after the other)")
     p.add_argument("--device", default=None, help="auto, cpu, cuda, cuda:N or mps")
     p.add_argument("--precision", choices=["fp32", "bf16", "fp16", "auto"], default=None)
     p.add_argument("--onnx", default=None, help="run this exported ONNX network on onnxruntime instead of torch")

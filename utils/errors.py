@@ -86,7 +86,8 @@ def check_range(name: str, value, low, high, low_open: bool = False, hint: str =
 
 
 def run_main(main: Callable[[], int | None]) -> None:
-    """Run ``main`` and exit with its return code; user errors print one line and exit 1."""
+    """Run ``main`` and exit with its return code; user errors, and ``OSError``s of ``WRITE_ERRNOS``
+    from anywhere, print one line and exit 1; Ctrl-C exits 130."""
     try:
         code = main()
     except OSError as e:

@@ -20,7 +20,7 @@ from pathlib import Path
 from loguru import logger
 
 from configs.config import load_cfg, resolve_path
-from utils.errors import MICAError, run_main
+from utils.errors import MICAError, check_range, run_main
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -35,14 +35,14 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="face detector; auto = SCRFD (antelopev2) if installed, else bundled MTCNN")
     p.add_argument("--all-faces", action="store_true", help="reconstruct every face (NAME_0, NAME_1, ...)")
     p.add_argument("--aligned", action="store_true", help="inputs are already aligned 112/224 ArcFace crops")
-    p.add_argument("--batch-size", type=int, default=8, help="faces per network call")
+    p.add_argument("--batch-size", type=int, default=8, help="faces per network call (1..4096)")
     p.add_argument("--prefetch", type=int, default=None,
                    help="images read/detected/aligned ahead in a worker thread while the network runs "
-                        "(0 = off; default: 8 when the network runs on a GPU, 0 on CPU, where both stages "
+                        "(0..64; 0 = off; default: 8 when the network runs on a GPU, 0 on CPU, where both stages "
                         "compete for the same cores: measured slower in bench/README.md)")
     p.add_argument("--workers", type=int, default=None,
                    help="threads that read, detect and align the images of a batch at the same time, and "
-                        "write its outputs (default: the CPU cores, at most 8; 1 = one after the other)")
+                        "write its outputs (1..64; default: the CPU cores, at most 8; 1 = one after the other)")
     p.add_argument("--device", default=None, help="auto, cpu, cuda, cuda:N or mps")
     p.add_argument("--precision", choices=["fp32", "bf16", "fp16", "auto"], default=None)
     p.add_argument("--onnx", default=None, help="run this exported ONNX network on onnxruntime instead of torch")
@@ -91,15 +91,30 @@ def _default_prefetch(predictor) -> int:
     return 8 if predictor.device.type in ("cuda", "mps") else 0
 
 
+def check_args(args: argparse.Namespace) -> None:
+    """One-line errors for out-of-range flags (argparse checks only the types)."""
+    check_range("--batch-size", args.batch_size, 1, 4096)
+    if args.workers is not None:
+        check_range("--workers", args.workers, 1, 64)
+    if args.prefetch is not None:
+        check_range("--prefetch", args.prefetch, 0, 64, hint="0 = off")
+
+
 def main(argv=None) -> int:
+    from utils.image_io import set_max_pixels
+    from utils.io import prepare_output_dir
+
     args = parse_args(argv)
-    if args.workers is not None and args.workers < 1:
-        raise MICAError(f"--workers must be at least 1, got {args.workers}")
+    check_args(args)
     if args.fuse and args.all_faces:
         raise MICAError("--fuse averages one face per image; it cannot be combined with --all-faces")
     if not Path(args.input).exists():
         raise MICAError(f"input {args.input} does not exist (pass an image or a folder of images with -i)")
     cfg = setup(args)
+    set_max_pixels(cfg.image.max_pixels)
+    # refuse an unusable output before loading anything; remove what killed runs left behind
+    prepare_output_dir(args.output, "output folder (-o)")
+    prepare_output_dir(args.arcface, "crop folder (-a)")
     from micalib.output_lock import output_lock
 
     # the lock before loading anything: a second run on the same -o is refused at once

@@ -27,7 +27,7 @@ from pathlib import Path
 from loguru import logger
 
 from configs.config import load_cfg, resolve_path
-from utils.errors import MICAError, run_main
+from utils.errors import MICAError, check_range, run_main
 
 NOW_DETECTION_THRESHOLD = 0.4  # MICA's NoW preparation (SCRFD)
 
@@ -105,9 +105,12 @@ def export(args: argparse.Namespace, cfg, benchmark: str) -> int:
     from micalib.predictor import Predictor
     from utils.detectors import create_detector
 
-    if args.batch_size < 1:
-        raise ValueError(f"--batch-size must be >= 1, not {args.batch_size}")
-    out = benchmark_dir(args, cfg, benchmark)
+    from utils.io import prepare_output_dir
+
+    check_range("--batch-size", args.batch_size, 1, 4096)
+    if args.threshold is not None:
+        check_range("--threshold", args.threshold, 0, 1, low_open=True, hint="a detection score")
+    out = prepare_output_dir(benchmark_dir(args, cfg, benchmark), "benchmark output folder (-o)")
     default_threshold = NOW_DETECTION_THRESHOLD if benchmark == "now" else 0.1
     threshold = args.threshold if args.threshold is not None else default_threshold
     # Check the benchmark folder before loading any network, so a wrong path fails at once.
@@ -166,7 +169,11 @@ def evaluate(args: argparse.Namespace, cfg, benchmark: str) -> int:
         raise MICAError(f"--fit-points must be 0 (every scan point, as NoW) or a positive count, not {args.fit_points}")
     if args.max_nfev < 1:
         raise MICAError(f"--max-nfev must be at least 1, not {args.max_nfev}")
+    from utils.io import prepare_output_dir
+
     out = benchmark_dir(args, cfg, benchmark)
+    res_dir = Path(args.results) if args.results else out / ("results_metrical" if args.metrical else "results")
+    prepare_output_dir(res_dir, "results folder", recursive=False)  # before the slow scoring
     methods = _predicted(args, out / "predicted_meshes", str(cfg.test.tag))
     results = []
     for name, folder in methods:
@@ -180,7 +187,6 @@ def evaluate(args: argparse.Namespace, cfg, benchmark: str) -> int:
             items = stirling_items(folder, args.scans, args.scan_landmarks)
         results.append(score(items, method=name, metrical=args.metrical, unit=args.unit, max_nfev=args.max_nfev,
                              fit_points=args.fit_points))
-    res_dir = Path(args.results) if args.results else out / ("results_metrical" if args.metrical else "results")
     published = PUBLISHED_NOW if benchmark == "now" and not args.metrical else None
     written = write_reports(results, res_dir, published)
     for r in results:
@@ -194,8 +200,11 @@ def evaluate(args: argparse.Namespace, cfg, benchmark: str) -> int:
 
 
 def main(argv=None) -> int:
+    from utils.image_io import set_max_pixels
+
     args = parse_args(argv)
     cfg = setup(args)
+    set_max_pixels(cfg.image.max_pixels)
     benchmark = args.benchmark or str(cfg.test_dataset).lower()
     if benchmark not in ("now", "stirling"):
         raise ValueError(f"benchmark must be now or stirling, not '{benchmark}' (--benchmark or test_dataset)")

@@ -49,12 +49,14 @@ def main(argv: Optional[List[str]] = None) -> int:
     from micalib.trainer import build_trainer, output_dir_of
     from utils import dist as comm
     from utils.device import resolve_device
-    from utils.io import atomic_write_text
+    from utils.io import atomic_write_text, prepare_output_dir
 
     cfg = load_cfg(args.cfg, args.opts)
     comm.init_distributed(resolve_device(cfg.device).type)
     try:
         out = output_dir_of(cfg)
+        if comm.is_main_process():  # unusable output refused before loading anything; killed runs' temp files removed
+            prepare_output_dir(out, "training output folder (output_dir)")
         setup_logging(out, cfg.train.log_dir, comm.is_main_process())
         if comm.is_main_process():
             atomic_write_text(out / "config.yaml", cfg.dump())

@@ -17,6 +17,9 @@ from typing import Iterable, Optional, Sequence
 import yaml
 from yacs.config import CfgNode as CN
 
+from utils.errors import check_range
+from utils.image_io import DEFAULT_MAX_PIXELS
+
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
 _C = CN()
@@ -77,12 +80,21 @@ _C.detector.name = "auto"
 _C.detector.antelopev2_dir = "~/.insightface/models/antelopev2"
 # Detection input size (width, height) of SCRFD, as in MICA's demo.
 _C.detector.det_size = (224, 224)
-# Minimum detection score.
+# Minimum detection score, in (0, 1].
 _C.detector.threshold = 0.5
 # MTCNN (the fallback detector) searches photos shrunk to this longer side in pixels, finding faces
 # down to 20 px there (6% of the photo's longer side, about what SCRFD finds at 224x224); raise it
 # for small faces in large photos (slower: 1024 costs ~3x the time). 0 = the photo's own size.
 _C.detector.mtcnn_max_side = 320
+
+# ---------------------------------------------------------------------------------------------
+# Reading photos (utils/image_io.py)
+# ---------------------------------------------------------------------------------------------
+_C.image = CN()
+# Largest accepted width x height of an input image, checked from the file's header before it is
+# decoded (for every decoder), so a small file claiming a huge size cannot exhaust the memory.
+# 0 = no limit. 100 Mpx is twice a 50-megapixel camera photo.
+_C.image.max_pixels = DEFAULT_MAX_PIXELS
 
 # ---------------------------------------------------------------------------------------------
 # Datasets
@@ -92,12 +104,12 @@ _C.dataset = CN()
 _C.dataset.training_data = ["LYHM"]
 # Names of the validation datasets.
 _C.dataset.eval_data = ["FLORENCE"]
-# Actors per batch; each brings K images.
+# Actors per batch (1..4096); each brings K images.
 _C.dataset.batch_size = 2
 # Images drawn per actor, without replacement.
 _C.dataset.K = 4
 _C.dataset.n_train = 100000
-# DataLoader worker processes (0 = load in the main process).
+# DataLoader worker processes, 0..64 (0 = load in the main process).
 _C.dataset.num_workers = 4
 # Root holding one folder per dataset (NAME/FLAME_parameters, NAME/arcface_input).
 _C.dataset.root = "/datasets/MICA/"
@@ -240,10 +252,13 @@ def check_cfg(cfg: CN) -> None:
         raise ValueError(f"detector.mtcnn_max_side must be >= 0 (0 = no shrinking), not {cfg.detector.mtcnn_max_side}")
     if cfg.detector.name not in ("auto", "scrfd", "mtcnn"):
         raise ValueError(f"detector.name must be auto, scrfd or mtcnn, not '{cfg.detector.name}'")
-    if cfg.dataset.batch_size < 1 or cfg.dataset.K < 1:
-        raise ValueError("dataset.batch_size and dataset.K must be >= 1")
-    if cfg.dataset.num_workers < 0:
-        raise ValueError("dataset.num_workers must be >= 0")
+    check_range("detector.threshold", cfg.detector.threshold, 0, 1, low_open=True, hint="a detection score")
+    if cfg.image.max_pixels < 0:
+        raise ValueError(f"image.max_pixels must be >= 0 (0 = no limit), not {cfg.image.max_pixels}")
+    check_range("dataset.batch_size", cfg.dataset.batch_size, 1, 4096)
+    if cfg.dataset.K < 1:
+        raise ValueError(f"dataset.K must be >= 1, not {cfg.dataset.K}")
+    check_range("dataset.num_workers", cfg.dataset.num_workers, 0, 64, hint="0 = load in the main process")
     for key in ("lr", "arcface_lr", "weight_decay"):
         if cfg.train[key] < 0:
             raise ValueError(f"train.{key} must be >= 0, not {cfg.train[key]}")

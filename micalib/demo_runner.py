@@ -36,7 +36,7 @@ from micalib.records import (PENDING_MESSAGE, STATE_DIR, ItemResult, is_done, re
 from models.flame import M_TO_MM
 from utils.detectors import MTCNN
 from utils.errors import MICAError
-from utils.image_io import list_images, read_image, write_image
+from utils.image_io import ImageList, list_images, read_image, write_image
 from utils.io import atomic_save_npy, atomic_write_text
 
 __all__ = ["DemoRunner", "ItemResult", "StageTimer", "default_workers"]
@@ -153,24 +153,19 @@ class DemoRunner:
         self._fused_codes: Dict[str, list] = defaultdict(list)
 
     # ------------------------------------------------------------------ inputs
-    def _list_inputs(self, input_dir: Path) -> tuple[List[Path], Path]:
+    def _list_inputs(self, input_dir: Path) -> tuple[ImageList, Path]:
         """The images to process and the root their names are relative to. Our own output and crop
         folders and anything under a ``.mica`` folder are skipped when they lie inside the input
         folder (``-o X/out`` must not feed the first run's renders and crops to the second)."""
         if input_dir.is_file():
-            return [input_dir], input_dir.parent
+            return ImageList([input_dir]), input_dir.parent
         ours = [d.resolve() for d in (self.output_dir, self.arcface_dir)]
         root = input_dir.resolve()
         ours = [d for d in ours if d != root and d.is_relative_to(root)]  # not when -i is inside -o
-        paths = []
-        for path in list_images(input_dir, recursive=True):
-            rel = path.relative_to(input_dir)
-            if STATE_DIR in rel.parts[:-1]:
-                continue
-            if ours and any(path.resolve().is_relative_to(d) for d in ours):
-                continue
-            paths.append(path)
-        return paths, input_dir
+        listed = list_images(input_dir, recursive=True)
+        kept = [p for p in listed if STATE_DIR not in p.relative_to(input_dir).parts[:-1]
+                and not (ours and any(p.resolve().is_relative_to(d) for d in ours))]
+        return ImageList(kept, listed.failures, listed.ignored), input_dir
 
     def _no_face_hint(self) -> str:
         if isinstance(self.detector, MTCNN):
@@ -345,8 +340,12 @@ class DemoRunner:
 
     def _run_locked(self, input_dir: Path) -> List[ItemResult]:
         paths, root = self._list_inputs(input_dir)
-        if not paths:
+        if not paths and not paths.failures:
             raise MICAError(f"no images found in {input_dir} (jpg, png, bmp, webp, tiff)")
+        unlisted = []  # sub-folders that could not be listed: a failed row each
+        for folder, message in paths.failures:
+            unlisted.append(ItemResult(input=str(folder.relative_to(root)), status="failed", message=message))
+            logger.warning(message)
         rels = [PurePath(p.relative_to(root).as_posix()) for p in paths]
         names = output_names(rels)  # over the whole listing: a shard must select its inputs after this
         required = output_files(self.render)
@@ -373,7 +372,7 @@ class DemoRunner:
         try:
             self._process(todo)
         except BaseException:  # KeyboardInterrupt, or a fatal error: still leave a summary of every input
-            results = [it.result for it in items]
+            results = unlisted + [it.result for it in items]
             for r in results:
                 if r.status == "pending":  # possibly half-way (--all-faces): nothing of it counts yet
                     r.outputs, r.message = [], PENDING_MESSAGE
@@ -386,7 +385,7 @@ class DemoRunner:
                 except OSError as e:
                     logger.error(f"could not write the summary to {self.output_dir}: {e}")
             raise
-        results = [it.result for it in items]
+        results = unlisted + [it.result for it in items]
         if self.fuse:
             self._write_fused(self._fused_codes)
         renamed = [r for r in results if r.name != PurePath(r.input).with_suffix("").as_posix()]

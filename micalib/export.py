@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 from typing import Optional, Sequence
 
 from micalib.onnx_export import DEFAULT_ATOL, DEFAULT_OPSET, export_onnx, validate_onnx
@@ -48,8 +49,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     from configs.config import load_cfg
     from micalib.mica import MICA
 
+    from utils.io import prepare_output_dir
+
     args = _parse(argv)
     cfg = load_cfg(args.cfg, args.opts)
+    if Path(args.onnx).is_dir():
+        raise MICAError(f"--onnx {args.onnx} is a folder; pass a file name such as {Path(args.onnx) / 'mica.onnx'}")
+    prepare_output_dir(Path(args.onnx).expanduser().parent, "folder of --onnx", recursive=False)
     checkpoint = args.checkpoint or cfg.pretrained_model_path
     if not checkpoint:
         raise MICAError(f"no checkpoint to export: {args.cfg or 'the config'} sets no pretrained_model_path - pass "

@@ -102,14 +102,18 @@ def test_bad_files_raise_one_line(tmp_path: Path) -> None:
 
 
 def test_list_images_sorted_recursive(tmp_path: Path) -> None:
-    for rel in ["b.JPG", "a.png", "sub/c.webp", "sub/deeper/d.tiff", "notes.txt", ".hidden.jpg", "x.gif"]:
+    for rel in ["b.JPG", "a.png", "sub/c.webp", "sub/deeper/d.tiff", "notes.txt", ".hidden.jpg", "x.gif",
+                ".mica/done/e.jpg"]:
         p = tmp_path / rel
         p.parent.mkdir(parents=True, exist_ok=True)
         p.write_bytes(b"x")
+    # every image extension is listed (also .gif, which Pillow reads), hidden files and folders are not
     got = [p.relative_to(tmp_path).as_posix() for p in list_images(tmp_path)]
-    assert got == ["a.png", "b.JPG", "sub/c.webp", "sub/deeper/d.tiff"]
+    assert got == ["a.png", "b.JPG", "sub/c.webp", "sub/deeper/d.tiff", "x.gif"]
     flat = [p.name for p in list_images(tmp_path, recursive=False)]
-    assert flat == ["a.png", "b.JPG"]
+    assert flat == ["a.png", "b.JPG", "x.gif"]
+    assert [p.name for p in list_images(tmp_path, exclude=[tmp_path / "sub" / "deeper"])] == [
+        "a.png", "b.JPG", "c.webp", "x.gif"]
     with pytest.raises(FileNotFoundError):
         list_images(tmp_path / "nope")
 

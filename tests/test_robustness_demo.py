@@ -68,7 +68,7 @@ class _Args:
 
     def __init__(self, monkeypatch, make_runner):
         monkeypatch.setattr(demo, "build_runner", lambda args, cfg: make_runner(args))
-        monkeypatch.setattr(demo, "setup", lambda args: None)
+        monkeypatch.setattr(demo, "setup", lambda args: demo.load_cfg(None, []))  # defaults: no files read
 
 
 def _demo_main(monkeypatch, inp: Path, out: Path, net=None, det=None, **kwargs) -> int:

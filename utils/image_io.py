@@ -2,16 +2,24 @@
 
 ``read_image`` applies the EXIF orientation, composites transparency on white, converts
 greyscale / palette / CMYK / 16-bit images to 8-bit RGB and refuses files that cannot hold a face.
-``list_images`` finds the photos of a folder in a stable (sorted) order.
+One pixel limit (``set_max_pixels``, the config key ``image.max_pixels``) holds for every decoder:
+the size is read from the file's header and checked before anything is decoded (Pillow's own
+decompression-bomb limit is switched off in favour of it). ``list_images`` finds the files with an
+image extension in a folder, in a stable (sorted) order, and reports the folders it cannot list.
 """
 from __future__ import annotations
 
+import errno
 import os
+import re
+import stat
+from collections import Counter
 from pathlib import Path
-from typing import Union
+from typing import Iterable, List, Optional, Tuple, Union
 
 import cv2
 import numpy as np
+from loguru import logger
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from utils.errors import MICAError
@@ -19,12 +27,48 @@ from utils.io import atomic_write_bytes
 
 PathLike = Union[str, os.PathLike]
 
-__all__ = ["IMAGE_EXTENSIONS", "MIN_IMAGE_SIZE", "read_image", "list_images", "write_image"]
+__all__ = ["IMAGE_EXTENSIONS", "MIN_IMAGE_SIZE", "DEFAULT_MAX_PIXELS", "ImageList", "read_image", "list_images",
+           "set_max_pixels", "write_image"]
 
-# Extensions (lower case) that list_images picks up.
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
+# Formats OpenCV's imread documents (read when Pillow cannot identify a file).
+_OPENCV_EXTENSIONS = {".bmp", ".dib", ".jpeg", ".jpg", ".jpe", ".jp2", ".png", ".webp", ".avif", ".pbm", ".pgm",
+                      ".ppm", ".pxm", ".pnm", ".pam", ".pfm", ".sr", ".ras", ".tiff", ".tif", ".exr", ".hdr",
+                      ".pic", ".gif", ".jxl"}
+# Extensions Pillow registers that are documents, videos or data containers rather than photos.
+_NOT_PHOTOS = {".pdf", ".ps", ".eps", ".mpeg", ".mpg", ".h5", ".hdf", ".bufr", ".grib", ".wmf", ".emf"}
+
+
+def _image_extensions() -> Tuple[str, ...]:
+    Image.init()
+    readable = {ext for ext, fmt in Image.registered_extensions().items() if fmt in Image.OPEN}
+    return tuple(sorted((readable | _OPENCV_EXTENSIONS) - _NOT_PHOTOS))
+
+
+# Extensions (lower case) that list_images picks up: what the installed Pillow can open, and OpenCV's.
+IMAGE_EXTENSIONS = _image_extensions()
 # Smallest accepted image side in pixels: below this no detector can find a face.
 MIN_IMAGE_SIZE = 32
+# Largest accepted width x height (config key image.max_pixels; 0 = no limit).
+DEFAULT_MAX_PIXELS = 100_000_000
+_max_pixels = DEFAULT_MAX_PIXELS
+# Our limit replaces Pillow's (a warning above 89 Mpx, an error above 179 Mpx): one limit, one message.
+Image.MAX_IMAGE_PIXELS = None
+
+
+def set_max_pixels(limit: int) -> None:
+    """Set the pixel limit of ``read_image`` for this process (``image.max_pixels``; 0 = none)."""
+    global _max_pixels
+    if limit < 0:
+        raise ValueError(f"image.max_pixels must be >= 0 (0 = no limit), not {limit}")
+    _max_pixels = int(limit)
+
+
+def _check_pixels(path: Path, width: int, height: int, limit: Optional[int]) -> None:
+    limit = _max_pixels if limit is None else limit
+    if limit and width * height > limit:
+        raise MICAError(f"image {path} is {width}x{height} pixels ({width * height / 1e6:.1f} Mpx), over the limit "
+                        f"image.max_pixels = {limit}; shrink it, or raise image.max_pixels (0 = no limit) "
+                        f"if you trust the file")
 
 _FIX = "re-save it as JPEG or PNG, or remove it from the input folder"
 
@@ -72,11 +116,52 @@ def _pil_to_rgb(img: Image.Image) -> np.ndarray:
     return np.ascontiguousarray(np.asarray(img.convert("RGB")))
 
 
-def _cv2_read(path: Path) -> np.ndarray | None:
-    """Fallback decoder (OpenCV) for files Pillow cannot identify; None when it fails too."""
+_RADIANCE_SIZE = re.compile(rb"^([-+])([XY]) +([0-9]+) +([-+])([XY]) +([0-9]+)\s*$")
+
+
+def _radiance_size(head: bytes) -> Optional[Tuple[int, int]]:
+    """(width, height) of a Radiance HDR header: text lines, an empty line, then e.g. ``-Y 480 +X 640``."""
+    lines = head.split(b"\n")
+    for i, line in enumerate(lines[:-1]):
+        if not line.strip():
+            m = _RADIANCE_SIZE.match(lines[i + 1])
+            if m is None or m[2] == m[5]:
+                return None
+            dims = {m[2]: int(m[3]), m[5]: int(m[6])}
+            return dims[b"X"], dims[b"Y"]
+    return None
+
+
+def _netpbm_size(head: bytes) -> Optional[Tuple[int, int]]:
+    """(width, height) of a PBM/PGM/PPM (P1-P6), PFM (PF/Pf) or PAM (P7, WIDTH/HEIGHT lines) header."""
+    text = re.sub(rb"#[^\n]*", b" ", head[2:])
+    if head[:2] == b"P7":
+        w, h = re.search(rb"\bWIDTH\s+([0-9]+)", text), re.search(rb"\bHEIGHT\s+([0-9]+)", text)
+        return (int(w[1]), int(h[1])) if w and h else None
+    m = re.match(rb"\s+([0-9]+)\s+([0-9]+)", text)
+    return (int(m[1]), int(m[2])) if m else None
+
+
+def _header_size(head: bytes) -> Optional[Tuple[int, int]]:
+    """(width, height) from the header of the formats OpenCV reads that Pillow may not identify;
+    None when the header is not one of them (then the size cannot be checked before decoding)."""
+    if head.startswith((b"#?RADIANCE", b"#?RGBE")):
+        return _radiance_size(head)
+    if re.match(rb"P[1-7Ff]\s", head[:3]):
+        return _netpbm_size(head)
+    return None
+
+
+def _cv2_read(path: Path, max_pixels: Optional[int]) -> np.ndarray | None:
+    """Fallback decoder (OpenCV) for files Pillow cannot identify, for the formats whose size
+    ``_header_size`` reads (checked before decoding); None when it cannot read the file either."""
     data = np.fromfile(str(path), dtype=np.uint8)
     if data.size == 0:
         return None
+    size = _header_size(data[:65536].tobytes())
+    if size is None:
+        return None
+    _check_pixels(path, size[0], size[1], max_pixels)
     img = cv2.imdecode(data, cv2.IMREAD_UNCHANGED)
     if img is None:
         return None
@@ -129,12 +214,23 @@ def _read_jpeg_fast(path: Path, img: Image.Image) -> np.ndarray | None:
     return rgb if orientation == 1 else np.ascontiguousarray(_ORIENT[orientation](rgb))
 
 
-def read_image(path: PathLike, min_size: int = MIN_IMAGE_SIZE) -> np.ndarray:
+def _read_error(path: Path, e: OSError) -> MICAError:
+    """A one-line error for an operating-system error reading ``path`` (not a format problem)."""
+    if e.errno in (errno.EACCES, errno.EPERM):
+        return MICAError(f"image {path} cannot be read: permission denied; make it readable (chmod a+r) "
+                         f"or copy it to a folder you own")
+    return MICAError(f"image {path} cannot be read: {e.strerror or e}; check the disk or copy the file again")
+
+
+def read_image(path: PathLike, min_size: int = MIN_IMAGE_SIZE, max_pixels: Optional[int] = None) -> np.ndarray:
     """Read a photo as RGB uint8.
 
     Args:
-        path: jpg/png/bmp/webp/tiff (anything Pillow or OpenCV decodes).
+        path: jpg/png/bmp/webp/tiff/gif/... (anything Pillow opens; what only OpenCV reads when its
+            header gives the size: Radiance HDR, PAM, PNM, PFM).
         min_size: smallest accepted width and height in pixels.
+        max_pixels: largest accepted width x height, checked from the header before decoding
+            (None = the process setting, ``set_max_pixels``; 0 = no limit).
 
     Returns:
         (H, W, 3) uint8 RGB, EXIF orientation applied, alpha composited on white,
@@ -142,19 +238,24 @@ def read_image(path: PathLike, min_size: int = MIN_IMAGE_SIZE) -> np.ndarray:
 
     Raises:
         FileNotFoundError: ``path`` does not exist.
-        MICAError: a folder, an empty / corrupt / non-image file, or an image smaller than
-            ``min_size`` pixels on a side.
+        MICAError: a folder; an unreadable (permissions), empty, corrupt, unsupported or too large
+            file; an image smaller than ``min_size`` pixels on a side.
     """
     path = Path(path).expanduser()
-    if not path.exists():
-        raise FileNotFoundError(f"image {path} does not exist (check the path)")
-    if path.is_dir():
+    try:
+        st = path.stat()
+    except FileNotFoundError:
+        raise FileNotFoundError(f"image {path} does not exist (check the path)") from None
+    except OSError as e:
+        raise _read_error(path, e) from None
+    if stat.S_ISDIR(st.st_mode):
         raise MICAError(f"image {path} is a folder, not an image file (pass a file, or use the folder as input)")
-    if path.stat().st_size == 0:
+    if st.st_size == 0:
         raise MICAError(f"image {path} is an empty file (0 bytes); {_FIX}")
     rgb: np.ndarray | None = None
     try:
         with Image.open(path) as img:
+            _check_pixels(path, img.size[0], img.size[1], max_pixels)
             rgb = _read_jpeg_fast(path, img)
             if rgb is None:
                 img.load()
@@ -162,10 +263,22 @@ def read_image(path: PathLike, min_size: int = MIN_IMAGE_SIZE) -> np.ndarray:
                     img = ImageOps.exif_transpose(img)
                 rgb = _pil_to_rgb(img)
     except UnidentifiedImageError:
-        rgb = _cv2_read(path)
+        try:
+            rgb = _cv2_read(path, max_pixels)
+        except OSError as e:
+            raise _read_error(path, e) from None
         if rgb is None:
-            raise MICAError(f"image {path} is not an image file Pillow or OpenCV can read; {_FIX}") from None
-    except (OSError, ValueError, SyntaxError, EOFError, Image.DecompressionBombError) as e:
+            raise MICAError(f"image {path}: unsupported or unrecognised image format (neither Pillow nor OpenCV "
+                            f"reads it); {_FIX}") from None
+    except OSError as e:
+        if e.errno is not None:  # the operating system's error, not the decoder's
+            raise _read_error(path, e) from None
+        raise MICAError(f"image {path} is corrupt or truncated ({type(e).__name__}: "
+                        f"{str(e).splitlines()[0] if str(e) else 'no detail'}); {_FIX}") from None
+    except Image.DecompressionBombError as e:  # only if Image.MAX_IMAGE_PIXELS was set again elsewhere
+        raise MICAError(f"image {path} has more pixels than Pillow's limit ({str(e).splitlines()[0]}); shrink it "
+                        f"or reset PIL.Image.MAX_IMAGE_PIXELS") from None
+    except (ValueError, SyntaxError, EOFError) as e:
         raise MICAError(f"image {path} is corrupt or truncated ({type(e).__name__}: "
                         f"{str(e).splitlines()[0] if str(e) else 'no detail'}); {_FIX}") from None
     h, w = rgb.shape[:2]
@@ -175,24 +288,128 @@ def read_image(path: PathLike, min_size: int = MIN_IMAGE_SIZE) -> np.ndarray:
     return rgb
 
 
-def list_images(folder: PathLike, recursive: bool = True) -> list[Path]:
-    """Image files (``IMAGE_EXTENSIONS``, any case) under ``folder``, sorted by path.
+class ImageList(list):
+    """What ``list_images`` returns: the image paths (a plain sorted ``list`` of ``Path``) plus
 
-    Hidden files (names starting with '.') are skipped.
+    Attributes:
+        failures: ``(folder, message)`` for each sub-folder that could not be listed; a caller that
+            reports per input gives each a ``failed`` row with that one-line message.
+        ignored: the number of other files passed over (no image extension, or hidden).
+    """
+
+    def __init__(self, paths: Iterable[Path] = (), failures: Iterable[Tuple[Path, str]] = (), ignored: int = 0):
+        super().__init__(paths)
+        self.failures: List[Tuple[Path, str]] = list(failures)
+        self.ignored = ignored
+
+
+def _folder_key(path: PathLike) -> Tuple[int, int]:
+    st = os.stat(path)
+    return st.st_dev, st.st_ino
+
+
+def list_images(folder: PathLike, recursive: bool = True, exclude: Iterable[PathLike] = ()) -> ImageList:
+    """Files with an image extension (``IMAGE_EXTENSIONS``, any case) under ``folder``, sorted by path.
+
+    Every such file is listed, also one that turns out unreadable (``read_image`` then says why,
+    e.g. an unsupported format), so that each gets a row in a summary. Hidden files and folders
+    (names starting with '.', e.g. ``.mica/``) and the folders in ``exclude`` are passed over.
+    Symbolic links to folders are followed after the real folders, each real folder once: a link
+    back into its own ancestors (a cycle) or to a folder already listed is not followed (one log
+    line), so every file is listed under one path.
+    Sub-folders that cannot be listed are returned in ``failures``; files without an image
+    extension are counted in ``ignored`` and in one log line.
 
     Raises:
         FileNotFoundError: ``folder`` does not exist.
-        MICAError: ``folder`` is a file.
+        MICAError: ``folder`` is a file, or cannot be listed.
     """
     folder = Path(folder).expanduser()
     if not folder.exists():
         raise FileNotFoundError(f"image folder {folder} does not exist (check the path)")
     if not folder.is_dir():
         raise MICAError(f"{folder} is a file, not a folder of images (pass its parent folder)")
-    pattern = "**/*" if recursive else "*"
-    found = [p for p in folder.glob(pattern)
-             if p.suffix.lower() in IMAGE_EXTENSIONS and not p.name.startswith(".") and p.is_file()]
-    return sorted(found, key=lambda p: p.as_posix())
+    skip = set()
+    for p in exclude:
+        try:
+            skip.add(_folder_key(p))
+        except OSError:
+            continue
+    found: List[Path] = []
+    failures: List[Tuple[Path, str]] = []
+    other: Counter = Counter()
+    seen = {_folder_key(folder)}
+    links: List[Path] = []  # symbolic links to folders, followed after the real folders
+
+    def unlistable(path: Path, e: OSError) -> None:
+        if path == folder:
+            raise MICAError(f"image folder {folder} cannot be listed: {e.strerror or e}; fix its permissions "
+                            f"or pass another folder") from None
+        failures.append((path, f"folder {path} cannot be listed: {e.strerror or e}; fix its permissions "
+                               f"or move it out of the input folder"))
+
+    def walk(start: Path) -> None:
+        stack = [start]
+        while stack:
+            current = stack.pop()
+            try:
+                with os.scandir(current) as it:
+                    entries = list(it)
+            except OSError as e:
+                unlistable(current, e)
+                continue
+            for entry in entries:
+                path = Path(entry.path)
+                try:
+                    is_dir = entry.is_dir()
+                    is_link = entry.is_symlink()
+                except OSError:
+                    is_dir = is_link = False
+                if entry.name.startswith("."):
+                    other["hidden"] += not is_dir
+                elif not is_dir:
+                    ext = path.suffix.lower()
+                    if ext in IMAGE_EXTENSIONS:
+                        found.append(path)
+                    else:
+                        other[ext or "no extension"] += 1
+                elif recursive and is_link:
+                    links.append(path)
+                elif recursive:
+                    try:
+                        key = _folder_key(path)
+                    except OSError as e:
+                        unlistable(path, e)
+                        continue
+                    if key not in skip and key not in seen:
+                        seen.add(key)
+                        stack.append(path)
+
+    walk(folder)
+    while links:  # in name order, so the same tree always lists the same paths
+        links.sort(key=lambda p: p.as_posix(), reverse=True)
+        link = links.pop()
+        try:
+            key = _folder_key(link)
+        except OSError as e:  # a dangling link or one without permission
+            unlistable(link, e)
+            continue
+        if key in skip:
+            continue
+        if key in seen:
+            target = Path(os.path.realpath(link))
+            if Path(os.path.realpath(link.parent)).is_relative_to(target):
+                logger.warning(f"{link} links back to a folder that contains it (a cycle); not followed")
+            else:
+                logger.info(f"{link} links to a folder that is listed already; not listed twice")
+            continue
+        seen.add(key)
+        walk(link)
+    ignored = sum(other.values())
+    if ignored:
+        kinds = ", ".join(f"{k} {n}" for k, n in other.most_common(5))
+        logger.info(f"{folder}: ignored {ignored} file(s) that are not images or are hidden ({kinds})")
+    return ImageList(sorted(found, key=lambda p: p.as_posix()), failures, ignored)
 
 
 def write_image(path: PathLike, image_rgb: np.ndarray, quality: int = 95, fsync: bool = True) -> None:

@@ -7,18 +7,35 @@ the benchmark exports' meshes, landmarks and crops) pass ``fsync=False``: an fsy
 a fast SSD but 5-30 ms on a hard disk or network file system, per file. The rename still keeps them
 atomic for readers and after a crash of the program; after a power failure such a file can at worst
 be empty, which ``micalib.outputs.outputs_done`` treats as not done.
+
+Temporary files are named ``.STEM.HOST.PID.RANDOM.tmp.SUFFIX`` (host and process id of the writer).
+A process killed while writing leaves its temporary file behind; ``remove_stale_temps``, called on
+start by every command for the folders it writes into, removes those of a process of this host that
+is no longer running, and any older than a day (``STALE_AGE_S``). A running process's temporary
+files are never touched, so two commands can write into one folder at the same time.
+
+A write that fails for a reason the user can fix (disk full, read-only file system, no permission,
+a file where a folder should be: ``utils.errors.WRITE_ERRNOS``) raises ``utils.errors.OutputError``,
+one line naming the file and the fix. ``prepare_output_dir`` creates and test-writes an output
+folder, so commands refuse an unusable one before any slow work.
 """
 from __future__ import annotations
 
 import contextlib
 import io
 import os
+import re
+import socket
 import stat
 import tempfile
+import time
 from pathlib import Path
 from typing import Callable, Iterator, Union
 
 import numpy as np
+from loguru import logger
+
+from utils.errors import WRITE_ERRNOS, MICAError, OutputError, os_error_message
 
 PathLike = Union[str, os.PathLike]
 
@@ -34,14 +51,35 @@ def _read_umask() -> int:
 _UMASK = _read_umask()
 
 
+# Temporary files older than this are removed whoever wrote them (a write takes seconds).
+STALE_AGE_S = 24 * 3600
+_HOST = re.sub(r"[^A-Za-z0-9-]", "-", socket.gethostname())[:64] or "host"
+# .STEM.HOST.PID.RANDOM.tmp[.SUFFIX]: the host has no dots, mkstemp's RANDOM is 8 of [a-z0-9_]
+_TEMP_NAME = re.compile(r"^\.(?:.*)\.(?P<host>[A-Za-z0-9-]+)\.(?P<pid>[0-9]+)\.[A-Za-z0-9_]{8}\.tmp(?:\.[^.]*)?$")
+# what versions before host/PID naming wrote: .STEM.RANDOM.tmp[.SUFFIX] (removed after a day)
+_OLD_TEMP_NAME = re.compile(r"^\.(?:.+)\.[A-Za-z0-9_]{8}\.tmp(?:\.[^.]*)?$")
+
+
+@contextlib.contextmanager
+def _write_errors(path: Path) -> Iterator[None]:
+    """Turn a fixable ``OSError`` of writing ``path`` into a one-line ``OutputError``."""
+    try:
+        yield
+    except OSError as e:
+        if isinstance(e, MICAError) or e.errno not in WRITE_ERRNOS:
+            raise
+        raise OutputError(os_error_message(e, path), e.errno) from e
+
+
 @contextlib.contextmanager
 def _temporary_beside(path: Path) -> Iterator[tuple[int, Path]]:
     """A new, open, empty temporary file in the folder of ``path`` (created if needed): its
     descriptor, which the caller closes, and its path, removed at the end unless renamed away. Its
     name keeps the suffix of ``path`` so libraries that pick a format by extension (trimesh,
-    OpenCV) still work."""
+    OpenCV) still work, and holds this host and process id (see ``remove_stale_temps``)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, name = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=f".tmp{path.suffix}", dir=path.parent)
+    fd, name = tempfile.mkstemp(prefix=f".{path.stem[:80]}.{_HOST}.{os.getpid()}.", suffix=f".tmp{path.suffix}",
+                                dir=path.parent)
     tmp = Path(name)
     try:
         yield fd, tmp
@@ -64,7 +102,7 @@ def atomic_path(path: PathLike, fsync: bool = True) -> Iterator[Path]:
     On an exception the temporary file is removed.
     """
     path = Path(path)
-    with _temporary_beside(path) as (fd, tmp):
+    with _write_errors(path), _temporary_beside(path) as (fd, tmp):
         os.close(fd)
         yield tmp
         if fsync:  # by name: the writer may have replaced the file
@@ -79,7 +117,7 @@ def atomic_path(path: PathLike, fsync: bool = True) -> Iterator[Path]:
 def atomic_write_bytes(path: PathLike, data: bytes, fsync: bool = True) -> None:
     """Write ``data`` (bytes or any buffer) to ``path`` atomically."""
     path = Path(path)
-    with _temporary_beside(path) as (fd, tmp):
+    with _write_errors(path), _temporary_beside(path) as (fd, tmp):
         try:
             view = memoryview(data).cast("B")
             while view:
@@ -117,3 +155,90 @@ def atomic_save(path: PathLike, writer: Callable[[Path], None], fsync: bool = Tr
     """Call ``writer(tmp_path)`` and rename the result to ``path``."""
     with atomic_path(path, fsync=fsync) as tmp:
         writer(tmp)
+
+
+def _pid_running(pid: int) -> bool:
+    """Whether process ``pid`` of this host runs (unknown counts as running)."""
+    if os.name == "nt":  # os.kill(pid, 0) would terminate it there
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # EPERM: it runs under another user
+        return True
+    return True
+
+
+def _stale(name: str, st: os.stat_result, now: float) -> bool:
+    """Whether ``name`` is one of our temporary files whose writer is gone."""
+    m = _TEMP_NAME.match(name)
+    # age since the last change: a writer may have copied an old modification time into the file,
+    # but that changes its ctime (the time of creation on Windows)
+    old = now - max(st.st_mtime, st.st_ctime) > STALE_AGE_S
+    if m is None:
+        return old and _OLD_TEMP_NAME.match(name) is not None
+    if m["host"] == _HOST and int(m["pid"]) == os.getpid():
+        return False  # this process's own (another thread may be writing it)
+    return old or (m["host"] == _HOST and not _pid_running(int(m["pid"])))
+
+
+def remove_stale_temps(folder: PathLike, recursive: bool = True) -> list[Path]:
+    """Remove the temporary files that killed writers left in ``folder`` (and its sub-folders,
+    symbolic links not followed): those named by this module whose process on this host has ended,
+    and any not changed for ``STALE_AGE_S`` (other hosts' too), except this process's own. Files
+    of running processes and all other files stay.
+    Folders that cannot be listed are passed over. Returns the removed paths."""
+    removed: list[Path] = []
+    now = time.time()
+    stack = [Path(folder)]
+    while stack:
+        current = stack.pop()
+        try:
+            with os.scandir(current) as entries:
+                for entry in entries:
+                    try:
+                        if entry.is_dir(follow_symlinks=False):
+                            if recursive:
+                                stack.append(Path(entry.path))
+                        elif entry.name.startswith(".") and entry.is_file(follow_symlinks=False) \
+                                and _stale(entry.name, entry.stat(follow_symlinks=False), now):
+                            os.unlink(entry.path)
+                            removed.append(Path(entry.path))
+                    except OSError:  # gone meanwhile, or not ours to remove
+                        continue
+        except OSError:
+            continue
+    if removed:
+        logger.info(f"removed {len(removed)} temporary file(s) left by interrupted runs in {folder}")
+    return removed
+
+
+def prepare_output_dir(folder: PathLike, what: str = "output folder", clean: bool = True,
+                       recursive: bool = True) -> Path:
+    """Create ``folder`` (with its parents) and test-write a file in it, so that an unusable output
+    (a file, a read-only or full disk, no permission) is refused at start in one line instead of
+    after the work; with ``clean`` also ``remove_stale_temps(folder, recursive)``.
+
+    Args:
+        what: how the message names the folder, e.g. ``"output folder (-o)"``.
+
+    Raises:
+        OutputError: the folder cannot be created or written to.
+    """
+    folder = Path(folder).expanduser()
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with _temporary_beside(folder / ".write-test") as (fd, _):
+            try:
+                os.write(fd, b"MICA write test\n")
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+    except OSError as e:
+        if e.errno not in WRITE_ERRNOS:
+            raise
+        raise OutputError(os_error_message(e, folder, action=f"write to the {what}"), e.errno) from e
+    if clean:
+        remove_stale_temps(folder, recursive=recursive)
+    return folder

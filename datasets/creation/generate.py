@@ -16,7 +16,8 @@ from datasets.creation.pipeline import FAILURES_FILE, create_dataset
 from datasets.creation.readers import READERS, get_reader
 from utils.detectors import DEFAULT_ANTELOPEV2_DIR, create_detector
 from utils.device import resolve_device
-from utils.errors import run_main
+from utils.errors import check_range, run_main
+from utils.io import prepare_output_dir
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -45,8 +46,11 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = _parser().parse_args(argv)
     reader = get_reader(args.dataset)
-    if not 0.0 <= args.threshold <= 1.0:
-        raise ValueError(f"--threshold must be in [0, 1], not {args.threshold}")
+    check_range("--threshold", args.threshold, 0, 1, low_open=True, hint="a detection score")
+    # refuse an unusable output before loading the detector; remove what killed runs left behind
+    prepare_output_dir(args.out / reader.name, "dataset folder (--out)")
+    if args.list is not None:
+        prepare_output_dir(args.list.parent, "folder of --list", recursive=False)
     detector = create_detector(args.detector, args.antelopev2, tuple(args.det_size), args.threshold,
                                device=resolve_device(args.device))
     summary = create_dataset(reader, args.raw, args.fits, args.out, detector, list_path=args.list,

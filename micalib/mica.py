@@ -150,7 +150,7 @@ class MICA(nn.Module):
         return ckpt.save_mica_checkpoint(path, self.arcface, self.regressor, self.flame, extra)
 
     def parameter_groups(self, lr: float, arcface_lr: float) -> List[Dict[str, Any]]:
-        """Optimiser groups as MICA's: mapping network at ``lr``, trainable ArcFace at ``arcface_lr``."""
+        """Optimiser groups: mapping network at ``lr``, trainable ArcFace at ``arcface_lr``."""
         return [
             {"params": [p for p in self.regressor.parameters() if p.requires_grad], "lr": lr},
             {"params": [p for p in self.arcface.parameters() if p.requires_grad], "lr": arcface_lr},

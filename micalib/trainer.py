@@ -275,8 +275,12 @@ class Trainer:
             pred = self.model(images)
         loss = self.loss_fn(pred.float(), gt)
         step = self.state.step + 1
-        if not torch.isfinite(loss):
-            raise NonFiniteLossError(f"training loss is {loss.item()} at step {step} (lower train.lr / "
+        bad = not bool(torch.isfinite(loss))
+        if self.world_size > 1:  # every process stops at the same step, not only the one that diverged
+            bad = comm.all_reduce_sum(torch.tensor([float(bad)], device=self.device)).item() > 0
+        if bad:
+            value = loss.item() if not torch.isfinite(loss) else "not finite on another process"
+            raise NonFiniteLossError(f"training loss is {value} at step {step} (lower train.lr / "
                                      f"train.arcface_lr or check the data; resume from the last checkpoint)")
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(loss).backward()

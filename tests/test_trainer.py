@@ -324,6 +324,38 @@ def test_two_process_ddp_frozen_bn_statistics_are_per_process(train_setup_dir, t
     assert torch.equal(saved["layer1.0.bn1.running_mean"], r0["arcface.layer1.0.bn1.running_mean"])
 
 
+def _ddp_nan_worker(rank: int, world: int, port: int, opts: Sequence[str], result: str) -> None:
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), LOCAL_RANK=str(rank),
+                      WORLD_SIZE=str(world))
+    torch.set_num_threads(1)
+    from utils import dist as comm
+
+    comm.init_distributed("cpu", timeout_s=60)
+    try:
+        trainer = build_trainer(load_cfg(ROOT / "configs/mica.yml", list(opts)))
+        trainer.run_step()
+        if rank == 1:  # only this process's loss becomes NaN
+            trainer.loss_fn.weights.fill_(float("nan"))
+        try:
+            trainer.run_step()
+            outcome = "went on"
+        except NonFiniteLossError as e:
+            outcome = str(e)
+        Path(result, f"rank{rank}.txt").write_text(outcome)
+    finally:
+        comm.destroy_distributed()
+
+
+@pytest.mark.slow
+def test_two_process_nan_loss_stops_every_process(train_setup_dir, tmp_path):
+    """A NaN loss on one process stops all of them at the same step (none waits for the other)."""
+    opts = make_opts(train_setup_dir, tmp_path / "ddp", **{"train.max_steps": 3})
+    mp.spawn(_ddp_nan_worker, args=(2, _free_port(), opts, str(tmp_path)), nprocs=2, join=True)
+    r0, r1 = (tmp_path / "rank0.txt").read_text(), (tmp_path / "rank1.txt").read_text()
+    assert "training loss is nan at step 2" in r1
+    assert "not finite on another process at step 2" in r0
+
+
 # ------------------------------------------------------------------------------------------------
 # Errors
 # ------------------------------------------------------------------------------------------------

@@ -9,11 +9,13 @@ Everything else (LR schedule, metrics, validation, images, checkpoints) is a hoo
 Multi-process (``torchrun``): the model is wrapped in ``DistributedDataParallel``, every process reads
 its own shard through :class:`ResumableDistributedSampler` (``set_epoch`` each epoch), ``batch_size``
 is per process, and trainable BatchNorm layers (ArcFace layer4 and head) are synchronised across
-processes. The BatchNorm layers of the frozen stages (stem, layer1..3) are not: as in MICA (per-process
-BatchNorm), each process normalises them with its own batch statistics and updates its own running
-statistics, and rank 0's are saved. So N processes x batch b train like one process with batch N*b
-exactly only with ``model.freeze_bn True`` (frozen BatchNorm in eval mode). Rank 0 alone logs, writes
-TensorBoard and checkpoints.
+processes (unlike MICA, whose BatchNorm is per-process everywhere, because the batch statistics
+then do not depend on how the batch is split). The BatchNorm layers of the frozen stages (stem,
+layer1..3) are not synchronised: as in MICA, each process normalises them with its own batch
+statistics and updates its own running statistics from there (DDP copies rank 0's buffers to every
+process before each forward), and rank 0's are saved. So N processes x batch b train exactly like
+one process with batch N*b only with ``model.freeze_bn True``. Rank 0 alone logs, writes TensorBoard
+and checkpoints.
 
 ArcFace's frozen stages: by default, as MICA, ``train()`` puts their BatchNorm layers in train mode
 (no gradient, but batch statistics and updated running statistics); ``model.freeze_bn True`` keeps

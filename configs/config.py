@@ -3,7 +3,9 @@
 One tree of defaults, built at import and never mutated: ``get_cfg_defaults()`` returns a clone.
 Entry scripts call ``load_cfg(cfg_file, opts)``, which merges a YAML file (``configs/mica.yml``)
 and trailing ``KEY VALUE`` command-line pairs, checks the result (``check_cfg``) and freezes it.
-An unknown key or a value of the wrong type is a one-line ``ValueError``.
+An unknown key or a value of the wrong type is a one-line ``ValueError``. Keys of the original
+MICA configs that have no effect here (``LEGACY_KEYS``) are accepted; setting one to a value other
+than its default logs one warning line.
 
 Relative paths are relative to the project root (the folder holding this ``configs/`` package);
 ``resolve_path`` turns them into absolute ones.

@@ -295,7 +295,7 @@ def warn_legacy_keys(cfg: CN) -> list:
     """One warning line naming the ``LEGACY_KEYS`` that ``cfg`` sets to a value other than the default
     (a saved ``config.yaml``, which repeats the defaults, stays quiet); returns their names."""
     legacy = [k for k in LEGACY_KEYS if _value(cfg, k) != _value(_C, k)]
-    if legacy:
+    if legacy and os.environ.get("RANK", "0") == "0":  # under torchrun: once, not once per process
         from loguru import logger
 
         what = f"keys {', '.join(legacy)} have" if len(legacy) > 1 else f"key {legacy[0]} has"

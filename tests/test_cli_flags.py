@@ -35,7 +35,7 @@ def test_export_keeps_checkpoint_as_an_alias():
     assert export._parse(["--onnx", "x.onnx", "--checkpoint", "a.tar"]).model == "a.tar"
 
 
-def test_train_model_flag_sets_the_initial_weights(train_setup_dir, tmp_path):
+def test_train_model_flag_is_the_initial_checkpoint(train_setup_dir, tmp_path):
     """``train.py -m X`` starts from X: a missing X is named in the one-line error."""
     import train
     from tests.test_trainer import make_opts

@@ -164,6 +164,15 @@ def test_legacy_keys_warn_once_in_one_line(tmp_path, warnings_logged):
     assert "no effect" in msg and "model.name" not in msg
 
 
+def test_legacy_warning_once_under_torchrun(tmp_path, warnings_logged, monkeypatch):
+    monkeypatch.setenv("RANK", "1")
+    assert load_cfg(None, ["train.eval_steps", "10"]).train.eval_steps == 10
+    assert warnings_logged == []  # rank 0 says it
+    monkeypatch.setenv("RANK", "0")
+    load_cfg(None, ["train.eval_steps", "10"])
+    assert len(warnings_logged) == 1 and "key train.eval_steps has no effect" in warnings_logged[0]
+
+
 def test_shipped_and_saved_configs_do_not_warn(tmp_path, warnings_logged):
     cfg = load_cfg(PROJECT_ROOT / "configs" / "mica.yml")
     saved = tmp_path / "config.yaml"  # what train.py writes into the run folder: every key, defaults included

@@ -11,8 +11,8 @@ Each photo, in the original creation scripts' order: read (``utils.image_io.read
 to the image centre (``pick_centre_face``) -> drop the photo when that face's score is below the
 dataset's minimum (``reader.min_score``: FLORENCE 0.85, STIRLING 0.75, others none; SCRFD scores,
 so a warning says so once when MTCNN detects) -> similarity-align to the ArcFace template
-(``norm_crop`` at 112 and 224) -> write. Every file is written atomically; a photo whose crop and ``.npy`` both exist is
-skipped, so an interrupted run resumes where it stopped. Unreadable photos and photos without a
+(``norm_crop`` at 112 and 224) -> write. Every file is written atomically; a photo whose crop and
+``.npy`` both exist is skipped, so an interrupted run resumes where it stopped. Unreadable photos and photos without a
 face are skipped and reported (log summary + ``OUT/NAME/creation_failures.txt``). At the end the
 image list is rebuilt from what is on disk.
 

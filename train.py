@@ -4,8 +4,11 @@
     torchrun --nproc_per_node N train.py --cfg configs/mica.yml [KEY VALUE ...]   # N GPUs (or N CPU processes, gloo)
     python train.py --cfg configs/mica.yml --resume                        # continue the last checkpoint
     python train.py --cfg configs/mica.yml --resume-from output/mica/checkpoints/model_00001000.tar
+    python train.py --cfg configs/mica.yml -m data/pretrained/mica.tar       # fine-tune from a MICA checkpoint
 
-``dataset.batch_size`` is per process. Without ``--resume`` a run continues from the output folder's
+``-m/--model`` starts from a MICA checkpoint's weights (as ``model.use_pretrained True`` with
+``pretrained_model_path``); without it, ArcFace starts from ``model.arcface_pretrained_model``.
+A resumed run takes its weights from the checkpoint it resumes. ``dataset.batch_size`` is per process. Without ``--resume`` a run continues from the output folder's
 last checkpoint when ``train.resume`` is True (the default); ``--no-resume`` always starts over.
 The output folder (``output_dir``) receives ``config.yaml``, ``logs/train.log``, TensorBoard events
 in ``logs/``, ``checkpoints/``, ``best_models/``, ``train_images/`` and the final ``model.tar``.
@@ -24,6 +27,8 @@ from utils.errors import run_main
 def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description="Train MICA (single process or torchrun).")
     p.add_argument("--cfg", default="configs/mica.yml", help="YAML config (default configs/mica.yml)")
+    p.add_argument("-m", "--model", default=None, metavar="PATH",
+                   help="start from this MICA checkpoint (sets pretrained_model_path and model.use_pretrained True)")
     g = p.add_mutually_exclusive_group()
     g.add_argument("--resume", action="store_true",
                    help="resume from the output folder's last checkpoint (error when there is none)")
@@ -51,7 +56,10 @@ def main(argv: Optional[List[str]] = None) -> int:
     from utils.device import resolve_device
     from utils.io import atomic_write_text, prepare_output_dir
 
-    cfg = load_cfg(args.cfg, args.opts)
+    opts = list(args.opts)
+    if args.model:
+        opts += ["pretrained_model_path", args.model, "model.use_pretrained", "True"]
+    cfg = load_cfg(args.cfg, opts)
     comm.init_distributed(resolve_device(cfg.device).type)
     try:
         out = output_dir_of(cfg)

@@ -3,7 +3,9 @@
 One tree of defaults, built at import and never mutated: ``get_cfg_defaults()`` returns a clone.
 Entry scripts call ``load_cfg(cfg_file, opts)``, which merges a YAML file (``configs/mica.yml``)
 and trailing ``KEY VALUE`` command-line pairs, checks the result (``check_cfg``) and freezes it.
-An unknown key or a value of the wrong type is a one-line ``ValueError``.
+An unknown key or a value of the wrong type is a one-line ``ValueError``. Keys of the original
+MICA configs that have no effect here (``LEGACY_KEYS``) are accepted; setting one to a value other
+than its default logs one warning line.
 
 Relative paths are relative to the project root (the folder holding this ``configs/`` package);
 ``resolve_path`` turns them into absolute ones.
@@ -23,13 +25,14 @@ from utils.image_io import DEFAULT_MAX_PIXELS
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
 _C = CN()
-# Bump when a key is renamed, so old YAML files can be recognised.
+# Version of this key set; a YAML file that sets another VERSION is refused (keys were renamed).
 _C.VERSION = 1
 
 # Compute device: "auto" (cuda, else mps, else cpu), "cpu", "cuda", "cuda:N" or "mps".
 _C.device = "auto"
-# Kept for compatibility with the original YAML files; with device "cuda" selects the GPU index.
-_C.device_id = "0"
+# GPU index used when device is exactly "cuda" (device "cuda:N" wins); a key of the original configs
+# (a string there: '0' still loads, as yacs reads quoted numbers as numbers).
+_C.device_id = 0
 # Numeric precision of the networks: "fp32" (default, the original's numbers), "bf16", "fp16" or
 # "auto" (bf16 on CPUs with native bf16 support, fp16/bf16 on CUDA, else fp32).
 _C.precision = "fp32"
@@ -45,11 +48,13 @@ _C.output_dir = ""
 # Model
 # ---------------------------------------------------------------------------------------------
 _C.model = CN()
+# Legacy key of the original configs (no effect here).
 _C.model.testing = False
-# Name of the model (only "mica" exists).
+# Name of the model (only "mica" exists; anything else is refused).
 _C.model.name = "mica"
-# FLAME 2020 files (see data/README.md for where to get them).
+# Legacy key of the original configs (no effect: the mesh faces come from flame_model_path).
 _C.model.topology_path = "data/FLAME2020/head_template.obj"
+# FLAME 2020 files (see data/README.md for where to get them).
 _C.model.flame_model_path = "data/FLAME2020/generic_model.pkl"
 _C.model.flame_lmk_embedding_path = "data/FLAME2020/landmark_embedding.npy"
 _C.model.flame_masks_path = "data/FLAME2020/FLAME_masks/FLAME_masks.pkl"
@@ -58,7 +63,7 @@ _C.model.flame_masks_path = "data/FLAME2020/FLAME_masks/FLAME_masks.pkl"
 _C.model.n_shape = 300
 # Number of FLAME expression coefficients of the FLAME layer (zero for MICA's canonical shape).
 _C.model.n_exp = 100
-# Unused by MICA's mapping network; kept so the original YAML files load.
+# Legacy keys of the original configs, unused by MICA's mapping network (no effect).
 _C.model.layers = 8
 _C.model.hidden_layers_size = 256
 # Hidden 300x300 layers of the mapping network (a skip connection is added when > 5).
@@ -69,6 +74,10 @@ _C.model.arch = "iresnet100"
 _C.model.use_pretrained = True
 # arcface_torch backbone.pth (Glint360K) used to initialise ArcFace when training from scratch.
 _C.model.arcface_pretrained_model = "data/pretrained/backbone.pth"
+# Training: False (default, as MICA) lets the BatchNorm layers of ArcFace's frozen stages (stem,
+# layer1..3; no gradient) use batch statistics and update their running statistics; True keeps them
+# in eval mode (unlike MICA: the frozen stages then stay exactly as loaded).
+_C.model.freeze_bn = False
 
 # ---------------------------------------------------------------------------------------------
 # Face detection (demo / benchmark export)
@@ -108,6 +117,7 @@ _C.dataset.eval_data = ["FLORENCE"]
 _C.dataset.batch_size = 2
 # Images drawn per actor, without replacement.
 _C.dataset.K = 4
+# Legacy key of the original configs (no effect).
 _C.dataset.n_train = 100000
 # DataLoader worker processes, 0..64 (0 = load in the main process).
 _C.dataset.num_workers = 4
@@ -118,7 +128,8 @@ _C.dataset.image_lists = "datasets/image_paths"
 
 # ---------------------------------------------------------------------------------------------
 # Per-vertex loss weights from FLAME_masks.pkl (assigned in the order whole, eyes, ears, face;
-# later assignments win). nose/lips/forehead/eye regions are carried but unused by default.
+# later assignments win). nose, lips, forehead, lr_eye_region and eye_region are legacy keys of the
+# original configs, unused by MICA's loss (no effect).
 # ---------------------------------------------------------------------------------------------
 _C.mask_weights = CN()
 _C.mask_weights.face = 150.0
@@ -140,6 +151,7 @@ _C.running_average = 7
 _C.train = CN()
 # Weight the per-vertex loss with mask_weights (False = uniform weights).
 _C.train.use_mask = False
+# Legacy key of the original configs (no effect: training stops at max_steps).
 _C.train.max_epochs = 50
 _C.train.max_steps = 100000
 # Learning rate of the mapping network.
@@ -152,6 +164,7 @@ _C.train.lr_update_step = 100000000
 # Sub-folders of output_dir.
 _C.train.log_dir = "logs"
 _C.train.vis_dir = "train_images"
+# Legacy key of the original configs (no effect: no validation images are written).
 _C.train.val_vis_dir = "val_images"
 # Periods in steps (0 = never).
 _C.train.log_steps = 10
@@ -159,6 +172,7 @@ _C.train.vis_steps = 200
 _C.train.checkpoint_steps = 1000
 _C.train.checkpoint_epochs_steps = 2
 _C.train.val_steps = 1000
+# Legacy keys of the original configs (no effect: no benchmark runs and no validation images during training).
 _C.train.eval_steps = 5000
 _C.train.val_save_img = 5000
 _C.train.write_summary = True
@@ -186,6 +200,16 @@ _C.test.stirling_root = ""
 _C.test.tag = "mica"
 
 
+# Keys of the original configs that are accepted but have no effect here (a warning names any that
+# a config file or override sets to a value other than its default).
+LEGACY_KEYS = (
+    "model.testing", "model.topology_path", "model.layers", "model.hidden_layers_size", "dataset.n_train",
+    "mask_weights.nose", "mask_weights.lips", "mask_weights.forehead", "mask_weights.lr_eye_region",
+    "mask_weights.eye_region", "train.max_epochs", "train.val_vis_dir", "train.eval_steps", "train.val_save_img",
+)
+CONFIG_VERSION = 1
+
+
 def get_cfg_defaults() -> CN:
     """A clone of the default configuration (safe to modify)."""
     return _C.clone()
@@ -208,6 +232,9 @@ def _merge_yaml(cfg: CN, cfg_file: str | os.PathLike) -> None:
         raise ValueError(f"config file {path} is not valid YAML: {str(e).splitlines()[0]}") from None
     if not isinstance(data, dict):
         raise ValueError(f"config file {path} must hold a mapping of keys, not {type(data).__name__}")
+    if "VERSION" in data and data["VERSION"] != CONFIG_VERSION:
+        raise ValueError(f"config file {path} sets VERSION {data['VERSION']!r}, but this project reads version "
+                         f"{CONFIG_VERSION} (compare it with configs/mica.yml, then set VERSION {CONFIG_VERSION} or drop it)")
     try:
         cfg.merge_from_other_cfg(CN(data))
     except (KeyError, ValueError) as e:
@@ -235,6 +262,12 @@ def merge_opts(cfg: CN, opts: Sequence[str]) -> None:
 
 def check_cfg(cfg: CN) -> None:
     """Cross-key checks; raises ``ValueError`` naming the key and the allowed values."""
+    if cfg.VERSION != CONFIG_VERSION:
+        raise ValueError(f"VERSION must be {CONFIG_VERSION} (the version of this project's config keys), not {cfg.VERSION}")
+    if cfg.model.name != "mica":
+        raise ValueError(f"model.name must be 'mica' (the only model), not '{cfg.model.name}'")
+    if cfg.device_id < 0:
+        raise ValueError(f"device_id must be a GPU index (0, 1, ...), not {cfg.device_id}")
     if cfg.precision not in ("fp32", "bf16", "fp16", "auto"):
         raise ValueError(f"precision must be fp32, bf16, fp16 or auto, not '{cfg.precision}'")
     dev = str(cfg.device)
@@ -266,8 +299,31 @@ def check_cfg(cfg: CN) -> None:
         raise ValueError("train.lr_update_step must be >= 1")
 
 
+def _value(cfg: CN, key: str):
+    node = cfg
+    for part in key.split("."):
+        node = node[part]
+    return node
+
+
+def warn_legacy_keys(cfg: CN) -> list:
+    """One warning line naming the ``LEGACY_KEYS`` that ``cfg`` sets to a value other than the default
+    (a saved ``config.yaml``, which repeats the defaults, stays quiet); returns their names."""
+    legacy = [k for k in LEGACY_KEYS if _value(cfg, k) != _value(_C, k)]
+    if legacy and os.environ.get("RANK", "0") == "0":  # under torchrun: once, not once per process
+        from loguru import logger
+
+        what = f"keys {', '.join(legacy)} have" if len(legacy) > 1 else f"key {legacy[0]} has"
+        logger.warning(f"config {what} no effect here (legacy keys of the original MICA configs; remove them "
+                       f"from the config to silence this)")
+    return legacy
+
+
 def load_cfg(cfg_file: Optional[str | os.PathLike] = None, opts: Iterable[str] = (), freeze: bool = True) -> CN:
     """Defaults, then ``cfg_file`` (YAML), then ``opts``; checked and (by default) frozen.
+
+    ``device "cuda"`` with ``device_id N`` becomes ``cuda:N``; legacy keys set to a non-default
+    value get one warning line (:func:`warn_legacy_keys`).
 
     Raises:
         FileNotFoundError: ``cfg_file`` does not exist.
@@ -280,6 +336,9 @@ def load_cfg(cfg_file: Optional[str | os.PathLike] = None, opts: Iterable[str] =
             cfg.output_dir = str(Path("output") / Path(cfg_file).stem)
     merge_opts(cfg, list(opts))
     check_cfg(cfg)
+    if str(cfg.device) == "cuda" and cfg.device_id != 0:
+        cfg.device = f"cuda:{cfg.device_id}"
+    warn_legacy_keys(cfg)
     if freeze:
         cfg.freeze()
     return cfg

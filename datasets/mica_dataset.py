@@ -1,6 +1,6 @@
 """The MICA training/validation dataset: one item = one actor with K aligned face images.
 
-Layout of one dataset ``NAME`` under ``ROOT`` (see ``docs``/MICA_FACTS "Training data")::
+Layout of one dataset ``NAME`` under ``ROOT`` (the official MICA dataset layout)::
 
     ROOT/NAME/FLAME_parameters/ACTOR/FIT.npz      betas (400,) = 300 shape + 100 expression, pose (15,)
     ROOT/NAME/arcface_input/ACTOR/IMAGE.jpg|png   224x224 aligned crop (for visualisation)

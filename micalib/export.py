@@ -1,6 +1,6 @@
 """Export MICA's image -> FLAME shape-coefficients network to ONNX and validate it.
 
-    python -m micalib.export --onnx mica.onnx [--cfg CFG] [--checkpoint data/pretrained/mica.tar]
+    python -m micalib.export --onnx mica.onnx [--cfg CFG] [-m data/pretrained/mica.tar]
                              [--opset 17] [--no-validate] [KEY VALUE ...]
     python -m micalib.export --onnx mica_int8.onnx --int8 --calib demo/arcface [--calib-count 64]
 
@@ -30,7 +30,8 @@ def _parse(argv: Optional[Sequence[str]]) -> argparse.Namespace:
     p.add_argument("--cfg", default=None,
                    help="YAML config merged over the defaults (default: none; the defaults read data/pretrained/mica.tar)")
     p.add_argument("--onnx", required=True, help="output ONNX file")
-    p.add_argument("--checkpoint", default="", help="mica.tar to export (default: the config's pretrained_model_path)")
+    p.add_argument("-m", "--model", "--checkpoint", dest="model", default="",
+                   help="MICA checkpoint to export (default: the config's pretrained_model_path)")
     p.add_argument("--opset", type=int, default=DEFAULT_OPSET, help=f"ONNX opset (default {DEFAULT_OPSET})")
     p.add_argument("--atol", type=float, default=DEFAULT_ATOL, help=f"validation tolerance (default {DEFAULT_ATOL:g})")
     p.add_argument("--no-validate", action="store_true", help="skip the onnxruntime comparison")
@@ -56,10 +57,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if Path(args.onnx).is_dir():
         raise MICAError(f"--onnx {args.onnx} is a folder; pass a file name such as {Path(args.onnx) / 'mica.onnx'}")
     prepare_output_dir(Path(args.onnx).expanduser().parent, "folder of --onnx", recursive=False)
-    checkpoint = args.checkpoint or cfg.pretrained_model_path
+    checkpoint = args.model or cfg.pretrained_model_path
     if not checkpoint:
         raise MICAError(f"no checkpoint to export: {args.cfg or 'the config'} sets no pretrained_model_path - pass "
-                        f"--checkpoint data/pretrained/mica.tar")
+                        f"-m data/pretrained/mica.tar")
     calibration = None
     if args.int8:  # read the calibration inputs first: a bad folder should fail before the slow export
         calibration = load_calibration_folder(args.calib, args.calib_count)

@@ -51,12 +51,14 @@ class MICA(nn.Module):
         flame: ``models.flame.FLAME`` (``canonical``, ``landmarks68``, ``landmarks7``); may be None
             for encode-only use (export), then ``decode`` raises.
         freeze: apply :func:`models.arcface.freeze_for_mica` (stem and layer1..3 frozen).
+        freeze_bn: also keep the frozen stages' BatchNorm in eval mode during training (unlike
+            MICA; see :func:`models.arcface.freeze_for_mica`).
     """
 
     def __init__(self, arcface: IResNet, regressor: MappingNetwork, flame: Optional[nn.Module] = None,
-                 freeze: bool = True) -> None:
+                 freeze: bool = True, freeze_bn: bool = False) -> None:
         super().__init__()
-        self.arcface = freeze_for_mica(arcface) if freeze else arcface
+        self.arcface = freeze_for_mica(arcface, freeze_bn=freeze_bn) if freeze else arcface
         self.regressor = regressor
         self.flame = flame
         if flame is not None:
@@ -148,7 +150,7 @@ class MICA(nn.Module):
         return ckpt.save_mica_checkpoint(path, self.arcface, self.regressor, self.flame, extra)
 
     def parameter_groups(self, lr: float, arcface_lr: float) -> List[Dict[str, Any]]:
-        """Optimiser groups as MICA: mapping network at ``lr``, trainable ArcFace at ``arcface_lr``."""
+        """Optimiser groups: mapping network at ``lr``, trainable ArcFace at ``arcface_lr``."""
         return [
             {"params": [p for p in self.regressor.parameters() if p.requires_grad], "lr": lr},
             {"params": [p for p in self.arcface.parameters() if p.requires_grad], "lr": arcface_lr},
@@ -156,7 +158,7 @@ class MICA(nn.Module):
 
     @classmethod
     def from_config(cls, cfg, device: Optional[Union[str, torch.device]] = None, with_flame: bool = True,
-                    checkpoint: Optional[Union[str, Path]] = None) -> "MICA":
+                    checkpoint: Optional[Union[str, Path]] = None, load_weights: bool = True) -> "MICA":
         """Build from the config and load weights.
 
         Weights: ``checkpoint`` if given; else ``cfg.pretrained_model_path`` when
@@ -168,6 +170,8 @@ class MICA(nn.Module):
             device: target device; None = ``cfg.device`` resolved.
             with_flame: build FLAME from ``cfg.model.flame_model_path`` (False for export).
             checkpoint: a mica.tar overriding the config.
+            load_weights: False leaves the initialisation (and says nothing): the caller loads the
+                weights itself (the trainer resuming a checkpoint).
 
         Raises:
             FileNotFoundError, MICAError: a named weight or FLAME file is missing or unusable.
@@ -185,20 +189,22 @@ class MICA(nn.Module):
             flame = FLAME.from_files(resolve_path(cfg.model.flame_model_path),
                                      resolve_path(cfg.model.flame_lmk_embedding_path),
                                      n_shape=cfg.model.n_shape, n_exp=cfg.model.n_exp)
-        model = cls(arcface, regressor, flame)
+        model = cls(arcface, regressor, flame, freeze_bn=bool(cfg.model.freeze_bn))
+        if not load_weights:
+            return model.to(dev)
         weights = checkpoint or (cfg.pretrained_model_path if cfg.model.use_pretrained else "")
         if weights:
             path = resolve_path(str(weights))
             if not path.is_file():
                 raise FileNotFoundError(f"MICA checkpoint {path} not found (download mica.tar, see data/README.md, "
-                                        f"or set pretrained_model_path / --checkpoint)")
+                                        f"or pass it with -m/--model or set pretrained_model_path)")
             model.load_checkpoint(path)
         elif cfg.model.arcface_pretrained_model:
             path = resolve_path(cfg.model.arcface_pretrained_model)
             if not path.is_file():
                 raise FileNotFoundError(f"ArcFace backbone {path} not found (training from scratch needs insightface's "
-                                        f"backbone.pth: set model.arcface_pretrained_model, or model.use_pretrained True "
-                                        f"with pretrained_model_path)")
+                                        f"backbone.pth: set model.arcface_pretrained_model, or start from a MICA "
+                                        f"checkpoint with -m/--model)")
             model.load_arcface_backbone(path)
         else:
             logger.warning("no weights configured (pretrained_model_path / model.arcface_pretrained_model): "

@@ -171,7 +171,7 @@ class Predictor:
                 raise ValueError("the onnxruntime backend needs onnx_path (python -m micalib.export)")
             if precision not in ("fp32", "auto"):
                 raise MICAError(f"precision {precision} is not available with the onnxruntime backend "
-                                f"(it runs fp32; use --backend torch for bf16/fp16)")
+                                f"(it runs fp32; run without --onnx for bf16/fp16)")
             self.device, self.dtype, self.model, self.channels_last = torch.device("cpu"), torch.float32, None, False
             self._ort = _OrtEncoder(onnx_path, "auto" if device == "auto" else str(device).split(":")[0],
                                     batch_parallel=batch_parallel)
@@ -199,7 +199,7 @@ class Predictor:
             weights = checkpoint or cfg.pretrained_model_path
             if not weights:
                 raise MICAError("no MICA checkpoint configured: set pretrained_model_path (e.g. data/pretrained/mica.tar) "
-                                "or pass --checkpoint")
+                                "or pass -m/--model")
             model = MICA.from_config(cfg, device="cpu", checkpoint=weights)
             return cls(model=model, backend="torch", device=device, precision=precision, batch_size=batch_size)
         from models.flame import FLAME

@@ -58,7 +58,8 @@ class AllReduceBatchNorm(nn.modules.batchnorm._BatchNorm):
 def convert_sync_batchnorm(module: nn.Module) -> nn.Module:
     """Replace every BatchNorm with trainable parameters by a process-synchronised one (in place).
 
-    Frozen BatchNorm layers (ArcFace stem..layer3, eval mode) are left alone. CUDA models get
+    BatchNorm layers without trainable parameters (ArcFace's frozen stem..layer3) are left alone:
+    they keep per-process statistics, as in the original. CUDA models get
     ``torch.nn.SyncBatchNorm``, others :class:`AllReduceBatchNorm`. Returns ``module``.
     """
     for name, child in list(module.named_children()):

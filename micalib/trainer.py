@@ -9,8 +9,17 @@ Everything else (LR schedule, metrics, validation, images, checkpoints) is a hoo
 Multi-process (``torchrun``): the model is wrapped in ``DistributedDataParallel``, every process reads
 its own shard through :class:`ResumableDistributedSampler` (``set_epoch`` each epoch), ``batch_size``
 is per process, and trainable BatchNorm layers (ArcFace layer4 and head) are synchronised across
-processes, so N processes x batch b train like one process with batch N*b. Rank 0 alone logs, writes
-TensorBoard and checkpoints.
+processes (unlike MICA, whose BatchNorm is per-process everywhere, because the batch statistics
+then do not depend on how the batch is split). The BatchNorm layers of the frozen stages (stem,
+layer1..3) are not synchronised: as in MICA, each process normalises them with its own batch
+statistics and updates its own running statistics from there (DDP copies rank 0's buffers to every
+process before each forward), and rank 0's are saved. So N processes x batch b train exactly like
+one process with batch N*b only with ``model.freeze_bn True``. Rank 0 alone logs, writes TensorBoard
+and checkpoints.
+
+ArcFace's frozen stages: by default, as MICA, ``train()`` puts their BatchNorm layers in train mode
+(no gradient, but batch statistics and updated running statistics); ``model.freeze_bn True`` keeps
+them in eval mode, unlike MICA (see ``models.arcface.freeze_for_mica``).
 
 Checkpoints (``output_dir/checkpoints/model_XXXXXXXX.tar``) are in the ``mica.tar`` format (the demo
 and test.py read them) plus ``opt``, ``scheduler``, ``validator``, ``global_step``, ``epoch``,
@@ -117,7 +126,7 @@ class Trainer:
     """Trains a MICA model (``arcface``, ``regressor``, ``flame`` children; ``encode``/``decode``).
 
     Args:
-        mica: the model, already on ``device``, ArcFace frozen as MICA does.
+        mica: the model, already on ``device``, ArcFace frozen (``models.arcface.freeze_for_mica``).
         train_dataset: items with ``arcface`` (K, 3, 112, 112) and ``betas`` (n_shape,)
             (``datasets.MICADataset``); ``set_epoch`` is called each epoch when present.
         collate_fn: batch collation (``datasets.collate_mica``).
@@ -268,8 +277,12 @@ class Trainer:
             pred = self.model(images)
         loss = self.loss_fn(pred.float(), gt)
         step = self.state.step + 1
-        if not torch.isfinite(loss):
-            raise NonFiniteLossError(f"training loss is {loss.item()} at step {step} (lower train.lr / "
+        bad = not bool(torch.isfinite(loss))
+        if self.world_size > 1:  # every process stops at the same step, not only the one that diverged
+            bad = comm.all_reduce_sum(torch.tensor([float(bad)], device=self.device)).item() > 0
+        if bad:
+            value = loss.item() if not torch.isfinite(loss) else "not finite on another process"
+            raise NonFiniteLossError(f"training loss is {value} at step {step} (lower train.lr / "
                                      f"train.arcface_lr or check the data; resume from the last checkpoint)")
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(loss).backward()
@@ -408,8 +421,8 @@ class Trainer:
         ckpt = load_mica_checkpoint(path)
         extra = ckpt["extra"]
         if "global_step" not in extra or "opt" not in extra:
-            raise MICAError(f"{path} holds weights only, no training state (use it with model.use_pretrained True "
-                            f"and pretrained_model_path {path} instead of --resume)")
+            raise MICAError(f"{path} holds weights only, no training state (start from it with -m {path} "
+                            f"instead of resuming)")
         load_arcface_into(self.mica.arcface, ckpt["arcface"], str(path))
         load_regressor_into(self.mica.regressor, ckpt["regressor"], str(path))
         if not reset_optimizer:
@@ -551,14 +564,8 @@ def build_trainer(cfg, resume: Optional[str | bool] = None, device: Optional[tor
     train_ds = dsb.build_train_dataset(cfg)
     val_ds = dsb.build_val_datasets(cfg)
     ckpt = find_resume_checkpoint(cfg, resume)
-    model_cfg = cfg
-    if ckpt is not None:  # the checkpoint brings the weights: do not require the initial ones
-        model_cfg = cfg.clone()
-        model_cfg.defrost()
-        model_cfg.model.use_pretrained = False
-        model_cfg.model.arcface_pretrained_model = ""
-        model_cfg.freeze()
-    mica = MICA.from_config(model_cfg, dev)
+    # resuming: the checkpoint brings the weights, the initial ones are neither needed nor loaded
+    mica = MICA.from_config(cfg, dev, load_weights=ckpt is None)
     weights = torch.from_numpy(np.asarray(masks.from_config(cfg, mica.flame.n_vertices), dtype=np.float32))
     trainer = Trainer(
         mica, train_ds, output_dir=output_dir_of(cfg), vertex_weights=weights,

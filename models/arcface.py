@@ -95,8 +95,9 @@ class IResNet(nn.Module):
         num_features: embedding size (512).
 
     ``freeze_mica`` (set by :func:`freeze_for_mica`) makes the stem and layer1..layer3 run without
-    gradients and stay in eval mode (BN running statistics untouched), as MICA trains only layer4
-    and the head.
+    gradients, as MICA trains only layer4 and the head. As in MICA, ``train()`` still puts their
+    BatchNorm layers in train mode (batch statistics, running statistics updated) unless
+    ``freeze_bn`` is also set (then they stay in eval mode; a deviation, see :func:`freeze_for_mica`).
     """
 
     def __init__(self, layers: Sequence[int], dropout: float = 0.0, num_features: int = EMBEDDING_DIM) -> None:
@@ -105,6 +106,7 @@ class IResNet(nn.Module):
             raise ValueError(f"IResNet needs 4 stages of >= 1 block each, got {list(layers)}")
         self.layers_per_stage = [int(n) for n in layers]
         self.freeze_mica = False
+        self.freeze_bn = False
         in_ch = STAGE_WIDTHS[0]
         self.conv1 = _conv3x3(3, in_ch)
         self.bn1 = nn.BatchNorm2d(in_ch, eps=BN_EPS)
@@ -139,9 +141,9 @@ class IResNet(nn.Module):
         return [self.conv1, self.bn1, self.prelu, self.layer1, self.layer2, self.layer3]
 
     def train(self, mode: bool = True) -> "IResNet":
-        """As ``nn.Module.train``, but frozen modules stay in eval mode when ``freeze_mica`` is set."""
+        """As ``nn.Module.train``, but frozen modules stay in eval mode when ``freeze_bn`` is set."""
         super().train(mode)
-        if self.freeze_mica:
+        if self.freeze_mica and self.freeze_bn:
             for m in self.frozen_modules():
                 m.eval()
         return self
@@ -169,13 +171,19 @@ class IResNet(nn.Module):
         return self.forward_head(self.forward_features(x))
 
 
-def freeze_for_mica(model: IResNet) -> IResNet:
+def freeze_for_mica(model: IResNet, freeze_bn: bool = False) -> IResNet:
     """Freeze the stem and layer1..layer3 as MICA does; layer4 and the head keep training.
 
-    Frozen parameters get ``requires_grad=False``, the frozen part runs under ``torch.no_grad`` and
-    stays in eval mode even after ``model.train()``. Returns ``model`` (modified in place).
+    Frozen parameters get ``requires_grad=False`` and the frozen part runs under ``torch.no_grad``.
+    By default (``freeze_bn=False``), as MICA, whose trainer calls ``train()`` on the whole network,
+    their BatchNorm layers still normalise with the batch's statistics and update their running
+    statistics in train mode (these statistics end up in the checkpoint). ``freeze_bn=True`` keeps
+    the frozen part in eval mode even after ``model.train()`` (running statistics untouched): unlike
+    MICA, because the stages are then truly fixed, e.g. when fine-tuning on small batches whose
+    statistics would drift from the pretrained ones. Returns ``model`` (modified in place).
     """
     model.freeze_mica = True
+    model.freeze_bn = bool(freeze_bn)
     for m in model.frozen_modules():
         for p in m.parameters():
             p.requires_grad_(False)
@@ -212,6 +220,7 @@ def fuse_for_inference(model: IResNet) -> IResNet:
 
     fused = copy.deepcopy(model).eval()
     fused.freeze_mica = False
+    fused.freeze_bn = False
     fused.conv1, fused.bn1 = _fold_into_conv(fused.conv1, fused.bn1), nn.Identity()
     for stage in (fused.layer1, fused.layer2, fused.layer3, fused.layer4):
         for block in stage:

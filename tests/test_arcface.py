@@ -94,31 +94,89 @@ def test_blocks_are_residual_and_stride_on_second_conv():
         torch.testing.assert_close(block(x), h + sc, rtol=1e-5, atol=1e-5)
 
 
-def test_freezing_one_optimiser_step():
+FROZEN_NAMES = ("conv1.", "bn1.", "prelu.", "layer1.", "layer2.", "layer3.")
+
+
+def _train_steps(freeze_bn: bool, steps: int = 3):
+    """``steps`` AdamW steps of a frozen iresnet18 + mapping network in train mode, as MICA's trainer
+    runs them (``train()`` on the whole network). Returns (state before, state after, arcface, regressor state before)."""
     torch.manual_seed(0)
-    arcface = freeze_for_mica(random_arcface("iresnet18"))
+    arcface = freeze_for_mica(random_arcface("iresnet18"), freeze_bn=freeze_bn)
     regressor = MappingNetwork(512, 300, 3, 300)
     arcface.train()
     regressor.train()
-    frozen_names = ("conv1.", "bn1.", "prelu.", "layer1.", "layer2.", "layer3.")
     before = {k: v.clone() for k, v in arcface.state_dict().items()}
     reg_before = {k: v.clone() for k, v in regressor.state_dict().items()}
-    assert all(not m.training for m in arcface.frozen_modules()) and arcface.layer4.training
     opt = torch.optim.AdamW(list(arcface.parameters()) + list(regressor.parameters()), lr=1e-3)
-    images = torch.rand(4, 3, 112, 112) * 2 - 1
-    loss = regressor(F.normalize(arcface(images), dim=1)).square().mean()
-    loss.backward()
-    opt.step()
-    after = arcface.state_dict()
-    for k, v in after.items():
-        if k.startswith(frozen_names):
+    gen = torch.Generator().manual_seed(1)
+    for _ in range(steps):
+        images = torch.rand(4, 3, 112, 112, generator=gen) * 2 - 1
+        loss = regressor(F.normalize(arcface(images), dim=1)).square().mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    return before, arcface.state_dict(), arcface, reg_before, regressor
+
+
+@pytest.mark.parametrize("freeze_bn", [False, True])
+def test_freezing_optimiser_steps(freeze_bn):
+    before, after, arcface, reg_before, regressor = _train_steps(freeze_bn)
+    # frozen parameters (convolutions, BN affine, PReLU) never move and get no gradient, in both modes
+    for k, v in arcface.named_parameters():
+        if k.startswith(FROZEN_NAMES):
+            assert not v.requires_grad and v.grad is None, k
             assert torch.equal(v, before[k]), f"frozen {k} changed"
-    assert arcface.conv1.weight.grad is None and arcface.layer3[0].conv1.weight.grad is None
+    assert arcface.layer4.training and arcface.layer4[0].bn1.training
     changed = [k for k in after if k.startswith("layer4.") and not torch.equal(after[k], before[k])]
     assert "layer4.0.conv1.weight" in changed and "layer4.0.bn1.running_mean" in changed  # weights AND BN stats
     assert not torch.equal(after["fc.weight"], before["fc.weight"])
     assert torch.equal(after["features.weight"], before["features.weight"])  # fixed at 1
     assert all(not torch.equal(v, reg_before[k]) for k, v in regressor.state_dict().items())
+    frozen_bn = [m for f in arcface.frozen_modules() for m in f.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    stats = ("bn1.running_mean", "layer1.0.bn1.running_mean", "layer1.0.bn2.running_var",
+             "layer1.0.downsample.1.running_mean", "layer3.1.bn3.running_var", "layer1.0.bn1.num_batches_tracked")
+    if freeze_bn:  # unlike MICA: the frozen stages stay in eval mode, running statistics untouched
+        assert all(not m.training for m in frozen_bn)
+        for k in stats:
+            assert torch.equal(after[k], before[k]), k
+    else:  # as MICA: train mode, running statistics follow the batches
+        assert all(m.training for m in frozen_bn)
+        for k in stats:
+            assert not torch.equal(after[k], before[k]), k
+        assert int(after["layer1.0.bn1.num_batches_tracked"]) == int(before["layer1.0.bn1.num_batches_tracked"]) + 3
+
+
+def test_frozen_bn_train_mode_uses_batch_statistics():
+    """Default (as MICA): layer1's first BN normalises with the batch's own mean and variance, checked
+    against a hand computation; with freeze_bn it uses the running statistics instead."""
+    torch.manual_seed(0)
+    for freeze_bn in (False, True):
+        arcface = freeze_for_mica(random_arcface("iresnet18"), freeze_bn=freeze_bn).train()
+        bn = arcface.layer1[0].bn1
+        x = torch.randn(6, 64, 8, 8) * 3 + 1
+        mean, var = x.mean(dim=(0, 2, 3)), x.var(dim=(0, 2, 3), unbiased=False)
+        if freeze_bn:
+            mean, var = bn.running_mean, bn.running_var
+        expected = (x - mean.view(1, -1, 1, 1)) / torch.sqrt(var.view(1, -1, 1, 1) + bn.eps)
+        expected = expected * bn.weight.view(1, -1, 1, 1) + bn.bias.view(1, -1, 1, 1)
+        with torch.no_grad():
+            torch.testing.assert_close(bn(x), expected, rtol=1e-4, atol=1e-4)
+
+
+def test_frozen_stages_are_not_converted_to_synchronised_batchnorm():
+    """With several processes only BatchNorm layers with trainable parameters are synchronised: the
+    frozen stages keep plain per-process BatchNorm (as the original's), in both modes."""
+    from micalib.sync_batchnorm import AllReduceBatchNorm, convert_sync_batchnorm
+
+    for freeze_bn in (False, True):
+        arcface = convert_sync_batchnorm(freeze_for_mica(random_arcface("iresnet18"), freeze_bn=freeze_bn).train())
+        frozen = [m for f in arcface.frozen_modules() for m in f.modules()
+                  if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+        assert frozen and not any(isinstance(m, AllReduceBatchNorm) for m in frozen)
+        assert all(m.training != freeze_bn for m in frozen)
+        trainable = [m for m in arcface.layer4.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+        assert trainable and all(isinstance(m, AllReduceBatchNorm) for m in trainable)
+        assert isinstance(arcface.bn2, AllReduceBatchNorm) and isinstance(arcface.features, AllReduceBatchNorm)
 
 
 def test_fused_inference_copy_matches():

@@ -91,3 +91,118 @@ def test_unsafe_yaml_is_not_executed(tmp_path):
 def test_resolve_path(tmp_path):
     assert resolve_path("data/x.pkl") == PROJECT_ROOT / "data" / "x.pkl"
     assert resolve_path(str(tmp_path)) == tmp_path
+
+
+# ------------------------------------------------------------------------------------------------
+# Keys the code never reads: each is either used or a declared legacy key that warns
+# ------------------------------------------------------------------------------------------------
+def _leaves(node, prefix=""):
+    for k, v in node.items():
+        if hasattr(v, "items"):
+            yield from _leaves(v, f"{prefix}{k}.")
+        else:
+            yield f"{prefix}{k}"
+
+
+def _project_source() -> str:
+    """All Python source of the project except the tests (the defaults are `_C.` lines, not `cfg.`)."""
+    parts = []
+    for path in sorted(PROJECT_ROOT.rglob("*.py")):
+        rel = path.relative_to(PROJECT_ROOT).as_posix()
+        if rel.startswith((".venv/", "tests/")) or "/." in rel:
+            continue
+        parts.append(path.read_text(encoding="utf-8"))
+    return "\n".join(parts)
+
+
+def test_every_key_is_read_or_a_declared_legacy_key():
+    """Oracle: the source text. A key counts as read when some module accesses ``cfg.<key>`` (mask
+    weights are read as one dict, of which ``models.masks`` uses the names in DEFAULT_WEIGHTS)."""
+    import re
+
+    from configs.config import LEGACY_KEYS
+    from models.masks import DEFAULT_WEIGHTS
+
+    source = _project_source()
+    unread = []
+    for key in _leaves(get_cfg_defaults()):
+        if key == "VERSION" or key in LEGACY_KEYS:
+            continue
+        section, _, name = key.rpartition(".")
+        if section == "mask_weights":
+            if name not in DEFAULT_WEIGHTS or "cfg.mask_weights" not in source:
+                unread.append(key)
+            continue
+        # cfg.<key>, or the key's name passed as a string to a helper (``_names(cfg, "eval_data")``)
+        if not re.search(r"\bcfg\." + re.escape(key) + r"\b", source) and not re.search(f"[\"']{name}[\"']", source):
+            unread.append(key)
+    assert unread == []
+    # and no legacy key is secretly read (it would then not be "without effect")
+    for key in LEGACY_KEYS:
+        assert not re.search(r"\bcfg\." + re.escape(key) + r"\b", source), key
+
+
+@pytest.fixture()
+def warnings_logged():
+    from loguru import logger
+
+    lines = []
+    sink = logger.add(lambda m: lines.append(str(m).rstrip("\n")), level="WARNING", format="{message}")
+    yield lines
+    logger.remove(sink)
+
+
+def test_legacy_keys_warn_once_in_one_line(tmp_path, warnings_logged):
+    original = tmp_path / "original.yml"  # an excerpt of the original MICA's mica.yml
+    original.write_text("train:\n  val_save_img: 1200\n  max_epochs: 10\nmodel:\n  name: 'mica'\n")
+    cfg = load_cfg(original, ["mask_weights.nose", "20.0"])
+    assert cfg.train.val_save_img == 1200  # accepted
+    assert len(warnings_logged) == 1 and "\n" not in warnings_logged[0]
+    msg = warnings_logged[0]
+    for key in ("train.val_save_img", "train.max_epochs", "mask_weights.nose"):
+        assert key in msg
+    assert "no effect" in msg and "model.name" not in msg
+
+
+def test_legacy_warning_once_under_torchrun(tmp_path, warnings_logged, monkeypatch):
+    monkeypatch.setenv("RANK", "1")
+    assert load_cfg(None, ["train.eval_steps", "10"]).train.eval_steps == 10
+    assert warnings_logged == []  # rank 0 says it
+    monkeypatch.setenv("RANK", "0")
+    load_cfg(None, ["train.eval_steps", "10"])
+    assert len(warnings_logged) == 1 and "key train.eval_steps has no effect" in warnings_logged[0]
+
+
+def test_shipped_and_saved_configs_do_not_warn(tmp_path, warnings_logged):
+    cfg = load_cfg(PROJECT_ROOT / "configs" / "mica.yml")
+    saved = tmp_path / "config.yaml"  # what train.py writes into the run folder: every key, defaults included
+    saved.write_text(cfg.dump())
+    load_cfg(saved)
+    assert warnings_logged == []
+
+
+def test_version_device_id_and_model_name(tmp_path):
+    newer = tmp_path / "v2.yml"
+    newer.write_text("VERSION: 2\n")
+    with pytest.raises(ValueError, match="VERSION 2") as e:
+        load_cfg(newer)
+    assert "\n" not in str(e.value)
+    same = tmp_path / "v1.yml"
+    same.write_text("VERSION: 1\n")
+    assert load_cfg(same).VERSION == 1
+    assert load_cfg(None, ["device", "cuda", "device_id", "1"]).device == "cuda:1"  # not resolved: no GPU needed
+    quoted = tmp_path / "quoted.yml"  # the original configs write device_id as a string
+    quoted.write_text("device: cuda\ndevice_id: '3'\n")
+    assert load_cfg(quoted).device == "cuda:3"
+    assert load_cfg(None, ["device", "cuda:2", "device_id", "1"]).device == "cuda:2"  # explicit index wins
+    assert load_cfg(None, ["device", "cpu", "device_id", "1"]).device == "cpu"
+    for bad in ("gpu0", "-1"):
+        with pytest.raises(ValueError, match="device_id"):
+            load_cfg(None, ["device_id", bad])
+    with pytest.raises(ValueError, match="model.name"):
+        load_cfg(None, ["model.name", "deca"])
+
+
+def test_freeze_bn_default_is_mica():
+    assert get_cfg_defaults().model.freeze_bn is False
+    assert load_cfg(None, ["model.freeze_bn", "True"]).model.freeze_bn is True

@@ -279,3 +279,128 @@ def test_generate_cli(faces_dir, tmp_path):
         {"Adrian": (["Adrian/texture_1C_001.jpg"], "Adrian/Adrian.npz")}
     bad = subprocess.run(cmd[:4] + ["BFM"] + cmd[5:], cwd=ROOT, capture_output=True, text=True)
     assert bad.returncode == 1 and "unknown dataset 'BFM'" in bad.stderr and "Traceback" not in bad.stderr
+
+
+# ------------------------------------------------------------------------------------------------
+# the original's face filter: detector threshold, centre face, then the dataset's minimum score
+# ------------------------------------------------------------------------------------------------
+def test_min_score_defaults_are_the_originals():
+    # datasets/creation/instances/ of the original MICA: FLORENCE 0.85, STIRLING 0.75, the others none
+    expected = {"FLORENCE": 0.85, "STIRLING": 0.75}
+    for name in READERS:
+        assert get_reader(name).min_score == expected.get(name), name
+
+
+class ThresholdDetector:
+    """Emulates a detector with its own score threshold (SCRFD's ``det_thresh``): returns the given
+    faces whose score reaches the threshold."""
+
+    def __init__(self, faces, threshold: float = 0.5):
+        self.faces, self.threshold = faces, threshold
+
+    def detect(self, rgb):
+        return [f for f in self.faces if f.score >= self.threshold]
+
+
+def _two_face_photo(tmp_path: Path, centre_score: float, side_score: float):
+    """FLORENCE layout, one photo with a face at the centre and one off-centre (painted dots)."""
+    from utils.alignment import norm_crop, to_network_input
+
+    rgb, centre_kps = _painted_photo(0, 1.2, (240, 180))
+    side_rgb, side_kps = _painted_photo(10, 0.6, (400, 90))
+    rgb = np.where(side_rgb != 128, side_rgb, rgb).astype(np.uint8)
+    raw, fits = tmp_path / "raw", tmp_path / "fits"
+    _write_rgb(raw / "subject_01" / "frame_0001.png", rgb)
+    (fits / "subject_01").mkdir(parents=True, exist_ok=True)
+    np.savez(fits / "subject_01" / "110920150452.npz", betas=np.zeros(400), pose=np.zeros(15))
+
+    def box(k):
+        return np.concatenate([k.min(0) - 20, k.max(0) + 20]).astype(np.float32)
+
+    faces = [Face(box(side_kps), side_kps, side_score), Face(box(centre_kps), centre_kps, centre_score)]
+    expected = {name: to_network_input(norm_crop(rgb, k, size=112)) for name, k in
+                (("centre", centre_kps), ("side", side_kps))}
+    return raw, fits, faces, expected
+
+
+@pytest.mark.parametrize("centre_score, side_score, min_score, kept", [
+    (0.80, 0.95, None, None),      # FLORENCE 0.85: the centre face is picked first, then dropped
+    (0.90, 0.95, None, "centre"),  # centre face above the minimum: kept although the other scores higher
+    (0.45, 0.90, None, "side"),    # below the detector threshold: gone before the centre face is picked
+    (0.45, 0.80, None, None),      # ... and the remaining face is below FLORENCE's minimum
+    (0.80, 0.95, 0.0, "centre"),   # --min-score 0: no minimum
+])
+def test_filter_order_threshold_centre_then_min_score(tmp_path, centre_score, side_score, min_score, kept):
+    raw, fits, faces, expected = _two_face_photo(tmp_path, centre_score, side_score)
+    out = tmp_path / "out"
+    s = create_dataset(get_reader("FLORENCE"), raw, fits, out, ThresholdDetector(faces, 0.5), progress=False,
+                       min_score=min_score)
+    npy = out / "FLORENCE" / "arcface_input" / "subject_01" / "frame_0001.npy"
+    if kept is None:
+        assert s.written == 0 and npy.exists() is False
+        assert len(s.failed) == 1 and "below the minimum 0.85" in s.failed[0][1]
+    else:
+        assert s.written == 1 and s.failed == []
+        np.testing.assert_array_equal(np.load(npy), expected[kept])
+
+
+def _fake_mtcnn(faces):
+    from utils.detectors import MTCNN
+
+    class FakeMTCNN(MTCNN):  # an MTCNN as far as the pipeline can tell, without its weights
+        def __init__(self):
+            pass
+
+        def detect(self, rgb):
+            return list(faces)
+
+    return FakeMTCNN()
+
+
+def _logged_warnings(fn) -> list:
+    from loguru import logger
+
+    lines = []
+    sink = logger.add(lambda m: lines.append(str(m)), level="WARNING", format="{message}")
+    try:
+        fn()
+    finally:
+        logger.remove(sink)
+    return lines
+
+
+def _stirling_photos(tmp_path: Path, n: int = 3):
+    rgb, kps = _painted_photo(0, 1.2, (240, 180))
+    raw, fits = tmp_path / "raw", tmp_path / "fits"
+    for i in range(1, n + 1):
+        _write_rgb(raw / f"F1001_00{i}.jpg", rgb)
+    (fits / "F1001").mkdir(parents=True)
+    np.savez(fits / "F1001" / "F1001_N.npz", betas=np.zeros(400), pose=np.zeros(15))
+    box = np.concatenate([kps.min(0) - 20, kps.max(0) + 20]).astype(np.float32)
+    return raw, fits, lambda score: Face(box, kps, score)
+
+
+def test_stirling_minimum_and_mtcnn_warning_once_per_run(tmp_path):
+    raw, fits, face = _stirling_photos(tmp_path)
+    runs = {}
+    reader = get_reader("Stirling")
+    lines = _logged_warnings(lambda: runs.update(
+        low=create_dataset(reader, raw, fits, tmp_path / "a", _fake_mtcnn([face(0.74)]), progress=False),
+        high=create_dataset(reader, raw, fits, tmp_path / "b", _fake_mtcnn([face(0.76)]), progress=False)))
+    assert runs["low"].written == 0 and len(runs["low"].failed) == 3
+    assert all("below the minimum 0.75" in why for _, why in runs["low"].failed)
+    assert runs["high"].written == 3
+    scrfd = [m for m in lines if "SCRFD score" in m]
+    assert len(scrfd) == 2 and "MTCNN" in scrfd[0] and "\n" not in scrfd[0].rstrip("\n")  # once per run
+
+
+def test_no_mtcnn_warning_without_a_minimum(tmp_path):
+    raw, fits, face = _stirling_photos(tmp_path, n=1)
+    runs = {}
+    lines = _logged_warnings(lambda: runs.update(
+        off=create_dataset(get_reader("Stirling"), raw, fits, tmp_path / "a", _fake_mtcnn([face(0.3)]),
+                           progress=False, min_score=0),
+        scrfd_like=create_dataset(get_reader("Stirling"), raw, fits, tmp_path / "b",
+                                  ThresholdDetector([face(0.9)]), progress=False)))
+    assert runs["off"].written == 1 and runs["scrfd_like"].written == 1
+    assert not any("SCRFD score" in m for m in lines)

@@ -100,7 +100,7 @@ def test_cli_writes_and_validates(tmp_path):
     r = subprocess.run([sys.executable, "-m", "micalib.export", "--cfg", "configs/mica.yml", "--onnx", str(out)],
                        cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert r.returncode == 1 and "Traceback" not in r.stderr
-    assert "no checkpoint to export" in r.stderr and "--checkpoint" in r.stderr
+    assert "no checkpoint to export" in r.stderr and "-m " in r.stderr
 
 
 @pytest.mark.slow

@@ -151,10 +151,12 @@ def test_training_lowers_loss_and_writes_run_files(train_setup_dir, tmp_path):
     # of ../shared); 5% leaves room for that spread and still fails when nothing learns
     assert after < 0.95 * before, (before, after)
     assert math.isfinite(trainer.validator.history[-1]["average"])
-    # only the trainable part moved: frozen ArcFace stem stays, layer4 and the mapping network change
+    # only the trainable part moved: frozen ArcFace convolutions stay (their BN running statistics
+    # follow the batches, as MICA), layer4 and the mapping network change
     w1 = weights_of(trainer)
     assert torch.equal(w0["arcface.layer1.0.conv1.weight"], w1["arcface.layer1.0.conv1.weight"])
-    assert torch.equal(w0["arcface.bn1.running_mean"], w1["arcface.bn1.running_mean"])
+    assert torch.equal(w0["arcface.conv1.weight"], w1["arcface.conv1.weight"])
+    assert not torch.equal(w0["arcface.bn1.running_mean"], w1["arcface.bn1.running_mean"])
     assert not torch.equal(w0["arcface.layer4.0.conv1.weight"], w1["arcface.layer4.0.conv1.weight"])
     assert not torch.equal(w0["regressor.output.weight"], w1["regressor.output.weight"])
     assert (out / "checkpoints" / "model_00000008.tar").is_file()
@@ -167,6 +169,7 @@ def test_training_lowers_loss_and_writes_run_files(train_setup_dir, tmp_path):
 
     ck = load_mica_checkpoint(out / "model.tar")
     assert ck["extra"]["global_step"] == 8
+    assert torch.equal(ck["arcface"]["layer1.0.bn1.running_var"], w1["arcface.layer1.0.bn1.running_var"])
     assert torch.equal(ck["regressor"]["output.weight"], w1["regressor.output.weight"])
     m = MICA.from_config(cfg, "cpu", checkpoint=out / "model.tar")
     assert torch.equal(m.arcface.layer4[0].conv1.weight, w1["arcface.layer4.0.conv1.weight"])
@@ -245,7 +248,11 @@ def _ddp_worker(rank: int, world: int, port: int, opts: Sequence[str], result: s
 
 @pytest.mark.slow
 def test_two_process_ddp_matches_single_process_with_double_batch(train_setup_dir, tmp_path):
-    steps = {"train.max_steps": 3, "train.val_steps": 3, "train.lr": 1e-3, "train.arcface_lr": 1e-3}
+    # with model.freeze_bn the frozen stages' BN use running statistics, so the only per-process
+    # statistics are the synchronised ones and N x b trains like 1 x N*b (the default's per-process
+    # statistics of the frozen stages: test_two_process_ddp_frozen_bn_statistics_are_per_process)
+    steps = {"train.max_steps": 3, "train.val_steps": 3, "train.lr": 1e-3, "train.arcface_lr": 1e-3,
+             "model.freeze_bn": True}
     opts2 = make_opts(train_setup_dir, tmp_path / "ddp", **steps, **{"dataset.batch_size": 2})
     mp.spawn(_ddp_worker, args=(2, _free_port(), opts2, str(tmp_path)), nprocs=2, join=True)
     r0 = torch.load(tmp_path / "rank0.pt", weights_only=True)
@@ -276,6 +283,77 @@ def test_two_process_ddp_matches_single_process_with_double_batch(train_setup_di
     assert moved > 10
     assert tot_diff ** 0.5 <= 0.05 * tot_update ** 0.5
     assert math.isclose(r0["val"], single.validator.history[-1]["average"], rel_tol=1e-4)
+
+
+def _ddp_stats_worker(rank: int, world: int, port: int, opts: Sequence[str], result: str) -> None:
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), LOCAL_RANK=str(rank),
+                      WORLD_SIZE=str(world))
+    torch.set_num_threads(1)
+    from utils import dist as comm
+
+    comm.init_distributed("cpu", timeout_s=120)
+    try:
+        trainer = build_trainer(load_cfg(ROOT / "configs/mica.yml", list(opts)))
+        trainer.train()
+        torch.save({"weights": weights_of(trainer)}, os.path.join(result, f"rank{rank}.pt"))
+    finally:
+        comm.destroy_distributed()
+
+
+@pytest.mark.slow
+def test_two_process_ddp_frozen_bn_statistics_are_per_process(train_setup_dir, tmp_path):
+    """Default (as the original's per-process BatchNorm): the frozen stages' BN layers update their
+    running statistics from each process's own batch, so the ranks end with different statistics
+    (rank 0's are saved), while every trained weight and the synchronised BN statistics agree."""
+    from utils.checkpoint import load_mica_checkpoint
+
+    out = tmp_path / "ddp"
+    opts = make_opts(train_setup_dir, out, **{"train.max_steps": 2, "dataset.batch_size": 2})
+    mp.spawn(_ddp_stats_worker, args=(2, _free_port(), opts, str(tmp_path)), nprocs=2, join=True)
+    r0 = torch.load(tmp_path / "rank0.pt", weights_only=True)["weights"]
+    r1 = torch.load(tmp_path / "rank1.pt", weights_only=True)["weights"]
+    frozen = ("arcface.bn1.", "arcface.layer1.", "arcface.layer2.", "arcface.layer3.")
+    for k in r0:
+        if k.startswith(frozen) and k.endswith(("running_mean", "running_var")):
+            assert not torch.equal(r0[k], r1[k]), k
+        elif k.endswith("num_batches_tracked") or not k.endswith(("running_mean", "running_var")):
+            assert torch.equal(r0[k], r1[k]), k
+        else:  # synchronised BN of layer4 and the head: equal up to the all-reduce's rounding
+            torch.testing.assert_close(r0[k], r1[k], rtol=1e-5, atol=1e-6)
+    saved = load_mica_checkpoint(out / "model.tar")["arcface"]
+    assert torch.equal(saved["layer1.0.bn1.running_mean"], r0["arcface.layer1.0.bn1.running_mean"])
+
+
+def _ddp_nan_worker(rank: int, world: int, port: int, opts: Sequence[str], result: str) -> None:
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), LOCAL_RANK=str(rank),
+                      WORLD_SIZE=str(world))
+    torch.set_num_threads(1)
+    from utils import dist as comm
+
+    comm.init_distributed("cpu", timeout_s=60)
+    try:
+        trainer = build_trainer(load_cfg(ROOT / "configs/mica.yml", list(opts)))
+        trainer.run_step()
+        if rank == 1:  # only this process's loss becomes NaN
+            trainer.loss_fn.weights.fill_(float("nan"))
+        try:
+            trainer.run_step()
+            outcome = "went on"
+        except NonFiniteLossError as e:
+            outcome = str(e)
+        Path(result, f"rank{rank}.txt").write_text(outcome)
+    finally:
+        comm.destroy_distributed()
+
+
+@pytest.mark.slow
+def test_two_process_nan_loss_stops_every_process(train_setup_dir, tmp_path):
+    """A NaN loss on one process stops all of them at the same step (none waits for the other)."""
+    opts = make_opts(train_setup_dir, tmp_path / "ddp", **{"train.max_steps": 3})
+    mp.spawn(_ddp_nan_worker, args=(2, _free_port(), opts, str(tmp_path)), nprocs=2, join=True)
+    r0, r1 = (tmp_path / "rank0.txt").read_text(), (tmp_path / "rank1.txt").read_text()
+    assert "training loss is nan at step 2" in r1
+    assert "not finite on another process at step 2" in r0
 
 
 # ------------------------------------------------------------------------------------------------
@@ -316,6 +394,81 @@ def test_non_finite_loss_names_the_step(train_setup_dir, tmp_path):
     trainer.loss_fn.weights.fill_(float("nan"))
     with pytest.raises(NonFiniteLossError, match="at step 2"):
         trainer.run_step()
+
+
+def test_nan_loss_stops_train_py_with_one_line(train_setup_dir, tmp_path, capfd):
+    """A diverging run (absurd learning rates: the first step throws the weights to ~1e30) stops at the
+    first non-finite loss with one line naming the step, no traceback, and writes no final model."""
+    import train
+    from utils.errors import run_main
+
+    out = tmp_path / "nan"
+    argv = ["--cfg", str(ROOT / "configs/mica.yml")] + make_opts(
+        train_setup_dir, out, **{"train.lr": 1e30, "train.arcface_lr": 1e30, "train.max_steps": 3})
+    with pytest.raises(SystemExit) as e:
+        run_main(lambda: train.main(argv))
+    assert e.value.code == 1
+    err = [line for line in capfd.readouterr().err.splitlines() if "ERROR" in line or "Traceback" in line]
+    assert len(err) == 1 and "training loss is" in err[0] and "at step 2" in err[0], err
+    assert not (out / "model.tar").exists()
+
+
+def _layer1_state(trainer) -> dict:
+    return {k: v.detach().clone() for k, v in trainer.mica.arcface.state_dict().items()
+            if k.startswith(("conv1.", "bn1.", "layer1."))}
+
+
+@pytest.mark.parametrize("freeze_bn", [False, True])
+def test_frozen_stages_batchnorm_during_training(train_setup_dir, tmp_path, freeze_bn):
+    """Two trainer steps: the frozen convolutions never change; layer1's BN running statistics change
+    only in the default (as MICA), and the checkpoint holds them."""
+    from utils.checkpoint import load_mica_checkpoint
+
+    trainer = build_trainer(load_cfg(ROOT / "configs/mica.yml", make_opts(
+        train_setup_dir, tmp_path / "f", **{"model.freeze_bn": freeze_bn})))
+    before = _layer1_state(trainer)
+    for _ in range(2):
+        trainer.run_step()
+    after = _layer1_state(trainer)
+    arc = trainer.mica.arcface
+    assert arc.layer1.training != freeze_bn and arc.layer4.training
+    for k in ("conv1.weight", "layer1.0.conv1.weight", "layer1.1.conv2.weight", "layer1.0.downsample.0.weight",
+              "bn1.weight", "layer1.0.bn2.bias", "layer1.0.prelu.weight"):
+        assert torch.equal(before[k], after[k]), k
+    stats = [k for k in before if k.endswith(("running_mean", "running_var"))]
+    changed = [k for k in stats if not torch.equal(before[k], after[k])]
+    assert changed == ([] if freeze_bn else stats)
+    path = trainer.save_checkpoint()
+    saved = load_mica_checkpoint(path)["arcface"]
+    assert torch.equal(saved["layer1.0.bn1.running_mean"], after["layer1.0.bn1.running_mean"])
+
+
+def _warnings_during(fn) -> List[str]:
+    from loguru import logger
+
+    lines: List[str] = []
+    sink = logger.add(lambda m: lines.append(str(m)), level="WARNING", format="{message}")
+    try:
+        fn()
+    finally:
+        logger.remove(sink)
+    return lines
+
+
+def test_resume_does_not_claim_random_weights(train_setup_dir, tmp_path):
+    """Resuming loads the checkpoint's weights: no "random weights" warning, even when the initial
+    weights of the config are gone."""
+    opts = make_opts(train_setup_dir, tmp_path / "r", **{"train.checkpoint_steps": 1, "train.max_steps": 1})
+    build_trainer(load_cfg(ROOT / "configs/mica.yml", opts)).train()
+    cfg = load_cfg(ROOT / "configs/mica.yml", opts + ["train.max_steps", "2", "pretrained_model_path", "/gone/mica.tar"])
+    box = {}
+    warnings = _warnings_during(lambda: box.setdefault("t", build_trainer(cfg)))
+    assert box["t"].state.step == 1
+    assert not any("random" in w for w in warnings), warnings
+    # while a fresh run without any weights still says so
+    fresh = load_cfg(ROOT / "configs/mica.yml", make_opts(train_setup_dir, tmp_path / "s", **{
+        "model.use_pretrained": False, "model.arcface_pretrained_model": ""}))
+    assert any("random weights" in w for w in _warnings_during(lambda: build_trainer(fresh)))
 
 
 def test_training_image_grid(train_setup_dir, tmp_path):

@@ -36,7 +36,11 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--antelopev2", default=DEFAULT_ANTELOPEV2_DIR, help="insightface antelopev2 folder")
     parser.add_argument("--det-size", type=int, nargs=2, default=(224, 224), metavar=("W", "H"),
                         help="SCRFD input size (default 224 224, as MICA)")
-    parser.add_argument("--threshold", type=float, default=0.5, help="minimum detection score")
+    parser.add_argument("--threshold", type=float, default=0.5,
+                        help="detector threshold, applied before the centre face is picked (default 0.5, as MICA)")
+    parser.add_argument("--min-score", type=float, default=None,
+                        help="drop a photo whose picked centre face scores below this (default: the dataset's, "
+                             "as the original: FLORENCE 0.85, STIRLING 0.75, others none; 0 = none)")
     parser.add_argument("--device", default="cpu", help="torch device of MTCNN (cpu, cuda, auto)")
     parser.add_argument("--actors", nargs="*", default=None, help="only these actors")
     parser.add_argument("--overwrite", action="store_true", help="redo photos whose outputs already exist")
@@ -47,6 +51,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args = _parser().parse_args(argv)
     reader = get_reader(args.dataset)
     check_range("--threshold", args.threshold, 0, 1, low_open=True, hint="a detection score")
+    if args.min_score is not None:
+        check_range("--min-score", args.min_score, 0, 1, hint="0 = no minimum")
     # refuse an unusable output before loading the detector; remove what killed runs left behind
     prepare_output_dir(args.out / reader.name, "dataset folder (--out)")
     if args.list is not None:
@@ -54,7 +60,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     detector = create_detector(args.detector, args.antelopev2, tuple(args.det_size), args.threshold,
                                device=resolve_device(args.device))
     summary = create_dataset(reader, args.raw, args.fits, args.out, detector, list_path=args.list,
-                             overwrite=args.overwrite, actors=args.actors)
+                             overwrite=args.overwrite, actors=args.actors, min_score=args.min_score)
     if summary.failed or summary.actors_without_fit:
         print(f"{len(summary.failed)} photos/fits failed, {len(summary.actors_without_fit)} actors had no fit; "
               f"see {args.out / reader.name / FAILURES_FILE}")

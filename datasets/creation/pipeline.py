@@ -6,10 +6,13 @@ For every actor of the reader (:mod:`datasets.creation.readers`) that has a fit:
     OUT/NAME/arcface_input/ACTOR/IMAGE.jpg|png   224x224 ArcFace-aligned crop (template x2)
     OUT/NAME/arcface_input/ACTOR/IMAGE.npy       (3, 112, 112) float32, (RGB - 127.5) / 127.5
 
-Each photo: read (``utils.image_io.read_image``) -> detect (5 keypoints) -> the face closest to the
-image centre (``pick_centre_face``) -> similarity-align to the ArcFace template (``norm_crop`` at 112
-and 224) -> write. Every file is written atomically; a photo whose crop and ``.npy`` both exist is
-skipped, so an interrupted run resumes where it stopped. Unreadable photos and photos without a
+Each photo, in the original creation scripts' order: read (``utils.image_io.read_image``) -> detect
+(5 keypoints; the detector's own threshold, 0.5 by default, drops weak detections) -> the face closest
+to the image centre (``pick_centre_face``) -> drop the photo when that face's score is below the
+dataset's minimum (``reader.min_score``: FLORENCE 0.85, STIRLING 0.75, others none; SCRFD scores,
+so a warning says so once when MTCNN detects) -> similarity-align to the ArcFace template
+(``norm_crop`` at 112 and 224) -> write. Every file is written atomically; a photo whose crop and
+``.npy`` both exist is skipped, so an interrupted run resumes where it stopped. Unreadable photos and photos without a
 face are skipped and reported (log summary + ``OUT/NAME/creation_failures.txt``). At the end the
 image list is rebuilt from what is on disk.
 
@@ -33,7 +36,7 @@ from datasets.creation.readers import RawDatasetReader
 from datasets.image_lists import save_image_list
 from datasets.mica_dataset import ARCFACE_FOLDER, FLAME_FOLDER
 from utils.alignment import norm_crop, to_network_input
-from utils.detectors import pick_centre_face
+from utils.detectors import MTCNN, pick_centre_face
 from utils.errors import MICAError
 from utils.image_io import read_image, write_image
 from utils.io import atomic_save, atomic_save_npy, atomic_write_text
@@ -107,16 +110,23 @@ class CreationSummary:
         return "\n".join(lines)
 
 
-def process_image(source: Path, crop_path: Path, detector) -> None:
+def process_image(source: Path, crop_path: Path, detector, min_score: Optional[float] = None) -> None:
     """Detect, align and write one photo's crop (224) and network input ``.npy`` (3, 112, 112).
 
+    The centre face is picked among the detector's faces first; only then is its score compared
+    with ``min_score`` (None or 0: no minimum), as in the original creation scripts.
+
     Raises:
-        MICAError / FileNotFoundError: unreadable photo or no face found.
+        MICAError / FileNotFoundError: unreadable photo, no face found, or the centre face scores
+            below ``min_score``.
     """
     rgb = read_image(source)
     face = pick_centre_face(detector.detect(rgb), rgb.shape)
     if face is None:
         raise MICAError(f"{source}: no face found")
+    if min_score and float(face.score) < min_score:
+        raise MICAError(f"{source}: the centre face's detection score {float(face.score):.3f} is below the "
+                        f"minimum {min_score:g} (lower it with --min-score)")
     kps = np.asarray(face.kps, dtype=np.float64)
     if kps.shape != (5, 2) or not np.isfinite(kps).all():
         raise MICAError(f"{source}: the detector returned unusable keypoints {kps.shape}")
@@ -128,7 +138,8 @@ def process_image(source: Path, crop_path: Path, detector) -> None:
 
 def create_dataset(reader: RawDatasetReader, raw_dir: Path, fits_dir: Path, out_root: Path, detector,
                    list_path: Optional[Path] = None, overwrite: bool = False,
-                   actors: Optional[Sequence[str]] = None, progress: bool = True) -> CreationSummary:
+                   actors: Optional[Sequence[str]] = None, progress: bool = True,
+                   min_score: Optional[float] = None) -> CreationSummary:
     """Build ``out_root/NAME`` from raw photos and fits, then write its image list.
 
     Args:
@@ -140,6 +151,7 @@ def create_dataset(reader: RawDatasetReader, raw_dir: Path, fits_dir: Path, out_
         overwrite: redo photos whose outputs exist (default: skip them, i.e. resume).
         actors: only these actors (default all).
         progress: show a tqdm bar.
+        min_score: smallest score of the picked centre face (None: the reader's ``min_score``; 0: none).
 
     Returns:
         The run's :class:`CreationSummary`.
@@ -159,6 +171,11 @@ def create_dataset(reader: RawDatasetReader, raw_dir: Path, fits_dir: Path, out_
     if not by_actor:
         raise MICAError(f"no {reader.name} photos found under {raw_dir} (expected {reader.layout})")
     out_dir = out_root / reader.name
+    min_score = reader.min_score if min_score is None else float(min_score)
+    if min_score and isinstance(detector, MTCNN):
+        logger.warning(f"{reader.name}: the minimum face score {min_score:g} is an SCRFD score (the original "
+                       f"detector); MTCNN scores differ, so photos may be kept or dropped unlike the original "
+                       f"(use SCRFD, or --min-score 0 for no minimum)")
     summary = CreationSummary(ignored_files=len(ignored))
     jobs: List[Tuple[Path, Path]] = []
     for actor, images in by_actor.items():
@@ -186,13 +203,14 @@ def create_dataset(reader: RawDatasetReader, raw_dir: Path, fits_dir: Path, out_
             summary.existing += 1
             continue
         try:
-            process_image(source, crop_path, detector)
+            process_image(source, crop_path, detector, min_score)
             summary.written += 1
         except (MICAError, FileNotFoundError, ValueError) as e:
             summary.failed.append((str(source), str(e)))
             logger.warning(f"skipped {source}: {e}")
     if summary.actors:
-        image_list = build_image_list(out_dir)
+        # no photo written at all (every one failed or was dropped): no arcface_input folder, no list
+        image_list = build_image_list(out_dir) if (out_dir / ARCFACE_FOLDER).is_dir() else {}
         list_path = Path(list_path) if list_path is not None else out_root / "image_paths" / f"{reader.name}.npy"
         if image_list:
             save_image_list(list_path, image_list)

@@ -1,12 +1,15 @@
 """Readers of the eight raw source datasets: which photos belong to which actor, and which FLAME fit.
 
-Every reader answers the same three questions for the pipeline (:mod:`datasets.creation.pipeline`):
+Every reader answers the same questions for the pipeline (:mod:`datasets.creation.pipeline`):
 
 1. ``images(raw_dir)``: ``{actor: [RawImage(actor, source, name)]}``, where ``name`` is the output
    file stem (unique within the actor) of ``arcface_input/ACTOR/NAME.{jpg|png}`` and ``.npy``;
 2. ``find_fit(fits_dir, actor)``: the actor's FLAME fit ``.npz`` (or None);
 3. ``crop_suffix``: the crop format of that dataset in the shipped lists (``.png`` for LYHM and
-   FaceWarehouse, ``.jpg`` for the others).
+   FaceWarehouse, ``.jpg`` for the others);
+4. ``min_score``: the smallest detection score of the picked (centre) face for a photo to be kept,
+   as in the original creation scripts (``datasets/creation/instances/``): FLORENCE 0.85, STIRLING
+   0.75, the others none. These are SCRFD scores.
 
 The conventions come from the file names in the shipped lists (``datasets/image_paths``): the
 output keeps the raw photo's file stem and the fit's file name, so lists built from regenerated
@@ -66,6 +69,8 @@ class RawDatasetReader:
     actor_pattern: Optional[str] = None
     #: One line on the raw layout, shown by ``generate --help``.
     layout: str = ""
+    #: Minimum SCRFD score of the picked centre face (None: no minimum), the original's per-dataset value.
+    min_score: Optional[float] = None
 
     def normalise_actor(self, actor: str) -> str:
         """Actor id as it appears in the list (default: unchanged)."""
@@ -181,6 +186,7 @@ class StirlingReader(RawDatasetReader):
     fits ``FITS/F1001/F1001_N.npz`` or flat ``FITS/f1004b_N.npz``; a neutral ``_N`` fit wins over ``_NH``."""
 
     name = "STIRLING"
+    min_score = 0.75
     actor_pattern = r"(?P<actor>[FM]\d{4})_\d+"
     layout = "photos F1001_003.jpg anywhere under RAW, FITS/F1001/F1001_N.npz or flat FITS/f1001_N.npz"
 
@@ -234,6 +240,7 @@ class FlorenceReader(RawDatasetReader):
     """Florence (MICC): ``RAW/subject_01/**/frame_0001.jpg`` (video frames), fits ``FITS/subject_01/SCANID.npz``."""
 
     name = "FLORENCE"
+    min_score = 0.85
     layout = "RAW/subject_NN/**/frame_NNNN.jpg (frames of the videos), FITS/subject_NN/SCANID.npz"
 
 

@@ -15,7 +15,7 @@ Its normalised output times the image size is used as it is: that is already Ope
 MediaPipe warps the face region into the network input with OpenCV (``warpPerspective`` from the
 region's corners at centre +- size/2, the centre being normalised x image size) and maps the
 network's points back through the same region, so a point lands where OpenCV's pixel-centre
-coordinates put it. (TRACKER_FACTS says to subtract 0.5; measured on justin.mp4 it is wrong:
+coordinates put it. (Subtracting 0.5, as is sometimes assumed, is wrong here; measured on justin.mp4:
 detecting on the mirrored frame and mirroring back, pairs of mirror-symmetric mesh points differ by
 1.07 +- 0.11 px more than the pixel-centre convention predicts when 0.5 is subtracted, i.e. 0.07 +-
 0.11 px as used here, after removing a part proportional to the face size, 2.4 px per 350 px of

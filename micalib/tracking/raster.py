@@ -23,8 +23,8 @@ single reduction. The same code runs on CUDA tensors.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Sequence, Tuple, Union
+from dataclasses import dataclass, field
+from typing import Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
@@ -52,6 +52,14 @@ class Fragments:
     tri_id: torch.Tensor
     bary: torch.Tensor
     depth: torch.Tensor
+    # flat indices (row * width + column) of the covered pixels, ascending; computed when None
+    covered: Optional[torch.Tensor] = field(default=None, repr=False)
+
+    def covered_index(self) -> torch.Tensor:
+        """(P,) int64 flat indices (row * width + column) of the covered pixels, ascending."""
+        if self.covered is None:
+            self.covered = (self.tri_id.reshape(-1) >= 0).nonzero().squeeze(1)
+        return self.covered
 
     @property
     def mask(self) -> torch.Tensor:
@@ -124,8 +132,8 @@ def rasterize(verts_screen: TensorLike, faces: TensorLike, height: int, width: i
     tri_id = (buf & _LOW32).masked_fill_(~covered, -1)
     bary = torch.zeros(height * width, 3, dtype=dtype, device=device)
     depth = torch.zeros(height * width, dtype=dtype, device=device)
+    pix = covered.nonzero().squeeze(1)
     if coef is not None:
-        pix = covered.nonzero().squeeze(1)
         if len(pix):
             x0, y0, z0, a1, b1, a2, b2, gx, gy, _ = coef.index_select(0, tri_id.index_select(0, pix)).unbind(1)
             dx = (pix % width).to(dtype) - x0
@@ -135,7 +143,7 @@ def rasterize(verts_screen: TensorLike, faces: TensorLike, height: int, width: i
             bary.index_copy_(0, pix, torch.stack([1.0 - w1 - w2, w1, w2], dim=1))
             depth.index_copy_(0, pix, z0 + gx * dx + gy * dy)
     tri_id, bary, depth = tri_id.view(height, width), bary.view(height, width, 3), depth.view(height, width)
-    return Fragments(tri_id=tri_id, bary=bary, depth=depth)
+    return Fragments(tri_id=tri_id, bary=bary, depth=depth, covered=pix)
 
 
 def _expand(counts: torch.Tensor, total: int) -> Tuple[torch.Tensor, torch.Tensor]:
@@ -219,19 +227,19 @@ def interpolate(values: torch.Tensor, faces: TensorLike, fragments: Fragments, v
         image (H, W, C) in the dtype of ``values`` (0 on the background) and mask (H, W) bool.
     """
     tri_id = fragments.tri_id
-    mask = tri_id >= 0
     height, width = tri_id.shape
-    out = values.new_zeros(height, width, values.shape[1])
-    if not bool(mask.any()):
-        return out, mask
+    mask = tri_id >= 0
+    pix = fragments.covered_index().to(values.device)
+    if len(pix) == 0:
+        return values.new_zeros(height, width, values.shape[1]), mask
     f = _faces(faces, values.device)
-    iy, ix = mask.nonzero(as_tuple=True)
-    fv = f[tri_id[iy, ix]]  # (P, 3)
-    tri = verts_screen[fv]  # (P, 3, 3)
+    fv = f.index_select(0, tri_id.reshape(-1).index_select(0, pix))  # (P, 3)
+    tri = verts_screen.index_select(0, fv.reshape(-1)).view(-1, 3, 3)
     x0, y0 = tri[:, 0, 0], tri[:, 0, 1]
     e1x, e1y = tri[:, 1, 0] - x0, tri[:, 1, 1] - y0
     e2x, e2y = tri[:, 2, 0] - x0, tri[:, 2, 1] - y0
-    dx, dy = ix.to(tri.dtype) - x0, iy.to(tri.dtype) - y0
+    dx = (pix % width).to(tri.dtype) - x0
+    dy = torch.div(pix, width, rounding_mode="floor").to(tri.dtype) - y0
     area2 = e1x * e2y - e2x * e1y
     w1 = (dx * e2y - dy * e2x) / area2
     w2 = (e1x * dy - e1y * dx) / area2
@@ -239,8 +247,8 @@ def interpolate(values: torch.Tensor, faces: TensorLike, fragments: Fragments, v
     if perspective_correct:
         w = w / tri[:, :, 2]
         w = w / w.sum(dim=1, keepdim=True)
-    pix = (w.to(values.dtype)[:, :, None] * values[fv]).sum(dim=1)
-    out = out.index_put((iy, ix), pix)
+    vals = (w.to(values.dtype)[:, :, None] * values.index_select(0, fv.reshape(-1)).view(-1, 3, values.shape[1])).sum(1)
+    out = values.new_zeros(height * width, values.shape[1]).index_copy(0, pix, vals).view(height, width, -1)
     return out, mask
 
 

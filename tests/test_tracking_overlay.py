@@ -15,8 +15,9 @@ from utils.errors import MICAError
 
 
 def _quad(x0, y0, x1, y1, z=1.0):
+    """A camera-facing rectangle (counter-clockwise seen with y up)."""
     verts = np.array([[x0, y0, z], [x1, y0, z], [x1, y1, z], [x0, y1, z]], np.float64)
-    return verts, np.array([[0, 1, 2], [0, 2, 3]])
+    return verts, np.array([[0, 2, 1], [0, 3, 2]])
 
 
 def test_shade_flat_and_tilted_planes():
@@ -32,12 +33,17 @@ def test_shade_flat_and_tilted_planes():
         n = np.tile([np.sqrt(0.75), 0.0, -0.5 * sign], (4, 1))
         rgb, _ = shade(verts, faces, 36, 48, normals=n)
         assert (rgb[mask] == round((AMBIENT + (1 - AMBIENT) * 0.5) * MESH_GRAY * 255)).all()
+    # seen from behind it is culled by default, drawn on request
+    back = faces[:, ::-1]
+    assert not shade(verts, back, 36, 48)[1].any()
+    np.testing.assert_array_equal(shade(verts, back, 36, 48, cull_backfaces=False)[1], mask)
 
 
 def test_shade_sphere_follows_lambert():
     verts, faces = _uv_sphere(24, 32)
     r, c = 20.0, 25.0
-    scr = torch.stack([verts[:, 0] * r + c, verts[:, 1] * r + c, 5.0 - verts[:, 2] * r / 10], 1)  # depth in other units
+    # seen by a camera looking at the model's -z (y down: a proper rotation); depth in other units
+    scr = torch.stack([verts[:, 0] * r + c, -verts[:, 1] * r + c, 5.0 - verts[:, 2] * r / 10], 1)
     rgb, mask = shade(scr, faces, 50, 50)
     yy, xx = np.mgrid[:50, :50]
     rho2 = ((xx - c) ** 2 + (yy - c) ** 2) / r ** 2

@@ -208,3 +208,21 @@ def test_rasterize_and_interpolate_on_cuda_match_cpu():
     ref, _ = interpolate(values, torch.from_numpy(faces), cpu, torch.from_numpy(verts))
     same = gpu.tri_id.cpu() == cpu.tri_id
     np.testing.assert_allclose(img.cpu()[same].numpy(), ref[same].numpy(), atol=1e-9)
+
+
+def test_cull_backfaces_keeps_the_camera_facing_half_of_a_sphere():
+    verts, faces = _uv_sphere(16, 24)  # counter-clockwise seen from outside
+    # OpenCV camera 3 units in front: x right, y down, z forward (a proper rotation of the model)
+    cam = torch.stack([verts[:, 0], -verts[:, 1], 3.0 - verts[:, 2]], 1)
+    scr = torch.stack([20 * cam[:, 0] / cam[:, 2] + 16, 20 * cam[:, 1] / cam[:, 2] + 16, cam[:, 2]], 1)
+    full = rasterize(scr, faces, 32, 32)
+    culled = rasterize(scr, faces, 32, 32, cull_backfaces=True)
+    torch.testing.assert_close(culled.tri_id, full.tri_id)  # a closed surface: same picture
+    # the kept triangles are exactly those whose outward normal points towards the camera
+    tri = cam[faces]
+    normal = torch.cross(tri[:, 1] - tri[:, 0], tri[:, 2] - tri[:, 0], dim=1)
+    facing = (normal * tri.mean(1)).sum(1) < 0
+    drawn = torch.unique(culled.tri_id[culled.tri_id >= 0])
+    assert facing[drawn].all()
+    inner = rasterize(scr, faces[~facing], 32, 32, cull_backfaces=True)
+    assert (inner.tri_id == -1).all()

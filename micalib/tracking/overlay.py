@@ -41,11 +41,32 @@ ArrayLike = Union[np.ndarray, torch.Tensor]
 def _np(x: ArrayLike, dtype=np.float32) -> np.ndarray:
     if isinstance(x, torch.Tensor):
         x = x.detach().cpu().numpy()
-    return np.asarray(x, dtype=dtype)
+    return np.ascontiguousarray(x, dtype=dtype)
+
+
+def _mesh_gray(verts_screen: ArrayLike, faces: ArrayLike, height: int, width: int,
+               normals: Optional[ArrayLike], cull_backfaces: bool) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Flat indices of the covered pixels (ascending) and their gray level (float, 0..255)."""
+    v = torch.as_tensor(_np(verts_screen))
+    f = torch.as_tensor(_np(faces, np.int64))
+    frags = rasterize(v, f, height, width, cull_backfaces=cull_backfaces)
+    if normals is None:
+        ext = (v.amax(0) - v.amin(0)).clamp_min(1e-12)
+        scale = 0.5 * float(ext[0] + ext[1]) / float(ext[2])
+        normals = vertex_normals(v * torch.tensor([1.0, 1.0, scale]), f)
+    n_z = torch.as_tensor(_np(normals))[:, 2]
+    # headlight along -z, lit from both sides; gray level per vertex, interpolated (Gouraud)
+    level = (AMBIENT + (1.0 - AMBIENT) * n_z.abs()) * (MESH_GRAY * 255.0)
+    pix = frags.covered_index()
+    if len(pix) == 0:
+        return pix, level[:0]
+    fv = f.index_select(0, frags.tri_id.view(-1).index_select(0, pix))
+    w = frags.bary.view(-1, 3).index_select(0, pix)
+    return pix, (w * level.index_select(0, fv.view(-1)).view(-1, 3)).sum(1)
 
 
 def shade(verts_screen: ArrayLike, faces: ArrayLike, height: int, width: int,
-          normals: Optional[ArrayLike] = None) -> Tuple[np.ndarray, np.ndarray]:
+          normals: Optional[ArrayLike] = None, cull_backfaces: bool = True) -> Tuple[np.ndarray, np.ndarray]:
     """Gray Lambertian shading of a mesh lit from the camera (headlight, two-sided), Gouraud-smooth.
 
     Args:
@@ -56,29 +77,18 @@ def shade(verts_screen: ArrayLike, faces: ArrayLike, height: int, width: int,
             ``vertex_normals(R X + t, faces)``. When None they are estimated from the screen
             vertices with the depth scaled so that its extent equals the mean of the x and y extents
             (right for a head-shaped mesh to about 20%; only the contrast of the shading depends on it).
+        cull_backfaces: draw only camera-facing triangles (``raster.rasterize``; right for FLAME under
+            an OpenCV camera, faster); False draws both sides.
 
     Returns:
         rgb (H, W, 3) uint8 (black background) and mask (H, W) bool of the covered pixels.
     """
-    v = torch.as_tensor(_np(verts_screen))
-    f = torch.as_tensor(_np(faces, np.int64))
-    frags = rasterize(v, f, height, width)
-    if normals is None:
-        ext = (v.amax(0) - v.amin(0)).clamp_min(1e-12)
-        scale = 0.5 * float(ext[0] + ext[1]) / float(ext[2])
-        normals = vertex_normals(v * torch.tensor([1.0, 1.0, scale]), f)
-    n_z = torch.as_tensor(_np(normals))[:, 2]
-    # headlight along -z, lit from both sides; 8-bit gray level per vertex
-    level = ((AMBIENT + (1.0 - AMBIENT) * n_z.abs()) * (MESH_GRAY * 255.0))
-    pix = frags.covered_index()
-    gray = torch.zeros(height * width, dtype=torch.float32)
-    if len(pix):
-        fv = f.index_select(0, frags.tri_id.view(-1).index_select(0, pix))
-        w = frags.bary.view(-1, 3).index_select(0, pix)
-        gray.index_copy_(0, pix, (w * level.index_select(0, fv.view(-1)).view(-1, 3)).sum(1))
-    g = gray.view(height, width).round_().clamp_(0, 255).to(torch.uint8).numpy()
-    rgb = cv2.cvtColor(g, cv2.COLOR_GRAY2RGB)
-    return rgb, frags.tri_id.numpy() >= 0
+    pix, gray = _mesh_gray(verts_screen, faces, height, width, normals, cull_backfaces)
+    g = torch.zeros(height * width, dtype=torch.uint8)
+    g.index_copy_(0, pix, gray.round_().clamp_(0, 255).to(torch.uint8))
+    mask = torch.zeros(height * width, dtype=torch.bool)
+    mask[pix] = True
+    return cv2.cvtColor(g.view(height, width).numpy(), cv2.COLOR_GRAY2RGB), mask.view(height, width).numpy()
 
 
 def draw_landmarks(rgb: np.ndarray, points_by_set: Mapping[str, ArrayLike],
@@ -115,13 +125,13 @@ def draw_landmarks(rgb: np.ndarray, points_by_set: Mapping[str, ArrayLike],
 
 def compose_overlay(crop_rgb: np.ndarray, landmarks_by_set: Mapping[str, ArrayLike], verts_screen: ArrayLike,
                     faces: ArrayLike, mesh_alpha: float = 0.6, normals: Optional[ArrayLike] = None,
-                    colors: Optional[Mapping[str, Sequence[int]]] = None) -> np.ndarray:
+                    colors: Optional[Mapping[str, Sequence[int]]] = None, cull_backfaces: bool = True) -> np.ndarray:
     """One video frame: input | input with the landmarks | the shaded mesh blended over the input.
 
     Args:
         crop_rgb: (H, W, 3) uint8 frame the camera refers to.
         landmarks_by_set: name -> (N, 2) pixel coordinates (see ``draw_landmarks``).
-        verts_screen, faces, normals: the mesh (see ``shade``).
+        verts_screen, faces, normals, cull_backfaces: the mesh (see ``shade``).
         mesh_alpha: opacity of the mesh over the input.
 
     Returns:
@@ -132,12 +142,15 @@ def compose_overlay(crop_rgb: np.ndarray, landmarks_by_set: Mapping[str, ArrayLi
     out = np.empty((h, 3 * w, 3), np.uint8)
     out[:, :w] = crop
     out[:, w:2 * w] = draw_landmarks(crop, landmarks_by_set, colors)
-    mesh, mask = shade(verts_screen, faces, h, w, normals)
-    right = out[:, 2 * w:]
-    right[:] = crop
-    if mask.any():
-        blend = cv2.addWeighted(mesh, float(mesh_alpha), crop, 1.0 - float(mesh_alpha), 0.0)
-        np.copyto(right, blend, where=mask[:, :, None])
+    right = crop.copy()
+    pix, gray = _mesh_gray(verts_screen, faces, h, w, normals, cull_backfaces)
+    if len(pix):
+        idx = pix.numpy()
+        flat = right.reshape(-1, 3)
+        a = float(mesh_alpha)
+        blend = flat[idx].astype(np.float32) * (1.0 - a) + gray.numpy()[:, None] * a
+        flat[idx] = np.rint(blend).clip(0, 255).astype(np.uint8)
+    out[:, 2 * w:] = right
     return out
 
 

@@ -61,7 +61,7 @@ def _mesh_gray(verts_screen: ArrayLike, faces: ArrayLike, height: int, width: in
     if len(pix) == 0:
         return pix, level[:0]
     fv = f.index_select(0, frags.tri_id.view(-1).index_select(0, pix))
-    w = frags.bary.view(-1, 3).index_select(0, pix)
+    w = frags.covered_bary
     return pix, (w * level.index_select(0, fv.view(-1)).view(-1, 3)).sum(1)
 
 

@@ -23,7 +23,6 @@ single reduction. The same code runs on CUDA tensors.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from typing import Optional, Sequence, Tuple, Union
 
 import numpy as np
@@ -39,7 +38,6 @@ _EMPTY = torch.iinfo(torch.int64).max
 _LOW32 = 0xFFFFFFFF
 
 
-@dataclass
 class Fragments:
     """Rasteriser output for an (H, W) image.
 
@@ -47,24 +45,45 @@ class Fragments:
         tri_id: (H, W) int64 index of the visible triangle, -1 on the background.
         bary: (H, W, 3) barycentric weights of that triangle's three vertices (0 on the background).
         depth: (H, W) interpolated depth of the visible surface (0 on the background).
+        mask: (H, W) bool, the covered pixels.
+
+    ``bary`` and ``depth`` are built on first use from the per-covered-pixel values
+    (``covered_index()``, ``covered_bary``, ``covered_depth``), which is all the overlay needs.
     """
 
-    tri_id: torch.Tensor
-    bary: torch.Tensor
-    depth: torch.Tensor
-    # flat indices (row * width + column) of the covered pixels, ascending; computed when None
-    covered: Optional[torch.Tensor] = field(default=None, repr=False)
+    def __init__(self, tri_id: torch.Tensor, covered: torch.Tensor, covered_bary: torch.Tensor,
+                 covered_depth: torch.Tensor):
+        self.tri_id = tri_id
+        self.covered = covered
+        self.covered_bary = covered_bary
+        self.covered_depth = covered_depth
+        self._bary: Optional[torch.Tensor] = None
+        self._depth: Optional[torch.Tensor] = None
 
     def covered_index(self) -> torch.Tensor:
         """(P,) int64 flat indices (row * width + column) of the covered pixels, ascending."""
-        if self.covered is None:
-            self.covered = (self.tri_id.reshape(-1) >= 0).nonzero().squeeze(1)
         return self.covered
 
     @property
     def mask(self) -> torch.Tensor:
-        """(H, W) bool: pixels covered by the mesh."""
         return self.tri_id >= 0
+
+    def _dense(self, values: torch.Tensor) -> torch.Tensor:
+        h, w = self.tri_id.shape
+        out = values.new_zeros((h * w,) + tuple(values.shape[1:]))
+        return out.index_copy_(0, self.covered, values).view((h, w) + tuple(values.shape[1:]))
+
+    @property
+    def bary(self) -> torch.Tensor:
+        if self._bary is None:
+            self._bary = self._dense(self.covered_bary)
+        return self._bary
+
+    @property
+    def depth(self) -> torch.Tensor:
+        if self._depth is None:
+            self._depth = self._dense(self.covered_depth)
+        return self._depth
 
 
 def _as_tensor(x: TensorLike, device=None) -> torch.Tensor:
@@ -92,7 +111,7 @@ def _faces(faces: TensorLike, device) -> torch.Tensor:
 
 
 def _coefficients(tri: torch.Tensor) -> torch.Tensor:
-    """(F, 10) per triangle: x0, y0, z0, a1, b1, a2, b2, gx, gy, area2. With (dx, dy) = (x - x0,
+    """(10, F): per triangle x0, y0, z0, a1, b1, a2, b2, gx, gy, area2 (one contiguous row each). With (dx, dy) = (x - x0,
     y - y0) the barycentrics are w1 = a1 dx + b1 dy, w2 = a2 dx + b2 dy, w0 = 1 - w1 - w2, and the
     depth z = z0 + gx dx + gy dy; area2 is the doubled signed area (0: degenerate)."""
     x0, y0, z0 = tri[:, 0, 0], tri[:, 0, 1], tri[:, 0, 2]
@@ -103,7 +122,7 @@ def _coefficients(tri: torch.Tensor) -> torch.Tensor:
     a1, b1 = e2[:, 1] * inv, -e2[:, 0] * inv
     a2, b2 = -e1[:, 1] * inv, e1[:, 0] * inv
     gx, gy = a1 * e1[:, 2] + a2 * e2[:, 2], b1 * e1[:, 2] + b2 * e2[:, 2]
-    return torch.stack([x0, y0, z0, a1, b1, a2, b2, gx, gy, area2], dim=1)
+    return torch.stack([x0, y0, z0, a1, b1, a2, b2, gx, gy, area2])
 
 
 def rasterize(verts_screen: TensorLike, faces: TensorLike, height: int, width: int,
@@ -136,20 +155,26 @@ def rasterize(verts_screen: TensorLike, faces: TensorLike, height: int, width: i
         coef = _rasterize_into(buf, v, f, height, width, cull_backfaces)
     covered = buf != _EMPTY
     tri_id = (buf & _LOW32).masked_fill_(~covered, -1)
-    bary = torch.zeros(height * width, 3, dtype=dtype, device=device)
-    depth = torch.zeros(height * width, dtype=dtype, device=device)
     pix = covered.nonzero().squeeze(1)
-    if coef is not None:
-        if len(pix):
-            x0, y0, z0, a1, b1, a2, b2, gx, gy, _ = coef.index_select(0, tri_id.index_select(0, pix)).unbind(1)
-            dx = (pix % width).to(dtype) - x0
-            dy = torch.div(pix, width, rounding_mode="floor").to(dtype) - y0
-            w1 = a1 * dx + b1 * dy
-            w2 = a2 * dx + b2 * dy
-            bary.index_copy_(0, pix, torch.stack([1.0 - w1 - w2, w1, w2], dim=1))
-            depth.index_copy_(0, pix, z0 + gx * dx + gy * dy)
-    tri_id, bary, depth = tri_id.view(height, width), bary.view(height, width, 3), depth.view(height, width)
-    return Fragments(tri_id=tri_id, bary=bary, depth=depth, covered=pix)
+    if coef is None or len(pix) == 0:
+        bary, depth = torch.zeros(len(pix), 3, dtype=dtype, device=device), torch.zeros(len(pix), dtype=dtype, device=device)
+    else:
+        x0, y0, z0, a1, b1, a2, b2, gx, gy, _ = coef.index_select(1, tri_id.index_select(0, pix))
+        col, row = _pixel_xy(pix, width)
+        dx, dy = col.to(dtype) - x0, row.to(dtype) - y0
+        w1 = a1 * dx + b1 * dy
+        w2 = a2 * dx + b2 * dy
+        bary = torch.stack([1.0 - w1 - w2, w1, w2], dim=1)
+        depth = z0 + gx * dx + gy * dy
+    return Fragments(tri_id.view(height, width), pix, bary, depth)
+
+
+def _pixel_xy(pix: torch.Tensor, width: int) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Column and row (float64) of flat pixel indices; exact (the quotient of an index + 0.5 is at
+    least 0.5 / width from an integer), and much faster than int64 division on a CPU."""
+    p = pix.double()
+    row = ((p + 0.5) / width).floor_()
+    return p - row * width, row
 
 
 def _expand(counts: torch.Tensor, total: int) -> Tuple[torch.Tensor, torch.Tensor]:
@@ -163,18 +188,18 @@ def _expand(counts: torch.Tensor, total: int) -> Tuple[torch.Tensor, torch.Tenso
 
 def _rasterize_into(buf: torch.Tensor, v: torch.Tensor, f: torch.Tensor, height: int, width: int,
                     cull_backfaces: bool) -> torch.Tensor:
-    """Scatter the keys of all covered (pixel, triangle) pairs into ``buf``; returns the (F, 10)
+    """Scatter the keys of all covered (pixel, triangle) pairs into ``buf``; returns the (10, F)
     triangle coefficients."""
     device, dtype = v.device, v.dtype
     tri = v.index_select(0, f.view(-1)).view(-1, 3, 3)
     coef = _coefficients(tri)
-    ok = torch.isfinite(tri).all(dim=2).all(dim=1) & (tri[:, :, 2] > 0).all(dim=1) & (coef[:, 9] != 0)
+    ok = torch.isfinite(tri).all(dim=2).all(dim=1) & (tri[:, :, 2] > 0).all(dim=1) & (coef[9] != 0)
     ys = tri[:, :, 1]
     r0 = ys.amin(1).ceil().clamp(0, height)
     r1 = ys.amax(1).floor().clamp(-1, height - 1)
     ok &= r1 >= r0
     if cull_backfaces:
-        ok &= coef[:, 9] < 0
+        ok &= coef[9] < 0
     ids = ok.nonzero().squeeze(1)
     if len(ids) == 0:
         return coef
@@ -184,7 +209,7 @@ def _rasterize_into(buf: torch.Tensor, v: torch.Tensor, f: torch.Tensor, height:
     t, row_first = _expand(nrows, int(nrows.sum()))
     py = r0.index_select(0, t) + (torch.arange(len(t), device=device) - row_first.index_select(0, t))
     tid = ids.index_select(0, t)
-    x0, y0, z0, a1, b1, a2, b2, gx, gy, _ = coef.index_select(0, tid).unbind(1)
+    x0, y0, z0, a1, b1, a2, b2, gx, gy, _ = coef.index_select(1, tid)
     dy = py.to(dtype) - y0
     # w1 = a1 u + b1 dy >= 0, w2 = a2 u + b2 dy >= 0, w0 = 1 - (a1 + a2) u - (b1 + b2) dy >= 0 with u = x - x0
     alphas = torch.stack([a1, a2, -(a1 + a2)])
@@ -247,8 +272,8 @@ def interpolate(values: torch.Tensor, faces: TensorLike, fragments: Fragments, v
     x0, y0 = tri[:, 0, 0], tri[:, 0, 1]
     e1x, e1y = tri[:, 1, 0] - x0, tri[:, 1, 1] - y0
     e2x, e2y = tri[:, 2, 0] - x0, tri[:, 2, 1] - y0
-    dx = (pix % width).to(tri.dtype) - x0
-    dy = torch.div(pix, width, rounding_mode="floor").to(tri.dtype) - y0
+    col, row = _pixel_xy(pix, width)
+    dx, dy = col.to(tri.dtype) - x0, row.to(tri.dtype) - y0
     area2 = e1x * e2y - e2x * e1y
     w1 = (dx * e2y - dy * e2x) / area2
     w2 = (e1x * dy - e1y * dx) / area2

@@ -177,13 +177,38 @@ def _pixel_xy(pix: torch.Tensor, width: int) -> Tuple[torch.Tensor, torch.Tensor
     return p - row * width, row
 
 
-def _expand(counts: torch.Tensor, total: int) -> Tuple[torch.Tensor, torch.Tensor]:
-    """For counts > 0 (1-D, int64) summing to ``total``: the owner index of each of the ``total``
-    expanded items and the start of each owner's run (a fast ``repeat_interleave``)."""
+def _expand(counts: torch.Tensor, total: int) -> torch.Tensor:
+    """For counts >= 0 (1-D, int64) summing to ``total``: the owner index of each of the ``total``
+    expanded items (a fast ``repeat_interleave(arange(len(counts)), counts)``)."""
     starts = counts.cumsum(0) - counts
-    marks = torch.zeros(total, dtype=torch.int64, device=counts.device)
-    marks.index_fill_(0, starts[1:], 1)
-    return marks.cumsum(0), starts
+    marks = torch.zeros(total + 1, dtype=torch.int64, device=counts.device)
+    marks.index_add_(0, starts[1:], torch.ones_like(starts[1:]))  # empty runs share the next start
+    return marks[:total].cumsum(0)
+
+
+def _span_coefficients(coef: torch.Tensor) -> torch.Tensor:
+    """(17, F) per triangle, for the x-span of its pixel centres on a row at dy = y - y0:
+    rows 0-2 / 3-5: offset / slope of the three left bounds (x >= offset + slope dy; -inf, 0 when
+    not a left bound), rows 6-8 / 9-11: the same for the right bounds (+inf when not one), then
+    y0, x0, z0, gx, gy.
+
+    Each barycentric is linear on the row: w = alpha u + beta with u = x - x0; alpha > 0 bounds x
+    from the left, alpha < 0 from the right, and alpha = 0 (an edge parallel to the rows) bounds only
+    y, which the rows of the bounding box already satisfy."""
+    x0, y0, z0, a1, b1, a2, b2, gx, gy, _ = coef
+    alpha = torch.stack([a1, a2, -(a1 + a2)])
+    safe = torch.where(alpha == 0, torch.ones_like(alpha), alpha)
+    # w1 = a1 u + b1 dy, w2 = a2 u + b2 dy, w0 = 1 - (a1 + a2) u - (b1 + b2) dy: each zero at
+    # u = -beta / alpha = offset + slope dy
+    offset = -torch.stack([torch.zeros_like(a1), torch.zeros_like(a2), torch.ones_like(a1)]) / safe
+    slope = -torch.stack([b1, b2, -(b1 + b2)]) / safe
+    inf = torch.full_like(alpha, float("inf"))
+    left, right = alpha > 0, alpha < 0
+    return torch.cat([
+        torch.where(left, offset + x0, -inf), torch.where(left, slope, 0.0),
+        torch.where(right, offset + x0, inf), torch.where(right, slope, 0.0),
+        torch.stack([y0, x0, z0, gx, gy]),
+    ])
 
 
 def _rasterize_into(buf: torch.Tensor, v: torch.Tensor, f: torch.Tensor, height: int, width: int,
@@ -206,39 +231,36 @@ def _rasterize_into(buf: torch.Tensor, v: torch.Tensor, f: torch.Tensor, height:
     r0 = r0.index_select(0, ids).long()
     nrows = r1.index_select(0, ids).long() - r0 + 1
     # one entry per (triangle, pixel row): the triangle's span of pixel centres on that row
-    t, row_first = _expand(nrows, int(nrows.sum()))
-    py = r0.index_select(0, t) + (torch.arange(len(t), device=device) - row_first.index_select(0, t))
+    n_rows = int(nrows.sum())
+    t = _expand(nrows, n_rows)
+    py = (r0 - (nrows.cumsum(0) - nrows)).index_select(0, t) + torch.arange(n_rows, device=device)
     tid = ids.index_select(0, t)
-    x0, y0, z0, a1, b1, a2, b2, gx, gy, _ = coef.index_select(1, tid)
+    sc = _span_coefficients(coef.index_select(1, ids)).index_select(1, t)
+    y0, x0, z0, gx, gy = sc[12:]
     dy = py.to(dtype) - y0
-    # w1 = a1 u + b1 dy >= 0, w2 = a2 u + b2 dy >= 0, w0 = 1 - (a1 + a2) u - (b1 + b2) dy >= 0 with u = x - x0
-    alphas = torch.stack([a1, a2, -(a1 + a2)])
-    betas = torch.stack([b1 * dy, b2 * dy, 1.0 - (b1 + b2) * dy])
-    bound = -betas / torch.where(alphas == 0, torch.ones_like(alphas), alphas)
-    lo = bound.masked_fill(alphas <= 0, -float("inf")).amax(0)
-    hi = bound.masked_fill(alphas >= 0, float("inf")).amin(0)
-    hi.masked_fill_(((alphas == 0) & (betas < 0)).any(0), -float("inf"))
-    xl = (lo + x0).ceil().clamp(0, width)
-    xr = (hi + x0).floor().clamp(-1, width - 1)
-    count = (xr - xl + 1).clamp_min(0).long()
-    keep = (count > 0).nonzero().squeeze(1)
-    count = count.index_select(0, keep)
-    xl, x0, z0, gx, gy, dy = (a.index_select(0, keep) for a in (xl, x0, z0, gx, gy, dy))
+    lo = torch.maximum(torch.maximum(sc[0] + sc[3] * dy, sc[1] + sc[4] * dy), sc[2] + sc[5] * dy)
+    hi = torch.minimum(torch.minimum(sc[6] + sc[9] * dy, sc[7] + sc[10] * dy), sc[8] + sc[11] * dy)
+    xl = lo.ceil_().clamp_(0, width)
+    count = (hi.floor_().clamp_(-1, width - 1) - xl + 1).clamp_min_(0).long()
     zl = z0 + gx * (xl - x0) + gy * dy
-    base = py.index_select(0, keep) * width + xl.long()
-    tid = tid.index_select(0, keep)
+    base = py * width + xl.long()
     # expand the spans into pixels, in chunks of about _CHUNK pixels
     ends = count.cumsum(0)
     start = 0
     while start < len(count):
         offset = int(ends[start - 1]) if start else 0
         stop = max(int(torch.searchsorted(ends, offset + _CHUNK, right=True)), start + 1)
-        r, first = _expand(count[start:stop], int(ends[stop - 1]) - offset)
-        local = torch.arange(len(r), device=device) - first.index_select(0, r)
-        z = zl[start:stop].index_select(0, r) + gx[start:stop].index_select(0, r) * local.to(dtype)
-        z = z.float().clamp_min(1e-30)  # positive floats order as their bit patterns
-        key = (z.view(torch.int32).long() << 32) | tid[start:stop].index_select(0, r)
-        buf.scatter_reduce_(0, base[start:stop].index_select(0, r) + local, key, "amin")
+        n = int(ends[stop - 1]) - offset
+        if n:
+            r = _expand(count[start:stop], n)
+            # pixel index and distance from the span's first pixel
+            pix = (base[start:stop] - (ends[start:stop] - count[start:stop] - offset)).index_select(0, r)
+            pix += torch.arange(n, device=device)
+            local = pix - base[start:stop].index_select(0, r)
+            z = zl[start:stop].index_select(0, r) + gx[start:stop].index_select(0, r) * local.to(dtype)
+            z = z.float().clamp_min_(1e-30)  # positive floats order as their bit patterns
+            key = (z.view(torch.int32).long() << 32) | tid[start:stop].index_select(0, r)
+            buf.scatter_reduce_(0, pix, key, "amin")
         start = stop
     return coef
 

@@ -28,7 +28,7 @@ from typing import Optional, Sequence, Tuple, Union
 import numpy as np
 import torch
 
-__all__ = ["Fragments", "rasterize", "interpolate", "vertex_normals"]
+__all__ = ["Fragments", "interpolate", "interpolate_covered", "rasterize", "vertex_normals"]
 
 TensorLike = Union[torch.Tensor, np.ndarray, Sequence]
 
@@ -265,6 +265,91 @@ def _rasterize_into(buf: torch.Tensor, v: torch.Tensor, f: torch.Tensor, height:
     return coef
 
 
+class _LinearInterp(torch.autograd.Function):
+    """Screen-linear barycentric interpolation with an analytic backward.
+
+    With p = sum_j w_j v_j and sum_j w_j = 1 at a fixed pixel p, moving vertex j changes the weights
+    by dw_i = -w_j grad(w_i) . dv_j (grad(w_i): the constant screen gradient of w_i), so the gradient
+    of <g, out> w.r.t. v_j's screen position is -w_j sum_i <g, c_i> grad(w_i), and w.r.t. c_j it is
+    w_j g. Depth gets no gradient (the weights do not depend on it). Same values and gradients as
+    autograd through the barycentric formula (checked by gradcheck), with every tensor kept planar
+    (channels first, pixels contiguous): broadcasting over small trailing dimensions is slow on CPU.
+    Returns the (C, P) interpolated values."""
+
+    @staticmethod
+    def forward(ctx, values, verts_screen, corners, col, row):
+        with torch.no_grad():
+            # corners: (3, P) vertex index of each corner of each pixel's triangle
+            flat = corners.reshape(-1)
+            xs = verts_screen[:, 0].contiguous().index_select(0, flat).view(3, -1)
+            ys = verts_screen[:, 1].contiguous().index_select(0, flat).view(3, -1)
+            e1x, e1y, e2x, e2y = xs[1] - xs[0], ys[1] - ys[0], xs[2] - xs[0], ys[2] - ys[0]
+            inv = 1.0 / (e1x * e2y - e2x * e1y)
+            a1, b1, a2, b2 = e2y * inv, -e2x * inv, -e1y * inv, e1x * inv
+            dx, dy = col.to(xs.dtype) - xs[0], row.to(xs.dtype) - ys[0]
+            w1, w2 = a1 * dx + b1 * dy, a2 * dx + b2 * dy
+            w = torch.stack([1.0 - w1 - w2, w1, w2]).to(values.dtype)  # (3, P)
+            grad_w = torch.stack([-a1 - a2, a1, a2, -b1 - b2, b1, b2]).to(values.dtype)  # (6, P)
+            vt = values.t().contiguous()  # (C, V)
+            out = vt.index_select(1, corners[0]) * w[0]
+            out += vt.index_select(1, corners[1]) * w[1]
+            out += vt.index_select(1, corners[2]) * w[2]
+        ctx.save_for_backward(vt, corners, w, grad_w)
+        ctx.n_vertices, ctx.verts_dtype = verts_screen.shape[0], verts_screen.dtype
+        return out
+
+    @staticmethod
+    def backward(ctx, g):
+        vt, corners, w, grad_w = ctx.saved_tensors
+        g = g.contiguous()  # (C, P)
+        flat = corners.reshape(-1)
+        g_values = g_verts = None
+        if ctx.needs_input_grad[0]:
+            src = (g[:, None, :] * w[None]).reshape(g.shape[0], -1)  # (C, 3P): w_k g for each corner
+            g_values = torch.stack([torch.zeros(ctx.n_vertices, dtype=g.dtype, device=g.device).index_add_(0, flat, c)
+                                    for c in src], 1)
+        if ctx.needs_input_grad[1]:
+            gc = torch.stack([(vt.index_select(1, corners[k]) * g).sum(0) for k in range(3)])  # (3, P): <g, c_k>
+            sgx = (gc * grad_w[:3]).sum(0)
+            sgy = (gc * grad_w[3:]).sum(0)
+            zeros = torch.zeros(ctx.n_vertices, dtype=g.dtype, device=g.device)
+            g_verts = torch.stack([zeros.index_add(0, flat, (-w * sgx).reshape(-1)),
+                                   zeros.index_add(0, flat, (-w * sgy).reshape(-1)), zeros], 1).to(ctx.verts_dtype)
+        return g_values, g_verts, None, None, None
+
+
+def interpolate_covered(values: torch.Tensor, faces: TensorLike, fragments: Fragments, verts_screen: torch.Tensor,
+                        perspective_correct: bool = False) -> torch.Tensor:
+    """(P, C) interpolated values at the covered pixels (``fragments.covered_index()`` order),
+    differentiable w.r.t. ``values`` and ``verts_screen``; see ``interpolate``. A loss over the
+    covered pixels only is cheaper on this compact form than on the dense image."""
+    tri_id = fragments.tri_id
+    width = tri_id.shape[1]
+    pix = fragments.covered_index().to(values.device)
+    if len(pix) == 0:
+        return values.new_zeros(0, values.shape[1])
+    f = _faces(faces, values.device)
+    tid = tri_id.reshape(-1).index_select(0, pix)
+    col, row = _pixel_xy(pix, width)
+    if not perspective_correct:
+        corners = f.t().contiguous().index_select(1, tid)  # (3, P)
+        return _LinearInterp.apply(values, verts_screen, corners, col, row).t()
+    fv = f.index_select(0, tid)  # (P, 3)
+    # perspective-correct weights: plain autograd through the barycentric formula
+    tri = verts_screen.index_select(0, fv.reshape(-1)).view(-1, 3, 3)
+    x0, y0 = tri[:, 0, 0], tri[:, 0, 1]
+    e1x, e1y = tri[:, 1, 0] - x0, tri[:, 1, 1] - y0
+    e2x, e2y = tri[:, 2, 0] - x0, tri[:, 2, 1] - y0
+    dx, dy = col.to(tri.dtype) - x0, row.to(tri.dtype) - y0
+    area2 = e1x * e2y - e2x * e1y
+    w1 = (dx * e2y - dy * e2x) / area2
+    w2 = (e1x * dy - e1y * dx) / area2
+    w = torch.stack([1.0 - w1 - w2, w1, w2], dim=1) / tri[:, :, 2]
+    w = w / w.sum(dim=1, keepdim=True)
+    corner = values.index_select(0, fv.reshape(-1)).view(-1, 3, values.shape[1])
+    return (w.to(values.dtype)[:, :, None] * corner).sum(1)
+
+
 def interpolate(values: torch.Tensor, faces: TensorLike, fragments: Fragments, verts_screen: torch.Tensor,
                 perspective_correct: bool = False) -> Tuple[torch.Tensor, torch.Tensor]:
     """Per-pixel interpolation of per-vertex values, differentiable w.r.t. ``values`` and ``verts_screen``.
@@ -282,30 +367,11 @@ def interpolate(values: torch.Tensor, faces: TensorLike, fragments: Fragments, v
     Returns:
         image (H, W, C) in the dtype of ``values`` (0 on the background) and mask (H, W) bool.
     """
-    tri_id = fragments.tri_id
-    height, width = tri_id.shape
-    mask = tri_id >= 0
+    height, width = fragments.tri_id.shape
+    vals = interpolate_covered(values, faces, fragments, verts_screen, perspective_correct)
     pix = fragments.covered_index().to(values.device)
-    if len(pix) == 0:
-        return values.new_zeros(height, width, values.shape[1]), mask
-    f = _faces(faces, values.device)
-    fv = f.index_select(0, tri_id.reshape(-1).index_select(0, pix))  # (P, 3)
-    tri = verts_screen.index_select(0, fv.reshape(-1)).view(-1, 3, 3)
-    x0, y0 = tri[:, 0, 0], tri[:, 0, 1]
-    e1x, e1y = tri[:, 1, 0] - x0, tri[:, 1, 1] - y0
-    e2x, e2y = tri[:, 2, 0] - x0, tri[:, 2, 1] - y0
-    col, row = _pixel_xy(pix, width)
-    dx, dy = col.to(tri.dtype) - x0, row.to(tri.dtype) - y0
-    area2 = e1x * e2y - e2x * e1y
-    w1 = (dx * e2y - dy * e2x) / area2
-    w2 = (e1x * dy - e1y * dx) / area2
-    w = torch.stack([1.0 - w1 - w2, w1, w2], dim=1)
-    if perspective_correct:
-        w = w / tri[:, :, 2]
-        w = w / w.sum(dim=1, keepdim=True)
-    vals = (w.to(values.dtype)[:, :, None] * values.index_select(0, fv.reshape(-1)).view(-1, 3, values.shape[1])).sum(1)
-    out = values.new_zeros(height * width, values.shape[1]).index_copy(0, pix, vals).view(height, width, -1)
-    return out, mask
+    out = values.new_zeros(height * width, values.shape[1]).index_copy(0, pix, vals)
+    return out.view(height, width, -1), fragments.mask
 
 
 def vertex_normals(verts: torch.Tensor, faces: TensorLike) -> torch.Tensor:

@@ -60,9 +60,12 @@ def _mesh_gray(verts_screen: ArrayLike, faces: ArrayLike, height: int, width: in
     pix = frags.covered_index()
     if len(pix) == 0:
         return pix, level[:0]
-    fv = f.index_select(0, frags.tri_id.view(-1).index_select(0, pix))
+    corners = f.t().contiguous().index_select(1, frags.tri_id.view(-1).index_select(0, pix))  # (3, P)
     w = frags.covered_bary
-    return pix, (w * level.index_select(0, fv.view(-1)).view(-1, 3)).sum(1)
+    gray = level.index_select(0, corners[0]) * w[:, 0]
+    gray += level.index_select(0, corners[1]) * w[:, 1]
+    gray += level.index_select(0, corners[2]) * w[:, 2]
+    return pix, gray
 
 
 def shade(verts_screen: ArrayLike, faces: ArrayLike, height: int, width: int,

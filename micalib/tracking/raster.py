@@ -164,7 +164,7 @@ def rasterize(verts_screen: TensorLike, faces: TensorLike, height: int, width: i
         dx, dy = col.to(dtype) - x0, row.to(dtype) - y0
         w1 = a1 * dx + b1 * dy
         w2 = a2 * dx + b2 * dy
-        bary = torch.stack([1.0 - w1 - w2, w1, w2], dim=1)
+        bary = torch.stack([1.0 - w1 - w2, w1, w2]).t()  # (P, 3) view of planar rows
         depth = z0 + gx * dx + gy * dy
     return Fragments(tri_id.view(height, width), pix, bary, depth)
 

@@ -76,8 +76,9 @@ def load_mesh() -> Tuple[np.ndarray, np.ndarray, str]:
 def camera_vertices(v: torch.Tensor, yaw_deg: float) -> torch.Tensor:
     """Model (y up) -> OpenCV camera frame (y down, z forward), head turned by ``yaw_deg``."""
     a = math.radians(yaw_deg)
-    rot = torch.tensor([[math.cos(a), 0, math.sin(a)], [0, -1, 0], [math.sin(a), 0, -math.cos(a)]], dtype=v.dtype)
-    return v @ rot.T + torch.tensor([0.0, 0.0, DISTANCE], dtype=v.dtype)
+    rot = torch.tensor([[math.cos(a), 0, math.sin(a)], [0, -1, 0], [math.sin(a), 0, -math.cos(a)]],
+                       dtype=v.dtype, device=v.device)
+    return v @ rot.T + torch.tensor([0.0, 0.0, DISTANCE], dtype=v.dtype, device=v.device)
 
 
 def project(cam: torch.Tensor, size: int) -> torch.Tensor:
@@ -141,8 +142,7 @@ def run(device: torch.device, min_time: float) -> Tuple[List[Tuple[str, Timing]]
     # photometric: one refine() step at a time on a rendered target (pose offset, appearance fitted)
     for size in (512, 256):
         def proj(p, size=size):
-            c = (verts + p["dt"]) @ camera_vertices(torch.eye(3, device=device), 20.0).T
-            c = c + torch.tensor([0.0, 0.0, DISTANCE], device=device)
+            c = camera_vertices(verts + p["dt"], 20.0)
             return project(c, size), c
 
         ref = PhotometricRefiner(faces, len(verts), size, size, device=device)

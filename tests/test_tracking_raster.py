@@ -144,7 +144,7 @@ def test_interpolate_gradcheck():
     values = torch.randn(4, 2, dtype=torch.float64, requires_grad=True)
     v = verts.clone().requires_grad_(True)
     for persp in (False, True):
-        assert torch.autograd.gradcheck(lambda val, vv: interpolate(val, faces, fr, vv, persp)[0], (values, v))
+        assert torch.autograd.gradcheck(lambda val, vv, p=persp: interpolate(val, faces, fr, vv, p)[0], (values, v))
     # the gradient w.r.t. positions is not trivially zero
     img, _ = interpolate(values, faces, fr, v)
     (g,) = torch.autograd.grad(img.sum(), v)

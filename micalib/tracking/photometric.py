@@ -185,7 +185,8 @@ class PhotometricRefiner:
         """
         image = image.to(self.device, torch.float32)
         if image.shape != (self.height, self.width, 3):
-            raise ValueError(f"PhotometricRefiner: expected a ({self.height}, {self.width}, 3) image, got {tuple(image.shape)}")
+            raise ValueError(f"PhotometricRefiner: expected a ({self.height}, {self.width}, 3) image, "
+                             f"got {tuple(image.shape)}")
         lrs = {k: float(lr) for k in params} if not isinstance(lr, Mapping) else dict(lr)
         p = {k: v.detach().clone().requires_grad_(k in lrs) for k, v in params.items()}
         groups = [(p[k], lrs[k]) for k in p if k in lrs]

@@ -3,23 +3,26 @@ attribute interpolation on its output.
 
 Rasterisation itself is not differentiable: it finds, per pixel, the nearest triangle and its
 barycentric coordinates. ``interpolate`` then recomputes the barycentrics of each covered pixel from
-the vertex positions with autograd, so gradients flow to per-vertex values (colours, normals) and to
-the screen positions of the vertices (hence to pose, camera and shape). Gradients do not see
-occlusion boundaries move (as with a hard rasteriser in pytorch3d, blur radius 0).
+the vertex positions and is differentiable w.r.t. the per-vertex values (colours, normals) and the
+screen positions of the vertices (hence pose, camera and shape); its backward is analytic (see
+``_LinearInterp``). Gradients do not see occlusion boundaries move (as with a hard rasteriser in
+pytorch3d, blur radius 0).
 
 Conventions (OpenCV): ``verts_screen`` is (V, 3) = (x pixels to the right, y pixels down, depth > 0
 along the viewing axis, e.g. the camera-space z in metres); pixel (row i, column j) has its centre at
 x = j, y = i. A pixel belongs to a triangle when its centre lies inside it or on an edge; of all
 triangles covering it, the smallest interpolated depth (the nearest) wins, ties to the lower triangle
-index. Both windings are drawn. Triangles with a vertex at depth <= 0 (behind the camera) or with a
-non-finite or zero-area projection are skipped. Barycentrics and depth are linear in screen space
-(``interpolate(..., perspective_correct=True)`` corrects attributes for perspective).
+index. Both windings are drawn unless ``cull_backfaces``. Triangles with a vertex at depth <= 0
+(behind the camera) or with a non-finite or zero-area projection are skipped. Barycentrics and depth
+are linear in screen space (``interpolate(..., perspective_correct=True)`` corrects attributes for
+perspective).
 
-Speed: per-triangle bounding boxes are expanded into candidate pixels with one broadcast per size
-class (2x2, 4x4, 8x8, 16x16 tiles; larger boxes through a generic expansion), inside-tested with
-precomputed edge coefficients, and resolved with one ``scatter_reduce(amin)`` on int64 keys
-(float32 depth bits << 32 | triangle index), so the depth test and the winner's index come out of a
-single reduction. The same code runs on CUDA tensors.
+Speed (FLAME at 512x512 in ~5-7 ms of one CPU core, vs ~60 ms for ``micalib.renderer``): every
+triangle is cut into pixel rows; each row's span of covered pixel centres comes from six
+multiply-adds on per-triangle coefficients (no inside test per pixel); the spans are expanded into
+(pixel, depth | triangle) int64 keys (float32 depth bits << 32 | triangle index) and resolved with
+one ``scatter_reduce(amin)``, so the depth test and the winner's index come out of a single
+reduction. No Python loop over triangles or pixels; the same code runs on CUDA tensors.
 """
 from __future__ import annotations
 
@@ -111,9 +114,9 @@ def _faces(faces: TensorLike, device) -> torch.Tensor:
 
 
 def _coefficients(tri: torch.Tensor) -> torch.Tensor:
-    """(10, F): per triangle x0, y0, z0, a1, b1, a2, b2, gx, gy, area2 (one contiguous row each). With (dx, dy) = (x - x0,
-    y - y0) the barycentrics are w1 = a1 dx + b1 dy, w2 = a2 dx + b2 dy, w0 = 1 - w1 - w2, and the
-    depth z = z0 + gx dx + gy dy; area2 is the doubled signed area (0: degenerate)."""
+    """(10, F): per triangle x0, y0, z0, a1, b1, a2, b2, gx, gy, area2 (one contiguous row each).
+    With (dx, dy) = (x - x0, y - y0) the barycentrics are w1 = a1 dx + b1 dy, w2 = a2 dx + b2 dy,
+    w0 = 1 - w1 - w2, and the depth z = z0 + gx dx + gy dy; area2 is the doubled signed area."""
     x0, y0, z0 = tri[:, 0, 0], tri[:, 0, 1], tri[:, 0, 2]
     e1 = tri[:, 1] - tri[:, 0]
     e2 = tri[:, 2] - tri[:, 0]
@@ -157,7 +160,8 @@ def rasterize(verts_screen: TensorLike, faces: TensorLike, height: int, width: i
     tri_id = (buf & _LOW32).masked_fill_(~covered, -1)
     pix = covered.nonzero().squeeze(1)
     if coef is None or len(pix) == 0:
-        bary, depth = torch.zeros(len(pix), 3, dtype=dtype, device=device), torch.zeros(len(pix), dtype=dtype, device=device)
+        bary = torch.zeros(len(pix), 3, dtype=dtype, device=device)
+        depth = torch.zeros(len(pix), dtype=dtype, device=device)
     else:
         x0, y0, z0, a1, b1, a2, b2, gx, gy, _ = coef.index_select(1, tri_id.index_select(0, pix))
         col, row = _pixel_xy(pix, width)
@@ -354,8 +358,9 @@ def interpolate(values: torch.Tensor, faces: TensorLike, fragments: Fragments, v
                 perspective_correct: bool = False) -> Tuple[torch.Tensor, torch.Tensor]:
     """Per-pixel interpolation of per-vertex values, differentiable w.r.t. ``values`` and ``verts_screen``.
 
-    The barycentrics of every covered pixel are recomputed with autograd from the screen positions of
-    its triangle's vertices (the triangle ids come from ``fragments``, without gradient).
+    The barycentrics of every covered pixel are recomputed from the screen positions of its
+    triangle's vertices (the triangle ids come from ``fragments``, without gradient), so the
+    gradient w.r.t. ``verts_screen`` is that of the pixel's position inside its triangle.
 
     Args:
         values: (V, C) per-vertex values.

@@ -51,10 +51,11 @@ def _mesh_gray(verts_screen: ArrayLike, faces: ArrayLike, height: int, width: in
     f = torch.as_tensor(_np(faces, np.int64))
     frags = rasterize(v, f, height, width, cull_backfaces=cull_backfaces)
     if normals is None:
-        ext = (v.amax(0) - v.amin(0)).clamp_min(1e-12)
+        finite = v[torch.isfinite(v).all(1)]
+        ext = (finite.amax(0) - finite.amin(0)).clamp_min(1e-12) if len(finite) else torch.ones(3)
         scale = 0.5 * float(ext[0] + ext[1]) / float(ext[2])
         normals = vertex_normals(v * torch.tensor([1.0, 1.0, scale]), f)
-    n_z = torch.as_tensor(_np(normals))[:, 2]
+    n_z = torch.as_tensor(_np(normals))[:, 2].nan_to_num(0.0)
     # headlight along -z, lit from both sides; gray level per vertex, interpolated (Gouraud)
     level = (AMBIENT + (1.0 - AMBIENT) * n_z.abs()) * (MESH_GRAY * 255.0)
     pix = frags.covered_index()

@@ -2,13 +2,18 @@
 and fit parameters to an image by gradient descent on the masked photometric error.
 
 Unlike the original tracker there is no pytorch3d: ``raster.rasterize`` finds the visible triangle
-and barycentrics of each pixel without gradient, and ``raster.interpolate`` recomputes the
-barycentrics from the projected vertices with autograd, so the error is differentiable w.r.t. the
-vertex positions (hence the pose, camera and expression behind ``project_fn``) and the appearance.
-As with any hard rasteriser, the silhouette itself gives no gradient. Unlike the original, the
-appearance is a per-vertex albedo (not the FLAME/BFM texture space) and the lighting is applied per
-vertex (Gouraud), which on FLAME's ~1-2 px triangles at 512 px is indistinguishable from per pixel.
-Works on CPU and CUDA: everything runs on ``device``.
+and barycentrics of each pixel without gradient, and ``raster.interpolate_covered`` recomputes the
+barycentrics from the projected vertices (analytic backward), so the error is differentiable w.r.t.
+the vertex positions (hence the pose, camera and expression behind ``project_fn``) and the
+appearance. As with any hard rasteriser, the silhouette itself gives no gradient. Unlike the
+original, the appearance is a per-vertex albedo (not the FLAME/BFM texture space) and the lighting
+is applied per vertex (Gouraud; FLAME's triangles span a few pixels of a 512 crop). The error is
+summed over the covered pixels only. Works on CPU and CUDA: everything runs on ``device``.
+
+``project_fn(params)`` should return ``(screen, camera_vertices)``: the (V, 3) screen vertices
+(x px, y px, depth) and the (V, 3) vertices in the camera frame (OpenCV: x right, y down, z forward),
+whose normals light the surface. Returning only the screen vertices works too, with normals
+estimated from them (depth rescaled to the x/y extent; approximate).
 """
 from __future__ import annotations
 

@@ -44,6 +44,18 @@ fi
 # implementation reads them. --no-deps: its metadata pins an old torch/torchvision we must not pull.
 "${PIP[@]}" --no-deps facenet-pytorch==2.6.0
 
+# mediapipe 0.10.14 ships the FaceMesh models (478 points with iris) inside its wheel: track.py's
+# offline landmarks. --no-deps: its metadata asks for protobuf<5 (onnx and tensorboard need >=6.31.1;
+# the protobuf shim in micalib/tracking/landmarks.py makes 0.10.14 work with it), jax, jaxlib and
+# sounddevice (not used by FaceMesh) and opencv-contrib-python (would clash with our OpenCV). What
+# FaceMesh does import (absl-py, attrs, flatbuffers, matplotlib) is pinned in requirements.txt.
+# `pip check` therefore lists mediapipe's declared requirements as unmet: expected. Where no wheel
+# exists (e.g. Python >= 3.13) track.py still runs from your own landmarks (--landmarks FILE.npz).
+echo "[install] mediapipe (offline face landmarks for track.py)"
+if ! "${PIP[@]}" --no-deps mediapipe==0.10.14; then
+  echo "[install] WARNING: mediapipe 0.10.14 could not be installed for $("$PY" --version); track.py will need --landmarks FILE.npz" >&2
+fi
+
 echo "[install] test dependencies"
 "${PIP[@]}" -r requirements-test.txt
 "${PIP[@]}" --no-deps smplx==0.1.28

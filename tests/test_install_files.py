@@ -32,3 +32,20 @@ def test_no_forbidden_dependencies():
         assert bad not in text.lower()
     install = (PROJECT_ROOT / "install.sh").read_text()
     assert "onnxruntime-gpu==" + _pins((PROJECT_ROOT / "requirements.txt").read_text())["onnxruntime"] in install
+
+
+def test_mediapipe_installed_without_its_declared_dependencies():
+    """mediapipe 0.10.14 declares protobuf<5 (onnx/tensorboard need >=6.31.1; it fails on 7.x) and
+    opencv-contrib-python (clashes with our OpenCV): install.sh installs it with --no-deps, the
+    requirements files never name it, and what FaceMesh imports is pinned."""
+    install = (PROJECT_ROOT / "install.sh").read_text()
+    commands = "\n".join(line.split("#")[0] for line in install.splitlines())
+    assert "--no-deps mediapipe==0.10.14" in commands
+    req = _pins((PROJECT_ROOT / "requirements.txt").read_text())
+    for path in ("requirements.txt", "requirements-test.txt", "environment.yml"):
+        text = "\n".join(line.split("#")[0] for line in (PROJECT_ROOT / path).read_text().splitlines()).lower()
+        assert "mediapipe" not in text and "opencv-contrib" not in text and "jax" not in text, path
+    major, minor, patch = (int(v) for v in req["protobuf"].split("."))
+    assert (6, 31, 1) <= (major, minor, patch) < (7, 0, 0)
+    for name in ("absl-py", "attrs", "flatbuffers", "matplotlib"):
+        assert name in req, name

@@ -1,0 +1,270 @@
+"""The frames of a tracked sequence: a video file or a folder of images, streamed one at a time.
+
+``open_frames(path, fps)`` returns a ``FrameSource``. Iterating it yields ``(out_index,
+input_index, rgb)``: the 0-based output frame number, the 0-based number of the input frame it
+shows (in decoding order, the order of ``--landmarks`` rows) and the frame as RGB uint8 (H,W,3).
+
+Videos are decoded by OpenCV's ``VideoCapture`` (opencv-python-headless ships FFmpeg inside the
+wheel; no system ``ffmpeg`` is called), without holding more than one frame. With ``fps`` the video
+is resampled: output frame k shows the input frame nearest to the time k / fps, ties going to the
+earlier frame, i.e. input index ``ceil(k * input_fps / fps - 1/2)``; output frames continue while
+that input frame exists. The original tracker splits the video into frames with ffmpeg at 25 fps,
+whose rounding of the time stamps can differ from this rule by one frame at exact ties. Frames that
+the resampling drops are only ``grab()``bed (demuxed and decoded, not converted to RGB).
+
+A folder is read in sorted-name order (plain string order of the file names: name frames with
+zero-padded numbers); ``fps`` does not apply to it. All its images must have the size of the first.
+"""
+from __future__ import annotations
+
+import math
+import os
+import queue
+import threading
+from fractions import Fraction
+from pathlib import Path
+from typing import Iterable, Iterator, Optional, Sequence, TypeVar, Union
+
+import cv2
+import numpy as np
+
+from utils.errors import MICAError
+from utils.image_io import list_images, read_image
+
+PathLike = Union[str, os.PathLike]
+
+__all__ = ["FrameSource", "VideoFrames", "FolderFrames", "open_frames", "resample_indices", "prefetch"]
+
+T = TypeVar("T")
+
+# Rational approximation of a frame rate read as a float (29.97002997... -> 30000/1001), so that
+# ties of the resampling rule are decided exactly.
+_FPS_DENOMINATOR = 100_000
+
+
+def _rational(fps: float) -> Fraction:
+    return Fraction(float(fps)).limit_denominator(_FPS_DENOMINATOR)
+
+
+def resample_indices(n_input: int, input_fps: float, fps: Optional[float]) -> list[int]:
+    """Input frame index of every output frame: output frame k shows the input frame nearest to the
+    time k / ``fps`` (input frame i is at time i / ``input_fps``), ties to the earlier one; the
+    list ends before the first k whose nearest input frame is past the last (index ``n_input - 1``).
+    ``fps`` None: every input frame."""
+    if fps is None:
+        return list(range(n_input))
+    if not fps > 0 or not input_fps > 0:
+        raise ValueError(f"resample_indices: frame rates must be positive (fps={fps}, input_fps={input_fps})")
+    ratio = _rational(input_fps) / _rational(fps)  # input frames per output frame
+    out: list[int] = []
+    k = 0
+    while True:
+        # nearest integer to x = k * ratio, ties to the earlier: ceil(x - 1/2)
+        i = math.ceil(k * ratio - Fraction(1, 2))
+        if i > n_input - 1:
+            return out
+        out.append(i)
+        k += 1
+
+
+class FrameSource:
+    """Common interface of ``VideoFrames`` and ``FolderFrames``.
+
+    Attributes:
+        path: the video file or the folder.
+        name: the video's stem or the folder's name (the sequence name NAME of the outputs).
+        input_fps: frame rate of the input (None for a folder).
+        fps: the output frame rate asked for (None: every input frame).
+        n_input_frames: number of input frames (rows of a ``--landmarks`` file).
+        size: (width, height) of the input frames in pixels.
+        indices: input frame index of every output frame.
+    """
+
+    path: Path
+    name: str
+    input_fps: Optional[float]
+    fps: Optional[float]
+    n_input_frames: int
+    size: tuple[int, int]
+    indices: list[int]
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __iter__(self) -> Iterator[tuple[int, int, np.ndarray]]:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def __repr__(self) -> str:
+        return (f"{type(self).__name__}({str(self.path)!r}, {len(self)} output frames of "
+                f"{self.n_input_frames}, {self.size[0]}x{self.size[1]}, input fps {self.input_fps}, fps {self.fps})")
+
+
+def _bgr_to_rgb(bgr: np.ndarray) -> np.ndarray:
+    if bgr.ndim == 2:
+        return cv2.cvtColor(bgr, cv2.COLOR_GRAY2RGB)
+    if bgr.shape[2] == 4:
+        return cv2.cvtColor(bgr, cv2.COLOR_BGRA2RGB)
+    return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+
+
+class VideoFrames(FrameSource):
+    """A video file decoded with OpenCV (see the module docstring)."""
+
+    def __init__(self, path: PathLike, fps: Optional[float] = None):
+        self.path = Path(path).expanduser()
+        self.name = self.path.stem
+        self.fps = float(fps) if fps is not None else None
+        fix = "check that it is a complete video (e.g. play it), or extract its frames into a folder and pass that"
+        cap = self._open()
+        try:
+            input_fps = float(cap.get(cv2.CAP_PROP_FPS) or 0.0)
+            count = int(cap.get(cv2.CAP_PROP_FRAME_COUNT) or 0)
+            ok, first = cap.read()
+        finally:
+            cap.release()
+        if not ok or first is None:
+            raise MICAError(f"video {self.path} has no frame OpenCV can decode; {fix}")
+        if not math.isfinite(input_fps) or input_fps <= 0:
+            if self.fps is not None:
+                raise MICAError(f"video {self.path} does not state its frame rate, so it cannot be resampled "
+                                "to --fps; leave --fps out (every frame is used) or extract its frames into a folder")
+            input_fps = 0.0
+        if count <= 0:  # a stream without a frame count: count by demuxing once
+            count = self._count_frames()
+        self.input_fps = input_fps or None
+        self.n_input_frames = count
+        self.size = (int(first.shape[1]), int(first.shape[0]))
+        self.indices = resample_indices(count, input_fps, self.fps) if self.fps is not None else list(range(count))
+
+    def _open(self) -> cv2.VideoCapture:
+        if not self.path.exists():
+            raise MICAError(f"video {self.path} does not exist (check the path)")
+        if self.path.is_dir():
+            raise MICAError(f"{self.path} is a folder; internal error: opened as a video")
+        if self.path.stat().st_size == 0:
+            raise MICAError(f"video {self.path} is an empty file (0 bytes); pass a complete video")
+        cap = cv2.VideoCapture(str(self.path), cv2.CAP_FFMPEG)
+        if not cap.isOpened():
+            cap.release()
+            raise MICAError(f"video {self.path} cannot be opened by OpenCV's FFmpeg (not a video, corrupt, or an "
+                            "unsupported codec); convert it to H.264 MP4 or extract its frames into a folder")
+        return cap
+
+    def _count_frames(self) -> int:
+        cap = self._open()
+        n = 0
+        try:
+            while cap.grab():
+                n += 1
+        finally:
+            cap.release()
+        return n
+
+    def __iter__(self) -> Iterator[tuple[int, int, np.ndarray]]:
+        cap = self._open()
+        try:
+            position = -1  # index of the last grabbed input frame
+            for k, i in enumerate(self.indices):
+                while position < i:
+                    if not cap.grab():
+                        raise MICAError(f"video {self.path} ends after {position + 1} of its {self.n_input_frames} "
+                                        "frames (truncated or corrupt); re-encode it or extract its frames into a folder")
+                    position += 1
+                ok, bgr = cap.retrieve()
+                if not ok or bgr is None:
+                    raise MICAError(f"video {self.path}: frame {i} cannot be decoded (corrupt); "
+                                    "re-encode it or extract its frames into a folder")
+                yield k, i, _bgr_to_rgb(bgr)
+        finally:
+            cap.release()
+
+
+class FolderFrames(FrameSource):
+    """A folder of images (not its subfolders), in sorted-name order; every image is one frame."""
+
+    def __init__(self, path: PathLike):
+        self.path = Path(path).expanduser()
+        self.name = self.path.resolve().name
+        self.fps = None
+        self.input_fps = None
+        self.files: Sequence[Path] = list_images(self.path, recursive=False)
+        if not self.files:
+            raise MICAError(f"frame folder {self.path} holds no images (.jpg/.png/...); "
+                            "pass a folder of frames or a video file")
+        first = read_image(self.files[0])
+        self.size = (int(first.shape[1]), int(first.shape[0]))
+        self.n_input_frames = len(self.files)
+        self.indices = list(range(len(self.files)))
+
+    def __iter__(self) -> Iterator[tuple[int, int, np.ndarray]]:
+        for i, f in enumerate(self.files):
+            rgb = read_image(f)
+            if (rgb.shape[1], rgb.shape[0]) != self.size:
+                raise MICAError(f"frame {f} is {rgb.shape[1]}x{rgb.shape[0]} pixels but the first frame of the folder "
+                                f"is {self.size[0]}x{self.size[1]}; all frames must have one size (resize or remove it)")
+            yield i, i, rgb
+
+
+def open_frames(path: PathLike, fps: Optional[float] = None) -> FrameSource:
+    """A ``VideoFrames`` for a file, a ``FolderFrames`` for a folder (``fps`` ignored there).
+
+    Raises:
+        MICAError: missing path, unreadable or empty video, folder without images.
+    """
+    p = Path(path).expanduser()
+    if not p.exists():
+        raise MICAError(f"input {p} does not exist (pass a video file or a folder of frames)")
+    if fps is not None and not (math.isfinite(float(fps)) and float(fps) > 0):
+        raise MICAError(f"--fps {fps} is not a positive frame rate (use e.g. --fps 25)")
+    if p.is_dir():
+        return FolderFrames(p)
+    return VideoFrames(p, fps)
+
+
+_END = object()
+
+
+def prefetch(items: Iterable[T], depth: int = 4) -> Iterator[T]:
+    """Iterate ``items`` in a background thread, up to ``depth`` ahead: decoding (which releases the
+    GIL inside OpenCV) then overlaps with the caller's work. Exceptions of ``items`` are raised in
+    the caller at the item where they happened; leaving the loop early stops the thread."""
+    q: queue.Queue = queue.Queue(maxsize=max(1, int(depth)))
+    stop = threading.Event()
+
+    def put(x) -> bool:
+        while not stop.is_set():
+            try:
+                q.put(x, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def work() -> None:
+        it = iter(items)
+        try:
+            for x in it:
+                if not put((x, None)):
+                    return
+        except BaseException as e:  # handed to the consumer
+            put((_END, e))
+            return
+        finally:
+            close = getattr(it, "close", None)  # a generator releases its video here, in this thread
+            if close is not None:
+                close()
+        put((_END, None))
+
+    thread = threading.Thread(target=work, name="prefetch", daemon=True)
+    thread.start()
+    try:
+        while True:
+            x, err = q.get()
+            if x is _END:
+                if err is not None:
+                    raise err
+                return
+            yield x
+    finally:
+        stop.set()
+        thread.join()

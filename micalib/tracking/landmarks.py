@@ -1,0 +1,386 @@
+"""2D face landmarks for tracking: MediaPipe's 478-point face mesh (offline), an optional 68-point
+iBUG detector (insightface ``buffalo_l``'s ``1k3d68.onnx``), and the landmark file format.
+
+Coordinates everywhere are pixels of the image the points belong to, in OpenCV's convention: (0, 0)
+is the centre of the top-left pixel (the convention of ``cv2.warpAffine`` and of a pinhole K).
+Missing points are NaN.
+
+MediaPipe: ``mediapipe==0.10.14`` ships the legacy FaceMesh solution with its models inside the
+wheel, so nothing is downloaded. It was built for protobuf < 5; ``_apply_protobuf_shim`` restores the
+two methods it calls that protobuf 5 removed (``SymbolDatabase.GetPrototype`` and
+``MessageFactory.GetPrototype``, both through ``message_factory.GetMessageClass``) before mediapipe is
+imported. Its normalised output times the image size puts 0 at the left edge of pixel 0, so 0.5 is
+subtracted. Its C++ start-up messages (TFLite delegate, absl warnings) are silenced.
+
+Landmark file (``landmarks.npz``, also the ``--landmarks`` input): a NumPy ``.npz`` archive with
+``mediapipe`` (T,478,2) and/or ``ibug68`` (T,68,2) float arrays, one row per frame of the input in
+decoding order (before any ``--fps`` resampling), pixel coordinates of the input frames in the
+convention above, NaN where missing. Rows that are all exactly zero are read as missing (the
+original tracker stores missing detections as zeros).
+"""
+from __future__ import annotations
+
+import contextlib
+import importlib.util
+import io
+import os
+import sys
+import warnings
+import zipfile
+from pathlib import Path
+from typing import Iterator, Optional, Union
+
+import numpy as np
+
+from micalib.tracking.crop import invert_matrix, transform_points, warp
+from utils.errors import MICAError
+from utils.io import atomic_write_bytes
+
+PathLike = Union[str, os.PathLike]
+
+__all__ = [
+    "N_MEDIAPIPE", "N_IBUG68", "MEDIAPIPE_IBUG68", "mediapipe_available", "MediaPipeLandmarker",
+    "DEFAULT_IBUG68_MODEL", "find_ibug68_model", "Ibug68Detector", "face_box_from_points",
+    "detect_in_crop", "save_landmarks_npz", "load_landmarks_npz",
+]
+
+N_MEDIAPIPE = 478  # 468 mesh points + 10 iris points (468..472 and 473..477)
+N_IBUG68 = 68
+
+# The MediaPipe mesh point closest to each of the 68 iBUG points (jaw 0-16, brows 17-26, nose
+# 27-35, eyes 36-47, mouth 48-67), in iBUG order. Used where a 68-point set is wanted but only
+# MediaPipe ran (the crop box). The jaw points of the two sets differ in definition (iBUG's
+# contour follows the silhouette), so this is an approximation for boxes, not for fitting.
+MEDIAPIPE_IBUG68 = np.array([
+    162, 234, 93, 58, 172, 136, 149, 148, 152, 377, 378, 365, 397, 288, 323, 454, 389,  # jaw
+    71, 63, 105, 66, 107, 336, 296, 334, 293, 301,  # brows
+    168, 197, 5, 4, 75, 97, 2, 326, 305,  # nose
+    33, 160, 158, 133, 153, 144, 362, 385, 387, 263, 373, 380,  # eyes
+    61, 39, 37, 0, 267, 269, 291, 405, 314, 17, 84, 181,  # outer lips
+    78, 82, 13, 312, 308, 317, 14, 87,  # inner lips
+], dtype=np.int64)
+
+
+# --------------------------------------------------------------------------------------------
+# MediaPipe
+
+
+def _apply_protobuf_shim() -> None:
+    """Give protobuf >= 5 the two GetPrototype methods mediapipe 0.10.14 calls (removed in 5)."""
+    from google.protobuf import message_factory, symbol_database
+
+    def get_prototype(self, descriptor):
+        return message_factory.GetMessageClass(descriptor)
+
+    if not hasattr(symbol_database.SymbolDatabase, "GetPrototype"):
+        symbol_database.SymbolDatabase.GetPrototype = get_prototype
+    if not hasattr(message_factory.MessageFactory, "GetPrototype"):
+        message_factory.MessageFactory.GetPrototype = get_prototype
+
+
+@contextlib.contextmanager
+def _quiet_native_stderr() -> Iterator[None]:
+    """Send what native code writes to file descriptor 2 to /dev/null for the block (mediapipe's
+    TFLite/absl start-up messages bypass Python). Python's own stderr is flushed first."""
+    try:
+        sys.stderr.flush()
+        saved = os.dup(2)
+    except (OSError, ValueError, AttributeError):  # no real fd 2 (e.g. some notebook kernels)
+        yield
+        return
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(devnull)
+
+
+_MEDIAPIPE_STATE: dict[str, object] = {}
+
+
+def _import_face_mesh():
+    """The ``mediapipe.python.solutions.face_mesh`` module (shim applied), or raise MICAError."""
+    if "module" in _MEDIAPIPE_STATE:
+        return _MEDIAPIPE_STATE["module"]
+    if importlib.util.find_spec("mediapipe") is None:
+        raise MICAError("MediaPipe is not installed: run 'bash install.sh' (it installs mediapipe 0.10.14), "
+                        "or pass your own landmarks with --landmarks FILE.npz")
+    os.environ.setdefault("GLOG_minloglevel", "2")
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    _apply_protobuf_shim()
+    try:
+        with _quiet_native_stderr():
+            from mediapipe.python.solutions import face_mesh
+    except Exception as e:  # a broken install shows up as any import-time error
+        raise MICAError(f"MediaPipe cannot be imported ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}); "
+                        "reinstall it with 'bash install.sh', or pass your own landmarks with --landmarks FILE.npz") from None
+    _MEDIAPIPE_STATE["module"] = face_mesh
+    return face_mesh
+
+
+def mediapipe_available() -> bool:
+    """True when mediapipe's FaceMesh can be imported (with the protobuf shim)."""
+    try:
+        _import_face_mesh()
+    except MICAError:
+        return False
+    return True
+
+
+def _as_rgb(rgb: np.ndarray) -> np.ndarray:
+    img = np.asarray(rgb)
+    if img.dtype != np.uint8 or img.ndim != 3 or img.shape[2] != 3:
+        raise ValueError(f"expected an RGB uint8 (H,W,3) image, got {img.dtype} {img.shape}")
+    return np.ascontiguousarray(img)
+
+
+class MediaPipeLandmarker:
+    """MediaPipe FaceMesh with iris refinement: ``detect(rgb) -> (478, 2) float32``.
+
+    Args:
+        video_mode: track the face from the previous frame's landmarks (faster, steadier); feed the
+            frames of one sequence in order and call ``reset()`` before another sequence.
+            False: detect the face in every image independently.
+        min_detection_confidence, min_tracking_confidence: MediaPipe's thresholds.
+    """
+
+    def __init__(self, video_mode: bool = True, min_detection_confidence: float = 0.5,
+                 min_tracking_confidence: float = 0.5):
+        self.video_mode = bool(video_mode)
+        self._kwargs = dict(static_image_mode=not self.video_mode, max_num_faces=1, refine_landmarks=True,
+                            min_detection_confidence=float(min_detection_confidence),
+                            min_tracking_confidence=float(min_tracking_confidence))
+        self._mesh = None
+        self.reset()
+
+    def reset(self) -> None:
+        """Start a new sequence (forgets the tracked face)."""
+        face_mesh = _import_face_mesh()
+        self.close()
+        # The graph loads its models in background threads right after construction, and they
+        # print; one frame processed inside the quiet block waits for that to finish.
+        with _quiet_native_stderr(), warnings.catch_warnings():
+            # protobuf 6 deprecates a call mediapipe 0.10.14 makes while building its graph
+            warnings.filterwarnings("ignore", category=DeprecationWarning, module=r"mediapipe\.")
+            self._mesh = face_mesh.FaceMesh(**self._kwargs)
+            self._mesh.process(np.zeros((64, 64, 3), np.uint8))
+
+    def close(self) -> None:
+        if self._mesh is not None:
+            self._mesh.close()
+            self._mesh = None
+
+    def __enter__(self) -> "MediaPipeLandmarker":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def detect(self, rgb: np.ndarray) -> np.ndarray:
+        """The 478 points of the most prominent face in pixels of ``rgb`` (OpenCV convention), or
+        all NaN when no face is found."""
+        img = _as_rgb(rgb)
+        if self._mesh is None:
+            self.reset()
+        result = self._mesh.process(img)
+        h, w = img.shape[:2]
+        out = np.full((N_MEDIAPIPE, 2), np.nan, dtype=np.float32)
+        faces = result.multi_face_landmarks
+        if faces:
+            lm = faces[0].landmark
+            xy = np.fromiter((c for p in lm for c in (p.x, p.y)), dtype=np.float64, count=2 * len(lm)).reshape(-1, 2)
+            if xy.shape[0] == N_MEDIAPIPE:
+                out[:] = xy * (w, h) - 0.5
+        return out
+
+
+# --------------------------------------------------------------------------------------------
+# insightface 1k3d68 (68 iBUG points), used only when the user has the model
+
+DEFAULT_IBUG68_MODEL = Path("~/.insightface/models/buffalo_l/1k3d68.onnx")
+
+
+def find_ibug68_model(path: Optional[PathLike] = None) -> Optional[Path]:
+    """The 1k3d68.onnx to use: ``path`` when given (MICAError if missing), else insightface's
+    ``buffalo_l`` pack in the user's home when present, else None."""
+    if path is not None:
+        p = Path(path).expanduser()
+        if not p.is_file():
+            raise MICAError(f"68-point landmark model {p} does not exist (insightface buffalo_l's 1k3d68.onnx; "
+                            "fix the path or leave the option out to use MediaPipe only)")
+        return p
+    p = DEFAULT_IBUG68_MODEL.expanduser()
+    return p if p.is_file() else None
+
+
+def face_box_from_points(points: np.ndarray) -> Optional[tuple[float, float, float, float]]:
+    """A face-detector-like box (x1, y1, x2, y2) around landmarks: their bounding box (MediaPipe's
+    mesh spans forehead to chin and cheek to cheek, about what SCRFD returns); None if all NaN."""
+    p = np.asarray(points, dtype=np.float64).reshape(-1, 2)
+    p = p[np.isfinite(p).all(axis=1)]
+    if len(p) == 0:
+        return None
+    (x1, y1), (x2, y2) = p.min(axis=0), p.max(axis=0)
+    return float(x1), float(y1), float(x2), float(y2)
+
+
+class Ibug68Detector:
+    """68 iBUG landmarks from insightface's ``1k3d68.onnx`` (in the ``buffalo_l`` pack), run with
+    onnxruntime: ``detect(rgb, box) -> (68, 2) float32`` in pixels of ``rgb``.
+
+    Pre-/post-processing as insightface applies it to this model: the face box (x1, y1, x2, y2) is
+    mapped to the network input (192x192 for 1k3d68) by a similarity with scale
+    ``input / (1.5 * max(box w, box h))`` centred on the box centre (``cv2.warpAffine``, black
+    border); the RGB image is normalised with mean/std 0/1 when the graph starts with its own
+    Sub and Mul nodes (or a ``bn_data`` node), else 127.5/128; the output (1, 3309) holds 1103 3D
+    points of which the last 68 are the iBUG points, in [-1, 1] of the input: pixel = (v + 1) *
+    (input // 2), mapped back by the inverse similarity (the z coordinate is dropped).
+    Untested against the real model here (it cannot be downloaded in the test environment); the
+    processing is tested with small synthetic ONNX models of the same interface.
+    """
+
+    def __init__(self, model_path: PathLike, threads: int = 1):
+        import onnx
+        import onnxruntime as ort
+
+        self.model_path = Path(model_path).expanduser()
+        try:
+            graph = onnx.load(str(self.model_path), load_external_data=False).graph
+        except Exception as e:
+            raise MICAError(f"68-point landmark model {self.model_path} is not a readable ONNX file "
+                            f"({type(e).__name__}); re-download insightface's buffalo_l pack") from None
+        has_sub = has_mul = False
+        for i, node in enumerate(graph.node[:8]):
+            if node.name.startswith(("Sub", "_minus")):
+                has_sub = True
+            if node.name.startswith(("Mul", "_mul")):
+                has_mul = True
+            if i < 3 and node.name == "bn_data":
+                has_sub = has_mul = True
+        self.input_mean, self.input_std = (0.0, 1.0) if (has_sub and has_mul) else (127.5, 128.0)
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = max(1, int(threads))
+        opts.inter_op_num_threads = 1
+        self.session = ort.InferenceSession(str(self.model_path), opts, providers=["CPUExecutionProvider"])
+        inp = self.session.get_inputs()[0]
+        self.input_name = inp.name
+        self.input_size = int(inp.shape[3]) if isinstance(inp.shape[3], int) else 192
+        self.output_name = self.session.get_outputs()[0].name
+
+    def input_matrix(self, box: tuple[float, float, float, float]) -> np.ndarray:
+        """(2,3) similarity from image pixels to network-input pixels for the face box."""
+        x1, y1, x2, y2 = (float(v) for v in box)
+        s = self.input_size / (max(x2 - x1, y2 - y1) * 1.5)
+        cx, cy = (x1 + x2) / 2.0, (y1 + y2) / 2.0
+        half = self.input_size / 2.0
+        return np.array([[s, 0.0, half - s * cx], [0.0, s, half - s * cy]], dtype=np.float64)
+
+    def detect(self, rgb: np.ndarray, box: Optional[tuple[float, float, float, float]]) -> np.ndarray:
+        """The 68 points in pixels of ``rgb``; all NaN when ``box`` is None (no face)."""
+        out = np.full((N_IBUG68, 2), np.nan, dtype=np.float32)
+        if box is None or not np.all(np.isfinite(box)) or max(box[2] - box[0], box[3] - box[1]) <= 0:
+            return out
+        img = _as_rgb(rgb)
+        M = self.input_matrix(box)
+        n = self.input_size
+        crop = warp(img, M, (n, n))
+        blob = ((crop.astype(np.float32) - self.input_mean) / self.input_std).transpose(2, 0, 1)[None]
+        pred = np.asarray(self.session.run([self.output_name], {self.input_name: np.ascontiguousarray(blob)})[0][0],
+                          dtype=np.float64)
+        pred = pred.reshape(-1, 3) if pred.size >= 3000 else pred.reshape(-1, 2)
+        pts = (pred[-N_IBUG68:, :2] + 1.0) * (n // 2)
+        out[:] = transform_points(pts, invert_matrix(M))
+        return out
+
+
+# --------------------------------------------------------------------------------------------
+# Detection on a crop
+
+
+def detect_in_crop(landmarker, rgb_input: np.ndarray, M: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """Run ``landmarker.detect`` on the crop ``warp(rgb_input, M, size)`` (faster than the full
+    frame: MediaPipe ~4 ms on 512x512 vs ~16 ms on 1080p) and return the points in pixels of the
+    input frame (``M``: (2,3) input px -> crop px)."""
+    crop = warp(rgb_input, M, size)
+    return transform_points(landmarker.detect(crop), invert_matrix(M)).astype(np.float32)
+
+
+# --------------------------------------------------------------------------------------------
+# Landmark files
+
+_SCHEMA = "arrays 'mediapipe' (T,478,2) and/or 'ibug68' (T,68,2), T = number of input frames"
+_SETS = {"mediapipe": N_MEDIAPIPE, "ibug68": N_IBUG68}
+
+
+def _check_array(name: str, arr, where: str, n_frames: Optional[int]) -> np.ndarray:
+    a = np.asarray(arr)
+    n = _SETS[name]
+    if a.dtype.kind not in "fiu":
+        raise MICAError(f"{where}: '{name}' has dtype {a.dtype}, not numbers; store float pixel coordinates ({_SCHEMA})")
+    if a.ndim != 3 or a.shape[1:] != (n, 2):
+        raise MICAError(f"{where}: '{name}' has shape {tuple(a.shape)} but must be (T,{n},2) "
+                        f"(x, y in input-frame pixels; drop any z column with [..., :2])")
+    if n_frames is not None and a.shape[0] != n_frames:
+        raise MICAError(f"{where}: '{name}' has {a.shape[0]} rows but the input has {n_frames} frames; "
+                        "give one row per input frame in decoding order (before --fps resampling), NaN where missing")
+    a = a.astype(np.float32)
+    if np.isinf(a).any():
+        raise MICAError(f"{where}: '{name}' contains infinite values; use NaN for missing points")
+    return a
+
+
+def save_landmarks_npz(path: PathLike, mediapipe: Optional[np.ndarray] = None,
+                       ibug68: Optional[np.ndarray] = None, fsync: bool = True) -> None:
+    """Write a landmark file (schema in the module docstring) atomically, as float32."""
+    path = Path(path)
+    arrays = {k: _check_array(k, v, f"save_landmarks_npz({path})", None)
+              for k, v in (("mediapipe", mediapipe), ("ibug68", ibug68)) if v is not None}
+    if not arrays:
+        raise ValueError(f"save_landmarks_npz({path}): give mediapipe and/or ibug68")
+    lengths = {a.shape[0] for a in arrays.values()}
+    if len(lengths) != 1:
+        raise ValueError(f"save_landmarks_npz({path}): mediapipe and ibug68 have different numbers of rows")
+    buf = io.BytesIO()
+    np.savez(buf, **arrays)
+    atomic_write_bytes(path, buf.getbuffer(), fsync=fsync)
+
+
+def load_landmarks_npz(path: PathLike, n_input_frames: Optional[int]) -> dict[str, np.ndarray]:
+    """Read and validate a landmark file: ``{'mediapipe': (T,478,2), 'ibug68': (T,68,2)}`` float32
+    (only the sets present), all-zero rows turned into NaN. ``n_input_frames``: the number T the
+    input has (None: not checked).
+
+    Raises:
+        MICAError: missing or unreadable file, no known array, wrong shape, dtype or row count.
+    """
+    p = Path(path).expanduser()
+    where = f"landmarks file {p}"
+    if not p.is_file():
+        raise MICAError(f"{where} does not exist (check the --landmarks path)")
+    fix = f"write it with np.savez(path, mediapipe=..., ibug68=...) ({_SCHEMA})"
+    try:
+        z = np.load(p, allow_pickle=False)
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
+        raise MICAError(f"{where} is not a readable NumPy .npz archive ({type(e).__name__}); {fix}") from None
+    if not isinstance(z, np.lib.npyio.NpzFile):
+        raise MICAError(f"{where} is a single .npy array, not an .npz archive of named arrays; {fix}")
+    try:
+        with z:
+            present = {k: z[k] for k in z.files if k in _SETS}
+            others = [k for k in z.files if k not in _SETS]
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
+        raise MICAError(f"{where} holds an unreadable or pickled array ({type(e).__name__}); {fix}") from None
+    if not present:
+        raise MICAError(f"{where} has none of the arrays 'mediapipe' or 'ibug68' (found: {', '.join(others) or 'nothing'}); {fix}")
+    out = {}
+    for name, arr in present.items():
+        a = _check_array(name, arr, where, n_input_frames)
+        zero_rows = (a == 0).all(axis=(1, 2))
+        a[zero_rows] = np.nan
+        out[name] = a
+    if len({a.shape[0] for a in out.values()}) != 1:
+        raise MICAError(f"{where}: 'mediapipe' and 'ibug68' have different numbers of rows; give both one row per input frame")
+    return out

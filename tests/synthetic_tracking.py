@@ -96,7 +96,8 @@ def _remove_similarity(fields: np.ndarray, verts: np.ndarray) -> np.ndarray:
 
 
 def _write_flame(folder: Path, seed: int, real: bool) -> Path:
-    """``write_synthetic_flame`` with expression blend shapes free of rigid motion (see above)."""
+    """``write_synthetic_flame`` with expression blend shapes free of rigid motion (see above) and
+    eyeballs skinned to their eye joints only (the random weights let the eyes pull the whole head)."""
     import pickle
 
     from tests.synthetic_flame import embedding_npy_bytes, generic_model_bytes, make_model_arrays, obj_text
@@ -108,6 +109,13 @@ def _write_flame(folder: Path, seed: int, real: bool) -> Path:
     sd = np.array(model["shapedirs"])
     sd[:, :, 300:] = _remove_similarity(sd[:, :, 300:], np.asarray(model["v_template"]))
     model["shapedirs"] = sd
+    # eyes as in the real model: the eyeball vertices follow their eye joint only, nothing else does
+    w = np.array(model["weights"])
+    w[:, 3:] = 0.0
+    w /= w.sum(1, keepdims=True)
+    for j, key in ((3, "left_eyeball"), (4, "right_eyeball")):
+        w[arrays["masks"][key]] = np.eye(5)[j]
+    model["weights"] = w
     atomic_write_bytes(folder / "generic_model.pkl", generic_model_bytes(model))
     public = arrays["public"]
     if public is not None:
@@ -118,6 +126,13 @@ def _write_flame(folder: Path, seed: int, real: bool) -> Path:
         atomic_write_bytes(folder / "FLAME_masks.pkl", pickle.dumps(arrays["masks"], protocol=2))
     atomic_write_text(folder / "head_template.obj", obj_text(model["v_template"], arrays["faces"]))
     return folder
+
+
+def iris_on_eyeballs(flame) -> tuple:
+    """10 iris vertices for a synthetic topology: per eye the 5 vertices skinned most to its joint
+    (FLAME joints 3 and 4), as the real iris vertices sit on the eyeballs."""
+    w = flame.lbs_weights.numpy()
+    return tuple(int(v) for j in (3, 4) for v in np.argsort(-w[:, j])[:5])
 
 
 def _smooth(x: np.ndarray, sigma: float) -> np.ndarray:

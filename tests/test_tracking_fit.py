@@ -15,7 +15,7 @@ import pytest
 from micalib.tracking.model import TrackingFLAME, load_eyelids, load_mediapipe_embedding
 from micalib.tracking.outputs import read_frame
 from models.flame import FLAME
-from tests.synthetic_tracking import make_sequence, shared_tracker_dir, write_tracker_assets
+from tests.synthetic_tracking import iris_on_eyeballs, make_sequence, shared_tracker_dir, write_tracker_assets
 
 SIZE, N_FRAMES, NOISE = 512, 120, 0.5
 
@@ -30,8 +30,7 @@ def _setup(tmp, real: bool):
     if real:
         iris = (4597, 4542, 4510, 4603, 4570, 4051, 3996, 3964, 3932, 4028)
     else:
-        front = np.flatnonzero(flame.v_template.numpy()[:, 2] > 0)
-        iris = tuple(int(v) for v in rng.choice(front, 10, replace=False))
+        iris = iris_on_eyeballs(flame)
     return assets, flame, emb, lids, identity, iris
 
 

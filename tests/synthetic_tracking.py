@@ -15,10 +15,11 @@ project's FLAME layer plus eyelids, landmarks by barycentric interpolation, a pl
 from __future__ import annotations
 
 import os
+import pickle
 import shutil
 from pathlib import Path
-from typing import Dict, Optional
 
+import cv2
 import numpy as np
 
 from tests.synthetic_flame import ROOT
@@ -27,14 +28,14 @@ from utils.io import atomic_save_npy
 IRIS_MP = list(range(468, 478))
 
 
-def shared_tracker_dir() -> Optional[Path]:
+def shared_tracker_dir() -> Path | None:
     shared = Path(os.environ.get("MICA_SHARED_DIR", ROOT.parent / "shared"))
     d = shared / "data" / "tracker"
     names = ("mediapipe_landmark_embedding.npz", "l_eyelid.npy", "r_eyelid.npy")
     return d if all((d / n).is_file() for n in names) else None
 
 
-def write_tracker_assets(folder, seed: int = 0, real: bool = False) -> Dict[str, Path]:
+def write_tracker_assets(folder, seed: int = 0, real: bool = False) -> dict[str, Path]:
     """FLAME files + embedding + eyelids in ``folder``; returns their paths (keys as the config's)."""
     folder = Path(folder)
     flame_dir = _write_flame(folder / "flame", seed, real)
@@ -42,7 +43,6 @@ def write_tracker_assets(folder, seed: int = 0, real: bool = False) -> Dict[str,
 
     flame = FLAME.from_files(flame_dir / "generic_model.pkl", flame_dir / "landmark_embedding.npy")
     faces = flame.faces.numpy()
-    n_v = flame.n_vertices
     rng = np.random.default_rng(seed + 100)
     out = {"flame_model_path": flame_dir / "generic_model.pkl",
            "flame_lmk_embedding_path": flame_dir / "landmark_embedding.npy",
@@ -98,9 +98,12 @@ def _remove_similarity(fields: np.ndarray, verts: np.ndarray) -> np.ndarray:
 def _write_flame(folder: Path, seed: int, real: bool) -> Path:
     """``write_synthetic_flame`` with expression blend shapes free of rigid motion (see above) and
     eyeballs skinned to their eye joints only (the random weights let the eyes pull the whole head)."""
-    import pickle
-
-    from tests.synthetic_flame import embedding_npy_bytes, generic_model_bytes, make_model_arrays, obj_text
+    from tests.synthetic_flame import (
+        embedding_npy_bytes,
+        generic_model_bytes,
+        make_model_arrays,
+        obj_text,
+    )
     from utils.io import atomic_write_bytes, atomic_write_text
 
     folder.mkdir(parents=True, exist_ok=True)
@@ -143,6 +146,14 @@ def _smooth(x: np.ndarray, sigma: float) -> np.ndarray:
     return np.stack([np.convolve(pad[:, j], k, mode="valid") for j in range(x.shape[1])], 1)
 
 
+def _unit_gain(sigma: float) -> float:
+    """Factor that brings white noise smoothed by ``_smooth(., sigma)`` back to unit variance."""
+    r = int(3 * sigma)
+    k = np.exp(-np.arange(-r, r + 1) ** 2 / (2 * sigma ** 2))
+    k /= k.sum()
+    return float(1.0 / np.sqrt((k ** 2).sum()))
+
+
 def _rot(axis: str, a: np.ndarray) -> np.ndarray:
     c, s = np.cos(a), np.sin(a)
     o, z = np.ones_like(a), np.zeros_like(a)
@@ -161,9 +172,9 @@ def _aa(r: np.ndarray) -> np.ndarray:
     return np.stack([cv2.Rodrigues(m)[0].reshape(3) for m in r])
 
 
-def make_sequence(flame, eyelids: np.ndarray, mp_emb: Dict[str, np.ndarray], identity: np.ndarray,
+def make_sequence(flame, eyelids: np.ndarray, mp_emb: dict[str, np.ndarray], identity: np.ndarray,
                   n_frames: int = 120, size: int = 512, distance: float = 0.6, focal_x: float = 1.5,
-                  noise_px: float = 0.5, iris_vertices=None, seed: int = 0) -> Dict[str, np.ndarray]:
+                  noise_px: float = 0.5, iris_vertices=None, seed: int = 0) -> dict[str, np.ndarray]:
     """Ground truth and noisy landmarks of a smooth head motion (see the module docstring).
 
     Returns a dict: ``exp`` (T,100), ``pose`` (T,9) axis-angle jaw/eyes, ``eyelids`` (T,2),
@@ -177,10 +188,9 @@ def make_sequence(flame, eyelids: np.ndarray, mp_emb: Dict[str, np.ndarray], ide
     rng = np.random.default_rng(seed)
     tt = np.arange(n_frames)
     exp = np.zeros((n_frames, 100))
-    e = _smooth(rng.normal(size=(n_frames, 20)), 4.0)
-    exp[:, :20] = e / e.std(0, keepdims=True)
+    exp[:, :20] = _smooth(rng.normal(size=(n_frames, 20)), 4.0) * _unit_gain(4.0)  # ~N(0, 1) per frame
     jaw = np.radians(15) * (0.5 - 0.5 * np.cos(2 * np.pi * tt / 40.0))
-    eyes = np.radians(10) * np.clip(_smooth(rng.normal(size=(n_frames, 4)), 6.0) * 3, -1, 1)
+    eyes = np.radians(10) * np.clip(_smooth(rng.normal(size=(n_frames, 4)), 6.0) * _unit_gain(6.0) / 2, -1, 1)
     pose = np.zeros((n_frames, 9))
     pose[:, 0] = jaw
     pose[:, 3], pose[:, 4] = eyes[:, 0], eyes[:, 1]
@@ -229,3 +239,61 @@ def make_sequence(flame, eyelids: np.ndarray, mp_emb: Dict[str, np.ndarray], ide
     return {"exp": exp, "pose": pose, "eyelids": lids, "R": r, "t": t, "K": k, "vertices": verts,
             "mediapipe": noisy_mp, "ibug68": noisy_ib, "clean_mediapipe": mp, "clean_ibug68": ib,
             "axis_angle_camera": _aa(r)}
+
+
+def synthetic_setup(tmp, real: bool):
+    """Assets, FLAME layer, embedding, eyelids, a random identity and the iris vertices."""
+    from micalib.tracking.model import load_eyelids, load_mediapipe_embedding
+    from models.flame import FLAME
+
+    assets = write_tracker_assets(tmp / "assets", seed=3, real=real)
+    flame = FLAME.from_files(assets["flame_model_path"], assets["flame_lmk_embedding_path"])
+    emb = load_mediapipe_embedding(assets["mediapipe_embedding_path"])
+    lids = load_eyelids(assets["l_eyelid_path"], assets["r_eyelid_path"], flame.n_vertices)
+    rng = np.random.default_rng(7)
+    identity = rng.normal(size=300).astype(np.float32)
+    if real:
+        iris = (4597, 4542, 4510, 4603, 4570, 4051, 3996, 3964, 3932, 4028)
+    else:
+        iris = iris_on_eyeballs(flame)
+    return assets, flame, emb, lids, identity, iris
+
+
+def track_synthetic(tmp, real: bool, n_frames: int = 120, noise_px: float = 0.5, size: int = 512, video: bool = False,
+                    extra_opts=()):
+    """Make a ground-truth sequence, run ``track.py --landmarks`` on it; returns
+    (sequence, frame dicts, TrackingFLAME, face-region vertex ids, output folder)."""
+    assets, flame, emb, lids, identity, iris = synthetic_setup(tmp, real)
+    emb_d = {"landmark_indices": emb.landmark_indices, "lmk_face_idx": emb.lmk_face_idx, "lmk_b_coords": emb.lmk_b_coords}
+    seq = make_sequence(flame, lids, emb_d, identity, n_frames=n_frames, size=size, distance=0.6, focal_x=1.5,
+                        noise_px=noise_px, iris_vertices=iris, seed=11)
+    frames = tmp / "clip"
+    frames.mkdir()
+    grey = np.full((size, size, 3), 90, np.uint8)
+    for k in range(n_frames):
+        cv2.imwrite(str(frames / f"{k:04d}.png"), grey, [cv2.IMWRITE_PNG_COMPRESSION, 0])
+    lmk = {"mediapipe": seq["mediapipe"].astype(np.float32)}
+    if real:  # the real contour tables change smoothly with the yaw; the random ones do not
+        lmk["ibug68"] = seq["ibug68"].astype(np.float32)
+    np.savez(tmp / "lmk.npz", **lmk)
+    np.save(tmp / "identity.npy", identity)
+    import track
+    from micalib.tracking.model import (
+        TrackingFLAME,
+    )
+    from micalib.tracking.outputs import read_frame
+
+    opts = ["model.flame_model_path", str(assets["flame_model_path"]),
+            "model.flame_lmk_embedding_path", str(assets["flame_lmk_embedding_path"]),
+            "tracker.mediapipe_embedding_path", str(assets["mediapipe_embedding_path"]),
+            "tracker.l_eyelid_path", str(assets["l_eyelid_path"]), "tracker.r_eyelid_path", str(assets["r_eyelid_path"]),
+            "tracker.iris_vertices", str(list(iris)), "tracker.crop", "False"]
+    track.main(["-i", str(frames), "-o", str(tmp / "out"), "--landmarks", str(tmp / "lmk.npz"),
+                "--identity", str(tmp / "identity.npy"), "--image-size", str(size)] + ([] if video else ["--no-video"])
+               + opts + list(extra_opts))
+    out = tmp / "out" / "clip"
+    fr = [read_frame(out / "checkpoint" / f"{k:05d}.frame") for k in range(n_frames)]
+    model = TrackingFLAME(flame, identity, emb, lids, iris)
+    with open(assets["flame_masks_path"], "rb") as f:
+        face = pickle.load(f, encoding="latin1")["face"]
+    return seq, fr, model, face, out

@@ -6,68 +6,21 @@ Also: the reduced landmark model equals the full FLAME, and its Jacobian equals 
 """
 from __future__ import annotations
 
-import pickle
-
-import cv2
 import numpy as np
 import pytest
 
-from micalib.tracking.model import TrackingFLAME, load_eyelids, load_mediapipe_embedding
-from micalib.tracking.outputs import read_frame
-from models.flame import FLAME
-from tests.synthetic_tracking import iris_on_eyeballs, make_sequence, shared_tracker_dir, write_tracker_assets
+from micalib.tracking.model import TrackingFLAME
+from tests.synthetic_tracking import (
+    shared_tracker_dir,
+    synthetic_setup,
+    track_synthetic,
+)
 
 SIZE, N_FRAMES, NOISE = 512, 120, 0.5
 
 
-def _setup(tmp, real: bool):
-    assets = write_tracker_assets(tmp / "assets", seed=3, real=real)
-    flame = FLAME.from_files(assets["flame_model_path"], assets["flame_lmk_embedding_path"])
-    emb = load_mediapipe_embedding(assets["mediapipe_embedding_path"])
-    lids = load_eyelids(assets["l_eyelid_path"], assets["r_eyelid_path"], flame.n_vertices)
-    rng = np.random.default_rng(7)
-    identity = rng.normal(size=300).astype(np.float32)
-    if real:
-        iris = (4597, 4542, 4510, 4603, 4570, 4051, 3996, 3964, 3932, 4028)
-    else:
-        iris = iris_on_eyeballs(flame)
-    return assets, flame, emb, lids, identity, iris
-
-
-def _track(tmp, real: bool):
-    assets, flame, emb, lids, identity, iris = _setup(tmp, real)
-    emb_d = {"landmark_indices": emb.landmark_indices, "lmk_face_idx": emb.lmk_face_idx, "lmk_b_coords": emb.lmk_b_coords}
-    seq = make_sequence(flame, lids, emb_d, identity, n_frames=N_FRAMES, size=SIZE, distance=0.6, focal_x=1.5,
-                        noise_px=NOISE, iris_vertices=iris, seed=11)
-    frames = tmp / "clip"
-    frames.mkdir()
-    grey = np.full((SIZE, SIZE, 3), 90, np.uint8)
-    for k in range(N_FRAMES):
-        cv2.imwrite(str(frames / f"{k:04d}.png"), grey, [cv2.IMWRITE_PNG_COMPRESSION, 0])
-    lmk = {"mediapipe": seq["mediapipe"].astype(np.float32)}
-    if real:  # the real contour tables change smoothly with the yaw; the random ones do not
-        lmk["ibug68"] = seq["ibug68"].astype(np.float32)
-    np.savez(tmp / "lmk.npz", **lmk)
-    np.save(tmp / "identity.npy", identity)
-    import track
-
-    opts = ["model.flame_model_path", str(assets["flame_model_path"]),
-            "model.flame_lmk_embedding_path", str(assets["flame_lmk_embedding_path"]),
-            "tracker.mediapipe_embedding_path", str(assets["mediapipe_embedding_path"]),
-            "tracker.l_eyelid_path", str(assets["l_eyelid_path"]), "tracker.r_eyelid_path", str(assets["r_eyelid_path"]),
-            "tracker.iris_vertices", str(list(iris)), "tracker.crop", "False"]
-    track.main(["-i", str(frames), "-o", str(tmp / "out"), "--landmarks", str(tmp / "lmk.npz"),
-                "--identity", str(tmp / "identity.npy"), "--no-video", "--image-size", str(SIZE)] + opts)
-    out = tmp / "out" / "clip"
-    fr = [read_frame(out / "checkpoint" / f"{k:05d}.frame") for k in range(N_FRAMES)]
-    model = TrackingFLAME(flame, identity, emb, lids, iris)
-    with open(assets["flame_masks_path"], "rb") as f:
-        face = pickle.load(f, encoding="latin1")["face"]
-    return seq, fr, model, face, out
-
-
 def _check(seq, fr, model, face):
-    from micalib.tracking.camera import rotation_6d_to_matrix, matrix_to_axis_angle
+    from micalib.tracking.camera import matrix_to_axis_angle, rotation_6d_to_matrix
 
     k_fit = np.stack([f["opencv"]["K"][0] for f in fr]).astype(np.float64)
     t_fit = np.stack([f["opencv"]["t"][0] for f in fr]).astype(np.float64)
@@ -106,7 +59,7 @@ def _check(seq, fr, model, face):
 
 @pytest.mark.slow
 def test_synthetic_ground_truth_random_topology(tmp_path):
-    seq, fr, model, face, out = _track(tmp_path, real=False)
+    seq, fr, model, face, out = track_synthetic(tmp_path, real=False, n_frames=N_FRAMES, noise_px=NOISE)
     _check(seq, fr, model, face)
     rows = (out / "tracking.csv").read_text().splitlines()
     assert len(rows) == N_FRAMES + 1 and rows[0].startswith("frame,")
@@ -118,12 +71,12 @@ def test_synthetic_ground_truth_real_topology(tmp_path):
 
     if shared_flame_public() is None or shared_tracker_dir() is None:
         pytest.skip("../shared/data/flame_public or ../shared/data/tracker is absent")
-    seq, fr, model, face, _ = _track(tmp_path, real=True)
+    seq, fr, model, face, _ = track_synthetic(tmp_path, real=True, n_frames=N_FRAMES, noise_px=NOISE)
     _check(seq, fr, model, face)
 
 
 def test_reduced_landmark_model_matches_full_flame(tmp_path):
-    _assets, flame, emb, lids, identity, iris = _setup(tmp_path, real=False)
+    _assets, flame, emb, lids, identity, iris = synthetic_setup(tmp_path, real=False)
     model = TrackingFLAME(flame, identity, emb, lids, iris)
     rng = np.random.default_rng(0)
     exp, pose, el = rng.normal(size=100), rng.normal(size=9) * 0.2, rng.uniform(size=2)
@@ -140,11 +93,11 @@ def test_reduced_landmark_model_matches_full_flame(tmp_path):
                             flame.dynamic_lmk_bary_coords.numpy()[b].astype(np.float64))
         assert np.abs(pts[model.slices["contour"]] - contour).max() < 1e-6
     # Jacobian against central differences
-    base, jac = model.point_jacobian(exp, pose, el, 5)
+    _, jac = model.point_jacobian(exp, pose, el, 5)
     x0 = np.concatenate([exp, pose, el])
     for j in (0, 57, 100, 104, 108, 109, 110):
         dx = np.zeros(111)
         dx[j] = 1e-5
-        f = lambda x: model.points(x[:100], x[100:109], x[109:], 5)  # noqa: E731
+        f = lambda x: model.points(x[:100], x[100:109], x[109:], 5)
         num = (f(x0 + dx) - f(x0 - dx)) / 2e-5
         assert np.abs(num - jac[:, :, j]).max() < 1e-4 * max(1.0, np.abs(num).max()) + 1e-8

@@ -12,8 +12,6 @@ Everything here works on numpy float arrays (batched on the leading axes) unless
 """
 from __future__ import annotations
 
-from typing import Tuple
-
 import numpy as np
 import torch
 
@@ -81,7 +79,7 @@ def project(points: np.ndarray, k: np.ndarray, r: np.ndarray, t: np.ndarray) -> 
 
 
 def opencv_to_pytorch3d(r: np.ndarray, t: np.ndarray, k: np.ndarray,
-                        image_size: Tuple[int, int]) -> Tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+                        image_size: tuple[int, int]) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """OpenCV R (3,3), t (3,), K (3,3) of an image (H, W) -> PyTorch3D R (3,3), T (3,), fl (1,), pp (2,).
 
     The inverse of ``pytorch3d_to_opencv``.
@@ -96,7 +94,7 @@ def opencv_to_pytorch3d(r: np.ndarray, t: np.ndarray, k: np.ndarray,
 
 
 def pytorch3d_to_opencv(r: np.ndarray, t: np.ndarray, fl: np.ndarray, pp: np.ndarray,
-                        image_size: Tuple[int, int]) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
+                        image_size: tuple[int, int]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """PyTorch3D R (3,3) (row vectors), T (3,), fl, pp (NDC) -> OpenCV R, t, K in pixels (TRACKER_FACTS)."""
     h, w = image_size
     s = min(h, w) / 2.0

@@ -21,14 +21,19 @@ per frame); the pose columns are forward differences from one batched ``lbs`` ca
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
-from typing import Dict, List, Optional, Sequence, Tuple
 
 import cv2
 import numpy as np
 import scipy.linalg
 
-from micalib.tracking.camera import axis_angle_to_matrix, intrinsics, matrix_to_axis_angle, skew
+from micalib.tracking.camera import (
+    axis_angle_to_matrix,
+    intrinsics,
+    matrix_to_axis_angle,
+    skew,
+)
 from micalib.tracking.model import N_EXP, N_EYELIDS, N_MODEL, N_POSE, TrackingFLAME
 
 N_FRAME = N_MODEL + 6  # + camera rotation increment, translation
@@ -88,10 +93,10 @@ class FrameState:
     r: np.ndarray = field(default_factory=lambda: np.diag([1.0, -1.0, -1.0]))
     t: np.ndarray = field(default_factory=lambda: np.array([0.0, 0.0, 1.0]))
 
-    def copy(self) -> "FrameState":
+    def copy(self) -> FrameState:
         return FrameState(self.exp.copy(), self.pose.copy(), self.eyelids.copy(), self.r.copy(), self.t.copy())
 
-    def step(self, delta: np.ndarray, has_eyelids: bool) -> "FrameState":
+    def step(self, delta: np.ndarray, has_eyelids: bool) -> FrameState:
         lids = np.clip(self.eyelids + delta[I_LIDS], 0.0, 1.0) if has_eyelids else self.eyelids.copy()
         return FrameState(self.exp + delta[:N_EXP], self.pose + delta[I_POSE], lids,
                           axis_angle_to_matrix(delta[I_ROT]) @ self.r, self.t + delta[I_T])
@@ -101,7 +106,7 @@ class FrameState:
 class FrameFit:
     state: FrameState
     cost: float
-    rms: Dict[str, float]
+    rms: dict[str, float]
     contour_bin: int
     points2d: np.ndarray
 
@@ -132,7 +137,7 @@ class LandmarkFitter:
         image_size: (H, W) of the crop the landmarks are in.
     """
 
-    def __init__(self, model: TrackingFLAME, settings: FitSettings, image_size: Tuple[int, int]) -> None:
+    def __init__(self, model: TrackingFLAME, settings: FitSettings, image_size: tuple[int, int]) -> None:
         self.model, self.s = model, settings
         self.h, self.w = image_size
         self.set_w = _set_weights(model, settings)
@@ -165,7 +170,7 @@ class LandmarkFitter:
 
     # -----------------------------------------------------------------------------------------
     def _linearise(self, st: FrameState, obs: np.ndarray, valid: np.ndarray, intr: Intrinsics,
-                   prev: Optional[FrameState], basis: np.ndarray, with_intr: bool):
+                   prev: FrameState | None, basis: np.ndarray, with_intr: bool):
         """Cost, normal matrix H, gradient g (of 0.5 * cost) at ``st``; sizes 117 (+3 intrinsics)."""
         m, s = self.model, self.s
         cbin = m.contour_bin(st.r)
@@ -220,7 +225,7 @@ class LandmarkFitter:
             cost += float(wpp * dc @ dc)
         return cost, h, g, res, cbin, uv
 
-    def _rms(self, res: np.ndarray, valid: np.ndarray) -> Dict[str, float]:
+    def _rms(self, res: np.ndarray, valid: np.ndarray) -> dict[str, float]:
         out = {}
         for name, sl in self.model.slices.items():
             v = valid[sl]
@@ -229,7 +234,7 @@ class LandmarkFitter:
 
     # -----------------------------------------------------------------------------------------
     def init_pose(self, obs: np.ndarray, valid: np.ndarray, intr: Intrinsics,
-                  exp: Optional[np.ndarray] = None) -> FrameState:
+                  exp: np.ndarray | None = None) -> FrameState:
         """Camera R, t from the neutral model's points by PnP (OpenCV); expression zero."""
         st = FrameState()
         if exp is not None:
@@ -252,8 +257,8 @@ class LandmarkFitter:
             cbin = self.model.contour_bin(st.r)
         return st
 
-    def fit_frame(self, obs: np.ndarray, valid: np.ndarray, init: Optional[FrameState],
-                  prev: Optional[FrameState] = None, iters: Optional[int] = None) -> FrameFit:
+    def fit_frame(self, obs: np.ndarray, valid: np.ndarray, init: FrameState | None,
+                  prev: FrameState | None = None, iters: int | None = None) -> FrameFit:
         """Levenberg-Marquardt on one frame with fixed intrinsics, warm-started from ``init``."""
         intr = self.intr
         if init is None:
@@ -278,7 +283,7 @@ class LandmarkFitter:
                 break
         return FrameFit(st, cost, self._rms(res, valid), cbin, uv)
 
-    def calibrate(self, frames: Sequence[Tuple[np.ndarray, np.ndarray]]) -> List[FrameState]:
+    def calibrate(self, frames: Sequence[tuple[np.ndarray, np.ndarray]]) -> list[FrameState]:
         """Fit focal length and principal point jointly with the keyframes' parameters.
 
         Args:
@@ -343,7 +348,7 @@ class LandmarkFitter:
         return states
 
 
-def pick_keyframes(valid_frames: Sequence[int], count: int) -> List[int]:
+def pick_keyframes(valid_frames: Sequence[int], count: int) -> list[int]:
     """``count`` frame numbers spread evenly over the frames that have landmarks."""
     valid_frames = list(valid_frames)
     if len(valid_frames) <= count:
@@ -355,4 +360,4 @@ def pick_keyframes(valid_frames: Sequence[int], count: int) -> List[int]:
 def settings_from_config(node) -> FitSettings:
     """``FitSettings`` from the ``tracker.fit`` config node (same key names)."""
     base = FitSettings()
-    return replace(base, **{k: type(getattr(base, k))(node[k]) for k in node.keys() if hasattr(base, k)})
+    return replace(base, **{k: type(getattr(base, k))(node[k]) for k in node if hasattr(base, k)})

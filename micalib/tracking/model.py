@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from typing import Dict, Optional, Tuple, Union
+from typing import Union
 
 import numpy as np
 import torch
@@ -32,7 +32,7 @@ from models.flame import FLAME
 from models.lbs import lbs, yaw_bin
 from utils.errors import MICAError
 
-PathLike = Union[str, os.PathLike]
+PathLike = Union[str, os.PathLike]  # noqa: UP007
 
 # MediaPipe iris points 468..472 (left) and 473..477 (right) against these FLAME vertices.
 IRIS_MEDIAPIPE = tuple(range(468, 478))
@@ -74,7 +74,7 @@ def load_mediapipe_embedding(path: PathLike) -> MediaPipeEmbedding:
     return emb
 
 
-def load_eyelids(left: PathLike, right: PathLike, n_vertices: int) -> Optional[np.ndarray]:
+def load_eyelids(left: PathLike, right: PathLike, n_vertices: int) -> np.ndarray | None:
     """(2, V, 3) eyelid offsets (left, right) in metres, or None when either file is absent."""
     if not (os.path.isfile(left) and os.path.isfile(right)):
         return None
@@ -92,7 +92,7 @@ def load_eyelids(left: PathLike, right: PathLike, n_vertices: int) -> Optional[n
     return np.stack(out)
 
 
-def _corners(faces: np.ndarray, face_idx: np.ndarray, bary: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
+def _corners(faces: np.ndarray, face_idx: np.ndarray, bary: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return faces[face_idx], np.asarray(bary, np.float64)
 
 
@@ -110,8 +110,8 @@ class TrackingFLAME:
     ``slices`` names them.
     """
 
-    def __init__(self, flame: FLAME, identity: np.ndarray, mediapipe: Optional[MediaPipeEmbedding] = None,
-                 eyelids: Optional[np.ndarray] = None, iris_vertices: Optional[Tuple[int, ...]] = IRIS_VERTICES) -> None:
+    def __init__(self, flame: FLAME, identity: np.ndarray, mediapipe: MediaPipeEmbedding | None = None,
+                 eyelids: np.ndarray | None = None, iris_vertices: tuple[int, ...] | None = IRIS_VERTICES) -> None:
         if flame.n_exp < N_EXP:
             raise ValueError(f"the tracking FLAME needs {N_EXP} expression coefficients, the layer has {flame.n_exp}")
         self.flame = flame.float()
@@ -140,7 +140,7 @@ class TrackingFLAME:
         dyn_idx = flame.dynamic_lmk_faces_idx.cpu().numpy()  # (79, 17)
         dyn_vid = faces[dyn_idx]  # (79, 17, 3)
         dyn_w = flame.dynamic_lmk_bary_coords.cpu().numpy().astype(np.float64)
-        self.slices: Dict[str, slice] = {}
+        self.slices: dict[str, slice] = {}
         start = 0
         for name, vid, _ in groups:
             self.slices[name] = slice(start, start + len(vid))
@@ -168,8 +168,9 @@ class TrackingFLAME:
             pd = torch.cat([pd[:, sub], torch.zeros(pd.shape[0], n_j, 3, dtype=dt)], dim=1)
             jr = torch.cat([torch.zeros(n_j, len(subset), dtype=dt), torch.eye(n_j, dtype=dt)], dim=1)
             wts = torch.cat([flame.lbs_weights.double()[sub], torch.eye(n_j, dtype=dt)])
-        self._red = dict(v_template=vt, shapedirs_flat=sd.reshape(N_EXP, -1), posedirs=pd.reshape(pd.shape[0], -1),
-                         J_regressor=jr, parents=flame.parents.cpu(), lbs_weights=wts)
+        self._red = {"v_template": vt, "shapedirs_flat": sd.reshape(N_EXP, -1),
+                     "posedirs": pd.reshape(pd.shape[0], -1), "J_regressor": jr,
+                     "parents": flame.parents.cpu(), "lbs_weights": wts}
         self._n_sub = len(subset)
         lid = torch.as_tensor(self.eyelids[:, subset])  # (2, L, 3)
         self._lid_sub = lid.numpy()
@@ -191,7 +192,7 @@ class TrackingFLAME:
         rel = torch.as_tensor(r_p3d.T)[None]
         return int(yaw_bin(rel)[0])
 
-    def _point_weights(self, contour_bin: int) -> Tuple[np.ndarray, np.ndarray]:
+    def _point_weights(self, contour_bin: int) -> tuple[np.ndarray, np.ndarray]:
         vid = np.concatenate([self._fixed_vid, self._dyn_vid[contour_bin]])
         w = np.concatenate([self._fixed_w, self._dyn_w[contour_bin]])
         return vid, w
@@ -222,7 +223,7 @@ class TrackingFLAME:
         return (v[1:] - v[0]).transpose(1, 2, 0)
 
     def point_jacobian(self, exp: np.ndarray, pose9: np.ndarray, eyelids: np.ndarray, contour_bin: int,
-                       basis: Optional[np.ndarray] = None) -> Tuple[np.ndarray, np.ndarray]:
+                       basis: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
         """Points (N, 3) and their Jacobian (N, 3, 111) w.r.t. [exp (100), pose (9), eyelids (2)].
 
         One batched ``lbs`` call for the points and the pose columns (forward differences);
@@ -276,8 +277,8 @@ def rotation_matrices(pose9: np.ndarray) -> np.ndarray:
     return axis_angle_to_matrix(p.reshape(p.shape[:-1] + (3, 3)))
 
 
-def observations(model: TrackingFLAME, mediapipe: Optional[np.ndarray], ibug68: Optional[np.ndarray]
-                 ) -> Tuple[np.ndarray, np.ndarray]:
+def observations(model: TrackingFLAME, mediapipe: np.ndarray | None, ibug68: np.ndarray | None
+                 ) -> tuple[np.ndarray, np.ndarray]:
     """Detected 2D landmarks of one frame -> (N, 2) targets in the model's point order and (N,) validity.
 
     Args:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any, Dict, Optional, Tuple, Union
+from typing import Any, Union
 
 import numpy as np
 import torch
@@ -20,7 +20,7 @@ from micalib.tracking.model import rotation_matrices
 from utils.errors import MICAError
 from utils.io import atomic_path
 
-PathLike = Union[str, os.PathLike]
+PathLike = Union[str, os.PathLike]  # noqa: UP007
 N_TEX, N_SH = 140, 9
 
 
@@ -30,8 +30,8 @@ def frame_name(k: int) -> str:
 
 
 def frame_dict(exp: np.ndarray, pose9: np.ndarray, eyelids: np.ndarray, identity: np.ndarray,
-               r_cv: np.ndarray, t_cv: np.ndarray, k: np.ndarray, image_size: Tuple[int, int], frame: int,
-               global_step: int, tex: Optional[np.ndarray] = None, sh: Optional[np.ndarray] = None) -> Dict[str, Any]:
+               r_cv: np.ndarray, t_cv: np.ndarray, k: np.ndarray, image_size: tuple[int, int], frame: int,
+               global_step: int, tex: np.ndarray | None = None, sh: np.ndarray | None = None) -> dict[str, Any]:
     """The ``.frame`` dict of one frame (see the module docstring)."""
     f32 = np.float32
     mats = rotation_matrices(np.asarray(pose9, np.float64))  # (3, 3, 3) jaw, left eye, right eye
@@ -66,7 +66,7 @@ def frame_dict(exp: np.ndarray, pose9: np.ndarray, eyelids: np.ndarray, identity
     }
 
 
-def save_frame(path: PathLike, data: Dict[str, Any], fsync: bool = False) -> None:
+def save_frame(path: PathLike, data: dict[str, Any], fsync: bool = False) -> None:
     """``torch.save`` of the dict, atomically."""
     with atomic_path(path, fsync=fsync) as tmp:
         torch.save(data, tmp)
@@ -80,7 +80,7 @@ def _numpy_globals() -> list:
     return out
 
 
-def read_frame(path: PathLike) -> Dict[str, Any]:
+def read_frame(path: PathLike) -> dict[str, Any]:
     """Read a ``.frame`` file (ours or the original's) without running code from it.
 
     TODO(i13-pickles): use the project's numpy-allowing checkpoint loader from utils/checkpoint.py

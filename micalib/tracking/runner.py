@@ -15,7 +15,6 @@ import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Dict, List, Optional
 
 import cv2
 import numpy as np
@@ -24,12 +23,28 @@ from tqdm import tqdm
 
 from micalib.tracking import crop as cropmod
 from micalib.tracking.camera import matrix_to_axis_angle, rotation_6d_to_matrix
-from micalib.tracking.fitting import FrameState, Intrinsics, LandmarkFitter, pick_keyframes, settings_from_config
+from micalib.tracking.fitting import (
+    FrameState,
+    Intrinsics,
+    LandmarkFitter,
+    pick_keyframes,
+    settings_from_config,
+)
 from micalib.tracking.frames import open_frames, prefetch
-from micalib.tracking.model import TrackingFLAME, load_eyelids, load_mediapipe_embedding, observations
+from micalib.tracking.model import (
+    TrackingFLAME,
+    load_eyelids,
+    load_mediapipe_embedding,
+    observations,
+)
 from micalib.tracking.outputs import frame_dict, frame_name, read_frame, save_frame
 from utils.errors import MICAError
-from utils.io import atomic_save_npy, atomic_write_bytes, atomic_write_text, written_file
+from utils.io import (
+    atomic_save_npy,
+    atomic_write_bytes,
+    atomic_write_text,
+    written_file,
+)
 from utils.mesh import obj_text, ply_bytes
 
 CSV_FIELDS = ["frame", "input_frame", "time_s", "face_found", "landmarks_used", "rms_mediapipe_px",
@@ -40,7 +55,7 @@ CSV_FIELDS = ["frame", "input_frame", "time_s", "face_found", "landmarks_used", 
 class Timings:
     """Seconds spent per stage (bench/track.py reports them)."""
 
-    stages: Dict[str, float] = field(default_factory=dict)
+    stages: dict[str, float] = field(default_factory=dict)
 
     def add(self, name: str, seconds: float) -> None:
         self.stages[name] = self.stages.get(name, 0.0) + seconds
@@ -76,7 +91,7 @@ class TrackRunner:
         flame: a prebuilt FLAME layer (else from the config).
     """
 
-    def __init__(self, cfg, input_path, out_root, identity_path=None, landmarks_path=None, fps: Optional[float] = 25.0,
+    def __init__(self, cfg, input_path, out_root, identity_path=None, landmarks_path=None, fps: float | None = 25.0,
                  image_size: int = 512, video: bool = True, photometric: bool = False, device: str = "cpu",
                  flame=None) -> None:
         self.cfg, self.tc = cfg, cfg.tracker
@@ -92,7 +107,7 @@ class TrackRunner:
         self.timings = Timings()
 
     # -----------------------------------------------------------------------------------------
-    def _landmarks(self) -> Dict[str, np.ndarray]:
+    def _landmarks(self) -> dict[str, np.ndarray]:
         from micalib.tracking.landmarks import load_landmarks_npz, save_landmarks_npz
 
         n_in = self.source.n_input_frames
@@ -106,9 +121,13 @@ class TrackRunner:
         save_landmarks_npz(cache, **lm)
         return lm
 
-    def _detect(self) -> Dict[str, np.ndarray]:
+    def _detect(self) -> dict[str, np.ndarray]:
         """MediaPipe on the crop of each output frame (the box from the first frame with a face)."""
-        from micalib.tracking.landmarks import MEDIAPIPE_IBUG68, MediaPipeLandmarker, detect_in_crop
+        from micalib.tracking.landmarks import (
+            MEDIAPIPE_IBUG68,
+            MediaPipeLandmarker,
+            detect_in_crop,
+        )
 
         t0 = time.perf_counter()
         mp = np.full((self.source.n_input_frames, 478, 2), np.nan, np.float32)
@@ -133,7 +152,7 @@ class TrackRunner:
         self.timings.add("landmarks (decode + detect)", time.perf_counter() - t0)
         return {"mediapipe": mp}
 
-    def _crop_matrices(self, lm: Dict[str, np.ndarray]) -> List[np.ndarray]:
+    def _crop_matrices(self, lm: dict[str, np.ndarray]) -> list[np.ndarray]:
         """Per output frame the (2,3) input px -> crop px matrix."""
         idx = self.source.indices
         w, h = self.source.size
@@ -281,15 +300,15 @@ class TrackRunner:
         pool = ThreadPoolExecutor(max(1, int(tc.workers)), thread_name_prefix="track-write")
         vpool = ThreadPoolExecutor(1, thread_name_prefix="track-video") if self.video else None
         writer = None
-        pending: List[Future] = []
-        vid_pending: List[Future] = []
+        pending: list[Future] = []
+        vid_pending: list[Future] = []
         if self.video and not (all(done) and written_file(out / "video.mp4")):
             from micalib.tracking.overlay import VideoWriter
 
             fps = self.source.fps or self.source.input_fps or 25.0
             writer = VideoWriter(out / "video.mp4", fps, (3 * self.size, self.size))
-        prev: Optional[FrameState] = None
-        prev_done_k: Optional[int] = None
+        prev: FrameState | None = None
+        prev_done_k: int | None = None
         kk = fitter.intr.k
         try:
             t_fit = t_write = t_crop = 0.0
@@ -307,8 +326,6 @@ class TrackRunner:
                 if done[k]:
                     st = _state_from_frame(read_frame(out / "checkpoint" / f"{frame_name(k)}.frame"))
                     prev, prev_done_k = st, None
-                    row = rows.get(k)
-                    fit_uv = None
                 else:
                     if prev is None and prev_done_k is not None:
                         prev = _state_from_frame(read_frame(out / "checkpoint" / f"{frame_name(prev_done_k)}.frame"))
@@ -317,10 +334,10 @@ class TrackRunner:
                         if prev is None:  # no face yet: initialise from the first frame with one
                             j = has_face.index(True)
                             prev = fitter.fit_frame(obs_all[j], valid_all[j], None).state
-                        st, rms, cbin, fit_uv = prev.copy(), {}, None, None
+                        st, rms = prev.copy(), {}
                     else:
                         res = fitter.fit_frame(obs_all[k], valid_all[k], prev, prev)
-                        st, rms, fit_uv = res.state, res.rms, res.points2d
+                        st, rms = res.state, res.rms
                     prev = st
                     row = {"frame": frame_name(k), "input_frame": i, "time_s": round(k / (self.source.fps or self.source.input_fps or 25.0), 6),
                            "face_found": int(has_face[k]), "landmarks_used": int(valid_all[k].sum()),
@@ -382,7 +399,7 @@ class TrackRunner:
         screen = np.concatenate([uvw[:, :2] / uvw[:, 2:3], cam[:, 2:3]], 1).astype(np.float32)
         writer.write(compose_overlay(crop, land, screen, faces))
 
-    def _old_rows(self) -> Dict[int, dict]:
+    def _old_rows(self) -> dict[int, dict]:
         path = self.out / "tracking.csv"
         if not written_file(path):
             return {}
@@ -392,7 +409,7 @@ class TrackRunner:
         except (OSError, ValueError, KeyError):
             return {}
 
-    def _write_csv(self, rows: Dict[int, dict]) -> None:
+    def _write_csv(self, rows: dict[int, dict]) -> None:
         buf = io.StringIO()
         w = csv.DictWriter(buf, fieldnames=CSV_FIELDS, extrasaction="ignore")
         w.writeheader()
@@ -406,11 +423,11 @@ def _ply_metres(verts: np.ndarray, faces: np.ndarray) -> bytes:
     return ply_bytes(verts, faces).replace(b"comment MICA FLAME mesh, millimetres", b"comment MICA FLAME mesh, metres", 1)
 
 
-def _fmt(x: Optional[float]) -> str:
+def _fmt(x: float | None) -> str:
     return "" if x is None or not np.isfinite(x) else f"{x:.3f}"
 
 
-def _combine(rms: Dict[str, float], valid: np.ndarray, model: TrackingFLAME) -> Optional[float]:
+def _combine(rms: dict[str, float], valid: np.ndarray, model: TrackingFLAME) -> float | None:
     """RMS over the 68 points (static and contour together)."""
     parts = [(rms.get(k), int(valid[model.slices[k]].sum())) for k in ("static", "contour") if k in rms]
     parts = [(r, c) for r, c in parts if r is not None and np.isfinite(r) and c]

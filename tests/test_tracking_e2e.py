@@ -1,0 +1,136 @@
+"""track.py end to end: the overlay video, resuming, and the real clip ../shared/data/tracker/justin.mp4
+(first 60 frames, MediaPipe landmarks, synthetic FLAME on the real topology, zero identity)."""
+from __future__ import annotations
+
+import csv
+import os
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from micalib.tracking.outputs import read_frame
+from tests.synthetic_tracking import track_synthetic
+
+
+def _mtimes(folder: Path) -> dict:
+    return {p.name: p.stat().st_mtime_ns for p in sorted(folder.iterdir())}
+
+
+def _video_frames(path: Path):
+    cap = cv2.VideoCapture(str(path))
+    n, shape = 0, None
+    while True:
+        ok, img = cap.read()
+        if not ok:
+            break
+        n, shape = n + 1, img.shape
+    cap.release()
+    return n, shape
+
+
+def test_video_written_and_rerun_skips_finished_frames(tmp_path):
+    _seq, frames, _model, _face, out = track_synthetic(tmp_path, real=False, n_frames=8, noise_px=0.3, video=True)
+    n, shape = _video_frames(out / "video.mp4")
+    assert n == 8 and shape == (512, 3 * 512, 3)
+    for sub, ext in (("checkpoint", ".frame"), ("mesh", ".ply"), ("input", ".png")):
+        assert sorted(p.name for p in (out / sub).iterdir()) == [f"{k:05d}{ext}" for k in range(8)]
+    assert (out / "canonical.obj").is_file() and (out / "identity.npy").is_file() and (out / "crop.json").is_file()
+    with open(out / "tracking.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert [r["frame"] for r in rows] == [f"{k:05d}" for k in range(8)]
+    assert all(r["face_found"] == "1" and r["interpolated"] == "0" for r in rows)
+    # a re-run leaves the finished frames alone; deleting one frame redoes only that one
+    before = _mtimes(out / "checkpoint")
+    os.remove(out / "checkpoint" / "00005.frame")
+    import track
+
+    argv = _argv_of_last_run(out)
+    track.main(argv)
+    after = _mtimes(out / "checkpoint")
+    assert set(after) == set(before)
+    assert all(after[k] == before[k] for k in before if k != "00005.frame")
+    redone = read_frame(out / "checkpoint" / "00005.frame")
+    assert np.allclose(redone["opencv"]["K"], frames[5]["opencv"]["K"])
+    assert np.abs(redone["opencv"]["t"] - frames[5]["opencv"]["t"]).max() < 2e-3
+    assert _video_frames(out / "video.mp4")[0] == 8
+
+
+def _argv_of_last_run(out: Path) -> list:
+    """The command line ``track_synthetic`` used (rebuilt from its files)."""
+    tmp = out.parent.parent
+    a = tmp / "assets"
+    return ["-i", str(tmp / "clip"), "-o", str(tmp / "out"), "--landmarks", str(tmp / "lmk.npz"),
+            "--identity", str(tmp / "identity.npy"), "--image-size", "512",
+            "model.flame_model_path", str(a / "flame" / "generic_model.pkl"),
+            "model.flame_lmk_embedding_path", str(a / "flame" / "landmark_embedding.npy"),
+            "tracker.mediapipe_embedding_path", str(a / "mediapipe_landmark_embedding.npz"),
+            "tracker.l_eyelid_path", str(a / "l_eyelid.npy"), "tracker.r_eyelid_path", str(a / "r_eyelid.npy"),
+            "tracker.iris_vertices", str(list(_iris(tmp))), "tracker.crop", "False"]
+
+
+def _iris(tmp: Path):
+    from models.flame import FLAME
+    from tests.synthetic_tracking import iris_on_eyeballs
+
+    a = tmp / "assets" / "flame"
+    return iris_on_eyeballs(FLAME.from_files(a / "generic_model.pkl", a / "landmark_embedding.npy"))
+
+
+def test_no_face_in_any_frame_is_one_line_error(tmp_path):
+    import track
+    from utils.errors import MICAError
+
+    frames = tmp_path / "clip"
+    frames.mkdir()
+    for k in range(3):
+        cv2.imwrite(str(frames / f"{k}.png"), np.zeros((64, 64, 3), np.uint8))
+    np.savez(tmp_path / "lmk.npz", mediapipe=np.full((3, 478, 2), np.nan, np.float32))
+    with pytest.raises(MICAError, match="no face in any frame"):
+        track.main(["-i", str(frames), "-o", str(tmp_path / "out"), "--landmarks", str(tmp_path / "lmk.npz"),
+                    "--identity", str(tmp_path / "none.npy"), "--no-video"])
+
+
+@pytest.mark.slow
+def test_real_clip_first_60_frames(tmp_path):
+    from micalib.tracking.landmarks import mediapipe_available
+    from tests.synthetic_flame import shared_flame_public
+    from tests.synthetic_tracking import shared_tracker_dir, write_tracker_assets
+
+    shared = shared_tracker_dir()
+    if shared is None or not (shared / "justin.mp4").is_file() or shared_flame_public() is None:
+        pytest.skip("../shared/data/tracker/justin.mp4 or ../shared/data/flame_public is absent")
+    if not mediapipe_available():
+        pytest.skip("mediapipe is not installed (install.sh installs it)")
+    clip = tmp_path / "justin"
+    clip.mkdir()
+    cap = cv2.VideoCapture(str(shared / "justin.mp4"))
+    for k in range(60):
+        ok, img = cap.read()
+        assert ok
+        cv2.imwrite(str(clip / f"{k:03d}.jpg"), img, [cv2.IMWRITE_JPEG_QUALITY, 95])
+    cap.release()
+    assets = write_tracker_assets(tmp_path / "assets", seed=0, real=True)
+    np.save(tmp_path / "zero.npy", np.zeros(300, np.float32))
+    argv = ["-i", str(clip), "-o", str(tmp_path / "out"), "--identity", str(tmp_path / "zero.npy"),
+            "model.flame_model_path", str(assets["flame_model_path"]),
+            "model.flame_lmk_embedding_path", str(assets["flame_lmk_embedding_path"]),
+            "tracker.mediapipe_embedding_path", str(assets["mediapipe_embedding_path"]),
+            "tracker.l_eyelid_path", str(assets["l_eyelid_path"]), "tracker.r_eyelid_path", str(assets["r_eyelid_path"])]
+    import track
+
+    track.main(argv)
+    out = tmp_path / "out" / "justin"
+    with open(out / "tracking.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == 60 and all(r["face_found"] == "1" for r in rows)
+    rs = [read_frame(out / "checkpoint" / f"{k:05d}.frame")["opencv"]["R"][0].astype(np.float64) for k in range(60)]
+    steps = [np.degrees(np.linalg.norm(cv2.Rodrigues(b @ a.T)[0])) for a, b in zip(rs, rs[1:])]
+    assert max(steps) < 5.0, max(steps)
+    n, shape = _video_frames(out / "video.mp4")
+    assert n == 60 and shape == (512, 1536, 3)
+    assert (out / "landmarks.npz").is_file() and (out / "bbox.pt").is_file()
+    before = _mtimes(out / "checkpoint")
+    track.main(argv)  # finished frames are skipped (landmarks cached, nothing rewritten)
+    assert _mtimes(out / "checkpoint") == before

@@ -64,9 +64,10 @@ class FitSettings:
     eyelid_sigma: float = 1.0
     eyelid_symmetry_sigma: float = 1.0
     smooth_exp: float = 0.7        # per-frame change, expression units
-    smooth_pose: float = 0.05      # per-frame change of jaw / eyes, radians
+    smooth_pose: float = 0.05      # per-frame change of the jaw, radians
+    smooth_eyes: float = 0.35      # per-frame change of the eyes, radians (saccades are fast)
     smooth_eyelids: float = 0.3    # per-frame change of the eyelids
-    smooth_rot: float = 0.2        # per-frame change of the camera rotation, radians
+    smooth_rot: float = 0.03       # per-frame change of the camera rotation, radians
     smooth_t: float = 0.01         # per-frame change of the camera translation, metres
     focal_init: float = 2.0        # initial focal length, times the crop's larger side
     pp_sigma: float = 0.01         # principal point prior around the centre, times the crop size
@@ -153,7 +154,8 @@ class LandmarkFitter:
         self.prior = prior
         smooth = np.zeros(N_FRAME)
         smooth[:N_EXP] = 1 / s.smooth_exp ** 2
-        smooth[I_POSE] = 1 / s.smooth_pose ** 2
+        smooth[N_EXP:N_EXP + 3] = 1 / s.smooth_pose ** 2
+        smooth[N_EXP + 3:N_EXP + 9] = 1 / s.smooth_eyes ** 2
         smooth[I_LIDS] = 1 / s.smooth_eyelids ** 2
         smooth[I_ROT] = 1 / s.smooth_rot ** 2
         smooth[I_T] = 1 / s.smooth_t ** 2

@@ -198,6 +198,8 @@ _C.tracker.workers = 2
 # Landmark fitting (micalib/tracking/fitting.py FitSettings).
 _C.tracker.fit = CN()
 _C.tracker.fit.iters = 4
+# Radians the jaw/eyes may move before the expression Jacobian (exact at its pose) is recomputed.
+_C.tracker.fit.basis_tolerance = 0.02
 _C.tracker.fit.first_iters = 15
 _C.tracker.fit.key_iters = 25
 _C.tracker.fit.keyframes = 8

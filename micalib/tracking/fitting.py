@@ -27,6 +27,7 @@ from dataclasses import dataclass, field, replace
 import cv2
 import numpy as np
 import scipy.linalg
+import torch
 
 from micalib.tracking.camera import (
     axis_angle_to_matrix,
@@ -48,6 +49,7 @@ class FitSettings:
     """Weights and iteration counts (``tracker.fit`` in the config)."""
 
     iters: int = 4                 # Levenberg-Marquardt steps per frame (warm-started)
+    basis_tolerance: float = 0.02  # radians of jaw/eye change before the expression Jacobian is recomputed
     first_iters: int = 15          # steps for a frame without a warm start
     key_iters: int = 25            # joint steps over the keyframes
     keyframes: int = 8             # keyframes spread over the sequence for the intrinsics
@@ -122,6 +124,13 @@ def _solve(a: np.ndarray, b: np.ndarray) -> np.ndarray:
         return scipy.linalg.lstsq(a, b, check_finite=False)[0]
 
 
+def _normal_equations(jw: np.ndarray, j: np.ndarray, r: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``jw.T @ j`` and ``jw.T @ r`` through torch (its single-threaded BLAS; numpy's threaded
+    OpenBLAS is ~20x slower for these small products while other threads are busy)."""
+    a = torch.from_numpy(jw).T
+    return (a @ torch.from_numpy(j)).numpy(), (a @ torch.from_numpy(r)).numpy()
+
+
 def _set_weights(model: TrackingFLAME, s: FitSettings) -> np.ndarray:
     w = np.zeros(model.n_points)
     for name, sl in model.slices.items():
@@ -142,6 +151,7 @@ class LandmarkFitter:
         self.model, self.s = model, settings
         self.h, self.w = image_size
         self.set_w = _set_weights(model, settings)
+        self._basis = None  # (pose, exp_basis at that pose), reused while the jaw/eyes stay near it
         self.centre = ((self.w - 1) / 2.0, (self.h - 1) / 2.0)  # OpenCV pixel centres
         self.intr = Intrinsics(settings.focal_init * max(self.h, self.w), *self.centre)
         s = settings
@@ -175,7 +185,7 @@ class LandmarkFitter:
                    prev: FrameState | None, basis: np.ndarray, with_intr: bool):
         """Cost, normal matrix H, gradient g (of 0.5 * cost) at ``st``; sizes 117 (+3 intrinsics)."""
         m, s = self.model, self.s
-        cbin = m.contour_bin(st.r)
+        cbin = m.contour_bin(st.r) if "contour" in m.slices else 0
         pts, jm = m.point_jacobian(st.exp, st.pose, st.eyelids, cbin, basis)
         xc = pts @ st.r.T + st.t
         z = xc[:, 2]
@@ -204,9 +214,9 @@ class LandmarkFitter:
         wpt = self.set_w * valid * huber / s.sigma_px ** 2
         rho = np.where(norm <= s.huber_px, norm ** 2, 2 * s.huber_px * norm - s.huber_px ** 2)
         cost = float((self.set_w * valid * rho).sum())
-        jw = jac * wpt[:, None, None]
-        h = np.einsum("nap,naq->pq", jw, jac)
-        g = np.einsum("nap,na->p", jw, res)
+        j2 = jac.reshape(-1, n_par)
+        jw = j2 * np.repeat(wpt, 2)[:, None]
+        h, g = _normal_equations(jw, j2, res.reshape(-1))
         # priors and symmetry
         x = np.concatenate([st.exp, st.pose, st.eyelids, np.zeros(6)])
         hp = np.diag(self.prior) + self.sym
@@ -268,7 +278,9 @@ class LandmarkFitter:
             iters = iters or self.s.first_iters
         iters = iters or self.s.iters
         st = init.copy()
-        basis = self.model.exp_basis(st.pose)
+        if self._basis is None or np.abs(self._basis[0] - st.pose).max() > self.s.basis_tolerance:
+            self._basis = (st.pose.copy(), self.model.exp_basis(st.pose))
+        basis = self._basis[1]
         cost, h, g, res, cbin, uv = self._linearise(st, obs, valid, intr, prev, basis, False)
         mu = 1e-4
         for _ in range(iters):

@@ -105,13 +105,15 @@ class TrackingFLAME:
         mediapipe: the embedding, or None (then only the 68 points are fitted).
         eyelids: (2, V, 3) offsets or None (tracked without eyelids).
         iris_vertices: FLAME vertices of the 10 iris points (None = none).
+        ibug68: include the 68 points (False when no 68-point landmarks exist: fewer vertices to pose).
 
     Points are ordered ``mediapipe`` (105) | ``iris`` (10) | ``static`` (51) | ``contour`` (17);
     ``slices`` names them.
     """
 
     def __init__(self, flame: FLAME, identity: np.ndarray, mediapipe: MediaPipeEmbedding | None = None,
-                 eyelids: np.ndarray | None = None, iris_vertices: tuple[int, ...] | None = IRIS_VERTICES) -> None:
+                 eyelids: np.ndarray | None = None, iris_vertices: tuple[int, ...] | None = IRIS_VERTICES,
+                 ibug68: bool = True) -> None:
         if flame.n_exp < N_EXP:
             raise ValueError(f"the tracking FLAME needs {N_EXP} expression coefficients, the layer has {flame.n_exp}")
         self.flame = flame.float()
@@ -135,17 +137,21 @@ class TrackingFLAME:
         if mediapipe is not None and iris_vertices is not None and max(iris_vertices) < n_v:
             vid = np.repeat(np.asarray(iris_vertices, np.int64)[:, None], 3, 1)
             groups.append(("iris", vid, np.tile([1.0, 0.0, 0.0], (len(iris_vertices), 1))))
-        static_idx = flame.lmk_faces_idx.cpu().numpy()
-        groups.append(("static", *_corners(faces, static_idx, flame.lmk_bary_coords.cpu().numpy())))
         dyn_idx = flame.dynamic_lmk_faces_idx.cpu().numpy()  # (79, 17)
         dyn_vid = faces[dyn_idx]  # (79, 17, 3)
         dyn_w = flame.dynamic_lmk_bary_coords.cpu().numpy().astype(np.float64)
+        if ibug68:
+            static_idx = flame.lmk_faces_idx.cpu().numpy()
+            groups.append(("static", *_corners(faces, static_idx, flame.lmk_bary_coords.cpu().numpy())))
+        else:
+            dyn_vid, dyn_w = dyn_vid[:, :0], dyn_w[:, :0]
         self.slices: dict[str, slice] = {}
         start = 0
         for name, vid, _ in groups:
             self.slices[name] = slice(start, start + len(vid))
             start += len(vid)
-        self.slices["contour"] = slice(start, start + dyn_vid.shape[1])
+        if ibug68:
+            self.slices["contour"] = slice(start, start + dyn_vid.shape[1])
         self.n_points = start + dyn_vid.shape[1]
         all_v = np.concatenate([g[1].reshape(-1) for g in groups] + [dyn_vid.reshape(-1)])
         subset, inverse = np.unique(all_v, return_inverse=True)
@@ -237,11 +243,11 @@ class TrackingFLAME:
         b_pose = np.concatenate([pose9[None], pose9[None] + POSE_STEP * np.eye(N_POSE)])
         v = self._reduced(np.repeat(exp, 1 + N_POSE, 0), b_pose)  # (10, L, 3)
         vid, w = self._point_weights(contour_bin)
-        pts = np.einsum("bnkc,nk->bnc", v[:, vid], w)  # (10, N, 3)
-        lid = np.einsum("enkc,nk->enc", self._lid_sub[:, vid], w)  # (2, N, 3)
+        pts = (v[:, vid] * w[None, :, :, None]).sum(2)  # (10, N, 3)
+        lid = (self._lid_sub[:, vid] * w[None, :, :, None]).sum(2)  # (2, N, 3)
         base = pts[0] + np.tensordot(np.asarray(eyelids, np.float64).reshape(2), lid, axes=1)
         jac = np.empty((pts.shape[1], 3, N_MODEL))
-        jac[:, :, :N_EXP] = np.einsum("nkcp,nk->ncp", basis[vid], w)
+        jac[:, :, :N_EXP] = (basis[vid] * w[:, :, None, None]).sum(1)
         jac[:, :, N_EXP: N_EXP + N_POSE] = ((pts[1:] - pts[0]) / POSE_STEP).transpose(1, 2, 0)
         jac[:, :, N_EXP + N_POSE:] = lid.transpose(1, 2, 0)
         return base, jac
@@ -291,7 +297,7 @@ def observations(model: TrackingFLAME, mediapipe: np.ndarray | None, ibug68: np.
             obs[s["mediapipe"]] = mediapipe[model.mediapipe_index]
         if "iris" in s:
             obs[s["iris"]] = mediapipe[list(IRIS_MEDIAPIPE)]
-    if ibug68 is not None:
+    if ibug68 is not None and "static" in s:
         obs[s["static"]] = ibug68[17:]
         obs[s["contour"]] = ibug68[:17]
     valid = np.isfinite(obs).all(1)

@@ -89,13 +89,14 @@ class TrackRunner:
         fps: output frame rate (video only); image_size: crop size.
         video: write ``video.mp4``.
         flame: a prebuilt FLAME layer (else from the config).
+        source: an opened ``FrameSource`` (else ``open_frames(input_path, fps)``).
     """
 
     def __init__(self, cfg, input_path, out_root, identity_path=None, landmarks_path=None, fps: float | None = 25.0,
                  image_size: int = 512, video: bool = True, photometric: bool = False, device: str = "cpu",
-                 flame=None) -> None:
+                 flame=None, source=None) -> None:
         self.cfg, self.tc = cfg, cfg.tracker
-        self.source = open_frames(input_path, fps)
+        self.source = source if source is not None else open_frames(input_path, fps)
         self.out = Path(out_root) / self.source.name
         self.identity_path = identity_path
         self.landmarks_path = landmarks_path
@@ -266,7 +267,7 @@ class TrackRunner:
         lids = load_eyelids(resolve_path(tc.l_eyelid_path), resolve_path(tc.r_eyelid_path), flame.n_vertices)
         if lids is None:
             logger.warning("eyelid blendshapes not found: tracking without eyelids (install.sh --download)")
-        model = TrackingFLAME(flame, ident, emb, lids, tuple(int(v) for v in tc.iris_vertices))
+        model = TrackingFLAME(flame, ident, emb, lids, tuple(int(v) for v in tc.iris_vertices), ibug68="ibug68" in lm)
         faces = model.faces
         fitter = LandmarkFitter(model, settings_from_config(tc.fit), (self.size, self.size))
         # observations per output frame, in crop pixels

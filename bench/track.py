@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import os
 import platform
+import shutil
 import sys
 import tempfile
 import time
@@ -75,6 +76,7 @@ def main() -> None:
     n = sum(1 for _ in prefetch(src))
     t_decode = time.perf_counter() - t0
     out = work / "out"
+    shutil.rmtree(out, ignore_errors=True)  # a fresh run, nothing to resume
     runner = TrackRunner(cfg, args.video, out, identity_path=work / "zero.npy", fps=args.fps,
                          image_size=args.image_size, video=not args.no_video, source=src)
     t0 = time.perf_counter()

@@ -200,6 +200,8 @@ _C.tracker.fit = CN()
 _C.tracker.fit.iters = 4
 # Radians the jaw/eyes may move before the expression Jacobian (exact at its pose) is recomputed.
 _C.tracker.fit.basis_tolerance = 0.02
+# Stop a frame's steps when one lowers the cost by less than this fraction.
+_C.tracker.fit.rel_tol = 0.001
 _C.tracker.fit.first_iters = 15
 _C.tracker.fit.key_iters = 25
 _C.tracker.fit.keyframes = 8

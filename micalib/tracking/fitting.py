@@ -49,6 +49,7 @@ class FitSettings:
     """Weights and iteration counts (``tracker.fit`` in the config)."""
 
     iters: int = 4                 # Levenberg-Marquardt steps per frame (warm-started)
+    rel_tol: float = 1e-3          # stop when a step lowers the cost by less than this fraction
     basis_tolerance: float = 0.02  # radians of jaw/eye change before the expression Jacobian is recomputed
     first_iters: int = 15          # steps for a frame without a warm start
     key_iters: int = 25            # joint steps over the keyframes
@@ -182,11 +183,11 @@ class LandmarkFitter:
 
     # -----------------------------------------------------------------------------------------
     def _linearise(self, st: FrameState, obs: np.ndarray, valid: np.ndarray, intr: Intrinsics,
-                   prev: FrameState | None, basis: np.ndarray, with_intr: bool):
+                   prev: FrameState | None, basis: np.ndarray, with_intr: bool, cache: dict | None = None):
         """Cost, normal matrix H, gradient g (of 0.5 * cost) at ``st``; sizes 117 (+3 intrinsics)."""
         m, s = self.model, self.s
         cbin = m.contour_bin(st.r) if "contour" in m.slices else 0
-        pts, jm = m.point_jacobian(st.exp, st.pose, st.eyelids, cbin, basis)
+        pts, jm = m.point_jacobian(st.exp, st.pose, st.eyelids, cbin, basis, cache)
         xc = pts @ st.r.T + st.t
         z = xc[:, 2]
         uv = np.stack([intr.focal * xc[:, 0] / z + intr.cx, intr.focal * xc[:, 1] / z + intr.cy], 1)
@@ -281,19 +282,23 @@ class LandmarkFitter:
         if self._basis is None or np.abs(self._basis[0] - st.pose).max() > self.s.basis_tolerance:
             self._basis = (st.pose.copy(), self.model.exp_basis(st.pose))
         basis = self._basis[1]
-        cost, h, g, res, cbin, uv = self._linearise(st, obs, valid, intr, prev, basis, False)
+        cache: dict = {}  # pose derivatives of this frame's first linearisation, reused by its steps
+        cost, h, g, res, cbin, uv = self._linearise(st, obs, valid, intr, prev, basis, False, cache)
         mu = 1e-4
         for _ in range(iters):
             for _attempt in range(6):
                 delta = -_solve(h + mu * np.diag(np.diag(h)) + 1e-9 * np.eye(len(g)), g)
                 cand = st.step(delta, self.model.has_eyelids)
-                c2, h2, g2, res2, cbin2, uv2 = self._linearise(cand, obs, valid, intr, prev, basis, False)
+                c2, h2, g2, res2, cbin2, uv2 = self._linearise(cand, obs, valid, intr, prev, basis, False, cache)
                 if c2 <= cost:
+                    small = cost - c2 < self.s.rel_tol * cost
                     st, cost, h, g, res, cbin, uv = cand, c2, h2, g2, res2, cbin2, uv2
                     mu = max(mu / 3, 1e-7)
                     break
                 mu *= 10
             else:
+                break
+            if small:
                 break
         return FrameFit(st, cost, self._rms(res, valid), cbin, uv)
 

@@ -229,27 +229,41 @@ class TrackingFLAME:
         return (v[1:] - v[0]).transpose(1, 2, 0)
 
     def point_jacobian(self, exp: np.ndarray, pose9: np.ndarray, eyelids: np.ndarray, contour_bin: int,
-                       basis: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+                       basis: np.ndarray | None = None, cache: dict | None = None) -> tuple[np.ndarray, np.ndarray]:
         """Points (N, 3) and their Jacobian (N, 3, 111) w.r.t. [exp (100), pose (9), eyelids (2)].
 
         One batched ``lbs`` call for the points and the pose columns (forward differences);
         the expression columns come from ``basis`` (``exp_basis``, computed here when None: pass
         the one of a nearby pose to save its cost), the eyelid columns are the offsets themselves.
+        ``cache``: a dict; its ``pose_cols`` (the subset's pose derivatives, stored on the first call)
+        are reused by later calls with the same dict, which then pose only the points themselves
+        (for the Levenberg-Marquardt steps of one frame, where the pose moves very little).
         """
         exp = np.asarray(exp, np.float64).reshape(1, N_EXP)
         pose9 = np.asarray(pose9, np.float64).reshape(N_POSE)
         if basis is None:
             basis = self.exp_basis(pose9)
-        b_pose = np.concatenate([pose9[None], pose9[None] + POSE_STEP * np.eye(N_POSE)])
-        v = self._reduced(np.repeat(exp, 1 + N_POSE, 0), b_pose)  # (10, L, 3)
+        if cache is not None and cache.get("pose_cols") is not None:
+            v = self._reduced(exp, pose9[None])[0]
+            dv = cache["pose_cols"]
+        else:
+            b_pose = np.concatenate([pose9[None], pose9[None] + POSE_STEP * np.eye(N_POSE)])
+            vv = self._reduced(np.repeat(exp, 1 + N_POSE, 0), b_pose)  # (10, L, 3)
+            v, dv = vv[0], ((vv[1:] - vv[0]) / POSE_STEP).transpose(1, 2, 0)  # (L, 3), (L, 3, 9)
+            if cache is not None:
+                cache["pose_cols"] = dv
         vid, w = self._point_weights(contour_bin)
-        pts = (v[:, vid] * w[None, :, :, None]).sum(2)  # (10, N, 3)
-        lid = (self._lid_sub[:, vid] * w[None, :, :, None]).sum(2)  # (2, N, 3)
-        base = pts[0] + np.tensordot(np.asarray(eyelids, np.float64).reshape(2), lid, axes=1)
-        jac = np.empty((pts.shape[1], 3, N_MODEL))
-        jac[:, :, :N_EXP] = (basis[vid] * w[:, :, None, None]).sum(1)
-        jac[:, :, N_EXP: N_EXP + N_POSE] = ((pts[1:] - pts[0]) / POSE_STEP).transpose(1, 2, 0)
-        jac[:, :, N_EXP + N_POSE:] = lid.transpose(1, 2, 0)
+        key = ("jac", contour_bin)
+        if cache is not None and key in cache:
+            jac = cache[key]
+        else:
+            jac = np.empty((len(vid), 3, N_MODEL))
+            jac[:, :, :N_EXP] = (basis[vid] * w[:, :, None, None]).sum(1)
+            jac[:, :, N_EXP: N_EXP + N_POSE] = (dv[vid] * w[:, :, None, None]).sum(1)
+            jac[:, :, N_EXP + N_POSE:] = (self._lid_sub[:, vid] * w[None, :, :, None]).sum(2).transpose(1, 2, 0)
+            if cache is not None:
+                cache[key] = jac
+        base = (v[vid] * w[:, :, None]).sum(1) + jac[:, :, N_EXP + N_POSE:] @ np.asarray(eyelids, np.float64).reshape(2)
         return base, jac
 
     # -----------------------------------------------------------------------------------------

@@ -346,7 +346,8 @@ class TrackRunner:
                            "rms_ibug68_px": _fmt(_combine(rms, valid_all[k], model)),
                            "interpolated": int(interpolated)}
                     rows[k] = row
-                verts = model.vertices(st.exp, st.pose, st.eyelids)[0]
+                # the full mesh is posed by a writer thread (torch releases the GIL) while this one fits on
+                verts = pool.submit(lambda s=st: model.vertices(s.exp, s.pose, s.eyelids)[0])
                 t_fit += time.perf_counter() - t0
                 t0 = time.perf_counter()
                 if not done[k]:
@@ -385,17 +386,18 @@ class TrackRunner:
         return out
 
     # -----------------------------------------------------------------------------------------
-    def _write_frame(self, out: Path, k: int, data: dict, verts: np.ndarray, faces: np.ndarray, crop: np.ndarray) -> None:
+    def _write_frame(self, out: Path, k: int, data: dict, verts: Future, faces: np.ndarray, crop: np.ndarray) -> None:
         name = frame_name(k)
+        verts = verts.result()
         atomic_write_bytes(out / "input" / f"{name}.png", _png_bytes(crop, self.tc.png_compression), fsync=False)
         atomic_write_bytes(out / "mesh" / f"{name}.ply", _ply_metres(verts, faces), fsync=False)
         save_frame(out / "checkpoint" / f"{name}.frame", data)  # last: marks the frame finished
 
     @staticmethod
-    def _video_frame(writer, crop, land, verts, faces, st: FrameState, kk: np.ndarray) -> None:
+    def _video_frame(writer, crop, land, verts: Future, faces, st: FrameState, kk: np.ndarray) -> None:
         from micalib.tracking.overlay import compose_overlay
 
-        cam = verts.astype(np.float64) @ st.r.T + st.t
+        cam = verts.result().astype(np.float64) @ st.r.T + st.t
         uvw = cam @ kk.T
         screen = np.concatenate([uvw[:, :2] / uvw[:, 2:3], cam[:, 2:3]], 1).astype(np.float32)
         writer.write(compose_overlay(crop, land, screen, faces))

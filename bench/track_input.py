@@ -3,7 +3,8 @@
 Stages (median and mean milliseconds per frame over the first ``--frames`` output frames):
   decode (every input frame), decode at ``--fps`` (per output frame; dropped frames only grabbed),
   crop (the 1080p frame to the ``--image-size`` crop), MediaPipe in video mode on the crop and on the
-  full frame, and the whole input stage (decode at --fps + crop + landmarks on the crop) run
+  full frame and in image mode on the crop (stages interleaved per frame; wall and CPU time of all
+  threads), and the whole input stage (decode at --fps + crop + landmarks on the crop) run
   sequentially and with ``frames.prefetch`` (decoding in a background thread).
 
 Usage::
@@ -41,10 +42,6 @@ def _cpu() -> str:
     return platform.processor() or platform.machine()
 
 
-def _stats(times: list[float]) -> str:
-    return f"{statistics.median(times) * 1e3:6.2f} ms median, {statistics.mean(times) * 1e3:6.2f} ms mean"
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--video", default=str(ROOT.parent / "shared" / "data" / "tracker" / "justin.mp4"))
@@ -58,70 +55,80 @@ def main() -> None:
     src = open_frames(args.video, fps=args.fps)
     print(f"{_cpu()}, {os.cpu_count()} cores; {src}")
 
-    def timed(iterable, limit: int, keep: bool = False) -> tuple[list[float], list]:
-        """Seconds per item of ``iterable`` (its first ``limit`` items) and, with ``keep``, the items."""
-        times, kept = [], []
-        it = iter(iterable)
-        for _ in range(limit):
-            t = time.perf_counter()
-            item = next(it, None)
-            if item is None:
-                break
-            times.append(time.perf_counter() - t)
-            if keep:
-                kept.append(item[2].copy())
-        close = getattr(it, "close", None)
-        if close is not None:
-            close()
-        return times, kept
+    def clock() -> tuple[float, float]:
+        return time.perf_counter(), time.process_time()  # wall, CPU of all threads of this process
 
-    rows = {}
-    rows["decode, every input frame"], _ = timed(every, n)
-    rows[f"decode at --fps {args.fps:g} (per output frame)"], frames = timed(src, n, keep=True)
-    first = frames[0]
-    frames = frames[:100]
-
+    # one pass, stages interleaved per frame so that all see the same (shared, noisy) machine state
     with MediaPipeLandmarker(video_mode=False) as lm:
+        first = next(iter(src))[2]
         box = box_from_landmarks(lm.detect(first)[MEDIAPIPE_IBUG68])
     M = crop_matrix(box, args.image_size)
     size = (args.image_size, args.image_size)
-    t_crop, t_mp_crop, t_mp_full = [], [], []
-    for rgb in frames:
-        t = time.perf_counter()
-        warp(rgb, M, size)
-        t_crop.append(time.perf_counter() - t)
-    rows[f"crop {box[1] - box[0]} px box -> {args.image_size}"] = t_crop
-    with MediaPipeLandmarker(video_mode=True) as lm:
-        crops = [warp(rgb, M, size) for rgb in frames]
-        for c in crops:
-            t = time.perf_counter()
-            lm.detect(c)
-            t_mp_crop.append(time.perf_counter() - t)
-    rows[f"MediaPipe video mode, {args.image_size} crop"] = t_mp_crop
-    with MediaPipeLandmarker(video_mode=True) as lm:
-        for rgb in frames:
-            t = time.perf_counter()
-            lm.detect(rgb)
-            t_mp_full.append(time.perf_counter() - t)
-    rows[f"MediaPipe video mode, full {src.size[0]}x{src.size[1]} frame"] = t_mp_full
+    names = [f"decode at --fps {args.fps:g} (per output frame)", f"crop {box[1] - box[0]} px box -> {args.image_size}",
+             f"MediaPipe video mode, {args.image_size} crop", f"MediaPipe video mode, full {src.size[0]}x{src.size[1]}",
+             f"MediaPipe image mode (face detector every frame), {args.image_size} crop"]
+    rows = {name: ([], []) for name in names}
 
-    for label, it in (("decode + crop + MediaPipe, sequential", lambda: iter(src)),
-                      ("decode + crop + MediaPipe, decoding prefetched", lambda: prefetch(src, depth=4))):
-        with MediaPipeLandmarker(video_mode=True) as lm:
-            t0 = time.perf_counter()
-            count = 0
-            for _, _, rgb in it():
-                lm.detect(warp(rgb, M, size))
-                count += 1
-                if count >= n:
-                    break
-            wall = time.perf_counter() - t0
-        rows[label] = [wall / count] * count
-        print(f"{label}: {count / wall:.1f} output frames per second")
+    def add(name, a, b):
+        rows[name][0].append(b[0] - a[0])
+        rows[name][1].append(b[1] - a[1])
 
-    for label, times in rows.items():
-        print(f"{label:55s} {_stats(times)}")
-    print(f"per-frame figures from {n} frames (crop and full-frame MediaPipe: {len(frames)}); numpy {np.__version__}")
+    with MediaPipeLandmarker(video_mode=True) as lm_crop, MediaPipeLandmarker(video_mode=True) as lm_full, \
+            MediaPipeLandmarker(video_mode=False) as lm_image:
+        it = iter(src)
+        for _ in range(n):
+            t0 = clock()
+            item = next(it, None)
+            t1 = clock()
+            if item is None:
+                break
+            crop = warp(item[2], M, size)
+            t2 = clock()
+            lm_crop.detect(crop)
+            t3 = clock()
+            lm_full.detect(item[2])
+            t4 = clock()
+            lm_image.detect(crop)
+            t5 = clock()
+            for name, a, b in zip(names, (t0, t1, t2, t3, t4), (t1, t2, t3, t4, t5), strict=True):
+                add(name, a, b)
+        it.close()
+    name = "decode, every input frame"
+    rows[name] = ([], [])
+    it = iter(every)
+    for _ in range(n):
+        a = clock()
+        if next(it, None) is None:
+            break
+        add(name, a, clock())
+    it.close()
+
+    # the whole input stage, sequential and with decoding prefetched, alternated twice (best kept)
+    runs: dict[str, list[tuple[float, float]]] = {}
+    for _ in range(2):
+        for label, make in (("decode + crop + MediaPipe on the crop, sequential", lambda: iter(src)),
+                            ("decode + crop + MediaPipe on the crop, decoding prefetched", lambda: prefetch(src, depth=4))):
+            with MediaPipeLandmarker(video_mode=True) as lm:
+                a = clock()
+                count = 0
+                frames = make()
+                for _, _, rgb in frames:
+                    lm.detect(warp(rgb, M, size))
+                    count += 1
+                    if count >= n:
+                        break
+                frames.close()
+                b = clock()
+            runs.setdefault(label, []).append(((b[0] - a[0]) / count, (b[1] - a[1]) / count))
+
+    print(f"{'stage':58s} {'wall ms/frame (median, mean)':>30s} {'CPU ms/frame (median)':>22s}")
+    for label, (wall, cpu) in rows.items():
+        print(f"{label:58s} {statistics.median(wall) * 1e3:14.2f} {statistics.mean(wall) * 1e3:14.2f} "
+              f"{statistics.median(cpu) * 1e3:22.2f}")
+    for label, results in runs.items():
+        wall, cpu = min(results)
+        print(f"{label:58s} {wall * 1e3:14.2f} {'':14s} {cpu * 1e3:22.2f}   -> {1 / wall:.1f} output frames/s")
+    print(f"{n} output frames; numpy {np.__version__}")
 
 
 if __name__ == "__main__":

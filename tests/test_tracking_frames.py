@@ -111,6 +111,29 @@ def test_video_errors_are_one_line(tmp_path, video_30fps):
         open_frames(video_30fps, fps=0)
 
 
+def test_truncated_video_yields_what_it_has_and_warns(tmp_path):
+    from loguru import logger
+
+    path = tmp_path / "cut.avi"
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), 30.0, (W, H))
+    for i in range(30):
+        writer.write(_coded_frame(i))
+    writer.release()
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) * 6 // 10])  # the header still says 30 frames
+    src = open_frames(path)
+    assert src.n_input_frames == 30
+    messages = []
+    sink = logger.add(messages.append, level="WARNING", format="{message}")
+    try:
+        got = [(k, i, _decode_index(rgb)) for k, i, rgb in src]
+    finally:
+        logger.remove(sink)
+    assert 5 <= len(got) < 30 and got == [(k, k, k) for k in range(len(got))]
+    assert src.truncated_at == len(got)
+    assert len(messages) == 1 and "cut.avi ends after" in messages[0]
+
+
 # ---------------------------------------------------------------------------- folders
 
 

@@ -226,3 +226,55 @@ def test_mediapipe_video_mode_is_quiet_and_follows_the_face(justin_frames, capfd
     assert step.max() < 10.0, step  # 30 fps: the face moves a few pixels per frame
     with MediaPipeLandmarker(video_mode=False) as lm:
         assert np.isnan(lm.detect(np.zeros((256, 256, 3), np.uint8))).all()  # no face: NaN
+
+
+def _mirror_pairs() -> np.ndarray:
+    """Pairs (i, j) of MediaPipe points that are mirror images of each other: the 105 points of the
+    original tracker's MediaPipe embedding placed on FLAME's (symmetric) template and matched with
+    their reflections, plus the two irises."""
+    import trimesh
+    from scipy.spatial import cKDTree
+
+    template = SHARED / "data" / "flame_public" / "head_template.obj"
+    embedding = SHARED / "data" / "tracker" / "mediapipe_landmark_embedding.npz"
+    if not (template.is_file() and embedding.is_file()):
+        pytest.skip("FLAME template or MediaPipe embedding not present in ../shared")
+    mesh = trimesh.load(template, process=False)
+    v, f = np.asarray(mesh.vertices), np.asarray(mesh.faces)
+    with np.load(embedding) as e:
+        idx, tri, bary = e["landmark_indices"], e["lmk_face_idx"], e["lmk_b_coords"]
+    pts = np.einsum("nk,nkj->nj", bary, v[f[tri]])
+    dist, j = cKDTree(pts).query(pts * [-1.0, 1.0, 1.0])
+    pairs = [(int(idx[a]), int(idx[j[a]])) for a in range(len(idx)) if dist[a] < 2.5e-3]
+    pairs += [(468 + k, 473 + k) for k in range(5)] + [(473 + k, 468 + k) for k in range(5)]
+    assert len(pairs) > 80
+    return np.array(pairs)
+
+
+def test_mediapipe_points_are_in_opencv_pixel_centres(justin_frames):
+    """Mirror test: detect on an image and on its left-right mirror, mirror the second back with
+    OpenCV's x -> W - 1 - x and compare mirror-pair points. The difference has a part proportional
+    to the face size (the network's own asymmetry) and a constant part that is 0 in the right
+    convention (1 px off if 0.5 were subtracted, as TRACKER_FACTS says, -1 if 0.5 were added); fit
+    over 4 image scales, the constant must be near 0."""
+    import cv2
+
+    pairs = _mirror_pairs()
+    scales, offsets = (0.5, 0.75, 1.0, 1.5), []
+    with MediaPipeLandmarker(video_mode=False) as lm:
+        for s in scales:
+            per_image = []
+            for frame in justin_frames[::2]:
+                for dx in (0, 5):
+                    img = np.ascontiguousarray(frame[200:700, 820 + dx:1320 + dx])
+                    if s != 1.0:
+                        img = cv2.resize(img, None, fx=s, fy=s, interpolation=cv2.INTER_AREA if s < 1 else cv2.INTER_CUBIC)
+                    w = img.shape[1]
+                    a = lm.detect(img).astype(np.float64)
+                    b = lm.detect(np.ascontiguousarray(img[:, ::-1])).astype(np.float64)
+                    per_image.append(np.mean((w - 1 - b[pairs[:, 1], 0]) - a[pairs[:, 0], 0]))
+            offsets.append(per_image)
+    offsets = np.array(offsets)  # (scale, image)
+    design = np.stack([np.ones(len(scales)), np.array(scales)], axis=1)
+    (constant, slope), *_ = np.linalg.lstsq(design, offsets.mean(axis=1), rcond=None)
+    assert abs(constant) < 0.45, (constant, slope, offsets.mean(axis=1))

@@ -10,7 +10,9 @@ is resampled: output frame k shows the input frame nearest to the time k / fps, 
 earlier frame, i.e. input index ``ceil(k * input_fps / fps - 1/2)``; output frames continue while
 that input frame exists. The original tracker splits the video into frames with ffmpeg at 25 fps,
 whose rounding of the time stamps can differ from this rule by one frame at exact ties. Frames that
-the resampling drops are only ``grab()``bed (demuxed and decoded, not converted to RGB).
+the resampling drops are only ``grab()``bed (demuxed and decoded, not converted to RGB). A video
+that ends before the frame count its container states (truncated) yields the frames it has, logs a
+warning and sets ``truncated_at``; nothing is raised, so a long run keeps what it tracked.
 
 A folder is read in sorted-name order (plain string order of the file names: name frames with
 zero-padded numbers); ``fps`` does not apply to it. All its images must have the size of the first.
@@ -27,6 +29,7 @@ from typing import Iterable, Iterator, Optional, Sequence, TypeVar, Union
 
 import cv2
 import numpy as np
+from loguru import logger
 
 from utils.errors import MICAError
 from utils.image_io import list_images, read_image
@@ -135,6 +138,7 @@ class VideoFrames(FrameSource):
         self.n_input_frames = count
         self.size = (int(first.shape[1]), int(first.shape[0]))
         self.indices = resample_indices(count, input_fps, self.fps) if self.fps is not None else list(range(count))
+        self.truncated_at: Optional[int] = None  # output frame where decoding stopped early, if it did
 
     def _open(self) -> cv2.VideoCapture:
         if not self.path.exists():
@@ -143,7 +147,12 @@ class VideoFrames(FrameSource):
             raise MICAError(f"{self.path} is a folder; internal error: opened as a video")
         if self.path.stat().st_size == 0:
             raise MICAError(f"video {self.path} is an empty file (0 bytes); pass a complete video")
-        cap = cv2.VideoCapture(str(self.path), cv2.CAP_FFMPEG)
+        level = cv2.utils.logging.getLogLevel()
+        cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_ERROR)  # our own message says it
+        try:
+            cap = cv2.VideoCapture(str(self.path), cv2.CAP_FFMPEG)
+        finally:
+            cv2.utils.logging.setLogLevel(level)
         if not cap.isOpened():
             cap.release()
             raise MICAError(f"video {self.path} cannot be opened by OpenCV's FFmpeg (not a video, corrupt, or an "
@@ -165,15 +174,18 @@ class VideoFrames(FrameSource):
         try:
             position = -1  # index of the last grabbed input frame
             for k, i in enumerate(self.indices):
-                while position < i:
-                    if not cap.grab():
-                        raise MICAError(f"video {self.path} ends after {position + 1} of its {self.n_input_frames} "
-                                        "frames (truncated or corrupt); re-encode it or extract its frames into a folder")
-                    position += 1
-                ok, bgr = cap.retrieve()
-                if not ok or bgr is None:
-                    raise MICAError(f"video {self.path}: frame {i} cannot be decoded (corrupt); "
-                                    "re-encode it or extract its frames into a folder")
+                ok = True
+                while ok and position < i:
+                    ok = cap.grab()
+                    position += ok
+                if ok:
+                    ok, bgr = cap.retrieve()
+                    ok = ok and bgr is not None
+                if not ok:
+                    self.truncated_at = k
+                    logger.warning(f"video {self.path} ends after {position + 1} of its {self.n_input_frames} frames (truncated or "
+                                   f"corrupt): {k} of {len(self)} output frames read; re-encode it to use the rest")
+                    return
                 yield k, i, _bgr_to_rgb(bgr)
         finally:
             cap.release()

@@ -9,8 +9,18 @@ MediaPipe: ``mediapipe==0.10.14`` ships the legacy FaceMesh solution with its mo
 wheel, so nothing is downloaded. It was built for protobuf < 5; ``_apply_protobuf_shim`` restores the
 two methods it calls that protobuf 5 removed (``SymbolDatabase.GetPrototype`` and
 ``MessageFactory.GetPrototype``, both through ``message_factory.GetMessageClass``) before mediapipe is
-imported. Its normalised output times the image size puts 0 at the left edge of pixel 0, so 0.5 is
-subtracted. Its C++ start-up messages (TFLite delegate, absl warnings) are silenced.
+imported. Its C++ start-up messages (TFLite delegate, absl warnings) are silenced.
+
+Its normalised output times the image size is used as it is: that is already OpenCV's convention.
+MediaPipe warps the face region into the network input with OpenCV (``warpPerspective`` from the
+region's corners at centre +- size/2, the centre being normalised x image size) and maps the
+network's points back through the same region, so a point lands where OpenCV's pixel-centre
+coordinates put it. (TRACKER_FACTS says to subtract 0.5; measured on justin.mp4 it is wrong:
+detecting on the mirrored frame and mirroring back, pairs of mirror-symmetric mesh points differ by
+1.07 +- 0.11 px more than the pixel-centre convention predicts when 0.5 is subtracted, i.e. 0.07 +-
+0.11 px as used here, after removing a part proportional to the face size, 2.4 px per 350 px of
+face, that is the network's own (its size matches half a pixel of the network input, 192 px
+across the face region). That part is not corrected; ``tests/test_tracking_landmarks.py`` checks the constant one.)
 
 Landmark file (``landmarks.npz``, also the ``--landmarks`` input): a NumPy ``.npz`` archive with
 ``mediapipe`` (T,478,2) and/or ``ibug68`` (T,68,2) float arrays, one row per frame of the input in
@@ -193,7 +203,7 @@ class MediaPipeLandmarker:
             lm = faces[0].landmark
             xy = np.fromiter((c for p in lm for c in (p.x, p.y)), dtype=np.float64, count=2 * len(lm)).reshape(-1, 2)
             if xy.shape[0] == N_MEDIAPIPE:
-                out[:] = xy * (w, h) - 0.5
+                out[:] = xy * (w, h)  # OpenCV pixel-centre coordinates already (module docstring)
         return out
 
 
@@ -301,9 +311,12 @@ class Ibug68Detector:
 
 
 def detect_in_crop(landmarker, rgb_input: np.ndarray, M: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    """Run ``landmarker.detect`` on the crop ``warp(rgb_input, M, size)`` (faster than the full
-    frame: MediaPipe ~4 ms on 512x512 vs ~16 ms on 1080p) and return the points in pixels of the
-    input frame (``M``: (2,3) input px -> crop px)."""
+    """Run ``landmarker.detect`` on the crop ``warp(rgb_input, M, size)`` and return the points in
+    pixels of the input frame (``M``: (2,3) input px -> crop px). With MediaPipe in video mode this
+    is not faster than the full frame (it crops its face region itself: ~3 ms per frame either way,
+    bench/README.md); it matters for image mode and the 68-point model. Do not mix crop and full
+    frames in one video-mode sequence without ``reset()``: the tracked region is in normalised
+    image coordinates."""
     crop = warp(rgb_input, M, size)
     return transform_points(landmarker.detect(crop), invert_matrix(M)).astype(np.float32)
 

@@ -86,6 +86,18 @@ def test_compose_overlay_layout_and_blend():
     assert mask.sum() > 1000
 
 
+def test_compose_overlay_survives_non_finite_vertices():
+    crop = np.full((40, 40, 3), 50, np.uint8)
+    verts, faces = _quad(5.0, 5.0, 35.0, 35.0)
+    verts = np.concatenate([verts, [[np.nan, 3.0, 1.0], [20.0, 20.0, np.inf]]])
+    faces = np.concatenate([faces, [[4, 5, 0]]])
+    out = compose_overlay(crop, {"fitted": np.full((3, 2), np.nan)}, verts, faces)
+    assert out.shape == (40, 120, 3)
+    np.testing.assert_array_equal(out[:, 40:80], crop)  # NaN landmarks are skipped
+    inside = out[20, 100].astype(int)
+    assert (inside != 50).all()  # the quad is drawn; the broken triangle is skipped
+
+
 def _write_frames(path, n, size=(64, 48)):
     colors = [(40 * k % 256, 255 - 30 * k % 256, 100) for k in range(n)]
     with VideoWriter(path, 25, size) as vw:

@@ -51,18 +51,22 @@ def _mesh_gray(verts_screen: ArrayLike, faces: ArrayLike, height: int, width: in
     f = torch.as_tensor(_np(faces, np.int64))
     frags = rasterize(v, f, height, width, cull_backfaces=cull_backfaces)
     if normals is None:
-        ext = (v.amax(0) - v.amin(0)).clamp_min(1e-12)
+        finite = v[torch.isfinite(v).all(1)]
+        ext = (finite.amax(0) - finite.amin(0)).clamp_min(1e-12) if len(finite) else torch.ones(3)
         scale = 0.5 * float(ext[0] + ext[1]) / float(ext[2])
         normals = vertex_normals(v * torch.tensor([1.0, 1.0, scale]), f)
-    n_z = torch.as_tensor(_np(normals))[:, 2]
+    n_z = torch.as_tensor(_np(normals))[:, 2].nan_to_num(0.0)
     # headlight along -z, lit from both sides; gray level per vertex, interpolated (Gouraud)
     level = (AMBIENT + (1.0 - AMBIENT) * n_z.abs()) * (MESH_GRAY * 255.0)
     pix = frags.covered_index()
     if len(pix) == 0:
         return pix, level[:0]
-    fv = f.index_select(0, frags.tri_id.view(-1).index_select(0, pix))
-    w = frags.bary.view(-1, 3).index_select(0, pix)
-    return pix, (w * level.index_select(0, fv.view(-1)).view(-1, 3)).sum(1)
+    corners = f.t().contiguous().index_select(1, frags.tri_id.view(-1).index_select(0, pix))  # (3, P)
+    w = frags.covered_bary
+    gray = level.index_select(0, corners[0]) * w[:, 0]
+    gray += level.index_select(0, corners[1]) * w[:, 1]
+    gray += level.index_select(0, corners[2]) * w[:, 2]
+    return pix, gray
 
 
 def shade(verts_screen: ArrayLike, faces: ArrayLike, height: int, width: int,

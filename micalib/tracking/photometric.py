@@ -2,13 +2,18 @@
 and fit parameters to an image by gradient descent on the masked photometric error.
 
 Unlike the original tracker there is no pytorch3d: ``raster.rasterize`` finds the visible triangle
-and barycentrics of each pixel without gradient, and ``raster.interpolate`` recomputes the
-barycentrics from the projected vertices with autograd, so the error is differentiable w.r.t. the
-vertex positions (hence the pose, camera and expression behind ``project_fn``) and the appearance.
-As with any hard rasteriser, the silhouette itself gives no gradient. Unlike the original, the
-appearance is a per-vertex albedo (not the FLAME/BFM texture space) and the lighting is applied per
-vertex (Gouraud), which on FLAME's ~1-2 px triangles at 512 px is indistinguishable from per pixel.
-Works on CPU and CUDA: everything runs on ``device``.
+and barycentrics of each pixel without gradient, and ``raster.interpolate_covered`` recomputes the
+barycentrics from the projected vertices (analytic backward), so the error is differentiable w.r.t.
+the vertex positions (hence the pose, camera and expression behind ``project_fn``) and the
+appearance. As with any hard rasteriser, the silhouette itself gives no gradient. Unlike the
+original, the appearance is a per-vertex albedo (not the FLAME/BFM texture space) and the lighting
+is applied per vertex (Gouraud; FLAME's triangles span a few pixels of a 512 crop). The error is
+summed over the covered pixels only. Works on CPU and CUDA: everything runs on ``device``.
+
+``project_fn(params)`` should return ``(screen, camera_vertices)``: the (V, 3) screen vertices
+(x px, y px, depth) and the (V, 3) vertices in the camera frame (OpenCV: x right, y down, z forward),
+whose normals light the surface. Returning only the screen vertices works too, with normals
+estimated from them (depth rescaled to the x/y extent; approximate).
 """
 from __future__ import annotations
 
@@ -16,7 +21,7 @@ from typing import Callable, Dict, List, Mapping, Optional, Tuple, Union
 
 import torch
 
-from micalib.tracking.raster import interpolate, rasterize, vertex_normals
+from micalib.tracking.raster import interpolate_covered, rasterize, vertex_normals
 from micalib.tracking.sh import directional_sh, sh_shading
 
 __all__ = ["PhotometricRefiner", "ProjectOutput"]
@@ -93,6 +98,23 @@ class PhotometricRefiner:
         scale = 0.5 * (ext[0] + ext[1]) / ext[2]
         return out, out * torch.stack([torch.ones_like(scale), torch.ones_like(scale), scale])
 
+    def _render_covered(self, projected: ProjectOutput, albedo: Optional[torch.Tensor] = None,
+                        sh: Optional[torch.Tensor] = None) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Flat indices of the covered pixels (P,), their colours (3, P) (channels first: faster on
+        CPU) and error weights (P,)."""
+        screen, cam = self._split(projected)
+        albedo = self.albedo if albedo is None else albedo
+        sh = self.sh if sh is None else sh
+        frags = rasterize(screen.detach(), self.faces, self.height, self.width, cull_backfaces=self.cull_backfaces)
+        colour = albedo * sh_shading(vertex_normals(cam, self.faces), sh)
+        if self.vertex_weights is not None:
+            colour = torch.cat([colour, self.vertex_weights], dim=1)
+        vals = interpolate_covered(colour, self.faces, frags, screen).t()  # (C, P), contiguous
+        pix = frags.covered_index()
+        if self.vertex_weights is not None:
+            return pix, vals[:3], vals[3].detach()
+        return pix, vals, torch.ones_like(vals[0]).detach()
+
     def render(self, projected: ProjectOutput, albedo: Optional[torch.Tensor] = None,
                sh: Optional[torch.Tensor] = None) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Differentiable render.
@@ -105,23 +127,20 @@ class PhotometricRefiner:
         Returns:
             image (H, W, 3), mask (H, W) bool of covered pixels, weight (H, W) of each pixel in the error.
         """
-        screen, cam = self._split(projected)
-        albedo = self.albedo if albedo is None else albedo
-        sh = self.sh if sh is None else sh
-        frags = rasterize(screen.detach(), self.faces, self.height, self.width, cull_backfaces=self.cull_backfaces)
-        normals = vertex_normals(cam, self.faces)
-        colour = albedo * sh_shading(normals, sh)
-        if self.vertex_weights is not None:
-            colour = torch.cat([colour, self.vertex_weights], dim=1)
-        img, mask = interpolate(colour, self.faces, frags, screen)
-        if self.vertex_weights is not None:
-            return img[..., :3], mask, img[..., 3].detach()
-        return img, mask, mask.to(img.dtype)
+        pix, vals, weight = self._render_covered(projected, albedo, sh)
+        n = self.height * self.width
+        img = vals.new_zeros(n, 3).index_copy(0, pix, vals.t()).view(self.height, self.width, 3)
+        mask = torch.zeros(n, dtype=torch.bool, device=vals.device).index_fill_(0, pix, True)
+        w = weight.new_zeros(n).index_copy_(0, pix, weight)
+        return img, mask.view(self.height, self.width), w.view(self.height, self.width)
 
-    def photometric_loss(self, rendered: torch.Tensor, weight: torch.Tensor, image: torch.Tensor) -> torch.Tensor:
-        """Weighted mean over the covered pixels of the per-pixel L1 (sum over channels) or squared error."""
+    def photometric_loss(self, rendered: torch.Tensor, weight: torch.Tensor, image: torch.Tensor,
+                         channel_dim: int = -1) -> torch.Tensor:
+        """Weighted mean of the per-pixel L1 (sum over channels) or squared error: ``rendered`` and
+        ``image`` (..., 3) (or channels first with ``channel_dim=0``), ``weight`` the pixel shape
+        (0 on pixels that do not count, e.g. the background)."""
         diff = rendered - image
-        per_pixel = diff.abs().sum(-1) if self.loss == "l1" else (diff * diff).sum(-1)
+        per_pixel = diff.abs().sum(channel_dim) if self.loss == "l1" else (diff * diff).sum(channel_dim)
         return (per_pixel * weight).sum() / weight.sum().clamp_min(1.0)
 
     # ------------------------------------------------------------------ appearance initialisation
@@ -171,7 +190,8 @@ class PhotometricRefiner:
         """
         image = image.to(self.device, torch.float32)
         if image.shape != (self.height, self.width, 3):
-            raise ValueError(f"PhotometricRefiner: expected a ({self.height}, {self.width}, 3) image, got {tuple(image.shape)}")
+            raise ValueError(f"PhotometricRefiner: expected a ({self.height}, {self.width}, 3) image, "
+                             f"got {tuple(image.shape)}")
         lrs = {k: float(lr) for k in params} if not isinstance(lr, Mapping) else dict(lr)
         p = {k: v.detach().clone().requires_grad_(k in lrs) for k, v in params.items()}
         groups = [(p[k], lrs[k]) for k in p if k in lrs]
@@ -186,12 +206,14 @@ class PhotometricRefiner:
         if not groups or iters <= 0:
             return {k: v.detach() for k, v in p.items()}, history
         opt = _Adam(groups)
+        planar_image = image.reshape(-1, 3).t().contiguous()  # (3, H*W)
+        flat_mask = None if image_mask is None else image_mask.to(self.device, torch.float32).reshape(-1)
         for _ in range(int(iters)):
             opt.zero_grad()
-            rendered, mask, weight = self.render(project_fn(p))
-            if image_mask is not None:
-                weight = weight * image_mask.to(weight)
-            photo = self.photometric_loss(rendered, weight, image)
+            pix, rendered, weight = self._render_covered(project_fn(p))
+            if flat_mask is not None:
+                weight = weight * flat_mask.index_select(0, pix)
+            photo = self.photometric_loss(rendered, weight, planar_image.index_select(1, pix), channel_dim=0)
             loss = photometric_weight * photo
             if extra_loss is not None:
                 loss = loss + extra_loss(p)

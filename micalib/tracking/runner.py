@@ -269,12 +269,21 @@ class TrackRunner:
             logger.warning("eyelid blendshapes not found: tracking without eyelids (install.sh --download)")
         model = TrackingFLAME(flame, ident, emb, lids, tuple(int(v) for v in tc.iris_vertices), ibug68="ibug68" in lm)
         faces = model.faces
-        fitter = LandmarkFitter(model, settings_from_config(tc.fit), (self.size, self.size))
+        # With a moving crop (follow_face) the camera is fitted in input pixels and each frame's K is
+        # A_k K (A_k its crop matrix); with one box, directly in pixels of the crop.
+        follow = bool(tc.crop and tc.follow_face)
+        fit_size = (self.source.size[1], self.source.size[0]) if follow else (self.size, self.size)
+        fit_m = [np.array([[1.0, 0, 0], [0, 1.0, 0]])] * len(matrices) if follow else matrices
+
+        def crop_k(k_fit: np.ndarray, k: int) -> np.ndarray:
+            return np.vstack([matrices[k], [0.0, 0.0, 1.0]]) @ k_fit if follow else k_fit
+
+        fitter = LandmarkFitter(model, settings_from_config(tc.fit), fit_size)
         # observations per output frame, in crop pixels
         obs_all, valid_all = [], []
         for k, i in enumerate(self.source.indices):
-            mp = cropmod.transform_points(lm["mediapipe"][i], matrices[k]) if "mediapipe" in lm else None
-            ib = cropmod.transform_points(lm["ibug68"][i], matrices[k]) if "ibug68" in lm else None
+            mp = cropmod.transform_points(lm["mediapipe"][i], fit_m[k]) if "mediapipe" in lm else None
+            ib = cropmod.transform_points(lm["ibug68"][i], fit_m[k]) if "ibug68" in lm else None
             o, v = observations(model, mp, ib)
             obs_all.append(o)
             valid_all.append(v & (fitter.set_w > 0))
@@ -288,6 +297,8 @@ class TrackRunner:
         first_done = next((k for k in range(n) if done[k]), None)
         if first_done is not None:
             kk = np.asarray(read_frame(out / "checkpoint" / f"{frame_name(first_done)}.frame")["opencv"]["K"]).reshape(3, 3)
+            if follow:
+                kk = np.linalg.inv(np.vstack([matrices[first_done], [0.0, 0.0, 1.0]])) @ kk
             fitter.intr = Intrinsics(float(kk[0, 0]), float(kk[0, 2]), float(kk[1, 2]))
         else:
             keys = pick_keyframes([k for k in range(n) if has_face[k]], fitter.s.keyframes)
@@ -339,6 +350,8 @@ class TrackRunner:
                     else:
                         res = fitter.fit_frame(obs_all[k], valid_all[k], prev, prev)
                         st, rms = res.state, res.rms
+                        if follow:  # report pixels of the crop
+                            rms = {key: val * float(matrices[k][0, 0]) for key, val in rms.items()}
                     prev = st
                     row = {"frame": frame_name(k), "input_frame": i, "time_s": round(k / (self.source.fps or self.source.input_fps or 25.0), 6),
                            "face_found": int(has_face[k]), "landmarks_used": int(valid_all[k].sum()),
@@ -351,7 +364,7 @@ class TrackRunner:
                 t_fit += time.perf_counter() - t0
                 t0 = time.perf_counter()
                 if not done[k]:
-                    data = frame_dict(st.exp, st.pose, st.eyelids, ident, st.r, st.t, kk, (self.size, self.size), k, k)
+                    data = frame_dict(st.exp, st.pose, st.eyelids, ident, st.r, st.t, crop_k(kk, k), (self.size, self.size), k, k)
                     pending.append(pool.submit(self._write_frame, out, k, data, verts, faces, crop))
                 if writer is not None:
                     land = {}
@@ -359,7 +372,7 @@ class TrackRunner:
                         land["mediapipe"] = cropmod.transform_points(lm["mediapipe"][i], matrices[k])
                     if "ibug68" in lm:
                         land["ibug68"] = cropmod.transform_points(lm["ibug68"][i], matrices[k])
-                    vid_pending.append(vpool.submit(self._video_frame, writer, crop, land, verts, faces, st, kk))
+                    vid_pending.append(vpool.submit(self._video_frame, writer, crop, land, verts, faces, st, crop_k(kk, k)))
                 while len(pending) > 8:
                     pending.pop(0).result()
                 while len(vid_pending) > 4:

@@ -134,3 +134,46 @@ def test_real_clip_first_60_frames(tmp_path):
     before = _mtimes(out / "checkpoint")
     track.main(argv)  # finished frames are skipped (landmarks cached, nothing rewritten)
     assert _mtimes(out / "checkpoint") == before
+
+
+@pytest.mark.slow
+def test_identity_from_the_frames_is_demo_fuse(tmp_path):
+    """No --identity: MICA on the frames, averaged; the oracle is demo.py --fuse on the same images."""
+    from tests.synthetic_tracking import shared_tracker_dir
+    from tests.synthetic_weights import write_random_mica_tar
+
+    shared = shared_tracker_dir()
+    if shared is None or not (shared / "justin.mp4").is_file():
+        pytest.skip("../shared/data/tracker/justin.mp4 is absent")
+    _seq, _frames, _model, _face, out = track_synthetic(tmp_path / "run", real=False, n_frames=3, noise_px=0.3)
+    clip = tmp_path / "faces" / "justin"
+    clip.mkdir(parents=True)
+    cap = cv2.VideoCapture(str(shared / "justin.mp4"))
+    for k in range(3):
+        ok, img = cap.read()
+        assert ok
+        cv2.imwrite(str(clip / f"{k:03d}.png"), cv2.resize(img[:, 690:1230], (512, 512), interpolation=cv2.INTER_AREA))
+    cap.release()
+    tar = write_random_mica_tar(tmp_path / "mica.tar", arch="iresnet18", seed=0)
+    flame_dir = tmp_path / "run" / "assets" / "flame"
+    common = ["model.arch", "iresnet18", "pretrained_model_path", str(tar), "detector.name", "mtcnn",
+              "model.flame_model_path", str(flame_dir / "generic_model.pkl"),
+              "model.flame_lmk_embedding_path", str(flame_dir / "landmark_embedding.npy"),
+              "model.topology_path", str(flame_dir / "head_template.obj"),
+              "model.flame_masks_path", str(flame_dir / "FLAME_masks.pkl"), "detector.antelopev2_dir", "/nonexistent/antelopev2"]
+    import demo
+    import track
+
+    argv = _argv_of_last_run(out)
+    argv[argv.index("-i") + 1] = str(clip)
+    i = argv.index("--identity")
+    del argv[i:i + 2]
+    i = argv.index("--landmarks")
+    np.savez(tmp_path / "lmk3.npz", mediapipe=np.load(argv[i + 1])["mediapipe"][:3])
+    argv[i + 1] = str(tmp_path / "lmk3.npz")
+    track.main(argv + common)
+    ident = np.load(tmp_path / "run" / "out" / "justin" / "identity.npy")
+    assert not demo.main(["-i", str(tmp_path / "faces"), "-o", str(tmp_path / "demo"), "-a", str(tmp_path / "arc"),
+                          "--fuse", "--no-render", *common])
+    fused = np.load(tmp_path / "demo" / "justin" / "fused" / "identity.npy")
+    assert ident.shape == (300,) and np.allclose(ident, fused.reshape(-1), atol=1e-4)

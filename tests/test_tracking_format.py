@@ -101,7 +101,7 @@ def test_pytorch3d_block_converts_to_opencv_block_in_tracked_files(tracked):
 def test_opencv_block_reprojects_the_mesh_landmarks_onto_the_input_landmarks(tracked):
     import trimesh
 
-    seq, frames, model, _face, out = tracked
+    seq, frames, _model, _face, out = tracked
     from micalib.tracking.model import load_mediapipe_embedding
 
     emb = load_mediapipe_embedding(out.parent.parent / "assets" / "mediapipe_landmark_embedding.npz")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import itertools
 import os
 from pathlib import Path
 
@@ -126,7 +127,7 @@ def test_real_clip_first_60_frames(tmp_path):
         rows = list(csv.DictReader(f))
     assert len(rows) == 60 and all(r["face_found"] == "1" for r in rows)
     rs = [read_frame(out / "checkpoint" / f"{k:05d}.frame")["opencv"]["R"][0].astype(np.float64) for k in range(60)]
-    steps = [np.degrees(np.linalg.norm(cv2.Rodrigues(b @ a.T)[0])) for a, b in zip(rs, rs[1:])]
+    steps = [np.degrees(np.linalg.norm(cv2.Rodrigues(b @ a.T)[0])) for a, b in itertools.pairwise(rs)]
     assert max(steps) < 5.0, max(steps)
     n, shape = _video_frames(out / "video.mp4")
     assert n == 60 and shape == (512, 1536, 3)

@@ -127,3 +127,25 @@ def test_read_frame_refuses_code_and_names_the_file(tmp_path):
     torch.save({"flame": Evil(), "camera": {}, "opencv": {}}, p)
     with pytest.raises(MICAError, match="00000.frame"):
         read_frame(p)
+
+
+def test_read_frame_reads_numpy1_pickles(tmp_path):
+    """The original tracker's files come from numpy 1, whose pickles name numpy.core.multiarray."""
+    import io
+    import zipfile
+
+    d = frame_dict(np.arange(100) / 100, np.full(9, 0.1), [0.3, 0.4], np.ones(300), np.eye(3),
+                   np.array([0.0, 0.0, 0.7]), np.diag([600.0, 600.0, 1.0]), (512, 512), 7, 7)
+    buf = io.BytesIO()
+    torch.save(d, buf)
+    src = zipfile.ZipFile(io.BytesIO(buf.getvalue()))
+    pkl = next(n for n in src.namelist() if n.endswith("data.pkl"))
+    assert b"numpy._core.multiarray" in src.read(pkl)
+    p = tmp_path / "00007.frame"
+    with zipfile.ZipFile(p, "w", zipfile.ZIP_STORED) as dst:
+        for name in src.namelist():
+            data = src.read(name)
+            dst.writestr(name, data.replace(b"numpy._core.multiarray", b"numpy.core.multiarray") if name == pkl else data)
+    back = read_frame(p)
+    assert back["frame_id"] == "00007"
+    assert np.array_equal(back["flame"]["exp"], d["flame"]["exp"]) and back["flame"]["exp"].dtype == np.float32

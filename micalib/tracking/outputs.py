@@ -73,9 +73,11 @@ def save_frame(path: PathLike, data: dict[str, Any], fsync: bool = False) -> Non
 
 
 def _numpy_globals() -> list:
-    import numpy.core.multiarray as _ma  # noqa: F401  (numpy 2 keeps this alias for pickles)
-
-    out = [np.ndarray, np.dtype, np._core.multiarray._reconstruct, np._core.multiarray.scalar]
+    """numpy's array/scalar reconstruction, under numpy 2's names and the ``numpy.core`` names that
+    files written with numpy 1 (the original tracker's) carry."""
+    ma = np._core.multiarray
+    out = [np.ndarray, np.dtype, ma._reconstruct, ma.scalar,
+           (ma._reconstruct, "numpy.core.multiarray._reconstruct"), (ma.scalar, "numpy.core.multiarray.scalar")]
     out += [type(np.dtype(t)) for t in ("float32", "float64", "int64", "int32", "uint8", "bool")]
     return out
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import argparse
 
 from configs.config import load_cfg
-from utils.errors import MICAError, run_main
+from utils.errors import run_main
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -24,7 +24,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="npz with 'mediapipe' (T,478,2) and/or 'ibug68' (T,68,2) per input frame instead of detection")
     p.add_argument("--fps", type=float, default=25.0, help="output frame rate of a video")
     p.add_argument("--image-size", type=int, default=512, help="side of the square crop")
-    p.add_argument("--photometric", action="store_true", help="photometric refinement (not wired in yet: refused)")
+    p.add_argument("--photometric", action="store_true", help="photometric refinement after the landmark fit (slower; a GPU helps)")
     p.add_argument("--no-video", action="store_true", help="skip video.mp4")
     p.add_argument("--cfg", default="configs/tracker.yml", help="YAML config merged over the defaults")
     p.add_argument("--device", default=None, help="auto, cpu, cuda, cuda:N or mps (MICA and --photometric)")
@@ -40,19 +40,17 @@ def main(argv=None) -> int:
         if value is not None:
             opts += [key, value]
     cfg = load_cfg(args.cfg, opts)
-    if args.photometric:
-        raise MICAError("--photometric is not wired into track.py yet (micalib/tracking/photometric.py exists); "
-                        "track without it")
     if args.image_size < 64:
         raise ValueError(f"--image-size {args.image_size} is too small (use e.g. 512)")
     import torch
 
     torch.set_num_threads(1)  # the per-frame work is small; threads are used for writing instead
     from micalib.tracking.runner import TrackRunner
+    from utils.device import resolve_device
 
     runner = TrackRunner(cfg, args.input, args.output, identity_path=args.identity, landmarks_path=args.landmarks,
                          fps=args.fps, image_size=args.image_size, video=not args.no_video,
-                         photometric=args.photometric, device=cfg.device)
+                         photometric=args.photometric, device=str(resolve_device(cfg.device)))
     runner.run()
     return 0
 

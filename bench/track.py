@@ -43,6 +43,8 @@ def main() -> None:
     ap.add_argument("--fps", type=float, default=25.0)
     ap.add_argument("--image-size", type=int, default=512)
     ap.add_argument("--no-video", action="store_true")
+    ap.add_argument("--photometric", action="store_true", help="with the photometric refinement")
+    ap.add_argument("--device", default="cpu", help="device of the photometric refinement")
     ap.add_argument("--workdir", default=None, help="folder for the assets and outputs (default: a temporary one)")
     args = ap.parse_args()
 
@@ -78,7 +80,8 @@ def main() -> None:
     out = work / "out"
     shutil.rmtree(out, ignore_errors=True)  # a fresh run, nothing to resume
     runner = TrackRunner(cfg, args.video, out, identity_path=work / "zero.npy", fps=args.fps,
-                         image_size=args.image_size, video=not args.no_video, source=src)
+                         image_size=args.image_size, video=not args.no_video, source=src,
+                         photometric=args.photometric, device=args.device)
     t0, c0 = time.perf_counter(), time.process_time()
     runner.run()
     wall, cpu = time.perf_counter() - t0, time.process_time() - c0
@@ -86,7 +89,7 @@ def main() -> None:
     print(f"machine: {_cpu()}, {os.cpu_count()} cores; torch {torch.__version__}; "
           f"FLAME: synthetic on the {'real' if real else 'random'} topology; video {Path(args.video).name} "
           f"{src.size[0]}x{src.size[1]} -> {n} output frames at {args.fps} fps{note}")
-    print(f"end to end: {wall:.1f} s, {n / wall:.1f} output frames/s (video {'off' if args.no_video else 'on'})")
+    print(f"end to end: {wall:.1f} s, {n / wall:.1f} output frames/s (video {'off' if args.no_video else 'on'}, photometric {'on, ' + args.device if args.photometric else 'off'})")
     print(f"CPU time of all threads: {cpu / n * 1e3:.1f} ms per output frame "
           f"(<= {2e3 / 25:.0f} ms is what 25 frames/s on 2 idle cores allows)")
     print(f"decode only (--fps, prefetch thread): {n / t_decode:.1f} frames/s")

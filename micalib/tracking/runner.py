@@ -319,6 +319,11 @@ class TrackRunner:
 
             fps = self.source.fps or self.source.input_fps or 25.0
             writer = VideoWriter(out / "video.mp4", fps, (3 * self.size, self.size))
+        photo = None
+        if self.photometric:
+            from micalib.tracking.photo_stage import PhotometricStage
+
+            photo = PhotometricStage(model, self.size, self.device, iters=int(tc.photometric_iters))
         prev: FrameState | None = None
         prev_done_k: int | None = None
         kk = fitter.intr.k
@@ -350,6 +355,11 @@ class TrackRunner:
                     else:
                         res = fitter.fit_frame(obs_all[k], valid_all[k], prev, prev)
                         st, rms = res.state, res.rms
+                        if photo is not None:
+                            kc = crop_k(kk, k)
+                            st = photo.refine(crop, st, Intrinsics(kc[0, 0], kc[0, 2], kc[1, 2]),
+                                              cropmod.transform_points(obs_all[k], matrices[k]) if follow else obs_all[k],
+                                              valid_all[k], res.contour_bin)
                         if follow:  # report pixels of the crop
                             rms = {key: val * float(matrices[k][0, 0]) for key, val in rms.items()}
                     prev = st

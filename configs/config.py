@@ -184,6 +184,9 @@ _C.tracker.l_eyelid_path = "data/tracker/l_eyelid.npy"
 _C.tracker.r_eyelid_path = "data/tracker/r_eyelid.npy"
 # FLAME vertices of MediaPipe's iris points 468..477 (the original's).
 _C.tracker.iris_vertices = [4597, 4542, 4510, 4603, 4570, 4051, 3996, 3964, 3932, 4028]
+# insightface buffalo_l's 1k3d68.onnx for 68 iBUG points beside MediaPipe; empty = the one in
+# ~/.insightface/models/buffalo_l when present, else MediaPipe only.
+_C.tracker.ibug68_model = ""
 # Crop: one square box from the first frame's landmarks times bbox_scale (False = the whole frame).
 _C.tracker.crop = True
 _C.tracker.bbox_scale = 2.5

@@ -126,12 +126,20 @@ class TrackRunner:
         """MediaPipe on the crop of each output frame (the box from the first frame with a face)."""
         from micalib.tracking.landmarks import (
             MEDIAPIPE_IBUG68,
+            Ibug68Detector,
             MediaPipeLandmarker,
             detect_in_crop,
+            face_box_from_points,
+            find_ibug68_model,
         )
 
         t0 = time.perf_counter()
         mp = np.full((self.source.n_input_frames, 478, 2), np.nan, np.float32)
+        ib_path = find_ibug68_model(str(self.tc.ibug68_model) or None)
+        ib_det = Ibug68Detector(ib_path) if ib_path is not None else None
+        ib = np.full((self.source.n_input_frames, 68, 2), np.nan, np.float32) if ib_det is not None else None
+        if ib_det is not None:
+            logger.info(f"68-point landmarks from {ib_path}")
         det = MediaPipeLandmarker(video_mode=True)
         box = None
         track = cropmod.CropTrack(self.tc.bbox_scale) if self.tc.follow_face else None
@@ -148,10 +156,13 @@ class TrackRunner:
                     box = track.update(mp[i - 1][MEDIAPIPE_IBUG68] if i > 0 else None) or box
                 m = cropmod.crop_matrix(box, self.size)
                 mp[i] = detect_in_crop(det, rgb, m, (self.size, self.size))
+                face = face_box_from_points(mp[i])
+                if ib_det is not None and face is not None:
+                    ib[i] = ib_det.detect(rgb, face)
         finally:
             det.close()
         self.timings.add("landmarks (decode + detect)", time.perf_counter() - t0)
-        return {"mediapipe": mp}
+        return {"mediapipe": mp} if ib is None else {"mediapipe": mp, "ibug68": ib}
 
     def _crop_matrices(self, lm: dict[str, np.ndarray]) -> list[np.ndarray]:
         """Per output frame the (2,3) input px -> crop px matrix."""

@@ -235,23 +235,27 @@ class TrackingFLAME:
         One batched ``lbs`` call for the points and the pose columns (forward differences);
         the expression columns come from ``basis`` (``exp_basis``, computed here when None: pass
         the one of a nearby pose to save its cost), the eyelid columns are the offsets themselves.
-        ``cache``: a dict; its ``pose_cols`` (the subset's pose derivatives, stored on the first call)
-        are reused by later calls with the same dict, which then pose only the points themselves
-        (for the Levenberg-Marquardt steps of one frame, where the pose moves very little).
+        ``cache``: a dict; the first call stores the subset's vertices and pose derivatives there,
+        later calls with the same dict (the Levenberg-Marquardt steps of one frame, where the pose
+        moves very little) take the points from the first-order expansion around them (exact in
+        expression, which the model is linear in) instead of posing again.
         """
         exp = np.asarray(exp, np.float64).reshape(1, N_EXP)
         pose9 = np.asarray(pose9, np.float64).reshape(N_POSE)
         if basis is None:
             basis = self.exp_basis(pose9)
         if cache is not None and cache.get("pose_cols") is not None:
-            v = self._reduced(exp, pose9[None])[0]
+            # first order around the frame's first linearisation: exact in expression, the pose
+            # moves by a few thousandths of a radian between the steps of one frame
             dv = cache["pose_cols"]
+            v = (cache["v0"] + (basis.reshape(-1, N_EXP) @ (exp[0] - cache["exp0"])).reshape(-1, 3)
+                 + (dv.reshape(-1, N_POSE) @ (pose9 - cache["pose0"])).reshape(-1, 3))
         else:
             b_pose = np.concatenate([pose9[None], pose9[None] + POSE_STEP * np.eye(N_POSE)])
             vv = self._reduced(np.repeat(exp, 1 + N_POSE, 0), b_pose)  # (10, L, 3)
             v, dv = vv[0], ((vv[1:] - vv[0]) / POSE_STEP).transpose(1, 2, 0)  # (L, 3), (L, 3, 9)
             if cache is not None:
-                cache["pose_cols"] = dv
+                cache.update(pose_cols=dv, v0=v, exp0=exp[0].copy(), pose0=pose9.copy())
         vid, w = self._point_weights(contour_bin)
         key = ("jac", contour_bin)
         if cache is not None and key in cache:

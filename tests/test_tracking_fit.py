@@ -113,3 +113,29 @@ def test_config_defaults_are_the_fit_settings_defaults():
     node = get_cfg_defaults().tracker.fit
     assert set(node.keys()) == {f.name for f in fields(FitSettings)}
     assert settings_from_config(node) == FitSettings()
+
+
+@pytest.mark.parametrize("yaw", [-30.0, -15.0, 15.0, 30.0])
+def test_contour_rule_picks_the_visible_silhouette(tmp_path, yaw):
+    """Real topology and landmark embedding: with the tracker's rule (yaw relative to the camera, minus
+    sign) the 17 contour points of a turned head lie nearer the camera (the visible cheek's
+    silhouette) than those of the mirrored bin the opposite sign would pick."""
+    from tests.synthetic_flame import shared_flame_public
+    from tests.synthetic_tracking import _rot, synthetic_setup
+
+    if shared_flame_public() is None:
+        pytest.skip("../shared/data/flame_public is absent")
+    _assets, flame, _emb, _lids, _identity, _iris = synthetic_setup(tmp_path, real=True)
+    model = TrackingFLAME(flame, np.zeros(300), None, None, None)
+    v, f = flame.v_template.numpy().astype(np.float64), flame.faces.numpy()
+    r = np.diag([1.0, -1.0, -1.0]) @ _rot("y", np.radians(np.array(yaw)))
+    ours = model.contour_bin(r)
+    angle = ours if ours <= 39 else -(ours - 39)
+    mirrored = -angle if angle <= 0 else 39 + angle
+
+    def depth(b):
+        pts = np.einsum("nkc,nk->nc", v[f[flame.dynamic_lmk_faces_idx.numpy()[b]]],
+                        flame.dynamic_lmk_bary_coords.numpy()[b].astype(np.float64))
+        return float((pts @ r.T)[:, 2].mean())
+
+    assert ours != mirrored and depth(ours) < depth(mirrored) - 2e-4  # measured: 0.8 mm at 15 degrees, 5 at 30

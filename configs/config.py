@@ -208,6 +208,62 @@ LEGACY_KEYS = (
     "mask_weights.eye_region", "train.max_epochs", "train.val_vis_dir", "train.eval_steps", "train.val_save_img",
 )
 CONFIG_VERSION = 1
+# ---------------------------------------------------------------------------------------------
+# Tracking (track.py; configs/tracker.yml)
+# ---------------------------------------------------------------------------------------------
+_C.tracker = CN()
+# Assets of the original tracker (install.sh --download); tracked without eyelids when absent.
+_C.tracker.mediapipe_embedding_path = "data/tracker/mediapipe_landmark_embedding.npz"
+_C.tracker.l_eyelid_path = "data/tracker/l_eyelid.npy"
+_C.tracker.r_eyelid_path = "data/tracker/r_eyelid.npy"
+# FLAME vertices of MediaPipe's iris points 468..477 (the original's).
+_C.tracker.iris_vertices = [4597, 4542, 4510, 4603, 4570, 4051, 3996, 3964, 3932, 4028]
+# insightface buffalo_l's 1k3d68.onnx for 68 iBUG points beside MediaPipe; empty = the one in
+# ~/.insightface/models/buffalo_l when present, else MediaPipe only.
+_C.tracker.ibug68_model = ""
+# Crop: one square box from the first frame's landmarks times bbox_scale (False = the whole frame).
+_C.tracker.crop = True
+_C.tracker.bbox_scale = 2.5
+# Follow the face with a box per frame (smoothed) instead of one box.
+_C.tracker.follow_face = False
+# Frames with a face used to compute the identity with MICA when no --identity is given.
+_C.tracker.identity_frames = 8
+# PNG compression of input/NNNNN.png (0-9; 1 is fast).
+_C.tracker.png_compression = 1
+# Threads writing the per-frame files.
+_C.tracker.workers = 2
+# Landmark fitting (micalib/tracking/fitting.py FitSettings).
+_C.tracker.fit = CN()
+_C.tracker.fit.iters = 4
+# Radians the jaw/eyes may move before the expression Jacobian (exact at its pose) is recomputed.
+_C.tracker.fit.basis_tolerance = 0.02
+# Stop a frame's steps when one lowers the cost by less than this fraction.
+_C.tracker.fit.rel_tol = 0.001
+_C.tracker.fit.first_iters = 15
+_C.tracker.fit.key_iters = 25
+_C.tracker.fit.keyframes = 8
+_C.tracker.fit.sigma_px = 1.0
+_C.tracker.fit.huber_px = 3.0
+_C.tracker.fit.w_mediapipe = 1.0
+_C.tracker.fit.w_iris = 1.0
+_C.tracker.fit.w_ibug68 = 0.5
+_C.tracker.fit.exp_sigma = 1.0
+_C.tracker.fit.jaw_sigma = 0.35
+_C.tracker.fit.jaw_side_sigma = 0.01
+_C.tracker.fit.eye_sigma = 0.35
+_C.tracker.fit.eye_symmetry_sigma = 0.35
+_C.tracker.fit.eyelid_sigma = 1.0
+_C.tracker.fit.eyelid_symmetry_sigma = 1.0
+_C.tracker.fit.smooth_exp = 0.7
+_C.tracker.fit.smooth_pose = 0.05
+_C.tracker.fit.smooth_eyes = 0.35
+_C.tracker.fit.smooth_eyelids = 0.3
+_C.tracker.fit.smooth_rot = 0.03
+_C.tracker.fit.smooth_t = 0.01
+_C.tracker.fit.focal_init = 2.0
+_C.tracker.fit.pp_sigma = 0.01
+# Photometric refinement (--photometric): iterations per frame and learning rate.
+_C.tracker.photometric_iters = 20
 
 
 def get_cfg_defaults() -> CN:

@@ -1,0 +1,382 @@
+"""Landmark fitting of the tracking FLAME: Levenberg-Marquardt on the small per-frame parameter
+vector, and the camera intrinsics on keyframes.
+
+Per frame the unknowns are ``[exp (100) | jaw, left eye, right eye (9, axis-angle) | eyelids (2) |
+camera rotation increment (3) | camera translation (3)]`` (117); the intrinsics (focal, cx, cy, in
+pixels of the crop) are shared and fitted jointly on keyframes first (unlike the original, which
+fits them with Adam on the first keyframe and refines them on the others: here one joint
+Levenberg-Marquardt over all keyframes, so the focal length / distance trade-off is decided by
+several head poses at once).
+
+Cost (pixels of the crop; every term a squared, weighted residual):
+- landmark terms: per point ``w_set * rho(|proj - obs| / sigma_px)`` with a Huber ``rho`` (robust,
+  as iteratively re-weighted least squares) and per-point masks (NaN = missing);
+- the original's regularisers, written as Gaussian priors (1/sigma^2): expression towards 0, jaw and
+  eye rotations towards identity, left/right eye and eyelid symmetry;
+- temporal smoothness towards the previous frame (expression, jaw/eyes, eyelids, camera rotation and
+  translation), which is also the warm start.
+
+The Jacobian exploits that landmarks are linear in expression (``TrackingFLAME.exp_basis``, once
+per frame); the pose columns are forward differences from one batched ``lbs`` call.
+"""
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
+
+import cv2
+import numpy as np
+import scipy.linalg
+import torch
+
+from micalib.tracking.camera import (
+    axis_angle_to_matrix,
+    intrinsics,
+    matrix_to_axis_angle,
+    skew,
+)
+from micalib.tracking.model import N_EXP, N_EYELIDS, N_MODEL, N_POSE, TrackingFLAME
+
+N_FRAME = N_MODEL + 6  # + camera rotation increment, translation
+I_POSE = slice(N_EXP, N_EXP + N_POSE)
+I_LIDS = slice(N_EXP + N_POSE, N_MODEL)
+I_ROT = slice(N_MODEL, N_MODEL + 3)
+I_T = slice(N_MODEL + 3, N_FRAME)
+
+
+@dataclass
+class FitSettings:
+    """Weights and iteration counts (``tracker.fit`` in the config)."""
+
+    iters: int = 4                 # Levenberg-Marquardt steps per frame (warm-started)
+    rel_tol: float = 1e-3          # stop when a step lowers the cost by less than this fraction
+    basis_tolerance: float = 0.02  # radians of jaw/eye change before the expression Jacobian is recomputed
+    first_iters: int = 15          # steps for a frame without a warm start
+    key_iters: int = 25            # joint steps over the keyframes
+    keyframes: int = 8             # keyframes spread over the sequence for the intrinsics
+    sigma_px: float = 1.0          # landmark residual scale (pixels of the crop)
+    huber_px: float = 3.0          # residuals beyond this many sigma are down-weighted
+    w_mediapipe: float = 1.0
+    w_iris: float = 1.0
+    w_ibug68: float = 0.5
+    exp_sigma: float = 1.0         # prior: expression coefficients ~ N(0, exp_sigma^2)
+    jaw_sigma: float = 0.35        # radians, opening (about x)
+    jaw_side_sigma: float = 0.01   # radians, jaw rotation about y and z (small in real faces)
+    eye_sigma: float = 0.35        # radians
+    eye_symmetry_sigma: float = 0.35
+    eyelid_sigma: float = 1.0
+    eyelid_symmetry_sigma: float = 1.0
+    smooth_exp: float = 0.7        # per-frame change, expression units
+    smooth_pose: float = 0.05      # per-frame change of the jaw, radians
+    smooth_eyes: float = 0.35      # per-frame change of the eyes, radians (saccades are fast)
+    smooth_eyelids: float = 0.3    # per-frame change of the eyelids
+    smooth_rot: float = 0.03       # per-frame change of the camera rotation, radians
+    smooth_t: float = 0.01         # per-frame change of the camera translation, metres
+    focal_init: float = 2.0        # initial focal length, times the crop's larger side
+    pp_sigma: float = 0.01         # principal point prior around the centre, times the crop size
+
+
+@dataclass
+class Intrinsics:
+    focal: float
+    cx: float
+    cy: float
+
+    @property
+    def k(self) -> np.ndarray:
+        return intrinsics(self.focal, self.cx, self.cy)
+
+
+@dataclass
+class FrameState:
+    """Per-frame parameters (OpenCV camera: x = K (R X + t))."""
+
+    exp: np.ndarray = field(default_factory=lambda: np.zeros(N_EXP))
+    pose: np.ndarray = field(default_factory=lambda: np.zeros(N_POSE))
+    eyelids: np.ndarray = field(default_factory=lambda: np.zeros(N_EYELIDS))
+    r: np.ndarray = field(default_factory=lambda: np.diag([1.0, -1.0, -1.0]))
+    t: np.ndarray = field(default_factory=lambda: np.array([0.0, 0.0, 1.0]))
+
+    def copy(self) -> FrameState:
+        return FrameState(self.exp.copy(), self.pose.copy(), self.eyelids.copy(), self.r.copy(), self.t.copy())
+
+    def step(self, delta: np.ndarray, has_eyelids: bool) -> FrameState:
+        lids = np.clip(self.eyelids + delta[I_LIDS], 0.0, 1.0) if has_eyelids else self.eyelids.copy()
+        return FrameState(self.exp + delta[:N_EXP], self.pose + delta[I_POSE], lids,
+                          axis_angle_to_matrix(delta[I_ROT]) @ self.r, self.t + delta[I_T])
+
+
+@dataclass
+class FrameFit:
+    state: FrameState
+    cost: float
+    rms: dict[str, float]
+    contour_bin: int
+    points2d: np.ndarray
+
+
+def _solve(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Solve the damped (symmetric positive definite) normal equations by Cholesky (scipy's LAPACK
+    call is ~500x faster here than ``np.linalg.solve``, whose threaded OpenBLAS contends for the
+    cores with the writer threads)."""
+    try:
+        return scipy.linalg.cho_solve(scipy.linalg.cho_factor(a, check_finite=False), b, check_finite=False)
+    except (np.linalg.LinAlgError, scipy.linalg.LinAlgError):
+        return scipy.linalg.lstsq(a, b, check_finite=False)[0]
+
+
+def _normal_equations(jw: np.ndarray, j: np.ndarray, r: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``jw.T @ j`` and ``jw.T @ r`` through torch (its single-threaded BLAS; numpy's threaded
+    OpenBLAS is ~20x slower for these small products while other threads are busy)."""
+    a = torch.from_numpy(jw).T
+    return (a @ torch.from_numpy(j)).numpy(), (a @ torch.from_numpy(r)).numpy()
+
+
+def _set_weights(model: TrackingFLAME, s: FitSettings) -> np.ndarray:
+    w = np.zeros(model.n_points)
+    for name, sl in model.slices.items():
+        w[sl] = {"mediapipe": s.w_mediapipe, "iris": s.w_iris}.get(name, s.w_ibug68)
+    return w
+
+
+class LandmarkFitter:
+    """Fits ``TrackingFLAME`` to 2D landmarks (see the module docstring).
+
+    Args:
+        model: the tracking FLAME.
+        settings: weights and iteration counts.
+        image_size: (H, W) of the crop the landmarks are in.
+    """
+
+    def __init__(self, model: TrackingFLAME, settings: FitSettings, image_size: tuple[int, int]) -> None:
+        self.model, self.s = model, settings
+        self.h, self.w = image_size
+        self.set_w = _set_weights(model, settings)
+        self._basis = None  # (pose, exp_basis at that pose), reused while the jaw/eyes stay near it
+        self.centre = ((self.w - 1) / 2.0, (self.h - 1) / 2.0)  # OpenCV pixel centres
+        self.intr = Intrinsics(settings.focal_init * max(self.h, self.w), *self.centre)
+        s = settings
+        prior = np.zeros(N_FRAME)
+        prior[:N_EXP] = 1 / s.exp_sigma ** 2
+        prior[N_EXP] = 1 / s.jaw_sigma ** 2
+        prior[N_EXP + 1:N_EXP + 3] = 1 / s.jaw_side_sigma ** 2
+        prior[N_EXP + 3:N_EXP + 9] = 1 / s.eye_sigma ** 2
+        prior[I_LIDS] = 1 / s.eyelid_sigma ** 2
+        self.prior = prior
+        smooth = np.zeros(N_FRAME)
+        smooth[:N_EXP] = 1 / s.smooth_exp ** 2
+        smooth[N_EXP:N_EXP + 3] = 1 / s.smooth_pose ** 2
+        smooth[N_EXP + 3:N_EXP + 9] = 1 / s.smooth_eyes ** 2
+        smooth[I_LIDS] = 1 / s.smooth_eyelids ** 2
+        smooth[I_ROT] = 1 / s.smooth_rot ** 2
+        smooth[I_T] = 1 / s.smooth_t ** 2
+        self.smooth = smooth
+        # symmetry pairs: (index a, index b, weight) for (x_a - x_b)^2
+        pairs = [(N_EXP + 3 + i, N_EXP + 6 + i, 1 / s.eye_symmetry_sigma ** 2) for i in range(3)]
+        pairs.append((I_LIDS.start, I_LIDS.start + 1, 1 / s.eyelid_symmetry_sigma ** 2))
+        self.sym = np.zeros((N_FRAME, N_FRAME))
+        for a, b, wt in pairs:
+            self.sym[a, a] += wt
+            self.sym[b, b] += wt
+            self.sym[a, b] -= wt
+            self.sym[b, a] -= wt
+
+    # -----------------------------------------------------------------------------------------
+    def _linearise(self, st: FrameState, obs: np.ndarray, valid: np.ndarray, intr: Intrinsics,
+                   prev: FrameState | None, basis: np.ndarray, with_intr: bool, cache: dict | None = None):
+        """Cost, normal matrix H, gradient g (of 0.5 * cost) at ``st``; sizes 117 (+3 intrinsics)."""
+        m, s = self.model, self.s
+        cbin = m.contour_bin(st.r) if "contour" in m.slices else 0
+        pts, jm = m.point_jacobian(st.exp, st.pose, st.eyelids, cbin, basis, cache)
+        xc = pts @ st.r.T + st.t
+        z = xc[:, 2]
+        uv = np.stack([intr.focal * xc[:, 0] / z + intr.cx, intr.focal * xc[:, 1] / z + intr.cy], 1)
+        res = np.where(valid[:, None], uv - np.nan_to_num(obs), 0.0)
+        # d uv / d xc
+        dp = np.zeros((len(pts), 2, 3))
+        dp[:, 0, 0] = intr.focal / z
+        dp[:, 1, 1] = intr.focal / z
+        dp[:, 0, 2] = -intr.focal * xc[:, 0] / z ** 2
+        dp[:, 1, 2] = -intr.focal * xc[:, 1] / z ** 2
+        n_par = N_FRAME + (3 if with_intr else 0)
+        jac = np.zeros((len(pts), 2, n_par))
+        dpr = dp @ st.r  # (N, 2, 3)
+        jac[:, :, :N_MODEL] = dpr @ jm
+        jac[:, :, I_ROT] = dp @ -skew(xc - st.t)
+        jac[:, :, I_T] = dp
+        if with_intr:
+            jac[:, 0, N_FRAME] = xc[:, 0] / z
+            jac[:, 1, N_FRAME] = xc[:, 1] / z
+            jac[:, 0, N_FRAME + 1] = 1.0
+            jac[:, 1, N_FRAME + 2] = 1.0
+        # robust per-point weights (Huber, IRLS)
+        norm = np.linalg.norm(res, axis=1) / s.sigma_px
+        huber = np.where(norm <= s.huber_px, 1.0, s.huber_px / np.maximum(norm, 1e-12))
+        wpt = self.set_w * valid * huber / s.sigma_px ** 2
+        rho = np.where(norm <= s.huber_px, norm ** 2, 2 * s.huber_px * norm - s.huber_px ** 2)
+        cost = float((self.set_w * valid * rho).sum())
+        j2 = jac.reshape(-1, n_par)
+        jw = j2 * np.repeat(wpt, 2)[:, None]
+        h, g = _normal_equations(jw, j2, res.reshape(-1))
+        # priors and symmetry
+        x = np.concatenate([st.exp, st.pose, st.eyelids, np.zeros(6)])
+        hp = np.diag(self.prior) + self.sym
+        h[:N_FRAME, :N_FRAME] += hp
+        g[:N_FRAME] += hp @ x
+        cost += float(x @ hp @ x)
+        if prev is not None:
+            d = np.concatenate([st.exp - prev.exp, st.pose - prev.pose, st.eyelids - prev.eyelids,
+                                matrix_to_axis_angle(st.r @ prev.r.T), st.t - prev.t])
+            h[:N_FRAME, :N_FRAME] += np.diag(self.smooth)
+            g[:N_FRAME] += self.smooth * d
+            cost += float((self.smooth * d * d).sum())
+        if with_intr:
+            wpp = 1 / (s.pp_sigma * max(self.h, self.w)) ** 2
+            dc = np.array([intr.cx - self.centre[0], intr.cy - self.centre[1]])
+            h[N_FRAME + 1:, N_FRAME + 1:] += np.eye(2) * wpp
+            g[N_FRAME + 1:] += wpp * dc
+            cost += float(wpp * dc @ dc)
+        return cost, h, g, res, cbin, uv
+
+    def _rms(self, res: np.ndarray, valid: np.ndarray) -> dict[str, float]:
+        out = {}
+        for name, sl in self.model.slices.items():
+            v = valid[sl]
+            out[name] = float(np.sqrt((res[sl][v] ** 2).sum(1).mean())) if v.any() else float("nan")
+        return out
+
+    # -----------------------------------------------------------------------------------------
+    def init_pose(self, obs: np.ndarray, valid: np.ndarray, intr: Intrinsics,
+                  exp: np.ndarray | None = None) -> FrameState:
+        """Camera R, t from the neutral model's points by PnP (OpenCV); expression zero."""
+        st = FrameState()
+        if exp is not None:
+            st.exp = exp.copy()
+        cbin = 0
+        for _ in range(2):  # the contour depends on the pose: once more with the found pose
+            pts = self.model.points(st.exp, st.pose, st.eyelids, cbin)
+            use = valid & (self.set_w > 0)
+            if use.sum() < 6:
+                raise ValueError("fewer than 6 landmarks to initialise the camera")
+            ok, rvec, tvec = cv2.solvePnP(pts[use].astype(np.float64), obs[use].astype(np.float64),
+                                          intr.k, None, flags=cv2.SOLVEPNP_EPNP)
+            if ok:
+                ok, rvec, tvec = cv2.solvePnP(pts[use], obs[use], intr.k, None, rvec, tvec, True,
+                                              flags=cv2.SOLVEPNP_ITERATIVE)
+            if not ok or tvec[2, 0] <= 0:
+                st.r, st.t = np.diag([1.0, -1.0, -1.0]), np.array([0.0, 0.0, 1.0])
+                break
+            st.r, st.t = cv2.Rodrigues(rvec)[0], tvec.reshape(3)
+            cbin = self.model.contour_bin(st.r)
+        return st
+
+    def fit_frame(self, obs: np.ndarray, valid: np.ndarray, init: FrameState | None,
+                  prev: FrameState | None = None, iters: int | None = None) -> FrameFit:
+        """Levenberg-Marquardt on one frame with fixed intrinsics, warm-started from ``init``."""
+        intr = self.intr
+        if init is None:
+            init = self.init_pose(obs, valid, intr)
+            iters = iters or self.s.first_iters
+        iters = iters or self.s.iters
+        st = init.copy()
+        if self._basis is None or np.abs(self._basis[0] - st.pose).max() > self.s.basis_tolerance:
+            self._basis = (st.pose.copy(), self.model.exp_basis(st.pose))
+        basis = self._basis[1]
+        cache: dict = {}  # pose derivatives of this frame's first linearisation, reused by its steps
+        cost, h, g, res, cbin, uv = self._linearise(st, obs, valid, intr, prev, basis, False, cache)
+        mu = 1e-4
+        for _ in range(iters):
+            for _attempt in range(6):
+                delta = -_solve(h + mu * np.diag(np.diag(h)) + 1e-9 * np.eye(len(g)), g)
+                cand = st.step(delta, self.model.has_eyelids)
+                c2, h2, g2, res2, cbin2, uv2 = self._linearise(cand, obs, valid, intr, prev, basis, False, cache)
+                if c2 <= cost:
+                    small = cost - c2 < self.s.rel_tol * cost
+                    st, cost, h, g, res, cbin, uv = cand, c2, h2, g2, res2, cbin2, uv2
+                    mu = max(mu / 3, 1e-7)
+                    break
+                mu *= 10
+            else:
+                break
+            if small:
+                break
+        return FrameFit(st, cost, self._rms(res, valid), cbin, uv)
+
+    def calibrate(self, frames: Sequence[tuple[np.ndarray, np.ndarray]]) -> list[FrameState]:
+        """Fit focal length and principal point jointly with the keyframes' parameters.
+
+        Args:
+            frames: (obs (N,2), valid (N,)) of each keyframe.
+
+        Returns:
+            The keyframes' states; ``self.intr`` holds the intrinsics.
+        """
+        states = [self.init_pose(o, v, self.intr) for o, v in frames]
+        basis = [self.model.exp_basis(st.pose) for st in states]
+        intr = self.intr
+
+        def assemble(sts, it):
+            """Per keyframe (H_kk, H_k,intr, g_k) plus the shared intrinsics block (3x3, 3)."""
+            blocks, a_h, a_g, total = [], np.zeros((3, 3)), np.zeros(3), 0.0
+            for i, (st, (o, v)) in enumerate(zip(sts, frames)):
+                c, h, g, *_ = self._linearise(st, o, v, it, None, basis[i], True)
+                blocks.append((h[:N_FRAME, :N_FRAME], h[:N_FRAME, N_FRAME:], g[:N_FRAME]))
+                a_h += h[N_FRAME:, N_FRAME:]
+                a_g += g[N_FRAME:]
+                total += c
+            return total, blocks, a_h, a_g
+
+        def solve(blocks, a_h, a_g, mu):
+            """Damped normal equations by the Schur complement on the 3 shared intrinsics."""
+            s_mat, s_rhs, sols = a_h + mu * np.diag(np.diag(a_h)), -a_g.copy(), []
+            for d, b, g in blocks:
+                d = d + mu * np.diag(np.diag(d)) + 1e-9 * np.eye(N_FRAME)
+                x = _solve(d, np.concatenate([b, -g[:, None]], 1))
+                sols.append((x, b))
+                s_mat -= b.T @ x[:, :3]
+                s_rhs -= b.T @ x[:, 3]
+            d_intr = _solve(s_mat + 1e-9 * np.eye(3), s_rhs)
+            return d_intr, [x[:, 3] - x[:, :3] @ d_intr for x, _ in sols]
+
+        cost, blocks, a_h, a_g = assemble(states, intr)
+        mu = 1e-3
+        for it_n in range(self.s.key_iters):
+            converged = False
+            for _attempt in range(8):
+                d_intr, d_frames = solve(blocks, a_h, a_g, mu)
+                cand_i = Intrinsics(intr.focal + d_intr[0], intr.cx + d_intr[1], intr.cy + d_intr[2])
+                cand = [st.step(d, self.model.has_eyelids) for st, d in zip(states, d_frames)]
+                if cand_i.focal <= 0 or any(c.t[2] <= 0 for c in cand):
+                    mu *= 10
+                    continue
+                c2, b2, ah2, ag2 = assemble(cand, cand_i)
+                if c2 <= cost:
+                    converged = (cost - c2) < 1e-6 * cost
+                    states, intr, cost, blocks, a_h, a_g = cand, cand_i, c2, b2, ah2, ag2
+                    mu = max(mu / 3, 1e-7)
+                    break
+                mu *= 10
+            else:
+                break
+            if it_n % 5 == 4:
+                basis = [self.model.exp_basis(st.pose) for st in states]
+                cost, blocks, a_h, a_g = assemble(states, intr)
+            if converged:
+                break
+        self.intr = intr
+        return states
+
+
+def pick_keyframes(valid_frames: Sequence[int], count: int) -> list[int]:
+    """``count`` frame numbers spread evenly over the frames that have landmarks."""
+    valid_frames = list(valid_frames)
+    if len(valid_frames) <= count:
+        return valid_frames
+    pos = np.linspace(0, len(valid_frames) - 1, count).round().astype(int)
+    return [valid_frames[i] for i in sorted(set(pos.tolist()))]
+
+
+def settings_from_config(node) -> FitSettings:
+    """``FitSettings`` from the ``tracker.fit`` config node (same key names)."""
+    base = FitSettings()
+    return replace(base, **{k: type(getattr(base, k))(node[k]) for k in node if hasattr(base, k)})

@@ -1,0 +1,103 @@
+"""The original tracker's per-frame files: ``checkpoint/NNNNN.frame`` and friends.
+
+``frame_dict`` builds exactly the keys, shapes and dtypes of TRACKER_FACTS (all arrays float32
+numpy): ``flame`` {exp (1,100), shape (1,300), tex (1,140), sh (1,9,3), eyes (1,12), eyelids (1,2),
+jaw (1,6)}, ``camera`` (PyTorch3D) {R (1,6), t (1,3), fl (1,1), pp (1,2)}, ``opencv`` {R (1,3,3),
+t (1,3), K (1,3,3)}, ``img_size`` (2,) [height, width], ``frame_id`` ('00012'), ``global_step``
+(int). ``read_frame`` reads one back without ``weights_only=False``.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Union
+
+import numpy as np
+import torch
+
+from micalib.tracking.camera import matrix_to_6d, opencv_to_pytorch3d
+from micalib.tracking.model import rotation_matrices
+from utils.errors import MICAError
+from utils.io import atomic_path
+
+PathLike = Union[str, os.PathLike]  # noqa: UP007
+N_TEX, N_SH = 140, 9
+
+
+def frame_name(k: int) -> str:
+    """5-digit output frame number, as the original's file names and ``frame_id``."""
+    return f"{int(k):05d}"
+
+
+def frame_dict(exp: np.ndarray, pose9: np.ndarray, eyelids: np.ndarray, identity: np.ndarray,
+               r_cv: np.ndarray, t_cv: np.ndarray, k: np.ndarray, image_size: tuple[int, int], frame: int,
+               global_step: int, tex: np.ndarray | None = None, sh: np.ndarray | None = None) -> dict[str, Any]:
+    """The ``.frame`` dict of one frame (see the module docstring)."""
+    f32 = np.float32
+    mats = rotation_matrices(np.asarray(pose9, np.float64))  # (3, 3, 3) jaw, left eye, right eye
+    r_p3d, t_p3d, fl, pp = opencv_to_pytorch3d(r_cv, t_cv, k, image_size)
+    shape = np.zeros((1, 300), f32)
+    ident = np.asarray(identity, f32).reshape(-1)[:300]
+    shape[0, : len(ident)] = ident
+    return {
+        "flame": {
+            "exp": np.asarray(exp, f32).reshape(1, 100),
+            "shape": shape,
+            "tex": (np.zeros((1, N_TEX), f32) if tex is None else np.asarray(tex, f32).reshape(1, N_TEX)),
+            "sh": (np.zeros((1, N_SH, 3), f32) if sh is None else np.asarray(sh, f32).reshape(1, N_SH, 3)),
+            "eyes": np.concatenate([matrix_to_6d(mats[1]), matrix_to_6d(mats[2])]).astype(f32).reshape(1, 12),
+            "eyelids": np.asarray(eyelids, f32).reshape(1, 2),
+            "jaw": matrix_to_6d(mats[0]).astype(f32).reshape(1, 6),
+        },
+        "camera": {
+            "R": matrix_to_6d(r_p3d).astype(f32).reshape(1, 6),
+            "t": t_p3d.astype(f32).reshape(1, 3),
+            "fl": fl.astype(f32).reshape(1, 1),
+            "pp": pp.astype(f32).reshape(1, 2),
+        },
+        "opencv": {
+            "R": np.asarray(r_cv, f32).reshape(1, 3, 3),
+            "t": np.asarray(t_cv, f32).reshape(1, 3),
+            "K": np.asarray(k, f32).reshape(1, 3, 3),
+        },
+        "img_size": np.asarray(image_size, np.int64).reshape(2),
+        "frame_id": frame_name(frame),
+        "global_step": int(global_step),
+    }
+
+
+def save_frame(path: PathLike, data: dict[str, Any], fsync: bool = False) -> None:
+    """``torch.save`` of the dict, atomically."""
+    with atomic_path(path, fsync=fsync) as tmp:
+        torch.save(data, tmp)
+
+
+def _numpy_globals() -> list:
+    """numpy's array/scalar reconstruction, under numpy 2's names and the ``numpy.core`` names that
+    files written with numpy 1 (the original tracker's) carry."""
+    ma = np._core.multiarray
+    out = [np.ndarray, np.dtype, ma._reconstruct, ma.scalar,
+           (ma._reconstruct, "numpy.core.multiarray._reconstruct"), (ma.scalar, "numpy.core.multiarray.scalar")]
+    out += [type(np.dtype(t)) for t in ("float32", "float64", "int64", "int32", "uint8", "bool")]
+    return out
+
+
+def read_frame(path: PathLike) -> dict[str, Any]:
+    """Read a ``.frame`` file (ours or the original's) without running code from it.
+
+    TODO(i13-pickles): use the project's numpy-allowing checkpoint loader from utils/checkpoint.py
+    once that branch is merged; until then ``torch.load(weights_only=True)`` with numpy's array
+    reconstruction allowed (never ``weights_only=False``).
+    """
+    path = Path(path)
+    try:
+        with torch.serialization.safe_globals(_numpy_globals()):
+            data = torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise MICAError(f"tracking checkpoint {path} not found") from None
+    except Exception as e:  # noqa: BLE001 - any unreadable file is one user-facing line
+        first = (str(e).splitlines() or [type(e).__name__])[0][:120]
+        raise MICAError(f"tracking checkpoint {path} is not readable ({first}); delete it to track that frame again") from None
+    if not isinstance(data, dict) or not {"flame", "opencv", "camera"} <= set(data):
+        raise MICAError(f"tracking checkpoint {path} lacks the flame/camera/opencv blocks; delete it to track again")
+    return data

@@ -1,0 +1,473 @@
+"""track.py's pipeline: frames -> landmarks -> crop -> identity -> camera intrinsics on keyframes ->
+per-frame fit -> the original tracker's files (see ``micalib/tracking/outputs.py``).
+
+Two passes over the frames: the first detects the landmarks (skipped with ``--landmarks`` or a
+cached ``OUT/NAME/landmarks.npz``), the second crops, fits and writes. Per-frame files are written
+by a thread pool (PNG with low compression, ``.frame``, ``.ply``), the overlay video by one ordered
+worker, while the main thread fits the next frame. Finished frames (``checkpoint/NNNNN.frame``
+present) are skipped on a re-run; the last finished one warm-starts the next.
+"""
+from __future__ import annotations
+
+import csv
+import io
+import time
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import cv2
+import numpy as np
+from loguru import logger
+from tqdm import tqdm
+
+from micalib.tracking import crop as cropmod
+from micalib.tracking.camera import matrix_to_axis_angle, rotation_6d_to_matrix
+from micalib.tracking.fitting import (
+    FrameState,
+    Intrinsics,
+    LandmarkFitter,
+    pick_keyframes,
+    settings_from_config,
+)
+from micalib.tracking.frames import open_frames, prefetch
+from micalib.tracking.model import (
+    TrackingFLAME,
+    load_eyelids,
+    load_mediapipe_embedding,
+    observations,
+)
+from micalib.tracking.outputs import frame_dict, frame_name, read_frame, save_frame
+from utils.errors import MICAError
+from utils.io import (
+    atomic_save_npy,
+    atomic_write_bytes,
+    atomic_write_text,
+    written_file,
+)
+from utils.mesh import obj_text, ply_bytes
+
+CSV_FIELDS = ["frame", "input_frame", "time_s", "face_found", "landmarks_used", "rms_mediapipe_px",
+              "rms_iris_px", "rms_ibug68_px", "interpolated"]
+
+
+@dataclass
+class Timings:
+    """Seconds spent per stage (bench/track.py reports them)."""
+
+    stages: dict[str, float] = field(default_factory=dict)
+
+    def add(self, name: str, seconds: float) -> None:
+        self.stages[name] = self.stages.get(name, 0.0) + seconds
+
+
+def _png_bytes(rgb: np.ndarray, compression: int) -> bytes:
+    ok, buf = cv2.imencode(".png", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_PNG_COMPRESSION, int(compression)])
+    if not ok:
+        raise MICAError("could not encode a PNG frame")
+    return buf.tobytes()
+
+
+def _state_from_frame(data: dict) -> FrameState:
+    fl = data["flame"]
+    mats = rotation_6d_to_matrix(np.concatenate([fl["jaw"].reshape(1, 6), fl["eyes"].reshape(2, 6)]))
+    return FrameState(np.asarray(fl["exp"], np.float64).reshape(-1), matrix_to_axis_angle(mats).reshape(9),
+                      np.asarray(fl["eyelids"], np.float64).reshape(2),
+                      np.asarray(data["opencv"]["R"], np.float64).reshape(3, 3),
+                      np.asarray(data["opencv"]["t"], np.float64).reshape(3))
+
+
+class TrackRunner:
+    """Tracks one video / frame folder into ``out_root/NAME``.
+
+    Args:
+        cfg: the frozen config (``tracker`` section, FLAME paths, MICA for the identity).
+        input_path: video file or folder of frames.
+        out_root: output folder (NAME is appended).
+        identity_path: MICA ``identity.npy``; None = computed with MICA from the frames.
+        landmarks_path: the user's landmark npz (replaces detection).
+        fps: output frame rate (video only); image_size: crop size.
+        video: write ``video.mp4``.
+        flame: a prebuilt FLAME layer (else from the config).
+        source: an opened ``FrameSource`` (else ``open_frames(input_path, fps)``).
+    """
+
+    def __init__(self, cfg, input_path, out_root, identity_path=None, landmarks_path=None, fps: float | None = 25.0,
+                 image_size: int = 512, video: bool = True, photometric: bool = False, device: str = "cpu",
+                 flame=None, source=None) -> None:
+        self.cfg, self.tc = cfg, cfg.tracker
+        self.source = source if source is not None else open_frames(input_path, fps)
+        self.out = Path(out_root) / self.source.name
+        self.identity_path = identity_path
+        self.landmarks_path = landmarks_path
+        self.size = int(image_size)
+        self.video = video
+        self.photometric = photometric
+        self.device = device
+        self._flame = flame
+        self.timings = Timings()
+
+    # -----------------------------------------------------------------------------------------
+    def _landmarks(self) -> dict[str, np.ndarray]:
+        from micalib.tracking.landmarks import load_landmarks_npz, save_landmarks_npz
+
+        n_in = self.source.n_input_frames
+        if self.landmarks_path is not None:
+            return load_landmarks_npz(self.landmarks_path, n_in)
+        cache = self.out / "landmarks.npz"
+        if written_file(cache):
+            logger.info(f"landmarks from {cache}")
+            return load_landmarks_npz(cache, n_in)
+        lm = self._detect()
+        save_landmarks_npz(cache, **lm)
+        return lm
+
+    def _detect(self) -> dict[str, np.ndarray]:
+        """MediaPipe on the crop of each output frame (the box from the first frame with a face)."""
+        from micalib.tracking.landmarks import (
+            MEDIAPIPE_IBUG68,
+            Ibug68Detector,
+            MediaPipeLandmarker,
+            detect_in_crop,
+            face_box_from_points,
+            find_ibug68_model,
+        )
+
+        t0 = time.perf_counter()
+        mp = np.full((self.source.n_input_frames, 478, 2), np.nan, np.float32)
+        ib_path = find_ibug68_model(str(self.tc.ibug68_model) or None)
+        ib_det = Ibug68Detector(ib_path) if ib_path is not None else None
+        ib = np.full((self.source.n_input_frames, 68, 2), np.nan, np.float32) if ib_det is not None else None
+        if ib_det is not None:
+            logger.info(f"68-point landmarks from {ib_path}")
+        det = MediaPipeLandmarker(video_mode=True)
+        box = None
+        track = cropmod.CropTrack(self.tc.bbox_scale) if self.tc.follow_face else None
+        try:
+            for _k, i, rgb in tqdm(prefetch(self.source), total=len(self.source), desc="landmarks", leave=False):
+                if box is None:
+                    pts = det.detect(rgb)
+                    if np.isfinite(pts).all():
+                        box = cropmod.box_from_landmarks(pts[MEDIAPIPE_IBUG68], self.tc.bbox_scale)
+                        det.reset()
+                    else:
+                        continue
+                if track is not None:
+                    box = track.update(mp[i - 1][MEDIAPIPE_IBUG68] if i > 0 else None) or box
+                m = cropmod.crop_matrix(box, self.size)
+                mp[i] = detect_in_crop(det, rgb, m, (self.size, self.size))
+                face = face_box_from_points(mp[i])
+                if ib_det is not None and face is not None:
+                    ib[i] = ib_det.detect(rgb, face)
+        finally:
+            det.close()
+        self.timings.add("landmarks (decode + detect)", time.perf_counter() - t0)
+        return {"mediapipe": mp} if ib is None else {"mediapipe": mp, "ibug68": ib}
+
+    def _crop_matrices(self, lm: dict[str, np.ndarray]) -> list[np.ndarray]:
+        """Per output frame the (2,3) input px -> crop px matrix."""
+        idx = self.source.indices
+        w, h = self.source.size
+        if not self.tc.crop:
+            if (w, h) != (self.size, self.size):
+                m = np.array([[self.size / w, 0, 0.5 * self.size / w - 0.5], [0, self.size / h, 0.5 * self.size / h - 0.5]])
+                if w != h:
+                    raise MICAError(f"tracker.crop False needs square frames, {self.source.path} has {w}x{h}; "
+                                    "keep the crop on (tracker.crop True)")
+            else:
+                m = np.array([[1.0, 0, 0], [0, 1.0, 0]])
+            return [m] * len(idx)
+        from micalib.tracking.landmarks import MEDIAPIPE_IBUG68
+
+        def face_points(i):
+            if "ibug68" in lm and np.isfinite(lm["ibug68"][i]).any():
+                return lm["ibug68"][i]
+            if "mediapipe" in lm and np.isfinite(lm["mediapipe"][i][MEDIAPIPE_IBUG68]).sum() >= 2:
+                return lm["mediapipe"][i][MEDIAPIPE_IBUG68]
+            return None
+
+        if self.tc.follow_face:
+            track, out, last = cropmod.CropTrack(self.tc.bbox_scale), [], None
+            for i in idx:
+                box = track.update(face_points(i))
+                last = box or last
+                out.append(box)
+            first = next((b for b in out if b is not None), None)
+            if first is None:
+                raise MICAError(f"no face in any frame of {self.source.path}; check the video or the landmarks")
+            return [cropmod.crop_matrix(b or first, self.size) for b in out]
+        for i in idx:
+            p = face_points(i)
+            if p is not None:
+                box = cropmod.box_from_landmarks(p, self.tc.bbox_scale)
+                cropmod.save_bbox_pt(self.out / "bbox.pt", box)
+                return [cropmod.crop_matrix(box, self.size)] * len(idx)
+        raise MICAError(f"no face in any frame of {self.source.path}; check the video or the landmarks")
+
+    def _identity(self, flame, matrices, lm) -> np.ndarray:
+        dst = self.out / "identity.npy"
+        if self.identity_path is not None:
+            try:
+                ident = np.load(self.identity_path, allow_pickle=False)
+            except (OSError, ValueError) as e:
+                raise MICAError(f"identity {self.identity_path} is not a readable .npy ({str(e)[:80]}); "
+                                "pass MICA's identity.npy") from None
+            ident = np.asarray(ident, np.float32).reshape(-1)
+            if not 1 <= ident.size <= 300:
+                raise MICAError(f"identity {self.identity_path} holds {ident.size} numbers, not MICA's 300 coefficients")
+        elif written_file(dst):
+            ident = np.load(dst, allow_pickle=False).astype(np.float32).reshape(-1)
+        else:
+            ident = self._mica_identity()
+        atomic_save_npy(dst, ident.astype(np.float32))
+        return ident
+
+    def _mica_identity(self) -> np.ndarray:
+        """MICA on several frames with a face, averaged (``demo.py --fuse``)."""
+        from configs.config import resolve_path
+        from micalib.face_prep import detect_and_align
+        from micalib.predictor import Predictor
+        from utils.detectors import create_detector
+
+        t0 = time.perf_counter()
+        cfg = self.cfg
+        predictor = Predictor.from_config(cfg, device=self.device)
+        detector = create_detector(cfg.detector.name, antelopev2_dir=resolve_path(cfg.detector.antelopev2_dir),
+                                   det_size=tuple(cfg.detector.det_size), threshold=cfg.detector.threshold,
+                                   mtcnn_max_side=cfg.detector.mtcnn_max_side)
+        want = set(pick_keyframes(range(len(self.source)), int(self.tc.identity_frames)))
+        inputs = []
+        for k, _i, rgb in self.source:
+            if k in want:
+                try:
+                    inputs.append(detect_and_align(rgb, detector, source=f"frame {k}")[0].input112)
+                except MICAError:
+                    continue
+            if k >= max(want):
+                break
+        if not inputs:
+            raise MICAError(f"MICA found no face in the frames of {self.source.path}; pass --identity identity.npy")
+        codes = predictor.predict_identity(np.stack(inputs))
+        self.timings.add("identity (MICA)", time.perf_counter() - t0)
+        logger.info(f"identity: MICA fused over {len(inputs)} frames")
+        return codes.mean(0)
+
+    def _build_flame(self):
+        if self._flame is not None:
+            return self._flame
+        from models.flame import FLAME
+
+        return FLAME.from_config(self.cfg)
+
+    # -----------------------------------------------------------------------------------------
+    def run(self) -> Path:
+        t_start = time.perf_counter()
+        out = self.out
+        for sub in ("checkpoint", "mesh", "input"):
+            (out / sub).mkdir(parents=True, exist_ok=True)
+        lm = self._landmarks()
+        matrices = self._crop_matrices(lm)
+        cropmod.write_crop_json(out / "crop.json", matrices, self.size, self.source.indices, fsync=False)
+        flame = self._build_flame()
+        ident = self._identity(flame, matrices, lm)
+        from configs.config import resolve_path
+
+        tc = self.tc
+        emb_path = resolve_path(tc.mediapipe_embedding_path)
+        emb = load_mediapipe_embedding(emb_path) if "mediapipe" in lm else None
+        lids = load_eyelids(resolve_path(tc.l_eyelid_path), resolve_path(tc.r_eyelid_path), flame.n_vertices)
+        if lids is None:
+            logger.warning("eyelid blendshapes not found: tracking without eyelids (install.sh --download)")
+        model = TrackingFLAME(flame, ident, emb, lids, tuple(int(v) for v in tc.iris_vertices), ibug68="ibug68" in lm)
+        faces = model.faces
+        # With a moving crop (follow_face) the camera is fitted in input pixels and each frame's K is
+        # A_k K (A_k its crop matrix); with one box, directly in pixels of the crop.
+        follow = bool(tc.crop and tc.follow_face)
+        fit_size = (self.source.size[1], self.source.size[0]) if follow else (self.size, self.size)
+        fit_m = [np.array([[1.0, 0, 0], [0, 1.0, 0]])] * len(matrices) if follow else matrices
+
+        def crop_k(k_fit: np.ndarray, k: int) -> np.ndarray:
+            return np.vstack([matrices[k], [0.0, 0.0, 1.0]]) @ k_fit if follow else k_fit
+
+        fitter = LandmarkFitter(model, settings_from_config(tc.fit), fit_size)
+        # observations per output frame, in crop pixels
+        obs_all, valid_all = [], []
+        for k, i in enumerate(self.source.indices):
+            mp = cropmod.transform_points(lm["mediapipe"][i], fit_m[k]) if "mediapipe" in lm else None
+            ib = cropmod.transform_points(lm["ibug68"][i], fit_m[k]) if "ibug68" in lm else None
+            o, v = observations(model, mp, ib)
+            obs_all.append(o)
+            valid_all.append(v & (fitter.set_w > 0))
+        has_face = [int(v.sum()) >= 6 for v in valid_all]
+        if not any(has_face):
+            raise MICAError(f"no face in any frame of {self.source.path}; check the video or the landmarks")
+        n = len(self.source)
+        done = [written_file(out / "checkpoint" / f"{frame_name(k)}.frame") for k in range(n)]
+        # ---- intrinsics: from a finished frame, else keyframes
+        t0 = time.perf_counter()
+        first_done = next((k for k in range(n) if done[k]), None)
+        if first_done is not None:
+            kk = np.asarray(read_frame(out / "checkpoint" / f"{frame_name(first_done)}.frame")["opencv"]["K"]).reshape(3, 3)
+            if follow:
+                kk = np.linalg.inv(np.vstack([matrices[first_done], [0.0, 0.0, 1.0]])) @ kk
+            fitter.intr = Intrinsics(float(kk[0, 0]), float(kk[0, 2]), float(kk[1, 2]))
+        else:
+            keys = pick_keyframes([k for k in range(n) if has_face[k]], fitter.s.keyframes)
+            fitter.calibrate([(obs_all[k], valid_all[k]) for k in keys])
+            logger.info(f"camera: focal {fitter.intr.focal:.1f} px, principal point ({fitter.intr.cx:.1f}, "
+                        f"{fitter.intr.cy:.1f}) from {len(keys)} keyframes")
+        self.timings.add("keyframes (intrinsics)", time.perf_counter() - t0)
+        if not written_file(out / "canonical.obj"):
+            atomic_write_bytes(out / "canonical.obj", obj_text(model.canonical_vertices(), faces), fsync=False)
+        rows = self._old_rows()
+        pool = ThreadPoolExecutor(max(1, int(tc.workers)), thread_name_prefix="track-write")
+        vpool = ThreadPoolExecutor(1, thread_name_prefix="track-video") if self.video else None
+        writer = None
+        pending: list[Future] = []
+        vid_pending: list[Future] = []
+        if self.video and not (all(done) and written_file(out / "video.mp4")):
+            from micalib.tracking.overlay import VideoWriter
+
+            fps = self.source.fps or self.source.input_fps or 25.0
+            writer = VideoWriter(out / "video.mp4", fps, (3 * self.size, self.size))
+        photo = None
+        if self.photometric:
+            from micalib.tracking.photo_stage import PhotometricStage
+
+            photo = PhotometricStage(model, self.size, self.device, iters=int(tc.photometric_iters))
+        prev: FrameState | None = None
+        prev_done_k: int | None = None
+        kk = fitter.intr.k
+        try:
+            t_fit = t_write = t_crop = 0.0
+            skipped = 0
+            for k, i, rgb in tqdm(prefetch(self.source), total=n, desc=f"tracking {self.source.name}"):
+                if done[k]:
+                    skipped += 1
+                    if writer is None:  # nothing to redo for a finished frame
+                        prev_done_k, prev = k, None
+                        continue
+                t0 = time.perf_counter()
+                crop = cropmod.warp(rgb, matrices[k], (self.size, self.size))
+                t_crop += time.perf_counter() - t0
+                t0 = time.perf_counter()
+                if done[k]:
+                    st = _state_from_frame(read_frame(out / "checkpoint" / f"{frame_name(k)}.frame"))
+                    prev, prev_done_k = st, None
+                else:
+                    if prev is None and prev_done_k is not None:
+                        prev = _state_from_frame(read_frame(out / "checkpoint" / f"{frame_name(prev_done_k)}.frame"))
+                    interpolated = not has_face[k]
+                    if interpolated:
+                        if prev is None:  # no face yet: initialise from the first frame with one
+                            j = has_face.index(True)
+                            prev = fitter.fit_frame(obs_all[j], valid_all[j], None).state
+                        st, rms = prev.copy(), {}
+                    else:
+                        res = fitter.fit_frame(obs_all[k], valid_all[k], prev, prev)
+                        st, rms = res.state, res.rms
+                        if photo is not None:
+                            kc = crop_k(kk, k)
+                            st = photo.refine(crop, st, Intrinsics(kc[0, 0], kc[0, 2], kc[1, 2]),
+                                              cropmod.transform_points(obs_all[k], matrices[k]) if follow else obs_all[k],
+                                              valid_all[k], res.contour_bin)
+                        if follow:  # report pixels of the crop
+                            rms = {key: val * float(matrices[k][0, 0]) for key, val in rms.items()}
+                    prev = st
+                    row = {"frame": frame_name(k), "input_frame": i, "time_s": round(k / (self.source.fps or self.source.input_fps or 25.0), 6),
+                           "face_found": int(has_face[k]), "landmarks_used": int(valid_all[k].sum()),
+                           "rms_mediapipe_px": _fmt(rms.get("mediapipe")), "rms_iris_px": _fmt(rms.get("iris")),
+                           "rms_ibug68_px": _fmt(_combine(rms, valid_all[k], model)),
+                           "interpolated": int(interpolated)}
+                    rows[k] = row
+                # the full mesh is posed by a writer thread (torch releases the GIL) while this one fits on
+                verts = pool.submit(lambda s=st: model.vertices(s.exp, s.pose, s.eyelids)[0])
+                t_fit += time.perf_counter() - t0
+                t0 = time.perf_counter()
+                if not done[k]:
+                    data = frame_dict(st.exp, st.pose, st.eyelids, ident, st.r, st.t, crop_k(kk, k), (self.size, self.size), k, k)
+                    pending.append(pool.submit(self._write_frame, out, k, data, verts, faces, crop))
+                if writer is not None:
+                    land = {}
+                    if "mediapipe" in lm:
+                        land["mediapipe"] = cropmod.transform_points(lm["mediapipe"][i], matrices[k])
+                    if "ibug68" in lm:
+                        land["ibug68"] = cropmod.transform_points(lm["ibug68"][i], matrices[k])
+                    vid_pending.append(vpool.submit(self._video_frame, writer, crop, land, verts, faces, st, crop_k(kk, k)))
+                while len(pending) > 8:
+                    pending.pop(0).result()
+                while len(vid_pending) > 4:
+                    vid_pending.pop(0).result()
+                t_write += time.perf_counter() - t0
+            for f in pending + vid_pending:
+                f.result()
+            if writer is not None:
+                writer.close()
+                writer = None
+        finally:
+            pool.shutdown(wait=True)
+            if vpool is not None:
+                vpool.shutdown(wait=True)
+            if writer is not None:
+                writer.abort()
+        self.timings.add("crop", t_crop)
+        self.timings.add("fit", t_fit)
+        self.timings.add("submit writes (main thread)", t_write)
+        self._write_csv(rows)
+        self.timings.add("total", time.perf_counter() - t_start)
+        self.skipped = skipped
+        logger.info(f"tracked {n} frames into {out} ({skipped} finished before)")
+        return out
+
+    # -----------------------------------------------------------------------------------------
+    def _write_frame(self, out: Path, k: int, data: dict, verts: Future, faces: np.ndarray, crop: np.ndarray) -> None:
+        name = frame_name(k)
+        verts = verts.result()
+        atomic_write_bytes(out / "input" / f"{name}.png", _png_bytes(crop, self.tc.png_compression), fsync=False)
+        atomic_write_bytes(out / "mesh" / f"{name}.ply", _ply_metres(verts, faces), fsync=False)
+        save_frame(out / "checkpoint" / f"{name}.frame", data)  # last: marks the frame finished
+
+    @staticmethod
+    def _video_frame(writer, crop, land, verts: Future, faces, st: FrameState, kk: np.ndarray) -> None:
+        from micalib.tracking.overlay import compose_overlay
+
+        cam = verts.result().astype(np.float64) @ st.r.T + st.t
+        uvw = cam @ kk.T
+        screen = np.concatenate([uvw[:, :2] / uvw[:, 2:3], cam[:, 2:3]], 1).astype(np.float32)
+        writer.write(compose_overlay(crop, land, screen, faces))
+
+    def _old_rows(self) -> dict[int, dict]:
+        path = self.out / "tracking.csv"
+        if not written_file(path):
+            return {}
+        try:
+            with open(path, newline="") as f:
+                return {int(r["frame"]): r for r in csv.DictReader(f)}
+        except (OSError, ValueError, KeyError):
+            return {}
+
+    def _write_csv(self, rows: dict[int, dict]) -> None:
+        buf = io.StringIO()
+        w = csv.DictWriter(buf, fieldnames=CSV_FIELDS, extrasaction="ignore")
+        w.writeheader()
+        for k in sorted(rows):
+            w.writerow(rows[k])
+        atomic_write_text(self.out / "tracking.csv", buf.getvalue(), fsync=False)
+
+
+def _ply_metres(verts: np.ndarray, faces: np.ndarray) -> bytes:
+    """The project's binary PLY, in metres like the tracker's FLAME and ``opencv`` block."""
+    return ply_bytes(verts, faces).replace(b"comment MICA FLAME mesh, millimetres", b"comment MICA FLAME mesh, metres", 1)
+
+
+def _fmt(x: float | None) -> str:
+    return "" if x is None or not np.isfinite(x) else f"{x:.3f}"
+
+
+def _combine(rms: dict[str, float], valid: np.ndarray, model: TrackingFLAME) -> float | None:
+    """RMS over the 68 points (static and contour together)."""
+    parts = [(rms.get(k), int(valid[model.slices[k]].sum())) for k in ("static", "contour") if k in rms]
+    parts = [(r, c) for r, c in parts if r is not None and np.isfinite(r) and c]
+    if not parts:
+        return None
+    return float(np.sqrt(sum(r * r * c for r, c in parts) / sum(c for _, c in parts)))

@@ -1,0 +1,299 @@
+"""Synthetic ground truth for the tracker: tracker assets in the original files' formats and a
+landmark sequence of a known head motion (no licensed data, no ../shared needed).
+
+- ``write_tracker_assets(folder, seed, real)``: a synthetic FLAME (``tests.synthetic_flame``), a
+  MediaPipe embedding npz with the original's keys (``landmark_indices`` (105,), ``lmk_face_idx``,
+  ``lmk_b_coords``) and eyelid blendshapes ``l_eyelid.npy`` / ``r_eyelid.npy`` ((V, 3) metres). With
+  ``real`` True the real topology and the real embedding / eyelids from ../shared are used.
+- ``make_sequence(...)``: per-frame ground truth (expression, jaw, eyes, eyelids, OpenCV camera) and
+  the landmarks it projects to, in the ``--landmarks`` schema (``mediapipe`` (T, 478, 2), ``ibug68``
+  (T, 68, 2), OpenCV pixel convention, NaN where a MediaPipe point has no FLAME counterpart).
+
+The projection here is written independently of the tracker's solver: full FLAME meshes from the
+project's FLAME layer plus eyelids, landmarks by barycentric interpolation, a plain pinhole.
+"""
+from __future__ import annotations
+
+import os
+import pickle
+import shutil
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from tests.synthetic_flame import ROOT
+from utils.io import atomic_save_npy
+
+IRIS_MP = list(range(468, 478))
+
+
+def shared_tracker_dir() -> Path | None:
+    shared = Path(os.environ.get("MICA_SHARED_DIR", ROOT.parent / "shared"))
+    d = shared / "data" / "tracker"
+    names = ("mediapipe_landmark_embedding.npz", "l_eyelid.npy", "r_eyelid.npy")
+    return d if all((d / n).is_file() for n in names) else None
+
+
+def write_tracker_assets(folder, seed: int = 0, real: bool = False) -> dict[str, Path]:
+    """FLAME files + embedding + eyelids in ``folder``; returns their paths (keys as the config's)."""
+    folder = Path(folder)
+    flame_dir = _write_flame(folder / "flame", seed, real)
+    from models.flame import FLAME
+
+    flame = FLAME.from_files(flame_dir / "generic_model.pkl", flame_dir / "landmark_embedding.npy")
+    faces = flame.faces.numpy()
+    rng = np.random.default_rng(seed + 100)
+    out = {"flame_model_path": flame_dir / "generic_model.pkl",
+           "flame_lmk_embedding_path": flame_dir / "landmark_embedding.npy",
+           "flame_masks_path": flame_dir / "FLAME_masks.pkl",
+           "mediapipe_embedding_path": folder / "mediapipe_landmark_embedding.npz",
+           "l_eyelid_path": folder / "l_eyelid.npy", "r_eyelid_path": folder / "r_eyelid.npy"}
+    if real:
+        shared = shared_tracker_dir()
+        if shared is None:
+            raise FileNotFoundError("real tracker assets requested but ../shared/data/tracker is absent")
+        for key in ("mediapipe_embedding_path", "l_eyelid_path", "r_eyelid_path"):
+            name = {"mediapipe_embedding_path": "mediapipe_landmark_embedding.npz",
+                    "l_eyelid_path": "l_eyelid.npy", "r_eyelid_path": "r_eyelid.npy"}[key]
+            shutil.copyfile(shared / name, out[key])
+        return out
+    idx = np.sort(rng.choice(468, size=105, replace=False)).astype(np.int64)
+    # front half of the head (+z), where the face is
+    centre = faces.shape[0]
+    tri_z = flame.v_template.numpy()[faces].mean(1)[:, 2]
+    front = np.flatnonzero(tri_z > np.quantile(tri_z, 0.4))
+    face_idx = rng.choice(front, size=105, replace=True).astype(np.int64)
+    b = rng.uniform(0.05, 1.0, size=(105, 3))
+    b /= b.sum(1, keepdims=True)
+    del centre
+    np.savez(out["mediapipe_embedding_path"], landmark_indices=idx, lmk_face_idx=face_idx, lmk_b_coords=b)
+    # eyelids: smooth downward offsets (up to ~6 mm) around two upper-front points
+    v = flame.v_template.numpy().astype(np.float64)
+    for key, side in (("l_eyelid_path", 1.0), ("r_eyelid_path", -1.0)):
+        c = np.array([side * 0.03, 0.03, v[:, 2].max() * 0.9])
+        w = np.exp(-((v - c) ** 2).sum(1) / (2 * 0.02 ** 2))
+        off = np.zeros_like(v)
+        off[:, 1] = -6e-3 * w
+        atomic_save_npy(out[key], off.astype(np.float32))
+    return out
+
+
+def _remove_similarity(fields: np.ndarray, verts: np.ndarray) -> np.ndarray:
+    """(V, 3, n) displacement fields minus their least-squares similarity part (translation,
+    infinitesimal rotation, scale): the random smooth fields of ``tests.synthetic_flame`` move the
+    whole head rigidly, which real expressions do not do; left in, expression and head pose would be
+    interchangeable and no tracker could recover either."""
+    c = verts - verts.mean(0)
+    n_v = len(verts)
+    basis = [np.tile(np.eye(3)[i], (n_v, 1)) for i in range(3)]
+    basis += [np.cross(np.eye(3)[i][None], c) for i in range(3)]
+    basis.append(c)
+    b = np.stack([x.reshape(-1) for x in basis], 1)  # (3V, 7)
+    f = fields.reshape(n_v * 3, -1)
+    coef, *_ = np.linalg.lstsq(b, f, rcond=None)
+    return (f - b @ coef).reshape(fields.shape)
+
+
+def _write_flame(folder: Path, seed: int, real: bool) -> Path:
+    """``write_synthetic_flame`` with expression blend shapes free of rigid motion (see above) and
+    eyeballs skinned to their eye joints only (the random weights let the eyes pull the whole head)."""
+    from tests.synthetic_flame import (
+        embedding_npy_bytes,
+        generic_model_bytes,
+        make_model_arrays,
+        obj_text,
+    )
+    from utils.io import atomic_write_bytes, atomic_write_text
+
+    folder.mkdir(parents=True, exist_ok=True)
+    arrays = make_model_arrays(seed, real)
+    model = dict(arrays["model"])
+    sd = np.array(model["shapedirs"])
+    sd[:, :, 300:] = _remove_similarity(sd[:, :, 300:], np.asarray(model["v_template"]))
+    model["shapedirs"] = sd
+    # eyes as in the real model: the eyeball vertices follow their eye joint only, nothing else does
+    w = np.array(model["weights"])
+    w[:, 3:] = 0.0
+    w /= w.sum(1, keepdims=True)
+    for j, key in ((3, "left_eyeball"), (4, "right_eyeball")):
+        w[arrays["masks"][key]] = np.eye(5)[j]
+    model["weights"] = w
+    atomic_write_bytes(folder / "generic_model.pkl", generic_model_bytes(model))
+    public = arrays["public"]
+    if public is not None:
+        for name in ("landmark_embedding.npy", "FLAME_masks.pkl"):
+            atomic_write_bytes(folder / name, (public / name).read_bytes())
+    else:
+        atomic_write_bytes(folder / "landmark_embedding.npy", embedding_npy_bytes(arrays["embedding"]))
+        atomic_write_bytes(folder / "FLAME_masks.pkl", pickle.dumps(arrays["masks"], protocol=2))
+    atomic_write_text(folder / "head_template.obj", obj_text(model["v_template"], arrays["faces"]))
+    return folder
+
+
+def iris_on_eyeballs(flame) -> tuple:
+    """10 iris vertices for a synthetic topology: per eye the 5 vertices skinned most to its joint
+    (FLAME joints 3 and 4), as the real iris vertices sit on the eyeballs."""
+    w = flame.lbs_weights.numpy()
+    return tuple(int(v) for j in (3, 4) for v in np.argsort(-w[:, j])[:5])
+
+
+def _smooth(x: np.ndarray, sigma: float) -> np.ndarray:
+    r = int(3 * sigma)
+    k = np.exp(-np.arange(-r, r + 1) ** 2 / (2 * sigma ** 2))
+    k /= k.sum()
+    pad = np.pad(x, ((r, r),) + ((0, 0),) * (x.ndim - 1), mode="reflect")
+    return np.stack([np.convolve(pad[:, j], k, mode="valid") for j in range(x.shape[1])], 1)
+
+
+def _unit_gain(sigma: float) -> float:
+    """Factor that brings white noise smoothed by ``_smooth(., sigma)`` back to unit variance."""
+    r = int(3 * sigma)
+    k = np.exp(-np.arange(-r, r + 1) ** 2 / (2 * sigma ** 2))
+    k /= k.sum()
+    return float(1.0 / np.sqrt((k ** 2).sum()))
+
+
+def _rot(axis: str, a: np.ndarray) -> np.ndarray:
+    c, s = np.cos(a), np.sin(a)
+    o, z = np.ones_like(a), np.zeros_like(a)
+    if axis == "x":
+        m = [[o, z, z], [z, c, -s], [z, s, c]]
+    elif axis == "y":
+        m = [[c, z, s], [z, o, z], [-s, z, c]]
+    else:
+        m = [[c, -s, z], [s, c, z], [z, z, o]]
+    return np.moveaxis(np.array(m), (0, 1), (-2, -1))
+
+
+def _aa(r: np.ndarray) -> np.ndarray:
+    import cv2
+
+    return np.stack([cv2.Rodrigues(m)[0].reshape(3) for m in r])
+
+
+def make_sequence(flame, eyelids: np.ndarray, mp_emb: dict[str, np.ndarray], identity: np.ndarray,
+                  n_frames: int = 120, size: int = 512, distance: float = 0.6, focal_x: float = 1.5,
+                  noise_px: float = 0.5, iris_vertices=None, seed: int = 0) -> dict[str, np.ndarray]:
+    """Ground truth and noisy landmarks of a smooth head motion (see the module docstring).
+
+    Returns a dict: ``exp`` (T,100), ``pose`` (T,9) axis-angle jaw/eyes, ``eyelids`` (T,2),
+    ``R`` (T,3,3), ``t`` (T,3), ``K`` (3,3), ``vertices`` (T,V,3), ``mediapipe`` (T,478,2),
+    ``ibug68`` (T,68,2), ``clean_*`` without noise.
+    """
+    import torch
+
+    from models.lbs import yaw_bin
+
+    rng = np.random.default_rng(seed)
+    tt = np.arange(n_frames)
+    exp = np.zeros((n_frames, 100))
+    exp[:, :20] = _smooth(rng.normal(size=(n_frames, 20)), 4.0) * _unit_gain(4.0)  # ~N(0, 1) per frame
+    jaw = np.radians(15) * (0.5 - 0.5 * np.cos(2 * np.pi * tt / 40.0))
+    eyes = np.radians(10) * np.clip(_smooth(rng.normal(size=(n_frames, 4)), 6.0) * _unit_gain(6.0) / 2, -1, 1)
+    pose = np.zeros((n_frames, 9))
+    pose[:, 0] = jaw
+    pose[:, 3], pose[:, 4] = eyes[:, 0], eyes[:, 1]
+    pose[:, 6], pose[:, 7] = eyes[:, 2], eyes[:, 3]
+    lids = np.clip(0.5 + 0.5 * np.sin(2 * np.pi * tt[:, None] / np.array([[30.0, 37.0]]) + rng.uniform(0, 6, 2)), 0, 1)
+    yaw = np.radians(30) * np.sin(2 * np.pi * tt / n_frames)
+    pitch = np.radians(15) * np.sin(2 * np.pi * tt / (n_frames / 2.0) + 0.5)
+    head = _rot("y", yaw) @ _rot("x", pitch)
+    r = np.diag([1.0, -1.0, -1.0])[None] @ head
+    t = np.stack([0.02 * np.sin(2 * np.pi * tt / 70.0), 0.01 * np.cos(2 * np.pi * tt / 50.0),
+                  distance + 0.01 * np.sin(2 * np.pi * tt / 90.0)], 1)
+    f = focal_x * size
+    k = np.array([[f, 0, size / 2.0 - 0.5], [0, f, size / 2.0 - 0.5], [0, 0, 1.0]])
+    shape = torch.as_tensor(np.asarray(identity, np.float32)[None]).expand(n_frames, -1)
+    full_pose = np.concatenate([np.zeros((n_frames, 6)), pose], 1)
+    with torch.no_grad():
+        out = flame(shape, torch.as_tensor(exp, dtype=torch.float32),
+                    full_pose=torch.as_tensor(full_pose, dtype=torch.float32))
+    verts = out.vertices.numpy().astype(np.float64) + np.einsum("te,evc->tvc", lids, eyelids)
+    faces = flame.faces.numpy()
+
+    def bary(v, face_idx, b):
+        return np.einsum("tnkc,nk->tnc", v[:, faces[face_idx]], b)
+
+    mp3 = bary(verts, mp_emb["lmk_face_idx"], mp_emb["lmk_b_coords"])
+    static = bary(verts, flame.lmk_faces_idx.numpy(), flame.lmk_bary_coords.numpy().astype(np.float64))
+    # contour by the tracker's rule: yaw of C = inverse of the PyTorch3D camera rotation
+    r_p3d = np.transpose(r, (0, 2, 1)) * np.array([-1.0, -1.0, 1.0])
+    bins = yaw_bin(torch.as_tensor(np.transpose(r_p3d, (0, 2, 1)))).numpy()
+    dyn_f = flame.dynamic_lmk_faces_idx.numpy()[bins]  # (T, 17)
+    dyn_b = flame.dynamic_lmk_bary_coords.numpy()[bins].astype(np.float64)
+    contour = np.einsum("tnkc,tnk->tnc", verts[np.arange(n_frames)[:, None, None], faces[dyn_f]], dyn_b)
+
+    def proj(x):
+        xc = x @ np.transpose(r, (0, 2, 1)) + t[:, None]
+        uvw = xc @ k.T
+        return uvw[..., :2] / uvw[..., 2:3]
+
+    mp = np.full((n_frames, 478, 2), np.nan)
+    mp[:, mp_emb["landmark_indices"]] = proj(mp3)
+    if iris_vertices is not None:
+        mp[:, IRIS_MP] = proj(verts[:, list(iris_vertices)])
+    ib = np.concatenate([proj(contour), proj(static)], 1)
+    noisy_mp = mp + rng.normal(scale=noise_px, size=mp.shape)
+    noisy_ib = ib + rng.normal(scale=noise_px, size=ib.shape)
+    return {"exp": exp, "pose": pose, "eyelids": lids, "R": r, "t": t, "K": k, "vertices": verts,
+            "mediapipe": noisy_mp, "ibug68": noisy_ib, "clean_mediapipe": mp, "clean_ibug68": ib,
+            "axis_angle_camera": _aa(r)}
+
+
+def synthetic_setup(tmp, real: bool):
+    """Assets, FLAME layer, embedding, eyelids, a random identity and the iris vertices."""
+    from micalib.tracking.model import load_eyelids, load_mediapipe_embedding
+    from models.flame import FLAME
+
+    assets = write_tracker_assets(tmp / "assets", seed=3, real=real)
+    flame = FLAME.from_files(assets["flame_model_path"], assets["flame_lmk_embedding_path"])
+    emb = load_mediapipe_embedding(assets["mediapipe_embedding_path"])
+    lids = load_eyelids(assets["l_eyelid_path"], assets["r_eyelid_path"], flame.n_vertices)
+    rng = np.random.default_rng(7)
+    identity = rng.normal(size=300).astype(np.float32)
+    if real:
+        iris = (4597, 4542, 4510, 4603, 4570, 4051, 3996, 3964, 3932, 4028)
+    else:
+        iris = iris_on_eyeballs(flame)
+    return assets, flame, emb, lids, identity, iris
+
+
+def track_synthetic(tmp, real: bool, n_frames: int = 120, noise_px: float = 0.5, size: int = 512, video: bool = False,
+                    extra_opts=()):
+    """Make a ground-truth sequence, run ``track.py --landmarks`` on it; returns
+    (sequence, frame dicts, TrackingFLAME, face-region vertex ids, output folder)."""
+    assets, flame, emb, lids, identity, iris = synthetic_setup(tmp, real)
+    emb_d = {"landmark_indices": emb.landmark_indices, "lmk_face_idx": emb.lmk_face_idx, "lmk_b_coords": emb.lmk_b_coords}
+    seq = make_sequence(flame, lids, emb_d, identity, n_frames=n_frames, size=size, distance=0.6, focal_x=1.5,
+                        noise_px=noise_px, iris_vertices=iris, seed=11)
+    frames = tmp / "clip"
+    frames.mkdir()
+    grey = np.full((size, size, 3), 90, np.uint8)
+    for k in range(n_frames):
+        cv2.imwrite(str(frames / f"{k:04d}.png"), grey, [cv2.IMWRITE_PNG_COMPRESSION, 0])
+    lmk = {"mediapipe": seq["mediapipe"].astype(np.float32)}
+    if real:  # the real contour tables change smoothly with the yaw; the random ones do not
+        lmk["ibug68"] = seq["ibug68"].astype(np.float32)
+    np.savez(tmp / "lmk.npz", **lmk)
+    np.save(tmp / "identity.npy", identity)
+    import track
+    from micalib.tracking.model import (
+        TrackingFLAME,
+    )
+    from micalib.tracking.outputs import read_frame
+
+    opts = ["model.flame_model_path", str(assets["flame_model_path"]),
+            "model.flame_lmk_embedding_path", str(assets["flame_lmk_embedding_path"]),
+            "tracker.mediapipe_embedding_path", str(assets["mediapipe_embedding_path"]),
+            "tracker.l_eyelid_path", str(assets["l_eyelid_path"]), "tracker.r_eyelid_path", str(assets["r_eyelid_path"]),
+            "tracker.iris_vertices", str(list(iris)), "tracker.crop", "False"]
+    track.main(["-i", str(frames), "-o", str(tmp / "out"), "--landmarks", str(tmp / "lmk.npz"),
+                "--identity", str(tmp / "identity.npy"), "--image-size", str(size)] + ([] if video else ["--no-video"])
+               + opts + list(extra_opts))
+    out = tmp / "out" / "clip"
+    fr = [read_frame(out / "checkpoint" / f"{k:05d}.frame") for k in range(n_frames)]
+    model = TrackingFLAME(flame, identity, emb, lids, iris)
+    with open(assets["flame_masks_path"], "rb") as f:
+        face = pickle.load(f, encoding="latin1")["face"]
+    return seq, fr, model, face, out

@@ -1,0 +1,226 @@
+"""track.py end to end: the overlay video, resuming, and the real clip ../shared/data/tracker/justin.mp4
+(first 60 frames, MediaPipe landmarks, synthetic FLAME on the real topology, zero identity)."""
+from __future__ import annotations
+
+import csv
+import itertools
+import os
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from micalib.tracking.outputs import read_frame
+from tests.synthetic_tracking import track_synthetic
+
+
+def _mtimes(folder: Path) -> dict:
+    return {p.name: p.stat().st_mtime_ns for p in sorted(folder.iterdir())}
+
+
+def _video_frames(path: Path):
+    cap = cv2.VideoCapture(str(path))
+    n, shape = 0, None
+    while True:
+        ok, img = cap.read()
+        if not ok:
+            break
+        n, shape = n + 1, img.shape
+    cap.release()
+    return n, shape
+
+
+def test_video_written_and_rerun_skips_finished_frames(tmp_path):
+    _seq, frames, _model, _face, out = track_synthetic(tmp_path, real=False, n_frames=8, noise_px=0.3, video=True)
+    n, shape = _video_frames(out / "video.mp4")
+    assert n == 8 and shape == (512, 3 * 512, 3)
+    for sub, ext in (("checkpoint", ".frame"), ("mesh", ".ply"), ("input", ".png")):
+        assert sorted(p.name for p in (out / sub).iterdir()) == [f"{k:05d}{ext}" for k in range(8)]
+    assert (out / "canonical.obj").is_file() and (out / "identity.npy").is_file() and (out / "crop.json").is_file()
+    with open(out / "tracking.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert [r["frame"] for r in rows] == [f"{k:05d}" for k in range(8)]
+    assert all(r["face_found"] == "1" and r["interpolated"] == "0" for r in rows)
+    # a re-run leaves the finished frames alone; deleting one frame redoes only that one
+    before = _mtimes(out / "checkpoint")
+    os.remove(out / "checkpoint" / "00005.frame")
+    import track
+
+    argv = _argv_of_last_run(out)
+    track.main(argv)
+    after = _mtimes(out / "checkpoint")
+    assert set(after) == set(before)
+    assert all(after[k] == before[k] for k in before if k != "00005.frame")
+    redone = read_frame(out / "checkpoint" / "00005.frame")
+    assert np.allclose(redone["opencv"]["K"], frames[5]["opencv"]["K"])
+    assert np.abs(redone["opencv"]["t"] - frames[5]["opencv"]["t"]).max() < 2e-3
+    assert _video_frames(out / "video.mp4")[0] == 8
+
+
+def _argv_of_last_run(out: Path) -> list:
+    """The command line ``track_synthetic`` used (rebuilt from its files)."""
+    tmp = out.parent.parent
+    a = tmp / "assets"
+    return ["-i", str(tmp / "clip"), "-o", str(tmp / "out"), "--landmarks", str(tmp / "lmk.npz"),
+            "--identity", str(tmp / "identity.npy"), "--image-size", "512",
+            "model.flame_model_path", str(a / "flame" / "generic_model.pkl"),
+            "model.flame_lmk_embedding_path", str(a / "flame" / "landmark_embedding.npy"),
+            "tracker.mediapipe_embedding_path", str(a / "mediapipe_landmark_embedding.npz"),
+            "tracker.l_eyelid_path", str(a / "l_eyelid.npy"), "tracker.r_eyelid_path", str(a / "r_eyelid.npy"),
+            "tracker.iris_vertices", str(list(_iris(tmp))), "tracker.crop", "False"]
+
+
+def _iris(tmp: Path):
+    from models.flame import FLAME
+    from tests.synthetic_tracking import iris_on_eyeballs
+
+    a = tmp / "assets" / "flame"
+    return iris_on_eyeballs(FLAME.from_files(a / "generic_model.pkl", a / "landmark_embedding.npy"))
+
+
+def test_no_face_in_any_frame_is_one_line_error(tmp_path):
+    import track
+    from utils.errors import MICAError
+
+    frames = tmp_path / "clip"
+    frames.mkdir()
+    for k in range(3):
+        cv2.imwrite(str(frames / f"{k}.png"), np.zeros((64, 64, 3), np.uint8))
+    np.savez(tmp_path / "lmk.npz", mediapipe=np.full((3, 478, 2), np.nan, np.float32))
+    with pytest.raises(MICAError, match="no face in any frame"):
+        track.main(["-i", str(frames), "-o", str(tmp_path / "out"), "--landmarks", str(tmp_path / "lmk.npz"),
+                    "--identity", str(tmp_path / "none.npy"), "--no-video"])
+
+
+@pytest.mark.slow
+def test_real_clip_first_60_frames(tmp_path):
+    from micalib.tracking.landmarks import mediapipe_available
+    from tests.synthetic_flame import shared_flame_public
+    from tests.synthetic_tracking import shared_tracker_dir, write_tracker_assets
+
+    shared = shared_tracker_dir()
+    if shared is None or not (shared / "justin.mp4").is_file() or shared_flame_public() is None:
+        pytest.skip("../shared/data/tracker/justin.mp4 or ../shared/data/flame_public is absent")
+    if not mediapipe_available():
+        pytest.skip("mediapipe is not installed (install.sh installs it)")
+    clip = tmp_path / "justin"
+    clip.mkdir()
+    cap = cv2.VideoCapture(str(shared / "justin.mp4"))
+    for k in range(60):
+        ok, img = cap.read()
+        assert ok
+        cv2.imwrite(str(clip / f"{k:03d}.jpg"), img, [cv2.IMWRITE_JPEG_QUALITY, 95])
+    cap.release()
+    assets = write_tracker_assets(tmp_path / "assets", seed=0, real=True)
+    np.save(tmp_path / "zero.npy", np.zeros(300, np.float32))
+    argv = ["-i", str(clip), "-o", str(tmp_path / "out"), "--identity", str(tmp_path / "zero.npy"),
+            "model.flame_model_path", str(assets["flame_model_path"]),
+            "model.flame_lmk_embedding_path", str(assets["flame_lmk_embedding_path"]),
+            "tracker.mediapipe_embedding_path", str(assets["mediapipe_embedding_path"]),
+            "tracker.l_eyelid_path", str(assets["l_eyelid_path"]), "tracker.r_eyelid_path", str(assets["r_eyelid_path"])]
+    import track
+
+    track.main(argv)
+    out = tmp_path / "out" / "justin"
+    with open(out / "tracking.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == 60 and all(r["face_found"] == "1" for r in rows)
+    rs = [read_frame(out / "checkpoint" / f"{k:05d}.frame")["opencv"]["R"][0].astype(np.float64) for k in range(60)]
+    steps = [np.degrees(np.linalg.norm(cv2.Rodrigues(b @ a.T)[0])) for a, b in itertools.pairwise(rs)]
+    assert max(steps) < 5.0, max(steps)
+    n, shape = _video_frames(out / "video.mp4")
+    assert n == 60 and shape == (512, 1536, 3)
+    assert (out / "landmarks.npz").is_file() and (out / "bbox.pt").is_file()
+    before = _mtimes(out / "checkpoint")
+    track.main(argv)  # finished frames are skipped (landmarks cached, nothing rewritten)
+    assert _mtimes(out / "checkpoint") == before
+
+
+@pytest.mark.slow
+def test_identity_from_the_frames_is_demo_fuse(tmp_path):
+    """No --identity: MICA on the frames, averaged; the oracle is demo.py --fuse on the same images."""
+    from tests.synthetic_tracking import shared_tracker_dir
+    from tests.synthetic_weights import write_random_mica_tar
+
+    shared = shared_tracker_dir()
+    if shared is None or not (shared / "justin.mp4").is_file():
+        pytest.skip("../shared/data/tracker/justin.mp4 is absent")
+    _seq, _frames, _model, _face, out = track_synthetic(tmp_path / "run", real=False, n_frames=3, noise_px=0.3)
+    clip = tmp_path / "faces" / "justin"
+    clip.mkdir(parents=True)
+    cap = cv2.VideoCapture(str(shared / "justin.mp4"))
+    for k in range(3):
+        ok, img = cap.read()
+        assert ok
+        cv2.imwrite(str(clip / f"{k:03d}.png"), cv2.resize(img[:, 690:1230], (512, 512), interpolation=cv2.INTER_AREA))
+    cap.release()
+    tar = write_random_mica_tar(tmp_path / "mica.tar", arch="iresnet18", seed=0)
+    flame_dir = tmp_path / "run" / "assets" / "flame"
+    common = ["model.arch", "iresnet18", "pretrained_model_path", str(tar), "detector.name", "mtcnn",
+              "model.flame_model_path", str(flame_dir / "generic_model.pkl"),
+              "model.flame_lmk_embedding_path", str(flame_dir / "landmark_embedding.npy"),
+              "model.topology_path", str(flame_dir / "head_template.obj"),
+              "model.flame_masks_path", str(flame_dir / "FLAME_masks.pkl"), "detector.antelopev2_dir", "/nonexistent/antelopev2"]
+    import demo
+    import track
+
+    argv = _argv_of_last_run(out)
+    argv[argv.index("-i") + 1] = str(clip)
+    i = argv.index("--identity")
+    del argv[i:i + 2]
+    i = argv.index("--landmarks")
+    np.savez(tmp_path / "lmk3.npz", mediapipe=np.load(argv[i + 1])["mediapipe"][:3])
+    argv[i + 1] = str(tmp_path / "lmk3.npz")
+    track.main(argv + common)
+    ident = np.load(tmp_path / "run" / "out" / "justin" / "identity.npy")
+    assert not demo.main(["-i", str(tmp_path / "faces"), "-o", str(tmp_path / "demo"), "-a", str(tmp_path / "arc"),
+                          "--fuse", "--no-render", *common])
+    fused = np.load(tmp_path / "demo" / "justin" / "fused" / "identity.npy")
+    assert ident.shape == (300,) and np.allclose(ident, fused.reshape(-1), atol=1e-4)
+
+
+def test_photometric_stage_runs_and_lowers_its_error(tmp_path):
+    """--photometric on a rendered synthetic sequence: frames are written, and within each frame the
+    photometric error falls from the landmark fit's starting point."""
+    import torch
+
+    from micalib.tracking.photometric import PhotometricRefiner
+
+    _seq, _frames, model, _face, out = track_synthetic(tmp_path, real=False, n_frames=4, noise_px=0.3)
+    # render the ground-truth frames with a lit per-vertex albedo and track them again photometrically
+    import track
+
+    seq = _seq
+    ref = PhotometricRefiner(model.faces, model.flame.n_vertices, 512, 512)
+    ref.albedo = torch.rand(model.flame.n_vertices, 3, generator=torch.Generator().manual_seed(0)) * 0.5 + 0.25
+    clip = tmp_path / "clip"
+    for k in range(4):
+        cam = seq["vertices"][k] @ seq["R"][k].T + seq["t"][k]
+        uvw = cam @ seq["K"].T
+        screen = torch.as_tensor(np.concatenate([uvw[:, :2] / uvw[:, 2:], cam[:, 2:]], 1), dtype=torch.float32)
+        img, _, _ = ref.render((screen, torch.as_tensor(cam, dtype=torch.float32)))
+        rgb = (img.clamp(0, 1).numpy() * 255).astype(np.uint8)
+        cv2.imwrite(str(clip / f"{k:04d}.png"), cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
+    argv = _argv_of_last_run(out)
+    for sub in ("checkpoint", "mesh", "input"):
+        for p in (out / sub).iterdir():
+            p.unlink()
+    captured = {}
+    from micalib.tracking import photo_stage
+
+    orig = photo_stage.PhotometricStage.refine
+
+    def spy(self, *a, **kw):
+        res = orig(self, *a, **kw)
+        captured.setdefault("h", []).append(self.history[-1])
+        return res
+
+    photo_stage.PhotometricStage.refine = spy
+    try:
+        track.main(["--photometric", "--no-video"] + argv + ["tracker.photometric_iters", "15"])
+    finally:
+        photo_stage.PhotometricStage.refine = orig
+    assert len(captured["h"]) == 4 and (out / "checkpoint" / "00003.frame").is_file()
+    for h in captured["h"][1:]:  # after the first frame the albedo has been learnt
+        assert h[-1] < h[0]

@@ -1,0 +1,59 @@
+"""Metrical FLAME tracking of a video (or a folder of frames) into the original tracker's files.
+
+    python track.py -i video.mp4 -o output/tracking [--identity identity.npy] [--landmarks lmk.npz]
+
+Writes OUT/NAME/{checkpoint/NNNNN.frame, mesh/NNNNN.ply, input/NNNNN.png, canonical.obj,
+identity.npy, landmarks.npz, crop.json, bbox.pt, tracking.csv, video.mp4}; see README "Tracking a
+video". Trailing KEY VALUE pairs override the configuration (configs/tracker.yml, section tracker).
+"""
+from __future__ import annotations
+
+import argparse
+
+from configs.config import load_cfg
+from utils.errors import run_main
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description="Metrical FLAME tracking of a video (CPU, real time)",
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("-i", "--input", required=True, help="video file or folder of frames (sorted by name)")
+    p.add_argument("-o", "--output", default="output/tracking", help="output folder (NAME is appended)")
+    p.add_argument("--identity", default=None, help="MICA identity.npy (default: MICA on the video's frames)")
+    p.add_argument("--landmarks", default=None,
+                   help="npz with 'mediapipe' (T,478,2) and/or 'ibug68' (T,68,2) per input frame instead of detection")
+    p.add_argument("--fps", type=float, default=25.0, help="output frame rate of a video")
+    p.add_argument("--image-size", type=int, default=512, help="side of the square crop")
+    p.add_argument("--photometric", action="store_true", help="photometric refinement after the landmark fit (slower; a GPU helps)")
+    p.add_argument("--no-video", action="store_true", help="skip video.mp4")
+    p.add_argument("--cfg", default="configs/tracker.yml", help="YAML config merged over the defaults")
+    p.add_argument("--device", default=None, help="auto, cpu, cuda, cuda:N or mps (MICA and --photometric)")
+    p.add_argument("--precision", choices=["fp32", "bf16", "fp16", "auto"], default=None)
+    p.add_argument("opts", nargs=argparse.REMAINDER, help="KEY VALUE config overrides")
+    return p.parse_args(argv)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    opts = list(args.opts)
+    for key, value in (("device", args.device), ("precision", args.precision)):
+        if value is not None:
+            opts += [key, value]
+    cfg = load_cfg(args.cfg, opts)
+    if args.image_size < 64:
+        raise ValueError(f"--image-size {args.image_size} is too small (use e.g. 512)")
+    import torch
+
+    torch.set_num_threads(1)  # the per-frame work is small; threads are used for writing instead
+    from micalib.tracking.runner import TrackRunner
+    from utils.device import resolve_device
+
+    runner = TrackRunner(cfg, args.input, args.output, identity_path=args.identity, landmarks_path=args.landmarks,
+                         fps=args.fps, image_size=args.image_size, video=not args.no_video,
+                         photometric=args.photometric, device=str(resolve_device(cfg.device)))
+    runner.run()
+    return 0
+
+
+if __name__ == "__main__":
+    run_main(main)

@@ -17,6 +17,7 @@ import torch
 
 from micalib.tracking.camera import matrix_to_6d, opencv_to_pytorch3d
 from micalib.tracking.model import rotation_matrices
+from utils.checkpoint import load_checkpoint_file
 from utils.errors import MICAError
 from utils.io import atomic_path
 
@@ -72,32 +73,17 @@ def save_frame(path: PathLike, data: dict[str, Any], fsync: bool = False) -> Non
         torch.save(data, tmp)
 
 
-def _numpy_globals() -> list:
-    """numpy's array/scalar reconstruction, under numpy 2's names and the ``numpy.core`` names that
-    files written with numpy 1 (the original tracker's) carry."""
-    ma = np._core.multiarray
-    out = [np.ndarray, np.dtype, ma._reconstruct, ma.scalar,
-           (ma._reconstruct, "numpy.core.multiarray._reconstruct"), (ma.scalar, "numpy.core.multiarray.scalar")]
-    out += [type(np.dtype(t)) for t in ("float32", "float64", "int64", "int32", "uint8", "bool")]
-    return out
-
-
 def read_frame(path: PathLike) -> dict[str, Any]:
-    """Read a ``.frame`` file (ours or the original's) without running code from it.
-
-    TODO(i13-pickles): use the project's numpy-allowing checkpoint loader from utils/checkpoint.py
-    once that branch is merged; until then ``torch.load(weights_only=True)`` with numpy's array
-    reconstruction allowed (never ``weights_only=False``).
-    """
+    """Read a ``.frame`` file (ours or the original's) without running code from it, through the
+    project's one checkpoint reader (``utils.checkpoint.load_checkpoint_file``: tensors and numpy
+    arrays under numpy-1 and numpy-2 names load, anything else is refused unexecuted)."""
     path = Path(path)
     try:
-        with torch.serialization.safe_globals(_numpy_globals()):
-            data = torch.load(path, map_location="cpu", weights_only=True)
+        data = load_checkpoint_file(path, what="tracking checkpoint")
     except FileNotFoundError:
         raise MICAError(f"tracking checkpoint {path} not found") from None
-    except Exception as e:  # noqa: BLE001 - any unreadable file is one user-facing line
-        first = (str(e).splitlines() or [type(e).__name__])[0][:120]
-        raise MICAError(f"tracking checkpoint {path} is not readable ({first}); delete it to track that frame again") from None
+    except MICAError as e:
+        raise MICAError(f"{e}; delete it to track that frame again") from None
     if not isinstance(data, dict) or not {"flame", "opencv", "camera"} <= set(data):
         raise MICAError(f"tracking checkpoint {path} lacks the flame/camera/opencv blocks; delete it to track again")
     return data

@@ -105,8 +105,6 @@ def export(args: argparse.Namespace, cfg, benchmark: str) -> int:
     from micalib.predictor import Predictor
     from utils.detectors import create_detector
 
-    if args.batch_size < 1:
-        raise ValueError(f"--batch-size must be >= 1, not {args.batch_size}")
     out = benchmark_dir(args, cfg, benchmark)
     default_threshold = NOW_DETECTION_THRESHOLD if benchmark == "now" else 0.1
     threshold = args.threshold if args.threshold is not None else default_threshold
@@ -162,10 +160,6 @@ def evaluate(args: argparse.Namespace, cfg, benchmark: str) -> int:
     from testing.now_eval import now_items, stirling_items
     from testing.report import PUBLISHED_NOW, write_reports
 
-    if args.fit_points < 0:
-        raise MICAError(f"--fit-points must be 0 (every scan point, as NoW) or a positive count, not {args.fit_points}")
-    if args.max_nfev < 1:
-        raise MICAError(f"--max-nfev must be at least 1, not {args.max_nfev}")
     out = benchmark_dir(args, cfg, benchmark)
     methods = _predicted(args, out / "predicted_meshes", str(cfg.test.tag))
     results = []
@@ -195,6 +189,13 @@ def evaluate(args: argparse.Namespace, cfg, benchmark: str) -> int:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    # argument checks first, before anything imports torch
+    if args.batch_size < 1:
+        raise ValueError(f"--batch-size must be >= 1, not {args.batch_size}")
+    if args.fit_points < 0:
+        raise MICAError(f"--fit-points must be 0 (every scan point, as NoW) or a positive count, not {args.fit_points}")
+    if args.max_nfev < 1:
+        raise MICAError(f"--max-nfev must be at least 1, not {args.max_nfev}")
     cfg = setup(args)
     benchmark = args.benchmark or str(cfg.test_dataset).lower()
     if benchmark not in ("now", "stirling"):

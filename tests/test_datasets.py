@@ -14,7 +14,8 @@ from torch.utils.data import DataLoader
 
 from configs.config import load_cfg
 from datasets.build import KNOWN_DATASETS, build_train_dataset, build_val_datasets
-from datasets.build_lists import build_image_list, main as build_lists_main
+from datasets.build_lists import build_image_list
+from datasets.build_lists import main as build_lists_main
 from datasets.image_lists import image_list_bytes, load_image_list, save_image_list
 from datasets.mica_dataset import MICADataset, collate_mica
 from tests.synthetic_dataset import make_synthetic_mica_dataset, synthetic_dataset_opts

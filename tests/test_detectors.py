@@ -12,8 +12,8 @@ import torch
 from loguru import logger
 from onnx import TensorProto, helper, numpy_helper
 
-from utils.alignment import ARCFACE_TEMPLATE, estimate_norm
 from utils import detectors
+from utils.alignment import ARCFACE_TEMPLATE, estimate_norm
 from utils.detectors import MTCNN, SCRFD, SCRFD_FILE, Face, create_detector, nms, pick_centre_face, shrink_area
 from utils.errors import MICAError
 from utils.image_io import list_images, read_image

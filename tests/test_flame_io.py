@@ -9,11 +9,15 @@ import numpy as np
 import pytest
 import torch
 
-from models.flame_io import (FLAME_URL, load_flame_masks, load_flame_model, load_landmark_embedding,
-                             safe_unpickle)
+from models.flame_io import FLAME_URL, load_flame_masks, load_flame_model, load_landmark_embedding, safe_unpickle
 from tests.legacy_pickle import pickle_globals
-from tests.synthetic_flame import (embedding_npy_bytes, generic_model_bytes, make_model_arrays, masks_pkl_bytes,
-                                   write_synthetic_flame)
+from tests.synthetic_flame import (
+    embedding_npy_bytes,
+    generic_model_bytes,
+    make_model_arrays,
+    masks_pkl_bytes,
+    write_synthetic_flame,
+)
 from utils.errors import MICAError
 from utils.safe_pickle import FLAME_MODEL, NUMPY_DATA, TORCH_TENSORS
 

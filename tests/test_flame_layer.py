@@ -7,7 +7,7 @@ import smplx.lbs as smplx_lbs
 import torch
 
 from configs.config import load_cfg
-from models.flame import M_TO_MM, NOW_LANDMARK_IDX, FLAME, FLAMEOutput, to_millimetres
+from models.flame import FLAME, M_TO_MM, NOW_LANDMARK_IDX, FLAMEOutput, to_millimetres
 from models.flame_io import load_flame_model, load_landmark_embedding
 from tests.synthetic_flame import write_synthetic_flame
 

@@ -10,7 +10,7 @@ import pytest
 import torch
 import trimesh
 
-from micalib.renderer import (OrthoCamera, make_grid, rasterize, render_mesh, render_preview, view_rotation)
+from micalib.renderer import OrthoCamera, make_grid, rasterize, render_mesh, render_preview, view_rotation
 
 WHITE = (1.0, 1.0, 1.0)
 BG = (0, 0, 0)

@@ -19,13 +19,13 @@ import torch
 import torch.multiprocessing as mp
 
 from configs.config import load_cfg
-from micalib.hooks import CallbackHook
 from datasets.sampler import ResumableDistributedSampler
+from micalib.hooks import CallbackHook
 from micalib.losses import VertexLoss
 from micalib.trainer import NonFiniteLossError, build_trainer
-from utils.rng import get_rng_state, set_rng_state
 from micalib.validator import BEST_AVERAGE, BEST_DIR, BEST_RUNNING, BestModelTracker
 from utils.errors import MICAError
+from utils.rng import get_rng_state, set_rng_state
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -15,12 +15,12 @@ def astronaut() -> np.ndarray:
 
 def portrait_photos() -> dict[str, np.ndarray]:
     """File name -> RGB photo with one face each: the square original, a non-square crop, an
-    enlarged copy with another aspect ratio, and a mirrored copy."""
+    enlarged copy and a mirrored copy."""
     a = astronaut()
     return {
         "astronaut.jpg": a,
         "crop.png": np.ascontiguousarray(a[41:400, 60:]),
-        "large.jpg": cv2.resize(a, (900, 701), interpolation=cv2.INTER_CUBIC),
+        "large.jpg": cv2.resize(a, (820, 820), interpolation=cv2.INTER_CUBIC),
         "mirror.png": np.ascontiguousarray(a[:, ::-1]),
     }
 

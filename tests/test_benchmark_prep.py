@@ -54,7 +54,7 @@ def _sk_similarity(src: np.ndarray, dst: np.ndarray) -> np.ndarray:
 
 
 def test_now_crop_detector_and_network_input_as_mica(mtcnn):
-    photo = portrait_photos()["large.jpg"]  # 900 x 701
+    photo = portrait_photos()["large.jpg"]  # 820 x 820
     box = np.asarray(mtcnn.detect(photo)[0].box, dtype=np.float64)  # NoW ships detector boxes too
     spy = Recording(mtcnn)
     aligned = prepare_from_box(photo, box, spy)

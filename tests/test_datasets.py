@@ -59,6 +59,7 @@ def test_shipped_lists_sizes_and_example():
     assert set(p.stem for p in SHIPPED.glob("*.npy")) == set(KNOWN_DATASETS)
 
 
+@pytest.mark.shared_data
 def test_shipped_lists_equal_originals(image_paths_dir):
     for original in sorted(image_paths_dir.glob("*.npy")):
         ours = load_image_list(SHIPPED / original.name)

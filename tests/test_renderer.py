@@ -127,6 +127,7 @@ def test_sphere_area_and_speed() -> None:
     assert elapsed < 2.0, elapsed  # well under 1 s on an idle core; loose for a shared machine
 
 
+@pytest.mark.shared_data
 def test_flame_template_front_and_side(flame_public_dir: Path) -> None:
     mesh = trimesh.load(flame_public_dir / "head_template.obj", process=False)
     v, f = np.asarray(mesh.vertices) * 1000.0, np.asarray(mesh.faces)

@@ -319,7 +319,6 @@ def test_non_finite_loss_names_the_step(train_setup_dir, tmp_path):
 
 
 def test_training_image_grid(train_setup_dir, tmp_path):
-    pytest.importorskip("micalib.renderer")
     out = tmp_path / "v"
     trainer = build_trainer(load_cfg(ROOT / "configs/mica.yml", make_opts(train_setup_dir, out, **{"train.write_summary": True})))
     trainer.run_step()

@@ -72,7 +72,12 @@ def _landmarks_from_mesh(vertices: np.ndarray, flame_dir: Path) -> np.ndarray:
 
 
 @pytest.mark.slow
-def test_demo_end_to_end(tmp_path, face_photos_dir, synthetic_flame_dir, mica_files):
+@pytest.mark.parametrize("photos, flame", [
+    ("face_photos_dir", "synthetic_flame_dir"),
+    # real photos of several people on the real FLAME topology, landmark embedding and masks
+    pytest.param("faces_dir", "real_flame_dir", marks=pytest.mark.shared_data)])
+def test_demo_end_to_end(tmp_path, photos, flame, mica_files, request):
+    face_photos_dir, synthetic_flame_dir = request.getfixturevalue(photos), request.getfixturevalue(flame)
     inp = tmp_path / "input"
     shutil.copytree(face_photos_dir, inp)
     bad = _bad_inputs(inp / "bad")

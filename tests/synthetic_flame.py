@@ -69,7 +69,7 @@ def read_obj_topology(path: Path) -> Tuple[np.ndarray, np.ndarray]:
 
 
 # ---------------------------------------------------------------------------------------------
-# Topology, embedding and masks when ../shared is absent
+# The random topology, embedding and masks (the default; no ../shared needed)
 # ---------------------------------------------------------------------------------------------
 def _random_topology(rng: np.random.Generator) -> Tuple[np.ndarray, np.ndarray]:
     """A small closed head-like mesh in metres: a UV sphere squashed to head proportions."""

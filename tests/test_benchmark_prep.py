@@ -85,7 +85,7 @@ def test_now_crop_needs_exactly_one_face(mtcnn):
 
 
 def test_stirling_detects_and_aligns_on_the_full_photo(mtcnn):
-    photo = cv2.resize(astronaut(), (1400, 1900), interpolation=cv2.INTER_CUBIC)  # a large portrait photo
+    photo = cv2.resize(astronaut(), (900, 1200), interpolation=cv2.INTER_CUBIC)  # a large portrait photo
     spy = Recording(mtcnn)
     aligned = prepare_full(photo, spy)
     (seen,) = spy.seen

@@ -376,7 +376,7 @@ def test_mask_index_out_of_range(tmp_path):
 
 @pytest.mark.shared_data
 def test_synthetic_masks_and_embedding_follow_the_real_files(flame_public_dir):
-    """Without ../shared the generators write masks (Python 2, protocol 0) and the embedding
+    """The random-topology generators write masks (Python 2, protocol 0) and the embedding
     (numpy-1 np.save, protocol 3) naming the same globals as the real public files."""
     from numpy.lib import format as npy_format
 

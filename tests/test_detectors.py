@@ -12,6 +12,7 @@ import torch
 from loguru import logger
 from onnx import TensorProto, helper, numpy_helper
 
+from tests.photos import astronaut, portrait_photos
 from utils import detectors
 from utils.alignment import ARCFACE_TEMPLATE, estimate_norm
 from utils.detectors import MTCNN, SCRFD, SCRFD_FILE, Face, create_detector, nms, pick_centre_face, shrink_area
@@ -300,15 +301,10 @@ def test_mtcnn_shrunk_search_maps_back_to_the_photo(face_photos_dir: Path) -> No
 # MTCNN over a batch of photos (one network call per pyramid scale and stage for all of them)
 # ------------------------------------------------------------------------------------------------
 def _portrait_variants() -> list[np.ndarray]:
-    """scikit-image's public-domain portrait (ships in its wheel) in sizes and aspect ratios that
-    give every photo its own pyramid: square, cropped, enlarged (shrunk for the search), mirrored,
-    small, and a blank photo with no face."""
-    import skimage.data
-
-    a = skimage.data.astronaut()
-    return [a, np.ascontiguousarray(a[41:400, 60:]), cv2.resize(a, (900, 701), interpolation=cv2.INTER_CUBIC),
-            np.ascontiguousarray(a[:, ::-1]), cv2.resize(a, (203, 240), interpolation=cv2.INTER_AREA),
-            np.full((61, 90, 3), 128, np.uint8)]
+    """The test photos (tests/photos.py) in sizes and aspect ratios that give every photo its own
+    pyramid (square, cropped, enlarged, mirrored), plus a small copy and a blank photo with no face."""
+    small = cv2.resize(astronaut(), (203, 240), interpolation=cv2.INTER_AREA)
+    return [*portrait_photos().values(), small, np.full((61, 90, 3), 128, np.uint8)]
 
 
 @pytest.mark.parametrize("h, w", [(31, 40), (32, 41), (57, 57), (64, 23)])

@@ -107,9 +107,6 @@ def export(args: argparse.Namespace, cfg, benchmark: str) -> int:
 
     from utils.io import prepare_output_dir
 
-    check_range("--batch-size", args.batch_size, 1, 4096)
-    if args.threshold is not None:
-        check_range("--threshold", args.threshold, 0, 1, low_open=True, hint="a detection score")
     out = prepare_output_dir(benchmark_dir(args, cfg, benchmark), "benchmark output folder (-o)")
     default_threshold = NOW_DETECTION_THRESHOLD if benchmark == "now" else 0.1
     threshold = args.threshold if args.threshold is not None else default_threshold
@@ -165,10 +162,6 @@ def evaluate(args: argparse.Namespace, cfg, benchmark: str) -> int:
     from testing.now_eval import now_items, stirling_items
     from testing.report import PUBLISHED_NOW, write_reports
 
-    if args.fit_points < 0:
-        raise MICAError(f"--fit-points must be 0 (every scan point, as NoW) or a positive count, not {args.fit_points}")
-    if args.max_nfev < 1:
-        raise MICAError(f"--max-nfev must be at least 1, not {args.max_nfev}")
     from utils.io import prepare_output_dir
 
     out = benchmark_dir(args, cfg, benchmark)
@@ -203,6 +196,14 @@ def main(argv=None) -> int:
     from utils.image_io import set_max_pixels
 
     args = parse_args(argv)
+    # argument checks first, before anything imports torch
+    check_range("--batch-size", args.batch_size, 1, 4096)
+    if args.threshold is not None:
+        check_range("--threshold", args.threshold, 0, 1, low_open=True, hint="a detection score")
+    if args.fit_points < 0:
+        raise MICAError(f"--fit-points must be 0 (every scan point, as NoW) or a positive count, not {args.fit_points}")
+    if args.max_nfev < 1:
+        raise MICAError(f"--max-nfev must be at least 1, not {args.max_nfev}")
     cfg = setup(args)
     set_max_pixels(cfg.image.max_pixels)
     benchmark = args.benchmark or str(cfg.test_dataset).lower()

@@ -77,7 +77,7 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         _make_folder(Path(args.input), args.n, tmp / "in")
-        write_synthetic_flame(tmp / "flame")
+        write_synthetic_flame(tmp / "flame", real=None)
         write_random_mica_tar(tmp / "mica.tar", arch=args.arch)
         f = tmp / "flame"
         cfg = load_cfg(None, ["model.arch", args.arch, "pretrained_model_path", str(tmp / "mica.tar"),

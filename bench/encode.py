@@ -185,7 +185,7 @@ def main() -> int:
     logger.add(sys.stderr, level="WARNING")
 
     tmp = Path(tempfile.mkdtemp(prefix="bench_encode_"))
-    flame_dir = write_synthetic_flame(tmp / "flame")
+    flame_dir = write_synthetic_flame(tmp / "flame", real=None)
     model = random_mica(flame_dir, args.arch)
     flame = model.flame
     gflop = flops_per_image(model) / 1e9

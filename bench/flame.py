@@ -126,7 +126,7 @@ def main() -> int:
         sys.path.insert(0, str(ROOT))
         from tests.synthetic_flame import write_synthetic_flame
 
-        folder = write_synthetic_flame(tempfile.mkdtemp(prefix="bench_flame_"))
+        folder = write_synthetic_flame(tempfile.mkdtemp(prefix="bench_flame_"), real=None)
         flame = FLAME.from_files(folder / "generic_model.pkl", folder / "landmark_embedding.npy")
         source = "synthetic FLAME (tests/synthetic_flame.py)"
     rows = run(flame, device, args.min_time)

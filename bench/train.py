@@ -38,7 +38,7 @@ def make_data(folder: Path, n_actors: int, arch: str) -> None:
     from tests.synthetic_flame import write_synthetic_flame
     from tests.synthetic_weights import write_random_mica_tar
 
-    write_synthetic_flame(folder / "flame")
+    write_synthetic_flame(folder / "flame", real=None)
     make_synthetic_mica_dataset(folder / "data", names=("LYHM",), n_actors=n_actors, n_images=2, lists_dir=folder / "lists")
     write_random_mica_tar(folder / "init.tar", arch=arch)
 

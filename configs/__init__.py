@@ -1,1 +1,1 @@
-from configs.config import get_cfg_defaults, load_cfg, resolve_path, PROJECT_ROOT  # noqa: F401
+from configs.config import PROJECT_ROOT, get_cfg_defaults, load_cfg, resolve_path  # noqa: F401

@@ -21,8 +21,8 @@ import numpy as np
 from numpy.lib import format as npy_format
 
 from utils.errors import MICAError
-from utils.safe_pickle import load_object_npy
 from utils.io import atomic_write_bytes
+from utils.safe_pickle import load_object_npy
 
 PathLike = Union[str, os.PathLike]
 ImageList = Dict[str, Tuple[List[str], str]]

@@ -31,8 +31,16 @@ from tqdm import tqdm
 from micalib.face_prep import AlignedFace, aligned_input, detect_and_align
 from micalib.output_lock import output_lock
 from micalib.outputs import output_files, output_names, write_reconstruction
-from micalib.records import (PENDING_MESSAGE, STATE_DIR, ItemResult, is_done, read_record, remove_record,
-                             write_record, write_summary)
+from micalib.records import (
+    PENDING_MESSAGE,
+    STATE_DIR,
+    ItemResult,
+    is_done,
+    read_record,
+    remove_record,
+    write_record,
+    write_summary,
+)
 from models.flame import M_TO_MM
 from utils.detectors import MTCNN
 from utils.errors import MICAError

@@ -22,8 +22,8 @@ from typing import Dict, List, Optional, Union
 
 import numpy as np
 import torch
-from loguru import logger
 import torch.nn.functional as F
+from loguru import logger
 from torch import nn
 
 from micalib.mica import MICA

@@ -189,8 +189,13 @@ def quantize_onnx(fp32_path: PathLike, out_path: PathLike, calibration: np.ndarr
         exclude: node names to keep in float.
     """
     import onnx
-    from onnxruntime.quantization import (CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType,
-                                          quantize_static)
+    from onnxruntime.quantization import (
+        CalibrationDataReader,
+        CalibrationMethod,
+        QuantFormat,
+        QuantType,
+        quantize_static,
+    )
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
     calibration = np.ascontiguousarray(calibration, dtype=np.float32)

@@ -163,7 +163,6 @@ class Trainer:
         self.last_metrics: Dict[str, float] = {}
         self._last_batch: Optional[Dict[str, torch.Tensor]] = None
         self.progress: Optional[tqdm] = None
-        self._warned_renderer = False
 
         groups = parameter_groups(mica, lr, arcface_lr)
         freeze_untrained(mica, groups)
@@ -310,13 +309,8 @@ class Trainer:
         """Grid of input crops | predicted | ground-truth renders -> TensorBoard and ``vis_dir`` (rank 0)."""
         if self._last_batch is None:
             return None
-        try:
-            from micalib.renderer import fit_camera, make_grid, render_mesh
-        except ImportError as e:
-            if not self._warned_renderer:
-                logger.warning(f"no training images: the CPU renderer is unavailable ({e})")
-                self._warned_renderer = True
-            return None
+        from micalib.renderer import fit_camera, make_grid, render_mesh
+
         b = self._last_batch
         faces = self.mica.flame.faces.detach().cpu().numpy()
         tiles = []

@@ -22,7 +22,15 @@ from typing import Any, Dict, Optional, Union
 import numpy as np
 
 from utils.errors import MICAError
-from utils.safe_pickle import FLAME_MODEL, NUMPY_DATA, TORCH_TENSORS, AllowList, RefusedGlobal, object_npy_from_bytes, unpickle
+from utils.safe_pickle import (
+    FLAME_MODEL,
+    NUMPY_DATA,
+    TORCH_TENSORS,
+    AllowList,
+    RefusedGlobal,
+    object_npy_from_bytes,
+    unpickle,
+)
 
 PathLike = Union[str, os.PathLike]
 

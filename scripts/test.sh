@@ -1,8 +1,18 @@
 #!/usr/bin/env bash
-# The one test command: install (idempotent), then run every test, slow ones included.
-#   bash scripts/test.sh                 # all tests
-#   bash scripts/test.sh -m "not slow"   # extra pytest arguments are passed through
+# The one test command: install (idempotent), lint, then every test, slow ones included.
+#   bash scripts/test.sh                 # ruff, all tests, then the fast tests again without ../shared
+#   bash scripts/test.sh -m "not slow"   # extra pytest arguments: ruff and that one pytest run only
+# The last run hides ../shared (MICA_SHARED_DIR points at a folder that does not exist) and fails when
+# a test that is not marked @pytest.mark.shared_data needs it (MICA_FAIL_ON_DATA_SKIP=1): what a
+# user's clone or another CI runs must not skip for want of our data.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 bash install.sh
-exec .venv/bin/python -m pytest "$@"
+.venv/bin/ruff check .
+if [ "$#" -gt 0 ]; then
+  exec .venv/bin/python -m pytest --durations=20 "$@"
+fi
+.venv/bin/python -m pytest --durations=20
+echo "== fast tests again with ../shared hidden =="
+MICA_SHARED_DIR=/nonexistent/mica-shared MICA_FAIL_ON_DATA_SKIP=1 \
+  exec .venv/bin/python -m pytest -q -m "not slow and not shared_data" -p no:cacheprovider

@@ -16,9 +16,11 @@
   are torch tensors), ``FLAME_masks.pkl`` (Python 2, protocol 0, as the real file) and
   ``head_template.obj``.
 
-With ``../shared/data/flame_public`` present (or ``MICA_SHARED_DIR``), the real topology
-(5023 vertices, 9976 triangles), landmark embedding and masks are used; otherwise a small random
-but valid head-like topology with the same keys. The random blend shapes are smooth fields scaled
+By default (``real=False``) a small random but valid head-like topology with the keys of the real
+files, whether or not ``../shared`` exists, so every test sees the same model everywhere. With
+``real=True`` the real topology (5023 vertices, 9976 triangles), landmark embedding and masks of
+``../shared/data/flame_public`` (or ``MICA_SHARED_DIR``) are used (``real=None``: those when present,
+for the benchmarks). The random blend shapes are smooth fields scaled
 to millimetre-level displacements (identity ~ a few mm per unit coefficient).
 """
 from __future__ import annotations
@@ -67,7 +69,7 @@ def read_obj_topology(path: Path) -> Tuple[np.ndarray, np.ndarray]:
 
 
 # ---------------------------------------------------------------------------------------------
-# Topology, embedding and masks when ../shared is absent
+# The random topology, embedding and masks (the default; no ../shared needed)
 # ---------------------------------------------------------------------------------------------
 def _random_topology(rng: np.random.Generator) -> Tuple[np.ndarray, np.ndarray]:
     """A small closed head-like mesh in metres: a UV sphere squashed to head proportions."""
@@ -163,7 +165,7 @@ def _skinning_weights(rng: np.random.Generator, verts: np.ndarray, jtr: np.ndarr
     return w / w.sum(1, keepdims=True)
 
 
-def make_model_arrays(seed: int = 0, real: Optional[bool] = None) -> Dict[str, object]:
+def make_model_arrays(seed: int = 0, real: Optional[bool] = False) -> Dict[str, object]:
     """The arrays of a synthetic FLAME: model dict (plain numpy), embedding dict, masks, template.
 
     Returns a dict with ``model`` (keys of generic_model.pkl as numpy arrays / strings),
@@ -263,13 +265,14 @@ def obj_text(verts: np.ndarray, faces: np.ndarray) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_synthetic_flame(folder: os.PathLike | str, seed: int = 0, real: Optional[bool] = None) -> Path:
+def write_synthetic_flame(folder: os.PathLike | str, seed: int = 0, real: Optional[bool] = False) -> Path:
     """Write generic_model.pkl, landmark_embedding.npy, FLAME_masks.pkl, head_template.obj.
 
     Args:
         folder: output folder (created).
         seed: random seed of the blend shapes / regressor / weights (and the random topology).
-        real: None = real topology when ../shared is present; True = require it; False = random.
+        real: False = the random topology (default); True = the real one from ../shared (required);
+            None = the real one when ../shared is present (benchmarks).
 
     Returns:
         ``folder`` as a Path.

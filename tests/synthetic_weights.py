@@ -34,7 +34,6 @@ from models.arcface import IBasicBlock, IResNet, create_arcface
 from models.flame import FLAME
 from models.generator import MappingNetwork
 
-
 # Weight of each block's last BN: keeps the residual stream's growth over ~50 blocks modest.
 RESIDUAL_BN_WEIGHT = 0.2
 

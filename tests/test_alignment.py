@@ -4,8 +4,16 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from utils.alignment import (ARCFACE_TEMPLATE, box_crop_matrix, crop_from_box, estimate_norm, estimate_similarity,
-                             norm_crop, to_network_input, warp_bilinear)
+from utils.alignment import (
+    ARCFACE_TEMPLATE,
+    box_crop_matrix,
+    crop_from_box,
+    estimate_norm,
+    estimate_similarity,
+    norm_crop,
+    to_network_input,
+    warp_bilinear,
+)
 
 
 def _similarity(scale: float, angle: float, t: tuple[float, float]) -> np.ndarray:

@@ -1,5 +1,5 @@
 """How test.py prepares benchmark photos (NoW box crops, Stirling full photos) and which photo of a
-Stirling subject is used: real photos (../shared/data/faces), the bundled MTCNN detector, and
+Stirling subject is used: scikit-image's portrait (tests/photos.py), the bundled MTCNN detector, and
 independent references (scikit-image warps and similarity estimates)."""
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ import pytest
 
 from testing.now_export import ExportWriter, NotExactlyOneFace, prepare_from_box
 from testing.stirling_export import STIRLING_IMAGES_DIR, prepare_full, stirling_export_items
+from tests.photos import astronaut, portrait_photos, two_faces
 from utils.alignment import ARCFACE_TEMPLATE, box_crop_matrix
 from utils.errors import MICAError
 from utils.image_io import read_image
@@ -52,15 +53,8 @@ def _sk_similarity(src: np.ndarray, dst: np.ndarray) -> np.ndarray:
     return tf.params[:2]
 
 
-def _two_faces(faces_dir: Path) -> np.ndarray:
-    a = read_image(faces_dir / "carell.jpg")
-    b = read_image(faces_dir / "lawrence.jpg")
-    b = cv2.resize(b, (b.shape[1] * a.shape[0] // b.shape[0], a.shape[0]), interpolation=cv2.INTER_AREA)
-    return np.concatenate([a, b], axis=1)
-
-
-def test_now_crop_detector_and_network_input_as_mica(faces_dir, mtcnn):
-    photo = read_image(faces_dir / "lawrence.jpg")  # 1200 x 1569
+def test_now_crop_detector_and_network_input_as_mica(mtcnn):
+    photo = portrait_photos()["large.jpg"]  # 820 x 820
     box = np.asarray(mtcnn.detect(photo)[0].box, dtype=np.float64)  # NoW ships detector boxes too
     spy = Recording(mtcnn)
     aligned = prepare_from_box(photo, box, spy)
@@ -81,17 +75,17 @@ def test_now_crop_detector_and_network_input_as_mica(faces_dir, mtcnn):
     assert (np.abs(pixels - np.rint(pixels)) > 1e-3).mean() > 0.5
 
 
-def test_now_crop_needs_exactly_one_face(faces_dir, mtcnn):
+def test_now_crop_needs_exactly_one_face(mtcnn):
     blank = np.full((400, 600, 3), 120, np.uint8)
     with pytest.raises(NotExactlyOneFace, match="IMG_1: no face detected"):
         prepare_from_box(blank, np.array([100.0, 100.0, 300.0, 300.0]), mtcnn, source="IMG_1")
-    two = cv2.resize(_two_faces(faces_dir), None, fx=0.5, fy=0.5, interpolation=cv2.INTER_AREA)
+    two = cv2.resize(two_faces(), None, fx=0.5, fy=0.5, interpolation=cv2.INTER_AREA)
     with pytest.raises(MICAError, match="2 faces detected"):
         prepare_from_box(two, np.array([0.0, 0.0, two.shape[1], two.shape[0]]), mtcnn)
 
 
-def test_stirling_detects_and_aligns_on_the_full_photo(faces_dir, mtcnn):
-    photo = read_image(faces_dir / "connelly.jpg")  # 2009 x 3000
+def test_stirling_detects_and_aligns_on_the_full_photo(mtcnn):
+    photo = cv2.resize(astronaut(), (900, 1200), interpolation=cv2.INTER_CUBIC)  # a large portrait photo
     spy = Recording(mtcnn)
     aligned = prepare_full(photo, spy)
     (seen,) = spy.seen
@@ -110,24 +104,24 @@ def test_stirling_detects_and_aligns_on_the_full_photo(faces_dir, mtcnn):
     squashed = (_sk_warp(small.astype(np.float64), _sk_similarity(f_small.kps, ARCFACE_TEMPLATE), 112) - 127.5) / 127.5
     assert np.abs(squashed - ref).mean() > 10 * np.abs(got - ref).mean()
     with pytest.raises(NotExactlyOneFace):
-        prepare_full(_two_faces(faces_dir), mtcnn)
+        prepare_full(two_faces(), mtcnn)
 
 
-def _stirling_folder(root: Path, faces_dir: Path, files: dict[str, np.ndarray]) -> None:
+def _stirling_folder(root: Path, files: dict[str, np.ndarray]) -> None:
     folder = root / STIRLING_IMAGES_DIR / "HQ"
     folder.mkdir(parents=True)
     for name, rgb in files.items():
         cv2.imwrite(str(folder / name), cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
 
 
-def test_stirling_uses_the_last_one_face_photo(tmp_path, faces_dir, mtcnn):
-    carell, lawrence = read_image(faces_dir / "carell.jpg"), read_image(faces_dir / "lawrence.jpg")
+def test_stirling_uses_the_last_one_face_photo(tmp_path, mtcnn):
+    carell, lawrence = astronaut(), np.ascontiguousarray(astronaut()[:, ::-1])  # two one-face photos
     blank = np.full((300, 400, 3), 120, np.uint8)
-    _stirling_folder(tmp_path / "st", faces_dir, {
+    _stirling_folder(tmp_path / "st", {
         # Sorted path order: _1, _2 (one face each), _3 (two faces), f..._4 (none; lower case sorts
         # last, and its subject id is upper-cased). MICA writes _1 then _2 to the same ID9 files
         # (_3 and _4 are skipped), so _2's mesh is left.
-        "F1001_01A_1.jpg": carell, "F1001_01A_2.jpg": lawrence, "F1001_01A_3.jpg": _two_faces(faces_dir),
+        "F1001_01A_1.jpg": carell, "F1001_01A_2.jpg": lawrence, "F1001_01A_3.jpg": two_faces(),
         "f1001_01a_4.jpg": blank,
         "F1002_01A_x.jpg": blank,  # no photo with one face: the subject fails
     })

@@ -153,12 +153,12 @@ def test_backbone_pth(tmp_path):
 
 
 def test_generator_buffers_are_dropped_and_compared(tmp_path, caplog):
-    flame_mod = pytest.importorskip("models.flame")
+    from models.flame import FLAME
     from tests.synthetic_flame import write_synthetic_flame
 
     folder = write_synthetic_flame(tmp_path / "flame", seed=0)
     files = {p.name: p for p in Path(folder).rglob("*") if p.is_file()}
-    flame = flame_mod.FLAME.from_files(files["generic_model.pkl"], files["landmark_embedding.npy"], 300, 100)
+    flame = FLAME.from_files(files["generic_model.pkl"], files["landmark_embedding.npy"], 300, 100)
     path = write_random_mica_tar(tmp_path / "with_flame.tar", flame=flame, arch="iresnet18")
     data = ckpt.load_mica_checkpoint(path)
     assert "v_template" in data["generator"] and "shapedirs" in data["generator"]

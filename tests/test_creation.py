@@ -226,16 +226,13 @@ def test_pipeline_errors(tmp_path):
 def _mtcnn():
     from utils.detectors import create_detector
 
-    try:
-        return create_detector("mtcnn", threshold=0.5)
-    except MICAError as e:
-        pytest.skip(f"MTCNN weights unavailable: {e}")
+    return create_detector("mtcnn", threshold=0.5)  # bundled weights: a failure here is a real failure
 
 
 @pytest.mark.slow
-def test_pipeline_real_faces_mtcnn(faces_dir, tmp_path):
+def test_pipeline_real_faces_mtcnn(face_photos_dir, tmp_path):
     raw, fits, out = tmp_path / "raw", tmp_path / "fits", tmp_path / "out"
-    photos = sorted(p for p in faces_dir.iterdir() if p.suffix.lower() in (".jpg", ".png"))[:3]
+    photos = sorted(p for p in face_photos_dir.iterdir() if p.suffix.lower() in (".jpg", ".png"))[:3]
     for i, p in enumerate(photos):
         (raw / f"subject_{i + 1:02d}").mkdir(parents=True)
         shutil.copy(p, raw / f"subject_{i + 1:02d}" / f"frame_{i:04d}{p.suffix}")
@@ -264,9 +261,9 @@ def test_pipeline_real_faces_mtcnn(faces_dir, tmp_path):
 
 
 @pytest.mark.slow
-def test_generate_cli(faces_dir, tmp_path):
+def test_generate_cli(face_photos_dir, tmp_path):
     _mtcnn()
-    photo = sorted(faces_dir.glob("*.jpg"))[0]
+    photo = sorted(face_photos_dir.glob("*.jpg"))[0]
     (tmp_path / "raw" / "Adrian").mkdir(parents=True)
     shutil.copy(photo, tmp_path / "raw" / "Adrian" / "texture_1C_001.jpg")
     (tmp_path / "fits" / "Adrian").mkdir(parents=True)

@@ -116,14 +116,14 @@ def test_killed_cuda_run_resumes_bit_identical(train_setup_dir, tmp_path):
 
 
 @pytest.mark.slow
-def test_demo_on_cuda_matches_cpu(tmp_path, faces_dir, synthetic_flame_dir):
+def test_demo_on_cuda_matches_cpu(tmp_path, face_photos_dir, synthetic_flame_dir):
     from tests.synthetic_weights import write_random_mica_tar
     from tests.test_demo import _opts, _run
 
     tar = tmp_path / "mica.tar"
     write_random_mica_tar(tar, arch="iresnet18", seed=0)
     inp = tmp_path / "in"
-    shutil.copytree(faces_dir, inp)
+    shutil.copytree(face_photos_dir, inp)
     outs = {}
     for dev in ("cpu", "cuda"):
         out = tmp_path / dev
@@ -132,7 +132,7 @@ def test_demo_on_cuda_matches_cpu(tmp_path, faces_dir, synthetic_flame_dir):
         assert res.returncode == 0, res.stderr[-2000:]
         outs[dev] = out
     names = sorted(p.parent.name for p in outs["cpu"].glob("*/identity.npy"))
-    assert len(names) == len(list(faces_dir.iterdir()))
+    assert len(names) == len(list(face_photos_dir.iterdir()))
     assert names == sorted(p.parent.name for p in outs["cuda"].glob("*/identity.npy"))
     for name in names:
         a, b = (np.load(outs[d] / name / "identity.npy") for d in ("cpu", "cuda"))

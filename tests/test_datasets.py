@@ -2,8 +2,6 @@
 from __future__ import annotations
 
 import io
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -14,11 +12,12 @@ from torch.utils.data import DataLoader
 
 from configs.config import load_cfg
 from datasets.build import KNOWN_DATASETS, build_train_dataset, build_val_datasets
-from datasets.build_lists import build_image_list, main as build_lists_main
+from datasets.build_lists import build_image_list
+from datasets.build_lists import main as build_lists_main
 from datasets.image_lists import image_list_bytes, load_image_list, save_image_list
 from datasets.mica_dataset import MICADataset, collate_mica
 from tests.synthetic_dataset import make_synthetic_mica_dataset, synthetic_dataset_opts
-from utils.errors import MICAError
+from utils.errors import USER_ERRORS, MICAError
 
 ROOT = Path(__file__).resolve().parent.parent
 SHIPPED = ROOT / "datasets" / "image_paths"
@@ -58,6 +57,7 @@ def test_shipped_lists_sizes_and_example():
     assert set(p.stem for p in SHIPPED.glob("*.npy")) == set(KNOWN_DATASETS)
 
 
+@pytest.mark.shared_data
 def test_shipped_lists_equal_originals(image_paths_dir):
     for original in sorted(image_paths_dir.glob("*.npy")):
         ours = load_image_list(SHIPPED / original.name)
@@ -278,10 +278,10 @@ def test_build_lists_roundtrip(synth, tmp_path):
 
 
 def test_build_lists_cli_errors(tmp_path):
-    proc = subprocess.run([sys.executable, "-m", "datasets.build_lists", str(tmp_path / "none"), "-o",
-                           str(tmp_path / "x.npy")], cwd=ROOT, capture_output=True, text=True)
-    assert proc.returncode == 1
-    assert "arcface_input does not exist" in proc.stderr and "Traceback" not in proc.stderr
+    with pytest.raises(USER_ERRORS, match="arcface_input does not exist") as e:
+        build_lists_main([str(tmp_path / "none"), "-o", str(tmp_path / "x.npy")])
+    assert "\n" not in str(e.value)
+    assert not (tmp_path / "x.npy").exists()
 
 
 @pytest.mark.slow

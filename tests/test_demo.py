@@ -1,4 +1,4 @@
-"""demo.py end to end: real photos, the bundled MTCNN detector, random network weights in the
+"""demo.py end to end: face photos (scikit-image's portrait, tests/photos.py), the bundled MTCNN detector, random network weights in the
 mica.tar format and a synthetic FLAME model in the real file format."""
 from __future__ import annotations
 
@@ -16,8 +16,7 @@ import pytest
 import trimesh
 
 from configs.config import PROJECT_ROOT
-
-pytestmark = pytest.mark.slow
+from utils.errors import USER_ERRORS
 
 ARCH = "iresnet18"  # the checkpoint format is the same for every depth; 18 keeps CPU tests fast
 
@@ -72,9 +71,15 @@ def _landmarks_from_mesh(vertices: np.ndarray, flame_dir: Path) -> np.ndarray:
     return (tri * bary[:, :, None]).sum(1)
 
 
-def test_demo_end_to_end(tmp_path, faces_dir, synthetic_flame_dir, mica_files):
+@pytest.mark.slow
+@pytest.mark.parametrize("photos, flame", [
+    ("face_photos_dir", "synthetic_flame_dir"),
+    # real photos of several people on the real FLAME topology, landmark embedding and masks
+    pytest.param("faces_dir", "real_flame_dir", marks=pytest.mark.shared_data)])
+def test_demo_end_to_end(tmp_path, photos, flame, mica_files, request):
+    face_photos_dir, synthetic_flame_dir = request.getfixturevalue(photos), request.getfixturevalue(flame)
     inp = tmp_path / "input"
-    shutil.copytree(faces_dir, inp)
+    shutil.copytree(face_photos_dir, inp)
     bad = _bad_inputs(inp / "bad")
     out, arc = tmp_path / "out", tmp_path / "arcface"
     res = _run(["-i", str(inp), "-o", str(out), "-a", str(arc), "--batch-size", "3", "--device", "cpu",
@@ -84,7 +89,7 @@ def test_demo_end_to_end(tmp_path, faces_dir, synthetic_flame_dir, mica_files):
 
     rows = {r["input"]: r for r in csv.DictReader(open(out / "summary.csv"))}
     assert json.loads((out / "summary.json").read_text())
-    photos = sorted(p.name for p in faces_dir.iterdir())
+    photos = sorted(p.name for p in face_photos_dir.iterdir())
     for name in photos:
         assert rows[name]["status"] == "ok", rows[name]
         stem = Path(name).stem
@@ -119,7 +124,7 @@ def test_demo_end_to_end(tmp_path, faces_dir, synthetic_flame_dir, mica_files):
     # re-running skips finished images; their rows are as complete as the first run's
     checkpoint = hashlib.sha256(mica_files.read_bytes()).hexdigest()[:16]
     assert {rows[name]["checkpoint"] for name in photos} == {checkpoint}
-    again = _run(["-i", str(faces_dir), "-o", str(out), "-a", str(arc), "--device", "cpu", "--no-render",
+    again = _run(["-i", str(face_photos_dir), "-o", str(out), "-a", str(arc), "--device", "cpu", "--no-render",
                   *_opts(synthetic_flame_dir, mica_files)])
     assert again.returncode == 0, again.stderr
     rerun = list(csv.DictReader(open(out / "summary.csv")))
@@ -131,9 +136,10 @@ def test_demo_end_to_end(tmp_path, faces_dir, synthetic_flame_dir, mica_files):
         assert int(r["faces"]) == 1 and 0 < float(r["score"]) <= 1
 
 
-def test_aligned_inputs_and_identical_results(tmp_path, faces_dir, synthetic_flame_dir, mica_files):
+@pytest.mark.slow
+def test_aligned_inputs_and_identical_results(tmp_path, face_photos_dir, synthetic_flame_dir, mica_files):
     """--aligned on the 224 crops written by a first run gives (nearly) the same identity."""
-    photo = sorted(faces_dir.iterdir())[0]
+    photo = sorted(face_photos_dir.iterdir())[0]
     out1, arc = tmp_path / "o1", tmp_path / "arc"
     assert _run(["-i", str(photo), "-o", str(out1), "-a", str(arc), "--no-render",
                  *_opts(synthetic_flame_dir, mica_files)]).returncode == 0
@@ -149,19 +155,26 @@ def test_aligned_inputs_and_identical_results(tmp_path, faces_dir, synthetic_fla
     assert cos > 0.95  # the 224 crop was JPEG-compressed and resampled; still the same face
 
 
-def test_fuse_with_all_faces_is_refused(tmp_path, faces_dir):
-    res = _run(["-i", str(faces_dir), "-o", str(tmp_path / "o"), "--all-faces", "--fuse"])
-    assert res.returncode == 1 and "--fuse" in res.stderr and "Traceback" not in res.stderr
+def _refused(argv: list[str], *needles: str) -> None:
+    """demo.py's main (in process) refuses ``argv`` with a one-line user error naming ``needles``."""
+    import demo
+
+    with pytest.raises(USER_ERRORS) as e:
+        demo.main(argv)
+    msg = str(e.value)
+    assert "\n" not in msg and all(n in msg for n in needles), msg
 
 
-def test_zero_workers_is_refused(tmp_path, faces_dir):
-    res = _run(["-i", str(faces_dir), "-o", str(tmp_path / "o"), "--workers", "0"])
-    assert res.returncode == 1 and "--workers" in res.stderr and "Traceback" not in res.stderr
-    assert len(res.stderr.strip().splitlines()) == 1
+def test_bad_options_are_refused(tmp_path):
+    _refused(["-i", str(tmp_path), "-o", str(tmp_path / "o"), "--all-faces", "--fuse"], "--fuse", "--all-faces")
+    _refused(["-i", str(tmp_path), "-o", str(tmp_path / "o"), "--workers", "0"], "--workers")
+    _refused(["-i", str(tmp_path / "nope"), "-o", str(tmp_path / "o")], "nope", "-i")
+    assert not (tmp_path / "o").exists()
 
 
-def test_all_faces_and_fuse(tmp_path, faces_dir, synthetic_flame_dir, mica_files):
-    photos = sorted(p for p in faces_dir.iterdir())[:2]
+@pytest.mark.slow
+def test_all_faces_and_fuse(tmp_path, face_photos_dir, synthetic_flame_dir, mica_files):
+    photos = sorted(p for p in face_photos_dir.iterdir())[:2]
     imgs = [cv2.resize(cv2.imread(str(p)), (320, 400)) for p in photos]
     pair = np.concatenate(imgs, axis=1)
     inp = tmp_path / "in"
@@ -187,54 +200,12 @@ def test_all_faces_and_fuse(tmp_path, faces_dir, synthetic_flame_dir, mica_files
     assert max(spread["max_vertex_deviation_mm"]) < 1e-3
 
 
-def test_missing_flame_file_is_one_line(tmp_path, faces_dir, synthetic_flame_dir, mica_files):
+def test_missing_flame_file_is_one_line(tmp_path, face_photos_dir, synthetic_flame_dir, mica_files):
     opts = _opts(synthetic_flame_dir, mica_files)
     opts[opts.index("model.flame_model_path") + 1] = str(tmp_path / "missing" / "generic_model.pkl")
-    res = _run(["-i", str(faces_dir), "-o", str(tmp_path / "o"), *opts])
-    assert res.returncode == 1
-    assert "Traceback" not in res.stderr
-    assert "generic_model.pkl" in res.stderr
-    errors = [l for l in res.stderr.splitlines() if "ERROR" in l]
-    assert len(errors) == 1, res.stderr
+    _refused(["-i", str(face_photos_dir), "-o", str(tmp_path / "o"), *opts], "generic_model.pkl")
 
 
-def test_missing_checkpoint_is_one_line(tmp_path, faces_dir, synthetic_flame_dir, mica_files):
-    res = _run(["-m", str(tmp_path / "nope.tar"), "-i", str(faces_dir), "-o", str(tmp_path / "o"),
-                *_opts(synthetic_flame_dir, mica_files)])
-    assert res.returncode == 1 and "Traceback" not in res.stderr and "nope.tar" in res.stderr
-
-
-def test_onnx_backend_matches_torch(tmp_path, faces_dir, synthetic_flame_dir, mica_files):
-    """`micalib.export` then `demo.py --onnx`: the same identities as the torch backend."""
-    onnx_path = tmp_path / "mica.onnx"
-    exp = subprocess.run([sys.executable, "-m", "micalib.export", "--onnx", str(onnx_path),
-                          "--checkpoint", str(mica_files), *_opts(synthetic_flame_dir, mica_files)],
-                         cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=600)
-    assert exp.returncode == 0, exp.stderr
-    photo = sorted(faces_dir.iterdir())[0]
-    outs = {}
-    for label, extra in (("torch", []), ("onnx", ["--onnx", str(onnx_path)])):
-        out = tmp_path / label
-        res = _run([*extra, "-i", str(photo), "-o", str(out), "-a", str(tmp_path / f"arc_{label}"), "--no-render",
-                    *_opts(synthetic_flame_dir, mica_files)])
-        assert res.returncode == 0, res.stderr
-        outs[label] = out / photo.stem
-    np.testing.assert_allclose(np.load(outs["onnx"] / "identity.npy"), np.load(outs["torch"] / "identity.npy"),
-                               atol=1e-4)
-    np.testing.assert_allclose(np.load(outs["onnx"] / "kpt68.npy"), np.load(outs["torch"] / "kpt68.npy"), atol=1e-3)
-
-
-def test_prefetch_gives_the_same_results_as_sequential(tmp_path, faces_dir, synthetic_flame_dir, mica_files):
-    outs = {}
-    for prefetch in ("0", "3"):
-        out = tmp_path / f"p{prefetch}"
-        res = _run(["-i", str(faces_dir), "-o", str(out), "-a", str(tmp_path / f"a{prefetch}"), "--no-render",
-                    "--batch-size", "2", "--prefetch", prefetch, *_opts(synthetic_flame_dir, mica_files)])
-        assert res.returncode == 0, res.stderr
-        outs[prefetch] = out
-    rows0 = list(csv.DictReader(open(outs["0"] / "summary.csv")))
-    rows3 = list(csv.DictReader(open(outs["3"] / "summary.csv")))
-    assert [r["input"] for r in rows0] == [r["input"] for r in rows3]
-    for p in sorted(faces_dir.iterdir()):
-        np.testing.assert_array_equal(np.load(outs["0"] / p.stem / "identity.npy"),
-                                      np.load(outs["3"] / p.stem / "identity.npy"))
+def test_missing_checkpoint_is_one_line(tmp_path, face_photos_dir, synthetic_flame_dir, mica_files):
+    _refused(["-m", str(tmp_path / "nope.tar"), "-i", str(face_photos_dir), "-o", str(tmp_path / "o"),
+              *_opts(synthetic_flame_dir, mica_files)], "nope.tar")

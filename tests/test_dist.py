@@ -65,6 +65,7 @@ def _worker(rank: int, world: int, port: int, result_dir: str) -> None:
         comm.destroy_distributed()
 
 
+@pytest.mark.slow
 def test_two_process_gloo(tmp_path):
     port = free_port()
     mp.spawn(_worker, args=(2, port, str(tmp_path)), nprocs=2, join=True)

@@ -9,11 +9,15 @@ import numpy as np
 import pytest
 import torch
 
-from models.flame_io import (FLAME_URL, load_flame_masks, load_flame_model, load_landmark_embedding,
-                             safe_unpickle)
+from models.flame_io import FLAME_URL, load_flame_masks, load_flame_model, load_landmark_embedding, safe_unpickle
 from tests.legacy_pickle import pickle_globals
-from tests.synthetic_flame import (embedding_npy_bytes, generic_model_bytes, make_model_arrays, masks_pkl_bytes,
-                                   write_synthetic_flame)
+from tests.synthetic_flame import (
+    embedding_npy_bytes,
+    generic_model_bytes,
+    make_model_arrays,
+    masks_pkl_bytes,
+    write_synthetic_flame,
+)
 from utils.errors import MICAError
 from utils.safe_pickle import FLAME_MODEL, NUMPY_DATA, TORCH_TENSORS
 
@@ -69,8 +73,9 @@ def test_synthetic_model_is_real_format_and_loads(small_flame):
     assert m.kintree_table[0].tolist() == [-1, 0, 1, 1, 1]  # 2**32-1 root parent fixed
 
 
-def test_real_topology_synthetic(synthetic_flame_dir, flame_public_dir):
-    m = load_flame_model(synthetic_flame_dir / "generic_model.pkl")
+@pytest.mark.shared_data
+def test_real_topology_synthetic(real_flame_dir):
+    m = load_flame_model(real_flame_dir / "generic_model.pkl")
     assert m.v_template.shape == (5023, 3) and m.faces.shape == (9976, 3)
 
 
@@ -153,6 +158,7 @@ def test_wrong_content(tmp_path):
         load_flame_model(path)
 
 
+@pytest.mark.shared_data
 def test_real_landmark_embedding(flame_public_dir):
     path = flame_public_dir / "landmark_embedding.npy"
     emb = load_landmark_embedding(path)
@@ -170,6 +176,7 @@ def test_real_landmark_embedding(flame_public_dir):
     np.testing.assert_allclose(emb.static_lmk_bary_coords.sum(1), 1.0, atol=1e-5)
 
 
+@pytest.mark.shared_data
 def test_real_masks(flame_public_dir):
     masks = load_flame_masks(flame_public_dir / "FLAME_masks.pkl")
     assert {k: len(v) for k, v in masks.items()} == MASK_SIZES
@@ -367,8 +374,9 @@ def test_mask_index_out_of_range(tmp_path):
     assert str(path) in msg and "'nose'" in msg and f"vertex {n_v}" in msg and f"[0, {n_v})" in msg
 
 
+@pytest.mark.shared_data
 def test_synthetic_masks_and_embedding_follow_the_real_files(flame_public_dir):
-    """Without ../shared the generators write masks (Python 2, protocol 0) and the embedding
+    """The random-topology generators write masks (Python 2, protocol 0) and the embedding
     (numpy-1 np.save, protocol 3) naming the same globals as the real public files."""
     from numpy.lib import format as npy_format
 

@@ -7,7 +7,7 @@ import smplx.lbs as smplx_lbs
 import torch
 
 from configs.config import load_cfg
-from models.flame import M_TO_MM, NOW_LANDMARK_IDX, FLAME, FLAMEOutput, to_millimetres
+from models.flame import FLAME, M_TO_MM, NOW_LANDMARK_IDX, FLAMEOutput, to_millimetres
 from models.flame_io import load_flame_model, load_landmark_embedding
 from tests.synthetic_flame import write_synthetic_flame
 
@@ -106,8 +106,11 @@ def test_forward_landmarks_dynamic_contour(small):
         np.testing.assert_allclose(out.landmarks7.numpy(), ref7, atol=1e-12)
 
 
-def test_real_embedding_landmarks7_from_full68(synthetic_flame_dir, flame_public_dir):
-    flame = FLAME.from_files(synthetic_flame_dir / "generic_model.pkl", synthetic_flame_dir / "landmark_embedding.npy")
+@pytest.mark.parametrize("flame_dir", ["synthetic_flame_dir", pytest.param("real_flame_dir", marks=pytest.mark.shared_data)])
+def test_landmarks7_from_full68(flame_dir, request):
+    """On the random topology and, with ../shared, on the real template and landmark embedding."""
+    d = request.getfixturevalue(flame_dir)
+    flame = FLAME.from_files(d / "generic_model.pkl", d / "landmark_embedding.npy")
     verts = flame.canonical(torch.randn(2, 300))
     lmk68 = flame.landmarks68(verts)
     assert lmk68.shape == (2, 68, 3)

@@ -10,8 +10,15 @@ import torch
 from scipy.spatial.transform import Rotation
 
 from models.flame_io import load_flame_model
-from models.lbs import (batch_rodrigues, blend_shapes, find_dynamic_lmk_idx_and_bcoords, lbs,
-                        vertices2joints, vertices2landmarks, yaw_bin)
+from models.lbs import (
+    batch_rodrigues,
+    blend_shapes,
+    find_dynamic_lmk_idx_and_bcoords,
+    lbs,
+    vertices2joints,
+    vertices2landmarks,
+    yaw_bin,
+)
 from tests.synthetic_flame import write_synthetic_flame
 
 DT = torch.float64

@@ -31,6 +31,7 @@ def test_errors():
         vertex_weights(TOY, 5)
 
 
+@pytest.mark.shared_data
 def test_real_masks_weights(flame_public_dir):
     masks = load_flame_masks(flame_public_dir / "FLAME_masks.pkl")
     w = vertex_weights(masks, 5023)

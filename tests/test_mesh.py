@@ -39,6 +39,7 @@ def test_torch_input_and_no_colours(tmp_path):
     assert b"red" not in header and b"binary" in header
 
 
+@pytest.mark.shared_data
 def test_real_template_order(flame_public_dir):
     v, f = read_mesh(flame_public_dir / "head_template.obj")
     assert v.shape == (5023, 3) and f.shape == (9976, 3)

@@ -6,11 +6,27 @@ import pytest
 from PIL import Image
 
 from testing.geometry import MeshDistance, apply_similarity
-from testing.now_eval import (AlignmentResiduals, crop_scan, evaluate, landmark_alignment, load_pred_landmarks,
-                              now_items, read_official_outputs, score_mesh, stirling_items)
+from testing.now_eval import (
+    AlignmentResiduals,
+    crop_scan,
+    evaluate,
+    landmark_alignment,
+    load_pred_landmarks,
+    now_items,
+    read_official_outputs,
+    score_mesh,
+    stirling_items,
+)
 from testing.pp import read_pp, write_pp
 from testing.report import PUBLISHED_NOW, cumulative_error_curve, markdown_table, write_reports
-from tests.synthetic_now import ellipsoid_head, kept_mask, make_scan, random_similarity, write_now_folder, write_prediction
+from tests.synthetic_now import (
+    ellipsoid_head,
+    kept_mask,
+    make_scan,
+    random_similarity,
+    write_now_folder,
+    write_prediction,
+)
 from utils.errors import MICAError
 
 

@@ -10,7 +10,7 @@ import pytest
 import torch
 import trimesh
 
-from micalib.renderer import (OrthoCamera, make_grid, rasterize, render_mesh, render_preview, view_rotation)
+from micalib.renderer import OrthoCamera, make_grid, rasterize, render_mesh, render_preview, view_rotation
 
 WHITE = (1.0, 1.0, 1.0)
 BG = (0, 0, 0)
@@ -127,6 +127,7 @@ def test_sphere_area_and_speed() -> None:
     assert elapsed < 2.0, elapsed  # well under 1 s on an idle core; loose for a shared machine
 
 
+@pytest.mark.shared_data
 def test_flame_template_front_and_side(flame_public_dir: Path) -> None:
     mesh = trimesh.load(flame_public_dir / "head_template.obj", process=False)
     v, f = np.asarray(mesh.vertices) * 1000.0, np.asarray(mesh.faces)

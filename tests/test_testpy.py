@@ -1,12 +1,13 @@
 """test.py end to end: NoW/Stirling export in the official layout, then local NoW-protocol scoring.
 
-The export runs on real photos (../shared/data/faces) with the bundled MTCNN detector, random
+The export runs on face photos (scikit-image's portrait, tests/photos.py) with the bundled MTCNN detector, random
 network weights in the mica.tar format and a synthetic FLAME in the real file format. The scans
 are then made from the exported meshes (known similarity + known noise), so the score must equal
 the noise that was added.
 """
 from __future__ import annotations
 
+import importlib.util
 import json
 import subprocess
 import sys
@@ -18,7 +19,15 @@ import pytest
 
 from configs.config import PROJECT_ROOT
 from testing.now_eval import read_official_outputs
-from tests.synthetic_now import ellipsoid_head, kept_mask, make_scan, write_image_list, write_now_folder, write_prediction
+from tests.synthetic_now import (
+    ellipsoid_head,
+    kept_mask,
+    make_scan,
+    write_image_list,
+    write_now_folder,
+    write_prediction,
+)
+from utils.errors import USER_ERRORS
 
 ARCH = "iresnet18"  # the checkpoint format is the same for every depth; 18 keeps CPU tests fast
 CHALLENGES = ("multiview_neutral", "multiview_expressions", "multiview_occlusions", "selfie")
@@ -40,19 +49,53 @@ def _one_line_error(res: subprocess.CompletedProcess, *needles: str) -> None:
 # ---------------------------------------------------------------------------------------------
 # Fast: command-line errors and scoring through the CLI
 # ---------------------------------------------------------------------------------------------
+def _load_test_py():
+    """test.py as a module (its name would clash with the standard library's ``test`` package)."""
+    spec = importlib.util.spec_from_file_location("mica_test_py", PROJECT_ROOT / "test.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+TEST_PY = _load_test_py()
+
+
+def _refused(argv: list[str], *needles: str) -> None:
+    """test.py's main (in process) refuses ``argv`` with a one-line user error naming ``needles``."""
+    with pytest.raises(USER_ERRORS) as e:
+        TEST_PY.main(argv)
+    msg = str(e.value)
+    assert "\n" not in msg, msg
+    for n in needles:
+        assert n in msg, msg
+
+
 def test_missing_benchmark_folders_give_one_line(tmp_path):
-    _one_line_error(_run(["--benchmark", "now"]), "test.now_root", "--now-root")
-    _one_line_error(_run(["--benchmark", "now", "--now-root", str(tmp_path / "nope")]), "nope", "does not exist")
+    _refused(["--benchmark", "now"], "test.now_root", "--now-root")
+    _refused(["--benchmark", "now", "--now-root", str(tmp_path / "nope")], "nope", "does not exist")
     (tmp_path / "now").mkdir()
-    _one_line_error(_run(["--benchmark", "now", "--now-root", str(tmp_path / "now")]), "NoW_Dataset")
+    _refused(["--benchmark", "now", "--now-root", str(tmp_path / "now")], "NoW_Dataset")
     for sub in ("NoW_Dataset/final_release_version/iphone_pictures", "NoW_Dataset/final_release_version/detected_face"):
         (tmp_path / "now" / sub).mkdir(parents=True)
-    _one_line_error(_run(["--benchmark", "now", "--now-root", str(tmp_path / "now")]), "imagepathsvalidation.txt")
-    _one_line_error(_run(["--benchmark", "stirling", "--stirling-root", str(tmp_path)]), "Real_images__Subset_2D_FG2018")
-    _one_line_error(_run(["--evaluate", "--benchmark", "stirling", "--stirling-root", str(tmp_path)]), "--scans")
-    _one_line_error(_run(["--evaluate", "--now-root", str(tmp_path), "--fit-points", "-5"]), "--fit-points", "-5")
+    _refused(["--benchmark", "now", "--now-root", str(tmp_path / "now")], "imagepathsvalidation.txt")
+    _refused(["--benchmark", "stirling", "--stirling-root", str(tmp_path)], "Real_images__Subset_2D_FG2018")
+    _refused(["--evaluate", "--benchmark", "stirling", "--stirling-root", str(tmp_path)], "--scans")
+    _refused(["--evaluate", "--now-root", str(tmp_path), "--fit-points", "-5"], "--fit-points", "-5")
+    _refused(["--evaluate", "--now-root", str(tmp_path), "--max-nfev", "0"], "--max-nfev")
+    _refused(["--batch-size", "0"], "--batch-size")
 
 
+def test_bad_arguments_are_refused_before_torch_is_imported():
+    """The command line prints one line and exits 1 without loading torch (a fast answer)."""
+    code = ("import sys, runpy; sys.argv = ['test.py', '--evaluate', '--fit-points', '-1']\n"
+            "try:\n    runpy.run_path('test.py', run_name='__main__')\n"
+            "except SystemExit as e:\n    print('torch' in sys.modules)\n    raise\n")
+    res = subprocess.run([sys.executable, "-c", code], cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=120)
+    assert res.stdout.split() == ["False"], (res.stdout, res.stderr)
+    _one_line_error(res, "--fit-points")
+
+
+@pytest.mark.slow
 def test_evaluate_cli_compares_methods(tmp_path):
     rng = np.random.default_rng(0)
     v, f, lm = ellipsoid_head(3)
@@ -79,6 +122,7 @@ def test_evaluate_cli_compares_methods(tmp_path):
     assert (tmp_path / "res" / "cumulative_errors.png").is_file()
 
 
+@pytest.mark.slow
 def test_evaluate_exit_codes_missing_vs_unreadable(tmp_path):
     rng = np.random.default_rng(1)
     v, f, lm = ellipsoid_head(3)
@@ -140,8 +184,8 @@ def _face_boxes(photos: list[Path]) -> dict[Path, np.ndarray]:
 
 
 @pytest.mark.slow
-def test_now_export_then_evaluate(tmp_path, faces_dir, synthetic_flame_dir, mica_tar):
-    photos = sorted(p for p in faces_dir.iterdir() if p.suffix.lower() in (".jpg", ".png"))[:4]
+def test_now_export_then_evaluate(tmp_path, face_photos_dir, synthetic_flame_dir, mica_tar):
+    photos = sorted(p for p in face_photos_dir.iterdir() if p.suffix.lower() in (".jpg", ".png"))[:4]
     boxes = _face_boxes(photos)
     root = tmp_path / "now"
     val, test = [], []
@@ -215,8 +259,8 @@ def test_now_export_then_evaluate(tmp_path, faces_dir, synthetic_flame_dir, mica
 
 
 @pytest.mark.slow
-def test_stirling_export_layout(tmp_path, faces_dir, synthetic_flame_dir, mica_tar):
-    photos = sorted(p for p in faces_dir.iterdir() if p.suffix.lower() in (".jpg", ".png"))
+def test_stirling_export_layout(tmp_path, face_photos_dir, synthetic_flame_dir, mica_tar):
+    photos = sorted(p for p in face_photos_dir.iterdir() if p.suffix.lower() in (".jpg", ".png"))
     folder = tmp_path / "stirling" / "images" / "Real_images__Subset_2D_FG2018"
     names = {"HQ": ["f1001_01a_x.jpg", "F1002_01A_y.jpg"], "LQ": ["F1001_01A_lq.jpg"]}
     k = 0

@@ -19,13 +19,13 @@ import torch
 import torch.multiprocessing as mp
 
 from configs.config import load_cfg
-from micalib.hooks import CallbackHook
 from datasets.sampler import ResumableDistributedSampler
+from micalib.hooks import CallbackHook
 from micalib.losses import VertexLoss
 from micalib.trainer import NonFiniteLossError, build_trainer
-from utils.rng import get_rng_state, set_rng_state
 from micalib.validator import BEST_AVERAGE, BEST_DIR, BEST_RUNNING, BestModelTracker
 from utils.errors import MICAError
+from utils.rng import get_rng_state, set_rng_state
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -472,7 +472,6 @@ def test_resume_does_not_claim_random_weights(train_setup_dir, tmp_path):
 
 
 def test_training_image_grid(train_setup_dir, tmp_path):
-    pytest.importorskip("micalib.renderer")
     out = tmp_path / "v"
     trainer = build_trainer(load_cfg(ROOT / "configs/mica.yml", make_opts(train_setup_dir, out, **{"train.write_summary": True})))
     trainer.run_step()

@@ -17,8 +17,8 @@ from __future__ import annotations
 import importlib.metadata
 import importlib.util
 import math
-import pickle
 import os
+import pickle
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional, Protocol, Sequence, Union

@@ -104,7 +104,6 @@ def _root(value: str, key: str, flag: str) -> Path:
 def export(args: argparse.Namespace, cfg, benchmark: str) -> int:
     from micalib.predictor import Predictor
     from utils.detectors import create_detector
-
     from utils.io import prepare_output_dir
 
     out = prepare_output_dir(benchmark_dir(args, cfg, benchmark), "benchmark output folder (-o)")
@@ -161,7 +160,6 @@ def evaluate(args: argparse.Namespace, cfg, benchmark: str) -> int:
     from testing.now_eval import evaluate as score
     from testing.now_eval import now_items, stirling_items
     from testing.report import PUBLISHED_NOW, write_reports
-
     from utils.io import prepare_output_dir
 
     out = benchmark_dir(args, cfg, benchmark)

@@ -49,7 +49,6 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     """Command-line entry; returns the exit code."""
     from configs.config import load_cfg
     from micalib.mica import MICA
-
     from utils.io import prepare_output_dir
 
     args = _parse(argv)

@@ -27,8 +27,14 @@ from PIL import Image
 from configs.config import PROJECT_ROOT, load_cfg
 from utils.errors import MICAError, OutputError, os_error_message, run_main
 from utils.image_io import list_images, read_image
-from utils.io import STALE_AGE_S, atomic_path, atomic_write_bytes, atomic_write_text, prepare_output_dir, \
-    remove_stale_temps
+from utils.io import (
+    STALE_AGE_S,
+    atomic_path,
+    atomic_write_bytes,
+    atomic_write_text,
+    prepare_output_dir,
+    remove_stale_temps,
+)
 
 HOST = "".join(c if c.isalnum() or c == "-" else "-" for c in socket.gethostname())
 

@@ -11,8 +11,17 @@ import pytest
 import torch
 
 from micalib.tracking.crop import (
-    CropTrack, box_from_landmarks, box_of_matrix, crop_matrix, invert_matrix, load_bbox_pt, read_crop_json,
-    save_bbox_pt, transform_points, warp, write_crop_json,
+    CropTrack,
+    box_from_landmarks,
+    box_of_matrix,
+    crop_matrix,
+    invert_matrix,
+    load_bbox_pt,
+    read_crop_json,
+    save_bbox_pt,
+    transform_points,
+    warp,
+    write_crop_json,
 )
 
 

@@ -9,8 +9,14 @@ import pytest
 
 from micalib.tracking.crop import box_from_landmarks, crop_matrix
 from micalib.tracking.landmarks import (
-    MEDIAPIPE_IBUG68, Ibug68Detector, MediaPipeLandmarker, detect_in_crop, face_box_from_points, load_landmarks_npz,
-    mediapipe_available, save_landmarks_npz,
+    MEDIAPIPE_IBUG68,
+    Ibug68Detector,
+    MediaPipeLandmarker,
+    detect_in_crop,
+    face_box_from_points,
+    load_landmarks_npz,
+    mediapipe_available,
+    save_landmarks_npz,
 )
 from tests.conftest import SHARED
 from utils.errors import MICAError

@@ -93,6 +93,7 @@ def test_no_face_in_any_frame_is_one_line_error(tmp_path):
                     "--identity", str(tmp_path / "none.npy"), "--no-video"])
 
 
+@pytest.mark.shared_data
 @pytest.mark.slow
 def test_real_clip_first_60_frames(tmp_path):
     from micalib.tracking.landmarks import mediapipe_available
@@ -137,6 +138,7 @@ def test_real_clip_first_60_frames(tmp_path):
     assert _mtimes(out / "checkpoint") == before
 
 
+@pytest.mark.shared_data
 @pytest.mark.slow
 def test_identity_from_the_frames_is_demo_fuse(tmp_path):
     """No --identity: MICA on the frames, averaged; the oracle is demo.py --fuse on the same images."""

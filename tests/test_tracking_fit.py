@@ -66,6 +66,7 @@ def test_synthetic_ground_truth_random_topology(tmp_path):
     assert len(rows) == N_FRAMES + 1 and rows[0].startswith("frame,")
 
 
+@pytest.mark.shared_data
 @pytest.mark.slow
 def test_synthetic_ground_truth_real_topology(tmp_path):
     from tests.synthetic_flame import shared_flame_public
@@ -115,6 +116,7 @@ def test_config_defaults_are_the_fit_settings_defaults():
     assert settings_from_config(node) == FitSettings()
 
 
+@pytest.mark.shared_data
 @pytest.mark.parametrize("yaw", [-30.0, -15.0, 15.0, 30.0])
 def test_contour_rule_picks_the_visible_silhouette(tmp_path, yaw):
     """Real topology and landmark embedding: with the tracker's rule (yaw relative to the camera, minus

@@ -158,6 +158,7 @@ def first_detection(justin_frames):
         return lm.detect(justin_frames[0])
 
 
+@pytest.mark.shared_data
 def test_mediapipe_points_on_the_face_found_by_mtcnn(justin_frames, first_detection):
     from utils.detectors import MTCNN, pick_centre_face
 
@@ -179,6 +180,7 @@ def test_mediapipe_points_on_the_face_found_by_mtcnn(justin_frames, first_detect
     assert err.max() < 0.08 * w, err
 
 
+@pytest.mark.shared_data
 def test_mediapipe_ibug68_table_is_anatomical(first_detection):
     q = first_detection[MEDIAPIPE_IBUG68].astype(np.float64)
     jaw, brows, nose, eyes, mouth = q[:17], q[17:27], q[27:36], q[36:48], q[48:68]
@@ -196,6 +198,7 @@ def test_mediapipe_ibug68_table_is_anatomical(first_detection):
     assert box[1] - box[0] == box[3] - box[2]
 
 
+@pytest.mark.shared_data
 def test_mediapipe_shift_equivariance(justin_frames):
     """Detecting on a window shifted by (dx, dy) and adding the shift back gives the same points:
     pixel units, axes and signs are right (the network itself moves points by up to ~0.6 px)."""
@@ -209,6 +212,7 @@ def test_mediapipe_shift_equivariance(justin_frames):
     assert np.median(np.linalg.norm(d, axis=1)) < 2.0
 
 
+@pytest.mark.shared_data
 def test_detect_in_crop_matches_the_full_frame(justin_frames, first_detection):
     box = box_from_landmarks(first_detection[MEDIAPIPE_IBUG68])
     M = crop_matrix(box, 512)
@@ -220,6 +224,7 @@ def test_detect_in_crop_matches_the_full_frame(justin_frames, first_detection):
     assert np.abs((q - first_detection).mean(axis=0)).max() < 1.0 * scale
 
 
+@pytest.mark.shared_data
 def test_mediapipe_video_mode_is_quiet_and_follows_the_face(justin_frames, capfd):
     capfd.readouterr()
     with MediaPipeLandmarker(video_mode=True) as lm:
@@ -257,6 +262,7 @@ def _mirror_pairs() -> np.ndarray:
     return np.array(pairs)
 
 
+@pytest.mark.shared_data
 def test_mediapipe_points_are_in_opencv_pixel_centres(justin_frames):
     """Mirror test: detect on an image and on its left-right mirror, mirror the second back with
     OpenCV's x -> W - 1 - x and compare mirror-pair points. The difference has a part proportional

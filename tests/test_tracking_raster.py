@@ -229,6 +229,7 @@ def test_cull_backfaces_keeps_the_camera_facing_half_of_a_sphere():
     assert (inner.tri_id == -1).all()
 
 
+@pytest.mark.shared_data
 def test_flame_head_matches_the_numpy_renderer(flame_public_dir):
     """The public FLAME template seen by a pinhole camera, against the project's independent numpy
     rasteriser (its pixel centres sit at +0.5 and a larger depth is nearer)."""

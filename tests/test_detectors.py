@@ -8,6 +8,7 @@ import cv2
 import numpy as np
 import onnx
 import pytest
+import torch
 from loguru import logger
 from onnx import TensorProto, helper, numpy_helper
 
@@ -290,3 +291,53 @@ def test_mtcnn_shrunk_search_maps_back_to_the_photo(faces_dir: Path) -> None:
     eye_dist = np.linalg.norm(f.kps[1] - f.kps[0])
     assert np.abs(g.kps / 3 - f.kps).max() < 0.1 * eye_dist, (g.kps / 3, f.kps)
     assert np.abs(g.box / 3 - f.box).max() < 0.15 * (f.box[2] - f.box[0])
+
+
+# ------------------------------------------------------------------------------------------------
+# MTCNN over a batch of photos (one network call per pyramid scale and stage for all of them)
+# ------------------------------------------------------------------------------------------------
+def _portrait_variants() -> list[np.ndarray]:
+    """scikit-image's public-domain portrait (ships in its wheel) in sizes and aspect ratios that
+    give every photo its own pyramid: square, cropped, enlarged (shrunk for the search), mirrored,
+    small, and a blank photo with no face."""
+    import skimage.data
+
+    a = skimage.data.astronaut()
+    return [a, np.ascontiguousarray(a[41:400, 60:]), cv2.resize(a, (900, 701), interpolation=cv2.INTER_CUBIC),
+            np.ascontiguousarray(a[:, ::-1]), cv2.resize(a, (203, 240), interpolation=cv2.INTER_AREA),
+            np.full((61, 90, 3), 128, np.uint8)]
+
+
+@pytest.mark.parametrize("h, w", [(31, 40), (32, 41), (57, 57), (64, 23)])
+def test_pnet_on_a_canvas_equals_the_image_alone(h: int, w: int) -> None:
+    """P-Net outputs of an image placed at the top-left of a larger canvas, within the image's own
+    output size, equal the image alone (odd and even sizes: the ceil-mode pooling must not see the
+    canvas). Without the mask the last row/column would differ."""
+    torch.manual_seed(0)
+    net = detectors.PNet().eval()
+    img = torch.rand(1, 3, h, w) * 2 - 1
+    canvas = torch.full((2, 3, 70, 70), 5.0)  # bright canvas: a leak would change the maxima
+    canvas[0, :, :h, :w] = img[0]
+    with torch.no_grad():
+        reg1, prob1 = net(img)
+        reg2, prob2 = net(canvas, [(h, w), (70, 70)])
+    oh, ow = detectors.PNet.output_size(h, w)
+    assert (oh, ow) == tuple(prob1.shape[2:])
+    torch.testing.assert_close(prob2[0, :, :oh, :ow], prob1[0], rtol=0, atol=1e-6)
+    torch.testing.assert_close(reg2[0, :, :oh, :ow], reg1[0], rtol=0, atol=1e-6)
+
+
+def test_mtcnn_batch_equals_one_photo_at_a_time(mtcnn: MTCNN) -> None:
+    """detect_batch finds the same faces as detect() photo by photo (boxes and keypoints within
+    1e-3 px, scores within 1e-5: only the batched convolutions' rounding differs)."""
+    photos = _portrait_variants()
+    alone = [mtcnn.detect(p) for p in photos]
+    batch = mtcnn.detect_batch(photos)
+    assert [len(f) for f in alone] == [len(f) for f in batch]
+    assert sum(len(f) for f in alone) >= 5 and alone[-1] == []
+    for fa, fb in zip(alone, batch):
+        for a, b in zip(fa, fb):
+            np.testing.assert_allclose(b.kps, a.kps, rtol=0, atol=1e-3)
+            np.testing.assert_allclose(b.box, a.box, rtol=0, atol=1e-3)
+            assert abs(a.score - b.score) < 1e-5
+    assert mtcnn.detect_batch([]) == []

@@ -12,14 +12,12 @@ a folder). The summary lists every input after every run, also an interrupted on
 from __future__ import annotations
 
 import contextlib
-import itertools
 import json
-import os
 import threading
 import time
-from collections import defaultdict, deque
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from collections import defaultdict
+from concurrent.futures import Executor, ThreadPoolExecutor
+from dataclasses import dataclass, field, replace
 from pathlib import Path, PurePath
 from typing import Callable, Dict, Iterator, List, Optional, Sequence, Union
 
@@ -31,15 +29,17 @@ from tqdm import tqdm
 from micalib.face_prep import AlignedFace, aligned_input, detect_and_align
 from micalib.output_lock import output_lock
 from micalib.outputs import output_files, output_names, write_reconstruction
-from micalib.records import (PENDING_MESSAGE, STATE_DIR, ItemResult, is_done, read_record, remove_record,
-                             write_record, write_summary)
+from micalib.records import (DONE_MESSAGE, PENDING_MESSAGE, STATE_DIR, ItemResult, is_done, read_record, rebuild_summary,
+                             remove_record, write_record, write_summary)
+from micalib.scheduling import Schedule
+from micalib.sharding import Shard, barrier, usable_cores
 from models.flame import M_TO_MM
 from utils.detectors import MTCNN
 from utils.errors import MICAError
 from utils.image_io import list_images, read_image, write_image
 from utils.io import atomic_save_npy, atomic_write_text
 
-__all__ = ["DemoRunner", "ItemResult", "StageTimer", "default_workers"]
+__all__ = ["DemoRunner", "DemoOptions", "ItemResult", "StageTimer", "default_workers", "list_inputs", "input_names"]
 
 
 def _one_torch_thread() -> None:
@@ -52,13 +52,85 @@ def _one_torch_thread() -> None:
         torch.set_num_threads(1)
 
 
-def default_workers() -> int:
-    """Worker threads for preparing and writing: the CPU cores this process may use, at most 8."""
-    try:
-        cores = len(os.sched_getaffinity(0))
-    except AttributeError:  # macOS, Windows
-        cores = os.cpu_count() or 1
-    return max(1, min(8, cores))
+def default_workers(cores: Optional[int] = None) -> int:
+    """Worker threads for preparing and writing: ``cores`` (default: the CPU cores this process may
+    use; a torchrun rank passes its share, ``sharding.rank_cores``), at most 8."""
+    return max(1, min(8, usable_cores() if cores is None else int(cores)))
+
+
+@dataclass(frozen=True)
+class DemoOptions:
+    """What a demo run does (``DemoRunner``); demo.py builds it from its command line.
+
+    Attributes:
+        batch_size: faces per network call.
+        all_faces: reconstruct every face (``NAME_0``, ``NAME_1``, ...) instead of the central one.
+        aligned: inputs are already ArcFace crops (112 or 224), skip detection.
+        render: write ``render.png`` previews.
+        overwrite: redo items whose outputs already exist.
+        fuse: also average the identity of all images of each sub-folder (one person) into
+            ``OUTPUT/SUBFOLDER/fused/`` with ``spread.json`` (per-image deviation in mm).
+        prefetch: images read, detected and aligned ahead in worker threads while the network
+            runs (0 = never during a network call). Stage timings then overlap.
+        workers: threads that read, detect and align the images of a batch at the same time and
+            write its outputs at the same time (1 = one after the other). Without ``prefetch`` they
+            run between network calls, so they never compete with a network running on the CPU.
+            With batch size 1 there is one image at a time, so only ``prefetch`` can use them; with
+            ``prefetch`` they prepare, and the outputs are written by the calling thread.
+        checkpoint: hash prefix of the network's file (``records.checkpoint_id``), kept in the records.
+        lock: hold ``OUTPUT/.mica/lock`` while running (``micalib.output_lock``). Shards never take it
+            (each writes only its own records); rank 0 of a torchrun run holds it for the run.
+        summary: write ``summary.csv`` / ``summary.json`` at the end of ``run`` (in a sharded run
+            only where ``shard.writes_summary``: rank 0 of torchrun, from the records of all ranks).
+        shard: the part of the inputs this process does (``micalib.sharding``).
+    """
+
+    batch_size: int = 8
+    all_faces: bool = False
+    aligned: bool = False
+    render: bool = True
+    overwrite: bool = False
+    fuse: bool = False
+    prefetch: int = 0
+    workers: int = 1
+    checkpoint: str = ""
+    lock: bool = True
+    summary: bool = True
+    shard: Shard = field(default_factory=Shard)
+
+    def __post_init__(self) -> None:
+        for name in ("batch_size", "workers"):
+            object.__setattr__(self, name, max(1, int(getattr(self, name))))
+        object.__setattr__(self, "prefetch", max(0, int(self.prefetch)))
+
+
+def list_inputs(input_dir: Path, output_dir: Path, arcface_dir: Path) -> tuple[List[Path], Path]:
+    """The images a demo run on ``input_dir`` processes, and the root their names are relative to.
+    Our own output and crop folders and anything under a ``.mica`` folder are skipped when they lie
+    inside the input folder (``-o X/out`` must not feed the first run's renders and crops to the
+    second)."""
+    if input_dir.is_file():
+        return [input_dir], input_dir.parent
+    ours = [Path(d).resolve() for d in (output_dir, arcface_dir)]
+    root = input_dir.resolve()
+    ours = [d for d in ours if d != root and d.is_relative_to(root)]  # not when -i is inside -o
+    paths = []
+    for path in list_images(input_dir, recursive=True):
+        rel = path.relative_to(input_dir)
+        if STATE_DIR in rel.parts[:-1]:
+            continue
+        if ours and any(path.resolve().is_relative_to(d) for d in ours):
+            continue
+        paths.append(path)
+    return paths, input_dir
+
+
+def input_names(paths: Sequence[Path], root: Path) -> List[tuple[PurePath, str]]:
+    """``(relative input, NAME)`` of every input, NAME by ``outputs.output_names`` over the whole
+    listing (also in a sharded run: a shard selects its inputs after this)."""
+    rels = [PurePath(p.relative_to(root).as_posix()) for p in paths]
+    names = output_names(rels)
+    return [(rel, names[rel]) for rel in rels]
 
 
 @dataclass
@@ -107,71 +179,26 @@ class DemoRunner:
         faces: (F, 3) FLAME triangles for the meshes.
         output_dir: per-face folders go here, plus ``summary.csv`` / ``summary.json``.
         arcface_dir: the aligned 224 crops (``NAME.jpg``) and network inputs (``NAME.npy``).
-        batch_size: faces per network call.
-        all_faces: reconstruct every face (``NAME_0``, ``NAME_1``, ...) instead of the central one.
-        aligned: inputs are already ArcFace crops (112 or 224), skip detection.
-        render: write ``render.png`` previews.
-        overwrite: redo items whose outputs already exist.
-        fuse: also average the identity of all images of each sub-folder (one person) into
-            ``OUTPUT/SUBFOLDER/fused/`` with ``spread.json`` (per-image deviation in mm).
-        prefetch: images read, detected and aligned ahead in worker threads while the network
-            runs (0 = never during a network call). Stage timings then overlap.
-        workers: threads that read, detect and align the images of a batch at the same time and
-            write its outputs at the same time (1 = one after the other). Without ``prefetch`` they
-            run between network calls, so they never compete with a network running on the CPU.
-            With batch size 1 there is one image at a time, so only ``prefetch`` can use them; with
-            ``prefetch`` they prepare, and the outputs are written by the calling thread.
-        checkpoint: hash prefix of the network's file (``records.checkpoint_id``), kept in the records.
-        lock: hold ``OUTPUT/.mica/lock`` while running (``micalib.output_lock``). The shards of one
-            sharded run pass ``lock=False, summary=False``: each writes only its own records, and
-            ``records.rebuild_summary`` merges them.
-        summary: write ``summary.csv`` / ``summary.json`` at the end of ``run``.
+        options: a ``DemoOptions``; keyword arguments override single fields
+            (``DemoRunner(..., batch_size=4)``).
+        pool: the executor that prepares and writes (default: ``options.workers`` threads when
+            the options call for parallel work); injected as it is, and not shut down.
     """
 
     def __init__(self, predictor, detector, faces: np.ndarray, output_dir: Path, arcface_dir: Path,
-                 batch_size: int = 8, all_faces: bool = False, aligned: bool = False, render: bool = True,
-                 overwrite: bool = False, fuse: bool = False, prefetch: int = 0, workers: int = 1,
-                 checkpoint: str = "", lock: bool = True, summary: bool = True):
+                 options: Optional[DemoOptions] = None, pool: Optional[Executor] = None, **overrides):
         self.predictor = predictor
         self.detector = detector
         self.faces = np.asarray(faces)
         self.output_dir = Path(output_dir)
         self.arcface_dir = Path(arcface_dir)
-        self.batch_size = max(1, int(batch_size))
-        self.all_faces = all_faces
-        self.aligned = aligned
-        self.render = render
-        self.overwrite = overwrite
-        self.fuse = fuse
-        self.prefetch = max(0, int(prefetch))
-        self.workers = max(1, int(workers))
-        self.checkpoint = checkpoint
-        self.lock = lock
-        self.summary = summary
+        self.options = replace(options or DemoOptions(), **overrides)
         self.timings = StageTimer()
-        self._pool: Optional[ThreadPoolExecutor] = None  # set while run() works
+        self._injected_pool = pool
+        self._schedule = Schedule()  # set while run() works
         self._fused_codes: Dict[str, list] = defaultdict(list)
 
     # ------------------------------------------------------------------ inputs
-    def _list_inputs(self, input_dir: Path) -> tuple[List[Path], Path]:
-        """The images to process and the root their names are relative to. Our own output and crop
-        folders and anything under a ``.mica`` folder are skipped when they lie inside the input
-        folder (``-o X/out`` must not feed the first run's renders and crops to the second)."""
-        if input_dir.is_file():
-            return [input_dir], input_dir.parent
-        ours = [d.resolve() for d in (self.output_dir, self.arcface_dir)]
-        root = input_dir.resolve()
-        ours = [d for d in ours if d != root and d.is_relative_to(root)]  # not when -i is inside -o
-        paths = []
-        for path in list_images(input_dir, recursive=True):
-            rel = path.relative_to(input_dir)
-            if STATE_DIR in rel.parts[:-1]:
-                continue
-            if ours and any(path.resolve().is_relative_to(d) for d in ours):
-                continue
-            paths.append(path)
-        return paths, input_dir
-
     def _no_face_hint(self) -> str:
         if isinstance(self.detector, MTCNN):
             return (f"for a small face in a large photo raise detector.mtcnn_max_side (now "
@@ -182,19 +209,19 @@ class DemoRunner:
         remove_record(self.output_dir, name)  # redone from here: a kill half-way must not leave it done
         with self.timings("read+detect"):
             image = read_image(path)
-            if self.aligned:
+            if self.options.aligned:
                 aligned = [aligned_input(image)]
             else:
                 faces = self.detector.detect(image)
-        if not self.aligned:
+        if not self.options.aligned:
             with self.timings("align"):
-                aligned = detect_and_align(image, _Fixed(faces), self.all_faces, source=str(path),
+                aligned = detect_and_align(image, _Fixed(faces), self.options.all_faces, source=str(path),
                                            hint=self._no_face_hint())
         item.result.faces = len(aligned)
         scores = [a.face.score for a in aligned if a.face is not None]
         item.result.score = float(max(scores)) if scores else None
         item.left = len(aligned)
-        names = [f"{name}_{i}" for i in range(len(aligned))] if self.all_faces else [name]
+        names = [f"{name}_{i}" for i in range(len(aligned))] if self.options.all_faces else [name]
         jobs = []
         for job_name, a in zip(names, aligned):
             with self.timings("crops"):
@@ -210,33 +237,11 @@ class DemoRunner:
             return e if isinstance(e, MICAError) else MICAError(f"{path}: {e}")
 
     def _prepare_all(self, todo: Sequence[tuple], wanted: Callable[[], int]) -> Iterator[tuple]:
-        """``(item, jobs or error)`` in input order.
-
-        Without a worker pool one image after the other. With one and ``prefetch > 0``, that many
-        images are kept in preparation, also while the network runs. With one and no prefetch, the
-        ``wanted()`` images that complete the next batch are prepared at the same time, and all of
-        them are finished before the first is handed on, so nothing is prepared while the caller
-        runs the network.
-        """
-        if self._pool is None:
-            for path, name, item in todo:
-                yield item, self._prepare_or_error(path, name, item)
-            return
-        rest = iter(todo)
-        if self.prefetch > 0:
-            queue: deque = deque()
-            while True:
-                while len(queue) < self.prefetch and (entry := next(rest, None)) is not None:
-                    queue.append((entry[2], self._pool.submit(self._prepare_or_error, *entry)))
-                if not queue:
-                    return
-                item, future = queue.popleft()
-                yield item, future.result()
-        while chunk := list(itertools.islice(rest, max(1, wanted()))):
-            futures = [self._pool.submit(self._prepare_or_error, *entry) for entry in chunk]
-            prepared = [f.result() for f in futures]
-            for (_, _, item), jobs in zip(chunk, prepared):
-                yield item, jobs
+        """``(item, jobs or error)`` in input order, scheduled by ``self._schedule`` (see
+        ``micalib.scheduling``: with prefetch that many images are kept in preparation, also while
+        the network runs; without, the ``wanted()`` images that complete the next batch at once)."""
+        for (_, _, item), jobs in self._schedule.imap(self._prepare_or_error, todo, wanted):
+            yield item, jobs
 
     # ------------------------------------------------------------------ network + outputs
     def _finish(self, item: _Item, error: Optional[str] = None) -> None:
@@ -282,22 +287,18 @@ class DemoRunner:
                 return f"could not write outputs: {e}"
             return None
 
-        indices = range(len(jobs))
-        if self._pool is not None and self.prefetch == 0:  # the workers are idle between batches
-            errors = list(self._pool.map(write, indices))
-        else:  # with prefetch they are busy preparing: the writes would queue behind them
-            errors = [write(i) for i in indices]
+        errors = self._schedule.map_idle(write, range(len(jobs)))  # with prefetch the pool is busy preparing
         for i, (job, error) in enumerate(zip(jobs, errors)):  # bookkeeping in input order
             if error is None:
                 job.item.result.outputs.append(job.name)
-                if self.fuse:
+                if self.options.fuse:
                     fused_codes[str(PurePath(job.item.result.input).parent)].append((job.name, identity[i]))
             self._finish(job.item, error)
 
     def _write(self, name: str, decoded: dict, i: int, identity: np.ndarray, crop: Optional[np.ndarray]) -> None:
         vertices_mm = decoded["vertices"][i] * M_TO_MM
         preview = None
-        if self.render:
+        if self.options.render:
             from micalib.renderer import render_preview
 
             with self.timings("render"):
@@ -332,7 +333,8 @@ class DemoRunner:
 
     # ------------------------------------------------------------------ driver
     def run(self, input_dir: Path) -> List[ItemResult]:
-        """Process every image under ``input_dir`` (recursively); returns one result per image.
+        """Process every image under ``input_dir`` (recursively), or this shard's share of them
+        (``options.shard``); returns one result per processed (or already done) image.
 
         On an interruption (KeyboardInterrupt, which demo.py also raises on SIGTERM) the summary is
         still written, with the unprocessed inputs ``pending``, and the interruption is re-raised.
@@ -340,44 +342,59 @@ class DemoRunner:
         input_dir = Path(input_dir)
         if not input_dir.exists():
             raise MICAError(f"input folder {input_dir} does not exist")
-        with output_lock(self.output_dir, enabled=self.lock):
+        with output_lock(self.output_dir, enabled=self.options.lock and self.options.shard.leader):
             return self._run_locked(input_dir)
 
     def _run_locked(self, input_dir: Path) -> List[ItemResult]:
-        paths, root = self._list_inputs(input_dir)
+        opts, shard = self.options, self.options.shard
+        paths, root = list_inputs(input_dir, self.output_dir, self.arcface_dir)
         if not paths:
             raise MICAError(f"no images found in {input_dir} (jpg, png, bmp, webp, tiff)")
-        rels = [PurePath(p.relative_to(root).as_posix()) for p in paths]
-        names = output_names(rels)  # over the whole listing: a shard must select its inputs after this
-        required = output_files(self.render)
-        items: List[_Item] = []
+        pairs = input_names(paths, root)  # over the whole listing: a shard selects its inputs after this
+        everything = range(len(pairs))
+        if opts.fuse:  # the unit is the sub-folder: its images are averaged in one process
+            mine = shard.select_groups(everything, group=lambda i: pairs[i][0].parent.as_posix())
+        else:
+            mine = shard.select(everything, key=lambda i: pairs[i][0].as_posix())
+        required = output_files(opts.render)
+        # the leader of a torchrun run also looks at the other ranks' inputs: which were done before
+        looked_at = everything if shard.distributed and shard.leader else mine
+        items: Dict[int, _Item] = {}
         todo = []
+        done_before: set = set()
         other_checkpoints = 0
-        for path, rel in zip(paths, rels):
-            name, rel_text = names[rel], rel.as_posix()
-            item = _Item(path, ItemResult(input=rel_text, status="pending", name=name, checkpoint=self.checkpoint,
-                                          files=list(required), message=PENDING_MESSAGE))
-            items.append(item)
-            if name != rel.with_suffix("").as_posix():
+        mine_set = set(mine)
+        for i in looked_at:
+            rel, name = pairs[i]
+            rel_text = rel.as_posix()
+            item = _Item(paths[i], ItemResult(input=rel_text, status="pending", name=name, checkpoint=opts.checkpoint,
+                                              files=list(required), message=PENDING_MESSAGE))
+            if name != rel.with_suffix("").as_posix() and i in mine_set:
                 logger.info(f"{rel_text}: outputs in {name}/ (another input of its folder has the same name)")
-            record = None if self.overwrite or self.fuse else read_record(self.output_dir, name)
+            record = None if opts.overwrite or opts.fuse else read_record(self.output_dir, name)
             if is_done(self.output_dir, record, rel_text, required):
-                record.status, record.message = "done", "finished by an earlier run (use --overwrite to redo)"
+                done_before.add(name)
+                record.status, record.message = "done", DONE_MESSAGE
                 item.result = record
-                other_checkpoints += bool(self.checkpoint and record.checkpoint != self.checkpoint)
-            else:
-                todo.append((path, name, item))
+                other_checkpoints += bool(opts.checkpoint and record.checkpoint != opts.checkpoint)
+            elif i in mine_set:
+                todo.append((paths[i], name, item))
+            if i in mine_set:
+                items[i] = item
         if other_checkpoints:
             logger.warning(f"{other_checkpoints} inputs were finished with another checkpoint than this run's "
-                           f"({self.checkpoint}) and are kept; --overwrite redoes them")
+                           f"({opts.checkpoint}) and are kept; --overwrite redoes them")
+        if shard.sharded:
+            logger.info(f"shard {shard}: {len(mine)} of {len(pairs)} inputs, {len(todo)} to do")
+        barrier(shard)  # the leader has seen every record before any rank redoes one
+        results = [items[i].result for i in mine]
         try:
             self._process(todo)
         except BaseException:  # KeyboardInterrupt, or a fatal error: still leave a summary of every input
-            results = [it.result for it in items]
             for r in results:
                 if r.status == "pending":  # possibly half-way (--all-faces): nothing of it counts yet
                     r.outputs, r.message = [], PENDING_MESSAGE
-            if self.summary:
+            if opts.summary and not shard.sharded:  # a shard's records stay; the summary comes from them
                 try:
                     write_summary(self.output_dir, results)
                     pending = sum(r.status == "pending" for r in results)
@@ -386,44 +403,51 @@ class DemoRunner:
                 except OSError as e:
                     logger.error(f"could not write the summary to {self.output_dir}: {e}")
             raise
-        results = [it.result for it in items]
-        if self.fuse:
+        if opts.fuse:
             self._write_fused(self._fused_codes)
         renamed = [r for r in results if r.name != PurePath(r.input).with_suffix("").as_posix()]
         if renamed:
             logger.info(f"{len(renamed)} inputs share a name with another input of their folder and were given "
                         f"their own output names (see the name column of summary.csv)")
-        if self.summary:
-            write_summary(self.output_dir, results)
+        if not shard.sharded:
+            if opts.summary:
+                write_summary(self.output_dir, results)
+        elif shard.distributed:
+            barrier(shard)  # every rank's records are written
+            if shard.leader and opts.summary:
+                rebuild_summary(self.output_dir, [(rel.as_posix(), name) for rel, name in pairs], earlier=done_before)
+            barrier(shard)  # no rank exits (torchrun would stop the others) before the summary is written
         return results
 
     def _process(self, todo: Sequence[tuple]) -> None:
         pending: List[_Job] = []
         self._fused_codes: Dict[str, list] = defaultdict(list)
         fused_codes = self._fused_codes
+        opts = self.options
         # batch size 1 without prefetch has one image at a time: nothing for a pool to share out
-        parallel = self.prefetch > 0 or (self.batch_size > 1 and self.workers > 1)
-        pool = (ThreadPoolExecutor(self.workers, thread_name_prefix="demo-worker", initializer=_one_torch_thread)
-                if parallel else None)
-        self._pool = pool
+        parallel = opts.prefetch > 0 or (opts.batch_size > 1 and opts.workers > 1)
+        own = None
+        if parallel and self._injected_pool is None:
+            own = ThreadPoolExecutor(opts.workers, thread_name_prefix="demo-worker", initializer=_one_torch_thread)
+        self._schedule = Schedule(own or (self._injected_pool if parallel else None), opts.prefetch)
         try:
-            prepared = self._prepare_all(todo, wanted=lambda: self.batch_size - len(pending))
+            prepared = self._prepare_all(todo, wanted=lambda: opts.batch_size - len(pending))
             for item, jobs in tqdm(prepared, total=len(todo), desc="faces", unit="img"):
                 if isinstance(jobs, Exception):
                     item.left = 1
                     self._finish(item, str(jobs))
                     continue
                 pending.extend(jobs)
-                if len(pending) >= self.batch_size:
-                    self._flush(pending[: self.batch_size], fused_codes)
-                    pending = pending[self.batch_size:]
+                if len(pending) >= opts.batch_size:
+                    self._flush(pending[: opts.batch_size], fused_codes)
+                    pending = pending[opts.batch_size:]
             while pending:
-                self._flush(pending[: self.batch_size], fused_codes)
-                pending = pending[self.batch_size:]
+                self._flush(pending[: opts.batch_size], fused_codes)
+                pending = pending[opts.batch_size:]
         finally:
-            self._pool = None
-            if pool is not None:
-                pool.shutdown(wait=True, cancel_futures=True)
+            self._schedule = Schedule()
+            if own is not None:
+                own.shutdown(wait=True, cancel_futures=True)
 
 
 class _Fixed:

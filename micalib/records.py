@@ -22,7 +22,7 @@ import json
 import os
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Dict, Iterable, List, Optional, Sequence, Tuple, Union
+from typing import Collection, Dict, Iterable, List, Optional, Sequence, Tuple, Union
 
 from utils.io import atomic_write_text, written_file
 
@@ -161,14 +161,19 @@ def write_summary(output_dir: Path, results: Iterable[ItemResult]) -> None:
     atomic_write_text(Path(output_dir) / "summary.json", json.dumps(rows, indent=2, ensure_ascii=False))
 
 
-def rebuild_summary(output_dir: Path, inputs: Optional[Sequence[Tuple[str, str]]] = None) -> List[ItemResult]:
+def rebuild_summary(output_dir: Path, inputs: Optional[Sequence[Tuple[str, str]]] = None,
+                    earlier: Collection[str] = ()) -> List[ItemResult]:
     """Rebuild the summary from the records alone (e.g. after the shards of a sharded run finished):
     with ``inputs`` ((relative input, NAME) pairs, in order) one row per input, ``pending`` where
-    no record is; without, one row per record, sorted by input. Writes and returns the rows."""
+    no record is; without, one row per record, sorted by input. Every ``ok`` record is checked
+    against its files (an incomplete one is ``pending``); NAMEs in ``earlier`` (done before this
+    run) are ``done``, as in a one-process run's summary. Writes and returns the rows."""
     records = collect_records(output_dir)
     for name, record in list(records.items()):  # an ok record whose outputs are incomplete is not done
         if record.status == "ok" and not is_done(output_dir, record, record.input, ()):
             records[name] = ItemResult(input=record.input, status="pending", name=name, message=PENDING_MESSAGE)
+        elif record.status == "ok" and name in earlier:
+            record.status, record.message = "done", DONE_MESSAGE
     if inputs is None:
         rows = sorted(records.values(), key=lambda r: r.input)
     else:
@@ -182,3 +187,4 @@ def rebuild_summary(output_dir: Path, inputs: Optional[Sequence[Tuple[str, str]]
 
 
 PENDING_MESSAGE = "not processed yet (the run was interrupted); run the same command again to finish"
+DONE_MESSAGE = "finished by an earlier run (use --overwrite to redo)"

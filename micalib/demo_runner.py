@@ -11,26 +11,33 @@ a folder). The summary lists every input after every run, also an interrupted on
 """
 from __future__ import annotations
 
-import contextlib
 import json
-import threading
-import time
 from collections import defaultdict
 from concurrent.futures import Executor, ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from pathlib import Path, PurePath
-from typing import Callable, Dict, Iterator, List, Optional, Sequence, Union
+from typing import Dict, List, Optional, Sequence, Union
 
 import numpy as np
 import torch
 from loguru import logger
-from tqdm import tqdm
 
-from micalib.face_prep import AlignedFace, aligned_input, detect_and_align
+from micalib.batching import BatchLoop, Job, StageTimer
+from micalib.face_prep import aligned_input, detect_and_align
 from micalib.output_lock import output_lock
 from micalib.outputs import output_files, output_names, write_reconstruction
-from micalib.records import (DONE_MESSAGE, PENDING_MESSAGE, STATE_DIR, ItemResult, is_done, read_record, rebuild_summary,
-                             remove_record, write_record, write_summary)
+from micalib.records import (
+    DONE_MESSAGE,
+    PENDING_MESSAGE,
+    STATE_DIR,
+    ItemResult,
+    is_done,
+    read_record,
+    rebuild_summary,
+    remove_record,
+    write_record,
+    write_summary,
+)
 from micalib.scheduling import Schedule
 from micalib.sharding import Shard, barrier, usable_cores
 from models.flame import M_TO_MM
@@ -142,34 +149,6 @@ class _Item:
     left: int = 0
 
 
-@dataclass
-class _Job:
-    """One aligned face waiting for the network."""
-
-    name: str
-    item: _Item
-    aligned: AlignedFace
-
-
-class StageTimer:
-    """Seconds spent per named stage: ``with timer("network"): ...`` (thread-safe; time spent in
-    worker threads at once is summed, so the stages can add up to more than the wall time)."""
-
-    def __init__(self) -> None:
-        self.seconds: Dict[str, float] = defaultdict(float)
-        self._lock = threading.Lock()
-
-    @contextlib.contextmanager
-    def __call__(self, stage: str) -> Iterator[None]:
-        start = time.perf_counter()
-        try:
-            yield
-        finally:
-            elapsed = time.perf_counter() - start
-            with self._lock:
-                self.seconds[stage] += elapsed
-
-
 class DemoRunner:
     """Runs the demo over a folder.
 
@@ -195,7 +174,6 @@ class DemoRunner:
         self.options = replace(options or DemoOptions(), **overrides)
         self.timings = StageTimer()
         self._injected_pool = pool
-        self._schedule = Schedule()  # set while run() works
         self._fused_codes: Dict[str, list] = defaultdict(list)
 
     # ------------------------------------------------------------------ inputs
@@ -205,7 +183,7 @@ class DemoRunner:
                     f"{self.detector.max_side or 'off'} px, e.g. 1024), or use --detector scrfd with antelopev2")
         return ""
 
-    def _prepare(self, path: Path, name: str, item: _Item) -> List[_Job]:
+    def _prepare(self, path: Path, name: str, item: _Item) -> List[Job]:
         remove_record(self.output_dir, name)  # redone from here: a kill half-way must not leave it done
         with self.timings("read+detect"):
             image = read_image(path)
@@ -227,21 +205,14 @@ class DemoRunner:
             with self.timings("crops"):
                 write_image(self.arcface_dir / f"{job_name}.jpg", a.crop224, fsync=False)  # bulk: see utils.io
                 atomic_save_npy(self.arcface_dir / f"{job_name}.npy", a.input112, fsync=False)
-            jobs.append(_Job(job_name, item, a))
+            jobs.append(Job(job_name, item, a))
         return jobs
 
-    def _prepare_or_error(self, path: Path, name: str, item: _Item) -> Union[List[_Job], Exception]:
+    def _prepare_or_error(self, path: Path, name: str, item: _Item) -> Union[List[Job], Exception]:
         try:
             return self._prepare(path, name, item)
         except (MICAError, OSError, ValueError) as e:  # one bad image never stops the run
             return e if isinstance(e, MICAError) else MICAError(f"{path}: {e}")
-
-    def _prepare_all(self, todo: Sequence[tuple], wanted: Callable[[], int]) -> Iterator[tuple]:
-        """``(item, jobs or error)`` in input order, scheduled by ``self._schedule`` (see
-        ``micalib.scheduling``: with prefetch that many images are kept in preparation, also while
-        the network runs; without, the ``wanted()`` images that complete the next batch at once)."""
-        for (_, _, item), jobs in self._schedule.imap(self._prepare_or_error, todo, wanted):
-            yield item, jobs
 
     # ------------------------------------------------------------------ network + outputs
     def _finish(self, item: _Item, error: Optional[str] = None) -> None:
@@ -265,35 +236,25 @@ class DemoRunner:
             else:
                 logger.error(f"{r.input}: could not write its completion record: {e}")
 
-    def _flush(self, jobs: List[_Job], fused_codes: Dict[str, list]) -> None:
-        if not jobs:
-            return
-        batch = np.stack([j.aligned.input112 for j in jobs]).astype(np.float32)
-        with self.timings("network"):
-            identity = self.predictor.predict_identity(batch)
-        with self.timings("flame"):
-            decoded = self.predictor.decode(identity)
-        finite = np.isfinite(np.asarray(identity, dtype=np.float64).reshape(len(jobs), -1)).all(1)
-        for key in ("vertices", "landmarks68", "landmarks7"):
-            finite &= np.isfinite(np.asarray(decoded[key], dtype=np.float64).reshape(len(jobs), -1)).all(1)
+    def _write_job(self, job: Job, decoded: dict, i: int) -> Optional[str]:
+        try:
+            self._write(job.name, decoded, i, decoded["identity"][i], job.aligned.crop224)
+        except OSError as e:
+            return f"could not write outputs: {e}"
+        return None
 
-        def write(i: int) -> Optional[str]:
-            if not finite[i]:
-                return ("the network predicted non-finite numbers (NaN or inf) for this face, nothing was "
-                        "written; check the checkpoint (-m) and the photo")
-            try:
-                self._write(jobs[i].name, decoded, i, identity[i], jobs[i].aligned.crop224)
-            except OSError as e:
-                return f"could not write outputs: {e}"
-            return None
+    def _job_done(self, job: Job, error: Optional[str], decoded: dict, i: int) -> None:
+        if error is None:
+            job.item.result.outputs.append(job.name)
+            if self.options.fuse:
+                parent = str(PurePath(job.item.result.input).parent)
+                self._fused_codes[parent].append((job.name, decoded["identity"][i]))
+        self._finish(job.item, error)
 
-        errors = self._schedule.map_idle(write, range(len(jobs)))  # with prefetch the pool is busy preparing
-        for i, (job, error) in enumerate(zip(jobs, errors)):  # bookkeeping in input order
-            if error is None:
-                job.item.result.outputs.append(job.name)
-                if self.options.fuse:
-                    fused_codes[str(PurePath(job.item.result.input).parent)].append((job.name, identity[i]))
-            self._finish(job.item, error)
+    def _prepare_failed(self, entry: tuple, error: Exception) -> None:
+        item = entry[2]
+        item.left = 1
+        self._finish(item, str(error))
 
     def _write(self, name: str, decoded: dict, i: int, identity: np.ndarray, crop: Optional[np.ndarray]) -> None:
         vertices_mm = decoded["vertices"][i] * M_TO_MM
@@ -420,32 +381,18 @@ class DemoRunner:
         return results
 
     def _process(self, todo: Sequence[tuple]) -> None:
-        pending: List[_Job] = []
-        self._fused_codes: Dict[str, list] = defaultdict(list)
-        fused_codes = self._fused_codes
+        self._fused_codes = defaultdict(list)
         opts = self.options
         # batch size 1 without prefetch has one image at a time: nothing for a pool to share out
         parallel = opts.prefetch > 0 or (opts.batch_size > 1 and opts.workers > 1)
         own = None
         if parallel and self._injected_pool is None:
             own = ThreadPoolExecutor(opts.workers, thread_name_prefix="demo-worker", initializer=_one_torch_thread)
-        self._schedule = Schedule(own or (self._injected_pool if parallel else None), opts.prefetch)
+        schedule = Schedule(own or (self._injected_pool if parallel else None), opts.prefetch)
         try:
-            prepared = self._prepare_all(todo, wanted=lambda: opts.batch_size - len(pending))
-            for item, jobs in tqdm(prepared, total=len(todo), desc="faces", unit="img"):
-                if isinstance(jobs, Exception):
-                    item.left = 1
-                    self._finish(item, str(jobs))
-                    continue
-                pending.extend(jobs)
-                if len(pending) >= opts.batch_size:
-                    self._flush(pending[: opts.batch_size], fused_codes)
-                    pending = pending[opts.batch_size:]
-            while pending:
-                self._flush(pending[: opts.batch_size], fused_codes)
-                pending = pending[opts.batch_size:]
+            BatchLoop(self.predictor, opts.batch_size, schedule, self.timings).run(
+                todo, self._prepare_or_error, self._write_job, self._job_done, self._prepare_failed)
         finally:
-            self._schedule = Schedule()
             if own is not None:
                 own.shutdown(wait=True, cancel_futures=True)
 

@@ -286,3 +286,53 @@ def test_shards_of_one_run_do_not_refuse_each_other(tmp_path, photos, monkeypatc
     finally:
         holder.kill()
         holder.wait()
+
+
+# ---------------------------------------------------------------------- benchmark exports
+def _export_items(photos: Path, out: Path) -> list:
+    from micalib.face_prep import align_face
+    from testing.now_export import ExportItem
+
+    def prepare(image, source):
+        return align_face(image, SlowDetector(0).detect(image)[0])
+
+    paths = sorted(p for p in photos.rglob("*") if p.is_file())
+    return [ExportItem(p.relative_to(photos).as_posix(), [p], out / "predicted_meshes" / p.relative_to(photos).with_suffix(""),
+                       prepare) for p in reversed(paths)]  # given unsorted: the split follows the sorted keys
+
+
+def test_export_shards_split_the_items_and_add_up_to_one_run(tmp_path, photos):
+    from testing.now_export import ExportWriter, write_export_report
+
+    one = ExportWriter(TinyNetwork(), TETRA, ".obj", batch_size=4).run(_export_items(photos, tmp_path / "one"))
+    keys = sorted(p.relative_to(photos).as_posix() for p in photos.rglob("*") if p.is_file())
+    written = []
+    for k in range(3):
+        shard = Shard(k, 3)
+        report = ExportWriter(TinyNetwork(), TETRA, ".obj", batch_size=4, shard=shard).run(_export_items(photos, tmp_path / "sh"))
+        assert report.written + len(report.failed) == len(keys[k::3])
+        written.append(report.written)
+        write_export_report(report, tmp_path / "sh" / "export_report.json", shard)
+        assert (tmp_path / "sh" / f"export_report.shard-{k}-of-3.json").is_file()
+    assert sum(written) == one.written == len(keys) - 1 and list(one.failed) == ["p1/broken.jpg"]
+    assert not (tmp_path / "sh" / "export_report.json").exists()
+    mine = {p.relative_to(tmp_path / "one").as_posix() for p in (tmp_path / "one").rglob("*.obj")}
+    assert {p.relative_to(tmp_path / "sh").as_posix() for p in (tmp_path / "sh").rglob("*.obj")} == mine
+    for rel in mine:
+        np.testing.assert_allclose(_obj_vertices((tmp_path / "sh" / rel).read_bytes()),
+                                   _obj_vertices((tmp_path / "one" / rel).read_bytes()), atol=1e-4)
+    # a re-run under another shard count finds everything done
+    again = [ExportWriter(TinyNetwork(), TETRA, ".obj", shard=Shard(k, 2)).run(_export_items(photos, tmp_path / "sh"))
+             for k in range(2)]
+    assert sum(r.skipped for r in again) == len(keys) - 1 and sum(r.written for r in again) == 0
+
+
+@pytest.mark.parametrize("extra", [["--shard", "0/2"], []])
+def test_evaluate_stays_one_process(tmp_path, monkeypatch, capfd, extra):
+    import test as testpy
+
+    if not extra:
+        monkeypatch.setenv("WORLD_SIZE", "2")
+    with pytest.raises(SystemExit) as exit_info:
+        run_main(lambda: testpy.main(["--evaluate", "--benchmark", "now", "--now-root", str(tmp_path), *extra]))
+    assert exit_info.value.code == 1 and "--evaluate scores in one process" in capfd.readouterr().err

@@ -47,7 +47,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                         "compete for the same cores: measured slower in bench/README.md)")
     p.add_argument("--workers", type=int, default=None,
                    help="threads that read, detect and align the images of a batch at the same time, and "
-                        "write its outputs (default: the CPU cores, at most 8; 1 = one after the other)")
+                        "write its outputs (default: the CPU cores, at most 8, divided among torchrun's ranks "
+                        "on a machine; 1 = one after the other); with the detector on a GPU, also the worker "
+                        "processes that decode the photos")
     p.add_argument("--device", default=None, help="auto, cpu, cuda, cuda:N or mps")
     p.add_argument("--precision", choices=["fp32", "bf16", "fp16", "auto"], default=None)
     p.add_argument("--onnx", default=None, help="run this exported ONNX network on onnxruntime instead of torch")
@@ -76,7 +78,7 @@ def setup(args: argparse.Namespace):
 def build_runner(args: argparse.Namespace, cfg):
     """Predictor, detector and runner for the parsed arguments (also used by bench/demo.py);
     ``args.run_shard``: this process's share (``micalib.sharding.resolve_shard``; absent = everything)."""
-    from micalib.demo_runner import DemoOptions, DemoRunner, default_workers
+    from micalib.demo_runner import DemoOptions, DemoRunner, default_workers, detector_on_gpu
     from micalib.predictor import Predictor
     from micalib.records import checkpoint_id
     from micalib.sharding import Shard, rank_cores
@@ -86,15 +88,20 @@ def build_runner(args: argparse.Namespace, cfg):
     weights = args.onnx or (resolve_path(cfg.pretrained_model_path) if cfg.pretrained_model_path else None)
     detector = None
     if not args.aligned:
+        # MTCNN on the network's GPU (one detect_batch per batch); SCRFD picks onnxruntime's CUDA provider itself
+        on_gpu = predictor.device.type == "cuda"
         detector = create_detector(cfg.detector.name, antelopev2_dir=resolve_path(cfg.detector.antelopev2_dir),
                                    det_size=tuple(cfg.detector.det_size), threshold=cfg.detector.threshold,
+                                   device=predictor.device if on_gpu else "cpu",
                                    mtcnn_max_side=cfg.detector.mtcnn_max_side)
     shard = getattr(args, "run_shard", None) or Shard()
+    workers = default_workers(rank_cores(shard)) if args.workers is None else args.workers
     options = DemoOptions(batch_size=args.batch_size, all_faces=args.all_faces, aligned=args.aligned,
                           render=not args.no_render, overwrite=args.overwrite, fuse=args.fuse,
                           prefetch=_default_prefetch(predictor) if args.prefetch is None else args.prefetch,
-                          workers=default_workers(rank_cores(shard)) if args.workers is None else args.workers,
-                          checkpoint=checkpoint_id(weights), shard=shard)
+                          workers=workers, checkpoint=checkpoint_id(weights), shard=shard,
+                          # the GPU pipeline (detector on CUDA) decodes photos in worker processes
+                          decode_processes=workers if detector is not None and detector_on_gpu(detector) else 0)
     return DemoRunner(predictor, detector, predictor.faces, Path(args.output), Path(args.arcface), options)
 
 

@@ -16,7 +16,7 @@ import threading
 import time
 from collections import defaultdict
 from dataclasses import dataclass
-from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence
+from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional
 
 import numpy as np
 from tqdm import tqdm
@@ -24,7 +24,7 @@ from tqdm import tqdm
 from micalib.face_prep import AlignedFace
 from micalib.scheduling import Schedule
 
-__all__ = ["BatchLoop", "Job", "StageTimer", "NON_FINITE_MESSAGE"]
+__all__ = ["BatchLoop", "GpuBusy", "Job", "StageTimer", "NON_FINITE_MESSAGE"]
 
 NON_FINITE_MESSAGE = ("the network predicted non-finite numbers (NaN or inf) for this face, nothing was "
                       "written; check the checkpoint (-m) and the photo")
@@ -58,24 +58,76 @@ class StageTimer:
                 self.seconds[stage] += elapsed
 
 
+class GpuBusy:
+    """How long the GPU had work: CUDA events recorded around each batch's GPU calls (``span()``),
+    summed when asked (``seconds()``, which waits for the GPU). On a CPU (or MPS) there are no events:
+    ``span()`` does nothing and ``seconds()`` is None. ``event`` makes an event (``record()``,
+    ``elapsed_time(other)`` in ms); default ``torch.cuda.Event(enable_timing=True)`` on CUDA."""
+
+    def __init__(self, device=None, event: Optional[Callable[[], Any]] = None) -> None:
+        if event is None and device is not None and getattr(device, "type", str(device)) == "cuda":
+            import torch
+
+            def event():
+                return torch.cuda.Event(enable_timing=True)
+        self._event = event
+        self._spans: List[tuple] = []
+        self._lock = threading.Lock()
+
+    @property
+    def available(self) -> bool:
+        return self._event is not None
+
+    @contextlib.contextmanager
+    def span(self) -> Iterator[None]:
+        if self._event is None:
+            yield
+            return
+        start, end = self._event(), self._event()
+        start.record()
+        try:
+            yield
+        finally:
+            end.record()
+            with self._lock:
+                self._spans.append((start, end))
+
+    def seconds(self) -> Optional[float]:
+        """Sum of the recorded spans in seconds (overlapping spans count once each), None without events."""
+        if self._event is None:
+            return None
+        self.synchronize()
+        with self._lock:
+            return sum(start.elapsed_time(end) for start, end in self._spans) / 1000.0
+
+    def synchronize(self) -> None:
+        if self._spans and hasattr(self._spans[-1][1], "synchronize"):
+            self._spans[-1][1].synchronize()
+
+
 class BatchLoop:
     """See the module docstring. ``predictor``: ``predict_identity(inputs) -> (B, n)`` and
     ``decode(identity) -> {identity, vertices, landmarks68, landmarks7}``."""
 
     def __init__(self, predictor, batch_size: int, schedule: Optional[Schedule] = None,
-                 timings: Optional[StageTimer] = None) -> None:
+                 timings: Optional[StageTimer] = None, gpu_busy: Optional[GpuBusy] = None,
+                 writes: Optional[Schedule] = None) -> None:
         self.predictor = predictor
         self.batch_size = max(1, int(batch_size))
         self.schedule = schedule or Schedule()
+        self.writes = writes or self.schedule  # where the writes of a batch are spread (default: the same pool)
         self.timings = timings or StageTimer()
+        self.gpu_busy = gpu_busy or GpuBusy()
 
-    def run(self, work: Sequence[tuple], prepare: Callable[..., Any], write: Callable[[Job, dict, int], Optional[str]],
-            finish: Callable[[Job, Optional[str], dict, int], None], fail: Callable[[tuple, Exception], None],
-            desc: str = "faces") -> None:
-        """Prepare, predict and write everything in ``work`` (see the module docstring)."""
+    def run(self, work: Iterable[tuple], prepare: Callable[..., Any], write: Callable[[Job, dict, int], Optional[str]],
+            finish: Callable[[Job, Optional[str], dict, int], None], fail: Optional[Callable[[tuple, Exception], None]],
+            desc: str = "faces", total: Optional[int] = None) -> None:
+        """Prepare, predict and write everything in ``work`` (see the module docstring); ``total``:
+        the number of entries for the progress bar (default ``len(work)``)."""
         pending: List[Job] = []
         prepared = self.schedule.imap(prepare, work, wanted=lambda: self.batch_size - len(pending))
-        for entry, jobs in tqdm(prepared, total=len(work), desc=desc, unit="img"):
+        total = len(work) if total is None else total
+        for entry, jobs in tqdm(prepared, total=total, desc=desc, unit="img" if desc == "faces" else "it"):
             if isinstance(jobs, Exception):
                 fail(entry, jobs)
                 continue
@@ -92,10 +144,11 @@ class BatchLoop:
         if not jobs:
             return
         batch = np.stack([j.aligned.input112 for j in jobs]).astype(np.float32)
-        with self.timings("network"):
-            identity = self.predictor.predict_identity(batch)
-        with self.timings("flame"):
-            decoded = self.predictor.decode(identity)
+        with self.gpu_busy.span():
+            with self.timings("network"):
+                identity = self.predictor.predict_identity(batch)
+            with self.timings("flame"):
+                decoded = self.predictor.decode(identity)
         decoded = {**decoded, "identity": identity}
         finite = np.isfinite(np.asarray(identity, dtype=np.float64).reshape(len(jobs), -1)).all(1)
         for key in ("vertices", "landmarks68", "landmarks7"):
@@ -104,6 +157,6 @@ class BatchLoop:
         def write_one(i: int) -> Optional[str]:
             return write(jobs[i], decoded, i) if finite[i] else NON_FINITE_MESSAGE
 
-        errors = self.schedule.map_idle(write_one, range(len(jobs)))  # with prefetch the pool is busy preparing
+        errors = self.writes.map_idle(write_one, range(len(jobs)))  # with prefetch the pool is busy preparing
         for i, (job, error) in enumerate(zip(jobs, errors)):  # bookkeeping in input order
             finish(job, error, decoded, i)

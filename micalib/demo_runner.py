@@ -11,18 +11,21 @@ a folder). The summary lists every input after every run, also an interrupted on
 """
 from __future__ import annotations
 
+import itertools
 import json
+import multiprocessing
 from collections import defaultdict
-from concurrent.futures import Executor, ThreadPoolExecutor
+from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from pathlib import Path, PurePath
-from typing import Dict, List, Optional, Sequence, Union
+from typing import Dict, Iterator, List, Optional, Sequence, Union
 
 import numpy as np
 import torch
 from loguru import logger
 
-from micalib.batching import BatchLoop, Job, StageTimer
+from micalib.batching import BatchLoop, GpuBusy, Job, StageTimer
+from micalib.decoding import decoder_init, read_or_error
 from micalib.face_prep import aligned_input, detect_and_align
 from micalib.output_lock import output_lock
 from micalib.outputs import output_files, output_names, write_reconstruction
@@ -85,6 +88,10 @@ class DemoOptions:
             With batch size 1 there is one image at a time, so only ``prefetch`` can use them; with
             ``prefetch`` they prepare, and the outputs are written by the calling thread.
         checkpoint: hash prefix of the network's file (``records.checkpoint_id``), kept in the records.
+        batch_detect: detect the faces of a batch of photos in one ``detect_batch`` call (None = when
+            the detector runs on a GPU, see ``DemoRunner.detects_in_batches``): the GPU pipeline.
+        decode_processes: with batch detection, worker processes that read and decode the photos
+            ahead (0 = the calling thread); threads stalled on the GIL in the decoders.
         lock: hold ``OUTPUT/.mica/lock`` while running (``micalib.output_lock``). Shards never take it
             (each writes only its own records); rank 0 of a torchrun run holds it for the run.
         summary: write ``summary.csv`` / ``summary.json`` at the end of ``run`` (in a sharded run
@@ -101,11 +108,14 @@ class DemoOptions:
     prefetch: int = 0
     workers: int = 1
     checkpoint: str = ""
+    batch_detect: Optional[bool] = None
+    decode_processes: int = 0
     lock: bool = True
     summary: bool = True
     shard: Shard = field(default_factory=Shard)
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "decode_processes", max(0, int(self.decode_processes)))
         for name in ("batch_size", "workers"):
             object.__setattr__(self, name, max(1, int(getattr(self, name))))
         object.__setattr__(self, "prefetch", max(0, int(self.prefetch)))
@@ -174,6 +184,7 @@ class DemoRunner:
         self.options = replace(options or DemoOptions(), **overrides)
         self.timings = StageTimer()
         self._injected_pool = pool
+        self.gpu_busy = GpuBusy(getattr(predictor, "device", None))
         self._fused_codes: Dict[str, list] = defaultdict(list)
 
     # ------------------------------------------------------------------ inputs
@@ -185,13 +196,19 @@ class DemoRunner:
 
     def _prepare(self, path: Path, name: str, item: _Item) -> List[Job]:
         remove_record(self.output_dir, name)  # redone from here: a kill half-way must not leave it done
+        faces = None
         with self.timings("read+detect"):
             image = read_image(path)
-            if self.options.aligned:
-                aligned = [aligned_input(image)]
-            else:
+            if not self.options.aligned:
                 faces = self.detector.detect(image)
-        if not self.options.aligned:
+        return self._align(path, name, item, image, faces)
+
+    def _align(self, path: Path, name: str, item: _Item, image: np.ndarray, faces) -> List[Job]:
+        """Choose and align the detected ``faces`` of ``image`` (the photo itself with ``aligned``),
+        write the crops; one job per face."""
+        if self.options.aligned:
+            aligned = [aligned_input(image)]
+        else:
             with self.timings("align"):
                 aligned = detect_and_align(image, _Fixed(faces), self.options.all_faces, source=str(path),
                                            hint=self._no_face_hint())
@@ -207,6 +224,55 @@ class DemoRunner:
                 atomic_save_npy(self.arcface_dir / f"{job_name}.npy", a.input112, fsync=False)
             jobs.append(Job(job_name, item, a))
         return jobs
+
+    def _prepare_chunk(self, chunk: Sequence[tuple]) -> List[Job]:
+        """Batch detection: ``chunk`` = ``((path, name, item), image or error)`` pairs, decoded
+        ahead (by ``_decoded``); one ``detect_batch`` call for all photos of the chunk (on the
+        detector's device), then alignment photo by photo. Failures are finished here."""
+        good = []
+        for entry, image in chunk:
+            remove_record(self.output_dir, entry[1])
+            if isinstance(image, Exception):
+                self._prepare_failed(entry, image)
+            else:
+                good.append((entry, image))
+        if not good:
+            return []
+        if self.options.aligned:
+            found = [None] * len(good)
+        else:
+            with self.timings("detect"), self.gpu_busy.span():
+                found = self.detector.detect_batch([image for _, image in good])
+        jobs = []
+        for ((path, name, item), image), faces in zip(good, found):
+            try:
+                jobs.extend(self._align(path, name, item, image, faces))
+            except (MICAError, OSError, ValueError) as e:
+                self._prepare_failed((path, name, item), e if isinstance(e, MICAError) else MICAError(f"{path}: {e}"))
+        return jobs
+
+    def _decoded(self, todo: Sequence[tuple], pool: Optional[Executor]) -> Iterator[tuple]:
+        """``(entry, image or error)`` in input order: decoded in ``pool`` (worker processes; None =
+        here), at most ``2 x batch size`` ahead (the bounded queue in front of the detector and the
+        network)."""
+        schedule = Schedule(pool, max(2 * self.options.batch_size, self.options.prefetch))
+        results = iter(schedule.imap(read_or_error, [(path,) for path, _, _ in todo]))
+        for entry in todo:
+            with self.timings("read"):  # with worker processes: the time spent waiting for a photo
+                _, image = next(results)
+            yield entry, image
+
+    def detects_in_batches(self) -> bool:
+        """Detection for a whole batch at once (``detect_batch``): ``options.batch_detect``, by
+        default when the detector runs on a GPU (MTCNN in torch on CUDA, SCRFD on onnxruntime's CUDA
+        provider), where one call per batch instead of one per photo keeps the GPU busy."""
+        if self.options.aligned:
+            return bool(self.options.batch_detect)
+        if not hasattr(self.detector, "detect_batch"):
+            return False
+        if self.options.batch_detect is not None:
+            return self.options.batch_detect
+        return detector_on_gpu(self.detector)
 
     def _prepare_or_error(self, path: Path, name: str, item: _Item) -> Union[List[Job], Exception]:
         try:
@@ -383,6 +449,9 @@ class DemoRunner:
     def _process(self, todo: Sequence[tuple]) -> None:
         self._fused_codes = defaultdict(list)
         opts = self.options
+        if self.detects_in_batches():
+            self._process_batch_detection(todo)
+            return
         # batch size 1 without prefetch has one image at a time: nothing for a pool to share out
         parallel = opts.prefetch > 0 or (opts.batch_size > 1 and opts.workers > 1)
         own = None
@@ -390,11 +459,44 @@ class DemoRunner:
             own = ThreadPoolExecutor(opts.workers, thread_name_prefix="demo-worker", initializer=_one_torch_thread)
         schedule = Schedule(own or (self._injected_pool if parallel else None), opts.prefetch)
         try:
-            BatchLoop(self.predictor, opts.batch_size, schedule, self.timings).run(
+            BatchLoop(self.predictor, opts.batch_size, schedule, self.timings, self.gpu_busy).run(
                 todo, self._prepare_or_error, self._write_job, self._job_done, self._prepare_failed)
         finally:
             if own is not None:
                 own.shutdown(wait=True, cancel_futures=True)
+
+    def _process_batch_detection(self, todo: Sequence[tuple]) -> None:
+        """The GPU pipeline: photos decoded ahead in ``decode_processes`` worker processes (bounded
+        queue), one ``detect_batch`` per batch of photos on the detector's device, alignment, then
+        the network and the writes as in the per-photo pipeline (writes spread over the worker
+        threads between batches)."""
+        opts = self.options
+        decoders = None
+        if opts.decode_processes > 0:
+            decoders = ProcessPoolExecutor(opts.decode_processes, mp_context=multiprocessing.get_context("spawn"),
+                                           initializer=decoder_init)
+        writers = None
+        if opts.workers > 1 and opts.batch_size > 1:
+            writers = ThreadPoolExecutor(opts.workers, thread_name_prefix="demo-writer", initializer=_one_torch_thread)
+        try:
+            decoded = self._decoded(todo, decoders)
+            chunks = iter(lambda: tuple(itertools.islice(decoded, opts.batch_size)), ())
+            # chunks are prepared here, one after the other (the decoders run ahead); writes use the threads
+            BatchLoop(self.predictor, opts.batch_size, Schedule(), self.timings, self.gpu_busy,
+                      writes=Schedule(writers, 0)).run(
+                ((c,) for c in chunks), self._prepare_chunk, self._write_job, self._job_done, self._prepare_failed,
+                total=-(-len(todo) // opts.batch_size), desc="batches")
+        finally:
+            for pool in (decoders, writers):
+                if pool is not None:
+                    pool.shutdown(wait=True, cancel_futures=True)
+
+
+def detector_on_gpu(detector) -> bool:
+    """True for a detector that runs on a GPU: a torch one on CUDA (``device``) or an onnxruntime
+    one whose first provider is CUDA (``on_gpu``)."""
+    device = getattr(detector, "device", None)
+    return bool(getattr(detector, "on_gpu", False)) or (isinstance(device, torch.device) and device.type == "cuda")
 
 
 class _Fixed:

@@ -89,6 +89,7 @@ def main() -> int:
     ap.add_argument("--batch-size", type=int, default=64, help="batch of the GPU set-up (--device cuda)")
     ap.add_argument("--precision", default="bf16", help="precision of the GPU set-up (--device cuda)")
     ap.add_argument("--json", default=None, help="also write the rows to this JSON file")
+    ap.add_argument("--no-baseline", action="store_true", help="skip the batch-1 fp32 baseline (no ratio column)")
     ap.add_argument("--only", nargs="+", default=None, metavar="PREFIX",
                     help="run only the set-ups whose label starts with one of these (the baseline always runs)")
     args = ap.parse_args()
@@ -130,6 +131,8 @@ def main() -> int:
                        (f"int8-pf-w{w}", 16, "fp32", 16, w, tmp / "int8.onnx")]
         if args.only:
             setups = [s for s in setups if s[0] == "baseline" or s[0].startswith(tuple(args.only))]
+        if args.no_baseline:
+            setups = [s for s in setups if s[0] != "baseline"]
         rows = {}
         for label, batch, precision, prefetch, workers, onnx in setups:
             predictor = Predictor.from_config(cfg, precision=precision, batch_size=batch, onnx_path=onnx)
@@ -161,10 +164,11 @@ def main() -> int:
 def summarise(rows: dict, n: int) -> dict:
     """Per set-up: wall seconds, img/s, ratio to the baseline, seconds and img/s per stage, and the
     share of the wall time the GPU had work (None without CUDA events)."""
-    base = rows["baseline"][0]
+    base = rows["baseline"][0] if "baseline" in rows else None
     out = {}
     for label, (total, ok, sec, dtype, busy) in rows.items():
-        out[label] = {"dtype": dtype, "seconds": total, "img_per_s": ok / total, "ratio": base / total,
+        out[label] = {"dtype": dtype, "seconds": total, "img_per_s": ok / total, "ok": ok,
+                      "ratio": None if base is None else base / total,
                       "stage_seconds": sec, "stage_img_per_s": {s: (n / t if t > 0 else None) for s, t in sec.items()},
                       "gpu_busy_share": busy}
     return out
@@ -176,7 +180,8 @@ def format_rows(report: dict) -> str:
              + " ".join(f"{s:>12s}" for s in stages)]
     for label, r in report.items():
         busy = "n/a" if r["gpu_busy_share"] is None else f"{100 * r['gpu_busy_share']:.0f}%"
-        lines.append(f"{label:14s} {r['dtype']:9s} {r['img_per_s']:7.2f} {r['ratio']:6.2f} {busy:>8s} "
+        ratio = "-" if r["ratio"] is None else f"{r['ratio']:.2f}"
+        lines.append(f"{label:14s} {r['dtype']:9s} {r['img_per_s']:7.2f} {ratio:>6s} {busy:>8s} "
                      + " ".join(f"{r['stage_seconds'].get(s, 0):11.2f}s" for s in stages))
     lines.append("img/s per stage (images / stage seconds):")
     for label, r in report.items():

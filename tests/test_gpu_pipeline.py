@@ -202,3 +202,38 @@ def test_scrfd_without_a_batch_axis_goes_photo_by_photo(tmp_path):
     assert not det.batched
     got = det.detect_batch(photos)
     assert [[f.score for f in faces] for faces in got] == [[f.score for f in det.detect(p)] for p in photos]
+
+
+# ---------------------------------------------------------------------- on a GPU (skipped without CUDA)
+cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
+SHARED_FACES = Path(__file__).resolve().parents[2] / "shared" / "data" / "faces"
+
+
+@cuda
+def test_mtcnn_on_cuda_finds_the_faces_of_the_cpu_path():
+    """Issue 17's acceptance: the same faces as the CPU path, keypoints within 0.5 px, network
+    inputs within 2/255 of their range (2 grey levels: 2/127.5 in (x - 127.5)/127.5 units)."""
+    from micalib.face_prep import align_face
+    from tests.test_detectors import _portrait_variants
+    from utils.detectors import MTCNN
+    from utils.image_io import list_images, read_image
+
+    photos = _portrait_variants() + ([read_image(p) for p in list_images(SHARED_FACES)] if SHARED_FACES.is_dir() else [])
+    cpu, gpu = MTCNN(), MTCNN(device="cuda")
+    alone = [cpu.detect(p) for p in photos]
+    batch = gpu.detect_batch(photos)
+    assert [len(f) for f in batch] == [len(f) for f in alone]
+    for photo, fa, fb in zip(photos, alone, batch):
+        for a, b in zip(fa, fb):
+            assert np.abs(a.kps - b.kps).max() <= 0.5
+            assert np.abs(align_face(photo, a).input112 - align_face(photo, b).input112).max() <= 2 / 127.5 + 1e-6
+
+
+@cuda
+def test_gpu_busy_with_real_cuda_events():
+    busy = GpuBusy(torch.device("cuda"))
+    x = torch.randn(2048, 2048, device="cuda")
+    with busy.span():
+        for _ in range(10):
+            x = x @ x / 2048
+    assert busy.available and busy.seconds() > 0

@@ -90,6 +90,8 @@ def main() -> int:
     ap.add_argument("--precision", default="bf16", help="precision of the GPU set-up (--device cuda)")
     ap.add_argument("--json", default=None, help="also write the rows to this JSON file")
     ap.add_argument("--no-baseline", action="store_true", help="skip the batch-1 fp32 baseline (no ratio column)")
+    ap.add_argument("--gpu-pipeline", action="store_true",
+                    help="the GPU set-up (batch detection, decoding processes) also on a CPU (tests its code path)")
     ap.add_argument("--only", nargs="+", default=None, metavar="PREFIX",
                     help="run only the set-ups whose label starts with one of these (the baseline always runs)")
     args = ap.parse_args()
@@ -112,9 +114,9 @@ def main() -> int:
                               "model.flame_model_path", str(f / "generic_model.pkl"),
                               "model.flame_lmk_embedding_path", str(f / "landmark_embedding.npy"),
                               "device", args.device])
-        gpu = args.device.startswith("cuda")
+        gpu = args.device.startswith("cuda") or args.gpu_pipeline
         detector = create_detector("mtcnn", mtcnn_max_side=cfg.detector.mtcnn_max_side,
-                                   device=args.device if gpu else "cpu")
+                                   device=args.device if args.device.startswith("cuda") else "cpu")
         w = default_workers() if args.workers is None else args.workers
         setups = [("baseline", 1, "fp32", 0, 1, None), ("batched", 16, "auto", 0, 1, None),
                   (f"batched-w{w}", 16, "auto", 0, w, None), (f"prefetch-w{w}", 16, "auto", 16, w, None)]

@@ -335,3 +335,21 @@ def test_evaluate_stays_one_process(tmp_path, monkeypatch, extra):
         monkeypatch.setenv("WORLD_SIZE", "2")
     with pytest.raises(MICAError, match="--evaluate scores in one process"):
         testpy.main(["--evaluate", "--benchmark", "now", "--now-root", str(tmp_path), *extra])
+
+
+# ---------------------------------------------------------------------- launchers
+def test_job_scripts_pass_the_shard_and_the_launcher(tmp_path):
+    env = {**os.environ, "PYTHON": "echo", "SLURM_ARRAY_TASK_ID": "2", "SLURM_ARRAY_TASK_COUNT": "5",
+           "SLURM_SUBMIT_DIR": str(ROOT)}
+    out = subprocess.run(["bash", str(ROOT / "jobs" / "slurm_demo.sbatch"), "-i", "in", "-o", "out"], env=env,
+                         capture_output=True, text=True, check=True).stdout.split()
+    assert out == ["demo.py", "--shard", "2/5", "-i", "in", "-o", "out"]
+    env = {**os.environ, "PYTHON": "echo"}
+    out = subprocess.run(["bash", str(ROOT / "jobs" / "torchrun_demo.sh"), "3", "-i", "in"], env=env,
+                         capture_output=True, text=True, check=True).stdout.split()
+    assert out == ["-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "3", "demo.py", "-i", "in"]
+    env.update(NNODES="2", NODE_RANK="1", MASTER_ADDR="node0")
+    out = subprocess.run(["bash", str(ROOT / "jobs" / "torchrun_demo.sh"), "4", "-i", "in"], env=env,
+                         capture_output=True, text=True, check=True).stdout.split()
+    assert out[out.index("--nnodes") + 1] == "2" and out[out.index("--node_rank") + 1] == "1" and out[-3:] == [
+        "demo.py", "-i", "in"]

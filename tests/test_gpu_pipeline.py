@@ -237,3 +237,20 @@ def test_gpu_busy_with_real_cuda_events():
         for _ in range(10):
             x = x @ x / 2048
     assert busy.available and busy.seconds() > 0
+
+
+def test_an_injected_pool_does_the_work_and_stays_open(tmp_path, photos):
+    """The scheduling helper's pool is injectable: the runner prepares and writes in it, and leaves
+    it to its owner."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    det = SlowDetector(0)
+    with ThreadPoolExecutor(2, thread_name_prefix="injected") as pool:
+        runner = DemoRunner(SlowNetwork(0), det, TETRA, tmp_path / "inj" / "meshes", tmp_path / "inj" / "arcface",
+                            render=False, batch_size=4, workers=2, pool=pool)
+        runner.run(photos)
+        assert pool.submit(lambda: 1).result() == 1  # still open
+    assert {name.split("_")[0] for name, _, _ in det.clock.calls} == {"injected"}
+    DemoRunner(SlowNetwork(0), SlowDetector(0), TETRA, tmp_path / "one" / "meshes", tmp_path / "one" / "arcface",
+               render=False, batch_size=4, workers=1).run(photos)
+    assert _files(tmp_path / "inj") == _files(tmp_path / "one")

@@ -203,6 +203,10 @@ def test_three_gloo_ranks_and_shard_jobs_give_what_one_process_gives(tmp_path, p
     inputs = sorted(p.relative_to(photos).as_posix() for p in photos.rglob("*") if p.is_file())
     for k, r in enumerate(ranks):
         assert sorted(r["inputs"]) == inputs[k::3]
+    # batch size 1: byte-identical to one process (meshes, crops, records, summary)
+    ranks_b1 = _torchrun(photos, tmp_path / "tr_b1", tmp_path, "--batch-size", "1")
+    assert [r["code"] for r in ranks_b1] == [1, 1, 1]
+    assert _files(tmp_path / "tr_b1") == _files(tmp_path / "one_b1")
 
     # three --shard jobs at batch 1, then the merge: byte-identical to one process at batch 1
     seen = []

@@ -196,21 +196,21 @@ class DemoRunner:
 
     def _prepare(self, path: Path, name: str, item: _Item) -> List[Job]:
         remove_record(self.output_dir, name)  # redone from here: a kill half-way must not leave it done
-        faces = None
+        detections = None
         with self.timings("read+detect"):
             image = read_image(path)
             if not self.options.aligned:
-                faces = self.detector.detect(image)
-        return self._align(path, name, item, image, faces)
+                detections = self.detector.detect(image)
+        return self._align(path, name, item, image, detections)
 
-    def _align(self, path: Path, name: str, item: _Item, image: np.ndarray, faces) -> List[Job]:
-        """Choose and align the detected ``faces`` of ``image`` (the photo itself with ``aligned``),
+    def _align(self, path: Path, name: str, item: _Item, image: np.ndarray, detections) -> List[Job]:
+        """Choose and align the ``detections`` of ``image`` (the photo itself with ``aligned``),
         write the crops; one job per face."""
         if self.options.aligned:
             aligned = [aligned_input(image)]
         else:
             with self.timings("align"):
-                aligned = detect_and_align(image, _Fixed(faces), self.options.all_faces, source=str(path),
+                aligned = detect_and_align(image, _Fixed(detections), self.options.all_faces, source=str(path),
                                            hint=self._no_face_hint())
         item.result.faces = len(aligned)
         scores = [a.face.score for a in aligned if a.face is not None]
@@ -244,9 +244,9 @@ class DemoRunner:
             with self.timings("detect"), self.gpu_busy.span():
                 found = self.detector.detect_batch([image for _, image in good])
         jobs = []
-        for ((path, name, item), image), faces in zip(good, found):
+        for ((path, name, item), image), detections in zip(good, found):
             try:
-                jobs.extend(self._align(path, name, item, image, faces))
+                jobs.extend(self._align(path, name, item, image, detections))
             except (MICAError, OSError, ValueError) as e:
                 self._prepare_failed((path, name, item), e if isinstance(e, MICAError) else MICAError(f"{path}: {e}"))
         return jobs
@@ -500,11 +500,11 @@ def detector_on_gpu(detector) -> bool:
 
 
 class _Fixed:
-    """A detector that returns faces found earlier (lets detection and alignment be timed apart)."""
+    """A detector that returns detections made earlier (lets detection and alignment be timed apart)."""
 
-    def __init__(self, faces):
-        self.faces = faces
+    def __init__(self, detections):
+        self.detections = detections
 
     def detect(self, image):
-        return self.faces
+        return self.detections
 

@@ -21,7 +21,7 @@ from loguru import logger
 from torch import nn
 
 from models.arcface import EMBEDDING_DIM, IResNet, create_arcface, freeze_for_mica
-from models.generator import MappingNetwork
+from models.mapping import MappingNetwork
 from utils import checkpoint as ckpt
 
 __all__ = ["MICA", "ImageToShape", "MAPPING_HIDDEN"]

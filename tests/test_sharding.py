@@ -357,3 +357,15 @@ def test_job_scripts_pass_the_shard_and_the_launcher(tmp_path):
                          capture_output=True, text=True, check=True).stdout.split()
     assert out[out.index("--nnodes") + 1] == "2" and out[out.index("--node_rank") + 1] == "1" and out[-3:] == [
         "demo.py", "-i", "in"]
+
+
+def test_torchrun_export_reports_are_summed_by_rank_0(tmp_path, monkeypatch):
+    from testing.now_export import ExportReport, write_export_report
+
+    parts = [ExportReport(3, 1, {"a.jpg": "no face"}), ExportReport(2, 0, {"b.jpg": "2 faces"})]
+    monkeypatch.setattr(sharding, "gather", lambda shard, obj: parts)
+    write_export_report(parts[1], tmp_path / "r1.json", Shard(1, 2, True))
+    assert not (tmp_path / "r1.json").exists()  # only rank 0 writes
+    write_export_report(parts[0], tmp_path / "r0.json", Shard(0, 2, True))
+    assert json.loads((tmp_path / "r0.json").read_text()) == {
+        "written": 5, "skipped": 1, "failed": {"a.jpg": "no face", "b.jpg": "2 faces"}}

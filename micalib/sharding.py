@@ -85,7 +85,8 @@ def parse_shard(text: str) -> Shard:
     """
     m = re.fullmatch(r"\s*(\d+)\s*/\s*(\d+)\s*", str(text))
     if m is None:
-        raise MICAError(f"--shard {text}: expected K/N, e.g. --shard 0/4 (K = $SLURM_ARRAY_TASK_ID, N = the array size)")
+        raise MICAError(f"--shard {text}: expected K/N, e.g. --shard 0/4 "
+                        f"(K = $SLURM_ARRAY_TASK_ID, N = the array size)")
     k, n = int(m.group(1)), int(m.group(2))
     if n < 1 or not 0 <= k < n:
         raise MICAError(f"--shard {text}: K must be 0..N-1 and N at least 1 (an array 0-{max(n - 1, 0)} for N={n})")

@@ -26,10 +26,11 @@ def test_collect_reads_the_steps_and_judges_the_goals(tmp_path):
         '<testsuites><testsuite tests="3" failures="1" errors="0" skipped="1">'
         '<testcase classname="t" name="a"/><testcase classname="t" name="b"><failure/></testcase>'
         '<testcase classname="t" name="c"><skipped/></testcase></testsuite></testsuites>')
-    (tmp_path / "demo.json").write_text(json.dumps({"setups": {"gpu-b64": {"img_per_s": 320.0, "gpu_busy_share": 0.5}}}))
+    demo = {"setups": {"gpu-b64": {"img_per_s": 320.0, "gpu_busy_share": 0.5}}}
+    (tmp_path / "demo.json").write_text(json.dumps(demo))
     (tmp_path / "baseline.json").write_text(json.dumps({"setups": {"baseline": {"img_per_s": 40.0}}}))
-    (tmp_path / "train.json").write_text(json.dumps({"rows": [{"batch": 16, "fraction_of_peak": 0.1},
-                                                              {"batch": 512, "fraction_of_peak": 0.3, "largest": True}]}))
+    rows = [{"batch": 16, "fraction_of_peak": 0.1}, {"batch": 512, "fraction_of_peak": 0.3, "largest": True}]
+    (tmp_path / "train.json").write_text(json.dumps({"rows": rows}))
     r = gpu_all_collect.collect(tmp_path, dry_run=False)
     assert r["steps"]["tests"] == {"exit": 0, "seconds": 1.5, "timed_out": False, "log_tail": []}
     assert r["steps"]["demo"]["timed_out"] and len(r["steps"]["demo"]["log_tail"]) == 15

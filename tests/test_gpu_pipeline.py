@@ -159,7 +159,8 @@ def _make_batched_scrfd(path: Path) -> None:
     graph = helper.make_graph(
         nodes, "tiny_scrfd_batched",
         [helper.make_tensor_value_info("input.1", TensorProto.FLOAT, ["B", 3, DET, DET])],
-        [helper.make_tensor_value_info(nm, TensorProto.FLOAT, ["B", a.shape[1], a.shape[2]]) for nm, a in zip(names, consts)],
+        [helper.make_tensor_value_info(nm, TensorProto.FLOAT, ["B", a.shape[1], a.shape[2]])
+         for nm, a in zip(names, consts)],
         initializer=inits)
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
     model.ir_version = 8
@@ -218,7 +219,9 @@ def test_mtcnn_on_cuda_finds_the_faces_of_the_cpu_path():
     from utils.detectors import MTCNN
     from utils.image_io import list_images, read_image
 
-    photos = _portrait_variants() + ([read_image(p) for p in list_images(SHARED_FACES)] if SHARED_FACES.is_dir() else [])
+    photos = _portrait_variants()
+    if SHARED_FACES.is_dir():
+        photos += [read_image(p) for p in list_images(SHARED_FACES)]
     cpu, gpu = MTCNN(), MTCNN(device="cuda")
     alone = [cpu.detect(p) for p in photos]
     batch = gpu.detect_batch(photos)

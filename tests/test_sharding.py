@@ -301,8 +301,9 @@ def _export_items(photos: Path, out: Path) -> list:
         return align_face(image, SlowDetector(0).detect(image)[0])
 
     paths = sorted(p for p in photos.rglob("*") if p.is_file())
-    return [ExportItem(p.relative_to(photos).as_posix(), [p], out / "predicted_meshes" / p.relative_to(photos).with_suffix(""),
-                       prepare) for p in reversed(paths)]  # given unsorted: the split follows the sorted keys
+    rels = [p.relative_to(photos) for p in paths]
+    return [ExportItem(rel.as_posix(), [p], out / "predicted_meshes" / rel.with_suffix(""), prepare)
+            for p, rel in reversed(list(zip(paths, rels)))]  # given unsorted: the split follows the sorted keys
 
 
 def test_export_shards_split_the_items_and_add_up_to_one_run(tmp_path, photos):
@@ -313,7 +314,8 @@ def test_export_shards_split_the_items_and_add_up_to_one_run(tmp_path, photos):
     written = []
     for k in range(3):
         shard = Shard(k, 3)
-        report = ExportWriter(TinyNetwork(), TETRA, ".obj", batch_size=4, shard=shard).run(_export_items(photos, tmp_path / "sh"))
+        writer = ExportWriter(TinyNetwork(), TETRA, ".obj", batch_size=4, shard=shard)
+        report = writer.run(_export_items(photos, tmp_path / "sh"))
         assert report.written + len(report.failed) == len(keys[k::3])
         written.append(report.written)
         write_export_report(report, tmp_path / "sh" / "export_report.json", shard)

@@ -12,6 +12,7 @@ import os
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import cv2
@@ -244,6 +245,47 @@ def test_killed_shard_is_finished_by_a_rerun_under_another_shard_count(tmp_path,
     rows = merge_summaries.merge(meshes, photos, tmp_path / "o" / "arcface")
     assert {r.status for r in rows} == {"ok", "failed"} and sum(r.status == "failed" for r in rows) == 1
     # the same as one uninterrupted process
+    _demo(monkeypatch, photos, tmp_path / "one", "--batch-size", "1")
+    assert _files(tmp_path / "o") == _files(tmp_path / "one")
+
+
+class StallsAtSecond(TinyNetwork):
+    """The network of a node that hangs (and is then killed) after its first image."""
+
+    def predict_identity(self, batch):
+        if self.calls:
+            time.sleep(120)
+        return super().predict_identity(batch)
+
+
+def _shard_job(inp: str, out: str, shard: str) -> None:
+    """``python demo.py -i INP -o OUT --shard K/N --batch-size 1`` with the stand-ins and a stalling network."""
+    demo.setup = lambda args: None
+    demo.build_runner = lambda args, cfg: _make_runner(args, StallsAtSecond())
+    run_main(lambda: demo.main(_argv(Path(inp), Path(out), "--batch-size", "1", "--shard", shard)))
+
+
+@pytest.mark.slow
+def test_shard_killed_with_sigkill_is_finished_by_a_rerun(tmp_path, photos, monkeypatch):
+    """A real ``kill -9`` of a --shard job after its first image; a re-run under 2 shards completes
+    the run, equal to one uninterrupted process."""
+    meshes = tmp_path / "o" / "meshes"
+    code = (f"import sys; sys.path.insert(0, {str(ROOT)!r}); from tests.test_sharding import _shard_job; "
+            f"_shard_job({str(photos)!r}, {str(tmp_path / 'o')!r}, '2/3')")
+    proc = subprocess.Popen([sys.executable, "-c", code], cwd=ROOT, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while not (meshes / ".mica" / "done" / "p0" / "img6.json").is_file() and time.time() < deadline:
+        time.sleep(0.05)  # shard 2 of 3: p0/img6.png, p1/img1.png, p1/img7.png
+    time.sleep(0.2)
+    proc.kill()
+    proc.wait()
+    assert (meshes / ".mica" / "done" / "p0" / "img6.json").is_file() and not (meshes / "p1" / "img1").exists()
+    nets = [TinyNetwork(), TinyNetwork()]
+    for k in range(2):
+        _demo(monkeypatch, photos, tmp_path / "o", "--batch-size", "1", "--shard", f"{k}/2", net=nets[k])
+    assert sum(len(n.calls) for n in nets) == 10 - 1  # everything but the killed shard's one finished image
+    assert merge_summaries.main([str(meshes), "-i", str(photos), "-a", str(tmp_path / "o" / "arcface")]) == 1
     _demo(monkeypatch, photos, tmp_path / "one", "--batch-size", "1")
     assert _files(tmp_path / "o") == _files(tmp_path / "one")
 

@@ -7,6 +7,11 @@ the aligned crops in -a (NAME.jpg 224 crop, NAME.npy network input), and OUTPUT/
 Trailing KEY VALUE pairs override the configuration (see configs/config.py).
 Exit code: 0 when every input is reconstructed (or was by an earlier run), 1 when any failed,
 130 when interrupted (Ctrl-C or SIGTERM; the summary then lists the unprocessed inputs as pending).
+
+Many processes (``micalib.sharding``): ``torchrun --nnodes N --nproc_per_node G demo.py -i BIG -o OUT``
+splits the inputs over the ranks (one GPU each, rank 0 writes the summary at the end);
+``--shard K/N`` runs one independent share (a SLURM array task), and
+``python -m micalib.merge_summaries OUT -i BIG`` writes the summary when all shards are done.
 """
 from __future__ import annotations
 
@@ -42,7 +47,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                         "compete for the same cores: measured slower in bench/README.md)")
     p.add_argument("--workers", type=int, default=None,
                    help="threads that read, detect and align the images of a batch at the same time, and "
-                        "write its outputs (1..64; default: the CPU cores, at most 8; 1 = one after the other)")
+                        "write its outputs (1..64; default: the CPU cores, at most 8, divided among torchrun's "
+                        "ranks on a machine; 1 = one after the other); with the detector on a GPU, also the worker "
+                        "processes that decode the photos")
     p.add_argument("--device", default=None, help="auto, cpu, cuda, cuda:N or mps")
     p.add_argument("--precision", choices=["fp32", "bf16", "fp16", "auto"], default=None)
     p.add_argument("--onnx", default=None, help="run this exported ONNX network on onnxruntime instead of torch")
@@ -50,6 +57,10 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="also average the identity of all images of each sub-folder into SUBFOLDER/fused/")
     p.add_argument("--no-render", action="store_true", help="skip render.png previews")
     p.add_argument("--overwrite", action="store_true", help="redo images whose outputs already exist")
+    p.add_argument("--shard", default=None, metavar="K/N",
+                   help="process only share K of N (0 <= K < N, e.g. K=$SLURM_ARRAY_TASK_ID) as an independent job; "
+                        "afterwards python -m micalib.merge_summaries OUT writes the summary (under torchrun the "
+                        "ranks split the inputs by themselves: no --shard)")
     p.add_argument("opts", nargs=argparse.REMAINDER, help="KEY VALUE config overrides")
     return p.parse_args(argv)
 
@@ -65,25 +76,33 @@ def setup(args: argparse.Namespace):
 
 
 def build_runner(args: argparse.Namespace, cfg):
-    """Predictor, detector and runner for the parsed arguments (also used by bench/demo.py)."""
-    from micalib.demo_runner import DemoRunner, default_workers
+    """Predictor, detector and runner for the parsed arguments (also used by bench/demo.py);
+    ``args.run_shard``: this process's share (``micalib.sharding.resolve_shard``; absent = everything)."""
+    from micalib.demo_runner import DemoOptions, DemoRunner, default_workers, detector_on_gpu
     from micalib.predictor import Predictor
     from micalib.records import checkpoint_id
+    from micalib.sharding import Shard, rank_cores
     from utils.detectors import create_detector
 
     predictor = Predictor.from_config(cfg, onnx_path=args.onnx)
     weights = args.onnx or (resolve_path(cfg.pretrained_model_path) if cfg.pretrained_model_path else None)
     detector = None
     if not args.aligned:
+        # MTCNN on the network's GPU (one detect_batch per batch); SCRFD picks onnxruntime's CUDA provider itself
+        on_gpu = predictor.device.type == "cuda"
         detector = create_detector(cfg.detector.name, antelopev2_dir=resolve_path(cfg.detector.antelopev2_dir),
                                    det_size=tuple(cfg.detector.det_size), threshold=cfg.detector.threshold,
+                                   device=predictor.device if on_gpu else "cpu",
                                    mtcnn_max_side=cfg.detector.mtcnn_max_side)
-    return DemoRunner(predictor, detector, predictor.faces, Path(args.output), Path(args.arcface),
-                      batch_size=args.batch_size, all_faces=args.all_faces, aligned=args.aligned,
-                      render=not args.no_render, overwrite=args.overwrite, fuse=args.fuse,
-                      prefetch=_default_prefetch(predictor) if args.prefetch is None else args.prefetch,
-                      workers=default_workers() if args.workers is None else args.workers,
-                      checkpoint=checkpoint_id(weights))
+    shard = getattr(args, "run_shard", None) or Shard()
+    workers = default_workers(rank_cores(shard)) if args.workers is None else args.workers
+    options = DemoOptions(batch_size=args.batch_size, all_faces=args.all_faces, aligned=args.aligned,
+                          render=not args.no_render, overwrite=args.overwrite, fuse=args.fuse,
+                          prefetch=_default_prefetch(predictor) if args.prefetch is None else args.prefetch,
+                          workers=workers, checkpoint=checkpoint_id(weights), shard=shard,
+                          # the GPU pipeline (detector on CUDA) decodes photos in worker processes
+                          decode_processes=workers if detector is not None and detector_on_gpu(detector) else 0)
+    return DemoRunner(predictor, detector, predictor.faces, Path(args.output), Path(args.arcface), options)
 
 
 def _default_prefetch(predictor) -> int:
@@ -110,24 +129,52 @@ def main(argv=None) -> int:
         raise MICAError("--fuse averages one face per image; it cannot be combined with --all-faces")
     if not Path(args.input).exists():
         raise MICAError(f"input {args.input} does not exist (pass an image or a folder of images with -i)")
+    from micalib.sharding import gather, rank_cores, rank_device, resolve_shard
+    from utils.dist import destroy_distributed
+
+    shard = args.run_shard = resolve_shard(args.shard)
+    if shard.distributed:  # torchrun sets OMP_NUM_THREADS=1; each rank takes its share of the cores instead
+        import torch
+
+        torch.set_num_threads(rank_cores(shard))
+        args.device = rank_device(args.device, shard)
     cfg = setup(args)
     set_max_pixels(cfg.image.max_pixels)
+    from micalib.demo_runner import check_output_folders
+
+    check_output_folders(Path(args.input), Path(args.output), Path(args.arcface))
     # refuse an unusable output before loading anything; remove what killed runs left behind
     prepare_output_dir(args.output, "output folder (-o)")
     prepare_output_dir(args.arcface, "crop folder (-a)")
     from micalib.output_lock import output_lock
 
-    # the lock before loading anything: a second run on the same -o is refused at once
-    with _sigterm_as_interrupt(), output_lock(Path(args.output)):
-        runner = build_runner(args, cfg)
+    # the lock before loading anything: a second run on the same -o is refused at once (a --shard job
+    # takes none: the shards of one run must not refuse each other; under torchrun rank 0 holds it)
+    with _sigterm_as_interrupt(), output_lock(Path(args.output), enabled=shard.leader):
+        try:
+            runner = build_runner(args, cfg)
+        except KeyboardInterrupt:  # while the model loads: still leave a summary of every input
+            if not shard.sharded:
+                from micalib.demo_runner import write_interrupted_summary
+
+                write_interrupted_summary(Path(args.input), Path(args.output), Path(args.arcface),
+                                          all_faces=args.all_faces, render=not args.no_render)
+            raise
         results = runner.run(Path(args.input))
     failed = [r for r in results if r.status == "failed"]
-    done = sum(r.status == "ok" for r in results)
-    skipped = sum(r.status == "done" for r in results)
-    logger.info(f"{done} reconstructed, {skipped} already done, {len(failed)} failed -> {args.output}")
+    counts = [sum(r.status == s for r in results) for s in ("ok", "done", "failed")]
+    totals = [sum(c) for c in zip(*gather(shard, counts))]  # every rank of a torchrun run: the run's totals
+    destroy_distributed()
+    where = f"shard {shard}: " if shard.sharded else ""
+    logger.info(f"{where}{counts[0]} reconstructed, {counts[1]} already done, {counts[2]} failed -> {args.output}")
     for r in failed:
         logger.warning(f"failed: {r.input}: {r.message}")
-    return 1 if failed else 0
+    if shard.distributed and shard.leader:
+        logger.info(f"all {shard.count} ranks: {totals[0]} reconstructed, {totals[1]} already done, "
+                    f"{totals[2]} failed; summary -> {Path(args.output) / 'summary.csv'}")
+    elif shard.independent:
+        logger.info(f"when every shard has finished: python -m micalib.merge_summaries {args.output} -i {args.input}")
+    return 1 if totals[2] else 0
 
 
 @contextlib.contextmanager

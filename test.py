@@ -9,6 +9,10 @@
     # compare methods: each --predicted NAME=FOLDER gets a row of OUTPUT/.../results/results.md
     python test.py --evaluate --now-root /data/NoW --predicted mica=out/a --predicted deca=out/b
 
+Exports run on many processes like demo.py: under ``torchrun --nproc_per_node G test.py ...`` or as
+independent ``--shard K/N`` jobs (unit: a NoW image, a Stirling (quality, subject) group; see
+``micalib.sharding``). ``--evaluate`` runs in one process (python, not torchrun; no --shard).
+
 Benchmark roots also come from the config (test.now_root, test.stirling_root); trailing
 KEY VALUE pairs override the configuration (see configs/config.py).
 
@@ -58,6 +62,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     g.add_argument("--mesh-format", choices=["ply", "obj"], default="ply", help="predicted mesh files")
     g.add_argument("--overwrite", action="store_true", help="redo images whose outputs already exist")
     g.add_argument("--no-render", action="store_true", help="skip the preview images")
+    g.add_argument("--shard", default=None, metavar="K/N",
+                   help="export only share K of N (0 <= K < N, e.g. K=$SLURM_ARRAY_TASK_ID) as an independent job "
+                        "(under torchrun the ranks split the items by themselves: no --shard)")
     e = p.add_argument_group("evaluation")
     e.add_argument("--predicted", action="append", default=None, metavar="[NAME=]FOLDER",
                    help="predicted folder(s) to score (default: this run's predicted_meshes); repeat to compare methods")
@@ -122,14 +129,23 @@ def export(args: argparse.Namespace, cfg, benchmark: str) -> int:
 
         qualities = QUALITIES if args.quality == "both" else (args.quality,)
         stirling_export_items(root, out, None, qualities)
+    from micalib.sharding import rank_cores, rank_device, resolve_shard
+
+    shard = resolve_shard(args.shard)
+    device = None
+    if shard.distributed:  # one GPU per rank, the rank's share of the cores (torchrun sets OMP_NUM_THREADS=1)
+        import torch
+
+        torch.set_num_threads(rank_cores(shard))
+        device = rank_device(cfg.device, shard)
     predictor = Predictor.from_config(cfg, backend="onnxruntime" if args.onnx else "torch", onnx_path=args.onnx,
-                                      batch_size=args.batch_size)
+                                      batch_size=args.batch_size, device=device)
     faces = predictor.faces
     detector = create_detector(cfg.detector.name, antelopev2_dir=resolve_path(cfg.detector.antelopev2_dir),
                                det_size=tuple(cfg.detector.det_size), threshold=threshold,
                                mtcnn_max_side=cfg.detector.mtcnn_max_side)
     kwargs = dict(mesh_suffix="." + args.mesh_format, batch_size=args.batch_size, overwrite=args.overwrite,
-                  render=not args.no_render)
+                  render=not args.no_render, shard=shard)
     if benchmark == "now":
         report = export_now(predictor, faces, detector, root, out, splits, **kwargs)
     else:
@@ -207,6 +223,12 @@ def main(argv=None) -> int:
     benchmark = args.benchmark or str(cfg.test_dataset).lower()
     if benchmark not in ("now", "stirling"):
         raise ValueError(f"benchmark must be now or stirling, not '{benchmark}' (--benchmark or test_dataset)")
+    if args.evaluate:
+        from micalib.sharding import under_torchrun
+
+        if args.shard is not None or under_torchrun():
+            raise MICAError("--evaluate scores in one process: run it with python (not torchrun) and without "
+                            "--shard, after every export shard has finished")
     return evaluate(args, cfg, benchmark) if args.evaluate else export(args, cfg, benchmark)
 
 

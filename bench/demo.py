@@ -14,9 +14,15 @@ and prints seconds per stage (read+detect, align, crops, network, flame, render,
 throughput ratio to the baseline. Stage seconds are summed over threads: with workers or prefetch
 they add up to more than the wall time.
 
+With ``--device cuda`` the set-ups are the baseline and the GPU pipeline (``gpu-bN``: MTCNN on the
+GPU, one ``detect_batch`` per batch, photos decoded in worker processes, ``--batch-size``, bf16), and
+each row also gives img/s per stage and the share of the wall time the GPU had work (CUDA events
+around each batch's detection and network calls; "n/a" where there are no events, e.g. on a CPU).
+
 Usage::
 
     python bench/demo.py [-i FOLDER] [-n 32] [--arch iresnet100] [--device cpu] [--render] [--only int8-w]
+    python bench/demo.py --device cuda -n 2000 --resize 1024 --batch-size 64 --json out.json
 
 Without ``-i`` the photos in ../shared/data/faces are repeated to ``-n`` images. Weights are random
 (an iresnet100 in the mica.tar format) and FLAME is synthetic: speed does not depend on the values.
@@ -42,11 +48,28 @@ from utils.errors import MICAError, run_main  # noqa: E402
 from utils.image_io import list_images  # noqa: E402
 
 
-def _make_folder(src: Path, n: int, dst: Path) -> None:
+def _make_folder(src: Path, n: int, dst: Path, resize: int = 0) -> None:
+    """``n`` photos from ``src`` (repeated); with ``resize``, re-encoded as JPEG (quality 90) with
+    the longer side ``resize`` px (the demo goal's input of issue 17)."""
     photos = list_images(src)
     if not photos:
         raise MICAError(f"no images in {src}")
     dst.mkdir(parents=True)
+    if resize:
+        import cv2
+
+        from utils.image_io import read_image
+
+        encoded = []
+        for p in photos:
+            rgb = read_image(p)
+            f = resize / max(rgb.shape[:2])
+            big = cv2.resize(rgb, (round(rgb.shape[1] * f), round(rgb.shape[0] * f)),
+                             interpolation=cv2.INTER_CUBIC if f > 1 else cv2.INTER_AREA)
+            encoded.append(cv2.imencode(".jpg", big[..., ::-1], [cv2.IMWRITE_JPEG_QUALITY, 90])[1].tobytes())
+        for i in range(n):
+            (dst / f"{i:05d}.jpg").write_bytes(encoded[i % len(encoded)])
+        return
     for i in range(n):
         p = photos[i % len(photos)]
         shutil.copy(p, dst / f"{i:03d}{p.suffix}")
@@ -62,6 +85,13 @@ def main() -> int:
     ap.add_argument("--no-int8", action="store_true", help="skip the int8 ONNX set-ups")
     ap.add_argument("--workers", type=int, default=None,
                     help="worker threads of the -wN set-ups (default: demo.py's, the CPU cores, at most 8)")
+    ap.add_argument("--resize", type=int, default=0, help="re-encode the input photos at this longer side (JPEG q90)")
+    ap.add_argument("--batch-size", type=int, default=64, help="batch of the GPU set-up (--device cuda)")
+    ap.add_argument("--precision", default="bf16", help="precision of the GPU set-up (--device cuda)")
+    ap.add_argument("--json", default=None, help="also write the rows to this JSON file")
+    ap.add_argument("--no-baseline", action="store_true", help="skip the batch-1 fp32 baseline (no ratio column)")
+    ap.add_argument("--gpu-pipeline", action="store_true",
+                    help="the GPU set-up (batch detection, decoding processes) also on a CPU (tests its code path)")
     ap.add_argument("--only", nargs="+", default=None, metavar="PREFIX",
                     help="run only the set-ups whose label starts with one of these (the baseline always runs)")
     args = ap.parse_args()
@@ -76,7 +106,7 @@ def main() -> int:
     logger.add(sys.stderr, level="WARNING")
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        _make_folder(Path(args.input), args.n, tmp / "in")
+        _make_folder(Path(args.input), args.n, tmp / "in", args.resize)
         write_synthetic_flame(tmp / "flame", real=None)
         write_random_mica_tar(tmp / "mica.tar", arch=args.arch)
         f = tmp / "flame"
@@ -84,11 +114,16 @@ def main() -> int:
                               "model.flame_model_path", str(f / "generic_model.pkl"),
                               "model.flame_lmk_embedding_path", str(f / "landmark_embedding.npy"),
                               "device", args.device])
-        detector = create_detector("mtcnn", mtcnn_max_side=cfg.detector.mtcnn_max_side)
+        gpu = args.device.startswith("cuda") or args.gpu_pipeline
+        detector = create_detector("mtcnn", mtcnn_max_side=cfg.detector.mtcnn_max_side,
+                                   device=args.device if args.device.startswith("cuda") else "cpu")
         w = default_workers() if args.workers is None else args.workers
         setups = [("baseline", 1, "fp32", 0, 1, None), ("batched", 16, "auto", 0, 1, None),
                   (f"batched-w{w}", 16, "auto", 0, w, None), (f"prefetch-w{w}", 16, "auto", 16, w, None)]
-        if not args.no_int8 and (not args.only or any(p.startswith("int8") for p in args.only)):
+        if gpu:  # the GPU pipeline against the one-image-at-a-time baseline
+            setups = [("baseline", 1, "fp32", 0, 1, None), (f"gpu-b{args.batch_size}", args.batch_size,
+                                                             args.precision, 2 * args.batch_size, w, None)]
+        if not gpu and not args.no_int8 and (not args.only or any(p.startswith("int8") for p in args.only)):
             from micalib.mica import MICA
             from micalib.quantize import export_int8, synthetic_calibration
 
@@ -98,26 +133,63 @@ def main() -> int:
                        (f"int8-pf-w{w}", 16, "fp32", 16, w, tmp / "int8.onnx")]
         if args.only:
             setups = [s for s in setups if s[0] == "baseline" or s[0].startswith(tuple(args.only))]
+        if args.no_baseline:
+            setups = [s for s in setups if s[0] != "baseline"]
         rows = {}
         for label, batch, precision, prefetch, workers, onnx in setups:
             predictor = Predictor.from_config(cfg, precision=precision, batch_size=batch, onnx_path=onnx)
             for _ in range(2):  # steady state: oneDNN/onnxruntime prepare their kernels per batch shape
                 predictor.decode(predictor.predict_identity(np.zeros((batch, 3, 112, 112), np.float32)))
+            decode = workers if gpu and batch > 1 else 0
             runner = DemoRunner(predictor, detector, predictor.faces, tmp / f"out_{label}", tmp / f"arc_{label}",
-                                batch_size=batch, render=args.render, prefetch=prefetch, workers=workers)
+                                batch_size=batch, render=args.render, prefetch=prefetch, workers=workers,
+                                decode_processes=decode, batch_detect=gpu and batch > 1)
             t0 = time.perf_counter()
             results = runner.run(tmp / "in")
             total = time.perf_counter() - t0
             ok = sum(r.status == "ok" for r in results)
+            busy = runner.gpu_busy.seconds()
             rows[label] = (total, ok, dict(runner.timings.seconds),
-                           predictor.onnx_precision or str(predictor.dtype).replace("torch.", ""))
-    base = rows["baseline"][0]
-    stages = sorted({s for r in rows.values() for s in r[2]})
+                           predictor.onnx_precision or str(predictor.dtype).replace("torch.", ""),
+                           None if busy is None else busy / total)
+    report = summarise(rows, args.n)
     print(f"{args.n} images, {args.arch}, device {args.device}")
-    print(f"{'set-up':14s} {'dtype':9s} {'img/s':>7s} {'ratio':>6s} " + " ".join(f"{s:>12s}" for s in stages))
-    for label, (total, ok, sec, dtype) in rows.items():
-        print(f"{label:14s} {dtype:9s} {ok / total:7.2f} {base / total:6.2f} " + " ".join(f"{sec.get(s, 0):11.2f}s" for s in stages))
+    print(format_rows(report))
+    if args.json:
+        import json
+
+        Path(args.json).write_text(json.dumps({"images": args.n, "arch": args.arch, "device": args.device,
+                                               "setups": report}, indent=2))
     return 0
+
+
+def summarise(rows: dict, n: int) -> dict:
+    """Per set-up: wall seconds, img/s, ratio to the baseline, seconds and img/s per stage, and the
+    share of the wall time the GPU had work (None without CUDA events)."""
+    base = rows["baseline"][0] if "baseline" in rows else None
+    out = {}
+    for label, (total, ok, sec, dtype, busy) in rows.items():
+        out[label] = {"dtype": dtype, "seconds": total, "img_per_s": ok / total, "ok": ok,
+                      "ratio": None if base is None else base / total,
+                      "stage_seconds": sec, "stage_img_per_s": {s: (n / t if t > 0 else None) for s, t in sec.items()},
+                      "gpu_busy_share": busy}
+    return out
+
+
+def format_rows(report: dict) -> str:
+    stages = sorted({s for r in report.values() for s in r["stage_seconds"]})
+    lines = [f"{'set-up':14s} {'dtype':9s} {'img/s':>7s} {'ratio':>6s} {'GPU busy':>8s} "
+             + " ".join(f"{s:>12s}" for s in stages)]
+    for label, r in report.items():
+        busy = "n/a" if r["gpu_busy_share"] is None else f"{100 * r['gpu_busy_share']:.0f}%"
+        ratio = "-" if r["ratio"] is None else f"{r['ratio']:.2f}"
+        lines.append(f"{label:14s} {r['dtype']:9s} {r['img_per_s']:7.2f} {ratio:>6s} {busy:>8s} "
+                     + " ".join(f"{r['stage_seconds'].get(s, 0):11.2f}s" for s in stages))
+    lines.append("img/s per stage (images / stage seconds):")
+    for label, r in report.items():
+        lines.append(f"  {label:12s} " + ", ".join(f"{s} {v:.1f}" for s, v in sorted(r["stage_img_per_s"].items())
+                                                   if v is not None))
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":

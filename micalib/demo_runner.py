@@ -11,43 +11,46 @@ a folder). The summary lists every input after every run, also an interrupted on
 """
 from __future__ import annotations
 
-import contextlib
 import itertools
 import json
-import os
-import threading
-import time
-from collections import defaultdict, deque
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+import multiprocessing
+from collections import defaultdict
+from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor
+from dataclasses import dataclass, field, replace
 from pathlib import Path, PurePath
-from typing import Callable, Dict, Iterator, List, Optional, Sequence, Union
+from typing import Dict, Iterator, List, Optional, Sequence, Union
 
 import numpy as np
 import torch
 from loguru import logger
-from tqdm import tqdm
 
-from micalib.face_prep import AlignedFace, aligned_input, detect_and_align
+from micalib.batching import BatchLoop, GpuBusy, Job, StageTimer
+from micalib.decoding import decoder_init, read_or_error
+from micalib.face_prep import aligned_input, detect_and_align
 from micalib.output_lock import output_lock
 from micalib.outputs import output_files, output_names, write_reconstruction
 from micalib.records import (
+    DONE_MESSAGE,
     PENDING_MESSAGE,
     STATE_DIR,
     ItemResult,
+    display,
     is_done,
     read_record,
+    rebuild_summary,
     remove_record,
     write_record,
     write_summary,
 )
+from micalib.scheduling import Schedule
+from micalib.sharding import Shard, barrier, usable_cores
 from models.flame import M_TO_MM
 from utils.detectors import MTCNN
 from utils.errors import MICAError
 from utils.image_io import ImageList, list_images, read_image, write_image
 from utils.io import atomic_save_npy, atomic_write_text
 
-__all__ = ["DemoRunner", "ItemResult", "StageTimer", "default_workers"]
+__all__ = ["DemoRunner", "DemoOptions", "ItemResult", "StageTimer", "default_workers", "list_inputs", "input_names"]
 
 
 def _one_torch_thread() -> None:
@@ -60,61 +63,17 @@ def _one_torch_thread() -> None:
         torch.set_num_threads(1)
 
 
-def default_workers() -> int:
-    """Worker threads for preparing and writing: the CPU cores this process may use, at most 8."""
-    try:
-        cores = len(os.sched_getaffinity(0))
-    except AttributeError:  # macOS, Windows
-        cores = os.cpu_count() or 1
-    return max(1, min(8, cores))
+def default_workers(cores: Optional[int] = None) -> int:
+    """Worker threads for preparing and writing: ``cores`` (default: the CPU cores this process may
+    use; a torchrun rank passes its share, ``sharding.rank_cores``), at most 8."""
+    return max(1, min(8, usable_cores() if cores is None else int(cores)))
 
 
-@dataclass
-class _Item:
-    """An input being processed: its summary row and how many of its faces are still unwritten."""
+@dataclass(frozen=True)
+class DemoOptions:
+    """What a demo run does (``DemoRunner``); demo.py builds it from its command line.
 
-    path: Path
-    result: ItemResult
-    left: int = 0
-
-
-@dataclass
-class _Job:
-    """One aligned face waiting for the network."""
-
-    name: str
-    item: _Item
-    aligned: AlignedFace
-
-
-class StageTimer:
-    """Seconds spent per named stage: ``with timer("network"): ...`` (thread-safe; time spent in
-    worker threads at once is summed, so the stages can add up to more than the wall time)."""
-
-    def __init__(self) -> None:
-        self.seconds: Dict[str, float] = defaultdict(float)
-        self._lock = threading.Lock()
-
-    @contextlib.contextmanager
-    def __call__(self, stage: str) -> Iterator[None]:
-        start = time.perf_counter()
-        try:
-            yield
-        finally:
-            elapsed = time.perf_counter() - start
-            with self._lock:
-                self.seconds[stage] += elapsed
-
-
-class DemoRunner:
-    """Runs the demo over a folder.
-
-    Args:
-        predictor: a ``micalib.predictor.Predictor`` (torch or onnxruntime backend).
-        detector: object with ``detect(rgb) -> list[Face]``; unused with ``aligned=True``.
-        faces: (F, 3) FLAME triangles for the meshes.
-        output_dir: per-face folders go here, plus ``summary.csv`` / ``summary.json``.
-        arcface_dir: the aligned 224 crops (``NAME.jpg``) and network inputs (``NAME.npy``).
+    Attributes:
         batch_size: faces per network call.
         all_faces: reconstruct every face (``NAME_0``, ``NAME_1``, ...) instead of the central one.
         aligned: inputs are already ArcFace crops (112 or 224), skip detection.
@@ -130,116 +89,246 @@ class DemoRunner:
             With batch size 1 there is one image at a time, so only ``prefetch`` can use them; with
             ``prefetch`` they prepare, and the outputs are written by the calling thread.
         checkpoint: hash prefix of the network's file (``records.checkpoint_id``), kept in the records.
-        lock: hold ``OUTPUT/.mica/lock`` while running (``micalib.output_lock``). The shards of one
-            sharded run pass ``lock=False, summary=False``: each writes only its own records, and
-            ``records.rebuild_summary`` merges them.
-        summary: write ``summary.csv`` / ``summary.json`` at the end of ``run``.
+        batch_detect: detect the faces of a batch of photos in one ``detect_batch`` call (None = when
+            the detector runs on a GPU, see ``DemoRunner.detects_in_batches``): the GPU pipeline.
+        decode_processes: with batch detection, worker processes that read and decode the photos
+            ahead (0 = the calling thread); threads stalled on the GIL in the decoders.
+        lock: hold ``OUTPUT/.mica/lock`` while running (``micalib.output_lock``). Shards never take it
+            (each writes only its own records); rank 0 of a torchrun run holds it for the run.
+        summary: write ``summary.csv`` / ``summary.json`` at the end of ``run`` (in a sharded run
+            only where ``shard.writes_summary``: rank 0 of torchrun, from the records of all ranks).
+        shard: the part of the inputs this process does (``micalib.sharding``).
+    """
+
+    batch_size: int = 8
+    all_faces: bool = False
+    aligned: bool = False
+    render: bool = True
+    overwrite: bool = False
+    fuse: bool = False
+    prefetch: int = 0
+    workers: int = 1
+    checkpoint: str = ""
+    batch_detect: Optional[bool] = None
+    decode_processes: int = 0
+    lock: bool = True
+    summary: bool = True
+    shard: Shard = field(default_factory=Shard)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "decode_processes", max(0, int(self.decode_processes)))
+        for name in ("batch_size", "workers"):
+            object.__setattr__(self, name, max(1, int(getattr(self, name))))
+        object.__setattr__(self, "prefetch", max(0, int(self.prefetch)))
+
+
+def list_inputs(input_dir: Path, output_dir: Path, arcface_dir: Path) -> tuple[ImageList, Path]:
+    """The images a demo run on ``input_dir`` processes, and the root their names are relative to
+    (an ``ImageList``: its ``failures`` are the sub-folders that could not be listed).
+
+    Never inputs: our own output and crop folders when they lie inside the input folder (``-o X/out``
+    must not feed the first run's renders and crops to the second), anything under a ``.mica``
+    folder, and any folder holding one (the output and crop folders of every earlier run are marked
+    so). ``-o`` or ``-a`` equal to the input folder is refused: the crops would overwrite photos of
+    the same name, and every run would read the last one's outputs.
+    """
+    if input_dir.is_file():
+        return ImageList([input_dir]), input_dir.parent
+    check_output_folders(input_dir, output_dir, arcface_dir)
+    root = input_dir.resolve()
+    ours = [Path(d).resolve() for d in (output_dir, arcface_dir)]
+    ours = [d for d in ours if d.is_relative_to(root)]  # not when -i is inside -o
+    listed = list_images(input_dir, recursive=True)
+    marked: Dict[Path, bool] = {}  # folder below the input -> it (or a folder above it) is one of our outputs
+
+    def ours_by_marker(folder: Path) -> bool:
+        if folder == input_dir:
+            return False
+        if folder not in marked:
+            marked[folder] = (folder / STATE_DIR).is_dir() or ours_by_marker(folder.parent)
+        return marked[folder]
+
+    kept = [p for p in listed if STATE_DIR not in p.relative_to(input_dir).parts[:-1]
+            and not ours_by_marker(p.parent)
+            and not (ours and any(p.resolve().is_relative_to(d) for d in ours))]
+    return ImageList(kept, listed.failures, listed.ignored), input_dir
+
+
+def check_output_folders(input_dir: Path, output_dir: Path, arcface_dir: Path) -> None:
+    """Refuse ``-o`` or ``-a`` equal to the input folder (one line), before anything is written."""
+    if not Path(input_dir).is_dir():
+        return
+    root = Path(input_dir).resolve()
+    for flag, folder in (("-o", output_dir), ("-a", arcface_dir)):
+        if Path(folder).resolve() == root:
+            raise MICAError(f"{flag} {folder} is the input folder: its files would be written among your photos "
+                            f"(and overwrite those of the same name); pass another folder for {flag}")
+
+
+def mark_crop_folder(arcface_dir: Path) -> None:
+    """``ARCFACE/.mica/``: marks the crop folder as ours, so no later run reads it as input."""
+    marker = Path(arcface_dir) / STATE_DIR / "crops"
+    if not marker.is_file():
+        atomic_write_text(marker, "aligned crops and network inputs written by demo.py; not inputs\n", fsync=False)
+
+
+def input_names(paths: Sequence[Path], root: Path) -> List[tuple[PurePath, str]]:
+    """``(relative input, NAME)`` of every input, NAME by ``outputs.output_names`` over the whole
+    listing (also in a sharded run: a shard selects its inputs after this)."""
+    rels = [PurePath(p.relative_to(root).as_posix()) for p in paths]
+    names = output_names(rels)
+    return [(rel, names[rel]) for rel in rels]
+
+
+def write_interrupted_summary(input_dir: Path, output_dir: Path, arcface_dir: Path, all_faces: bool = False,
+                              render: bool = True) -> None:
+    """The summary of a run stopped before it listed its inputs (Ctrl-C while the model loads):
+    every input, ``done`` where an earlier run finished it, else ``pending``."""
+    paths, root = list_inputs(Path(input_dir), Path(output_dir), Path(arcface_dir))
+    rows = []
+    for rel, name in input_names(paths, root):
+        record = read_record(output_dir, name)
+        if is_done(output_dir, record, rel.as_posix(), output_files(render), all_faces=all_faces,
+                   arcface_dir=arcface_dir):
+            record.status, record.message = "done", DONE_MESSAGE
+            rows.append(record)
+        else:
+            rows.append(ItemResult(input=rel.as_posix(), status="pending", name=name, message=PENDING_MESSAGE))
+    write_summary(output_dir, rows)
+    logger.warning(f"stopped before any input was processed: the summary lists the {len(rows)} inputs in "
+                   f"{Path(output_dir) / 'summary.csv'}; run the same command again to process them")
+
+
+@dataclass
+class _Item:
+    """An input being processed: its summary row and how many of its faces are still unwritten."""
+
+    path: Path
+    result: ItemResult
+    left: int = 0
+
+
+class DemoRunner:
+    """Runs the demo over a folder.
+
+    Args:
+        predictor: a ``micalib.predictor.Predictor`` (torch or onnxruntime backend).
+        detector: object with ``detect(rgb) -> list[Face]``; unused with ``aligned=True``.
+        faces: (F, 3) FLAME triangles for the meshes.
+        output_dir: per-face folders go here, plus ``summary.csv`` / ``summary.json``.
+        arcface_dir: the aligned 224 crops (``NAME.jpg``) and network inputs (``NAME.npy``).
+        options: a ``DemoOptions``; keyword arguments override single fields
+            (``DemoRunner(..., batch_size=4)``).
+        pool: the executor that prepares and writes (default: ``options.workers`` threads when
+            the options call for parallel work); injected as it is, and not shut down.
     """
 
     def __init__(self, predictor, detector, faces: np.ndarray, output_dir: Path, arcface_dir: Path,
-                 batch_size: int = 8, all_faces: bool = False, aligned: bool = False, render: bool = True,
-                 overwrite: bool = False, fuse: bool = False, prefetch: int = 0, workers: int = 1,
-                 checkpoint: str = "", lock: bool = True, summary: bool = True):
+                 options: Optional[DemoOptions] = None, pool: Optional[Executor] = None, **overrides):
         self.predictor = predictor
         self.detector = detector
         self.faces = np.asarray(faces)
         self.output_dir = Path(output_dir)
         self.arcface_dir = Path(arcface_dir)
-        self.batch_size = max(1, int(batch_size))
-        self.all_faces = all_faces
-        self.aligned = aligned
-        self.render = render
-        self.overwrite = overwrite
-        self.fuse = fuse
-        self.prefetch = max(0, int(prefetch))
-        self.workers = max(1, int(workers))
-        self.checkpoint = checkpoint
-        self.lock = lock
-        self.summary = summary
+        self.options = replace(options or DemoOptions(), **overrides)
         self.timings = StageTimer()
-        self._pool: Optional[ThreadPoolExecutor] = None  # set while run() works
+        self._injected_pool = pool
+        self.gpu_busy = GpuBusy(getattr(predictor, "device", None))
         self._fused_codes: Dict[str, list] = defaultdict(list)
 
     # ------------------------------------------------------------------ inputs
-    def _list_inputs(self, input_dir: Path) -> tuple[ImageList, Path]:
-        """The images to process and the root their names are relative to. Our own output and crop
-        folders and anything under a ``.mica`` folder are skipped when they lie inside the input
-        folder (``-o X/out`` must not feed the first run's renders and crops to the second)."""
-        if input_dir.is_file():
-            return ImageList([input_dir]), input_dir.parent
-        ours = [d.resolve() for d in (self.output_dir, self.arcface_dir)]
-        root = input_dir.resolve()
-        ours = [d for d in ours if d != root and d.is_relative_to(root)]  # not when -i is inside -o
-        listed = list_images(input_dir, recursive=True)
-        kept = [p for p in listed if STATE_DIR not in p.relative_to(input_dir).parts[:-1]
-                and not (ours and any(p.resolve().is_relative_to(d) for d in ours))]
-        return ImageList(kept, listed.failures, listed.ignored), input_dir
-
     def _no_face_hint(self) -> str:
         if isinstance(self.detector, MTCNN):
             return (f"for a small face in a large photo raise detector.mtcnn_max_side (now "
                     f"{self.detector.max_side or 'off'} px, e.g. 1024), or use --detector scrfd with antelopev2")
         return ""
 
-    def _prepare(self, path: Path, name: str, item: _Item) -> List[_Job]:
+    def _prepare(self, path: Path, name: str, item: _Item) -> List[Job]:
         remove_record(self.output_dir, name)  # redone from here: a kill half-way must not leave it done
+        detections = None
         with self.timings("read+detect"):
             image = read_image(path)
-            if self.aligned:
-                aligned = [aligned_input(image)]
-            else:
-                faces = self.detector.detect(image)
-        if not self.aligned:
+            if not self.options.aligned:
+                detections = self.detector.detect(image)
+        return self._align(path, name, item, image, detections)
+
+    def _align(self, path: Path, name: str, item: _Item, image: np.ndarray, detections) -> List[Job]:
+        """Choose and align the ``detections`` of ``image`` (the photo itself with ``aligned``),
+        write the crops; one job per face."""
+        if self.options.aligned:
+            aligned = [aligned_input(image)]
+        else:
             with self.timings("align"):
-                aligned = detect_and_align(image, _Fixed(faces), self.all_faces, source=str(path),
+                aligned = detect_and_align(image, _Fixed(detections), self.options.all_faces, source=str(path),
                                            hint=self._no_face_hint())
         item.result.faces = len(aligned)
         scores = [a.face.score for a in aligned if a.face is not None]
         item.result.score = float(max(scores)) if scores else None
         item.left = len(aligned)
-        names = [f"{name}_{i}" for i in range(len(aligned))] if self.all_faces else [name]
+        names = [f"{name}_{i}" for i in range(len(aligned))] if self.options.all_faces else [name]
         jobs = []
         for job_name, a in zip(names, aligned):
             with self.timings("crops"):
                 write_image(self.arcface_dir / f"{job_name}.jpg", a.crop224, fsync=False)  # bulk: see utils.io
                 atomic_save_npy(self.arcface_dir / f"{job_name}.npy", a.input112, fsync=False)
-            jobs.append(_Job(job_name, item, a))
+            item.result.crops += [f"{job_name}.jpg", f"{job_name}.npy"]
+            jobs.append(Job(job_name, item, a))
         return jobs
 
-    def _prepare_or_error(self, path: Path, name: str, item: _Item) -> Union[List[_Job], Exception]:
+    def _prepare_chunk(self, chunk: Sequence[tuple]) -> List[Job]:
+        """Batch detection: ``chunk`` = ``((path, name, item), image or error)`` pairs, decoded
+        ahead (by ``_decoded``); one ``detect_batch`` call for all photos of the chunk (on the
+        detector's device), then alignment photo by photo. Failures are finished here."""
+        good = []
+        for entry, image in chunk:
+            remove_record(self.output_dir, entry[1])
+            if isinstance(image, Exception):
+                self._prepare_failed(entry, image)
+            else:
+                good.append((entry, image))
+        if not good:
+            return []
+        if self.options.aligned:
+            found = [None] * len(good)
+        else:
+            with self.timings("detect"), self.gpu_busy.span():
+                found = self.detector.detect_batch([image for _, image in good])
+        jobs = []
+        for ((path, name, item), image), detections in zip(good, found):
+            try:
+                jobs.extend(self._align(path, name, item, image, detections))
+            except (MICAError, OSError, ValueError) as e:
+                self._prepare_failed((path, name, item), e if isinstance(e, MICAError) else MICAError(f"{path}: {e}"))
+        return jobs
+
+    def _decoded(self, todo: Sequence[tuple], pool: Optional[Executor]) -> Iterator[tuple]:
+        """``(entry, image or error)`` in input order: decoded in ``pool`` (worker processes; None =
+        here), at most ``2 x batch size`` ahead (the bounded queue in front of the detector and the
+        network)."""
+        schedule = Schedule(pool, max(2 * self.options.batch_size, self.options.prefetch))
+        results = iter(schedule.imap(read_or_error, [(path,) for path, _, _ in todo]))
+        for entry in todo:
+            with self.timings("read"):  # with worker processes: the time spent waiting for a photo
+                _, image = next(results)
+            yield entry, image
+
+    def detects_in_batches(self) -> bool:
+        """Detection for a whole batch at once (``detect_batch``): ``options.batch_detect``, by
+        default when the detector runs on a GPU (MTCNN in torch on CUDA, SCRFD on onnxruntime's CUDA
+        provider), where one call per batch instead of one per photo keeps the GPU busy."""
+        if self.options.aligned:
+            return bool(self.options.batch_detect)
+        if not hasattr(self.detector, "detect_batch"):
+            return False
+        if self.options.batch_detect is not None:
+            return self.options.batch_detect
+        return detector_on_gpu(self.detector)
+
+    def _prepare_or_error(self, path: Path, name: str, item: _Item) -> Union[List[Job], Exception]:
         try:
             return self._prepare(path, name, item)
         except (MICAError, OSError, ValueError) as e:  # one bad image never stops the run
             return e if isinstance(e, MICAError) else MICAError(f"{path}: {e}")
-
-    def _prepare_all(self, todo: Sequence[tuple], wanted: Callable[[], int]) -> Iterator[tuple]:
-        """``(item, jobs or error)`` in input order.
-
-        Without a worker pool one image after the other. With one and ``prefetch > 0``, that many
-        images are kept in preparation, also while the network runs. With one and no prefetch, the
-        ``wanted()`` images that complete the next batch are prepared at the same time, and all of
-        them are finished before the first is handed on, so nothing is prepared while the caller
-        runs the network.
-        """
-        if self._pool is None:
-            for path, name, item in todo:
-                yield item, self._prepare_or_error(path, name, item)
-            return
-        rest = iter(todo)
-        if self.prefetch > 0:
-            queue: deque = deque()
-            while True:
-                while len(queue) < self.prefetch and (entry := next(rest, None)) is not None:
-                    queue.append((entry[2], self._pool.submit(self._prepare_or_error, *entry)))
-                if not queue:
-                    return
-                item, future = queue.popleft()
-                yield item, future.result()
-        while chunk := list(itertools.islice(rest, max(1, wanted()))):
-            futures = [self._pool.submit(self._prepare_or_error, *entry) for entry in chunk]
-            prepared = [f.result() for f in futures]
-            for (_, _, item), jobs in zip(chunk, prepared):
-                yield item, jobs
 
     # ------------------------------------------------------------------ network + outputs
     def _finish(self, item: _Item, error: Optional[str] = None) -> None:
@@ -263,44 +352,30 @@ class DemoRunner:
             else:
                 logger.error(f"{r.input}: could not write its completion record: {e}")
 
-    def _flush(self, jobs: List[_Job], fused_codes: Dict[str, list]) -> None:
-        if not jobs:
-            return
-        batch = np.stack([j.aligned.input112 for j in jobs]).astype(np.float32)
-        with self.timings("network"):
-            identity = self.predictor.predict_identity(batch)
-        with self.timings("flame"):
-            decoded = self.predictor.decode(identity)
-        finite = np.isfinite(np.asarray(identity, dtype=np.float64).reshape(len(jobs), -1)).all(1)
-        for key in ("vertices", "landmarks68", "landmarks7"):
-            finite &= np.isfinite(np.asarray(decoded[key], dtype=np.float64).reshape(len(jobs), -1)).all(1)
+    def _write_job(self, job: Job, decoded: dict, i: int) -> Optional[str]:
+        try:
+            self._write(job.name, decoded, i, decoded["identity"][i], job.aligned.crop224)
+        except OSError as e:
+            return f"could not write outputs: {e}"
+        return None
 
-        def write(i: int) -> Optional[str]:
-            if not finite[i]:
-                return ("the network predicted non-finite numbers (NaN or inf) for this face, nothing was "
-                        "written; check the checkpoint (-m) and the photo")
-            try:
-                self._write(jobs[i].name, decoded, i, identity[i], jobs[i].aligned.crop224)
-            except OSError as e:
-                return f"could not write outputs: {e}"
-            return None
+    def _job_done(self, job: Job, error: Optional[str], decoded: dict, i: int) -> None:
+        if error is None:
+            job.item.result.outputs.append(job.name)
+            if self.options.fuse:
+                parent = str(PurePath(job.item.result.input).parent)
+                self._fused_codes[parent].append((job.name, decoded["identity"][i]))
+        self._finish(job.item, error)
 
-        indices = range(len(jobs))
-        if self._pool is not None and self.prefetch == 0:  # the workers are idle between batches
-            errors = list(self._pool.map(write, indices))
-        else:  # with prefetch they are busy preparing: the writes would queue behind them
-            errors = [write(i) for i in indices]
-        for i, (job, error) in enumerate(zip(jobs, errors)):  # bookkeeping in input order
-            if error is None:
-                job.item.result.outputs.append(job.name)
-                if self.fuse:
-                    fused_codes[str(PurePath(job.item.result.input).parent)].append((job.name, identity[i]))
-            self._finish(job.item, error)
+    def _prepare_failed(self, entry: tuple, error: Exception) -> None:
+        item = entry[2]
+        item.left = 1
+        self._finish(item, str(error))
 
     def _write(self, name: str, decoded: dict, i: int, identity: np.ndarray, crop: Optional[np.ndarray]) -> None:
         vertices_mm = decoded["vertices"][i] * M_TO_MM
         preview = None
-        if self.render:
+        if self.options.render:
             from micalib.renderer import render_preview
 
             with self.timings("render"):
@@ -335,7 +410,8 @@ class DemoRunner:
 
     # ------------------------------------------------------------------ driver
     def run(self, input_dir: Path) -> List[ItemResult]:
-        """Process every image under ``input_dir`` (recursively); returns one result per image.
+        """Process every image under ``input_dir`` (recursively), or this shard's share of them
+        (``options.shard``); returns one result per processed (or already done) image.
 
         On an interruption (KeyboardInterrupt, which demo.py also raises on SIGTERM) the summary is
         still written, with the unprocessed inputs ``pending``, and the interruption is re-raised.
@@ -343,48 +419,67 @@ class DemoRunner:
         input_dir = Path(input_dir)
         if not input_dir.exists():
             raise MICAError(f"input folder {input_dir} does not exist")
-        with output_lock(self.output_dir, enabled=self.lock):
+        check_output_folders(input_dir, self.output_dir, self.arcface_dir)
+        with output_lock(self.output_dir, enabled=self.options.lock and self.options.shard.leader):
             return self._run_locked(input_dir)
 
     def _run_locked(self, input_dir: Path) -> List[ItemResult]:
-        paths, root = self._list_inputs(input_dir)
+        opts, shard = self.options, self.options.shard
+        paths, root = list_inputs(input_dir, self.output_dir, self.arcface_dir)
         if not paths and not paths.failures:
             raise MICAError(f"no images found in {input_dir} (jpg, png, bmp, webp, tiff)")
-        unlisted = []  # sub-folders that could not be listed: a failed row each
-        for folder, message in paths.failures:
+        unlisted = []  # sub-folders that could not be listed: a failed row each (in the leader's summary)
+        for folder, message in paths.failures if shard.leader or not shard.sharded else ():
             unlisted.append(ItemResult(input=str(folder.relative_to(root)), status="failed", message=message))
             logger.warning(message)
-        rels = [PurePath(p.relative_to(root).as_posix()) for p in paths]
-        names = output_names(rels)  # over the whole listing: a shard must select its inputs after this
-        required = output_files(self.render)
-        items: List[_Item] = []
+        mark_crop_folder(self.arcface_dir)
+        pairs = input_names(paths, root)  # over the whole listing: a shard selects its inputs after this
+        everything = range(len(pairs))
+        if opts.fuse:  # the unit is the sub-folder: its images are averaged in one process
+            mine = shard.select_groups(everything, group=lambda i: pairs[i][0].parent.as_posix())
+        else:
+            mine = shard.select(everything, key=lambda i: pairs[i][0].as_posix())
+        required = output_files(opts.render)
+        # the leader of a torchrun run also looks at the other ranks' inputs: which were done before
+        looked_at = everything if shard.distributed and shard.leader else mine
+        items: Dict[int, _Item] = {}
         todo = []
+        done_before: set = set()
         other_checkpoints = 0
-        for path, rel in zip(paths, rels):
-            name, rel_text = names[rel], rel.as_posix()
-            item = _Item(path, ItemResult(input=rel_text, status="pending", name=name, checkpoint=self.checkpoint,
-                                          files=list(required), message=PENDING_MESSAGE))
-            items.append(item)
-            if name != rel.with_suffix("").as_posix():
-                logger.info(f"{rel_text}: outputs in {name}/ (another input of its folder has the same name)")
-            record = None if self.overwrite or self.fuse else read_record(self.output_dir, name)
-            if is_done(self.output_dir, record, rel_text, required):
-                record.status, record.message = "done", "finished by an earlier run (use --overwrite to redo)"
+        mine_set = set(mine)
+        for i in looked_at:
+            rel, name = pairs[i]
+            rel_text = rel.as_posix()
+            item = _Item(paths[i], ItemResult(input=rel_text, status="pending", name=name, checkpoint=opts.checkpoint,
+                                              files=list(required), message=PENDING_MESSAGE))
+            if name != rel.with_suffix("").as_posix() and i in mine_set:
+                logger.info(f"{display(rel_text)}: outputs in {display(name)}/ (another input of its folder has "
+                            f"the same name, or the name is reserved for --fuse/--all-faces outputs)")
+            record = None if opts.overwrite or opts.fuse else read_record(self.output_dir, name)
+            if is_done(self.output_dir, record, rel_text, required, all_faces=opts.all_faces,
+                       arcface_dir=self.arcface_dir):
+                done_before.add(name)
+                record.status, record.message = "done", DONE_MESSAGE
                 item.result = record
-                other_checkpoints += bool(self.checkpoint and record.checkpoint != self.checkpoint)
-            else:
-                todo.append((path, name, item))
+                other_checkpoints += bool(opts.checkpoint and record.checkpoint != opts.checkpoint)
+            elif i in mine_set:
+                todo.append((paths[i], name, item))
+            if i in mine_set:
+                items[i] = item
         if other_checkpoints:
             logger.warning(f"{other_checkpoints} inputs were finished with another checkpoint than this run's "
-                           f"({self.checkpoint}) and are kept; --overwrite redoes them")
+                           f"({opts.checkpoint}) and are kept; --overwrite redoes them")
+        if shard.sharded:
+            logger.info(f"shard {shard}: {len(mine)} of {len(pairs)} inputs, {len(todo)} to do")
+        barrier(shard)  # the leader has seen every record before any rank redoes one
+        results = unlisted + [items[i].result for i in mine]
         try:
             self._process(todo)
         except BaseException:  # KeyboardInterrupt, or a fatal error: still leave a summary of every input
-            results = unlisted + [it.result for it in items]
             for r in results:
                 if r.status == "pending":  # possibly half-way (--all-faces): nothing of it counts yet
-                    r.outputs, r.message = [], PENDING_MESSAGE
-            if self.summary:
+                    r.outputs, r.crops, r.faces, r.score, r.message = [], [], 0, None, PENDING_MESSAGE
+            if opts.summary and not shard.sharded:  # a shard's records stay; the summary comes from them
                 try:
                     write_summary(self.output_dir, results)
                     pending = sum(r.status == "pending" for r in results)
@@ -393,52 +488,83 @@ class DemoRunner:
                 except OSError as e:
                     logger.error(f"could not write the summary to {self.output_dir}: {e}")
             raise
-        results = unlisted + [it.result for it in items]
-        if self.fuse:
+        if opts.fuse:
             self._write_fused(self._fused_codes)
-        renamed = [r for r in results if r.name != PurePath(r.input).with_suffix("").as_posix()]
+        renamed = [r for r in results if r.name and r.name != PurePath(r.input).with_suffix("").as_posix()]
         if renamed:
-            logger.info(f"{len(renamed)} inputs share a name with another input of their folder and were given "
+            logger.info(f"{len(renamed)} inputs share a name with another input of their folder (or have a reserved "
+                        f"name) and were given "
                         f"their own output names (see the name column of summary.csv)")
-        if self.summary:
-            write_summary(self.output_dir, results)
+        if not shard.sharded:
+            if opts.summary:
+                write_summary(self.output_dir, results)
+        elif shard.distributed:
+            barrier(shard)  # every rank's records are written
+            if shard.leader and opts.summary:
+                rebuild_summary(self.output_dir, [(rel.as_posix(), name) for rel, name in pairs], earlier=done_before,
+                                arcface_dir=self.arcface_dir)
+            barrier(shard)  # no rank exits (torchrun would stop the others) before the summary is written
         return results
 
     def _process(self, todo: Sequence[tuple]) -> None:
-        pending: List[_Job] = []
-        self._fused_codes: Dict[str, list] = defaultdict(list)
-        fused_codes = self._fused_codes
+        self._fused_codes = defaultdict(list)
+        opts = self.options
+        if self.detects_in_batches():
+            self._process_batch_detection(todo)
+            return
         # batch size 1 without prefetch has one image at a time: nothing for a pool to share out
-        parallel = self.prefetch > 0 or (self.batch_size > 1 and self.workers > 1)
-        pool = (ThreadPoolExecutor(self.workers, thread_name_prefix="demo-worker", initializer=_one_torch_thread)
-                if parallel else None)
-        self._pool = pool
+        parallel = opts.prefetch > 0 or (opts.batch_size > 1 and opts.workers > 1)
+        own = None
+        if parallel and self._injected_pool is None:
+            own = ThreadPoolExecutor(opts.workers, thread_name_prefix="demo-worker", initializer=_one_torch_thread)
+        schedule = Schedule(own or (self._injected_pool if parallel else None), opts.prefetch)
         try:
-            prepared = self._prepare_all(todo, wanted=lambda: self.batch_size - len(pending))
-            for item, jobs in tqdm(prepared, total=len(todo), desc="faces", unit="img"):
-                if isinstance(jobs, Exception):
-                    item.left = 1
-                    self._finish(item, str(jobs))
-                    continue
-                pending.extend(jobs)
-                if len(pending) >= self.batch_size:
-                    self._flush(pending[: self.batch_size], fused_codes)
-                    pending = pending[self.batch_size:]
-            while pending:
-                self._flush(pending[: self.batch_size], fused_codes)
-                pending = pending[self.batch_size:]
+            BatchLoop(self.predictor, opts.batch_size, schedule, self.timings, self.gpu_busy).run(
+                todo, self._prepare_or_error, self._write_job, self._job_done, self._prepare_failed)
         finally:
-            self._pool = None
-            if pool is not None:
-                pool.shutdown(wait=True, cancel_futures=True)
+            if own is not None:
+                own.shutdown(wait=True, cancel_futures=True)
+
+    def _process_batch_detection(self, todo: Sequence[tuple]) -> None:
+        """The GPU pipeline: photos decoded ahead in ``decode_processes`` worker processes (bounded
+        queue), one ``detect_batch`` per batch of photos on the detector's device, alignment, then
+        the network and the writes as in the per-photo pipeline (writes spread over the worker
+        threads between batches)."""
+        opts = self.options
+        decoders = None
+        if opts.decode_processes > 0:
+            decoders = ProcessPoolExecutor(opts.decode_processes, mp_context=multiprocessing.get_context("spawn"),
+                                           initializer=decoder_init)
+        writers = None
+        if opts.workers > 1 and opts.batch_size > 1:
+            writers = ThreadPoolExecutor(opts.workers, thread_name_prefix="demo-writer", initializer=_one_torch_thread)
+        try:
+            decoded = self._decoded(todo, decoders)
+            chunks = iter(lambda: tuple(itertools.islice(decoded, opts.batch_size)), ())
+            # chunks are prepared here, one after the other (the decoders run ahead); writes use the threads
+            BatchLoop(self.predictor, opts.batch_size, Schedule(), self.timings, self.gpu_busy,
+                      writes=Schedule(writers, 0)).run(
+                ((c,) for c in chunks), self._prepare_chunk, self._write_job, self._job_done, self._prepare_failed,
+                total=-(-len(todo) // opts.batch_size), desc="batches")
+        finally:
+            for pool in (decoders, writers):
+                if pool is not None:
+                    pool.shutdown(wait=True, cancel_futures=True)
+
+
+def detector_on_gpu(detector) -> bool:
+    """True for a detector that runs on a GPU: a torch one on CUDA (``device``) or an onnxruntime
+    one whose first provider is CUDA (``on_gpu``)."""
+    device = getattr(detector, "device", None)
+    return bool(getattr(detector, "on_gpu", False)) or (isinstance(device, torch.device) and device.type == "cuda")
 
 
 class _Fixed:
-    """A detector that returns faces found earlier (lets detection and alignment be timed apart)."""
+    """A detector that returns detections made earlier (lets detection and alignment be timed apart)."""
 
-    def __init__(self, faces):
-        self.faces = faces
+    def __init__(self, detections):
+        self.detections = detections
 
     def detect(self, image):
-        return self.faces
+        return self.detections
 

@@ -21,7 +21,7 @@ from loguru import logger
 from torch import nn
 
 from models.arcface import EMBEDDING_DIM, IResNet, create_arcface, freeze_for_mica
-from models.generator import MappingNetwork
+from models.mapping import MappingNetwork
 from utils import checkpoint as ckpt
 
 __all__ = ["MICA", "ImageToShape", "MAPPING_HIDDEN"]
@@ -81,8 +81,8 @@ class MICA(nn.Module):
             raise ValueError(f"MICA expects images of shape (B, 3, 112, 112), got {tuple(images.shape)}")
         return F.normalize(self.arcface(images), dim=1)
 
-    def shape_code(self, code: torch.Tensor) -> torch.Tensor:
-        """``(B, 512)`` identity code -> ``(B, n_shape)`` FLAME shape coefficients (float32)."""
+    def identity(self, code: torch.Tensor) -> torch.Tensor:
+        """``(B, 512)`` ArcFace code -> ``(B, n_shape)`` ``identity``: FLAME shape coefficients (float32)."""
         if code.is_floating_point() and code.dtype != torch.float32:
             code = code.float()
         with torch.autocast(device_type=code.device.type, enabled=False):
@@ -95,22 +95,22 @@ class MICA(nn.Module):
             code: ``(B, 512)`` L2-normalised identity code.
 
         Returns:
-            dict with ``shape_code (B, n_shape)``, ``vertices (B, V, 3)`` metres,
+            dict with ``identity (B, n_shape)``, ``vertices (B, V, 3)`` metres,
             ``landmarks68 (B, 68, 3)`` and ``landmarks7 (B, 7, 3)`` metres.
         """
         if self.flame is None:
             raise RuntimeError("MICA was built without FLAME (encode-only); build it with FLAME to decode")
-        shape = self.shape_code(code)
-        with torch.autocast(device_type=shape.device.type, enabled=False):
-            return self.decode_shape(shape)
+        identity = self.identity(code)
+        with torch.autocast(device_type=identity.device.type, enabled=False):
+            return self.decode_identity(identity)
 
-    def decode_shape(self, shape: torch.Tensor) -> Dict[str, torch.Tensor]:
-        """FLAME shape coefficients ``(B, n_shape)`` -> vertices and landmarks (metres), float32."""
+    def decode_identity(self, identity: torch.Tensor) -> Dict[str, torch.Tensor]:
+        """``identity`` (FLAME shape coefficients) ``(B, n_shape)`` -> vertices and landmarks (metres), float32."""
         if self.flame is None:
             raise RuntimeError("MICA was built without FLAME (encode-only); build it with FLAME to decode")
-        vertices = self.flame.canonical(shape)
+        vertices = self.flame.canonical(identity)
         return {
-            "shape_code": shape,
+            "identity": identity,
             "vertices": vertices,
             "landmarks68": self.flame.landmarks68(vertices),
             "landmarks7": self.flame.landmarks7(vertices),

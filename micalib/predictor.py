@@ -1,18 +1,20 @@
 """Batched inference for demo.py / test.py: aligned 112x112 inputs -> identity, mesh, landmarks.
 
-Two interchangeable backends behind one interface:
+Two small encoder classes behind one interface (``encoder(x) -> identity (B, n_shape)`` float32
+torch tensor, with ``device``, ``dtype``, ``precision_label``), and one ``Predictor`` around either:
 
-- ``torch``: the MICA network on ``device`` (auto/cpu/cuda/mps) at ``precision``
-  (fp32|bf16|fp16|auto, see ``utils.device``). The ArcFace encoder runs under autocast (channels-last
-  memory layout for reduced precision, where oneDNN/cuDNN are fastest); the mapping network and FLAME
-  always run in float32.
-- ``onnxruntime``: the exported image -> shape-coefficients network (``micalib.export``) on the CPU
-  or CUDA execution provider (float32), FLAME decoding in torch on the CPU afterwards. An int8 model
-  (``python -m micalib.export --int8``, the fast CPU path) runs the same way; ``onnx_precision``
-  tells which one was loaded.
+- ``TorchEncoder``: the MICA network on ``device`` (auto/cpu/cuda/mps) at ``precision``
+  (fp32|bf16|fp16|auto, see ``utils.device``). ArcFace runs under autocast (channels-last memory
+  layout for reduced precision, where oneDNN/cuDNN are fastest); the mapping network always runs in
+  float32.
+- ``OrtEncoder``: the exported image -> identity network (``micalib.export``; its ONNX output keeps
+  the name ``shape``) on onnxruntime's CPU or CUDA provider (float32). An int8 model
+  (``python -m micalib.export --int8``, the fast CPU path) runs the same way; ``precision`` tells
+  which one was loaded.
 
-Both return the same dict of float32 numpy arrays: ``identity (B, n_shape)``, ``vertices (B, V, 3)``
-metres, ``landmarks68 (B, 68, 3)`` and ``landmarks7 (B, 7, 3)`` metres.
+``Predictor.decode`` is the one decode: FLAME in float32 on the encoder's device, returning
+``identity (B, n_shape)``, ``vertices (B, V, 3)`` metres, ``landmarks68 (B, 68, 3)`` and
+``landmarks7 (B, 7, 3)`` metres as float32 numpy arrays.
 """
 from __future__ import annotations
 
@@ -31,7 +33,7 @@ from models.arcface import fuse_for_inference
 from utils.device import autocast, resolve_device, resolve_precision
 from utils.errors import MICAError
 
-__all__ = ["Predictor", "BACKENDS", "INPUT_SHAPE"]
+__all__ = ["Predictor", "TorchEncoder", "OrtEncoder", "BACKENDS", "INPUT_SHAPE"]
 
 BACKENDS = ("torch", "onnxruntime")
 INPUT_SHAPE = (3, 112, 112)
@@ -51,8 +53,8 @@ def _as_batch(images: ArrayLike) -> torch.Tensor:
     return x.float()
 
 
-class _OrtEncoder:
-    """onnxruntime session of the exported image -> coefficients graph.
+class OrtEncoder:
+    """onnxruntime session of the exported image -> identity graph.
 
     On the CPU provider a batch of several images is split into small contiguous chunks run
     concurrently, one per thread at a time, through a second, single-threaded session
@@ -86,6 +88,7 @@ class _OrtEncoder:
         self.providers = self.session.get_providers()
         # "int8" for a model from ``python -m micalib.export --int8`` (micalib.quantize), else fp32.
         self.precision = self.session.get_modelmeta().custom_metadata_map.get("mica_precision", "fp32")
+        self.device, self.dtype = torch.device("cpu"), torch.float32  # outputs come back to the CPU
         on_cpu = self.providers[0] == "CPUExecutionProvider"
         self.batch_parallel = (on_cpu and self.threads > 1) if batch_parallel is None else bool(batch_parallel and on_cpu)
         self._single: Optional["ort.InferenceSession"] = None  # the single-threaded session, made on first use
@@ -107,7 +110,12 @@ class _OrtEncoder:
     def _run(self, session, x: np.ndarray) -> np.ndarray:
         return session.run(None, {self.input_name: x})[0]
 
+    @property
+    def precision_label(self) -> str:
+        return self.precision
+
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
+        """``(B, 3, 112, 112)`` float32 -> ``(B, n_shape)`` identity (CPU tensor)."""
         x = np.ascontiguousarray(images.detach().cpu().numpy())
         chunks = min(self.threads * self.CHUNKS_PER_THREAD, x.shape[0]) if self.batch_parallel else 1
         self.last_chunks = chunks
@@ -121,8 +129,45 @@ class _OrtEncoder:
         return torch.from_numpy(np.concatenate(outs))
 
 
+class TorchEncoder:
+    """The MICA network in torch: ``(B, 3, 112, 112)`` -> ``(B, n_shape)`` identity on ``device``.
+
+    Args:
+        model: the MICA network (moved to ``device``, eval mode).
+        device, precision: see ``utils.device``.
+        channels_last: memory layout of ArcFace; None = channels-last for reduced precision only
+            (measured faster for bf16 on CPU, slower for fp32: see bench/README.md).
+        fuse: run a copy of ArcFace with its BatchNorms folded into the convolutions
+            (``models.arcface.fuse_for_inference``; same result up to float rounding, faster).
+        compile: wrap ArcFace in ``torch.compile`` (slow first call).
+    """
+
+    def __init__(self, model: MICA, device: str = "auto", precision: str = "fp32",
+                 channels_last: Optional[bool] = None, fuse: bool = True, compile: bool = False) -> None:
+        self.device = resolve_device(device)
+        self.dtype = resolve_precision(precision, self.device)
+        self.model = model.to(self.device).eval()
+        self.channels_last = (self.dtype != torch.float32) if channels_last is None else bool(channels_last)
+        arcface = fuse_for_inference(self.model.arcface) if fuse else self.model.arcface
+        if self.channels_last:
+            arcface = arcface.to(memory_format=torch.channels_last)
+        self._arcface = torch.compile(arcface) if compile else arcface
+
+    @property
+    def precision_label(self) -> str:
+        return str(self.dtype).replace("torch.", "")
+
+    def __call__(self, images: torch.Tensor) -> torch.Tensor:
+        x = images.to(self.device, non_blocking=True)
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        with autocast(self.device, self.dtype):
+            code = F.normalize(self._arcface(x).float(), dim=1)
+        return self.model.identity(code.float())
+
+
 class Predictor:
-    """Images -> identity coefficients, vertices and landmarks (torch or onnxruntime backend).
+    """Images -> identity, vertices and landmarks through a ``TorchEncoder`` or an ``OrtEncoder``.
 
     Args:
         flame: the FLAME module used to decode (``models.flame.FLAME``); for the torch backend
@@ -133,14 +178,10 @@ class Predictor:
         device: ``auto``, ``cpu``, ``cuda[:N]`` or ``mps`` (onnxruntime: cpu/cuda/auto).
         precision: ``fp32`` (default), ``bf16``, ``fp16`` or ``auto``; onnxruntime runs fp32 only.
         batch_size: largest batch sent through the network at once.
-        channels_last: memory layout of the encoder; None = channels-last for reduced precision only
-            (measured faster for bf16 on CPU, slower for fp32: see bench/README.md).
-        fuse: run a copy of ArcFace with its BatchNorms folded into the convolutions
-            (``models.arcface.fuse_for_inference``; same result up to float rounding, faster).
-        compile: wrap the encoder in ``torch.compile`` (torch backend; slow first call).
+        channels_last, fuse, compile: see ``TorchEncoder``.
         batch_parallel: onnxruntime on the CPU: run a batch as small chunks, one per thread at a
             time, through a single-threaded session (None = yes when more than one thread; see
-            ``_OrtEncoder``).
+            ``OrtEncoder``).
     """
 
     def __init__(self, flame: Optional[nn.Module] = None, *, model: Optional[MICA] = None,
@@ -152,36 +193,45 @@ class Predictor:
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, not {batch_size}")
         self.backend, self.batch_size = backend, int(batch_size)
-        self.onnx_precision: Optional[str] = None  # onnxruntime backend: "fp32" or "int8" (the file's metadata)
         if backend == "torch":
             if model is None:
                 raise ValueError("the torch backend needs a MICA model")
-            self.device = resolve_device(device)
-            self.dtype = resolve_precision(precision, self.device)
-            self.model = model.to(self.device).eval()
-            self.channels_last = (self.dtype != torch.float32) if channels_last is None else bool(channels_last)
-            arcface = fuse_for_inference(self.model.arcface) if fuse else self.model.arcface
-            if self.channels_last:
-                arcface = arcface.to(memory_format=torch.channels_last)
-            self.flame = flame if flame is not None else model.flame
-            self._arcface = torch.compile(arcface) if compile else arcface
-            self._ort = None
+            self.encoder = TorchEncoder(model, device, precision, channels_last, fuse, compile)
+            flame = flame if flame is not None else model.flame
         else:
             if onnx_path is None:
                 raise ValueError("the onnxruntime backend needs onnx_path (python -m micalib.export)")
             if precision not in ("fp32", "auto"):
                 raise MICAError(f"precision {precision} is not available with the onnxruntime backend "
                                 f"(it runs fp32; run without --onnx for bf16/fp16)")
-            self.device, self.dtype, self.model, self.channels_last = torch.device("cpu"), torch.float32, None, False
-            self._ort = _OrtEncoder(onnx_path, "auto" if device == "auto" else str(device).split(":")[0],
-                                    batch_parallel=batch_parallel)
-            self.onnx_precision = self._ort.precision
-            self.flame = flame
-        if self.flame is None:
-            raise ValueError("Predictor needs a FLAME module to decode the shape coefficients")
-        self.flame = self.flame.to(self.device).eval()
-        logger.debug(f"Predictor: backend={backend}, device={self.device}, dtype={self.dtype}"
-                     + (f", onnx model {self.onnx_precision}" if self.onnx_precision else ""))
+            self.encoder = OrtEncoder(onnx_path, "auto" if device == "auto" else str(device).split(":")[0],
+                                      batch_parallel=batch_parallel)
+        if flame is None:
+            raise ValueError("Predictor needs a FLAME module to decode the identity")
+        self.flame = flame.to(self.device).eval()
+        logger.debug(f"Predictor: {type(self.encoder).__name__}, device={self.device}, {self.encoder.precision_label}")
+
+    @property
+    def device(self) -> torch.device:
+        return self.encoder.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.encoder.dtype
+
+    @property
+    def model(self) -> Optional[MICA]:
+        """The MICA network (torch backend; None on onnxruntime)."""
+        return getattr(self.encoder, "model", None)
+
+    @property
+    def channels_last(self) -> bool:
+        return bool(getattr(self.encoder, "channels_last", False))
+
+    @property
+    def onnx_precision(self) -> Optional[str]:
+        """onnxruntime backend: "fp32" or "int8" (the file's metadata); None on torch."""
+        return self.encoder.precision if isinstance(self.encoder, OrtEncoder) else None
 
     @classmethod
     def from_config(cls, cfg, backend: Optional[str] = None, onnx_path: Optional[Union[str, Path]] = None,
@@ -208,26 +258,15 @@ class Predictor:
                    precision=precision, batch_size=batch_size)
 
     @torch.inference_mode()
-    def coefficients(self, images: ArrayLike) -> torch.Tensor:
-        """``(B, 3, 112, 112)`` network inputs -> ``(B, n_shape)`` float32 shape coefficients."""
+    def encode(self, images: ArrayLike) -> torch.Tensor:
+        """``(B, 3, 112, 112)`` network inputs -> ``(B, n_shape)`` float32 identity, in chunks of ``batch_size``."""
         x = _as_batch(images)
-        outs: List[torch.Tensor] = []
-        for start in range(0, x.shape[0], self.batch_size):
-            chunk = x[start:start + self.batch_size]
-            if self._ort is not None:
-                outs.append(self._ort(chunk))
-                continue
-            chunk = chunk.to(self.device, non_blocking=True)
-            if self.channels_last:
-                chunk = chunk.contiguous(memory_format=torch.channels_last)
-            with autocast(self.device, self.dtype):
-                code = F.normalize(self._arcface(chunk).float(), dim=1)
-            outs.append(self.model.shape_code(code.float()))
-        return torch.cat(outs).float()
+        return torch.cat([self.encoder(x[start:start + self.batch_size])
+                          for start in range(0, x.shape[0], self.batch_size)]).float()
 
     def predict_identity(self, images: ArrayLike) -> np.ndarray:
         """``(B, 3, 112, 112)`` network inputs -> ``(B, n_shape)`` float32 identity coefficients."""
-        return self.coefficients(images).cpu().numpy()
+        return self.encode(images).cpu().numpy()
 
     @property
     def faces(self) -> np.ndarray:
@@ -235,15 +274,15 @@ class Predictor:
         return self.flame.faces.detach().cpu().numpy().astype(np.int64)
 
     @torch.inference_mode()
-    def decode(self, shape: ArrayLike) -> Dict[str, np.ndarray]:
-        """``(B, n_shape)`` coefficients (numpy or torch) -> dict of numpy arrays (metres), FLAME in float32."""
-        shape = shape if torch.is_tensor(shape) else torch.from_numpy(np.asarray(shape, dtype=np.float32))
-        if shape.dim() == 1:
-            shape = shape.unsqueeze(0)
-        shape = shape.to(self.device, torch.float32)
-        vertices = self.flame.canonical(shape)
+    def decode(self, identity: ArrayLike) -> Dict[str, np.ndarray]:
+        """``(B, n_shape)`` identity (numpy or torch) -> dict of numpy arrays (metres), FLAME in float32."""
+        identity = identity if torch.is_tensor(identity) else torch.from_numpy(np.asarray(identity, dtype=np.float32))
+        if identity.dim() == 1:
+            identity = identity.unsqueeze(0)
+        identity = identity.to(self.device, torch.float32)
+        vertices = self.flame.canonical(identity)
         out = {
-            "identity": shape,
+            "identity": identity,
             "vertices": vertices,
             "landmarks68": self.flame.landmarks68(vertices),
             "landmarks7": self.flame.landmarks7(vertices),
@@ -253,4 +292,4 @@ class Predictor:
     def __call__(self, images: ArrayLike) -> Dict[str, np.ndarray]:
         """Network inputs ``(B, 3, 112, 112)`` float32 ((RGB - 127.5) / 127.5) -> ``identity (B, n_shape)``,
         ``vertices (B, V, 3)``, ``landmarks68 (B, 68, 3)``, ``landmarks7 (B, 7, 3)`` (metres, float32)."""
-        return self.decode(self.coefficients(images))
+        return self.decode(self.encode(images))

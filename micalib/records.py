@@ -22,7 +22,7 @@ import json
 import os
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Dict, Iterable, List, Optional, Sequence, Tuple, Union
+from typing import Collection, Dict, Iterable, List, Optional, Sequence, Tuple, Union
 
 from utils.io import atomic_write_text, written_file
 
@@ -47,6 +47,7 @@ class ItemResult:
     name: str = ""  # NAME (see micalib.outputs.output_names); differs from the stem after a rename
     checkpoint: str = ""  # hash prefix of the network that made the outputs
     files: List[str] = field(default_factory=list)  # the files inside each output folder
+    crops: List[str] = field(default_factory=list)  # its files in the crop folder (-a): NAME.jpg, NAME.npy, ...
 
 
 SUMMARY_COLUMNS = ["input", "status", "outputs", "message", "faces", "score", "name", "checkpoint", "input_hex"]
@@ -122,10 +123,23 @@ def remove_record(output_dir: Path, name: str) -> None:
         pass
 
 
-def is_done(output_dir: Path, record: Optional[ItemResult], input_rel: str, required_files: Sequence[str]) -> bool:
+def is_done(output_dir: Path, record: Optional[ItemResult], input_rel: str, required_files: Sequence[str],
+            all_faces: Optional[bool] = None, arcface_dir: Optional[Path] = None) -> bool:
     """True when ``record`` says ``ok`` for this input and every output folder it lists holds every
-    file it lists and every file in ``required_files`` (e.g. ``render.png`` when this run renders)."""
+    file it lists and every file in ``required_files`` (e.g. ``render.png`` when this run renders).
+
+    ``all_faces`` (when given): the outputs must be the ones that mode writes (``NAME`` alone, or
+    ``NAME_0``, ``NAME_1``, ...), so switching ``--all-faces`` redoes the input. ``arcface_dir``
+    (when given): the record's crops must be complete files there (deleted, or another ``-a``, redoes
+    the input)."""
     if record is None or record.status != "ok" or record.input != input_rel or not record.outputs:
+        return False
+    if all_faces is not None:
+        expected = [f"{record.name}_{k}" for k in range(len(record.outputs))] if all_faces else [record.name]
+        if record.outputs != expected:
+            return False
+    if arcface_dir is not None and (not record.crops or
+                                    not all(written_file(Path(arcface_dir) / c) for c in record.crops)):
         return False
     files = set(record.files) | set(required_files)
     return all(written_file(Path(output_dir) / out / f) for out in record.outputs for f in files)
@@ -161,14 +175,19 @@ def write_summary(output_dir: Path, results: Iterable[ItemResult]) -> None:
     atomic_write_text(Path(output_dir) / "summary.json", json.dumps(rows, indent=2, ensure_ascii=False))
 
 
-def rebuild_summary(output_dir: Path, inputs: Optional[Sequence[Tuple[str, str]]] = None) -> List[ItemResult]:
+def rebuild_summary(output_dir: Path, inputs: Optional[Sequence[Tuple[str, str]]] = None,
+                    earlier: Collection[str] = (), arcface_dir: Optional[Path] = None) -> List[ItemResult]:
     """Rebuild the summary from the records alone (e.g. after the shards of a sharded run finished):
     with ``inputs`` ((relative input, NAME) pairs, in order) one row per input, ``pending`` where
-    no record is; without, one row per record, sorted by input. Writes and returns the rows."""
+    no record is; without, one row per record, sorted by input. Every ``ok`` record is checked
+    against its files, and with ``arcface_dir`` its crops (an incomplete one is ``pending``); NAMEs in ``earlier`` (done before this
+    run) are ``done``, as in a one-process run's summary. Writes and returns the rows."""
     records = collect_records(output_dir)
     for name, record in list(records.items()):  # an ok record whose outputs are incomplete is not done
-        if record.status == "ok" and not is_done(output_dir, record, record.input, ()):
+        if record.status == "ok" and not is_done(output_dir, record, record.input, (), arcface_dir=arcface_dir):
             records[name] = ItemResult(input=record.input, status="pending", name=name, message=PENDING_MESSAGE)
+        elif record.status == "ok" and name in earlier:
+            record.status, record.message = "done", DONE_MESSAGE
     if inputs is None:
         rows = sorted(records.values(), key=lambda r: r.input)
     else:
@@ -182,3 +201,4 @@ def rebuild_summary(output_dir: Path, inputs: Optional[Sequence[Tuple[str, str]]
 
 
 PENDING_MESSAGE = "not processed yet (the run was interrupted); run the same command again to finish"
+DONE_MESSAGE = "finished by an earlier run (use --overwrite to redo)"

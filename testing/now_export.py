@@ -15,6 +15,10 @@ landmarks already exist are counted as done (resumable).
 ``testing.stirling_export``. Report (``export_report.json``): ``written`` and ``done`` items,
 ``failed`` items (no output: key -> reason) and ``skipped`` images (dropped by the protocol while
 their item still got an output: image -> reason).
+
+``ExportWriter`` (writing, previews, the status report; batching by ``micalib.batching.BatchLoop``,
+the demo's loop) is shared with ``testing.stirling_export``. A sharded run (torchrun ranks or
+``test.py --shard K/N``, ``micalib.sharding``) exports item i of the sorted keys in shard i mod N.
 """
 from __future__ import annotations
 
@@ -27,7 +31,6 @@ from typing import Callable, Optional, Sequence, Union
 
 import numpy as np
 from loguru import logger
-from tqdm import tqdm
 
 from models.flame import M_TO_MM
 from testing.now_eval import NOW_IMAGE_LISTS, read_image_list
@@ -157,15 +160,19 @@ class ExportWriter:
         batch_size: faces per network call.
         overwrite: redo items whose outputs exist.
         render: write a preview image per item (``ExportItem.render``).
+        shard: export only this shard's items (``micalib.sharding``; default: all).
     """
 
     def __init__(self, predictor, faces: np.ndarray, mesh_suffix: str = ".ply", batch_size: int = 16,
-                 overwrite: bool = False, render: bool = True) -> None:
+                 overwrite: bool = False, render: bool = True, shard=None) -> None:
+        from micalib.sharding import Shard
+
         if mesh_suffix not in (".ply", ".obj"):
             raise ValueError(f"mesh format must be .ply or .obj, not '{mesh_suffix}'")
         self.predictor, self.faces = predictor, np.asarray(faces, dtype=np.int64)
         self.mesh_suffix, self.batch_size = mesh_suffix, max(1, int(batch_size))
         self.overwrite, self.render = overwrite, render
+        self.shard = shard or Shard()
 
     def paths(self, stem: Path) -> tuple[Path, Path]:
         """(mesh path, landmark path) of an output stem."""
@@ -207,38 +214,41 @@ class ExportWriter:
         return None
 
     def run(self, items: Sequence[ExportItem], desc: str = "export") -> ExportReport:
-        """Export every item (counting done ones); failures are recorded, not fatal."""
+        """Export every item of this shard (counting done ones); failures are recorded, not fatal."""
+        from micalib.batching import BatchLoop, Job
+
         report = ExportReport()
-        batch: list[tuple[ExportItem, object]] = []
-        for item in tqdm(items, desc=desc):
+        todo = []
+        for item in self.shard.select(items, key=lambda it: it.key):
             if not self.overwrite and self.done(item.stem):
                 report.done += 1
-                continue
+            else:
+                todo.append((item,))
+
+        def prepare(item: ExportItem) -> list:
             aligned = self._prepare(item, report)
-            if aligned is None:
-                continue
-            batch.append((item, aligned))
-            if len(batch) >= self.batch_size:
-                self._flush(batch, report)
-                batch = []
-        if batch:
-            self._flush(batch, report)
+            return [] if aligned is None else [Job(item.key, item, aligned)]
+
+        def finish(job, error: Optional[str], decoded: dict, i: int) -> None:
+            if error is None:
+                report.written += 1
+            else:
+                report.failed[job.name] = error
+                logger.warning(f"failed {job.name}: {error}")
+
+        BatchLoop(self.predictor, self.batch_size).run(todo, prepare, self._write, finish, fail=None, desc=desc)
         return report
 
-    def _flush(self, batch: list, report: ExportReport) -> None:
+    def _write(self, job, decoded: dict, i: int) -> None:
         from utils.mesh import write_mesh
 
-        inputs = np.stack([a.input112 for _, a in batch]).astype(np.float32)
-        out = self.predictor(inputs)
-        verts_mm = np.asarray(out["vertices"], dtype=np.float64) * M_TO_MM
-        lmk_mm = np.asarray(out["landmarks7"], dtype=np.float64) * M_TO_MM
-        for i, (item, aligned) in enumerate(batch):
-            mesh_path, lmk_path = self.paths(item.stem)
-            write_mesh(mesh_path, verts_mm[i], self.faces, fsync=False)  # bulk outputs: see utils.io
-            atomic_save_npy(lmk_path, lmk_mm[i].reshape(7, 3), fsync=False)
-            if self.render and item.render is not None:
-                self._preview(item.render, verts_mm[i], aligned.crop224)
-            report.written += 1
+        verts_mm = np.asarray(decoded["vertices"][i], dtype=np.float64) * M_TO_MM
+        lmk_mm = np.asarray(decoded["landmarks7"][i], dtype=np.float64) * M_TO_MM
+        mesh_path, lmk_path = self.paths(job.item.stem)
+        write_mesh(mesh_path, verts_mm, self.faces, fsync=False)  # bulk outputs: see utils.io
+        atomic_save_npy(lmk_path, lmk_mm.reshape(7, 3), fsync=False)
+        if self.render and job.item.render is not None:
+            self._preview(job.item.render, verts_mm, job.aligned.crop224)
 
     def _preview(self, path: Path, vertices_mm: np.ndarray, crop: np.ndarray) -> None:
         try:
@@ -250,8 +260,23 @@ class ExportWriter:
             logger.debug(f"preview {path} skipped: {e}")
 
 
-def write_export_report(report: ExportReport, path: PathLike) -> None:
-    """JSON report of an export run (counts, failed items, skipped images)."""
+def write_export_report(report: ExportReport, path: PathLike, shard=None) -> None:
+    """JSON report of an export run (counts, failed items, skipped images). Torchrun ranks: rank 0
+    writes the sum of all ranks' reports (every rank must call this); a ``--shard K/N`` job writes
+    ``NAME.shard-K-of-N.json`` beside ``path``."""
+    from micalib.sharding import Shard, gather
+
+    shard = shard or Shard()
+    if shard.independent:
+        path = Path(path)
+        path = path.with_name(f"{path.stem}.shard-{shard.index}-of-{shard.count}{path.suffix}")
+    elif shard.distributed:
+        parts = gather(shard, report)
+        if not shard.leader:
+            return
+        report = ExportReport(sum(r.written for r in parts), sum(r.done for r in parts),
+                              {k: v for r in parts for k, v in r.failed.items()},
+                              {k: v for r in parts for k, v in r.skipped.items()})
     atomic_write_text(path, json.dumps(asdict(report), indent=2) + "\n")
 
 
@@ -290,12 +315,13 @@ def now_export_items(now_root: PathLike, out_dir: PathLike, detector,
 
 def export_now(predictor, faces: np.ndarray, detector, now_root: PathLike, out_dir: PathLike,
                splits: Sequence[str] = ("validation", "test"), mesh_suffix: str = ".ply", batch_size: int = 16,
-               overwrite: bool = False, render: bool = True) -> ExportReport:
-    """Write ``out_dir/predicted_meshes`` for NoW (see module docstring) and ``out_dir/export_report.json``."""
-    writer = ExportWriter(predictor, faces, mesh_suffix, batch_size, overwrite, render)
+               overwrite: bool = False, render: bool = True, shard=None) -> ExportReport:
+    """Write ``out_dir/predicted_meshes`` for NoW (see module docstring) and ``out_dir/export_report.json``
+    (``shard``: this process's share, see ``ExportWriter``)."""
+    writer = ExportWriter(predictor, faces, mesh_suffix, batch_size, overwrite, render, shard)
     items = now_export_items(now_root, out_dir, detector, splits)
     report = writer.run(items, desc="NoW export")
-    write_export_report(report, Path(out_dir) / "export_report.json")
+    write_export_report(report, Path(out_dir) / "export_report.json", shard)
     logger.info(f"NoW export: {report.written} written, {report.done} already done, {len(report.failed)} failed "
                 f"-> {Path(out_dir) / 'predicted_meshes'} (report: {Path(out_dir) / 'export_report.json'})")
     return report

@@ -95,12 +95,13 @@ def stirling_export_items(stirling_root: PathLike, out_dir: PathLike, detector,
 
 def export_stirling(predictor, faces: np.ndarray, detector, stirling_root: PathLike, out_dir: PathLike,
                     qualities: Sequence[str] = QUALITIES, mesh_suffix: str = ".ply", batch_size: int = 16,
-                    overwrite: bool = False, render: bool = True) -> ExportReport:
-    """Write ``out_dir/predicted_meshes/{HQ,LQ}/ID5/ID9.*`` and ``out_dir/export_report.json``."""
-    writer = ExportWriter(predictor, faces, mesh_suffix, batch_size, overwrite, render)
+                    overwrite: bool = False, render: bool = True, shard=None) -> ExportReport:
+    """Write ``out_dir/predicted_meshes/{HQ,LQ}/ID5/ID9.*`` and ``out_dir/export_report.json``
+    (``shard``: this process's share; the unit is the (quality, subject) item)."""
+    writer = ExportWriter(predictor, faces, mesh_suffix, batch_size, overwrite, render, shard)
     items = stirling_export_items(stirling_root, out_dir, detector, qualities)
     report = writer.run(items, desc="Stirling export")
-    write_export_report(report, Path(out_dir) / "export_report.json")
+    write_export_report(report, Path(out_dir) / "export_report.json", shard)
     logger.info(f"Stirling export: {report.written} subject meshes written, {report.done} already done, "
                 f"{len(report.failed)} subjects failed, {len(report.skipped)} photos skipped (not exactly one face) "
                 f"-> {Path(out_dir) / 'predicted_meshes'} (report: {Path(out_dir) / 'export_report.json'})")

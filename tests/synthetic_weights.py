@@ -32,7 +32,7 @@ from torch import nn
 from micalib.mica import MICA
 from models.arcface import IBasicBlock, IResNet, create_arcface
 from models.flame import FLAME
-from models.generator import MappingNetwork
+from models.mapping import MappingNetwork
 
 # Weight of each block's last BN: keeps the residual stream's growth over ~50 blocks modest.
 RESIDUAL_BN_WEIGHT = 0.2

@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 
 from models.arcface import ARCFACE_ARCHS, IResNet, create_arcface, freeze_for_mica
-from models.generator import MappingNetwork
+from models.mapping import MappingNetwork
 from tests.synthetic_weights import random_arcface
 from utils.checkpoint import KNOWN_IRESNETS
 

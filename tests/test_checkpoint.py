@@ -9,7 +9,7 @@ import torch
 
 from micalib.mica import MICA
 from models.arcface import create_arcface
-from models.generator import MappingNetwork
+from models.mapping import MappingNetwork
 from tests.synthetic_weights import random_arcface, random_mapping_network, write_random_backbone, write_random_mica_tar
 from utils import checkpoint as ckpt
 from utils.errors import MICAError

@@ -119,13 +119,11 @@ def test_every_key_is_read_or_a_declared_legacy_key():
     """Oracle: the source text. A key counts as read when some module accesses ``cfg.<key>`` (mask
     weights are read as one dict, of which ``models.masks`` uses the names in DEFAULT_WEIGHTS)."""
     import re
-
-    from configs.config import LEGACY_KEYS
-    from models.masks import DEFAULT_WEIGHTS
-
     from dataclasses import fields
 
+    from configs.config import LEGACY_KEYS
     from micalib.tracking.fitting import FitSettings
+    from models.masks import DEFAULT_WEIGHTS
 
     fit_fields = {f.name for f in fields(FitSettings)}
     assert "tc.fit" in _project_source() and "settings_from_config" in _project_source()

@@ -71,20 +71,20 @@ def test_predictor_onnxruntime_backend_matches_torch(net, onnx_file, synthetic_f
 def test_batch_parallel_split_gives_the_same_result(onnx_file):
     """A batch split into small chunks (concurrent single-threaded runs) equals the images
     run one by one through the ordinary session, in order; single images are not split."""
-    from micalib.predictor import _OrtEncoder
+    from micalib.predictor import OrtEncoder
 
     x = torch.rand(5, 3, 112, 112, generator=torch.Generator().manual_seed(5)) * 2 - 1
-    split = _OrtEncoder(onnx_file, "cpu", threads=3, batch_parallel=True)
-    serial = _OrtEncoder(onnx_file, "cpu", threads=3, batch_parallel=False)
+    split = OrtEncoder(onnx_file, "cpu", threads=3, batch_parallel=True)
+    serial = OrtEncoder(onnx_file, "cpu", threads=3, batch_parallel=False)
     one_by_one = torch.cat([serial(x[i:i + 1]) for i in range(5)])
     got = split(x)
-    assert split.last_chunks == min(5, 3 * _OrtEncoder.CHUNKS_PER_THREAD) and got.shape == (5, 300)
+    assert split.last_chunks == min(5, 3 * OrtEncoder.CHUNKS_PER_THREAD) and got.shape == (5, 300)
     np.testing.assert_allclose(got.numpy(), one_by_one.numpy(), atol=1e-5, rtol=0)
     split(x[:1])
     assert split.last_chunks == 1
     serial(x)
     assert serial.last_chunks == 1
-    assert _OrtEncoder(onnx_file, "cpu", threads=1).batch_parallel is False  # nothing to split across
+    assert OrtEncoder(onnx_file, "cpu", threads=1).batch_parallel is False  # nothing to split across
 
 
 @pytest.mark.slow

@@ -46,11 +46,11 @@ def test_decode_matches_raw_flame_arrays(mica, images, synthetic_flame_dir):
     with torch.no_grad():
         out = mica(images)
     raw = load_flame_model(Path(synthetic_flame_dir) / "generic_model.pkl")
-    shape = out["shape_code"].double().numpy()
+    shape = out["identity"].double().numpy()
     expected = raw.v_template[None] + np.einsum("vcl,bl->bvc", raw.shapedirs[:, :, :300], shape)
     np.testing.assert_allclose(out["vertices"].numpy(), expected, atol=1e-6)
     assert out["landmarks68"].shape == (3, 68, 3) and out["landmarks7"].shape == (3, 7, 3)
-    assert out["shape_code"].shape == (3, 300) and out["code"].shape == (3, 512)
+    assert out["identity"].shape == (3, 300) and out["code"].shape == (3, 512)
     # the 7 NoW landmarks are the inner-51 indices 19, 22, 25, 28, 16, 31, 37 of the 68
     torch.testing.assert_close(out["landmarks7"], out["landmarks68"][:, 17:][:, [19, 22, 25, 28, 16, 31, 37]],
                                atol=1e-7, rtol=0)
@@ -83,7 +83,7 @@ def test_predictor_torch_matches_model(mica, images):
     out = pred(images.numpy())
     with torch.no_grad():
         ref = mica(images)
-    np.testing.assert_allclose(out["identity"], ref["shape_code"].numpy(), atol=1e-6)
+    np.testing.assert_allclose(out["identity"], ref["identity"].numpy(), atol=1e-6)
     np.testing.assert_allclose(out["vertices"], ref["vertices"].numpy(), atol=1e-7)
     np.testing.assert_allclose(out["landmarks7"], ref["landmarks7"].numpy(), atol=1e-7)
     assert all(v.dtype == np.float32 for v in out.values())

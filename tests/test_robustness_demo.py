@@ -354,7 +354,7 @@ def test_sigterm_writes_the_summary_and_exits_130(tmp_path, photos):
                     time.sleep(60)
                 return super().predict_identity(batch)
 
-        demo.setup = lambda args: None
+        demo.setup = lambda args: demo.load_cfg(None, [])
         demo.build_runner = lambda args, cfg: DemoRunner(Stalls(0), SlowDetector(0), TETRA, Path(args.output),
                                                          Path(args.arcface), render=False, batch_size=2)
         run_main(lambda: demo.main(["-i", {str(photos)!r}, "-o", {str(out / 'meshes')!r},
@@ -504,3 +504,91 @@ def test_exit_code_is_1_only_when_an_input_failed(tmp_path, photos, monkeypatch)
     assert _demo_main(monkeypatch, photos, tmp_path / "a") == 1
     (photos / "broken.jpg").unlink()
     assert _demo_main(monkeypatch, photos, tmp_path / "b") == 0
+
+
+# ---------------------------------------------------------------------- review of the merged pipeline
+@pytest.mark.parametrize("which", ["arcface", "output"])
+def test_output_or_crop_folder_equal_to_the_input_is_refused(tmp_path, photos, which):
+    """``-a X -i X`` overwrote the user's photos with crops; ``-o X -i X`` re-read its renders on
+    every run. Both are refused in one line before anything is written."""
+    before = {p.name: p.read_bytes() for p in photos.iterdir()}
+    out, arc = (photos, tmp_path / "arc") if which == "output" else (tmp_path / "o", photos)
+    with pytest.raises(MICAError, match="input folder"):
+        DemoRunner(SlowNetwork(0), SlowDetector(0), TETRA, out, arc, render=False).run(photos)
+    assert {p.name: p.read_bytes() for p in photos.iterdir()} == before
+
+
+def test_an_earlier_runs_output_and_crop_folders_are_not_inputs(tmp_path, photos):
+    """Folders another run wrote (its -o holds .mica/, its -a is marked too) stay out of the inputs
+    of a later run with other -o/-a."""
+    first = DemoRunner(SlowNetwork(0), SlowDetector(0), TETRA, photos / "out", photos / "arcface",
+                       render=True).run(photos)
+    later = _runner(tmp_path / "o").run(photos)
+    assert [r.input for r in later] == [r.input for r in first]
+
+
+def test_switching_all_faces_redoes_the_input(tmp_path):
+    """A record made without --all-faces does not make an --all-faces run done, and back."""
+    inp = tmp_path / "in"
+    _photo(inp / "group.png", 0, size=336)
+    meshes = tmp_path / "o" / "meshes"
+    one = _runner(tmp_path / "o", det=ThreeFaces(0)).run(inp)
+    assert one[0].status == "ok" and one[0].outputs == ["group"]
+    every = _runner(tmp_path / "o", det=ThreeFaces(0), all_faces=True).run(inp)
+    assert every[0].status == "ok" and every[0].outputs == ["group_0", "group_1", "group_2"]
+    assert all((meshes / f"group_{k}" / "identity.npy").is_file() for k in range(3))
+    (meshes / "group").rename(tmp_path / "moved")  # the single-face outputs are gone
+    back = _runner(tmp_path / "o", det=ThreeFaces(0)).run(inp)
+    assert back[0].status == "ok" and (meshes / "group" / "identity.npy").is_file()
+    again = _runner(tmp_path / "o", det=ThreeFaces(0)).run(inp)
+    assert again[0].status == "done"
+
+
+def test_missing_crops_make_the_input_not_done(tmp_path, photos):
+    """The aligned crop and network input are outputs too: deleted, or another -a, means redo."""
+    _runner(tmp_path / "o").run(photos)
+    arc = tmp_path / "o" / "arcface"
+    (arc / "img1.jpg").unlink()
+    second = {r.input: r.status for r in _runner(tmp_path / "o").run(photos)}
+    assert second["img1.png"] == "ok" and second["img2.png"] == "done"
+    assert (arc / "img1.jpg").is_file()
+    other = DemoRunner(SlowNetwork(0), SlowDetector(0), TETRA, tmp_path / "o" / "meshes", tmp_path / "arc2",
+                       render=False).run(photos)
+    assert {r.status for r in other if r.input != "broken.jpg"} == {"ok"}
+    assert (tmp_path / "arc2" / "img0.npy").is_file()
+
+
+def test_pending_rows_after_an_interrupt_carry_no_faces_or_score(tmp_path, photos, monkeypatch):
+    import micalib.demo_runner as dr
+
+    real = dr.write_reconstruction
+    calls = []
+
+    def stop_second(dst, *a, **k):
+        calls.append(dst)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        real(dst, *a, **k)
+
+    monkeypatch.setattr(dr, "write_reconstruction", stop_second)
+    with pytest.raises(KeyboardInterrupt):
+        _runner(tmp_path / "o", batch_size=4).run(photos)
+    rows = _summary(tmp_path / "o" / "meshes")
+    pending = [r for r in rows.values() if r["status"] == "pending"]
+    assert pending and all(r["faces"] in ("", "0") and r["score"] == "" for r in pending)
+
+
+def test_interrupt_while_the_model_loads_still_writes_a_summary(tmp_path, photos, monkeypatch):
+    """Ctrl-C before the inputs are listed (the model loads for seconds) still leaves a summary of
+    every input, all pending, and exit code 130."""
+    def loading(args, cfg):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(demo, "build_runner", loading)
+    monkeypatch.setattr(demo, "setup", lambda args: demo.load_cfg(None, []))
+    out = tmp_path / "o"
+    with pytest.raises(SystemExit) as exit_info:
+        run_main(lambda: demo.main(["-i", str(photos), "-o", str(out / "meshes"), "-a", str(out / "arcface")]))
+    assert exit_info.value.code == 130
+    rows = _summary(out / "meshes")
+    assert set(rows) == {p.name for p in photos.iterdir()} and {r["status"] for r in rows.values()} == {"pending"}

@@ -183,6 +183,14 @@ class SCRFD:
             raise ValueError(f"SCRFD det_size {self.input_size} must be multiples of 32")
         self.threshold = float(threshold)
         self.nms_threshold = float(nms_threshold)
+        # a batch axis we may fill: dynamic in the input, and outputs that keep it (B, anchors, C)
+        self.batched = (len(shape) == 4 and not isinstance(shape[0], int)
+                        and all(len(o.shape) == 3 for o in self.session.get_outputs()))
+
+    @property
+    def on_gpu(self) -> bool:
+        """True when onnxruntime runs the model on its CUDA provider (onnxruntime-gpu installed)."""
+        return self.session.get_providers()[0] == "CUDAExecutionProvider"
 
     def preprocess(self, image_rgb: np.ndarray) -> tuple[np.ndarray, float]:
         """Letterbox + normalise: returns the (1, 3, H_in, W_in) float32 blob and the resize factor."""
@@ -243,6 +251,16 @@ class SCRFD:
         blob, det_scale = self.preprocess(image_rgb)
         outputs = self.session.run(self.output_names, {self.input_name: blob})
         return self.decode(outputs, det_scale)
+
+    def detect_batch(self, images_rgb: Sequence[np.ndarray]) -> list[list[Face]]:
+        """Faces of several photos: one network call for all of them when the model has a dynamic
+        batch axis (each photo letterboxed into the same input size, decoded with its own scale),
+        else photo by photo. Same faces as ``detect`` on each photo."""
+        if not self.batched or len(images_rgb) < 2:
+            return [self.detect(im) for im in images_rgb]
+        blobs, scales = zip(*(self.preprocess(im) for im in images_rgb))
+        outputs = self.session.run(self.output_names, {self.input_name: np.concatenate(blobs)})
+        return [self.decode([o[b:b + 1] for o in outputs], scale) for b, scale in enumerate(scales)]
 
 
 # ------------------------------------------------------------------------------------------------

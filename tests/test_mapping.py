@@ -7,7 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from models.generator import MappingNetwork
+from models.mapping import MappingNetwork
 
 
 def hand_count(n_layers: int, n_shape: int = 300) -> int:

@@ -1,0 +1,415 @@
+"""Many processes (issue 17, section 1): torchrun ranks (3 gloo processes on the CPU), ``--shard K/N``
+jobs and ``python -m micalib.merge_summaries`` against one process of the same demo.
+
+Fast stand-ins: the detector of tests/test_demo_runner.py and a tiny random network (a strided
+convolution and a linear layer in torch, a linear shape basis), whose float results depend on how
+the images are batched, like the real network's."""
+from __future__ import annotations
+
+import csv
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import torch
+import torch.multiprocessing as mp
+
+import demo
+from micalib import merge_summaries, sharding
+from micalib.demo_runner import DemoRunner, default_workers
+from micalib.output_lock import LOCK_FILE
+from micalib.sharding import Shard, parse_shard, resolve_shard
+from tests.test_demo_runner import TETRA, SlowDetector
+from utils.errors import MICAError, run_main
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+class TinyNetwork:
+    """``predict_identity``: a strided convolution, ReLU and a linear layer (torch, fixed seed);
+    ``decode``: a tetrahedron moved by a linear shape basis, in metres."""
+
+    def __init__(self) -> None:
+        g = torch.Generator().manual_seed(0)
+        self.conv = torch.randn(8, 3, 5, 5, generator=g) * 0.2
+        self.linear = torch.randn(8 * 27 * 27, 300, generator=g) * 0.01
+        self.basis = np.random.default_rng(1).normal(0, 0.002, (300, 12)).astype(np.float32)
+        self.calls: list[int] = []
+
+    def predict_identity(self, batch: np.ndarray) -> np.ndarray:
+        self.calls.append(len(batch))
+        x = torch.nn.functional.conv2d(torch.from_numpy(np.ascontiguousarray(batch)), self.conv, stride=4).relu()
+        return torch.tanh(x.flatten(1) @ self.linear).numpy()
+
+    def decode(self, identity: np.ndarray) -> dict:
+        base = np.array([[0, 0, 0], [1, 0, 0], [0, 1, 0], [0, 0, 1]], np.float32) * 0.1
+        verts = base[None] + (np.asarray(identity, np.float32) @ self.basis).reshape(-1, 4, 3)
+        return {"vertices": verts, "landmarks68": np.repeat(verts[:, :1], 68, 1),
+                "landmarks7": verts[:, [0, 1, 2, 3, 0, 1, 2]]}
+
+
+def _make_runner(args, net=None) -> DemoRunner:
+    """demo.py's runner with the stand-ins, honouring the flags the tests use."""
+    return DemoRunner(net or TinyNetwork(), SlowDetector(0), TETRA, Path(args.output), Path(args.arcface),
+                      render=False, batch_size=args.batch_size, fuse=args.fuse, workers=1,
+                      shard=getattr(args, "run_shard", None) or Shard())
+
+
+def _argv(inp: Path, out: Path, *extra: str) -> list[str]:
+    return ["-i", str(inp), "-o", str(out / "meshes"), "-a", str(out / "arcface"), *extra]
+
+
+def _demo(monkeypatch, inp: Path, out: Path, *extra: str, net=None) -> int:
+    """``python demo.py`` in this process with the stand-ins; returns the exit code."""
+    monkeypatch.setattr(demo, "setup", lambda args: demo.load_cfg(None, []))
+    monkeypatch.setattr(demo, "build_runner", lambda args, cfg: _make_runner(args, net))
+    with pytest.raises(SystemExit) as exit_info:
+        run_main(lambda: demo.main(_argv(inp, out, *extra)))
+    return exit_info.value.code
+
+
+def _rank_main(rank: int, world: int, port: int, inp: str, out: str, extra: list, result_dir: str) -> None:
+    """One torchrun rank: the environment torchrun sets, then demo.main as ``python demo.py`` runs it."""
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), LOCAL_RANK=str(rank),
+                      WORLD_SIZE=str(world), LOCAL_WORLD_SIZE=str(world))
+    net = TinyNetwork()
+    processed: list[str] = []
+
+    def make(args, cfg):
+        runner = _make_runner(args, net)
+        run = runner.run
+        runner.run = lambda input_dir: _record(run(input_dir), processed)
+        return runner
+
+    demo.setup = lambda args: demo.load_cfg(None, [])
+    demo.build_runner = make
+    code = demo.main(_argv(Path(inp), Path(out), *extra))
+    Path(result_dir, f"rank{rank}.json").write_text(json.dumps({"code": code, "inputs": processed,
+                                                                "threads": torch.get_num_threads()}))
+
+
+def _record(results, processed: list):
+    processed.extend(r.input for r in results)
+    return results
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _torchrun(inp: Path, out: Path, tmp: Path, *extra: str, world: int = 3) -> list[dict]:
+    result_dir = tmp / f"ranks_{out.name}"
+    result_dir.mkdir()
+    mp.spawn(_rank_main, args=(world, _free_port(), str(inp), str(out), list(extra), str(result_dir)),
+             nprocs=world, join=True)
+    return [json.loads((result_dir / f"rank{r}.json").read_text()) for r in range(world)]
+
+
+@pytest.fixture()
+def photos(tmp_path) -> Path:
+    """11 inputs in three sub-folders, one of them broken."""
+    rng = np.random.default_rng(0)
+    folder = tmp_path / "in"
+    for i in range(10):
+        path = folder / f"p{i % 3}" / f"img{i}.png"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        cv2.imwrite(str(path), rng.integers(0, 256, (160, 160, 3), dtype=np.uint8))
+    (folder / "p1" / "broken.jpg").write_bytes(b"not a jpeg")
+    return folder
+
+
+def _files(out: Path) -> dict[str, bytes]:
+    return {p.relative_to(out).as_posix(): p.read_bytes() for p in sorted(out.rglob("*")) if p.is_file()}
+
+
+def _rows(meshes: Path) -> list[dict]:
+    with open(meshes / "summary.csv", encoding="utf-8", newline="") as f:
+        return sorted(csv.DictReader(f), key=lambda r: r["input"])
+
+
+def _obj_vertices(data: bytes) -> np.ndarray:
+    return np.array([[float(x) for x in line.split()[1:4]] for line in data.decode().splitlines()
+                     if line.startswith("v ")])
+
+
+# ---------------------------------------------------------------------- the rule
+def test_unit_i_of_the_sorted_order_goes_to_shard_i_mod_n():
+    units = ["c", "a", "e", "b", "d"]  # sorted: a b c d e -> shards 0 1 2 0 1
+    assert Shard(0, 3).select(units) == ["a", "d"]  # in the given order
+    assert Shard(1, 3).select(units) == ["e", "b"]
+    assert Shard(2, 3).select(units) == ["c"]
+    assert Shard().select(units) == units
+    # --fuse: the sorted sub-folders are the units; every image of a folder goes with it
+    imgs = ["y/1", "x/1", "z/1", "x/2", "y/2"]
+    assert Shard(0, 2).select_groups(imgs, lambda u: u.split("/")[0]) == ["x/1", "z/1", "x/2"]
+    assert Shard(1, 2).select_groups(imgs, lambda u: u.split("/")[0]) == ["y/1", "y/2"]
+
+
+@pytest.mark.parametrize("text", ["3/3", "-1/2", "1", "a/b", "0/0", "1/2/3"])
+def test_bad_shard_is_one_line(text):
+    with pytest.raises(MICAError, match="--shard"):
+        parse_shard(text)
+
+
+def test_parse_shard():
+    assert parse_shard("2/5") == Shard(2, 5) and parse_shard(" 0 / 1 ") == Shard(0, 1)
+    assert Shard(2, 5).independent and not Shard(2, 5).leader and Shard().leader
+
+
+def test_shard_under_torchrun_is_an_error(monkeypatch, photos, tmp_path):
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "0")
+    with pytest.raises(MICAError, match="cannot be combined with torchrun"):
+        resolve_shard("0/2")
+    assert _demo(monkeypatch, photos, tmp_path / "o", "--shard", "0/2") == 1  # one line, before any work
+    assert not (tmp_path / "o").exists()
+
+
+def test_each_rank_takes_its_share_of_the_cores(monkeypatch):
+    monkeypatch.setattr(sharding, "usable_cores", lambda: 16)
+    assert sharding.rank_cores(Shard(1, 8, True, 1, 4)) == 4
+    assert sharding.rank_cores(Shard(0, 1)) == 16
+    assert sharding.rank_cores(Shard(5, 8, True, 5, 32)) == 1
+    assert default_workers(sharding.rank_cores(Shard(1, 8, True, 1, 4))) == 4
+    assert default_workers(16) == 8
+
+
+# ---------------------------------------------------------------------- torchrun, --shard, merge
+@pytest.mark.slow
+def test_three_gloo_ranks_and_shard_jobs_give_what_one_process_gives(tmp_path, photos, monkeypatch):
+    # one process, the oracle; batch 3 (the ranks batch other images together) and batch 1
+    assert _demo(monkeypatch, photos, tmp_path / "one", "--batch-size", "3") == 1  # broken.jpg fails
+    assert _demo(monkeypatch, photos, tmp_path / "one_b1", "--batch-size", "1") == 1
+    one = _files(tmp_path / "one")
+
+    ranks = _torchrun(photos, tmp_path / "tr", tmp_path, "--batch-size", "3")
+    assert [r["code"] for r in ranks] == [1, 1, 1]  # every rank: the run's exit code
+    assert all(r["threads"] == max(1, sharding.usable_cores() // 3) for r in ranks)
+    tr = _files(tmp_path / "tr")
+    assert sorted(tr) == sorted(one)  # the same files (records, crops, meshes, summary)
+    assert _rows(tmp_path / "tr" / "meshes") == _rows(tmp_path / "one" / "meshes")
+    for key in one:
+        if key.endswith("mesh.obj"):
+            np.testing.assert_allclose(_obj_vertices(tr[key]), _obj_vertices(one[key]), atol=1e-4)  # mm
+    # the split: unit i of the sorted inputs on rank i mod 3
+    inputs = sorted(p.relative_to(photos).as_posix() for p in photos.rglob("*") if p.is_file())
+    for k, r in enumerate(ranks):
+        assert sorted(r["inputs"]) == inputs[k::3]
+    # batch size 1: byte-identical to one process (meshes, crops, records, summary)
+    ranks_b1 = _torchrun(photos, tmp_path / "tr_b1", tmp_path, "--batch-size", "1")
+    assert [r["code"] for r in ranks_b1] == [1, 1, 1]
+    assert _files(tmp_path / "tr_b1") == _files(tmp_path / "one_b1")
+
+    # three --shard jobs at batch 1, then the merge: byte-identical to one process at batch 1
+    seen = []
+    for k in range(3):
+        net = TinyNetwork()
+        assert _demo(monkeypatch, photos, tmp_path / "sh", "--batch-size", "1", "--shard", f"{k}/3", net=net) \
+            == (1 if "p1/broken.jpg" in inputs[k::3] else 0)
+        seen.append(sum(net.calls))
+        assert not (tmp_path / "sh" / "meshes" / "summary.csv").exists()  # independent jobs: no summary
+    assert seen == [len(inputs[k::3]) - ("p1/broken.jpg" in inputs[k::3]) for k in range(3)]  # the same split
+    assert merge_summaries.main([str(tmp_path / "sh" / "meshes"), "-i", str(photos)]) == 1  # one failed row
+    assert _files(tmp_path / "sh") == _files(tmp_path / "one_b1")
+
+
+@pytest.mark.slow
+def test_killed_shard_is_finished_by_a_rerun_under_another_shard_count(tmp_path, photos, monkeypatch):
+    class DiesAtSecond(TinyNetwork):
+        def predict_identity(self, batch):
+            if self.calls:
+                raise KeyboardInterrupt  # the node dies after its first image
+            return super().predict_identity(batch)
+
+    for k in range(2):
+        _demo(monkeypatch, photos, tmp_path / "o", "--batch-size", "1", "--shard", f"{k}/3")
+    assert _demo(monkeypatch, photos, tmp_path / "o", "--batch-size", "1", "--shard", "2/3", net=DiesAtSecond()) == 130
+    meshes = tmp_path / "o" / "meshes"
+    assert merge_summaries.main([str(meshes), "-i", str(photos)]) == 1
+    pending = [r["input"] for r in _rows(meshes) if r["status"] == "pending"]
+    assert len(pending) == 2  # shard 2 of 3 had 3 inputs, finished one
+    # re-run under 2 shards: only the missing inputs go through the network
+    nets = [TinyNetwork(), TinyNetwork()]
+    for k in range(2):
+        _demo(monkeypatch, photos, tmp_path / "o", "--batch-size", "1", "--shard", f"{k}/2", net=nets[k])
+    assert sum(len(n.calls) for n in nets) == len(pending)
+    rows = merge_summaries.merge(meshes, photos, tmp_path / "o" / "arcface")
+    assert {r.status for r in rows} == {"ok", "failed"} and sum(r.status == "failed" for r in rows) == 1
+    # the same as one uninterrupted process
+    _demo(monkeypatch, photos, tmp_path / "one", "--batch-size", "1")
+    assert _files(tmp_path / "o") == _files(tmp_path / "one")
+
+
+class StallsAtSecond(TinyNetwork):
+    """The network of a node that hangs (and is then killed) after its first image."""
+
+    def predict_identity(self, batch):
+        if self.calls:
+            time.sleep(120)
+        return super().predict_identity(batch)
+
+
+def _shard_job(inp: str, out: str, shard: str) -> None:
+    """``python demo.py -i INP -o OUT --shard K/N --batch-size 1`` with the stand-ins and a stalling network."""
+    demo.setup = lambda args: demo.load_cfg(None, [])
+    demo.build_runner = lambda args, cfg: _make_runner(args, StallsAtSecond())
+    run_main(lambda: demo.main(_argv(Path(inp), Path(out), "--batch-size", "1", "--shard", shard)))
+
+
+@pytest.mark.slow
+def test_shard_killed_with_sigkill_is_finished_by_a_rerun(tmp_path, photos, monkeypatch):
+    """A real ``kill -9`` of a --shard job after its first image; a re-run under 2 shards completes
+    the run, equal to one uninterrupted process."""
+    meshes = tmp_path / "o" / "meshes"
+    code = (f"import sys; sys.path.insert(0, {str(ROOT)!r}); from tests.test_sharding import _shard_job; "
+            f"_shard_job({str(photos)!r}, {str(tmp_path / 'o')!r}, '2/3')")
+    proc = subprocess.Popen([sys.executable, "-c", code], cwd=ROOT, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while not (meshes / ".mica" / "done" / "p0" / "img6.json").is_file() and time.time() < deadline:
+        time.sleep(0.05)  # shard 2 of 3: p0/img6.png, p1/img1.png, p1/img7.png
+    time.sleep(0.2)
+    proc.kill()
+    proc.wait()
+    assert (meshes / ".mica" / "done" / "p0" / "img6.json").is_file() and not (meshes / "p1" / "img1").exists()
+    nets = [TinyNetwork(), TinyNetwork()]
+    for k in range(2):
+        _demo(monkeypatch, photos, tmp_path / "o", "--batch-size", "1", "--shard", f"{k}/2", net=nets[k])
+    assert sum(len(n.calls) for n in nets) == 10 - 1  # everything but the killed shard's one finished image
+    assert merge_summaries.main([str(meshes), "-i", str(photos), "-a", str(tmp_path / "o" / "arcface")]) == 1
+    _demo(monkeypatch, photos, tmp_path / "one", "--batch-size", "1")
+    assert _files(tmp_path / "o") == _files(tmp_path / "one")
+
+
+def test_merge_rechecks_the_files_not_the_records(tmp_path, photos, monkeypatch):
+    for k in range(2):
+        _demo(monkeypatch, photos, tmp_path / "o", "--shard", f"{k}/2")
+    meshes = tmp_path / "o" / "meshes"
+    (meshes / "p0" / "img3" / "mesh.obj").unlink()  # a record says ok, a file is gone
+    rows = {r.input: r for r in merge_summaries.merge(meshes, photos, tmp_path / "o" / "arcface")}
+    assert rows["p0/img3.png"].status == "pending" and rows["p0/img0.png"].status == "ok"
+    assert rows["p1/broken.jpg"].status == "failed"
+    without_inputs = {r.input: r.status for r in merge_summaries.merge(meshes)}  # from the records alone
+    assert without_inputs == {k: r.status for k, r in rows.items()}
+    with pytest.raises(MICAError, match="no completion records"):
+        merge_summaries.merge(tmp_path)
+
+
+def test_fuse_keeps_each_sub_folder_in_one_shard(tmp_path, photos, monkeypatch):
+    nets = [TinyNetwork(), TinyNetwork()]
+    for k in range(2):
+        _demo(monkeypatch, photos, tmp_path / "o", "--fuse", "--shard", f"{k}/2", net=nets[k])
+    meshes = tmp_path / "o" / "meshes"
+    # folders p0 (4 images), p1 (3 + broken), p2 (3): sorted p0 p1 p2 -> shards 0, 1, 0
+    assert sum(nets[0].calls) == 7 and sum(nets[1].calls) == 3
+    assert all((meshes / f"p{i}" / "fused" / "identity.npy").is_file() for i in range(3))
+    _demo(monkeypatch, photos, tmp_path / "one", "--fuse")
+    for i in range(3):
+        np.testing.assert_allclose(np.load(meshes / f"p{i}" / "fused" / "identity.npy"),
+                                   np.load(tmp_path / "one" / "meshes" / f"p{i}" / "fused" / "identity.npy"), atol=1e-6)
+
+
+def test_shards_of_one_run_do_not_refuse_each_other(tmp_path, photos, monkeypatch):
+    meshes = tmp_path / "o" / "meshes"
+    holder = subprocess.Popen([sys.executable, "-c", (
+        "import sys, time; sys.path.insert(0, sys.argv[1]); from pathlib import Path;"
+        "from micalib.output_lock import output_lock\n"
+        "with output_lock(Path(sys.argv[2])):\n    print('held', flush=True); time.sleep(60)"), str(ROOT), str(meshes)],
+        stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held" and (meshes / LOCK_FILE).is_file()
+        assert _demo(monkeypatch, photos, tmp_path / "o", "--shard", "1/2") == 0  # a shard takes no lock
+        assert _demo(monkeypatch, photos, tmp_path / "o") == 1  # a plain run is refused
+    finally:
+        holder.kill()
+        holder.wait()
+
+
+# ---------------------------------------------------------------------- benchmark exports
+def _export_items(photos: Path, out: Path) -> list:
+    from micalib.face_prep import align_face
+    from testing.now_export import ExportItem
+
+    def prepare(image, source):
+        return align_face(image, SlowDetector(0).detect(image)[0])
+
+    paths = sorted(p for p in photos.rglob("*") if p.is_file())
+    rels = [p.relative_to(photos) for p in paths]
+    return [ExportItem(rel.as_posix(), [p], out / "predicted_meshes" / rel.with_suffix(""), prepare)
+            for p, rel in reversed(list(zip(paths, rels)))]  # given unsorted: the split follows the sorted keys
+
+
+def test_export_shards_split_the_items_and_add_up_to_one_run(tmp_path, photos):
+    from testing.now_export import ExportWriter, write_export_report
+
+    one = ExportWriter(TinyNetwork(), TETRA, ".obj", batch_size=4).run(_export_items(photos, tmp_path / "one"))
+    keys = sorted(p.relative_to(photos).as_posix() for p in photos.rglob("*") if p.is_file())
+    written = []
+    for k in range(3):
+        shard = Shard(k, 3)
+        writer = ExportWriter(TinyNetwork(), TETRA, ".obj", batch_size=4, shard=shard)
+        report = writer.run(_export_items(photos, tmp_path / "sh"))
+        assert report.written + len(report.failed) == len(keys[k::3])
+        written.append(report.written)
+        write_export_report(report, tmp_path / "sh" / "export_report.json", shard)
+        assert (tmp_path / "sh" / f"export_report.shard-{k}-of-3.json").is_file()
+    assert sum(written) == one.written == len(keys) - 1 and list(one.failed) == ["p1/broken.jpg"]
+    assert not (tmp_path / "sh" / "export_report.json").exists()
+    mine = {p.relative_to(tmp_path / "one").as_posix() for p in (tmp_path / "one").rglob("*.obj")}
+    assert {p.relative_to(tmp_path / "sh").as_posix() for p in (tmp_path / "sh").rglob("*.obj")} == mine
+    for rel in mine:
+        np.testing.assert_allclose(_obj_vertices((tmp_path / "sh" / rel).read_bytes()),
+                                   _obj_vertices((tmp_path / "one" / rel).read_bytes()), atol=1e-4)
+    # a re-run under another shard count finds everything done
+    again = [ExportWriter(TinyNetwork(), TETRA, ".obj", shard=Shard(k, 2)).run(_export_items(photos, tmp_path / "sh"))
+             for k in range(2)]
+    assert sum(r.done for r in again) == len(keys) - 1 and sum(r.written for r in again) == 0
+
+
+@pytest.mark.parametrize("extra", [["--shard", "0/2"], []])
+def test_evaluate_stays_one_process(tmp_path, monkeypatch, extra):
+    import test as testpy
+
+    if not extra:
+        monkeypatch.setenv("WORLD_SIZE", "2")
+    with pytest.raises(MICAError, match="--evaluate scores in one process"):
+        testpy.main(["--evaluate", "--benchmark", "now", "--now-root", str(tmp_path), *extra])
+
+
+# ---------------------------------------------------------------------- launchers
+def test_job_scripts_pass_the_shard_and_the_launcher(tmp_path):
+    env = {**os.environ, "PYTHON": "echo", "SLURM_ARRAY_TASK_ID": "2", "SLURM_ARRAY_TASK_COUNT": "5",
+           "SLURM_SUBMIT_DIR": str(ROOT)}
+    out = subprocess.run(["bash", str(ROOT / "jobs" / "slurm_demo.sbatch"), "-i", "in", "-o", "out"], env=env,
+                         capture_output=True, text=True, check=True).stdout.split()
+    assert out == ["demo.py", "--shard", "2/5", "-i", "in", "-o", "out"]
+    env = {**os.environ, "PYTHON": "echo"}
+    out = subprocess.run(["bash", str(ROOT / "jobs" / "torchrun_demo.sh"), "3", "-i", "in"], env=env,
+                         capture_output=True, text=True, check=True).stdout.split()
+    assert out == ["-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "3", "demo.py", "-i", "in"]
+    env.update(NNODES="2", NODE_RANK="1", MASTER_ADDR="node0")
+    out = subprocess.run(["bash", str(ROOT / "jobs" / "torchrun_demo.sh"), "4", "-i", "in"], env=env,
+                         capture_output=True, text=True, check=True).stdout.split()
+    assert out[out.index("--nnodes") + 1] == "2" and out[out.index("--node_rank") + 1] == "1" and out[-3:] == [
+        "demo.py", "-i", "in"]
+
+
+def test_torchrun_export_reports_are_summed_by_rank_0(tmp_path, monkeypatch):
+    from testing.now_export import ExportReport, write_export_report
+
+    parts = [ExportReport(3, 1, {"a.jpg": "no face"}, {"s:x.jpg": "2 faces"}), ExportReport(2, 0, {"b.jpg": "2 faces"})]
+    monkeypatch.setattr(sharding, "gather", lambda shard, obj: parts)
+    write_export_report(parts[1], tmp_path / "r1.json", Shard(1, 2, True))
+    assert not (tmp_path / "r1.json").exists()  # only rank 0 writes
+    write_export_report(parts[0], tmp_path / "r0.json", Shard(0, 2, True))
+    assert json.loads((tmp_path / "r0.json").read_text()) == {
+        "written": 5, "done": 1, "failed": {"a.jpg": "no face", "b.jpg": "2 faces"}, "skipped": {"s:x.jpg": "2 faces"}}

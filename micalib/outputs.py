@@ -38,7 +38,8 @@ def output_names(inputs: Sequence[PurePath]) -> Dict[PurePath, str]:
     would take a reserved name: ``fused`` (``--fuse``'s output) and ``NAME_k`` where NAME is the stem
     of another input of the folder (``--all-faces`` writes ``NAME_0``, ``NAME_1``, ...). Names that
     are still equal ignoring case get ``_2``, ``_3``, ... in the sorted order of the inputs (the first
-    keeps its name), so that no two inputs share a folder on a case-insensitive file system either.
+    keeps its name), so that no two inputs of one folder share an output folder, also on a
+    case-insensitive file system, and none takes another's ``NAME_k``.
     """
     by_folder: Dict[PurePath, List[PurePath]] = defaultdict(list)
     for rel in inputs:
@@ -56,6 +57,17 @@ def output_names(inputs: Sequence[PurePath]) -> Dict[PurePath, str]:
             clash = (stems[key] > 1 or key == FUSED
                      or (k_name is not None and k_name.group(1) in stems))
             chosen.append(f"{rel.stem}__{rel.suffix[1:].lower()}" if clash else rel.stem)
+        # a final name may still look like another's --all-faces output (x.jpg + x.png -> x__jpg, x__png
+        # beside x__jpg_0.jpg): those take their extension too, until no name is another's NAME_k
+        while True:
+            finals = {c.casefold() for c in chosen}
+            again = [i for i, c in enumerate(chosen)
+                     if (m := re.fullmatch(r"(.+)_\d+", c.casefold())) is not None and m.group(1) in finals
+                     and not c.casefold().endswith("__" + members[i].suffix[1:].lower())]
+            if not again:
+                break
+            for i in again:
+                chosen[i] = f"{chosen[i]}__{members[i].suffix[1:].lower()}"
         taken = {c.casefold() for c in chosen}
         seen: set = set()
         for rel, name in zip(members, chosen):

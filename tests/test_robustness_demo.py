@@ -95,6 +95,11 @@ def test_output_names_follow_the_rule():
         "x.y.png": "x.y",
     }
     assert len({v.casefold() for v in got.values()}) == len(rels)
+    # a renamed input's --all-faces outputs must not land in another input's folder either:
+    # x.jpg -> x__jpg writes x__jpg_0, so the input x__jpg_0.jpg takes its extension
+    got = output_names([PurePath(r) for r in ("x.jpg", "x.png", "x__jpg_0.jpg")])
+    assert {str(k): v for k, v in got.items()} == {"x.jpg": "x__jpg", "x.png": "x__png",
+                                                   "x__jpg_0.jpg": "x__jpg_0__jpg"}
 
 
 def test_same_stem_inputs_keep_their_own_outputs(tmp_path, monkeypatch):

@@ -93,7 +93,7 @@ _C.detector.det_size = (224, 224)
 _C.detector.threshold = 0.5
 # MTCNN (the fallback detector) searches photos shrunk to this longer side in pixels, finding faces
 # down to 20 px there (6% of the photo's longer side, about what SCRFD finds at 224x224); raise it
-# for small faces in large photos (slower: 1024 costs ~3x the time). 0 = the photo's own size.
+# for small faces in large photos (the detection time grows with it). 0 = the photo's own size.
 _C.detector.mtcnn_max_side = 320
 
 # ---------------------------------------------------------------------------------------------

@@ -1,6 +1,6 @@
 """Decoding photos in worker processes (the GPU pipeline of ``micalib.demo_runner``).
 
-Threads decoding JPEGs held each other up on the GIL (~180% CPU with 8 threads); processes do not.
+Threads decoding JPEGs hold each other up on the GIL; processes do not (bench/README.md, Demo).
 The functions here are what a worker process runs: this module imports only the image reader, so a
 spawned worker starts in well under a second (no torch).
 """

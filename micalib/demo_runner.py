@@ -56,7 +56,7 @@ __all__ = ["DemoRunner", "DemoOptions", "ItemResult", "StageTimer", "default_wor
 def _one_torch_thread() -> None:
     """Worker-thread initializer: this thread's torch operations (MTCNN's small convolutions) use one
     core. The workers already share the cores out between images; each of them starting as many
-    OpenMP threads as there are cores oversubscribed the CPU (detection took ~10% more CPU time).
+    OpenMP threads as there are cores oversubscribed the CPU (more CPU time per detection: bench/README.md).
     Only with torch's OpenMP backend, where the thread count belongs to the calling thread: with the
     native backend it is global and would also slow the network."""
     if "ATen parallel backend: OpenMP" in torch.__config__.parallel_info():

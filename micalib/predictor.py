@@ -65,7 +65,7 @@ class OrtEncoder:
     """
 
     # Several small chunks per thread balance the load when another thread of the process (the
-    # demo's prefetching) takes a core for a while; 2-4 images per chunk run as fast as 8.
+    # demo's prefetching) takes a core for a while; small chunks run as fast as large ones (bench/README.md).
     CHUNKS_PER_THREAD = 4
 
     def __init__(self, onnx_path: Union[str, Path], device: str = "auto", threads: int = 0,

@@ -5,7 +5,7 @@
 Steps (``export_int8``): the network with its BatchNorms folded (``models.arcface.fuse_for_inference``)
 is exported to float32 ONNX (``micalib.export.export_onnx``); every PReLU whose slopes lie in [0, 1]
 is rewritten as ``Max(x, slope * x)`` (the same function; onnxruntime's PRelu kernel with per-channel
-slopes is ~10x slower than Mul + Max) and each remaining BatchNorm (the blocks' ``bn1``, which precede
+slopes is much slower than Mul + Max) and each remaining BatchNorm (the blocks' ``bn1``, which precede
 a zero-padded convolution and cannot be folded) as ``x * s + t``, which needs no layout Transposes;
 then onnxruntime's static quantiser puts int8 QDQ pairs around the convolutions and fully connected
 layers (per-channel int8 weights, uint8 activations, MinMax ranges measured on the calibration
@@ -41,7 +41,7 @@ __all__ = ["QUANTIZED_OPS", "PRECISION_KEY", "load_calibration_folder", "synthet
 
 # Node types that get int8 QDQ pairs. The residual Adds stay float: same speed, and the identity codes
 # are closer to fp32 (iresnet100 code cosine min 0.9963 vs 0.9927 with int8 Adds). Mul/Max (the
-# rewritten PReLU) stay float: quantising Mul made onnxruntime run the int8 convolutions ~3x slower.
+# rewritten PReLU) stay float: quantising Mul made onnxruntime run the int8 convolutions slower (bench/README.md).
 QUANTIZED_OPS = ("Conv", "Gemm", "MatMul")
 PRECISION_KEY = "mica_precision"
 CALIBRATION_BATCH = 8

@@ -198,8 +198,8 @@ def _orientation(img: Image.Image) -> int:
 
 
 def _read_jpeg_fast(path: Path, img: Image.Image) -> np.ndarray | None:
-    """Decode a complete 8-bit RGB/greyscale JPEG with OpenCV (what MICA's demo reads with), about 2x
-    faster than Pillow's decode + array copy on camera-size photos; None for anything else (CMYK,
+    """Decode a complete 8-bit RGB/greyscale JPEG with OpenCV (what MICA's demo reads with), faster
+    than Pillow's decode + array copy on camera-size photos (bench/README.md, Demo); None for anything else (CMYK,
     data after the end marker, truncated files) so that the Pillow path handles or reports it."""
     if img.format != "JPEG" or img.mode not in ("RGB", "L"):
         return None

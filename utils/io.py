@@ -3,8 +3,8 @@ into place, so a crash never leaves a half-written file under the final name.
 
 By default the data is also fsync'ed before the rename, so that the file survives a power failure
 too (checkpoints, configs, summaries). Bulk outputs written many times per second (the demo's and
-the benchmark exports' meshes, landmarks and crops) pass ``fsync=False``: an fsync costs ~0.2 ms on
-a fast SSD but 5-30 ms on a hard disk or network file system, per file. The rename still keeps them
+the benchmark exports' meshes, landmarks and crops) pass ``fsync=False``: an fsync is cheap on a fast SSD but
+costs milliseconds per file on a hard disk or network file system (bench/README.md, Demo). The rename still keeps them
 atomic for readers and after a crash of the program; after a power failure such a file can at worst
 be empty, which ``micalib.outputs.outputs_done`` treats as not done.
 

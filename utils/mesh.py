@@ -37,7 +37,7 @@ _FIXED_MAX = 1e9
 
 
 def _fixed6_vertex_lines(v: np.ndarray) -> Optional[bytes]:
-    """``"v %.6f %.6f %.6f\\n"`` lines built from digits in numpy (~2x faster than ``%``-formatting,
+    """``"v %.6f %.6f %.6f\\n"`` lines built from digits in numpy (faster than ``%``-formatting,
     mostly outside the GIL, so worker threads writing meshes run side by side); None unless every
     value is a float32 (what FLAME gives) of magnitude below 1e9.
 
@@ -72,7 +72,7 @@ def obj_text(vertices: np.ndarray, faces: np.ndarray) -> bytes:
     """Wavefront OBJ text: ``v x y z`` lines (6 decimals) then ``f i j k`` lines (1-based).
 
     Vertex lines from digits computed in numpy for float32 values (:func:`_fixed6_vertex_lines`),
-    else one C-level string formatting per block (about 4x faster than trimesh's exporter); the face
+    else one C-level string formatting per block (faster than trimesh's exporter: bench/README.md); the face
     lines of the last face array are kept, since every FLAME mesh shares them.
     """
     global _FACE_LINES

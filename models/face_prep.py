@@ -108,8 +108,9 @@ def prepare_from_box(image: np.ndarray, box: np.ndarray, detector, source: str =
 
     The crop is sampled bilinearly in float64 (``utils.alignment.crop_from_box``; sampling is
     linear, so this is MICA's scikit-image ``warp`` of photo / 255 up to rounding), divided by 255
-    and scaled back in float32 (MICA: the float crop x 255 as float32). The detector sees that crop truncated to uint8 (what insightface's uint8 letterbox
-    does to it); ``input112`` is the ArcFace alignment of the float crop (never quantised).
+    and scaled back in float32 (MICA: the float crop x 255 as float32). The detector sees that crop
+    truncated to uint8 (what insightface's uint8 letterbox does to it); ``input112`` is the ArcFace
+    alignment of the float crop (never quantised).
 
     Raises:
         NotExactlyOneFace: no face or more than one face in the crop.

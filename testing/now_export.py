@@ -11,14 +11,14 @@ ArcFace alignment of the float crop (the 112 network input is never quantised) -
 ``OUT/renders/`` so the predicted folder holds only what the scorer reads. Items whose mesh and
 landmarks already exist are counted as done (resumable).
 
-``ExportWriter`` (batching, writing, previews, the status report) is shared with
-``testing.stirling_export``. Report (``export_report.json``): ``written`` and ``done`` items,
-``failed`` items (no output: key -> reason) and ``skipped`` images (dropped by the protocol while
-their item still got an output: image -> reason).
+Report (``export_report.json``): ``written`` and ``done`` items, ``failed`` items (no output:
+key -> reason) and ``skipped`` images (dropped by the protocol while their item still got an
+output: image -> reason).
 
 ``ExportWriter`` (writing, previews, the status report; batching by ``micalib.batching.BatchLoop``,
-the demo's loop) is shared with ``testing.stirling_export``. A sharded run (torchrun ranks or
-``test.py --shard K/N``, ``micalib.sharding``) exports item i of the sorted keys in shard i mod N.
+the demo's loop) and its driver ``run_export`` are shared with ``testing.stirling_export``. A
+sharded run (torchrun ranks or ``test.py --shard K/N``, ``micalib.sharding``) exports item i of the
+sorted keys in shard i mod N.
 """
 from __future__ import annotations
 
@@ -282,7 +282,8 @@ def export_now(predictor, faces: np.ndarray, detector, now_root: PathLike, out_d
     """Write ``out_dir/predicted_meshes`` for NoW (see module docstring) and ``out_dir/export_report.json``
     (``shard``: this process's share, see ``ExportWriter``)."""
     items = now_export_items(now_root, out_dir, detector, splits)
-    report = run_export(items, predictor, faces, out_dir, "NoW export", mesh_suffix, batch_size, overwrite, render, shard)
+    report = run_export(items, predictor, faces, out_dir, "NoW export", mesh_suffix, batch_size, overwrite, render,
+                        shard)
     logger.info(f"NoW export: {report.written} written, {report.done} already done, {len(report.failed)} failed "
                 f"-> {Path(out_dir) / 'predicted_meshes'} (report: {Path(out_dir) / 'export_report.json'})")
     return report

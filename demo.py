@@ -82,7 +82,7 @@ def build_runner(args: argparse.Namespace, cfg):
     from micalib.predictor import Predictor
     from micalib.records import checkpoint_id
     from micalib.sharding import Shard, rank_cores
-    from utils.detectors import create_detector
+    from models.detectors import create_detector
 
     predictor = Predictor.from_config(cfg, onnx_path=args.onnx)
     weights = args.onnx or (resolve_path(cfg.pretrained_model_path) if cfg.pretrained_model_path else None)

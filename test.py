@@ -110,7 +110,7 @@ def _root(value: str, key: str, flag: str) -> Path:
 
 def export(args: argparse.Namespace, cfg, benchmark: str) -> int:
     from micalib.predictor import Predictor
-    from utils.detectors import create_detector
+    from models.detectors import create_detector
     from utils.io import prepare_output_dir
 
     out = prepare_output_dir(benchmark_dir(args, cfg, benchmark), "benchmark output folder (-o)")

@@ -98,9 +98,9 @@ def main() -> int:
 
     from micalib.demo_runner import DemoRunner, default_workers
     from micalib.predictor import Predictor
+    from models.detectors import create_detector
     from tests.synthetic_flame import write_synthetic_flame
     from tests.synthetic_weights import write_random_mica_tar
-    from utils.detectors import create_detector
 
     logger.remove()
     logger.add(sys.stderr, level="WARNING")

@@ -28,8 +28,8 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from micalib.renderer import render_preview  # noqa: E402
+from models.detectors import MTCNN, SCRFD, SCRFD_FILE, pick_centre_face  # noqa: E402
 from utils.alignment import norm_crop, to_network_input  # noqa: E402
-from utils.detectors import MTCNN, SCRFD, SCRFD_FILE, pick_centre_face  # noqa: E402
 from utils.errors import MICAError, run_main  # noqa: E402
 from utils.image_io import list_images, read_image  # noqa: E402
 

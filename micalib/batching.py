@@ -21,8 +21,8 @@ from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional
 import numpy as np
 from tqdm import tqdm
 
-from micalib.face_prep import AlignedFace
 from micalib.scheduling import Schedule
+from models.face_prep import AlignedFace
 
 __all__ = ["BatchLoop", "GpuBusy", "Job", "StageTimer", "NON_FINITE_MESSAGE"]
 

@@ -26,7 +26,6 @@ from loguru import logger
 
 from micalib.batching import BatchLoop, GpuBusy, Job, StageTimer
 from micalib.decoding import decoder_init, read_or_error
-from micalib.face_prep import aligned_input, detect_and_align
 from micalib.output_lock import output_lock
 from micalib.outputs import output_files, output_names, write_reconstruction
 from micalib.records import (
@@ -44,8 +43,9 @@ from micalib.records import (
 )
 from micalib.scheduling import Schedule
 from micalib.sharding import Shard, barrier, usable_cores
+from models.detectors import MTCNN
+from models.face_prep import aligned_input, detect_and_align
 from models.flame import M_TO_MM
-from utils.detectors import MTCNN
 from utils.errors import MICAError
 from utils.image_io import ImageList, list_images, read_image, write_image
 from utils.io import atomic_save_npy, atomic_write_text

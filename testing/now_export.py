@@ -1,7 +1,7 @@
 """Predicted meshes for the NoW benchmark, in the layout its official scorer reads.
 
 For each line ``SUBJECT/CHALLENGE/NAME.jpg`` of the image list(s) (validation, test), as MICA
-prepares NoW images (``prepare_from_box``): photo + NoW's face box -> square crop (box centre, side
+prepares NoW images (``models.face_prep.prepare_from_box``): photo + NoW's face box -> square crop (box centre, side
 ``int(1.6 x mean box side)``, three corners onto (0,0), (0,223), (223,0)) sampled bilinearly from the
 float photo into 224x224 -> face detection on that crop truncated to uint8 (exactly one face) ->
 ArcFace alignment of the float crop (the 112 network input is never quantised) -> network ->
@@ -11,14 +11,14 @@ ArcFace alignment of the float crop (the 112 network input is never quantised) -
 ``OUT/renders/`` so the predicted folder holds only what the scorer reads. Items whose mesh and
 landmarks already exist are counted as done (resumable).
 
-``ExportWriter`` (batching, writing, previews, the status report) is shared with
-``testing.stirling_export``. Report (``export_report.json``): ``written`` and ``done`` items,
-``failed`` items (no output: key -> reason) and ``skipped`` images (dropped by the protocol while
-their item still got an output: image -> reason).
+Report (``export_report.json``): ``written`` and ``done`` items, ``failed`` items (no output:
+key -> reason) and ``skipped`` images (dropped by the protocol while their item still got an
+output: image -> reason).
 
 ``ExportWriter`` (writing, previews, the status report; batching by ``micalib.batching.BatchLoop``,
-the demo's loop) is shared with ``testing.stirling_export``. A sharded run (torchrun ranks or
-``test.py --shard K/N``, ``micalib.sharding``) exports item i of the sorted keys in shard i mod N.
+the demo's loop) and its driver ``run_export`` are shared with ``testing.stirling_export``. A
+sharded run (torchrun ranks or ``test.py --shard K/N``, ``micalib.sharding``) exports item i of the
+sorted keys in shard i mod N.
 """
 from __future__ import annotations
 
@@ -32,6 +32,7 @@ from typing import Callable, Optional, Sequence, Union
 import numpy as np
 from loguru import logger
 
+from models.face_prep import NotExactlyOneFace, prepare_from_box
 from models.flame import M_TO_MM
 from testing.now_eval import NOW_IMAGE_LISTS, read_image_list
 from utils.errors import MICAError
@@ -42,11 +43,9 @@ PathLike = Union[str, os.PathLike]
 
 NOW_IMAGES_DIR = Path("NoW_Dataset/final_release_version/iphone_pictures")
 NOW_BOXES_DIR = Path("NoW_Dataset/final_release_version/detected_face")
-CROP_SCALE = 1.6  # crop side = 1.6 x mean(box width, box height)
-CROP_SIZE = 224
 
-__all__ = ["read_now_box", "prepare_from_box", "align_float", "NotExactlyOneFace", "ExportItem", "ExportReport",
-           "ExportWriter", "write_export_report", "now_export_items", "export_now", "NOW_IMAGES_DIR", "NOW_BOXES_DIR"]
+__all__ = ["read_now_box", "ExportItem", "ExportReport", "ExportWriter", "write_export_report", "run_export",
+           "now_export_items", "export_now", "NOW_IMAGES_DIR", "NOW_BOXES_DIR"]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -67,53 +66,6 @@ def read_now_box(path: PathLike) -> np.ndarray:
         return np.array([float(obj["left"]), float(obj["top"]), float(obj["right"]), float(obj["bottom"])])
     except (ValueError, KeyError, TypeError, EOFError, pickle.UnpicklingError, IndexError) as e:
         raise MICAError(f"face box {path} is not a NoW box file (dict with left/right/top/bottom): {e}") from None
-
-
-class NotExactlyOneFace(MICAError):
-    """A photo in which the detector found no face or several (the protocols drop such photos)."""
-
-
-def prepare_from_box(image: np.ndarray, box: np.ndarray, detector, source: str = "image"):
-    """MICA's NoW preparation of one photo (see the module docstring).
-
-    The crop is sampled bilinearly in float64 (``utils.alignment.crop_from_box``; sampling is
-    linear, so this is MICA's scikit-image ``warp`` of photo / 255 up to rounding), divided by 255
-    and scaled back in float32 (MICA: the float crop x 255 as float32). The detector sees that crop truncated to uint8 (what insightface's uint8 letterbox
-    does to it); ``input112`` is the ArcFace alignment of the float crop.
-
-    Returns:
-        ``micalib.face_prep.AlignedFace`` (uint8 224 ArcFace crop for previews, (3,112,112) input).
-
-    Raises:
-        MICAError: no face or more than one face in the crop.
-        ValueError: an empty or invalid box.
-    """
-    from utils.alignment import crop_from_box
-
-    crop, _ = crop_from_box(image, box, scale=CROP_SCALE, size=CROP_SIZE)
-    crop = (crop / 255.0).astype(np.float32) * np.float32(255.0)
-    detected = np.clip(crop, 0, 255).astype(np.uint8)  # truncation, as a float -> uint8 assignment
-    face = _single_face(detector.detect(detected), source)
-    return align_float(crop, face)
-
-
-def align_float(image: np.ndarray, face):
-    """ArcFace alignment of a float image: the 112 network input warped from it without
-    quantisation, the 224 crop rounded to uint8 for previews."""
-    from micalib.face_prep import AlignedFace
-    from utils.alignment import norm_crop, to_network_input
-
-    image = np.asarray(image, dtype=np.float32)
-    crop224 = np.clip(np.rint(norm_crop(image, face.kps, size=224)), 0, 255).astype(np.uint8)
-    return AlignedFace(face=face, crop224=crop224, input112=to_network_input(norm_crop(image, face.kps, size=112)))
-
-
-def _single_face(faces: Sequence, source: str):
-    """The only face of ``faces``; else MICAError (MICA's protocols need exactly one)."""
-    if len(faces) != 1:
-        what = "no face" if not faces else f"{len(faces)} faces"
-        raise NotExactlyOneFace(f"{source}: {what} detected, MICA's protocol needs exactly one")
-    return faces[0]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -280,6 +232,17 @@ def write_export_report(report: ExportReport, path: PathLike, shard=None) -> Non
     atomic_write_text(path, json.dumps(asdict(report), indent=2) + "\n")
 
 
+def run_export(items: Sequence[ExportItem], predictor, faces: np.ndarray, out_dir: PathLike, desc: str,
+               mesh_suffix: str = ".ply", batch_size: int = 16, overwrite: bool = False, render: bool = True,
+               shard=None) -> ExportReport:
+    """Export ``items`` with an ``ExportWriter`` (this ``shard``'s share) and write
+    ``out_dir/export_report.json``: the driver of both benchmark exports."""
+    writer = ExportWriter(predictor, faces, mesh_suffix, batch_size, overwrite, render, shard)
+    report = writer.run(items, desc=desc)
+    write_export_report(report, Path(out_dir) / "export_report.json", shard)
+    return report
+
+
 # ---------------------------------------------------------------------------------------------
 # NoW
 # ---------------------------------------------------------------------------------------------
@@ -318,10 +281,9 @@ def export_now(predictor, faces: np.ndarray, detector, now_root: PathLike, out_d
                overwrite: bool = False, render: bool = True, shard=None) -> ExportReport:
     """Write ``out_dir/predicted_meshes`` for NoW (see module docstring) and ``out_dir/export_report.json``
     (``shard``: this process's share, see ``ExportWriter``)."""
-    writer = ExportWriter(predictor, faces, mesh_suffix, batch_size, overwrite, render, shard)
     items = now_export_items(now_root, out_dir, detector, splits)
-    report = writer.run(items, desc="NoW export")
-    write_export_report(report, Path(out_dir) / "export_report.json", shard)
+    report = run_export(items, predictor, faces, out_dir, "NoW export", mesh_suffix, batch_size, overwrite, render,
+                        shard)
     logger.info(f"NoW export: {report.written} written, {report.done} already done, {len(report.failed)} failed "
                 f"-> {Path(out_dir) / 'predicted_meshes'} (report: {Path(out_dir) / 'export_report.json'})")
     return report

@@ -3,7 +3,7 @@
 Images ``ROOT/images/Real_images__Subset_2D_FG2018/{HQ,LQ}/*.jpg``; the subject id (ID9) is the
 first 9 characters of the file name, upper-cased, and ID5 its first 5. As MICA, the detector
 (threshold 0.1 by default, ``detector.det_size`` 224) runs on the **full-resolution photo** and the
-ArcFace crop is aligned from it (``prepare_full``); a photo counts only when exactly one face is
+ArcFace crop is aligned from it (``models.face_prep.prepare_full``); a photo counts only when exactly one face is
 found. MICA writes every such photo of a subject to the same ``ID9`` files, so the file left is the
 one of the **last** photo in sorted path order that has exactly one face: the export walks each
 subject's photos from the last one backwards and stops at the first with exactly one face (same
@@ -23,7 +23,8 @@ from typing import Sequence, Union
 import numpy as np
 from loguru import logger
 
-from testing.now_export import ExportItem, ExportReport, ExportWriter, _single_face, write_export_report
+from models.face_prep import prepare_full
+from testing.now_export import ExportItem, ExportReport, run_export
 from utils.errors import MICAError
 
 PathLike = Union[str, os.PathLike]
@@ -33,7 +34,7 @@ QUALITIES = ("HQ", "LQ")
 STIRLING_THRESHOLD = 0.1
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
 
-__all__ = ["STIRLING_IMAGES_DIR", "QUALITIES", "STIRLING_THRESHOLD", "subject_ids", "prepare_full",
+__all__ = ["STIRLING_IMAGES_DIR", "QUALITIES", "STIRLING_THRESHOLD", "subject_ids",
            "subject_groups", "stirling_export_items", "export_stirling"]
 
 
@@ -41,18 +42,6 @@ def subject_ids(file_name: str) -> tuple[str, str]:
     """(ID9, ID5) of a Stirling image name: its first 9 characters upper-cased, and their first 5."""
     id9 = Path(file_name).name[:9].upper()
     return id9, id9[:5]
-
-
-def prepare_full(image: np.ndarray, detector, source: str = "image"):
-    """MICA's Stirling preparation: detect on the full-resolution photo (exactly one face), then
-    ArcFace-align from the same photo.
-
-    Raises:
-        MICAError (``NotExactlyOneFace``): no face or several.
-    """
-    from micalib.face_prep import align_face
-
-    return align_face(image, _single_face(detector.detect(image), source))
 
 
 def subject_groups(folder: Path) -> dict[str, list[Path]]:
@@ -98,10 +87,9 @@ def export_stirling(predictor, faces: np.ndarray, detector, stirling_root: PathL
                     overwrite: bool = False, render: bool = True, shard=None) -> ExportReport:
     """Write ``out_dir/predicted_meshes/{HQ,LQ}/ID5/ID9.*`` and ``out_dir/export_report.json``
     (``shard``: this process's share; the unit is the (quality, subject) item)."""
-    writer = ExportWriter(predictor, faces, mesh_suffix, batch_size, overwrite, render, shard)
     items = stirling_export_items(stirling_root, out_dir, detector, qualities)
-    report = writer.run(items, desc="Stirling export")
-    write_export_report(report, Path(out_dir) / "export_report.json", shard)
+    report = run_export(items, predictor, faces, out_dir, "Stirling export", mesh_suffix, batch_size, overwrite,
+                        render, shard)
     logger.info(f"Stirling export: {report.written} subject meshes written, {report.done} already done, "
                 f"{len(report.failed)} subjects failed, {len(report.skipped)} photos skipped (not exactly one face) "
                 f"-> {Path(out_dir) / 'predicted_meshes'} (report: {Path(out_dir) / 'export_report.json'})")

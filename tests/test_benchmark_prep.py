@@ -9,8 +9,9 @@ import cv2
 import numpy as np
 import pytest
 
-from testing.now_export import ExportWriter, NotExactlyOneFace, prepare_from_box
-from testing.stirling_export import STIRLING_IMAGES_DIR, prepare_full, stirling_export_items
+from models.face_prep import NotExactlyOneFace, prepare_from_box, prepare_full
+from testing.now_export import ExportWriter
+from testing.stirling_export import STIRLING_IMAGES_DIR, stirling_export_items
 from tests.photos import astronaut, portrait_photos, two_faces
 from utils.alignment import ARCFACE_TEMPLATE, box_crop_matrix
 from utils.errors import MICAError
@@ -19,7 +20,7 @@ from utils.image_io import read_image
 
 @pytest.fixture(scope="module")
 def mtcnn():
-    from utils.detectors import create_detector
+    from models.detectors import create_detector
 
     return create_detector("mtcnn", threshold=0.1)
 

@@ -15,8 +15,8 @@ from datasets.creation.pipeline import FAILURES_FILE, convert_fit, create_datase
 from datasets.creation.readers import READERS, get_reader
 from datasets.image_lists import load_image_list
 from datasets.mica_dataset import MICADataset
+from models.detectors import Face
 from utils.alignment import ARCFACE_TEMPLATE
-from utils.detectors import Face
 from utils.errors import MICAError
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -224,7 +224,7 @@ def test_pipeline_errors(tmp_path):
 # real faces with the MTCNN detector
 # ------------------------------------------------------------------------------------------------
 def _mtcnn():
-    from utils.detectors import create_detector
+    from models.detectors import create_detector
 
     return create_detector("mtcnn", threshold=0.5)  # bundled weights: a failure here is a real failure
 
@@ -342,7 +342,7 @@ def test_filter_order_threshold_centre_then_min_score(tmp_path, centre_score, si
 
 
 def _fake_mtcnn(faces):
-    from utils.detectors import MTCNN
+    from models.detectors import MTCNN
 
     class FakeMTCNN(MTCNN):  # an MTCNN as far as the pipeline can tell, without its weights
         def __init__(self):

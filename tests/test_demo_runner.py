@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 
 from micalib.demo_runner import DemoRunner, default_workers
+from models.detectors import Face
 from utils.alignment import ARCFACE_TEMPLATE
-from utils.detectors import Face
 
 TETRA = np.array([[0, 1, 2], [0, 1, 3], [0, 2, 3], [1, 2, 3]])
 

@@ -1,4 +1,4 @@
-"""utils/detectors.py: SCRFD decoding (tiny hand-made ONNX graph), NMS, MTCNN on real photos,
+"""models/detectors/: SCRFD decoding (tiny hand-made ONNX graph), NMS, MTCNN on real photos,
 the factory and the centre-face choice."""
 from __future__ import annotations
 
@@ -12,10 +12,12 @@ import torch
 from loguru import logger
 from onnx import TensorProto, helper, numpy_helper
 
+import models.detectors.nms as nms_module
+from models.detectors import MTCNN, SCRFD, SCRFD_FILE, Face, create_detector, pick_centre_face
+from models.detectors.mtcnn import PNet, shrink_area
+from models.detectors.nms import nms
 from tests.photos import astronaut, portrait_photos
-from utils import detectors
 from utils.alignment import ARCFACE_TEMPLATE, estimate_norm
-from utils.detectors import MTCNN, SCRFD, SCRFD_FILE, Face, create_detector, nms, pick_centre_face, shrink_area
 from utils.errors import MICAError
 from utils.image_io import list_images, read_image
 
@@ -141,9 +143,9 @@ def _greedy_nms(boxes, scores, threshold, mode):
     return keep
 
 
-@pytest.mark.parametrize("matrix_max", [detectors.NMS_MATRIX_MAX, 0])  # both code paths
+@pytest.mark.parametrize("matrix_max", [nms_module.NMS_MATRIX_MAX, 0])  # both code paths
 def test_nms_matches_a_plain_greedy_loop(monkeypatch, matrix_max) -> None:
-    monkeypatch.setattr(detectors, "NMS_MATRIX_MAX", matrix_max)
+    monkeypatch.setattr(nms_module, "NMS_MATRIX_MAX", matrix_max)
     rng = np.random.default_rng(0)
     for trial in range(200):
         n = int(rng.integers(0, 40))
@@ -313,14 +315,14 @@ def test_pnet_on_a_canvas_equals_the_image_alone(h: int, w: int) -> None:
     output size, equal the image alone (odd and even sizes: the ceil-mode pooling must not see the
     canvas). Without the mask the last row/column would differ."""
     torch.manual_seed(0)
-    net = detectors.PNet().eval()
+    net = PNet().eval()
     img = torch.rand(1, 3, h, w) * 2 - 1
     canvas = torch.full((2, 3, 70, 70), 5.0)  # bright canvas: a leak would change the maxima
     canvas[0, :, :h, :w] = img[0]
     with torch.no_grad():
         reg1, prob1 = net(img)
         reg2, prob2 = net(canvas, [(h, w), (70, 70)])
-    oh, ow = detectors.PNet.output_size(h, w)
+    oh, ow = PNet.output_size(h, w)
     assert (oh, ow) == tuple(prob1.shape[2:])
     torch.testing.assert_close(prob2[0, :, :oh, :ow], prob1[0], rtol=0, atol=1e-6)
     torch.testing.assert_close(reg2[0, :, :oh, :ow], reg1[0], rtol=0, atol=1e-6)

@@ -19,9 +19,9 @@ from onnx import TensorProto, helper, numpy_helper
 from micalib.batching import GpuBusy
 from micalib.demo_runner import DemoRunner, detector_on_gpu
 from micalib.scheduling import Schedule
+from models.detectors import SCRFD
 from tests.test_demo_runner import TETRA, SlowDetector, SlowNetwork
 from tests.test_detectors import DET, _scrfd_outputs
-from utils.detectors import SCRFD
 
 
 class BatchDetector(SlowDetector):
@@ -214,9 +214,9 @@ SHARED_FACES = Path(__file__).resolve().parents[2] / "shared" / "data" / "faces"
 def test_mtcnn_on_cuda_finds_the_faces_of_the_cpu_path():
     """Issue 17's acceptance: the same faces as the CPU path, keypoints within 0.5 px, network
     inputs within 2/255 of their range (2 grey levels: 2/127.5 in (x - 127.5)/127.5 units)."""
-    from micalib.face_prep import align_face
+    from models.detectors import MTCNN
+    from models.face_prep import align_face
     from tests.test_detectors import _portrait_variants
-    from utils.detectors import MTCNN
     from utils.image_io import list_images, read_image
 
     photos = _portrait_variants()

@@ -24,9 +24,9 @@ from micalib import records
 from micalib.demo_runner import DemoRunner
 from micalib.output_lock import LOCK_FILE, output_lock
 from micalib.outputs import OUTPUT_FILES, output_names
+from models.detectors import Face
 from tests.test_demo_runner import TETRA, SlowDetector, SlowNetwork
 from utils.alignment import ARCFACE_TEMPLATE
-from utils.detectors import Face
 from utils.errors import MICAError, run_main
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -292,7 +292,7 @@ def test_a_nan_prediction_fails_only_its_input(tmp_path, photos, monkeypatch):
 
 # ---------------------------------------------------------------------- 11. no-face message
 def test_no_face_with_mtcnn_names_the_search_size_key(tmp_path):
-    from utils.detectors import MTCNN
+    from models.detectors import MTCNN
 
     inp = tmp_path / "in"
     inp.mkdir()

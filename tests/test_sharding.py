@@ -336,7 +336,7 @@ def test_shards_of_one_run_do_not_refuse_each_other(tmp_path, photos, monkeypatc
 
 # ---------------------------------------------------------------------- benchmark exports
 def _export_items(photos: Path, out: Path) -> list:
-    from micalib.face_prep import align_face
+    from models.face_prep import align_face
     from testing.now_export import ExportItem
 
     def prepare(image, source):

@@ -170,7 +170,7 @@ def _model_opts(flame_dir: Path, tar: Path) -> list[str]:
 
 def _face_boxes(photos: list[Path]) -> dict[Path, np.ndarray]:
     """Face boxes of the full photos (NoW ships detector boxes too), from the bundled MTCNN."""
-    from utils.detectors import create_detector, pick_centre_face
+    from models.detectors import create_detector, pick_centre_face
     from utils.image_io import read_image
 
     det = create_detector("mtcnn", threshold=0.5)

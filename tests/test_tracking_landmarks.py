@@ -160,7 +160,7 @@ def first_detection(justin_frames):
 
 @pytest.mark.shared_data
 def test_mediapipe_points_on_the_face_found_by_mtcnn(justin_frames, first_detection):
-    from utils.detectors import MTCNN, pick_centre_face
+    from models.detectors import MTCNN, pick_centre_face
 
     p = first_detection
     assert p.shape == (478, 2) and p.dtype == np.float32 and np.isfinite(p).all()

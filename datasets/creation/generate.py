@@ -14,7 +14,7 @@ from typing import Optional, Sequence
 
 from datasets.creation.pipeline import FAILURES_FILE, create_dataset
 from datasets.creation.readers import READERS, get_reader
-from utils.detectors import DEFAULT_ANTELOPEV2_DIR, create_detector
+from models.detectors import DEFAULT_ANTELOPEV2_DIR, create_detector
 from utils.device import resolve_device
 from utils.errors import check_range, run_main
 from utils.io import prepare_output_dir

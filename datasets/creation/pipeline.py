@@ -8,7 +8,7 @@ For every actor of the reader (:mod:`datasets.creation.readers`) that has a fit:
 
 Each photo, in the original creation scripts' order: read (``utils.image_io.read_image``) -> detect
 (5 keypoints; the detector's own threshold, 0.5 by default, drops weak detections) -> the face closest
-to the image centre (``pick_centre_face``) -> drop the photo when that face's score is below the
+to the image centre (``models.face_prep.prepare_centre``) -> drop the photo when that face's score is below the
 dataset's minimum (``reader.min_score``: FLORENCE 0.85, STIRLING 0.75, others none; SCRFD scores,
 so a warning says so once when MTCNN detects) -> similarity-align to the ArcFace template
 (``norm_crop`` at 112 and 224) -> write. Every file is written atomically; a photo whose crop and
@@ -35,16 +35,14 @@ from datasets.build_lists import build_image_list
 from datasets.creation.readers import RawDatasetReader
 from datasets.image_lists import save_image_list
 from datasets.mica_dataset import ARCFACE_FOLDER, FLAME_FOLDER
-from utils.alignment import norm_crop, to_network_input
-from utils.detectors import MTCNN, pick_centre_face
+from models.detectors import MTCNN
+from models.face_prep import prepare_centre
 from utils.errors import MICAError
 from utils.image_io import read_image, write_image
 from utils.io import atomic_save, atomic_save_npy, atomic_write_text
 
 N_BETAS = 400  # FLAME 2020: 300 identity + 100 expression
 N_POSE = 15  # global, neck, jaw, left eye, right eye (axis-angle)
-CROP_SIZE = 224
-INPUT_SIZE = 112
 FAILURES_FILE = "creation_failures.txt"
 
 
@@ -120,20 +118,9 @@ def process_image(source: Path, crop_path: Path, detector, min_score: Optional[f
         MICAError / FileNotFoundError: unreadable photo, no face found, or the centre face scores
             below ``min_score``.
     """
-    rgb = read_image(source)
-    face = pick_centre_face(detector.detect(rgb), rgb.shape)
-    if face is None:
-        raise MICAError(f"{source}: no face found")
-    if min_score and float(face.score) < min_score:
-        raise MICAError(f"{source}: the centre face's detection score {float(face.score):.3f} is below the "
-                        f"minimum {min_score:g} (lower it with --min-score)")
-    kps = np.asarray(face.kps, dtype=np.float64)
-    if kps.shape != (5, 2) or not np.isfinite(kps).all():
-        raise MICAError(f"{source}: the detector returned unusable keypoints {kps.shape}")
-    input112 = to_network_input(norm_crop(rgb, kps, size=INPUT_SIZE))
-    crop224 = norm_crop(rgb, kps, size=CROP_SIZE)
-    atomic_save_npy(crop_path.with_suffix(".npy"), input112.astype(np.float32))
-    write_image(crop_path, crop224)
+    aligned = prepare_centre(read_image(source), detector, str(source), min_score)
+    atomic_save_npy(crop_path.with_suffix(".npy"), aligned.input112.astype(np.float32))
+    write_image(crop_path, aligned.crop224)
 
 
 def create_dataset(reader: RawDatasetReader, raw_dir: Path, fits_dir: Path, out_root: Path, detector,
@@ -146,7 +133,7 @@ def create_dataset(reader: RawDatasetReader, raw_dir: Path, fits_dir: Path, out_
         reader: the dataset's reader (naming conventions).
         raw_dir: raw photos; fits_dir: FLAME fits (see the reader's ``layout``).
         out_root: dataset root; the dataset goes to ``out_root/NAME``.
-        detector: object with ``detect(rgb (H, W, 3) uint8) -> list[Face]`` (``utils.detectors``).
+        detector: object with ``detect(rgb (H, W, 3) uint8) -> list[Face]`` (``models.detectors``).
         list_path: where to write the image list (default ``out_root/image_paths/NAME.npy``).
         overwrite: redo photos whose outputs exist (default: skip them, i.e. resume).
         actors: only these actors (default all).

@@ -225,9 +225,9 @@ class TrackRunner:
     def _mica_identity(self) -> np.ndarray:
         """MICA on several frames with a face, averaged (``demo.py --fuse``)."""
         from configs.config import resolve_path
-        from micalib.face_prep import detect_and_align
         from micalib.predictor import Predictor
-        from utils.detectors import create_detector
+        from models.detectors import create_detector
+        from models.face_prep import detect_and_align
 
         t0 = time.perf_counter()
         cfg = self.cfg

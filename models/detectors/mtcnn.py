@@ -1,266 +1,28 @@
-"""Face detection with 5 keypoints: SCRFD (insightface antelopev2, onnxruntime) and MTCNN (torch).
-
-Both detectors take an RGB uint8 photo (H, W, 3) and return ``list[Face]`` sorted by score
-(highest first). Keypoints are in ArcFace order: left eye, right eye, nose, left mouth corner,
-right mouth corner ("left" = image left), in photo pixels.
-
-- ``SCRFD`` runs ``scrfd_10g_bnkps.onnx`` from insightface's antelopev2 pack (what MICA uses).
-  The pack is licence-restricted and never downloaded at run time.
-- ``MTCNN`` is our own P-Net/R-Net/O-Net cascade running the MIT-licensed weights shipped in the
-  ``facenet-pytorch`` package (installed with ``--no-deps``; the package itself is never imported,
-  it needs torchvision). It works on a fresh install with nothing to download.
-
-``create_detector('auto', ...)`` picks SCRFD when antelopev2 is present, else MTCNN.
+"""MTCNN (Zhang et al. 2016): our own P-Net/R-Net/O-Net cascade (torch) running the MIT-licensed
+weights shipped in the ``facenet-pytorch`` package (installed with ``--no-deps``; the package itself
+is never imported, it needs torchvision). It works on a fresh install with nothing to download.
 """
 from __future__ import annotations
 
 import importlib.metadata
 import importlib.util
-import math
 import os
 import pickle
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional, Protocol, Sequence, Union
+from typing import Optional, Sequence, Union
 
 import cv2
 import numpy as np
 import torch
-from loguru import logger
 from torch import nn
 
+from models.detectors.face import Face, check_image
+from models.detectors.nms import nms
 from utils.errors import MICAError
 
 PathLike = Union[str, os.PathLike]
 
-__all__ = ["Face", "FaceDetector", "SCRFD", "MTCNN", "PNet", "RNet", "ONet", "nms", "create_detector",
-           "pick_centre_face", "find_mtcnn_weights", "DEFAULT_ANTELOPEV2_DIR", "SCRFD_FILE"]
-
-DEFAULT_ANTELOPEV2_DIR = "~/.insightface/models/antelopev2"
-SCRFD_FILE = "scrfd_10g_bnkps.onnx"
-_ANTELOPE_HOWTO = ("get it with `bash install.sh --download` or unzip antelopev2.zip to "
-                   "~/.insightface/models/antelopev2")
-
-
-@dataclass
-class Face:
-    """One detected face.
-
-    Attributes:
-        box: (4,) float32 x1, y1, x2, y2 in photo pixels.
-        kps: (5, 2) float32 keypoints (left eye, right eye, nose, left/right mouth corner).
-        score: detection confidence in [0, 1].
-    """
-
-    box: np.ndarray
-    kps: np.ndarray
-    score: float
-
-
-class FaceDetector(Protocol):
-    """Anything with ``detect(image_rgb (H,W,3) uint8) -> list[Face]`` (sorted by score)."""
-
-    def detect(self, image_rgb: np.ndarray) -> list[Face]: ...
-
-
-def _check_image(image_rgb: np.ndarray) -> np.ndarray:
-    img = np.asarray(image_rgb)
-    if img.ndim != 3 or img.shape[2] != 3 or img.dtype != np.uint8:
-        raise ValueError(f"detect() expects an RGB uint8 (H,W,3) image, got {img.dtype} {img.shape}")
-    return img
-
-
-# Up to this many boxes NMS compares all pairs at once (an n x n overlap matrix, then one row
-# operation per kept box): ~3x faster than box-by-box on MTCNN's 10-150 candidates per call.
-NMS_MATRIX_MAX = 512
-
-
-def _overlap(x1, y1, x2, y2, areas, i, j, mode: str) -> np.ndarray:
-    """Overlap of boxes ``i`` with boxes ``j`` (index arrays or broadcastable slices), "+1 pixel" areas."""
-    w = np.maximum(0.0, np.minimum(x2[i], x2[j]) - np.maximum(x1[i], x1[j]) + 1)
-    h = np.maximum(0.0, np.minimum(y2[i], y2[j]) - np.maximum(y1[i], y1[j]) + 1)
-    inter = w * h
-    if mode == "min":
-        return inter / np.minimum(areas[i], areas[j])
-    return inter / (areas[i] + areas[j] - inter)
-
-
-def nms(boxes: np.ndarray, scores: np.ndarray, threshold: float, mode: str = "union") -> np.ndarray:
-    """Greedy non-maximum suppression with the "+1 pixel" box area of insightface/MTCNN.
-
-    Args:
-        boxes: (N, 4) x1, y1, x2, y2.
-        scores: (N,).
-        threshold: a box is dropped when its overlap with a kept, higher-scoring box exceeds it.
-        mode: "union" (IoU) or "min" (intersection / smaller area, MTCNN's last stage).
-
-    Returns:
-        (K,) int64 indices of the kept boxes, highest score first (ties in input order).
-    """
-    boxes = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
-    scores = np.asarray(scores, dtype=np.float64).reshape(-1)
-    if mode not in ("union", "min"):
-        raise ValueError(f"nms mode must be 'union' or 'min', not '{mode}'")
-    order = np.argsort(-scores, kind="stable")
-    n = len(order)
-    if n <= 1:
-        return order.astype(np.int64)
-    x1, y1, x2, y2 = np.ascontiguousarray(boxes[order].T)
-    areas = (x2 - x1 + 1) * (y2 - y1 + 1)
-    keep = []
-    if n <= NMS_MATRIX_MAX:
-        col, row = np.arange(n)[:, None], np.arange(n)[None]
-        suppresses = _overlap(x1, y1, x2, y2, areas, col, row, mode) > threshold
-        alive = np.ones(n, dtype=bool)
-        for i in range(n):
-            if alive[i]:
-                keep.append(i)
-                alive[i + 1:] &= ~suppresses[i, i + 1:]
-    else:  # box by box: memory linear in n
-        rest = np.arange(n)
-        while rest.size > 0:
-            i, rest = rest[0], rest[1:]
-            keep.append(i)
-            rest = rest[_overlap(x1, y1, x2, y2, areas, i, rest, mode) <= threshold]
-    return order[np.asarray(keep, dtype=np.int64)]
-
-
-# ------------------------------------------------------------------------------------------------
-# SCRFD (insightface antelopev2 scrfd_10g_bnkps.onnx)
-# ------------------------------------------------------------------------------------------------
-class SCRFD:
-    """onnxruntime runner for insightface SCRFD models with keypoints (``*_bnkps.onnx``).
-
-    Pre-processing as insightface: the photo is resized keeping its aspect ratio into the top-left
-    corner of a ``det_size`` canvas (rest black), then fed as RGB (pixel - 127.5) / 128, NCHW.
-    Outputs (9): scores, box distances, keypoint distances for strides 8, 16, 32, two anchors per
-    location; distances are in stride units from the anchor centre.
-
-    Args:
-        model_path: the .onnx file.
-        det_size: (width, height) of the network input (MICA's demo: 224x224); ignored when the
-            model has a fixed input size.
-        threshold: minimum score.
-        nms_threshold: IoU above which a lower-scoring box is suppressed (insightface: 0.4).
-        providers: onnxruntime execution providers (default: CUDA when available, else CPU).
-    """
-
-    STRIDES = (8, 16, 32)
-    NUM_ANCHORS = 2
-    INPUT_MEAN = 127.5
-    INPUT_STD = 128.0
-
-    def __init__(self, model_path: PathLike, det_size: Sequence[int] = (224, 224), threshold: float = 0.5,
-                 nms_threshold: float = 0.4, providers: Optional[Sequence[str]] = None) -> None:
-        import onnxruntime as ort
-
-        self.model_path = Path(model_path).expanduser()
-        if not self.model_path.is_file():
-            raise MICAError(f"SCRFD model {self.model_path} not found; {_ANTELOPE_HOWTO} "
-                            f"(or use detector.name mtcnn)")
-        if providers is None:
-            avail = ort.get_available_providers()
-            providers = [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider") if p in avail]
-        opts = ort.SessionOptions()
-        opts.log_severity_level = 3
-        try:
-            self.session = ort.InferenceSession(str(self.model_path), sess_options=opts, providers=list(providers))
-        except Exception as e:  # onnxruntime raises its own exception types for corrupt files
-            raise MICAError(f"SCRFD model {self.model_path} cannot be loaded ({type(e).__name__}); "
-                            f"re-download antelopev2: {_ANTELOPE_HOWTO}") from None
-        inp = self.session.get_inputs()[0]
-        self.input_name = inp.name
-        self.output_names = [o.name for o in self.session.get_outputs()]
-        if len(self.output_names) != 9:
-            raise MICAError(f"SCRFD model {self.model_path} has {len(self.output_names)} outputs, expected 9 "
-                            f"(scores, boxes, keypoints x 3 strides); use antelopev2's {SCRFD_FILE}")
-        shape = inp.shape
-        if len(shape) == 4 and isinstance(shape[2], int) and isinstance(shape[3], int):
-            self.input_size = (int(shape[3]), int(shape[2]))  # fixed (width, height)
-        else:
-            self.input_size = (int(det_size[0]), int(det_size[1]))
-        if any(s % self.STRIDES[-1] for s in self.input_size):
-            raise ValueError(f"SCRFD det_size {self.input_size} must be multiples of 32")
-        self.threshold = float(threshold)
-        self.nms_threshold = float(nms_threshold)
-        # a batch axis we may fill: dynamic in the input, and outputs that keep it (B, anchors, C)
-        self.batched = (len(shape) == 4 and not isinstance(shape[0], int)
-                        and all(len(o.shape) == 3 for o in self.session.get_outputs()))
-
-    @property
-    def on_gpu(self) -> bool:
-        """True when onnxruntime runs the model on its CUDA provider (onnxruntime-gpu installed)."""
-        return self.session.get_providers()[0] == "CUDAExecutionProvider"
-
-    def preprocess(self, image_rgb: np.ndarray) -> tuple[np.ndarray, float]:
-        """Letterbox + normalise: returns the (1, 3, H_in, W_in) float32 blob and the resize factor."""
-        img = _check_image(image_rgb)
-        in_w, in_h = self.input_size
-        h, w = img.shape[:2]
-        if h / w > in_h / in_w:
-            new_h = in_h
-            new_w = int(new_h / (h / w))
-        else:
-            new_w = in_w
-            new_h = int(new_w * (h / w))
-        new_w, new_h = max(new_w, 1), max(new_h, 1)
-        det_scale = new_h / h
-        canvas = np.zeros((in_h, in_w, 3), np.uint8)
-        canvas[:new_h, :new_w] = cv2.resize(img, (new_w, new_h), interpolation=cv2.INTER_LINEAR)
-        blob = (canvas.astype(np.float32) - self.INPUT_MEAN) / self.INPUT_STD
-        return np.ascontiguousarray(blob.transpose(2, 0, 1)[None]), det_scale
-
-    def anchor_centres(self, stride: int) -> np.ndarray:
-        """(H/s * W/s * 2, 2) anchor centres (x, y) in input pixels, row-major, anchors adjacent."""
-        in_w, in_h = self.input_size
-        gh, gw = in_h // stride, in_w // stride
-        ys, xs = np.mgrid[0:gh, 0:gw]
-        centres = np.stack([xs, ys], -1).reshape(-1, 2).astype(np.float32) * stride
-        return np.repeat(centres, self.NUM_ANCHORS, axis=0)
-
-    def decode(self, outputs: Sequence[np.ndarray], det_scale: float) -> list[Face]:
-        """Turn the 9 raw outputs into faces in photo pixels (threshold, NMS, sorted by score)."""
-        n = len(self.STRIDES)
-        boxes, kpss, scores = [], [], []
-        for i, stride in enumerate(self.STRIDES):
-            # batched exports have a leading batch axis of 1
-            sc, bb, kp = (np.asarray(outputs[i + k * n]) for k in range(3))
-            if sc.ndim == 3:
-                sc, bb, kp = sc[0], bb[0], kp[0]
-            sc = sc.reshape(-1)
-            bb = bb.reshape(-1, 4) * stride
-            kp = kp.reshape(-1, 10) * stride
-            centres = self.anchor_centres(stride)
-            if len(centres) != len(sc):
-                raise MICAError(f"SCRFD model {self.model_path}: stride {stride} gives {len(sc)} scores for "
-                                f"{len(centres)} anchors; is it antelopev2's {SCRFD_FILE}?")
-            pos = np.nonzero(sc >= self.threshold)[0]
-            c = centres[pos]
-            d = bb[pos]
-            boxes.append(np.concatenate([c - d[:, :2], c + d[:, 2:]], axis=1))
-            kpss.append(c[:, None, :] + kp[pos].reshape(-1, 5, 2))
-            scores.append(sc[pos])
-        box = np.concatenate(boxes) / det_scale
-        kps = np.concatenate(kpss) / det_scale
-        score = np.concatenate(scores)
-        keep = nms(box, score, self.nms_threshold)
-        return [Face(box[k].astype(np.float32), kps[k].astype(np.float32), float(score[k])) for k in keep]
-
-    def detect(self, image_rgb: np.ndarray) -> list[Face]:
-        """Faces in ``image_rgb`` (H, W, 3) uint8 RGB, highest score first."""
-        blob, det_scale = self.preprocess(image_rgb)
-        outputs = self.session.run(self.output_names, {self.input_name: blob})
-        return self.decode(outputs, det_scale)
-
-    def detect_batch(self, images_rgb: Sequence[np.ndarray]) -> list[list[Face]]:
-        """Faces of several photos: one network call for all of them when the model has a dynamic
-        batch axis (each photo letterboxed into the same input size, decoded with its own scale),
-        else photo by photo. Same faces as ``detect`` on each photo."""
-        if not self.batched or len(images_rgb) < 2:
-            return [self.detect(im) for im in images_rgb]
-        blobs, scales = zip(*(self.preprocess(im) for im in images_rgb))
-        outputs = self.session.run(self.output_names, {self.input_name: np.concatenate(blobs)})
-        return [self.decode([o[b:b + 1] for o in outputs], scale) for b, scale in enumerate(scales)]
+__all__ = ["MTCNN", "PNet", "RNet", "ONet", "find_mtcnn_weights", "shrink_area"]
 
 
 # ------------------------------------------------------------------------------------------------
@@ -534,7 +296,7 @@ class MTCNN:
         are dropped. One call instead of one per photo and scale is what keeps a GPU busy
         (detection of a batch of 64 photos: 3 + ~10 launches of each layer instead of ~800).
         """
-        rgbs = [_check_image(im) for im in images_rgb]
+        rgbs = [check_image(im) for im in images_rgb]
         small, factors = [], []
         for rgb in rgbs:
             if self.max_side is None or max(rgb.shape[:2]) <= self.max_side:
@@ -655,53 +417,3 @@ class MTCNN:
                            for i, j in enumerate(keep) if score[j] >= self.threshold])
         return result
 
-
-# ------------------------------------------------------------------------------------------------
-# Factory and face choice
-# ------------------------------------------------------------------------------------------------
-def create_detector(name: str = "auto", antelopev2_dir: PathLike = DEFAULT_ANTELOPEV2_DIR,
-                    det_size: Sequence[int] = (224, 224), threshold: float = 0.5,
-                    device: Union[str, torch.device] = "cpu", mtcnn_max_side: Optional[int] = 320) -> FaceDetector:
-    """Build a face detector.
-
-    Args:
-        name: "auto" (SCRFD when ``antelopev2_dir/scrfd_10g_bnkps.onnx`` exists, else MTCNN with a
-            one-line notice), "scrfd" or "mtcnn".
-        antelopev2_dir: folder of insightface's antelopev2 models.
-        det_size: SCRFD input (width, height).
-        threshold: minimum detection score (both detectors).
-        device: torch device of MTCNN (SCRFD picks its onnxruntime provider itself).
-        mtcnn_max_side: MTCNN's ``max_side`` (photos are searched shrunk to this longer side).
-
-    Raises:
-        MICAError: "scrfd" without the ONNX file, unknown name, or missing MTCNN weights.
-    """
-    scrfd_path = Path(antelopev2_dir).expanduser() / SCRFD_FILE
-    if name == "scrfd":
-        return SCRFD(scrfd_path, det_size=det_size, threshold=threshold)
-    if name == "auto":
-        if scrfd_path.is_file():
-            return SCRFD(scrfd_path, det_size=det_size, threshold=threshold)
-        logger.warning(f"antelopev2 not found ({scrfd_path}); using the MTCNN detector instead. "
-                    f"For MICA's own detector (SCRFD) {_ANTELOPE_HOWTO}")
-        return MTCNN(threshold=threshold, device=device, max_side=mtcnn_max_side)
-    if name == "mtcnn":
-        return MTCNN(threshold=threshold, device=device, max_side=mtcnn_max_side)
-    raise MICAError(f"unknown detector '{name}' (use auto, scrfd or mtcnn)")
-
-
-def pick_centre_face(faces: Sequence[Face], image_shape: Sequence[int]) -> Optional[Face]:
-    """The face whose box centre is closest to the image centre (MICA's choice among several).
-
-    Args:
-        faces: detections.
-        image_shape: (H, W, ...) of the photo.
-
-    Returns:
-        That face, or None when ``faces`` is empty. Ties keep the earlier (higher-scoring) face.
-    """
-    if len(faces) == 0:
-        return None
-    cy, cx = image_shape[0] / 2.0, image_shape[1] / 2.0
-    dists = [math.hypot((f.box[0] + f.box[2]) / 2.0 - cx, (f.box[1] + f.box[3]) / 2.0 - cy) for f in faces]
-    return faces[int(np.argmin(dists))]

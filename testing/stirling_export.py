@@ -32,7 +32,7 @@ PathLike = Union[str, os.PathLike]
 STIRLING_IMAGES_DIR = Path("images/Real_images__Subset_2D_FG2018")
 QUALITIES = ("HQ", "LQ")
 STIRLING_THRESHOLD = 0.1
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
+IMAGE_SUFFIX = ".jpg"  # as MICA, which lists {HQ,LQ}/*.jpg (case-sensitive)
 
 __all__ = ["STIRLING_IMAGES_DIR", "QUALITIES", "STIRLING_THRESHOLD", "subject_ids",
            "subject_groups", "stirling_export_items", "export_stirling"]
@@ -46,7 +46,7 @@ def subject_ids(file_name: str) -> tuple[str, str]:
 
 def subject_groups(folder: Path) -> dict[str, list[Path]]:
     """ID9 -> the subject's photos in ``folder``, in sorted path order (MICA's order)."""
-    images = sorted((p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()), key=str)
+    images = sorted((p for p in folder.iterdir() if p.suffix == IMAGE_SUFFIX and p.is_file()), key=str)
     groups: dict[str, list[Path]] = {}
     for img in images:
         groups.setdefault(subject_ids(img.name)[0], []).append(img)

@@ -151,3 +151,16 @@ def test_stirling_uses_the_last_one_face_photo(tmp_path, mtcnn):
     lmk.write_bytes(b"npy")
     done = writer.run(items[1:])
     assert done.done == 1 and not done.failed and done.written == 0
+
+
+def test_stirling_lists_the_jpg_photos_mica_lists(tmp_path):
+    """MICA lists ``{HQ,LQ}/*.jpg`` (a case-sensitive glob): a ``.JPG`` or ``.png`` beside them is not
+    one of the benchmark's photos and must not become a subject's "last" photo."""
+    from testing.stirling_export import subject_groups
+
+    for name in ("f1001_a01_anything.jpg", "f1001_a02_anything.JPG", "f1001_a03_anything.png",
+                 "m2002_b01_other.jpg", "notes.txt"):
+        (tmp_path / name).write_bytes(b"x")
+    groups = subject_groups(tmp_path)
+    assert {k: [p.name for p in v] for k, v in groups.items()} == {
+        "F1001_A01": ["f1001_a01_anything.jpg"], "M2002_B01": ["m2002_b01_other.jpg"]}

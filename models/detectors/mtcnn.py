@@ -155,10 +155,10 @@ def shrink_area(image: np.ndarray, max_side: int) -> tuple[np.ndarray, np.ndarra
     """``image`` shrunk by area averaging so that its longer side is ``max_side`` pixels.
 
     Halves by 2x2 block means (OpenCV's fast integer path) while the image is at least eight times
-    the target size, then one area resampling to the target: a 6 Mpx photo to 320 px in ~3 instead
-    of ~12 ms, nearly the same pixels; photos under eight times the target get exactly OpenCV's
-    area resampling. (Halving down to 2-4x the target was faster still but moved MTCNN's keypoints
-    on one test photo by 2% of the face width: MTCNN reacts to small pixel changes.) A halving drops
+    the target size, then one area resampling to the target: several times faster on camera photos
+    than one area resampling (bench/README.md, Detection), nearly the same pixels; photos under eight
+    times the target get exactly OpenCV's area resampling. (Halving further down moved MTCNN's
+    keypoints noticeably on a test photo: MTCNN reacts to small pixel changes.) A halving drops
     an odd last row/column, so at most 2^k - 1 pixels at the right and bottom edge are not looked
     at. Returns the image and ``(sx, sy)``, the factors that map original pixel-edge coordinates
     onto it. An image no larger than ``max_side`` is returned as it is.
@@ -214,7 +214,7 @@ class MTCNN:
                                 f"({str(e).splitlines()[0]}); reinstall facenet-pytorch==2.6.0 --no-deps") from None
             net.to(self.device).eval()
             net.requires_grad_(False)
-        # P-Net runs on whole pyramid levels: NHWC convolutions/pooling are ~1.7x faster on CPU
+        # P-Net runs on whole pyramid levels: NHWC convolutions/pooling are faster on CPU
         self.pnet.to(memory_format=torch.channels_last)
         self.min_face_size = float(min_face_size)
         self.thresholds = tuple(float(t) for t in thresholds)

@@ -6,7 +6,7 @@ import numpy as np
 __all__ = ["nms", "NMS_MATRIX_MAX"]
 
 # Up to this many boxes NMS compares all pairs at once (an n x n overlap matrix, then one row
-# operation per kept box): ~3x faster than box-by-box on MTCNN's 10-150 candidates per call.
+# operation per kept box): faster than box-by-box on MTCNN's 10-150 candidates per call.
 NMS_MATRIX_MAX = 512
 
 

@@ -173,7 +173,8 @@ def main(argv=None) -> int:
         logger.info(f"all {shard.count} ranks: {totals[0]} reconstructed, {totals[1]} already done, "
                     f"{totals[2]} failed; summary -> {Path(args.output) / 'summary.csv'}")
     elif shard.independent:
-        logger.info(f"when every shard has finished: python -m micalib.merge_summaries {args.output} -i {args.input}")
+        logger.info(f"when every shard has finished: python -m micalib.merge_summaries {args.output} -i {args.input} "
+                    f"-a {args.arcface}")
     return 1 if totals[2] else 0
 
 

@@ -389,6 +389,7 @@ class DemoRunner:
         for group, members in sorted(fused_codes.items()):
             if len(members) < 2:
                 continue
+            members = sorted(members, key=lambda m: m[0])  # the same mean whichever run made each member
             codes = np.stack([c for _, c in members]).astype(np.float32)
             mean = codes.mean(0, keepdims=True)
             decoded = self.predictor.decode(np.concatenate([mean, codes]))
@@ -455,7 +456,7 @@ class DemoRunner:
             if name != rel.with_suffix("").as_posix() and i in mine_set:
                 logger.info(f"{display(rel_text)}: outputs in {display(name)}/ (another input of its folder has "
                             f"the same name, or the name is reserved for --fuse/--all-faces outputs)")
-            record = None if opts.overwrite or opts.fuse else read_record(self.output_dir, name)
+            record = None if opts.overwrite else read_record(self.output_dir, name)
             if is_done(self.output_dir, record, rel_text, required, all_faces=opts.all_faces,
                        arcface_dir=self.arcface_dir):
                 done_before.add(name)
@@ -488,7 +489,11 @@ class DemoRunner:
                 except OSError as e:
                     logger.error(f"could not write the summary to {self.output_dir}: {e}")
             raise
-        if opts.fuse:
+        if opts.fuse:  # inputs done before join their group's mean through their saved identity
+            for r in results:
+                if r.status == "done" and r.outputs:
+                    code = np.load(self.output_dir / r.outputs[0] / "identity.npy", allow_pickle=False)
+                    self._fused_codes[str(PurePath(r.input).parent)].append((r.outputs[0], code))
             self._write_fused(self._fused_codes)
         renamed = [r for r in results if r.name and r.name != PurePath(r.input).with_suffix("").as_posix()]
         if renamed:

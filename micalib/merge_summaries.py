@@ -7,7 +7,8 @@ With ``-i`` (the same input as the demo's) there is one row per input in the dem
 input without a complete record is ``pending`` (a shard that died: re-run the missing shards, or the
 whole run under any shard count, to finish it). Without ``-i``, one row per record, sorted by input.
 Nothing a shard wrote is trusted beyond its record: every ``ok`` record is checked against its files
-(``micalib.records.rebuild_summary``). Exit code 0 when every row is ok, 1 otherwise.
+(``micalib.records.rebuild_summary``). Exit code 0 when every row is ok, 3 when some input is
+still pending (a shard did not finish: run it again), 1 when the run is complete but inputs failed.
 """
 from __future__ import annotations
 
@@ -50,6 +51,8 @@ def main(argv=None) -> int:
     counts = {s: sum(r.status == s for r in rows) for s in ("ok", "failed", "pending")}
     logger.info(f"{len(rows)} inputs: {counts['ok']} ok, {counts['failed']} failed, {counts['pending']} pending "
                 f"-> {Path(args.output) / 'summary.csv'}")
+    if counts["pending"]:  # the run is incomplete: some shard did not finish
+        return 3
     return 0 if counts["ok"] == len(rows) else 1
 
 

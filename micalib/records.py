@@ -146,13 +146,17 @@ def is_done(output_dir: Path, record: Optional[ItemResult], input_rel: str, requ
 
 
 def collect_records(output_dir: Path) -> Dict[str, ItemResult]:
-    """Every readable record under ``OUTPUT/.mica/done``, by NAME (for merging a sharded run)."""
+    """Every record under ``OUTPUT/.mica/done``, by NAME (for merging a sharded run). An unreadable
+    one (damaged, or from another version) is a ``pending`` row named after its file, never dropped."""
     root = Path(output_dir) / RECORD_DIR
     found = {}
     for path in sorted(root.rglob("*.json")) if root.is_dir() else []:
         record = _load(path)
-        if record is not None:
-            found[record.name] = record
+        if record is None:
+            name = path.relative_to(root).with_suffix("").as_posix()
+            record = ItemResult(input=name, status="pending", name=name,
+                                message=f"its completion record {path} is unreadable; run the demo again to redo it")
+        found[record.name] = record
     return found
 
 
@@ -180,8 +184,9 @@ def rebuild_summary(output_dir: Path, inputs: Optional[Sequence[Tuple[str, str]]
     """Rebuild the summary from the records alone (e.g. after the shards of a sharded run finished):
     with ``inputs`` ((relative input, NAME) pairs, in order) one row per input, ``pending`` where
     no record is; without, one row per record, sorted by input. Every ``ok`` record is checked
-    against its files, and with ``arcface_dir`` its crops (an incomplete one is ``pending``); NAMEs in ``earlier`` (done before this
-    run) are ``done``, as in a one-process run's summary. Writes and returns the rows."""
+    against its files, and with ``arcface_dir`` its crops (an incomplete one is ``pending``); NAMEs
+    in ``earlier`` (done before this run) are ``done``, as in a one-process run's summary. Writes and
+    returns the rows."""
     records = collect_records(output_dir)
     for name, record in list(records.items()):  # an ok record whose outputs are incomplete is not done
         if record.status == "ok" and not is_done(output_dir, record, record.input, (), arcface_dir=arcface_dir):

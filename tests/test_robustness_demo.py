@@ -597,3 +597,22 @@ def test_interrupt_while_the_model_loads_still_writes_a_summary(tmp_path, photos
     assert exit_info.value.code == 130
     rows = _summary(out / "meshes")
     assert set(rows) == {p.name for p in photos.iterdir()} and {r["status"] for r in rows.values()} == {"pending"}
+
+
+def test_fuse_resumes_and_rebuilds_the_fused_mesh_from_the_done_inputs(tmp_path):
+    """--fuse used to redo every input on every run: a re-run now finds them done, and the fused
+    mesh (deleted, or never written because the first run stopped) is rebuilt from their saved
+    identities, the same as a run that made every member itself."""
+    inp = tmp_path / "in"
+    for i in range(3):
+        _photo(inp / "person" / f"p{i}.png", i)
+    first = _runner(tmp_path / "o", fuse=True).run(inp)
+    fused = tmp_path / "o" / "meshes" / "person" / "fused"
+    assert {r.status for r in first} == {"ok"} and (fused / "identity.npy").is_file()
+    reference = np.load(fused / "identity.npy")
+    (fused / "identity.npy").unlink()
+    again = _runner(tmp_path / "o", fuse=True).run(inp)
+    assert {r.status for r in again} == {"done"}
+    np.testing.assert_array_equal(np.load(fused / "identity.npy"), reference)
+    spread = json.loads((fused / "spread.json").read_text())
+    assert spread["images"] == ["person/p0", "person/p1", "person/p2"]

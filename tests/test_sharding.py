@@ -234,7 +234,7 @@ def test_killed_shard_is_finished_by_a_rerun_under_another_shard_count(tmp_path,
         _demo(monkeypatch, photos, tmp_path / "o", "--batch-size", "1", "--shard", f"{k}/3")
     assert _demo(monkeypatch, photos, tmp_path / "o", "--batch-size", "1", "--shard", "2/3", net=DiesAtSecond()) == 130
     meshes = tmp_path / "o" / "meshes"
-    assert merge_summaries.main([str(meshes), "-i", str(photos)]) == 1
+    assert merge_summaries.main([str(meshes), "-i", str(photos)]) == 3  # incomplete: pending inputs
     pending = [r["input"] for r in _rows(meshes) if r["status"] == "pending"]
     assert len(pending) == 2  # shard 2 of 3 had 3 inputs, finished one
     # re-run under 2 shards: only the missing inputs go through the network
@@ -392,6 +392,10 @@ def test_job_scripts_pass_the_shard_and_the_launcher(tmp_path):
     out = subprocess.run(["bash", str(ROOT / "jobs" / "slurm_demo.sbatch"), "-i", "in", "-o", "out"], env=env,
                          capture_output=True, text=True, check=True).stdout.split()
     assert out == ["demo.py", "--shard", "2/5", "-i", "in", "-o", "out"]
+    env.update(SLURM_ARRAY_TASK_ID="5", SLURM_ARRAY_TASK_MIN="1")  # --array=1-5: the last task is shard 4/5
+    out = subprocess.run(["bash", str(ROOT / "jobs" / "slurm_demo.sbatch")], env=env,
+                         capture_output=True, text=True, check=True).stdout.split()
+    assert out == ["demo.py", "--shard", "4/5"]
     env = {**os.environ, "PYTHON": "echo"}
     out = subprocess.run(["bash", str(ROOT / "jobs" / "torchrun_demo.sh"), "3", "-i", "in"], env=env,
                          capture_output=True, text=True, check=True).stdout.split()
@@ -413,3 +417,15 @@ def test_torchrun_export_reports_are_summed_by_rank_0(tmp_path, monkeypatch):
     write_export_report(parts[0], tmp_path / "r0.json", Shard(0, 2, True))
     assert json.loads((tmp_path / "r0.json").read_text()) == {
         "written": 5, "done": 1, "failed": {"a.jpg": "no face", "b.jpg": "2 faces"}, "skipped": {"s:x.jpg": "2 faces"}}
+
+
+def test_merge_keeps_an_input_whose_record_is_unreadable(tmp_path):
+    """A damaged record is a pending row named after its file, not a silently missing input."""
+    from micalib.records import ItemResult, write_record
+
+    out = tmp_path / "meshes"
+    write_record(out, ItemResult(input="a.png", status="failed", name="a", message="no face"))
+    (out / ".mica" / "done" / "b.json").write_text("garbage")
+    rows = {r.name: r for r in merge_summaries.merge(out)}
+    assert rows["a"].status == "failed" and rows["b"].status == "pending" and "unreadable" in rows["b"].message
+    assert merge_summaries.main([str(out)]) == 3  # incomplete: a shard must run again

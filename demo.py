@@ -57,6 +57,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="also average the identity of all images of each sub-folder into SUBFOLDER/fused/")
     p.add_argument("--no-render", action="store_true", help="skip render.png previews")
     p.add_argument("--overwrite", action="store_true", help="redo images whose outputs already exist")
+    p.add_argument("--threads", type=int, default=None,
+                   help="torch threads of this process (1..1024; default: torch's, under torchrun the machine's "
+                        "cores divided by its ranks); the same count gives byte-identical results across runs")
     p.add_argument("--shard", default=None, metavar="K/N",
                    help="process only share K of N (0 <= K < N, e.g. K=$SLURM_ARRAY_TASK_ID) as an independent job; "
                         "afterwards python -m micalib.merge_summaries OUT writes the summary (under torchrun the "
@@ -113,6 +116,8 @@ def _default_prefetch(predictor) -> int:
 def check_args(args: argparse.Namespace) -> None:
     """One-line errors for out-of-range flags (argparse checks only the types)."""
     check_range("--batch-size", args.batch_size, 1, 4096)
+    if args.threads is not None:
+        check_range("--threads", args.threads, 1, 1024)
     if args.workers is not None:
         check_range("--workers", args.workers, 1, 64)
     if args.prefetch is not None:
@@ -133,10 +138,12 @@ def main(argv=None) -> int:
     from utils.dist import destroy_distributed
 
     shard = args.run_shard = resolve_shard(args.shard)
-    if shard.distributed:  # torchrun sets OMP_NUM_THREADS=1; each rank takes its share of the cores instead
+    if shard.distributed or args.threads is not None:
         import torch
 
-        torch.set_num_threads(rank_cores(shard))
+        # torchrun sets OMP_NUM_THREADS=1; each rank takes its share of the cores instead, unless told
+        torch.set_num_threads(args.threads if args.threads is not None else rank_cores(shard))
+    if shard.distributed:
         args.device = rank_device(args.device, shard)
     cfg = setup(args)
     set_max_pixels(cfg.image.max_pixels)

@@ -429,3 +429,44 @@ def test_merge_keeps_an_input_whose_record_is_unreadable(tmp_path):
     rows = {r.name: r for r in merge_summaries.merge(out)}
     assert rows["a"].status == "failed" and rows["b"].status == "pending" and "unreadable" in rows["b"].message
     assert merge_summaries.main([str(out)]) == 3  # incomplete: a shard must run again
+
+
+def _real_rank_main(rank: int, world: int, port: int, argv: list) -> None:
+    """A torchrun rank running the real demo (MTCNN, a random iresnet18, the synthetic FLAME)."""
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), LOCAL_RANK=str(rank),
+                      WORLD_SIZE=str(world), LOCAL_WORLD_SIZE=str(world))
+    demo.main(argv)
+
+
+@pytest.mark.slow
+def test_real_network_under_torchrun_is_byte_identical_to_one_process(tmp_path, synthetic_flame_dir):
+    """The real pipeline (MTCNN detection, alignment, network, FLAME) on 3 gloo ranks and in one
+    process, both at one torch thread (--threads 1) and batch 1: every file is byte-identical and
+    the summary rows are the same. (Torch's CPU results depend on the thread count; --threads fixes it.)"""
+    from tests.photos import portrait_photos
+    from tests.synthetic_weights import write_random_mica_tar
+    from tests.test_demo import _opts
+
+    inp = tmp_path / "in"
+    inp.mkdir()
+    for name, rgb in portrait_photos().items():
+        cv2.imwrite(str(inp / name), cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
+    tar = write_random_mica_tar(tmp_path / "mica.tar", arch="iresnet18", seed=3)
+
+    def argv(out: Path) -> list:
+        return ["-i", str(inp), "-o", str(out / "meshes"), "-a", str(out / "arcface"), "--device", "cpu",
+                "--batch-size", "1", "--threads", "1", "--no-render", *_opts(synthetic_flame_dir, tar)]
+
+    threads = torch.get_num_threads()
+    try:
+        assert demo.main(argv(tmp_path / "one")) == 0
+    finally:
+        torch.set_num_threads(threads)
+    mp.spawn(_real_rank_main, args=(3, _free_port(), argv(tmp_path / "ranks")), nprocs=3, join=True)
+    one, ranks = _files(tmp_path / "one"), _files(tmp_path / "ranks")
+    skip = ("summary.csv", "summary.json", ".mica/lock")
+    assert {k for k in one if not k.endswith(skip)} == {k for k in ranks if not k.endswith(skip)}
+    for key in one:
+        if not key.endswith(skip) and ".mica/" not in key:
+            assert one[key] == ranks[key], key
+    assert _rows(tmp_path / "one" / "meshes") == _rows(tmp_path / "ranks" / "meshes")

@@ -399,7 +399,8 @@ class TrackRunner:
             atomic_write_bytes(out / "canonical.obj", obj_text(model.canonical_vertices(), faces), fsync=False)
         rows = self._old_rows()
         pool = ThreadPoolExecutor(max(1, int(tc.workers)), thread_name_prefix="track-write")
-        vpool = ThreadPoolExecutor(1, thread_name_prefix="track-video") if self.video else None
+        # overlays are drawn by two threads (frames are independent) and written in order here
+        vpool = ThreadPoolExecutor(2, thread_name_prefix="track-video") if self.video else None
         writer = None
         pending: list[Future] = []
         vid_pending: list[Future] = []
@@ -473,14 +474,17 @@ class TrackRunner:
                         land["mediapipe"] = cropmod.transform_points(lm["mediapipe"][i], matrices[k])
                     if "ibug68" in lm:
                         land["ibug68"] = cropmod.transform_points(lm["ibug68"][i], matrices[k])
-                    vid_pending.append(vpool.submit(self._video_frame, writer, crop, land, verts, faces, st, crop_k(kk, k)))
+                    vid_pending.append(vpool.submit(self._video_frame, crop, land, verts, faces, st, crop_k(kk, k)))
                 while len(pending) > 8:
                     pending.pop(0).result()
-                while len(vid_pending) > 4:
-                    vid_pending.pop(0).result()
+                while len(vid_pending) > 4 or (vid_pending and vid_pending[0].done()):
+                    writer.write(vid_pending.pop(0).result())
                 t_write += time.perf_counter() - t0
-            for f in pending + vid_pending:
+            for f in pending:
                 f.result()
+            for f in vid_pending:
+                writer.write(f.result())
+            vid_pending = []
             if writer is not None:
                 writer.close()
                 writer = None
@@ -509,13 +513,13 @@ class TrackRunner:
         save_frame(out / "checkpoint" / f"{name}.frame", data)  # last: marks the frame finished
 
     @staticmethod
-    def _video_frame(writer, crop, land, verts: Future, faces, st: FrameState, kk: np.ndarray) -> None:
+    def _video_frame(crop, land, verts: Future, faces, st: FrameState, kk: np.ndarray) -> np.ndarray:
         from micalib.tracking.overlay import compose_overlay
 
         cam = verts.result().astype(np.float64) @ st.r.T + st.t
         uvw = cam @ kk.T
         screen = np.concatenate([uvw[:, :2] / uvw[:, 2:3], cam[:, 2:3]], 1).astype(np.float32)
-        writer.write(compose_overlay(crop, land, screen, faces))
+        return compose_overlay(crop, land, screen, faces)
 
     def _old_rows(self) -> dict[int, dict]:
         path = self.out / "tracking.csv"

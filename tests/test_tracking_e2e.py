@@ -224,3 +224,42 @@ def test_photometric_stage_runs_and_lowers_its_error(tmp_path):
     assert len(captured["h"]) == 4 and (out / "checkpoint" / "00003.frame").is_file()
     for h in captured["h"][1:]:  # after the first frame the albedo has been learnt
         assert h[-1] < h[0]
+
+
+def _angle_deg(a: np.ndarray, b: np.ndarray) -> float:
+    return float(np.degrees(np.linalg.norm(cv2.Rodrigues(b @ a.T)[0])))
+
+
+def test_frames_without_a_face_are_interpolated_or_held_and_flagged(tmp_path):
+    n = 20
+    blank = (0, 1, 10, 11, 12, 19)
+    _seq, fr, _model, _face, out = track_synthetic(tmp_path, real=False, n_frames=n, noise_px=0.3,
+                                                    blank_frames=blank)
+    with open(out / "tracking.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert [r["frame"] for r in rows] == [f"{k:05d}" for k in range(n)]  # never dropped
+    assert [int(r["interpolated"]) for r in rows] == [int(k in blank) for k in range(n)]
+    assert [int(r["face_found"]) for r in rows] == [int(k not in blank) for k in range(n)]
+    for sub in ("checkpoint", "mesh", "input"):
+        assert len(list((out / sub).iterdir())) == n
+
+    def get(k, *key):
+        d = fr[k]
+        for part in key:
+            d = d[part]
+        return np.asarray(d, np.float64)
+
+    # held at the ends: the nearest tracked frame's values
+    for k, src in ((0, 2), (1, 2), (19, 18)):
+        for key in (("flame", "exp"), ("flame", "jaw"), ("opencv", "R"), ("opencv", "t")):
+            np.testing.assert_allclose(get(k, *key), get(src, *key), atol=1e-6)
+    # between frames 9 and 13: linear in expression and translation (by hand), the rotation on the geodesic
+    for k in (10, 11, 12):
+        s = (k - 9) / 4
+        for key in (("flame", "exp"), ("flame", "eyelids"), ("opencv", "t")):
+            np.testing.assert_allclose(get(k, *key), (1 - s) * get(9, *key) + s * get(13, *key), atol=1e-5)
+    ra, rm, rb = get(9, "opencv", "R")[0], get(11, "opencv", "R")[0], get(13, "opencv", "R")[0]
+    total = _angle_deg(ra, rb)
+    assert total > 0.05  # the head moves over the gap
+    assert abs(_angle_deg(ra, rm) - total / 2) < 1e-3 * max(total, 1) + 1e-4
+    assert abs(_angle_deg(rm, rb) - total / 2) < 1e-3 * max(total, 1) + 1e-4

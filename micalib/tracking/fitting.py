@@ -106,6 +106,17 @@ class FrameState:
                           axis_angle_to_matrix(delta[I_ROT]) @ self.r, self.t + delta[I_T])
 
 
+def interpolate_state(a: FrameState, b: FrameState, s: float) -> FrameState:
+    """The state a fraction ``s`` (0 = ``a``, 1 = ``b``) of the way from ``a`` to ``b``: linear in
+    expression, jaw/eye axis-angles, eyelids and translation; the camera rotation along the geodesic
+    (R = exp(s log(R_b R_a^T)) R_a). For frames without a face between two tracked ones."""
+    s = float(s)
+    rel = matrix_to_axis_angle(b.r @ a.r.T)
+    return FrameState((1 - s) * a.exp + s * b.exp, (1 - s) * a.pose + s * b.pose,
+                      (1 - s) * a.eyelids + s * b.eyelids, axis_angle_to_matrix(s * rel) @ a.r,
+                      (1 - s) * a.t + s * b.t)
+
+
 @dataclass
 class FrameFit:
     state: FrameState

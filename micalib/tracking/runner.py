@@ -29,6 +29,7 @@ from micalib.tracking.fitting import (
     FrameState,
     Intrinsics,
     LandmarkFitter,
+    interpolate_state,
     pick_keyframes,
     settings_from_config,
 )
@@ -51,6 +52,8 @@ from utils.mesh import obj_text, ply_bytes
 
 # Raw crops of the landmark pass (uint8, frame after frame), read by the second pass, then deleted.
 CROP_CACHE = ".crops.raw"
+# Faceless frames kept in memory while waiting for the next tracked frame (beyond: held, not interpolated).
+MAX_HELD = 250
 CSV_FIELDS = ["frame", "input_frame", "time_s", "face_found", "landmarks_used", "rms_mediapipe_px",
               "rms_iris_px", "rms_ibug68_px", "interpolated"]
 
@@ -415,10 +418,58 @@ class TrackRunner:
 
             photo = PhotometricStage(model, self.size, self.device, iters=int(tc.photometric_iters))
         prev: FrameState | None = None
+        prev_k: int | None = None  # output frame of ``prev``
         prev_done_k: int | None = None
         kk = fitter.intr.k
+        # a tracked (face) frame after k exists: faceless frames before it are interpolated
+        face_after = np.zeros(n + 1, bool)
+        for j in range(n - 1, -1, -1):
+            face_after[j] = face_after[j + 1] or has_face[j]
+        fps_out = self.source.fps or self.source.input_fps or 25.0
+        timing = {"fit": 0.0, "write": 0.0, "crop": 0.0}
+        held: list[tuple[int, int, np.ndarray]] = []  # faceless frames waiting for the next tracked one
+
+        def row_of(k: int, i: int, rms: dict, interpolated: bool) -> dict:
+            return {"frame": frame_name(k), "input_frame": i, "time_s": round(k / fps_out, 6),
+                    "face_found": int(has_face[k]), "landmarks_used": int(valid_all[k].sum()),
+                    "rms_mediapipe_px": _fmt(rms.get("mediapipe")), "rms_iris_px": _fmt(rms.get("iris")),
+                    "rms_ibug68_px": _fmt(_combine(rms, valid_all[k], model)), "interpolated": int(interpolated)}
+
+        def emit(k: int, i: int, crop: np.ndarray, st: FrameState, row: dict | None) -> None:
+            """Submit frame k's files and overlay (in frame order)."""
+            t0 = time.perf_counter()
+            if row is not None:
+                rows[k] = row
+            # the full mesh is posed once, by a writer thread (torch releases the GIL)
+            verts = pool.submit(lambda s=st: model.vertices(s.exp, s.pose, s.eyelids)[0])
+            if not done[k]:
+                data = frame_dict(st.exp, st.pose, st.eyelids, ident, st.r, st.t, crop_k(kk, k), (self.size, self.size), k, k)
+                pending.append(pool.submit(self._write_frame, out, k, data, verts, faces, crop))
+            if writer is not None:
+                land = {}
+                if "mediapipe" in lm:
+                    land["mediapipe"] = cropmod.transform_points(lm["mediapipe"][i], matrices[k])
+                if "ibug68" in lm:
+                    land["ibug68"] = cropmod.transform_points(lm["ibug68"][i], matrices[k])
+                vid_pending.append(vpool.submit(self._video_frame, crop, land, verts, faces, st, crop_k(kk, k)))
+            while len(pending) > 8:
+                pending.pop(0).result()
+            while len(vid_pending) > 4 or (vid_pending and vid_pending[0].done()):
+                writer.write(vid_pending.pop(0).result())
+            timing["write"] += time.perf_counter() - t0
+
+        def flush_held(st: FrameState | None, k_next: int | None) -> None:
+            """Faceless frames between ``prev`` and frame ``k_next`` (state ``st``): interpolated
+            when both exist, else held at ``prev``."""
+            for kh, ih, ch in held:
+                if st is not None and prev is not None and prev_k is not None and k_next is not None:
+                    sh = interpolate_state(prev, st, (kh - prev_k) / (k_next - prev_k))
+                else:  # before the first tracked frame: held at it; else at the last one
+                    sh = (prev if prev is not None else st).copy()
+                emit(kh, ih, ch, sh, row_of(kh, ih, {}, True))
+            held.clear()
+
         try:
-            t_fit = t_write = t_crop = 0.0
             skipped = 0
             cached = self._n_cached > 0
             frames = prefetch(self._cached_crops()) if cached else prefetch(self.source)
@@ -426,60 +477,48 @@ class TrackRunner:
                 if done[k]:
                     skipped += 1
                     if writer is None:  # nothing to redo for a finished frame
-                        prev_done_k, prev = k, None
+                        prev_done_k, prev_k, prev = k, k, None
                         continue
                 t0 = time.perf_counter()
                 crop = rgb if cached else cropmod.warp(rgb, matrices[k], (self.size, self.size))
-                t_crop += time.perf_counter() - t0
+                timing["crop"] += time.perf_counter() - t0
                 t0 = time.perf_counter()
                 if done[k]:
                     st = _state_from_frame(read_frame(out / "checkpoint" / f"{frame_name(k)}.frame"))
-                    prev, prev_done_k = st, None
-                else:
-                    if prev is None and prev_done_k is not None:
-                        prev = _state_from_frame(read_frame(out / "checkpoint" / f"{frame_name(prev_done_k)}.frame"))
-                    interpolated = not has_face[k]
-                    if interpolated:
-                        if prev is None:  # no face yet: initialise from the first frame with one
-                            j = has_face.index(True)
-                            prev = fitter.fit_frame(obs_all[j], valid_all[j], None).state
-                        st, rms = prev.copy(), {}
-                    else:
-                        res = fitter.fit_frame(obs_all[k], valid_all[k], prev, prev)
-                        st, rms = res.state, res.rms
-                        if photo is not None:
-                            kc = crop_k(kk, k)
-                            st = photo.refine(crop, st, Intrinsics(kc[0, 0], kc[0, 2], kc[1, 2]),
-                                              cropmod.transform_points(obs_all[k], matrices[k]) if follow else obs_all[k],
-                                              valid_all[k], res.contour_bin)
-                        if follow:  # report pixels of the crop
-                            rms = {key: val * float(matrices[k][0, 0]) for key, val in rms.items()}
-                    prev = st
-                    row = {"frame": frame_name(k), "input_frame": i, "time_s": round(k / (self.source.fps or self.source.input_fps or 25.0), 6),
-                           "face_found": int(has_face[k]), "landmarks_used": int(valid_all[k].sum()),
-                           "rms_mediapipe_px": _fmt(rms.get("mediapipe")), "rms_iris_px": _fmt(rms.get("iris")),
-                           "rms_ibug68_px": _fmt(_combine(rms, valid_all[k], model)),
-                           "interpolated": int(interpolated)}
-                    rows[k] = row
-                # the full mesh is posed by a writer thread (torch releases the GIL) while this one fits on
-                verts = pool.submit(lambda s=st: model.vertices(s.exp, s.pose, s.eyelids)[0])
-                t_fit += time.perf_counter() - t0
-                t0 = time.perf_counter()
-                if not done[k]:
-                    data = frame_dict(st.exp, st.pose, st.eyelids, ident, st.r, st.t, crop_k(kk, k), (self.size, self.size), k, k)
-                    pending.append(pool.submit(self._write_frame, out, k, data, verts, faces, crop))
-                if writer is not None:
-                    land = {}
-                    if "mediapipe" in lm:
-                        land["mediapipe"] = cropmod.transform_points(lm["mediapipe"][i], matrices[k])
-                    if "ibug68" in lm:
-                        land["ibug68"] = cropmod.transform_points(lm["ibug68"][i], matrices[k])
-                    vid_pending.append(vpool.submit(self._video_frame, crop, land, verts, faces, st, crop_k(kk, k)))
-                while len(pending) > 8:
-                    pending.pop(0).result()
-                while len(vid_pending) > 4 or (vid_pending and vid_pending[0].done()):
-                    writer.write(vid_pending.pop(0).result())
-                t_write += time.perf_counter() - t0
+                    flush_held(st, k)
+                    prev, prev_k, prev_done_k = st, k, None
+                    timing["fit"] += time.perf_counter() - t0
+                    emit(k, i, crop, st, None)
+                    continue
+                if prev is None and prev_done_k is not None:
+                    prev = _state_from_frame(read_frame(out / "checkpoint" / f"{frame_name(prev_done_k)}.frame"))
+                if not has_face[k]:
+                    if face_after[k + 1] and len(held) < MAX_HELD:
+                        held.append((k, i, crop))  # interpolated once the next tracked frame is fitted
+                        timing["fit"] += time.perf_counter() - t0
+                        continue
+                    if prev is None:  # too many frames without a face first: held at the first frame with one
+                        j = has_face.index(True)
+                        prev = fitter.fit_frame(obs_all[j], valid_all[j], None).state
+                    flush_held(None, None)
+                    st = prev.copy()
+                    timing["fit"] += time.perf_counter() - t0
+                    emit(k, i, crop, st, row_of(k, i, {}, True))
+                    continue
+                res = fitter.fit_frame(obs_all[k], valid_all[k], prev, prev)
+                st, rms = res.state, res.rms
+                if photo is not None:
+                    kc = crop_k(kk, k)
+                    st = photo.refine(crop, st, Intrinsics(kc[0, 0], kc[0, 2], kc[1, 2]),
+                                      cropmod.transform_points(obs_all[k], matrices[k]) if follow else obs_all[k],
+                                      valid_all[k], res.contour_bin)
+                if follow:  # report pixels of the crop
+                    rms = {key: val * float(matrices[k][0, 0]) for key, val in rms.items()}
+                timing["fit"] += time.perf_counter() - t0
+                flush_held(st, k)
+                emit(k, i, crop, st, row_of(k, i, rms, False))
+                prev, prev_k = st, k
+            flush_held(None, None)
             for f in pending:
                 f.result()
             for f in vid_pending:
@@ -494,9 +533,9 @@ class TrackRunner:
                 vpool.shutdown(wait=True)
             if writer is not None:
                 writer.abort()
-        self.timings.add("crop", t_crop)
-        self.timings.add("fit", t_fit)
-        self.timings.add("submit writes (main thread)", t_write)
+        self.timings.add("crop", timing["crop"])
+        self.timings.add("fit", timing["fit"])
+        self.timings.add("submit writes (main thread)", timing["write"])
         self._write_csv(rows)
         self.timings.add("total", time.perf_counter() - t_start)
         self.skipped = skipped

@@ -228,6 +228,29 @@ class TrackingFLAME:
         v = self._reduced(b_exp, np.repeat(pose9, 1 + N_EXP, 0))
         return (v[1:] - v[0]).transpose(1, 2, 0)
 
+    def shape_point_jacobian(self, pose9: np.ndarray, contour_bin: int) -> np.ndarray:
+        """(N, 3, S) displacement of the landmark points per unit identity coefficient at ``pose9``
+        (S = the FLAME layer's ``n_shape``): exact unit differences from one batched ``lbs`` call,
+        like ``exp_basis`` (at a fixed pose the model is linear in the identity too)."""
+        flame, n_v = self.flame, self.flame.n_vertices
+        if getattr(self, "_red_shape", None) is None:
+            with torch.no_grad():
+                n_s = flame.n_shape
+                sub = torch.as_tensor(self.subset)
+                jreg = flame.J_regressor.double()
+                sdir = flame.shapedirs[:n_s].double().view(n_s, n_v, 3)
+                sd = torch.cat([sdir[:, sub], torch.einsum("jv,kvc->kjc", jreg, sdir)], dim=1)
+            self._red_shape = dict(self._red, shapedirs_flat=sd.reshape(n_s, -1))
+        n_s = self._red_shape["shapedirs_flat"].shape[0]
+        betas = torch.as_tensor(np.concatenate([np.zeros((1, n_s)), np.eye(n_s)]))
+        pose = torch.as_tensor(np.repeat(self.full_pose(pose9), 1 + n_s, 0))
+        with torch.no_grad():
+            v, _ = lbs(betas, pose, **self._red_shape)
+        v = v[:, : self._n_sub].numpy()
+        basis = (v[1:] - v[0]).transpose(1, 2, 0)  # (L, 3, S)
+        vid, w = self._point_weights(contour_bin)
+        return (basis[vid] * w[:, :, None, None]).sum(1)
+
     def point_jacobian(self, exp: np.ndarray, pose9: np.ndarray, eyelids: np.ndarray, contour_bin: int,
                        basis: np.ndarray | None = None, cache: dict | None = None) -> tuple[np.ndarray, np.ndarray]:
         """Points (N, 3) and their Jacobian (N, 3, 111) w.r.t. [exp (100), pose (9), eyelids (2)].

@@ -392,11 +392,24 @@ class TrackRunner:
             if follow:
                 kk = np.linalg.inv(np.vstack([matrices[first_done], [0.0, 0.0, 1.0]])) @ kk
             fitter.intr = Intrinsics(float(kk[0, 0]), float(kk[0, 2]), float(kk[1, 2]))
+            if fitter.s.refine_identity:  # the refined identity of the finished frames
+                done_shape = read_frame(out / "checkpoint" / f"{frame_name(first_done)}.frame")["flame"]["shape"]
+                refined = np.asarray(done_shape, np.float32).reshape(-1)
         else:
             keys = pick_keyframes([k for k in range(n) if has_face[k]], fitter.s.keyframes)
             fitter.calibrate([(obs_all[k], valid_all[k]) for k in keys])
             logger.info(f"camera: focal {fitter.intr.focal:.1f} px, principal point ({fitter.intr.cx:.1f}, "
                         f"{fitter.intr.cy:.1f}) from {len(keys)} keyframes")
+            if fitter.s.refine_identity:
+                refined = np.zeros(300, np.float32)
+                refined[: ident.size] = ident
+                refined[: fitter.identity_change.size] += fitter.identity_change.astype(np.float32)
+                logger.info(f"identity refined on the keyframes: moved {np.linalg.norm(fitter.identity_change):.3f} "
+                            "from MICA's (identity.npy keeps MICA's; .frame 'shape' holds the refined one)")
+        if fitter.s.refine_identity:
+            ident = refined
+            model = TrackingFLAME(flame, ident, emb, lids, tuple(int(v) for v in tc.iris_vertices), ibug68="ibug68" in lm)
+            fitter.model, fitter._basis = model, None
         self.timings.add("keyframes (intrinsics)", time.perf_counter() - t0)
         if not written_file(out / "canonical.obj"):
             atomic_write_bytes(out / "canonical.obj", obj_text(model.canonical_vertices(), faces), fsync=False)

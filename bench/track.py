@@ -174,9 +174,9 @@ def main() -> None:
     print(f"decode only (--fps, prefetch thread): {n / t_decode:.1f} frames/s")
     lm = st.get("landmarks (decode + detect)")
     if lm:
-        print(f"baseline decode + crop + MediaPipe (first pass): {n / lm:.1f} frames/s")
+        print(f"baseline decode + crop + MediaPipe (first pass, with the input PNGs): {n / lm:.1f} frames/s")
     second = wall - (lm or 0.0) - st.get("keyframes (intrinsics)", 0.0)
-    print(f"second pass (decode, crop, fit, writes, overlay): {n / second:.1f} frames/s")
+    print(f"second pass (crops from the cache or decoded, fit, writes, overlay): {n / second:.1f} frames/s")
     for name, sec in st.items():
         if name != "total":
             print(f"  {name:32s} {sec:7.2f} s  {n / sec if sec > 0 else float('inf'):8.1f} frames/s")

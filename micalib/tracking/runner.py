@@ -2,10 +2,17 @@
 per-frame fit -> the original tracker's files (see ``micalib/tracking/outputs.py``).
 
 Two passes over the frames: the first detects the landmarks (skipped with ``--landmarks`` or a
-cached ``OUT/NAME/landmarks.npz``), the second crops, fits and writes. Per-frame files are written
-by a thread pool (PNG with low compression, ``.frame``, ``.ply``), the overlay video by one ordered
-worker, while the main thread fits the next frame. Finished frames (``checkpoint/NNNNN.frame``
-present) are skipped on a re-run; the last finished one warm-starts the next.
+cached ``OUT/NAME/landmarks.npz``), the second fits and writes. With one crop box (the default) the
+video is decoded once: the landmark pass crops each frame with the box it detects in (kept as
+``bbox.pt``), writes ``input/NNNNN.png`` from a thread and appends the raw crop to
+``OUT/NAME/.crops.raw``, which the second pass reads back and the run deletes (without room on the
+disk, a face on the first frame, or with ``follow_face``, the second pass decodes again). In the
+second pass the main thread fits; the full mesh is posed once per frame and ``.ply`` / ``.frame``
+are written by a thread pool, overlays drawn by two threads and encoded in order by the main
+thread. Frames without a face are interpolated between the tracked frames around them (held before
+the first / after the last) and flagged. Finished frames (``checkpoint/NNNNN.frame`` present) are
+skipped on a re-run; the last finished one warm-starts the next. A video that ends early is tracked
+up to its end (``frames.VideoFrames.truncated_at``).
 """
 from __future__ import annotations
 

@@ -82,6 +82,14 @@ def test_reduced_landmark_model_matches_full_flame(tmp_path):
     rng = np.random.default_rng(0)
     exp, pose, el = rng.normal(size=100), rng.normal(size=9) * 0.2, rng.uniform(size=2)
     verts = model.vertices(exp, pose, el)[0]
+    # the full mesh is the FLAME layer's, plus the eyelid offsets
+    import torch
+
+    with torch.no_grad():
+        ref = flame(torch.as_tensor(identity[None]), torch.as_tensor(exp[None], dtype=torch.float32),
+                    full_pose=torch.as_tensor(model.full_pose(pose), dtype=torch.float32)).vertices[0].numpy()
+    ref = ref + np.tensordot(el, lids, axes=1)
+    assert np.abs(verts - ref).max() < 2e-6
     # independent oracle: barycentric interpolation of the full mesh by hand
     faces = flame.faces.numpy()
     mp = np.einsum("nkc,nk->nc", verts.astype(np.float64)[faces[emb.lmk_face_idx]], emb.lmk_b_coords)

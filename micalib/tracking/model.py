@@ -178,6 +178,13 @@ class TrackingFLAME:
                      "posedirs": pd.reshape(pd.shape[0], -1), "J_regressor": jr,
                      "parents": flame.parents.cpu(), "lbs_weights": wts}
         self._n_sub = len(subset)
+        # full meshes: the identity's blend shapes applied once (only expression is blended per frame)
+        with torch.no_grad():
+            v_id = flame.canonical(ident.to(flame.v_template.dtype))[0].float()
+        self._full = {"v_template": v_id, "shapedirs_flat": flame.shapedirs[flame.n_shape: flame.n_shape + N_EXP].float(),
+                      "posedirs": flame.posedirs.float(), "J_regressor": flame.J_regressor.float(),
+                      "parents": flame.parents.cpu(), "lbs_weights": flame.lbs_weights.float()}
+        self._eyelids32 = self.eyelids.astype(np.float32)
         lid = torch.as_tensor(self.eyelids[:, subset])  # (2, L, 3)
         self._lid_sub = lid.numpy()
 
@@ -306,15 +313,15 @@ class TrackingFLAME:
 
     # -----------------------------------------------------------------------------------------
     def vertices(self, exp: np.ndarray, pose9: np.ndarray, eyelids: np.ndarray) -> np.ndarray:
-        """(B, V, 3) float32 full meshes in model space (FLAME's posed path, then eyelids)."""
+        """(B, V, 3) float32 full meshes in model space (FLAME's posed path, then eyelids): FLAME's
+        ``lbs`` with the identity's shape blended in once (``FLAME.canonical``), so per frame only
+        the expression is blended."""
         exp = np.asarray(exp, np.float32).reshape(-1, N_EXP)
         b = len(exp)
         with torch.no_grad():
-            out = self.flame(self._shape.expand(b, -1), torch.as_tensor(exp),
-                             full_pose=torch.as_tensor(self.full_pose(pose9), dtype=torch.float32))
-        v = out.vertices.numpy()
+            v, _ = lbs(torch.as_tensor(exp), torch.as_tensor(self.full_pose(pose9), dtype=torch.float32), **self._full)
         lids = np.asarray(eyelids, np.float32).reshape(b, 2)
-        return v + np.einsum("be,evc->bvc", lids, self.eyelids.astype(np.float32))
+        return v.numpy() + np.einsum("be,evc->bvc", lids, self._eyelids32)
 
     def full_points(self, vertices: np.ndarray, contour_bin: int) -> np.ndarray:
         """(V, 3) full mesh -> (N, 3) landmark points (the same points as ``points``)."""

@@ -6,7 +6,7 @@ tracker fits (as the original tracker):
   FLAME triangle, barycentric coordinates);
 - ``iris``: MediaPipe 468..477 against FLAME vertices ``IRIS_VERTICES``;
 - ``ibug68``: FLAME's 51 static landmarks and the 17 contour points picked from the head's yaw
-  relative to the camera (``contour_bin``, the tracker's rule, TRACKER_FACTS).
+  relative to the camera (``contour_bin``, the original tracker's rule).
 
 Head motion lives in the camera; FLAME's global and neck rotations stay zero, so vertices are in
 model space (metres).

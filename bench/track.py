@@ -81,11 +81,10 @@ def stage_cpu(cfg, video: str, fps: float, size: int, n: int, with_video: bool) 
         det.close()
         it.close()
         flame = FLAME.from_config(cfg)
-        tc = cfg.tracker
-        emb = load_mediapipe_embedding(resolve_path(tc.mediapipe_embedding_path))
-        lids = load_eyelids(resolve_path(tc.l_eyelid_path), resolve_path(tc.r_eyelid_path), flame.n_vertices)
-        model = TrackingFLAME(flame, np.zeros(300), emb, lids, tuple(int(v) for v in tc.iris_vertices), ibug68=False)
-        fitter = LandmarkFitter(model, settings_from_config(tc.fit), (size, size))
+        emb = load_mediapipe_embedding(resolve_path(cfg.tracker.mediapipe_embedding_path))
+        lids = load_eyelids(resolve_path(cfg.tracker.l_eyelid_path), resolve_path(cfg.tracker.r_eyelid_path), flame.n_vertices)
+        model = TrackingFLAME(flame, np.zeros(300), emb, lids, tuple(int(v) for v in cfg.tracker.iris_vertices), ibug68=False)
+        fitter = LandmarkFitter(model, settings_from_config(cfg), (size, size))
         obs = [observations(model, p.astype(np.float64), None) for p in lms]
         fitter.calibrate([obs[j] for j in pick_keyframes(range(n), fitter.s.keyframes)])
         kk, prev = fitter.intr.k, None
@@ -96,7 +95,7 @@ def stage_cpu(cfg, video: str, fps: float, size: int, n: int, with_video: bool) 
             prev = st
             verts = timed("full FLAME mesh (once per frame)", lambda: model.vertices(st.exp, st.pose, st.eyelids)[0])
             timed("input/NNNNN.png (encode + write)",
-                  lambda: (tmp / "f.png").write_bytes(_png_bytes(crops[k], int(tc.png_compression))))
+                  lambda: (tmp / "f.png").write_bytes(_png_bytes(crops[k], int(cfg.tracker.png_compression))))
             timed("mesh/NNNNN.ply (bytes + write)", lambda: (tmp / "f.ply").write_bytes(_ply_metres(verts, model.faces)))
             timed("checkpoint/NNNNN.frame (dict + save)", lambda: save_frame(
                 tmp / "f.frame", frame_dict(st.exp, st.pose, st.eyelids, np.zeros(300), st.r, st.t, kk, (size, size), k, k)))

@@ -118,9 +118,12 @@ def test_config_defaults_are_the_fit_settings_defaults():
     from configs.config import get_cfg_defaults
     from micalib.tracking.fitting import FitSettings, settings_from_config
 
-    node = get_cfg_defaults().tracker.fit
-    assert set(node.keys()) == {f.name for f in fields(FitSettings)}
-    assert settings_from_config(node) == FitSettings()
+    cfg = get_cfg_defaults()
+    assert set(cfg.tracker.fit.keys()) == {f.name for f in fields(FitSettings)}
+    assert settings_from_config(cfg) == FitSettings()
+    cfg.tracker.fit.iters, cfg.tracker.fit.refine_identity = 9, True  # every key is read
+    got = settings_from_config(cfg)
+    assert got.iters == 9 and got.refine_identity is True
 
 
 @pytest.mark.parametrize("yaw", [-30.0, -15.0, 15.0, 30.0])

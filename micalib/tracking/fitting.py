@@ -22,7 +22,7 @@ per frame); the pose columns are forward differences from one batched ``lbs`` ca
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 
 import cv2
 import numpy as np
@@ -414,7 +414,35 @@ def pick_keyframes(valid_frames: Sequence[int], count: int) -> list[int]:
     return [valid_frames[i] for i in sorted(set(pos.tolist()))]
 
 
-def settings_from_config(node) -> FitSettings:
-    """``FitSettings`` from the ``tracker.fit`` config node (same key names)."""
-    base = FitSettings()
-    return replace(base, **{k: type(getattr(base, k))(node[k]) for k in node if hasattr(base, k)})
+def settings_from_config(cfg) -> FitSettings:
+    """``FitSettings`` from the config's ``tracker.fit`` section (same key names, one per field)."""
+    return FitSettings(
+        iters=int(cfg.tracker.fit.iters),
+        rel_tol=float(cfg.tracker.fit.rel_tol),
+        basis_tolerance=float(cfg.tracker.fit.basis_tolerance),
+        first_iters=int(cfg.tracker.fit.first_iters),
+        key_iters=int(cfg.tracker.fit.key_iters),
+        keyframes=int(cfg.tracker.fit.keyframes),
+        sigma_px=float(cfg.tracker.fit.sigma_px),
+        huber_px=float(cfg.tracker.fit.huber_px),
+        w_mediapipe=float(cfg.tracker.fit.w_mediapipe),
+        w_iris=float(cfg.tracker.fit.w_iris),
+        w_ibug68=float(cfg.tracker.fit.w_ibug68),
+        exp_sigma=float(cfg.tracker.fit.exp_sigma),
+        jaw_sigma=float(cfg.tracker.fit.jaw_sigma),
+        jaw_side_sigma=float(cfg.tracker.fit.jaw_side_sigma),
+        eye_sigma=float(cfg.tracker.fit.eye_sigma),
+        eye_symmetry_sigma=float(cfg.tracker.fit.eye_symmetry_sigma),
+        eyelid_sigma=float(cfg.tracker.fit.eyelid_sigma),
+        eyelid_symmetry_sigma=float(cfg.tracker.fit.eyelid_symmetry_sigma),
+        smooth_exp=float(cfg.tracker.fit.smooth_exp),
+        smooth_pose=float(cfg.tracker.fit.smooth_pose),
+        smooth_eyes=float(cfg.tracker.fit.smooth_eyes),
+        smooth_eyelids=float(cfg.tracker.fit.smooth_eyelids),
+        smooth_rot=float(cfg.tracker.fit.smooth_rot),
+        smooth_t=float(cfg.tracker.fit.smooth_t),
+        focal_init=float(cfg.tracker.fit.focal_init),
+        pp_sigma=float(cfg.tracker.fit.pp_sigma),
+        refine_identity=bool(cfg.tracker.fit.refine_identity),
+        identity_sigma=float(cfg.tracker.fit.identity_sigma),
+    )

@@ -115,7 +115,7 @@ class TrackRunner:
     def __init__(self, cfg, input_path, out_root, identity_path=None, landmarks_path=None, fps: float | None = 25.0,
                  image_size: int = 512, video: bool = True, photometric: bool = False, device: str = "cpu",
                  flame=None, source=None) -> None:
-        self.cfg, self.tc = cfg, cfg.tracker
+        self.cfg = cfg
         self.source = source if source is not None else open_frames(input_path, fps)
         self.out = Path(out_root) / self.source.name
         self.identity_path = identity_path
@@ -157,17 +157,17 @@ class TrackRunner:
 
         t0 = time.perf_counter()
         mp = np.full((self.source.n_input_frames, 478, 2), np.nan, np.float32)
-        ib_path = find_ibug68_model(str(self.tc.ibug68_model) or None)
+        ib_path = find_ibug68_model(str(self.cfg.tracker.ibug68_model) or None)
         ib_det = Ibug68Detector(ib_path) if ib_path is not None else None
         ib = np.full((self.source.n_input_frames, 68, 2), np.nan, np.float32) if ib_det is not None else None
         if ib_det is not None:
             logger.info(f"68-point landmarks from {ib_path}")
         det = MediaPipeLandmarker(video_mode=True)
         box = None
-        track = cropmod.CropTrack(self.tc.bbox_scale) if self.tc.follow_face else None
+        track = cropmod.CropTrack(self.cfg.tracker.bbox_scale) if self.cfg.tracker.follow_face else None
         # One fixed box (the default): this pass's crops are the final ones, so they are kept in a
         # raw file for the second pass (no second decode) and their PNGs are written here.
-        cache = self._open_crop_cache() if (self.tc.crop and not self.tc.follow_face and ib_det is None) else None
+        cache = self._open_crop_cache() if (self.cfg.tracker.crop and not self.cfg.tracker.follow_face and ib_det is None) else None
         pool = ThreadPoolExecutor(1, thread_name_prefix="track-png") if cache is not None else None
         pending: list[Future] = []
         n_cached = 0
@@ -176,7 +176,7 @@ class TrackRunner:
                 if box is None:
                     pts = det.detect(rgb)
                     if np.isfinite(pts).all():
-                        box = cropmod.box_from_landmarks(pts[MEDIAPIPE_IBUG68], self.tc.bbox_scale)
+                        box = cropmod.box_from_landmarks(pts[MEDIAPIPE_IBUG68], self.cfg.tracker.bbox_scale)
                         det.reset()
                     else:
                         if cache is not None:  # no face on the first frame: no cache, decode twice
@@ -223,7 +223,7 @@ class TrackRunner:
             return None
 
     def _write_png(self, k: int, crop: np.ndarray) -> None:
-        atomic_write_bytes(self.out / "input" / f"{frame_name(k)}.png", _png_bytes(crop, self.tc.png_compression), fsync=False)
+        atomic_write_bytes(self.out / "input" / f"{frame_name(k)}.png", _png_bytes(crop, self.cfg.tracker.png_compression), fsync=False)
         self._png_written.add(k)
 
     def _cached_crops(self):
@@ -240,7 +240,7 @@ class TrackRunner:
         """Per output frame the (2,3) input px -> crop px matrix."""
         idx = self.source.indices
         w, h = self.source.size
-        if not self.tc.crop:
+        if not self.cfg.tracker.crop:
             if (w, h) != (self.size, self.size):
                 m = np.array([[self.size / w, 0, 0.5 * self.size / w - 0.5], [0, self.size / h, 0.5 * self.size / h - 0.5]])
                 if w != h:
@@ -258,8 +258,8 @@ class TrackRunner:
                 return lm["mediapipe"][i][MEDIAPIPE_IBUG68]
             return None
 
-        if self.tc.follow_face:
-            track, out, last = cropmod.CropTrack(self.tc.bbox_scale), [], None
+        if self.cfg.tracker.follow_face:
+            track, out, last = cropmod.CropTrack(self.cfg.tracker.bbox_scale), [], None
             for i in idx:
                 box = track.update(face_points(i))
                 last = box or last
@@ -277,7 +277,7 @@ class TrackRunner:
         for i in idx:
             p = face_points(i)
             if p is not None:
-                box = cropmod.box_from_landmarks(p, self.tc.bbox_scale)
+                box = cropmod.box_from_landmarks(p, self.cfg.tracker.bbox_scale)
                 cropmod.save_bbox_pt(self.out / "bbox.pt", box)
                 return [cropmod.crop_matrix(box, self.size)] * len(idx)
         raise MICAError(f"no face in any frame of {self.source.path}; check the video or the landmarks")
@@ -313,7 +313,7 @@ class TrackRunner:
         detector = create_detector(cfg.detector.name, antelopev2_dir=resolve_path(cfg.detector.antelopev2_dir),
                                    det_size=tuple(cfg.detector.det_size), threshold=cfg.detector.threshold,
                                    mtcnn_max_side=cfg.detector.mtcnn_max_side)
-        want = set(pick_keyframes(range(len(self.source)), int(self.tc.identity_frames)))
+        want = set(pick_keyframes(range(len(self.source)), int(self.cfg.tracker.identity_frames)))
         inputs = []
         for k, _i, rgb in self.source:
             if k in want:
@@ -360,24 +360,24 @@ class TrackRunner:
         ident = self._identity(flame, matrices, lm)
         from configs.config import resolve_path
 
-        tc = self.tc
-        emb_path = resolve_path(tc.mediapipe_embedding_path)
+        cfg = self.cfg
+        emb_path = resolve_path(cfg.tracker.mediapipe_embedding_path)
         emb = load_mediapipe_embedding(emb_path) if "mediapipe" in lm else None
-        lids = load_eyelids(resolve_path(tc.l_eyelid_path), resolve_path(tc.r_eyelid_path), flame.n_vertices)
+        lids = load_eyelids(resolve_path(cfg.tracker.l_eyelid_path), resolve_path(cfg.tracker.r_eyelid_path), flame.n_vertices)
         if lids is None:
             logger.warning("eyelid blendshapes not found: tracking without eyelids (install.sh --download)")
-        model = TrackingFLAME(flame, ident, emb, lids, tuple(int(v) for v in tc.iris_vertices), ibug68="ibug68" in lm)
+        model = TrackingFLAME(flame, ident, emb, lids, tuple(int(v) for v in cfg.tracker.iris_vertices), ibug68="ibug68" in lm)
         faces = model.faces
         # With a moving crop (follow_face) the camera is fitted in input pixels and each frame's K is
         # A_k K (A_k its crop matrix); with one box, directly in pixels of the crop.
-        follow = bool(tc.crop and tc.follow_face)
+        follow = bool(cfg.tracker.crop and cfg.tracker.follow_face)
         fit_size = (self.source.size[1], self.source.size[0]) if follow else (self.size, self.size)
         fit_m = [np.array([[1.0, 0, 0], [0, 1.0, 0]])] * len(matrices) if follow else matrices
 
         def crop_k(k_fit: np.ndarray, k: int) -> np.ndarray:
             return np.vstack([matrices[k], [0.0, 0.0, 1.0]]) @ k_fit if follow else k_fit
 
-        fitter = LandmarkFitter(model, settings_from_config(tc.fit), fit_size)
+        fitter = LandmarkFitter(model, settings_from_config(cfg), fit_size)
         # observations per output frame, in crop pixels
         obs_all, valid_all = [], []
         for k, i in enumerate(self.source.indices):
@@ -415,13 +415,13 @@ class TrackRunner:
                             "from MICA's (identity.npy keeps MICA's; .frame 'shape' holds the refined one)")
         if fitter.s.refine_identity:
             ident = refined
-            model = TrackingFLAME(flame, ident, emb, lids, tuple(int(v) for v in tc.iris_vertices), ibug68="ibug68" in lm)
+            model = TrackingFLAME(flame, ident, emb, lids, tuple(int(v) for v in cfg.tracker.iris_vertices), ibug68="ibug68" in lm)
             fitter.model, fitter._basis = model, None
         self.timings.add("keyframes (intrinsics)", time.perf_counter() - t0)
         if not written_file(out / "canonical.obj"):
             atomic_write_bytes(out / "canonical.obj", obj_text(model.canonical_vertices(), faces), fsync=False)
         rows = self._old_rows()
-        pool = ThreadPoolExecutor(max(1, int(tc.workers)), thread_name_prefix="track-write")
+        pool = ThreadPoolExecutor(max(1, int(cfg.tracker.workers)), thread_name_prefix="track-write")
         # overlays are drawn by two threads (frames are independent) and written in order here
         vpool = ThreadPoolExecutor(2, thread_name_prefix="track-video") if self.video else None
         writer = None
@@ -436,7 +436,7 @@ class TrackRunner:
         if self.photometric:
             from micalib.tracking.photo_stage import PhotometricStage
 
-            photo = PhotometricStage(model, self.size, self.device, iters=int(tc.photometric_iters))
+            photo = PhotometricStage(model, self.size, self.device, iters=int(cfg.tracker.photometric_iters))
         prev: FrameState | None = None
         prev_k: int | None = None  # output frame of ``prev``
         prev_done_k: int | None = None
@@ -567,7 +567,7 @@ class TrackRunner:
         name = frame_name(k)
         verts = verts.result()
         if k not in self._png_written:
-            atomic_write_bytes(out / "input" / f"{name}.png", _png_bytes(crop, self.tc.png_compression), fsync=False)
+            atomic_write_bytes(out / "input" / f"{name}.png", _png_bytes(crop, self.cfg.tracker.png_compression), fsync=False)
         atomic_write_bytes(out / "mesh" / f"{name}.ply", _ply_metres(verts, faces), fsync=False)
         save_frame(out / "checkpoint" / f"{name}.frame", data)  # last: marks the frame finished
 

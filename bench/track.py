@@ -41,8 +41,7 @@ def stage_cpu(cfg, video: str, fps: float, size: int, n: int, with_video: bool) 
     """CPU milliseconds per output frame of each stage, measured one stage after the other in this
     thread on the first ``n`` output frames (process CPU time, so the decoder's and MediaPipe's own
     threads count; independent of the load of other processes)."""
-    import cv2
-    import torch
+    from concurrent.futures import Future
 
     from configs.config import resolve_path
     from micalib.tracking import crop as cropmod
@@ -72,7 +71,7 @@ def stage_cpu(cfg, video: str, fps: float, size: int, n: int, with_video: bool) 
         for _ in range(n):
             _k, _i, rgb = timed("decode 1080p (+ dropped frames) -> RGB", next, it)
             if box is None:
-                box = cropmod.box_from_landmarks(det.detect(rgb)[MEDIAPIPE_IBUG68], 2.5)
+                box = cropmod.box_from_landmarks(det.detect(rgb)[MEDIAPIPE_IBUG68], cfg.tracker.bbox_scale)
                 det.reset()
             crop = timed("crop (warp to 512)", cropmod.warp, rgb, cropmod.crop_matrix(box, size), (size, size))
             lms.append(timed("MediaPipe on the crop", det.detect, crop))
@@ -100,7 +99,8 @@ def stage_cpu(cfg, video: str, fps: float, size: int, n: int, with_video: bool) 
             timed("checkpoint/NNNNN.frame (dict + save)", lambda: save_frame(
                 tmp / "f.frame", frame_dict(st.exp, st.pose, st.eyelids, np.zeros(300), st.r, st.t, kk, (size, size), k, k)))
             if writer is not None:
-                fut = type("Done", (), {"result": lambda self, x=verts: x})()
+                fut: Future = Future()
+                fut.set_result(verts)
                 img = timed("overlay (raster + shade + dots)", TrackRunner._video_frame, crops[k],
                             {"mediapipe": lms[k]}, fut, model.faces, st, kk)
                 timed("video.mp4 (mp4v encode)", writer.write, img)
@@ -108,7 +108,6 @@ def stage_cpu(cfg, video: str, fps: float, size: int, n: int, with_video: bool) 
             writer.close()
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    del cv2, torch
     return {name: sec / n * 1e3 for name, sec in cpu.items()}
 
 

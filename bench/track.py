@@ -37,6 +37,80 @@ def _cpu() -> str:
     return platform.processor() or platform.machine()
 
 
+def stage_cpu(cfg, video: str, fps: float, size: int, n: int, with_video: bool) -> dict[str, float]:
+    """CPU milliseconds per output frame of each stage, measured one stage after the other in this
+    thread on the first ``n`` output frames (process CPU time, so the decoder's and MediaPipe's own
+    threads count; independent of the load of other processes)."""
+    from concurrent.futures import Future
+
+    from configs.config import resolve_path
+    from micalib.tracking import crop as cropmod
+    from micalib.tracking.fitting import LandmarkFitter, pick_keyframes, settings_from_config
+    from micalib.tracking.frames import open_frames
+    from micalib.tracking.landmarks import MEDIAPIPE_IBUG68, MediaPipeLandmarker
+    from micalib.tracking.model import TrackingFLAME, load_eyelids, load_mediapipe_embedding, observations
+    from micalib.tracking.outputs import frame_dict, save_frame
+    from micalib.tracking.overlay import VideoWriter
+    from micalib.tracking.runner import TrackRunner, _ply_metres, _png_bytes
+    from models.flame import FLAME
+
+    cpu: dict[str, float] = {}
+
+    def timed(name, fn, *a):
+        t0 = time.process_time()
+        r = fn(*a)
+        cpu[name] = cpu.get(name, 0.0) + time.process_time() - t0
+        return r
+
+    src = open_frames(video, fps)
+    it = iter(src)
+    det = MediaPipeLandmarker(video_mode=True)
+    crops, lms, box = [], [], None
+    tmp = Path(tempfile.mkdtemp(prefix="bench_stages_"))
+    try:
+        for _ in range(n):
+            _k, _i, rgb = timed("decode 1080p (+ dropped frames) -> RGB", next, it)
+            if box is None:
+                box = cropmod.box_from_landmarks(det.detect(rgb)[MEDIAPIPE_IBUG68], cfg.tracker.bbox_scale)
+                det.reset()
+            crop = timed("crop (warp to 512)", cropmod.warp, rgb, cropmod.crop_matrix(box, size), (size, size))
+            lms.append(timed("MediaPipe on the crop", det.detect, crop))
+            crops.append(crop)
+            timed("crop cache write + read", lambda c: np.frombuffer(bytearray(c.tobytes()), np.uint8), crop)
+        det.close()
+        it.close()
+        flame = FLAME.from_config(cfg)
+        emb = load_mediapipe_embedding(resolve_path(cfg.tracker.mediapipe_embedding_path))
+        lids = load_eyelids(resolve_path(cfg.tracker.l_eyelid_path), resolve_path(cfg.tracker.r_eyelid_path), flame.n_vertices)
+        model = TrackingFLAME(flame, np.zeros(300), emb, lids, tuple(int(v) for v in cfg.tracker.iris_vertices), ibug68=False)
+        fitter = LandmarkFitter(model, settings_from_config(cfg), (size, size))
+        obs = [observations(model, p.astype(np.float64), None) for p in lms]
+        fitter.calibrate([obs[j] for j in pick_keyframes(range(n), fitter.s.keyframes)])
+        kk, prev = fitter.intr.k, None
+        writer = VideoWriter(tmp / "v.mp4", fps, (3 * size, size)) if with_video else None
+        for k in range(n):
+            o, v = obs[k]
+            st = timed("fit (Levenberg-Marquardt)", lambda: fitter.fit_frame(o, v, prev, prev).state)
+            prev = st
+            verts = timed("full FLAME mesh (once per frame)", lambda: model.vertices(st.exp, st.pose, st.eyelids)[0])
+            timed("input/NNNNN.png (encode + write)",
+                  lambda: (tmp / "f.png").write_bytes(_png_bytes(crops[k], int(cfg.tracker.png_compression))))
+            timed("mesh/NNNNN.ply (bytes + write)", lambda: (tmp / "f.ply").write_bytes(_ply_metres(verts, model.faces)))
+            timed("checkpoint/NNNNN.frame (dict + save)", lambda: save_frame(
+                tmp / "f.frame", frame_dict(st.exp, st.pose, st.eyelids, np.zeros(300), st.r, st.t, kk, (size, size), k, k)))
+            if writer is not None:
+                fut: Future = Future()
+                fut.set_result(verts)
+                img = timed("overlay (raster + shade + dots)", TrackRunner._video_frame, crops[k],
+                            {"mediapipe": lms[k]}, fut, model.faces, st, kk)
+                timed("video.mp4 (mp4v encode)", writer.write, img)
+        if writer is not None:
+            writer.close()
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return {name: sec / n * 1e3 for name, sec in cpu.items()}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--video", default=str(ROOT.parent / "shared" / "data" / "tracker" / "justin.mp4"))
@@ -46,11 +120,14 @@ def main() -> None:
     ap.add_argument("--photometric", action="store_true", help="with the photometric refinement")
     ap.add_argument("--device", default="cpu", help="device of the photometric refinement")
     ap.add_argument("--workdir", default=None, help="folder for the assets and outputs (default: a temporary one)")
+    ap.add_argument("--stage-frames", type=int, default=60,
+                    help="frames for the per-stage CPU table (each stage alone, in one thread); 0 = skip")
     args = ap.parse_args()
 
     import torch
 
     torch.set_num_threads(1)
+    load_start = os.getloadavg()
     from configs.config import load_cfg
     from micalib.tracking.frames import open_frames, prefetch, resample_indices
     from micalib.tracking.runner import TrackRunner
@@ -95,12 +172,26 @@ def main() -> None:
     print(f"decode only (--fps, prefetch thread): {n / t_decode:.1f} frames/s")
     lm = st.get("landmarks (decode + detect)")
     if lm:
-        print(f"baseline decode + crop + MediaPipe (first pass): {n / lm:.1f} frames/s")
+        print(f"baseline decode + crop + MediaPipe (first pass, with the input PNGs): {n / lm:.1f} frames/s")
     second = wall - (lm or 0.0) - st.get("keyframes (intrinsics)", 0.0)
-    print(f"second pass (decode, crop, fit, writes, overlay): {n / second:.1f} frames/s")
+    print(f"second pass (crops from the cache or decoded, fit, writes, overlay): {n / second:.1f} frames/s")
     for name, sec in st.items():
         if name != "total":
             print(f"  {name:32s} {sec:7.2f} s  {n / sec if sec > 0 else float('inf'):8.1f} frames/s")
+    load_end = os.getloadavg()
+    print(f"load average (1, 5, 15 min) at the start {load_start[0]:.1f} {load_start[1]:.1f} {load_start[2]:.1f}, "
+          f"at the end {load_end[0]:.1f} {load_end[1]:.1f} {load_end[2]:.1f} (2 cores)")
+    fixed = st.get("keyframes (intrinsics)", 0.0)
+    print(f"fixed cost per video: keyframe intrinsics {fixed:.2f} s wall ({fixed / n * 1e3:.1f} ms per frame of this clip)")
+    if args.stage_frames > 0:
+        table = stage_cpu(cfg, args.video, args.fps, args.image_size, min(args.stage_frames, n), not args.no_video)
+        total = sum(table.values())
+        print(f"CPU ms per output frame, each stage alone on {min(args.stage_frames, n)} frames (load-independent):")
+        for name, ms in table.items():
+            print(f"  {name:40s} {ms:6.2f}")
+        print(f"  {'sum':40s} {total:6.2f}  -> 2 cores allow 80 ms per frame at 25 frames/s: "
+              f"{'fits' if total <= 80 else 'does not fit'} ({2e3 / total:.0f} frames/s if both cores were "
+              "busy with it all the time)")
 
 
 if __name__ == "__main__":

@@ -262,6 +262,10 @@ _C.tracker.fit.smooth_rot = 0.03
 _C.tracker.fit.smooth_t = 0.01
 _C.tracker.fit.focal_init = 2.0
 _C.tracker.fit.pp_sigma = 0.01
+# Refine MICA's identity on the keyframes (jointly with the intrinsics), pulled towards MICA's:
+# identity coefficients ~ N(MICA's, identity_sigma^2) (the original: shape regulariser 0.3).
+_C.tracker.fit.refine_identity = False
+_C.tracker.fit.identity_sigma = 0.3
 # Photometric refinement (--photometric): iterations per frame and learning rate.
 _C.tracker.photometric_iters = 20
 

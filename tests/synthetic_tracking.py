@@ -260,9 +260,11 @@ def synthetic_setup(tmp, real: bool):
 
 
 def track_synthetic(tmp, real: bool, n_frames: int = 120, noise_px: float = 0.5, size: int = 512, video: bool = False,
-                    extra_opts=()):
+                    extra_opts=(), blank_frames=(), identity_offset=None):
     """Make a ground-truth sequence, run ``track.py --landmarks`` on it; returns
-    (sequence, frame dicts, TrackingFLAME, face-region vertex ids, output folder)."""
+    (sequence, frame dicts, TrackingFLAME, face-region vertex ids, output folder).
+    ``blank_frames``: frames whose landmarks are all NaN (no face found); ``identity_offset``:
+    (300,) added to the true identity in the ``--identity`` file (a wrong starting identity)."""
     assets, flame, emb, lids, identity, iris = synthetic_setup(tmp, real)
     emb_d = {"landmark_indices": emb.landmark_indices, "lmk_face_idx": emb.lmk_face_idx, "lmk_b_coords": emb.lmk_b_coords}
     seq = make_sequence(flame, lids, emb_d, identity, n_frames=n_frames, size=size, distance=0.6, focal_x=1.5,
@@ -275,8 +277,11 @@ def track_synthetic(tmp, real: bool, n_frames: int = 120, noise_px: float = 0.5,
     lmk = {"mediapipe": seq["mediapipe"].astype(np.float32)}
     if real:  # the real contour tables change smoothly with the yaw; the random ones do not
         lmk["ibug68"] = seq["ibug68"].astype(np.float32)
+    for k in blank_frames:
+        for arr in lmk.values():
+            arr[k] = np.nan
     np.savez(tmp / "lmk.npz", **lmk)
-    np.save(tmp / "identity.npy", identity)
+    np.save(tmp / "identity.npy", identity if identity_offset is None else identity + np.asarray(identity_offset, np.float32))
     import track
     from micalib.tracking.model import (
         TrackingFLAME,

@@ -133,6 +133,14 @@ def test_real_clip_first_60_frames(tmp_path):
     n, shape = _video_frames(out / "video.mp4")
     assert n == 60 and shape == (512, 1536, 3)
     assert (out / "landmarks.npz").is_file() and (out / "bbox.pt").is_file()
+    # input/NNNNN.png (written by the landmark pass) is the frame warped by crop.json's matrix
+    from micalib.tracking.crop import read_crop_json, warp
+    from utils.image_io import read_image
+
+    m = read_crop_json(out / "crop.json")
+    for k in (0, 37):
+        want = warp(read_image(clip / f"{k:03d}.jpg"), m[k], (512, 512))
+        np.testing.assert_array_equal(read_image(out / "input" / f"{k:05d}.png"), want)
     before = _mtimes(out / "checkpoint")
     track.main(argv)  # finished frames are skipped (landmarks cached, nothing rewritten)
     assert _mtimes(out / "checkpoint") == before
@@ -226,3 +234,93 @@ def test_photometric_stage_runs_and_lowers_its_error(tmp_path):
     assert len(captured["h"]) == 4 and (out / "checkpoint" / "00003.frame").is_file()
     for h in captured["h"][1:]:  # after the first frame the albedo has been learnt
         assert h[-1] < h[0]
+
+
+def _angle_deg(a: np.ndarray, b: np.ndarray) -> float:
+    return float(np.degrees(np.linalg.norm(cv2.Rodrigues(b @ a.T)[0])))
+
+
+def test_frames_without_a_face_are_interpolated_or_held_and_flagged(tmp_path):
+    n = 20
+    blank = (0, 1, 10, 11, 12, 19)
+    _seq, fr, _model, _face, out = track_synthetic(tmp_path, real=False, n_frames=n, noise_px=0.3,
+                                                    blank_frames=blank)
+    with open(out / "tracking.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert [r["frame"] for r in rows] == [f"{k:05d}" for k in range(n)]  # never dropped
+    assert [int(r["interpolated"]) for r in rows] == [int(k in blank) for k in range(n)]
+    assert [int(r["face_found"]) for r in rows] == [int(k not in blank) for k in range(n)]
+    for sub in ("checkpoint", "mesh", "input"):
+        assert len(list((out / sub).iterdir())) == n
+
+    def get(k, *key):
+        d = fr[k]
+        for part in key:
+            d = d[part]
+        return np.asarray(d, np.float64)
+
+    # held at the ends: the nearest tracked frame's values
+    for k, src in ((0, 2), (1, 2), (19, 18)):
+        for key in (("flame", "exp"), ("flame", "jaw"), ("opencv", "R"), ("opencv", "t")):
+            np.testing.assert_allclose(get(k, *key), get(src, *key), atol=1e-6)
+    # between frames 9 and 13: linear in expression and translation (by hand), the rotation on the geodesic
+    for k in (10, 11, 12):
+        s = (k - 9) / 4
+        for key in (("flame", "exp"), ("flame", "eyelids"), ("opencv", "t")):
+            np.testing.assert_allclose(get(k, *key), (1 - s) * get(9, *key) + s * get(13, *key), atol=1e-5)
+    ra, rm, rb = get(9, "opencv", "R")[0], get(11, "opencv", "R")[0], get(13, "opencv", "R")[0]
+    total = _angle_deg(ra, rb)
+    assert total > 0.05  # the head moves over the gap
+    assert abs(_angle_deg(ra, rm) - total / 2) < 1e-3 * max(total, 1) + 1e-4
+    assert abs(_angle_deg(rm, rb) - total / 2) < 1e-3 * max(total, 1) + 1e-4
+
+
+@pytest.mark.slow
+def test_whole_truncated_clip_finishes_with_one_warning(tmp_path):
+    """The shared justin.mp4 decodes 300 of the 448 frames its header states: track.py tracks the
+    frames it has (no second decode, no error) and warns once."""
+    from loguru import logger
+
+    from micalib.tracking.landmarks import mediapipe_available
+    from tests.synthetic_flame import shared_flame_public
+    from tests.synthetic_tracking import shared_tracker_dir, write_tracker_assets
+
+    shared = shared_tracker_dir()
+    if shared is None or not (shared / "justin.mp4").is_file() or shared_flame_public() is None:
+        pytest.skip("../shared/data/tracker/justin.mp4 or ../shared/data/flame_public is absent")
+    if not mediapipe_available():
+        pytest.skip("mediapipe is not installed (install.sh installs it)")
+    cap = cv2.VideoCapture(str(shared / "justin.mp4"))
+    stated, fps = int(cap.get(cv2.CAP_PROP_FRAME_COUNT)), cap.get(cv2.CAP_PROP_FPS)
+    decodable = 0
+    while cap.grab():
+        decodable += 1
+    cap.release()
+    if decodable >= stated:
+        pytest.skip("this justin.mp4 is complete")
+    assets = write_tracker_assets(tmp_path / "assets", seed=0, real=True)
+    np.save(tmp_path / "zero.npy", np.zeros(300, np.float32))
+    argv = ["-i", str(shared / "justin.mp4"), "-o", str(tmp_path / "out"), "--identity", str(tmp_path / "zero.npy"),
+            "--fps", "25", "model.flame_model_path", str(assets["flame_model_path"]),
+            "model.flame_lmk_embedding_path", str(assets["flame_lmk_embedding_path"]),
+            "tracker.mediapipe_embedding_path", str(assets["mediapipe_embedding_path"]),
+            "tracker.l_eyelid_path", str(assets["l_eyelid_path"]), "tracker.r_eyelid_path", str(assets["r_eyelid_path"])]
+    import track
+
+    warnings: list[str] = []
+    sink = logger.add(lambda m: warnings.append(str(m)), level="WARNING")
+    try:
+        assert track.main(argv) == 0
+    finally:
+        logger.remove(sink)
+    assert len(warnings) == 1 and "ends after" in warnings[0], warnings
+    # output frame k shows input frame round(k * fps / 25), ties to the earlier: as many as decode
+    n_out = sum(1 for k in range(10 ** 4) if np.ceil(k * fps / 25.0 - 0.5) <= decodable - 1)
+    out = tmp_path / "out" / "justin"
+    with open(out / "tracking.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == n_out
+    for sub in ("checkpoint", "mesh", "input"):
+        assert len(list((out / sub).iterdir())) == n_out
+    assert _video_frames(out / "video.mp4")[0] == n_out
+    assert not (out / ".crops.raw").exists()  # the crop cache of the landmark pass is removed

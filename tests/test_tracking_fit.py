@@ -83,6 +83,14 @@ def test_reduced_landmark_model_matches_full_flame(tmp_path):
     rng = np.random.default_rng(0)
     exp, pose, el = rng.normal(size=100), rng.normal(size=9) * 0.2, rng.uniform(size=2)
     verts = model.vertices(exp, pose, el)[0]
+    # the full mesh is the FLAME layer's, plus the eyelid offsets
+    import torch
+
+    with torch.no_grad():
+        ref = flame(torch.as_tensor(identity[None]), torch.as_tensor(exp[None], dtype=torch.float32),
+                    full_pose=torch.as_tensor(model.full_pose(pose), dtype=torch.float32)).vertices[0].numpy()
+    ref = ref + np.tensordot(el, lids, axes=1)
+    assert np.abs(verts - ref).max() < 2e-6
     # independent oracle: barycentric interpolation of the full mesh by hand
     faces = flame.faces.numpy()
     mp = np.einsum("nkc,nk->nc", verts.astype(np.float64)[faces[emb.lmk_face_idx]], emb.lmk_b_coords)
@@ -111,9 +119,12 @@ def test_config_defaults_are_the_fit_settings_defaults():
     from configs.config import get_cfg_defaults
     from micalib.tracking.fitting import FitSettings, settings_from_config
 
-    node = get_cfg_defaults().tracker.fit
-    assert set(node.keys()) == {f.name for f in fields(FitSettings)}
-    assert settings_from_config(node) == FitSettings()
+    cfg = get_cfg_defaults()
+    assert set(cfg.tracker.fit.keys()) == {f.name for f in fields(FitSettings)}
+    assert settings_from_config(cfg) == FitSettings()
+    cfg.tracker.fit.iters, cfg.tracker.fit.refine_identity = 9, True  # every key is read
+    got = settings_from_config(cfg)
+    assert got.iters == 9 and got.refine_identity is True
 
 
 @pytest.mark.shared_data
@@ -141,3 +152,33 @@ def test_contour_rule_picks_the_visible_silhouette(tmp_path, yaw):
         return float((pts @ r.T)[:, 2].mean())
 
     assert ours != mirrored and depth(ours) < depth(mirrored) - 2e-4  # measured: 0.8 mm at 15 degrees, 5 at 30
+
+
+def test_refine_identity_moves_a_wrong_identity_towards_the_true_one(tmp_path):
+    """tracker.fit.refine_identity: a starting identity off by N(0, 1) in its first 10 coefficients
+    (several millimetres) is pulled back towards the truth by the keyframes' landmarks."""
+    import torch
+
+    offset = np.zeros(300, np.float32)
+    offset[:10] = np.random.default_rng(5).normal(size=10)
+    seq, fr, _model, face, out = track_synthetic(tmp_path, real=False, n_frames=40, noise_px=NOISE,
+                                                 identity_offset=offset,
+                                                 extra_opts=["tracker.fit.refine_identity", "True"])
+    from models.flame import FLAME
+
+    a = tmp_path / "assets" / "flame"
+    flame = FLAME.from_files(a / "generic_model.pkl", a / "landmark_embedding.npy")
+    truth = np.load(tmp_path / "identity.npy") - offset
+    refined = fr[0]["flame"]["shape"][0]
+    assert all(np.array_equal(f["flame"]["shape"][0], refined) for f in fr)  # one identity for the sequence
+
+    def face_err(shape):
+        with torch.no_grad():
+            v = flame.canonical(torch.as_tensor(np.stack([shape, truth]), dtype=torch.float32)).numpy()
+        return float(np.linalg.norm(v[0, face] - v[1, face], axis=-1).mean())
+
+    start, after = face_err(truth + offset), face_err(refined)
+    assert start > 1e-3  # the wrong identity is millimetres off
+    print(f"face error of the identity: {start * 1e3:.2f} mm at the start, {after * 1e3:.2f} mm refined")
+    assert after < 0.5 * start, (start, after)
+    assert np.linalg.norm(refined - truth) < np.linalg.norm(offset)

@@ -4,7 +4,7 @@
   Gram-Schmidts them and the third row is their cross product.
 - The ``camera`` block is PyTorch3D's (row vectors, ``X_view = X R + T``; focal length ``fl`` and
   principal point ``pp`` in normalised device units), the ``opencv`` block is ``x = pi(K (R X + t))``
-  in pixels of the cropped frame. Conversion (as the original tracker's consumers do): negate the first two columns of R and
+  in pixels of the cropped frame. Conversion (as the original tracker): negate the first two columns of R and
   the first two entries of T, transpose R; with s = min(H, W) / 2 and c = (W/2, H/2):
   principal point = -pp * s + c, focal = fl * s.
 
@@ -95,7 +95,7 @@ def opencv_to_pytorch3d(r: np.ndarray, t: np.ndarray, k: np.ndarray,
 
 def pytorch3d_to_opencv(r: np.ndarray, t: np.ndarray, fl: np.ndarray, pp: np.ndarray,
                         image_size: tuple[int, int]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """PyTorch3D R (3,3) (row vectors), T (3,), fl, pp (NDC) -> OpenCV R, t, K in pixels (the original tracker's conversion)."""
+    """PyTorch3D R (3,3) (row vectors), T (3,), fl, pp (NDC) -> OpenCV R, t, K in pixels (the conversion above)."""
     h, w = image_size
     s = min(h, w) / 2.0
     r_cv = (np.asarray(r, dtype=np.float64) * _FLIP[None, :]).T

@@ -22,7 +22,7 @@ per frame); the pose columns are forward differences from one batched ``lbs`` ca
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 
 import cv2
 import numpy as np
@@ -74,6 +74,8 @@ class FitSettings:
     smooth_t: float = 0.01         # per-frame change of the camera translation, metres
     focal_init: float = 2.0        # initial focal length, times the crop's larger side
     pp_sigma: float = 0.01         # principal point prior around the centre, times the crop size
+    refine_identity: bool = False  # refine MICA's identity on the keyframes, pulled towards it
+    identity_sigma: float = 0.3    # that pull: identity coefficients ~ N(MICA's, identity_sigma^2)
 
 
 @dataclass
@@ -104,6 +106,17 @@ class FrameState:
         lids = np.clip(self.eyelids + delta[I_LIDS], 0.0, 1.0) if has_eyelids else self.eyelids.copy()
         return FrameState(self.exp + delta[:N_EXP], self.pose + delta[I_POSE], lids,
                           axis_angle_to_matrix(delta[I_ROT]) @ self.r, self.t + delta[I_T])
+
+
+def interpolate_state(a: FrameState, b: FrameState, s: float) -> FrameState:
+    """The state a fraction ``s`` (0 = ``a``, 1 = ``b``) of the way from ``a`` to ``b``: linear in
+    expression, jaw/eye axis-angles, eyelids and translation; the camera rotation along the geodesic
+    (R = exp(s log(R_b R_a^T)) R_a). For frames without a face between two tracked ones."""
+    s = float(s)
+    rel = matrix_to_axis_angle(b.r @ a.r.T)
+    return FrameState((1 - s) * a.exp + s * b.exp, (1 - s) * a.pose + s * b.pose,
+                      (1 - s) * a.eyelids + s * b.eyelids, axis_angle_to_matrix(s * rel) @ a.r,
+                      (1 - s) * a.t + s * b.t)
 
 
 @dataclass
@@ -183,11 +196,16 @@ class LandmarkFitter:
 
     # -----------------------------------------------------------------------------------------
     def _linearise(self, st: FrameState, obs: np.ndarray, valid: np.ndarray, intr: Intrinsics,
-                   prev: FrameState | None, basis: np.ndarray, with_intr: bool, cache: dict | None = None):
-        """Cost, normal matrix H, gradient g (of 0.5 * cost) at ``st``; sizes 117 (+3 intrinsics)."""
+                   prev: FrameState | None, basis: np.ndarray, with_intr: bool, cache: dict | None = None,
+                   shape: tuple[np.ndarray, np.ndarray] | None = None):
+        """Cost, normal matrix H, gradient g (of 0.5 * cost) at ``st``; sizes 117 (+3 intrinsics,
+        + S identity coefficients when ``shape`` = (the points' identity Jacobian (N, 3, S), the
+        identity change) is given; its prior is added by the caller, once for all keyframes)."""
         m, s = self.model, self.s
         cbin = m.contour_bin(st.r) if "contour" in m.slices else 0
         pts, jm = m.point_jacobian(st.exp, st.pose, st.eyelids, cbin, basis, cache)
+        if shape is not None:
+            pts = pts + shape[0] @ shape[1]
         xc = pts @ st.r.T + st.t
         z = xc[:, 2]
         uv = np.stack([intr.focal * xc[:, 0] / z + intr.cx, intr.focal * xc[:, 1] / z + intr.cy], 1)
@@ -198,10 +216,12 @@ class LandmarkFitter:
         dp[:, 1, 1] = intr.focal / z
         dp[:, 0, 2] = -intr.focal * xc[:, 0] / z ** 2
         dp[:, 1, 2] = -intr.focal * xc[:, 1] / z ** 2
-        n_par = N_FRAME + (3 if with_intr else 0)
+        n_par = N_FRAME + (3 if with_intr else 0) + (shape[1].size if shape is not None else 0)
         jac = np.zeros((len(pts), 2, n_par))
         dpr = dp @ st.r  # (N, 2, 3)
         jac[:, :, :N_MODEL] = dpr @ jm
+        if shape is not None:
+            jac[:, :, N_FRAME + 3:] = dpr @ shape[0]
         jac[:, :, I_ROT] = dp @ -skew(xc - st.t)
         jac[:, :, I_T] = dp
         if with_intr:
@@ -233,8 +253,8 @@ class LandmarkFitter:
         if with_intr:
             wpp = 1 / (s.pp_sigma * max(self.h, self.w)) ** 2
             dc = np.array([intr.cx - self.centre[0], intr.cy - self.centre[1]])
-            h[N_FRAME + 1:, N_FRAME + 1:] += np.eye(2) * wpp
-            g[N_FRAME + 1:] += wpp * dc
+            h[N_FRAME + 1:N_FRAME + 3, N_FRAME + 1:N_FRAME + 3] += np.eye(2) * wpp
+            g[N_FRAME + 1:N_FRAME + 3] += wpp * dc
             cost += float(wpp * dc @ dc)
         return cost, h, g, res, cbin, uv
 
@@ -312,58 +332,76 @@ class LandmarkFitter:
             The keyframes' states; ``self.intr`` holds the intrinsics.
         """
         states = [self.init_pose(o, v, self.intr) for o, v in frames]
-        basis = [self.model.exp_basis(st.pose) for st in states]
-        intr = self.intr
+        m, refine = self.model, self.s.refine_identity
+        basis = [m.exp_basis(st.pose) for st in states]
 
-        def assemble(sts, it):
-            """Per keyframe (H_kk, H_k,intr, g_k) plus the shared intrinsics block (3x3, 3)."""
-            blocks, a_h, a_g, total = [], np.zeros((3, 3)), np.zeros(3), 0.0
+        def shape_jac(sts):
+            return [m.shape_point_jacobian(st.pose, m.contour_bin(st.r) if "contour" in m.slices else 0)
+                    for st in sts] if refine else None
+
+        sjac = shape_jac(states)
+        intr = self.intr
+        n_sh = 3 + (m.flame.n_shape if refine else 0)  # shared unknowns: intrinsics (+ identity change)
+        w_id = 1.0 / self.s.identity_sigma ** 2
+
+        def assemble(sts, it, ds):
+            """Per keyframe (H_kk, H_k,shared, g_k) plus the shared block (n_sh x n_sh, n_sh)."""
+            blocks, a_h, a_g, total = [], np.zeros((n_sh, n_sh)), np.zeros(n_sh), 0.0
             for i, (st, (o, v)) in enumerate(zip(sts, frames)):
-                c, h, g, *_ = self._linearise(st, o, v, it, None, basis[i], True)
+                c, h, g, *_ = self._linearise(st, o, v, it, None, basis[i], True,
+                                              shape=(sjac[i], ds) if refine else None)
                 blocks.append((h[:N_FRAME, :N_FRAME], h[:N_FRAME, N_FRAME:], g[:N_FRAME]))
                 a_h += h[N_FRAME:, N_FRAME:]
                 a_g += g[N_FRAME:]
                 total += c
+            if refine:  # the pull towards MICA's identity (ds = 0), once for the sequence
+                a_h[3:, 3:] += w_id * np.eye(len(ds))
+                a_g[3:] += w_id * ds
+                total += float(w_id * ds @ ds)
             return total, blocks, a_h, a_g
 
         def solve(blocks, a_h, a_g, mu):
-            """Damped normal equations by the Schur complement on the 3 shared intrinsics."""
+            """Damped normal equations by the Schur complement on the shared unknowns."""
             s_mat, s_rhs, sols = a_h + mu * np.diag(np.diag(a_h)), -a_g.copy(), []
             for d, b, g in blocks:
                 d = d + mu * np.diag(np.diag(d)) + 1e-9 * np.eye(N_FRAME)
                 x = _solve(d, np.concatenate([b, -g[:, None]], 1))
                 sols.append((x, b))
-                s_mat -= b.T @ x[:, :3]
-                s_rhs -= b.T @ x[:, 3]
-            d_intr = _solve(s_mat + 1e-9 * np.eye(3), s_rhs)
-            return d_intr, [x[:, 3] - x[:, :3] @ d_intr for x, _ in sols]
+                s_mat -= b.T @ x[:, :n_sh]
+                s_rhs -= b.T @ x[:, n_sh]
+            d_sh = _solve(s_mat + 1e-9 * np.eye(n_sh), s_rhs)
+            return d_sh, [x[:, n_sh] - x[:, :n_sh] @ d_sh for x, _ in sols]
 
-        cost, blocks, a_h, a_g = assemble(states, intr)
+        ds = np.zeros(n_sh - 3)
+        cost, blocks, a_h, a_g = assemble(states, intr, ds)
         mu = 1e-3
         for it_n in range(self.s.key_iters):
             converged = False
             for _attempt in range(8):
-                d_intr, d_frames = solve(blocks, a_h, a_g, mu)
-                cand_i = Intrinsics(intr.focal + d_intr[0], intr.cx + d_intr[1], intr.cy + d_intr[2])
-                cand = [st.step(d, self.model.has_eyelids) for st, d in zip(states, d_frames)]
+                d_sh, d_frames = solve(blocks, a_h, a_g, mu)
+                cand_i = Intrinsics(intr.focal + d_sh[0], intr.cx + d_sh[1], intr.cy + d_sh[2])
+                cand_s = ds + d_sh[3:]
+                cand = [st.step(d, m.has_eyelids) for st, d in zip(states, d_frames)]
                 if cand_i.focal <= 0 or any(c.t[2] <= 0 for c in cand):
                     mu *= 10
                     continue
-                c2, b2, ah2, ag2 = assemble(cand, cand_i)
+                c2, b2, ah2, ag2 = assemble(cand, cand_i, cand_s)
                 if c2 <= cost:
                     converged = (cost - c2) < 1e-6 * cost
-                    states, intr, cost, blocks, a_h, a_g = cand, cand_i, c2, b2, ah2, ag2
+                    states, intr, ds, cost, blocks, a_h, a_g = cand, cand_i, cand_s, c2, b2, ah2, ag2
                     mu = max(mu / 3, 1e-7)
                     break
                 mu *= 10
             else:
                 break
             if it_n % 5 == 4:
-                basis = [self.model.exp_basis(st.pose) for st in states]
-                cost, blocks, a_h, a_g = assemble(states, intr)
+                basis = [m.exp_basis(st.pose) for st in states]
+                sjac = shape_jac(states)
+                cost, blocks, a_h, a_g = assemble(states, intr, ds)
             if converged:
                 break
         self.intr = intr
+        self.identity_change = ds  # added to the model's identity (empty unless refine_identity)
         return states
 
 
@@ -376,7 +414,35 @@ def pick_keyframes(valid_frames: Sequence[int], count: int) -> list[int]:
     return [valid_frames[i] for i in sorted(set(pos.tolist()))]
 
 
-def settings_from_config(node) -> FitSettings:
-    """``FitSettings`` from the ``tracker.fit`` config node (same key names)."""
-    base = FitSettings()
-    return replace(base, **{k: type(getattr(base, k))(node[k]) for k in node if hasattr(base, k)})
+def settings_from_config(cfg) -> FitSettings:
+    """``FitSettings`` from the config's ``tracker.fit`` section (same key names, one per field)."""
+    return FitSettings(
+        iters=int(cfg.tracker.fit.iters),
+        rel_tol=float(cfg.tracker.fit.rel_tol),
+        basis_tolerance=float(cfg.tracker.fit.basis_tolerance),
+        first_iters=int(cfg.tracker.fit.first_iters),
+        key_iters=int(cfg.tracker.fit.key_iters),
+        keyframes=int(cfg.tracker.fit.keyframes),
+        sigma_px=float(cfg.tracker.fit.sigma_px),
+        huber_px=float(cfg.tracker.fit.huber_px),
+        w_mediapipe=float(cfg.tracker.fit.w_mediapipe),
+        w_iris=float(cfg.tracker.fit.w_iris),
+        w_ibug68=float(cfg.tracker.fit.w_ibug68),
+        exp_sigma=float(cfg.tracker.fit.exp_sigma),
+        jaw_sigma=float(cfg.tracker.fit.jaw_sigma),
+        jaw_side_sigma=float(cfg.tracker.fit.jaw_side_sigma),
+        eye_sigma=float(cfg.tracker.fit.eye_sigma),
+        eye_symmetry_sigma=float(cfg.tracker.fit.eye_symmetry_sigma),
+        eyelid_sigma=float(cfg.tracker.fit.eyelid_sigma),
+        eyelid_symmetry_sigma=float(cfg.tracker.fit.eyelid_symmetry_sigma),
+        smooth_exp=float(cfg.tracker.fit.smooth_exp),
+        smooth_pose=float(cfg.tracker.fit.smooth_pose),
+        smooth_eyes=float(cfg.tracker.fit.smooth_eyes),
+        smooth_eyelids=float(cfg.tracker.fit.smooth_eyelids),
+        smooth_rot=float(cfg.tracker.fit.smooth_rot),
+        smooth_t=float(cfg.tracker.fit.smooth_t),
+        focal_init=float(cfg.tracker.fit.focal_init),
+        pp_sigma=float(cfg.tracker.fit.pp_sigma),
+        refine_identity=bool(cfg.tracker.fit.refine_identity),
+        identity_sigma=float(cfg.tracker.fit.identity_sigma),
+    )

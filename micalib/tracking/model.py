@@ -29,7 +29,7 @@ import torch
 
 from micalib.tracking.camera import axis_angle_to_matrix
 from models.flame import FLAME
-from models.lbs import lbs, yaw_bin
+from models.lbs import batch_rigid_transform, batch_rodrigues, lbs, yaw_bin
 from utils.errors import MICAError
 
 PathLike = Union[str, os.PathLike]  # noqa: UP007
@@ -178,6 +178,13 @@ class TrackingFLAME:
                      "posedirs": pd.reshape(pd.shape[0], -1), "J_regressor": jr,
                      "parents": flame.parents.cpu(), "lbs_weights": wts}
         self._n_sub = len(subset)
+        # full meshes: the identity's blend shapes applied once (only expression is blended per frame)
+        with torch.no_grad():
+            v_id = flame.canonical(ident.to(flame.v_template.dtype))[0].float()
+        self._full = {"v_template": v_id, "shapedirs_flat": flame.shapedirs[flame.n_shape: flame.n_shape + N_EXP].float(),
+                      "posedirs": flame.posedirs.float(), "J_regressor": flame.J_regressor.float(),
+                      "parents": flame.parents.cpu(), "lbs_weights": flame.lbs_weights.float()}
+        self._eyelids32 = self.eyelids.astype(np.float32)
         lid = torch.as_tensor(self.eyelids[:, subset])  # (2, L, 3)
         self._lid_sub = lid.numpy()
 
@@ -219,14 +226,48 @@ class TrackingFLAME:
     def exp_basis(self, pose9: np.ndarray) -> np.ndarray:
         """(L, 3, 100) displacement of the subset vertices per unit expression at ``pose9``.
 
-        Exact unit differences from one batched ``lbs`` call: at a fixed pose the model is linear
-        in expression (the joints are linear in the blend shapes and the parents of jaw and eyes
-        stay unrotated).
+        Exact: at a fixed pose the model is linear in expression (the joints are linear in the blend
+        shapes and the parents of jaw and eyes stay unrotated); see ``_blend_basis``.
         """
-        pose9 = np.asarray(pose9, np.float64).reshape(1, N_POSE)
-        b_exp = np.concatenate([np.zeros((1, N_EXP)), np.eye(N_EXP)])
-        v = self._reduced(b_exp, np.repeat(pose9, 1 + N_EXP, 0))
-        return (v[1:] - v[0]).transpose(1, 2, 0)
+        return self._blend_basis(pose9, self._red["shapedirs_flat"].view(N_EXP, -1, 3))
+
+    def _blend_basis(self, pose9: np.ndarray, dirs: torch.Tensor) -> np.ndarray:
+        """(L, 3, K) displacement of the subset vertices per unit coefficient of the blend shapes
+        ``dirs`` (K, L + joints, 3) at ``pose9``: the same numbers as unit differences of ``lbs``
+        (``v(e_k) - v(0)``), without posing K meshes. At a fixed pose the skinning rotations do not
+        depend on the coefficients and the translations are linear in the joints, so
+        basis_k = (sum_j w_j R_j) dirs_k + sum_j w_j (t_j(e_k) - t_j(0)); the pose correctives
+        cancel in the difference."""
+        red, n = self._red, self._n_sub
+        with torch.no_grad():
+            pose = torch.as_tensor(self.full_pose(pose9))
+            rot = batch_rodrigues(pose.reshape(-1, 3)).unsqueeze(0)  # (1, J, 3, 3)
+            j0 = red["v_template"][n:]  # rest joints (the joint carriers)
+            joints = torch.cat([j0[None], j0[None] + dirs[:, n:]])  # (K + 1, J, 3)
+            _, rel = batch_rigid_transform(rot.expand(len(joints), -1, -1, -1), joints, red["parents"])
+            w = red["lbs_weights"][:n]  # (L, J)
+            r_v = torch.einsum("lj,jab->lab", w, rel[0, :, :3, :3])
+            t_v = torch.einsum("lj,bja->bla", w, rel[:, :, :3, 3])  # (K + 1, L, 3)
+            basis = torch.einsum("lab,klb->lak", r_v, dirs[:, :n]) + (t_v[1:] - t_v[0]).permute(1, 2, 0)
+        return basis.numpy()
+
+    def shape_point_jacobian(self, pose9: np.ndarray, contour_bin: int) -> np.ndarray:
+        """(N, 3, S) displacement of the landmark points per unit identity coefficient at ``pose9``
+        (S = the FLAME layer's ``n_shape``), like ``exp_basis`` (at a fixed pose the model is linear
+        in the identity too)."""
+        flame, n_v = self.flame, self.flame.n_vertices
+        if getattr(self, "_red_shape", None) is None:
+            with torch.no_grad():
+                n_s = flame.n_shape
+                sub = torch.as_tensor(self.subset)
+                jreg = flame.J_regressor.double()
+                sdir = flame.shapedirs[:n_s].double().view(n_s, n_v, 3)
+                sd = torch.cat([sdir[:, sub], torch.einsum("jv,kvc->kjc", jreg, sdir)], dim=1)
+            self._red_shape = dict(self._red, shapedirs_flat=sd.reshape(n_s, -1))
+        n_s = self._red_shape["shapedirs_flat"].shape[0]
+        basis = self._blend_basis(pose9, self._red_shape["shapedirs_flat"].view(n_s, -1, 3))  # (L, 3, S)
+        vid, w = self._point_weights(contour_bin)
+        return (basis[vid] * w[:, :, None, None]).sum(1)
 
     def point_jacobian(self, exp: np.ndarray, pose9: np.ndarray, eyelids: np.ndarray, contour_bin: int,
                        basis: np.ndarray | None = None, cache: dict | None = None) -> tuple[np.ndarray, np.ndarray]:
@@ -272,15 +313,15 @@ class TrackingFLAME:
 
     # -----------------------------------------------------------------------------------------
     def vertices(self, exp: np.ndarray, pose9: np.ndarray, eyelids: np.ndarray) -> np.ndarray:
-        """(B, V, 3) float32 full meshes in model space (FLAME's posed path, then eyelids)."""
+        """(B, V, 3) float32 full meshes in model space (FLAME's posed path, then eyelids): FLAME's
+        ``lbs`` with the identity's shape blended in once (``FLAME.canonical``), so per frame only
+        the expression is blended."""
         exp = np.asarray(exp, np.float32).reshape(-1, N_EXP)
         b = len(exp)
         with torch.no_grad():
-            out = self.flame(self._shape.expand(b, -1), torch.as_tensor(exp),
-                             full_pose=torch.as_tensor(self.full_pose(pose9), dtype=torch.float32))
-        v = out.vertices.numpy()
+            v, _ = lbs(torch.as_tensor(exp), torch.as_tensor(self.full_pose(pose9), dtype=torch.float32), **self._full)
         lids = np.asarray(eyelids, np.float32).reshape(b, 2)
-        return v + np.einsum("be,evc->bvc", lids, self.eyelids.astype(np.float32))
+        return v.numpy() + np.einsum("be,evc->bvc", lids, self._eyelids32)
 
     def full_points(self, vertices: np.ndarray, contour_bin: int) -> np.ndarray:
         """(V, 3) full mesh -> (N, 3) landmark points (the same points as ``points``)."""

@@ -1,7 +1,7 @@
 """The original tracker's per-frame files: ``checkpoint/NNNNN.frame`` and friends.
 
-``frame_dict`` builds exactly the keys, shapes and dtypes of the original tracker's files (all arrays float32
-numpy): ``flame`` {exp (1,100), shape (1,300), tex (1,140), sh (1,9,3), eyes (1,12), eyelids (1,2),
+``frame_dict`` builds exactly the keys, shapes and dtypes of the original tracker's files (all
+arrays float32 numpy): ``flame`` {exp (1,100), shape (1,300), tex (1,140), sh (1,9,3), eyes (1,12), eyelids (1,2),
 jaw (1,6)}, ``camera`` (PyTorch3D) {R (1,6), t (1,3), fl (1,1), pp (1,2)}, ``opencv`` {R (1,3,3),
 t (1,3), K (1,3,3)}, ``img_size`` (2,) [height, width], ``frame_id`` ('00012'), ``global_step``
 (int). ``read_frame`` reads one back without ``weights_only=False``.

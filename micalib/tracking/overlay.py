@@ -146,15 +146,19 @@ def compose_overlay(crop_rgb: np.ndarray, landmarks_by_set: Mapping[str, ArrayLi
     out = np.empty((h, 3 * w, 3), np.uint8)
     out[:, :w] = crop
     out[:, w:2 * w] = draw_landmarks(crop, landmarks_by_set, colors)
-    right = crop.copy()
+    right = out[:, 2 * w:]
+    right[:] = crop
     pix, gray = _mesh_gray(verts_screen, faces, h, w, normals, cull_backfaces)
     if len(pix):
+        # whole-image OpenCV blend of the gray render, copied under the covered pixels
         idx = pix.numpy()
-        flat = right.reshape(-1, 3)
+        level = np.zeros(h * w, np.uint8)
+        level[idx] = gray.round_().clamp_(0, 255).to(torch.uint8).numpy()
+        mask = np.zeros(h * w, np.uint8)
+        mask[idx] = 255
         a = float(mesh_alpha)
-        blend = flat[idx].astype(np.float32) * (1.0 - a) + gray.numpy()[:, None] * a
-        flat[idx] = np.rint(blend).clip(0, 255).astype(np.uint8)
-    out[:, 2 * w:] = right
+        blend = cv2.addWeighted(crop, 1.0 - a, cv2.cvtColor(level.reshape(h, w), cv2.COLOR_GRAY2RGB), a, 0.0)
+        cv2.copyTo(blend, mask.reshape(h, w), right)
     return out
 
 

@@ -119,14 +119,10 @@ def test_every_key_is_read_or_a_declared_legacy_key():
     """Oracle: the source text. A key counts as read when some module accesses ``cfg.<key>`` (mask
     weights are read as one dict, of which ``models.masks`` uses the names in DEFAULT_WEIGHTS)."""
     import re
-    from dataclasses import fields
 
     from configs.config import LEGACY_KEYS
-    from micalib.tracking.fitting import FitSettings
     from models.masks import DEFAULT_WEIGHTS
 
-    fit_fields = {f.name for f in fields(FitSettings)}
-    assert "tc.fit" in _project_source() and "settings_from_config" in _project_source()
     source = _project_source()
     unread = []
     for key in _leaves(get_cfg_defaults()):
@@ -137,15 +133,8 @@ def test_every_key_is_read_or_a_declared_legacy_key():
             if name not in DEFAULT_WEIGHTS or "cfg.mask_weights" not in source:
                 unread.append(key)
             continue
-        if key.startswith("tracker.fit."):  # the node is read whole into FitSettings, field by field
-            if name not in fit_fields:
-                unread.append(key)
-            continue
-        # cfg.<key>; the tracker section through its alias (``tc = cfg.tracker``: ``tc.<name>``); or the
-        # key's name passed as a string to a helper (``_names(cfg, "eval_data")``)
-        alias = key.startswith("tracker.") and re.search(r"\btc\." + re.escape(key[len("tracker."):]) + r"\b", source)
-        if not re.search(r"\bcfg\." + re.escape(key) + r"\b", source) and not alias \
-                and not re.search(f"[\"']{name}[\"']", source):
+        # cfg.<key>, or the key's name passed as a string to a helper (``_names(cfg, "eval_data")``)
+        if not re.search(r"\bcfg\." + re.escape(key) + r"\b", source) and not re.search(f"[\"']{name}[\"']", source):
             unread.append(key)
     assert unread == []
     # and no legacy key is secretly read (it would then not be "without effect")

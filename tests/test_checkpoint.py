@@ -296,3 +296,23 @@ def test_non_finite_weights_are_named(tmp_path, tar18, where):
         _encoder().load_checkpoint(tmp_path / "bad.tar")
     msg = _one_line(e)
     assert "bad.tar" in msg and f"'{key.replace('regressor.', '')}' holds 1 NaN or infinite" in msg
+
+
+def test_permission_denied_is_not_called_corrupt(tmp_path, monkeypatch):
+    """A checkpoint the user may not read is reported as such, not as "truncated or corrupt" (root
+    ignores permissions, so the error is injected where torch opens the file)."""
+    import torch
+
+    from utils.checkpoint import load_checkpoint_file
+    from utils.errors import MICAError
+
+    path = tmp_path / "mica.tar"
+    torch.save({"a": torch.zeros(1)}, path)
+
+    def denied(*args, **kwargs):
+        raise PermissionError(13, "Permission denied", str(path))
+
+    monkeypatch.setattr(torch, "load", denied)
+    with pytest.raises(MICAError, match="permission denied") as e:
+        load_checkpoint_file(path)
+    assert "corrupt" not in str(e.value) and str(path) in str(e.value)

@@ -97,6 +97,9 @@ def load_checkpoint_file(path: PathLike, what: str = "checkpoint") -> Any:
                             f"it was not executed - use an original checkpoint file from a trusted source") from None
         raise MICAError(f"{what} {path} is not a readable PyTorch file ({msg.splitlines()[0][:120]}); "
                         f"the file is corrupt - download or copy it again") from None
+    except PermissionError:
+        raise MICAError(f"{what} {path} cannot be read: permission denied - give your user read access "
+                        f"(chmod/chown) or copy it somewhere readable") from None
     except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError, AttributeError, KeyError,
             IndexError, TypeError, UnicodeDecodeError) as e:
         first = (str(e).splitlines() or [type(e).__name__])[0][:120]

@@ -65,7 +65,7 @@ def _worker(rank: int, world: int, port: int, opts: List[str], warmup: int, thre
 
     logger.remove()
     from configs.config import load_cfg
-    from micalib.trainer import build_trainer
+    from micalib.train_builder import build_trainer
     from utils import dist as comm
 
     comm.init_distributed("cpu", timeout_s=600)

@@ -158,12 +158,14 @@ class Trainer:
             value = loss.item() if not torch.isfinite(loss) else "not finite on another process"
             raise NonFiniteLossError(f"training loss is {value} at step {step} (lower train.lr / "
                                      f"train.arcface_lr or check the data; resume from the last checkpoint)")
+        t2 = time.perf_counter()  # the finiteness check waited for the forward pass (also on CUDA)
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(loss).backward()
         self.scaler.step(self.optimizer)  # with fp16: skipped when a gradient overflowed, scale lowered
         self.scaler.update()
         self.state.step = step
-        t2 = time.perf_counter()
-        self.last_metrics = {"loss": float(loss.detach()), "data_time": t1 - t0, "step_time": t2 - t1}
+        t3 = time.perf_counter()
+        self.last_metrics = {"loss": float(loss.detach()), "data_time": t1 - t0, "forward_time": t2 - t1,
+                             "backward_time": t3 - t2}
         self.last_batch = {"images": images[:VIS_SAMPLES].detach(), "pred": pred[:VIS_SAMPLES].detach().float(),
                            "gt": gt[:VIS_SAMPLES]}

@@ -44,7 +44,8 @@ def test_bf16_training_follows_fp32(train_setup_dir, tmp_path):
     ref = losses(train_setup_dir, tmp_path / "a", steps, **ORIGINAL)
     bf16 = losses(train_setup_dir, tmp_path / "b", steps, precision="bf16", **{"train.channels_last": True,
                                                                                "train.optimizer_impl": "fused"})
-    assert ref[-1] < 0.97 * ref[0]  # lr 1e-3: the loss falls, so the curves are compared while moving
+    # lr 1e-3: the loss falls (4 steps = one epoch over the same 8 actors), so the curves are compared while moving
+    assert statistics.fmean(ref[-4:]) < 0.97 * statistics.fmean(ref[:4]), ref
     for step, (a, b) in enumerate(zip(ref, bf16), 1):
         assert abs(b - a) <= 0.03 * a, (step, a, b)
     tail = 5

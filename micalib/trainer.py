@@ -165,7 +165,7 @@ class Trainer:
         self.scaler.update()
         self.state.step = step
         t3 = time.perf_counter()
-        self.last_metrics = {"loss": float(loss.detach()), "data_time": t1 - t0, "forward_time": t2 - t1,
-                             "backward_time": t3 - t2}
+        self.last_metrics = {"loss": float(loss.detach()), "data_time": t1 - t0, "step_time": t3 - t1,
+                             "forward_time": t2 - t1, "backward_time": t3 - t2}
         self.last_batch = {"images": images[:VIS_SAMPLES].detach(), "pred": pred[:VIS_SAMPLES].detach().float(),
                            "gt": gt[:VIS_SAMPLES]}

@@ -9,20 +9,24 @@ from typing import List
 import pytest
 
 from configs.config import load_cfg
+from micalib.hooks import PeriodicCheckpointer
 from micalib.train_builder import build_trainer
 from tests.test_trainer import ROOT, make_opts
+from utils.checkpoint import load_mica_checkpoint
 from utils.device import cpu_supports_bf16
 
 ORIGINAL = {"precision": "fp32", "train.channels_last": False, "train.optimizer_impl": "auto"}
 
 
 def losses(setup, out, steps: int, **options) -> List[float]:
+    """Per-step training losses of ``steps`` steps; a final checkpoint in ``out/model.tar``."""
     cfg = load_cfg(ROOT / "configs/mica.yml", make_opts(setup, out, **{"train.max_steps": steps, **options}))
     trainer = build_trainer(cfg)
     result = []
     for _ in range(steps):
         trainer.run_step()
         result.append(trainer.last_metrics["loss"])
+    trainer.hook(PeriodicCheckpointer).checkpointer.save_final()
     return result
 
 
@@ -35,6 +39,9 @@ def test_channels_last_and_fused_adamw_match_plain_fp32(train_setup_dir, tmp_pat
     assert ref[0] != ref[-1]  # the weights moved, so the later losses test the optimiser too
     # float rounding only (other convolution kernels, other summation order in AdamW)
     assert fast == pytest.approx(ref, rel=1e-4) and foreach == pytest.approx(ref, rel=1e-4)
+    # a channels-last run writes the same layout as any other (contiguous tensors)
+    saved = load_mica_checkpoint(tmp_path / "b" / "model.tar")["arcface"]
+    assert saved["layer1.0.conv1.weight"].dim() == 4 and all(t.is_contiguous() for t in saved.values())
 
 
 @pytest.mark.slow

@@ -18,8 +18,9 @@ shows medians over the repeats of images/s, forward and backward(+optimiser step
 and the speed-up over the baseline's median. A "sample" is one image (an actor brings K=2).
 
 Loss agreement (``--loss-steps N``, default 50; 0 = skip): the baseline and each non-fp32 candidate
-train N steps from the same weights, seed and data; PASS when every per-step loss is within 3% of
-the baseline's and the mean of the last 10 steps within 1%.
+train N steps from the same weights, seed and data (learning rates ``--lr``, default mica.yml's
+1e-5); PASS when every per-step loss is within 3% of the baseline's and the mean of the last 10 steps
+within 1%. The exit status is 1 when a check fails.
 """
 from __future__ import annotations
 
@@ -85,7 +86,7 @@ def setting_opts(name: str) -> Dict[str, object]:
     return {"precision": name, "model.freeze_bn": False, "train.channels_last": True, "train.optimizer_impl": "fused"}
 
 
-def opts_for(folder: Path, arch: str, batch: int, steps: int, setting: str) -> List[str]:
+def opts_for(folder: Path, arch: str, batch: int, steps: int, setting: str, lr: float) -> List[str]:
     f = folder / "flame"
     kv = {
         "dataset.root": folder / "data", "dataset.image_lists": folder / "lists", "dataset.training_data": "['LYHM']",
@@ -95,7 +96,7 @@ def opts_for(folder: Path, arch: str, batch: int, steps: int, setting: str) -> L
         "model.flame_masks_path": f / "FLAME_masks.pkl", "train.use_mask": True, "output_dir": folder / f"out_{setting}",
         "device": "cpu", "seed": 0, "train.max_steps": steps, "train.log_steps": 0, "train.val_steps": 0,
         "train.vis_steps": 0, "train.checkpoint_steps": 0, "train.write_summary": False, "train.resume": False,
-        **setting_opts(setting),
+        "train.lr": lr, "train.arcface_lr": lr, **setting_opts(setting),
     }
     return [str(x) for item in kv.items() for x in item]
 
@@ -134,10 +135,11 @@ def _worker(rank: int, world: int, port: int, opts: List[str], warmup: int, thre
         comm.destroy_distributed()
 
 
-def run(folder: Path, arch: str, batch: int, world: int, steps: int, warmup: int, setting: str) -> Dict[str, object]:
+def run(folder: Path, arch: str, batch: int, world: int, steps: int, warmup: int, setting: str,
+        lr: float = 1e-5) -> Dict[str, object]:
     threads = max(1, (os.cpu_count() or 1) // world)
     with tempfile.TemporaryDirectory() as res:
-        opts = opts_for(folder, arch, batch, steps + warmup, setting)
+        opts = opts_for(folder, arch, batch, steps + warmup, setting, lr)
         mp.spawn(_worker, args=(world, _free_port(), opts, warmup, threads, res), nprocs=world, join=True)
         rs = [torch.load(Path(res) / f"r{r}.pt", weights_only=True) for r in range(world)]
     wall = max(r["wall"] for r in rs)
@@ -169,6 +171,7 @@ def main() -> int:
     p.add_argument("--warmup", type=int, default=1)
     p.add_argument("--repeats", type=int, default=3, help="interleaved runs per setting")
     p.add_argument("--loss-steps", type=int, default=50, help="steps of the loss-agreement check (0 = skip)")
+    p.add_argument("--lr", type=float, default=1e-5, help="train.lr and train.arcface_lr (configs/mica.yml: 1e-5)")
     args = p.parse_args()
     settings = ["baseline"] + list(args.precision)
     print(f"machine: {machine()}", flush=True)
@@ -183,7 +186,7 @@ def main() -> int:
             load = [os.getloadavg()[0]]
             for i in range(args.repeats):
                 for s in settings:
-                    r = run(folder, args.arch, args.batch, world, args.steps, args.warmup, s)
+                    r = run(folder, args.arch, args.batch, world, args.steps, args.warmup, s, args.lr)
                     runs[s].append(r)
                     load.append(os.getloadavg()[0])
                     print(f"repeat {i + 1} {s} x{world}: {r['images_per_s']:.2f} images/s, forward {r['forward']:.2f} s, "
@@ -195,13 +198,13 @@ def main() -> int:
                              statistics.median(r["backward"] for r in runs[s]), ips / base,
                              statistics.median(load)))
         if args.loss_steps > 0:
-            ref = run(folder, args.arch, args.batch, 1, args.loss_steps - 1, 1, "baseline")["losses"]
+            ref = run(folder, args.arch, args.batch, 1, args.loss_steps - 1, 1, "baseline", args.lr)["losses"]
             for s in args.precision:
                 if s != "fp32":
-                    cand = run(folder, args.arch, args.batch, 1, args.loss_steps - 1, 1, s)["losses"]
+                    cand = run(folder, args.arch, args.batch, 1, args.loss_steps - 1, 1, s, args.lr)["losses"]
                     ok = loss_check(ref, cand, s) and ok
-    print(f"\nmachine: {machine()}; {args.arch}, {args.batch} actors x K=2 per process, medians of {args.repeats} "
-          f"interleaved runs of {args.steps} timed steps")
+    print(f"\nmachine: {machine()}; {args.arch}, {args.batch} actors x K=2 per process, lr {args.lr:g}, medians of "
+          f"{args.repeats} interleaved runs of {args.steps} timed steps")
     print("| setting | processes x threads | images/s | forward s/step | backward+step s/step | speed-up | load avg |")
     print("| --- | --- | --- | --- | --- | --- | --- |")
     for s, world, threads, ips, fwd, bwd, speed, load in rows:

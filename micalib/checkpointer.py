@@ -11,9 +11,10 @@ learning rate, sample and random state: with ``train.deterministic`` it ends bit
 uninterrupted run.
 
 Checkpoints of the official trainer (``opt``, ``scheduler``, ``validator``, ``epoch``,
-``global_step``, ``batch_size``, as its ``save_checkpoint`` writes them) resume too: weights, AdamW moments (mapped by parameter
-name: the official optimiser holds every ArcFace parameter and FLAME's ``eye_pose``/``neck_pose``,
-ours only the trained ones), learning rates, step, epoch and best validation values. What they do
+``global_step``, ``batch_size``, as its ``save_checkpoint`` writes them) resume too: weights, AdamW
+moments (mapped by parameter name: the official optimiser holds every ArcFace parameter and FLAME's
+``eye_pose``/``neck_pose``, ours only the trained ones), learning rates, step, epoch and best
+validation values. What they do
 not hold starts afresh: the RNG states and the position inside the epoch (the epoch restarts), the
 loss scale; the official ``StepLR`` (``step_size`` 1, stepped every ``lr_update_step`` steps)
 becomes ours (``step_size = lr_update_step``, stepped every step) at the same learning rate.

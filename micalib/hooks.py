@@ -3,7 +3,7 @@
 A hook gets ``before_train``, ``before_step``, ``after_step`` and ``after_train`` calls; ``after_train``
 runs even when a step raised. ``trainer.state.step`` is the number of finished optimiser steps when
 ``after_step`` runs. Each hook owns what it works with (scheduler, TensorBoard writer, validator,
-renderer, checkpointer); the trainer only provides the step, the last losses and the last batch.
+renderer, checkpointer); the trainer provides the step, its optimiser, the last losses and the last batch.
 Registration order (``micalib.train_builder.default_hooks``): LR schedule, metrics, validation,
 visualisation, checkpoints, timer -- so a checkpoint sees the stepped scheduler and the validator's
 latest best values. Hooks that write files or TensorBoard do so on rank 0 only; hooks that run

@@ -51,10 +51,11 @@ def setup_logging(output_dir, log_dir: str, main: bool) -> None:
 def main(argv: Optional[List[str]] = None) -> int:
     args = parse_args(argv)
     from configs.config import load_cfg
-    from micalib.trainer import build_trainer, output_dir_of
+    from micalib.checkpointer import write_config
+    from micalib.train_builder import build_trainer, output_dir_of
     from utils import dist as comm
     from utils.device import resolve_device
-    from utils.io import atomic_write_text, prepare_output_dir
+    from utils.io import prepare_output_dir
 
     opts = list(args.opts)
     if args.model:
@@ -67,7 +68,7 @@ def main(argv: Optional[List[str]] = None) -> int:
             prepare_output_dir(out, "training output folder (output_dir)")
         setup_logging(out, cfg.train.log_dir, comm.is_main_process())
         if comm.is_main_process():
-            atomic_write_text(out / "config.yaml", cfg.dump())
+            write_config(out, cfg.dump())
             logger.info(f"output folder {out}; {comm.get_world_size()} process(es)")
         resume = False if args.no_resume else (args.resume_from or (True if args.resume else None))
         trainer = build_trainer(cfg, resume=resume)

@@ -184,6 +184,11 @@ _C.train.resume = True
 _C.train.keep_checkpoints = 3
 # Deterministic algorithms (bit-identical resume; slower).
 _C.train.deterministic = False
+# Speed (no effect on what is computed, only on how; see README "Training"):
+# ArcFace and its input in channels-last memory format (faster convolutions on CPU, esp. with bf16).
+_C.train.channels_last = False
+# AdamW implementation: "auto" (torch's default: for-loop on CPU, foreach on CUDA), "foreach" or "fused".
+_C.train.optimizer_impl = "auto"
 
 # Benchmark used by test.py when --benchmark is not given ("now" or "stirling").
 _C.test_dataset = "now"
@@ -357,6 +362,8 @@ def check_cfg(cfg: CN) -> None:
             raise ValueError(f"train.{key} must be >= 0, not {cfg.train[key]}")
     if cfg.train.lr_update_step < 1:
         raise ValueError("train.lr_update_step must be >= 1")
+    if cfg.train.optimizer_impl not in ("auto", "foreach", "fused"):
+        raise ValueError(f"train.optimizer_impl must be auto, foreach or fused, not '{cfg.train.optimizer_impl}'")
 
 
 def _value(cfg: CN, key: str):

@@ -2,25 +2,36 @@
 
 A hook gets ``before_train``, ``before_step``, ``after_step`` and ``after_train`` calls; ``after_train``
 runs even when a step raised. ``trainer.state.step`` is the number of finished optimiser steps when
-``after_step`` runs. Registration order (see ``micalib.trainer.default_hooks``): LR schedule, metrics,
-validation, visualisation, checkpoints -- so a checkpoint sees the stepped scheduler and the
-validator's latest best values. Hooks that write files or TensorBoard do so on rank 0 only; hooks
-that run collectives (metrics reduction, validation, checkpoint RNG gathering) run on every rank.
+``after_step`` runs. Each hook owns what it works with (scheduler, TensorBoard writer, validator,
+renderer, checkpointer); the trainer provides the step, its optimiser, the last losses and the last batch.
+Registration order (``micalib.train_builder.default_hooks``): LR schedule, metrics, validation,
+visualisation, checkpoints, timer -- so a checkpoint sees the stepped scheduler and the validator's
+latest best values. Hooks that write files or TensorBoard do so on rank 0 only; hooks that run
+collectives (metrics reduction, validation, checkpoint RNG gathering) run on every rank.
 """
 from __future__ import annotations
 
 import time
 import weakref
 from collections import defaultdict
-from typing import TYPE_CHECKING, Dict, List
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Dict, List, Optional
 
+import cv2
 import numpy as np
 from loguru import logger
 
+from micalib.checkpointer import Checkpointer
+from micalib.renderer import fit_camera, make_grid, render_mesh
+from micalib.validator import Validator
 from utils import dist as comm
+from utils.image_io import write_image
 
 if TYPE_CHECKING:  # pragma: no cover
     from micalib.trainer import Trainer
+
+# Side of each tile of the training image grid (pixels).
+VIS_SIZE = 224
 
 
 class HookBase:
@@ -49,18 +60,23 @@ def _every(step: int, period: int) -> bool:
 
 
 class LRSchedulerHook(HookBase):
-    """Steps the scheduler after every optimiser step (StepLR with step_size = lr_update_step)."""
+    """Steps ``scheduler`` after every optimiser step (StepLR with step_size = lr_update_step)."""
+
+    def __init__(self, scheduler: Any) -> None:
+        self.scheduler = scheduler
 
     def after_step(self) -> None:
-        self.trainer.scheduler.step()
+        self.scheduler.step()
 
 
 class MetricsHook(HookBase):
     """Every ``period`` steps: losses averaged over the window and over ranks, learning rates, data
-    and step time -> loguru, tqdm postfix and TensorBoard (``train_loss/*``, ``lr/*``, ``time/*``)."""
+    and step time -> loguru, tqdm postfix and TensorBoard (``train_loss/*``, ``lr/*``, ``time/*``).
+    Owns the TensorBoard ``writer`` (rank 0, may be None): flushed and closed after training."""
 
-    def __init__(self, period: int) -> None:
+    def __init__(self, period: int, writer: Any = None) -> None:
         self.period = period
+        self.writer = writer
         self._window: Dict[str, List[float]] = defaultdict(list)
 
     def after_step(self) -> None:
@@ -72,35 +88,54 @@ class MetricsHook(HookBase):
             return
         means = comm.all_reduce_mean({k: float(np.mean(v)) for k, v in self._window.items()})
         self._window.clear()
-        lrs = {f"lr/group{i}_{g.get('name', i)}": g["lr"] for i, g in enumerate(t.optimizer.param_groups)}
+        groups = t.optimizer.param_groups
         if not comm.is_main_process():
             return
-        if t.writer is not None:
+        if self.writer is not None:
             for k, v in means.items():
                 prefix = "time/" if k.endswith("_time") else "train_loss/"
-                t.writer.add_scalar(prefix + k, v, global_step=step)
-            for k, v in lrs.items():
-                t.writer.add_scalar(k, v, global_step=step)
+                self.writer.add_scalar(prefix + k, v, global_step=step)
+            for i, g in enumerate(groups):
+                self.writer.add_scalar(f"lr/group{i}_{g.get('name', i)}", g["lr"], global_step=step)
         text = " ".join(f"{k} {v:.5g}" for k, v in sorted(means.items()))
-        lr_text = " ".join(f"{g.get('name', i)} {g['lr']:.3g}" for i, g in enumerate(t.optimizer.param_groups))
+        lr_text = " ".join(f"{g.get('name', i)} {g['lr']:.3g}" for i, g in enumerate(groups))
         logger.info(f"step {step}/{t.max_steps} epoch {t.state.epoch} | {text} | lr {lr_text}")
         if t.progress is not None:
             t.progress.set_postfix(loss=f"{means.get('loss', float('nan')):.4f}")
 
+    def after_train(self) -> None:
+        if self.writer is not None:
+            self.writer.flush()
+
 
 class EvalHook(HookBase):
-    """Every ``period`` steps (and at the end): ``trainer.validate()`` on all ranks, then a barrier."""
+    """Every ``period`` steps (and at the end): ``validator.run`` on all ranks, then a barrier. Best
+    models go through ``checkpointer.save_best``; losses to TensorBoard (``val/*``) on rank 0."""
 
-    def __init__(self, period: int) -> None:
+    def __init__(self, period: int, validator: Validator, checkpointer: Optional[Checkpointer] = None,
+                 writer: Any = None) -> None:
         self.period = period
+        self.validator = validator
+        self.checkpointer = checkpointer
+        self.writer = writer
         self._last = -1
+
+    def validate(self) -> Dict[str, float]:
+        """Validation losses now (all ranks take part); best models saved by rank 0."""
+        step = self.trainer.state.step
+        save = self.checkpointer.save_best if self.checkpointer is not None else None
+        results = self.validator.run(self.trainer.mica, step, save_fn=save)
+        if comm.is_main_process() and self.writer is not None:
+            for k, v in results.items():
+                self.writer.add_scalar(f"val/{k}", v, global_step=step)
+        return results
 
     def _run(self) -> None:
         step = self.trainer.state.step
         if step == self._last:
             return
         self._last = step
-        self.trainer.validate()
+        self.validate()
         comm.synchronize()
 
     def after_step(self) -> None:
@@ -113,29 +148,58 @@ class EvalHook(HookBase):
 
 
 class VisualizationHook(HookBase):
-    """Every ``period`` steps on rank 0: input crops beside predicted and ground-truth renders."""
+    """Every ``period`` steps on rank 0: input crops beside predicted and ground-truth renders of the
+    trainer's last batch, one row per sample -> ``vis_dir/STEP.jpg`` and TensorBoard."""
 
-    def __init__(self, period: int) -> None:
+    def __init__(self, period: int, vis_dir: Path | str, faces: np.ndarray, writer: Any = None) -> None:
         self.period = period
+        self.vis_dir = Path(vis_dir)
+        self.faces = np.asarray(faces)
+        self.writer = writer
+
+    def grid(self, batch: Dict[str, Any]) -> np.ndarray:
+        """``images`` (N, 3, 112, 112) in [-1, 1], ``pred`` / ``gt`` (N, V, 3) -> (N rows x 3) uint8 grid."""
+        tiles = []
+        for i in range(batch["images"].shape[0]):
+            crop = (batch["images"][i].float().cpu().numpy().transpose(1, 2, 0) * 127.5 + 127.5).clip(0, 255)
+            crop = cv2.resize(crop.astype(np.uint8), (VIS_SIZE, VIS_SIZE), interpolation=cv2.INTER_LINEAR)
+            gt = batch["gt"][i].float().cpu().numpy()
+            cam = fit_camera(gt, VIS_SIZE)  # one camera: size differences stay visible
+            pred = render_mesh(batch["pred"][i].float().cpu().numpy(), self.faces, size=VIS_SIZE, camera=cam)
+            tiles += [crop, pred, render_mesh(gt, self.faces, size=VIS_SIZE, camera=cam)]
+        return make_grid(tiles, nrow=3)
+
+    def visualize(self) -> Optional[np.ndarray]:
+        """Write the grid of the trainer's last batch (None before the first step)."""
+        batch = self.trainer.last_batch
+        if batch is None:
+            return None
+        grid = self.grid(batch)
+        step = self.trainer.state.step
+        if self.writer is not None:
+            self.writer.add_image("train/crop_pred_gt", grid, global_step=step, dataformats="HWC")
+        write_image(self.vis_dir / f"{step:08d}.jpg", grid)
+        return grid
 
     def after_step(self) -> None:
-        t = self.trainer
-        if _every(t.state.step, self.period) and comm.is_main_process():
-            t.visualize_last_batch()
+        if _every(self.trainer.state.step, self.period) and comm.is_main_process():
+            self.visualize()
 
 
 class PeriodicCheckpointer(HookBase):
-    """Every ``period`` steps and when training completes: ``trainer.save_checkpoint()``."""
+    """Every ``period`` steps and when training completes: ``checkpointer.save()``; at the end also
+    the final ``model.tar``."""
 
-    def __init__(self, period: int) -> None:
+    def __init__(self, period: int, checkpointer: Checkpointer) -> None:
         self.period = period
+        self.checkpointer = checkpointer
         self._last = -1
 
     def _save(self) -> None:
         step = self.trainer.state.step
         if step != self._last:
             self._last = step
-            self.trainer.save_checkpoint()
+            self.checkpointer.save()
 
     def after_step(self) -> None:
         if _every(self.trainer.state.step, self.period):
@@ -144,7 +208,7 @@ class PeriodicCheckpointer(HookBase):
     def after_train(self) -> None:
         if self.trainer.completed:
             self._save()
-            self.trainer.save_final_model()
+            self.checkpointer.save_final()
 
 
 class TimerHook(HookBase):

@@ -13,7 +13,7 @@ always runs the mapping network and FLAME in float32.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Dict, List, Mapping, Optional, Union
+from typing import Any, Dict, Mapping, Optional, Union
 
 import torch
 import torch.nn.functional as F
@@ -148,13 +148,6 @@ class MICA(nn.Module):
     def save_checkpoint(self, path: Union[str, Path], extra: Optional[Mapping[str, Any]] = None) -> Path:
         """Write ``mica.tar`` format (atomic), FLAME buffers included when FLAME is present."""
         return ckpt.save_mica_checkpoint(path, self.arcface, self.regressor, self.flame, extra)
-
-    def parameter_groups(self, lr: float, arcface_lr: float) -> List[Dict[str, Any]]:
-        """Optimiser groups: mapping network at ``lr``, trainable ArcFace at ``arcface_lr``."""
-        return [
-            {"params": [p for p in self.regressor.parameters() if p.requires_grad], "lr": lr},
-            {"params": [p for p in self.arcface.parameters() if p.requires_grad], "lr": arcface_lr},
-        ]
 
     @classmethod
     def from_config(cls, cfg, device: Optional[Union[str, torch.device]] = None, with_flame: bool = True,

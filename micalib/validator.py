@@ -63,6 +63,25 @@ class BestModelTracker:
                 "running": self.running, "count": self.count}
 
     def load_state_dict(self, state: Dict[str, Any]) -> None:
+        """Restore :meth:`state_dict`, or the official trainer's ``best_model`` record.
+
+        The official record (``utils/best_model.py``: ``average``, ``smoothed_average``,
+        ``running_average``, ``now_mean``, ``counter``) maps as: ``average`` (lowest validation loss)
+        -> ``best_average``, ``smoothed_average`` (lowest running average) -> ``best_running``,
+        ``running_average`` (the running average now) -> ``running``, ``counter`` (validations seen;
+        None before the first) -> ``count``. ``now_mean`` (its best NoW mean; no benchmark runs
+        during training here) has no counterpart and is dropped. The window is this run's
+        ``running_average``: the official record does not store it.
+
+        Raises:
+            KeyError: neither layout.
+        """
+        if "best_average" not in state and "smoothed_average" in state:
+            counter = state["counter"]
+            running = None if counter is None else float(state["running_average"])
+            state = {"best_average": state["average"], "best_running": state["smoothed_average"],
+                     "running": running if running is None or math.isfinite(running) else None,
+                     "count": 0 if counter is None else counter}
         self.best_average = float(state["best_average"])
         self.best_running = float(state["best_running"])
         self.running = None if state["running"] is None else float(state["running"])
@@ -94,6 +113,9 @@ class Validator:
         return {"best_model": self.best.state_dict()}
 
     def load_state_dict(self, state: Dict[str, Any]) -> None:
+        """Best values of :meth:`state_dict` or of the official trainer's ``validator`` entry (whose
+        ``embeddings_lyhm``, ArcFace embeddings of validation actors for a plot it no longer draws,
+        are not used here)."""
         if "best_model" in state:
             self.best.load_state_dict(state["best_model"])
 

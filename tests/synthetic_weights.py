@@ -104,29 +104,36 @@ def write_random_mica_tar(path: str | Path, flame: Optional[nn.Module] = None, a
 
 def official_training_checkpoint(arch: str = "iresnet18", seed: int = 0, flame: Optional[nn.Module] = None,
                                  lr: float = 1e-5, arcface_lr: float = 1e-5, weight_decay: float = 2e-4,
-                                 lr_update_step: int = 100000) -> dict:
+                                 lr_update_step: int = 100000, global_step: int = 1) -> dict:
     """The dict the official trainer's ``save_checkpoint`` saves (layout: MICA_FACTS, ``mica.tar``).
 
-    AdamW over the two parameter groups (mapping network, ArcFace) has taken one step on random
-    gradients of the trainable parameters (layer4 and the head; the frozen stages get none), and
-    StepLR one step. The validator holds per-actor lists of float32 (512,) numpy embeddings (one
-    actor with an emptied list) and the best-model record with ``inf`` where nothing was measured.
+    Its AdamW holds the groups of ``parameters_to_optimize``: ``flameModel.parameters()`` (the
+    mapping network, then FLAME's ``eye_pose`` (1, 6) and ``neck_pose`` (1, 3), never trained) at
+    ``lr`` and every ArcFace parameter at ``arcface_lr``; it has taken one step on random gradients
+    of the trained parameters (layer4, bn2, fc, features.bias: the frozen stages and
+    ``features.weight`` get none). Its StepLR has ``step_size=1`` and was stepped once per
+    ``lr_update_step`` of the ``global_step`` steps, as the official loop does. The validator holds
+    per-actor lists of float32 (512,) numpy embeddings (one actor with an emptied list) and the
+    best-model record with ``inf`` where nothing was measured.
     """
     import numpy as np
 
     gen = torch.Generator().manual_seed(seed + 7)
     arcface = random_arcface(arch, seed)
     regressor = random_mapping_network(3, 300, seed + 1)
-    opt = torch.optim.AdamW([{"params": regressor.parameters(), "lr": lr},
+    flame_params = [nn.Parameter(torch.zeros(1, 6), requires_grad=False),   # generator.eye_pose
+                    nn.Parameter(torch.zeros(1, 3), requires_grad=False)]   # generator.neck_pose
+    opt = torch.optim.AdamW([{"params": list(regressor.parameters()) + flame_params, "lr": lr},
                              {"params": arcface.parameters(), "lr": arcface_lr}],
                             lr=lr, weight_decay=weight_decay, amsgrad=False)
-    scheduler = torch.optim.lr_scheduler.StepLR(opt, step_size=lr_update_step, gamma=0.1)
+    scheduler = torch.optim.lr_scheduler.StepLR(opt, step_size=1, gamma=0.1)
     trainable = list(regressor.parameters()) + [p for n, p in arcface.named_parameters()
-                                                if n.split(".")[0] in ("layer4", "bn2", "fc", "features")]
+                                                if n.split(".")[0] in ("layer4", "bn2", "fc") or n == "features.bias"]
     for p in trainable:
         p.grad = torch.randn(p.shape, generator=gen) * 1e-3
     opt.step()
-    scheduler.step()
+    for _ in range(global_step // lr_update_step):
+        scheduler.step()
     flame_model = {f"regressor.{k}": v for k, v in regressor.state_dict().items()}
     if flame is not None:
         flame_model.update({f"generator.{k}": v for k, v in flame.mica_buffers().items()})
@@ -138,17 +145,18 @@ def official_training_checkpoint(arch: str = "iresnet18", seed: int = 0, flame: 
                  "best_model": {"average": 1.25, "smoothed_average": float("inf"),
                                 "running_average": float("inf"), "now_mean": None, "counter": 2}}
     return {"flameModel": flame_model, "arcface": arcface.state_dict(), "opt": opt.state_dict(),
-            "scheduler": scheduler.state_dict(), "validator": validator, "epoch": 3, "global_step": 1,
+            "scheduler": scheduler.state_dict(), "validator": validator, "epoch": 3, "global_step": global_step,
             "batch_size": 8}
 
 
 def write_official_training_checkpoint(path: str | Path, arch: str = "iresnet18", seed: int = 0,
-                                       flame: Optional[nn.Module] = None) -> Path:
-    """Write :func:`official_training_checkpoint` as ``torch.save`` under numpy-1 global names."""
+                                       flame: Optional[nn.Module] = None, **kwargs) -> Path:
+    """Write :func:`official_training_checkpoint` (``kwargs`` passed on) as ``torch.save`` under
+    numpy-1 global names."""
     from tests.legacy_pickle import torch_save_numpy1
     from utils.io import atomic_write_bytes
 
-    atomic_write_bytes(path, torch_save_numpy1(official_training_checkpoint(arch, seed, flame)))
+    atomic_write_bytes(path, torch_save_numpy1(official_training_checkpoint(arch, seed, flame, **kwargs)))
     return Path(path)
 
 

@@ -204,9 +204,9 @@ def test_commands_clean_their_output_folders_on_start(tmp_path, monkeypatch):
     monkeypatch.setattr(demo, "build_runner", no_loading)
     with pytest.raises(Loaded):
         demo.main(["-i", str(tmp_path / "in"), "-o", str(tmp_path / "out"), "-a", str(tmp_path / "arc")])
-    import micalib.trainer
+    import micalib.train_builder
 
-    monkeypatch.setattr(micalib.trainer, "build_trainer", no_loading)
+    monkeypatch.setattr(micalib.train_builder, "build_trainer", no_loading)
     with pytest.raises(Loaded):
         train.main(["--cfg", str(PROJECT_ROOT / "configs" / "mica.yml"), "output_dir", str(tmp_path / "train"),
                     "device", "cpu"])

@@ -315,7 +315,9 @@ def check_flame_template(generator: Mapping[str, Any], flame: Optional[nn.Module
 def _module_state(obj: Union[nn.Module, Mapping[str, Any]]) -> "OrderedDict[str, torch.Tensor]":
     if isinstance(obj, nn.Module):
         obj = obj.state_dict()
-    return OrderedDict((k, v.detach().cpu().clone() if torch.is_tensor(v) else v) for k, v in clean_state_dict(obj).items())
+    # contiguous copies: a channels-last model (train.channels_last) saves the same file as any other
+    return OrderedDict((k, v.detach().cpu().clone(memory_format=torch.contiguous_format) if torch.is_tensor(v) else v)
+                       for k, v in clean_state_dict(obj).items())
 
 
 def save_mica_checkpoint(path: PathLike, arcface: Union[nn.Module, Mapping[str, Any]],

@@ -124,7 +124,8 @@ class MICADataset(Dataset):
             logger.warning(message)
 
     # ----------------------------------------------------------------------------------------------
-    def _load_betas(self, actor: str) -> Optional[np.ndarray]:
+    def _load_identity(self, actor: str) -> Optional[np.ndarray]:
+        """The first ``n_shape`` of the actor's fit ``betas`` (the identity), or None (reported once)."""
         npz_path = self.flame_dir / self.face_dict[actor][1]
         try:
             with np.load(npz_path, allow_pickle=False) as data:
@@ -154,8 +155,8 @@ class MICADataset(Dataset):
         """The item for ``actor``, or None when the actor is unusable (reported once)."""
         images, _ = self.face_dict[actor]
         n_wanted = self.images_per_item
-        betas = self._load_betas(actor)
-        if betas is None:
+        identity = self._load_identity(actor)
+        if identity is None:
             return None
         order = range(len(images)) if self.is_eval else rng.permutation(len(images))
         inputs, paths = [], []
@@ -176,7 +177,7 @@ class MICADataset(Dataset):
             return None
         return {
             "arcface": torch.from_numpy(np.stack(inputs)),
-            "betas": torch.from_numpy(betas),
+            "identity": torch.from_numpy(identity),
             "image_paths": paths,
             "actor": actor,
             "dataset": self.name,
@@ -186,9 +187,9 @@ class MICADataset(Dataset):
         """Item ``index`` (deterministic given seed, epoch and index).
 
         Returns:
-            dict with ``arcface`` (K, 3, 112, 112) float32 network inputs, ``betas`` (n_shape,) float32
-            FLAME identity coefficients (ground truth = canonical FLAME of these), ``image_paths``
-            (K absolute paths of the 224 crops), ``actor`` (str), ``dataset`` (str, upper-case).
+            dict with ``arcface`` (K, 3, 112, 112) float32 network inputs, ``identity`` (n_shape,)
+            float32 FLAME identity coefficients (the fit's first ``n_shape`` betas; ground truth =
+            canonical FLAME of these), ``image_paths`` (K absolute paths of the 224 crops), ``actor`` (str), ``dataset`` (str, upper-case).
             K = ``images_per_item``.
         """
         if not 0 <= index < len(self):
@@ -223,12 +224,11 @@ def collate_mica(batch: Sequence[Dict]) -> Dict:
     """Collate items into a batch: tensors stacked, strings kept as lists.
 
     Returns:
-        dict with ``arcface`` (B, K, 3, 112, 112), ``betas`` (B, n_shape), ``image`` (B, K, 3, 224, 224)
-        when present, ``image_paths`` (B lists of K str), ``actor`` and ``dataset`` (lists of B str).
+        dict with ``arcface`` (B, K, 3, 112, 112), ``identity`` (B, n_shape), ``image_paths`` (B lists of K str), ``actor`` and ``dataset`` (lists of B str).
     """
     out: Dict = {
         "arcface": torch.stack([b["arcface"] for b in batch]),
-        "betas": torch.stack([b["betas"] for b in batch]),
+        "identity": torch.stack([b["identity"] for b in batch]),
         "image_paths": [list(b["image_paths"]) for b in batch],
         "actor": [b["actor"] for b in batch],
         "dataset": [b["dataset"] for b in batch],

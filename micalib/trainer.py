@@ -2,7 +2,7 @@
 
 One optimiser step: a batch of ``batch_size`` actors x ``K`` images (one DataLoader batch per
 process), ArcFace -> mapping network -> canonical FLAME for every image, the ground truth =
-canonical FLAME of the actor's ``betas`` shared by its K images, masked per-vertex L1 (x1000),
+canonical FLAME of the actor's ``identity`` shared by its K images, masked per-vertex L1 (x1000),
 backward, step. Everything else is a hook (``micalib/hooks.py``: LR schedule, metrics, validation,
 images, checkpoints, timing), and everything is built from the config in
 ``micalib/train_builder.py`` (``build_trainer``, ``default_hooks``); checkpoints and resuming are
@@ -143,7 +143,7 @@ class Trainer:
         if self.channels_last:
             images = images.contiguous(memory_format=torch.channels_last)
         with torch.no_grad():
-            gt = self.mica.flame.canonical(batch["betas"].to(self.device, torch.float32)).float()
+            gt = self.mica.flame.canonical(batch["identity"].to(self.device, torch.float32)).float()
         gt = gt.repeat_interleave(K, dim=0)
         t1 = time.perf_counter()
 

@@ -138,7 +138,7 @@ class Validator:
                     images = batch["arcface"].to(device)
                     B, K = images.shape[:2]
                     images = images.reshape(B * K, *images.shape[2:])
-                    gt = mica.flame.canonical(batch["betas"].to(device, torch.float32)).float()
+                    gt = mica.flame.canonical(batch["identity"].to(device, torch.float32)).float()
                     gt = gt.repeat_interleave(K, dim=0)
                     for s in range(0, images.shape[0], CHUNK):
                         pred = mica.decode(mica.encode(images[s:s + CHUNK]))["vertices"].float()

@@ -206,7 +206,7 @@ def test_pipeline_aligns_writes_resumes_and_reports(tmp_path):
     # The output is a working MICA dataset.
     ds = MICADataset(out / "LYHM", "LYHM", out / "image_paths" / "LYHM.npy", K=1)
     item = ds[0]
-    np.testing.assert_array_equal(item["betas"].numpy(), betas[:300])
+    np.testing.assert_array_equal(item["identity"].numpy(), betas[:300])
     np.testing.assert_array_equal(item["arcface"][0].numpy(), np.load(Path(item["image_paths"][0]).with_suffix(".npy")))
 
 

@@ -126,7 +126,7 @@ def test_item_contents_match_files(synth):
     assert item["arcface"].shape == (3, 3, 112, 112) and item["arcface"].dtype == torch.float32
     assert item["actor"] == "a002" and item["dataset"] == "LYHM"
     fit = np.load(data / "LYHM" / "FLAME_parameters" / "a002" / "a002.npz")
-    assert torch.equal(item["betas"], torch.from_numpy(fit["betas"][:300]))
+    assert torch.equal(item["identity"], torch.from_numpy(fit["betas"][:300]))
     for k, p in enumerate(item["image_paths"]):
         assert torch.equal(item["arcface"][k], torch.from_numpy(np.load(Path(p).with_suffix(".npy"))))
 
@@ -231,7 +231,7 @@ def test_builders(synth):
     (val,) = build_val_datasets(_cfg(data, lists))
     assert val.is_eval and val.name == "FLORENCE" and val.eval_K == 3
     batch = collate_mica([train[0], train[1]])
-    assert batch["arcface"].shape == (2, 3, 3, 112, 112) and batch["betas"].shape == (2, 300)
+    assert batch["arcface"].shape == (2, 3, 3, 112, 112) and batch["identity"].shape == (2, 300)
     assert batch["actor"] == ["a000", "a001"] and len(batch["image_paths"][1]) == 3
 
 

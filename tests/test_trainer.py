@@ -130,7 +130,7 @@ def full_batch_loss(trainer) -> float:
     batch = collate_mica([ds[i] for i in range(len(ds))])
     images = batch["arcface"].flatten(0, 1).to(dev)
     with torch.no_grad():
-        gt = mica.flame.canonical(batch["betas"].to(dev)).repeat_interleave(batch["arcface"].shape[1], dim=0)
+        gt = mica.flame.canonical(batch["identity"].to(dev)).repeat_interleave(batch["arcface"].shape[1], dim=0)
         pred = mica.decode(mica.encode(images))["vertices"]
         return float(trainer.loss_fn(pred, gt))
 

@@ -70,12 +70,9 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def setup(args: argparse.Namespace):
     """Frozen config from --cfg, the command-line flags and the trailing overrides."""
-    opts = list(args.opts)
-    for key, value in (("device", args.device), ("precision", args.precision),
-                       ("pretrained_model_path", args.model), ("detector.name", args.detector)):
-        if value is not None:
-            opts += [key, value]
-    return load_cfg(args.cfg, opts)
+    return load_cfg(args.cfg, args.opts, flags=[("device", args.device), ("precision", args.precision),
+                                                ("pretrained_model_path", args.model),
+                                                ("detector.name", args.detector)])
 
 
 def build_runner(args: argparse.Namespace, cfg):

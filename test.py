@@ -85,14 +85,10 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def setup(args: argparse.Namespace):
     """Frozen config from --cfg, the command-line flags and the trailing overrides."""
-    opts = list(args.opts)
-    for key, value in (("device", args.device), ("precision", args.precision),
-                       ("pretrained_model_path", args.model), ("detector.name", args.detector),
-                       ("test.now_root", args.now_root), ("test.stirling_root", args.stirling_root),
-                       ("test.tag", args.tag)):
-        if value is not None:
-            opts += [key, value]
-    return load_cfg(args.cfg, opts)
+    return load_cfg(args.cfg, args.opts, flags=[
+        ("device", args.device), ("precision", args.precision), ("pretrained_model_path", args.model),
+        ("detector.name", args.detector), ("test.now_root", args.now_root),
+        ("test.stirling_root", args.stirling_root), ("test.tag", args.tag)])
 
 
 def benchmark_dir(args: argparse.Namespace, cfg, benchmark: str) -> Path:

@@ -26,8 +26,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import shutil
 import sys
 import tempfile
@@ -44,6 +42,7 @@ import torch  # noqa: E402
 from loguru import logger  # noqa: E402
 from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
 
+from bench.machine import cpu_description  # noqa: E402
 from micalib.mica import MICA  # noqa: E402
 from micalib.predictor import Predictor  # noqa: E402
 from micalib.quantize import _ShapeAndCode, compare_with_torch, export_int8, synthetic_calibration  # noqa: E402
@@ -64,21 +63,6 @@ def device_description(device: str) -> str:
         return cpu_description()
     prop = torch.cuda.get_device_properties(0)
     return f"{prop.name}, {prop.total_memory / 2 ** 30:.0f} GiB, {prop.multi_processor_count} SMs, CUDA {torch.version.cuda}"
-
-
-def cpu_description() -> str:
-    """CPU model, family/model numbers and the ISA extensions that decide the reduced-precision speed
-    (machines of the same name differ: AMD family 25 is Zen 4, 26 is Zen 5)."""
-    try:
-        text = open("/proc/cpuinfo").read()
-    except OSError:
-        return platform.processor() or platform.machine()
-    fields = dict(line.split(":", 1) for line in text.split("\n\n")[0].splitlines() if ":" in line)
-    fields = {k.strip(): v.strip() for k, v in fields.items()}
-    flags = set(fields.get("flags", "").split())
-    isa = [f for f in ("avx512f", "avx512_vnni", "avx512_bf16", "amx_bf16", "amx_int8") if f in flags]
-    return (f"{fields.get('model name', platform.machine())} (family {fields.get('cpu family', '?')}, "
-            f"model {fields.get('model', '?')}), {os.cpu_count()} cores, {' '.join(isa) or 'no AVX-512'}")
 
 
 def cuda_matmul_peak(dtype: torch.dtype, rounds: int = 3, n: int = 8192) -> float:

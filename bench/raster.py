@@ -22,7 +22,6 @@ import argparse
 import functools
 import math
 import os
-import platform
 import statistics
 import sys
 import tempfile
@@ -37,6 +36,7 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from bench.machine import cpu_description  # noqa: E402
 from micalib import renderer  # noqa: E402
 from micalib.tracking.overlay import VideoWriter, compose_overlay  # noqa: E402
 from micalib.tracking.photometric import PhotometricRefiner  # noqa: E402
@@ -155,21 +155,11 @@ def run(device: torch.device, min_time: float) -> Tuple[List[Tuple[str, Timing]]
         step = functools.partial(ref.refine, target, proj, params, iters=n, lr=1e-4)
         t = time_calls({"x": step}, device, min_time, warmup=1)["x"]
         times[f"photometric iteration {size} (render, backward, step)"] = (t[0] / n, t[1] / n)
-    dev_name = torch.cuda.get_device_name(device) if device.type == "cuda" else _cpu_name()
+    dev_name = torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_description()
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     info = (f"{source}, camera {DISTANCE} m, focal {FOCAL:.0f} px, yaw 20 degrees; device {device} ({dev_name}), "
             f"torch {torch.__version__}, {torch.get_num_threads()} CPU thread(s), load average {load:.1f} at the start")
     return list(times.items()), info
-
-
-def _cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return f"{line.split(':', 1)[1].strip()}, {os.cpu_count()} cores"
-    except OSError:
-        pass
-    return f"{platform.machine()}, {os.cpu_count()} cores"
 
 
 def table(rows: List[Tuple[str, Timing]]) -> str:

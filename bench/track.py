@@ -1,3 +1,4 @@
+
 """End-to-end speed of track.py: output frames per wall-clock second, and per stage.
 
 Runs the whole tracker (MediaPipe landmarks, crop, keyframe intrinsics, per-frame fit, every
@@ -13,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import shutil
 import sys
 import tempfile
@@ -26,15 +26,7 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-
-def _cpu() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
+from bench.machine import cpu_description  # noqa: E402
 
 
 def stage_cpu(cfg, video: str, fps: float, size: int, n: int, with_video: bool) -> dict[str, float]:
@@ -163,7 +155,7 @@ def main() -> None:
     runner.run()
     wall, cpu = time.perf_counter() - t0, time.process_time() - c0
     st = runner.timings.stages
-    print(f"machine: {_cpu()}, {os.cpu_count()} cores; torch {torch.__version__}; "
+    print(f"machine: {cpu_description()}, {os.cpu_count()} cores; torch {torch.__version__}; "
           f"FLAME: synthetic on the {'real' if real else 'random'} topology; video {Path(args.video).name} "
           f"{src.size[0]}x{src.size[1]} -> {n} output frames at {args.fps} fps{note}")
     print(f"end to end: {wall:.1f} s, {n / wall:.1f} output frames/s (video {'off' if args.no_video else 'on'}, photometric {'on, ' + args.device if args.photometric else 'off'})")

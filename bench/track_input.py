@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import statistics
 import sys
 import time
@@ -27,19 +26,10 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from bench.machine import cpu_description  # noqa: E402
 from micalib.tracking.crop import box_from_landmarks, crop_matrix, warp  # noqa: E402
 from micalib.tracking.frames import open_frames, prefetch  # noqa: E402
 from micalib.tracking.landmarks import MEDIAPIPE_IBUG68, MediaPipeLandmarker  # noqa: E402
-
-
-def _cpu() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def main() -> None:
@@ -53,7 +43,7 @@ def main() -> None:
 
     every = open_frames(args.video)
     src = open_frames(args.video, fps=args.fps)
-    print(f"{_cpu()}, {os.cpu_count()} cores; {src}")
+    print(f"{cpu_description()}, {os.cpu_count()} cores; {src}")
 
     def clock() -> tuple[float, float]:
         return time.perf_counter(), time.process_time()  # wall, CPU of all threads of this process

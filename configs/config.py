@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Iterable, Optional, Sequence
+from typing import Any, Iterable, Optional, Sequence
 
 import yaml
 from yacs.config import CfgNode as CN
@@ -386,8 +386,11 @@ def warn_legacy_keys(cfg: CN) -> list:
     return legacy
 
 
-def load_cfg(cfg_file: Optional[str | os.PathLike] = None, opts: Iterable[str] = (), freeze: bool = True) -> CN:
-    """Defaults, then ``cfg_file`` (YAML), then ``opts``; checked and (by default) frozen.
+def load_cfg(cfg_file: Optional[str | os.PathLike] = None, opts: Iterable[str] = (), freeze: bool = True,
+             flags: Iterable[tuple[str, Any]] = ()) -> CN:
+    """Defaults, then ``cfg_file`` (YAML), then ``opts``, then ``flags`` (``(key, value)`` of the
+    command-line flags that stand for config keys; ``None`` = not given); checked and (by default)
+    frozen.
 
     ``device "cuda"`` with ``device_id N`` becomes ``cuda:N``; legacy keys set to a non-default
     value get one warning line (:func:`warn_legacy_keys`).
@@ -401,7 +404,7 @@ def load_cfg(cfg_file: Optional[str | os.PathLike] = None, opts: Iterable[str] =
         _merge_yaml(cfg, cfg_file)
         if not cfg.output_dir:
             cfg.output_dir = str(Path("output") / Path(cfg_file).stem)
-    merge_opts(cfg, list(opts))
+    merge_opts(cfg, list(opts) + [str(x) for key, value in flags if value is not None for x in (key, value)])
     check_cfg(cfg)
     if str(cfg.device) == "cuda" and cfg.device_id != 0:
         cfg.device = f"cuda:{cfg.device_id}"

@@ -16,6 +16,7 @@ from datasets.creation.readers import READERS, get_reader
 from datasets.image_lists import load_image_list
 from datasets.mica_dataset import MICADataset
 from models.detectors import Face
+from tests.logs import warnings_during
 from utils.alignment import ARCFACE_TEMPLATE
 from utils.errors import MICAError
 
@@ -354,18 +355,6 @@ def _fake_mtcnn(faces):
     return FakeMTCNN()
 
 
-def _logged_warnings(fn) -> list:
-    from loguru import logger
-
-    lines = []
-    sink = logger.add(lambda m: lines.append(str(m)), level="WARNING", format="{message}")
-    try:
-        fn()
-    finally:
-        logger.remove(sink)
-    return lines
-
-
 def _stirling_photos(tmp_path: Path, n: int = 3):
     rgb, kps = _painted_photo(0, 1.2, (240, 180))
     raw, fits = tmp_path / "raw", tmp_path / "fits"
@@ -381,7 +370,7 @@ def test_stirling_minimum_and_mtcnn_warning_once_per_run(tmp_path):
     raw, fits, face = _stirling_photos(tmp_path)
     runs = {}
     reader = get_reader("Stirling")
-    lines = _logged_warnings(lambda: runs.update(
+    lines = warnings_during(lambda: runs.update(
         low=create_dataset(reader, raw, fits, tmp_path / "a", _fake_mtcnn([face(0.74)]), progress=False),
         high=create_dataset(reader, raw, fits, tmp_path / "b", _fake_mtcnn([face(0.76)]), progress=False)))
     assert runs["low"].written == 0 and len(runs["low"].failed) == 3
@@ -394,7 +383,7 @@ def test_stirling_minimum_and_mtcnn_warning_once_per_run(tmp_path):
 def test_no_mtcnn_warning_without_a_minimum(tmp_path):
     raw, fits, face = _stirling_photos(tmp_path, n=1)
     runs = {}
-    lines = _logged_warnings(lambda: runs.update(
+    lines = warnings_during(lambda: runs.update(
         off=create_dataset(get_reader("Stirling"), raw, fits, tmp_path / "a", _fake_mtcnn([face(0.3)]),
                            progress=False, min_score=0),
         scrfd_like=create_dataset(get_reader("Stirling"), raw, fits, tmp_path / "b",

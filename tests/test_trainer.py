@@ -25,6 +25,7 @@ from micalib.losses import VertexLoss
 from micalib.train_builder import build_trainer
 from micalib.trainer import NonFiniteLossError
 from micalib.validator import BEST_AVERAGE, BEST_DIR, BEST_RUNNING, BestModelTracker
+from tests.logs import warnings_during
 from utils.errors import MICAError
 from utils.rng import get_rng_state, set_rng_state
 
@@ -444,18 +445,6 @@ def test_frozen_stages_batchnorm_during_training(train_setup_dir, tmp_path, free
     assert torch.equal(saved["layer1.0.bn1.running_mean"], after["layer1.0.bn1.running_mean"])
 
 
-def _warnings_during(fn) -> List[str]:
-    from loguru import logger
-
-    lines: List[str] = []
-    sink = logger.add(lambda m: lines.append(str(m)), level="WARNING", format="{message}")
-    try:
-        fn()
-    finally:
-        logger.remove(sink)
-    return lines
-
-
 def test_resume_does_not_claim_random_weights(train_setup_dir, tmp_path):
     """Resuming loads the checkpoint's weights: no "random weights" warning, even when the initial
     weights of the config are gone."""
@@ -463,13 +452,13 @@ def test_resume_does_not_claim_random_weights(train_setup_dir, tmp_path):
     build_trainer(load_cfg(ROOT / "configs/mica.yml", opts)).train()
     cfg = load_cfg(ROOT / "configs/mica.yml", opts + ["train.max_steps", "2", "pretrained_model_path", "/gone/mica.tar"])
     box = {}
-    warnings = _warnings_during(lambda: box.setdefault("t", build_trainer(cfg)))
+    warnings = warnings_during(lambda: box.setdefault("t", build_trainer(cfg)))
     assert box["t"].state.step == 1
     assert not any("random" in w for w in warnings), warnings
     # while a fresh run without any weights still says so
     fresh = load_cfg(ROOT / "configs/mica.yml", make_opts(train_setup_dir, tmp_path / "s", **{
         "model.use_pretrained": False, "model.arcface_pretrained_model": ""}))
-    assert any("random weights" in w for w in _warnings_during(lambda: build_trainer(fresh)))
+    assert any("random weights" in w for w in warnings_during(lambda: build_trainer(fresh)))
 
 
 def test_training_image_grid(train_setup_dir, tmp_path):

@@ -79,6 +79,15 @@ def write_tracker_assets(folder, seed: int = 0, real: bool = False) -> dict[str,
     return out
 
 
+def asset_opts(folder) -> list[str]:
+    """``write_tracker_assets(folder)`` and the KEY VALUE overrides that point track.py at them."""
+    a = write_tracker_assets(folder)
+    return ["model.flame_model_path", str(a["flame_model_path"]),
+            "model.flame_lmk_embedding_path", str(a["flame_lmk_embedding_path"]),
+            "tracker.mediapipe_embedding_path", str(a["mediapipe_embedding_path"]),
+            "tracker.l_eyelid_path", str(a["l_eyelid_path"]), "tracker.r_eyelid_path", str(a["r_eyelid_path"])]
+
+
 def _remove_similarity(fields: np.ndarray, verts: np.ndarray) -> np.ndarray:
     """(V, 3, n) displacement fields minus their least-squares similarity part (translation,
     infinitesimal rotation, scale): the random smooth fields of ``tests.synthetic_flame`` move the

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from micalib.tracking.outputs import read_frame
-from tests.synthetic_tracking import track_synthetic
+from tests.synthetic_tracking import asset_opts, track_synthetic
 
 
 def _mtimes(folder: Path) -> dict:
@@ -90,7 +90,7 @@ def test_no_face_in_any_frame_is_one_line_error(tmp_path):
     np.savez(tmp_path / "lmk.npz", mediapipe=np.full((3, 478, 2), np.nan, np.float32))
     with pytest.raises(MICAError, match="no face in any frame"):
         track.main(["-i", str(frames), "-o", str(tmp_path / "out"), "--landmarks", str(tmp_path / "lmk.npz"),
-                    "--identity", str(tmp_path / "none.npy"), "--no-video"])
+                    "--identity", str(tmp_path / "none.npy"), "--no-video"] + asset_opts(tmp_path / "assets"))
 
 
 @pytest.mark.shared_data
@@ -228,7 +228,7 @@ def test_photometric_stage_runs_and_lowers_its_error(tmp_path):
 
     photo_stage.PhotometricStage.refine = spy
     try:
-        track.main(["--photometric", "--no-video"] + argv + ["tracker.photometric_iters", "15"])
+        track.main(["--photometric", "--no-video", "--overwrite"] + argv + ["tracker.photometric_iters", "15"])
     finally:
         photo_stage.PhotometricStage.refine = orig
     assert len(captured["h"]) == 4 and (out / "checkpoint" / "00003.frame").is_file()

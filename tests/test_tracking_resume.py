@@ -245,3 +245,17 @@ def test_cli_error_is_one_line_in_demo_format(tmp_path):
     assert r.returncode == 1
     lines = [ln for ln in r.stderr.splitlines() if ln.strip()]
     assert lines == [f"ERROR    input {tmp_path / 'missing.mp4'} does not exist (pass a video file or a folder of frames)"]
+
+
+def test_unreadable_frame_of_a_folder_is_interpolated_and_flagged(tmp_path):
+    import track
+
+    *_, out = track_synthetic(tmp_path, real=False, n_frames=N, noise_px=0.3, blank_frames=(2,))
+    clean = _rows(out)
+    (tmp_path / "clip" / "0002.png").write_bytes(b"\x89PNG broken")
+    track.main(["--overwrite"] + _argv(out))
+    rows = _rows(out)
+    assert rows[2]["face_found"] == "0" and rows[2]["interpolated"] == "1"
+    assert [r["frame"] for r in rows] == [r["frame"] for r in clean]
+    assert not cv2.imread(str(out / "input" / "00002.png")).any()  # a black frame
+    assert cv2.imread(str(out / "input" / "00001.png")).any()

@@ -13,28 +13,15 @@ import numpy as np
 import pytest
 
 from micalib.tracking.outputs import read_frame
-from tests.synthetic_tracking import asset_opts, track_synthetic
+from tests.synthetic_tracking import argv_of_last_run, asset_opts, track_synthetic
 from utils.errors import MICAError
 
 ROOT = Path(__file__).resolve().parent.parent
 N = 6
 
 
-def _argv(out: Path, video: bool = False) -> list:
-    """The command line ``track_synthetic`` used (its files are at fixed places under tmp)."""
-    from models.flame import FLAME
-    from tests.synthetic_tracking import iris_on_eyeballs
-
-    tmp = out.parent.parent
-    a = tmp / "assets"
-    iris = iris_on_eyeballs(FLAME.from_files(a / "flame" / "generic_model.pkl", a / "flame" / "landmark_embedding.npy"))
-    return ["-i", str(tmp / "clip"), "-o", str(tmp / "out"), "--landmarks", str(tmp / "lmk.npz"),
-            "--identity", str(tmp / "identity.npy"), "--image-size", "512"] + ([] if video else ["--no-video"]) + [
-            "model.flame_model_path", str(a / "flame" / "generic_model.pkl"),
-            "model.flame_lmk_embedding_path", str(a / "flame" / "landmark_embedding.npy"),
-            "tracker.mediapipe_embedding_path", str(a / "mediapipe_landmark_embedding.npz"),
-            "tracker.l_eyelid_path", str(a / "l_eyelid.npy"), "tracker.r_eyelid_path", str(a / "r_eyelid.npy"),
-            "tracker.iris_vertices", str(list(iris)), "tracker.crop", "False"]
+def _argv(out: Path) -> list:
+    return argv_of_last_run(out, video=False)
 
 
 def _rows(out: Path) -> list[dict]:
@@ -117,8 +104,9 @@ def test_rows_of_finished_frames_are_rebuilt_without_the_journal(tmp_path):
 
 
 def test_damaged_frames_are_tracked_again(tmp_path):
-    import track
     from loguru import logger
+
+    import track
 
     *_, out = track_synthetic(tmp_path, real=False, n_frames=N, noise_px=0.3)
     before = {p.name: p.stat().st_mtime_ns for p in (out / "checkpoint").iterdir()}
@@ -225,8 +213,9 @@ def test_identity_of_shape_1_300_is_accepted(tmp_path):
 
 
 def test_fps_with_a_frame_folder_is_logged(tmp_path):
-    import track
     from loguru import logger
+
+    import track
 
     argv = _no_face_folder(tmp_path) + asset_opts(tmp_path / "assets")
     msgs = []

@@ -474,7 +474,7 @@ class TrackRunner:
         if not written_file(out / "canonical.obj"):
             atomic_write_bytes(out / "canonical.obj", obj_text(model.canonical_vertices(), faces), fsync=False)
         fps_out = self.source.fps or self.source.input_fps or 25.0
-        rows = old_rows(out)
+        rows = {k: r for k, r in old_rows(out).items() if k < n}
         for k in range(n):  # finished frames whose row a killed run lost: rebuilt without the fit's RMS
             if done[k] and k not in rows:
                 rows[k] = _row(k, self.source.indices[k], fps_out, has_face[k], valid_all[k], {}, not has_face[k], model)

@@ -4,11 +4,16 @@
 
 Writes OUT/NAME/{checkpoint/NNNNN.frame, mesh/NNNNN.ply, input/NNNNN.png, canonical.obj,
 identity.npy, landmarks.npz, crop.json, bbox.pt, tracking.csv, video.mp4}; see README "Tracking a
-video". Trailing KEY VALUE pairs override the configuration (configs/tracker.yml, section tracker).
+video". A re-run into the same -o skips the finished frames if its options are the same, and is
+refused otherwise (--overwrite tracks again from scratch). Trailing KEY VALUE pairs override the configuration (configs/tracker.yml, section tracker).
 """
 from __future__ import annotations
 
 import argparse
+import sys
+from pathlib import Path
+
+from loguru import logger
 
 from configs.config import load_cfg
 from utils.errors import run_main
@@ -22,10 +27,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--identity", default=None, help="MICA identity.npy (default: MICA on the video's frames)")
     p.add_argument("--landmarks", default=None,
                    help="npz with 'mediapipe' (T,478,2) and/or 'ibug68' (T,68,2) per input frame instead of detection")
-    p.add_argument("--fps", type=float, default=25.0, help="output frame rate of a video")
+    p.add_argument("--fps", type=float, default=None, help="output frame rate of a video (default 25; a folder of frames: every frame)")
     p.add_argument("--image-size", type=int, default=512, help="side of the square crop")
     p.add_argument("--photometric", action="store_true", help="photometric refinement after the landmark fit (slower; a GPU helps)")
     p.add_argument("--no-video", action="store_true", help="skip video.mp4")
+    p.add_argument("--overwrite", action="store_true",
+                   help="remove the earlier outputs of this input in -o first (needed when the options changed)")
     p.add_argument("--cfg", default="configs/tracker.yml", help="YAML config merged over the defaults")
     p.add_argument("--device", default=None, help="auto, cpu, cuda, cuda:N or mps (MICA and --photometric)")
     p.add_argument("--precision", choices=["fp32", "bf16", "fp16", "auto"], default=None)
@@ -34,7 +41,12 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def main(argv=None) -> int:
+    from utils.io import prepare_output_dir
+
     args = parse_args(argv)
+    prepare_output_dir(args.output, "output folder (-o)", clean=False)  # before loading anything
+    if args.fps is not None and Path(args.input).is_dir():
+        logger.info(f"--fps {args.fps:g} is ignored for a folder of frames: every frame is tracked")
     opts = list(args.opts)
     for key, value in (("device", args.device), ("precision", args.precision)):
         if value is not None:
@@ -49,11 +61,14 @@ def main(argv=None) -> int:
     from utils.device import resolve_device
 
     runner = TrackRunner(cfg, args.input, args.output, identity_path=args.identity, landmarks_path=args.landmarks,
-                         fps=args.fps, image_size=args.image_size, video=not args.no_video,
-                         photometric=args.photometric, device=str(resolve_device(cfg.device)))
+                         fps=25.0 if args.fps is None else args.fps, image_size=args.image_size, video=not args.no_video,
+                         photometric=args.photometric, device=str(resolve_device(cfg.device)),
+                         overwrite=args.overwrite)
     runner.run()
     return 0
 
 
 if __name__ == "__main__":
+    logger.remove()
+    logger.add(sys.stderr, format="<level>{level: <8}</level> {message}", level="INFO")
     run_main(main)

@@ -79,6 +79,32 @@ def write_tracker_assets(folder, seed: int = 0, real: bool = False) -> dict[str,
     return out
 
 
+def asset_opts(folder) -> list[str]:
+    """``write_tracker_assets(folder)`` and the KEY VALUE overrides that point track.py at them."""
+    a = write_tracker_assets(folder)
+    return ["model.flame_model_path", str(a["flame_model_path"]),
+            "model.flame_lmk_embedding_path", str(a["flame_lmk_embedding_path"]),
+            "tracker.mediapipe_embedding_path", str(a["mediapipe_embedding_path"]),
+            "tracker.l_eyelid_path", str(a["l_eyelid_path"]), "tracker.r_eyelid_path", str(a["r_eyelid_path"])]
+
+
+def argv_of_last_run(out: Path, video: bool = True) -> list[str]:
+    """The command line ``track_synthetic`` used for ``out`` = tmp/out/clip (its files are at fixed
+    places under tmp); ``video``: whether that run wrote video.mp4."""
+    from models.flame import FLAME
+
+    tmp = Path(out).parent.parent
+    a = tmp / "assets"
+    iris = iris_on_eyeballs(FLAME.from_files(a / "flame" / "generic_model.pkl", a / "flame" / "landmark_embedding.npy"))
+    return ["-i", str(tmp / "clip"), "-o", str(tmp / "out"), "--landmarks", str(tmp / "lmk.npz"),
+            "--identity", str(tmp / "identity.npy"), "--image-size", "512"] + ([] if video else ["--no-video"]) + [
+            "model.flame_model_path", str(a / "flame" / "generic_model.pkl"),
+            "model.flame_lmk_embedding_path", str(a / "flame" / "landmark_embedding.npy"),
+            "tracker.mediapipe_embedding_path", str(a / "mediapipe_landmark_embedding.npz"),
+            "tracker.l_eyelid_path", str(a / "l_eyelid.npy"), "tracker.r_eyelid_path", str(a / "r_eyelid.npy"),
+            "tracker.iris_vertices", str(list(iris)), "tracker.crop", "False"]
+
+
 def _remove_similarity(fields: np.ndarray, verts: np.ndarray) -> np.ndarray:
     """(V, 3, n) displacement fields minus their least-squares similarity part (translation,
     infinitesimal rotation, scale): the random smooth fields of ``tests.synthetic_flame`` move the

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from micalib.tracking.outputs import read_frame
-from tests.synthetic_tracking import track_synthetic
+from tests.synthetic_tracking import argv_of_last_run, asset_opts, track_synthetic
 
 
 def _mtimes(folder: Path) -> dict:
@@ -47,7 +47,7 @@ def test_video_written_and_rerun_skips_finished_frames(tmp_path):
     os.remove(out / "checkpoint" / "00005.frame")
     import track
 
-    argv = _argv_of_last_run(out)
+    argv = argv_of_last_run(out)
     track.main(argv)
     after = _mtimes(out / "checkpoint")
     assert set(after) == set(before)
@@ -56,27 +56,6 @@ def test_video_written_and_rerun_skips_finished_frames(tmp_path):
     assert np.allclose(redone["opencv"]["K"], frames[5]["opencv"]["K"])
     assert np.abs(redone["opencv"]["t"] - frames[5]["opencv"]["t"]).max() < 2e-3
     assert _video_frames(out / "video.mp4")[0] == 8
-
-
-def _argv_of_last_run(out: Path) -> list:
-    """The command line ``track_synthetic`` used (rebuilt from its files)."""
-    tmp = out.parent.parent
-    a = tmp / "assets"
-    return ["-i", str(tmp / "clip"), "-o", str(tmp / "out"), "--landmarks", str(tmp / "lmk.npz"),
-            "--identity", str(tmp / "identity.npy"), "--image-size", "512",
-            "model.flame_model_path", str(a / "flame" / "generic_model.pkl"),
-            "model.flame_lmk_embedding_path", str(a / "flame" / "landmark_embedding.npy"),
-            "tracker.mediapipe_embedding_path", str(a / "mediapipe_landmark_embedding.npz"),
-            "tracker.l_eyelid_path", str(a / "l_eyelid.npy"), "tracker.r_eyelid_path", str(a / "r_eyelid.npy"),
-            "tracker.iris_vertices", str(list(_iris(tmp))), "tracker.crop", "False"]
-
-
-def _iris(tmp: Path):
-    from models.flame import FLAME
-    from tests.synthetic_tracking import iris_on_eyeballs
-
-    a = tmp / "assets" / "flame"
-    return iris_on_eyeballs(FLAME.from_files(a / "generic_model.pkl", a / "landmark_embedding.npy"))
 
 
 def test_no_face_in_any_frame_is_one_line_error(tmp_path):
@@ -90,7 +69,7 @@ def test_no_face_in_any_frame_is_one_line_error(tmp_path):
     np.savez(tmp_path / "lmk.npz", mediapipe=np.full((3, 478, 2), np.nan, np.float32))
     with pytest.raises(MICAError, match="no face in any frame"):
         track.main(["-i", str(frames), "-o", str(tmp_path / "out"), "--landmarks", str(tmp_path / "lmk.npz"),
-                    "--identity", str(tmp_path / "none.npy"), "--no-video"])
+                    "--identity", str(tmp_path / "none.npy"), "--no-video"] + asset_opts(tmp_path / "assets"))
 
 
 @pytest.mark.shared_data
@@ -175,7 +154,7 @@ def test_identity_from_the_frames_is_demo_fuse(tmp_path):
     import demo
     import track
 
-    argv = _argv_of_last_run(out)
+    argv = argv_of_last_run(out)
     argv[argv.index("-i") + 1] = str(clip)
     i = argv.index("--identity")
     del argv[i:i + 2]
@@ -212,7 +191,7 @@ def test_photometric_stage_runs_and_lowers_its_error(tmp_path):
         img, _, _ = ref.render((screen, torch.as_tensor(cam, dtype=torch.float32)))
         rgb = (img.clamp(0, 1).numpy() * 255).astype(np.uint8)
         cv2.imwrite(str(clip / f"{k:04d}.png"), cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
-    argv = _argv_of_last_run(out)
+    argv = argv_of_last_run(out)
     for sub in ("checkpoint", "mesh", "input"):
         for p in (out / sub).iterdir():
             p.unlink()
@@ -228,7 +207,7 @@ def test_photometric_stage_runs_and_lowers_its_error(tmp_path):
 
     photo_stage.PhotometricStage.refine = spy
     try:
-        track.main(["--photometric", "--no-video"] + argv + ["tracker.photometric_iters", "15"])
+        track.main(["--photometric", "--no-video", "--overwrite"] + argv + ["tracker.photometric_iters", "15"])
     finally:
         photo_stage.PhotometricStage.refine = orig
     assert len(captured["h"]) == 4 and (out / "checkpoint" / "00003.frame").is_file()

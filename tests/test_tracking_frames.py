@@ -201,3 +201,26 @@ def test_prefetch_raises_where_the_source_failed_and_stops_early():
     gen.close()  # leaving the loop early stops the thread and closes the source
     assert closed.wait(2.0)
     assert not any(t.name == "prefetch" and t.is_alive() for t in threading.enumerate())
+
+
+def test_unreadable_folder_frame_is_black_with_one_warning(tmp_path):
+    from loguru import logger
+
+    (tmp_path / "0.png").write_bytes(b"not a png at all")  # the first one: the size comes from the next
+    for k in (1, 2):
+        cv2.imwrite(str(tmp_path / f"{k}.png"), _coded_frame(k))
+    (tmp_path / "3.png").write_bytes(b"")
+    msgs = []
+    sink = logger.add(lambda m: msgs.append(str(m)), level="WARNING")
+    try:
+        src = open_frames(tmp_path)
+        first = list(src)
+        second = list(src)  # a second pass warns no more
+    finally:
+        logger.remove(sink)
+    assert src.size == (W, H) and src.unreadable == {0, 3}
+    for got in (first, second):
+        assert [(k, i) for k, i, _ in got] == [(k, k) for k in range(4)]
+        assert not got[0][2].any() and not got[3][2].any() and got[0][2].shape == (H, W, 3)
+        assert [_decode_index(rgb) for _, _, rgb in got[1:3]] == [1, 2]
+    assert len(msgs) == 2 and "0.png cannot be read" in msgs[0] and "3.png cannot be read" in msgs[1]

@@ -192,7 +192,10 @@ class VideoFrames(FrameSource):
 
 
 class FolderFrames(FrameSource):
-    """A folder of images (not its subfolders), in sorted-name order; every image is one frame."""
+    """A folder of images (not its subfolders), in sorted-name order; every image is one frame.
+    An image that cannot be read becomes a black frame (one warning naming the file; its index in
+    ``unreadable``): the tracker finds no face there, so it is interpolated and flagged like any
+    faceless frame, and its ``input/NNNNN.png`` is black."""
 
     def __init__(self, path: PathLike):
         self.path = Path(path).expanduser()
@@ -203,14 +206,35 @@ class FolderFrames(FrameSource):
         if not self.files:
             raise MICAError(f"frame folder {self.path} holds no images (.jpg/.png/...); "
                             "pass a folder of frames or a video file")
-        first = read_image(self.files[0])
+        self.unreadable: set[int] = set()
+        first = None
+        for i, f in enumerate(self.files):  # the size: of the first readable image
+            first = self._read(i)
+            if first is not None:
+                break
+        if first is None:
+            raise MICAError(f"no image of the frame folder {self.path} can be read; check the files")
         self.size = (int(first.shape[1]), int(first.shape[0]))
         self.n_input_frames = len(self.files)
         self.indices = list(range(len(self.files)))
 
+    def _read(self, i: int) -> Optional[np.ndarray]:
+        """Frame i, or None when its file cannot be read (warned once)."""
+        try:
+            return read_image(self.files[i])
+        except (MICAError, OSError) as e:
+            if i not in self.unreadable:
+                self.unreadable.add(i)
+                logger.warning(f"frame {self.files[i]} cannot be read ({str(e)[:100]}): tracked as a black frame "
+                               "without a face (interpolated, flagged in tracking.csv)")
+            return None
+
     def __iter__(self) -> Iterator[tuple[int, int, np.ndarray]]:
         for i, f in enumerate(self.files):
-            rgb = read_image(f)
+            rgb = self._read(i)
+            if rgb is None:
+                yield i, i, np.zeros((self.size[1], self.size[0], 3), np.uint8)
+                continue
             if (rgb.shape[1], rgb.shape[0]) != self.size:
                 raise MICAError(f"frame {f} is {rgb.shape[1]}x{rgb.shape[0]} pixels but the first frame of the folder "
                                 f"is {self.size[0]}x{self.size[1]}; all frames must have one size (resize or remove it)")

@@ -11,7 +11,8 @@ second pass the main thread fits; the full mesh is posed once per frame and ``.p
 are written by a thread pool, overlays drawn by two threads and encoded in order by the main
 thread. Frames without a face are interpolated between the tracked frames around them (held before
 the first / after the last) and flagged. Finished frames (``checkpoint/NNNNN.frame`` present) are
-skipped on a re-run; the last finished one warm-starts the next. A video that ends early is tracked
+skipped on a re-run with the same options (``micalib/tracking/resume.py``: another run's options
+are refused); the last finished one warm-starts the next. A video that ends early is tracked
 up to its end (``frames.VideoFrames.truncated_at``).
 """
 from __future__ import annotations
@@ -48,11 +49,21 @@ from micalib.tracking.model import (
     observations,
 )
 from micalib.tracking.outputs import frame_dict, frame_name, read_frame, save_frame
+from micalib.tracking.resume import (
+    ROWS_JOURNAL,
+    RowJournal,
+    check_run_record,
+    clear_run,
+    finished_frames,
+    old_rows,
+    run_settings,
+)
 from utils.errors import MICAError
 from utils.io import (
     atomic_save_npy,
     atomic_write_bytes,
     atomic_write_text,
+    remove_stale_temps,
     written_file,
 )
 from utils.mesh import obj_text, ply_bytes
@@ -114,7 +125,7 @@ class TrackRunner:
 
     def __init__(self, cfg, input_path, out_root, identity_path=None, landmarks_path=None, fps: float | None = 25.0,
                  image_size: int = 512, video: bool = True, photometric: bool = False, device: str = "cpu",
-                 flame=None, source=None) -> None:
+                 flame=None, source=None, overwrite: bool = False) -> None:
         self.cfg = cfg
         self.source = source if source is not None else open_frames(input_path, fps)
         self.out = Path(out_root) / self.source.name
@@ -129,6 +140,8 @@ class TrackRunner:
         self._box = None  # the one crop box of this run's landmark pass
         self._n_cached = 0  # frames in the crop cache
         self._png_written: set[int] = set()
+        self.overwrite = overwrite
+        self._journal: RowJournal | None = None
 
     # -----------------------------------------------------------------------------------------
     def _landmarks(self) -> dict[str, np.ndarray]:
@@ -290,9 +303,13 @@ class TrackRunner:
             except (OSError, ValueError) as e:
                 raise MICAError(f"identity {self.identity_path} is not a readable .npy ({str(e)[:80]}); "
                                 "pass MICA's identity.npy") from None
+            if tuple(np.shape(ident)) not in ((300,), (1, 300)):
+                raise MICAError(f"identity {self.identity_path} has shape {tuple(np.shape(ident))}, not MICA's (300,) "
+                                "coefficients; pass MICA's identity.npy")
             ident = np.asarray(ident, np.float32).reshape(-1)
-            if not 1 <= ident.size <= 300:
-                raise MICAError(f"identity {self.identity_path} holds {ident.size} numbers, not MICA's 300 coefficients")
+            if not np.isfinite(ident).all():
+                raise MICAError(f"identity {self.identity_path} holds non-finite values (NaN/inf); "
+                                "pass MICA's identity.npy")
         elif written_file(dst):
             ident = np.load(dst, allow_pickle=False).astype(np.float32).reshape(-1)
         else:
@@ -338,15 +355,51 @@ class TrackRunner:
         return FLAME.from_config(self.cfg)
 
     # -----------------------------------------------------------------------------------------
+    def _asset_paths(self) -> dict[str, Path]:
+        """The asset files of this run by config key (checked before any detection)."""
+        from configs.config import resolve_path
+
+        cfg = self.cfg
+        paths = {}
+        if self._flame is None:
+            paths["model.flame_model_path"] = resolve_path(cfg.model.flame_model_path)
+            paths["model.flame_lmk_embedding_path"] = resolve_path(cfg.model.flame_lmk_embedding_path)
+        needs_mp = True
+        if self.landmarks_path is not None:
+            try:
+                with np.load(self.landmarks_path, allow_pickle=False) as z:
+                    needs_mp = "mediapipe" in z.files
+            except (OSError, ValueError):
+                needs_mp = True  # load_landmarks_npz reports the file
+        if needs_mp:
+            paths["tracker.mediapipe_embedding_path"] = resolve_path(cfg.tracker.mediapipe_embedding_path)
+        return paths
+
     def run(self) -> Path:
         t_start = time.perf_counter()
         out = self.out
+        assets = self._asset_paths()
+        for key, path in assets.items():
+            if not Path(path).is_file():
+                raise MICAError(f"{path} not found (config key {key}); run install.sh --download or set {key}")
+        if self.overwrite:
+            clear_run(out)
         for sub in ("checkpoint", "mesh", "input"):
             (out / sub).mkdir(parents=True, exist_ok=True)
+        remove_stale_temps(out)
+        check_run_record(out, run_settings(self.cfg, self.source, self.size, self.landmarks_path, self.identity_path,
+                                           self.photometric, {**assets, **self._optional_assets()}))
         try:
             return self._run(t_start)
         finally:
             (self.out / CROP_CACHE).unlink(missing_ok=True)
+            if self._journal is not None:
+                self._journal.close()
+
+    def _optional_assets(self) -> dict[str, Path]:
+        from configs.config import resolve_path
+
+        return {k: resolve_path(self.cfg.tracker[k.split(".")[1]]) for k in ("tracker.l_eyelid_path", "tracker.r_eyelid_path")}
 
     def _run(self, t_start: float) -> Path:
         out = self.out
@@ -390,7 +443,7 @@ class TrackRunner:
         if not any(has_face):
             raise MICAError(f"no face in any frame of {self.source.path}; check the video or the landmarks")
         n = len(self.source)
-        done = [written_file(out / "checkpoint" / f"{frame_name(k)}.frame") for k in range(n)]
+        done = finished_frames(out, n)
         # ---- intrinsics: from a finished frame, else keyframes
         t0 = time.perf_counter()
         first_done = next((k for k in range(n) if done[k]), None)
@@ -420,7 +473,12 @@ class TrackRunner:
         self.timings.add("keyframes (intrinsics)", time.perf_counter() - t0)
         if not written_file(out / "canonical.obj"):
             atomic_write_bytes(out / "canonical.obj", obj_text(model.canonical_vertices(), faces), fsync=False)
-        rows = self._old_rows()
+        fps_out = self.source.fps or self.source.input_fps or 25.0
+        rows = {k: r for k, r in old_rows(out).items() if k < n}
+        for k in range(n):  # finished frames whose row a killed run lost: rebuilt without the fit's RMS
+            if done[k] and k not in rows:
+                rows[k] = _row(k, self.source.indices[k], fps_out, has_face[k], valid_all[k], {}, not has_face[k], model)
+        self._journal = RowJournal(out)
         pool = ThreadPoolExecutor(max(1, int(cfg.tracker.workers)), thread_name_prefix="track-write")
         # overlays are drawn by two threads (frames are independent) and written in order here
         vpool = ThreadPoolExecutor(2, thread_name_prefix="track-video") if self.video else None
@@ -445,15 +503,11 @@ class TrackRunner:
         face_after = np.zeros(n + 1, bool)
         for j in range(n - 1, -1, -1):
             face_after[j] = face_after[j + 1] or has_face[j]
-        fps_out = self.source.fps or self.source.input_fps or 25.0
         timing = {"fit": 0.0, "write": 0.0, "crop": 0.0}
         held: list[tuple[int, int, np.ndarray]] = []  # faceless frames waiting for the next tracked one
 
         def row_of(k: int, i: int, rms: dict, interpolated: bool) -> dict:
-            return {"frame": frame_name(k), "input_frame": i, "time_s": round(k / fps_out, 6),
-                    "face_found": int(has_face[k]), "landmarks_used": int(valid_all[k].sum()),
-                    "rms_mediapipe_px": _fmt(rms.get("mediapipe")), "rms_iris_px": _fmt(rms.get("iris")),
-                    "rms_ibug68_px": _fmt(_combine(rms, valid_all[k], model)), "interpolated": int(interpolated)}
+            return _row(k, i, fps_out, has_face[k], valid_all[k], rms, interpolated, model)
 
         def emit(k: int, i: int, crop: np.ndarray, st: FrameState, row: dict | None) -> None:
             """Submit frame k's files and overlay (in frame order)."""
@@ -464,7 +518,7 @@ class TrackRunner:
             verts = pool.submit(lambda s=st: model.vertices(s.exp, s.pose, s.eyelids)[0])
             if not done[k]:
                 data = frame_dict(st.exp, st.pose, st.eyelids, ident, st.r, st.t, crop_k(kk, k), (self.size, self.size), k, k)
-                pending.append(pool.submit(self._write_frame, out, k, data, verts, faces, crop))
+                pending.append(pool.submit(self._write_frame, out, k, data, verts, faces, crop, row))
             if writer is not None:
                 land = {}
                 if "mediapipe" in lm:
@@ -557,19 +611,25 @@ class TrackRunner:
         self.timings.add("fit", timing["fit"])
         self.timings.add("submit writes (main thread)", timing["write"])
         self._write_csv(rows)
+        self._journal.close()
+        self._journal = None
+        (out / ROWS_JOURNAL).unlink(missing_ok=True)  # its rows are in tracking.csv now
         self.timings.add("total", time.perf_counter() - t_start)
         self.skipped = skipped
         logger.info(f"tracked {n} frames into {out} ({skipped} finished before)")
         return out
 
     # -----------------------------------------------------------------------------------------
-    def _write_frame(self, out: Path, k: int, data: dict, verts: Future, faces: np.ndarray, crop: np.ndarray) -> None:
+    def _write_frame(self, out: Path, k: int, data: dict, verts: Future, faces: np.ndarray, crop: np.ndarray,
+                     row: dict | None = None) -> None:
         name = frame_name(k)
         verts = verts.result()
         if k not in self._png_written:
             atomic_write_bytes(out / "input" / f"{name}.png", _png_bytes(crop, self.cfg.tracker.png_compression), fsync=False)
         atomic_write_bytes(out / "mesh" / f"{name}.ply", _ply_metres(verts, faces), fsync=False)
-        save_frame(out / "checkpoint" / f"{name}.frame", data)  # last: marks the frame finished
+        save_frame(out / "checkpoint" / f"{name}.frame", data)  # marks the frame finished
+        if row is not None and self._journal is not None:
+            self._journal.add(row)  # its csv row survives a kill
 
     @staticmethod
     def _video_frame(crop, land, verts: Future, faces, st: FrameState, kk: np.ndarray) -> np.ndarray:
@@ -579,16 +639,6 @@ class TrackRunner:
         uvw = cam @ kk.T
         screen = np.concatenate([uvw[:, :2] / uvw[:, 2:3], cam[:, 2:3]], 1).astype(np.float32)
         return compose_overlay(crop, land, screen, faces)
-
-    def _old_rows(self) -> dict[int, dict]:
-        path = self.out / "tracking.csv"
-        if not written_file(path):
-            return {}
-        try:
-            with open(path, newline="") as f:
-                return {int(r["frame"]): r for r in csv.DictReader(f)}
-        except (OSError, ValueError, KeyError):
-            return {}
 
     def _write_csv(self, rows: dict[int, dict]) -> None:
         buf = io.StringIO()
@@ -602,6 +652,15 @@ class TrackRunner:
 def _ply_metres(verts: np.ndarray, faces: np.ndarray) -> bytes:
     """The project's binary PLY, in metres like the tracker's FLAME and ``opencv`` block."""
     return ply_bytes(verts, faces).replace(b"comment MICA FLAME mesh, millimetres", b"comment MICA FLAME mesh, metres", 1)
+
+
+def _row(k: int, i: int, fps_out: float, face: bool, valid: np.ndarray, rms: dict, interpolated: bool,
+         model: TrackingFLAME) -> dict:
+    """Frame k's tracking.csv row."""
+    return {"frame": frame_name(k), "input_frame": int(i), "time_s": round(k / fps_out, 6),
+            "face_found": int(face), "landmarks_used": int(valid.sum()),
+            "rms_mediapipe_px": _fmt(rms.get("mediapipe")), "rms_iris_px": _fmt(rms.get("iris")),
+            "rms_ibug68_px": _fmt(_combine(rms, valid, model)), "interpolated": int(interpolated)}
 
 
 def _fmt(x: float | None) -> str:

@@ -1,0 +1,175 @@
+"""What a re-run of track.py may reuse: the run record, finished frames and the per-frame csv rows.
+
+* ``OUT/NAME/.track_run.json`` records the options that shape the outputs (input file and its size
+  and mtime, fps, crop size, landmarks / identity file hashes, photometric, the ``tracker`` config
+  section and the FLAME / MediaPipe / eyelid files). A re-run with other options is refused in one
+  line naming the option (``--overwrite`` or another ``-o`` is the fix): finished frames are reused
+  only by a run with the same options.
+* A frame is finished when its ``checkpoint/NNNNN.frame``, ``mesh/NNNNN.ply`` and
+  ``input/NNNNN.png`` are all complete and the ``.frame`` reads back.
+* ``OUT/NAME/.tracking_rows.jsonl`` holds the csv row of each written frame as it is written (one
+  appended line each), so that a killed run's rows are back in ``tracking.csv`` after the re-run.
+"""
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import os
+import shutil
+import threading
+from pathlib import Path
+
+from loguru import logger
+
+from micalib.tracking.outputs import frame_name, read_frame
+from utils.errors import MICAError
+from utils.io import atomic_write_text, written_file
+
+RUN_RECORD = ".track_run.json"
+ROWS_JOURNAL = ".tracking_rows.jsonl"
+# every file and folder track.py writes into OUT/NAME (what --overwrite removes)
+RUN_FILES = ("checkpoint", "mesh", "input", "canonical.obj", "identity.npy", "landmarks.npz", "crop.json",
+             "bbox.pt", "tracking.csv", "video.mp4", ".crops.raw", RUN_RECORD, ROWS_JOURNAL)
+# tracker keys that change speed only, not the outputs
+_NO_EFFECT = ("workers", "png_compression")
+# how the refusal names each recorded option
+OPTION_NAMES = {"input": "-i (path)", "input_stat": "-i (file size / modification time)", "fps": "--fps",
+                "image_size": "--image-size", "landmarks": "--landmarks (file content)",
+                "identity": "--identity (file content)", "photometric": "--photometric",
+                "tracker": "the tracker.* config", "assets": "the FLAME / MediaPipe / eyelid files"}
+
+
+def file_hash(path) -> str:
+    """SHA-1 of a file's content (16 hex digits); "missing" when it cannot be read (its loader says why)."""
+    h = hashlib.sha1()
+    try:
+        with open(path, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                h.update(block)
+    except OSError:
+        return "missing"
+    return h.hexdigest()[:16]
+
+
+def _stat(path) -> str:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return "missing"
+    return f"{st.st_size}:{st.st_mtime_ns}"
+
+
+def run_settings(cfg, source, image_size: int, landmarks_path, identity_path, photometric: bool,
+                 asset_paths: dict) -> dict:
+    """The options of this run that shape its outputs (JSON-able)."""
+    tracker = {k: v for k, v in dict(cfg.tracker).items() if k not in _NO_EFFECT}
+    tracker_text = json.dumps(tracker, sort_keys=True, default=str)
+    return {"input": str(Path(source.path).expanduser().resolve()),
+            "input_stat": f"{source.n_input_frames}:{_stat(source.path)}",
+            "fps": None if source.fps is None else float(source.fps),
+            "image_size": int(image_size),
+            "landmarks": None if landmarks_path is None else file_hash(landmarks_path),
+            "identity": None if identity_path is None else file_hash(identity_path),
+            "photometric": bool(photometric),
+            "tracker": hashlib.sha1(tracker_text.encode()).hexdigest()[:16],
+            "assets": {k: f"{p}|{_stat(p)}" for k, p in sorted(asset_paths.items())}}
+
+
+def check_run_record(out: Path, settings: dict) -> None:
+    """Refuse a re-run into ``out`` with other options; record them on a first run.
+
+    Raises:
+        MICAError: ``out`` holds frames of a run with other options (or without a record).
+    """
+    path = out / RUN_RECORD
+    fix = "pass --overwrite to track it again from scratch, or another -o"
+    if written_file(path):
+        try:
+            old = json.loads(path.read_text())
+        except (OSError, ValueError):
+            old = None
+        if not isinstance(old, dict):
+            raise MICAError(f"run record {path} is unreadable; {fix}")
+        for key, value in settings.items():
+            if old.get(key) != value:
+                shown = (lambda v: v if not isinstance(v, dict) else "changed")
+                raise MICAError(f"{out} was tracked with other options ({OPTION_NAMES.get(key, key)}: "
+                                f"{shown(old.get(key))} before, {shown(value)} now); {fix}")
+        return
+    if any((out / "checkpoint").glob("*.frame")):
+        raise MICAError(f"{out} holds tracked frames but no record of their options ({RUN_RECORD}); {fix}")
+    atomic_write_text(path, json.dumps(settings, indent=1, sort_keys=True), fsync=False)
+
+
+def clear_run(out: Path) -> None:
+    """``--overwrite``: remove what track.py wrote into ``out`` (nothing else)."""
+    for name in RUN_FILES:
+        p = out / name
+        if p.is_dir() and not p.is_symlink():
+            shutil.rmtree(p)
+        elif p.exists() or p.is_symlink():
+            p.unlink()
+
+
+def finished_frames(out: Path, n: int) -> list[bool]:
+    """Per output frame: its .frame, .ply and .png complete and the .frame readable. Unreadable
+    .frame files are tracked again (one warning)."""
+    done = [written_file(out / "checkpoint" / f"{frame_name(k)}.frame")
+            and written_file(out / "mesh" / f"{frame_name(k)}.ply")
+            and written_file(out / "input" / f"{frame_name(k)}.png") for k in range(n)]
+    bad = []
+    for k in range(n):
+        if done[k]:
+            try:
+                read_frame(out / "checkpoint" / f"{frame_name(k)}.frame")
+            except MICAError:
+                done[k] = False
+                bad.append(out / "checkpoint" / f"{frame_name(k)}.frame")
+    if bad:
+        logger.warning(f"{len(bad)} unreadable checkpoint(s) (first: {bad[0]}): tracking those frames again")
+    return done
+
+
+class RowJournal:
+    """Appends each written frame's csv row to ``OUT/NAME/.tracking_rows.jsonl`` (thread-safe)."""
+
+    def __init__(self, out: Path):
+        self.path = out / ROWS_JOURNAL
+        self._lock = threading.Lock()
+        self._f = open(self.path, "a", encoding="utf-8")
+
+    def add(self, row: dict) -> None:
+        line = json.dumps(row) + "\n"
+        with self._lock:
+            self._f.write(line)
+            self._f.flush()
+
+    def close(self) -> None:
+        with self._lock:
+            self._f.close()
+
+
+def old_rows(out: Path) -> dict[int, dict]:
+    """The csv rows of earlier runs: ``tracking.csv`` overlaid with the journal of a killed run."""
+    rows: dict[int, dict] = {}
+    path = out / "tracking.csv"
+    if written_file(path):
+        try:
+            with open(path, newline="") as f:
+                rows = {int(r["frame"]): r for r in csv.DictReader(f)}
+        except (OSError, ValueError, KeyError):
+            rows = {}
+    journal = out / ROWS_JOURNAL
+    if written_file(journal):
+        try:
+            with open(journal, encoding="utf-8") as f:
+                for line in f:
+                    try:
+                        r = json.loads(line)
+                        rows[int(r["frame"])] = r
+                    except (ValueError, KeyError, TypeError):
+                        continue  # the line a kill cut short
+        except OSError:
+            pass
+    return rows

@@ -28,7 +28,7 @@ from __future__ import annotations
 import os
 import pickle
 from pathlib import Path
-from typing import Dict, Optional, Tuple
+from typing import Callable, Dict, Optional, Tuple
 
 import numpy as np
 import scipy.sparse
@@ -265,7 +265,8 @@ def obj_text(verts: np.ndarray, faces: np.ndarray) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_synthetic_flame(folder: os.PathLike | str, seed: int = 0, real: Optional[bool] = False) -> Path:
+def write_synthetic_flame(folder: os.PathLike | str, seed: int = 0, real: Optional[bool] = False,
+                          adjust: Optional[Callable[[dict], dict]] = None) -> Path:
     """Write generic_model.pkl, landmark_embedding.npy, FLAME_masks.pkl, head_template.obj.
 
     Args:
@@ -273,6 +274,8 @@ def write_synthetic_flame(folder: os.PathLike | str, seed: int = 0, real: Option
         seed: random seed of the blend shapes / regressor / weights (and the random topology).
         real: False = the random topology (default); True = the real one from ../shared (required);
             None = the real one when ../shared is present (benchmarks).
+        adjust: ``adjust(arrays) -> model``: the model dict to write, made from the arrays of
+            ``make_model_arrays`` (e.g. blend shapes changed for a test); default: them unchanged.
 
     Returns:
         ``folder`` as a Path.
@@ -280,7 +283,7 @@ def write_synthetic_flame(folder: os.PathLike | str, seed: int = 0, real: Option
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     arrays = make_model_arrays(seed, real)
-    model = arrays["model"]
+    model = arrays["model"] if adjust is None else adjust(arrays)
     atomic_write_bytes(folder / "generic_model.pkl", generic_model_bytes(model))
     public = arrays["public"]
     if public is not None:

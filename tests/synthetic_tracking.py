@@ -121,19 +121,9 @@ def _remove_similarity(fields: np.ndarray, verts: np.ndarray) -> np.ndarray:
     return (f - b @ coef).reshape(fields.shape)
 
 
-def _write_flame(folder: Path, seed: int, real: bool) -> Path:
-    """``write_synthetic_flame`` with expression blend shapes free of rigid motion (see above) and
+def _tracking_model(arrays: dict) -> dict:
+    """The synthetic FLAME's model with expression blend shapes free of rigid motion (see above) and
     eyeballs skinned to their eye joints only (the random weights let the eyes pull the whole head)."""
-    from tests.synthetic_flame import (
-        embedding_npy_bytes,
-        generic_model_bytes,
-        make_model_arrays,
-        obj_text,
-    )
-    from utils.io import atomic_write_bytes, atomic_write_text
-
-    folder.mkdir(parents=True, exist_ok=True)
-    arrays = make_model_arrays(seed, real)
     model = dict(arrays["model"])
     sd = np.array(model["shapedirs"])
     sd[:, :, 300:] = _remove_similarity(sd[:, :, 300:], np.asarray(model["v_template"]))
@@ -145,16 +135,14 @@ def _write_flame(folder: Path, seed: int, real: bool) -> Path:
     for j, key in ((3, "left_eyeball"), (4, "right_eyeball")):
         w[arrays["masks"][key]] = np.eye(5)[j]
     model["weights"] = w
-    atomic_write_bytes(folder / "generic_model.pkl", generic_model_bytes(model))
-    public = arrays["public"]
-    if public is not None:
-        for name in ("landmark_embedding.npy", "FLAME_masks.pkl"):
-            atomic_write_bytes(folder / name, (public / name).read_bytes())
-    else:
-        atomic_write_bytes(folder / "landmark_embedding.npy", embedding_npy_bytes(arrays["embedding"]))
-        atomic_write_bytes(folder / "FLAME_masks.pkl", pickle.dumps(arrays["masks"], protocol=2))
-    atomic_write_text(folder / "head_template.obj", obj_text(model["v_template"], arrays["faces"]))
-    return folder
+    return model
+
+
+def _write_flame(folder: Path, seed: int, real: bool) -> Path:
+    """``write_synthetic_flame`` with the tracking model (``_tracking_model``)."""
+    from tests.synthetic_flame import write_synthetic_flame
+
+    return write_synthetic_flame(folder, seed, real, adjust=_tracking_model)
 
 
 def iris_on_eyeballs(flame) -> tuple:

@@ -127,10 +127,10 @@ def warp(rgb: np.ndarray, M: np.ndarray, size: Union[int, Sequence[int]]) -> np.
     """The crop of ``rgb`` under ``M`` (input px -> crop px), ``size`` = N or (w, h), black outside.
 
     When ``M`` is the ``crop_matrix`` of an integer box (the usual case) the box is sliced and
-    resized, sampling exactly where ``M`` says: bilinear (``INTER_LINEAR``, 0.4 ms for 842 -> 512)
+    resized, sampling exactly where ``M`` says: bilinear (``INTER_LINEAR``)
     when enlarging or shrinking less than 2x; shrinking by a factor s >= 2 first averages k x k
     blocks (k = floor(s), OpenCV's fast integer ``INTER_AREA``), then interpolates bilinearly, so
-    nothing aliases. (``INTER_AREA`` at a fractional ratio would be exact too but costs ~10 ms.)
+    nothing aliases. (``INTER_AREA`` at a fractional ratio would be exact too but is much slower: bench/README.md.)
     Any other matrix: ``cv2.warpAffine`` (bilinear)."""
     w_out, h_out = (int(size), int(size)) if np.isscalar(size) else (int(size[0]), int(size[1]))
     img = np.asarray(rgb)

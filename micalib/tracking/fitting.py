@@ -130,7 +130,7 @@ class FrameFit:
 
 def _solve(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """Solve the damped (symmetric positive definite) normal equations by Cholesky (scipy's LAPACK
-    call is ~500x faster here than ``np.linalg.solve``, whose threaded OpenBLAS contends for the
+    call is far faster here than ``np.linalg.solve``, whose threaded OpenBLAS contends for the
     cores with the writer threads)."""
     try:
         return scipy.linalg.cho_solve(scipy.linalg.cho_factor(a, check_finite=False), b, check_finite=False)
@@ -140,7 +140,7 @@ def _solve(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 def _normal_equations(jw: np.ndarray, j: np.ndarray, r: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """``jw.T @ j`` and ``jw.T @ r`` through torch (its single-threaded BLAS; numpy's threaded
-    OpenBLAS is ~20x slower for these small products while other threads are busy)."""
+    OpenBLAS is much slower for these small products while other threads are busy)."""
     a = torch.from_numpy(jw).T
     return (a @ torch.from_numpy(j)).numpy(), (a @ torch.from_numpy(r)).numpy()
 

@@ -313,7 +313,7 @@ class Ibug68Detector:
 def detect_in_crop(landmarker, rgb_input: np.ndarray, M: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     """Run ``landmarker.detect`` on the crop ``warp(rgb_input, M, size)`` and return the points in
     pixels of the input frame (``M``: (2,3) input px -> crop px). With MediaPipe in video mode this
-    is not faster than the full frame (it crops its face region itself: ~3 ms per frame either way,
+    is not faster than the full frame (it crops its face region itself: about the same time either way,
     bench/README.md); it matters for image mode and the 68-point model. Do not mix crop and full
     frames in one video-mode sequence without ``reset()``: the tracked region is in normalised
     image coordinates."""

@@ -33,8 +33,8 @@ ProjectOutput = Union[torch.Tensor, Tuple[torch.Tensor, torch.Tensor]]
 
 class _Adam:
     """Adam (Kingma & Ba, the defaults of ``torch.optim.Adam``) on a few tensors. Unlike using
-    ``torch.optim.Adam``, whose first step imports ``torch._dynamo`` (about 3 s once per process
-    here), this costs nothing to start."""
+    ``torch.optim.Adam``, whose first step imports ``torch._dynamo`` (seconds, once per process),
+    this costs nothing to start."""
 
     def __init__(self, groups: List[Tuple[torch.Tensor, float]], betas=(0.9, 0.999), eps: float = 1e-8):
         self.groups = groups

@@ -188,7 +188,11 @@ def remove_stale_temps(folder: PathLike, recursive: bool = True) -> list[Path]:
     symbolic links not followed): those named by this module whose process on this host has ended,
     and any not changed for ``STALE_AGE_S`` (other hosts' too), except this process's own. Files
     of running processes and all other files stay.
-    Folders that cannot be listed are passed over. Returns the removed paths."""
+    Folders that cannot be listed are passed over. Returns the removed paths.
+
+    Limit: "this host" is the host name; containers that share a folder and a host name but not a
+    process-ID namespace cannot see each other's processes, so give such containers distinct host
+    names (a running writer of another one could otherwise look dead)."""
     removed: list[Path] = []
     now = time.time()
     stack = [Path(folder)]

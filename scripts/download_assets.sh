@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Opt-in download of the public MICA assets (needs internet; never run by tests or CI).
 #
-#   bash scripts/download_assets.sh            # mica.tar + antelopev2, then FLAME 2020 (asks for your login)
+#   bash scripts/download_assets.sh            # mica.tar + antelopev2 + the tracker's assets, then FLAME 2020 (asks for your login)
 #   bash scripts/download_assets.sh --no-flame # skip FLAME
 #
 # FLAME 2020 is licence-restricted: register at https://flame.is.tue.mpg.de/ and accept the licence;
@@ -89,6 +89,17 @@ RAW=https://raw.githubusercontent.com/Zielon/MICA/master/data/FLAME2020
 for f in head_template.obj landmark_embedding.npy FLAME_masks/FLAME_masks.pkl; do
   [[ -f "data/FLAME2020/$f" ]] || fetch "$RAW/$f" "data/FLAME2020/$f"
 done
+
+# The video tracker's assets, from the original tracker's repository (non-commercial research licence):
+# the MediaPipe landmark embedding and the two eyelid blend shapes (track.py tracks without eyelids
+# when those are absent).
+TRACKER=https://raw.githubusercontent.com/Zielon/metrical-tracker/master/flame
+for pair in mediapipe/mediapipe_landmark_embedding.npz:mediapipe_landmark_embedding.npz \
+            blendshapes/l_eyelid.npy:l_eyelid.npy blendshapes/r_eyelid.npy:r_eyelid.npy; do
+  src=${pair%%:*}; dst=data/tracker/${pair##*:}
+  [[ -f "$dst" ]] || fetch "$TRACKER/$src" "$dst"
+done
+"$PY" -c "from micalib.tracking.model import load_mediapipe_embedding as f; f('data/tracker/mediapipe_landmark_embedding.npz'); print('[download] tracker assets: valid')"
 
 if [[ -f data/FLAME2020/generic_model.pkl ]]; then
   check_sha data/FLAME2020/generic_model.pkl ""

@@ -6,6 +6,7 @@ batch 2 x K 2.
 """
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import random
@@ -232,15 +233,23 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _ddp_worker(rank: int, world: int, port: int, opts: Sequence[str], result: str) -> None:
+@contextlib.contextmanager
+def _rank_trainer(rank: int, world: int, port: int, opts: Sequence[str], timeout_s: int = 120):
+    """In a spawned process: torchrun's environment for ``rank``, one thread, gloo, the trainer."""
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), LOCAL_RANK=str(rank),
                       WORLD_SIZE=str(world))
     torch.set_num_threads(1)
     from utils import dist as comm
 
-    comm.init_distributed("cpu", timeout_s=120)
+    comm.init_distributed("cpu", timeout_s=timeout_s)
     try:
-        trainer = build_trainer(load_cfg(ROOT / "configs/mica.yml", list(opts)))
+        yield build_trainer(load_cfg(ROOT / "configs/mica.yml", list(opts))), comm
+    finally:
+        comm.destroy_distributed()
+
+
+def _ddp_worker(rank: int, world: int, port: int, opts: Sequence[str], result: str) -> None:
+    with _rank_trainer(rank, world, port, opts) as (trainer, comm):
         trainer.train()
         try:
             history = trainer.hook(EvalHook).validator.history
@@ -248,8 +257,6 @@ def _ddp_worker(rank: int, world: int, port: int, opts: Sequence[str], result: s
             history = []
         torch.save({"weights": weights_of(trainer), "val": history[-1]["average"] if history else None,
                     "world": comm.get_world_size()}, os.path.join(result, f"rank{rank}.pt"))
-    finally:
-        comm.destroy_distributed()
 
 
 @pytest.mark.slow
@@ -316,14 +323,7 @@ def test_two_process_ddp_frozen_bn_statistics_are_per_process(train_setup_dir, t
 
 
 def _ddp_nan_worker(rank: int, world: int, port: int, opts: Sequence[str], result: str) -> None:
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), LOCAL_RANK=str(rank),
-                      WORLD_SIZE=str(world))
-    torch.set_num_threads(1)
-    from utils import dist as comm
-
-    comm.init_distributed("cpu", timeout_s=60)
-    try:
-        trainer = build_trainer(load_cfg(ROOT / "configs/mica.yml", list(opts)))
+    with _rank_trainer(rank, world, port, opts, timeout_s=60) as (trainer, _):
         trainer.run_step()
         if rank == 1:  # only this process's loss becomes NaN
             trainer.loss_fn.weights.fill_(float("nan"))
@@ -333,8 +333,6 @@ def _ddp_nan_worker(rank: int, world: int, port: int, opts: Sequence[str], resul
         except NonFiniteLossError as e:
             outcome = str(e)
         Path(result, f"rank{rank}.txt").write_text(outcome)
-    finally:
-        comm.destroy_distributed()
 
 
 @pytest.mark.slow

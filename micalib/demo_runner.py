@@ -29,13 +29,11 @@ from micalib.decoding import decoder_init, read_or_error
 from micalib.output_lock import output_lock
 from micalib.outputs import output_files, output_names, write_reconstruction
 from micalib.records import (
-    DONE_MESSAGE,
     PENDING_MESSAGE,
     STATE_DIR,
     ItemResult,
     display,
-    is_done,
-    read_record,
+    done_record,
     rebuild_summary,
     remove_record,
     write_record,
@@ -187,13 +185,8 @@ def write_interrupted_summary(input_dir: Path, output_dir: Path, arcface_dir: Pa
     paths, root = list_inputs(Path(input_dir), Path(output_dir), Path(arcface_dir))
     rows = []
     for rel, name in input_names(paths, root):
-        record = read_record(output_dir, name)
-        if is_done(output_dir, record, rel.as_posix(), output_files(render), all_faces=all_faces,
-                   arcface_dir=arcface_dir):
-            record.status, record.message = "done", DONE_MESSAGE
-            rows.append(record)
-        else:
-            rows.append(ItemResult(input=rel.as_posix(), status="pending", name=name, message=PENDING_MESSAGE))
+        record = done_record(output_dir, name, rel.as_posix(), output_files(render), all_faces, arcface_dir)
+        rows.append(record or ItemResult(input=rel.as_posix(), status="pending", name=name, message=PENDING_MESSAGE))
     write_summary(output_dir, rows)
     logger.warning(f"stopped before any input was processed: the summary lists the {len(rows)} inputs in "
                    f"{Path(output_dir) / 'summary.csv'}; run the same command again to process them")
@@ -456,11 +449,10 @@ class DemoRunner:
             if name != rel.with_suffix("").as_posix() and i in mine_set:
                 logger.info(f"{display(rel_text)}: outputs in {display(name)}/ (another input of its folder has "
                             f"the same name, or the name is reserved for --fuse/--all-faces outputs)")
-            record = None if opts.overwrite else read_record(self.output_dir, name)
-            if is_done(self.output_dir, record, rel_text, required, all_faces=opts.all_faces,
-                       arcface_dir=self.arcface_dir):
+            record = None if opts.overwrite else done_record(self.output_dir, name, rel_text, required,
+                                                              opts.all_faces, self.arcface_dir)
+            if record is not None:
                 done_before.add(name)
-                record.status, record.message = "done", DONE_MESSAGE
                 item.result = record
                 other_checkpoints += bool(opts.checkpoint and record.checkpoint != opts.checkpoint)
             elif i in mine_set:

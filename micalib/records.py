@@ -145,6 +145,17 @@ def is_done(output_dir: Path, record: Optional[ItemResult], input_rel: str, requ
     return all(written_file(Path(output_dir) / out / f) for out in record.outputs for f in files)
 
 
+def done_record(output_dir: Path, name: str, input_rel: str, required_files: Sequence[str],
+                all_faces: Optional[bool] = None, arcface_dir: Optional[Path] = None) -> Optional[ItemResult]:
+    """The record of ``name`` as a ``done`` summary row when it makes the input done (:func:`is_done`),
+    else None."""
+    record = read_record(output_dir, name)
+    if not is_done(output_dir, record, input_rel, required_files, all_faces=all_faces, arcface_dir=arcface_dir):
+        return None
+    record.status, record.message = "done", DONE_MESSAGE
+    return record
+
+
 def collect_records(output_dir: Path) -> Dict[str, ItemResult]:
     """Every record under ``OUTPUT/.mica/done``, by NAME (for merging a sharded run). An unreadable
     one (damaged, or from another version) is a ``pending`` row named after its file, never dropped."""

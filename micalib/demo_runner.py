@@ -127,12 +127,11 @@ def list_inputs(input_dir: Path, output_dir: Path, arcface_dir: Path) -> tuple[I
     Never inputs: our own output and crop folders when they lie inside the input folder (``-o X/out``
     must not feed the first run's renders and crops to the second), anything under a ``.mica``
     folder, and any folder holding one (the output and crop folders of every earlier run are marked
-    so). ``-o`` or ``-a`` equal to the input folder is refused: the crops would overwrite photos of
-    the same name, and every run would read the last one's outputs.
+    so). ``-o`` or ``-a`` equal to the input folder is refused before that, by
+    :func:`check_output_folders` (``DemoRunner.run``, ``demo.py``).
     """
     if input_dir.is_file():
         return ImageList([input_dir]), input_dir.parent
-    check_output_folders(input_dir, output_dir, arcface_dir)
     root = input_dir.resolve()
     ours = [Path(d).resolve() for d in (output_dir, arcface_dir)]
     ours = [d for d in ours if d.is_relative_to(root)]  # not when -i is inside -o

@@ -8,10 +8,10 @@ Trailing KEY VALUE pairs override the configuration (see configs/config.py).
 Exit code: 0 when every input is reconstructed (or was by an earlier run), 1 when any failed,
 130 when interrupted (Ctrl-C or SIGTERM; the summary then lists the unprocessed inputs as pending).
 
-Many processes (``micalib.sharding``): ``torchrun --nnodes N --nproc_per_node G demo.py -i BIG -o OUT``
+Many processes (``micalib.inference.sharding``): ``torchrun --nnodes N --nproc_per_node G demo.py -i BIG -o OUT``
 splits the inputs over the ranks (one GPU each, rank 0 writes the summary at the end);
 ``--shard K/N`` runs one independent share (a SLURM array task), and
-``python -m micalib.merge_summaries OUT -i BIG`` writes the summary when all shards are done.
+``python -m micalib.inference.merge_summaries OUT -i BIG`` writes the summary when all shards are done.
 """
 from __future__ import annotations
 
@@ -62,7 +62,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                         "cores divided by its ranks); the same count gives byte-identical results across runs")
     p.add_argument("--shard", default=None, metavar="K/N",
                    help="process only share K of N (0 <= K < N, e.g. K=$SLURM_ARRAY_TASK_ID) as an independent job; "
-                        "afterwards python -m micalib.merge_summaries OUT writes the summary (under torchrun the "
+                        "afterwards python -m micalib.inference.merge_summaries OUT writes the summary (under torchrun the "
                         "ranks split the inputs by themselves: no --shard)")
     p.add_argument("opts", nargs=argparse.REMAINDER, help="KEY VALUE config overrides")
     return p.parse_args(argv)
@@ -77,11 +77,11 @@ def setup(args: argparse.Namespace):
 
 def build_runner(args: argparse.Namespace, cfg):
     """Predictor, detector and runner for the parsed arguments (also used by bench/demo.py);
-    ``args.run_shard``: this process's share (``micalib.sharding.resolve_shard``; absent = everything)."""
-    from micalib.demo_runner import DemoOptions, DemoRunner, default_workers, detector_on_gpu
+    ``args.run_shard``: this process's share (``micalib.inference.sharding.resolve_shard``; absent = everything)."""
+    from micalib.inference.demo_runner import DemoOptions, DemoRunner, default_workers, detector_on_gpu
+    from micalib.inference.records import checkpoint_id
+    from micalib.inference.sharding import Shard, rank_cores
     from micalib.predictor import Predictor
-    from micalib.records import checkpoint_id
-    from micalib.sharding import Shard, rank_cores
     from models.detectors import create_detector
 
     predictor = Predictor.from_config(cfg, onnx_path=args.onnx)
@@ -131,7 +131,7 @@ def main(argv=None) -> int:
         raise MICAError("--fuse averages one face per image; it cannot be combined with --all-faces")
     if not Path(args.input).exists():
         raise MICAError(f"input {args.input} does not exist (pass an image or a folder of images with -i)")
-    from micalib.sharding import gather, rank_cores, rank_device, resolve_shard
+    from micalib.inference.sharding import gather, rank_cores, rank_device, resolve_shard
     from utils.dist import destroy_distributed
 
     shard = args.run_shard = resolve_shard(args.shard)
@@ -144,13 +144,13 @@ def main(argv=None) -> int:
         args.device = rank_device(args.device, shard)
     cfg = setup(args)
     set_max_pixels(cfg.image.max_pixels)
-    from micalib.demo_runner import check_output_folders
+    from micalib.inference.demo_runner import check_output_folders
 
     check_output_folders(Path(args.input), Path(args.output), Path(args.arcface))
     # refuse an unusable output before loading anything; remove what killed runs left behind
     prepare_output_dir(args.output, "output folder (-o)")
     prepare_output_dir(args.arcface, "crop folder (-a)")
-    from micalib.output_lock import output_lock
+    from micalib.inference.output_lock import output_lock
 
     # the lock before loading anything: a second run on the same -o is refused at once (a --shard job
     # takes none: the shards of one run must not refuse each other; under torchrun rank 0 holds it)
@@ -159,7 +159,7 @@ def main(argv=None) -> int:
             runner = build_runner(args, cfg)
         except KeyboardInterrupt:  # while the model loads: still leave a summary of every input
             if not shard.sharded:
-                from micalib.demo_runner import write_interrupted_summary
+                from micalib.inference.demo_runner import write_interrupted_summary
 
                 write_interrupted_summary(Path(args.input), Path(args.output), Path(args.arcface),
                                           all_faces=args.all_faces, render=not args.no_render)
@@ -177,7 +177,7 @@ def main(argv=None) -> int:
         logger.info(f"all {shard.count} ranks: {totals[0]} reconstructed, {totals[1]} already done, "
                     f"{totals[2]} failed; summary -> {Path(args.output) / 'summary.csv'}")
     elif shard.independent:
-        logger.info(f"when every shard has finished: python -m micalib.merge_summaries {args.output} -i {args.input} "
+        logger.info(f"when every shard has finished: python -m micalib.inference.merge_summaries {args.output} -i {args.input} "
                     f"-a {args.arcface}")
     return 1 if totals[2] else 0
 

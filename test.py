@@ -11,7 +11,7 @@
 
 Exports run on many processes like demo.py: under ``torchrun --nproc_per_node G test.py ...`` or as
 independent ``--shard K/N`` jobs (unit: a NoW image, a Stirling (quality, subject) group; see
-``micalib.sharding``). ``--evaluate`` runs in one process (python, not torchrun; no --shard).
+``micalib.inference.sharding``). ``--evaluate`` runs in one process (python, not torchrun; no --shard).
 
 Benchmark roots also come from the config (test.now_root, test.stirling_root); trailing
 KEY VALUE pairs override the configuration (see configs/config.py).
@@ -125,7 +125,7 @@ def export(args: argparse.Namespace, cfg, benchmark: str) -> int:
 
         qualities = QUALITIES if args.quality == "both" else (args.quality,)
         stirling_export_items(root, out, None, qualities)
-    from micalib.sharding import rank_cores, rank_device, resolve_shard
+    from micalib.inference.sharding import rank_cores, rank_device, resolve_shard
 
     shard = resolve_shard(args.shard)
     device = None
@@ -220,7 +220,7 @@ def main(argv=None) -> int:
     if benchmark not in ("now", "stirling"):
         raise ValueError(f"benchmark must be now or stirling, not '{benchmark}' (--benchmark or test_dataset)")
     if args.evaluate:
-        from micalib.sharding import under_torchrun
+        from micalib.inference.sharding import under_torchrun
 
         if args.shard is not None or under_torchrun():
             raise MICAError("--evaluate scores in one process: run it with python (not torchrun) and without "

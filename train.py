@@ -51,8 +51,8 @@ def setup_logging(output_dir, log_dir: str, main: bool) -> None:
 def main(argv: Optional[List[str]] = None) -> int:
     args = parse_args(argv)
     from configs.config import load_cfg
-    from micalib.checkpointer import write_config
-    from micalib.train_builder import build_trainer, output_dir_of
+    from micalib.engine.builder import build_trainer, output_dir_of
+    from micalib.engine.checkpointer import write_config
     from utils import dist as comm
     from utils.device import resolve_device
     from utils.io import prepare_output_dir

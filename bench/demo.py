@@ -1,6 +1,6 @@
 """Demo throughput: images per second through demo.py's pipeline, split into stages.
 
-Runs the same folder of images through ``micalib.demo_runner.DemoRunner`` in several set-ups, in one run:
+Runs the same folder of images through ``micalib.inference.demo_runner.DemoRunner`` in several set-ups, in one run:
 - ``baseline``: batch 1, fp32 (the original demo's way: one image at a time);
 - ``batched``: ``--batch-size 16 --precision auto`` (bf16 on CPUs with native bf16, fp16/bf16 on CUDA),
   one image after the other (``--workers 1``);
@@ -96,7 +96,7 @@ def main() -> int:
                     help="run only the set-ups whose label starts with one of these (the baseline always runs)")
     args = ap.parse_args()
 
-    from micalib.demo_runner import DemoRunner, default_workers
+    from micalib.inference.demo_runner import DemoRunner, default_workers
     from micalib.predictor import Predictor
     from models.detectors import create_detector
     from tests.synthetic_flame import write_synthetic_flame
@@ -124,8 +124,8 @@ def main() -> int:
             setups = [("baseline", 1, "fp32", 0, 1, None), (f"gpu-b{args.batch_size}", args.batch_size,
                                                              args.precision, 2 * args.batch_size, w, None)]
         if not gpu and not args.no_int8 and (not args.only or any(p.startswith("int8") for p in args.only)):
+            from micalib.export.quantize import export_int8, synthetic_calibration
             from micalib.mica import MICA
-            from micalib.quantize import export_int8, synthetic_calibration
 
             model = MICA.from_config(cfg, device="cpu", checkpoint=tmp / "mica.tar")
             export_int8(model.arcface, model.regressor, tmp / "int8.onnx", synthetic_calibration(32, seed=1))

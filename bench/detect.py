@@ -27,7 +27,7 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from micalib.renderer import render_preview  # noqa: E402
+from micalib.render.preview import render_preview  # noqa: E402
 from models.detectors import MTCNN, SCRFD, SCRFD_FILE, pick_centre_face  # noqa: E402
 from utils.alignment import norm_crop, to_network_input  # noqa: E402
 from utils.errors import MICAError, run_main  # noqa: E402

@@ -13,7 +13,7 @@ matmul peak for the dtype, measured here with large matrix products (best of sev
 both as ``torch.mm`` and as a channels-last 1x1 convolution: on AMD CPUs MKL's fp32 ``torch.mm``
 reaches only ~40% of what oneDNN's convolution kernels do, so ``torch.mm`` alone understates it).
 
-``onnxruntime-int8`` is the statically quantised model (``micalib.quantize``, calibrated on
+``onnxruntime-int8`` is the statically quantised model (``micalib.export.quantize``, calibrated on
 ``--calib`` synthetic inputs); ``--accuracy N`` also compares it with torch fp32 on N other inputs:
 cosine of the identity codes and coefficients, vertex deviation in mm against the spread of the
 vertices across inputs.
@@ -43,9 +43,9 @@ from loguru import logger  # noqa: E402
 from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
 
 from bench.machine import cpu_description  # noqa: E402
+from micalib.export.quantize import _ShapeAndCode, compare_with_torch, export_int8, synthetic_calibration  # noqa: E402
 from micalib.mica import MICA  # noqa: E402
 from micalib.predictor import Predictor  # noqa: E402
-from micalib.quantize import _ShapeAndCode, compare_with_torch, export_int8, synthetic_calibration  # noqa: E402
 from models.flame import FLAME  # noqa: E402
 from tests.synthetic_flame import write_synthetic_flame  # noqa: E402
 from tests.synthetic_weights import random_mica  # noqa: E402
@@ -149,7 +149,7 @@ def main() -> int:
     p.add_argument("--precisions", nargs="+", default=["fp32", "bf16"])
     p.add_argument("--backends", nargs="+", default=["eager", "onnxruntime", "onnxruntime-int8"],
                    help="eager (BN folded), unfused (eager, BN kept), compile (torch.compile of eager), onnxruntime, "
-                        "onnxruntime-int8 (micalib.quantize); onnxruntime backends split a batch across threads "
+                        "onnxruntime-int8 (micalib.export.quantize); onnxruntime backends split a batch across threads "
                         "(Predictor's default), add -serial (e.g. onnxruntime-int8-serial) for one multi-threaded run")
     p.add_argument("--calib", type=int, default=32, help="synthetic calibration inputs for onnxruntime-int8")
     p.add_argument("--accuracy", type=int, default=32, help="inputs for the int8 accuracy check (0 = skip)")
@@ -194,7 +194,7 @@ def main() -> int:
                 pred = Predictor(flame, onnx_path=int8_path, backend="onnxruntime", device="cpu",
                                  batch_size=max(args.batches), batch_parallel=not serial)
             elif backend.startswith("onnxruntime"):
-                from micalib.onnx_export import export_onnx
+                from micalib.export.onnx_graph import export_onnx
 
                 onnx_path = tmp / "mica.onnx"
                 if not onnx_path.exists():

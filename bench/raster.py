@@ -2,8 +2,8 @@
 
 Times (median of interleaved calls, one run) at 512x512 for a FLAME-sized mesh seen as in the
 tracker's synthetic test (camera 0.6 m away, focal length 1.5x the image width):
-- ``rasterize``: ``micalib.tracking.raster.rasterize`` both windings / camera-facing only;
-- ``numpy renderer``: the project's older ``micalib.renderer.rasterize`` (the baseline);
+- ``rasterize``: ``micalib.render.raster.rasterize`` both windings / camera-facing only;
+- ``numpy renderer``: the project's older ``micalib.render.preview.rasterize`` (the baseline);
 - ``compose_overlay``: input | landmarks (478 + 68 dots) | shaded mesh blended over the input;
 - ``video write``: one 512x1536 frame through ``VideoWriter`` (mp4v);
 - ``photometric iteration``: render + backward + Adam step of ``PhotometricRefiner`` (pose and
@@ -37,10 +37,10 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from bench.machine import cpu_description  # noqa: E402
-from micalib import renderer  # noqa: E402
+from micalib.render import preview as renderer  # noqa: E402
+from micalib.render.raster import rasterize  # noqa: E402
 from micalib.tracking.overlay import VideoWriter, compose_overlay  # noqa: E402
 from micalib.tracking.photometric import PhotometricRefiner  # noqa: E402
-from micalib.tracking.raster import rasterize  # noqa: E402
 from utils.device import resolve_device  # noqa: E402
 from utils.errors import run_main  # noqa: E402
 from utils.io import atomic_write_text  # noqa: E402
@@ -136,7 +136,7 @@ def run(device: torch.device, min_time: float) -> Tuple[List[Tuple[str, Timing]]
         "VideoWriter.write 512x1536 (mp4v)": lambda: writer.write(frame),
     }
     if device.type == "cpu":
-        fns["numpy renderer (micalib.renderer) 512"] = lambda: renderer.rasterize(old_screen, f_np, SIZE, SIZE)
+        fns["numpy renderer (micalib.render.preview) 512"] = lambda: renderer.rasterize(old_screen, f_np, SIZE, SIZE)
     times = time_calls(fns, device, min_time)
     writer.abort()
 
@@ -199,8 +199,8 @@ def main() -> int:
     if args.write_readme:
         t = dict(rows)
         ratio = ""
-        if "numpy renderer (micalib.renderer) 512" in t:
-            old, new = t["numpy renderer (micalib.renderer) 512"][1], t["rasterize 512, both windings"][1]
+        if "numpy renderer (micalib.render.preview) 512" in t:
+            old, new = t["numpy renderer (micalib.render.preview) 512"][1], t["rasterize 512, both windings"][1]
             ratio = f" The torch rasteriser is {old / new:.1f}x faster than the numpy one (CPU time, same triangles)."
         update_readme("\n".join([
             "Command: `python bench/raster.py --write-readme` (options: `--device`, `--threads`).",

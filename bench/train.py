@@ -110,7 +110,7 @@ def _worker(rank: int, world: int, port: int, opts: List[str], warmup: int, thre
 
     logger.remove()
     from configs.config import load_cfg
-    from micalib.train_builder import build_trainer
+    from micalib.engine.builder import build_trainer
     from utils import dist as comm
 
     comm.init_distributed("cpu", timeout_s=1200)

@@ -5,7 +5,7 @@ The step is the trainer's computation without its data loader (inputs already on
 the number is what the GPU can do; the loader is measured apart by ``--loader``): MICA with random
 weights (ArcFace frozen up to layer3 as in MICA, ``models.arcface.freeze_for_mica``), the mapping
 network, FLAME's canonical vertices of random ground-truth identities, the per-vertex L1 loss (x1000,
-``micalib.losses.VertexLoss`` with unit weights), backward, AdamW step, under bf16 autocast. FLOPs of
+``micalib.engine.losses.VertexLoss`` with unit weights), backward, AdamW step, under bf16 autocast. FLOPs of
 one step are counted with ``torch.utils.flop_counter`` (convolutions and matrix products); the
 fraction of peak is FLOP/s over the ``torch.mm`` bf16 peak of the same GPU (``bench/encode.py``).
 
@@ -30,7 +30,7 @@ import torch  # noqa: E402
 
 def build(arch: str, device: str):
     """Random MICA on the synthetic FLAME, its trainable parameters and an AdamW optimiser."""
-    from micalib.losses import VertexLoss
+    from micalib.engine.losses import VertexLoss
     from models.arcface import freeze_for_mica
     from tests.synthetic_flame import write_synthetic_flame
     from tests.synthetic_weights import random_mica

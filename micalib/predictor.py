@@ -86,7 +86,7 @@ class OrtEncoder:
         self.session = self._open(providers, threads)
         self.input_name = self.session.get_inputs()[0].name
         self.providers = self.session.get_providers()
-        # "int8" for a model from ``python -m micalib.export --int8`` (micalib.quantize), else fp32.
+        # "int8" for a model from ``python -m micalib.export --int8`` (micalib.export.quantize), else fp32.
         self.precision = self.session.get_modelmeta().custom_metadata_map.get("mica_precision", "fp32")
         self.device, self.dtype = torch.device("cpu"), torch.float32  # outputs come back to the CPU
         on_cpu = self.providers[0] == "CPUExecutionProvider"

@@ -15,9 +15,9 @@ Report (``export_report.json``): ``written`` and ``done`` items, ``failed`` item
 key -> reason) and ``skipped`` images (dropped by the protocol while their item still got an
 output: image -> reason).
 
-``ExportWriter`` (writing, previews, the status report; batching by ``micalib.batching.BatchLoop``,
+``ExportWriter`` (writing, previews, the status report; batching by ``micalib.inference.batching.BatchLoop``,
 the demo's loop) and its driver ``run_export`` are shared with ``testing.stirling_export``. A
-sharded run (torchrun ranks or ``test.py --shard K/N``, ``micalib.sharding``) exports item i of the
+sharded run (torchrun ranks or ``test.py --shard K/N``, ``micalib.inference.sharding``) exports item i of the
 sorted keys in shard i mod N.
 """
 from __future__ import annotations
@@ -112,12 +112,12 @@ class ExportWriter:
         batch_size: faces per network call.
         overwrite: redo items whose outputs exist.
         render: write a preview image per item (``ExportItem.render``).
-        shard: export only this shard's items (``micalib.sharding``; default: all).
+        shard: export only this shard's items (``micalib.inference.sharding``; default: all).
     """
 
     def __init__(self, predictor, faces: np.ndarray, mesh_suffix: str = ".ply", batch_size: int = 16,
                  overwrite: bool = False, render: bool = True, shard=None) -> None:
-        from micalib.sharding import Shard
+        from micalib.inference.sharding import Shard
 
         if mesh_suffix not in (".ply", ".obj"):
             raise ValueError(f"mesh format must be .ply or .obj, not '{mesh_suffix}'")
@@ -167,7 +167,7 @@ class ExportWriter:
 
     def run(self, items: Sequence[ExportItem], desc: str = "export") -> ExportReport:
         """Export every item of this shard (counting done ones); failures are recorded, not fatal."""
-        from micalib.batching import BatchLoop, Job
+        from micalib.inference.batching import BatchLoop, Job
 
         report = ExportReport()
         todo = []
@@ -204,7 +204,7 @@ class ExportWriter:
 
     def _preview(self, path: Path, vertices_mm: np.ndarray, crop: np.ndarray) -> None:
         try:
-            from micalib.renderer import render_preview
+            from micalib.render.preview import render_preview
             from utils.image_io import write_image
 
             write_image(path, render_preview(vertices_mm, self.faces, crop), fsync=False)
@@ -216,7 +216,7 @@ def write_export_report(report: ExportReport, path: PathLike, shard=None) -> Non
     """JSON report of an export run (counts, failed items, skipped images). Torchrun ranks: rank 0
     writes the sum of all ranks' reports (every rank must call this); a ``--shard K/N`` job writes
     ``NAME.shard-K-of-N.json`` beside ``path``."""
-    from micalib.sharding import Shard, gather
+    from micalib.inference.sharding import Shard, gather
 
     shard = shard or Shard()
     if shard.independent:

@@ -166,7 +166,7 @@ def test_frozen_bn_train_mode_uses_batch_statistics():
 def test_frozen_stages_are_not_converted_to_synchronised_batchnorm():
     """With several processes only BatchNorm layers with trainable parameters are synchronised: the
     frozen stages keep plain per-process BatchNorm (as the original's), in both modes."""
-    from micalib.sync_batchnorm import AllReduceBatchNorm, convert_sync_batchnorm
+    from micalib.engine.sync_batchnorm import AllReduceBatchNorm, convert_sync_batchnorm
 
     for freeze_bn in (False, True):
         arcface = convert_sync_batchnorm(freeze_for_mica(random_arcface("iresnet18"), freeze_bn=freeze_bn).train())

@@ -12,10 +12,10 @@ import pytest
 import torch
 
 from configs.config import load_cfg
-from micalib.checkpointer import Checkpointer
-from micalib.hooks import EvalHook
-from micalib.train_builder import build_trainer
-from micalib.validator import BestModelTracker, Validator
+from micalib.engine.builder import build_trainer
+from micalib.engine.checkpointer import Checkpointer
+from micalib.engine.hooks import EvalHook
+from micalib.engine.validator import BestModelTracker, Validator
 from tests.test_trainer import ROOT, make_opts, weights_of
 
 

@@ -21,8 +21,8 @@ import torch.nn.functional as F
 os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
 
 from configs.config import load_cfg  # noqa: E402
+from micalib.engine.builder import build_trainer  # noqa: E402
 from micalib.predictor import Predictor  # noqa: E402
-from micalib.train_builder import build_trainer  # noqa: E402
 from tests.synthetic_weights import random_mica  # noqa: E402
 from tests.test_trainer import ROOT, full_batch_loss, killed_and_resumed, make_opts, weights_of  # noqa: E402
 from utils.device import resolve_precision  # noqa: E402

@@ -1,4 +1,4 @@
-"""micalib/demo_runner.py with stand-ins for the detector and the network (fast, no ../shared):
+"""micalib/inference/demo_runner.py with stand-ins for the detector and the network (fast, no ../shared):
 worker threads prepare and write a batch's images at the same time, never while the network runs
 (without prefetch), lose nothing and give the same outputs as one image after the other."""
 from __future__ import annotations
@@ -12,7 +12,7 @@ import cv2
 import numpy as np
 import pytest
 
-from micalib.demo_runner import DemoRunner, default_workers
+from micalib.inference.demo_runner import DemoRunner, default_workers
 from models.detectors import Face
 from utils.alignment import ARCFACE_TEMPLATE
 

@@ -8,9 +8,9 @@ import onnx
 import pytest
 import torch
 
-from micalib.export import main
+from micalib.export.cli import main
+from micalib.export.onnx_graph import export_onnx, validate_onnx
 from micalib.mica import MICA
-from micalib.onnx_export import export_onnx, validate_onnx
 from micalib.predictor import Predictor
 from models.flame import FLAME
 from tests.synthetic_weights import random_arcface, random_mapping_network, write_random_mica_tar

@@ -16,9 +16,9 @@ import pytest
 import torch
 from onnx import TensorProto, helper, numpy_helper
 
-from micalib.batching import GpuBusy
-from micalib.demo_runner import DemoRunner, detector_on_gpu
-from micalib.scheduling import Schedule
+from micalib.inference.batching import GpuBusy
+from micalib.inference.demo_runner import DemoRunner, detector_on_gpu
+from micalib.inference.scheduling import Schedule
 from models.detectors import SCRFD
 from tests.test_demo_runner import TETRA, SlowDetector, SlowNetwork
 from tests.test_detectors import DET, _scrfd_outputs

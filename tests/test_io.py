@@ -87,7 +87,7 @@ def test_written_file(tmp_path):
 
 
 def test_reconstruction_outputs_skip_fsync_and_empty_files_are_not_done(tmp_path, fsyncs):
-    from micalib.outputs import OUTPUT_FILES, outputs_done, write_reconstruction
+    from micalib.inference.outputs import OUTPUT_FILES, outputs_done, write_reconstruction
 
     verts = np.random.default_rng(0).normal(size=(4, 3)).astype(np.float32)
     faces = np.array([[0, 1, 2], [0, 1, 3], [0, 2, 3], [1, 2, 3]])

@@ -63,7 +63,7 @@ def test_train_mode_frozen_parts_and_flame(mica):
         # as MICA: the frozen stages get no gradient but their BN runs in train mode (model.freeze_bn: eval)
         assert mica.arcface.layer3.training and mica.arcface.bn1.training
         assert not any(p.requires_grad for p in mica.arcface.layer3.parameters())
-        from micalib.train_builder import parameter_groups
+        from micalib.engine.builder import parameter_groups
 
         groups = parameter_groups(mica, 1e-5, 2e-5)
         assert sum(p.numel() for p in groups[0]["params"]) == sum(p.numel() for p in mica.regressor.parameters())

@@ -1,4 +1,4 @@
-"""Int8 ONNX (micalib.quantize): accuracy vs torch fp32, PReLU rewrite, dynamic batch, CLI, errors.
+"""Int8 ONNX (micalib.export.quantize): accuracy vs torch fp32, PReLU rewrite, dynamic batch, CLI, errors.
 
 Bounds come from measurements on these random well-conditioned weights (iresnet18, uniform inputs):
 identity-code cosine min 0.998 (codes of different inputs: cosine ~0.38), coefficient cosine
@@ -13,10 +13,8 @@ import numpy as np
 import onnx
 import pytest
 
-from micalib.export import main
-from micalib.mica import MICA
-from micalib.predictor import Predictor
-from micalib.quantize import (
+from micalib.export.cli import main
+from micalib.export.quantize import (
     _ShapeAndCode,
     compare_with_torch,
     export_int8,
@@ -25,6 +23,8 @@ from micalib.quantize import (
     rewrite_prelu,
     synthetic_calibration,
 )
+from micalib.mica import MICA
+from micalib.predictor import Predictor
 from models.flame import FLAME
 from tests.synthetic_weights import random_arcface, random_mapping_network, write_random_mica_tar
 from utils.errors import USER_ERRORS, MICAError

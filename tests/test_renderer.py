@@ -1,4 +1,4 @@
-"""micalib/renderer.py: coverage, z-buffer, shading, views, previews and make_grid."""
+"""micalib/render/preview.py: coverage, z-buffer, shading, views, previews and make_grid."""
 from __future__ import annotations
 
 import math
@@ -10,7 +10,7 @@ import pytest
 import torch
 import trimesh
 
-from micalib.renderer import OrthoCamera, make_grid, rasterize, render_mesh, render_preview, view_rotation
+from micalib.render.preview import OrthoCamera, make_grid, rasterize, render_mesh, render_preview, view_rotation
 
 WHITE = (1.0, 1.0, 1.0)
 BG = (0, 0, 0)
@@ -178,7 +178,7 @@ def test_make_grid_layout() -> None:
 
 
 def test_chunked_rasterisation_matches_single_pass(monkeypatch: pytest.MonkeyPatch) -> None:
-    import micalib.renderer as renderer
+    import micalib.render.preview as renderer
 
     sphere = trimesh.creation.icosphere(subdivisions=3)
     screen = np.asarray(sphere.vertices) * 50 + [64, 64, 0]

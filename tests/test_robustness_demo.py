@@ -20,10 +20,10 @@ import numpy as np
 import pytest
 
 import demo
-from micalib import records
-from micalib.demo_runner import DemoRunner
-from micalib.output_lock import LOCK_FILE, output_lock
-from micalib.outputs import OUTPUT_FILES, output_names
+from micalib.inference import records as records
+from micalib.inference.demo_runner import DemoRunner
+from micalib.inference.output_lock import LOCK_FILE, output_lock
+from micalib.inference.outputs import OUTPUT_FILES, output_names
 from models.detectors import Face
 from tests.test_demo_runner import TETRA, SlowDetector, SlowNetwork
 from utils.alignment import ARCFACE_TEMPLATE
@@ -144,7 +144,7 @@ class ThreeFaces(SlowDetector):
 def test_all_faces_interrupted_after_the_first_face_is_redone_completely(tmp_path, monkeypatch):
     inp = tmp_path / "in"
     _photo(inp / "group.png", 0, size=336)
-    import micalib.demo_runner as dr
+    import micalib.inference.demo_runner as dr
 
     real = dr.write_reconstruction
     written = []
@@ -348,7 +348,7 @@ def test_sigterm_writes_the_summary_and_exits_130(tmp_path, photos):
         sys.path.insert(0, {str(ROOT)!r})
         from pathlib import Path
         import demo
-        from micalib.demo_runner import DemoRunner
+        from micalib.inference.demo_runner import DemoRunner
         from tests.test_demo_runner import SlowNetwork, SlowDetector, TETRA
         from utils.errors import run_main
 
@@ -418,7 +418,7 @@ def test_checkpoint_hash_prefix(tmp_path):
 _HOLD = """
 import sys, time
 sys.path.insert(0, {root!r})
-from micalib.output_lock import output_lock
+from micalib.inference.output_lock import output_lock
 with output_lock({out!r}):
     print("locked", flush=True)
     time.sleep(60)
@@ -469,7 +469,7 @@ def test_a_second_run_is_refused_and_a_dead_owners_lock_taken_over(tmp_path, pho
 def test_without_flock_the_pid_and_host_decide(tmp_path, monkeypatch):
     import socket
 
-    import micalib.output_lock as ol
+    import micalib.inference.output_lock as ol
 
     monkeypatch.setattr(ol, "fcntl", None)  # as on Windows
     lock = tmp_path / LOCK_FILE
@@ -564,7 +564,7 @@ def test_missing_crops_make_the_input_not_done(tmp_path, photos):
 
 
 def test_pending_rows_after_an_interrupt_carry_no_faces_or_score(tmp_path, photos, monkeypatch):
-    import micalib.demo_runner as dr
+    import micalib.inference.demo_runner as dr
 
     real = dr.write_reconstruction
     calls = []

@@ -204,9 +204,9 @@ def test_commands_clean_their_output_folders_on_start(tmp_path, monkeypatch):
     monkeypatch.setattr(demo, "build_runner", no_loading)
     with pytest.raises(Loaded):
         demo.main(["-i", str(tmp_path / "in"), "-o", str(tmp_path / "out"), "-a", str(tmp_path / "arc")])
-    import micalib.train_builder
+    import micalib.engine.builder
 
-    monkeypatch.setattr(micalib.train_builder, "build_trainer", no_loading)
+    monkeypatch.setattr(micalib.engine.builder, "build_trainer", no_loading)
     with pytest.raises(Loaded):
         train.main(["--cfg", str(PROJECT_ROOT / "configs" / "mica.yml"), "output_dir", str(tmp_path / "train"),
                     "device", "cpu"])
@@ -519,7 +519,7 @@ def test_symlinked_folders_are_followed_once_and_cycles_stop(tmp_path, log_lines
 
 
 def test_demo_runner_gives_unlistable_folders_and_unreadable_files_a_row(tmp_path, monkeypatch):
-    from micalib.demo_runner import DemoRunner
+    from micalib.inference.demo_runner import DemoRunner
 
     inp = tmp_path / "in"
     (inp / "locked").mkdir(parents=True)

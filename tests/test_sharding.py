@@ -1,5 +1,5 @@
 """Many processes (issue 17, section 1): torchrun ranks (3 gloo processes on the CPU), ``--shard K/N``
-jobs and ``python -m micalib.merge_summaries`` against one process of the same demo.
+jobs and ``python -m micalib.inference.merge_summaries`` against one process of the same demo.
 
 Fast stand-ins: the detector of tests/test_demo_runner.py and a tiny random network (a strided
 convolution and a linear layer in torch, a linear shape basis), whose float results depend on how
@@ -22,10 +22,11 @@ import torch
 import torch.multiprocessing as mp
 
 import demo
-from micalib import merge_summaries, sharding
-from micalib.demo_runner import DemoRunner, default_workers
-from micalib.output_lock import LOCK_FILE
-from micalib.sharding import Shard, parse_shard, resolve_shard
+from micalib.inference import merge_summaries as merge_summaries
+from micalib.inference import sharding
+from micalib.inference.demo_runner import DemoRunner, default_workers
+from micalib.inference.output_lock import LOCK_FILE
+from micalib.inference.sharding import Shard, parse_shard, resolve_shard
 from tests.test_demo_runner import TETRA, SlowDetector
 from utils.errors import MICAError, run_main
 
@@ -322,7 +323,7 @@ def test_shards_of_one_run_do_not_refuse_each_other(tmp_path, photos, monkeypatc
     meshes = tmp_path / "o" / "meshes"
     holder = subprocess.Popen([sys.executable, "-c", (
         "import sys, time; sys.path.insert(0, sys.argv[1]); from pathlib import Path;"
-        "from micalib.output_lock import output_lock\n"
+        "from micalib.inference.output_lock import output_lock\n"
         "with output_lock(Path(sys.argv[2])):\n    print('held', flush=True); time.sleep(60)"), str(ROOT), str(meshes)],
         stdout=subprocess.PIPE, text=True)
     try:
@@ -421,7 +422,7 @@ def test_torchrun_export_reports_are_summed_by_rank_0(tmp_path, monkeypatch):
 
 def test_merge_keeps_an_input_whose_record_is_unreadable(tmp_path):
     """A damaged record is a pending row named after its file, not a silently missing input."""
-    from micalib.records import ItemResult, write_record
+    from micalib.inference.records import ItemResult, write_record
 
     out = tmp_path / "meshes"
     write_record(out, ItemResult(input="a.png", status="failed", name="a", message="no face"))

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from micalib import renderer
+from micalib.render import preview as renderer
 from micalib.tracking import overlay
 from micalib.tracking.overlay import AMBIENT, MESH_GRAY, VideoWriter, compose_overlay, draw_landmarks, shade
 from tests.test_tracking_raster import _uv_sphere

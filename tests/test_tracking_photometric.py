@@ -1,4 +1,4 @@
-"""micalib.tracking.sh and .photometric: SH orthonormality by exact quadrature, hand formulas, the
+"""micalib.render.shading and .photometric: SH orthonormality by exact quadrature, hand formulas, the
 Lambert approximation, and the photometric stage on a synthetic render (loss drops, pose moves
 toward the truth, appearance is learned)."""
 from __future__ import annotations
@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 import torch
 
+from micalib.render.shading import directional_sh, sh_basis, sh_shading
 from micalib.tracking.photometric import PhotometricRefiner
-from micalib.tracking.sh import directional_sh, sh_basis, sh_shading
 from tests.test_tracking_raster import _uv_sphere
 
 

@@ -1,4 +1,4 @@
-"""micalib.tracking.raster: the fast rasteriser against a slow per-pixel reference, depth order,
+"""micalib.render.raster: the fast rasteriser against a slow per-pixel reference, depth order,
 differentiable interpolation (gradcheck) and vertex normals."""
 from __future__ import annotations
 
@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 import torch
 
-from micalib import renderer
-from micalib.tracking import raster
-from micalib.tracking.raster import interpolate, rasterize, vertex_normals
+from micalib.render import preview as renderer
+from micalib.render import raster as raster
+from micalib.render.raster import interpolate, rasterize, vertex_normals
 
 
 def _random_mesh(seed: int, n_tri: int = 40, size: int = 64):

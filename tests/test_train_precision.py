@@ -9,8 +9,8 @@ from typing import List
 import pytest
 
 from configs.config import load_cfg
-from micalib.hooks import PeriodicCheckpointer
-from micalib.train_builder import build_trainer
+from micalib.engine.builder import build_trainer
+from micalib.engine.hooks import PeriodicCheckpointer
 from tests.test_trainer import ROOT, make_opts
 from utils.checkpoint import load_mica_checkpoint
 from utils.device import cpu_supports_bf16

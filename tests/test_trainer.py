@@ -21,11 +21,11 @@ import torch.multiprocessing as mp
 
 from configs.config import load_cfg
 from datasets.sampler import ResumableDistributedSampler
-from micalib.hooks import CallbackHook, EvalHook, PeriodicCheckpointer, VisualizationHook
-from micalib.losses import VertexLoss
-from micalib.train_builder import build_trainer
-from micalib.trainer import NonFiniteLossError
-from micalib.validator import BEST_AVERAGE, BEST_DIR, BEST_RUNNING, BestModelTracker
+from micalib.engine.builder import build_trainer
+from micalib.engine.hooks import CallbackHook, EvalHook, PeriodicCheckpointer, VisualizationHook
+from micalib.engine.losses import VertexLoss
+from micalib.engine.trainer import NonFiniteLossError
+from micalib.engine.validator import BEST_AVERAGE, BEST_DIR, BEST_RUNNING, BestModelTracker
 from tests.logs import warnings_during
 from utils.errors import MICAError
 from utils.rng import get_rng_state, set_rng_state
@@ -469,7 +469,7 @@ def test_training_image_grid(train_setup_dir, tmp_path):
 def test_fp16_loss_scale_is_checkpointed_and_resumed(train_setup_dir, tmp_path, monkeypatch):
     """fp16 training uses a GradScaler whose scale is saved and restored. fp16 is refused on the CPU
     (utils.device), so CPU autocast fp16 is forced here to test the bookkeeping without a GPU."""
-    import micalib.train_builder as trainer_mod
+    import micalib.engine.builder as trainer_mod
     from utils.checkpoint import load_mica_checkpoint
 
     monkeypatch.setattr(trainer_mod, "resolve_precision", lambda precision, device: torch.float16)

@@ -6,7 +6,7 @@ too (checkpoints, configs, summaries). Bulk outputs written many times per secon
 the benchmark exports' meshes, landmarks and crops) pass ``fsync=False``: an fsync is cheap on a fast SSD but
 costs milliseconds per file on a hard disk or network file system (bench/README.md, Demo). The rename still keeps them
 atomic for readers and after a crash of the program; after a power failure such a file can at worst
-be empty, which ``micalib.outputs.outputs_done`` treats as not done.
+be empty, which ``micalib.inference.outputs.outputs_done`` treats as not done.
 
 Temporary files are named ``.STEM.HOST.PID.RANDOM.tmp.SUFFIX`` (host and process id of the writer).
 A process killed while writing leaves its temporary file behind; ``remove_stale_temps``, called on

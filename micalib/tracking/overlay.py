@@ -2,7 +2,7 @@
 frame (input | landmarks | mesh over the input) and an atomic MPEG-4 video writer.
 
 Everything works on OpenCV pixel coordinates ((0, 0) = centre of the top-left pixel) and RGB uint8
-images; the rasteriser is ``micalib.tracking.raster`` (fast enough for a real-time overlay: bench/README.md).
+images; the rasteriser is ``micalib.render.raster`` (fast enough for a real-time overlay: bench/README.md).
 Unlike the original tracker (``video.avi`` in DIVX with the photometric render), the video is
 ``mp4v`` (MPEG-4 Part 2, what the pinned OpenCV wheel writes into an .mp4) and shows a gray mesh.
 """
@@ -17,7 +17,7 @@ import cv2
 import numpy as np
 import torch
 
-from micalib.tracking.raster import rasterize, vertex_normals
+from micalib.render.raster import rasterize, vertex_normals
 from utils.errors import MICAError
 from utils.io import atomic_path
 

@@ -21,8 +21,8 @@ from typing import Callable, Dict, List, Mapping, Optional, Tuple, Union
 
 import torch
 
-from micalib.tracking.raster import interpolate_covered, rasterize, vertex_normals
-from micalib.tracking.sh import directional_sh, sh_shading
+from micalib.render.raster import interpolate_covered, rasterize, vertex_normals
+from micalib.render.shading import directional_sh, sh_shading
 
 __all__ = ["PhotometricRefiner", "ProjectOutput"]
 
@@ -65,7 +65,7 @@ class PhotometricRefiner:
 
     Attributes:
         albedo: (V, 3) per-vertex albedo in [0, 1] (initialised from the first image, see ``refine``).
-        sh: (9, 3) lighting coefficients (``micalib.tracking.sh``; initially an ambient light plus a
+        sh: (9, 3) lighting coefficients (``micalib.render.shading``; initially an ambient light plus a
             light from the camera).
         vertex_weights: (V,) weight of each vertex's surface in the error (e.g. 1 on the face region,
             0 on the neck and hair), interpolated over the pixels; None = all ones.

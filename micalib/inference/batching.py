@@ -1,9 +1,9 @@
-"""Predict a batch, then write the files: the one loop of the demo (``micalib.demo_runner``) and the
+"""Predict a batch, then write the files: the one loop of the demo (``micalib.inference.demo_runner``) and the
 benchmark exports (``testing.now_export.ExportWriter``).
 
 ``BatchLoop.run(work, prepare, write, finish, fail)``: each entry of ``work`` is prepared (read,
 detect, align: ``prepare(*entry) -> [Job, ...]`` or an exception value), scheduled by a
-``micalib.scheduling.Schedule``; the jobs are gathered into batches of ``batch_size``; per batch the
+``micalib.inference.scheduling.Schedule``; the jobs are gathered into batches of ``batch_size``; per batch the
 network runs once (``predictor.predict_identity``) and FLAME decodes once (``predictor.decode``);
 then ``write(job, decoded, i)`` writes each face (spread over the pool when it is idle) and
 ``finish(job, error, decoded, i)`` does the caller's bookkeeping, in input order. A face whose
@@ -21,7 +21,7 @@ from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional
 import numpy as np
 from tqdm import tqdm
 
-from micalib.scheduling import Schedule
+from micalib.inference.scheduling import Schedule
 from models.face_prep import AlignedFace
 
 __all__ = ["BatchLoop", "GpuBusy", "Job", "StageTimer", "NON_FINITE_MESSAGE"]

@@ -1,13 +1,13 @@
 """Write ``OUT/summary.csv`` / ``summary.json`` of a demo run from its completion records: after the
 ``--shard K/N`` jobs of one run finished (each wrote only its records), or to check a run.
 
-    python -m micalib.merge_summaries OUT -i INPUT [-a ARCFACE]    (-a: also check the crops there)
+    python -m micalib.inference.merge_summaries OUT -i INPUT [-a ARCFACE]    (-a: also check the crops there)
 
 With ``-i`` (the same input as the demo's) there is one row per input in the demo's order, and an
 input without a complete record is ``pending`` (a shard that died: re-run the missing shards, or the
 whole run under any shard count, to finish it). Without ``-i``, one row per record, sorted by input.
 Nothing a shard wrote is trusted beyond its record: every ``ok`` record is checked against its files
-(``micalib.records.rebuild_summary``). Exit code 0 when every row is ok, 3 when some input is
+(``micalib.inference.records.rebuild_summary``). Exit code 0 when every row is ok, 3 when some input is
 still pending (a shard did not finish: run it again), 1 when the run is complete but inputs failed.
 """
 from __future__ import annotations
@@ -18,8 +18,8 @@ from pathlib import Path
 
 from loguru import logger
 
-from micalib.demo_runner import input_names, list_inputs
-from micalib.records import RECORD_DIR, rebuild_summary
+from micalib.inference.demo_runner import input_names, list_inputs
+from micalib.inference.records import RECORD_DIR, rebuild_summary
 from utils.errors import MICAError, run_main
 
 

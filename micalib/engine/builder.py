@@ -21,13 +21,13 @@ from configs.config import resolve_path
 from datasets import build as dsb
 from datasets.loader import ResumableLoader, TrainState
 from datasets.mica_dataset import collate_mica
-from micalib import hooks
-from micalib.checkpointer import CHECKPOINT_DIR, LAST_CHECKPOINT, Checkpointer, last_checkpoint
-from micalib.losses import VertexLoss
+from micalib.engine import hooks as hooks
+from micalib.engine.checkpointer import CHECKPOINT_DIR, LAST_CHECKPOINT, Checkpointer, last_checkpoint
+from micalib.engine.losses import VertexLoss
+from micalib.engine.sync_batchnorm import convert_sync_batchnorm
+from micalib.engine.trainer import MICAForward, Trainer
+from micalib.engine.validator import Validator
 from micalib.mica import MICA
-from micalib.sync_batchnorm import convert_sync_batchnorm
-from micalib.trainer import MICAForward, Trainer
-from micalib.validator import Validator
 from utils import dist as comm
 from utils.device import resolve_device, resolve_precision
 from utils.errors import MICAError

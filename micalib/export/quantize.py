@@ -3,7 +3,7 @@
     python -m micalib.export --onnx mica_int8.onnx --int8 --calib demo/arcface [--calib-count 64]
 
 Steps (``export_int8``): the network with its BatchNorms folded (``models.arcface.fuse_for_inference``)
-is exported to float32 ONNX (``micalib.export.export_onnx``); every PReLU whose slopes lie in [0, 1]
+is exported to float32 ONNX (``micalib.export.cli.export_onnx``); every PReLU whose slopes lie in [0, 1]
 is rewritten as ``Max(x, slope * x)`` (the same function; onnxruntime's PRelu kernel with per-channel
 slopes is much slower than Mul + Max) and each remaining BatchNorm (the blocks' ``bn1``, which precede
 a zero-padded convolution and cannot be folded) as ``x * s + t``, which needs no layout Transposes;
@@ -29,8 +29,8 @@ import torch
 from loguru import logger
 from torch import nn
 
+from micalib.export.onnx_graph import DEFAULT_OPSET, export_onnx
 from micalib.mica import ImageToShape
-from micalib.onnx_export import DEFAULT_OPSET, export_onnx
 from models.arcface import fuse_for_inference
 from utils.errors import MICAError
 from utils.io import atomic_save

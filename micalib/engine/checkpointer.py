@@ -117,7 +117,7 @@ class Checkpointer:
         output_dir: run folder (``checkpoints/``, ``model.tar``, ``config.yaml``).
         state: the run position (shared with the trainer and the loader).
         optimizer, scheduler, scaler: their ``state_dict`` go to ``opt``, ``scheduler``, ``grad_scaler``.
-        validator: ``micalib.validator.Validator`` (best values) or None.
+        validator: ``micalib.engine.validator.Validator`` (best values) or None.
         loader: restarted after a resume (the epoch and offset come from the checkpoint).
         seed, batch_size: stored and compared on resume; each rank reseeds with ``seed + rank + step``
             when a checkpoint has no usable RNG state.

@@ -17,7 +17,7 @@ index. Both windings are drawn unless ``cull_backfaces``. Triangles with a verte
 are linear in screen space (``interpolate(..., perspective_correct=True)`` corrects attributes for
 perspective).
 
-Speed (several times faster than ``micalib.renderer``; bench/README.md, Rendering for tracking): every
+Speed (several times faster than ``micalib.render.preview``; bench/README.md, Rendering for tracking): every
 triangle is cut into pixel rows; each row's span of covered pixel centres comes from six
 multiply-adds on per-triangle coefficients (no inside test per pixel); the spans are expanded into
 (pixel, depth | triangle) int64 keys (float32 depth bits << 32 | triangle index) and resolved with

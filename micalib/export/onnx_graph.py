@@ -3,7 +3,7 @@
 The graph takes ``images (batch, 3, 112, 112)`` float32 ((RGB - 127.5) / 127.5) and returns
 ``shape (batch, n_shape)`` float32; the batch axis is dynamic. FLAME is not part of the graph
 (``micalib.predictor`` decodes after it). The command line is ``python -m micalib.export``; the int8
-variant is built from this export by ``micalib.quantize``.
+variant is built from this export by ``micalib.export.quantize``.
 """
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Decoding photos in worker processes (the GPU pipeline of ``micalib.demo_runner``).
+"""Decoding photos in worker processes (the GPU pipeline of ``micalib.inference.demo_runner``).
 
 Threads decoding JPEGs hold each other up on the GIL; processes do not (bench/README.md, Demo).
 The functions here are what a worker process runs: this module imports only the image reader, so a

@@ -10,11 +10,11 @@ Two ways to get shard K of N:
   group (barriers and small gathers only) lets rank 0 write the summary after all ranks finished.
   Each rank uses GPU ``LOCAL_RANK`` and the CPU cores divided by the ranks of its machine.
 - ``--shard K/N`` (e.g. K = ``$SLURM_ARRAY_TASK_ID``): the same split without torch.distributed; the
-  jobs never talk to each other, and ``python -m micalib.merge_summaries OUT`` writes the summary
+  jobs never talk to each other, and ``python -m micalib.inference.merge_summaries OUT`` writes the summary
   from their completion records afterwards. ``--shard`` under torchrun is an error.
 
 Re-running with any other N finishes what is missing: whether an input is done is decided by its
-completion record and its files (``micalib.records``), never by the shard that made it.
+completion record and its files (``micalib.inference.records``), never by the shard that made it.
 """
 from __future__ import annotations
 

@@ -4,9 +4,9 @@ Stages (timed separately, see ``DemoRunner.timings``): read + detect, align, net
 mapping), FLAME decode, writing. Bad inputs never stop the run: each gets one line in the log and a
 row in ``summary.csv`` / ``summary.json``; the caller turns failures into the exit code.
 
-Each input is finished by its completion record (``micalib.records``), written after all of its
+Each input is finished by its completion record (``micalib.inference.records``), written after all of its
 files: a re-run redoes exactly the inputs without a complete record, also after a kill half-way
-through an input's faces. Output names follow ``micalib.outputs.output_names`` (no two inputs share
+through an input's faces. Output names follow ``micalib.inference.outputs.output_names`` (no two inputs share
 a folder). The summary lists every input after every run, also an interrupted one (``pending``).
 """
 from __future__ import annotations
@@ -24,11 +24,11 @@ import numpy as np
 import torch
 from loguru import logger
 
-from micalib.batching import BatchLoop, GpuBusy, Job, StageTimer
-from micalib.decoding import decoder_init, read_or_error
-from micalib.output_lock import output_lock
-from micalib.outputs import output_files, output_names, write_reconstruction
-from micalib.records import (
+from micalib.inference.batching import BatchLoop, GpuBusy, Job, StageTimer
+from micalib.inference.decoding import decoder_init, read_or_error
+from micalib.inference.output_lock import output_lock
+from micalib.inference.outputs import output_files, output_names, write_reconstruction
+from micalib.inference.records import (
     PENDING_MESSAGE,
     STATE_DIR,
     ItemResult,
@@ -39,8 +39,8 @@ from micalib.records import (
     write_record,
     write_summary,
 )
-from micalib.scheduling import Schedule
-from micalib.sharding import Shard, barrier, usable_cores
+from micalib.inference.scheduling import Schedule
+from micalib.inference.sharding import Shard, barrier, usable_cores
 from models.detectors import MTCNN
 from models.face_prep import aligned_input, detect_and_align
 from models.flame import M_TO_MM
@@ -91,11 +91,11 @@ class DemoOptions:
             the detector runs on a GPU, see ``DemoRunner.detects_in_batches``): the GPU pipeline.
         decode_processes: with batch detection, worker processes that read and decode the photos
             ahead (0 = the calling thread); threads stalled on the GIL in the decoders.
-        lock: hold ``OUTPUT/.mica/lock`` while running (``micalib.output_lock``). Shards never take it
+        lock: hold ``OUTPUT/.mica/lock`` while running (``micalib.inference.output_lock``). Shards never take it
             (each writes only its own records); rank 0 of a torchrun run holds it for the run.
         summary: write ``summary.csv`` / ``summary.json`` at the end of ``run`` (in a sharded run
             only where ``shard.writes_summary``: rank 0 of torchrun, from the records of all ranks).
-        shard: the part of the inputs this process does (``micalib.sharding``).
+        shard: the part of the inputs this process does (``micalib.inference.sharding``).
     """
 
     batch_size: int = 8
@@ -368,7 +368,7 @@ class DemoRunner:
         vertices_mm = decoded["vertices"][i] * M_TO_MM
         preview = None
         if self.options.render:
-            from micalib.renderer import render_preview
+            from micalib.render.preview import render_preview
 
             with self.timings("render"):
                 preview = render_preview(vertices_mm, self.faces, crop)

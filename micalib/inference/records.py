@@ -44,7 +44,7 @@ class ItemResult:
     message: str = ""
     faces: int = 0
     score: Optional[float] = None
-    name: str = ""  # NAME (see micalib.outputs.output_names); differs from the stem after a rename
+    name: str = ""  # NAME (see micalib.inference.outputs.output_names); differs from the stem after a rename
     checkpoint: str = ""  # hash prefix of the network that made the outputs
     files: List[str] = field(default_factory=list)  # the files inside each output folder
     crops: List[str] = field(default_factory=list)  # its files in the crop folder (-a): NAME.jpg, NAME.npy, ...

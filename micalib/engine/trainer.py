@@ -3,10 +3,10 @@
 One optimiser step: a batch of ``batch_size`` actors x ``K`` images (one DataLoader batch per
 process), ArcFace -> mapping network -> canonical FLAME for every image, the ground truth =
 canonical FLAME of the actor's ``identity`` shared by its K images, masked per-vertex L1 (x1000),
-backward, step. Everything else is a hook (``micalib/hooks.py``: LR schedule, metrics, validation,
+backward, step. Everything else is a hook (``micalib/engine/hooks.py``: LR schedule, metrics, validation,
 images, checkpoints, timing), and everything is built from the config in
-``micalib/train_builder.py`` (``build_trainer``, ``default_hooks``); checkpoints and resuming are
-``micalib/checkpointer.py``.
+``micalib/engine/builder.py`` (``build_trainer``, ``default_hooks``); checkpoints and resuming are
+``micalib/engine/checkpointer.py``.
 
 Multi-process (``torchrun``): the model is wrapped in ``DistributedDataParallel``, every process reads
 its own shard (``datasets.loader.ResumableLoader``), ``batch_size`` is per process, and trainable
@@ -68,7 +68,7 @@ class Trainer:
         model: what the forward calls: :class:`MICAForward` of ``mica``, DDP-wrapped with several processes.
         loader: the training batches; its ``state`` is the run position (``self.state``).
         optimizer: AdamW over the trained parameters.
-        loss_fn: ``micalib.losses.VertexLoss``.
+        loss_fn: ``micalib.engine.losses.VertexLoss``.
         scaler: ``torch.amp.GradScaler`` (enabled for fp16 only).
         max_steps: optimiser steps in all.
         amp_dtype: autocast dtype (float32 = off).

@@ -4,7 +4,7 @@ A hook gets ``before_train``, ``before_step``, ``after_step`` and ``after_train`
 runs even when a step raised. ``trainer.state.step`` is the number of finished optimiser steps when
 ``after_step`` runs. Each hook owns what it works with (scheduler, TensorBoard writer, validator,
 renderer, checkpointer); the trainer provides the step, its optimiser, the last losses and the last batch.
-Registration order (``micalib.train_builder.default_hooks``): LR schedule, metrics, validation,
+Registration order (``micalib.engine.builder.default_hooks``): LR schedule, metrics, validation,
 visualisation, checkpoints, timer -- so a checkpoint sees the stepped scheduler and the validator's
 latest best values. Hooks that write files or TensorBoard do so on rank 0 only; hooks that run
 collectives (metrics reduction, validation, checkpoint RNG gathering) run on every rank.
@@ -21,14 +21,14 @@ import cv2
 import numpy as np
 from loguru import logger
 
-from micalib.checkpointer import Checkpointer
-from micalib.renderer import fit_camera, make_grid, render_mesh
-from micalib.validator import Validator
+from micalib.engine.checkpointer import Checkpointer
+from micalib.engine.validator import Validator
+from micalib.render.preview import fit_camera, make_grid, render_mesh
 from utils import dist as comm
 from utils.image_io import write_image
 
 if TYPE_CHECKING:  # pragma: no cover
-    from micalib.trainer import Trainer
+    from micalib.engine.trainer import Trainer
 
 # Side of each tile of the training image grid (pixels).
 VIS_SIZE = 224

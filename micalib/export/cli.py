@@ -8,7 +8,7 @@ The graph takes ``images (batch, 3, 112, 112)`` float32 ((RGB - 127.5) / 127.5) 
 ``shape (batch, n_shape)`` float32; the batch axis is dynamic. The ONNX file is written atomically,
 then run with onnxruntime (CPU) on batches of 1 and 4 and compared with torch; a difference above
 ``--atol`` is an error. FLAME is not part of the graph (``micalib.predictor`` decodes after it).
-``--int8`` writes a statically quantised model instead (``micalib.quantize``; calibration inputs from
+``--int8`` writes a statically quantised model instead (``micalib.export.quantize``; calibration inputs from
 ``--calib``), validated by the cosine of its coefficients to torch's (``--min-cosine``).
 """
 from __future__ import annotations
@@ -18,8 +18,8 @@ import sys
 from pathlib import Path
 from typing import Optional, Sequence
 
-from micalib.onnx_export import DEFAULT_ATOL, DEFAULT_OPSET, export_onnx, validate_onnx
-from micalib.quantize import DEFAULT_MIN_COSINE, export_int8, load_calibration_folder, validate_int8
+from micalib.export.onnx_graph import DEFAULT_ATOL, DEFAULT_OPSET, export_onnx, validate_onnx
+from micalib.export.quantize import DEFAULT_MIN_COSINE, export_int8, load_calibration_folder, validate_int8
 from utils.errors import MICAError, run_main
 
 __all__ = ["main"]
@@ -35,7 +35,7 @@ def _parse(argv: Optional[Sequence[str]]) -> argparse.Namespace:
     p.add_argument("--opset", type=int, default=DEFAULT_OPSET, help=f"ONNX opset (default {DEFAULT_OPSET})")
     p.add_argument("--atol", type=float, default=DEFAULT_ATOL, help=f"validation tolerance (default {DEFAULT_ATOL:g})")
     p.add_argument("--no-validate", action="store_true", help="skip the onnxruntime comparison")
-    p.add_argument("--int8", action="store_true", help="write an int8-quantised model (fast CPU path, micalib.quantize)")
+    p.add_argument("--int8", action="store_true", help="write an int8-quantised model (fast CPU path, micalib.export.quantize)")
     p.add_argument("--calib", default="demo/arcface",
                    help="--int8: folder of aligned network inputs (*.npy as demo.py writes them; default demo/arcface)")
     p.add_argument("--calib-count", type=int, default=64, help="--int8: calibration inputs to use (default 64)")

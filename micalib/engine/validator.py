@@ -93,7 +93,7 @@ class Validator:
 
     Args:
         datasets: validation datasets (each with a ``name``), items as ``datasets.MICADataset``.
-        loss_fn: ``micalib.losses.VertexLoss`` (has ``per_sample(pred, gt) -> (N,)``).
+        loss_fn: ``micalib.engine.losses.VertexLoss`` (has ``per_sample(pred, gt) -> (N,)``).
         collate_fn: batch collation (``datasets.collate_mica``).
         output_dir: run folder; best models go to ``output_dir/best_models``.
         window: running-average window (``running_average``).

@@ -1,0 +1,7 @@
+"""`python -m micalib.export`: the command line of micalib/export/cli.py."""
+import sys
+
+from micalib.export.cli import main
+from utils.errors import run_main
+
+run_main(lambda: main(sys.argv[1:]))

@@ -5,8 +5,9 @@
   section and the FLAME / MediaPipe / eyelid files). A re-run with other options is refused in one
   line naming the option (``--overwrite`` or another ``-o`` is the fix): finished frames are reused
   only by a run with the same options.
-* A frame is finished when its ``checkpoint/NNNNN.frame``, ``mesh/NNNNN.ply`` and
-  ``input/NNNNN.png`` are all complete and the ``.frame`` reads back.
+* A frame is finished when its solver record ``.solver/NNNNN.json`` (``solver_state.py``, written
+  last) is there, its ``checkpoint/NNNNN.frame``, ``mesh/NNNNN.ply`` and ``input/NNNNN.png`` have
+  the sizes recorded there, and the ``.frame`` reads back with finite values of the right shapes.
 * ``OUT/NAME/.tracking_rows.jsonl`` holds the csv row of each written frame as it is written (one
   appended line each), so that a killed run's rows are back in ``tracking.csv`` after the re-run.
 """
@@ -22,7 +23,8 @@ from pathlib import Path
 
 from loguru import logger
 
-from micalib.tracking.outputs import frame_name, read_frame
+from micalib.tracking.outputs import frame_name, frame_problem, read_frame
+from micalib.tracking.solver_state import STATE_DIR, FrameRecord, read_frame_state
 from utils.errors import MICAError
 from utils.io import atomic_write_text, written_file
 
@@ -30,7 +32,7 @@ RUN_RECORD = ".track_run.json"
 ROWS_JOURNAL = ".tracking_rows.jsonl"
 # every file and folder track.py writes into OUT/NAME (what --overwrite removes)
 RUN_FILES = ("checkpoint", "mesh", "input", "canonical.obj", "identity.npy", "landmarks.npz", "crop.json",
-             "bbox.pt", "tracking.csv", "video.mp4", ".crops.raw", RUN_RECORD, ROWS_JOURNAL)
+             "bbox.pt", "tracking.csv", "video.mp4", ".crops.raw", RUN_RECORD, ROWS_JOURNAL, STATE_DIR)
 # tracker keys that change speed only, not the outputs
 _NO_EFFECT = ("workers", "png_compression")
 # how the refusal names each recorded option
@@ -112,22 +114,32 @@ def clear_run(out: Path) -> None:
             p.unlink()
 
 
-def finished_frames(out: Path, n: int) -> list[bool]:
-    """Per output frame: its .frame, .ply and .png complete and the .frame readable. Unreadable
-    .frame files are tracked again (one warning)."""
-    done = [written_file(out / "checkpoint" / f"{frame_name(k)}.frame")
-            and written_file(out / "mesh" / f"{frame_name(k)}.ply")
-            and written_file(out / "input" / f"{frame_name(k)}.png") for k in range(n)]
+def finished_frames(out: Path, n: int) -> list[FrameRecord | None]:
+    """Per output frame its solver record (``solver_state.py``) when the frame is finished: the
+    record is there, its .png, .ply and .frame have the recorded sizes, and the .frame reads back
+    with every array of the original's shapes and finite values; else None. Damaged frames are
+    tracked again (one warning naming the first)."""
+    done: list[FrameRecord | None] = [None] * n
     bad = []
     for k in range(n):
-        if done[k]:
-            try:
-                read_frame(out / "checkpoint" / f"{frame_name(k)}.frame")
-            except MICAError:
-                done[k] = False
-                bad.append(out / "checkpoint" / f"{frame_name(k)}.frame")
+        rec, why = read_frame_state(out, k)
+        if rec is None:
+            if why != "not finished":
+                bad.append(why)
+            continue
+        path = out / "checkpoint" / f"{frame_name(k)}.frame"
+        try:
+            problem = frame_problem(read_frame(path))
+        except MICAError:
+            problem = "unreadable"
+        if problem is not None:
+            bad.append(f"{path}: {problem}")
+            continue
+        done[k] = rec
     if bad:
-        logger.warning(f"{len(bad)} unreadable checkpoint(s) (first: {bad[0]}): tracking those frames again")
+        shown = "; ".join(bad[:3]) + ("; ..." if len(bad) > 3 else "")
+        logger.warning(f"{len(bad)} frame(s) with an unreadable checkpoint or a damaged file ({shown}): "
+                       "tracking those frames again")
     return done
 
 
@@ -138,6 +150,8 @@ class RowJournal:
         self.path = out / ROWS_JOURNAL
         self._lock = threading.Lock()
         self._f = open(self.path, "a", encoding="utf-8")
+        if self._f.tell() > 0:  # a killed run's last line may be cut short: the next row starts on a line of its own
+            self._f.write("\n")
 
     def add(self, row: dict) -> None:
         line = json.dumps(row) + "\n"

@@ -31,7 +31,6 @@ from loguru import logger
 from tqdm import tqdm
 
 from micalib.tracking import crop as cropmod
-from micalib.tracking.camera import matrix_to_axis_angle, rotation_6d_to_matrix
 from micalib.tracking.crop import transform_points
 from micalib.tracking.fitting import (
     FrameState,
@@ -48,7 +47,7 @@ from micalib.tracking.model import (
     load_mediapipe_embedding,
     observations,
 )
-from micalib.tracking.outputs import frame_dict, frame_name, read_frame, save_frame
+from micalib.tracking.outputs import frame_dict, frame_name, save_frame
 from micalib.tracking.resume import (
     ROWS_JOURNAL,
     RowJournal,
@@ -58,6 +57,7 @@ from micalib.tracking.resume import (
     old_rows,
     run_settings,
 )
+from micalib.tracking.solver_state import basis_pose_of, restore_basis, write_frame_state
 from utils.errors import MICAError
 from utils.io import (
     atomic_save_npy,
@@ -97,15 +97,6 @@ def _png_bytes(rgb: np.ndarray, compression: int) -> bytes:
     if not ok:
         raise MICAError("could not encode a PNG frame")
     return buf.tobytes()
-
-
-def _state_from_frame(data: dict) -> FrameState:
-    fl = data["flame"]
-    mats = rotation_6d_to_matrix(np.concatenate([fl["jaw"].reshape(1, 6), fl["eyes"].reshape(2, 6)]))
-    return FrameState(np.asarray(fl["exp"], np.float64).reshape(-1), matrix_to_axis_angle(mats).reshape(9),
-                      np.asarray(fl["eyelids"], np.float64).reshape(2),
-                      np.asarray(data["opencv"]["R"], np.float64).reshape(3, 3),
-                      np.asarray(data["opencv"]["t"], np.float64).reshape(3))
 
 
 class TrackRunner:
@@ -444,28 +435,19 @@ class TrackRunner:
             raise MICAError(f"no face in any frame of {self.source.path}; check the video or the landmarks")
         n = len(self.source)
         done = finished_frames(out, n)
-        # ---- intrinsics: from a finished frame, else keyframes
+        # ---- intrinsics (and a refined identity) on the keyframes: from the landmarks alone, so a
+        # re-run gets the same numbers (solver_state.py)
         t0 = time.perf_counter()
-        first_done = next((k for k in range(n) if done[k]), None)
-        if first_done is not None:
-            kk = np.asarray(read_frame(out / "checkpoint" / f"{frame_name(first_done)}.frame")["opencv"]["K"]).reshape(3, 3)
-            if follow:
-                kk = np.linalg.inv(np.vstack([matrices[first_done], [0.0, 0.0, 1.0]])) @ kk
-            fitter.intr = Intrinsics(float(kk[0, 0]), float(kk[0, 2]), float(kk[1, 2]))
-            if fitter.s.refine_identity:  # the refined identity of the finished frames
-                done_shape = read_frame(out / "checkpoint" / f"{frame_name(first_done)}.frame")["flame"]["shape"]
-                refined = np.asarray(done_shape, np.float32).reshape(-1)
-        else:
-            keys = pick_keyframes([k for k in range(n) if has_face[k]], fitter.s.keyframes)
-            fitter.calibrate([(obs_all[k], valid_all[k]) for k in keys])
-            logger.info(f"camera: focal {fitter.intr.focal:.1f} px, principal point ({fitter.intr.cx:.1f}, "
-                        f"{fitter.intr.cy:.1f}) from {len(keys)} keyframes")
-            if fitter.s.refine_identity:
-                refined = np.zeros(300, np.float32)
-                refined[: ident.size] = ident
-                refined[: fitter.identity_change.size] += fitter.identity_change.astype(np.float32)
-                logger.info(f"identity refined on the keyframes: moved {np.linalg.norm(fitter.identity_change):.3f} "
-                            "from MICA's (identity.npy keeps MICA's; .frame 'shape' holds the refined one)")
+        keys = pick_keyframes([k for k in range(n) if has_face[k]], fitter.s.keyframes)
+        fitter.calibrate([(obs_all[k], valid_all[k]) for k in keys])
+        logger.info(f"camera: focal {fitter.intr.focal:.1f} px, principal point ({fitter.intr.cx:.1f}, "
+                    f"{fitter.intr.cy:.1f}) from {len(keys)} keyframes")
+        if fitter.s.refine_identity:
+            refined = np.zeros(300, np.float32)
+            refined[: ident.size] = ident
+            refined[: fitter.identity_change.size] += fitter.identity_change.astype(np.float32)
+            logger.info(f"identity refined on the keyframes: moved {np.linalg.norm(fitter.identity_change):.3f} "
+                        "from MICA's (identity.npy keeps MICA's; .frame 'shape' holds the refined one)")
         if fitter.s.refine_identity:
             ident = refined
             model = TrackingFLAME(flame, ident, emb, lids, tuple(int(v) for v in cfg.tracker.iris_vertices), ibug68="ibug68" in lm)
@@ -497,20 +479,23 @@ class TrackRunner:
             photo = PhotometricStage(model, self.size, self.device, iters=int(cfg.tracker.photometric_iters))
         prev: FrameState | None = None
         prev_k: int | None = None  # output frame of ``prev``
-        prev_done_k: int | None = None
+        basis_of_done: list = [None]  # the expression Jacobian's pose after the last finished frame
         kk = fitter.intr.k
         # a tracked (face) frame after k exists: faceless frames before it are interpolated
         face_after = np.zeros(n + 1, bool)
         for j in range(n - 1, -1, -1):
             face_after[j] = face_after[j + 1] or has_face[j]
         timing = {"fit": 0.0, "write": 0.0, "crop": 0.0}
-        held: list[tuple[int, int, np.ndarray]] = []  # faceless frames waiting for the next tracked one
+        # faceless frames waiting for the next tracked one (k, i, crop, state when finished before)
+        held: list[tuple[int, int, np.ndarray | None, FrameState | None]] = []
 
         def row_of(k: int, i: int, rms: dict, interpolated: bool) -> dict:
             return _row(k, i, fps_out, has_face[k], valid_all[k], rms, interpolated, model)
 
         def emit(k: int, i: int, crop: np.ndarray, st: FrameState, row: dict | None) -> None:
             """Submit frame k's files and overlay (in frame order)."""
+            if done[k] and writer is None:
+                return
             t0 = time.perf_counter()
             if row is not None:
                 rows[k] = row
@@ -518,7 +503,8 @@ class TrackRunner:
             verts = pool.submit(lambda s=st: model.vertices(s.exp, s.pose, s.eyelids)[0])
             if not done[k]:
                 data = frame_dict(st.exp, st.pose, st.eyelids, ident, st.r, st.t, crop_k(kk, k), (self.size, self.size), k, k)
-                pending.append(pool.submit(self._write_frame, out, k, data, verts, faces, crop, row))
+                bpose = basis_pose_of(fitter) if has_face[k] else None
+                pending.append(pool.submit(self._write_frame, out, k, data, verts, faces, crop, row, st, bpose))
             if writer is not None:
                 land = {}
                 if "mediapipe" in lm:
@@ -535,7 +521,10 @@ class TrackRunner:
         def flush_held(st: FrameState | None, k_next: int | None) -> None:
             """Faceless frames between ``prev`` and frame ``k_next`` (state ``st``): interpolated
             when both exist, else held at ``prev``."""
-            for kh, ih, ch in held:
+            for kh, ih, ch, known in held:
+                if known is not None:  # finished before: its exact state (solver_state.py)
+                    emit(kh, ih, ch, known, None)
+                    continue
                 if st is not None and prev is not None and prev_k is not None and k_next is not None:
                     sh = interpolate_state(prev, st, (kh - prev_k) / (k_next - prev_k))
                 else:  # before the first tracked frame: held at it; else at the last one
@@ -548,27 +537,32 @@ class TrackRunner:
             cached = self._n_cached > 0
             frames = prefetch(self._cached_crops()) if cached else prefetch(self.source)
             for k, i, rgb in tqdm(frames, total=n, desc=f"tracking {self.source.name}"):
-                if done[k]:
+                crop = None
+                if not done[k] or writer is not None:
+                    t0 = time.perf_counter()
+                    crop = rgb if cached else cropmod.warp(rgb, matrices[k], (self.size, self.size))
+                    timing["crop"] += time.perf_counter() - t0
+                if done[k]:  # finished before: its exact state continues the run (solver_state.py)
                     skipped += 1
-                    if writer is None:  # nothing to redo for a finished frame
-                        prev_done_k, prev_k, prev = k, k, None
+                    st = done[k].state
+                    if not has_face[k]:  # as when it was written: waiting with the held frames, or held
+                        if face_after[k + 1] and len(held) < MAX_HELD:
+                            held.append((k, i, crop, st))
+                        else:
+                            flush_held(None, None)
+                            emit(k, i, crop, st, None)
                         continue
-                t0 = time.perf_counter()
-                crop = rgb if cached else cropmod.warp(rgb, matrices[k], (self.size, self.size))
-                timing["crop"] += time.perf_counter() - t0
-                t0 = time.perf_counter()
-                if done[k]:
-                    st = _state_from_frame(read_frame(out / "checkpoint" / f"{frame_name(k)}.frame"))
                     flush_held(st, k)
-                    prev, prev_k, prev_done_k = st, k, None
-                    timing["fit"] += time.perf_counter() - t0
                     emit(k, i, crop, st, None)
+                    prev, prev_k, basis_of_done[0] = st, k, done[k].basis_pose
                     continue
-                if prev is None and prev_done_k is not None:
-                    prev = _state_from_frame(read_frame(out / "checkpoint" / f"{frame_name(prev_done_k)}.frame"))
+                t0 = time.perf_counter()
+                if basis_of_done[0] is not None:
+                    restore_basis(fitter, basis_of_done[0])
+                    basis_of_done[0] = None
                 if not has_face[k]:
                     if face_after[k + 1] and len(held) < MAX_HELD:
-                        held.append((k, i, crop))  # interpolated once the next tracked frame is fitted
+                        held.append((k, i, crop, None))  # interpolated once the next tracked frame is fitted
                         timing["fit"] += time.perf_counter() - t0
                         continue
                     if prev is None:  # too many frames without a face first: held at the first frame with one
@@ -621,7 +615,7 @@ class TrackRunner:
 
     # -----------------------------------------------------------------------------------------
     def _write_frame(self, out: Path, k: int, data: dict, verts: Future, faces: np.ndarray, crop: np.ndarray,
-                     row: dict | None = None) -> None:
+                     row: dict | None, st: FrameState, basis_pose: np.ndarray | None) -> None:
         name = frame_name(k)
         verts = verts.result()
         if k not in self._png_written:
@@ -630,6 +624,7 @@ class TrackRunner:
         save_frame(out / "checkpoint" / f"{name}.frame", data)  # marks the frame finished
         if row is not None and self._journal is not None:
             self._journal.add(row)  # its csv row survives a kill
+        write_frame_state(out, k, st, basis_pose)  # last: marks the frame finished
 
     @staticmethod
     def _video_frame(crop, land, verts: Future, faces, st: FrameState, kk: np.ndarray) -> np.ndarray:

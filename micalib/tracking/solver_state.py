@@ -1,0 +1,122 @@
+"""The exact per-frame solver state of a tracked frame, kept beside the ``.frame`` so that a re-run
+after a kill continues bit-identically to a run that was never stopped.
+
+A ``.frame`` holds float32 values as the original tracker's clients read them; the solver works in
+float64. For each written frame ``OUT/NAME/.solver/NNNNN.json`` records, in float64 (JSON's shortest
+round-trip repr, so exact):
+
+* the frame's state (expression, jaw/eye axis-angles, eyelids, camera R and t): the warm start and
+  the smoothing reference of the next fitted frame, and what the overlay video draws;
+* ``basis_pose``: the jaw/eye pose at which the fitter's cached expression Jacobian was built when
+  this frame was fitted (``LandmarkFitter._basis``; the basis is rebuilt from that pose, which gives
+  the same numbers as the one the uninterrupted run reused);
+* the byte sizes of the frame's ``input/NNNNN.png``, ``mesh/NNNNN.ply`` and
+  ``checkpoint/NNNNN.frame``: a file cut short or replaced afterwards no longer matches, so the frame
+  is tracked again (a size check costs one ``stat`` per file).
+
+It is written last, after the frame's files and its ``tracking.csv`` journal row: its presence marks
+the frame finished. The intrinsics and a refined identity are not stored: they are fitted again on
+the keyframes on every run, from the landmarks alone, so they are the same numbers.
+"""
+from __future__ import annotations
+
+import json
+import os
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from micalib.tracking.fitting import FrameState
+from micalib.tracking.outputs import frame_name
+from utils.io import atomic_write_text
+
+STATE_DIR = ".solver"
+# Test hook: the process ends (os._exit, like a kill -9) after this many frames were written.
+EXIT_AFTER_ENV = "MICA_TRACK_EXIT_AFTER_FRAMES"
+_exit_lock = threading.Lock()
+_written = [0]
+
+
+@dataclass
+class FrameRecord:
+    state: FrameState
+    basis_pose: np.ndarray | None
+    sizes: dict[str, int]
+
+
+def frame_files(out: Path, k: int) -> dict[str, Path]:
+    """The files of frame k whose sizes are recorded (by their path relative to ``out``)."""
+    name = frame_name(k)
+    return {f"input/{name}.png": out / "input" / f"{name}.png", f"mesh/{name}.ply": out / "mesh" / f"{name}.ply",
+            f"checkpoint/{name}.frame": out / "checkpoint" / f"{name}.frame"}
+
+
+def state_path(out: Path, k: int) -> Path:
+    return Path(out) / STATE_DIR / f"{frame_name(k)}.json"
+
+
+def write_frame_state(out: Path, k: int, st: FrameState, basis_pose: np.ndarray | None) -> None:
+    """Record frame k's state and its files' sizes (call after its files are written)."""
+    sizes = {rel: os.stat(p).st_size for rel, p in frame_files(out, k).items()}
+    doc = {"exp": st.exp.tolist(), "pose": st.pose.tolist(), "eyelids": st.eyelids.tolist(),
+           "r": st.r.reshape(-1).tolist(), "t": st.t.tolist(),
+           "basis_pose": None if basis_pose is None else np.asarray(basis_pose, np.float64).tolist(),
+           "sizes": sizes}
+    path = state_path(out, k)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(path, json.dumps(doc), fsync=False)
+    _maybe_exit()
+
+
+def _maybe_exit() -> None:
+    limit = os.environ.get(EXIT_AFTER_ENV)
+    if not limit:
+        return
+    with _exit_lock:
+        _written[0] += 1
+        if _written[0] >= int(limit):
+            os._exit(137)
+
+
+def _vector(doc: dict, key: str, n: int) -> np.ndarray:
+    v = np.asarray(doc[key], np.float64)
+    if v.shape != (n,) or not np.isfinite(v).all():
+        raise ValueError(key)
+    return v
+
+
+def read_frame_state(out: Path, k: int) -> tuple[FrameRecord | None, str]:
+    """Frame k's record and "" when it is complete and its files have the recorded sizes; else
+    (None, why)."""
+    path = state_path(out, k)
+    try:
+        doc = json.loads(path.read_text(encoding="utf-8"))
+        st = FrameState(_vector(doc, "exp", len(doc["exp"])), _vector(doc, "pose", 9), _vector(doc, "eyelids", 2),
+                        _vector(doc, "r", 9).reshape(3, 3), _vector(doc, "t", 3))
+        bp = None if doc["basis_pose"] is None else _vector(doc, "basis_pose", 9)
+        sizes = {str(rel): int(v) for rel, v in doc["sizes"].items()}
+    except FileNotFoundError:
+        return None, "not finished"
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return None, f"{path} is unreadable"
+    for rel, p in frame_files(out, k).items():
+        try:
+            size = os.stat(p).st_size
+        except OSError:
+            return None, f"{p} is missing"
+        if sizes.get(rel) != size:
+            return None, f"{p} has {size} bytes, {sizes.get(rel)} when written (cut short or replaced)"
+    return FrameRecord(st, bp, sizes), ""
+
+
+def restore_basis(fitter, basis_pose: np.ndarray | None) -> None:
+    """Give ``fitter`` the expression Jacobian it had after fitting a finished frame (its pose)."""
+    if basis_pose is not None:
+        fitter._basis = (basis_pose.copy(), fitter.model.exp_basis(basis_pose))
+
+
+def basis_pose_of(fitter) -> np.ndarray | None:
+    """The pose of the fitter's cached expression Jacobian (None before the first fit)."""
+    return None if fitter._basis is None else fitter._basis[0].copy()

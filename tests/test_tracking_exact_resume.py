@@ -1,0 +1,99 @@
+"""A track.py run killed during the per-frame fit (``os._exit`` from a writer thread, as kill -9:
+the other writer and overlay threads stop wherever they are) and run again gives exactly what an
+uninterrupted run gives: every .frame value, mesh, crop PNG, tracking.csv row and video frame.
+
+Only content that the computation fixes is compared: no timing columns (tracking.csv has none;
+its ``time_s`` is the frame's time in the video, k / fps), decoded video frames rather than the
+container's bytes. Both runs are separate processes on the same machine (same CPU kernels)."""
+from __future__ import annotations
+
+import csv
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from micalib.tracking.outputs import read_frame
+from micalib.tracking.solver_state import EXIT_AFTER_ENV
+from tests.synthetic_tracking import argv_of_last_run, track_synthetic
+
+ROOT = Path(__file__).resolve().parent.parent
+N = 16
+BLANK = (4, 5, 11)  # frames without a face: held, then interpolated
+
+
+def _run(argv: list, exit_after: int | None = None) -> subprocess.CompletedProcess:
+    env = dict(os.environ)
+    env.pop(EXIT_AFTER_ENV, None)
+    if exit_after is not None:
+        env[EXIT_AFTER_ENV] = str(exit_after)
+    return subprocess.run([sys.executable, str(ROOT / "track.py")] + argv, cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=300)
+
+
+def _leaves(d, prefix=""):
+    for key, value in sorted(d.items()):
+        if isinstance(value, dict):
+            yield from _leaves(value, f"{prefix}{key}.")
+        else:
+            yield f"{prefix}{key}", np.asarray(value)
+
+
+def _video(path: Path) -> list[np.ndarray]:
+    cap = cv2.VideoCapture(str(path))
+    frames = []
+    while True:
+        ok, img = cap.read()
+        if not ok:
+            break
+        frames.append(img)
+    cap.release()
+    return frames
+
+
+def _differences(a: Path, b: Path) -> list[str]:
+    """What differs between two output folders (empty: identical content)."""
+    diff = []
+    for k in range(N):
+        fa, fb = read_frame(a / "checkpoint" / f"{k:05d}.frame"), read_frame(b / "checkpoint" / f"{k:05d}.frame")
+        for (name, va), (_, vb) in zip(_leaves(fa), _leaves(fb)):
+            if va.shape != vb.shape or not np.array_equal(va, vb):
+                diff.append(f"frame {k} {name}")
+        for sub, ext in (("mesh", "ply"), ("input", "png")):
+            if (a / sub / f"{k:05d}.{ext}").read_bytes() != (b / sub / f"{k:05d}.{ext}").read_bytes():
+                diff.append(f"{sub}/{k:05d}.{ext}")
+    with open(a / "tracking.csv", newline="") as fa, open(b / "tracking.csv", newline="") as fb:
+        ra, rb = list(csv.DictReader(fa)), list(csv.DictReader(fb))
+    diff += [f"csv row {r1.get('frame')}" for r1, r2 in zip(ra, rb) if r1 != r2] + (["csv length"] if len(ra) != len(rb) else [])
+    va, vb = _video(a / "video.mp4"), _video(b / "video.mp4")
+    diff += ["video length"] if len(va) != len(vb) else [f"video frame {j}" for j, (x, y) in enumerate(zip(va, vb))
+                                                          if not np.array_equal(x, y)]
+    if (a / "canonical.obj").read_bytes() != (b / "canonical.obj").read_bytes():
+        diff.append("canonical.obj")
+    return diff
+
+
+@pytest.mark.slow
+def test_killed_runs_continue_bit_identically(tmp_path):
+    *_, clean = track_synthetic(tmp_path, real=False, n_frames=N, noise_px=0.5, video=True, blank_frames=BLANK)
+    argv = argv_of_last_run(clean)
+    other = tmp_path / "killed"
+    argv = argv[: argv.index("-o") + 1] + [str(other)] + argv[argv.index("-o") + 2:]
+    out = other / "clip"
+    proc = _run(argv)  # an uninterrupted run in a process of its own, as the killed ones
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert _differences(clean, out) == []
+    for exit_after in (1, 6, 12):
+        proc = _run(["--overwrite"] + argv, exit_after=exit_after)
+        assert proc.returncode == 137, proc.stderr[-2000:]
+        written = len(list((out / ".solver").glob("[0-9][0-9][0-9][0-9][0-9].json")))
+        assert exit_after <= written < N
+        assert not (out / "tracking.csv").exists() and not (out / "video.mp4").exists()
+        proc = _run(argv)
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        assert f"({written} finished before)" in proc.stderr
+        assert _differences(clean, out) == [], f"killed after {written} frames"

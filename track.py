@@ -41,9 +41,11 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def main(argv=None) -> int:
+    from micalib.tracking.limits import check_track_options
     from utils.io import prepare_output_dir
 
     args = parse_args(argv)
+    check_track_options(args.fps, args.image_size)
     prepare_output_dir(args.output, "output folder (-o)", clean=False)  # before loading anything
     if args.fps is not None and Path(args.input).is_dir():
         logger.info(f"--fps {args.fps:g} is ignored for a folder of frames: every frame is tracked")
@@ -52,8 +54,6 @@ def main(argv=None) -> int:
         if value is not None:
             opts += [key, value]
     cfg = load_cfg(args.cfg, opts)
-    if args.image_size < 64:
-        raise ValueError(f"--image-size {args.image_size} is too small (use e.g. 512)")
     import torch
 
     torch.set_num_threads(1)  # the per-frame work is small; threads are used for writing instead

@@ -116,3 +116,27 @@ def frame_problem(data: dict[str, Any]) -> str | None:
     if size.shape != (2,) or size.dtype.kind not in "iu" or (size <= 0).any():
         return f"img_size is {size.tolist()}, not [height, width]"
     return None
+
+
+def load_identity_npy(path: PathLike, cached: bool = False) -> np.ndarray:
+    """MICA's (300,) float32 identity coefficients from a ``.npy`` (also (1, 300)); ``cached``: it is
+    the run's own ``OUT/NAME/identity.npy`` (the fix is then to delete it, so MICA computes it again).
+
+    Raises:
+        MICAError: an unreadable, empty, pickled or truncated file, strings, a wrong shape, NaN/inf.
+    """
+    what = f"cached identity {path}" if cached else f"identity {path}"
+    fix = "delete it and run again (MICA computes it again from the frames)" if cached else "pass MICA's identity.npy"
+    try:
+        ident = np.load(path, allow_pickle=False)
+    except (OSError, ValueError, EOFError) as e:
+        raise MICAError(f"{what} is not a readable .npy ({type(e).__name__}: {str(e)[:80] or 'empty file'}); {fix}") from None
+    if not isinstance(ident, np.ndarray) or ident.dtype.kind not in "fiu":
+        kind = "an .npz archive" if not isinstance(ident, np.ndarray) else f"{ident.dtype} values, not numbers"
+        raise MICAError(f"{what} holds {kind}; {fix}")
+    if tuple(ident.shape) not in ((300,), (1, 300)):
+        raise MICAError(f"{what} has shape {tuple(ident.shape)}, not MICA's (300,) coefficients; {fix}")
+    ident = ident.astype(np.float32).reshape(-1)
+    if not np.isfinite(ident).all():
+        raise MICAError(f"{what} holds non-finite values (NaN/inf); {fix}")
+    return ident

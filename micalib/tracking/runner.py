@@ -41,13 +41,14 @@ from micalib.tracking.fitting import (
     settings_from_config,
 )
 from micalib.tracking.frames import open_frames, prefetch
+from micalib.tracking.limits import check_track_options, check_tracker_config
 from micalib.tracking.model import (
     TrackingFLAME,
     load_eyelids,
     load_mediapipe_embedding,
     observations,
 )
-from micalib.tracking.outputs import frame_dict, frame_name, save_frame
+from micalib.tracking.outputs import frame_dict, frame_name, load_identity_npy, save_frame
 from micalib.tracking.resume import (
     ROWS_JOURNAL,
     RowJournal,
@@ -117,6 +118,8 @@ class TrackRunner:
     def __init__(self, cfg, input_path, out_root, identity_path=None, landmarks_path=None, fps: float | None = 25.0,
                  image_size: int = 512, video: bool = True, photometric: bool = False, device: str = "cpu",
                  flame=None, source=None, overwrite: bool = False) -> None:
+        check_tracker_config(cfg)
+        check_track_options(fps, image_size)
         self.cfg = cfg
         self.source = source if source is not None else open_frames(input_path, fps)
         self.out = Path(out_root) / self.source.name
@@ -136,17 +139,19 @@ class TrackRunner:
 
     # -----------------------------------------------------------------------------------------
     def _landmarks(self) -> dict[str, np.ndarray]:
-        from micalib.tracking.landmarks import load_landmarks_npz, save_landmarks_npz
+        from micalib.tracking.landmarks import drop_absurd_rows, load_landmarks_npz, save_landmarks_npz
 
         n_in = self.source.n_input_frames
-        if self.landmarks_path is not None:
-            return load_landmarks_npz(self.landmarks_path, n_in)
         cache = self.out / "landmarks.npz"
-        if written_file(cache):
+        if self.landmarks_path is not None:
+            lm, where = load_landmarks_npz(self.landmarks_path, n_in), f"landmarks file {self.landmarks_path}"
+        elif written_file(cache):
             logger.info(f"landmarks from {cache}")
-            return load_landmarks_npz(cache, n_in)
-        lm = self._detect()
-        save_landmarks_npz(cache, **lm)
+            lm, where = load_landmarks_npz(cache, n_in, cached=True), f"cached landmarks file {cache}"
+        else:
+            lm, where = self._detect(), "detected landmarks"
+            save_landmarks_npz(cache, **lm)
+        drop_absurd_rows(lm, self.source.size, where)
         return lm
 
     def _detect(self) -> dict[str, np.ndarray]:
@@ -289,22 +294,11 @@ class TrackRunner:
     def _identity(self, flame, matrices, lm) -> np.ndarray:
         dst = self.out / "identity.npy"
         if self.identity_path is not None:
-            try:
-                ident = np.load(self.identity_path, allow_pickle=False)
-            except (OSError, ValueError) as e:
-                raise MICAError(f"identity {self.identity_path} is not a readable .npy ({str(e)[:80]}); "
-                                "pass MICA's identity.npy") from None
-            if tuple(np.shape(ident)) not in ((300,), (1, 300)):
-                raise MICAError(f"identity {self.identity_path} has shape {tuple(np.shape(ident))}, not MICA's (300,) "
-                                "coefficients; pass MICA's identity.npy")
-            ident = np.asarray(ident, np.float32).reshape(-1)
-            if not np.isfinite(ident).all():
-                raise MICAError(f"identity {self.identity_path} holds non-finite values (NaN/inf); "
-                                "pass MICA's identity.npy")
+            ident = load_identity_npy(self.identity_path)
         elif written_file(dst):
-            ident = np.load(dst, allow_pickle=False).astype(np.float32).reshape(-1)
+            ident = load_identity_npy(dst, cached=True)
         else:
-            ident = self._mica_identity()
+            ident = self._mica_identity().astype(np.float32)  # as a re-run reads it back
         atomic_save_npy(dst, ident.astype(np.float32))
         return ident
 

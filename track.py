@@ -16,7 +16,7 @@ from pathlib import Path
 from loguru import logger
 
 from configs.config import load_cfg
-from utils.errors import run_main
+from utils.errors import run_main, sigterm_as_interrupt
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -64,7 +64,8 @@ def main(argv=None) -> int:
                          fps=25.0 if args.fps is None else args.fps, image_size=args.image_size, video=not args.no_video,
                          photometric=args.photometric, device=str(resolve_device(cfg.device)),
                          overwrite=args.overwrite)
-    runner.run()
+    with sigterm_as_interrupt():  # as Ctrl-C: the tracked frames' files finished, the crop cache removed, exit 130
+        runner.run()
     return 0
 
 

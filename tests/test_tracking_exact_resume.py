@@ -97,3 +97,40 @@ def test_killed_runs_continue_bit_identically(tmp_path):
         assert proc.returncode == 0, proc.stderr[-2000:]
         assert f"({written} finished before)" in proc.stderr
         assert _differences(clean, out) == [], f"killed after {written} frames"
+
+
+@pytest.mark.slow
+def test_sigterm_is_ctrl_c_and_the_run_continues_exactly(tmp_path):
+    """T71: SIGTERM ended track.py with 143, no message. Now as Ctrl-C: the files of the tracked
+    frames are finished, exit 130 with one line; the re-run continues bit-identically."""
+    import signal
+    import time
+
+    n = 90
+    *_, clean = track_synthetic(tmp_path, real=False, n_frames=n, noise_px=0.5, video=False)
+    argv = argv_of_last_run(clean, video=False)
+    argv = argv[: argv.index("-o") + 1] + [str(tmp_path / "termed")] + argv[argv.index("-o") + 2:]
+    out = tmp_path / "termed" / "clip"
+    (out).mkdir(parents=True)
+    (out / ".crops.raw").write_bytes(b"\0" * 1000)  # a crop cache: removed however the run ends
+    proc = subprocess.Popen([sys.executable, str(ROOT / "track.py")] + argv, cwd=ROOT, stderr=subprocess.PIPE,
+                            text=True)
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline and len(list((out / ".solver").glob("[0-9]*.json"))) < 3 and proc.poll() is None:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err[-2000:]
+    assert err.strip().splitlines()[-1].endswith("interrupted")
+    assert not (out / ".crops.raw").exists()
+    written = sorted(p.name for p in (out / "checkpoint").glob("*.frame"))
+    assert 3 <= len(written) < n
+    for name in written:  # every written frame is complete: its record is there and matches
+        assert (out / ".solver" / name.replace(".frame", ".json")).is_file()
+    proc = _run(argv)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert f"({len(written)} finished before)" in proc.stderr
+    for k in range(n):
+        a, b = read_frame(clean / "checkpoint" / f"{k:05d}.frame"), read_frame(out / "checkpoint" / f"{k:05d}.frame")
+        for (name, va), (_, vb) in zip(_leaves(a), _leaves(b)):
+            assert np.array_equal(va, vb), f"frame {k} {name}"

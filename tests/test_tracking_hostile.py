@@ -253,3 +253,50 @@ def test_landmarks_times_1e30_is_one_line_naming_the_file(tmp_path):
     finally:
         logger.remove(sink)
     assert any("lmk.npz" in m and f"{N} landmark row(s) ignored" in m for m in msgs)
+
+
+@pytest.mark.shared_data
+@pytest.mark.slow
+def test_same_results_without_room_for_the_crop_cache(tmp_path, monkeypatch):
+    """T76: on a disk without room for the crop cache the box came from another code path (all
+    frames differed). The cache's failure is injected; box, crops and frames must be the same."""
+    import cv2
+
+    from micalib.tracking.frames import open_frames
+    from micalib.tracking.landmarks import mediapipe_available
+    from micalib.tracking.runner import TrackRunner
+    from tests.synthetic_flame import shared_flame_public
+    from tests.synthetic_tracking import shared_tracker_dir, write_tracker_assets
+
+    shared = shared_tracker_dir()
+    if shared is None or not (shared / "justin.mp4").is_file() or shared_flame_public() is None:
+        pytest.skip("../shared/data/tracker/justin.mp4 or ../shared/data/flame_public is absent")
+    if not mediapipe_available():
+        pytest.skip("mediapipe is not installed (install.sh installs it)")
+    clip = tmp_path / "clip"
+    clip.mkdir()
+    for k, _i, rgb in open_frames(shared / "justin.mp4", 25.0):
+        cv2.imwrite(str(clip / f"{k:03d}.png"), rgb[..., ::-1], [cv2.IMWRITE_PNG_COMPRESSION, 0])
+        if k == 7:
+            break
+    assets = write_tracker_assets(tmp_path / "assets", seed=0, real=True)
+    np.save(tmp_path / "zero.npy", np.zeros(300, np.float32))
+    argv = ["-i", str(clip), "--identity", str(tmp_path / "zero.npy"), "--no-video",
+            "model.flame_model_path", str(assets["flame_model_path"]),
+            "model.flame_lmk_embedding_path", str(assets["flame_lmk_embedding_path"]),
+            "tracker.mediapipe_embedding_path", str(assets["mediapipe_embedding_path"]),
+            "tracker.l_eyelid_path", str(assets["l_eyelid_path"]), "tracker.r_eyelid_path", str(assets["r_eyelid_path"])]
+    import track
+
+    track.main(["-o", str(tmp_path / "roomy")] + argv)
+    monkeypatch.setattr(TrackRunner, "_open_crop_cache", lambda self: None)  # a full disk
+    track.main(["-o", str(tmp_path / "full")] + argv)
+    a, b = tmp_path / "roomy" / "clip", tmp_path / "full" / "clip"
+    assert torch.load(a / "bbox.pt").tolist() == torch.load(b / "bbox.pt").tolist()
+    assert (a / "landmarks.npz").read_bytes() == (b / "landmarks.npz").read_bytes()
+    for k in range(8):
+        assert (a / "input" / f"{k:05d}.png").read_bytes() == (b / "input" / f"{k:05d}.png").read_bytes()
+        fa, fb = read_frame(a / "checkpoint" / f"{k:05d}.frame"), read_frame(b / "checkpoint" / f"{k:05d}.frame")
+        for block in ("flame", "opencv", "camera"):
+            for key in fa[block]:
+                np.testing.assert_array_equal(fa[block][key], fb[block][key], err_msg=f"frame {k} {block}.{key}")

@@ -187,6 +187,8 @@ class TrackRunner:
                     if np.isfinite(pts).all():
                         box = cropmod.box_from_landmarks(pts[MEDIAPIPE_IBUG68], self.cfg.tracker.bbox_scale)
                         det.reset()
+                        if track is None and ib_det is None:  # the crop box, with or without the cache
+                            self._box = box
                     else:
                         if cache is not None:  # no face on the first frame: no cache, decode twice
                             cache.close()
@@ -199,7 +201,6 @@ class TrackRunner:
                 crop = cropmod.warp(rgb, m, (self.size, self.size))
                 mp[i] = transform_points(det.detect(crop), cropmod.invert_matrix(m)).astype(np.float32)
                 if cache is not None:
-                    self._box = box
                     cache.write(crop.tobytes())
                     n_cached = k + 1
                     pending.append(pool.submit(self._write_png, k, crop))

@@ -106,7 +106,7 @@ def test_sigterm_is_ctrl_c_and_the_run_continues_exactly(tmp_path):
     import signal
     import time
 
-    n = 90
+    n = 60
     *_, clean = track_synthetic(tmp_path, real=False, n_frames=n, noise_px=0.5, video=False)
     argv = argv_of_last_run(clean, video=False)
     argv = argv[: argv.index("-o") + 1] + [str(tmp_path / "termed")] + argv[argv.index("-o") + 2:]

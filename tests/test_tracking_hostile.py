@@ -300,3 +300,39 @@ def test_same_results_without_room_for_the_crop_cache(tmp_path, monkeypatch):
         for block in ("flame", "opencv", "camera"):
             for key in fa[block]:
                 np.testing.assert_array_equal(fa[block][key], fb[block][key], err_msg=f"frame {k} {block}.{key}")
+
+
+def test_non_utf8_video_name_and_output_folder(tmp_path):
+    """T18/T19: a video whose name is not UTF-8, and an -o that is not, crashed inside OpenCV
+    (exit 139). A subprocess, so a crash fails this test rather than ending pytest."""
+    import os
+    import subprocess
+    import sys
+
+    import cv2
+
+    from micalib.tracking.overlay import VideoWriter
+
+    track_synthetic(tmp_path, real=False, n_frames=4, noise_px=0.3)
+    argv = argv_of_last_run(tmp_path / "out" / "clip", video=True)
+    video = os.path.join(tmp_path, os.fsdecode(b"vid\xff\xe9.mp4"))
+    with VideoWriter(tmp_path / "plain.mp4", 25, (512, 512)) as w:
+        for f in sorted((tmp_path / "clip").iterdir()):
+            w.write(cv2.imread(str(f))[..., ::-1].copy())
+    os.rename(tmp_path / "plain.mp4", video)
+    out = os.path.join(tmp_path, os.fsdecode(b"out\xff"))
+    argv[argv.index("-i") + 1] = video
+    argv[argv.index("-o") + 1] = out
+    root = Path(__file__).resolve().parent.parent
+    proc = subprocess.run([sys.executable, str(root / "track.py")] + [os.fsencode(a) for a in argv], cwd=root,
+                          capture_output=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    result = os.path.join(out, os.fsdecode(b"vid\xff\xe9"))
+    assert len(os.listdir(os.path.join(result, "checkpoint"))) == 4
+    os.symlink(os.fsencode(os.path.join(result, "video.mp4")), tmp_path / "link.mp4")
+    cap = cv2.VideoCapture(str(tmp_path / "link.mp4"))
+    n = 0
+    while cap.read()[0]:
+        n += 1
+    cap.release()
+    assert n == 4

@@ -17,6 +17,7 @@ import cv2
 import numpy as np
 import pytest
 
+from micalib.tracking.crop import load_bbox_pt
 from micalib.tracking.outputs import read_frame
 from micalib.tracking.solver_state import EXIT_AFTER_ENV
 from tests.synthetic_tracking import argv_of_last_run, track_synthetic
@@ -55,10 +56,10 @@ def _video(path: Path) -> list[np.ndarray]:
     return frames
 
 
-def _differences(a: Path, b: Path) -> list[str]:
+def _differences(a: Path, b: Path, n: int = N) -> list[str]:
     """What differs between two output folders (empty: identical content)."""
     diff = []
-    for k in range(N):
+    for k in range(n):
         fa, fb = read_frame(a / "checkpoint" / f"{k:05d}.frame"), read_frame(b / "checkpoint" / f"{k:05d}.frame")
         for (name, va), (_, vb) in zip(_leaves(fa), _leaves(fb)):
             if va.shape != vb.shape or not np.array_equal(va, vb):
@@ -72,8 +73,11 @@ def _differences(a: Path, b: Path) -> list[str]:
     va, vb = _video(a / "video.mp4"), _video(b / "video.mp4")
     diff += ["video length"] if len(va) != len(vb) else [f"video frame {j}" for j, (x, y) in enumerate(zip(va, vb))
                                                           if not np.array_equal(x, y)]
-    if (a / "canonical.obj").read_bytes() != (b / "canonical.obj").read_bytes():
-        diff.append("canonical.obj")
+    for name in ("canonical.obj", "identity.npy", "landmarks.npz", "crop.json"):
+        if (a / name).is_file() and (a / name).read_bytes() != (b / name).read_bytes():
+            diff.append(name)
+    if (a / "bbox.pt").is_file() and load_bbox_pt(a / "bbox.pt") != load_bbox_pt(b / "bbox.pt"):  # torch.save's bytes vary
+        diff.append("bbox.pt")
     return diff
 
 
@@ -134,3 +138,50 @@ def test_sigterm_is_ctrl_c_and_the_run_continues_exactly(tmp_path):
         a, b = read_frame(clean / "checkpoint" / f"{k:05d}.frame"), read_frame(out / "checkpoint" / f"{k:05d}.frame")
         for (name, va), (_, vb) in zip(_leaves(a), _leaves(b)):
             assert np.array_equal(va, vb), f"frame {k} {name}"
+
+
+@pytest.mark.shared_data
+@pytest.mark.slow
+def test_default_options_killed_and_resumed_bit_identically(tmp_path):
+    """T70 with the default options: landmarks detected by MediaPipe (the crop cache on), the
+    identity computed by MICA from the frames (random weights: the numbers differ from the real
+    model's, the code path is the same), the overlay video on; killed at several points."""
+    from micalib.tracking.landmarks import mediapipe_available
+    from tests.synthetic_flame import shared_flame_public
+    from tests.synthetic_tracking import shared_tracker_dir, write_tracker_assets
+    from tests.synthetic_weights import write_random_mica_tar
+
+    shared = shared_tracker_dir()
+    if shared is None or not (shared / "justin.mp4").is_file() or shared_flame_public() is None:
+        pytest.skip("../shared/data/tracker/justin.mp4 or ../shared/data/flame_public is absent")
+    if not mediapipe_available():
+        pytest.skip("mediapipe is not installed (install.sh installs it)")
+    n = 10
+    clip = tmp_path / "clip"
+    clip.mkdir()
+    cap = cv2.VideoCapture(str(shared / "justin.mp4"))
+    for k in range(n):
+        ok, img = cap.read()
+        assert ok
+        cv2.imwrite(str(clip / f"{k:03d}.png"), img[::2, ::2], [cv2.IMWRITE_PNG_COMPRESSION, 0])
+    cap.release()
+    assets = write_tracker_assets(tmp_path / "assets", seed=0, real=True)
+    tar = write_random_mica_tar(tmp_path / "mica.tar", arch="iresnet18", seed=0)
+    common = ["-i", str(clip), "model.arch", "iresnet18", "pretrained_model_path", str(tar), "detector.name", "mtcnn",
+              "detector.antelopev2_dir", "/nonexistent/antelopev2",
+              "model.flame_model_path", str(assets["flame_model_path"]),
+              "model.flame_lmk_embedding_path", str(assets["flame_lmk_embedding_path"]),
+              "model.topology_path", str(assets["flame_model_path"].parent / "head_template.obj"),
+              "model.flame_masks_path", str(assets["flame_masks_path"]),
+              "tracker.mediapipe_embedding_path", str(assets["mediapipe_embedding_path"]),
+              "tracker.l_eyelid_path", str(assets["l_eyelid_path"]), "tracker.r_eyelid_path", str(assets["r_eyelid_path"])]
+    proc = _run(["-o", str(tmp_path / "clean")] + common)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    clean, out = tmp_path / "clean" / "clip", tmp_path / "killed" / "clip"
+    for exit_after in (2, 7):
+        proc = _run(["--overwrite", "-o", str(tmp_path / "killed")] + common, exit_after=exit_after)
+        assert proc.returncode == 137, proc.stderr[-2000:]
+        proc = _run(["-o", str(tmp_path / "killed")] + common)
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        assert "finished before" in proc.stderr and "(0 finished before)" not in proc.stderr
+        assert _differences(clean, out, n) == [], f"killed after {exit_after} frames"

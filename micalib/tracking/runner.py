@@ -21,6 +21,7 @@ import csv
 import io
 import shutil
 import time
+from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -58,7 +59,14 @@ from micalib.tracking.resume import (
     old_rows,
     run_settings,
 )
-from micalib.tracking.solver_state import basis_pose_of, restore_basis, write_frame_state
+from micalib.tracking.solver_state import (
+    KEEP_APPEARANCE,
+    basis_pose_of,
+    load_appearance,
+    restore_basis,
+    save_appearance,
+    write_frame_state,
+)
 from utils.errors import MICAError
 from utils.io import (
     atomic_save_npy,
@@ -474,7 +482,8 @@ class TrackRunner:
             photo = PhotometricStage(model, self.size, self.device, iters=int(cfg.tracker.photometric_iters))
         prev: FrameState | None = None
         prev_k: int | None = None  # output frame of ``prev``
-        basis_of_done: list = [None]  # the expression Jacobian's pose after the last finished frame
+        resume_from: list = [None]  # the last finished fitted frame: its solver state is restored before the next fit
+        kept: deque = deque()  # --photometric: fitted frames whose appearance is kept (solver_state.py)
         kk = fitter.intr.k
         # a tracked (face) frame after k exists: faceless frames before it are interpolated
         face_after = np.zeros(n + 1, bool)
@@ -487,7 +496,7 @@ class TrackRunner:
         def row_of(k: int, i: int, rms: dict, interpolated: bool) -> dict:
             return _row(k, i, fps_out, has_face[k], valid_all[k], rms, interpolated, model)
 
-        def emit(k: int, i: int, crop: np.ndarray, st: FrameState, row: dict | None) -> None:
+        def emit(k: int, i: int, crop: np.ndarray, st: FrameState, row: dict | None, appearance=None) -> None:
             """Submit frame k's files and overlay (in frame order)."""
             if done[k] and writer is None:
                 return
@@ -499,7 +508,12 @@ class TrackRunner:
             if not done[k]:
                 data = frame_dict(st.exp, st.pose, st.eyelids, ident, st.r, st.t, crop_k(kk, k), (self.size, self.size), k, k)
                 bpose = basis_pose_of(fitter) if has_face[k] else None
-                pending.append(pool.submit(self._write_frame, out, k, data, verts, faces, crop, row, st, bpose))
+                drop = None
+                if appearance is not None:
+                    kept.append(k)
+                    drop = kept.popleft() if len(kept) > KEEP_APPEARANCE else None
+                pending.append(pool.submit(self._write_frame, out, k, data, verts, faces, crop, row, st, bpose,
+                                           appearance, drop))
             if writer is not None:
                 land = {}
                 if "mediapipe" in lm:
@@ -549,12 +563,12 @@ class TrackRunner:
                         continue
                     flush_held(st, k)
                     emit(k, i, crop, st, None)
-                    prev, prev_k, basis_of_done[0] = st, k, done[k].basis_pose
+                    prev, prev_k, resume_from[0] = st, k, k
                     continue
                 t0 = time.perf_counter()
-                if basis_of_done[0] is not None:
-                    restore_basis(fitter, basis_of_done[0])
-                    basis_of_done[0] = None
+                if resume_from[0] is not None:
+                    self._restore_solver(fitter, photo, done[resume_from[0]], resume_from[0])
+                    resume_from[0] = None
                 if not has_face[k]:
                     if face_after[k + 1] and len(held) < MAX_HELD:
                         held.append((k, i, crop, None))  # interpolated once the next tracked frame is fitted
@@ -579,7 +593,7 @@ class TrackRunner:
                     rms = {key: val * float(matrices[k][0, 0]) for key, val in rms.items()}
                 timing["fit"] += time.perf_counter() - t0
                 flush_held(st, k)
-                emit(k, i, crop, st, row_of(k, i, rms, False))
+                emit(k, i, crop, st, row_of(k, i, rms, False), photo.appearance() if photo is not None else None)
                 prev, prev_k = st, k
             flush_held(None, None)
             for f in pending:
@@ -610,7 +624,8 @@ class TrackRunner:
 
     # -----------------------------------------------------------------------------------------
     def _write_frame(self, out: Path, k: int, data: dict, verts: Future, faces: np.ndarray, crop: np.ndarray,
-                     row: dict | None, st: FrameState, basis_pose: np.ndarray | None) -> None:
+                     row: dict | None, st: FrameState, basis_pose: np.ndarray | None, appearance: np.ndarray | None = None,
+                     drop: int | None = None) -> None:
         name = frame_name(k)
         verts = verts.result()
         if k not in self._png_written:
@@ -619,7 +634,20 @@ class TrackRunner:
         save_frame(out / "checkpoint" / f"{name}.frame", data)  # marks the frame finished
         if row is not None and self._journal is not None:
             self._journal.add(row)  # its csv row survives a kill
+        if appearance is not None:
+            save_appearance(out, k, appearance, drop)
         write_frame_state(out, k, st, basis_pose)  # last: marks the frame finished
+
+    def _restore_solver(self, fitter: LandmarkFitter, photo, rec, k: int) -> None:
+        """A resumed run: the solver as it was after fitting finished frame k (solver_state.py)."""
+        restore_basis(fitter, rec.basis_pose)
+        if photo is not None:
+            appearance = load_appearance(self.out, k)
+            if appearance is None:
+                logger.warning(f"the photometric appearance after frame {k} was not kept: it starts again from the "
+                               "next frame (the frames differ slightly from an uninterrupted run's)")
+            else:
+                photo.set_appearance(appearance)
 
     @staticmethod
     def _video_frame(crop, land, verts: Future, faces, st: FrameState, kk: np.ndarray) -> np.ndarray:

@@ -120,3 +120,31 @@ def restore_basis(fitter, basis_pose: np.ndarray | None) -> None:
 def basis_pose_of(fitter) -> np.ndarray | None:
     """The pose of the fitter's cached expression Jacobian (None before the first fit)."""
     return None if fitter._basis is None else fitter._basis[0].copy()
+
+
+# --photometric: the appearance (per-vertex albedo, SH lighting) carries over frames; it is kept for
+# the last KEEP_APPEARANCE fitted frames (more than the frames a kill can leave unfinished after the
+# last finished fitted one: the writer pool holds at most 8), older files are removed as the run goes.
+KEEP_APPEARANCE = 32
+
+
+def appearance_path(out: Path, k: int) -> Path:
+    return Path(out) / STATE_DIR / f"{frame_name(k)}.appearance.npy"
+
+
+def save_appearance(out: Path, k: int, appearance: np.ndarray, drop: int | None = None) -> None:
+    """Keep the appearance after fitting frame k (call before ``write_frame_state``); remove frame
+    ``drop``'s."""
+    from utils.io import atomic_save_npy
+
+    atomic_save_npy(appearance_path(out, k), np.asarray(appearance, np.float32), fsync=False)
+    if drop is not None:
+        appearance_path(out, drop).unlink(missing_ok=True)
+
+
+def load_appearance(out: Path, k: int) -> np.ndarray | None:
+    """The appearance kept after fitting frame k, or None (not kept, unreadable)."""
+    try:
+        return np.load(appearance_path(out, k), allow_pickle=False)
+    except (OSError, ValueError, EOFError):
+        return None

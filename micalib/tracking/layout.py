@@ -5,21 +5,37 @@ the original tracker's folder attributes).
              canonical.obj identity.npy landmarks.npz crop.json bbox.pt tracking.csv video.mp4
              .crops.raw (landmark pass -> second pass, deleted) .track_run.json (the run's options)
              .tracking_rows.jsonl (csv rows of written frames, until tracking.csv has them)
+             .track_lock (held while a run writes here: one run per OUT/NAME)
+
+It also keeps the run's hands off the user's files: ``check_input`` refuses an ``OUT/NAME`` that is,
+contains or lies inside the input folder (or holds the input video), ``clear`` (``--overwrite``)
+removes only the files of these names, and ``lock`` lets one run at a time write into ``OUT/NAME``.
 """
 from __future__ import annotations
 
-import shutil
+import contextlib
+import re
+from collections.abc import Iterator
 from pathlib import Path
 
+from micalib.inference.output_lock import output_lock
 from micalib.tracking.outputs import frame_name
+from utils.errors import MICAError
+from utils.io import RELATION_WORDS, folder_relation
 
 CHECKPOINT, MESH, INPUT = "checkpoint", "mesh", "input"
 RUN_RECORD = ".track_run.json"
 ROWS_JOURNAL = ".tracking_rows.jsonl"
 CROP_CACHE = ".crops.raw"
+LOCK_FILE = ".track_lock"
 # the files track.py writes directly into OUT/NAME
 TOP_FILES = ("canonical.obj", "identity.npy", "landmarks.npz", "crop.json", "bbox.pt", "tracking.csv",
              "video.mp4", CROP_CACHE, RUN_RECORD, ROWS_JOURNAL)
+# the per-frame files of each sub-folder (5 digits, more beyond frame 99999)
+FRAME_FILES = {CHECKPOINT: re.compile(r"\d{5,}\.frame"), MESH: re.compile(r"\d{5,}\.ply"),
+               INPUT: re.compile(r"\d{5,}\.png")}
+# what a run derives from its input before the run record exists (cleared when there is no record)
+DERIVED = ("landmarks.npz", "bbox.pt")
 
 
 class TrackLayout:
@@ -57,18 +73,55 @@ class TrackLayout:
         return self.root / INPUT / f"{frame_name(k)}.png"
 
     def has_frames(self) -> bool:
-        """Any ``checkpoint/*.frame`` present."""
-        return any((self.root / CHECKPOINT).glob("*.frame"))
+        """Any ``checkpoint/NNNNN.frame`` present."""
+        return any(FRAME_FILES[CHECKPOINT].fullmatch(p.name) for p in (self.root / CHECKPOINT).glob("*.frame"))
 
     def make_dirs(self) -> None:
         for sub in (CHECKPOINT, MESH, INPUT):
             (self.root / sub).mkdir(parents=True, exist_ok=True)
 
     def clear(self) -> None:
-        """``--overwrite``: remove what track.py wrote into ``root`` (nothing else)."""
-        for name in (CHECKPOINT, MESH, INPUT, *TOP_FILES):
+        """``--overwrite``: remove what track.py writes into ``root``, by name (``TOP_FILES`` and
+        the per-frame files ``FRAME_FILES``; a sub-folder is removed only when that leaves it empty);
+        nothing else, never a whole folder."""
+        for name in TOP_FILES:
             p = self.root / name
-            if p.is_dir() and not p.is_symlink():
-                shutil.rmtree(p)
-            elif p.exists() or p.is_symlink():
+            if p.is_symlink() or p.is_file():
                 p.unlink()
+        for sub, pattern in FRAME_FILES.items():
+            folder = self.root / sub
+            if folder.is_symlink() or not folder.is_dir():
+                continue
+            for p in folder.iterdir():
+                if pattern.fullmatch(p.name) and (p.is_symlink() or p.is_file()):
+                    p.unlink()
+            with contextlib.suppress(OSError):
+                folder.rmdir()  # only when empty
+
+    def clear_unrecorded(self) -> None:
+        """Without a run record: remove what an earlier attempt derived from its input before its
+        options were recorded (``DERIVED``: its options, which shaped them, are unknown)."""
+        for name in DERIVED:
+            (self.root / name).unlink(missing_ok=True)
+
+    def check_input(self, input_path) -> None:
+        """Refuse an ``OUT/NAME`` that is, contains or lies inside the input folder, or that holds
+        the input video: its files would be written among the user's (one line, before anything
+        is written)."""
+        inp = Path(input_path)
+        if inp.is_dir():
+            relation = folder_relation(inp, self.root)
+            where = None if relation is None else f"{RELATION_WORDS[relation]} the input folder {inp}"
+        else:
+            inside = folder_relation(self.root, inp.parent) in ("same", "inside")
+            where = f"holds the input video {inp}" if inside else None
+        if where is not None:
+            raise MICAError(f"-o {self.root.parent}: the outputs would go to {self.root}, which {where}; they "
+                            "would replace or delete files there: pass an -o outside the input folder")
+
+    @contextlib.contextmanager
+    def lock(self) -> Iterator[None]:
+        """Hold ``OUT/NAME/.track_lock`` (``micalib.inference.output_lock``): a second run into the
+        same ``OUT/NAME`` is refused in one line; a dead owner's lock is taken over."""
+        with output_lock(self.root, lock_file=LOCK_FILE, what="track.py run"):
+            yield

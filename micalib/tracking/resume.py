@@ -71,8 +71,10 @@ def run_settings(options, source, landmarks_path, identity_path, asset_paths: di
             "assets": {k: f"{p}|{_stat(p)}" for k, p in sorted(asset_paths.items())}}
 
 
-def check_run_record(layout: TrackLayout, settings: dict) -> None:
-    """Refuse a re-run into ``layout.root`` with other options; record them on a first run.
+def check_run_record(layout: TrackLayout, settings: dict) -> bool:
+    """Refuse a re-run into ``layout.root`` with other options. Returns whether a record exists;
+    a first run records its options with :func:`write_run_record` once its inputs are accepted (a
+    run refused at its input check leaves no record that would refuse the corrected command).
 
     Raises:
         MICAError: it holds frames of a run with other options (or without a record).
@@ -91,10 +93,16 @@ def check_run_record(layout: TrackLayout, settings: dict) -> None:
                 shown = (lambda v: v if not isinstance(v, dict) else "changed")
                 raise MICAError(f"{out} was tracked with other options ({OPTION_NAMES.get(key, key)}: "
                                 f"{shown(old.get(key))} before, {shown(value)} now); {fix}")
-        return
+        return True
     if layout.has_frames():
         raise MICAError(f"{out} holds tracked frames but no record of their options ({RUN_RECORD}); {fix}")
-    atomic_write_text(path, json.dumps(settings, indent=1, sort_keys=True), fsync=False)
+    return False
+
+
+def write_run_record(layout: TrackLayout, settings: dict) -> None:
+    """Record the options of the run (``check_run_record``), unless recorded already."""
+    if not written_file(layout.run_record):
+        atomic_write_text(layout.run_record, json.dumps(settings, indent=1, sort_keys=True), fsync=False)
 
 
 def finished_frames(layout: TrackLayout, n: int) -> list[bool]:

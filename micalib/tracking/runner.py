@@ -46,7 +46,14 @@ from micalib.tracking.layout import TrackLayout
 from micalib.tracking.model import TrackingFLAME, load_eyelids, load_mediapipe_embedding, observations
 from micalib.tracking.options import TrackOptions
 from micalib.tracking.outputs import frame_dict, frame_name, read_frame
-from micalib.tracking.resume import RowJournal, check_run_record, finished_frames, old_rows, run_settings
+from micalib.tracking.resume import (
+    RowJournal,
+    check_run_record,
+    finished_frames,
+    old_rows,
+    run_settings,
+    write_run_record,
+)
 from micalib.tracking.writer import FrameWriter, png_bytes
 from utils.errors import MICAError
 from utils.io import atomic_save_npy, atomic_write_bytes, atomic_write_text, remove_stale_temps, written_file
@@ -188,32 +195,38 @@ class TrackRunner:
     def run(self) -> Path:
         """Track the input; returns ``OUT/NAME``."""
         t_start = time.perf_counter()
-        self._start()
-        try:
-            lm, matrices = self.frames_and_landmarks()
-            fit = self.fit_inputs(lm, matrices)
-            self.intrinsics(fit)
-            rows = self.track_frames(fit)
-            self.write_outputs(rows)
-        finally:
-            self.layout.crop_cache.unlink(missing_ok=True)
-            if self._journal is not None:
-                self._journal.close()
+        self.layout.check_input(self.source.path)
+        check_assets(self._asset_paths())
+        with self.layout.lock():
+            settings = self._start()
+            try:
+                lm, matrices = self.frames_and_landmarks()
+                fit = self.fit_inputs(lm, matrices)
+                write_run_record(self.layout, settings)  # the inputs are accepted
+                self.intrinsics(fit)
+                rows = self.track_frames(fit)
+                self.write_outputs(rows)
+            finally:
+                self.layout.crop_cache.unlink(missing_ok=True)
+                if self._journal is not None:
+                    self._journal.close()
         self.timings.add("total", time.perf_counter() - t_start)
         logger.info(f"tracked {len(self.source)} frames into {self.layout.root} ({self.skipped} finished before)")
         return self.layout.root
 
-    def _start(self) -> None:
-        """Before anything is tracked: assets present, ``--overwrite``, folders, the run record."""
-        assets = self._asset_paths()
-        check_assets(assets)
+    def _start(self) -> dict:
+        """Before anything is tracked (the lock held): ``--overwrite``, folders, the run record
+        compared (returns this run's options to record)."""
         lay = self.layout
         if self.options.overwrite:
             lay.clear()
         lay.make_dirs()
         remove_stale_temps(lay.root)
-        check_run_record(lay, run_settings(self.options, self.source, self.landmarks_path, self.identity_path,
-                                           {**self.flame_files, **assets, **self._optional_assets()}))
+        settings = run_settings(self.options, self.source, self.landmarks_path, self.identity_path,
+                                {**self.flame_files, **self._asset_paths(), **self._optional_assets()})
+        if not check_run_record(lay, settings):
+            lay.clear_unrecorded()
+        return settings
 
     def _asset_paths(self) -> dict[str, Path]:
         """The asset files of this run by config key (checked before any detection)."""

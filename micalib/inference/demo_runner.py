@@ -238,9 +238,10 @@ class DemoRunner:
     def _prepare(self, path: Path, name: str, item: _Item) -> List[Job]:
         remove_record(self.output_dir, name)  # redone from here: a kill half-way must not leave it done
         detections = None
-        with self.timings("read+detect"):
+        with self.timings("read"):
             image = read_image(path)
-            if not self.options.aligned:
+        if not self.options.aligned:
+            with self.timings("detect"):
                 detections = self.detector.detect(image)
         return self._align(path, name, item, image, detections)
 

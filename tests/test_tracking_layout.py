@@ -203,11 +203,11 @@ def test_run_refused_at_its_input_check_does_not_block_the_fix(tmp_path, tracked
 
 
 def test_caches_of_an_unrecorded_attempt_are_not_reused(tmp_path, tracked):
-    """Without a run record the options that shaped landmarks.npz / bbox.pt are unknown: removed."""
+    """Without a run record the options that shaped landmarks.npz, bbox.pt, identity.npy are unknown: removed."""
     _out, argv = tracked
     layout = TrackLayout(tmp_path / "out", "clip")
     layout.root.mkdir(parents=True)
-    for name in ("landmarks.npz", "bbox.pt", "mynotes.txt"):
+    for name in ("landmarks.npz", "bbox.pt", "identity.npy", "mynotes.txt"):
         (layout.root / name).write_bytes(b"x")
     layout.clear_unrecorded()
     assert sorted(p.name for p in layout.root.iterdir()) == ["mynotes.txt"]

@@ -35,7 +35,7 @@ TOP_FILES = ("canonical.obj", "identity.npy", "landmarks.npz", "crop.json", "bbo
 FRAME_FILES = {CHECKPOINT: re.compile(r"\d{5,}\.frame"), MESH: re.compile(r"\d{5,}\.ply"),
                INPUT: re.compile(r"\d{5,}\.png")}
 # what a run derives from its input before the run record exists (cleared when there is no record)
-DERIVED = ("landmarks.npz", "bbox.pt")
+DERIVED = ("landmarks.npz", "bbox.pt", "identity.npy")
 
 
 class TrackLayout:

@@ -50,12 +50,13 @@ body {{ font-family: sans-serif; margin: 0; background: #1e1f22; color: #ddd; }}
 .stage img, .stage canvas {{ position: absolute; left: 0; top: 0; width: 100%; height: 100%; }}
 .controls {{ margin: 6px 0; display: flex; gap: 10px; align-items: center; flex-wrap: wrap; }}
 .controls input[type=range] {{ width: 360px; }}
-.list {{ display: inline-block; vertical-align: top; max-height: 92vh; overflow-y: auto; width: 420px; }}
+#app.demo {{ display: flex; gap: 8px; align-items: flex-start; }}
+.list {{ flex: 0 0 360px; max-height: 92vh; overflow-y: auto; }}
 .row {{ display: flex; gap: 8px; padding: 4px; cursor: pointer; border-bottom: 1px solid #333; }}
 .row.sel {{ background: #2f3b52; }}
 .row img {{ width: 72px; height: 72px; object-fit: cover; background: #000; }}
 .row table {{ font-size: 11px; }}
-.panel {{ display: inline-block; vertical-align: top; margin-left: 8px; }}
+.panel {{ flex: 0 0 auto; }}
 .panel canvas {{ background: #2a2b30; }}
 #nowebgl {{ color: #f88; font-size: 18px; display: none; }}
 #result {{ display: none; }}

@@ -210,13 +210,14 @@
   // ---------------------------------------------------------------- demo folder
   function demoMode(data) {
     window.MICA_MESH = window.MICA_MESH || {};
+    app.className = "demo";
     var list = el("div", { class: "list" }, app);
     var panel = el("div", { class: "panel" }, app);
     var title = el("div", { text: "" }, panel);
-    var canvas = el("canvas", { width: "640", height: "640" }, panel);
+    var canvas = el("canvas", { width: "560", height: "560" }, panel);
     var renderer = new THREE.WebGLRenderer({ canvas: canvas, antialias: true });
     renderer.setPixelRatio(window.devicePixelRatio || 1);
-    renderer.setSize(640, 640, false);
+    renderer.setSize(560, 560, false);
     var scene = new THREE.Scene();
     scene.background = new THREE.Color(0x2a2b30);
     scene.add(new THREE.HemisphereLight(0xffffff, 0x303030, 1.5));

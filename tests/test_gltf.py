@@ -247,6 +247,7 @@ def test_size_of_a_1000_frame_clip():
                       axis_angle_to_matrix(rng.normal(scale=0.2, size=(n, 3))), rng.normal(size=(n, 3)) + [0, 0, 1],
                       np.tile(np.array([[768.0, 0, 256], [0, 768, 256], [0, 0, 1]]), (n, 1, 1)), (512, 512), 25.0)
     data, _ = build_tracking_glb(rig, clip)
+    print(f"1000 frames: {len(data) / 1e6:.2f} MB")
     assert len(data) <= 12e6, len(data) / 1e6
 
 
@@ -267,3 +268,25 @@ def test_khronos_validator_reports_nothing(exact_clip, tmp_path):
         out = subprocess.run(_validator() + [str(path)], capture_output=True, text=True, timeout=120, check=True)
         issues = json.loads(out.stdout)["issues"]
         assert (issues["numErrors"], issues["numWarnings"]) == (0, 0), issues["messages"][:5]
+
+
+def test_in_memory_states_give_the_same_file(exact_clip):
+    """``tracking_glb_bytes`` (TrackingFLAME + FrameStates, the live path) evaluates like the
+    folder's file: every frame equals the tracker's mesh."""
+    from micalib.export.gltf import tracking_glb_bytes
+    from micalib.tracking.camera import matrix_to_axis_angle
+    from micalib.tracking.fitting import FrameState
+    from micalib.tracking.model import TrackingFLAME, load_eyelids
+    from models.flame import FLAME
+
+    assets = exact_clip.parent.parent / "assets"
+    flame = FLAME.from_files(assets / "flame" / "generic_model.pkl", assets / "flame" / "landmark_embedding.npy")
+    clip, ident = read_clip(exact_clip)
+    lids = load_eyelids(assets / "l_eyelid.npy", assets / "r_eyelid.npy", flame.n_vertices)
+    model = TrackingFLAME(flame, ident, None, lids, None)
+    states = [FrameState(clip.exp[k], matrix_to_axis_angle(clip.rotations[k]).reshape(9), clip.eyelids[k],
+                         clip.R[k], clip.t[k]) for k in range(N_FRAMES)]
+    data, report = tracking_glb_bytes(model, states, clip.K[0], clip.image_size, clip.fps)
+    g = Glb(data)
+    worst = max(float(np.abs(g.skinned(_mesh_node(g), k / clip.fps) - _ply(exact_clip, k)).max()) for k in range(N_FRAMES))
+    assert worst < 1e-5 and report["frames"] == N_FRAMES

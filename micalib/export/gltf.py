@@ -22,8 +22,8 @@ A tracking folder ``OUT/NAME`` becomes one animated ``OUT/NAME/NAME.glb``:
   [R_j | J_j - R_j J_j] exactly (the naive T_j = J_j is off by (R_j - I)(J_j - J_bind)).
 - **Eyelids**: the tracker adds them *after* skinning, glTF morphs *before*: the file reproduces the
   tracker's mesh exactly where the vertices the eyelids move are skinned to the head joint alone
-  (true of FLAME 2020's eyelid regions within float rounding). ``build_tracking_glb`` computes the
-  largest deviation |sum_j w_j (R_j - I) (eyelids . offsets)| over the clip and logs it.
+  (or where jaw and eyes are not rotated). ``build_tracking_glb`` computes the largest deviation
+  |sum_j w_j (R_j - I) (eyelids . offsets)| over the clip and logs it (a warning above 0.01 mm).
 - **Camera**: an animated perspective camera: yfov = 2 atan(H / (2 f_y)), aspectRatio = W/H x
   f_y/f_x, pose from the ``.frame``'s ``opencv`` R, t (camera node = [R^T F | -R^T t], F =
   diag(1, -1, -1): OpenCV's camera looks along +z with y down, glTF's along -z with y up). glTF
@@ -113,6 +113,45 @@ def rig_from_model(model, identity: np.ndarray, eyelids: np.ndarray | None) -> F
                     None if eyelids is None else np.asarray(eyelids, np.float64),
                     np.asarray(model.J_regressor, np.float64), np.asarray(model.weights, np.float64),
                     np.asarray(model.faces, np.int64))
+
+
+def rig_from_tracking_model(model) -> FlameRig:
+    """``micalib.tracking.model.TrackingFLAME`` (its FLAME layer, fixed identity and eyelids) ->
+    ``FlameRig``: the in-memory path (a live session), no files read."""
+    flame = model.flame
+    n_v, n_s = flame.n_vertices, flame.n_shape
+    sd = flame.shapedirs.detach().double().cpu().numpy().reshape(-1, n_v, 3)  # (n_shape + n_exp, V, 3)
+    ident = np.asarray(model.identity, np.float64).reshape(-1)[:n_s]
+    base = flame.v_template.detach().double().cpu().numpy() + np.tensordot(ident, sd[:n_s], 1)
+    pd = flame.posedirs.detach().double().cpu().numpy().reshape(-1, n_v, 3)[9:36]
+    return FlameRig(base, np.ascontiguousarray(sd[n_s: n_s + 100]), np.ascontiguousarray(pd),
+                    np.asarray(model.eyelids, np.float64) if model.has_eyelids else None,
+                    flame.J_regressor.detach().double().cpu().numpy(), flame.lbs_weights.detach().double().cpu().numpy(),
+                    np.asarray(model.faces, np.int64))
+
+
+def clip_from_states(states: list, k: np.ndarray, image_size: tuple[int, int], fps: float) -> ClipStates:
+    """The tracker's per-frame states (``micalib.tracking.fitting.FrameState``: exp, pose (9,)
+    axis-angle jaw / left eye / right eye, eyelids, OpenCV r, t) with K (3,3) or one per frame
+    (N,3,3) -> ``ClipStates``: the in-memory path."""
+    from micalib.tracking.camera import axis_angle_to_matrix
+
+    n = len(states)
+    kk = np.asarray(k, np.float64)
+    kk = np.broadcast_to(kk, (n, 3, 3)).copy() if kk.ndim == 2 else kk.reshape(n, 3, 3)
+    pose = np.stack([np.asarray(s.pose, np.float64).reshape(3, 3) for s in states])
+    return ClipStates(np.stack([np.asarray(s.exp, np.float64).reshape(-1) for s in states]), axis_angle_to_matrix(pose),
+                      np.stack([np.asarray(s.eyelids, np.float64).reshape(2) for s in states]),
+                      np.stack([np.asarray(s.r, np.float64) for s in states]),
+                      np.stack([np.asarray(s.t, np.float64).reshape(3) for s in states]), kk,
+                      (int(image_size[0]), int(image_size[1])), float(fps))
+
+
+def tracking_glb_bytes(model, states: list, k: np.ndarray, image_size: tuple[int, int], fps: float,
+                       pixel_centre: float = K_PIXEL_CENTRE) -> tuple[bytes, dict]:
+    """The ``.glb`` of states in memory (``TrackingFLAME`` + ``FrameState`` list + K): what a live
+    session serves; the same file ``export_tracking_folder`` writes from the saved frames."""
+    return build_tracking_glb(rig_from_tracking_model(model), clip_from_states(states, k, image_size, fps), pixel_centre)
 
 
 def states_from_frames(frames: list[dict], fps: float) -> ClipStates:

@@ -31,7 +31,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--image-size", type=int, default=512, help="side of the square crop")
     p.add_argument("--photometric", action="store_true", help="photometric refinement after the landmark fit (slower; a GPU helps)")
     p.add_argument("--no-video", action="store_true", help="skip video.mp4")
-    p.add_argument("--no-glb", action="store_true", help="skip OUT/NAME/NAME.glb (the animated glTF of the clip)")
+    p.add_argument("--no-glb", action="store_true", help="skip OUT/NAME/NAME.glb (the animated glTF of the clip) and so the viewer page")
     p.add_argument("--no-page", action="store_true", help="skip the viewer page OUT/NAME/view/index.html")
     p.add_argument("--overwrite", action="store_true",
                    help="remove the earlier outputs of this input in -o first (needed when the options changed)")

@@ -290,3 +290,18 @@ def test_in_memory_states_give_the_same_file(exact_clip):
     g = Glb(data)
     worst = max(float(np.abs(g.skinned(_mesh_node(g), k / clip.fps) - _ply(exact_clip, k)).max()) for k in range(N_FRAMES))
     assert worst < 1e-5 and report["frames"] == N_FRAMES
+
+
+def test_one_frame_clip(exact_clip):
+    """A clip of one frame: every weight constant (baked into the base), still the tracker's mesh."""
+    from models.flame_io import load_flame_model
+
+    clip, ident = read_clip(exact_clip)
+    for name in ("exp", "rotations", "eyelids", "R", "t", "K"):
+        setattr(clip, name, getattr(clip, name)[5:6])
+    assets = exact_clip.parent.parent / "assets"
+    lids = np.stack([np.load(assets / f"{s}_eyelid.npy").astype(np.float64) for s in ("l", "r")])
+    data, report = build_tracking_glb(rig_from_model(load_flame_model(assets / "flame" / "generic_model.pkl"), ident, lids), clip)
+    g = Glb(data)
+    assert report["frames"] == 1
+    assert np.abs(g.skinned(_mesh_node(g), 0.0) - _ply(exact_clip, 5)).max() < 1e-5

@@ -100,4 +100,6 @@ def test_demo_page_lists_meshes_and_loads_one(tmp_path, capsys):
     assert len(list((tmp_path / "viewer" / "meshes").glob("*.js"))) == 3
     dom, console = _open(index.as_uri())
     assert console == []
-    assert dom.count('class="row') == 3 and "group/fused (drag to orbit" in dom.replace("\n", " ") or "alice (drag" in dom
+    assert dom.count('class="row') == 3 and "alice (drag to orbit" in dom
+    # only the shown mesh's script was loaded
+    assert 'src="viewer/meshes/00000.js"' in dom and "meshes/00001.js" not in dom

@@ -65,7 +65,7 @@
   function clipMode(data) {
     var silhouette = params.get("silhouette") === "1";
     var frame = Math.max(0, Math.min(data.frames.length - 1, parseInt(params.get("frame") || "0", 10) || 0));
-    parseGlb(data.glb, function (gltf) {
+    var loaded = function (gltf) {
       var cam = gltf.cameras[0];
       var extras = cam.userData || {};
       var size = extras.imageSize;
@@ -157,7 +157,11 @@
         document.getElementById("result").textContent = canvas.toDataURL("image/png");
         document.title = "silhouette ready";
       }
+    };
+    if (data.glb instanceof ArrayBuffer) new THREE.GLTFLoader().parse(data.glb, "", loaded, function (err) {
+      console.error("cannot read the glTF data: " + err);
     });
+    else parseGlb(data.glb, loaded);
   }
 
   function clipControls(n, current, on) {
@@ -279,6 +283,8 @@
     if (data.items.length) select(0);
   }
 
+  // for other scripts (e.g. a live mode): clipMode(data) with data.glb base64 or an ArrayBuffer
+  window.MICA_VIEWER = { clipMode: clipMode, demoMode: demoMode, hasWebGL2: hasWebGL2 };
   var data = window.MICA_VIEW;
   if (!hasWebGL2() || !window.THREE) {
     document.getElementById("nowebgl").style.display = "block";
@@ -290,5 +296,5 @@
     return;
   }
   if (data.mode === "clip") clipMode(data);
-  else demoMode(data);
+  else if (data.mode === "demo") demoMode(data);
 })();

@@ -67,11 +67,11 @@ def main(argv=None) -> int:
                          photometric=args.photometric, device=str(resolve_device(cfg.device)),
                          overwrite=args.overwrite)
     out = runner.run()
-    finish_outputs(cfg, Path(out), glb=not args.no_glb, page=not args.no_page)
+    finish_outputs(cfg, Path(out), glb=not args.no_glb, page=not args.no_page, landmarks=args.landmarks)
     return 0
 
 
-def finish_outputs(cfg, out: Path, glb: bool = True, page: bool = True) -> None:
+def finish_outputs(cfg, out: Path, glb: bool = True, page: bool = True, landmarks: str | None = None) -> None:
     """The clip's ``NAME.glb`` (``micalib.export.gltf``) and viewer page (``micalib.viewer``); prints
     the page's path."""
     from configs.config import resolve_path
@@ -85,7 +85,7 @@ def finish_outputs(cfg, out: Path, glb: bool = True, page: bool = True) -> None:
     if page:
         from micalib.viewer.page import write_tracking_page
 
-        index = write_tracking_page(out, glb_path)
+        index = write_tracking_page(out, glb_path, landmarks)
         print(f"viewer page: {index}")
 
 

@@ -305,3 +305,24 @@ def test_one_frame_clip(exact_clip):
     g = Glb(data)
     assert report["frames"] == 1
     assert np.abs(g.skinned(_mesh_node(g), 0.0) - _ply(exact_clip, 5)).max() < 1e-5
+
+
+def test_page_data_of_the_clip(exact_clip):
+    """track.py's page data: every frame, the .glb itself, the --landmarks detections in crop pixels."""
+    import base64
+
+    text = (exact_clip / "viewer" / "data.js").read_text()
+    data = json.loads(text[text.index("{"): text.rindex("}") + 1])
+    assert data["frames"] == [f"input/{k:05d}.png" for k in range(N_FRAMES)]
+    assert base64.b64decode(data["glb"]) == (exact_clip / f"{exact_clip.name}.glb").read_bytes()
+    lm = data["landmarks"]
+    pts = np.frombuffer(base64.b64decode(lm["data"]), np.int16).reshape(N_FRAMES, lm["points"], 2)
+    crop = json.loads((exact_clip / "crop.json").read_text())
+    with np.load(exact_clip.parent.parent / "lmk.npz") as z:
+        mp = z["mediapipe"]
+    k = 4
+    m = np.asarray(crop["frames"][k]["matrix"])
+    want = mp[crop["frames"][k]["input_frame"]] @ m[:, :2].T + m[:, 2]
+    ok = np.isfinite(want).all(1)
+    assert (pts[k][~ok] == -32768).all()
+    np.testing.assert_allclose(pts[k][ok] / 4.0, want[ok], atol=0.126)

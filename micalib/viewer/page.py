@@ -86,12 +86,13 @@ def _write_page(folder: Path, title: str, data: dict) -> Path:
     return index
 
 
-def _landmarks(folder: Path, n: int) -> dict | None:
-    """Detected landmarks in crop pixels per output frame, int16 quarter pixels (-32768 = missing),
-    base64; None without ``landmarks.npz`` / ``crop.json``."""
+def _landmarks(folder: Path, n: int, path: Path | None = None) -> dict | None:
+    """Detected landmarks (``path``, default ``folder/landmarks.npz``: the ``--landmarks`` schema,
+    input pixels) in crop pixels per output frame, int16 quarter pixels (-32768 = missing), base64;
+    None without them or ``crop.json``."""
     try:
         crop = json.loads((folder / "crop.json").read_text())
-        with np.load(folder / "landmarks.npz", allow_pickle=False) as z:
+        with np.load(folder / "landmarks.npz" if path is None else path, allow_pickle=False) as z:
             sets = {k: np.asarray(z[k], np.float64) for k in ("mediapipe", "ibug68") if k in z.files}
     except (OSError, ValueError, KeyError):
         return None
@@ -107,13 +108,14 @@ def _landmarks(folder: Path, n: int) -> dict | None:
             continue
         m = np.asarray(entry["matrix"], np.float64)
         p = pts[i] @ m[:, :2].T + m[:, 2]
-        ok = np.isfinite(p).all(1) & (np.abs(p) < 8000)
+        ok = np.isfinite(p).all(1) & (np.abs(p) < 8000).all(1)
         out[k, ok] = np.round(p[ok] * 4).astype(np.int16)
     return {"set": key, "points": int(pts.shape[1]), "data": base64.b64encode(out.tobytes()).decode()}
 
 
-def write_tracking_page(folder: PathLike, glb_path: PathLike) -> Path:
-    """The page of a tracked clip (see the module docstring); returns ``folder/index.html``."""
+def write_tracking_page(folder: PathLike, glb_path: PathLike, landmarks_path: PathLike | None = None) -> Path:
+    """The page of a tracked clip (see the module docstring); returns ``folder/index.html``.
+    ``landmarks_path``: track.py's ``--landmarks`` file (default: the folder's ``landmarks.npz``)."""
     from micalib.export.gltf import clip_fps
 
     folder = Path(folder)
@@ -122,7 +124,7 @@ def write_tracking_page(folder: PathLike, glb_path: PathLike) -> Path:
     data = {"mode": "clip", "name": folder.name, "fps": clip_fps(folder),
             "frames": [f"input/{f}" for f in frames[:n]],
             "glb": base64.b64encode(Path(glb_path).read_bytes()).decode(),
-            "landmarks": _landmarks(folder, n)}
+            "landmarks": _landmarks(folder, n, None if landmarks_path is None else Path(landmarks_path))}
     return _write_page(folder, f"{folder.name}: tracked clip", data)
 
 

@@ -2,7 +2,7 @@
 // Reads window.MICA_VIEW (data.js) and window.THREE (three.bundle.js: three.js + GLTFLoader +
 // OrbitControls). Modes: "clip" (a tracked clip: frames under the animated mesh seen through the
 // tracked camera) and "demo" (a list of meshes, each loaded from its own script when shown).
-// Query string: ?frame=K starts at frame K; &silhouette=1 renders that frame's silhouette (white on
+// Query string: ?frame=K starts at frame K (&wireframe=1, &landmarks=1 preset the toggles); &silhouette=1 renders that frame's silhouette (white on
 // black, the frame's pixel size) and writes the PNG data URL into #result (the tests read it).
 (function () {
   "use strict";
@@ -150,6 +150,7 @@
         requestAnimationFrame(tick);
       }
 
+      if (!silhouette && params.get("wireframe") === "1") mesh.material = wire;
       layout();
       window.addEventListener("resize", function () { layout(); show(); });
       show();
@@ -175,6 +176,12 @@
     var markLabel = el("label", {}, bar);
     var marks = el("input", { type: "checkbox" }, markLabel);
     markLabel.appendChild(document.createTextNode(" landmarks"));
+    wire.checked = params.get("wireframe") === "1";
+    marks.checked = params.get("landmarks") === "1" && !!window.MICA_VIEW.landmarks;
+    if (!window.MICA_VIEW.landmarks) {
+      marks.disabled = true;
+      markLabel.title = "no detected landmarks in this folder (landmarks.npz)";
+    }
     var playing = false;
     play.onclick = function () {
       playing = !playing;

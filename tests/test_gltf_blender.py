@@ -1,7 +1,9 @@
 """The tracked clip's .glb in Blender (Debian's ``blender``, its bundled glTF importer): imported
 with the default options and no fixes after import, the scene's frame rate set to the clip's
 first (the importer maps time t to frame t x scene fps), the evaluated mesh at three frames equals
-the tracker's ``mesh/NNNNN.ply`` within 0.01 mm. Skipped without ``blender``.
+the tracker's ``mesh/NNNNN.ply`` within 0.01 mm, and the imported camera with the README's lens
+shift (from the principal point in the camera's extras) projects it onto the ``.frame``'s pixels
+within 0.1 px. Skipped without ``blender``.
 
 Blender 3.4's importer calls ``np.bool`` (gone since numpy 1.24): the script sets ``numpy.bool =
 bool`` first. Debian's ``blender`` runs on the system Python and needs ``python3-numpy``
@@ -37,13 +39,23 @@ whole = round(fps)
 scene.render.fps, scene.render.fps_base = whole, whole / fps
 bpy.ops.import_scene.gltf(filepath=glb)
 obj = [o for o in scene.objects if o.type == "MESH"][0]
-result = {{"version": bpy.app.version_string, "frames": {{}}}}
+from bpy_extras.object_utils import world_to_camera_view
+cam = [o for o in scene.objects if o.type == "CAMERA"][0]
+w, h = cam["imageSize"] if "imageSize" in cam.keys() else cam.data["imageSize"]
+scene.render.resolution_x, scene.render.resolution_y, scene.render.resolution_percentage = w, h, 100
+extras = cam if "ndcOffset" in cam.keys() else cam.data
+ox, oy = extras["ndcOffset"]
+cam.data.shift_x, cam.data.shift_y = -ox * w / (2 * max(w, h)), -oy * h / (2 * max(w, h))  # README's steps
+result = {{"version": bpy.app.version_string, "frames": {{}}, "pixels": {{}}}}
 for k in frames:
     scene.frame_set(k)
     ev = obj.evaluated_get(bpy.context.evaluated_depsgraph_get())
     me = ev.to_mesh()
     mw = ev.matrix_world
-    result["frames"][str(k)] = [list(mw @ v.co) for v in me.vertices]
+    co = [mw @ v.co for v in me.vertices]
+    result["frames"][str(k)] = [list(c) for c in co]
+    ndc = [world_to_camera_view(scene, cam, c) for c in co]
+    result["pixels"][str(k)] = [[p.x * w, (1 - p.y) * h] for p in ndc]
     ev.to_mesh_clear()
 with open(out, "w") as f:
     json.dump(result, f)
@@ -91,3 +103,17 @@ def test_blender_evaluates_the_tracker_meshes(exact_clip, tmp_path):  # noqa: F8
         worst = max(worst, float(np.abs(gltf - ply).max()))
     print(f"Blender {result['version']}: largest vertex difference {worst * 1e3:.5f} mm over frames {frames}")
     assert worst < 1e-5
+    # the imported camera with the README's lens shift projects onto the .frame's pixels
+    from micalib.export.gltf import K_PIXEL_CENTRE
+    from micalib.tracking.outputs import read_frame
+
+    px_err = 0.0
+    for k in frames:
+        cv = read_frame(exact_clip / "checkpoint" / f"{k:05d}.frame")["opencv"]
+        kk, r, t = (np.asarray(cv[n], np.float64).reshape(s) for n, s in (("K", (3, 3)), ("R", (3, 3)), ("t", (3,))))
+        ply = read_mesh(exact_clip / "mesh" / f"{k:05d}.ply")[0]
+        uvw = (ply @ r.T + t) @ kk.T
+        want = uvw[:, :2] / uvw[:, 2:] + (0.5 - K_PIXEL_CENTRE)
+        px_err = max(px_err, float(np.abs(np.asarray(result["pixels"][str(k)]) - want).max()))
+    print(f"Blender camera: largest pixel difference {px_err:.4f} px")
+    assert px_err < 0.1

@@ -38,9 +38,10 @@ NODE_DIR = ROOT / "tests" / "node"
 N_FRAMES = 12
 
 
-def flame_like_assets(assets: dict) -> None:
+def flame_like_assets(assets: dict, real: bool = False) -> None:
     """``synthetic_setup`` hook: the tracking FLAME rewritten with FLAME-like sparse weights, and
-    the eyelid offsets kept only on vertices skinned to the head (root / neck) alone, as in FLAME."""
+    the eyelid offsets kept only on vertices skinned to the head (root / neck) alone, as in FLAME
+    (``real``: on the real topology)."""
     from models.flame_io import load_flame_model
     from tests.synthetic_flame import flame_like_weights, write_synthetic_flame
     from tests.synthetic_tracking import _tracking_model
@@ -50,7 +51,7 @@ def flame_like_assets(assets: dict) -> None:
         model["weights"] = flame_like_weights(model, arrays["masks"])
         return model
 
-    write_synthetic_flame(Path(assets["flame_model_path"]).parent, seed=3, adjust=adjust)
+    write_synthetic_flame(Path(assets["flame_model_path"]).parent, seed=3, real=real, adjust=adjust)
     w = load_flame_model(assets["flame_model_path"]).weights
     moved_by_joints = w[:, 2:].sum(1) > 0
     for key in ("l_eyelid_path", "r_eyelid_path"):
@@ -326,3 +327,24 @@ def test_page_data_of_the_clip(exact_clip):
     ok = np.isfinite(want).all(1)
     assert (pts[k][~ok] == -32768).all()
     np.testing.assert_allclose(pts[k][ok] / 4.0, want[ok], atol=0.126)
+
+
+@pytest.mark.shared_data
+@pytest.mark.slow
+def test_real_topology_and_eyelid_blendshapes(tmp_path):
+    """FLAME's real topology (5023 vertices) and the tracker's real eyelid blendshapes (on the
+    vertices the FLAME-like weights give to the head alone): every frame is the tracker's mesh."""
+    from functools import partial
+
+    from tests.synthetic_flame import shared_flame_public
+    from tests.synthetic_tracking import shared_tracker_dir, track_synthetic
+
+    if shared_flame_public() is None or shared_tracker_dir() is None:
+        pytest.skip("../shared/data/flame_public or ../shared/data/tracker is absent")
+    out = track_synthetic(tmp_path, True, n_frames=8, assets_hook=partial(flame_like_assets, real=True))[4]
+    g = Glb((out / f"{out.name}.glb").read_bytes())
+    fps, node = _fps(g), _mesh_node(g)
+    worst = max(float(np.abs(g.skinned(node, k / fps) - _ply(out, k)).max()) for k in range(8))
+    assert worst < 1e-5, worst
+    lids = np.abs(np.load(tmp_path / "assets" / "l_eyelid.npy")).max()
+    assert lids > 1e-3  # real eyelid offsets (millimetres) are in the file

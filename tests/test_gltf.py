@@ -208,6 +208,14 @@ def test_converter_command_matches_track_py(exact_clip, tmp_path):
     assert out.read_bytes() == (exact_clip / f"{exact_clip.name}.glb").read_bytes()
     with pytest.raises(MICAError, match="holds no checkpoint"):
         gltf_main([str(tmp_path)])
+    # eyelid files missing for a clip tracked with eyelids: said in one warning, the file still written
+    from tests.logs import warnings_during
+
+    lines = warnings_during(lambda: gltf_main([str(exact_clip), "-o", str(out), "model.flame_model_path",
+                                               str(assets / "flame" / "generic_model.pkl"),
+                                               "tracker.l_eyelid_path", str(tmp_path / "none.npy")]))
+    assert len(lines) == 1 and "lacks the eyelids" in lines[0] and "tracker.l_eyelid_path" in lines[0]
+    assert len(Glb(out.read_bytes()).json["meshes"][0]["extras"]["targetNames"]) == 100 + 27
 
 
 def test_demo_mesh_glb_in_metres(tmp_path):

@@ -469,7 +469,11 @@ def export_tracking_folder(folder: PathLike, flame_model_path: PathLike, eyelid_
     clip, ident = read_clip(folder, fps)
     model = load_flame_model(flame_model_path)
     lids = load_eyelids(*eyelid_paths, len(model.v_template)) if eyelid_paths else None
-    if lids is None:
+    if lids is None and np.abs(clip.eyelids).max() > 0:
+        logger.warning(f"{folder}: the frames have eyelid values but the eyelid blendshapes were not found "
+                       f"({eyelid_paths[0] if eyelid_paths else 'none given'}): the .glb lacks the eyelids; "
+                       f"set tracker.l_eyelid_path / tracker.r_eyelid_path to the files the clip was tracked with")
+    elif lids is None:
         logger.info("no eyelid blendshapes: the .glb has no eyelid targets")
     data, report = build_tracking_glb(rig_from_model(model, ident, lids), clip, pixel_centre)
     path = Path(out) if out is not None else folder / f"{folder.name}.glb"

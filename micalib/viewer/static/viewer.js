@@ -104,7 +104,7 @@
         light.position.set(0, 0, 1);
         cam.add(light);
       }
-      var playing = false, last = null, time = frame / data.fps;
+      var playing = false, last = null, time = frame / data.fps, ahead = {};  // frames loaded ahead
       var controls = silhouette ? null : clipControls(n, function () { return frame; }, {
         seek: function (k) { frame = k; time = k / data.fps; show(); },
         play: function (on) { playing = on; last = null; if (on) requestAnimationFrame(tick); },
@@ -135,6 +135,9 @@
         renderer.render(scene, cam);
         if (!silhouette) {
           img.src = data.frames[frame];
+          for (var a = 1; a <= 3 && frame + a < n; a++) {
+            if (!ahead[frame + a]) { ahead[frame + a] = new Image(); ahead[frame + a].src = data.frames[frame + a]; }
+          }
           drawMarks(overlay, data.landmarks, frame, size, controls.marks());
           controls.update(frame);
         }

@@ -166,7 +166,7 @@ def test_out_of_range_tracker_config_is_one_line(tmp_path, key, value, match):
 
     cfg = load_cfg("configs/tracker.yml", [key, value])
     with pytest.raises(ValueError, match=match):
-        TrackRunner(cfg, tmp_path, tmp_path / "out", source=object())
+        TrackRunner.from_config(cfg, tmp_path, tmp_path / "out", source=object())
 
 
 def test_landmarks_header_claiming_1e8_rows_is_refused_unread(tmp_path):

@@ -17,22 +17,17 @@ import csv
 import hashlib
 import json
 import os
-import shutil
 import threading
 from pathlib import Path
 
 from loguru import logger
 
-from micalib.tracking.outputs import frame_name, frame_problem, read_frame
-from micalib.tracking.solver_state import STATE_DIR, FrameRecord, read_frame_state
+from micalib.tracking.layout import RUN_RECORD, TrackLayout
+from micalib.tracking.outputs import frame_problem, read_frame
+from micalib.tracking.solver_state import FrameRecord, read_frame_state
 from utils.errors import MICAError
 from utils.io import atomic_write_text, written_file
 
-RUN_RECORD = ".track_run.json"
-ROWS_JOURNAL = ".tracking_rows.jsonl"
-# every file and folder track.py writes into OUT/NAME (what --overwrite removes)
-RUN_FILES = ("checkpoint", "mesh", "input", "canonical.obj", "identity.npy", "landmarks.npz", "crop.json",
-             "bbox.pt", "tracking.csv", "video.mp4", ".crops.raw", RUN_RECORD, ROWS_JOURNAL, STATE_DIR)
 # tracker keys that change speed only, not the outputs
 _NO_EFFECT = ("workers", "png_compression")
 # how the refusal names each recorded option
@@ -62,29 +57,31 @@ def _stat(path) -> str:
     return f"{st.st_size}:{st.st_mtime_ns}"
 
 
-def run_settings(cfg, source, image_size: int, landmarks_path, identity_path, photometric: bool,
-                 asset_paths: dict) -> dict:
-    """The options of this run that shape its outputs (JSON-able)."""
-    tracker = {k: v for k, v in dict(cfg.tracker).items() if k not in _NO_EFFECT}
+def run_settings(options, source, landmarks_path, identity_path, asset_paths: dict) -> dict:
+    """The options of this run that shape its outputs (JSON-able; ``options`` a ``TrackOptions``:
+    its config keys are recorded as the hash of the config's ``tracker`` section)."""
+    tracker = {k: v for k, v in options.config_values().items() if k not in _NO_EFFECT}
     tracker_text = json.dumps(tracker, sort_keys=True, default=str)
     return {"input": str(Path(source.path).expanduser().resolve()),
             "input_stat": f"{source.n_input_frames}:{_stat(source.path)}",
             "fps": None if source.fps is None else float(source.fps),
-            "image_size": int(image_size),
+            "image_size": int(options.image_size),
             "landmarks": None if landmarks_path is None else file_hash(landmarks_path),
             "identity": None if identity_path is None else file_hash(identity_path),
-            "photometric": bool(photometric),
+            "photometric": bool(options.photometric),
             "tracker": hashlib.sha1(tracker_text.encode()).hexdigest()[:16],
             "assets": {k: f"{p}|{_stat(p)}" for k, p in sorted(asset_paths.items())}}
 
 
-def check_run_record(out: Path, settings: dict) -> None:
-    """Refuse a re-run into ``out`` with other options; record them on a first run.
+def check_run_record(layout: TrackLayout, settings: dict) -> bool:
+    """Refuse a re-run into ``layout.root`` with other options. Returns whether a record exists;
+    a first run records its options with :func:`write_run_record` once its inputs are accepted (a
+    run refused at its input check leaves no record that would refuse the corrected command).
 
     Raises:
-        MICAError: ``out`` holds frames of a run with other options (or without a record).
+        MICAError: it holds frames of a run with other options (or without a record).
     """
-    path = out / RUN_RECORD
+    out, path = layout.root, layout.run_record
     fix = "pass --overwrite to track it again from scratch, or another -o"
     if written_file(path):
         try:
@@ -98,42 +95,37 @@ def check_run_record(out: Path, settings: dict) -> None:
                 shown = (lambda v: v if not isinstance(v, dict) else "changed")
                 raise MICAError(f"{out} was tracked with other options ({OPTION_NAMES.get(key, key)}: "
                                 f"{shown(old.get(key))} before, {shown(value)} now); {fix}")
-        return
-    if any((out / "checkpoint").glob("*.frame")):
+        return True
+    if layout.has_frames():
         raise MICAError(f"{out} holds tracked frames but no record of their options ({RUN_RECORD}); {fix}")
-    atomic_write_text(path, json.dumps(settings, indent=1, sort_keys=True), fsync=False)
+    return False
 
 
-def clear_run(out: Path) -> None:
-    """``--overwrite``: remove what track.py wrote into ``out`` (nothing else)."""
-    for name in RUN_FILES:
-        p = out / name
-        if p.is_dir() and not p.is_symlink():
-            shutil.rmtree(p)
-        elif p.exists() or p.is_symlink():
-            p.unlink()
+def write_run_record(layout: TrackLayout, settings: dict) -> None:
+    """Record the options of the run (``check_run_record``), unless recorded already."""
+    if not written_file(layout.run_record):
+        atomic_write_text(layout.run_record, json.dumps(settings, indent=1, sort_keys=True), fsync=False)
 
 
-def finished_frames(out: Path, n: int) -> list[FrameRecord | None]:
+def finished_frames(layout: TrackLayout, n: int) -> list[FrameRecord | None]:
     """Per output frame its solver record (``solver_state.py``) when the frame is finished: the
     record is there, its .png, .ply and .frame have the recorded sizes, and the .frame reads back
     with every array of the original's shapes and finite values; else None. Damaged frames are
-    tracked again (one warning naming the first)."""
+    tracked again (one warning naming the first three)."""
     done: list[FrameRecord | None] = [None] * n
     bad = []
     for k in range(n):
-        rec, why = read_frame_state(out, k)
+        rec, why = read_frame_state(layout, k)
         if rec is None:
             if why != "not finished":
                 bad.append(why)
             continue
-        path = out / "checkpoint" / f"{frame_name(k)}.frame"
         try:
-            problem = frame_problem(read_frame(path))
+            problem = frame_problem(read_frame(layout.frame(k)))
         except MICAError:
             problem = "unreadable"
         if problem is not None:
-            bad.append(f"{path}: {problem}")
+            bad.append(f"{layout.frame(k)}: {problem}")
             continue
         done[k] = rec
     if bad:
@@ -146,8 +138,8 @@ def finished_frames(out: Path, n: int) -> list[FrameRecord | None]:
 class RowJournal:
     """Appends each written frame's csv row to ``OUT/NAME/.tracking_rows.jsonl`` (thread-safe)."""
 
-    def __init__(self, out: Path):
-        self.path = out / ROWS_JOURNAL
+    def __init__(self, path: Path):
+        self.path = Path(path)
         self._lock = threading.Lock()
         self._f = open(self.path, "a", encoding="utf-8")
         if self._f.tell() > 0:  # a killed run's last line may be cut short: the next row starts on a line of its own
@@ -164,17 +156,17 @@ class RowJournal:
             self._f.close()
 
 
-def old_rows(out: Path) -> dict[int, dict]:
+def old_rows(layout: TrackLayout) -> dict[int, dict]:
     """The csv rows of earlier runs: ``tracking.csv`` overlaid with the journal of a killed run."""
     rows: dict[int, dict] = {}
-    path = out / "tracking.csv"
+    path = layout.csv
     if written_file(path):
         try:
             with open(path, newline="") as f:
                 rows = {int(r["frame"]): r for r in csv.DictReader(f)}
         except (OSError, ValueError, KeyError):
             rows = {}
-    journal = out / ROWS_JOURNAL
+    journal = layout.rows_journal
     if written_file(journal):
         try:
             with open(journal, encoding="utf-8") as f:

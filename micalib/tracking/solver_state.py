@@ -29,10 +29,9 @@ from pathlib import Path
 import numpy as np
 
 from micalib.tracking.fitting import FrameState
-from micalib.tracking.outputs import frame_name
-from utils.io import atomic_write_text
+from micalib.tracking.layout import TrackLayout
+from utils.io import atomic_save_npy, atomic_write_text
 
-STATE_DIR = ".solver"
 # Test hook: the process ends (os._exit, like a kill -9) after this many frames were written.
 EXIT_AFTER_ENV = "MICA_TRACK_EXIT_AFTER_FRAMES"
 _exit_lock = threading.Lock()
@@ -46,27 +45,19 @@ class FrameRecord:
     sizes: dict[str, int]
 
 
-def frame_files(out: Path, k: int) -> dict[str, Path]:
-    """The files of frame k whose sizes are recorded (by their path relative to ``out``)."""
-    name = frame_name(k)
-    return {f"input/{name}.png": out / "input" / f"{name}.png", f"mesh/{name}.ply": out / "mesh" / f"{name}.ply",
-            f"checkpoint/{name}.frame": out / "checkpoint" / f"{name}.frame"}
+def frame_files(layout: TrackLayout, k: int) -> dict[str, Path]:
+    """The files of frame k whose sizes are recorded (by their path relative to ``OUT/NAME``)."""
+    return {p.relative_to(layout.root).as_posix(): p for p in (layout.png(k), layout.mesh(k), layout.frame(k))}
 
 
-def state_path(out: Path, k: int) -> Path:
-    return Path(out) / STATE_DIR / f"{frame_name(k)}.json"
-
-
-def write_frame_state(out: Path, k: int, st: FrameState, basis_pose: np.ndarray | None) -> None:
+def write_frame_state(layout: TrackLayout, k: int, st: FrameState, basis_pose: np.ndarray | None) -> None:
     """Record frame k's state and its files' sizes (call after its files are written)."""
-    sizes = {rel: os.stat(p).st_size for rel, p in frame_files(out, k).items()}
+    sizes = {rel: os.stat(p).st_size for rel, p in frame_files(layout, k).items()}
     doc = {"exp": st.exp.tolist(), "pose": st.pose.tolist(), "eyelids": st.eyelids.tolist(),
            "r": st.r.reshape(-1).tolist(), "t": st.t.tolist(),
            "basis_pose": None if basis_pose is None else np.asarray(basis_pose, np.float64).tolist(),
            "sizes": sizes}
-    path = state_path(out, k)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(path, json.dumps(doc), fsync=False)
+    atomic_write_text(layout.solver_state(k), json.dumps(doc), fsync=False)
     _maybe_exit()
 
 
@@ -87,10 +78,10 @@ def _vector(doc: dict, key: str, n: int) -> np.ndarray:
     return v
 
 
-def read_frame_state(out: Path, k: int) -> tuple[FrameRecord | None, str]:
+def read_frame_state(layout: TrackLayout, k: int) -> tuple[FrameRecord | None, str]:
     """Frame k's record and "" when it is complete and its files have the recorded sizes; else
     (None, why)."""
-    path = state_path(out, k)
+    path = layout.solver_state(k)
     try:
         doc = json.loads(path.read_text(encoding="utf-8"))
         st = FrameState(_vector(doc, "exp", len(doc["exp"])), _vector(doc, "pose", 9), _vector(doc, "eyelids", 2),
@@ -101,7 +92,7 @@ def read_frame_state(out: Path, k: int) -> tuple[FrameRecord | None, str]:
         return None, "not finished"
     except (OSError, ValueError, KeyError, TypeError, AttributeError):
         return None, f"{path} is unreadable"
-    for rel, p in frame_files(out, k).items():
+    for rel, p in frame_files(layout, k).items():
         try:
             size = os.stat(p).st_size
         except OSError:
@@ -128,23 +119,17 @@ def basis_pose_of(fitter) -> np.ndarray | None:
 KEEP_APPEARANCE = 32
 
 
-def appearance_path(out: Path, k: int) -> Path:
-    return Path(out) / STATE_DIR / f"{frame_name(k)}.appearance.npy"
-
-
-def save_appearance(out: Path, k: int, appearance: np.ndarray, drop: int | None = None) -> None:
+def save_appearance(layout: TrackLayout, k: int, appearance: np.ndarray, drop: int | None = None) -> None:
     """Keep the appearance after fitting frame k (call before ``write_frame_state``); remove frame
     ``drop``'s."""
-    from utils.io import atomic_save_npy
-
-    atomic_save_npy(appearance_path(out, k), np.asarray(appearance, np.float32), fsync=False)
+    atomic_save_npy(layout.appearance(k), np.asarray(appearance, np.float32), fsync=False)
     if drop is not None:
-        appearance_path(out, drop).unlink(missing_ok=True)
+        layout.appearance(drop).unlink(missing_ok=True)
 
 
-def load_appearance(out: Path, k: int) -> np.ndarray | None:
+def load_appearance(layout: TrackLayout, k: int) -> np.ndarray | None:
     """The appearance kept after fitting frame k, or None (not kept, unreadable)."""
     try:
-        return np.load(appearance_path(out, k), allow_pickle=False)
+        return np.load(layout.appearance(k), allow_pickle=False)
     except (OSError, ValueError, EOFError):
         return None

@@ -67,8 +67,8 @@ def main(argv=None) -> int:
                                      image_size=args.image_size, video=not args.no_video, photometric=args.photometric,
                                      device=str(resolve_device(cfg.device)), overwrite=args.overwrite)
     with sigterm_as_interrupt():  # as Ctrl-C: the tracked frames' files finished, the crop cache removed, exit 130
-        out = runner.run()
-        finish_outputs(cfg, Path(out), glb=not args.no_glb, page=not args.no_page, landmarks=args.landmarks)
+        runner.run(finish=lambda out: finish_outputs(cfg, Path(out), glb=not args.no_glb, page=not args.no_page,
+                                                     landmarks=args.landmarks))
     return 0
 
 

@@ -47,10 +47,11 @@ def check_track_options(fps: float | None, image_size: int) -> None:
     check_range("--image-size", int(image_size), *IMAGE_SIZE, hint="side of the square crop in pixels, e.g. 512")
 
 
-def check_tracker_config(cfg) -> None:
-    """Every ``tracker.*`` number of ``TRACKER_RANGES`` in its range (one line naming the key)."""
+def check_tracker_config(section) -> None:
+    """Every ``tracker.*`` number of ``TRACKER_RANGES`` in the config's ``tracker`` section in its
+    range (one line naming the key)."""
     for key, (low, high, low_open) in TRACKER_RANGES.items():
-        node = cfg.tracker
+        node = section
         for part in key.split("."):
             node = node[part]
         check_range(f"tracker.{key}", _number(f"tracker.{key}", node), low, high, low_open=low_open)

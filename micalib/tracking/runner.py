@@ -159,7 +159,7 @@ class TrackRunner:
         FLAME layer from the config (unless given) and MICA + detector loaded only when needed.
         The only reader of ``cfg`` in ``micalib/tracking/``; the ranges of ``micalib/tracking/limits.py``
         are checked here, before anything is loaded."""
-        check_tracker_config(cfg)
+        check_tracker_config(cfg.tracker)
         check_track_options(run.get("fps"), run.get("image_size", 512))
         options = TrackOptions.from_section(cfg.tracker, **run)
         if source is None:

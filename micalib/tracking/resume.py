@@ -27,14 +27,17 @@ from utils.errors import MICAError
 from utils.io import atomic_write_text, written_file
 
 RUN_RECORD = ".track_run.json"
+# Version of the files' format, recorded with the options: outputs of another version are refused.
+# 2: K in the renderers' pixel convention (pixel i's centre at i + 0.5), numpy-1 pickle names, depth/.
+FORMAT_VERSION = 2
 ROWS_JOURNAL = ".tracking_rows.jsonl"
 # every file and folder track.py writes into OUT/NAME (what --overwrite removes)
-RUN_FILES = ("checkpoint", "mesh", "input", "canonical.obj", "identity.npy", "landmarks.npz", "crop.json",
+RUN_FILES = ("checkpoint", "mesh", "input", "depth", "canonical.obj", "identity.npy", "landmarks.npz", "crop.json",
              "bbox.pt", "tracking.csv", "video.mp4", ".crops.raw", RUN_RECORD, ROWS_JOURNAL)
 # tracker keys that change speed only, not the outputs
 _NO_EFFECT = ("workers", "png_compression")
 # how the refusal names each recorded option
-OPTION_NAMES = {"input": "-i (path)", "input_stat": "-i (file size / modification time)", "fps": "--fps",
+OPTION_NAMES = {"format": "the file format version (outputs of an older track.py)", "input": "-i (path)", "input_stat": "-i (file size / modification time)", "fps": "--fps",
                 "image_size": "--image-size", "landmarks": "--landmarks (file content)",
                 "identity": "--identity (file content)", "photometric": "--photometric",
                 "tracker": "the tracker.* config", "assets": "the FLAME / MediaPipe / eyelid files"}
@@ -65,7 +68,8 @@ def run_settings(cfg, source, image_size: int, landmarks_path, identity_path, ph
     """The options of this run that shape its outputs (JSON-able)."""
     tracker = {k: v for k, v in dict(cfg.tracker).items() if k not in _NO_EFFECT}
     tracker_text = json.dumps(tracker, sort_keys=True, default=str)
-    return {"input": str(Path(source.path).expanduser().resolve()),
+    return {"format": FORMAT_VERSION,
+            "input": str(Path(source.path).expanduser().resolve()),
             "input_stat": f"{source.n_input_frames}:{_stat(source.path)}",
             "fps": None if source.fps is None else float(source.fps),
             "image_size": int(image_size),
@@ -113,11 +117,12 @@ def clear_run(out: Path) -> None:
 
 
 def finished_frames(out: Path, n: int) -> list[bool]:
-    """Per output frame: its .frame, .ply and .png complete and the .frame readable. Unreadable
-    .frame files are tracked again (one warning)."""
+    """Per output frame: its .frame, .ply, input and depth .png complete and the .frame readable.
+    Unreadable .frame files are tracked again (one warning)."""
     done = [written_file(out / "checkpoint" / f"{frame_name(k)}.frame")
             and written_file(out / "mesh" / f"{frame_name(k)}.ply")
-            and written_file(out / "input" / f"{frame_name(k)}.png") for k in range(n)]
+            and written_file(out / "input" / f"{frame_name(k)}.png")
+            and written_file(out / "depth" / f"{frame_name(k)}.png") for k in range(n)]
     bad = []
     for k in range(n):
         if done[k]:

@@ -33,6 +33,14 @@ from tqdm import tqdm
 from micalib.tracking import crop as cropmod
 from micalib.tracking.camera import matrix_to_axis_angle, rotation_6d_to_matrix
 from micalib.tracking.crop import transform_points
+from micalib.tracking.depth import (
+    DepthMesh,
+    DepthStats,
+    FrameGeometry,
+    depth_mm,
+    depth_png_bytes,
+    frame_geometry,
+)
 from micalib.tracking.fitting import (
     FrameState,
     Intrinsics,
@@ -48,7 +56,7 @@ from micalib.tracking.model import (
     load_mediapipe_embedding,
     observations,
 )
-from micalib.tracking.outputs import frame_dict, frame_name, read_frame, save_frame
+from micalib.tracking.outputs import frame_dict, frame_k, frame_name, read_frame, save_frame
 from micalib.tracking.resume import (
     ROWS_JOURNAL,
     RowJournal,
@@ -70,6 +78,8 @@ from utils.mesh import obj_text, ply_bytes
 
 # Raw crops of the landmark pass (uint8, frame after frame), read by the second pass, then deleted.
 CROP_CACHE = ".crops.raw"
+# zlib level of depth/NNNNN.png (mostly background: level 1 is as small as the default, faster; bench/README.md)
+DEPTH_PNG_COMPRESSION = 1
 # Faceless frames kept in memory while waiting for the next tracked frame (beyond: held, not interpolated).
 MAX_HELD = 250
 CSV_FIELDS = ["frame", "input_frame", "time_s", "face_found", "landmarks_used", "rms_mediapipe_px",
@@ -384,7 +394,7 @@ class TrackRunner:
                 raise MICAError(f"{path} not found (config key {key}); run install.sh --download or set {key}")
         if self.overwrite:
             clear_run(out)
-        for sub in ("checkpoint", "mesh", "input"):
+        for sub in ("checkpoint", "mesh", "input", "depth"):
             (out / sub).mkdir(parents=True, exist_ok=True)
         remove_stale_temps(out)
         check_run_record(out, run_settings(self.cfg, self.source, self.size, self.landmarks_path, self.identity_path,
@@ -396,10 +406,23 @@ class TrackRunner:
             if self._journal is not None:
                 self._journal.close()
 
+    def _flame_masks(self, n_vertices: int) -> dict[str, np.ndarray] | None:
+        """FLAME_masks.pkl for the depth (boundary and ears left out), or None (warned)."""
+        from configs.config import resolve_path
+        from models.flame_io import load_flame_masks
+
+        path = resolve_path(self.cfg.model.flame_masks_path)
+        if not Path(path).is_file():
+            logger.warning(f"{path} not found (model.flame_masks_path): depth/ keeps the neck boundary and the ears")
+            return None
+        return load_flame_masks(path, n_vertices=n_vertices)
+
     def _optional_assets(self) -> dict[str, Path]:
         from configs.config import resolve_path
 
-        return {k: resolve_path(self.cfg.tracker[k.split(".")[1]]) for k in ("tracker.l_eyelid_path", "tracker.r_eyelid_path")}
+        paths = {k: resolve_path(self.cfg.tracker[k.split(".")[1]]) for k in ("tracker.l_eyelid_path", "tracker.r_eyelid_path")}
+        paths["model.flame_masks_path"] = resolve_path(self.cfg.model.flame_masks_path)  # the depth's regions
+        return paths
 
     def _run(self, t_start: float) -> Path:
         out = self.out
@@ -421,6 +444,8 @@ class TrackRunner:
             logger.warning("eyelid blendshapes not found: tracking without eyelids (install.sh --download)")
         model = TrackingFLAME(flame, ident, emb, lids, tuple(int(v) for v in cfg.tracker.iris_vertices), ibug68="ibug68" in lm)
         faces = model.faces
+        self._depth_mesh = DepthMesh.build(faces, flame.n_vertices, self._flame_masks(flame.n_vertices))
+        self._depth_stats = DepthStats()
         # With a moving crop (follow_face) the camera is fitted in input pixels and each frame's K is
         # A_k K (A_k its crop matrix); with one box, directly in pixels of the crop.
         follow = bool(cfg.tracker.crop and cfg.tracker.follow_face)
@@ -448,7 +473,7 @@ class TrackRunner:
         t0 = time.perf_counter()
         first_done = next((k for k in range(n) if done[k]), None)
         if first_done is not None:
-            kk = np.asarray(read_frame(out / "checkpoint" / f"{frame_name(first_done)}.frame")["opencv"]["K"]).reshape(3, 3)
+            kk = frame_k(read_frame(out / "checkpoint" / f"{frame_name(first_done)}.frame"))
             if follow:
                 kk = np.linalg.inv(np.vstack([matrices[first_done], [0.0, 0.0, 1.0]])) @ kk
             fitter.intr = Intrinsics(float(kk[0, 0]), float(kk[0, 2]), float(kk[1, 2]))
@@ -514,18 +539,14 @@ class TrackRunner:
             t0 = time.perf_counter()
             if row is not None:
                 rows[k] = row
-            # the full mesh is posed once, by a writer thread (torch releases the GIL)
-            verts = pool.submit(lambda s=st: model.vertices(s.exp, s.pose, s.eyelids)[0])
+            # the full mesh is posed and rasterised once (depth and overlay), by a writer thread (torch releases the GIL)
+            geom = pool.submit(frame_geometry, model, self._depth_mesh, st, crop_k(kk, k), self.size)
             if not done[k]:
                 data = frame_dict(st.exp, st.pose, st.eyelids, ident, st.r, st.t, crop_k(kk, k), (self.size, self.size), k, k)
-                pending.append(pool.submit(self._write_frame, out, k, data, verts, faces, crop, row))
+                pending.append(pool.submit(self._write_frame, out, k, data, geom, faces, crop, row))
             if writer is not None:
-                land = {}
-                if "mediapipe" in lm:
-                    land["mediapipe"] = cropmod.transform_points(lm["mediapipe"][i], matrices[k])
-                if "ibug68" in lm:
-                    land["ibug68"] = cropmod.transform_points(lm["ibug68"][i], matrices[k])
-                vid_pending.append(vpool.submit(self._video_frame, crop, land, verts, faces, st, crop_k(kk, k)))
+                detected = cropmod.transform_points(obs_all[k], matrices[k]) if follow else obs_all[k]
+                vid_pending.append(vpool.submit(_video_frame, crop, np.where(valid_all[k][:, None], detected, np.nan), geom, faces))
             while len(pending) > 8:
                 pending.pop(0).result()
             while len(vid_pending) > 4 or (vid_pending and vid_pending[0].done()):
@@ -607,6 +628,9 @@ class TrackRunner:
                 vpool.shutdown(wait=True)
             if writer is not None:
                 writer.abort()
+        if self._depth_stats.clamped_pixels:
+            logger.warning(f"depth: {self._depth_stats.clamped_pixels} pixels beyond 65,535 mm clamped to 65,535 "
+                           "(the camera is over 65 m away: check the focal length)")
         self.timings.add("crop", timing["crop"])
         self.timings.add("fit", timing["fit"])
         self.timings.add("submit writes (main thread)", timing["write"])
@@ -620,25 +644,18 @@ class TrackRunner:
         return out
 
     # -----------------------------------------------------------------------------------------
-    def _write_frame(self, out: Path, k: int, data: dict, verts: Future, faces: np.ndarray, crop: np.ndarray,
+    def _write_frame(self, out: Path, k: int, data: dict, geom: Future, faces: np.ndarray, crop: np.ndarray,
                      row: dict | None = None) -> None:
         name = frame_name(k)
-        verts = verts.result()
+        g: FrameGeometry = geom.result()
         if k not in self._png_written:
             atomic_write_bytes(out / "input" / f"{name}.png", _png_bytes(crop, self.cfg.tracker.png_compression), fsync=False)
-        atomic_write_bytes(out / "mesh" / f"{name}.ply", _ply_metres(verts, faces), fsync=False)
+        atomic_write_bytes(out / "mesh" / f"{name}.ply", _ply_metres(g.verts, faces), fsync=False)
+        depth = depth_mm(g.fragments, g.screen, self._depth_mesh, self.size, self.size, self._depth_stats)
+        atomic_write_bytes(out / "depth" / f"{name}.png", depth_png_bytes(depth, DEPTH_PNG_COMPRESSION), fsync=False)
         save_frame(out / "checkpoint" / f"{name}.frame", data)  # marks the frame finished
         if row is not None and self._journal is not None:
             self._journal.add(row)  # its csv row survives a kill
-
-    @staticmethod
-    def _video_frame(crop, land, verts: Future, faces, st: FrameState, kk: np.ndarray) -> np.ndarray:
-        from micalib.tracking.overlay import compose_overlay
-
-        cam = verts.result().astype(np.float64) @ st.r.T + st.t
-        uvw = cam @ kk.T
-        screen = np.concatenate([uvw[:, :2] / uvw[:, 2:3], cam[:, 2:3]], 1).astype(np.float32)
-        return compose_overlay(crop, land, screen, faces)
 
     def _write_csv(self, rows: dict[int, dict]) -> None:
         buf = io.StringIO()
@@ -647,6 +664,14 @@ class TrackRunner:
         for k in sorted(rows):
             w.writerow(rows[k])
         atomic_write_text(self.out / "tracking.csv", buf.getvalue(), fsync=False)
+
+
+def _video_frame(crop: np.ndarray, detected: np.ndarray, geom: Future, faces: np.ndarray) -> np.ndarray:
+    """The overlay of one frame: detected landmarks (green) and the model's (red), as the original's."""
+    from micalib.tracking.overlay import compose_overlay
+
+    g: FrameGeometry = geom.result()
+    return compose_overlay(crop, {"detected": detected, "model": g.landmarks}, g.screen, faces, fragments=g.fragments)
 
 
 def _ply_metres(verts: np.ndarray, faces: np.ndarray) -> bytes:

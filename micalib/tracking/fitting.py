@@ -36,6 +36,7 @@ from micalib.tracking.camera import (
     skew,
 )
 from micalib.tracking.model import N_EXP, N_EYELIDS, N_MODEL, N_POSE, TrackingFLAME
+from utils.errors import MICAError
 
 N_FRAME = N_MODEL + 6  # + camera rotation increment, translation
 I_POSE = slice(N_EXP, N_EXP + N_POSE)
@@ -74,6 +75,7 @@ class FitSettings:
     smooth_t: float = 0.01         # per-frame change of the camera translation, metres
     focal_init: float = 2.0        # initial focal length, times the crop's larger side
     pp_sigma: float = 0.01         # principal point prior around the centre, times the crop size
+    principal_point: str = "centre"  # "centre": pinned at the image centre; "fitted": on the keyframes
     refine_identity: bool = False  # refine MICA's identity on the keyframes, pulled towards it
     identity_sigma: float = 0.3    # that pull: identity coefficients ~ N(MICA's, identity_sigma^2)
 
@@ -322,8 +324,16 @@ class LandmarkFitter:
                 break
         return FrameFit(st, cost, self._rms(res, valid), cbin, uv)
 
+    def _free_shared(self, n_shared: int) -> np.ndarray:
+        """Indices of the keyframes' shared unknowns (focal, cx, cy, identity...) that move: all, or
+        all but the principal point when it is pinned at the centre (``principal_point = "centre"``)."""
+        free = np.ones(n_shared, bool)
+        if self.s.principal_point == "centre":
+            free[1:3] = False
+        return np.flatnonzero(free)
+
     def calibrate(self, frames: Sequence[tuple[np.ndarray, np.ndarray]]) -> list[FrameState]:
-        """Fit focal length and principal point jointly with the keyframes' parameters.
+        """Fit focal length (and the principal point when not pinned) jointly with the keyframes' parameters.
 
         Args:
             frames: (obs (N,2), valid (N,)) of each keyframe.
@@ -369,7 +379,9 @@ class LandmarkFitter:
                 sols.append((x, b))
                 s_mat -= b.T @ x[:, :n_sh]
                 s_rhs -= b.T @ x[:, n_sh]
-            d_sh = _solve(s_mat + 1e-9 * np.eye(n_sh), s_rhs)
+            free = self._free_shared(n_sh)
+            d_sh = np.zeros(n_sh)
+            d_sh[free] = _solve((s_mat + 1e-9 * np.eye(n_sh))[np.ix_(free, free)], s_rhs[free])
             return d_sh, [x[:, n_sh] - x[:, :n_sh] @ d_sh for x, _ in sols]
 
         ds = np.zeros(n_sh - 3)
@@ -414,6 +426,16 @@ def pick_keyframes(valid_frames: Sequence[int], count: int) -> list[int]:
     return [valid_frames[i] for i in sorted(set(pos.tolist()))]
 
 
+PRINCIPAL_POINT_MODES = ("centre", "fitted")
+
+
+def _principal_point_mode(value) -> str:
+    mode = str(value).strip().lower()
+    if mode not in PRINCIPAL_POINT_MODES:
+        raise MICAError(f"tracker.fit.principal_point is {value!r}; use one of {', '.join(PRINCIPAL_POINT_MODES)}")
+    return mode
+
+
 def settings_from_config(cfg) -> FitSettings:
     """``FitSettings`` from the config's ``tracker.fit`` section (same key names, one per field)."""
     return FitSettings(
@@ -443,6 +465,7 @@ def settings_from_config(cfg) -> FitSettings:
         smooth_t=float(cfg.tracker.fit.smooth_t),
         focal_init=float(cfg.tracker.fit.focal_init),
         pp_sigma=float(cfg.tracker.fit.pp_sigma),
+        principal_point=_principal_point_mode(cfg.tracker.fit.principal_point),
         refine_identity=bool(cfg.tracker.fit.refine_identity),
         identity_sigma=float(cfg.tracker.fit.identity_sigma),
     )

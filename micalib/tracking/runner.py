@@ -78,7 +78,7 @@ from utils.mesh import obj_text, ply_bytes
 
 # Raw crops of the landmark pass (uint8, frame after frame), read by the second pass, then deleted.
 CROP_CACHE = ".crops.raw"
-# zlib level of depth/NNNNN.png (mostly background: level 1 is as small as the default, faster; bench/README.md)
+# zlib level of depth/NNNNN.png (level 1 and the 'up' filter: as small as the defaults, faster; depth.depth_png_bytes)
 DEPTH_PNG_COMPRESSION = 1
 # Faceless frames kept in memory while waiting for the next tracked frame (beyond: held, not interpolated).
 MAX_HELD = 250

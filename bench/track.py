@@ -94,7 +94,7 @@ def stage_cpu(cfg, video: str, fps: float, size: int, n: int, with_video: bool) 
             timed("checkpoint/NNNNN.frame (dict + save)", lambda: save_frame(
                 tmp / "f.frame", frame_dict(st.exp, st.pose, st.eyelids, np.zeros(300), st.r, st.t, kk, (size, size), k, k)))
             timed("depth/NNNNN.png (depth + encode + write)", lambda: (tmp / "d.png").write_bytes(depth_png_bytes(
-                depth_mm(geom.fragments, geom.screen, dmesh, size, size), DEPTH_PNG_COMPRESSION)))
+                depth_mm(geom.fragments, geom.depth_offset, dmesh, size, size), DEPTH_PNG_COMPRESSION)))
             if writer is not None:
                 fut: Future = Future()
                 fut.set_result(geom)
@@ -137,7 +137,8 @@ def main() -> None:
     opts = ["model.flame_model_path", str(assets["flame_model_path"]),
             "model.flame_lmk_embedding_path", str(assets["flame_lmk_embedding_path"]),
             "tracker.mediapipe_embedding_path", str(assets["mediapipe_embedding_path"]),
-            "tracker.l_eyelid_path", str(assets["l_eyelid_path"]), "tracker.r_eyelid_path", str(assets["r_eyelid_path"])]
+            "tracker.l_eyelid_path", str(assets["l_eyelid_path"]), "tracker.r_eyelid_path", str(assets["r_eyelid_path"]),
+            "model.flame_masks_path", str(assets["flame_masks_path"])]
     cfg = load_cfg(ROOT / "configs" / "tracker.yml", opts)
     # decode only (at --fps), for reference
     src = open_frames(args.video, args.fps)

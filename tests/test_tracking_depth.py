@@ -42,8 +42,8 @@ def _plane_depth_mm(z0: float, slope: float) -> np.ndarray:
 def test_depth_is_the_perspective_correct_camera_z_in_mm(slope):
     v, faces = _quad(0.6, slope)
     mesh = DepthMesh.build(faces, len(v), None)
-    screen, frags = rasterize_frame(v, K, mesh, SIZE, SIZE)
-    d = depth_mm(frags, screen, mesh, SIZE, SIZE)
+    _screen, frags, c = rasterize_frame(v, K, mesh, SIZE, SIZE)
+    d = depth_mm(frags, c, mesh, SIZE, SIZE)
     assert d.dtype == np.uint16 and d.shape == (SIZE, SIZE)
     covered = d > 0
     assert covered.sum() > 2000
@@ -60,15 +60,15 @@ def test_depth_leaves_out_boundary_and_ears_and_clamps():
     masks = {"boundary": np.array([0, 1, 2]), "left_ear": np.array([3]), "right_ear": np.array([], np.int64)}
     mesh = DepthMesh.build(faces, len(v), masks)
     assert mesh.in_depth.tolist() == [False, False]  # every triangle has only left-out vertices
-    screen, frags = rasterize_frame(v, K, mesh, SIZE, SIZE)
-    assert not depth_mm(frags, screen, mesh, SIZE, SIZE).any()
+    _screen, frags, c = rasterize_frame(v, K, mesh, SIZE, SIZE)
+    assert not depth_mm(frags, c, mesh, SIZE, SIZE).any()
     mesh = DepthMesh.build(faces, len(v), {"boundary": np.array([0, 1, 2])})
     assert mesh.in_depth.tolist() == [False, True]  # triangle 1 has vertex 3: the original's mask > 0
     far = v * np.array([100.0, 100.0, 100.0])  # 60 m: fits; 70 m: clamped
     stats = DepthStats()
     mesh = DepthMesh.build(faces, len(v), None)
-    screen, frags = rasterize_frame(far * (70 / 60), K, mesh, SIZE, SIZE)
-    d = depth_mm(frags, screen, mesh, SIZE, SIZE, stats)
+    _screen, frags, c = rasterize_frame(far * (70 / 60), K, mesh, SIZE, SIZE)
+    d = depth_mm(frags, c, mesh, SIZE, SIZE, stats)
     assert d.max() == DEPTH_MAX_MM and stats.clamped_pixels == int((d > 0).sum()) > 0
 
 
@@ -106,10 +106,22 @@ def test_overlay_draws_detected_green_and_model_red():
 
     v, faces = _quad(0.6, 0.0)
     mesh = DepthMesh.build(faces, len(v), None)
-    screen, frags = rasterize_frame(v, K, mesh, SIZE, SIZE)
+    screen, frags, c = rasterize_frame(v, K, mesh, SIZE, SIZE)
     geom: Future = Future()
-    geom.set_result(FrameGeometry(v.astype(np.float32), screen, frags, np.array([[20.0, 20.0]])))
+    normals = np.tile([0.0, 0.0, -1.0], (len(v), 1))
+    geom.set_result(FrameGeometry(v.astype(np.float32), screen, frags, c, normals, np.array([[20.0, 20.0]])))
     img = _video_frame(np.zeros((SIZE, SIZE, 3), np.uint8), np.array([[100.0, 100.0], [np.nan, np.nan]]), geom, faces)
     mid = img[:, SIZE:2 * SIZE]
     assert tuple(mid[20, 20]) == (255, 0, 0) and tuple(mid[100, 100]) == (0, 220, 0)
     assert img[:, 2 * SIZE:].any()  # the mesh is drawn on the right
+
+
+def test_the_nearer_surface_wins():
+    near, faces = _quad(0.5, 0.0, half=0.02)  # pixels 40-87
+    far, _ = _quad(0.7, 0.0, half=0.1)
+    v = np.concatenate([far, near])
+    f = np.concatenate([faces, faces + 4])
+    mesh = DepthMesh.build(f, len(v), None)
+    _screen, frags, c = rasterize_frame(v, K, mesh, SIZE, SIZE)
+    d = depth_mm(frags, c, mesh, SIZE, SIZE)
+    assert d[64, 64] in (499, 500) and d[64, 5] in (699, 700)  # centre: the near quad; edge: the far one

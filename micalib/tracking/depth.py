@@ -13,20 +13,24 @@ named differences:
 - the rasterisation is ``micalib.render.raster`` at pixel centres in OpenCV's convention, i.e. pixel
   (row i, column j) is the ray through the file K's (j + 0.5, i + 0.5): the same pixel convention as
   the K written into ``.frame`` (``outputs.k_convert``). It is the overlay's rasterisation: one per
-  frame serves both (``overlay.compose_overlay(fragments=...)``).
+  frame serves both (``overlay.compose_overlay(fragments=...)``). Its depth is ``c - 1/z`` (c a
+  per-frame constant keeping it positive): 1/z is linear in screen space, so the rasteriser's own
+  interpolation gives the exact perspective-correct z (and the exact nearest surface) with no
+  per-pixel barycentric work.
 
 Without ``FLAME_masks.pkl`` every triangle counts (one warning); on a topology other than FLAME's
 5023 vertices the mouth stays open (the extra triangles name FLAME vertices).
 """
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass
 
 import cv2
 import numpy as np
 import torch
 
-from micalib.render.raster import Fragments, rasterize
+from micalib.render.raster import Fragments, rasterize, vertex_normals
 
 __all__ = ["DEPTH_MAX_MM", "FLAME_MOUTH_FACES", "DepthMesh", "DepthStats", "FrameGeometry", "depth_mm",
            "depth_png_bytes", "frame_geometry", "rasterize_frame"]
@@ -67,17 +71,25 @@ class DepthMesh:
 
 
 def rasterize_frame(cam_verts: np.ndarray, k: np.ndarray, mesh: DepthMesh, height: int, width: int
-                    ) -> tuple[np.ndarray, Fragments]:
-    """One rasterisation of a frame (back faces culled, as the original's): (V, 3) float32 screen
-    vertices (x, y pixels in OpenCV's convention, camera z) and the fragments of ``mesh.faces``.
+                    ) -> tuple[np.ndarray, Fragments, float]:
+    """One rasterisation of a frame (back faces culled, as the original's).
 
     Args:
         cam_verts: (V, 3) vertices in the camera frame (R X + t), metres.
         k: (3, 3) K in OpenCV's pixel convention.
+
+    Returns:
+        (V, 3) float32 screen vertices (x, y pixels in OpenCV's convention, ``c - 1/z``), the
+        fragments of ``mesh.faces`` and c (``depth_mm`` turns the fragments' depth back into z).
     """
+    cam_verts = np.asarray(cam_verts, np.float64)
+    z = cam_verts[:, 2]
+    front = z > 0
+    c = 2.0 / float(z[front].min()) if front.any() else 1.0
     uvw = cam_verts @ np.asarray(k, np.float64).T
-    screen = np.concatenate([uvw[:, :2] / uvw[:, 2:3], cam_verts[:, 2:3]], 1).astype(np.float32)
-    return screen, rasterize(screen, mesh.faces, height, width, cull_backfaces=True)
+    inv = np.where(front, c - 1.0 / np.where(front, z, 1.0), -1.0)  # <= 0: behind the camera, skipped
+    screen = np.concatenate([uvw[:, :2] / uvw[:, 2:3], inv[:, None]], 1).astype(np.float32)
+    return screen, rasterize(screen, mesh.faces, height, width, cull_backfaces=True), c
 
 
 @dataclass
@@ -85,8 +97,10 @@ class FrameGeometry:
     """What a frame's files and overlay need of the posed mesh, computed once per frame."""
 
     verts: np.ndarray        # (V, 3) float32 model space (mesh/NNNNN.ply)
-    screen: np.ndarray       # (V, 3) float32 pixels (OpenCV convention) and camera z
+    screen: np.ndarray       # (V, 3) float32 pixels (OpenCV convention) and c - 1/z
     fragments: Fragments     # rasterisation of DepthMesh.faces
+    depth_offset: float      # c
+    normals: np.ndarray      # (V, 3) unit vertex normals in the camera frame (the overlay's shading)
     landmarks: np.ndarray    # (N, 2) the model's landmark points projected (OpenCV pixels)
 
 
@@ -95,38 +109,41 @@ def frame_geometry(model, mesh: DepthMesh, state, k: np.ndarray, size: int) -> F
     with ``k`` (OpenCV convention) and rasterise it once for the depth and the overlay."""
     verts = model.vertices(state.exp, state.pose, state.eyelids)[0]
     r, t = np.asarray(state.r, np.float64), np.asarray(state.t, np.float64)
-    screen, frags = rasterize_frame(verts.astype(np.float64) @ r.T + t, k, mesh, size, size)
+    cam = verts.astype(np.float64) @ r.T + t
+    screen, frags, c = rasterize_frame(cam, k, mesh, size, size)
+    normals = vertex_normals(torch.as_tensor(cam, dtype=torch.float32), mesh.faces[:mesh.n_mesh]).numpy()
     pts = model.full_points(verts, model.contour_bin(r)) @ r.T + t
     uvw = pts @ np.asarray(k, np.float64).T
-    return FrameGeometry(verts, screen, frags, uvw[:, :2] / uvw[:, 2:3])
+    return FrameGeometry(verts, screen, frags, c, normals, uvw[:, :2] / uvw[:, 2:3])
 
 
-@dataclass
 class DepthStats:
-    clamped_pixels: int = 0
+    """Pixels clamped at 65,535 mm over a run (the writer threads add to it)."""
+
+    def __init__(self) -> None:
+        self.clamped_pixels = 0
+        self._lock = threading.Lock()
+
+    def add(self, n: int) -> None:
+        if n:
+            with self._lock:
+                self.clamped_pixels += n
 
 
-def depth_mm(frags: Fragments, screen: np.ndarray, mesh: DepthMesh, height: int, width: int,
+def depth_mm(frags: Fragments, depth_offset: float, mesh: DepthMesh, height: int, width: int,
              stats: DepthStats | None = None) -> np.ndarray:
-    """(H, W) uint16 depth in millimetres (0 = background / a left-out region), clamped to 65,535.
-
-    Each covered pixel's z is perspective-correct: 1/z interpolated with the screen barycentrics.
-    """
-    pix = frags.covered_index()
+    """(H, W) uint16 depth in millimetres (0 = background / a left-out region), clamped to 65,535,
+    truncated to whole millimetres as the original's ``astype(np.uint16)``; from ``rasterize_frame``'s
+    fragments and c (z = 1 / (c - depth), exact: 1/z is linear on the screen)."""
     out = np.zeros(height * width, np.uint16)
+    pix = frags.covered_index()
     if len(pix) == 0:
         return out.reshape(height, width)
-    tri = frags.tri_id.view(-1).index_select(0, pix)
-    sel = mesh.in_depth.index_select(0, tri)
-    pix, tri, bary = pix[sel], tri[sel], frags.covered_bary[sel]
-    corners = torch.as_tensor(mesh.faces).index_select(0, tri)  # (P, 3)
-    inv_z = 1.0 / torch.as_tensor(screen[:, 2], dtype=torch.float64)
-    inv = (inv_z[corners] * bary.to(torch.float64)).sum(1)
-    mm = (1000.0 / inv).numpy()
-    over = mm > DEPTH_MAX_MM
-    if stats is not None and over.any():
-        stats.clamped_pixels += int(over.sum())
-    out[pix.numpy()] = np.minimum(mm, DEPTH_MAX_MM).astype(np.uint16)
+    keep = mesh.in_depth.index_select(0, frags.tri_id.view(-1).index_select(0, pix))
+    mm = (1000.0 / (depth_offset - frags.covered_depth.double())).masked_fill_(~keep, 0)
+    if stats is not None:
+        stats.add(int((mm > DEPTH_MAX_MM).sum()))
+    out[pix.numpy()] = mm.clamp_(max=DEPTH_MAX_MM).numpy().astype(np.uint16)
     return out.reshape(height, width)
 
 

@@ -7,9 +7,10 @@ video is decoded once: the landmark pass crops each frame with the box it detect
 ``bbox.pt``), writes ``input/NNNNN.png`` from a thread and appends the raw crop to
 ``OUT/NAME/.crops.raw``, which the second pass reads back and the run deletes (without room on the
 disk, a face on the first frame, or with ``follow_face``, the second pass decodes again). In the
-second pass the main thread fits; the full mesh is posed once per frame and ``.ply`` / ``.frame``
-are written by a thread pool, overlays drawn by two threads and encoded in order by the main
-thread. Frames without a face are interpolated between the tracked frames around them (held before
+second pass the main thread fits; the full mesh is posed and rasterised once per frame
+(``depth.frame_geometry``: one 512 rasterisation for ``depth/NNNNN.png`` and the overlay) and
+``.ply`` / depth / ``.frame`` are written by a thread pool, overlays (detected landmarks green, the
+model's red) drawn by two threads and encoded in order by the main thread. Frames without a face are interpolated between the tracked frames around them (held before
 the first / after the last) and flagged. Finished frames (``checkpoint/NNNNN.frame`` present) are
 skipped on a re-run with the same options (``micalib/tracking/resume.py``: another run's options
 are refused); the last finished one warm-starts the next. A video that ends early is tracked
@@ -651,7 +652,7 @@ class TrackRunner:
         if k not in self._png_written:
             atomic_write_bytes(out / "input" / f"{name}.png", _png_bytes(crop, self.cfg.tracker.png_compression), fsync=False)
         atomic_write_bytes(out / "mesh" / f"{name}.ply", _ply_metres(g.verts, faces), fsync=False)
-        depth = depth_mm(g.fragments, g.screen, self._depth_mesh, self.size, self.size, self._depth_stats)
+        depth = depth_mm(g.fragments, g.depth_offset, self._depth_mesh, self.size, self.size, self._depth_stats)
         atomic_write_bytes(out / "depth" / f"{name}.png", depth_png_bytes(depth, DEPTH_PNG_COMPRESSION), fsync=False)
         save_frame(out / "checkpoint" / f"{name}.frame", data)  # marks the frame finished
         if row is not None and self._journal is not None:
@@ -671,7 +672,8 @@ def _video_frame(crop: np.ndarray, detected: np.ndarray, geom: Future, faces: np
     from micalib.tracking.overlay import compose_overlay
 
     g: FrameGeometry = geom.result()
-    return compose_overlay(crop, {"detected": detected, "model": g.landmarks}, g.screen, faces, fragments=g.fragments)
+    return compose_overlay(crop, {"detected": detected, "model": g.landmarks}, g.screen, faces, normals=g.normals,
+                           fragments=g.fragments)
 
 
 def _ply_metres(verts: np.ndarray, faces: np.ndarray) -> bytes:

@@ -10,8 +10,9 @@ disk, a face on the first frame, or with ``follow_face``, the second pass decode
 second pass the main thread fits; the full mesh is posed and rasterised once per frame
 (``depth.frame_geometry``: one 512 rasterisation for ``depth/NNNNN.png`` and the overlay) and
 ``.ply`` / depth / ``.frame`` are written by a thread pool, overlays (detected landmarks green, the
-model's red) drawn by two threads and encoded in order by the main thread. Frames without a face are interpolated between the tracked frames around them (held before
-the first / after the last) and flagged. Finished frames (``checkpoint/NNNNN.frame`` present) are
+model's red) drawn by two threads and encoded in order by the main thread. Frames without a face
+are interpolated between the tracked frames around them (held before the first / after the last)
+and flagged. Finished frames (``checkpoint/NNNNN.frame`` present) are
 skipped on a re-run with the same options (``micalib/tracking/resume.py``: another run's options
 are refused); the last finished one warm-starts the next. A video that ends early is tracked
 up to its end (``frames.VideoFrames.truncated_at``).
@@ -79,7 +80,7 @@ from utils.mesh import obj_text, ply_bytes
 
 # Raw crops of the landmark pass (uint8, frame after frame), read by the second pass, then deleted.
 CROP_CACHE = ".crops.raw"
-# zlib level of depth/NNNNN.png (level 1 and the 'up' filter: as small as the defaults, faster; depth.depth_png_bytes)
+# zlib level of depth/NNNNN.png (with the 'up' filter and RLE: smaller than the defaults, faster; depth.depth_png_bytes)
 DEPTH_PNG_COMPRESSION = 1
 # Faceless frames kept in memory while waiting for the next tracked frame (beyond: held, not interpolated).
 MAX_HELD = 250

@@ -79,8 +79,7 @@ class Numpy1Pickler(pickle.Pickler):
 
 
 # what torch.save(pickle_module=...) uses of a pickle module
-numpy1_pickle_module = types.SimpleNamespace(Pickler=Numpy1Pickler, Unpickler=pickle.Unpickler,
-                                             load=pickle.load, dump=pickle.dump, __name__="numpy1_pickle")
+numpy1_pickle_module = types.SimpleNamespace(Pickler=Numpy1Pickler, __name__="numpy1_pickle")
 
 
 def torch_save_numpy1(obj: Any, f) -> None:

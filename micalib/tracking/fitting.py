@@ -324,13 +324,16 @@ class LandmarkFitter:
                 break
         return FrameFit(st, cost, self._rms(res, valid), cbin, uv)
 
-    def _free_shared(self, n_shared: int) -> np.ndarray:
-        """Indices of the keyframes' shared unknowns (focal, cx, cy, identity...) that move: all, or
-        all but the principal point when it is pinned at the centre (``principal_point = "centre"``)."""
-        free = np.ones(n_shared, bool)
+    def _solve_shared(self, s_mat: np.ndarray, s_rhs: np.ndarray) -> np.ndarray:
+        """The step of the keyframes' shared unknowns (focal, cx, cy, identity...) from their Schur
+        system; with the principal point pinned at the centre (``principal_point = "centre"``) its
+        two rows and columns are left out and its step is 0."""
+        free = np.ones(len(s_rhs), bool)
         if self.s.principal_point == "centre":
             free[1:3] = False
-        return np.flatnonzero(free)
+        step = np.zeros(len(s_rhs))
+        step[free] = _solve(s_mat[np.ix_(free, free)], s_rhs[free])
+        return step
 
     def calibrate(self, frames: Sequence[tuple[np.ndarray, np.ndarray]]) -> list[FrameState]:
         """Fit focal length (and the principal point when not pinned) jointly with the keyframes' parameters.
@@ -379,9 +382,7 @@ class LandmarkFitter:
                 sols.append((x, b))
                 s_mat -= b.T @ x[:, :n_sh]
                 s_rhs -= b.T @ x[:, n_sh]
-            free = self._free_shared(n_sh)
-            d_sh = np.zeros(n_sh)
-            d_sh[free] = _solve((s_mat + 1e-9 * np.eye(n_sh))[np.ix_(free, free)], s_rhs[free])
+            d_sh = self._solve_shared(s_mat + 1e-9 * np.eye(n_sh), s_rhs)
             return d_sh, [x[:, n_sh] - x[:, :n_sh] @ d_sh for x, _ in sols]
 
         ds = np.zeros(n_sh - 3)

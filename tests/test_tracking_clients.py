@@ -160,11 +160,10 @@ def test_principal_point_is_pinned_at_the_crop_centre_by_default(tracked):
 
 
 def test_principal_point_mode_is_checked():
-    from types import SimpleNamespace
-
-    from micalib.tracking.fitting import _principal_point_mode
+    from micalib.tracking.options import FitSettings
     from utils.errors import MICAError
 
-    assert _principal_point_mode("Fitted") == "fitted" and _principal_point_mode("centre") == "centre"
+    assert FitSettings(principal_point="Fitted").principal_point == "fitted"
+    assert FitSettings().principal_point == "centre"
     with pytest.raises(MICAError, match="tracker.fit.principal_point"):
-        _principal_point_mode(SimpleNamespace())
+        FitSettings(principal_point="middle")

@@ -102,7 +102,7 @@ def test_tracked_run_writes_depth_at_the_heads_distance(tmp_path):
 
 
 def test_overlay_draws_detected_green_and_model_red():
-    from micalib.tracking.runner import _video_frame
+    from micalib.tracking.writer import overlay_frame as _video_frame
 
     v, faces = _quad(0.6, 0.0)
     mesh = DepthMesh.build(faces, len(v), None)

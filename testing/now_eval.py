@@ -33,7 +33,7 @@ from tqdm import tqdm
 from testing.geometry import MeshDistance, apply_similarity, rotvec_derivatives, rotvec_to_matrix, similarity_procrustes
 from testing.pp import read_pp
 from utils.errors import MICAError
-from utils.io import atomic_save, atomic_write_text
+from utils.io import atomic_save, atomic_write_text, path_inside
 from utils.safe_pickle import load_object_npy
 
 PathLike = Union[str, os.PathLike]
@@ -328,10 +328,11 @@ class EvalItem:
 
     key: str
     group: str
-    scan_mesh: Path
-    scan_lmks: Path
+    scan_mesh: Optional[Path]
+    scan_lmks: Optional[Path]
     pred_mesh: Optional[Path]
     pred_lmks: Optional[Path]
+    error: Optional[str] = None  # why the item cannot be scored (a bad list line): failed, not fatal
 
 
 def now_items(now_root: PathLike, pred_dir: PathLike, split: str = "validation",
@@ -360,16 +361,29 @@ def now_items(now_root: PathLike, pred_dir: PathLike, split: str = "validation",
     items = []
     scan_cache: dict[str, tuple[Path, Path]] = {}
     for line in lines:
-        parts = Path(line).parts
-        if len(parts) < 3:
-            raise MICAError(f"image list line '{line}' is not SUBJECT/CHALLENGE/NAME.jpg")
-        subject, challenge = parts[0], parts[1]
-        if subject not in scan_cache:
-            scan_cache[subject] = (_first_file(scans / subject, "*.obj", "scan"), _first_file(lmks / subject, "*.pp", "scan landmark"))
-        stem = pred / Path(line).with_suffix("")
-        items.append(EvalItem(line, challenge, *scan_cache[subject],
-                              _find_with_suffix(stem, MESH_SUFFIXES), _find_with_suffix(stem, LANDMARK_SUFFIXES)))
+        try:  # a bad line fails its item only; every path is built from the checked relative one
+            items.append(_now_item(line, pred, scans, lmks, scan_cache))
+        except (MICAError, OSError) as e:
+            items.append(EvalItem(line, "", None, None, None, None, error=str(e)))
     return items
+
+
+def _now_item(line: str, pred: Path, scans: Path, lmks: Path, scan_cache: dict) -> EvalItem:
+    parts = path_inside(pred, line, "image list line").relative_to(pred).parts
+    if len(parts) < 3:
+        raise MICAError(f"image list line '{line}' is not SUBJECT/CHALLENGE/NAME.jpg")
+    subject, challenge = parts[0], parts[1]
+    if subject not in scan_cache:
+        try:
+            scan_cache[subject] = (_first_file(scans / subject, "*.obj", "scan"),
+                                   _first_file(lmks / subject, "*.pp", "scan landmark"))
+        except OSError as e:
+            scan_cache[subject] = str(e)
+    if isinstance(scan_cache[subject], str):
+        raise MICAError(scan_cache[subject])
+    stem = pred / Path(line).with_suffix("")
+    return EvalItem(line, challenge, *scan_cache[subject],
+                    _find_with_suffix(stem, MESH_SUFFIXES), _find_with_suffix(stem, LANDMARK_SUFFIXES))
 
 
 def stirling_items(pred_dir: PathLike, scans_dir: PathLike, lmks_dir: Optional[PathLike] = None) -> list[EvalItem]:
@@ -466,6 +480,10 @@ def evaluate(items: Sequence[EvalItem], method: str = "method", metrical: bool =
     missing: list[str] = []
     failed: dict[str, str] = {}
     for item in tqdm(items, desc=f"scoring {method}", disable=not progress):
+        if item.error is not None:
+            failed[item.key] = item.error
+            logger.warning(f"{item.key!r}: not scored: {item.error}")
+            continue
         if item.pred_mesh is None or item.pred_lmks is None:
             missing.append(item.key)
             continue

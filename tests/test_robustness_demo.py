@@ -8,6 +8,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -211,23 +212,20 @@ def test_kill_9_after_the_first_face_then_resume(tmp_path):
 
 # ---------------------------------------------------------------------- 5. output inside the input
 def test_outputs_inside_the_input_folder_are_not_inputs(tmp_path, photos):
-    runner = DemoRunner(SlowNetwork(0), SlowDetector(0), TETRA, photos / "out", photos / "arcface", render=True)
+    """-o/-a inside -i are refused now (issue 21); folders of an earlier run moved there, and
+    anything under a .mica folder, are still never inputs."""
+    runner = DemoRunner(SlowNetwork(0), SlowDetector(0), TETRA, tmp_path / "out", tmp_path / "arcface", render=True)
     first = runner.run(photos)
+    shutil.move(tmp_path / "out", photos / "out")
+    shutil.move(tmp_path / "arcface", photos / "arcface")
     assert (photos / "arcface" / "img0.jpg").is_file() and (photos / "out" / "img0" / "render.png").is_file()
     (photos / "sub" / ".mica").mkdir(parents=True)
     _photo(photos / "sub" / ".mica" / "state.png", 9)
-    second = DemoRunner(SlowNetwork(0), SlowDetector(0), TETRA, photos / "out", photos / "arcface",
+    second = DemoRunner(SlowNetwork(0), SlowDetector(0), TETRA, tmp_path / "out2", tmp_path / "arcface2",
                         render=True).run(photos)
     assert [r.input for r in second] == [r.input for r in first] == sorted(p.name for p in photos.iterdir()
                                                                          if p.is_file())
-    assert {r.status for r in second if r.input != "broken.jpg"} == {"done"}
-
-
-def test_input_inside_the_output_folder_is_still_read(tmp_path):
-    out = tmp_path / "o"
-    _photo(out / "meshes" / "photos" / "a.png", 1)
-    results = _runner(out).run(out / "meshes" / "photos")
-    assert [(r.input, r.status) for r in results] == [("a.png", "ok")]
+    assert {r.status for r in second if r.input != "broken.jpg"} == {"ok"}
 
 
 # ---------------------------------------------------------------------- 6. non-UTF-8 names
@@ -512,22 +510,28 @@ def test_exit_code_is_1_only_when_an_input_failed(tmp_path, photos, monkeypatch)
 
 
 # ---------------------------------------------------------------------- review of the merged pipeline
+@pytest.mark.parametrize("where", ["is", "lies inside", "contains"])
 @pytest.mark.parametrize("which", ["arcface", "output"])
-def test_output_or_crop_folder_equal_to_the_input_is_refused(tmp_path, photos, which):
+def test_output_or_crop_folder_overlapping_the_input_is_refused(tmp_path, photos, which, where):
     """``-a X -i X`` overwrote the user's photos with crops; ``-o X -i X`` re-read its renders on
-    every run. Both are refused in one line before anything is written."""
-    before = {p.name: p.read_bytes() for p in photos.iterdir()}
-    out, arc = (photos, tmp_path / "arc") if which == "output" else (tmp_path / "o", photos)
-    with pytest.raises(MICAError, match="input folder"):
+    every run; inside or containing the input folder (issue 21), its files mix with the photos.
+    All refused in one line before anything is written."""
+    before = sorted(p for p in tmp_path.rglob("*"))
+    folder = {"is": photos, "lies inside": photos / "sub" / "o", "contains": tmp_path}[where]
+    out, arc = (folder, tmp_path / "arc") if which == "output" else (tmp_path / "o", folder)
+    with pytest.raises(MICAError, match=f"{where} the input folder") as e:
         DemoRunner(SlowNetwork(0), SlowDetector(0), TETRA, out, arc, render=False).run(photos)
-    assert {p.name: p.read_bytes() for p in photos.iterdir()} == before
+    assert "\n" not in str(e.value)
+    assert sorted(p for p in tmp_path.rglob("*")) == before  # nothing written
 
 
 def test_an_earlier_runs_output_and_crop_folders_are_not_inputs(tmp_path, photos):
     """Folders another run wrote (its -o holds .mica/, its -a is marked too) stay out of the inputs
     of a later run with other -o/-a."""
-    first = DemoRunner(SlowNetwork(0), SlowDetector(0), TETRA, photos / "out", photos / "arcface",
+    first = DemoRunner(SlowNetwork(0), SlowDetector(0), TETRA, tmp_path / "out", tmp_path / "arcface",
                        render=True).run(photos)
+    shutil.move(tmp_path / "out", photos / "out")  # -o/-a inside -i are refused: moved there afterwards
+    shutil.move(tmp_path / "arcface", photos / "arcface")
     later = _runner(tmp_path / "o").run(photos)
     assert [r.input for r in later] == [r.input for r in first]
 

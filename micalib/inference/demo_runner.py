@@ -46,7 +46,7 @@ from models.face_prep import aligned_input, detect_and_align
 from models.flame import M_TO_MM
 from utils.errors import MICAError
 from utils.image_io import ImageList, list_images, read_image, write_image
-from utils.io import atomic_save_npy, atomic_write_text
+from utils.io import atomic_save_npy, atomic_write_text, path_overlap
 
 __all__ = ["DemoRunner", "DemoOptions", "ItemResult", "StageTimer", "default_workers", "list_inputs", "input_names"]
 
@@ -124,11 +124,11 @@ def list_inputs(input_dir: Path, output_dir: Path, arcface_dir: Path) -> tuple[I
     """The images a demo run on ``input_dir`` processes, and the root their names are relative to
     (an ``ImageList``: its ``failures`` are the sub-folders that could not be listed).
 
-    Never inputs: our own output and crop folders when they lie inside the input folder (``-o X/out``
-    must not feed the first run's renders and crops to the second), anything under a ``.mica``
-    folder, and any folder holding one (the output and crop folders of every earlier run are marked
-    so). ``-o`` or ``-a`` equal to the input folder is refused before that, by
-    :func:`check_output_folders` (``DemoRunner.run``, ``demo.py``).
+    Never inputs: our own output and crop folders if they lie inside the input folder (an earlier
+    run's, moved there: must not feed their renders and crops to this one), anything under a
+    ``.mica`` folder, and any folder holding one (the output and crop folders of every run are
+    marked so). ``-o`` or ``-a`` equal to, inside or containing the input folder is refused before
+    that, by :func:`check_output_folders` (``DemoRunner.run``, ``demo.py``).
     """
     if input_dir.is_file():
         return ImageList([input_dir]), input_dir.parent
@@ -152,14 +152,19 @@ def list_inputs(input_dir: Path, output_dir: Path, arcface_dir: Path) -> tuple[I
 
 
 def check_output_folders(input_dir: Path, output_dir: Path, arcface_dir: Path) -> None:
-    """Refuse ``-o`` or ``-a`` equal to the input folder (one line), before anything is written."""
+    """Refuse ``-o`` or ``-a`` equal to the input folder, inside it or containing it (one line,
+    ``utils.io.path_overlap``, links resolved), before anything is written: its files would be
+    written among the photos, or the photos lie among the outputs that ``--overwrite`` and the
+    clean-up of temporary files walk through."""
     if not Path(input_dir).is_dir():
         return
-    root = Path(input_dir).resolve()
     for flag, folder in (("-o", output_dir), ("-a", arcface_dir)):
-        if Path(folder).resolve() == root:
-            raise MICAError(f"{flag} {folder} is the input folder: its files would be written among your photos "
-                            f"(and overwrite those of the same name); pass another folder for {flag}")
+        if path_overlap(folder, input_dir):
+            how = ("is" if Path(folder).resolve() == Path(input_dir).resolve()
+                   else "lies inside" if Path(folder).resolve().is_relative_to(Path(input_dir).resolve())
+                   else "contains")
+            raise MICAError(f"{flag} {folder} {how} the input folder {input_dir}: its files would be written "
+                            f"among your photos (or they among its files); pass a folder beside it for {flag}")
 
 
 def mark_crop_folder(arcface_dir: Path) -> None:

@@ -341,7 +341,7 @@ class DemoRunner:
         if r.status != "failed":
             r.status, r.message = "ok", ""
         try:
-            write_record(self.output_dir, r)
+            write_record(self.output_dir, r, self.arcface_dir)
         except OSError as e:
             if r.status == "ok":
                 r.status, r.message = "failed", f"could not write its completion record: {e}"

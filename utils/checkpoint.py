@@ -107,13 +107,25 @@ def load_checkpoint_file(path: PathLike, what: str = "checkpoint") -> Any:
                         f"corrupt - download or copy it again") from None
 
 
+# No weight or BatchNorm statistic of a trained network comes near this; a file that holds one is
+# damaged (issue 21, D21: regressor weights x1e30 gave identities of 8e29 and no warning).
+MAX_ABS_WEIGHT = 1e6
+
+
 def check_finite(state: Mapping[str, Any], source: str) -> None:
-    """Raise one ``MICAError`` line naming ``source`` and the first tensor holding NaN or inf."""
+    """Raise one ``MICAError`` line naming ``source`` and the first tensor holding NaN or inf, or a
+    value beyond ``MAX_ABS_WEIGHT`` in magnitude."""
     for key, value in state.items():
-        if torch.is_tensor(value) and value.is_floating_point() and not bool(torch.isfinite(value).all()):
+        if not (torch.is_tensor(value) and value.is_floating_point()) or value.numel() == 0:
+            continue
+        if not bool(torch.isfinite(value).all()):
             bad = int((~torch.isfinite(value)).sum())
             raise MICAError(f"{source}: tensor '{key}' holds {bad} NaN or infinite values - the file is damaged "
                             f"or comes from a diverged training run; use another checkpoint")
+        biggest = float(value.abs().max())
+        if biggest > MAX_ABS_WEIGHT:
+            raise MICAError(f"{source}: tensor '{key}' holds values up to {biggest:.3g} in magnitude, beyond the "
+                            f"{MAX_ABS_WEIGHT:.0e} no trained network reaches - the file is damaged; use another checkpoint")
 
 
 def clean_state_dict(state: Mapping[str, Any]) -> "OrderedDict[str, torch.Tensor]":

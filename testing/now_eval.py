@@ -279,7 +279,11 @@ def load_mesh(path: PathLike) -> tuple[np.ndarray, np.ndarray]:
     """
     from utils.mesh import read_mesh
 
-    return read_mesh(path)
+    vertices, faces = read_mesh(path)
+    if not np.isfinite(vertices).all():
+        raise MICAError(f"mesh {path} holds {int((~np.isfinite(vertices)).sum())} NaN or infinite coordinates; "
+                        f"the prediction (or scan) is broken: write it again")
+    return vertices, faces
 
 
 def load_pred_landmarks(path: PathLike) -> np.ndarray:
@@ -291,9 +295,17 @@ def load_pred_landmarks(path: PathLike) -> np.ndarray:
         arr = np.load(path, allow_pickle=False) if path.suffix == ".npy" else np.loadtxt(path)
     except (ValueError, OSError) as e:
         raise MICAError(f"landmark file {path} could not be read ({str(e).splitlines()[0]}); write 7x3 numbers") from None
-    arr = np.asarray(arr, dtype=np.float64)
+    except EOFError:
+        raise MICAError(f"landmark file {path} is empty or truncated; write 7x3 numbers") from None
+    try:
+        arr = np.asarray(arr, dtype=np.float64)
+    except (TypeError, ValueError):
+        raise MICAError(f"landmark file {path} holds {arr.dtype} values, not numbers; write 7x3 numbers") from None
     if arr.size != 21:
         raise MICAError(f"landmark file {path} holds shape {arr.shape}, expected 7x3 (the 7 NoW landmarks)")
+    if not np.isfinite(arr).all():  # the alignment's SVD would fail without naming the file (issue 21, N3)
+        raise MICAError(f"landmark file {path} holds {int((~np.isfinite(arr)).sum())} NaN or infinite values; "
+                        f"the prediction failed for this image: predict it again")
     return arr.reshape(7, 3)
 
 

@@ -60,10 +60,10 @@ def main(argv=None) -> int:
     from micalib.tracking.runner import TrackRunner
     from utils.device import resolve_device
 
-    runner = TrackRunner(cfg, args.input, args.output, identity_path=args.identity, landmarks_path=args.landmarks,
-                         fps=25.0 if args.fps is None else args.fps, image_size=args.image_size, video=not args.no_video,
-                         photometric=args.photometric, device=str(resolve_device(cfg.device)),
-                         overwrite=args.overwrite)
+    runner = TrackRunner.from_config(cfg, args.input, args.output, identity_path=args.identity,
+                                     landmarks_path=args.landmarks, fps=25.0 if args.fps is None else args.fps,
+                                     image_size=args.image_size, video=not args.no_video, photometric=args.photometric,
+                                     device=str(resolve_device(cfg.device)), overwrite=args.overwrite)
     runner.run()
     return 0
 

@@ -110,16 +110,3 @@ def test_path_inside_keeps_list_lines_under_their_root(tmp_path):
             path_inside(tmp_path, bad, "image list line")
         assert "\n" not in str(e.value) and "image list line" in str(e.value)
 
-
-def test_path_overlap_same_inside_containing_and_through_links(tmp_path):
-    from utils.io import path_overlap
-
-    (tmp_path / "in" / "sub").mkdir(parents=True)
-    (tmp_path / "other").mkdir()
-    (tmp_path / "link").symlink_to(tmp_path / "in")
-    assert path_overlap(tmp_path / "in", tmp_path / "in" / ".")
-    assert path_overlap(tmp_path / "in" / "sub" / "out", tmp_path / "in")  # inside (need not exist)
-    assert path_overlap(tmp_path, tmp_path / "in")  # containing
-    assert path_overlap(tmp_path / "link" / "o", tmp_path / "in")  # through a symbolic link
-    assert not path_overlap(tmp_path / "other", tmp_path / "in")
-    assert not path_overlap(tmp_path / "in2", tmp_path / "in")  # a common prefix is not containment

@@ -8,7 +8,6 @@ from __future__ import annotations
 import csv
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -212,20 +211,47 @@ def test_kill_9_after_the_first_face_then_resume(tmp_path):
 
 # ---------------------------------------------------------------------- 5. output inside the input
 def test_outputs_inside_the_input_folder_are_not_inputs(tmp_path, photos):
-    """-o/-a inside -i are refused now (issue 21); folders of an earlier run moved there, and
-    anything under a .mica folder, are still never inputs."""
-    runner = DemoRunner(SlowNetwork(0), SlowDetector(0), TETRA, tmp_path / "out", tmp_path / "arcface", render=True)
+    runner = DemoRunner(SlowNetwork(0), SlowDetector(0), TETRA, photos / "out", photos / "arcface", render=True)
     first = runner.run(photos)
-    shutil.move(tmp_path / "out", photos / "out")
-    shutil.move(tmp_path / "arcface", photos / "arcface")
     assert (photos / "arcface" / "img0.jpg").is_file() and (photos / "out" / "img0" / "render.png").is_file()
     (photos / "sub" / ".mica").mkdir(parents=True)
     _photo(photos / "sub" / ".mica" / "state.png", 9)
-    second = DemoRunner(SlowNetwork(0), SlowDetector(0), TETRA, tmp_path / "out2", tmp_path / "arcface2",
+    second = DemoRunner(SlowNetwork(0), SlowDetector(0), TETRA, photos / "out", photos / "arcface",
                         render=True).run(photos)
     assert [r.input for r in second] == [r.input for r in first] == sorted(p.name for p in photos.iterdir()
                                                                          if p.is_file())
-    assert {r.status for r in second if r.input != "broken.jpg"} == {"ok"}
+    assert {r.status for r in second if r.input != "broken.jpg"} == {"done"}
+
+
+def test_input_inside_the_output_folder_is_still_read(tmp_path):
+    out = tmp_path / "o"
+    _photo(out / "meshes" / "photos" / "a.png", 1)
+    results = _runner(out).run(out / "meshes" / "photos")
+    assert [(r.input, r.status) for r in results] == [("a.png", "ok")]
+
+
+def test_input_whose_output_folder_is_the_input_folder_fails_untouched(tmp_path):
+    """-i inside -o where an input's OUTPUT/NAME is (or, with --all-faces, OUTPUT/NAME_0 contains)
+    the input folder: that input fails in one line, nothing is written among the photos; the
+    other inputs are done (as track.py refuses OUT/NAME overlapping its input)."""
+    meshes = tmp_path / "o" / "meshes"
+    inp = meshes / "img"
+    _photo(inp / "img.png", 1)
+    _photo(inp / "other.png", 2)
+    (inp / "mesh.obj").write_text("the user's own mesh")
+    before = {p.name: p.read_bytes() for p in inp.iterdir()}
+    results = {r.input: r for r in _runner(tmp_path / "o").run(inp)}
+    assert results["img.png"].status == "failed" and "is the input folder" in results["img.png"].message
+    assert "\n" not in results["img.png"].message
+    assert results["other.png"].status == "ok"
+    assert {p.name: p.read_bytes() for p in inp.iterdir() if p.is_file()} == before
+    assert sorted(p.name for p in inp.iterdir() if p.is_dir()) == []
+    # with --all-faces the input's folders are NAME_0, NAME_1, ...: one of them holding the input
+    deep = meshes / "b_0" / "x"
+    _photo(deep / "b.png", 3)
+    results = {r.input: r for r in _runner(tmp_path / "o", all_faces=True).run(deep)}
+    assert results["b.png"].status == "failed" and "contains the input folder" in results["b.png"].message
+    assert sorted(p.relative_to(deep.parent).as_posix() for p in deep.parent.rglob("*")) == ["x", "x/b.png"]
 
 
 # ---------------------------------------------------------------------- 6. non-UTF-8 names
@@ -510,28 +536,22 @@ def test_exit_code_is_1_only_when_an_input_failed(tmp_path, photos, monkeypatch)
 
 
 # ---------------------------------------------------------------------- review of the merged pipeline
-@pytest.mark.parametrize("where", ["is", "lies inside", "contains"])
 @pytest.mark.parametrize("which", ["arcface", "output"])
-def test_output_or_crop_folder_overlapping_the_input_is_refused(tmp_path, photos, which, where):
+def test_output_or_crop_folder_equal_to_the_input_is_refused(tmp_path, photos, which):
     """``-a X -i X`` overwrote the user's photos with crops; ``-o X -i X`` re-read its renders on
-    every run; inside or containing the input folder (issue 21), its files mix with the photos.
-    All refused in one line before anything is written."""
-    before = sorted(p for p in tmp_path.rglob("*"))
-    folder = {"is": photos, "lies inside": photos / "sub" / "o", "contains": tmp_path}[where]
-    out, arc = (folder, tmp_path / "arc") if which == "output" else (tmp_path / "o", folder)
-    with pytest.raises(MICAError, match=f"{where} the input folder") as e:
+    every run. Both are refused in one line before anything is written."""
+    before = {p.name: p.read_bytes() for p in photos.iterdir()}
+    out, arc = (photos, tmp_path / "arc") if which == "output" else (tmp_path / "o", photos)
+    with pytest.raises(MICAError, match="input folder"):
         DemoRunner(SlowNetwork(0), SlowDetector(0), TETRA, out, arc, render=False).run(photos)
-    assert "\n" not in str(e.value)
-    assert sorted(p for p in tmp_path.rglob("*")) == before  # nothing written
+    assert {p.name: p.read_bytes() for p in photos.iterdir()} == before
 
 
 def test_an_earlier_runs_output_and_crop_folders_are_not_inputs(tmp_path, photos):
     """Folders another run wrote (its -o holds .mica/, its -a is marked too) stay out of the inputs
     of a later run with other -o/-a."""
-    first = DemoRunner(SlowNetwork(0), SlowDetector(0), TETRA, tmp_path / "out", tmp_path / "arcface",
+    first = DemoRunner(SlowNetwork(0), SlowDetector(0), TETRA, photos / "out", photos / "arcface",
                        render=True).run(photos)
-    shutil.move(tmp_path / "out", photos / "out")  # -o/-a inside -i are refused: moved there afterwards
-    shutil.move(tmp_path / "arcface", photos / "arcface")
     later = _runner(tmp_path / "o").run(photos)
     assert [r.input for r in later] == [r.input for r in first]
 

@@ -249,7 +249,7 @@ def prepare_output_dir(folder: PathLike, what: str = "output folder", clean: boo
 
 
 # ---------------------------------------------------------------------------------------------
-# Paths named by a file (image lists, records) and folders that must not overlap
+# Paths named by a file (image lists, records); folders that must not overlap
 # ---------------------------------------------------------------------------------------------
 def path_inside(root: PathLike, relative: str, what: str) -> Path:
     """``root / relative`` for a relative path read from a file (an image-list line, a record's
@@ -266,8 +266,20 @@ def path_inside(root: PathLike, relative: str, what: str) -> Path:
     return Path(root) / rel
 
 
-def path_overlap(a: PathLike, b: PathLike) -> bool:
-    """True when folders ``a`` and ``b`` (symbolic links resolved) are the same, or one lies
-    inside the other: writing into one would write into the other."""
-    ra, rb = Path(a).resolve(), Path(b).resolve()
-    return ra == rb or ra.is_relative_to(rb) or rb.is_relative_to(ra)
+# how ``folder_relation``'s answers read in a message: "OUTPUT ... the input folder"
+RELATION_WORDS = {"same": "is", "inside": "lies inside", "contains": "contains"}
+
+
+def folder_relation(folder: PathLike, other: PathLike) -> str | None:
+    """Where ``other`` lies relative to ``folder`` (both resolved, symbolic links followed; neither
+    needs to exist): ``"same"``, ``"inside"`` (``other`` is below ``folder``), ``"contains"``
+    (``other`` holds ``folder``), or None (apart). The one overlap check of the entry scripts'
+    outputs against their inputs (track.py's ``TrackLayout.check_input``, demo.py's output folders)."""
+    a, b = Path(folder).expanduser().resolve(), Path(other).expanduser().resolve()
+    if a == b:
+        return "same"
+    if b.is_relative_to(a):
+        return "inside"
+    if a.is_relative_to(b):
+        return "contains"
+    return None

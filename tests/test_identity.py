@@ -72,14 +72,14 @@ def test_every_bad_file_is_one_line_naming_it_and_the_fix(tmp_path):
 
 
 def _runner(tmp_path: Path, identity_path):
-    from configs.config import load_cfg
+    from micalib.tracking.options import TrackOptions
     from micalib.tracking.runner import TrackRunner
 
     frames = tmp_path / "clip"
     frames.mkdir(exist_ok=True)
     cv2.imwrite(str(frames / "0.png"), np.zeros((64, 64, 3), np.uint8))
     (tmp_path / "out" / "clip").mkdir(parents=True, exist_ok=True)
-    return TrackRunner(load_cfg("configs/tracker.yml"), frames, tmp_path / "out", identity_path=identity_path)
+    return TrackRunner(TrackOptions(), frames, tmp_path / "out", flame=None, identity_path=identity_path)
 
 
 def test_the_tracker_reads_identities_through_it(tmp_path):
@@ -87,10 +87,10 @@ def test_the_tracker_reads_identities_through_it(tmp_path):
     blocked the run without naming it. Both one line; the cached one says to delete it."""
     (tmp_path / "empty.npy").write_bytes(b"")
     with pytest.raises(MICAError, match="empty.npy is an empty file"):
-        _runner(tmp_path, tmp_path / "empty.npy")._identity(None, None, None)
+        _runner(tmp_path, tmp_path / "empty.npy")._identity()
     cached = tmp_path / "out" / "clip" / "identity.npy"
     _runner(tmp_path, None)
     cached.write_bytes(_npy(tmp_path / "g.npy", _good()).read_bytes()[:60])
     with pytest.raises(MICAError, match="delete it") as e:
-        _runner(tmp_path, None)._identity(None, None, None)
+        _runner(tmp_path, None)._identity()
     assert str(cached) in str(e.value)

@@ -57,6 +57,7 @@ from micalib.tracking.resume import (
 )
 from micalib.tracking.writer import FrameWriter, png_bytes
 from utils.errors import MICAError
+from utils.identity import read_identity
 from utils.io import atomic_save_npy, atomic_write_bytes, atomic_write_text, remove_stale_temps, written_file
 from utils.mesh import obj_text
 
@@ -433,20 +434,9 @@ class TrackRunner:
         """MICA's identity: ``--identity``, else the one cached in ``identity.npy``, else MICA on the frames."""
         dst = self.layout.identity
         if self.identity_path is not None:
-            try:
-                ident = np.load(self.identity_path, allow_pickle=False)
-            except (OSError, ValueError) as e:
-                raise MICAError(f"identity {self.identity_path} is not a readable .npy ({str(e)[:80]}); "
-                                "pass MICA's identity.npy") from None
-            if tuple(np.shape(ident)) not in ((300,), (1, 300)):
-                raise MICAError(f"identity {self.identity_path} has shape {tuple(np.shape(ident))}, not MICA's (300,) "
-                                "coefficients; pass MICA's identity.npy")
-            ident = np.asarray(ident, np.float32).reshape(-1)
-            if not np.isfinite(ident).all():
-                raise MICAError(f"identity {self.identity_path} holds non-finite values (NaN/inf); "
-                                "pass MICA's identity.npy")
+            ident = read_identity(self.identity_path, "pass MICA's identity.npy")
         elif written_file(dst):
-            ident = np.load(dst, allow_pickle=False).astype(np.float32).reshape(-1)
+            ident = read_identity(dst, "delete it to compute it again (or pass --overwrite)")
         else:
             ident = self._mica_identity()
         atomic_save_npy(dst, ident.astype(np.float32))

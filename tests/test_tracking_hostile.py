@@ -192,39 +192,6 @@ def _npy_header(shape) -> bytes:
     return buf.getvalue()
 
 
-@pytest.mark.parametrize("content, match", [
-    (b"", r"identity .*identity.npy is not a readable .npy .*pass MICA's identity.npy"),
-    ("strings", r"identity .*identity.npy holds <U1 values, not numbers; pass MICA's identity.npy"),
-])
-def test_bad_identity_file_is_one_line(tmp_path, content, match):
-    """T51 (0-byte file: EOFError), T50 (an array of strings)."""
-    from micalib.tracking.outputs import load_identity_npy
-
-    path = tmp_path / "identity.npy"
-    if content == "strings":
-        np.save(path, np.array(["a"] * 300))
-    else:
-        path.write_bytes(content)
-    with pytest.raises(MICAError, match=match) as e:
-        load_identity_npy(path)
-    assert "\n" not in str(e.value)
-
-
-@pytest.mark.parametrize("damage", ["pickled", "truncated"])
-def test_damaged_cached_identity_says_delete_it(tmp_path, damage):
-    """T64/T65: a pickled or truncated OUT/NAME/identity.npy: one line naming it and saying to delete it."""
-    from micalib.tracking.outputs import load_identity_npy
-
-    path = tmp_path / "identity.npy"
-    if damage == "pickled":
-        np.save(path, np.array([{"a": 1}] * 300, dtype=object), allow_pickle=True)
-    else:
-        np.save(path, np.zeros(300, np.float32))
-        path.write_bytes(path.read_bytes()[:60])
-    with pytest.raises(MICAError, match=rf"cached identity {path} .*; delete it and run again"):
-        load_identity_npy(path, cached=True)
-
-
 def test_truncated_cached_landmarks_says_delete_it(tmp_path):
     """T66: a truncated cached landmarks.npz said 'write it with np.savez'."""
     from micalib.tracking.landmarks import load_landmarks_npz, save_landmarks_npz

@@ -17,7 +17,7 @@ import os
 import signal
 import sys
 import threading
-from typing import Callable, Optional, Union
+from typing import Callable, Iterator, Optional, Union
 
 from loguru import logger
 
@@ -88,24 +88,6 @@ def check_range(name: str, value, low, high, low_open: bool = False, hint: str =
         raise ValueError(f"{name} must be in {interval}, not {value}" + (f" ({hint})" if hint else ""))
 
 
-@contextlib.contextmanager
-def sigterm_as_interrupt():
-    """SIGTERM (``kill``, a job scheduler) stops the run like Ctrl-C: a ``KeyboardInterrupt`` in the
-    main thread, so the program finishes what it cleans up on Ctrl-C and ``run_main`` exits 130.
-    Outside the main thread (where signals cannot be handled) it does nothing."""
-    def interrupt(signum, frame):
-        raise KeyboardInterrupt
-
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    previous = signal.signal(signal.SIGTERM, interrupt)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
-
-
 def run_main(main: Callable[[], int | None]) -> None:
     """Run ``main`` and exit with its return code; user errors, and ``OSError``s of ``WRITE_ERRNOS``
     from anywhere, print one line and exit 1; Ctrl-C exits 130."""
@@ -126,3 +108,22 @@ def run_main(main: Callable[[], int | None]) -> None:
         logger.error("interrupted")
         sys.exit(130)
     sys.exit(int(code or 0))
+
+
+@contextlib.contextmanager
+def sigterm_as_interrupt() -> Iterator[None]:
+    """SIGTERM (``kill``, a job scheduler, a lost session's cleanup) stops the command like Ctrl-C:
+    a ``KeyboardInterrupt`` in the main thread, so the command finishes what it must write (the
+    demo's summary with ``pending`` rows) and ``run_main`` exits with 130. Outside the main thread
+    (where no handler can be set) it does nothing; the previous handler is restored on exit."""
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)

@@ -1,7 +1,7 @@
 """Where a tracking run writes: ``TrackLayout``, the one owner of the paths under ``OUT/NAME`` (like
 the original tracker's folder attributes).
 
-    OUT/NAME/checkpoint/NNNNN.frame   mesh/NNNNN.ply   input/NNNNN.png
+    OUT/NAME/checkpoint/NNNNN.frame   mesh/NNNNN.ply   input/NNNNN.png   depth/NNNNN.png
              canonical.obj identity.npy landmarks.npz crop.json bbox.pt tracking.csv video.mp4
              .crops.raw (landmark pass -> second pass, deleted) .track_run.json (the run's options)
              .tracking_rows.jsonl (csv rows of written frames, until tracking.csv has them)
@@ -26,7 +26,7 @@ from micalib.tracking.outputs import frame_name
 from utils.errors import MICAError
 from utils.io import RELATION_WORDS, folder_relation
 
-CHECKPOINT, MESH, INPUT, SOLVER = "checkpoint", "mesh", "input", ".solver"
+CHECKPOINT, MESH, INPUT, DEPTH, SOLVER = "checkpoint", "mesh", "input", "depth", ".solver"
 RUN_RECORD = ".track_run.json"
 ROWS_JOURNAL = ".tracking_rows.jsonl"
 CROP_CACHE = ".crops.raw"
@@ -37,7 +37,8 @@ TOP_FILES = ("canonical.obj", "identity.npy", "landmarks.npz", "crop.json", "bbo
 VIEWER = "viewer"  # the viewer page's scripts (micalib.viewer.page)
 # the files of each sub-folder track.py writes (per frame: 5 digits, more beyond frame 99999)
 FRAME_FILES = {CHECKPOINT: re.compile(r"\d{5,}\.frame"), MESH: re.compile(r"\d{5,}\.ply"),
-               INPUT: re.compile(r"\d{5,}\.png"), SOLVER: re.compile(r"\d{5,}\.(json|appearance\.npy)"),
+               INPUT: re.compile(r"\d{5,}\.png"), DEPTH: re.compile(r"\d{5,}\.png"),
+               SOLVER: re.compile(r"\d{5,}\.(json|appearance\.npy)"),
                VIEWER: re.compile(r"data\.js|three\.bundle\.js|viewer\.js|THREE_LICENSE\.txt")}
 # what a run derives from its input before the run record exists (cleared when there is no record)
 DERIVED = ("landmarks.npz", "bbox.pt", "identity.npy")
@@ -79,6 +80,10 @@ class TrackLayout:
         """``input/NNNNN.png`` (the crop) of output frame ``k``."""
         return self.root / INPUT / f"{frame_name(k)}.png"
 
+    def depth(self, k: int) -> Path:
+        """``depth/NNNNN.png`` (camera-space depth in mm, ``micalib.tracking.depth``) of output frame ``k``."""
+        return self.root / DEPTH / f"{frame_name(k)}.png"
+
     def solver_state(self, k: int) -> Path:
         """``.solver/NNNNN.json``: frame ``k``'s solver record (written last: marks it finished)."""
         return self.root / SOLVER / f"{frame_name(k)}.json"
@@ -92,7 +97,7 @@ class TrackLayout:
         return any(FRAME_FILES[CHECKPOINT].fullmatch(p.name) for p in (self.root / CHECKPOINT).glob("*.frame"))
 
     def make_dirs(self) -> None:
-        for sub in (CHECKPOINT, MESH, INPUT, SOLVER):
+        for sub in (CHECKPOINT, MESH, INPUT, DEPTH, SOLVER):
             (self.root / sub).mkdir(parents=True, exist_ok=True)
 
     def clear(self) -> None:

@@ -6,7 +6,7 @@
   line naming the option (``--overwrite`` or another ``-o`` is the fix): finished frames are reused
   only by a run with the same options.
 * A frame is finished when its solver record ``.solver/NNNNN.json`` (``solver_state.py``, written
-  last) is there, its ``checkpoint/NNNNN.frame``, ``mesh/NNNNN.ply`` and ``input/NNNNN.png`` have
+  last) is there, its ``checkpoint/NNNNN.frame``, ``mesh/NNNNN.ply``, ``input/NNNNN.png`` and ``depth/NNNNN.png`` have
   the sizes recorded there, and the ``.frame`` reads back with finite values of the right shapes.
 * ``OUT/NAME/.tracking_rows.jsonl`` holds the csv row of each written frame as it is written (one
   appended line each), so that a killed run's rows are back in ``tracking.csv`` after the re-run.
@@ -31,7 +31,10 @@ from utils.io import atomic_write_text, written_file
 # tracker keys that change speed only, not the outputs
 _NO_EFFECT = ("workers", "png_compression")
 # how the refusal names each recorded option
-OPTION_NAMES = {"input": "-i (path)", "input_stat": "-i (file size / modification time)", "fps": "--fps",
+# Version of the files' format, recorded with the options: outputs of another version are refused.
+# 2: K in the renderers' pixel convention (pixel i's centre at i + 0.5), numpy-1 pickle names, depth/.
+FORMAT_VERSION = 2
+OPTION_NAMES = {"format": "the file format version (outputs of an older track.py)", "input": "-i (path)", "input_stat": "-i (file size / modification time)", "fps": "--fps",
                 "image_size": "--image-size", "landmarks": "--landmarks (file content)",
                 "identity": "--identity (file content)", "photometric": "--photometric",
                 "tracker": "the tracker.* config", "assets": "the FLAME / MediaPipe / eyelid files"}
@@ -62,7 +65,8 @@ def run_settings(options, source, landmarks_path, identity_path, asset_paths: di
     its config keys are recorded as the hash of the config's ``tracker`` section)."""
     tracker = {k: v for k, v in options.config_values().items() if k not in _NO_EFFECT}
     tracker_text = json.dumps(tracker, sort_keys=True, default=str)
-    return {"input": str(Path(source.path).expanduser().resolve()),
+    return {"format": FORMAT_VERSION,
+            "input": str(Path(source.path).expanduser().resolve()),
             "input_stat": f"{source.n_input_frames}:{_stat(source.path)}",
             "fps": None if source.fps is None else float(source.fps),
             "image_size": int(options.image_size),
@@ -109,7 +113,7 @@ def write_run_record(layout: TrackLayout, settings: dict) -> None:
 
 def finished_frames(layout: TrackLayout, n: int) -> list[FrameRecord | None]:
     """Per output frame its solver record (``solver_state.py``) when the frame is finished: the
-    record is there, its .png, .ply and .frame have the recorded sizes, and the .frame reads back
+    record is there, its input and depth .png, .ply and .frame have the recorded sizes, and the .frame reads back
     with every array of the original's shapes and finite values; else None. Damaged frames are
     tracked again (one warning naming the first three)."""
     done: list[FrameRecord | None] = [None] * n

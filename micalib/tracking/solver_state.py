@@ -10,7 +10,7 @@ round-trip repr, so exact):
 * ``basis_pose``: the jaw/eye pose at which the fitter's cached expression Jacobian was built when
   this frame was fitted (``LandmarkFitter._basis``; the basis is rebuilt from that pose, which gives
   the same numbers as the one the uninterrupted run reused);
-* the byte sizes of the frame's ``input/NNNNN.png``, ``mesh/NNNNN.ply`` and
+* the byte sizes of the frame's ``input/NNNNN.png``, ``depth/NNNNN.png``, ``mesh/NNNNN.ply`` and
   ``checkpoint/NNNNN.frame``: a file cut short or replaced afterwards no longer matches, so the frame
   is tracked again (a size check costs one ``stat`` per file).
 
@@ -47,7 +47,8 @@ class FrameRecord:
 
 def frame_files(layout: TrackLayout, k: int) -> dict[str, Path]:
     """The files of frame k whose sizes are recorded (by their path relative to ``OUT/NAME``)."""
-    return {p.relative_to(layout.root).as_posix(): p for p in (layout.png(k), layout.mesh(k), layout.frame(k))}
+    return {p.relative_to(layout.root).as_posix(): p
+            for p in (layout.png(k), layout.depth(k), layout.mesh(k), layout.frame(k))}
 
 
 def write_frame_state(layout: TrackLayout, k: int, st: FrameState, basis_pose: np.ndarray | None) -> None:

@@ -11,9 +11,12 @@ one line; ``run_main`` formats such an ``OSError`` the same way when it comes fr
 """
 from __future__ import annotations
 
+import contextlib
 import errno as errno_codes
 import os
+import signal
 import sys
+import threading
 from typing import Callable, Optional, Union
 
 from loguru import logger
@@ -83,6 +86,24 @@ def check_range(name: str, value, low, high, low_open: bool = False, hint: str =
     if not ok:
         interval = f"({low}, {high}]" if low_open else f"{low}..{high}"
         raise ValueError(f"{name} must be in {interval}, not {value}" + (f" ({hint})" if hint else ""))
+
+
+@contextlib.contextmanager
+def sigterm_as_interrupt():
+    """SIGTERM (``kill``, a job scheduler) stops the run like Ctrl-C: ``KeyboardInterrupt`` is raised
+    in the main thread, so the run finishes what it must and ``run_main`` exits 130. Outside the
+    main thread: nothing changes."""
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def run_main(main: Callable[[], int | None]) -> None:

@@ -42,6 +42,7 @@ from micalib.tracking.fitting import (
     settings_from_config,
 )
 from micalib.tracking.frames import open_frames, prefetch
+from micalib.tracking.identity import load_identity, mica_identity
 from micalib.tracking.model import (
     TrackingFLAME,
     load_eyelids,
@@ -298,18 +299,7 @@ class TrackRunner:
     def _identity(self, flame, matrices, lm) -> np.ndarray:
         dst = self.out / "identity.npy"
         if self.identity_path is not None:
-            try:
-                ident = np.load(self.identity_path, allow_pickle=False)
-            except (OSError, ValueError) as e:
-                raise MICAError(f"identity {self.identity_path} is not a readable .npy ({str(e)[:80]}); "
-                                "pass MICA's identity.npy") from None
-            if tuple(np.shape(ident)) not in ((300,), (1, 300)):
-                raise MICAError(f"identity {self.identity_path} has shape {tuple(np.shape(ident))}, not MICA's (300,) "
-                                "coefficients; pass MICA's identity.npy")
-            ident = np.asarray(ident, np.float32).reshape(-1)
-            if not np.isfinite(ident).all():
-                raise MICAError(f"identity {self.identity_path} holds non-finite values (NaN/inf); "
-                                "pass MICA's identity.npy")
+            ident = load_identity(self.identity_path)
         elif written_file(dst):
             ident = np.load(dst, allow_pickle=False).astype(np.float32).reshape(-1)
         else:
@@ -319,33 +309,19 @@ class TrackRunner:
 
     def _mica_identity(self) -> np.ndarray:
         """MICA on several frames with a face, averaged (``demo.py --fuse``)."""
-        from configs.config import resolve_path
-        from micalib.predictor import Predictor
-        from models.detectors import create_detector
-        from models.face_prep import detect_and_align
-
         t0 = time.perf_counter()
-        cfg = self.cfg
-        predictor = Predictor.from_config(cfg, device=self.device)
-        detector = create_detector(cfg.detector.name, antelopev2_dir=resolve_path(cfg.detector.antelopev2_dir),
-                                   det_size=tuple(cfg.detector.det_size), threshold=cfg.detector.threshold,
-                                   mtcnn_max_side=cfg.detector.mtcnn_max_side)
         want = set(pick_keyframes(range(len(self.source)), int(self.cfg.tracker.identity_frames)))
-        inputs = []
-        for k, _i, rgb in self.source:
-            if k in want:
-                try:
-                    inputs.append(detect_and_align(rgb, detector, source=f"frame {k}")[0].input112)
-                except MICAError:
-                    continue
-            if k >= max(want):
-                break
-        if not inputs:
-            raise MICAError(f"MICA found no face in the frames of {self.source.path}; pass --identity identity.npy")
-        codes = predictor.predict_identity(np.stack(inputs))
+
+        def frames():
+            for k, _i, rgb in self.source:
+                if k in want:
+                    yield k, rgb
+                if k >= max(want):
+                    break
+
+        codes = mica_identity(self.cfg, self.device, frames(), str(self.source.path))
         self.timings.add("identity (MICA)", time.perf_counter() - t0)
-        logger.info(f"identity: MICA fused over {len(inputs)} frames")
-        return codes.mean(0)
+        return codes
 
     def _build_flame(self):
         if self._flame is not None:

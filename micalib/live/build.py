@@ -1,0 +1,116 @@
+"""track.py's live mode assembled from the config and the command line: ``LiveOptions`` (what the
+user asked for) -> ``build_session(cfg, options) -> LiveSession`` with its source, tracker, stream
+server and (with ``-o``) writer. Every check that can fail on the user's input (assets, identity
+file, host, port, camera / URL / file) fails here, in one line, before the run starts."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from loguru import logger
+
+from micalib.live.online import Framing, OnlineTracker
+from micalib.live.session import LiveSession, glb_builder
+from micalib.live.sources import CaptureSource, LiveSource, PacedVideoSource
+from micalib.live.stream import StreamServer, check_host
+from utils.errors import MICAError
+
+CLIENT_QUEUE = 64  # messages (frames with their binaries) waiting per client before it loses some
+
+
+@dataclass(frozen=True)
+class LiveOptions:
+    camera: int | None = None       # --camera N
+    url: str | None = None          # --url URL
+    live_file: str | None = None    # --live FILE
+    output: str | None = None       # -o (None: nothing written)
+    identity: str | None = None
+    focal: float | None = None      # source pixels
+    warmup_s: float = 2.0
+    image_size: int = 512
+    host: str = "127.0.0.1"
+    port: int = 8765
+    allow_remote: bool = False
+    send_crops: bool = False
+    video: bool = True              # -o: video.mp4 (shed first when the writer is behind)
+    device: str = "cpu"
+
+
+def make_source(o: LiveOptions) -> LiveSource:
+    if o.camera is not None:
+        return CaptureSource(int(o.camera))
+    if o.url is not None:
+        return CaptureSource(str(o.url))
+    return PacedVideoSource(o.live_file)
+
+
+def _tracker_parts(cfg):
+    from configs.config import resolve_path
+    from micalib.tracking.model import load_eyelids, load_mediapipe_embedding
+    from models.flame import FLAME
+
+    for key in ("model.flame_model_path", "model.flame_lmk_embedding_path", "tracker.mediapipe_embedding_path"):
+        sec, name = key.split(".")
+        path = resolve_path(cfg[sec][name])
+        if not Path(path).is_file():
+            raise MICAError(f"{path} not found (config key {key}); run install.sh --download or set {key}")
+    flame = FLAME.from_config(cfg)
+    emb = load_mediapipe_embedding(resolve_path(cfg.tracker.mediapipe_embedding_path))
+    lids = load_eyelids(resolve_path(cfg.tracker.l_eyelid_path), resolve_path(cfg.tracker.r_eyelid_path), flame.n_vertices)
+    if lids is None:
+        logger.warning("eyelid blendshapes not found: tracking without eyelids (install.sh --download)")
+    return flame, emb, lids
+
+
+def build_tracker(cfg, o: LiveOptions, flame=None, emb=None, lids=None, detector=None) -> OnlineTracker:
+    """The online tracker (``flame``/``emb``/``lids`` given: used as they are, for tests)."""
+    from micalib.tracking.fitting import settings_from_config
+    from micalib.tracking.identity import load_identity, mica_identity
+
+    if flame is None:
+        flame, emb, lids = _tracker_parts(cfg)
+    ident = load_identity(o.identity) if o.identity is not None else None
+
+    def identity_fn(frames):
+        return mica_identity(cfg, o.device, frames, "the live source's warm-up")
+
+    if detector is None:
+        from micalib.tracking.landmarks import MediaPipeLandmarker
+
+        detector = MediaPipeLandmarker(video_mode=True)
+    framing = Framing(o.image_size, cfg.tracker.bbox_scale, bool(cfg.tracker.crop), detector)
+    return OnlineTracker(flame, emb, lids, [int(v) for v in cfg.tracker.iris_vertices], settings_from_config(cfg),
+                         framing, o.warmup_s, identity=ident, identity_fn=identity_fn, focal_px=o.focal,
+                         identity_frames=int(cfg.tracker.identity_frames))
+
+
+def writer_factory(cfg, o: LiveOptions, source: LiveSource):
+    """``f(tracker) -> LiveWriter`` for ``-o`` (None without it: nothing is written)."""
+    if o.output is None:
+        return None
+    from micalib.live.writer import LiveWriter
+
+    out = Path(o.output) / source.name
+    if (out / "checkpoint").is_dir() and any((out / "checkpoint").iterdir()):
+        raise MICAError(f"{out} already holds tracked frames; pass another -o (a live run never resumes)")
+
+    def make(tracker: OnlineTracker):
+        return LiveWriter(out, tracker.model, tracker.identity, tracker.k, tracker.size, tracker.framing.matrix,
+                          source.fps or 25.0, video=o.video, png_compression=int(cfg.tracker.png_compression))
+
+    return make
+
+
+def build_session(cfg, o: LiveOptions, **tracker_parts) -> LiveSession:
+    if o.focal is not None and not o.focal > 0:
+        raise MICAError(f"--focal must be a positive number of source pixels, not {o.focal}")
+    if not o.warmup_s >= 0:
+        raise MICAError(f"--warmup must be zero or more seconds, not {o.warmup_s}")
+    host = check_host(o.host, o.allow_remote)
+    source = make_source(o).open()
+    tracker = build_tracker(cfg, o, **tracker_parts)
+    server = StreamServer(host, o.port, queue_size=CLIENT_QUEUE)
+    session = LiveSession(source, tracker, server, writer_factory(cfg, o, source), o.send_crops, glb=glb_builder())
+    server.start()
+    logger.info(f"live: streaming on ws://{host}:{server.port}/ (viewer: micalib/viewer/live.html?ws=ws://{host}:{server.port}/)")
+    return session

@@ -63,7 +63,7 @@ def _live_main(args, cfg) -> int:
     from utils.device import resolve_device
     from utils.errors import sigterm_as_interrupt
 
-    opts = LiveOptions(camera=args.camera, url=args.url, live_file=args.live, output=args.output,
+    opts = LiveOptions(camera=args.camera, url=args.url, live_file=args.live, landmarks=args.landmarks, output=args.output,
                        identity=args.identity, focal=args.focal, warmup_s=args.warmup, image_size=args.image_size,
                        host=args.host, port=args.port, allow_remote=args.allow_remote, send_crops=args.send_crops,
                        video=not args.no_video, device=str(resolve_device(cfg.device)))
@@ -78,7 +78,7 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     live = args.input is None
     if live:
-        for flag, value in (("--landmarks", args.landmarks), ("--photometric", args.photometric or None),
+        for flag, value in (("--photometric", args.photometric or None),
                             ("--overwrite", args.overwrite or None), ("--fps", args.fps)):
             if value is not None:
                 raise ValueError(f"{flag} is not available in live mode (--camera / --url / --live)")

@@ -23,6 +23,7 @@ class LiveOptions:
     camera: int | None = None       # --camera N
     url: str | None = None          # --url URL
     live_file: str | None = None    # --live FILE
+    landmarks: str | None = None    # --landmarks with --live: rows per frame instead of MediaPipe
     output: str | None = None       # -o (None: nothing written)
     identity: str | None = None
     focal: float | None = None      # source pixels
@@ -41,7 +42,12 @@ def make_source(o: LiveOptions) -> LiveSource:
         return CaptureSource(int(o.camera))
     if o.url is not None:
         return CaptureSource(str(o.url))
-    return PacedVideoSource(o.live_file)
+    rows = None
+    if o.landmarks is not None:
+        from micalib.tracking.landmarks import load_landmarks_npz
+
+        rows = load_landmarks_npz(o.landmarks, None)
+    return PacedVideoSource(o.live_file, rows)
 
 
 def _tracker_parts(cfg):
@@ -74,7 +80,7 @@ def build_tracker(cfg, o: LiveOptions, flame=None, emb=None, lids=None, detector
     def identity_fn(frames):
         return mica_identity(cfg, o.device, frames, "the live source's warm-up")
 
-    if detector is None:
+    if detector is None and o.landmarks is None:
         from micalib.tracking.landmarks import MediaPipeLandmarker
 
         detector = MediaPipeLandmarker(video_mode=True)
@@ -102,6 +108,8 @@ def writer_factory(cfg, o: LiveOptions, source: LiveSource):
 
 
 def build_session(cfg, o: LiveOptions, **tracker_parts) -> LiveSession:
+    if o.landmarks is not None and o.live_file is None:
+        raise MICAError("--landmarks works in live mode with --live FILE only (one row per frame of the file)")
     if o.focal is not None and not o.focal > 0:
         raise MICAError(f"--focal must be a positive number of source pixels, not {o.focal}")
     if not o.warmup_s >= 0:

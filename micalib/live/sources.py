@@ -211,11 +211,13 @@ class CaptureSource(LiveSource):
 
 
 class PacedVideoSource(LiveSource):
-    """A video file played at its own frame rate (``--live``)."""
+    """A video file played at its own frame rate (``--live``); ``landmarks``: rows per input frame
+    ({"mediapipe": (T, 478, 2), ...}, ``--landmarks``) given with each frame instead of detection."""
 
-    def __init__(self, path) -> None:
+    def __init__(self, path, landmarks: dict[str, np.ndarray] | None = None) -> None:
         super().__init__()
         self.path = str(path)
+        self.landmarks = landmarks
         from pathlib import Path
 
         self.name = Path(path).stem
@@ -241,8 +243,13 @@ class PacedVideoSource(LiveSource):
                 return
             rgb = cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
             due = self.t0 + k / self.fps
+            rows = None
+            if self.landmarks is not None:
+                if k >= len(next(iter(self.landmarks.values()))):
+                    return  # no landmark row for this frame: the landmarks file ends the clip
+                rows = {key: arr[k] for key, arr in self.landmarks.items()}
             self._wait_until(due)
-            yield Captured(k, due, k / self.fps, rgb)
+            yield Captured(k, due, k / self.fps, rgb, rows)
             k += 1
 
     def _close(self) -> None:

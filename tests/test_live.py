@@ -1,0 +1,256 @@
+"""Live tracking (issue 24): paced synthetic-truth landmark rows through the live path.
+
+Timing-independent by construction: frame rates far from the tracker's own (1000 frames/s against
+a per-frame fit of milliseconds; 4 frames/s against the same), and assertions on counts and order,
+never on wall-clock values.
+"""
+from __future__ import annotations
+
+import json
+import pickle
+import socket
+import threading
+
+import cv2
+import numpy as np
+import pytest
+
+from micalib.live.stream import StreamServer, binary, check_host, text
+from micalib.live.websocket import (
+    OP_BINARY,
+    WebSocketClient,
+    accept_key,
+    encode_frame,
+    read_frame,
+)
+from tests.live_synthetic import Synthetic, run_in_thread
+from utils.errors import MICAError
+
+
+@pytest.fixture(scope="module")
+def syn(tmp_path_factory):
+    """The synthetic truth; torch on one thread as track.py sets it (two threads that wait for each
+    other on a loaded 2-core machine make each small product take milliseconds)."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield Synthetic(tmp_path_factory.mktemp("live"))
+    torch.set_num_threads(threads)
+
+
+def _receive_all(url: str, box: dict, requests=()):
+    """A client that records every message until ``end``."""
+    c = WebSocketClient(url)
+    for r in requests:
+        c.send_text(json.dumps(r))
+    msgs = []
+    try:
+        while True:
+            m = c.recv()
+            msgs.append(m if isinstance(m, bytes) else json.loads(m))
+            if isinstance(msgs[-1], dict) and msgs[-1]["type"] == "end":
+                break
+    finally:
+        c.close()
+        box["msgs"] = msgs
+
+
+def _accounting(s: dict, produced: int) -> None:
+    """Every frame of the source is a warm-up frame, tracked, or dropped (counted once)."""
+    assert s["warmup_frames"] + s["tracked"] + s["dropped_busy"] + s["dropped_writer"] == produced, s
+    assert s["tracked"] + s["dropped_busy"] + s["dropped_writer"] == s["produced_after_warmup"], s
+
+
+# ------------------------------------------------------------------------------------------------
+def test_websocket_framing_and_handshake_key():
+    # RFC 6455 section 1.3's worked example
+    assert accept_key("dGhlIHNhbXBsZSBub25jZQ==") == "s3pPLMBiTxaQ9kYGzzhZRbK+xOo="
+    import io
+
+    for n in (0, 5, 125, 126, 65535, 65536, 200_000):
+        payload = bytes(np.random.default_rng(n).integers(0, 256, n, dtype=np.uint8))
+        for mask in (False, True):
+            fin, op, got = read_frame(io.BytesIO(encode_frame(OP_BINARY, payload, mask)))
+            assert fin and op == OP_BINARY and got == payload
+
+
+def test_host_other_than_loopback_is_refused_unless_allowed():
+    assert check_host("127.0.0.1", False) == "127.0.0.1"
+    with pytest.raises(MICAError, match="--allow-remote"):
+        check_host("0.0.0.0", False)
+    assert check_host("0.0.0.0", True) == "0.0.0.0"
+
+
+def test_port_in_use_is_one_line():
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    s.listen()
+    try:
+        with pytest.raises(MICAError, match=f"port {s.getsockname()[1]} .* in use"):
+            StreamServer("127.0.0.1", s.getsockname()[1]).start()
+    finally:
+        s.close()
+
+
+def test_camera_or_url_that_cannot_be_opened_is_one_line():
+    from micalib.live.sources import CaptureSource
+
+    with pytest.raises(MICAError, match="camera 97 cannot be opened"):
+        CaptureSource(97).open()
+    with pytest.raises(MICAError, match="cannot be opened"):
+        CaptureSource("http://127.0.0.1:9/none.mp4").open()
+
+
+def test_slow_client_loses_messages_and_never_blocks_the_sender():
+    """A client that never reads: its units are dropped and counted once its queue is full; a
+    client that reads receives every unit in order. publish() never waits for either."""
+    srv = StreamServer("127.0.0.1", 0, queue_size=8)
+    port = srv.start()
+    slow = WebSocketClient(f"ws://127.0.0.1:{port}/")
+    slow.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    fast = WebSocketClient(f"ws://127.0.0.1:{port}/")
+    while srv.counts[0] < 2:
+        threading.Event().wait(0.01)
+    n, blob = 200, bytes(256 * 1024)
+    got = []
+    for k in range(n):
+        srv.publish([text({"type": "frame", "frame": k}), binary(blob)])
+        m = fast.recv()  # paced by the reader: the fast client never falls behind
+        got.append(json.loads(m)["frame"])
+        assert fast.recv() == blob
+    _, sent, dropped = srv.counts
+    assert got == list(range(n))
+    assert dropped > n // 2  # the slow client holds at most its queue and the socket buffers
+    srv.close()
+    slow.sock.close()
+    fast.sock.close()
+
+
+def test_paced_source_faster_than_the_tracker_drops_frames(syn):
+    """1000 frames/s: the tracker takes the newest frame when it is ready; the others are dropped
+    and counted, and every frame is accounted for once."""
+    sess = syn.session(fps=1000.0, warmup_s=0.0, repeat=10, port=None)
+    sess.tracker.focal_px = 768.0  # no keyframe fit: the warm-up is three frames
+    stats = sess.run().summary()
+    assert stats["dropped_busy"] > stats["tracked"] > 0, stats
+    _accounting(stats, 10 * len(syn.seq["exp"]))
+    assert len(sess.stats.latencies_ms) == stats["tracked"]
+
+
+def test_paced_source_slower_than_the_tracker_drops_nothing(syn):
+    """4 frames/s (250 ms per frame against a fit of milliseconds): every frame after the warm-up
+    is tracked; latency is measured for each."""
+    sess = syn.session(fps=4.0, warmup_s=0.5, port=None)
+    sess.source.n = 16
+    sess.tracker.focal_px = 768.0
+    stats = sess.run().summary()
+    assert stats["dropped_busy"] == 0 and stats["dropped_writer"] == 0, stats
+    assert stats["warmup_frames"] == 3 and stats["tracked"] == 13, stats
+    _accounting(stats, 16)
+    lat = np.asarray(sess.stats.latencies_ms)
+    assert len(lat) == 13 and np.isfinite(lat).all() and (lat >= 0).all()
+    assert stats["latency_p50_ms"] <= stats["latency_p95_ms"]
+    assert stats["first_result_s"] is not None
+
+
+@pytest.mark.slow
+def test_live_path_meets_the_offline_synthetic_thresholds(syn, tmp_path):
+    """The synthetic ground truth of the offline test (tests/test_tracking_fit.py), played at 30
+    frames/s through the live path with -o: the written frames meet the offline thresholds
+    (camera distance, translation, mesh error, reprojection); the focal length is fitted on the
+    warm-up's first second only and is checked to the offline 2%."""
+    from tests.test_tracking_fit import _check
+
+    sess = syn.session(fps=30.0, warmup_s=1.0, output=tmp_path / "out", port=None)
+    stats = sess.run().summary()
+    out = tmp_path / "out" / "synthetic"
+    from micalib.tracking.outputs import read_frame
+
+    rows = list(csvrows(out / "tracking.csv"))
+    assert len(rows) == stats["tracked"] == len(list((out / "checkpoint").iterdir()))
+    idx = [int(r["input_frame"]) for r in rows]
+    assert idx == sorted(idx) and len(set(idx)) == len(idx)
+    fr = [read_frame(out / "checkpoint" / f"{k:05d}.frame") for k in range(len(rows))]
+    seq = {key: (v[idx] if isinstance(v, np.ndarray) and v.ndim and len(v) == len(syn.seq["exp"]) else v)
+           for key, v in syn.seq.items()}
+    from micalib.tracking.model import TrackingFLAME
+
+    model = TrackingFLAME(syn.flame, syn.identity, syn.emb, syn.lids, syn.iris)
+    with open(syn.assets["flame_masks_path"], "rb") as f:
+        face = pickle.load(f, encoding="latin1")["face"]
+    _check(seq, fr, model, face)
+
+
+def csvrows(path):
+    import csv
+
+    with open(path, newline="") as f:
+        yield from csv.DictReader(f)
+
+
+def _check_frame_schema(d: dict, size: int) -> None:
+    """The README's schema, checked field by field (independently of micalib.live.messages)."""
+    assert set(d) == {"type", "schema", "frame", "input_frame", "capture_time", "latency_ms", "face_found",
+                      "expression", "jaw", "eyes", "eyelids", "camera", "crop", "dropped"}
+    assert d["schema"] == 1 and isinstance(d["face_found"], bool) and isinstance(d["crop"], bool)
+    assert len(d["expression"]) == 100 and len(d["jaw"]) == 3 and len(d["eyes"]) == 6 and len(d["eyelids"]) == 2
+    r, t, k = (np.asarray(d["camera"][key], np.float64) for key in ("R", "t", "K"))
+    assert r.shape == (3, 3) and t.shape == (3,) and k.shape == (3, 3)
+    assert np.allclose(r @ r.T, np.eye(3), atol=1e-5) and abs(np.linalg.det(r) - 1) < 1e-5
+    assert k[0, 0] > 0 and k[1, 0] == k[2, 0] == k[2, 1] == 0 and k[2, 2] == 1 and 0 < k[0, 2] < size
+    assert t[2] > 0 and d["latency_ms"] >= 0 and d["capture_time"] >= 0
+
+
+def test_client_receives_every_message_in_order_with_the_schema(syn):
+    """One client connected before the start: hello, camera, one frame message per tracked frame in
+    order (with its JPEG crop), faces and the .glb answer, end; the camera matches the truth."""
+    grey = np.full((512, 512, 3), 90, np.uint8)
+    sess = syn.session(fps=20.0, warmup_s=0.5, send_crops=True, image=lambda k: grey)
+    sess.source.n = 40
+    box: dict = {}
+    t = threading.Thread(target=_receive_all, args=(f"ws://127.0.0.1:{sess.server.port}/", box,
+                                                    [{"type": "get_faces"}]))
+    t.start()
+    while sess.server.counts[0] < 1:
+        threading.Event().wait(0.01)
+    th, res = run_in_thread(sess)
+    th.join(300)
+    t.join(60)
+    stats = res["stats"].summary()
+    msgs = box["msgs"]
+    texts = [m for m in msgs if isinstance(m, dict)]
+    assert texts[0]["type"] == "hello" and texts[0]["schema"] == 1 and texts[0]["image_size"] == [512, 512]
+    assert texts[-1]["type"] == "end" and texts[-1]["reason"] == "source ended"
+    faces = [m for m in texts if m["type"] == "faces"]
+    assert len(faces) == 1 and np.array_equal(np.asarray(faces[0]["faces"]), syn.flame.faces.numpy())
+    frames = [i for i, m in enumerate(msgs) if isinstance(m, dict) and m["type"] == "frame"]
+    assert [msgs[i]["frame"] for i in frames] == list(range(stats["tracked"])) and stats["tracked"] > 0
+    cam = [m for m in texts if m["type"] == "camera"]
+    assert len(cam) == 1 and texts.index(cam[0]) < texts.index(msgs[frames[0]])
+    for i in frames:
+        d = msgs[i]
+        _check_frame_schema(d, 512)
+        assert d["crop"] and isinstance(msgs[i + 1], bytes) and msgs[i + 1][:4] == b"JPEG"
+        assert int.from_bytes(msgs[i + 1][4:8], "little") == d["frame"]
+        img = cv2.imdecode(np.frombuffer(msgs[i + 1][8:], np.uint8), cv2.IMREAD_COLOR)
+        assert img.shape == (512, 512, 3) and abs(float(img.mean()) - 90) < 2
+        truth_t = syn.seq["t"][d["input_frame"]]
+        assert np.abs(np.asarray(d["camera"]["t"]) - truth_t).max() < 0.03  # metres; the offline test: 2-3 %
+
+
+def test_vanished_source_finishes_the_files_and_says_so(syn, tmp_path):
+    sess = syn.session(fps=25.0, warmup_s=0.3, output=tmp_path / "out", fail_after=30)
+    box: dict = {}
+    t = threading.Thread(target=_receive_all, args=(f"ws://127.0.0.1:{sess.server.port}/", box))
+    t.start()
+    while sess.server.counts[0] < 1:
+        threading.Event().wait(0.01)
+    with pytest.raises(MICAError, match="vanished after 30"):
+        sess.run()
+    t.join(60)
+    out = tmp_path / "out" / "synthetic"
+    n = sess.stats.tracked
+    assert n > 0 and len(list(csvrows(out / "tracking.csv"))) == n
+    assert len(list((out / "checkpoint").iterdir())) == n and len(list((out / "mesh").iterdir())) == n
+    assert box["msgs"][-1]["type"] == "end" and box["msgs"][-1]["reason"] == "source failed"

@@ -51,6 +51,67 @@ def client(url: str, box: dict) -> None:
     box.update(frames=frames, in_order=in_order)
 
 
+def stage_cpu(cfg, o, video: str, n: int) -> dict[str, float]:
+    """CPU ms per frame of each stage, one stage after the other in this thread over ``n`` frames
+    after the warm-up (process CPU time, so MediaPipe's and FFmpeg's own threads count): what one
+    tracked frame costs, independent of how loaded the machine is (not of how fast its cores are)."""
+    import time
+
+    import cv2
+
+    from micalib.live.build import build_tracker
+    from micalib.live.messages import frame_message
+    from micalib.live.sources import Captured
+    from micalib.live.stream import text
+    from micalib.tracking.model import observations
+
+    cap = cv2.VideoCapture(video)
+    fps = cap.get(cv2.CAP_PROP_FPS)
+    tracker = build_tracker(cfg, o)
+    k, cpu = 0, {}
+    while not tracker.tracking:  # the warm-up; the last call fits the intrinsics (timed once)
+        ok, bgr = cap.read()
+        t0 = time.process_time()
+        tracker.process(Captured(k, 0.0, k / fps, cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)))
+        last = time.process_time() - t0
+        k += 1
+    warm_ms = 1000.0 * last
+    t0 = time.process_time()
+    frames = []
+    for _ in range(n):
+        ok, bgr = cap.read()
+        if not ok:
+            break
+        frames.append(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB))
+    cpu["decode + RGB (1080p)"] = time.process_time() - t0
+    t0 = time.process_time()
+    framed = [tracker.framing(Captured(k + i, 0.0, 0.0, rgb)) for i, rgb in enumerate(frames)]
+    cpu["crop + MediaPipe"] = time.process_time() - t0
+    t0 = time.process_time()
+    states, fitter = [], tracker.fitter
+    for _crop, mp, ib in framed:
+        obs, valid = observations(tracker.model, mp, ib)
+        st = fitter.fit_frame(obs, valid & (fitter.set_w > 0), tracker.prev, tracker.prev).state
+        tracker.prev = st
+        states.append(st)
+    cpu["fit"] = time.process_time() - t0
+    t0 = time.process_time()
+    for i, st in enumerate(states):
+        text(frame_message(i, i, 0.0, 0.0, True, st.exp, st.pose, st.eyelids, st.r, st.t, tracker.k, False, 0))
+    cpu["message (JSON)"] = time.process_time() - t0
+    t0 = time.process_time()
+    for crop, _, _ in framed:
+        cv2.imencode(".jpg", cv2.cvtColor(crop, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, 80])
+    cpu["crop JPEG (--send-crops)"] = time.process_time() - t0
+    t0 = time.process_time()
+    for st in states:
+        tracker.model.vertices(st.exp, st.pose, st.eyelids)
+    cpu["posed vertices (viewer subscribed)"] = time.process_time() - t0
+    out = {key: 1000.0 * v / max(len(frames), 1) for key, v in cpu.items()}
+    out[f"intrinsics fit at the warm-up's end (once, {k} frames)"] = warm_ms
+    return out
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--video", default=str(ROOT.parent / "shared" / "data" / "tracker" / "justin.mp4"))
@@ -58,6 +119,8 @@ def main() -> None:
     p.add_argument("-o", "--output", action="store_true", help="write the per-frame files (into a temp folder)")
     p.add_argument("--send-crops", action="store_true")
     p.add_argument("--warmup", type=float, default=2.0)
+    p.add_argument("--stages", type=int, default=0, metavar="N",
+                   help="instead of a live run: CPU ms per frame of each stage over N frames")
     args = p.parse_args()
 
     import torch
@@ -83,6 +146,11 @@ def main() -> None:
     cfg = load_cfg(ROOT / "configs" / "tracker.yml", opts)
     o = LiveOptions(live_file=args.video, identity=ident, warmup_s=args.warmup, port=0, send_crops=args.send_crops,
                     output=str(work / "out") if args.output else None)
+    if args.stages:
+        for key, ms in stage_cpu(cfg, o, args.video, args.stages).items():
+            print(f"  {key:36s} {ms:7.2f} ms CPU per frame")
+        print(f"machine: {cpu_description()}; load average at the start {load_start[0]:.1f}, now {os.getloadavg()[0]:.1f}")
+        return
     session = build_session(cfg, o)
     box: dict = {}
     t = threading.Thread(target=client, args=(f"ws://127.0.0.1:{session.server.port}/", box), daemon=True)

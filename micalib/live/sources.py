@@ -12,7 +12,8 @@ a frame that arrives while the previous one has not been taken replaces it and i
   reference of a frame is the moment ``read()`` returned it.
 - ``PacedVideoSource`` (``--live FILE``): a video file played at its own frame rate, as a stand-in
   camera; frame k is due at start + k / fps (decoded ahead, published at its due time, or at once
-  when decoding is late) and that due time is its latency reference.
+  when decoding is late; skipped and counted as dropped when it is more than a frame late, at most ``MAX_SKIPPED`` in a row) and that
+  due time is its latency reference.
 - ``PacedRows``: landmark rows (and optional images) at a given rate, the same way (tests, and
   ``--landmarks`` with ``--live``).
 """
@@ -57,6 +58,12 @@ class LatestSlot:
         self._closed = False
         self.dropped = 0
         self.produced = 0
+
+    def drop(self) -> None:
+        """A frame the source produced but skipped (counted as produced and dropped)."""
+        with self._cond:
+            self.produced += 1
+            self.dropped += 1
 
     def put(self, item: Captured) -> None:
         with self._cond:
@@ -210,6 +217,9 @@ class CaptureSource(LiveSource):
             self.cap.release()
 
 
+MAX_SKIPPED = 4  # late frames skipped in a row by PacedVideoSource before one is delivered anyway
+
+
 class PacedVideoSource(LiveSource):
     """A video file played at its own frame rate (``--live``); ``landmarks``: rows per input frame
     ({"mediapipe": (T, 478, 2), ...}, ``--landmarks``) given with each frame instead of detection."""
@@ -236,13 +246,22 @@ class PacedVideoSource(LiveSource):
         self.fps = float(fps)
 
     def _frames(self) -> Iterator[Captured]:
-        k = 0
+        k, skipped = 0, 0
         while not self.stopping.is_set():
+            due = self.t0 + k / self.fps
+            if time.perf_counter() > due + 1.0 / self.fps and skipped < MAX_SKIPPED:
+                # more than a frame late (decoding slower than the clip: a loaded machine): a camera
+                # would have replaced this frame by now, so it is skipped without converting it
+                if not self.cap.grab():
+                    return
+                self.slot.drop()
+                k, skipped = k + 1, skipped + 1
+                continue
+            skipped = 0
             ok, bgr = self.cap.read()
             if not ok or bgr is None:
                 return
             rgb = cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
-            due = self.t0 + k / self.fps
             rows = None
             if self.landmarks is not None:
                 if k >= len(next(iter(self.landmarks.values()))):

@@ -119,6 +119,7 @@ def main() -> None:
     p.add_argument("-o", "--output", action="store_true", help="write the per-frame files (into a temp folder)")
     p.add_argument("--send-crops", action="store_true")
     p.add_argument("--warmup", type=float, default=2.0)
+    p.add_argument("--loops", type=int, default=1, help="play the clip this many times in a row (one warm-up)")
     p.add_argument("--stages", type=int, default=0, metavar="N",
                    help="instead of a live run: CPU ms per frame of each stage over N frames")
     args = p.parse_args()
@@ -148,10 +149,10 @@ def main() -> None:
                     output=str(work / "out") if args.output else None)
     if args.stages:
         for key, ms in stage_cpu(cfg, o, args.video, args.stages).items():
-            print(f"  {key:36s} {ms:7.2f} ms CPU per frame")
+            print(f"  {key:36s} {ms:7.2f} ms CPU" + (" (once)" if key.startswith("intrinsics") else " per frame"))
         print(f"machine: {cpu_description()}; load average at the start {load_start[0]:.1f}, now {os.getloadavg()[0]:.1f}")
         return
-    session = build_session(cfg, o)
+    session = build_session(cfg, o, loops=args.loops)
     box: dict = {}
     t = threading.Thread(target=client, args=(f"ws://127.0.0.1:{session.server.port}/", box), daemon=True)
     t.start()
@@ -160,7 +161,7 @@ def main() -> None:
     got = box.get("frames", [])
     load_end = os.getloadavg()
     print(f"machine: {cpu_description()}, {os.cpu_count()} cores; torch {torch.__version__}; FLAME: synthetic on the "
-          f"{'real' if real else 'random'} topology; --live {Path(args.video).name} at {session.source.fps:.3f} fps; "
+          f"{'real' if real else 'random'} topology; --live {Path(args.video).name} at {session.source.fps:.3f} fps x{args.loops}; "
           f"-o {'on' if args.output else 'off'}; crops {'on' if args.send_crops else 'off'}")
     print(json.dumps(stats))
     print(f"client: {len(got)} frame messages of {stats['tracked']} tracked, in order: {box.get('in_order')}, "

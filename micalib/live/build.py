@@ -37,7 +37,7 @@ class LiveOptions:
     device: str = "cpu"
 
 
-def make_source(o: LiveOptions) -> LiveSource:
+def make_source(o: LiveOptions, loops: int = 1) -> LiveSource:
     if o.camera is not None:
         return CaptureSource(int(o.camera))
     if o.url is not None:
@@ -47,7 +47,7 @@ def make_source(o: LiveOptions) -> LiveSource:
         from micalib.tracking.landmarks import load_landmarks_npz
 
         rows = load_landmarks_npz(o.landmarks, None)
-    return PacedVideoSource(o.live_file, rows)
+    return PacedVideoSource(o.live_file, rows, loops=loops)
 
 
 def _tracker_parts(cfg):
@@ -107,7 +107,8 @@ def writer_factory(cfg, o: LiveOptions, source: LiveSource):
     return make
 
 
-def build_session(cfg, o: LiveOptions, **tracker_parts) -> LiveSession:
+def build_session(cfg, o: LiveOptions, loops: int = 1, **tracker_parts) -> LiveSession:
+    """Everything of a live run, checked; ``loops``: play a ``--live`` file that many times (bench)."""
     if o.landmarks is not None and o.live_file is None:
         raise MICAError("--landmarks works in live mode with --live FILE only (one row per frame of the file)")
     if o.focal is not None and not o.focal > 0:
@@ -115,7 +116,7 @@ def build_session(cfg, o: LiveOptions, **tracker_parts) -> LiveSession:
     if not o.warmup_s >= 0:
         raise MICAError(f"--warmup must be zero or more seconds, not {o.warmup_s}")
     host = check_host(o.host, o.allow_remote)
-    source = make_source(o).open()
+    source = make_source(o, loops).open()
     tracker = build_tracker(cfg, o, **tracker_parts)
     server = StreamServer(host, o.port, queue_size=CLIENT_QUEUE)
     session = LiveSession(source, tracker, server, writer_factory(cfg, o, source), o.send_crops, glb=glb_builder())

@@ -224,10 +224,11 @@ class PacedVideoSource(LiveSource):
     """A video file played at its own frame rate (``--live``); ``landmarks``: rows per input frame
     ({"mediapipe": (T, 478, 2), ...}, ``--landmarks``) given with each frame instead of detection."""
 
-    def __init__(self, path, landmarks: dict[str, np.ndarray] | None = None) -> None:
+    def __init__(self, path, landmarks: dict[str, np.ndarray] | None = None, loops: int = 1) -> None:
         super().__init__()
         self.path = str(path)
         self.landmarks = landmarks
+        self.loops = int(loops)  # play the file this many times in a row (bench/live.py: longer runs)
         from pathlib import Path
 
         self.name = Path(path).stem
@@ -246,7 +247,15 @@ class PacedVideoSource(LiveSource):
         self.fps = float(fps)
 
     def _frames(self) -> Iterator[Captured]:
-        k, skipped = 0, 0
+        for loop in range(self.loops):
+            if loop:
+                self.cap.release()
+                self.cap = _open_capture(self.path, f"video {self.path}")
+            yield from self._play(self.produced)
+
+    def _play(self, k0: int) -> Iterator[Captured]:
+        """One pass over the file; its frames are numbered from ``k0`` on."""
+        k, skipped = k0, 0
         while not self.stopping.is_set():
             due = self.t0 + k / self.fps
             if time.perf_counter() > due + 1.0 / self.fps and skipped < MAX_SKIPPED:
@@ -264,9 +273,9 @@ class PacedVideoSource(LiveSource):
             rgb = cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
             rows = None
             if self.landmarks is not None:
-                if k >= len(next(iter(self.landmarks.values()))):
+                if k - k0 >= len(next(iter(self.landmarks.values()))):
                     return  # no landmark row for this frame: the landmarks file ends the clip
-                rows = {key: arr[k] for key, arr in self.landmarks.items()}
+                rows = {key: arr[k - k0] for key, arr in self.landmarks.items()}
             self._wait_until(due)
             yield Captured(k, due, k / self.fps, rgb, rows)
             k += 1

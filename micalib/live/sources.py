@@ -65,8 +65,12 @@ class LatestSlot:
             self.produced += 1
             self.dropped += 1
 
-    def put(self, item: Captured) -> None:
+    def put(self, item: Captured, wait: bool = False) -> None:
+        """Offer ``item``; with ``wait`` first wait until the previous frame was taken (a lossless
+        source: ``PacedRows(lossless=True)``, for tests whose figures must not depend on the load)."""
         with self._cond:
+            if wait:
+                self._cond.wait_for(lambda: self._item is None or self._closed)
             if self._item is not None:
                 self.dropped += 1
             self._item = item
@@ -92,6 +96,7 @@ class LatestSlot:
             if not self._cond.wait_for(lambda: self._item is not None or self._closed, timeout):
                 return None
             item, self._item = self._item, None
+            self._cond.notify_all()
             return item
 
 
@@ -101,6 +106,7 @@ class LiveSource:
 
     name = "live"
     fps: float | None = None
+    lossless = False  # True: wait for the tracker instead of replacing an untaken frame (tests)
 
     def __init__(self) -> None:
         self.slot = LatestSlot()
@@ -143,7 +149,7 @@ class LiveSource:
             for item in self._frames():
                 if self.stopping.is_set():
                     break
-                self.slot.put(item)
+                self.slot.put(item, wait=self.lossless)
         except Exception as e:  # a source that breaks ends the run with one line, not a traceback
             self.error = f"{self.name}: {type(e).__name__}: {e}"
         finally:
@@ -288,11 +294,13 @@ class PacedVideoSource(LiveSource):
 class PacedRows(LiveSource):
     """Landmark rows at ``fps``: ``rows`` {"mediapipe": (T, 478, 2), ...} in image pixels;
     ``image(k)`` an optional image per frame; ``fail_after``: raise after that many frames (a source
-    that vanishes)."""
+    that vanishes); ``lossless``: never drop, wait for the tracker instead (a frame is then published
+    when it is due or when the previous one was taken, whichever is later)."""
 
     def __init__(self, rows: dict[str, np.ndarray], fps: float, image: Callable[[int], np.ndarray] | None = None,
-                 name: str = "rows", fail_after: int | None = None) -> None:
+                 name: str = "rows", fail_after: int | None = None, lossless: bool = False) -> None:
         super().__init__()
+        self.lossless = bool(lossless)
         self.rows, self.fps, self.image, self.name = rows, float(fps), image, name
         self.n = len(next(iter(rows.values())))
         self.fail_after = fail_after

@@ -144,11 +144,15 @@ class WebSocketClient:
     """A blocking client: ``WebSocketClient("ws://127.0.0.1:8765/")``, ``recv() -> str | bytes``,
     ``send_text``, ``close``."""
 
-    def __init__(self, url: str, timeout: float | None = 30.0) -> None:
+    def __init__(self, url: str, timeout: float | None = 30.0, recv_buffer: int | None = None) -> None:
         u = urlparse(url)
         if u.scheme != "ws":
             raise ValueError(f"only ws:// URLs are supported, not {url}")
-        self.sock = socket.create_connection((u.hostname, u.port or 80), timeout=timeout)
+        self.sock = socket.socket(socket.AF_INET6 if ":" in (u.hostname or "") else socket.AF_INET)
+        if recv_buffer is not None:  # before connecting: a fixed window, no autotuning (tests)
+            self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, int(recv_buffer))
+        self.sock.settimeout(timeout)
+        self.sock.connect((u.hostname, u.port or 80))
         key = base64.b64encode(os.urandom(16)).decode("ascii")
         path = (u.path or "/") + (f"?{u.query}" if u.query else "")
         self.sock.sendall((f"GET {path} HTTP/1.1\r\nHost: {u.hostname}:{u.port}\r\nUpgrade: websocket\r\n"

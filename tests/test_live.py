@@ -303,6 +303,9 @@ def test_identity_from_the_warmup_frames_and_glb_on_request(syn):
     assert len(calls) == 1 and 3 <= len(calls[0]) <= 8 and calls[0] == sorted(calls[0])
     assert np.array_equal(sess.tracker.identity, syn.identity) and len(built) == 1
     msgs = box["msgs"]
+    # connected after the warm-up: the hello carries the fixed intrinsics every frame uses
+    assert msgs[0]["type"] == "hello" and msgs[0]["state"] == "tracking"
+    assert all(m["camera"]["K"] == msgs[0]["camera"]["K"] for m in msgs if isinstance(m, dict) and m["type"] == "frame")
     heads = [i for i, m in enumerate(msgs) if isinstance(m, dict) and m["type"] == "glb"]
     assert len(heads) == 2 and all(msgs[i]["bytes"] == 64 and msgs[i + 1] == b"glTF" + bytes(60) for i in heads)
 

@@ -4,7 +4,7 @@ Text messages are JSON objects with a ``type``:
 - ``hello`` (first message to every client): ``schema``, ``source``, ``fps`` (null for a camera that
   does not say), ``image_size`` [h, w] of the crop K refers to, ``n_vertices``, ``n_faces``,
   ``crops`` (whether crops are sent), ``glb`` (whether ``get_glb`` can be answered), ``state``
-  ("warmup" or "tracking"), ``camera`` (as in ``frame``; null during warm-up).
+  ("warmup" or "tracking"), ``camera`` ({``K``, ``focal_px``} once the warm-up is over, else null).
 - ``camera`` (once, when the warm-up ends): ``K``, ``focal_px``, ``focal_interval_px`` ([low, high]
   or null), ``warmup_frames``, ``identity`` ("given" or "mica").
 - ``frame`` (one per tracked frame, in order): ``frame`` (tracked frame number, 0-based: the -o

@@ -63,7 +63,7 @@ class LiveSession:
     # ------------------------------------------------------------------------------------------
     def hello(self) -> dict:
         t = self.tracker
-        cam = messages.camera_block(np.eye(3), np.zeros(3), t.k) if t.tracking else None
+        cam = {"K": np.round(t.k, 4).tolist(), "focal_px": round(t.fitter.intr.focal, 3)} if t.tracking else None
         return messages.hello_message(self.source.name, self.source.fps, (t.size, t.size), t.flame.n_vertices,
                                       len(t.flame.faces), self.send_crops, self.glb is not None, cam)
 

@@ -38,7 +38,7 @@ class Synthetic:
     def session(self, fps: float, warmup_s: float = 1.0, output=None, port: int | None = 0, send_crops=False,
                 image=None, repeat: int = 1, fail_after=None, start_server: bool = True, lossless: bool = False):
         from micalib.live.build import LiveOptions, build_tracker, writer_factory
-        from micalib.live.session import LiveSession
+        from micalib.live.session import LiveSession, glb_builder
         from micalib.live.sources import PacedRows
         from micalib.live.stream import StreamServer
 
@@ -47,7 +47,7 @@ class Synthetic:
         src = PacedRows(self.rows(repeat), fps, image=image, name="synthetic", fail_after=fail_after, lossless=lossless)
         tracker = build_tracker(self.cfg, o, flame=self.flame, emb=self.emb, lids=self.lids, detector=object())
         server = StreamServer("127.0.0.1", 0) if port is not None else None
-        sess = LiveSession(src, tracker, server, writer_factory(self.cfg, o, src), send_crops)
+        sess = LiveSession(src, tracker, server, writer_factory(self.cfg, o, src), send_crops, glb=glb_builder(fps))
         if server is not None and start_server:
             server.start()
         return sess

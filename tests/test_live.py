@@ -274,8 +274,8 @@ def test_vanished_source_finishes_the_files_and_says_so(syn, tmp_path):
 
 def test_identity_from_the_warmup_frames_and_glb_on_request(syn):
     """Without --identity the identity function gets frames of the warm-up (images) once, and its
-    result is the identity tracked with; a client's get_glb is answered by the glTF builder's bytes
-    (a stand-in builder here) as a `glb` message and one binary message, once built."""
+    result is the identity tracked with; a client's get_glb is answered by the glTF export's .glb
+    (a `glb` message and one binary message; built once), a valid glTF 2.0 binary of the model."""
     grey = np.full((512, 512, 3), 90, np.uint8)
     sess = syn.session(fps=20.0, warmup_s=0.5, image=lambda k: grey)
     sess.source.n = 80
@@ -289,7 +289,8 @@ def test_identity_from_the_warmup_frames_and_glb_on_request(syn):
 
     sess.tracker.identity, sess.tracker.identity_fn, sess.tracker.identity_source = None, identity_fn, "mica"
     built = []
-    sess.glb = lambda model, ident: built.append(np.array(ident)) or b"glTF" + bytes(60)
+    real_glb = sess.glb
+    sess.glb = lambda tracker: built.append(np.array(tracker.identity)) or real_glb(tracker)
     box: dict = {}
     url = f"ws://127.0.0.1:{sess.server.port}/"
     th, res = run_in_thread(sess)
@@ -307,7 +308,18 @@ def test_identity_from_the_warmup_frames_and_glb_on_request(syn):
     assert msgs[0]["type"] == "hello" and msgs[0]["state"] == "tracking"
     assert all(m["camera"]["K"] == msgs[0]["camera"]["K"] for m in msgs if isinstance(m, dict) and m["type"] == "frame")
     heads = [i for i, m in enumerate(msgs) if isinstance(m, dict) and m["type"] == "glb"]
-    assert len(heads) == 2 and all(msgs[i]["bytes"] == 64 and msgs[i + 1] == b"glTF" + bytes(60) for i in heads)
+    assert len(heads) == 2 and msgs[heads[0] + 1] == msgs[heads[1] + 1]  # built once, sent twice
+    glb = msgs[heads[0] + 1]
+    assert msgs[heads[0]]["bytes"] == len(glb) and glb[:4] == b"glTF"
+    import struct
+
+    magic, version, length = struct.unpack("<4sII", glb[:12])
+    chunk_len, chunk_type = struct.unpack("<I4s", glb[12:20])
+    doc = json.loads(glb[20:20 + chunk_len])
+    assert version == 2 and length == len(glb) and chunk_type == b"JSON"
+    mesh = doc["meshes"][0]
+    assert len(mesh["primitives"][0]["targets"]) >= 102  # 100 expressions + 2 eyelids (+ pose correctives)
+    assert doc["accessors"][mesh["primitives"][0]["attributes"]["POSITION"]]["count"] == syn.flame.n_vertices
 
 
 def test_writer_full_drops_the_frame_before_tracking_and_every_tracked_frame_is_written(syn, tmp_path, monkeypatch):

@@ -5,7 +5,6 @@ file, host, port, camera / URL / file) fails here, in one line, before the run s
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 
 from loguru import logger
 
@@ -13,6 +12,7 @@ from micalib.live.online import Framing, OnlineTracker
 from micalib.live.session import LiveSession, glb_builder
 from micalib.live.sources import CaptureSource, LiveSource, PacedVideoSource
 from micalib.live.stream import StreamServer, check_host
+from micalib.tracking.options import TrackOptions
 from utils.errors import MICAError
 
 CLIENT_QUEUE = 64  # messages (frames with their binaries) waiting per client before it loses some
@@ -50,44 +50,48 @@ def make_source(o: LiveOptions, loops: int = 1) -> LiveSource:
     return PacedVideoSource(o.live_file, rows, loops=loops)
 
 
-def _tracker_parts(cfg):
+def _tracker_parts(cfg, t: TrackOptions):
     from configs.config import resolve_path
     from micalib.tracking.model import load_eyelids, load_mediapipe_embedding
+    from micalib.tracking.runner import check_assets
     from models.flame import FLAME
 
-    for key in ("model.flame_model_path", "model.flame_lmk_embedding_path", "tracker.mediapipe_embedding_path"):
-        sec, name = key.split(".")
-        path = resolve_path(cfg[sec][name])
-        if not Path(path).is_file():
-            raise MICAError(f"{path} not found (config key {key}); run install.sh --download or set {key}")
+    check_assets({"model.flame_model_path": resolve_path(cfg.model.flame_model_path),
+                  "model.flame_lmk_embedding_path": resolve_path(cfg.model.flame_lmk_embedding_path),
+                  "tracker.mediapipe_embedding_path": resolve_path(t.mediapipe_embedding_path)})
     flame = FLAME.from_config(cfg)
-    emb = load_mediapipe_embedding(resolve_path(cfg.tracker.mediapipe_embedding_path))
-    lids = load_eyelids(resolve_path(cfg.tracker.l_eyelid_path), resolve_path(cfg.tracker.r_eyelid_path), flame.n_vertices)
+    emb = load_mediapipe_embedding(resolve_path(t.mediapipe_embedding_path))
+    lids = load_eyelids(resolve_path(t.l_eyelid_path), resolve_path(t.r_eyelid_path), flame.n_vertices)
     if lids is None:
         logger.warning("eyelid blendshapes not found: tracking without eyelids (install.sh --download)")
     return flame, emb, lids
 
 
+def track_options(cfg, o: LiveOptions) -> TrackOptions:
+    """The offline tracker's options from the config (the same ``tracker`` section)."""
+    return TrackOptions.from_section(cfg.tracker, image_size=o.image_size, fps=None, video=o.video, device=o.device)
+
+
 def build_tracker(cfg, o: LiveOptions, flame=None, emb=None, lids=None, detector=None) -> OnlineTracker:
     """The online tracker (``flame``/``emb``/``lids`` given: used as they are, for tests)."""
-    from micalib.tracking.fitting import settings_from_config
-    from micalib.tracking.identity import load_identity, mica_identity
+    from micalib.tracking.identity import load_identity, mica_identity, mica_loader
 
+    t = track_options(cfg, o)
     if flame is None:
-        flame, emb, lids = _tracker_parts(cfg)
+        flame, emb, lids = _tracker_parts(cfg, t)
     ident = load_identity(o.identity) if o.identity is not None else None
+    load_mica = mica_loader(cfg, o.device)
 
     def identity_fn(frames):
-        return mica_identity(cfg, o.device, frames, "the live source's warm-up")
+        return mica_identity(*load_mica(), frames, "the live source's warm-up")
 
     if detector is None and o.landmarks is None:
         from micalib.tracking.landmarks import MediaPipeLandmarker
 
         detector = MediaPipeLandmarker(video_mode=True)
-    framing = Framing(o.image_size, cfg.tracker.bbox_scale, bool(cfg.tracker.crop), detector)
-    return OnlineTracker(flame, emb, lids, [int(v) for v in cfg.tracker.iris_vertices], settings_from_config(cfg),
-                         framing, o.warmup_s, identity=ident, identity_fn=identity_fn, focal_px=o.focal,
-                         identity_frames=int(cfg.tracker.identity_frames))
+    framing = Framing(o.image_size, t.bbox_scale, t.crop, detector)
+    return OnlineTracker(flame, emb, lids, t.iris_vertices, t.fit, framing, o.warmup_s, identity=ident,
+                         identity_fn=identity_fn, focal_px=o.focal, identity_frames=t.identity_frames)
 
 
 def writer_factory(cfg, o: LiveOptions, source: LiveSource):
@@ -95,14 +99,16 @@ def writer_factory(cfg, o: LiveOptions, source: LiveSource):
     if o.output is None:
         return None
     from micalib.live.writer import LiveWriter
+    from micalib.tracking.layout import TrackLayout
 
-    out = Path(o.output) / source.name
-    if (out / "checkpoint").is_dir() and any((out / "checkpoint").iterdir()):
-        raise MICAError(f"{out} already holds tracked frames; pass another -o (a live run never resumes)")
+    layout = TrackLayout(o.output, source.name)
+    if layout.has_frames():
+        raise MICAError(f"{layout.root} already holds tracked frames; pass another -o (a live run never resumes)")
+    png_compression = track_options(cfg, o).png_compression
 
     def make(tracker: OnlineTracker):
-        return LiveWriter(out, tracker.model, tracker.identity, tracker.k, tracker.size, tracker.framing.matrix,
-                          source.fps or 25.0, video=o.video, png_compression=int(cfg.tracker.png_compression))
+        return LiveWriter(layout, tracker.model, tracker.identity, tracker.k, tracker.size, tracker.framing.matrix,
+                          source.fps or 25.0, video=o.video, png_compression=png_compression)
 
     return make
 
@@ -119,7 +125,8 @@ def build_session(cfg, o: LiveOptions, loops: int = 1, **tracker_parts) -> LiveS
     source = make_source(o, loops).open()
     tracker = build_tracker(cfg, o, **tracker_parts)
     server = StreamServer(host, o.port, queue_size=CLIENT_QUEUE)
-    session = LiveSession(source, tracker, server, writer_factory(cfg, o, source), o.send_crops, glb=glb_builder())
+    session = LiveSession(source, tracker, server, writer_factory(cfg, o, source), o.send_crops,
+                          glb=glb_builder(source.fps))
     server.start()
     logger.info(f"live: streaming on ws://{host}:{server.port}/ (viewer: micalib/viewer/live.html?ws=ws://{host}:{server.port}/)")
     return session

@@ -25,8 +25,9 @@ from loguru import logger
 
 from micalib.live.sources import Captured
 from micalib.tracking import crop as cropmod
-from micalib.tracking.fitting import FitSettings, FrameState, Intrinsics, LandmarkFitter, pick_keyframes
+from micalib.tracking.fitting import FrameState, Intrinsics, LandmarkFitter, pick_keyframes
 from micalib.tracking.model import TrackingFLAME, observations
+from micalib.tracking.options import FitSettings
 
 MIN_WARMUP = 3  # frames with a face before the intrinsics are fitted
 
@@ -92,7 +93,7 @@ class OnlineTracker:
 
     Args:
         flame, emb, lids, iris: the tracking FLAME's parts (``TrackingFLAME``'s arguments).
-        settings: the fit settings (``settings_from_config``).
+        settings: the fit settings (``TrackOptions.fit``).
         framing: a ``Framing``.
         warmup_s: seconds of the source before the intrinsics are fitted.
         identity: (300,) MICA identity, or None with ``identity_fn(list of (k, rgb)) -> (300,)``.

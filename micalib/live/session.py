@@ -25,14 +25,18 @@ from micalib.live.stream import StreamServer, binary, text
 from utils.errors import MICAError
 
 
-def glb_builder() -> Callable | None:
-    """The glTF export's builder of the model a client animates (``micalib/export/gltf.py``), or
-    None while this version has none (``get_glb`` is then answered with an ``error`` message)."""
-    try:
-        from micalib.export import gltf  # noqa: F401
-    except ImportError:
-        return None
-    build = getattr(gltf, "live_model_glb", None)
+def glb_builder(fps: float | None) -> Callable:
+    """``f(tracker) -> bytes``: the ``.glb`` a client animates (``micalib.export.gltf``: the identity's
+    mesh with the expression, eyelid and pose-corrective morph targets and the 4-joint skin; one frame,
+    the tracker's current state; the camera with the fixed intrinsics, K in OpenCV pixel centres)."""
+    def build(tracker) -> bytes:
+        from micalib.export.gltf import tracking_glb_bytes
+        from micalib.tracking.fitting import FrameState
+
+        state = tracker.prev if tracker.prev is not None else FrameState()
+        return tracking_glb_bytes(tracker.model, [state], tracker.k, (tracker.size, tracker.size), fps or 25.0,
+                                  pixel_centre=0.0)[0]
+
     return build
 
 
@@ -45,7 +49,7 @@ class LiveSession:
         server: a started ``StreamServer`` or None.
         writer_factory: ``f(tracker) -> LiveWriter`` called when the warm-up ends (``-o``), or None.
         send_crops: send each tracked frame's crop as a JPEG (``jpeg_quality``).
-        glb: ``f(model, identity) -> bytes`` for ``get_glb`` requests, or None.
+        glb: ``f(tracker) -> bytes`` for ``get_glb`` requests (``glb_builder``), or None.
     """
 
     def __init__(self, source: LiveSource, tracker: OnlineTracker, server: StreamServer | None = None,
@@ -74,11 +78,11 @@ class LiveSession:
             return [text({"type": "faces", "faces": np.asarray(t.flame.faces).astype(int).tolist()})]
         if kind == "get_glb":
             if self.glb is None:
-                return [text({"type": "error", "message": "this version has no .glb export (micalib/export/gltf.py)"})]
+                return [text({"type": "error", "message": "no .glb in this run"})]
             if not t.tracking:
                 return [text({"type": "error", "message": "the .glb is ready when the warm-up is over; ask again"})]
             if self._glb_bytes is None:
-                self._glb_bytes = bytes(self.glb(t.model, t.identity))
+                self._glb_bytes = bytes(self.glb(t))
             return [text({"type": "glb", "bytes": len(self._glb_bytes)}), binary(self._glb_bytes)]
         return None
 

@@ -16,15 +16,16 @@ import csv
 import io
 import queue
 import threading
-from pathlib import Path
 
 import numpy as np
 from loguru import logger
 
 from micalib.live.online import OnlineResult
 from micalib.tracking import crop as cropmod
-from micalib.tracking.outputs import frame_dict, frame_name, save_frame
-from micalib.tracking.runner import CSV_FIELDS, _ply_metres, _png_bytes, _row
+from micalib.tracking.layout import TrackLayout
+from micalib.tracking.outputs import frame_dict, save_frame
+from micalib.tracking.runner import CSV_FIELDS, _row
+from micalib.tracking.writer import overlay_frame, ply_metres, png_bytes
 from utils.io import atomic_save_npy, atomic_write_bytes, atomic_write_text
 from utils.mesh import obj_text
 
@@ -35,14 +36,14 @@ class LiveWriter:
     """See the module docstring. ``model``: the tracking FLAME; ``k``: the fixed intrinsics (crop
     pixels); ``matrix``: the crop box (input px -> crop px); ``video``: write ``video.mp4``."""
 
-    def __init__(self, out: Path, model, identity: np.ndarray, k: np.ndarray, size: int, matrix: np.ndarray,
+    def __init__(self, layout: TrackLayout, model, identity: np.ndarray, k: np.ndarray, size: int, matrix: np.ndarray,
                  fps: float, video: bool = True, capacity: int = 16, png_compression: int = 1) -> None:
-        self.out, self.model, self.identity, self.k, self.size = Path(out), model, identity, k, int(size)
+        self.layout, self.model, self.identity, self.k, self.size = layout, model, identity, k, int(size)
+        self.out = layout.root
         self.matrix, self.fps, self.png_compression = matrix, float(fps), int(png_compression)
-        for sub in ("checkpoint", "mesh", "input"):
-            (self.out / sub).mkdir(parents=True, exist_ok=True)
-        atomic_write_bytes(self.out / "canonical.obj", obj_text(model.canonical_vertices(), model.faces), fsync=False)
-        atomic_save_npy(self.out / "identity.npy", np.asarray(identity, np.float32))
+        layout.make_dirs()
+        atomic_write_bytes(layout.canonical, obj_text(model.canonical_vertices(), model.faces), fsync=False)
+        atomic_save_npy(layout.identity, np.asarray(identity, np.float32))
         self.files: queue.Queue = queue.Queue(int(capacity))
         self.overlays: queue.Queue = queue.Queue(OVERLAY_QUEUE)
         self.rows: list[dict] = []
@@ -76,14 +77,14 @@ class LiveWriter:
                 logger.error(f"live: writing frame {res.frame} failed: {e}")
 
     def _write(self, res: OnlineResult) -> None:
-        st, name = res.state, frame_name(res.frame)
+        st, lay = res.state, self.layout
         verts = self.model.vertices(st.exp, st.pose, st.eyelids)[0]
         if res.crop is not None:
-            atomic_write_bytes(self.out / "input" / f"{name}.png", _png_bytes(res.crop, self.png_compression), fsync=False)
-        atomic_write_bytes(self.out / "mesh" / f"{name}.ply", _ply_metres(verts, self.model.faces), fsync=False)
+            atomic_write_bytes(lay.png(res.frame), png_bytes(res.crop, self.png_compression), fsync=False)
+        atomic_write_bytes(lay.mesh(res.frame), ply_metres(verts, self.model.faces), fsync=False)
         data = frame_dict(st.exp, st.pose, st.eyelids, self.identity, st.r, st.t, self.k, (self.size, self.size),
                           res.frame, res.frame)
-        save_frame(self.out / "checkpoint" / f"{name}.frame", data)
+        save_frame(lay.frame(res.frame), data)
         row = _row(res.frame, res.captured.index, 1.0, res.face_found, res.valid, res.rms, not res.face_found, self.model)
         row["time_s"] = round(res.captured.t_capture, 6)  # the capture time (offline: frame / fps)
         self.rows.append(row)
@@ -98,19 +99,20 @@ class LiveWriter:
                 self.overlays_shed += 1
 
     def _overlay_loop(self) -> None:
-        from micalib.tracking.overlay import VideoWriter, compose_overlay
+        from concurrent.futures import Future
+
+        from micalib.tracking.overlay import VideoWriter
 
         while True:
             item = self.overlays.get()
             if item is None:
                 return
             crop, verts, st = item
-            cam = verts.astype(np.float64) @ st.r.T + st.t
-            uvw = cam @ self.k.T
-            screen = np.concatenate([uvw[:, :2] / uvw[:, 2:3], cam[:, 2:3]], 1).astype(np.float32)
+            done: Future = Future()
+            done.set_result(verts)
             if self._video is None:
-                self._video = VideoWriter(self.out / "video.mp4", self.fps, (3 * self.size, self.size))
-            self._video.write(compose_overlay(crop, {}, screen, self.model.faces))
+                self._video = VideoWriter(self.layout.video, self.fps, (3 * self.size, self.size))
+            self._video.write(overlay_frame(crop, {}, done, self.model.faces, st, self.k))
 
     # ------------------------------------------------------------------------------------------
     def close(self) -> None:
@@ -125,9 +127,9 @@ class LiveWriter:
         w.writeheader()
         for row in self.rows:
             w.writerow(row)
-        atomic_write_text(self.out / "tracking.csv", buf.getvalue(), fsync=False)
+        atomic_write_text(self.layout.csv, buf.getvalue(), fsync=False)
         if self.inputs:
-            cropmod.write_crop_json(self.out / "crop.json", [self.matrix] * len(self.inputs), self.size, self.inputs,
+            cropmod.write_crop_json(self.layout.crop_json, [self.matrix] * len(self.inputs), self.size, self.inputs,
                                     fsync=False)
         logger.info(f"live: {len(self.rows)} tracked frames written to {self.out}"
                     + (f" ({self.overlays_shed} overlay frames shed)" if self.overlays_shed else ""))

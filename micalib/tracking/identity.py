@@ -3,7 +3,7 @@ computed by MICA from several frames and averaged (``mica_identity``, as ``demo.
 Used by the offline runner and the live tracker."""
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 import numpy as np
 from loguru import logger
@@ -26,18 +26,28 @@ def load_identity(path) -> np.ndarray:
     return ident
 
 
-def mica_identity(cfg, device: str, frames: Iterable[tuple[int, np.ndarray]], where: str) -> np.ndarray:
+def mica_loader(cfg, device: str) -> Callable[[], tuple]:
+    """() -> (MICA predictor, face detector) from the config, loaded only when called (a run with
+    ``--identity`` loads no weights)."""
+    def load():
+        from configs.config import resolve_path
+        from micalib.predictor import Predictor
+        from models.detectors import create_detector
+
+        predictor = Predictor.from_config(cfg, device=device)
+        detector = create_detector(cfg.detector.name, antelopev2_dir=resolve_path(cfg.detector.antelopev2_dir),
+                                   det_size=tuple(cfg.detector.det_size), threshold=cfg.detector.threshold,
+                                   mtcnn_max_side=cfg.detector.mtcnn_max_side)
+        return predictor, detector
+
+    return load
+
+
+def mica_identity(predictor, detector, frames: Iterable[tuple[int, np.ndarray]], where: str) -> np.ndarray:
     """MICA on every (frame number, RGB) of ``frames`` with a face, averaged (``demo.py --fuse``);
     ``where`` names the input in the error when no frame has a face."""
-    from configs.config import resolve_path
-    from micalib.predictor import Predictor
-    from models.detectors import create_detector
     from models.face_prep import detect_and_align
 
-    predictor = Predictor.from_config(cfg, device=device)
-    detector = create_detector(cfg.detector.name, antelopev2_dir=resolve_path(cfg.detector.antelopev2_dir),
-                               det_size=tuple(cfg.detector.det_size), threshold=cfg.detector.threshold,
-                               mtcnn_max_side=cfg.detector.mtcnn_max_side)
     inputs = []
     for k, rgb in frames:
         try:

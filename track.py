@@ -70,7 +70,10 @@ def _live_main(args, cfg) -> int:
                        host=args.host, port=args.port, allow_remote=args.allow_remote, send_crops=args.send_crops,
                        video=not args.no_video, device=str(resolve_device(cfg.device)))
     with sigterm_as_interrupt():
-        build_session(cfg, opts).run()
+        session = build_session(cfg, opts)
+        session.run()
+    if session.writer is not None and session.stats.tracked:  # -o: the clip's .glb and page, as offline
+        finish_outputs(cfg, session.writer.layout.root, glb=not args.no_glb, page=not args.no_page)
     return 0
 
 

@@ -101,6 +101,14 @@ def test_file_played_to_its_end_exits_0_and_writes_nothing_without_o(clip, tmp_p
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "live (source ended)" in proc.stderr and "frames tracked" in proc.stderr
     assert list(tmp_path.iterdir()) == []  # no default output folder in live mode
+    # with -o: the per-frame files, then the clip's .glb and viewer page as offline
+    proc = subprocess.run(_argv(clip, clip["short"], ["-o", str(tmp_path / "out")]), cwd=tmp_path,
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    out = tmp_path / "out" / "short"
+    n = len(_rows(out / "tracking.csv"))
+    assert n > 0 and len(list((out / "checkpoint").glob("*.frame"))) == n
+    assert (out / "short.glb").read_bytes()[:4] == b"glTF"
 
 
 @pytest.mark.slow

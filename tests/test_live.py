@@ -342,3 +342,38 @@ def test_writer_full_drops_the_frame_before_tracking_and_every_tracked_frame_is_
     _accounting(stats, 24)
     out = tmp_path / "out" / "synthetic"
     assert len(list(csvrows(out / "tracking.csv"))) == stats["tracked"] == len(list((out / "checkpoint").iterdir()))
+
+
+def test_latest_slot_keeps_the_newest_frame_and_counts_the_rest():
+    from micalib.live.sources import Captured, LatestSlot
+
+    slot = LatestSlot()
+    for k in range(5):
+        slot.put(Captured(k, 0.0, 0.0))
+    assert slot.get(0).index == 4 and slot.dropped == 4 and slot.produced == 5
+    slot.drop()
+    assert slot.dropped == 5 and slot.produced == 6 and slot.get(0) is None
+    slot.put(Captured(6, 0.0, 0.0))
+    slot.close()
+    assert slot.get(0).index == 6 and slot.get(0) is None and slot.closed
+
+
+def test_capture_url_source_reads_frames_then_reports_the_end_in_one_line(tmp_path):
+    """A capture URL (here a file path, which OpenCV opens the same way): frames in order with
+    increasing read times, then the source ends with one line saying after how many frames."""
+    from micalib.live.sources import CaptureSource
+
+    path = tmp_path / "cam.mp4"
+    w = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), 25.0, (64, 48))
+    for k in range(12):
+        w.write(np.full((48, 64, 3), 10 * k, np.uint8))
+    w.release()
+    src = CaptureSource(str(path))
+    src.lossless = True  # take every frame (the test reads slower than the file decodes)
+    src.start()
+    got = []
+    while (item := src.get(timeout=30)) is not None:
+        got.append(item)
+    assert [c.index for c in got] == list(range(12))
+    assert all(b.t_ref >= a.t_ref for a, b in zip(got, got[1:])) and got[0].image.shape == (48, 64, 3)
+    assert src.ended and src.error is not None and "stopped delivering frames after 12" in src.error

@@ -113,8 +113,8 @@ def main(argv=None) -> int:
                                      landmarks_path=args.landmarks, fps=25.0 if args.fps is None else args.fps,
                                      image_size=args.image_size, video=not args.no_video, photometric=args.photometric,
                                      device=str(resolve_device(cfg.device)), overwrite=args.overwrite)
-    out = runner.run()
-    finish_outputs(cfg, Path(out), glb=not args.no_glb, page=not args.no_page, landmarks=args.landmarks)
+    runner.run(finish=lambda out: finish_outputs(cfg, Path(out), glb=not args.no_glb, page=not args.no_page,
+                                                 landmarks=args.landmarks))
     return 0
 
 

@@ -431,7 +431,9 @@ def clip_fps(folder: Path) -> float:
 
 def frame_paths(folder: Path) -> list[Path]:
     """The ``checkpoint/*.frame`` files of a tracking folder, sorted; one-line error without any."""
-    paths = sorted((Path(folder) / "checkpoint").glob("*.frame"))
+    from micalib.tracking.layout import CHECKPOINT, FRAME_FILES
+
+    paths = sorted(p for p in (Path(folder) / CHECKPOINT).glob("*.frame") if FRAME_FILES[CHECKPOINT].fullmatch(p.name))
     if not paths:
         raise MICAError(f"{folder} holds no checkpoint/NNNNN.frame files; pass a folder track.py wrote (OUT/NAME)")
     return paths

@@ -30,10 +30,12 @@ CROP_CACHE = ".crops.raw"
 LOCK_FILE = ".track_lock"
 # the files track.py writes directly into OUT/NAME
 TOP_FILES = ("canonical.obj", "identity.npy", "landmarks.npz", "crop.json", "bbox.pt", "tracking.csv",
-             "video.mp4", CROP_CACHE, RUN_RECORD, ROWS_JOURNAL)
-# the per-frame files of each sub-folder (5 digits, more beyond frame 99999)
+             "video.mp4", "index.html", CROP_CACHE, RUN_RECORD, ROWS_JOURNAL)
+VIEWER = "viewer"  # the viewer page's scripts (micalib.viewer.page)
+# the files of each sub-folder track.py writes (per frame: 5 digits, more beyond frame 99999)
 FRAME_FILES = {CHECKPOINT: re.compile(r"\d{5,}\.frame"), MESH: re.compile(r"\d{5,}\.ply"),
-               INPUT: re.compile(r"\d{5,}\.png")}
+               INPUT: re.compile(r"\d{5,}\.png"),
+               VIEWER: re.compile(r"data\.js|three\.bundle\.js|viewer\.js|THREE_LICENSE\.txt")}
 # what a run derives from its input before the run record exists (cleared when there is no record)
 DERIVED = ("landmarks.npz", "bbox.pt", "identity.npy")
 
@@ -59,6 +61,8 @@ class TrackLayout:
         self.crop_cache = r / CROP_CACHE
         self.run_record = r / RUN_RECORD
         self.rows_journal = r / ROWS_JOURNAL
+        self.glb = r / f"{name}.glb"  # the animated clip (micalib.export.gltf)
+        self.page = r / "index.html"  # the viewer page (micalib.viewer.page)
 
     def frame(self, k: int) -> Path:
         """``checkpoint/NNNNN.frame`` of output frame ``k`` (written last: marks the frame finished)."""
@@ -84,8 +88,7 @@ class TrackLayout:
         """``--overwrite``: remove what track.py writes into ``root``, by name (``TOP_FILES`` and
         the per-frame files ``FRAME_FILES``; a sub-folder is removed only when that leaves it empty);
         nothing else, never a whole folder."""
-        for name in TOP_FILES:
-            p = self.root / name
+        for p in [self.root / name for name in TOP_FILES] + [self.glb]:
             if p.is_symlink() or p.is_file():
                 p.unlink()
         for sub, pattern in FRAME_FILES.items():

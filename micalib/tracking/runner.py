@@ -183,8 +183,9 @@ class TrackRunner:
                    landmarks_path=landmarks_path, source=source, flame_files=flame_files)
 
     # ----------------------------------------------------------------------------------- run
-    def run(self) -> Path:
-        """Track the input; returns ``OUT/NAME``."""
+    def run(self, finish: Callable[[Path], None] | None = None) -> Path:
+        """Track the input; returns ``OUT/NAME``. ``finish(OUT/NAME)`` runs last, still holding the
+        output's lock (track.py writes the clip's ``.glb`` and viewer page there)."""
         t_start = time.perf_counter()
         self.layout.check_input(self.source.path)
         check_assets(self._asset_paths())
@@ -197,6 +198,8 @@ class TrackRunner:
                 self.intrinsics(fit)
                 rows = self.track_frames(fit)
                 self.write_outputs(rows)
+                if finish is not None:
+                    finish(self.layout.root)
             finally:
                 self.layout.crop_cache.unlink(missing_ok=True)
                 if self._journal is not None:

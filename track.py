@@ -69,11 +69,14 @@ def _live_main(args, cfg) -> int:
                        identity=args.identity, focal=args.focal, warmup_s=args.warmup, image_size=args.image_size,
                        host=args.host, port=args.port, allow_remote=args.allow_remote, send_crops=args.send_crops,
                        video=not args.no_video, device=str(resolve_device(cfg.device)))
+    import contextlib
+
     with sigterm_as_interrupt():
         session = build_session(cfg, opts)
-        session.run()
-    if session.writer is not None and session.stats.tracked:  # -o: the clip's .glb and page, as offline
-        finish_outputs(cfg, session.writer.layout.root, glb=not args.no_glb, page=not args.no_page)
+        with session.layout.lock() if session.layout is not None else contextlib.nullcontext():
+            session.run()
+            if session.writer is not None and session.stats.tracked:  # -o: the clip's .glb and page
+                finish_outputs(cfg, session.layout.root, glb=not args.no_glb, page=not args.no_page)
     return 0
 
 

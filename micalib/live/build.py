@@ -110,6 +110,7 @@ def writer_factory(cfg, o: LiveOptions, source: LiveSource):
         return LiveWriter(layout, tracker.model, tracker.identity, tracker.k, tracker.size, tracker.framing.matrix,
                           source.fps or 25.0, video=o.video, png_compression=png_compression)
 
+    make.layout = layout
     return make
 
 
@@ -125,8 +126,9 @@ def build_session(cfg, o: LiveOptions, loops: int = 1, **tracker_parts) -> LiveS
     source = make_source(o, loops).open()
     tracker = build_tracker(cfg, o, **tracker_parts)
     server = StreamServer(host, o.port, queue_size=CLIENT_QUEUE)
-    session = LiveSession(source, tracker, server, writer_factory(cfg, o, source), o.send_crops,
-                          glb=glb_builder(source.fps))
+    writer = writer_factory(cfg, o, source)
+    session = LiveSession(source, tracker, server, writer, o.send_crops, glb=glb_builder(source.fps))
+    session.layout = None if writer is None else writer.layout  # -o: held under its lock by track.py
     server.start()
     logger.info(f"live: streaming on ws://{host}:{server.port}/ (viewer: micalib/viewer/live.html?ws=ws://{host}:{server.port}/)")
     return session

@@ -12,7 +12,8 @@ Text messages are JSON objects with a ``type``:
   started), ``latency_ms``, ``face_found``, ``expression`` [100], ``jaw`` [3] and ``eyes`` [6] (left,
   right) as axis-angle radians, ``eyelids`` [2], ``camera`` {``R`` 3x3, ``t`` [3] metres, ``K`` 3x3
   crop pixels: x_pixel = pi(K (R X + t)) for a FLAME vertex X in metres, OpenCV pixel centres},
-  ``crop`` (true: a ``JPEG`` binary message of this frame follows), ``dropped`` (capture drops so far).
+  ``crop`` (true: a ``JPEG`` binary message of this frame follows), ``dropped`` (frames dropped so
+  far: replaced while the tracker was busy, warm-up included, or refused for a full writer).
 - ``faces`` (answer to ``get_faces``): ``faces`` (F x 3 vertex indices).
 - ``glb`` (answer to ``get_glb``): ``bytes``; the next binary message is the ``.glb`` (starts "glTF").
 - ``error``: ``message``. ``end`` (last message): ``reason``, ``stats``.

@@ -30,6 +30,7 @@ from micalib.tracking.model import TrackingFLAME, observations
 from micalib.tracking.options import FitSettings
 
 MIN_WARMUP = 3  # frames with a face before the intrinsics are fitted
+WAIT_LOG_S = 5.0  # source seconds between "waiting for a face" lines
 
 
 @dataclass
@@ -116,6 +117,7 @@ class OnlineTracker:
         self.prev: FrameState | None = None
         self.n_tracked = 0
         self.warmup_seconds_spent = 0.0  # wall time of the identity and intrinsics fit
+        self._seen, self._told = 0, 0.0
 
     @property
     def tracking(self) -> bool:
@@ -124,6 +126,10 @@ class OnlineTracker:
     def process(self, cap: Captured) -> OnlineResult | None:
         crop, mp, ib = self.framing(cap)
         if not self.tracking:
+            self._seen += 1
+            if not self._warm and cap.t_capture - self._told >= WAIT_LOG_S:
+                self._told = cap.t_capture
+                logger.info(f"live: waiting for a face ({self._seen} frames seen); the warm-up starts with the first")
             if mp is not None or ib is not None:
                 has = (np.isfinite(mp).all(1).sum() if mp is not None else 0) + \
                       (np.isfinite(ib).all(1).sum() if ib is not None else 0)

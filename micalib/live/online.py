@@ -145,7 +145,12 @@ class OnlineTracker:
         rms: dict = {}
         if face:
             fit = self.fitter.fit_frame(obs, valid, self.prev, self.prev)
-            self.prev, rms = fit.state, fit.rms
+            st = fit.state
+            if all(np.isfinite(x).all() for x in (st.exp, st.pose, st.eyelids, st.r, st.t)):
+                self.prev, rms = st, fit.rms
+            else:  # a diverged fit never reaches a client or a file: the frame keeps the last state
+                logger.warning(f"live: the fit of frame {cap.index} diverged; it keeps the previous state")
+                face = False
         res = OnlineResult(self.n_tracked, cap, face, self.prev.copy(), rms, crop, valid)
         self.n_tracked += 1
         return res

@@ -377,3 +377,32 @@ def test_capture_url_source_reads_frames_then_reports_the_end_in_one_line(tmp_pa
     assert [c.index for c in got] == list(range(12))
     assert all(b.t_ref >= a.t_ref for a, b in zip(got, got[1:])) and got[0].image.shape == (48, 64, 3)
     assert src.ended and src.error is not None and "stopped delivering frames after 12" in src.error
+
+
+def test_a_diverged_fit_is_held_and_flagged_not_sent_as_nan(syn, monkeypatch):
+    from micalib.tracking.fitting import LandmarkFitter
+
+    real, calls = LandmarkFitter.fit_frame, []
+
+    def fit_frame(self, *a, **kw):
+        res = real(self, *a, **kw)
+        calls.append(1)
+        if len(calls) == 5:  # the 4th tracked frame (the 1st call is the warm-up's pose)
+            res.state.exp = res.state.exp * np.nan
+        return res
+
+    monkeypatch.setattr(LandmarkFitter, "fit_frame", fit_frame)
+    sess = syn.session(fps=20.0, warmup_s=0.2, lossless=True)
+    sess.source.n = 12
+    sess.tracker.focal_px = 768.0
+    box: dict = {}
+    t = threading.Thread(target=_receive_all, args=(f"ws://127.0.0.1:{sess.server.port}/", box))
+    t.start()
+    while sess.server.counts[0] < 1:
+        threading.Event().wait(0.01)
+    stats = sess.run().summary()
+    t.join(60)
+    frames = [m for m in box["msgs"] if isinstance(m, dict) and m["type"] == "frame"]
+    assert stats["faceless"] == 1 and len(frames) == stats["tracked"]
+    held = [m for m in frames if not m["face_found"]]
+    assert len(held) == 1 and held[0]["expression"] == frames[frames.index(held[0]) - 1]["expression"]

@@ -5,6 +5,7 @@ file, host, port, camera / URL / file) fails here, in one line, before the run s
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 from loguru import logger
 
@@ -130,5 +131,6 @@ def build_session(cfg, o: LiveOptions, loops: int = 1, **tracker_parts) -> LiveS
     session = LiveSession(source, tracker, server, writer, o.send_crops, glb=glb_builder(source.fps))
     session.layout = None if writer is None else writer.layout  # -o: held under its lock by track.py
     server.start()
-    logger.info(f"live: streaming on ws://{host}:{server.port}/ (viewer: micalib/viewer/live.html?ws=ws://{host}:{server.port}/)")
+    page = (Path(__file__).resolve().parent.parent / "viewer" / "live.html").as_uri()
+    logger.info(f"live: streaming on ws://{host}:{server.port}/; watch it: {page}?ws=ws://{host}:{server.port}/")
     return session

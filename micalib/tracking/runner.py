@@ -43,6 +43,7 @@ from micalib.tracking.crop import transform_points
 from micalib.tracking.depth import DepthMesh
 from micalib.tracking.fitting import FrameState, Intrinsics, LandmarkFitter, interpolate_state, pick_keyframes
 from micalib.tracking.frames import open_frames, prefetch
+from micalib.tracking.identity import mica_identity, mica_loader
 from micalib.tracking.layout import TrackLayout
 from micalib.tracking.limits import check_track_options, check_tracker_config
 from micalib.tracking.model import TrackingFLAME, load_eyelids, load_mediapipe_embedding, observations
@@ -178,19 +179,9 @@ class TrackRunner:
             check_assets(flame_files)
             flame = FLAME.from_config(cfg)
 
-        def load_mica():
-            from micalib.predictor import Predictor
-            from models.detectors import create_detector
-
-            predictor = Predictor.from_config(cfg, device=options.device)
-            detector = create_detector(cfg.detector.name, antelopev2_dir=resolve_path(cfg.detector.antelopev2_dir),
-                                       det_size=tuple(cfg.detector.det_size), threshold=cfg.detector.threshold,
-                                       mtcnn_max_side=cfg.detector.mtcnn_max_side)
-            return predictor, detector
-
-        return cls(options, input_path, out_root, flame, load_mica=load_mica, identity_path=identity_path,
-                   landmarks_path=landmarks_path, source=source, flame_files=flame_files,
-                   masks_path=resolve_path(cfg.model.flame_masks_path))
+        return cls(options, input_path, out_root, flame, load_mica=mica_loader(cfg, options.device),
+                   identity_path=identity_path, landmarks_path=landmarks_path, source=source,
+                   flame_files=flame_files, masks_path=resolve_path(cfg.model.flame_masks_path))
 
     # ----------------------------------------------------------------------------------- run
     def run(self, finish: Callable[[Path], None] | None = None) -> Path:
@@ -442,28 +433,21 @@ class TrackRunner:
 
     def _mica_identity(self) -> np.ndarray:
         """MICA on several frames with a face, averaged (``demo.py --fuse``)."""
-        from models.face_prep import detect_and_align
-
         t0 = time.perf_counter()
         if self.load_mica is None:
             raise MICAError(f"no MICA model to compute the identity of {self.source.path}; pass --identity identity.npy")
-        predictor, detector = self.load_mica()
         want = set(pick_keyframes(range(len(self.source)), int(self.options.identity_frames)))
-        inputs = []
-        for k, _i, rgb in self.source:
-            if k in want:
-                try:
-                    inputs.append(detect_and_align(rgb, detector, source=f"frame {k}")[0].input112)
-                except MICAError:
-                    continue
-            if k >= max(want):
-                break
-        if not inputs:
-            raise MICAError(f"MICA found no face in the frames of {self.source.path}; pass --identity identity.npy")
-        codes = predictor.predict_identity(np.stack(inputs))
+
+        def frames():
+            for k, _i, rgb in self.source:
+                if k in want:
+                    yield k, rgb
+                if k >= max(want):
+                    break
+
+        codes = mica_identity(*self.load_mica(), frames(), str(self.source.path))
         self.timings.add("identity (MICA)", time.perf_counter() - t0)
-        logger.info(f"identity: MICA fused over {len(inputs)} frames")
-        return codes.mean(0)
+        return codes
 
     # ------------------------------------------------------------------ stage 2: fit inputs
     def fit_inputs(self, lm: dict[str, np.ndarray], matrices: list[np.ndarray]) -> FitInputs:
@@ -534,7 +518,7 @@ class TrackRunner:
         rows = {k: r for k, r in old_rows(lay).items() if k < n}
         for k in range(n):  # finished frames whose row a killed run lost: rebuilt without the fit's RMS
             if fit.done[k] and k not in rows:
-                rows[k] = _row(k, self.source.indices[k], fps_out, fit.has_face[k], fit.valid[k], {},
+                rows[k] = csv_row(k, self.source.indices[k], fps_out, fit.has_face[k], fit.valid[k], {},
                                not fit.has_face[k], fit.model)
         self._journal = RowJournal(lay.rows_journal)
         video = None
@@ -695,7 +679,7 @@ class _FrameLoop:
 
     def row(self, k: int, i: int, rms: dict, interpolated: bool) -> dict:
         fit = self.fit
-        return _row(k, i, self.fps_out, fit.has_face[k], fit.valid[k], rms, interpolated, fit.model)
+        return csv_row(k, i, self.fps_out, fit.has_face[k], fit.valid[k], rms, interpolated, fit.model)
 
     def emit(self, k: int, i: int, crop: np.ndarray | None, st: FrameState, row: dict | None,
              appearance: np.ndarray | None = None) -> None:
@@ -720,7 +704,7 @@ class _FrameLoop:
         self.seconds["write"] += time.perf_counter() - t0
 
 
-def _row(k: int, i: int, fps_out: float, face: bool, valid: np.ndarray, rms: dict, interpolated: bool,
+def csv_row(k: int, i: int, fps_out: float, face: bool, valid: np.ndarray, rms: dict, interpolated: bool,
          model: TrackingFLAME) -> dict:
     """Frame k's tracking.csv row."""
     return {"frame": frame_name(k), "input_frame": int(i), "time_s": round(k / fps_out, 6),

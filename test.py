@@ -31,7 +31,7 @@ from pathlib import Path
 from loguru import logger
 
 from configs.config import load_cfg, resolve_path
-from utils.errors import MICAError, check_range, run_main
+from utils.errors import MICAError, UserError, check_range, run_main
 
 NOW_DETECTION_THRESHOLD = 0.4  # MICA's NoW preparation (SCRFD)
 
@@ -164,7 +164,7 @@ def _predicted(args: argparse.Namespace, default: Path, default_name: str) -> li
         out.append((name, Path(folder)))
     names = [n for n, _ in out]
     if len(set(names)) != len(names):
-        raise ValueError(f"--predicted names must differ (got {names}); use NAME=FOLDER")
+        raise UserError(f"--predicted names must differ (got {names}); use NAME=FOLDER")
     return out
 
 
@@ -218,7 +218,7 @@ def main(argv=None) -> int:
     set_max_pixels(cfg.image.max_pixels)
     benchmark = args.benchmark or str(cfg.test_dataset).lower()
     if benchmark not in ("now", "stirling"):
-        raise ValueError(f"benchmark must be now or stirling, not '{benchmark}' (--benchmark or test_dataset)")
+        raise UserError(f"benchmark must be now or stirling, not '{benchmark}' (--benchmark or test_dataset)")
     if args.evaluate:
         from micalib.inference.sharding import under_torchrun
 

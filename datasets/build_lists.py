@@ -20,7 +20,7 @@ from loguru import logger
 
 from datasets.image_lists import ImageList, save_image_list
 from datasets.mica_dataset import ARCFACE_FOLDER, FLAME_FOLDER
-from utils.errors import MICAError, run_main
+from utils.errors import MICAError, UserError, run_main
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
 
@@ -92,7 +92,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args = parser.parse_args(argv)
     output = args.output or Path(__file__).resolve().parent / "image_paths" / f"{args.dataset_dir.name.upper()}.npy"
     if output.suffix != ".npy":
-        raise ValueError(f"output {output} must end in .npy (e.g. -o datasets/image_paths/NAME.npy)")
+        raise UserError(f"output {output} must end in .npy (e.g. -o datasets/image_paths/NAME.npy)")
     if output.exists() and not args.overwrite:
         raise MICAError(f"{output} already exists (pass --overwrite to replace it, or choose another -o)")
     image_list = build_image_list(args.dataset_dir, min_images=args.min_images)

@@ -37,7 +37,7 @@ from loguru import logger
 from torch.utils.data import ConcatDataset, Dataset
 
 from datasets.image_lists import ImageList, load_image_list
-from utils.errors import MICAError
+from utils.errors import MICAError, UserError
 
 PathLike = Union[str, os.PathLike]
 
@@ -131,7 +131,7 @@ class MICADataset(Dataset):
             with np.load(npz_path, allow_pickle=False) as data:
                 betas = np.asarray(data["betas"], dtype=np.float32).reshape(-1)
             if betas.shape[0] < self.n_shape or not np.isfinite(betas[: self.n_shape]).all():
-                raise ValueError(f"betas has {betas.shape[0]} values or non-finite ones, need {self.n_shape} finite")
+                raise UserError(f"betas has {betas.shape[0]} values or non-finite ones, need {self.n_shape} finite")
         except Exception as e:  # missing file, corrupt zip, missing key, bad values
             self._warn_once(str(npz_path), f"{self.name}: skipping actor {actor}: unusable FLAME fit {npz_path} ({e})")
             return None
@@ -142,10 +142,10 @@ class MICADataset(Dataset):
         try:
             arr = np.load(npy_path, allow_pickle=False)
             if arr.shape != INPUT_SHAPE:
-                raise ValueError(f"shape {arr.shape}, expected {INPUT_SHAPE}")
+                raise UserError(f"shape {arr.shape}, expected {INPUT_SHAPE}")
             arr = arr.astype(np.float32, copy=False)
             if not np.isfinite(arr).all():
-                raise ValueError("non-finite values")
+                raise UserError("non-finite values")
         except Exception as e:
             self._warn_once(str(npy_path), f"{self.name}: skipping unreadable network input {npy_path} ({e})")
             return None

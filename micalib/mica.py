@@ -23,6 +23,7 @@ from torch import nn
 from models.arcface import EMBEDDING_DIM, IResNet, create_arcface, freeze_for_mica
 from models.mapping import MappingNetwork
 from utils import checkpoint as ckpt
+from utils.errors import UserFileNotFound
 
 __all__ = ["MICA", "ImageToShape", "MAPPING_HIDDEN"]
 
@@ -189,13 +190,13 @@ class MICA(nn.Module):
         if weights:
             path = resolve_path(str(weights))
             if not path.is_file():
-                raise FileNotFoundError(f"MICA checkpoint {path} not found (download mica.tar, see data/README.md, "
+                raise UserFileNotFound(f"MICA checkpoint {path} not found (download mica.tar, see data/README.md, "
                                         f"or pass it with -m/--model or set pretrained_model_path)")
             model.load_checkpoint(path)
         elif cfg.model.arcface_pretrained_model:
             path = resolve_path(cfg.model.arcface_pretrained_model)
             if not path.is_file():
-                raise FileNotFoundError(f"ArcFace backbone {path} not found (training from scratch needs insightface's "
+                raise UserFileNotFound(f"ArcFace backbone {path} not found (training from scratch needs insightface's "
                                         f"backbone.pth: set model.arcface_pretrained_model, or start from a MICA "
                                         f"checkpoint with -m/--model)")
             model.load_arcface_backbone(path)

@@ -31,7 +31,7 @@ from torch import nn
 from micalib.mica import MICA
 from models.arcface import fuse_for_inference
 from utils.device import autocast, resolve_device, resolve_precision
-from utils.errors import MICAError
+from utils.errors import MICAError, UserFileNotFound
 
 __all__ = ["Predictor", "TorchEncoder", "OrtEncoder", "BACKENDS", "INPUT_SHAPE"]
 
@@ -74,7 +74,7 @@ class OrtEncoder:
 
         path = Path(onnx_path).expanduser()
         if not path.is_file():
-            raise FileNotFoundError(f"ONNX model {path} not found (create it with python -m micalib.export --onnx {path})")
+            raise UserFileNotFound(f"ONNX model {path} not found (create it with python -m micalib.export --onnx {path})")
         available = ort.get_available_providers()
         if device in ("cuda", "auto") and "CUDAExecutionProvider" in available:
             providers = ["CUDAExecutionProvider", "CPUExecutionProvider"]

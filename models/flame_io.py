@@ -21,7 +21,7 @@ from typing import Any, Dict, Optional, Union
 
 import numpy as np
 
-from utils.errors import MICAError
+from utils.errors import MICAError, UserFileNotFound
 from utils.safe_pickle import (
     FLAME_MODEL,
     NUMPY_DATA,
@@ -42,7 +42,7 @@ N_POSEDIRS = 36
 
 def _read_bytes(path: Path, what: str, hint: str) -> bytes:
     if not path.exists():
-        raise FileNotFoundError(f"{what} not found at {path}: {hint}")
+        raise UserFileNotFound(f"{what} not found at {path}: {hint}")
     if path.is_dir():
         raise MICAError(f"{path} is a folder, expected the {what} file: {hint}")
     return path.read_bytes()

@@ -32,7 +32,7 @@ import torch
 from loguru import logger
 from torch import nn
 
-from utils.errors import MICAError
+from utils.errors import MICAError, UserFileNotFound
 from utils.io import atomic_save
 from utils.safe_pickle import torch_numpy_safe_globals
 
@@ -84,7 +84,7 @@ def load_checkpoint_file(path: PathLike, what: str = "checkpoint") -> Any:
     """
     path = Path(path).expanduser()
     if not path.is_file():
-        raise FileNotFoundError(f"{what} {path} not found (check the path in the config / command line)")
+        raise UserFileNotFound(f"{what} {path} not found (check the path in the config / command line)")
     try:
         with torch.serialization.safe_globals(torch_numpy_safe_globals()):
             return torch.load(path, map_location="cpu", weights_only=True)

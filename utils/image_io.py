@@ -22,7 +22,7 @@ import numpy as np
 from loguru import logger
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from utils.errors import MICAError
+from utils.errors import MICAError, UserError, UserFileNotFound
 from utils.io import atomic_write_bytes
 
 PathLike = Union[str, os.PathLike]
@@ -59,7 +59,7 @@ def set_max_pixels(limit: int) -> None:
     """Set the pixel limit of ``read_image`` for this process (``image.max_pixels``; 0 = none)."""
     global _max_pixels
     if limit < 0:
-        raise ValueError(f"image.max_pixels must be >= 0 (0 = no limit), not {limit}")
+        raise UserError(f"image.max_pixels must be >= 0 (0 = no limit), not {limit}")
     _max_pixels = int(limit)
 
 
@@ -245,7 +245,7 @@ def read_image(path: PathLike, min_size: int = MIN_IMAGE_SIZE, max_pixels: Optio
     try:
         st = path.stat()
     except FileNotFoundError:
-        raise FileNotFoundError(f"image {path} does not exist (check the path)") from None
+        raise UserFileNotFound(f"image {path} does not exist (check the path)") from None
     except OSError as e:
         raise _read_error(path, e) from None
     if stat.S_ISDIR(st.st_mode):
@@ -326,7 +326,7 @@ def list_images(folder: PathLike, recursive: bool = True, exclude: Iterable[Path
     """
     folder = Path(folder).expanduser()
     if not folder.exists():
-        raise FileNotFoundError(f"image folder {folder} does not exist (check the path)")
+        raise UserFileNotFound(f"image folder {folder} does not exist (check the path)")
     if not folder.is_dir():
         raise MICAError(f"{folder} is a file, not a folder of images (pass its parent folder)")
     skip = set()

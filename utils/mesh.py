@@ -9,7 +9,7 @@ from typing import Optional, Tuple, Union
 import numpy as np
 import trimesh
 
-from utils.errors import MICAError
+from utils.errors import MICAError, UserError, UserFileNotFound
 from utils.io import atomic_write_bytes
 
 PathLike = Union[str, os.PathLike]
@@ -118,7 +118,7 @@ def write_mesh(path: PathLike, vertices_mm: object, faces: object, fsync: bool =
     path = Path(path)
     suffix = path.suffix.lower()
     if suffix not in MESH_SUFFIXES:
-        raise ValueError(f"{path}: mesh files must end in .ply or .obj")
+        raise UserError(f"{path}: mesh files must end in .ply or .obj")
     v, f = _as_arrays(vertices_mm, faces)
     payload = obj_text(v, f) if suffix == ".obj" else ply_bytes(v, f)
     atomic_write_bytes(path, payload, fsync=fsync)
@@ -137,9 +137,9 @@ def read_mesh(path: PathLike) -> Tuple[np.ndarray, np.ndarray]:
     """
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"mesh file {path} does not exist")
+        raise UserFileNotFound(f"mesh file {path} does not exist")
     if path.suffix.lower() not in MESH_SUFFIXES:
-        raise ValueError(f"{path}: mesh files must end in .ply or .obj")
+        raise UserError(f"{path}: mesh files must end in .ply or .obj")
     try:
         mesh = trimesh.load(path, process=False, maintain_order=True, force="mesh")
     except Exception as e:

@@ -37,6 +37,8 @@ from typing import Any, Dict, List, Mapping, Tuple, Union
 import numpy as np
 from numpy.lib import format as npy_format
 
+from utils.errors import UserError
+
 PathLike = Union[str, os.PathLike]
 AllowList = Mapping[Tuple[str, str], Any]
 
@@ -279,13 +281,13 @@ def object_npy_from_bytes(raw: bytes, allowed: AllowList = NUMPY_DATA) -> Any:
     elif version in ((2, 0), (3, 0)):
         shape, _, dtype = npy_format.read_array_header_2_0(f)
     else:
-        raise ValueError(f"unsupported .npy version {version}")
+        raise UserError(f"unsupported .npy version {version}")
     if not dtype.hasobject:
-        raise ValueError(f"holds a {dtype} array of shape {shape}, not a pickled dict")
+        raise UserError(f"holds a {dtype} array of shape {shape}, not a pickled dict")
     arr = unpickle(raw[f.tell():], allowed)
     if isinstance(arr, np.ndarray):
         if arr.shape != ():
-            raise ValueError(f"holds an object array of shape {arr.shape}, not a 0-d array")
+            raise UserError(f"holds an object array of shape {arr.shape}, not a 0-d array")
         return arr[()]
     return arr
 

@@ -30,7 +30,7 @@ from micalib.engine.validator import Validator
 from micalib.mica import MICA
 from utils import dist as comm
 from utils.device import resolve_device, resolve_precision
-from utils.errors import MICAError
+from utils.errors import MICAError, UserFileNotFound
 from utils.rng import seed_everything
 
 
@@ -97,14 +97,14 @@ def find_resume_checkpoint(cfg, resume: Optional[str | bool]) -> Optional[Path]:
     if isinstance(resume, (str, os.PathLike)) and str(resume) not in ("", "auto"):
         path = Path(resume).expanduser()
         if not path.is_file():
-            raise FileNotFoundError(f"--resume {path}: file not found (give a checkpoint written by train.py, "
+            raise UserFileNotFound(f"--resume {path}: file not found (give a checkpoint written by train.py, "
                                     f"or --resume alone for the last one in {pointer.parent})")
         return path
     if resume is None and not bool(cfg.train.resume):
         return None
     path = last_checkpoint(output_dir_of(cfg))
     if path is None and resume in (True, "auto"):
-        raise FileNotFoundError(f"--resume: no checkpoint in {pointer.parent} ({pointer.name} missing); "
+        raise UserFileNotFound(f"--resume: no checkpoint in {pointer.parent} ({pointer.name} missing); "
                                 f"check output_dir or start without --resume")
     return path
 

@@ -32,7 +32,7 @@ from torch import nn
 from micalib.export.onnx_graph import DEFAULT_OPSET, export_onnx
 from micalib.mica import ImageToShape
 from models.arcface import fuse_for_inference
-from utils.errors import MICAError
+from utils.errors import MICAError, UserError, UserFileNotFound
 from utils.io import atomic_save
 
 __all__ = ["QUANTIZED_OPS", "PRECISION_KEY", "load_calibration_folder", "synthetic_calibration",
@@ -68,12 +68,12 @@ def load_calibration_folder(folder: PathLike, limit: int = 64) -> np.ndarray:
     folder = Path(folder).expanduser()
     hint = "(demo.py writes aligned inputs to demo/arcface/*.npy; run it on a few photos first)"
     if not folder.is_dir():
-        raise FileNotFoundError(f"calibration folder {folder} not found {hint}")
+        raise UserFileNotFound(f"calibration folder {folder} not found {hint}")
     files = sorted(folder.glob("*.npy"))
     if not files:
         raise MICAError(f"calibration folder {folder} holds no .npy network inputs {hint}")
     if limit < 1:
-        raise ValueError(f"calibration count must be >= 1, not {limit}")
+        raise UserError(f"calibration count must be >= 1, not {limit}")
     arrays, count = [], 0
     for f in files:
         try:
@@ -200,7 +200,7 @@ def quantize_onnx(fp32_path: PathLike, out_path: PathLike, calibration: np.ndarr
 
     calibration = np.ascontiguousarray(calibration, dtype=np.float32)
     if calibration.ndim != 4 or tuple(calibration.shape[1:]) != INPUT_SHAPE or len(calibration) == 0:
-        raise ValueError(f"calibration inputs must have shape (N, 3, 112, 112), got {calibration.shape}")
+        raise UserError(f"calibration inputs must have shape (N, 3, 112, 112), got {calibration.shape}")
     out_path = Path(out_path)
     with tempfile.TemporaryDirectory(prefix="mica_int8_") as tmp:
         model = onnx.load(str(fp32_path))

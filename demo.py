@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import signal
-import sys
 import threading
 from pathlib import Path
 
@@ -26,6 +25,7 @@ from loguru import logger
 
 from configs.config import load_cfg, resolve_path
 from utils.errors import MICAError, check_range, run_main
+from utils.log_setup import setup_logging
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -82,7 +82,7 @@ def build_runner(args: argparse.Namespace, cfg):
     from micalib.inference.records import checkpoint_id
     from micalib.inference.sharding import Shard, rank_cores
     from micalib.predictor import Predictor
-    from models.detectors import create_detector
+    from models.detectors import detector_from_config
 
     predictor = Predictor.from_config(cfg, onnx_path=args.onnx)
     weights = args.onnx or (resolve_path(cfg.pretrained_model_path) if cfg.pretrained_model_path else None)
@@ -90,10 +90,7 @@ def build_runner(args: argparse.Namespace, cfg):
     if not args.aligned:
         # MTCNN on the network's GPU (one detect_batch per batch); SCRFD picks onnxruntime's CUDA provider itself
         on_gpu = predictor.device.type == "cuda"
-        detector = create_detector(cfg.detector.name, antelopev2_dir=resolve_path(cfg.detector.antelopev2_dir),
-                                   det_size=tuple(cfg.detector.det_size), threshold=cfg.detector.threshold,
-                                   device=predictor.device if on_gpu else "cpu",
-                                   mtcnn_max_side=cfg.detector.mtcnn_max_side)
+        detector = detector_from_config(cfg, device=predictor.device if on_gpu else "cpu")
     shard = getattr(args, "run_shard", None) or Shard()
     workers = default_workers(rank_cores(shard)) if args.workers is None else args.workers
     options = DemoOptions(batch_size=args.batch_size, all_faces=args.all_faces, aligned=args.aligned,
@@ -200,6 +197,5 @@ def _sigterm_as_interrupt():
 
 
 if __name__ == "__main__":
-    logger.remove()
-    logger.add(sys.stderr, format="<level>{level: <8}</level> {message}", level="INFO")
+    setup_logging()
     run_main(main)

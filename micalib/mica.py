@@ -109,13 +109,7 @@ class MICA(nn.Module):
         """``identity`` (FLAME shape coefficients) ``(B, n_shape)`` -> vertices and landmarks (metres), float32."""
         if self.flame is None:
             raise RuntimeError("MICA was built without FLAME (encode-only); build it with FLAME to decode")
-        vertices = self.flame.canonical(identity)
-        return {
-            "identity": identity,
-            "vertices": vertices,
-            "landmarks68": self.flame.landmarks68(vertices),
-            "landmarks7": self.flame.landmarks7(vertices),
-        }
+        return self.flame.decode_identity(identity)
 
     def forward(self, images: torch.Tensor) -> Dict[str, torch.Tensor]:
         """``encode`` then ``decode``; the dict also holds the identity ``code (B, 512)``."""

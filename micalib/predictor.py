@@ -280,14 +280,7 @@ class Predictor:
         if identity.dim() == 1:
             identity = identity.unsqueeze(0)
         identity = identity.to(self.device, torch.float32)
-        vertices = self.flame.canonical(identity)
-        out = {
-            "identity": identity,
-            "vertices": vertices,
-            "landmarks68": self.flame.landmarks68(vertices),
-            "landmarks7": self.flame.landmarks7(vertices),
-        }
-        return {k: v.float().cpu().numpy() for k, v in out.items()}
+        return {k: v.float().cpu().numpy() for k, v in self.flame.decode_identity(identity).items()}
 
     def __call__(self, images: ArrayLike) -> Dict[str, np.ndarray]:
         """Network inputs ``(B, 3, 112, 112)`` float32 ((RGB - 127.5) / 127.5) -> ``identity (B, n_shape)``,

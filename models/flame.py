@@ -219,6 +219,18 @@ class FLAME(nn.Module):
         """(B, V, 3) -> (B, 7, 3): the NoW landmarks (inner 51 at ``NOW_LANDMARK_IDX``), same units."""
         return vertices2landmarks(vertices, self.faces, self.lmk7_faces_idx, self.lmk7_bary_coords)
 
+    def decode_identity(self, identity: torch.Tensor) -> Dict[str, torch.Tensor]:
+        """The one decode of an identity: ``identity (B, k)`` -> ``{identity, vertices (B, V, 3),
+        landmarks68 (B, 68, 3), landmarks7 (B, 7, 3)}`` of the canonical (zero pose and expression)
+        mesh, metres; what ``MICA.decode`` and ``Predictor.decode`` return."""
+        vertices = self.canonical(identity)
+        return {
+            "identity": identity,
+            "vertices": vertices,
+            "landmarks68": self.landmarks68(vertices),
+            "landmarks7": self.landmarks7(vertices),
+        }
+
     # -----------------------------------------------------------------------------------------
     def mica_buffers(self) -> Dict[str, torch.Tensor]:
         """The FLAME tensors as ``mica.tar`` stores them under ``flameModel['generator.<name>']``.

@@ -88,13 +88,16 @@ def obj_text(vertices: np.ndarray, faces: np.ndarray) -> bytes:
     return vertex_lines + face_lines
 
 
-def ply_bytes(vertices: np.ndarray, faces: np.ndarray) -> bytes:
+def ply_bytes(vertices: np.ndarray, faces: np.ndarray, unit: str = "millimetres") -> bytes:
     """Binary little-endian PLY: float32 ``x y z`` per vertex, ``uchar`` count + 3 ``int`` per face
-    (the layout trimesh writes and reads)."""
+    (the layout trimesh writes and reads); ``unit`` (of the vertices as given: the demo's meshes are
+    millimetres, the tracker's metres) is named in the header's comment line."""
+    if not unit or not unit.isprintable() or not unit.isascii():
+        raise ValueError(f"ply_bytes: unit must be a word such as 'millimetres', not {unit!r}")
     v = np.ascontiguousarray(vertices, dtype="<f4")
     tri = np.empty(len(faces), dtype=[("n", "u1"), ("i", "<i4", (3,))])
     tri["n"], tri["i"] = 3, faces
-    header = ("ply\nformat binary_little_endian 1.0\ncomment MICA FLAME mesh, millimetres\n"
+    header = (f"ply\nformat binary_little_endian 1.0\ncomment MICA FLAME mesh, {unit}\n"
               f"element vertex {len(v)}\nproperty float x\nproperty float y\nproperty float z\n"
               f"element face {len(tri)}\nproperty list uchar int vertex_indices\nend_header\n")
     return header.encode("ascii") + v.tobytes() + tri.tobytes()

@@ -13,18 +13,17 @@ from __future__ import annotations
 
 import contextlib
 import threading
-import time
-from collections import defaultdict
 from dataclasses import dataclass
-from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional
+from typing import Any, Callable, Iterable, Iterator, List, Optional
 
 import numpy as np
 from tqdm import tqdm
 
 from micalib.inference.scheduling import Schedule
 from models.face_prep import AlignedFace
+from utils.timing import StageTimer
 
-__all__ = ["BatchLoop", "GpuBusy", "Job", "StageTimer", "NON_FINITE_MESSAGE"]
+__all__ = ["BatchLoop", "GpuBusy", "Job", "NON_FINITE_MESSAGE"]
 
 NON_FINITE_MESSAGE = ("the network predicted non-finite numbers (NaN or inf) for this face, nothing was "
                       "written; check the checkpoint (-m) and the photo")
@@ -37,25 +36,6 @@ class Job:
     name: str
     item: Any
     aligned: AlignedFace
-
-
-class StageTimer:
-    """Seconds spent per named stage: ``with timer("network"): ...`` (thread-safe; time spent in
-    worker threads at once is summed, so the stages can add up to more than the wall time)."""
-
-    def __init__(self) -> None:
-        self.seconds: Dict[str, float] = defaultdict(float)
-        self._lock = threading.Lock()
-
-    @contextlib.contextmanager
-    def __call__(self, stage: str) -> Iterator[None]:
-        start = time.perf_counter()
-        try:
-            yield
-        finally:
-            elapsed = time.perf_counter() - start
-            with self._lock:
-                self.seconds[stage] += elapsed
 
 
 class GpuBusy:

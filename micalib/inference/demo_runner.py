@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from loguru import logger
 
-from micalib.inference.batching import BatchLoop, GpuBusy, Job, StageTimer
+from micalib.inference.batching import BatchLoop, GpuBusy, Job
 from micalib.inference.decoding import decoder_init, read_or_error
 from micalib.inference.output_lock import output_lock
 from micalib.inference.outputs import output_files, output_names, write_reconstruction
@@ -47,8 +47,9 @@ from models.flame import M_TO_MM
 from utils.errors import MICAError
 from utils.image_io import ImageList, list_images, read_image, write_image
 from utils.io import atomic_save_npy, atomic_write_text
+from utils.timing import StageTimer
 
-__all__ = ["DemoRunner", "DemoOptions", "ItemResult", "StageTimer", "default_workers", "list_inputs", "input_names"]
+__all__ = ["DemoRunner", "DemoOptions", "ItemResult", "default_workers", "list_inputs", "input_names"]
 
 
 def _one_torch_thread() -> None:

@@ -29,7 +29,7 @@ from utils.errors import MICAError
 
 PathLike = Union[str, os.PathLike]
 
-__all__ = ["Face", "FaceDetector", "SCRFD", "MTCNN", "create_detector", "pick_centre_face",
+__all__ = ["Face", "FaceDetector", "SCRFD", "MTCNN", "create_detector", "detector_from_config", "pick_centre_face",
            "DEFAULT_ANTELOPEV2_DIR", "SCRFD_FILE"]
 
 
@@ -62,3 +62,16 @@ def create_detector(name: str = "auto", antelopev2_dir: PathLike = DEFAULT_ANTEL
     if name == "mtcnn":
         return MTCNN(threshold=threshold, device=device, max_side=mtcnn_max_side)
     raise MICAError(f"unknown detector '{name}' (use auto, scrfd or mtcnn)")
+
+
+def detector_from_config(cfg, device: Union[str, torch.device] = "cpu",
+                         threshold: Optional[float] = None) -> FaceDetector:
+    """The one builder of the detector from the config's ``detector.*`` keys (demo.py, test.py, the
+    tracker): ``create_detector(detector.name, detector.antelopev2_dir, detector.det_size,
+    threshold (default detector.threshold), device, detector.mtcnn_max_side)``."""
+    from configs.config import resolve_path
+
+    d = cfg.detector
+    return create_detector(d.name, antelopev2_dir=resolve_path(d.antelopev2_dir), det_size=tuple(d.det_size),
+                           threshold=d.threshold if threshold is None else threshold, device=device,
+                           mtcnn_max_side=d.mtcnn_max_side)

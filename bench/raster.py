@@ -3,7 +3,7 @@
 Times (median of interleaved calls, one run) at 512x512 for a FLAME-sized mesh seen as in the
 tracker's synthetic test (camera 0.6 m away, focal length 1.5x the image width):
 - ``rasterize``: ``micalib.render.raster.rasterize`` both windings / camera-facing only;
-- ``numpy renderer``: the project's older ``micalib.render.preview.rasterize`` (the baseline);
+- ``numpy renderer``: the project's older numpy rasteriser, now the tests' reference ``tests/numpy_renderer.py`` (the baseline);
 - ``compose_overlay``: input | landmarks (478 + 68 dots) | shaded mesh blended over the input;
 - ``video write``: one 512x1536 frame through ``VideoWriter`` (mp4v);
 - ``photometric iteration``: render + backward + Adam step of ``PhotometricRefiner`` (pose and
@@ -37,7 +37,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from bench.machine import cpu_description  # noqa: E402
-from micalib.render import preview as renderer  # noqa: E402
+from tests import numpy_renderer as renderer  # noqa: E402
 from micalib.render.raster import rasterize  # noqa: E402
 from micalib.tracking.overlay import VideoWriter, compose_overlay  # noqa: E402
 from micalib.tracking.photometric import PhotometricRefiner  # noqa: E402
@@ -136,7 +136,7 @@ def run(device: torch.device, min_time: float) -> Tuple[List[Tuple[str, Timing]]
         "VideoWriter.write 512x1536 (mp4v)": lambda: writer.write(frame),
     }
     if device.type == "cpu":
-        fns["numpy renderer (micalib.render.preview) 512"] = lambda: renderer.rasterize(old_screen, f_np, SIZE, SIZE)
+        fns["numpy renderer (tests/numpy_renderer) 512"] = lambda: renderer.rasterize(old_screen, f_np, SIZE, SIZE)
     times = time_calls(fns, device, min_time)
     writer.abort()
 
@@ -199,8 +199,8 @@ def main() -> int:
     if args.write_readme:
         t = dict(rows)
         ratio = ""
-        if "numpy renderer (micalib.render.preview) 512" in t:
-            old, new = t["numpy renderer (micalib.render.preview) 512"][1], t["rasterize 512, both windings"][1]
+        if "numpy renderer (tests/numpy_renderer) 512" in t:
+            old, new = t["numpy renderer (tests/numpy_renderer) 512"][1], t["rasterize 512, both windings"][1]
             ratio = f" The torch rasteriser is {old / new:.1f}x faster than the numpy one (CPU time, same triangles)."
         update_readme("\n".join([
             "Command: `python bench/raster.py --write-readme` (options: `--device`, `--threads`).",

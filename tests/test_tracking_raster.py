@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from micalib.render import preview as renderer
+from tests import numpy_renderer as renderer
 from micalib.render import raster as raster
 from micalib.render.raster import interpolate, rasterize, vertex_normals
 

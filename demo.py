@@ -164,7 +164,7 @@ def main(argv=None) -> int:
         results = runner.run(Path(args.input))
     failed = [r for r in results if r.status == "failed"]
     counts = [sum(r.status == s for r in results) for s in ("ok", "done", "failed")]
-    totals = [sum(c) for c in zip(*gather(shard, counts))]  # every rank of a torchrun run: the run's totals
+    totals = [sum(c) for c in zip(*gather(shard, counts), strict=True)]  # every rank of a torchrun run: the run's totals
     destroy_distributed()
     where = f"shard {shard}: " if shard.sharded else ""
     logger.info(f"{where}{counts[0]} reconstructed, {counts[1]} already done, {counts[2]} failed -> {args.output}")

@@ -16,7 +16,6 @@ in ``logs/``, ``checkpoints/``, ``best_models/``, ``train_images/`` and the fina
 from __future__ import annotations
 
 import argparse
-from typing import List, Optional
 
 from loguru import logger
 
@@ -24,7 +23,7 @@ from utils.errors import run_main
 from utils.log_setup import setup_logging
 
 
-def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description="Train MICA (single process or torchrun).")
     p.add_argument("--cfg", default="configs/mica.yml", help="YAML config (default configs/mica.yml)")
     p.add_argument("-m", "--model", default=None, metavar="PATH",
@@ -40,7 +39,7 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
 
 
 
-def main(argv: Optional[List[str]] = None) -> int:
+def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     from configs.config import load_cfg
     from micalib.engine.builder import build_trainer, output_dir_of

@@ -13,8 +13,9 @@ Relative paths are relative to the project root (the folder holding this ``confi
 from __future__ import annotations
 
 import os
+from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Any, Iterable, Optional, Sequence
+from typing import Any
 
 import yaml
 from yacs.config import CfgNode as CN
@@ -293,7 +294,7 @@ def _merge_yaml(cfg: CN, cfg_file: str | os.PathLike) -> None:
     if not path.is_file():
         raise UserFileNotFound(f"config file {path} does not exist (try configs/mica.yml)")
     try:
-        with open(path, "r", encoding="utf-8") as f:
+        with open(path, encoding="utf-8") as f:
             data = yaml.safe_load(f) or {}
     except yaml.YAMLError as e:
         raise UserError(f"config file {path} is not valid YAML: {str(e).splitlines()[0]}") from None
@@ -388,7 +389,7 @@ def warn_legacy_keys(cfg: CN) -> list:
     return legacy
 
 
-def load_cfg(cfg_file: Optional[str | os.PathLike] = None, opts: Iterable[str] = (), freeze: bool = True,
+def load_cfg(cfg_file: str | os.PathLike | None = None, opts: Iterable[str] = (), freeze: bool = True,
              flags: Iterable[tuple[str, Any]] = ()) -> CN:
     """Defaults, then ``cfg_file`` (YAML), then ``opts``, then ``flags`` (``(key, value)`` of the
     command-line flags that stand for config keys; ``None`` = not given); checked and (by default)

@@ -13,8 +13,8 @@ from __future__ import annotations
 
 import argparse
 import re
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Optional, Sequence
 
 from loguru import logger
 
@@ -82,7 +82,7 @@ def build_image_list(dataset_dir: Path, min_images: int = 1) -> ImageList:
     return result
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
+def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m datasets.build_lists", description=__doc__.split("\n\n")[0])
     parser.add_argument("dataset_dir", type=Path, help="dataset folder ROOT/NAME (holds arcface_input/, FLAME_parameters/)")
     parser.add_argument("-o", "--output", type=Path, default=None,

@@ -15,7 +15,6 @@ import io
 import os
 import pickle
 from pathlib import Path
-from typing import Dict, List, Tuple, Union
 
 import numpy as np
 from numpy.lib import format as npy_format
@@ -24,8 +23,8 @@ from utils.errors import MICAError, UserError, UserFileNotFound
 from utils.io import atomic_write_bytes
 from utils.safe_pickle import load_object_npy
 
-PathLike = Union[str, os.PathLike]
-ImageList = Dict[str, Tuple[List[str], str]]
+PathLike = str | os.PathLike
+ImageList = dict[str, tuple[list[str], str]]
 
 def _as_str(x, what: str) -> str:
     if isinstance(x, (str, np.str_)):

@@ -21,9 +21,9 @@ from __future__ import annotations
 
 import os
 import pickle
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional, Sequence, Union
 
 import numpy as np
 from loguru import logger
@@ -36,7 +36,7 @@ from utils.errors import MICAError, UserError, UserFileNotFound
 from utils.io import atomic_save, atomic_write_text
 from utils.safe_pickle import load_object_npy
 
-PathLike = Union[str, os.PathLike]
+PathLike = str | os.PathLike
 
 NOW_CHALLENGES = ("multiview_neutral", "multiview_expressions", "multiview_occlusions", "selfie")
 NOW_IMAGE_LISTS = {"validation": "imagepathsvalidation.txt", "test": "imagepathstest.txt"}
@@ -56,7 +56,7 @@ __all__ = [
 # ---------------------------------------------------------------------------------------------
 # Per-image protocol
 # ---------------------------------------------------------------------------------------------
-def crop_scan(vertices: np.ndarray, faces: Optional[np.ndarray], lmks: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def crop_scan(vertices: np.ndarray, faces: np.ndarray | None, lmks: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Keep the scan vertices within NoW's face sphere.
 
     centre = lmk4 + 0.3 * (nose_bridge - lmk4), nose_bridge = (lmk1 + lmk2) / 2,
@@ -305,7 +305,7 @@ def read_image_list(path: PathLike) -> list[str]:
     return [ln.strip() for ln in path.read_text(encoding="utf-8").splitlines() if ln.strip()]
 
 
-def _find_with_suffix(stem: Path, suffixes: Sequence[str]) -> Optional[Path]:
+def _find_with_suffix(stem: Path, suffixes: Sequence[str]) -> Path | None:
     for suf in suffixes:
         cand = stem.with_name(stem.name + suf)
         if cand.is_file():
@@ -330,13 +330,13 @@ class EvalItem:
     group: str
     scan_mesh: Path
     scan_lmks: Path
-    pred_mesh: Optional[Path]
-    pred_lmks: Optional[Path]
+    pred_mesh: Path | None
+    pred_lmks: Path | None
 
 
 def now_items(now_root: PathLike, pred_dir: PathLike, split: str = "validation",
-              scans_dir: Optional[PathLike] = None, lmks_dir: Optional[PathLike] = None,
-              image_list: Optional[PathLike] = None) -> list[EvalItem]:
+              scans_dir: PathLike | None = None, lmks_dir: PathLike | None = None,
+              image_list: PathLike | None = None) -> list[EvalItem]:
     """Work items for a NoW-layout folder (scans in ``scans/SUBJECT/*.obj``, landmarks in
     ``scans_lmks_onlypp/SUBJECT/*.pp``) and a predicted folder ``PRED/SUBJECT/CHALLENGE/NAME.{obj,ply,npy}``.
 
@@ -372,7 +372,7 @@ def now_items(now_root: PathLike, pred_dir: PathLike, split: str = "validation",
     return items
 
 
-def stirling_items(pred_dir: PathLike, scans_dir: PathLike, lmks_dir: Optional[PathLike] = None) -> list[EvalItem]:
+def stirling_items(pred_dir: PathLike, scans_dir: PathLike, lmks_dir: PathLike | None = None) -> list[EvalItem]:
     """Work items for Stirling/ESRC predictions ``PRED/{HQ,LQ}/ID5/ID9.{ply,obj,npy}``.
 
     The scan of subject ID5 is the first ``*.obj`` of ``SCANS/ID5/`` and its landmarks the first
@@ -413,7 +413,7 @@ class Stats:
     n_images: int
 
     @classmethod
-    def of(cls, distances: Sequence[np.ndarray]) -> "Stats":
+    def of(cls, distances: Sequence[np.ndarray]) -> Stats:
         if not distances:
             return cls(float("nan"), float("nan"), float("nan"), 0, 0)
         d = np.concatenate([np.asarray(x).ravel() for x in distances])

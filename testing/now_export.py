@@ -25,9 +25,9 @@ from __future__ import annotations
 import json
 import os
 import pickle
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable, Optional, Sequence, Union
 
 import numpy as np
 from loguru import logger
@@ -39,7 +39,7 @@ from utils.errors import MICAError, UserError, UserFileNotFound
 from utils.io import atomic_save_npy, atomic_write_text, written_file
 from utils.safe_pickle import load_object_npy
 
-PathLike = Union[str, os.PathLike]
+PathLike = str | os.PathLike
 
 NOW_IMAGES_DIR = Path("NoW_Dataset/final_release_version/iphone_pictures")
 NOW_BOXES_DIR = Path("NoW_Dataset/final_release_version/detected_face")
@@ -81,7 +81,7 @@ class ExportItem:
     images: list[Path]
     stem: Path
     prepare: Callable
-    render: Optional[Path] = None
+    render: Path | None = None
 
 
 @dataclass
@@ -181,7 +181,7 @@ class ExportWriter:
             aligned = self._prepare(item, report)
             return [] if aligned is None else [Job(item.key, item, aligned)]
 
-        def finish(job, error: Optional[str], decoded: dict, i: int) -> None:
+        def finish(job, error: str | None, decoded: dict, i: int) -> None:
             if error is None:
                 report.written += 1
             else:

@@ -8,14 +8,13 @@ from __future__ import annotations
 import os
 import xml.etree.ElementTree as ET
 from pathlib import Path
-from typing import Union
 
 import numpy as np
 
 from utils.errors import MICAError, UserFileNotFound
 from utils.io import atomic_write_text
 
-PathLike = Union[str, os.PathLike]
+PathLike = str | os.PathLike
 
 __all__ = ["read_pp", "write_pp"]
 

@@ -17,8 +17,8 @@ Output: ``OUT/predicted_meshes/{HQ,LQ}/ID5/ID9.{ply,obj}`` (mm) and ``ID9.npy`` 
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence, Union
 
 import numpy as np
 from loguru import logger
@@ -27,7 +27,7 @@ from models.face_prep import prepare_full
 from testing.now_export import ExportItem, ExportReport, run_export
 from utils.errors import MICAError, UserError, UserFileNotFound
 
-PathLike = Union[str, os.PathLike]
+PathLike = str | os.PathLike
 
 STIRLING_IMAGES_DIR = Path("images/Real_images__Subset_2D_FG2018")
 QUALITIES = ("HQ", "LQ")

@@ -9,8 +9,8 @@ the same geometry. Mesh coordinates have +y up and the face looking along +z (FL
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Optional, Sequence, Union
 
 import numpy as np
 import torch
@@ -20,7 +20,7 @@ from utils.arrays import to_numpy
 
 __all__ = ["Fragments", "project", "rasterize", "shade", "render_mesh", "render_preview"]
 
-ArrayLike = Union[np.ndarray, torch.Tensor, Sequence]
+ArrayLike = np.ndarray | torch.Tensor | Sequence
 
 # Candidate pixels handled per rasteriser chunk (bounds memory on large triangles / images).
 _CHUNK_PIXELS = 1 << 21
@@ -76,7 +76,7 @@ def rasterize(screen: ArrayLike, faces: ArrayLike, height: int, width: int) -> F
     counts = (bw[ids] * bh[ids]).astype(np.int64)
     # chunks of triangles holding about _CHUNK_PIXELS candidate pixels each
     bounds = np.searchsorted(np.cumsum(counts), np.arange(1, counts.sum() // _CHUNK_PIXELS + 1) * _CHUNK_PIXELS)
-    for chunk_ids, chunk_counts in zip(np.split(ids, bounds + 1), np.split(counts, bounds + 1)):
+    for chunk_ids, chunk_counts in zip(np.split(ids, bounds + 1), np.split(counts, bounds + 1), strict=True):
         if len(chunk_ids) == 0:
             continue
         t = np.repeat(chunk_ids, chunk_counts)
@@ -139,22 +139,9 @@ def shade(normals: np.ndarray, light_dir: Sequence[float] = (0.0, 0.0, 1.0), amb
 
 def render_mesh(vertices: ArrayLike, faces: ArrayLike, size: int = 256, view: str = "front",
                 color: Sequence[float] = DEFAULT_COLOR, background: Sequence[int] = (255, 255, 255),
-                camera: Optional[OrthoCamera] = None, smooth: bool = True) -> np.ndarray:
-    """Render a triangle mesh with a headlight (light from the camera) onto a square image.
-
-    Args:
-        vertices: (V, 3) in any unit (numpy or torch); +y up, the face looking along +z.
-        faces: (F, 3) vertex indices, counter-clockwise seen from outside.
-        size: image side in pixels.
-        view: 'front' or 'side' (yaw 90 degrees).
-        color: mesh RGB in [0, 1].
-        background: RGB uint8 of empty pixels.
-        camera: fixed camera (e.g. shared by several meshes); default ``fit_camera(vertices, size, view)``.
-        smooth: interpolate vertex normals (True) or shade each triangle flat.
-
-    Returns:
-        (size, size, 3) uint8 RGB.
-    """
+                camera: OrthoCamera | None = None, smooth: bool = True) -> np.ndarray:
+    """``micalib.render.preview.render_mesh`` (same arguments and result) drawn by this module's
+    rasteriser and shading."""
     v, f = _checked(vertices, faces)
     rv = v @ view_rotation(view).T
     cam = camera if camera is not None else fit_camera(v, size, view)
@@ -178,18 +165,9 @@ def render_mesh(vertices: ArrayLike, faces: ArrayLike, size: int = 256, view: st
     return img
 
 
-def render_preview(vertices_mm: ArrayLike, faces: ArrayLike, crop_rgb: Optional[np.ndarray] = None,
+def render_preview(vertices_mm: ArrayLike, faces: ArrayLike, crop_rgb: np.ndarray | None = None,
                    size: int = 256) -> np.ndarray:
-    """One preview image: [aligned crop |] front render | side render, each ``size`` x ``size``.
-
-    Args:
-        vertices_mm: (V, 3) mesh (any unit; the camera is fitted to it).
-        faces: (F, 3).
-        crop_rgb: optional (h, w, 3) RGB crop, resized to ``size``.
-
-    Returns:
-        (size, 2 * size or 3 * size, 3) uint8 RGB.
-    """
+    """``micalib.render.preview.render_preview``'s layout, the meshes drawn by this module."""
     cam_front = fit_camera(vertices_mm, size, "front")
     tiles = [] if crop_rgb is None else [_as_rgb(crop_rgb, size)]
     tiles.append(render_mesh(vertices_mm, faces, size, "front", camera=cam_front))

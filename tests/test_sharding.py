@@ -27,7 +27,8 @@ from micalib.inference import sharding
 from micalib.inference.demo_runner import DemoRunner, default_workers
 from micalib.inference.output_lock import LOCK_FILE
 from micalib.inference.sharding import Shard, parse_shard, resolve_shard
-from tests.test_demo_runner import TETRA, SlowDetector
+from tests.fakes import TETRA, SlowDetector
+from tests.photos import write_noise_photos
 from utils.errors import MICAError, run_main
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -118,14 +119,7 @@ def _torchrun(inp: Path, out: Path, tmp: Path, *extra: str, world: int = 3) -> l
 @pytest.fixture()
 def photos(tmp_path) -> Path:
     """11 inputs in three sub-folders, one of them broken."""
-    rng = np.random.default_rng(0)
-    folder = tmp_path / "in"
-    for i in range(10):
-        path = folder / f"p{i % 3}" / f"img{i}.png"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        cv2.imwrite(str(path), rng.integers(0, 256, (160, 160, 3), dtype=np.uint8))
-    (folder / "p1" / "broken.jpg").write_bytes(b"not a jpeg")
-    return folder
+    return write_noise_photos(tmp_path / "in", [f"p{i % 3}/img{i}.png" for i in range(10)], broken="p1/broken.jpg")
 
 
 def _files(out: Path) -> dict[str, bytes]:
@@ -346,7 +340,7 @@ def _export_items(photos: Path, out: Path) -> list:
     paths = sorted(p for p in photos.rglob("*") if p.is_file())
     rels = [p.relative_to(photos) for p in paths]
     return [ExportItem(rel.as_posix(), [p], out / "predicted_meshes" / rel.with_suffix(""), prepare)
-            for p, rel in reversed(list(zip(paths, rels)))]  # given unsorted: the split follows the sorted keys
+            for p, rel in reversed(list(zip(paths, rels, strict=True)))]  # given unsorted: the split follows the sorted keys
 
 
 def test_export_shards_split_the_items_and_add_up_to_one_run(tmp_path, photos):
@@ -444,9 +438,9 @@ def test_real_network_under_torchrun_is_byte_identical_to_one_process(tmp_path, 
     """The real pipeline (MTCNN detection, alignment, network, FLAME) on 3 gloo ranks and in one
     process, both at one torch thread (--threads 1) and batch 1: every file is byte-identical and
     the summary rows are the same. (Torch's CPU results depend on the thread count; --threads fixes it.)"""
+    from tests.commands import demo_opts
     from tests.photos import portrait_photos
     from tests.synthetic_weights import write_random_mica_tar
-    from tests.test_demo import _opts
 
     inp = tmp_path / "in"
     inp.mkdir()
@@ -456,7 +450,7 @@ def test_real_network_under_torchrun_is_byte_identical_to_one_process(tmp_path, 
 
     def argv(out: Path) -> list:
         return ["-i", str(inp), "-o", str(out / "meshes"), "-a", str(out / "arcface"), "--device", "cpu",
-                "--batch-size", "1", "--threads", "1", "--no-render", *_opts(synthetic_flame_dir, tar)]
+                "--batch-size", "1", "--threads", "1", "--no-render", *demo_opts(synthetic_flame_dir, tar)]
 
     threads = torch.get_num_threads()
     try:

@@ -7,10 +7,10 @@ import numpy as np
 import pytest
 import torch
 
-from tests import numpy_renderer as renderer
 from micalib.tracking import overlay
 from micalib.tracking.overlay import AMBIENT, MESH_GRAY, VideoWriter, compose_overlay, draw_landmarks, gray_mesh
-from tests.test_tracking_raster import _uv_sphere
+from tests import numpy_renderer as renderer
+from tests.fakes import uv_sphere
 from utils.errors import MICAError
 
 
@@ -40,7 +40,7 @@ def test_shade_flat_and_tilted_planes():
 
 
 def test_shade_sphere_follows_lambert():
-    verts, faces = _uv_sphere(24, 32)
+    verts, faces = uv_sphere(24, 32)
     r, c = 20.0, 25.0
     # seen by a camera looking at the model's -z (y down: a proper rotation); depth in other units
     scr = torch.stack([verts[:, 0] * r + c, -verts[:, 1] * r + c, 5.0 - verts[:, 2] * r / 10], 1)
@@ -121,7 +121,7 @@ def test_video_writer_roundtrip(tmp_path):
         frames.append(bgr)
     cap.release()
     assert len(frames) == 7 and frames[0].shape == (48, 64, 3)
-    for bgr, col in zip(frames, colors):  # lossy codec: colours come back within a few levels
+    for bgr, col in zip(frames, colors, strict=True):  # lossy codec: colours come back within a few levels
         assert np.abs(bgr[..., ::-1].reshape(-1, 3).mean(0) - col).max() < 8
 
 

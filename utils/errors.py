@@ -18,7 +18,7 @@ from __future__ import annotations
 import errno as errno_codes
 import os
 import sys
-from typing import Callable, Optional, Union
+from collections.abc import Callable
 
 from loguru import logger
 
@@ -32,7 +32,7 @@ class OutputError(MICAError, OSError):
     ``OSError``, so code that catches ``OSError`` around a write (one failed item of a batch) still
     does."""
 
-    def __init__(self, message: str, errno: Optional[int] = None):
+    def __init__(self, message: str, errno: int | None = None):
         super().__init__(message)
         self.errno = errno
 
@@ -66,7 +66,7 @@ _REASONS = {
 WRITE_ERRNOS = frozenset(_REASONS)
 
 
-def _file_in_the_way(path: Union[str, os.PathLike]) -> Optional[str]:
+def _file_in_the_way(path: str | os.PathLike) -> str | None:
     """The path itself or its nearest parent that exists and is not a folder, if any."""
     p = os.path.abspath(os.fspath(path))
     while True:
@@ -78,7 +78,7 @@ def _file_in_the_way(path: Union[str, os.PathLike]) -> Optional[str]:
         p = parent
 
 
-def os_error_message(e: OSError, path: Union[str, os.PathLike, None] = None, action: str = "write") -> str:
+def os_error_message(e: OSError, path: str | os.PathLike | None = None, action: str = "write") -> str:
     """One line for an ``OSError`` from a file system operation on ``path`` (default: the error's
     own file name): what failed, why, and the fix when the cause is in ``WRITE_ERRNOS``."""
     target = path if path is not None else (e.filename if e.filename is not None else "a file")

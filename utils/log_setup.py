@@ -6,7 +6,6 @@ from __future__ import annotations
 import os
 import sys
 from pathlib import Path
-from typing import Optional, Union
 
 from loguru import logger
 
@@ -15,7 +14,7 @@ __all__ = ["CONSOLE_FORMAT", "setup_logging"]
 CONSOLE_FORMAT = "<level>{level: <8}</level> {message}"
 
 
-def setup_logging(level: str = "INFO", log_file: Optional[Union[str, os.PathLike]] = None,
+def setup_logging(level: str = "INFO", log_file: str | os.PathLike | None = None,
                   file_level: str = "DEBUG") -> None:
     """Replace loguru's handlers: stderr at ``level`` in ``CONSOLE_FORMAT``; with ``log_file``, also
     that file (its folder created) at ``file_level``."""

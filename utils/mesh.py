@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Optional, Tuple, Union
 
 import numpy as np
 import trimesh
@@ -12,11 +11,11 @@ import trimesh
 from utils.errors import MICAError, UserError, UserFileNotFound
 from utils.io import atomic_write_bytes
 
-PathLike = Union[str, os.PathLike]
+PathLike = str | os.PathLike
 MESH_SUFFIXES = (".ply", ".obj")
 
 
-def _as_arrays(vertices: object, faces: object) -> Tuple[np.ndarray, np.ndarray]:
+def _as_arrays(vertices: object, faces: object) -> tuple[np.ndarray, np.ndarray]:
     if hasattr(vertices, "detach"):
         vertices = vertices.detach().cpu().numpy()
     if hasattr(faces, "detach"):
@@ -30,13 +29,13 @@ def _as_arrays(vertices: object, faces: object) -> Tuple[np.ndarray, np.ndarray]
     return v, f
 
 
-_FACE_LINES: Tuple[np.ndarray, bytes] = (np.empty((0, 3), np.int64), b"")  # last faces -> their "f" lines
+_FACE_LINES: tuple[np.ndarray, bytes] = (np.empty((0, 3), np.int64), b"")  # last faces -> their "f" lines
 _OBJ_DIGITS = 6
 # |x| * 10**6 of a float32 is an integer-valued float64 computed exactly while |x| < this
 _FIXED_MAX = 1e9
 
 
-def _fixed6_vertex_lines(v: np.ndarray) -> Optional[bytes]:
+def _fixed6_vertex_lines(v: np.ndarray) -> bytes | None:
     """``"v %.6f %.6f %.6f\\n"`` lines built from digits in numpy (faster than ``%``-formatting,
     mostly outside the GIL, so worker threads writing meshes run side by side); None unless every
     value is a float32 (what FLAME gives) of magnitude below 1e9.
@@ -128,7 +127,7 @@ def write_mesh(path: PathLike, vertices_mm: object, faces: object, fsync: bool =
     return path
 
 
-def read_mesh(path: PathLike) -> Tuple[np.ndarray, np.ndarray]:
+def read_mesh(path: PathLike) -> tuple[np.ndarray, np.ndarray]:
     """Read a .ply / .obj mesh, keeping the vertex order.
 
     Returns:

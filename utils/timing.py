@@ -6,7 +6,7 @@ import contextlib
 import threading
 import time
 from collections import defaultdict
-from typing import Dict, Iterator
+from collections.abc import Iterator
 
 __all__ = ["StageTimer"]
 
@@ -17,7 +17,7 @@ class StageTimer:
     than the wall time). ``seconds`` maps each stage to its total, in the order first seen."""
 
     def __init__(self) -> None:
-        self.seconds: Dict[str, float] = defaultdict(float)
+        self.seconds: dict[str, float] = defaultdict(float)
         self._lock = threading.Lock()
 
     def add(self, stage: str, seconds: float) -> None:

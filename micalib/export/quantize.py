@@ -21,8 +21,8 @@ and speed on this machine: bench/README.md (Encoder).
 from __future__ import annotations
 
 import tempfile
+from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Dict, Iterator, List, Optional, Sequence, Union
 
 import numpy as np
 import torch
@@ -51,7 +51,7 @@ INPUT_RANGE = 1.01
 # Smallest tolerated per-image cosine of int8 vs torch fp32 coefficients (measured >= 0.9996 on random weights).
 DEFAULT_MIN_COSINE = 0.99
 
-PathLike = Union[str, Path]
+PathLike = str | Path
 
 
 def load_calibration_folder(folder: PathLike, limit: int = 64) -> np.ndarray:
@@ -127,7 +127,7 @@ def rewrite_prelu(model) -> int:
     return count
 
 
-def rewrite_batchnorm(model) -> List[str]:
+def rewrite_batchnorm(model) -> list[str]:
     """Replace each inference BatchNormalization with constant statistics by ``Add(Mul(x, s), t)`` (in place).
 
     ``s = gamma / sqrt(var + eps)``, ``t = beta - mean * s``, shaped ``(C, 1, 1)``. Unlike
@@ -170,10 +170,10 @@ class _Reader:
     """onnxruntime CalibrationDataReader over an ``(N, 3, 112, 112)`` array in batches."""
 
     def __init__(self, images: np.ndarray, input_name: str, batch: int = CALIBRATION_BATCH) -> None:
-        self._batches: Iterator[Dict[str, np.ndarray]] = iter(
+        self._batches: Iterator[dict[str, np.ndarray]] = iter(
             [{input_name: images[i:i + batch]} for i in range(0, len(images), batch)])
 
-    def get_next(self) -> Optional[Dict[str, np.ndarray]]:
+    def get_next(self) -> dict[str, np.ndarray] | None:
         return next(self._batches, None)
 
 
@@ -257,7 +257,7 @@ def export_int8(arcface: nn.Module, regressor: nn.Module, out_path: PathLike, ca
         return quantize_onnx(fp32, out_path, calibration, exclude=exclude)
 
 
-def compare_with_torch(net: nn.Module, onnx_path: PathLike, images: np.ndarray, batch: int = 16) -> Dict[str, np.ndarray]:
+def compare_with_torch(net: nn.Module, onnx_path: PathLike, images: np.ndarray, batch: int = 16) -> dict[str, np.ndarray]:
     """Run ``images`` through the ONNX file (onnxruntime CPU) and through ``net`` (torch fp32).
 
     Returns:
@@ -278,11 +278,11 @@ def compare_with_torch(net: nn.Module, onnx_path: PathLike, images: np.ndarray, 
     got = [np.concatenate([g[k] for g in got]) for k in range(len(got[0]))]
     ref = [np.concatenate([r[k] for r in ref]) for k in range(len(ref[0]))]
     cos = np.stack([(a * b).sum(1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1) + 1e-12)
-                    for a, b in zip(got, ref)])
+                    for a, b in zip(got, ref, strict=True)])
     return {"onnx": got, "torch": ref, "cosine": cos}
 
 
-def validate_int8(net: nn.Module, path: Union[str, Path], images: np.ndarray,
+def validate_int8(net: nn.Module, path: str | Path, images: np.ndarray,
                   min_cosine: float = DEFAULT_MIN_COSINE, count: int = 8) -> float:
     """Check an int8 model against ``net`` (torch fp32) on up to ``count`` of ``images``, at batch 1 and
     the rest together (dynamic axis); returns the smallest per-image cosine of the coefficients.

@@ -10,8 +10,8 @@ coordinates have +y up and the face looking along +z (FLAME), so the camera fram
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Optional, Sequence, Union
 
 import cv2
 import numpy as np
@@ -24,7 +24,7 @@ from utils.arrays import to_numpy
 __all__ = ["OrthoCamera", "fit_camera", "view_rotation", "render_mesh", "render_preview", "make_grid",
            "DEFAULT_COLOR", "AMBIENT"]
 
-ArrayLike = Union[np.ndarray, torch.Tensor, Sequence]
+ArrayLike = np.ndarray | torch.Tensor | Sequence
 
 # Mesh colour (RGB in [0, 1]) and the share of light that does not depend on the surface direction.
 DEFAULT_COLOR = (0.72, 0.72, 0.78)
@@ -95,7 +95,7 @@ def _checked(vertices: ArrayLike, faces: ArrayLike) -> tuple[np.ndarray, np.ndar
 
 def render_mesh(vertices: ArrayLike, faces: ArrayLike, size: int = 256, view: str = "front",
                 color: Sequence[float] = DEFAULT_COLOR, background: Sequence[int] = (255, 255, 255),
-                camera: Optional[OrthoCamera] = None, smooth: bool = True) -> np.ndarray:
+                camera: OrthoCamera | None = None, smooth: bool = True) -> np.ndarray:
     """Render a triangle mesh with a headlight (light from the camera) onto a square image; both
     windings are drawn, a triangle facing away gets the ambient light only.
 
@@ -150,7 +150,7 @@ def _as_rgb(image: np.ndarray, size: int) -> np.ndarray:
     return np.ascontiguousarray(img)
 
 
-def render_preview(vertices_mm: ArrayLike, faces: ArrayLike, crop_rgb: Optional[np.ndarray] = None,
+def render_preview(vertices_mm: ArrayLike, faces: ArrayLike, crop_rgb: np.ndarray | None = None,
                    size: int = 256) -> np.ndarray:
     """One preview image: [aligned crop |] front render | side render, each ``size`` x ``size``.
 
@@ -168,7 +168,7 @@ def render_preview(vertices_mm: ArrayLike, faces: ArrayLike, crop_rgb: Optional[
     return np.concatenate(tiles, axis=1)
 
 
-def make_grid(images: Union[Sequence[np.ndarray], np.ndarray], nrow: int = 8, pad: int = 2,
+def make_grid(images: Sequence[np.ndarray] | np.ndarray, nrow: int = 8, pad: int = 2,
               pad_value: float = 0) -> np.ndarray:
     """Tile images into a grid with torchvision's ``make_grid`` layout.
 

@@ -18,7 +18,7 @@ not guaranteed to be interchangeable with the ``sh`` entries of the original tra
 from __future__ import annotations
 
 import math
-from typing import Sequence, Union
+from collections.abc import Sequence
 
 import torch
 
@@ -57,7 +57,7 @@ def sh_shading(normals: torch.Tensor, sh: torch.Tensor) -> torch.Tensor:
     return sh_basis(normals) @ sh
 
 
-def directional_sh(direction: Union[Sequence[float], torch.Tensor], intensity: float = 1.0, ambient: float = 0.0,
+def directional_sh(direction: Sequence[float] | torch.Tensor, intensity: float = 1.0, ambient: float = 0.0,
                    channels: int = 3) -> torch.Tensor:
     """(9, channels) coefficients whose shading approximates ``ambient + intensity * max(0, n . d)``
     (d = the unit direction towards the light; the band-2 truncation errs by up to ~0.1 of intensity)."""

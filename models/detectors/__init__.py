@@ -16,8 +16,8 @@ Modules: ``face`` (``Face``, ``FaceDetector``, ``pick_centre_face``), ``nms``, `
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Optional, Sequence, Union
 
 import torch
 from loguru import logger
@@ -27,7 +27,7 @@ from models.detectors.mtcnn import MTCNN
 from models.detectors.scrfd import _ANTELOPE_HOWTO, DEFAULT_ANTELOPEV2_DIR, SCRFD, SCRFD_FILE
 from utils.errors import MICAError
 
-PathLike = Union[str, os.PathLike]
+PathLike = str | os.PathLike
 
 __all__ = ["Face", "FaceDetector", "SCRFD", "MTCNN", "create_detector", "detector_from_config", "pick_centre_face",
            "DEFAULT_ANTELOPEV2_DIR", "SCRFD_FILE"]
@@ -35,7 +35,7 @@ __all__ = ["Face", "FaceDetector", "SCRFD", "MTCNN", "create_detector", "detecto
 
 def create_detector(name: str = "auto", antelopev2_dir: PathLike = DEFAULT_ANTELOPEV2_DIR,
                     det_size: Sequence[int] = (224, 224), threshold: float = 0.5,
-                    device: Union[str, torch.device] = "cpu", mtcnn_max_side: Optional[int] = 320) -> FaceDetector:
+                    device: str | torch.device = "cpu", mtcnn_max_side: int | None = 320) -> FaceDetector:
     """Build a face detector.
 
     Args:
@@ -64,8 +64,8 @@ def create_detector(name: str = "auto", antelopev2_dir: PathLike = DEFAULT_ANTEL
     raise MICAError(f"unknown detector '{name}' (use auto, scrfd or mtcnn)")
 
 
-def detector_from_config(cfg, device: Union[str, torch.device] = "cpu",
-                         threshold: Optional[float] = None) -> FaceDetector:
+def detector_from_config(cfg, device: str | torch.device = "cpu",
+                         threshold: float | None = None) -> FaceDetector:
     """The one builder of the detector from the config's ``detector.*`` keys (demo.py, test.py, the
     tracker): ``create_detector(detector.name, detector.antelopev2_dir, detector.det_size,
     threshold (default detector.threshold), device, detector.mtcnn_max_side)``."""

@@ -8,8 +8,8 @@ import importlib.metadata
 import importlib.util
 import os
 import pickle
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Optional, Sequence, Union
 
 import cv2
 import numpy as np
@@ -20,7 +20,7 @@ from models.detectors.face import Face, check_image
 from models.detectors.nms import nms
 from utils.errors import MICAError
 
-PathLike = Union[str, os.PathLike]
+PathLike = str | os.PathLike
 
 __all__ = ["MTCNN", "PNet", "RNet", "ONet", "find_mtcnn_weights", "shrink_area"]
 
@@ -44,7 +44,7 @@ class PNet(nn.Module):
         self.conv4_1 = nn.Conv2d(32, 2, 1)
         self.conv4_2 = nn.Conv2d(32, 4, 1)
 
-    def forward(self, x: torch.Tensor, sizes: Optional[Sequence[tuple[int, int]]] = None
+    def forward(self, x: torch.Tensor, sizes: Sequence[tuple[int, int]] | None = None
                 ) -> tuple[torch.Tensor, torch.Tensor]:
         """``sizes``: per batch item the (height, width) of the image at the top-left of a larger
         canvas; outputs within :meth:`output_size` of it then equal those of the image alone
@@ -195,9 +195,9 @@ class MTCNN:
         device: torch device for the networks (default cpu).
     """
 
-    def __init__(self, weights_dir: Optional[PathLike] = None, min_face_size: int = 20,
+    def __init__(self, weights_dir: PathLike | None = None, min_face_size: int = 20,
                  thresholds: Sequence[float] = (0.6, 0.7, 0.7), factor: float = 0.709, threshold: float = 0.0,
-                 max_side: Optional[int] = 320, device: Union[str, torch.device] = "cpu") -> None:
+                 max_side: int | None = 320, device: str | torch.device = "cpu") -> None:
         folder = Path(weights_dir).expanduser() if weights_dir is not None else find_mtcnn_weights()
         self.device = torch.device(device)
         self.pnet, self.rnet, self.onet = PNet(), RNet(), ONet()
@@ -267,7 +267,7 @@ class MTCNN:
     @staticmethod
     def _batched(net: nn.Module, x: torch.Tensor, batch: int = 512) -> list[np.ndarray]:
         outs = [net(x[i:i + batch]) for i in range(0, len(x), batch)]
-        return [torch.cat(o).float().cpu().numpy().astype(np.float64) for o in zip(*outs)]
+        return [torch.cat(o).float().cpu().numpy().astype(np.float64) for o in zip(*outs, strict=True)]
 
     def _scales(self, h: int, w: int) -> list[float]:
         m = 12.0 / self.min_face_size
@@ -308,7 +308,7 @@ class MTCNN:
                 factors.append(sxy)
         found = self._cascade(small)
         return [faces if sxy is None else [Face(f.box / np.tile(sxy, 2), f.kps / sxy, f.score) for f in faces]
-                for faces, sxy in zip(found, factors)]
+                for faces, sxy in zip(found, factors, strict=True)]
 
     def _pnet_candidates(self, imgs: Sequence[np.ndarray]) -> list[np.ndarray]:
         """Stage 1 for every photo: P-Net over the pyramid, per-scale NMS 0.5, then NMS 0.7 across
@@ -319,7 +319,7 @@ class MTCNN:
         cands: list[list[np.ndarray]] = [[] for _ in imgs]
         for s_idx, scale in enumerate(scales):
             levels = {}
-            for k, (img, (h, w)) in enumerate(zip(imgs, sizes)):
+            for k, (img, (h, w)) in enumerate(zip(imgs, sizes, strict=True)):
                 if s_idx < n_levels[k]:
                     levels[k] = cv2.resize(img, (int(w * scale + 1), int(h * scale + 1)),
                                            interpolation=cv2.INTER_AREA)
@@ -363,7 +363,7 @@ class MTCNN:
                 size: int) -> list[list[np.ndarray]]:
         """Run ``net`` once on the ``size`` crops of every photo's ``boxes``; outputs split per photo."""
         counts = [len(b) for b in boxes]
-        crops = [self._crops(img, b, size) for img, b in zip(imgs, boxes) if len(b)]
+        crops = [self._crops(img, b, size) for img, b in zip(imgs, boxes, strict=True) if len(b)]
         if not crops:
             return [[] for _ in imgs]
         outs = self._batched(net, torch.cat(crops))

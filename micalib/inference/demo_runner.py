@@ -239,9 +239,10 @@ class DemoRunner:
     def _prepare(self, path: Path, name: str, item: _Item) -> list[Job]:
         remove_record(self.output_dir, name)  # redone from here: a kill half-way must not leave it done
         detections = None
-        with self.timings("read+detect"):
+        with self.timings("read"):
             image = read_image(path)
-            if not self.options.aligned:
+        if not self.options.aligned:
+            with self.timings("detect"):
                 detections = self.detector.detect(image)
         return self._align(path, name, item, image, detections)
 
@@ -417,6 +418,16 @@ class DemoRunner:
         with output_lock(self.output_dir, enabled=self.options.lock and self.options.shard.leader):
             return self._run_locked(input_dir)
 
+    def _record_encoder(self) -> None:
+        """``OUTPUT/.mica/encoder.json``: how the network ran (backend, precision, layout, CPU's bf16),
+        so that a run's numbers can be traced to the kernels that made them (the leader writes it)."""
+        plan = getattr(self.predictor, "plan", None)
+        if plan is None or not self.options.shard.leader:
+            return
+        (self.output_dir / ".mica").mkdir(parents=True, exist_ok=True)
+        logger.info("encoder: " + ", ".join(f"{k} {v}" for k, v in plan.items()))
+        atomic_write_text(self.output_dir / ".mica" / "encoder.json", json.dumps(plan, indent=2) + "\n", fsync=False)
+
     def _run_locked(self, input_dir: Path) -> list[ItemResult]:
         opts, shard = self.options, self.options.shard
         paths, root = list_inputs(input_dir, self.output_dir, self.arcface_dir)
@@ -427,6 +438,7 @@ class DemoRunner:
             unlisted.append(ItemResult(input=str(folder.relative_to(root)), status="failed", message=message))
             logger.warning(message)
         mark_crop_folder(self.arcface_dir)
+        self._record_encoder()
         pairs = input_names(paths, root)  # over the whole listing: a shard selects its inputs after this
         everything = range(len(pairs))
         if opts.fuse:  # the unit is the sub-folder: its images are averaged in one process

@@ -21,6 +21,7 @@ from loguru import logger
 from datasets.image_lists import ImageList, save_image_list
 from datasets.mica_dataset import ARCFACE_FOLDER, FLAME_FOLDER
 from utils.errors import MICAError, UserError, run_main
+from utils.log_setup import setup_logging
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
 
@@ -106,4 +107,5 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
+    setup_logging()
     run_main(main)

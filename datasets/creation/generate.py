@@ -18,6 +18,7 @@ from models.detectors import DEFAULT_ANTELOPEV2_DIR, create_detector
 from utils.device import resolve_device
 from utils.errors import check_range, run_main
 from utils.io import prepare_output_dir
+from utils.log_setup import setup_logging
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -68,4 +69,5 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
+    setup_logging()
     run_main(main)

@@ -21,6 +21,7 @@ from pathlib import Path
 from micalib.export.onnx_graph import DEFAULT_ATOL, DEFAULT_OPSET, export_onnx, validate_onnx
 from micalib.export.quantize import DEFAULT_MIN_COSINE, export_int8, load_calibration_folder, validate_int8
 from utils.errors import MICAError, run_main
+from utils.log_setup import setup_logging
 
 __all__ = ["main"]
 
@@ -77,4 +78,5 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
+    setup_logging()
     run_main(lambda: main(sys.argv[1:]))

@@ -70,7 +70,7 @@ def test_render_square_front_area_and_edge_on_side() -> None:
     f = np.array([[0, 1, 2], [0, 2, 3]])
     img = render_mesh(v, f, size=256, view="front", color=WHITE, background=BG)
     assert img.shape == (256, 256, 3) and img.dtype == np.uint8
-    # extent 2 fitted to 0.9*256 px: x in [12.8, 243.2] -> pixel centres of columns 13..242 -> 230
+    # extent 2 fitted to 0.9*256 px: x in [12.3, 242.7] (pixel centres at integers) -> columns 13..242 -> 230
     covered = img.any(axis=2)
     assert covered.sum() == 230 * 230
     np.testing.assert_array_equal(img[128, 128], [255, 255, 255])  # facing the headlight

@@ -15,7 +15,6 @@ import sys
 import time
 from pathlib import Path
 
-import cv2
 import numpy as np
 import pytest
 import torch
@@ -434,18 +433,14 @@ def _real_rank_main(rank: int, world: int, port: int, argv: list) -> None:
 
 
 @pytest.mark.slow
-def test_real_network_under_torchrun_is_byte_identical_to_one_process(tmp_path, synthetic_flame_dir):
+def test_real_network_under_torchrun_is_byte_identical_to_one_process(tmp_path, synthetic_flame_dir, face_photos_dir):
     """The real pipeline (MTCNN detection, alignment, network, FLAME) on 3 gloo ranks and in one
     process, both at one torch thread (--threads 1) and batch 1: every file is byte-identical and
     the summary rows are the same. (Torch's CPU results depend on the thread count; --threads fixes it.)"""
     from tests.commands import demo_opts
-    from tests.photos import portrait_photos
     from tests.synthetic_weights import write_random_mica_tar
 
-    inp = tmp_path / "in"
-    inp.mkdir()
-    for name, rgb in portrait_photos().items():
-        cv2.imwrite(str(inp / name), cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
+    inp = face_photos_dir  # read only
     tar = write_random_mica_tar(tmp_path / "mica.tar", arch="iresnet18", seed=3)
 
     def argv(out: Path) -> list:

@@ -255,12 +255,15 @@ def make_sequence(flame, eyelids: np.ndarray, mp_emb: dict[str, np.ndarray], ide
             "axis_angle_camera": _aa(r)}
 
 
-def synthetic_setup(tmp, real: bool):
-    """Assets, FLAME layer, embedding, eyelids, a random identity and the iris vertices."""
+def synthetic_setup(tmp, real: bool, assets_hook=None):
+    """Assets, FLAME layer, embedding, eyelids, a random identity and the iris vertices;
+    ``assets_hook(assets)`` may rewrite the asset files first."""
     from micalib.tracking.model import load_eyelids, load_mediapipe_embedding
     from models.flame import FLAME
 
     assets = write_tracker_assets(tmp / "assets", seed=3, real=real)
+    if assets_hook is not None:
+        assets_hook(assets)
     flame = FLAME.from_files(assets["flame_model_path"], assets["flame_lmk_embedding_path"])
     emb = load_mediapipe_embedding(assets["mediapipe_embedding_path"])
     lids = load_eyelids(assets["l_eyelid_path"], assets["r_eyelid_path"], flame.n_vertices)
@@ -274,12 +277,13 @@ def synthetic_setup(tmp, real: bool):
 
 
 def track_synthetic(tmp, real: bool, n_frames: int = 120, noise_px: float = 0.5, size: int = 512, video: bool = False,
-                    extra_opts=(), blank_frames=(), identity_offset=None):
+                    extra_opts=(), blank_frames=(), identity_offset=None, assets_hook=None):
     """Make a ground-truth sequence, run ``track.py --landmarks`` on it; returns
     (sequence, frame dicts, TrackingFLAME, face-region vertex ids, output folder).
     ``blank_frames``: frames whose landmarks are all NaN (no face found); ``identity_offset``:
-    (300,) added to the true identity in the ``--identity`` file (a wrong starting identity)."""
-    assets, flame, emb, lids, identity, iris = synthetic_setup(tmp, real)
+    (300,) added to the true identity in the ``--identity`` file (a wrong starting identity);
+    ``assets_hook``: see ``synthetic_setup``."""
+    assets, flame, emb, lids, identity, iris = synthetic_setup(tmp, real, assets_hook)
     emb_d = {"landmark_indices": emb.landmark_indices, "lmk_face_idx": emb.lmk_face_idx, "lmk_b_coords": emb.lmk_b_coords}
     seq = make_sequence(flame, lids, emb_d, identity, n_frames=n_frames, size=size, distance=0.6, focal_x=1.5,
                         noise_px=noise_px, iris_vertices=iris, seed=11)
@@ -316,3 +320,34 @@ def track_synthetic(tmp, real: bool, n_frames: int = 120, noise_px: float = 0.5,
     with open(assets["flame_masks_path"], "rb") as f:
         face = pickle.load(f, encoding="latin1")["face"]
     return seq, fr, model, face, out
+
+
+# glTF tests (test_gltf, test_gltf_blender, test_viewer_page): a short clip tracked by track.py
+CLIP_FRAMES = 12
+
+
+def flame_like_assets(assets: dict, real: bool = False) -> None:
+    """``synthetic_setup`` hook: the tracking FLAME rewritten with FLAME-like sparse weights, and
+    the eyelid offsets kept only on vertices skinned to the head (root / neck) alone, as in FLAME
+    (``real``: on the real topology)."""
+    from models.flame_io import load_flame_model
+    from tests.synthetic_flame import flame_like_weights, write_synthetic_flame
+
+    def adjust(arrays: dict) -> dict:
+        model = _tracking_model(arrays)
+        model["weights"] = flame_like_weights(model, arrays["masks"])
+        return model
+
+    write_synthetic_flame(Path(assets["flame_model_path"]).parent, seed=3, real=real, adjust=adjust)
+    w = load_flame_model(assets["flame_model_path"]).weights
+    moved_by_joints = w[:, 2:].sum(1) > 0
+    for key in ("l_eyelid_path", "r_eyelid_path"):
+        lid = np.load(assets[key])
+        lid[moved_by_joints] = 0.0
+        np.save(assets[key], lid)
+
+
+def track_clip(tmp: Path, hook) -> Path:
+    """A clip tracked by track.py from the synthetic assets (``hook`` adjusts them), ``CLIP_FRAMES`` long;
+    returns OUT/NAME."""
+    return track_synthetic(tmp, False, n_frames=CLIP_FRAMES, assets_hook=hook)[4]

@@ -48,13 +48,16 @@ def _cases(tmp):
         ("test", ["model.n_shape", "0"], "model.n_shape must be in 1..300"),
         ("test", ["--cfg", str(tmp / "none.yml")], "does not exist"),
         ("track", ["-i", str(tmp / "none.mp4"), "-o", str(tmp / "t")], "does not exist"),
+        ("track", ["-i", str(photos), "-o", str(tmp / "t"), "--image-size", "32"], "--image-size 32 is too small"),
         ("micalib.export.cli", ["--onnx", str(tmp / "x.onnx"), "-m", str(tmp / "none.tar")], "not found"),
         ("micalib.inference.merge_summaries", [str(tmp / "nothing")], "no completion records"),
+        ("micalib.export.gltf", [str(tmp / "nothing")], "is not a folder"),
+        ("micalib.viewer.__main__", [str(tmp / "nothing")], "is not a folder"),
         ("datasets.build_lists", [str(photos), "-o", str(tmp / "list.txt")], "must end in .npy"),
     ]
 
 
-@pytest.mark.parametrize("k", range(10))
+@pytest.mark.parametrize("k", range(13))
 def test_every_command_prints_one_line_for_user_errors(k, tmp_path, error_lines, monkeypatch):
     monkeypatch.chdir(PROJECT_ROOT)
     module, argv, says = _cases(tmp_path)[k]

@@ -36,46 +36,13 @@ from micalib.tracking.camera import (
     skew,
 )
 from micalib.tracking.model import N_EXP, N_EYELIDS, N_MODEL, N_POSE, TrackingFLAME
+from micalib.tracking.options import FitSettings
 
 N_FRAME = N_MODEL + 6  # + camera rotation increment, translation
 I_POSE = slice(N_EXP, N_EXP + N_POSE)
 I_LIDS = slice(N_EXP + N_POSE, N_MODEL)
 I_ROT = slice(N_MODEL, N_MODEL + 3)
 I_T = slice(N_MODEL + 3, N_FRAME)
-
-
-@dataclass
-class FitSettings:
-    """Weights and iteration counts (``tracker.fit`` in the config)."""
-
-    iters: int = 4                 # Levenberg-Marquardt steps per frame (warm-started)
-    rel_tol: float = 1e-3          # stop when a step lowers the cost by less than this fraction
-    basis_tolerance: float = 0.02  # radians of jaw/eye change before the expression Jacobian is recomputed
-    first_iters: int = 15          # steps for a frame without a warm start
-    key_iters: int = 25            # joint steps over the keyframes
-    keyframes: int = 8             # keyframes spread over the sequence for the intrinsics
-    sigma_px: float = 1.0          # landmark residual scale (pixels of the crop)
-    huber_px: float = 3.0          # residuals beyond this many sigma are down-weighted
-    w_mediapipe: float = 1.0
-    w_iris: float = 1.0
-    w_ibug68: float = 0.5
-    exp_sigma: float = 1.0         # prior: expression coefficients ~ N(0, exp_sigma^2)
-    jaw_sigma: float = 0.35        # radians, opening (about x)
-    jaw_side_sigma: float = 0.01   # radians, jaw rotation about y and z (small in real faces)
-    eye_sigma: float = 0.35        # radians
-    eye_symmetry_sigma: float = 0.35
-    eyelid_sigma: float = 1.0
-    eyelid_symmetry_sigma: float = 1.0
-    smooth_exp: float = 0.7        # per-frame change, expression units
-    smooth_pose: float = 0.05      # per-frame change of the jaw, radians
-    smooth_eyes: float = 0.35      # per-frame change of the eyes, radians (saccades are fast)
-    smooth_eyelids: float = 0.3    # per-frame change of the eyelids
-    smooth_rot: float = 0.03       # per-frame change of the camera rotation, radians
-    smooth_t: float = 0.01         # per-frame change of the camera translation, metres
-    focal_init: float = 2.0        # initial focal length, times the crop's larger side
-    pp_sigma: float = 0.01         # principal point prior around the centre, times the crop size
-    refine_identity: bool = False  # refine MICA's identity on the keyframes, pulled towards it
-    identity_sigma: float = 0.3    # that pull: identity coefficients ~ N(MICA's, identity_sigma^2)
 
 
 @dataclass
@@ -143,6 +110,28 @@ def _normal_equations(jw: np.ndarray, j: np.ndarray, r: np.ndarray) -> tuple[np.
     OpenBLAS is much slower for these small products while other threads are busy)."""
     a = torch.from_numpy(jw).T
     return (a @ torch.from_numpy(j)).numpy(), (a @ torch.from_numpy(r)).numpy()
+
+
+def lm_step(cost: float, mu: float, attempts: int, propose, evaluate):
+    """One Levenberg-Marquardt step: up to ``attempts`` tries of ``propose(mu)`` (a candidate, or None
+    when it is not admissible), each scored by ``evaluate(candidate)`` (a tuple whose first item is
+    its cost); a candidate not worse than ``cost`` is accepted and the damping lowered (mu / 3, at
+    least 1e-7), else the damping is raised tenfold and tried again.
+
+    Returns:
+        (candidate, its evaluation, the new damping); candidate and evaluation None when no try
+        was accepted (the caller stops).
+    """
+    for _attempt in range(attempts):
+        cand = propose(mu)
+        if cand is None:
+            mu *= 10
+            continue
+        lin = evaluate(cand)
+        if lin[0] <= cost:
+            return cand, lin, max(mu / 3, 1e-7)
+        mu *= 10
+    return None, None, mu
 
 
 def _set_weights(model: TrackingFLAME, s: FitSettings) -> np.ndarray:
@@ -305,19 +294,19 @@ class LandmarkFitter:
         cache: dict = {}  # pose derivatives of this frame's first linearisation, reused by its steps
         cost, h, g, res, cbin, uv = self._linearise(st, obs, valid, intr, prev, basis, False, cache)
         mu = 1e-4
+
+        def propose(mu):
+            return st.step(-_solve(h + mu * np.diag(np.diag(h)) + 1e-9 * np.eye(len(g)), g), self.model.has_eyelids)
+
+        def evaluate(cand):
+            return self._linearise(cand, obs, valid, intr, prev, basis, False, cache)
+
         for _ in range(iters):
-            for _attempt in range(6):
-                delta = -_solve(h + mu * np.diag(np.diag(h)) + 1e-9 * np.eye(len(g)), g)
-                cand = st.step(delta, self.model.has_eyelids)
-                c2, h2, g2, res2, cbin2, uv2 = self._linearise(cand, obs, valid, intr, prev, basis, False, cache)
-                if c2 <= cost:
-                    small = cost - c2 < self.s.rel_tol * cost
-                    st, cost, h, g, res, cbin, uv = cand, c2, h2, g2, res2, cbin2, uv2
-                    mu = max(mu / 3, 1e-7)
-                    break
-                mu *= 10
-            else:
+            cand, lin, mu = lm_step(cost, mu, 6, propose, evaluate)
+            if cand is None:
                 break
+            small = cost - lin[0] < self.s.rel_tol * cost
+            st, (cost, h, g, res, cbin, uv) = cand, lin
             if small:
                 break
         return FrameFit(st, cost, self._rms(res, valid), cbin, uv)
@@ -347,7 +336,7 @@ class LandmarkFitter:
         def assemble(sts, it, ds):
             """Per keyframe (H_kk, H_k,shared, g_k) plus the shared block (n_sh x n_sh, n_sh)."""
             blocks, a_h, a_g, total = [], np.zeros((n_sh, n_sh)), np.zeros(n_sh), 0.0
-            for i, (st, (o, v)) in enumerate(zip(sts, frames)):
+            for i, (st, (o, v)) in enumerate(zip(sts, frames, strict=True)):
                 c, h, g, *_ = self._linearise(st, o, v, it, None, basis[i], True,
                                               shape=(sjac[i], ds) if refine else None)
                 blocks.append((h[:N_FRAME, :N_FRAME], h[:N_FRAME, N_FRAME:], g[:N_FRAME]))
@@ -375,25 +364,19 @@ class LandmarkFitter:
         ds = np.zeros(n_sh - 3)
         cost, blocks, a_h, a_g = assemble(states, intr, ds)
         mu = 1e-3
+
+        def propose(mu):
+            d_sh, d_frames = solve(blocks, a_h, a_g, mu)
+            cand = ([st.step(d, m.has_eyelids) for st, d in zip(states, d_frames, strict=True)],
+                    Intrinsics(intr.focal + d_sh[0], intr.cx + d_sh[1], intr.cy + d_sh[2]), ds + d_sh[3:])
+            return None if cand[1].focal <= 0 or any(c.t[2] <= 0 for c in cand[0]) else cand
+
         for it_n in range(self.s.key_iters):
-            converged = False
-            for _attempt in range(8):
-                d_sh, d_frames = solve(blocks, a_h, a_g, mu)
-                cand_i = Intrinsics(intr.focal + d_sh[0], intr.cx + d_sh[1], intr.cy + d_sh[2])
-                cand_s = ds + d_sh[3:]
-                cand = [st.step(d, m.has_eyelids) for st, d in zip(states, d_frames)]
-                if cand_i.focal <= 0 or any(c.t[2] <= 0 for c in cand):
-                    mu *= 10
-                    continue
-                c2, b2, ah2, ag2 = assemble(cand, cand_i, cand_s)
-                if c2 <= cost:
-                    converged = (cost - c2) < 1e-6 * cost
-                    states, intr, ds, cost, blocks, a_h, a_g = cand, cand_i, cand_s, c2, b2, ah2, ag2
-                    mu = max(mu / 3, 1e-7)
-                    break
-                mu *= 10
-            else:
+            cand, lin, mu = lm_step(cost, mu, 8, propose, lambda c: assemble(*c))
+            if cand is None:
                 break
+            converged = (cost - lin[0]) < 1e-6 * cost
+            (states, intr, ds), (cost, blocks, a_h, a_g) = cand, lin
             if it_n % 5 == 4:
                 basis = [m.exp_basis(st.pose) for st in states]
                 sjac = shape_jac(states)
@@ -412,37 +395,3 @@ def pick_keyframes(valid_frames: Sequence[int], count: int) -> list[int]:
         return valid_frames
     pos = np.linspace(0, len(valid_frames) - 1, count).round().astype(int)
     return [valid_frames[i] for i in sorted(set(pos.tolist()))]
-
-
-def settings_from_config(cfg) -> FitSettings:
-    """``FitSettings`` from the config's ``tracker.fit`` section (same key names, one per field)."""
-    return FitSettings(
-        iters=int(cfg.tracker.fit.iters),
-        rel_tol=float(cfg.tracker.fit.rel_tol),
-        basis_tolerance=float(cfg.tracker.fit.basis_tolerance),
-        first_iters=int(cfg.tracker.fit.first_iters),
-        key_iters=int(cfg.tracker.fit.key_iters),
-        keyframes=int(cfg.tracker.fit.keyframes),
-        sigma_px=float(cfg.tracker.fit.sigma_px),
-        huber_px=float(cfg.tracker.fit.huber_px),
-        w_mediapipe=float(cfg.tracker.fit.w_mediapipe),
-        w_iris=float(cfg.tracker.fit.w_iris),
-        w_ibug68=float(cfg.tracker.fit.w_ibug68),
-        exp_sigma=float(cfg.tracker.fit.exp_sigma),
-        jaw_sigma=float(cfg.tracker.fit.jaw_sigma),
-        jaw_side_sigma=float(cfg.tracker.fit.jaw_side_sigma),
-        eye_sigma=float(cfg.tracker.fit.eye_sigma),
-        eye_symmetry_sigma=float(cfg.tracker.fit.eye_symmetry_sigma),
-        eyelid_sigma=float(cfg.tracker.fit.eyelid_sigma),
-        eyelid_symmetry_sigma=float(cfg.tracker.fit.eyelid_symmetry_sigma),
-        smooth_exp=float(cfg.tracker.fit.smooth_exp),
-        smooth_pose=float(cfg.tracker.fit.smooth_pose),
-        smooth_eyes=float(cfg.tracker.fit.smooth_eyes),
-        smooth_eyelids=float(cfg.tracker.fit.smooth_eyelids),
-        smooth_rot=float(cfg.tracker.fit.smooth_rot),
-        smooth_t=float(cfg.tracker.fit.smooth_t),
-        focal_init=float(cfg.tracker.fit.focal_init),
-        pp_sigma=float(cfg.tracker.fit.pp_sigma),
-        refine_identity=bool(cfg.tracker.fit.refine_identity),
-        identity_sigma=float(cfg.tracker.fit.identity_sigma),
-    )

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import contextlib
 import os
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Dict, Mapping, Optional, Sequence, Tuple, Union
 
 import cv2
 import numpy as np
@@ -29,7 +29,7 @@ __all__ = ["AMBIENT", "LANDMARK_COLORS", "VideoWriter", "compose_overlay", "draw
 AMBIENT = 0.2
 MESH_GRAY = 0.85
 # Default dot colours (RGB) of the landmark sets the tracker draws; other sets cycle through _PALETTE.
-LANDMARK_COLORS: Dict[str, Tuple[int, int, int]] = {
+LANDMARK_COLORS: dict[str, tuple[int, int, int]] = {
     "mediapipe": (0, 220, 0),
     "ibug68": (255, 60, 60),
     "iris": (0, 200, 255),
@@ -37,12 +37,12 @@ LANDMARK_COLORS: Dict[str, Tuple[int, int, int]] = {
 }
 _PALETTE = ((255, 0, 255), (255, 160, 0), (120, 120, 255), (255, 255, 255))
 
-ArrayLike = Union[np.ndarray, torch.Tensor]
+ArrayLike = np.ndarray | torch.Tensor
 
 
 
 def _mesh_gray(verts_screen: ArrayLike, faces: ArrayLike, height: int, width: int,
-               normals: Optional[ArrayLike], cull_backfaces: bool) -> Tuple[torch.Tensor, torch.Tensor]:
+               normals: ArrayLike | None, cull_backfaces: bool) -> tuple[torch.Tensor, torch.Tensor]:
     """Flat indices of the covered pixels (ascending) and their gray level (float, 0..255)."""
     v = torch.as_tensor(to_numpy(verts_screen))
     f = torch.as_tensor(to_numpy(faces, np.int64))
@@ -67,7 +67,7 @@ def _mesh_gray(verts_screen: ArrayLike, faces: ArrayLike, height: int, width: in
 
 
 def gray_mesh(verts_screen: ArrayLike, faces: ArrayLike, height: int, width: int,
-          normals: Optional[ArrayLike] = None, cull_backfaces: bool = True) -> Tuple[np.ndarray, np.ndarray]:
+          normals: ArrayLike | None = None, cull_backfaces: bool = True) -> tuple[np.ndarray, np.ndarray]:
     """Gray Lambertian shading of a mesh lit from the camera (headlight, two-sided), Gouraud-smooth.
 
     Args:
@@ -93,7 +93,7 @@ def gray_mesh(verts_screen: ArrayLike, faces: ArrayLike, height: int, width: int
 
 
 def draw_landmarks(rgb: np.ndarray, points_by_set: Mapping[str, ArrayLike],
-                   colors: Optional[Mapping[str, Sequence[int]]] = None, radius: Optional[int] = None) -> np.ndarray:
+                   colors: Mapping[str, Sequence[int]] | None = None, radius: int | None = None) -> np.ndarray:
     """A copy of ``rgb`` (uint8) with each set's points drawn as filled dots; NaN points are skipped.
 
     Args:
@@ -125,8 +125,8 @@ def draw_landmarks(rgb: np.ndarray, points_by_set: Mapping[str, ArrayLike],
 
 
 def compose_overlay(crop_rgb: np.ndarray, landmarks_by_set: Mapping[str, ArrayLike], verts_screen: ArrayLike,
-                    faces: ArrayLike, mesh_alpha: float = 0.6, normals: Optional[ArrayLike] = None,
-                    colors: Optional[Mapping[str, Sequence[int]]] = None, cull_backfaces: bool = True) -> np.ndarray:
+                    faces: ArrayLike, mesh_alpha: float = 0.6, normals: ArrayLike | None = None,
+                    colors: Mapping[str, Sequence[int]] | None = None, cull_backfaces: bool = True) -> np.ndarray:
     """One video frame: input | input with the landmarks | the shaded mesh blended over the input.
 
     Args:
@@ -169,7 +169,7 @@ class VideoWriter:
 
     FOURCC = "mp4v"
 
-    def __init__(self, path: Union[str, os.PathLike], fps: float, size: Tuple[int, int]):
+    def __init__(self, path: str | os.PathLike, fps: float, size: tuple[int, int]):
         self.path = Path(path)
         self.width, self.height = int(size[0]), int(size[1])
         self.frames = 0
@@ -212,7 +212,7 @@ class VideoWriter:
         err = RuntimeError("video aborted")
         self._stack.__exit__(type(err), err, None)  # removes the temporary file
 
-    def __enter__(self) -> "VideoWriter":
+    def __enter__(self) -> VideoWriter:
         return self
 
     def __exit__(self, exc_type, exc, tb) -> bool:

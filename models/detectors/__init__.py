@@ -71,7 +71,7 @@ def detector_from_config(cfg, device: str | torch.device = "cpu",
     threshold (default detector.threshold), device, detector.mtcnn_max_side)``."""
     from configs.config import resolve_path
 
-    d = cfg.detector
-    return create_detector(d.name, antelopev2_dir=resolve_path(d.antelopev2_dir), det_size=tuple(d.det_size),
-                           threshold=d.threshold if threshold is None else threshold, device=device,
-                           mtcnn_max_side=d.mtcnn_max_side)
+    return create_detector(cfg.detector.name, antelopev2_dir=resolve_path(cfg.detector.antelopev2_dir),
+                           det_size=tuple(cfg.detector.det_size),
+                           threshold=cfg.detector.threshold if threshold is None else threshold, device=device,
+                           mtcnn_max_side=cfg.detector.mtcnn_max_side)

@@ -14,6 +14,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from micalib.inference.demo_runner import DemoRunner
 from models.detectors import Face
+from tests.numerics import reorder_bound, ulp32
 from utils.alignment import ARCFACE_TEMPLATE
 
 TETRA = np.array([[0, 1, 2], [0, 1, 3], [0, 2, 3], [1, 2, 3]])
@@ -151,3 +152,47 @@ def uv_sphere(n_lat: int = 12, n_lon: int = 16):
             faces.append([ring(i, j), ring(i + 1, j), ring(i + 1, j + 1)])
             faces.append([ring(i, j), ring(i + 1, j + 1), ring(i, j + 1)])
     return torch.tensor(verts, dtype=torch.float64), torch.tensor(faces)
+
+
+class TinyNetwork:
+    """``predict_identity``: a strided convolution, ReLU and a linear layer (torch, fixed seed);
+    ``decode``: a tetrahedron moved by a linear shape basis, in metres."""
+
+    def __init__(self) -> None:
+        g = torch.Generator().manual_seed(0)
+        self.conv = torch.randn(8, 3, 5, 5, generator=g) * 0.2
+        self.linear = torch.randn(8 * 27 * 27, 300, generator=g) * 0.01
+        self.basis = np.random.default_rng(1).normal(0, 0.002, (300, 12)).astype(np.float32)
+        self.calls: list[int] = []
+
+    def predict_identity(self, batch: np.ndarray) -> np.ndarray:
+        self.calls.append(len(batch))
+        x = torch.nn.functional.conv2d(torch.from_numpy(np.ascontiguousarray(batch)), self.conv, stride=4).relu()
+        return torch.tanh(x.flatten(1) @ self.linear).numpy()
+
+    BASE = np.array([[0, 0, 0], [1, 0, 0], [0, 1, 0], [0, 0, 1]], np.float32) * 0.1
+
+    def decode(self, identity: np.ndarray) -> dict:
+        verts = self.BASE[None] + (np.asarray(identity, np.float32) @ self.basis).reshape(-1, 4, 3)
+        return {"vertices": verts, "landmarks68": np.repeat(verts[:, :1], 68, 1),
+                "landmarks7": verts[:, [0, 1, 2, 3, 0, 1, 2]]}
+
+    def bounds(self, x: np.ndarray, identity: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """How far another run's (batch, threads, CPU) float32 ``identity (300,)`` and ``vertices
+        (4, 3)`` (metres) of the network input ``x (3, 112, 112)`` may lie from these, by
+        tests/numerics.py: the convolution's 75-term sums (worst case), the linear layer's 5832-term
+        sums (probabilistic: its random weights cancel, the worst case would allow 0.1; the
+        convolution's errors carried through it as independent bounded terms, Hoeffding), tanh
+        (1-Lipschitz; its vectorised and scalar versions each within 2 ulp), then the decode's
+        301-term sums (worst case) with the identity's own bound propagated through |basis|."""
+        xd = torch.from_numpy(np.asarray(x, np.float64))[None]
+        conv, conv_abs = self.conv.double(), self.conv.double().abs()
+        y = torch.nn.functional.conv2d(xd, conv, stride=4).relu().flatten(1)[0].numpy()
+        e_conv = reorder_bound(torch.nn.functional.conv2d(xd.abs(), conv_abs, stride=4).flatten(1)[0].numpy(), 75)
+        w_abs = self.linear.double().abs().numpy()
+        e_in = 10 * np.sqrt(e_conv ** 2 @ w_abs ** 2)  # independent, bounded input errors: Hoeffding, lam = 10
+        e_id = reorder_bound(np.abs(y) @ w_abs, y.size, probabilistic=True) + e_in + 4 * ulp32(identity)
+        b_abs = np.abs(self.basis.astype(np.float64))
+        abs_v = np.abs(self.BASE).astype(np.float64).ravel() + np.abs(identity).astype(np.float64) @ b_abs
+        e_v = e_id @ b_abs + reorder_bound(abs_v, 301)
+        return e_id, e_v.reshape(4, 3)

@@ -2,8 +2,9 @@
 
     python demo.py -i demo/input -o demo/output
 
-For every face: OUTPUT/NAME/{mesh.ply, mesh.obj (mm), identity.npy, kpt7.npy, kpt68.npy, render.png},
-the aligned crops in -a (NAME.jpg 224 crop, NAME.npy network input), and OUTPUT/summary.{csv,json}.
+For every face: OUTPUT/NAME/{mesh.ply, mesh.obj (mm), identity.npy, kpt7.npy, kpt68.npy, render.png}
+(+ mesh.glb in metres with --glb), the aligned crops in -a (NAME.jpg 224 crop, NAME.npy network
+input), OUTPUT/summary.{csv,json} and the viewer page OUTPUT/index.html (--no-page skips it).
 Trailing KEY VALUE pairs override the configuration (see configs/config.py).
 Exit code: 0 when every input is reconstructed (or was by an earlier run), 1 when any failed,
 130 when interrupted (Ctrl-C or SIGTERM; the summary then lists the unprocessed inputs as pending).
@@ -16,16 +17,13 @@ splits the inputs over the ranks (one GPU each, rank 0 writes the summary at the
 from __future__ import annotations
 
 import argparse
-import contextlib
-import signal
 import sys
-import threading
 from pathlib import Path
 
 from loguru import logger
 
 from configs.config import load_cfg, resolve_path
-from utils.errors import MICAError, check_range, run_main
+from utils.errors import MICAError, check_range, run_main, sigterm_as_interrupt
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -56,6 +54,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--fuse", action="store_true",
                    help="also average the identity of all images of each sub-folder into SUBFOLDER/fused/")
     p.add_argument("--no-render", action="store_true", help="skip render.png previews")
+    p.add_argument("--glb", action="store_true",
+                   help="also write NAME/mesh.glb (glTF binary, metres; mesh.ply / mesh.obj stay millimetres), "
+                        "--fuse results too")
+    p.add_argument("--no-page", action="store_true", help="skip the viewer page OUTPUT/index.html")
     p.add_argument("--overwrite", action="store_true", help="redo images whose outputs already exist")
     p.add_argument("--threads", type=int, default=None,
                    help="torch threads of this process (1..1024; default: torch's, under torchrun the machine's "
@@ -154,7 +156,7 @@ def main(argv=None) -> int:
 
     # the lock before loading anything: a second run on the same -o is refused at once (a --shard job
     # takes none: the shards of one run must not refuse each other; under torchrun rank 0 holds it)
-    with _sigterm_as_interrupt(), output_lock(Path(args.output), enabled=shard.leader):
+    with sigterm_as_interrupt(), output_lock(Path(args.output), enabled=shard.leader):
         try:
             runner = build_runner(args, cfg)
         except KeyboardInterrupt:  # while the model loads: still leave a summary of every input
@@ -169,6 +171,8 @@ def main(argv=None) -> int:
     counts = [sum(r.status == s for r in results) for s in ("ok", "done", "failed")]
     totals = [sum(c) for c in zip(*gather(shard, counts))]  # every rank of a torchrun run: the run's totals
     destroy_distributed()
+    if shard.leader:
+        finish_outputs(args)
     where = f"shard {shard}: " if shard.sharded else ""
     logger.info(f"{where}{counts[0]} reconstructed, {counts[1]} already done, {counts[2]} failed -> {args.output}")
     for r in failed:
@@ -182,21 +186,17 @@ def main(argv=None) -> int:
     return 1 if totals[2] else 0
 
 
-@contextlib.contextmanager
-def _sigterm_as_interrupt():
-    """SIGTERM (``kill``, a job scheduler) stops the run like Ctrl-C: the summary is still written
-    and the exit code is 130."""
-    def interrupt(signum, frame):
-        raise KeyboardInterrupt
+def finish_outputs(args: argparse.Namespace) -> None:
+    """``--glb``: ``mesh.glb`` beside every ``mesh.ply``; the viewer page (its path printed)."""
+    if args.glb:
+        from micalib.export.gltf import demo_glb
 
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    previous = signal.signal(signal.SIGTERM, interrupt)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
+        written = demo_glb(args.output, overwrite=args.overwrite)
+        logger.info(f"{len(written)} mesh.glb written (metres)")
+    if not args.no_page:
+        from micalib.viewer.page import write_demo_page
+
+        print(f"viewer page: {write_demo_page(args.output, args.arcface)}")
 
 
 if __name__ == "__main__":

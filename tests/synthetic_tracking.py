@@ -85,7 +85,8 @@ def asset_opts(folder) -> list[str]:
     return ["model.flame_model_path", str(a["flame_model_path"]),
             "model.flame_lmk_embedding_path", str(a["flame_lmk_embedding_path"]),
             "tracker.mediapipe_embedding_path", str(a["mediapipe_embedding_path"]),
-            "tracker.l_eyelid_path", str(a["l_eyelid_path"]), "tracker.r_eyelid_path", str(a["r_eyelid_path"])]
+            "tracker.l_eyelid_path", str(a["l_eyelid_path"]), "tracker.r_eyelid_path", str(a["r_eyelid_path"]),
+            "model.flame_masks_path", str(a["flame_masks_path"])]
 
 
 def argv_of_last_run(out: Path, video: bool = True) -> list[str]:
@@ -102,6 +103,7 @@ def argv_of_last_run(out: Path, video: bool = True) -> list[str]:
             "model.flame_lmk_embedding_path", str(a / "flame" / "landmark_embedding.npy"),
             "tracker.mediapipe_embedding_path", str(a / "mediapipe_landmark_embedding.npz"),
             "tracker.l_eyelid_path", str(a / "l_eyelid.npy"), "tracker.r_eyelid_path", str(a / "r_eyelid.npy"),
+            "model.flame_masks_path", str(a / "flame" / "FLAME_masks.pkl"),
             "tracker.iris_vertices", str(list(iris)), "tracker.crop", "False"]
 
 
@@ -255,12 +257,15 @@ def make_sequence(flame, eyelids: np.ndarray, mp_emb: dict[str, np.ndarray], ide
             "axis_angle_camera": _aa(r)}
 
 
-def synthetic_setup(tmp, real: bool):
-    """Assets, FLAME layer, embedding, eyelids, a random identity and the iris vertices."""
+def synthetic_setup(tmp, real: bool, assets_hook=None):
+    """Assets, FLAME layer, embedding, eyelids, a random identity and the iris vertices;
+    ``assets_hook(assets)`` may rewrite the asset files first."""
     from micalib.tracking.model import load_eyelids, load_mediapipe_embedding
     from models.flame import FLAME
 
     assets = write_tracker_assets(tmp / "assets", seed=3, real=real)
+    if assets_hook is not None:
+        assets_hook(assets)
     flame = FLAME.from_files(assets["flame_model_path"], assets["flame_lmk_embedding_path"])
     emb = load_mediapipe_embedding(assets["mediapipe_embedding_path"])
     lids = load_eyelids(assets["l_eyelid_path"], assets["r_eyelid_path"], flame.n_vertices)
@@ -274,12 +279,13 @@ def synthetic_setup(tmp, real: bool):
 
 
 def track_synthetic(tmp, real: bool, n_frames: int = 120, noise_px: float = 0.5, size: int = 512, video: bool = False,
-                    extra_opts=(), blank_frames=(), identity_offset=None):
+                    extra_opts=(), blank_frames=(), identity_offset=None, assets_hook=None):
     """Make a ground-truth sequence, run ``track.py --landmarks`` on it; returns
     (sequence, frame dicts, TrackingFLAME, face-region vertex ids, output folder).
     ``blank_frames``: frames whose landmarks are all NaN (no face found); ``identity_offset``:
-    (300,) added to the true identity in the ``--identity`` file (a wrong starting identity)."""
-    assets, flame, emb, lids, identity, iris = synthetic_setup(tmp, real)
+    (300,) added to the true identity in the ``--identity`` file (a wrong starting identity);
+    ``assets_hook``: see ``synthetic_setup``."""
+    assets, flame, emb, lids, identity, iris = synthetic_setup(tmp, real, assets_hook)
     emb_d = {"landmark_indices": emb.landmark_indices, "lmk_face_idx": emb.lmk_face_idx, "lmk_b_coords": emb.lmk_b_coords}
     seq = make_sequence(flame, lids, emb_d, identity, n_frames=n_frames, size=size, distance=0.6, focal_x=1.5,
                         noise_px=noise_px, iris_vertices=iris, seed=11)
@@ -306,6 +312,7 @@ def track_synthetic(tmp, real: bool, n_frames: int = 120, noise_px: float = 0.5,
             "model.flame_lmk_embedding_path", str(assets["flame_lmk_embedding_path"]),
             "tracker.mediapipe_embedding_path", str(assets["mediapipe_embedding_path"]),
             "tracker.l_eyelid_path", str(assets["l_eyelid_path"]), "tracker.r_eyelid_path", str(assets["r_eyelid_path"]),
+            "model.flame_masks_path", str(assets["flame_masks_path"]),
             "tracker.iris_vertices", str(list(iris)), "tracker.crop", "False"]
     track.main(["-i", str(frames), "-o", str(tmp / "out"), "--landmarks", str(tmp / "lmk.npz"),
                 "--identity", str(tmp / "identity.npy"), "--image-size", str(size)] + ([] if video else ["--no-video"])

@@ -311,8 +311,19 @@ class LandmarkFitter:
                 break
         return FrameFit(st, cost, self._rms(res, valid), cbin, uv)
 
+    def _solve_shared(self, s_mat: np.ndarray, s_rhs: np.ndarray) -> np.ndarray:
+        """The step of the keyframes' shared unknowns (focal, cx, cy, identity...) from their Schur
+        system; with the principal point pinned at the centre (``principal_point = "centre"``) its
+        two rows and columns are left out and its step is 0."""
+        free = np.ones(len(s_rhs), bool)
+        if self.s.principal_point == "centre":
+            free[1:3] = False
+        step = np.zeros(len(s_rhs))
+        step[free] = _solve(s_mat[np.ix_(free, free)], s_rhs[free])
+        return step
+
     def calibrate(self, frames: Sequence[tuple[np.ndarray, np.ndarray]]) -> list[FrameState]:
-        """Fit focal length and principal point jointly with the keyframes' parameters.
+        """Fit focal length (and the principal point when not pinned) jointly with the keyframes' parameters.
 
         Args:
             frames: (obs (N,2), valid (N,)) of each keyframe.
@@ -358,7 +369,7 @@ class LandmarkFitter:
                 sols.append((x, b))
                 s_mat -= b.T @ x[:, :n_sh]
                 s_rhs -= b.T @ x[:, n_sh]
-            d_sh = _solve(s_mat + 1e-9 * np.eye(n_sh), s_rhs)
+            d_sh = self._solve_shared(s_mat + 1e-9 * np.eye(n_sh), s_rhs)
             return d_sh, [x[:, n_sh] - x[:, :n_sh] @ d_sh for x, _ in sols]
 
         ds = np.zeros(n_sh - 3)

@@ -40,12 +40,14 @@ from configs.config import resolve_path
 from micalib.tracking import crop as cropmod
 from micalib.tracking.camera import matrix_to_axis_angle, rotation_6d_to_matrix
 from micalib.tracking.crop import transform_points
+from micalib.tracking.depth import DepthMesh
 from micalib.tracking.fitting import FrameState, Intrinsics, LandmarkFitter, interpolate_state, pick_keyframes
 from micalib.tracking.frames import open_frames, prefetch
+from micalib.tracking.identity import mica_identity, mica_loader
 from micalib.tracking.layout import TrackLayout
 from micalib.tracking.model import TrackingFLAME, load_eyelids, load_mediapipe_embedding, observations
 from micalib.tracking.options import TrackOptions
-from micalib.tracking.outputs import frame_dict, frame_name, read_frame
+from micalib.tracking.outputs import frame_dict, frame_k, frame_name, read_frame
 from micalib.tracking.resume import (
     RowJournal,
     check_run_record,
@@ -56,6 +58,7 @@ from micalib.tracking.resume import (
 )
 from micalib.tracking.writer import FrameWriter, png_bytes
 from utils.errors import MICAError
+from utils.identity import read_identity
 from utils.io import atomic_save_npy, atomic_write_bytes, atomic_write_text, remove_stale_temps, written_file
 from utils.mesh import obj_text
 
@@ -138,11 +141,13 @@ class TrackRunner:
         landmarks_path: the user's landmark npz (replaces detection).
         source: an opened ``FrameSource`` (else ``open_frames(input_path, options.fps)``).
         flame_files: the files ``flame`` was read from by config key (recorded in the run record).
+        masks_path: FLAME_masks.pkl (``model.flame_masks_path``): the regions ``depth/`` leaves out;
+            None or absent: none left out (one warning).
     """
 
     def __init__(self, options: TrackOptions, input_path, out_root, flame, *,
                  load_mica: Callable[[], tuple] | None = None, identity_path=None, landmarks_path=None,
-                 source=None, flame_files: dict[str, Path] | None = None) -> None:
+                 source=None, flame_files: dict[str, Path] | None = None, masks_path=None) -> None:
         self.options = options
         self.source = source if source is not None else open_frames(input_path, options.fps)
         self.layout = TrackLayout(out_root, self.source.name)
@@ -151,6 +156,7 @@ class TrackRunner:
         self.identity_path = identity_path
         self.landmarks_path = landmarks_path
         self.flame_files = dict(flame_files or {})
+        self.masks_path = None if masks_path is None else Path(masks_path)
         self.size = int(options.image_size)
         self.timings = Timings()
         self.skipped = 0
@@ -178,22 +184,14 @@ class TrackRunner:
             check_assets(flame_files)
             flame = FLAME.from_config(cfg)
 
-        def load_mica():
-            from micalib.predictor import Predictor
-            from models.detectors import create_detector
-
-            predictor = Predictor.from_config(cfg, device=options.device)
-            detector = create_detector(cfg.detector.name, antelopev2_dir=resolve_path(cfg.detector.antelopev2_dir),
-                                       det_size=tuple(cfg.detector.det_size), threshold=cfg.detector.threshold,
-                                       mtcnn_max_side=cfg.detector.mtcnn_max_side)
-            return predictor, detector
-
-        return cls(options, input_path, out_root, flame, load_mica=load_mica, identity_path=identity_path,
-                   landmarks_path=landmarks_path, source=source, flame_files=flame_files)
+        return cls(options, input_path, out_root, flame, load_mica=mica_loader(cfg, options.device),
+                   identity_path=identity_path, landmarks_path=landmarks_path, source=source,
+                   flame_files=flame_files, masks_path=resolve_path(cfg.model.flame_masks_path))
 
     # ----------------------------------------------------------------------------------- run
-    def run(self) -> Path:
-        """Track the input; returns ``OUT/NAME``."""
+    def run(self, finish: Callable[[Path], None] | None = None) -> Path:
+        """Track the input; returns ``OUT/NAME``. ``finish(OUT/NAME)`` runs last, still holding the
+        output's lock (track.py writes the clip's ``.glb`` and viewer page there)."""
         t_start = time.perf_counter()
         self.layout.check_input(self.source.path)
         check_assets(self._asset_paths())
@@ -206,6 +204,8 @@ class TrackRunner:
                 self.intrinsics(fit)
                 rows = self.track_frames(fit)
                 self.write_outputs(rows)
+                if finish is not None:
+                    finish(self.layout.root)
             finally:
                 self.layout.crop_cache.unlink(missing_ok=True)
                 if self._journal is not None:
@@ -244,7 +244,18 @@ class TrackRunner:
 
     def _optional_assets(self) -> dict[str, Path]:
         return {"tracker.l_eyelid_path": resolve_path(self.options.l_eyelid_path),
-                "tracker.r_eyelid_path": resolve_path(self.options.r_eyelid_path)}
+                "tracker.r_eyelid_path": resolve_path(self.options.r_eyelid_path),
+                **({} if self.masks_path is None else {"model.flame_masks_path": self.masks_path})}
+
+    def _flame_masks(self) -> dict[str, np.ndarray] | None:
+        """FLAME_masks.pkl for the depth (boundary and ears left out), or None (warned)."""
+        from models.flame_io import load_flame_masks
+
+        if self.masks_path is None or not self.masks_path.is_file():
+            logger.warning(f"{self.masks_path} not found (model.flame_masks_path): depth/ keeps the neck boundary "
+                           "and the ears")
+            return None
+        return load_flame_masks(self.masks_path, n_vertices=self.flame.n_vertices)
 
     # ------------------------------------------------------------- stage 1: frames and landmarks
     def frames_and_landmarks(self) -> tuple[dict[str, np.ndarray], list[np.ndarray]]:
@@ -414,20 +425,9 @@ class TrackRunner:
         """MICA's identity: ``--identity``, else the one cached in ``identity.npy``, else MICA on the frames."""
         dst = self.layout.identity
         if self.identity_path is not None:
-            try:
-                ident = np.load(self.identity_path, allow_pickle=False)
-            except (OSError, ValueError) as e:
-                raise MICAError(f"identity {self.identity_path} is not a readable .npy ({str(e)[:80]}); "
-                                "pass MICA's identity.npy") from None
-            if tuple(np.shape(ident)) not in ((300,), (1, 300)):
-                raise MICAError(f"identity {self.identity_path} has shape {tuple(np.shape(ident))}, not MICA's (300,) "
-                                "coefficients; pass MICA's identity.npy")
-            ident = np.asarray(ident, np.float32).reshape(-1)
-            if not np.isfinite(ident).all():
-                raise MICAError(f"identity {self.identity_path} holds non-finite values (NaN/inf); "
-                                "pass MICA's identity.npy")
+            ident = read_identity(self.identity_path, "pass MICA's identity.npy")
         elif written_file(dst):
-            ident = np.load(dst, allow_pickle=False).astype(np.float32).reshape(-1)
+            ident = read_identity(dst, "delete it to compute it again (or pass --overwrite)")
         else:
             ident = self._mica_identity()
         atomic_save_npy(dst, ident.astype(np.float32))
@@ -435,28 +435,21 @@ class TrackRunner:
 
     def _mica_identity(self) -> np.ndarray:
         """MICA on several frames with a face, averaged (``demo.py --fuse``)."""
-        from models.face_prep import detect_and_align
-
         t0 = time.perf_counter()
         if self.load_mica is None:
             raise MICAError(f"no MICA model to compute the identity of {self.source.path}; pass --identity identity.npy")
-        predictor, detector = self.load_mica()
         want = set(pick_keyframes(range(len(self.source)), int(self.options.identity_frames)))
-        inputs = []
-        for k, _i, rgb in self.source:
-            if k in want:
-                try:
-                    inputs.append(detect_and_align(rgb, detector, source=f"frame {k}")[0].input112)
-                except MICAError:
-                    continue
-            if k >= max(want):
-                break
-        if not inputs:
-            raise MICAError(f"MICA found no face in the frames of {self.source.path}; pass --identity identity.npy")
-        codes = predictor.predict_identity(np.stack(inputs))
+
+        def frames():
+            for k, _i, rgb in self.source:
+                if k in want:
+                    yield k, rgb
+                if k >= max(want):
+                    break
+
+        codes = mica_identity(*self.load_mica(), frames(), str(self.source.path))
         self.timings.add("identity (MICA)", time.perf_counter() - t0)
-        logger.info(f"identity: MICA fused over {len(inputs)} frames")
-        return codes.mean(0)
+        return codes
 
     # ------------------------------------------------------------------ stage 2: fit inputs
     def fit_inputs(self, lm: dict[str, np.ndarray], matrices: list[np.ndarray]) -> FitInputs:
@@ -501,7 +494,7 @@ class TrackRunner:
         first_done = next((k for k in range(n) if fit.done[k]), None)
         if first_done is not None:
             data = read_frame(lay.frame(first_done))
-            kk = np.asarray(data["opencv"]["K"]).reshape(3, 3)
+            kk = frame_k(data)
             if fit.follow:
                 kk = np.linalg.inv(np.vstack([fit.matrices[first_done], [0.0, 0.0, 1.0]])) @ kk
             fitter.intr = Intrinsics(float(kk[0, 0]), float(kk[0, 2]), float(kk[1, 2]))
@@ -536,7 +529,7 @@ class TrackRunner:
         rows = {k: r for k, r in old_rows(lay).items() if k < n}
         for k in range(n):  # finished frames whose row a killed run lost: rebuilt without the fit's RMS
             if fit.done[k] and k not in rows:
-                rows[k] = _row(k, self.source.indices[k], fps_out, fit.has_face[k], fit.valid[k], {},
+                rows[k] = csv_row(k, self.source.indices[k], fps_out, fit.has_face[k], fit.valid[k], {},
                                not fit.has_face[k], fit.model)
         self._journal = RowJournal(lay.rows_journal)
         video = None
@@ -547,8 +540,9 @@ class TrackRunner:
             from micalib.tracking.photo_stage import PhotometricStage
 
             photo = PhotometricStage(fit.model, self.size, o.device, iters=int(o.photometric_iters))
+        depth_mesh = DepthMesh.build(fit.model.faces, self.flame.n_vertices, self._flame_masks())
         with FrameWriter(lay, fit.model, o.png_compression, o.workers, video, self._png_written,
-                         self._journal) as writer:
+                         self._journal, depth_mesh) as writer:
             loop = _FrameLoop(self, fit, writer, rows, photo, fps_out)
             cached = self._n_cached > 0
             loop.run(prefetch(self._cached_crops()) if cached else prefetch(self.source), cached)
@@ -670,7 +664,7 @@ class _FrameLoop:
 
     def row(self, k: int, i: int, rms: dict, interpolated: bool) -> dict:
         fit = self.fit
-        return _row(k, i, self.fps_out, fit.has_face[k], fit.valid[k], rms, interpolated, fit.model)
+        return csv_row(k, i, self.fps_out, fit.has_face[k], fit.valid[k], rms, interpolated, fit.model)
 
     def emit(self, k: int, i: int, crop: np.ndarray, st: FrameState, row: dict | None) -> None:
         """Hand frame k to the writer (in frame order); ``row`` None = finished before."""
@@ -682,17 +676,15 @@ class _FrameLoop:
         data = None
         if not fit.done[k]:
             data = frame_dict(st.exp, st.pose, st.eyelids, fit.ident, st.r, st.t, kc, (size, size), k, k)
-        land = None
-        if self.writer.draws_video:
-            land = {}
-            for key in ("mediapipe", "ibug68"):
-                if key in fit.lm:
-                    land[key] = cropmod.transform_points(fit.lm[key][i], fit.matrices[k])
-        self.writer.submit(k, crop, st, kc, data, row, land)
+        detected = None
+        if self.writer.draws_video:  # the fit's targets in crop pixels, NaN where unused
+            obs = cropmod.transform_points(fit.obs[k], fit.matrices[k]) if fit.follow else fit.obs[k]
+            detected = np.where(fit.valid[k][:, None], obs, np.nan)
+        self.writer.submit(k, crop, st, kc, data, row, detected)
         self.seconds["write"] += time.perf_counter() - t0
 
 
-def _row(k: int, i: int, fps_out: float, face: bool, valid: np.ndarray, rms: dict, interpolated: bool,
+def csv_row(k: int, i: int, fps_out: float, face: bool, valid: np.ndarray, rms: dict, interpolated: bool,
          model: TrackingFLAME) -> dict:
     """Frame k's tracking.csv row."""
     return {"frame": frame_name(k), "input_frame": int(i), "time_s": round(k / fps_out, 6),

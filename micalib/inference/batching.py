@@ -57,21 +57,26 @@ class Job:
 
 class StageTimer:
     """Seconds spent per named stage: ``with timer("network"): ...`` (thread-safe; time spent in
-    worker threads at once is summed, so the stages can add up to more than the wall time)."""
+    worker threads at once is summed, so the stages can add up to more than the wall time).
+    ``cpu_seconds``: the CPU time of the thread that ran each stage (``time.thread_time``), which
+    other processes on a shared machine do not inflate as they do the wall time (threads a stage
+    starts itself, e.g. a network's OpenMP team, are not in it)."""
 
     def __init__(self) -> None:
         self.seconds: Dict[str, float] = defaultdict(float)
+        self.cpu_seconds: Dict[str, float] = defaultdict(float)
         self._lock = threading.Lock()
 
     @contextlib.contextmanager
     def __call__(self, stage: str) -> Iterator[None]:
-        start = time.perf_counter()
+        start, cpu = time.perf_counter(), time.thread_time()
         try:
             yield
         finally:
-            elapsed = time.perf_counter() - start
+            elapsed, cpu = time.perf_counter() - start, time.thread_time() - cpu
             with self._lock:
                 self.seconds[stage] += elapsed
+                self.cpu_seconds[stage] += cpu
 
 
 class GpuBusy:

@@ -18,6 +18,7 @@ torch tensor, with ``device``, ``dtype``, ``precision_label``), and one ``Predic
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -32,7 +33,7 @@ from models.arcface import fuse_for_inference
 from utils.device import autocast, cpu_supports_bf16, resolve_device, resolve_precision
 from utils.errors import MICAError, UserFileNotFound
 
-__all__ = ["Predictor", "TorchEncoder", "OrtEncoder", "BACKENDS", "INPUT_SHAPE"]
+__all__ = ["Predictor", "TorchEncoder", "OrtEncoder", "BACKENDS", "INPUT_SHAPE", "mica_loader"]
 
 BACKENDS = ("torch", "onnxruntime")
 INPUT_SHAPE = (3, 112, 112)
@@ -312,3 +313,15 @@ class Predictor:
         """Network inputs ``(B, 3, 112, 112)`` float32 ((RGB - 127.5) / 127.5) -> ``identity (B, n_shape)``,
         ``vertices (B, V, 3)``, ``landmarks68 (B, 68, 3)``, ``landmarks7 (B, 7, 3)`` (metres, float32)."""
         return self.decode(self.encode(images))
+
+
+def mica_loader(cfg, device: str) -> Callable[[], tuple]:
+    """() -> (MICA predictor, face detector) from the config, loaded only when called (a tracker run
+    with ``--identity`` loads no weights); the tracker's builders (``TrackRunner.from_config``,
+    ``micalib.live.build``) pass it on, so that nothing else in ``micalib/tracking`` reads the config."""
+    def load():
+        from models.detectors import detector_from_config
+
+        return Predictor.from_config(cfg, device=device), detector_from_config(cfg)
+
+    return load

@@ -43,7 +43,7 @@ from micalib.tracking.crop import transform_points
 from micalib.tracking.depth import DepthMesh
 from micalib.tracking.fitting import FrameState, Intrinsics, LandmarkFitter, interpolate_state, pick_keyframes
 from micalib.tracking.frames import open_frames, prefetch
-from micalib.tracking.identity import mica_identity, mica_loader
+from micalib.tracking.identity import mica_identity
 from micalib.tracking.layout import TrackLayout
 from micalib.tracking.model import TrackingFLAME, load_eyelids, load_mediapipe_embedding, observations
 from micalib.tracking.options import TrackOptions
@@ -175,6 +175,8 @@ class TrackRunner:
                            "model.flame_lmk_embedding_path": resolve_path(cfg.model.flame_lmk_embedding_path)}
             check_assets(flame_files)
             flame = FLAME.from_config(cfg)
+
+        from micalib.predictor import mica_loader
 
         return cls(options, input_path, out_root, flame, load_mica=mica_loader(cfg, options.device),
                    identity_path=identity_path, landmarks_path=landmarks_path, source=source,

@@ -14,13 +14,13 @@ refused otherwise (--overwrite tracks again from scratch). Trailing KEY VALUE pa
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
 from loguru import logger
 
 from configs.config import load_cfg
-from utils.errors import run_main
+from utils.errors import UserError, run_main
+from utils.log_setup import setup_logging
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -89,7 +89,7 @@ def main(argv=None) -> int:
         for flag, value in (("--photometric", args.photometric or None),
                             ("--overwrite", args.overwrite or None), ("--fps", args.fps)):
             if value is not None:
-                raise ValueError(f"{flag} is not available in live mode (--camera / --url / --live)")
+                raise UserError(f"{flag} is not available in live mode (--camera / --url / --live)")
         if args.output is not None:
             prepare_output_dir(args.output, "output folder (-o)", clean=False)
     else:
@@ -103,7 +103,7 @@ def main(argv=None) -> int:
             opts += [key, value]
     cfg = load_cfg(args.cfg, opts)
     if args.image_size < 64:
-        raise ValueError(f"--image-size {args.image_size} is too small (use e.g. 512)")
+        raise UserError(f"--image-size {args.image_size} is too small (use e.g. 512)")
     import torch
 
     torch.set_num_threads(1)  # the per-frame work is small; threads are used for writing instead
@@ -140,6 +140,5 @@ def finish_outputs(cfg, out: Path, glb: bool = True, page: bool = True, landmark
 
 
 if __name__ == "__main__":
-    logger.remove()
-    logger.add(sys.stderr, format="<level>{level: <8}</level> {message}", level="INFO")
+    setup_logging()
     run_main(main)

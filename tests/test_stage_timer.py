@@ -1,10 +1,10 @@
-"""micalib/inference/batching.py StageTimer: wall seconds and the thread's own CPU seconds per stage."""
+"""utils/timing.py StageTimer: wall seconds and the thread's own CPU seconds per stage."""
 from __future__ import annotations
 
 import threading
 import time
 
-from micalib.inference.batching import StageTimer
+from utils.timing import StageTimer
 
 
 def _spin(seconds: float) -> None:

@@ -13,7 +13,6 @@ still pending (a shard did not finish: run it again), 1 when the run is complete
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
 from loguru import logger
@@ -21,6 +20,7 @@ from loguru import logger
 from micalib.inference.demo_runner import input_names, list_inputs
 from micalib.inference.records import RECORD_DIR, rebuild_summary
 from utils.errors import MICAError, run_main
+from utils.log_setup import setup_logging
 
 
 def merge(output_dir: Path, input_dir: Path | None = None, arcface_dir: Path | None = None) -> list:
@@ -57,6 +57,5 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    logger.remove()
-    logger.add(sys.stderr, format="<level>{level: <8}</level> {message}", level="INFO")
+    setup_logging()
     run_main(main)

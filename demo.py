@@ -168,7 +168,7 @@ def main(argv=None) -> int:
     counts = [sum(r.status == s for r in results) for s in ("ok", "done", "failed")]
     totals = [sum(c) for c in zip(*gather(shard, counts), strict=True)]  # every rank of a torchrun run: the run's totals
     destroy_distributed()
-    if shard.leader:
+    if shard.leader and not shard.independent:  # --shard jobs: merge_summaries writes the page at the end
         finish_outputs(args)
     where = f"shard {shard}: " if shard.sharded else ""
     logger.info(f"{where}{counts[0]} reconstructed, {counts[1]} already done, {counts[2]} failed -> {args.output}")

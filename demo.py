@@ -17,13 +17,13 @@ splits the inputs over the ranks (one GPU each, rank 0 writes the summary at the
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
 from loguru import logger
 
 from configs.config import load_cfg, resolve_path
 from utils.errors import MICAError, check_range, run_main, sigterm_as_interrupt
+from utils.log_setup import setup_logging
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -84,7 +84,7 @@ def build_runner(args: argparse.Namespace, cfg):
     from micalib.inference.records import checkpoint_id
     from micalib.inference.sharding import Shard, rank_cores
     from micalib.predictor import Predictor
-    from models.detectors import create_detector
+    from models.detectors import detector_from_config
 
     predictor = Predictor.from_config(cfg, onnx_path=args.onnx)
     weights = args.onnx or (resolve_path(cfg.pretrained_model_path) if cfg.pretrained_model_path else None)
@@ -92,10 +92,7 @@ def build_runner(args: argparse.Namespace, cfg):
     if not args.aligned:
         # MTCNN on the network's GPU (one detect_batch per batch); SCRFD picks onnxruntime's CUDA provider itself
         on_gpu = predictor.device.type == "cuda"
-        detector = create_detector(cfg.detector.name, antelopev2_dir=resolve_path(cfg.detector.antelopev2_dir),
-                                   det_size=tuple(cfg.detector.det_size), threshold=cfg.detector.threshold,
-                                   device=predictor.device if on_gpu else "cpu",
-                                   mtcnn_max_side=cfg.detector.mtcnn_max_side)
+        detector = detector_from_config(cfg, device=predictor.device if on_gpu else "cpu")
     shard = getattr(args, "run_shard", None) or Shard()
     workers = default_workers(rank_cores(shard)) if args.workers is None else args.workers
     options = DemoOptions(batch_size=args.batch_size, all_faces=args.all_faces, aligned=args.aligned,
@@ -169,9 +166,9 @@ def main(argv=None) -> int:
         results = runner.run(Path(args.input))
     failed = [r for r in results if r.status == "failed"]
     counts = [sum(r.status == s for r in results) for s in ("ok", "done", "failed")]
-    totals = [sum(c) for c in zip(*gather(shard, counts))]  # every rank of a torchrun run: the run's totals
+    totals = [sum(c) for c in zip(*gather(shard, counts), strict=True)]  # every rank of a torchrun run: the run's totals
     destroy_distributed()
-    if shard.leader:
+    if shard.leader and not shard.independent:  # --shard jobs: merge_summaries writes the page at the end
         finish_outputs(args)
     where = f"shard {shard}: " if shard.sharded else ""
     logger.info(f"{where}{counts[0]} reconstructed, {counts[1]} already done, {counts[2]} failed -> {args.output}")
@@ -200,6 +197,5 @@ def finish_outputs(args: argparse.Namespace) -> None:
 
 
 if __name__ == "__main__":
-    logger.remove()
-    logger.add(sys.stderr, format="<level>{level: <8}</level> {message}", level="INFO")
+    setup_logging()
     run_main(main)

@@ -25,13 +25,13 @@ the exit code.
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
 from loguru import logger
 
 from configs.config import load_cfg, resolve_path
-from utils.errors import MICAError, check_range, run_main
+from utils.errors import MICAError, UserError, check_range, run_main
+from utils.log_setup import setup_logging
 
 NOW_DETECTION_THRESHOLD = 0.4  # MICA's NoW preparation (SCRFD)
 
@@ -106,7 +106,7 @@ def _root(value: str, key: str, flag: str) -> Path:
 
 def export(args: argparse.Namespace, cfg, benchmark: str) -> int:
     from micalib.predictor import Predictor
-    from models.detectors import create_detector
+    from models.detectors import detector_from_config
     from utils.io import prepare_output_dir
 
     out = prepare_output_dir(benchmark_dir(args, cfg, benchmark), "benchmark output folder (-o)")
@@ -137,9 +137,7 @@ def export(args: argparse.Namespace, cfg, benchmark: str) -> int:
     predictor = Predictor.from_config(cfg, backend="onnxruntime" if args.onnx else "torch", onnx_path=args.onnx,
                                       batch_size=args.batch_size, device=device)
     faces = predictor.faces
-    detector = create_detector(cfg.detector.name, antelopev2_dir=resolve_path(cfg.detector.antelopev2_dir),
-                               det_size=tuple(cfg.detector.det_size), threshold=threshold,
-                               mtcnn_max_side=cfg.detector.mtcnn_max_side)
+    detector = detector_from_config(cfg, threshold=threshold)
     kwargs = dict(mesh_suffix="." + args.mesh_format, batch_size=args.batch_size, overwrite=args.overwrite,
                   render=not args.no_render, shard=shard)
     if benchmark == "now":
@@ -164,7 +162,7 @@ def _predicted(args: argparse.Namespace, default: Path, default_name: str) -> li
         out.append((name, Path(folder)))
     names = [n for n, _ in out]
     if len(set(names)) != len(names):
-        raise ValueError(f"--predicted names must differ (got {names}); use NAME=FOLDER")
+        raise UserError(f"--predicted names must differ (got {names}); use NAME=FOLDER")
     return out
 
 
@@ -218,7 +216,7 @@ def main(argv=None) -> int:
     set_max_pixels(cfg.image.max_pixels)
     benchmark = args.benchmark or str(cfg.test_dataset).lower()
     if benchmark not in ("now", "stirling"):
-        raise ValueError(f"benchmark must be now or stirling, not '{benchmark}' (--benchmark or test_dataset)")
+        raise UserError(f"benchmark must be now or stirling, not '{benchmark}' (--benchmark or test_dataset)")
     if args.evaluate:
         from micalib.inference.sharding import under_torchrun
 
@@ -229,6 +227,5 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    logger.remove()
-    logger.add(sys.stderr, format="<level>{level: <8}</level> {message}", level="INFO")
+    setup_logging()
     run_main(main)

@@ -14,13 +14,13 @@ refused otherwise (--overwrite tracks again from scratch). Trailing KEY VALUE pa
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
 from loguru import logger
 
 from configs.config import load_cfg
-from utils.errors import run_main, sigterm_as_interrupt
+from utils.errors import UserError, run_main, sigterm_as_interrupt
+from utils.log_setup import setup_logging
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -91,7 +91,7 @@ def main(argv=None) -> int:
         for flag, value in (("--photometric", args.photometric or None),
                             ("--overwrite", args.overwrite or None), ("--fps", args.fps)):
             if value is not None:
-                raise ValueError(f"{flag} is not available in live mode (--camera / --url / --live)")
+                raise UserError(f"{flag} is not available in live mode (--camera / --url / --live)")
         if args.output is not None:
             prepare_output_dir(args.output, "output folder (-o)", clean=False)
     else:
@@ -141,6 +141,5 @@ def finish_outputs(cfg, out: Path, glb: bool = True, page: bool = True, landmark
 
 
 if __name__ == "__main__":
-    logger.remove()
-    logger.add(sys.stderr, format="<level>{level: <8}</level> {message}", level="INFO")
+    setup_logging()
     run_main(main)

@@ -16,15 +16,14 @@ in ``logs/``, ``checkpoints/``, ``best_models/``, ``train_images/`` and the fina
 from __future__ import annotations
 
 import argparse
-import sys
-from typing import List, Optional
 
 from loguru import logger
 
 from utils.errors import run_main
+from utils.log_setup import setup_logging
 
 
-def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description="Train MICA (single process or torchrun).")
     p.add_argument("--cfg", default="configs/mica.yml", help="YAML config (default configs/mica.yml)")
     p.add_argument("-m", "--model", default=None, metavar="PATH",
@@ -38,17 +37,9 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def setup_logging(output_dir, log_dir: str, main: bool) -> None:
-    """Rank 0: console + ``output_dir/log_dir/train.log``; other ranks: warnings only."""
-    logger.remove()
-    logger.add(sys.stderr, level="INFO" if main else "WARNING")
-    if main:
-        path = output_dir / log_dir / "train.log"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        logger.add(str(path), level="DEBUG")
 
 
-def main(argv: Optional[List[str]] = None) -> int:
+def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     from configs.config import load_cfg
     from micalib.engine.builder import build_trainer, output_dir_of
@@ -66,7 +57,9 @@ def main(argv: Optional[List[str]] = None) -> int:
         out = output_dir_of(cfg)
         if comm.is_main_process():  # unusable output refused before loading anything; killed runs' temp files removed
             prepare_output_dir(out, "training output folder (output_dir)")
-        setup_logging(out, cfg.train.log_dir, comm.is_main_process())
+        # rank 0: console + output_dir/log_dir/train.log; other ranks: warnings only
+        main_rank = comm.is_main_process()
+        setup_logging("INFO" if main_rank else "WARNING", out / cfg.train.log_dir / "train.log" if main_rank else None)
         if comm.is_main_process():
             write_config(out, cfg.dump())
             logger.info(f"output folder {out}; {comm.get_world_size()} process(es)")
@@ -79,4 +72,5 @@ def main(argv: Optional[List[str]] = None) -> int:
 
 
 if __name__ == "__main__":
+    setup_logging()
     run_main(main)

@@ -13,7 +13,9 @@ Runs the same folder of images through ``micalib.inference.demo_runner.DemoRunne
 and prints seconds per stage (read, detect with MTCNN's own stages det:shrink/pyramid/pnet/nms/rnet/onet,
 align, crops, network, flame, render, write), the throughput ratio to the baseline, the network alone
 on pre-aligned inputs at the same batch, precision and threads (demo/net: the demo's share of it) and
-the non-network CPU milliseconds per image (process CPU time of all threads minus the network's). Stage seconds are summed over threads: with workers or prefetch
+the non-network CPU milliseconds per image (process CPU time of all threads minus the network's, and
+"stage CPU": the summed own CPU time of the threads in the non-network stages, which a loaded machine
+blurs less; per stage in the last table). Stage seconds are summed over threads: with workers or prefetch
 they add up to more than the wall time.
 
 With ``--device cuda`` the set-ups are the baseline and the GPU pipeline (``gpu-bN``: MTCNN on the
@@ -156,7 +158,8 @@ def main() -> int:
             net_wall, net_cpu = network_only(predictor, ok, batch)
             rows[label] = (total, ok, dict(runner.timings.seconds),
                            predictor.onnx_precision or str(predictor.dtype).replace("torch.", ""),
-                           None if busy is None else busy / total, (cpu, net_wall, net_cpu))
+                           None if busy is None else busy / total, (cpu, net_wall, net_cpu),
+                           dict(runner.timings.cpu_seconds))
     report = summarise(rows, args.n)
     print(f"{args.n} images, {args.arch}, device {args.device}")
     print(format_rows(report))
@@ -179,19 +182,34 @@ def network_only(predictor, n: int, batch: int) -> tuple:
     return time.perf_counter() - t0, time.process_time() - cpu0
 
 
+NETWORK_STAGES = ("network", "flame")
+
+
+def prep_cpu_seconds(cpu_seconds: dict) -> float:
+    """CPU seconds of the stages outside the network (read, detect, align, crops, write, render),
+    each the own CPU time of the thread that ran it; MTCNN's det:* stages lie inside detect."""
+    return sum(v for s, v in cpu_seconds.items() if s not in NETWORK_STAGES and not s.startswith("det:"))
+
+
 def summarise(rows: dict, n: int) -> dict:
     """Per set-up: wall seconds, img/s, ratio to the baseline, seconds and img/s per stage, and the
     share of the wall time the GPU had work (None without CUDA events)."""
     base = rows["baseline"][0] if "baseline" in rows else None
     out = {}
-    for label, (total, ok, sec, dtype, busy, (cpu, net_wall, net_cpu)) in rows.items():
+    for label, (total, ok, sec, dtype, busy, (cpu, net_wall, net_cpu), stage_cpu) in rows.items():
+        prep_cpu = prep_cpu_seconds(stage_cpu)
         out[label] = {"dtype": dtype, "seconds": total, "img_per_s": ok / total, "ok": ok,
                       "network_only_img_per_s": ok / net_wall if net_wall > 0 else None,
                       "demo_over_network": net_wall / total if total > 0 else None,
                       # process CPU time (all threads) of the demo minus that of the network alone
                       "non_network_cpu_ms_per_img": 1000 * (cpu - net_cpu) / ok if ok else None,
+                      # the same from the stages' own thread CPU times: not a difference of two large
+                      # process-CPU figures, which OpenMP's spin-waiting on a loaded machine blurs
+                      "prep_cpu_ms_per_img": 1000 * prep_cpu / ok if ok else None,
                       "ratio": None if base is None else base / total,
-                      "stage_seconds": sec, "stage_img_per_s": {s: (n / t if t > 0 else None) for s, t in sec.items()},
+                      "stage_seconds": sec,
+                      "stage_cpu_ms_per_img": {s: 1000 * v / max(ok, 1) for s, v in stage_cpu.items()},
+                      "stage_img_per_s": {s: (n / t if t > 0 else None) for s, t in sec.items()},
                       "gpu_busy_share": busy}
     return out
 
@@ -199,17 +217,21 @@ def summarise(rows: dict, n: int) -> dict:
 def format_rows(report: dict) -> str:
     stages = sorted({s for r in report.values() for s in r["stage_seconds"]})
     lines = [f"{'set-up':14s} {'dtype':9s} {'img/s':>7s} {'ratio':>6s} {'GPU busy':>8s} {'net img/s':>9s} "
-             f"{'demo/net':>8s} {'non-net CPU ms/img':>18s}"]
+             f"{'demo/net':>8s} {'non-net CPU ms/img':>18s} {'stage CPU ms/img':>16s}"]
     for label, r in report.items():
         busy = "n/a" if r["gpu_busy_share"] is None else f"{100 * r['gpu_busy_share']:.0f}%"
         ratio = "-" if r["ratio"] is None else f"{r['ratio']:.2f}"
         net, share, cpu = (r["network_only_img_per_s"], r["demo_over_network"], r["non_network_cpu_ms_per_img"])
+        stage_cpu = r["prep_cpu_ms_per_img"]
         lines.append(f"{label:14s} {r['dtype']:9s} {r['img_per_s']:7.2f} {ratio:>6s} {busy:>8s} "
-                     f"{net or 0:9.2f} {100 * (share or 0):7.0f}% {cpu or 0:18.1f}")
+                     f"{net or 0:9.2f} {100 * (share or 0):7.0f}% {cpu or 0:18.1f} {stage_cpu or 0:16.1f}")
     lines.append("seconds per stage, summed over threads (det:* = MTCNN's stages, inside detect):")
     lines.append(f"  {'set-up':12s} " + " ".join(f"{s:>11s}" for s in stages))
     for label, r in report.items():
         lines.append(f"  {label:12s} " + " ".join(f"{r['stage_seconds'].get(s, 0):10.2f}s" for s in stages))
+    lines.append("CPU ms per image per stage (own CPU time of the threads that ran it):")
+    for label, r in report.items():
+        lines.append(f"  {label:12s} " + ", ".join(f"{s} {v:.1f}" for s, v in sorted(r["stage_cpu_ms_per_img"].items())))
     lines.append("img/s per stage (images / stage seconds):")
     for label, r in report.items():
         lines.append(f"  {label:12s} " + ", ".join(f"{s} {v:.1f}" for s, v in sorted(r["stage_img_per_s"].items())

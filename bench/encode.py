@@ -30,8 +30,8 @@ import shutil
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable, Dict, List, Tuple
 
 ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
@@ -181,7 +181,7 @@ def main() -> int:
     if args.device == "cuda":
         peak_dtypes["fp16"] = torch.float16
 
-    runners: Dict[Tuple[str, str, int], Callable[[], None]] = {}
+    runners: dict[tuple[str, str, int], Callable[[], None]] = {}
     for backend in args.backends:
         for prec in (args.precisions[:1] if backend == "auto" else args.precisions):
             if backend.startswith("onnxruntime") and prec != "fp32":
@@ -224,7 +224,7 @@ def main() -> int:
             run()
         if key[0] == "compile":
             print(f"warm-up {key}: {time.perf_counter() - t:.1f} s", flush=True)
-    best: Dict[Tuple[str, str, int], float] = {k: 0.0 for k in runners}
+    best: dict[tuple[str, str, int], float] = {k: 0.0 for k in runners}
     peaks = {name: 0.0 for name in peak_dtypes}
     for r in range(args.rounds):
         for name, dtype in peak_dtypes.items():
@@ -238,7 +238,7 @@ def main() -> int:
     base = best.get(("eager", "fp32", 1)) or next(iter(best.values()))
     print("matmul peak: " + ", ".join(f"{k} {v:.0f} GFLOP/s" for k, v in peaks.items()))
     print(f"{'backend':<26}{'precision':<10}{'batch':>6}{'img/s':>9}{'x fp32 eager b1':>17}{'GFLOP/s':>9}{'% peak':>8}")
-    rows: List[dict] = []
+    rows: list[dict] = []
     for (backend, prec, b), ips in best.items():
         achieved = ips * gflop
         frac = achieved / peaks[prec] if prec in peaks else float("nan")  # no int8 peak measured

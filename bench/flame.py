@@ -24,8 +24,8 @@ import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable, Dict, List
 
 import torch
 
@@ -46,14 +46,14 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def time_round_robin(fns: Dict[str, Callable[[], object]], device: torch.device, min_time: float,
-                     warmup: int = 5) -> Dict[str, float]:
+def time_round_robin(fns: dict[str, Callable[[], object]], device: torch.device, min_time: float,
+                     warmup: int = 5) -> dict[str, float]:
     """Median seconds per call of each function, calls interleaved until ``min_time`` elapses."""
     for fn in fns.values():
         for _ in range(warmup):
             fn()
     _sync(device)
-    samples: Dict[str, List[float]] = {k: [] for k in fns}
+    samples: dict[str, list[float]] = {k: [] for k in fns}
     start = time.perf_counter()
     while time.perf_counter() - start < min_time or min(len(s) for s in samples.values()) < 10:
         for name, fn in fns.items():
@@ -64,7 +64,7 @@ def time_round_robin(fns: Dict[str, Callable[[], object]], device: torch.device,
     return {k: statistics.median(v) for k, v in samples.items()}
 
 
-def run(flame: FLAME, device: torch.device, min_time: float) -> List[dict]:
+def run(flame: FLAME, device: torch.device, min_time: float) -> list[dict]:
     """One row per batch size: meshes/s of each path and ratios to the bare matmul."""
     flame = flame.to(device)
     basis = flame.shapedirs[:300].contiguous()  # the bare limit: its own contiguous copy
@@ -73,9 +73,9 @@ def run(flame: FLAME, device: torch.device, min_time: float) -> List[dict]:
     for b in BATCHES:
         shape = torch.randn(b, flame.n_shape, device=device)
         fns = {
-            "bare": lambda: (vt + shape @ basis).view(b, -1, 3),
-            "canonical": lambda: flame.canonical(shape),
-            "full": lambda: flame(shape),
+            "bare": lambda shape=shape, b=b: (vt + shape @ basis).view(b, -1, 3),
+            "canonical": lambda shape=shape: flame.canonical(shape),
+            "full": lambda shape=shape: flame(shape),
         }
         with torch.inference_mode():
             t = time_round_robin(fns, device, min_time)
@@ -84,7 +84,7 @@ def run(flame: FLAME, device: torch.device, min_time: float) -> List[dict]:
     return rows
 
 
-def table(rows: List[dict]) -> str:
+def table(rows: list[dict]) -> str:
     lines = ["| batch | bare matmul (meshes/s) | canonical (meshes/s) | full LBS (meshes/s) | "
              "canonical / bare time | full / bare time |",
              "| ---: | ---: | ---: | ---: | ---: | ---: |"]

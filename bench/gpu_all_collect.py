@@ -13,21 +13,20 @@ import subprocess
 import sys
 import xml.etree.ElementTree as ET
 from pathlib import Path
-from typing import Optional
 
 DEMO_GOAL_IMG_S = 300.0  # issue 17: end to end, 2,000 1024-px JPEGs, MTCNN, batch 64, bf16, one GPU + 16 cores
 GPU_BUSY_GOAL = 0.80
 TRAIN_PEAK_GOAL = 0.25  # fraction of the bf16 matmul peak at the largest batch
 
 
-def _json(path: Path) -> Optional[dict]:
+def _json(path: Path) -> dict | None:
     try:
         return json.loads(path.read_text())
     except (OSError, ValueError):
         return None
 
 
-def _tests(path: Path) -> Optional[dict]:
+def _tests(path: Path) -> dict | None:
     try:
         root = ET.parse(path).getroot()
     except (OSError, ET.ParseError):
@@ -39,7 +38,7 @@ def _tests(path: Path) -> Optional[dict]:
     return counts
 
 
-def _gpu() -> Optional[str]:
+def _gpu() -> str | None:
     try:
         return subprocess.run(["nvidia-smi", "--query-gpu=name,memory.total,driver_version", "--format=csv,noheader"],
                               capture_output=True, text=True, timeout=20).stdout.strip() or None
@@ -47,7 +46,7 @@ def _gpu() -> Optional[str]:
         return None
 
 
-def _goal(value: Optional[float], target: float) -> dict:
+def _goal(value: float | None, target: float) -> dict:
     return {"value": value, "target": target, "met": None if value is None else value >= target}
 
 

@@ -3,7 +3,7 @@
 Times (median of interleaved calls, one run) at 512x512 for a FLAME-sized mesh seen as in the
 tracker's synthetic test (camera 0.6 m away, focal length 1.5x the image width):
 - ``rasterize``: ``micalib.render.raster.rasterize`` both windings / camera-facing only;
-- ``numpy renderer``: the project's older ``micalib.render.preview.rasterize`` (the baseline);
+- ``numpy renderer``: the project's older numpy rasteriser, now the tests' reference ``tests/numpy_renderer.py`` (the baseline);
 - ``compose_overlay``: input | landmarks (478 + 68 dots) | shaded mesh blended over the input;
 - ``video write``: one 512x1536 frame through ``VideoWriter`` (mp4v);
 - ``photometric iteration``: render + backward + Adam step of ``PhotometricRefiner`` (pose and
@@ -26,8 +26,8 @@ import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable, Dict, List, Tuple
 
 import numpy as np
 import torch
@@ -37,10 +37,10 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from bench.machine import cpu_description  # noqa: E402
-from micalib.render import preview as renderer  # noqa: E402
 from micalib.render.raster import rasterize  # noqa: E402
 from micalib.tracking.overlay import VideoWriter, compose_overlay  # noqa: E402
 from micalib.tracking.photometric import PhotometricRefiner  # noqa: E402
+from tests import numpy_renderer as renderer  # noqa: E402
 from utils.device import resolve_device  # noqa: E402
 from utils.errors import run_main  # noqa: E402
 from utils.io import atomic_write_text  # noqa: E402
@@ -50,7 +50,7 @@ DISTANCE = 0.6
 FOCAL = 1.5 * SIZE
 
 
-def load_mesh() -> Tuple[np.ndarray, np.ndarray, str]:
+def load_mesh() -> tuple[np.ndarray, np.ndarray, str]:
     """(V, 3) metres (y up, face along +z), (F, 3) counter-clockwise from outside, and a description."""
     obj = Path(os.environ.get("MICA_SHARED_DIR", ROOT.parent / "shared")) / "data" / "flame_public" / "head_template.obj"
     if obj.is_file():
@@ -88,11 +88,11 @@ def project(cam: torch.Tensor, size: int) -> torch.Tensor:
     return torch.stack([f * cam[:, 0] / cam[:, 2] + c, f * cam[:, 1] / cam[:, 2] + c, cam[:, 2]], 1)
 
 
-Timing = Tuple[float, float]  # median wall seconds, median CPU seconds of the calling thread
+Timing = tuple[float, float]  # median wall seconds, median CPU seconds of the calling thread
 
 
-def time_calls(fns: Dict[str, Callable[[], object]], device: torch.device, min_time: float,
-               warmup: int = 3) -> Dict[str, Timing]:
+def time_calls(fns: dict[str, Callable[[], object]], device: torch.device, min_time: float,
+               warmup: int = 3) -> dict[str, Timing]:
     """Median wall and thread-CPU seconds per call, calls interleaved until ``min_time`` elapses.
     The CPU time leaves out the waits for a core on a loaded machine (it still includes the cache
     and memory-bandwidth losses of sharing it)."""
@@ -101,8 +101,8 @@ def time_calls(fns: Dict[str, Callable[[], object]], device: torch.device, min_t
         for _ in range(warmup):
             fn()
     sync()
-    wall: Dict[str, List[float]] = {k: [] for k in fns}
-    cpu: Dict[str, List[float]] = {k: [] for k in fns}
+    wall: dict[str, list[float]] = {k: [] for k in fns}
+    cpu: dict[str, list[float]] = {k: [] for k in fns}
     start = time.perf_counter()
     while time.perf_counter() - start < min_time or min(len(s) for s in wall.values()) < 10:
         for name, fn in fns.items():
@@ -114,7 +114,7 @@ def time_calls(fns: Dict[str, Callable[[], object]], device: torch.device, min_t
     return {k: (statistics.median(wall[k]), statistics.median(cpu[k])) for k in fns}
 
 
-def run(device: torch.device, min_time: float) -> Tuple[List[Tuple[str, Timing]], str]:
+def run(device: torch.device, min_time: float) -> tuple[list[tuple[str, Timing]], str]:
     v_np, f_np, source = load_mesh()
     verts = torch.tensor(v_np, dtype=torch.float32, device=device)
     faces = torch.tensor(f_np, device=device)
@@ -136,7 +136,7 @@ def run(device: torch.device, min_time: float) -> Tuple[List[Tuple[str, Timing]]
         "VideoWriter.write 512x1536 (mp4v)": lambda: writer.write(frame),
     }
     if device.type == "cpu":
-        fns["numpy renderer (micalib.render.preview) 512"] = lambda: renderer.rasterize(old_screen, f_np, SIZE, SIZE)
+        fns["numpy renderer (tests/numpy_renderer) 512"] = lambda: renderer.rasterize(old_screen, f_np, SIZE, SIZE)
     times = time_calls(fns, device, min_time)
     writer.abort()
 
@@ -162,7 +162,7 @@ def run(device: torch.device, min_time: float) -> Tuple[List[Tuple[str, Timing]]
     return list(times.items()), info
 
 
-def table(rows: List[Tuple[str, Timing]]) -> str:
+def table(rows: list[tuple[str, Timing]]) -> str:
     lines = ["| step | wall ms per call | CPU ms per call |", "| --- | ---: | ---: |"]
     lines += [f"| {name} | {w * 1e3:.2f} | {c * 1e3:.2f} |" for name, (w, c) in rows]
     return "\n".join(lines)
@@ -199,8 +199,8 @@ def main() -> int:
     if args.write_readme:
         t = dict(rows)
         ratio = ""
-        if "numpy renderer (micalib.render.preview) 512" in t:
-            old, new = t["numpy renderer (micalib.render.preview) 512"][1], t["rasterize 512, both windings"][1]
+        if "numpy renderer (tests/numpy_renderer) 512" in t:
+            old, new = t["numpy renderer (tests/numpy_renderer) 512"][1], t["rasterize 512, both windings"][1]
             ratio = f" The torch rasteriser is {old / new:.1f}x faster than the numpy one (CPU time, same triangles)."
         update_readme("\n".join([
             "Command: `python bench/raster.py --write-readme` (options: `--device`, `--threads`).",

@@ -85,16 +85,16 @@ def stage_cpu(cfg, video: str, fps: float, size: int, n: int, with_video: bool) 
         writer = VideoWriter(tmp / "v.mp4", fps, (3 * size, size)) if with_video else None
         for k in range(n):
             o, v = obs[k]
-            st = timed("fit (Levenberg-Marquardt)", lambda: fitter.fit_frame(o, v, prev, prev).state)
+            st = timed("fit (Levenberg-Marquardt)", lambda o=o, v=v, prev=prev: fitter.fit_frame(o, v, prev, prev).state)
             prev = st
             geom = timed("full FLAME mesh + one 512 raster (per frame)", frame_geometry, model, dmesh, st, kk, size)
             verts = geom.verts
             timed("input/NNNNN.png (encode + write)",
-                  lambda: (tmp / "f.png").write_bytes(png_bytes(crops[k], int(cfg.tracker.png_compression))))
-            timed("mesh/NNNNN.ply (bytes + write)", lambda: (tmp / "f.ply").write_bytes(ply_metres(verts, model.faces)))
-            timed("checkpoint/NNNNN.frame (dict + save)", lambda: save_frame(
+                  lambda k=k: (tmp / "f.png").write_bytes(png_bytes(crops[k], int(cfg.tracker.png_compression))))
+            timed("mesh/NNNNN.ply (bytes + write)", lambda verts=verts: (tmp / "f.ply").write_bytes(ply_metres(verts, model.faces)))
+            timed("checkpoint/NNNNN.frame (dict + save)", lambda st=st, k=k: save_frame(
                 tmp / "f.frame", frame_dict(st.exp, st.pose, st.eyelids, np.zeros(300), st.r, st.t, kk, (size, size), k, k)))
-            timed("depth/NNNNN.png (depth + encode + write)", lambda: (tmp / "d.png").write_bytes(depth_png_bytes(
+            timed("depth/NNNNN.png (depth + encode + write)", lambda geom=geom: (tmp / "d.png").write_bytes(depth_png_bytes(
                 depth_mm(geom.fragments, geom.depth_offset, dmesh, size, size), DEPTH_PNG_COMPRESSION)))
             if writer is not None:
                 fut: Future = Future()
@@ -160,7 +160,7 @@ def main() -> None:
     t0, c0 = time.perf_counter(), time.process_time()
     runner.run()
     wall, cpu = time.perf_counter() - t0, time.process_time() - c0
-    st = runner.timings.stages
+    st = runner.timings.seconds
     print(f"machine: {cpu_description()}, {os.cpu_count()} cores; torch {torch.__version__}; "
           f"FLAME: synthetic on the {'real' if real else 'random'} topology; video {Path(args.video).name} "
           f"{src.size[0]}x{src.size[1]} -> {n} output frames at {args.fps} fps{note}")

@@ -35,7 +35,6 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Dict, List
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -80,14 +79,14 @@ def make_data(folder: Path, n_actors: int, arch: str) -> None:
     write_random_mica_tar(folder / "init.tar", arch=arch)
 
 
-def setting_opts(name: str) -> Dict[str, object]:
+def setting_opts(name: str) -> dict[str, object]:
     if name == "baseline":
         return {"precision": "fp32", "model.freeze_bn": False, "train.channels_last": False,
                 "train.optimizer_impl": "auto"}
     return {"precision": name, "model.freeze_bn": False, "train.channels_last": True, "train.optimizer_impl": "fused"}
 
 
-def opts_for(folder: Path, arch: str, batch: int, steps: int, setting: str, lr: float) -> List[str]:
+def opts_for(folder: Path, arch: str, batch: int, steps: int, setting: str, lr: float) -> list[str]:
     f = folder / "flame"
     kv = {
         "dataset.root": folder / "data", "dataset.image_lists": folder / "lists", "dataset.training_data": "['LYHM']",
@@ -102,7 +101,7 @@ def opts_for(folder: Path, arch: str, batch: int, steps: int, setting: str, lr: 
     return [str(x) for item in kv.items() for x in item]
 
 
-def _worker(rank: int, world: int, port: int, opts: List[str], warmup: int, threads: int, out: str) -> None:
+def _worker(rank: int, world: int, port: int, opts: list[str], warmup: int, threads: int, out: str) -> None:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), LOCAL_RANK=str(rank),
                       WORLD_SIZE=str(world))
     torch.set_num_threads(threads)
@@ -137,7 +136,7 @@ def _worker(rank: int, world: int, port: int, opts: List[str], warmup: int, thre
 
 
 def run(folder: Path, arch: str, batch: int, world: int, steps: int, warmup: int, setting: str,
-        lr: float = 1e-5) -> Dict[str, object]:
+        lr: float = 1e-5) -> dict[str, object]:
     threads = max(1, (os.cpu_count() or 1) // world)
     with tempfile.TemporaryDirectory() as res:
         opts = opts_for(folder, arch, batch, steps + warmup, setting, lr)
@@ -152,8 +151,8 @@ def run(folder: Path, arch: str, batch: int, world: int, steps: int, warmup: int
             "losses": rs[0]["losses"]}
 
 
-def loss_check(base: List[float], cand: List[float], name: str) -> bool:
-    worst = max(abs(c - b) / abs(b) for b, c in zip(base, cand))
+def loss_check(base: list[float], cand: list[float], name: str) -> bool:
+    worst = max(abs(c - b) / abs(b) for b, c in zip(base, cand, strict=True))
     tail_b, tail_c = statistics.fmean(base[-TAIL_STEPS:]), statistics.fmean(cand[-TAIL_STEPS:])
     tail = abs(tail_c - tail_b) / abs(tail_b)
     ok = worst <= STEP_TOLERANCE and tail <= TAIL_TOLERANCE
@@ -185,7 +184,7 @@ def main() -> int:
         need = args.batch * max(args.worlds) * 4  # 4 steps per epoch; longer runs start new epochs
         make_data(folder, need, args.arch)
         for world in args.worlds:
-            runs: Dict[str, List[Dict[str, object]]] = {s: [] for s in settings}
+            runs: dict[str, list[dict[str, object]]] = {s: [] for s in settings}
             load = [os.getloadavg()[0]]
             for i in range(args.repeats):
                 for s in settings:

@@ -3,7 +3,7 @@
 One tree of defaults, built at import and never mutated: ``get_cfg_defaults()`` returns a clone.
 Entry scripts call ``load_cfg(cfg_file, opts)``, which merges a YAML file (``configs/mica.yml``)
 and trailing ``KEY VALUE`` command-line pairs, checks the result (``check_cfg``) and freezes it.
-An unknown key or a value of the wrong type is a one-line ``ValueError``. Keys of the original
+An unknown key or a value of the wrong type is a one-line ``UserError`` (also a ``ValueError``). Keys of the original
 MICA configs that have no effect here (``LEGACY_KEYS``) are accepted; setting one to a value other
 than its default logs one warning line.
 
@@ -13,13 +13,14 @@ Relative paths are relative to the project root (the folder holding this ``confi
 from __future__ import annotations
 
 import os
+from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Any, Iterable, Optional, Sequence
+from typing import Any
 
 import yaml
 from yacs.config import CfgNode as CN
 
-from utils.errors import check_range
+from utils.errors import UserError, UserFileNotFound, check_range
 from utils.image_io import DEFAULT_MAX_PIXELS
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
@@ -175,6 +176,7 @@ _C.train.val_steps = 1000
 # Legacy keys of the original configs (no effect: no benchmark runs and no validation images during training).
 _C.train.eval_steps = 5000
 _C.train.val_save_img = 5000
+# Write TensorBoard curves to output_dir/log_dir (micalib/engine/builder.py).
 _C.train.write_summary = True
 # Start a fresh optimiser when loading a training checkpoint.
 _C.train.reset_optimizer = False
@@ -293,7 +295,8 @@ _C.tracker.fit.principal_point = "centre"
 # identity coefficients ~ N(MICA's, identity_sigma^2) (the original: shape regulariser 0.3).
 _C.tracker.fit.refine_identity = False
 _C.tracker.fit.identity_sigma = 0.3
-# Photometric refinement (--photometric): iterations per frame and learning rate.
+# Photometric refinement (--photometric): iterations per frame (the step sizes are PhotometricStage's
+# defaults, not a config key).
 _C.tracker.photometric_iters = 20
 
 
@@ -311,21 +314,21 @@ def resolve_path(path: str) -> Path:
 def _merge_yaml(cfg: CN, cfg_file: str | os.PathLike) -> None:
     path = Path(cfg_file)
     if not path.is_file():
-        raise FileNotFoundError(f"config file {path} does not exist (try configs/mica.yml)")
+        raise UserFileNotFound(f"config file {path} does not exist (try configs/mica.yml)")
     try:
-        with open(path, "r", encoding="utf-8") as f:
+        with open(path, encoding="utf-8") as f:
             data = yaml.safe_load(f) or {}
     except yaml.YAMLError as e:
-        raise ValueError(f"config file {path} is not valid YAML: {str(e).splitlines()[0]}") from None
+        raise UserError(f"config file {path} is not valid YAML: {str(e).splitlines()[0]}") from None
     if not isinstance(data, dict):
-        raise ValueError(f"config file {path} must hold a mapping of keys, not {type(data).__name__}")
+        raise UserError(f"config file {path} must hold a mapping of keys, not {type(data).__name__}")
     if "VERSION" in data and data["VERSION"] != CONFIG_VERSION:
-        raise ValueError(f"config file {path} sets VERSION {data['VERSION']!r}, but this project reads version "
+        raise UserError(f"config file {path} sets VERSION {data['VERSION']!r}, but this project reads version "
                          f"{CONFIG_VERSION} (compare it with configs/mica.yml, then set VERSION {CONFIG_VERSION} or drop it)")
     try:
         cfg.merge_from_other_cfg(CN(data))
     except (KeyError, ValueError) as e:
-        raise ValueError(f"config file {path}: {_yacs_message(e)}") from None
+        raise UserError(f"config file {path}: {_yacs_message(e)}") from None
 
 
 def _yacs_message(e: Exception) -> str:
@@ -340,52 +343,52 @@ def merge_opts(cfg: CN, opts: Sequence[str]) -> None:
     """Merge trailing ``KEY VALUE`` pairs (e.g. ``train.lr 1e-4``) into ``cfg``."""
     opts = list(opts or [])
     if len(opts) % 2:
-        raise ValueError(f"command-line overrides must be KEY VALUE pairs, got an odd number: {opts}")
+        raise UserError(f"command-line overrides must be KEY VALUE pairs, got an odd number: {opts}")
     try:
         cfg.merge_from_list(opts)
     except (KeyError, ValueError, AssertionError) as e:
-        raise ValueError(f"command-line override: {_yacs_message(e)}") from None
+        raise UserError(f"command-line override: {_yacs_message(e)}") from None
 
 
 def check_cfg(cfg: CN) -> None:
     """Cross-key checks; raises ``ValueError`` naming the key and the allowed values."""
     if cfg.VERSION != CONFIG_VERSION:
-        raise ValueError(f"VERSION must be {CONFIG_VERSION} (the version of this project's config keys), not {cfg.VERSION}")
+        raise UserError(f"VERSION must be {CONFIG_VERSION} (the version of this project's config keys), not {cfg.VERSION}")
     if cfg.model.name != "mica":
-        raise ValueError(f"model.name must be 'mica' (the only model), not '{cfg.model.name}'")
+        raise UserError(f"model.name must be 'mica' (the only model), not '{cfg.model.name}'")
     if cfg.device_id < 0:
-        raise ValueError(f"device_id must be a GPU index (0, 1, ...), not {cfg.device_id}")
+        raise UserError(f"device_id must be a GPU index (0, 1, ...), not {cfg.device_id}")
     if cfg.precision not in ("fp32", "bf16", "fp16", "auto"):
-        raise ValueError(f"precision must be fp32, bf16, fp16 or auto, not '{cfg.precision}'")
+        raise UserError(f"precision must be fp32, bf16, fp16 or auto, not '{cfg.precision}'")
     dev = str(cfg.device)
     if not (dev in ("auto", "cpu", "mps", "cuda") or dev.startswith("cuda:")):
-        raise ValueError(f"device must be auto, cpu, cuda, cuda:N or mps, not '{dev}'")
+        raise UserError(f"device must be auto, cpu, cuda, cuda:N or mps, not '{dev}'")
     if not 1 <= cfg.model.n_shape <= 300:
-        raise ValueError(f"model.n_shape must be in 1..300 (FLAME identity space), not {cfg.model.n_shape}")
+        raise UserError(f"model.n_shape must be in 1..300 (FLAME identity space), not {cfg.model.n_shape}")
     if not 0 <= cfg.model.n_exp <= 100:
-        raise ValueError(f"model.n_exp must be in 0..100, not {cfg.model.n_exp}")
+        raise UserError(f"model.n_exp must be in 0..100, not {cfg.model.n_exp}")
     if cfg.model.mapping_layers < 0:
-        raise ValueError(f"model.mapping_layers must be >= 0, not {cfg.model.mapping_layers}")
+        raise UserError(f"model.mapping_layers must be >= 0, not {cfg.model.mapping_layers}")
     if cfg.model.arch not in ("iresnet18", "iresnet34", "iresnet50", "iresnet100", "iresnet200"):
-        raise ValueError(f"model.arch must be one of iresnet18/34/50/100/200, not '{cfg.model.arch}'")
+        raise UserError(f"model.arch must be one of iresnet18/34/50/100/200, not '{cfg.model.arch}'")
     if cfg.detector.mtcnn_max_side < 0:
-        raise ValueError(f"detector.mtcnn_max_side must be >= 0 (0 = no shrinking), not {cfg.detector.mtcnn_max_side}")
+        raise UserError(f"detector.mtcnn_max_side must be >= 0 (0 = no shrinking), not {cfg.detector.mtcnn_max_side}")
     if cfg.detector.name not in ("auto", "scrfd", "mtcnn"):
-        raise ValueError(f"detector.name must be auto, scrfd or mtcnn, not '{cfg.detector.name}'")
+        raise UserError(f"detector.name must be auto, scrfd or mtcnn, not '{cfg.detector.name}'")
     check_range("detector.threshold", cfg.detector.threshold, 0, 1, low_open=True, hint="a detection score")
     if cfg.image.max_pixels < 0:
-        raise ValueError(f"image.max_pixels must be >= 0 (0 = no limit), not {cfg.image.max_pixels}")
+        raise UserError(f"image.max_pixels must be >= 0 (0 = no limit), not {cfg.image.max_pixels}")
     check_range("dataset.batch_size", cfg.dataset.batch_size, 1, 4096)
     if cfg.dataset.K < 1:
-        raise ValueError(f"dataset.K must be >= 1, not {cfg.dataset.K}")
+        raise UserError(f"dataset.K must be >= 1, not {cfg.dataset.K}")
     check_range("dataset.num_workers", cfg.dataset.num_workers, 0, 64, hint="0 = load in the main process")
     for key in ("lr", "arcface_lr", "weight_decay"):
         if cfg.train[key] < 0:
-            raise ValueError(f"train.{key} must be >= 0, not {cfg.train[key]}")
+            raise UserError(f"train.{key} must be >= 0, not {cfg.train[key]}")
     if cfg.train.lr_update_step < 1:
-        raise ValueError("train.lr_update_step must be >= 1")
+        raise UserError("train.lr_update_step must be >= 1")
     if cfg.train.optimizer_impl not in ("auto", "foreach", "fused"):
-        raise ValueError(f"train.optimizer_impl must be auto, foreach or fused, not '{cfg.train.optimizer_impl}'")
+        raise UserError(f"train.optimizer_impl must be auto, foreach or fused, not '{cfg.train.optimizer_impl}'")
 
 
 def _value(cfg: CN, key: str):
@@ -408,7 +411,7 @@ def warn_legacy_keys(cfg: CN) -> list:
     return legacy
 
 
-def load_cfg(cfg_file: Optional[str | os.PathLike] = None, opts: Iterable[str] = (), freeze: bool = True,
+def load_cfg(cfg_file: str | os.PathLike | None = None, opts: Iterable[str] = (), freeze: bool = True,
              flags: Iterable[tuple[str, Any]] = ()) -> CN:
     """Defaults, then ``cfg_file`` (YAML), then ``opts``, then ``flags`` (``(key, value)`` of the
     command-line flags that stand for config keys; ``None`` = not given); checked and (by default)

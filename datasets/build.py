@@ -6,8 +6,8 @@ here, before training starts, with one ``MICAError`` line naming the key or path
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import List, Sequence
 
 from loguru import logger
 
@@ -89,7 +89,7 @@ def build_train_dataset(cfg) -> MICAConcatDataset:
     return concat
 
 
-def build_val_datasets(cfg) -> List[MICADataset]:
+def build_val_datasets(cfg) -> list[MICADataset]:
     """One validation :class:`MICADataset` (``is_eval``) per name in ``dataset.eval_data`` (empty list: none)."""
     names = _names(cfg, "eval_data", required=False)
     datasets = [_make_dataset(cfg, n, "dataset.eval_data", is_eval=True) for n in names]

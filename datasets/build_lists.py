@@ -13,14 +13,15 @@ from __future__ import annotations
 
 import argparse
 import re
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Optional, Sequence
 
 from loguru import logger
 
 from datasets.image_lists import ImageList, save_image_list
 from datasets.mica_dataset import ARCFACE_FOLDER, FLAME_FOLDER
-from utils.errors import MICAError, run_main
+from utils.errors import MICAError, UserError, run_main
+from utils.log_setup import setup_logging
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
 
@@ -82,7 +83,7 @@ def build_image_list(dataset_dir: Path, min_images: int = 1) -> ImageList:
     return result
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
+def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m datasets.build_lists", description=__doc__.split("\n\n")[0])
     parser.add_argument("dataset_dir", type=Path, help="dataset folder ROOT/NAME (holds arcface_input/, FLAME_parameters/)")
     parser.add_argument("-o", "--output", type=Path, default=None,
@@ -92,7 +93,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args = parser.parse_args(argv)
     output = args.output or Path(__file__).resolve().parent / "image_paths" / f"{args.dataset_dir.name.upper()}.npy"
     if output.suffix != ".npy":
-        raise ValueError(f"output {output} must end in .npy (e.g. -o datasets/image_paths/NAME.npy)")
+        raise UserError(f"output {output} must end in .npy (e.g. -o datasets/image_paths/NAME.npy)")
     if output.exists() and not args.overwrite:
         raise MICAError(f"{output} already exists (pass --overwrite to replace it, or choose another -o)")
     image_list = build_image_list(args.dataset_dir, min_images=args.min_images)
@@ -106,4 +107,5 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
 
 if __name__ == "__main__":
+    setup_logging()
     run_main(main)

@@ -15,22 +15,21 @@ import io
 import os
 import pickle
 from pathlib import Path
-from typing import Dict, List, Tuple, Union
 
 import numpy as np
 from numpy.lib import format as npy_format
 
-from utils.errors import MICAError
+from utils.errors import MICAError, UserError, UserFileNotFound
 from utils.io import atomic_write_bytes
 from utils.safe_pickle import load_object_npy
 
-PathLike = Union[str, os.PathLike]
-ImageList = Dict[str, Tuple[List[str], str]]
+PathLike = str | os.PathLike
+ImageList = dict[str, tuple[list[str], str]]
 
 def _as_str(x, what: str) -> str:
     if isinstance(x, (str, np.str_)):
         return str(x)
-    raise ValueError(f"{what} is a {type(x).__name__}, not a string")
+    raise UserError(f"{what} is a {type(x).__name__}, not a string")
 
 
 def validate_image_list(obj) -> ImageList:
@@ -40,15 +39,15 @@ def validate_image_list(obj) -> ImageList:
         ValueError: the object does not have that structure (the message says where).
     """
     if not isinstance(obj, dict):
-        raise ValueError(f"holds a {type(obj).__name__}, not a dict of actor -> (images, npz)")
+        raise UserError(f"holds a {type(obj).__name__}, not a dict of actor -> (images, npz)")
     out: ImageList = {}
     for actor, entry in obj.items():
         actor_s = _as_str(actor, "an actor key")
         if not isinstance(entry, (tuple, list)) or len(entry) != 2:
-            raise ValueError(f"entry of actor '{actor_s}' is not a pair (images, npz)")
+            raise UserError(f"entry of actor '{actor_s}' is not a pair (images, npz)")
         images, npz = entry
         if not isinstance(images, (list, tuple)):
-            raise ValueError(f"images of actor '{actor_s}' are a {type(images).__name__}, not a list")
+            raise UserError(f"images of actor '{actor_s}' are a {type(images).__name__}, not a list")
         out[actor_s] = ([_as_str(p, f"an image path of actor '{actor_s}'") for p in images],
                         _as_str(npz, f"the npz path of actor '{actor_s}'"))
     return out
@@ -67,7 +66,7 @@ def load_image_list(path: PathLike) -> ImageList:
     """
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"image list {path} does not exist (copy it into that folder or build it with "
+        raise UserFileNotFound(f"image list {path} does not exist (copy it into that folder or build it with "
                                 f"python -m datasets.build_lists ROOT/NAME -o {path})")
     try:
         obj = load_object_npy(path)

@@ -7,8 +7,9 @@ the same sample. Worker seeds depend only on (seed, rank, epoch), never on the g
 """
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Any, Callable, Dict, Iterator, Optional
+from typing import Any
 
 import torch
 from torch.utils.data import DataLoader, Dataset
@@ -43,7 +44,7 @@ class ResumableLoader:
     """
 
     def __init__(self, dataset: Dataset, batch_size: int, world_size: int, rank: int, seed: int, state: TrainState,
-                 num_workers: int = 0, collate_fn: Optional[Callable] = None, pin_memory: bool = False) -> None:
+                 num_workers: int = 0, collate_fn: Callable | None = None, pin_memory: bool = False) -> None:
         if len(dataset) // world_size < batch_size:
             raise MICAError(f"dataset.batch_size = {batch_size} is larger than the {len(dataset) // world_size} "
                             f"training actors of each of the {world_size} processes; lower dataset.batch_size")
@@ -57,13 +58,13 @@ class ResumableLoader:
                                   num_workers=int(num_workers), collate_fn=collate_fn, drop_last=True,
                                   pin_memory=pin_memory, worker_init_fn=seed_worker, generator=self._generator,
                                   persistent_workers=False)
-        self._iter: Optional[Iterator] = None
+        self._iter: Iterator | None = None
 
     def restart(self) -> None:
         """Drop the running iterator: the next batch is read from ``state``'s epoch and offset."""
         self._iter = None
 
-    def next(self) -> Dict[str, Any]:
+    def next(self) -> dict[str, Any]:
         if self._iter is None:
             st = self.state
             self.sampler.set_epoch(st.epoch)

@@ -28,8 +28,8 @@ from __future__ import annotations
 
 import os
 import zlib
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence, Union
 
 import numpy as np
 import torch
@@ -37,9 +37,9 @@ from loguru import logger
 from torch.utils.data import ConcatDataset, Dataset
 
 from datasets.image_lists import ImageList, load_image_list
-from utils.errors import MICAError
+from utils.errors import MICAError, UserError
 
-PathLike = Union[str, os.PathLike]
+PathLike = str | os.PathLike
 
 ARCFACE_FOLDER = "arcface_input"
 FLAME_FOLDER = "FLAME_parameters"
@@ -49,7 +49,7 @@ MAX_EVAL_IMAGES = 200
 MAX_ACTOR_TRIES = 20
 
 
-def find_dataset_dir(root: PathLike, name: str) -> Optional[Path]:
+def find_dataset_dir(root: PathLike, name: str) -> Path | None:
     """``ROOT/NAME`` for a dataset name: upper-case folder first, then as written, then any case."""
     root = Path(root)
     for cand in (root / name.upper(), root / name):
@@ -75,7 +75,7 @@ class MICADataset(Dataset):
         n_shape: number of identity coefficients returned (first ``n_shape`` of the 400 betas).
     """
 
-    def __init__(self, dataset_dir: PathLike, name: str, image_list: Union[PathLike, ImageList], K: int = 2,
+    def __init__(self, dataset_dir: PathLike, name: str, image_list: PathLike | ImageList, K: int = 2,
                  is_eval: bool = False, seed: int = 0, n_shape: int = 300) -> None:
         super().__init__()
         self.name = str(name).upper()
@@ -83,7 +83,7 @@ class MICADataset(Dataset):
         self.image_dir = self.dataset_dir / ARCFACE_FOLDER
         self.flame_dir = self.dataset_dir / FLAME_FOLDER
         self.face_dict: ImageList = image_list if isinstance(image_list, dict) else load_image_list(image_list)
-        self.actors: List[str] = list(self.face_dict.keys())
+        self.actors: list[str] = list(self.face_dict.keys())
         if not self.actors:
             raise MICAError(f"image list of dataset {self.name} has no actors (rebuild it with "
                             f"python -m datasets.build_lists {self.dataset_dir})")
@@ -124,34 +124,34 @@ class MICADataset(Dataset):
             logger.warning(message)
 
     # ----------------------------------------------------------------------------------------------
-    def _load_identity(self, actor: str) -> Optional[np.ndarray]:
+    def _load_identity(self, actor: str) -> np.ndarray | None:
         """The first ``n_shape`` of the actor's fit ``betas`` (the identity), or None (reported once)."""
         npz_path = self.flame_dir / self.face_dict[actor][1]
         try:
             with np.load(npz_path, allow_pickle=False) as data:
                 betas = np.asarray(data["betas"], dtype=np.float32).reshape(-1)
             if betas.shape[0] < self.n_shape or not np.isfinite(betas[: self.n_shape]).all():
-                raise ValueError(f"betas has {betas.shape[0]} values or non-finite ones, need {self.n_shape} finite")
+                raise UserError(f"betas has {betas.shape[0]} values or non-finite ones, need {self.n_shape} finite")
         except Exception as e:  # missing file, corrupt zip, missing key, bad values
             self._warn_once(str(npz_path), f"{self.name}: skipping actor {actor}: unusable FLAME fit {npz_path} ({e})")
             return None
         return betas[: self.n_shape].copy()
 
-    def _load_input(self, image_path: Path) -> Optional[np.ndarray]:
+    def _load_input(self, image_path: Path) -> np.ndarray | None:
         npy_path = image_path.with_suffix(".npy")
         try:
             arr = np.load(npy_path, allow_pickle=False)
             if arr.shape != INPUT_SHAPE:
-                raise ValueError(f"shape {arr.shape}, expected {INPUT_SHAPE}")
+                raise UserError(f"shape {arr.shape}, expected {INPUT_SHAPE}")
             arr = arr.astype(np.float32, copy=False)
             if not np.isfinite(arr).all():
-                raise ValueError("non-finite values")
+                raise UserError("non-finite values")
         except Exception as e:
             self._warn_once(str(npy_path), f"{self.name}: skipping unreadable network input {npy_path} ({e})")
             return None
         return arr
 
-    def _try_actor(self, actor: str, rng: np.random.Generator) -> Optional[Dict]:
+    def _try_actor(self, actor: str, rng: np.random.Generator) -> dict | None:
         """The item for ``actor``, or None when the actor is unusable (reported once)."""
         images, _ = self.face_dict[actor]
         n_wanted = self.images_per_item
@@ -183,7 +183,7 @@ class MICADataset(Dataset):
             "dataset": self.name,
         }
 
-    def __getitem__(self, index: int) -> Dict:
+    def __getitem__(self, index: int) -> dict:
         """Item ``index`` (deterministic given seed, epoch and index).
 
         Returns:
@@ -215,18 +215,18 @@ class MICAConcatDataset(ConcatDataset):
             ds.set_epoch(epoch)
 
     @property
-    def names(self) -> List[str]:
+    def names(self) -> list[str]:
         """Dataset names in order."""
         return [ds.name for ds in self.datasets]
 
 
-def collate_mica(batch: Sequence[Dict]) -> Dict:
+def collate_mica(batch: Sequence[dict]) -> dict:
     """Collate items into a batch: tensors stacked, strings kept as lists.
 
     Returns:
         dict with ``arcface`` (B, K, 3, 112, 112), ``identity`` (B, n_shape), ``image_paths`` (B lists of K str), ``actor`` and ``dataset`` (lists of B str).
     """
-    out: Dict = {
+    out: dict = {
         "arcface": torch.stack([b["arcface"] for b in batch]),
         "identity": torch.stack([b["identity"] for b in batch]),
         "image_paths": [list(b["image_paths"]) for b in batch],

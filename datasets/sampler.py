@@ -1,7 +1,7 @@
 """A distributed sampler that can resume in the middle of an epoch."""
 from __future__ import annotations
 
-from typing import Iterator
+from collections.abc import Iterator
 
 from torch.utils.data import Dataset
 from torch.utils.data.distributed import DistributedSampler

@@ -12,8 +12,9 @@ always runs the mapping network and FLAME in float32.
 """
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Dict, Mapping, Optional, Union
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -23,6 +24,7 @@ from torch import nn
 from models.arcface import EMBEDDING_DIM, IResNet, create_arcface, freeze_for_mica
 from models.mapping import MappingNetwork
 from utils import checkpoint as ckpt
+from utils.errors import UserFileNotFound
 
 __all__ = ["MICA", "ImageToShape", "MAPPING_HIDDEN"]
 
@@ -55,7 +57,7 @@ class MICA(nn.Module):
             MICA; see :func:`models.arcface.freeze_for_mica`).
     """
 
-    def __init__(self, arcface: IResNet, regressor: MappingNetwork, flame: Optional[nn.Module] = None,
+    def __init__(self, arcface: IResNet, regressor: MappingNetwork, flame: nn.Module | None = None,
                  freeze: bool = True, freeze_bn: bool = False) -> None:
         super().__init__()
         self.arcface = freeze_for_mica(arcface, freeze_bn=freeze_bn) if freeze else arcface
@@ -68,7 +70,7 @@ class MICA(nn.Module):
     def n_shape(self) -> int:
         return self.regressor.out_dim
 
-    def train(self, mode: bool = True) -> "MICA":
+    def train(self, mode: bool = True) -> MICA:
         """Train mode for the networks; FLAME always stays in eval mode."""
         super().train(mode)
         if self.flame is not None:
@@ -88,7 +90,7 @@ class MICA(nn.Module):
         with torch.autocast(device_type=code.device.type, enabled=False):
             return self.regressor(code)
 
-    def decode(self, code: torch.Tensor) -> Dict[str, torch.Tensor]:
+    def decode(self, code: torch.Tensor) -> dict[str, torch.Tensor]:
         """Identity code -> FLAME.
 
         Args:
@@ -104,19 +106,13 @@ class MICA(nn.Module):
         with torch.autocast(device_type=identity.device.type, enabled=False):
             return self.decode_identity(identity)
 
-    def decode_identity(self, identity: torch.Tensor) -> Dict[str, torch.Tensor]:
+    def decode_identity(self, identity: torch.Tensor) -> dict[str, torch.Tensor]:
         """``identity`` (FLAME shape coefficients) ``(B, n_shape)`` -> vertices and landmarks (metres), float32."""
         if self.flame is None:
             raise RuntimeError("MICA was built without FLAME (encode-only); build it with FLAME to decode")
-        vertices = self.flame.canonical(identity)
-        return {
-            "identity": identity,
-            "vertices": vertices,
-            "landmarks68": self.flame.landmarks68(vertices),
-            "landmarks7": self.flame.landmarks7(vertices),
-        }
+        return self.flame.decode_identity(identity)
 
-    def forward(self, images: torch.Tensor) -> Dict[str, torch.Tensor]:
+    def forward(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
         """``encode`` then ``decode``; the dict also holds the identity ``code (B, 512)``."""
         code = self.encode(images)
         out = self.decode(code)
@@ -130,7 +126,7 @@ class MICA(nn.Module):
     # ----------------------------------------------------------------------------------------
     # Checkpoints
     # ----------------------------------------------------------------------------------------
-    def load_checkpoint(self, path: Union[str, Path]) -> Dict[str, Any]:
+    def load_checkpoint(self, path: str | Path) -> dict[str, Any]:
         """Load ``mica.tar`` weights (strict, one-line errors); returns its extra training state."""
         data = ckpt.load_mica_checkpoint(path)
         ckpt.load_arcface_into(self.arcface, data["arcface"], f"MICA checkpoint {path} 'arcface'")
@@ -139,19 +135,19 @@ class MICA(nn.Module):
         logger.info(f"loaded MICA weights from {path}")
         return data["extra"]
 
-    def load_arcface_backbone(self, path: Union[str, Path]) -> None:
+    def load_arcface_backbone(self, path: str | Path) -> None:
         """Initialise ArcFace from an insightface arcface_torch ``backbone.pth`` (strict)."""
         state = ckpt.load_arcface_backbone(path)
         ckpt.load_arcface_into(self.arcface, state, f"ArcFace backbone {path}")
         logger.info(f"initialised ArcFace from {path}")
 
-    def save_checkpoint(self, path: Union[str, Path], extra: Optional[Mapping[str, Any]] = None) -> Path:
+    def save_checkpoint(self, path: str | Path, extra: Mapping[str, Any] | None = None) -> Path:
         """Write ``mica.tar`` format (atomic), FLAME buffers included when FLAME is present."""
         return ckpt.save_mica_checkpoint(path, self.arcface, self.regressor, self.flame, extra)
 
     @classmethod
-    def from_config(cls, cfg, device: Optional[Union[str, torch.device]] = None, with_flame: bool = True,
-                    checkpoint: Optional[Union[str, Path]] = None, load_weights: bool = True) -> "MICA":
+    def from_config(cls, cfg, device: str | torch.device | None = None, with_flame: bool = True,
+                    checkpoint: str | Path | None = None, load_weights: bool = True) -> MICA:
         """Build from the config and load weights.
 
         Weights: ``checkpoint`` if given; else ``cfg.pretrained_model_path`` when
@@ -189,13 +185,13 @@ class MICA(nn.Module):
         if weights:
             path = resolve_path(str(weights))
             if not path.is_file():
-                raise FileNotFoundError(f"MICA checkpoint {path} not found (download mica.tar, see data/README.md, "
+                raise UserFileNotFound(f"MICA checkpoint {path} not found (download mica.tar, see data/README.md, "
                                         f"or pass it with -m/--model or set pretrained_model_path)")
             model.load_checkpoint(path)
         elif cfg.model.arcface_pretrained_model:
             path = resolve_path(cfg.model.arcface_pretrained_model)
             if not path.is_file():
-                raise FileNotFoundError(f"ArcFace backbone {path} not found (training from scratch needs insightface's "
+                raise UserFileNotFound(f"ArcFace backbone {path} not found (training from scratch needs insightface's "
                                         f"backbone.pth: set model.arcface_pretrained_model, or start from a MICA "
                                         f"checkpoint with -m/--model)")
             model.load_arcface_backbone(path)

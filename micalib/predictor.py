@@ -18,9 +18,9 @@ torch tensor, with ``device``, ``dtype``, ``precision_label``), and one ``Predic
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Dict, List, Optional, Union
 
 import numpy as np
 import torch
@@ -31,13 +31,13 @@ from torch import nn
 from micalib.mica import MICA
 from models.arcface import fuse_for_inference
 from utils.device import autocast, cpu_supports_bf16, resolve_device, resolve_precision
-from utils.errors import MICAError
+from utils.errors import MICAError, UserFileNotFound
 
-__all__ = ["Predictor", "TorchEncoder", "OrtEncoder", "BACKENDS", "INPUT_SHAPE"]
+__all__ = ["Predictor", "TorchEncoder", "OrtEncoder", "BACKENDS", "INPUT_SHAPE", "mica_loader"]
 
 BACKENDS = ("torch", "onnxruntime")
 INPUT_SHAPE = (3, 112, 112)
-ArrayLike = Union[np.ndarray, torch.Tensor]
+ArrayLike = np.ndarray | torch.Tensor
 
 
 def _as_batch(images: ArrayLike) -> torch.Tensor:
@@ -68,13 +68,13 @@ class OrtEncoder:
     # demo's prefetching) takes a core for a while; small chunks run as fast as large ones (bench/README.md).
     CHUNKS_PER_THREAD = 4
 
-    def __init__(self, onnx_path: Union[str, Path], device: str = "auto", threads: int = 0,
-                 batch_parallel: Optional[bool] = None) -> None:
+    def __init__(self, onnx_path: str | Path, device: str = "auto", threads: int = 0,
+                 batch_parallel: bool | None = None) -> None:
         import onnxruntime as ort
 
         path = Path(onnx_path).expanduser()
         if not path.is_file():
-            raise FileNotFoundError(f"ONNX model {path} not found (create it with python -m micalib.export --onnx {path})")
+            raise UserFileNotFound(f"ONNX model {path} not found (create it with python -m micalib.export --onnx {path})")
         available = ort.get_available_providers()
         if device in ("cuda", "auto") and "CUDAExecutionProvider" in available:
             providers = ["CUDAExecutionProvider", "CPUExecutionProvider"]
@@ -91,11 +91,11 @@ class OrtEncoder:
         self.device, self.dtype = torch.device("cpu"), torch.float32  # outputs come back to the CPU
         on_cpu = self.providers[0] == "CPUExecutionProvider"
         self.batch_parallel = (on_cpu and self.threads > 1) if batch_parallel is None else bool(batch_parallel and on_cpu)
-        self._single: Optional["ort.InferenceSession"] = None  # the single-threaded session, made on first use
-        self._pool: Optional[ThreadPoolExecutor] = None
+        self._single: ort.InferenceSession | None = None  # the single-threaded session, made on first use
+        self._pool: ThreadPoolExecutor | None = None
         self.last_chunks = 0  # chunks the last call was split into (1 = not split)
 
-    def _open(self, providers: List[str], threads: int):
+    def _open(self, providers: list[str], threads: int):
         import onnxruntime as ort
 
         opts = ort.SessionOptions()
@@ -108,7 +108,7 @@ class OrtEncoder:
                             f"export it again with python -m micalib.export") from None
 
     @property
-    def plan(self) -> Dict[str, object]:
+    def plan(self) -> dict[str, object]:
         """How this encoder runs, for the run's record (see ``TorchEncoder.plan``)."""
         return {"backend": "onnxruntime", "device": self.providers[0], "precision": self.precision,
                 "batch_parallel": self.batch_parallel, "threads": self.threads}
@@ -157,7 +157,7 @@ class TorchEncoder:
     """
 
     def __init__(self, model: MICA, device: str = "auto", precision: str = "fp32",
-                 channels_last: Optional[bool] = None, fuse: bool = True, compile: bool = False) -> None:
+                 channels_last: bool | None = None, fuse: bool = True, compile: bool = False) -> None:
         self.device = resolve_device(device)
         self.dtype = resolve_precision(precision, self.device)
         self.model = model.to(self.device).eval()
@@ -173,7 +173,7 @@ class TorchEncoder:
         return str(self.dtype).replace("torch.", "")
 
     @property
-    def plan(self) -> Dict[str, object]:
+    def plan(self) -> dict[str, object]:
         """How this encoder runs, for the run's record: chosen from the precision and the CPU's
         features only (``encoder_layout``), never from timings, so results never depend on a race."""
         return {"backend": "torch", "device": str(self.device), "precision": self.precision_label,
@@ -206,10 +206,10 @@ class Predictor:
             ``OrtEncoder``).
     """
 
-    def __init__(self, flame: Optional[nn.Module] = None, *, model: Optional[MICA] = None,
-                 onnx_path: Optional[Union[str, Path]] = None, backend: str = "torch", device: str = "auto",
-                 precision: str = "fp32", batch_size: int = 16, channels_last: Optional[bool] = None,
-                 fuse: bool = True, compile: bool = False, batch_parallel: Optional[bool] = None) -> None:
+    def __init__(self, flame: nn.Module | None = None, *, model: MICA | None = None,
+                 onnx_path: str | Path | None = None, backend: str = "torch", device: str = "auto",
+                 precision: str = "fp32", batch_size: int = 16, channels_last: bool | None = None,
+                 fuse: bool = True, compile: bool = False, batch_parallel: bool | None = None) -> None:
         if backend not in BACKENDS:
             raise ValueError(f"unknown backend '{backend}' (use {' or '.join(BACKENDS)})")
         if batch_size < 1:
@@ -242,12 +242,12 @@ class Predictor:
         return self.encoder.dtype
 
     @property
-    def model(self) -> Optional[MICA]:
+    def model(self) -> MICA | None:
         """The MICA network (torch backend; None on onnxruntime)."""
         return getattr(self.encoder, "model", None)
 
     @property
-    def plan(self) -> Dict[str, object]:
+    def plan(self) -> dict[str, object]:
         """The encoder's plan plus the batch size: what ``.mica/encoder.json`` of a demo run records."""
         return {**self.encoder.plan, "batch_size": self.batch_size}
 
@@ -256,14 +256,14 @@ class Predictor:
         return bool(getattr(self.encoder, "channels_last", False))
 
     @property
-    def onnx_precision(self) -> Optional[str]:
+    def onnx_precision(self) -> str | None:
         """onnxruntime backend: "fp32" or "int8" (the file's metadata); None on torch."""
         return self.encoder.precision if isinstance(self.encoder, OrtEncoder) else None
 
     @classmethod
-    def from_config(cls, cfg, backend: Optional[str] = None, onnx_path: Optional[Union[str, Path]] = None,
-                    checkpoint: Optional[Union[str, Path]] = None, device: Optional[str] = None,
-                    precision: Optional[str] = None, batch_size: int = 16) -> "Predictor":
+    def from_config(cls, cfg, backend: str | None = None, onnx_path: str | Path | None = None,
+                    checkpoint: str | Path | None = None, device: str | None = None,
+                    precision: str | None = None, batch_size: int = 16) -> Predictor:
         """Build from the config (weights: ``checkpoint`` or ``cfg.pretrained_model_path``).
 
         ``backend`` None = onnxruntime when ``onnx_path`` is given, else torch.
@@ -301,22 +301,27 @@ class Predictor:
         return self.flame.faces.detach().cpu().numpy().astype(np.int64)
 
     @torch.inference_mode()
-    def decode(self, identity: ArrayLike) -> Dict[str, np.ndarray]:
+    def decode(self, identity: ArrayLike) -> dict[str, np.ndarray]:
         """``(B, n_shape)`` identity (numpy or torch) -> dict of numpy arrays (metres), FLAME in float32."""
         identity = identity if torch.is_tensor(identity) else torch.from_numpy(np.asarray(identity, dtype=np.float32))
         if identity.dim() == 1:
             identity = identity.unsqueeze(0)
         identity = identity.to(self.device, torch.float32)
-        vertices = self.flame.canonical(identity)
-        out = {
-            "identity": identity,
-            "vertices": vertices,
-            "landmarks68": self.flame.landmarks68(vertices),
-            "landmarks7": self.flame.landmarks7(vertices),
-        }
-        return {k: v.float().cpu().numpy() for k, v in out.items()}
+        return {k: v.float().cpu().numpy() for k, v in self.flame.decode_identity(identity).items()}
 
-    def __call__(self, images: ArrayLike) -> Dict[str, np.ndarray]:
+    def __call__(self, images: ArrayLike) -> dict[str, np.ndarray]:
         """Network inputs ``(B, 3, 112, 112)`` float32 ((RGB - 127.5) / 127.5) -> ``identity (B, n_shape)``,
         ``vertices (B, V, 3)``, ``landmarks68 (B, 68, 3)``, ``landmarks7 (B, 7, 3)`` (metres, float32)."""
         return self.decode(self.encode(images))
+
+
+def mica_loader(cfg, device: str) -> Callable[[], tuple]:
+    """() -> (MICA predictor, face detector) from the config, loaded only when called (a tracker run
+    with ``--identity`` loads no weights); the tracker's builders (``TrackRunner.from_config``,
+    ``micalib.live.build``) pass it on, so that nothing else in ``micalib/tracking`` reads the config."""
+    def load():
+        from models.detectors import detector_from_config
+
+        return Predictor.from_config(cfg, device=device), detector_from_config(cfg)
+
+    return load

@@ -15,7 +15,7 @@ L2-normalises it). No autocast or device calls inside: precision and device are 
 """
 from __future__ import annotations
 
-from typing import Dict, List, Optional, Sequence
+from collections.abc import Sequence
 
 import torch
 from torch import nn
@@ -42,7 +42,7 @@ FEATURE_SIZE = 7
 STAGE_WIDTHS = (64, 128, 256, 512)
 
 # Blocks per stage of each depth (insightface arcface_torch).
-ARCFACE_ARCHS: Dict[str, List[int]] = {
+ARCFACE_ARCHS: dict[str, list[int]] = {
     "iresnet18": [2, 2, 2, 2],
     "iresnet34": [3, 4, 6, 3],
     "iresnet50": [3, 4, 14, 3],
@@ -72,7 +72,7 @@ class IBasicBlock(nn.Module):
         self.prelu = nn.PReLU(out_ch)
         self.conv2 = _conv3x3(out_ch, out_ch, stride)
         self.bn3 = nn.BatchNorm2d(out_ch, eps=BN_EPS)
-        self.downsample: Optional[nn.Sequential] = None
+        self.downsample: nn.Sequential | None = None
         if stride != 1 or in_ch != out_ch:
             self.downsample = nn.Sequential(
                 nn.Conv2d(in_ch, out_ch, kernel_size=1, stride=stride, bias=False),
@@ -112,7 +112,7 @@ class IResNet(nn.Module):
         self.bn1 = nn.BatchNorm2d(in_ch, eps=BN_EPS)
         self.prelu = nn.PReLU(in_ch)
         stages = []
-        for width, n_blocks in zip(STAGE_WIDTHS, self.layers_per_stage):
+        for width, n_blocks in zip(STAGE_WIDTHS, self.layers_per_stage, strict=True):
             blocks = [IBasicBlock(in_ch, width, stride=2)]
             blocks += [IBasicBlock(width, width) for _ in range(n_blocks - 1)]
             stages.append(nn.Sequential(*blocks))
@@ -136,11 +136,11 @@ class IResNet(nn.Module):
         nn.init.ones_(self.features.weight)
         self.features.weight.requires_grad_(False)
 
-    def frozen_modules(self) -> List[nn.Module]:
+    def frozen_modules(self) -> list[nn.Module]:
         """The modules MICA freezes: stem (conv1, bn1, prelu) and layer1..layer3."""
         return [self.conv1, self.bn1, self.prelu, self.layer1, self.layer2, self.layer3]
 
-    def train(self, mode: bool = True) -> "IResNet":
+    def train(self, mode: bool = True) -> IResNet:
         """As ``nn.Module.train``, but frozen modules stay in eval mode when ``freeze_bn`` is set."""
         super().train(mode)
         if self.freeze_mica and self.freeze_bn:
@@ -191,7 +191,7 @@ def freeze_for_mica(model: IResNet, freeze_bn: bool = False) -> IResNet:
     return model
 
 
-def _bn_affine(bn: nn.modules.batchnorm._BatchNorm) -> "tuple[torch.Tensor, torch.Tensor]":
+def _bn_affine(bn: nn.modules.batchnorm._BatchNorm) -> tuple[torch.Tensor, torch.Tensor]:
     """Eval-mode BN as ``y = scale * x + shift`` per channel."""
     scale = bn.weight / torch.sqrt(bn.running_var + bn.eps)
     return scale, bn.bias - bn.running_mean * scale

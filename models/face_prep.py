@@ -13,8 +13,8 @@ detector sees and which faces count:
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import List, Optional, Sequence
 
 import numpy as np
 
@@ -42,7 +42,7 @@ def align_face(image: np.ndarray, face: Face) -> AlignedFace:
     return AlignedFace(face=face, crop224=crop224, input112=to_network_input(crop112))
 
 
-def select_faces(faces: Sequence[Face], image_shape, all_faces: bool = False) -> List[Face]:
+def select_faces(faces: Sequence[Face], image_shape, all_faces: bool = False) -> list[Face]:
     """Every face (left to right) or only the one closest to the image centre (MICA's choice)."""
     if not faces:
         return []
@@ -52,7 +52,7 @@ def select_faces(faces: Sequence[Face], image_shape, all_faces: bool = False) ->
 
 
 def detect_and_align(image: np.ndarray, detector, all_faces: bool = False, source: str = "image",
-                     hint: str = "") -> List[AlignedFace]:
+                     hint: str = "") -> list[AlignedFace]:
     """Detect, select and align faces of an RGB uint8 image.
 
     Raises:
@@ -137,7 +137,7 @@ def prepare_full(image: np.ndarray, detector, source: str = "image") -> AlignedF
 # Dataset creation
 # ---------------------------------------------------------------------------------------------
 def prepare_centre(image: np.ndarray, detector, source: str = "image",
-                   min_score: Optional[float] = None) -> AlignedFace:
+                   min_score: float | None = None) -> AlignedFace:
     """The preparation of the original creation scripts: the detector's own threshold drops weak
     detections, the face closest to the image centre is picked among the rest, and only then is its
     score compared with ``min_score`` (None or 0: no minimum).

@@ -9,8 +9,9 @@ layer's ``state_dict`` is empty, it is always rebuilt from the FLAME files), and
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass, fields
-from typing import Any, Dict, Iterator, Optional, Tuple, Union
+from typing import Any
 
 import numpy as np
 import torch
@@ -19,7 +20,7 @@ from torch import nn
 from models.flame_io import FlameModelData, LandmarkEmbedding, load_flame_model, load_landmark_embedding
 from models.lbs import find_dynamic_lmk_idx_and_bcoords, lbs, vertices2landmarks
 
-PathLike = Union[str, os.PathLike]
+PathLike = str | os.PathLike
 
 # The 7 NoW landmarks, as indices into the 51 inner (static) landmarks.
 NOW_LANDMARK_IDX = (19, 22, 25, 28, 16, 31, 37)
@@ -55,7 +56,7 @@ class FLAMEOutput:
     def keys(self) -> Iterator[str]:
         return iter(f.name for f in fields(self))
 
-    def items(self) -> Iterator[Tuple[str, torch.Tensor]]:
+    def items(self) -> Iterator[tuple[str, torch.Tensor]]:
         return iter((k, getattr(self, k)) for k in self.keys())
 
 
@@ -121,14 +122,14 @@ class FLAME(nn.Module):
     # -----------------------------------------------------------------------------------------
     @classmethod
     def from_files(cls, model_path: PathLike, lmk_path: PathLike, n_shape: int = 300,
-                   n_exp: int = 100) -> "FLAME":
+                   n_exp: int = 100) -> FLAME:
         """Build from ``generic_model.pkl`` and ``landmark_embedding.npy`` (safe loaders; the
         embedding's triangle indices are checked against the model's triangle count)."""
         model = load_flame_model(model_path)
         return cls(model, load_landmark_embedding(lmk_path, n_faces=len(model.faces)), n_shape, n_exp)
 
     @classmethod
-    def from_config(cls, cfg: Any) -> "FLAME":
+    def from_config(cls, cfg: Any) -> FLAME:
         """Build from ``cfg.model.flame_model_path``, ``flame_lmk_embedding_path``, ``n_shape``, ``n_exp``."""
         from configs.config import resolve_path
 
@@ -163,7 +164,7 @@ class FLAME(nn.Module):
         flat = torch.addmm(self.v_template.view(1, -1), shape, self.shapedirs[: shape.shape[1]])
         return flat.view(shape.shape[0], -1, 3)
 
-    def _full_pose(self, b: int, pose: Optional[torch.Tensor], full_pose: Optional[torch.Tensor]) -> torch.Tensor:
+    def _full_pose(self, b: int, pose: torch.Tensor | None, full_pose: torch.Tensor | None) -> torch.Tensor:
         dt, dev = self.v_template.dtype, self.v_template.device
         if pose is not None and full_pose is not None:
             raise ValueError("give either pose (B, 6: global + jaw) or full_pose (B, 15), not both")
@@ -179,8 +180,8 @@ class FLAME(nn.Module):
         zeros = torch.zeros(b, 3, dtype=dt, device=dev)
         return torch.cat([pose[:, :3], zeros, pose[:, 3:], zeros, zeros], dim=1)
 
-    def forward(self, shape: torch.Tensor, expression: Optional[torch.Tensor] = None,
-                pose: Optional[torch.Tensor] = None, full_pose: Optional[torch.Tensor] = None) -> FLAMEOutput:
+    def forward(self, shape: torch.Tensor, expression: torch.Tensor | None = None,
+                pose: torch.Tensor | None = None, full_pose: torch.Tensor | None = None) -> FLAMEOutput:
         """Full FLAME: blend shapes, pose correctives, skinning, landmarks.
 
         Args:
@@ -219,8 +220,20 @@ class FLAME(nn.Module):
         """(B, V, 3) -> (B, 7, 3): the NoW landmarks (inner 51 at ``NOW_LANDMARK_IDX``), same units."""
         return vertices2landmarks(vertices, self.faces, self.lmk7_faces_idx, self.lmk7_bary_coords)
 
+    def decode_identity(self, identity: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The one decode of an identity: ``identity (B, k)`` -> ``{identity, vertices (B, V, 3),
+        landmarks68 (B, 68, 3), landmarks7 (B, 7, 3)}`` of the canonical (zero pose and expression)
+        mesh, metres; what ``MICA.decode`` and ``Predictor.decode`` return."""
+        vertices = self.canonical(identity)
+        return {
+            "identity": identity,
+            "vertices": vertices,
+            "landmarks68": self.landmarks68(vertices),
+            "landmarks7": self.landmarks7(vertices),
+        }
+
     # -----------------------------------------------------------------------------------------
-    def mica_buffers(self) -> Dict[str, torch.Tensor]:
+    def mica_buffers(self) -> dict[str, torch.Tensor]:
         """The FLAME tensors as ``mica.tar`` stores them under ``flameModel['generator.<name>']``.
 
         Names and layouts (V vertices, F faces, L = n_shape + n_exp), float in the buffers' dtype:

@@ -17,11 +17,11 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, Optional, Union
+from typing import Any
 
 import numpy as np
 
-from utils.errors import MICAError
+from utils.errors import MICAError, UserFileNotFound
 from utils.safe_pickle import (
     FLAME_MODEL,
     NUMPY_DATA,
@@ -32,7 +32,7 @@ from utils.safe_pickle import (
     unpickle,
 )
 
-PathLike = Union[str, os.PathLike]
+PathLike = str | os.PathLike
 
 FLAME_URL = "https://flame.is.tue.mpg.de"
 N_JOINTS = 5
@@ -42,7 +42,7 @@ N_POSEDIRS = 36
 
 def _read_bytes(path: Path, what: str, hint: str) -> bytes:
     if not path.exists():
-        raise FileNotFoundError(f"{what} not found at {path}: {hint}")
+        raise UserFileNotFound(f"{what} not found at {path}: {hint}")
     if path.is_dir():
         raise MICAError(f"{path} is a folder, expected the {what} file: {hint}")
     return path.read_bytes()
@@ -202,7 +202,7 @@ _LMK_SHAPES = {
 }
 
 
-def load_landmark_embedding(path: PathLike, n_faces: Optional[int] = None) -> LandmarkEmbedding:
+def load_landmark_embedding(path: PathLike, n_faces: int | None = None) -> LandmarkEmbedding:
     """Read ``landmark_embedding.npy`` safely (its dynamic entries are pickled torch tensors).
 
     Args:
@@ -254,7 +254,7 @@ MASK_NAMES = ("face", "eye_region", "left_eye_region", "right_eye_region", "left
               "neck", "boundary")
 
 
-def load_flame_masks(path: PathLike, n_vertices: Optional[int] = None) -> Dict[str, np.ndarray]:
+def load_flame_masks(path: PathLike, n_vertices: int | None = None) -> dict[str, np.ndarray]:
     """Read ``FLAME_masks.pkl`` safely: region name -> (N,) int64 vertex indices.
 
     Args:
@@ -271,7 +271,7 @@ def load_flame_masks(path: PathLike, n_vertices: Optional[int] = None) -> Dict[s
     obj = safe_unpickle(_read_bytes(path, "FLAME masks", hint), path, NUMPY_DATA, hint)
     if not isinstance(obj, dict) or not obj:
         raise MICAError(f"{path}: expected a dict of vertex index arrays; {hint}")
-    out: Dict[str, np.ndarray] = {}
+    out: dict[str, np.ndarray] = {}
     for key, val in obj.items():
         try:
             a = np.asarray(val)

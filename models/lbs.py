@@ -6,7 +6,6 @@ pose-corrective features. Lengths are in the units of the inputs (metres for FLA
 from __future__ import annotations
 
 import math
-from typing import Tuple
 
 import torch
 import torch.nn.functional as F
@@ -73,7 +72,7 @@ def _transform_mat(rot: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
 
 
 def batch_rigid_transform(rot_mats: torch.Tensor, joints: torch.Tensor,
-                          parents: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+                          parents: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Compose per-joint rotations along the kinematic tree.
 
     Args:
@@ -103,7 +102,7 @@ def batch_rigid_transform(rot_mats: torch.Tensor, joints: torch.Tensor,
 
 def lbs(betas: torch.Tensor, pose: torch.Tensor, v_template: torch.Tensor, shapedirs_flat: torch.Tensor,
         posedirs: torch.Tensor, J_regressor: torch.Tensor, parents: torch.Tensor,
-        lbs_weights: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        lbs_weights: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Shape blend shapes, pose correctives and linear blend skinning.
 
     Args:
@@ -178,7 +177,7 @@ def yaw_bin(rel_rot: torch.Tensor) -> torch.Tensor:
 
 def find_dynamic_lmk_idx_and_bcoords(full_pose: torch.Tensor, dynamic_lmk_faces_idx: torch.Tensor,
                                      dynamic_lmk_bary_coords: torch.Tensor,
-                                     neck_kin_chain: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+                                     neck_kin_chain: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Contour landmarks chosen by the head's yaw.
 
     The rotation along the chain (neck, then root) is composed as rel = R_root @ R_neck, and its

@@ -18,8 +18,6 @@ default bias init; ``output`` keeps PyTorch's default init with its weight multi
 """
 from __future__ import annotations
 
-from typing import List
-
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -48,7 +46,7 @@ class MappingNetwork(nn.Module):
             raise ValueError(f"MappingNetwork needs positive sizes and n_layers >= 0, got "
                              f"in_dim={in_dim}, hidden={hidden}, n_layers={n_layers}, out_dim={out_dim}")
         self.in_dim, self.hidden, self.n_layers, self.out_dim = in_dim, hidden, n_layers, out_dim
-        self.skips: List[int] = [n_layers // 2] if n_layers > SKIP_MIN_LAYERS else []
+        self.skips: list[int] = [n_layers // 2] if n_layers > SKIP_MIN_LAYERS else []
         layers = [nn.Linear(in_dim, hidden)]
         for i in range(1, n_layers + 1):
             layers.append(nn.Linear(hidden + (in_dim if i - 1 in self.skips else 0), hidden))

@@ -6,24 +6,25 @@ assignments overwrite earlier ones, so a face vertex that is also an eyeball ver
 """
 from __future__ import annotations
 
-from typing import Any, Dict, Mapping, Optional, Sequence, Tuple
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
 from utils.errors import MICAError
 
 # (weight name, mask regions) in assignment order; later entries win.
-REGION_ORDER: Tuple[Tuple[str, Tuple[str, ...]], ...] = (
+REGION_ORDER: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("eyes", ("left_eyeball", "right_eyeball")),
     ("ears", ("left_ear", "right_ear")),
     ("face", ("face",)),
 )
-DEFAULT_WEIGHTS: Dict[str, float] = {"whole": 1.0, "eyes": 0.01, "ears": 0.01, "face": 150.0}
+DEFAULT_WEIGHTS: dict[str, float] = {"whole": 1.0, "eyes": 0.01, "ears": 0.01, "face": 150.0}
 
 
 def vertex_weights(masks: Mapping[str, np.ndarray], n_vertices: int,
-                   weights: Optional[Mapping[str, float]] = None,
-                   order: Sequence[Tuple[str, Sequence[str]]] = REGION_ORDER) -> np.ndarray:
+                   weights: Mapping[str, float] | None = None,
+                   order: Sequence[tuple[str, Sequence[str]]] = REGION_ORDER) -> np.ndarray:
     """Loss weight of every vertex.
 
     Args:

@@ -46,18 +46,18 @@ def long_functions(root: Path = ROOT) -> list[tuple[str, int, str, int, int]]:
         limit = limit_for(rel)
         tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
 
-        def visit(node, prefix):
+        def visit(node, prefix, rel=rel, limit=limit):
             for child in ast.iter_child_nodes(node):
                 if isinstance(child, (ast.FunctionDef, ast.AsyncFunctionDef)):
                     length = child.end_lineno - child.lineno + 1
                     name = prefix + child.name
                     if length > limit:
                         found.append((rel, child.lineno, name, length, limit))
-                    visit(child, name + ".")
+                    visit(child, name + ".", rel, limit)
                 elif isinstance(child, ast.ClassDef):
-                    visit(child, prefix + child.name + ".")
+                    visit(child, prefix + child.name + ".", rel, limit)
                 else:
-                    visit(child, prefix)
+                    visit(child, prefix, rel, limit)
 
         visit(tree, "")
     return found

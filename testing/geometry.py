@@ -247,7 +247,7 @@ class MeshDistance:
         kth = [self._search(b, points, everyone, min(self._k0, len(b.tri)), best_d, best_q, best_f)
                for b in self._buckets]
         # Proofs only get easier as best_d decreases, so each bucket can be finished in turn.
-        for b, r_k in zip(self._buckets, kth):
+        for b, r_k in zip(self._buckets, kth, strict=True):
             k = min(self._k0, len(b.tri))
             pending = everyone[r_k - b.radius <= best_d]
             while len(pending) and k < len(b.tri):

@@ -21,9 +21,9 @@ from __future__ import annotations
 
 import os
 import pickle
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional, Sequence, Union
 
 import numpy as np
 from loguru import logger
@@ -32,11 +32,11 @@ from tqdm import tqdm
 
 from testing.geometry import MeshDistance, apply_similarity, rotvec_derivatives, rotvec_to_matrix, similarity_procrustes
 from testing.pp import read_pp
-from utils.errors import MICAError
+from utils.errors import MICAError, UserError, UserFileNotFound
 from utils.io import atomic_save, atomic_write_text, path_inside
 from utils.safe_pickle import load_object_npy
 
-PathLike = Union[str, os.PathLike]
+PathLike = str | os.PathLike
 
 NOW_CHALLENGES = ("multiview_neutral", "multiview_expressions", "multiview_occlusions", "selfie")
 NOW_IMAGE_LISTS = {"validation": "imagepathsvalidation.txt", "test": "imagepathstest.txt"}
@@ -56,7 +56,7 @@ __all__ = [
 # ---------------------------------------------------------------------------------------------
 # Per-image protocol
 # ---------------------------------------------------------------------------------------------
-def crop_scan(vertices: np.ndarray, faces: Optional[np.ndarray], lmks: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def crop_scan(vertices: np.ndarray, faces: np.ndarray | None, lmks: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Keep the scan vertices within NoW's face sphere.
 
     centre = lmk4 + 0.3 * (nose_bridge - lmk4), nose_bridge = (lmk1 + lmk2) / 2,
@@ -202,7 +202,7 @@ def refine_alignment(scan_points: np.ndarray, mesh: MeshDistance, with_scale: bo
             returned distances are always those of every scan point.
     """
     if fit_points < 0:
-        raise ValueError(f"fit_points must be 0 (all points) or positive, not {fit_points}")
+        raise UserError(f"fit_points must be 0 (all points) or positive, not {fit_points}")
     all_points = np.asarray(scan_points, dtype=np.float64)
     p = all_points
     if fit_points and len(p) > fit_points:
@@ -290,7 +290,7 @@ def load_pred_landmarks(path: PathLike) -> np.ndarray:
     """Read predicted landmarks: .npy (7,3) or (1,7,3), or .txt with 7 rows "x y z". Returns (7, 3)."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"landmark file {path} does not exist")
+        raise UserFileNotFound(f"landmark file {path} does not exist")
     try:
         arr = np.load(path, allow_pickle=False) if path.suffix == ".npy" else np.loadtxt(path)
     except (ValueError, OSError) as e:
@@ -313,11 +313,11 @@ def read_image_list(path: PathLike) -> list[str]:
     """Non-empty lines of a NoW image list (``SUBJECT/CHALLENGE/NAME.jpg``)."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"image list {path} does not exist (set test.now_root to the NoW folder holding it)")
+        raise UserFileNotFound(f"image list {path} does not exist (set test.now_root to the NoW folder holding it)")
     return [ln.strip() for ln in path.read_text(encoding="utf-8").splitlines() if ln.strip()]
 
 
-def _find_with_suffix(stem: Path, suffixes: Sequence[str]) -> Optional[Path]:
+def _find_with_suffix(stem: Path, suffixes: Sequence[str]) -> Path | None:
     for suf in suffixes:
         cand = stem.with_name(stem.name + suf)
         if cand.is_file():
@@ -328,7 +328,7 @@ def _find_with_suffix(stem: Path, suffixes: Sequence[str]) -> Optional[Path]:
 def _first_file(folder: Path, pattern: str, what: str) -> Path:
     files = sorted(folder.glob(pattern))
     if not files:
-        raise FileNotFoundError(f"no {what} ({pattern}) in {folder}")
+        raise UserFileNotFound(f"no {what} ({pattern}) in {folder}")
     if len(files) > 1:
         logger.warning(f"{folder} holds {len(files)} {what} files; using {files[0].name}")
     return files[0]
@@ -340,16 +340,16 @@ class EvalItem:
 
     key: str
     group: str
-    scan_mesh: Optional[Path]
-    scan_lmks: Optional[Path]
-    pred_mesh: Optional[Path]
-    pred_lmks: Optional[Path]
-    error: Optional[str] = None  # why the item cannot be scored (a bad list line): failed, not fatal
+    scan_mesh: Path | None
+    scan_lmks: Path | None
+    pred_mesh: Path | None
+    pred_lmks: Path | None
+    error: str | None = None  # why the item cannot be scored (a bad list line): failed, not fatal
 
 
 def now_items(now_root: PathLike, pred_dir: PathLike, split: str = "validation",
-              scans_dir: Optional[PathLike] = None, lmks_dir: Optional[PathLike] = None,
-              image_list: Optional[PathLike] = None) -> list[EvalItem]:
+              scans_dir: PathLike | None = None, lmks_dir: PathLike | None = None,
+              image_list: PathLike | None = None) -> list[EvalItem]:
     """Work items for a NoW-layout folder (scans in ``scans/SUBJECT/*.obj``, landmarks in
     ``scans_lmks_onlypp/SUBJECT/*.pp``) and a predicted folder ``PRED/SUBJECT/CHALLENGE/NAME.{obj,ply,npy}``.
 
@@ -358,17 +358,17 @@ def now_items(now_root: PathLike, pred_dir: PathLike, split: str = "validation",
     """
     root = Path(now_root)
     if split not in NOW_IMAGE_LISTS:
-        raise ValueError(f"split must be one of {sorted(NOW_IMAGE_LISTS)}, not '{split}'")
+        raise UserError(f"split must be one of {sorted(NOW_IMAGE_LISTS)}, not '{split}'")
     if not root.is_dir():
-        raise FileNotFoundError(f"NoW folder {root} does not exist (set test.now_root or --now-root)")
+        raise UserFileNotFound(f"NoW folder {root} does not exist (set test.now_root or --now-root)")
     pred = Path(pred_dir)
     if not pred.is_dir():
-        raise FileNotFoundError(f"predicted folder {pred} does not exist (run test.py --benchmark now first)")
+        raise UserFileNotFound(f"predicted folder {pred} does not exist (run test.py --benchmark now first)")
     scans = Path(scans_dir) if scans_dir else root / "scans"
     lmks = Path(lmks_dir) if lmks_dir else root / "scans_lmks_onlypp"
     for folder, what in ((scans, "scans"), (lmks, "scan landmarks")):
         if not folder.is_dir():
-            raise FileNotFoundError(f"{what} folder {folder} does not exist (NoW scans are public for the validation subjects only)")
+            raise UserFileNotFound(f"{what} folder {folder} does not exist (NoW scans are public for the validation subjects only)")
     lines = read_image_list(image_list if image_list else root / NOW_IMAGE_LISTS[split])
     items = []
     scan_cache: dict[str, tuple[Path, Path]] = {}
@@ -398,7 +398,7 @@ def _now_item(line: str, pred: Path, scans: Path, lmks: Path, scan_cache: dict) 
                     _find_with_suffix(stem, MESH_SUFFIXES), _find_with_suffix(stem, LANDMARK_SUFFIXES))
 
 
-def stirling_items(pred_dir: PathLike, scans_dir: PathLike, lmks_dir: Optional[PathLike] = None) -> list[EvalItem]:
+def stirling_items(pred_dir: PathLike, scans_dir: PathLike, lmks_dir: PathLike | None = None) -> list[EvalItem]:
     """Work items for Stirling/ESRC predictions ``PRED/{HQ,LQ}/ID5/ID9.{ply,obj,npy}``.
 
     The scan of subject ID5 is the first ``*.obj`` of ``SCANS/ID5/`` and its landmarks the first
@@ -408,7 +408,7 @@ def stirling_items(pred_dir: PathLike, scans_dir: PathLike, lmks_dir: Optional[P
     lmks = Path(lmks_dir) if lmks_dir else scans
     for folder, what in ((pred, "predicted"), (scans, "scans"), (lmks, "scan landmarks")):
         if not folder.is_dir():
-            raise FileNotFoundError(f"{what} folder {folder} does not exist")
+            raise UserFileNotFound(f"{what} folder {folder} does not exist")
     items = []
     for quality in ("HQ", "LQ"):
         for mesh in sorted(list((pred / quality).glob("*/*.ply")) + list((pred / quality).glob("*/*.obj"))):
@@ -439,7 +439,7 @@ class Stats:
     n_images: int
 
     @classmethod
-    def of(cls, distances: Sequence[np.ndarray]) -> "Stats":
+    def of(cls, distances: Sequence[np.ndarray]) -> Stats:
         if not distances:
             return cls(float("nan"), float("nan"), float("nan"), 0, 0)
         d = np.concatenate([np.asarray(x).ravel() for x in distances])
@@ -483,7 +483,7 @@ def evaluate(items: Sequence[EvalItem], method: str = "method", metrical: bool =
         ValueError: unknown unit.
     """
     if unit not in UNIT_FACTORS:
-        raise ValueError(f"unit must be one of {sorted(UNIT_FACTORS)}, not '{unit}'")
+        raise UserError(f"unit must be one of {sorted(UNIT_FACTORS)}, not '{unit}'")
     scans: dict[tuple[Path, Path], object] = {}
     distances: list[np.ndarray] = []
     inputs: list[str] = []
@@ -571,7 +571,7 @@ def read_official_outputs(path: PathLike) -> dict:
     """
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"result file {path} does not exist")
+        raise UserFileNotFound(f"result file {path} does not exist")
     try:
         return load_object_npy(path)
     except (ValueError, OSError, EOFError, pickle.UnpicklingError) as e:

@@ -25,9 +25,9 @@ from __future__ import annotations
 import json
 import os
 import pickle
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable, Optional, Sequence, Union
 
 import numpy as np
 from loguru import logger
@@ -35,11 +35,11 @@ from loguru import logger
 from models.face_prep import NotExactlyOneFace, prepare_from_box
 from models.flame import M_TO_MM
 from testing.now_eval import NOW_IMAGE_LISTS, read_image_list
-from utils.errors import MICAError
+from utils.errors import MICAError, UserError, UserFileNotFound
 from utils.io import atomic_save_npy, atomic_write_text, path_inside, written_file
 from utils.safe_pickle import load_object_npy
 
-PathLike = Union[str, os.PathLike]
+PathLike = str | os.PathLike
 
 NOW_IMAGES_DIR = Path("NoW_Dataset/final_release_version/iphone_pictures")
 NOW_BOXES_DIR = Path("NoW_Dataset/final_release_version/detected_face")
@@ -60,7 +60,7 @@ def read_now_box(path: PathLike) -> np.ndarray:
     """
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"face box {path} does not exist (NoW ships them in NoW_Dataset/final_release_version/detected_face/)")
+        raise UserFileNotFound(f"face box {path} does not exist (NoW ships them in NoW_Dataset/final_release_version/detected_face/)")
     try:
         obj = load_object_npy(path)
         return np.array([float(obj["left"]), float(obj["top"]), float(obj["right"]), float(obj["bottom"])])
@@ -82,11 +82,11 @@ class ExportItem:
     images: list[Path]
     stem: Path
     prepare: Callable
-    render: Optional[Path] = None
-    error: Optional[str] = None
+    render: Path | None = None
+    error: str | None = None
 
     @classmethod
-    def refused(cls, key: str, error: str) -> "ExportItem":
+    def refused(cls, key: str, error: str) -> ExportItem:
         return cls(key, [], Path(), lambda *a: None, None, error)
 
 
@@ -126,7 +126,7 @@ class ExportWriter:
         from micalib.inference.sharding import Shard
 
         if mesh_suffix not in (".ply", ".obj"):
-            raise ValueError(f"mesh format must be .ply or .obj, not '{mesh_suffix}'")
+            raise UserError(f"mesh format must be .ply or .obj, not '{mesh_suffix}'")
         self.predictor, self.faces = predictor, np.asarray(faces, dtype=np.int64)
         self.mesh_suffix, self.batch_size = mesh_suffix, max(1, int(batch_size))
         self.overwrite, self.render = overwrite, render
@@ -190,7 +190,7 @@ class ExportWriter:
             aligned = self._prepare(item, report)
             return [] if aligned is None else [Job(item.key, item, aligned)]
 
-        def finish(job, error: Optional[str], decoded: dict, i: int) -> None:
+        def finish(job, error: str | None, decoded: dict, i: int) -> None:
             if error is None:
                 report.written += 1
             else:
@@ -260,16 +260,16 @@ def now_export_items(now_root: PathLike, out_dir: PathLike, detector,
     """Work items for the NoW image lists of ``splits`` (a missing list is an error naming it)."""
     root = Path(now_root)
     if not root.is_dir():
-        raise FileNotFoundError(f"NoW folder {root} does not exist (set test.now_root in the config or pass --now-root)")
+        raise UserFileNotFound(f"NoW folder {root} does not exist (set test.now_root in the config or pass --now-root)")
     images_dir, boxes_dir = root / NOW_IMAGES_DIR, root / NOW_BOXES_DIR
     for folder in (images_dir, boxes_dir):
         if not folder.is_dir():
-            raise FileNotFoundError(f"NoW folder {folder} does not exist (unpack the NoW images and detected_face boxes under {root})")
+            raise UserFileNotFound(f"NoW folder {folder} does not exist (unpack the NoW images and detected_face boxes under {root})")
     out = Path(out_dir)
     items, seen = [], set()
     for split in splits:
         if split not in NOW_IMAGE_LISTS:
-            raise ValueError(f"NoW split must be validation or test, not '{split}'")
+            raise UserError(f"NoW split must be validation or test, not '{split}'")
         for line in read_image_list(root / NOW_IMAGE_LISTS[split]):
             if line in seen:
                 continue

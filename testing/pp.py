@@ -8,14 +8,13 @@ from __future__ import annotations
 import os
 import xml.etree.ElementTree as ET
 from pathlib import Path
-from typing import Union
 
 import numpy as np
 
-from utils.errors import MICAError
+from utils.errors import MICAError, UserFileNotFound
 from utils.io import atomic_write_text
 
-PathLike = Union[str, os.PathLike]
+PathLike = str | os.PathLike
 
 __all__ = ["read_pp", "write_pp"]
 
@@ -36,7 +35,7 @@ def read_pp(path: PathLike, expected: int | None = 7) -> np.ndarray:
     """
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"landmark file {path} does not exist (NoW ships them in scans_lmks_onlypp/SUBJECT/)")
+        raise UserFileNotFound(f"landmark file {path} does not exist (NoW ships them in scans_lmks_onlypp/SUBJECT/)")
     try:
         root = ET.parse(path).getroot()
     except ET.ParseError as e:

@@ -4,9 +4,9 @@ from __future__ import annotations
 import io
 import json
 import os
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict
 from pathlib import Path
-from typing import Mapping, Optional, Sequence, Union
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
@@ -14,7 +14,7 @@ from PIL import Image, ImageDraw, ImageFont
 from testing.now_eval import NOW_CHALLENGES, EvalResult
 from utils.io import atomic_write_bytes, atomic_write_text
 
-PathLike = Union[str, os.PathLike]
+PathLike = str | os.PathLike
 
 # Published NoW numbers (median / mean / std, mm), non-metrical challenge.
 PUBLISHED_NOW = {
@@ -60,7 +60,7 @@ def plot_cumulative_curves(curves: Mapping[str, tuple[np.ndarray, np.ndarray]], 
     pw, ph = w - left - right, h - top - bottom
 
     def to_px(x: np.ndarray, y: np.ndarray) -> list[tuple[float, float]]:
-        return list(zip((left + np.clip(x / x_max, 0, 1) * pw).tolist(), (top + ph - np.clip(y / 100.0, 0, 1) * ph).tolist()))
+        return list(zip((left + np.clip(x / x_max, 0, 1) * pw).tolist(), (top + ph - np.clip(y / 100.0, 0, 1) * ph).tolist(), strict=True))
 
     for k in range(0, 11):  # grid and y ticks every 10 %
         y = top + ph - k * ph / 10
@@ -98,7 +98,7 @@ def _fmt(v: float) -> str:
     return "-" if v != v else f"{v:.3f}"
 
 
-def markdown_table(results: Sequence[EvalResult], published: Optional[Mapping[str, tuple[float, float, float]]] = None,
+def markdown_table(results: Sequence[EvalResult], published: Mapping[str, tuple[float, float, float]] | None = None,
                    groups: Sequence[str] = NOW_CHALLENGES) -> str:
     """Markdown table: one row per method, overall median/mean/std (mm) and per-group medians/means.
 
@@ -137,7 +137,7 @@ def write_summary_json(results: Sequence[EvalResult], path: PathLike) -> None:
     atomic_write_text(path, json.dumps([summary_dict(r) for r in results], indent=2) + "\n")
 
 
-def write_reports(results: Sequence[EvalResult], out_dir: PathLike, published: Optional[Mapping[str, tuple[float, float, float]]] = None) -> dict[str, Path]:
+def write_reports(results: Sequence[EvalResult], out_dir: PathLike, published: Mapping[str, tuple[float, float, float]] | None = None) -> dict[str, Path]:
     """Everything a run of the scorer leaves in ``out_dir``.
 
     Per method the official ``METHOD_computed_distances.npy`` (+ ``.meanmedian``); for all methods
@@ -168,4 +168,4 @@ def write_reports(results: Sequence[EvalResult], out_dir: PathLike, published: O
 
 
 def _group_distances(result: EvalResult, group: str) -> list[np.ndarray]:
-    return [d for d, g in zip(result.distances, result.item_groups) if g == group]
+    return [d for d, g in zip(result.distances, result.item_groups, strict=True) if g == group]

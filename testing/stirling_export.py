@@ -17,18 +17,18 @@ Output: ``OUT/predicted_meshes/{HQ,LQ}/ID5/ID9.{ply,obj}`` (mm) and ``ID9.npy`` 
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence, Union
 
 import numpy as np
 from loguru import logger
 
 from models.face_prep import prepare_full
 from testing.now_export import ExportItem, ExportReport, run_export
-from utils.errors import MICAError
+from utils.errors import MICAError, UserError, UserFileNotFound
 from utils.io import path_inside
 
-PathLike = Union[str, os.PathLike]
+PathLike = str | os.PathLike
 
 STIRLING_IMAGES_DIR = Path("images/Real_images__Subset_2D_FG2018")
 QUALITIES = ("HQ", "LQ")
@@ -60,7 +60,7 @@ def stirling_export_items(stirling_root: PathLike, out_dir: PathLike, detector,
     backwards, so the first with exactly one face is the one whose mesh MICA leaves on disk."""
     root = Path(stirling_root)
     if not root.is_dir():
-        raise FileNotFoundError(f"Stirling folder {root} does not exist (set test.stirling_root in the config or pass --stirling-root)")
+        raise UserFileNotFound(f"Stirling folder {root} does not exist (set test.stirling_root in the config or pass --stirling-root)")
     out = Path(out_dir)
 
     def prepare(rgb: np.ndarray, source: str):
@@ -69,10 +69,10 @@ def stirling_export_items(stirling_root: PathLike, out_dir: PathLike, detector,
     items = []
     for q in qualities:
         if q not in QUALITIES:
-            raise ValueError(f"Stirling quality must be HQ or LQ, not '{q}'")
+            raise UserError(f"Stirling quality must be HQ or LQ, not '{q}'")
         folder = root / STIRLING_IMAGES_DIR / q
         if not folder.is_dir():
-            raise FileNotFoundError(f"Stirling image folder {folder} does not exist (unpack Real_images__Subset_2D_FG2018 under {root / 'images'})")
+            raise UserFileNotFound(f"Stirling image folder {folder} does not exist (unpack Real_images__Subset_2D_FG2018 under {root / 'images'})")
         groups = subject_groups(folder)
         if not groups:
             raise MICAError(f"no images in {folder} (expected Stirling .jpg photos)")

@@ -106,3 +106,11 @@ def train_setup_dir(tmp_path_factory, synthetic_flame_dir) -> Path:
     write_random_mica_tar(d / "init.tar", arch="iresnet18", seed=5)
     (d / "flame").symlink_to(synthetic_flame_dir)
     return d
+
+
+@pytest.fixture(scope="module")
+def exact_clip(tmp_path_factory) -> Path:
+    """A clip tracked by track.py from the FLAME-like synthetic FLAME (NAME.glb written by track.py)."""
+    from tests.synthetic_tracking import flame_like_assets, track_clip
+
+    return track_clip(tmp_path_factory.mktemp("exact"), flame_like_assets)

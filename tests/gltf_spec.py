@@ -143,7 +143,7 @@ class Glb:
         prim = self.json["meshes"][n["mesh"]]["primitives"][0]
         pos = self.accessor(prim["attributes"]["POSITION"])
         w = self.morph_weights(node, t)
-        for wi, tgt in zip(w, prim.get("targets", [])):
+        for wi, tgt in zip(w, prim.get("targets", []), strict=True):
             if wi != 0.0:
                 pos = pos + wi * self.accessor(tgt["POSITION"])
         world = self.world(t)

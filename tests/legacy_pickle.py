@@ -20,23 +20,23 @@ import pickle
 import pickletools
 import struct
 import types
-from typing import Any, Dict, Optional, Set, Tuple
+from typing import Any
 
 import numpy as np
 import torch
 from numpy.lib import format as npy_format
 
-Name = Tuple[str, str]
+Name = tuple[str, str]
 
 # numpy 2 location -> the name numpy 1.x wrote.
-NUMPY1_NAMES: Dict[Name, Name] = {
+NUMPY1_NAMES: dict[Name, Name] = {
     ("numpy._core.multiarray", "_reconstruct"): ("numpy.core.multiarray", "_reconstruct"),
     ("numpy._core.multiarray", "scalar"): ("numpy.core.multiarray", "scalar"),
     ("numpy._core.numeric", "_frombuffer"): ("numpy.core.numeric", "_frombuffer"),
 }
 
 # Python 3 / current scipy location -> the name Python 2 with old numpy/scipy wrote.
-PY2_NAMES: Dict[Name, Name] = dict(NUMPY1_NAMES)
+PY2_NAMES: dict[Name, Name] = dict(NUMPY1_NAMES)
 PY2_NAMES.update({
     ("builtins", "set"): ("__builtin__", "set"),
     ("builtins", "frozenset"): ("__builtin__", "frozenset"),
@@ -49,7 +49,7 @@ PY2_NAMES.update({
 class LegacyPickler(pickle._Pickler):  # the pure-Python pickler, whose dispatch can be extended
     """See the module docstring; subclass and set ``renames`` / ``py2_strings``."""
 
-    renames: Dict[Name, Name] = NUMPY1_NAMES
+    renames: dict[Name, Name] = NUMPY1_NAMES
     py2_strings = False
     dispatch = dict(pickle._Pickler.dispatch)
 
@@ -76,7 +76,7 @@ class LegacyPickler(pickle._Pickler):  # the pure-Python pickler, whose dispatch
                 pass
         pickle._Pickler.save_str(self, obj)
 
-    def save_global(self, obj: object, name: Optional[str] = None) -> None:
+    def save_global(self, obj: object, name: str | None = None) -> None:
         key = (getattr(obj, "__module__", None), name or getattr(obj, "__qualname__", None))
         if key in self.renames:
             module, qualname = self.renames[key]
@@ -107,7 +107,7 @@ class Py2Pickler(LegacyPickler):
 def class_named(module: str, name: str, getstate=None) -> type:
     """A throwaway class whose instances pickle as ``module.name`` (never put in ``sys.modules``;
     pickle it with a :class:`LegacyPickler` whose ``renames`` holds ``(module, name)``)."""
-    body: Dict[str, Any] = {"__module__": module}
+    body: dict[str, Any] = {"__module__": module}
     if getstate is not None:
         body["__getstate__"] = getstate
     cls = type(name, (object,), body)
@@ -137,7 +137,7 @@ def torch_save_numpy1(obj: Any) -> bytes:
     return buf.getvalue()
 
 
-def pickle_globals(data: bytes) -> Set[str]:
+def pickle_globals(data: bytes) -> set[str]:
     """The ``module.name`` of every GLOBAL / INST opcode in a pickle (``pickletools.genops``).
 
     Python 2's protocol-0 ``STRING`` of binary data does not decode as ASCII, which pickletools
@@ -157,7 +157,7 @@ def pickle_globals(data: bytes) -> Set[str]:
     return out
 
 
-def torch_file_globals(data: bytes) -> Set[str]:
+def torch_file_globals(data: bytes) -> set[str]:
     """:func:`pickle_globals` of the ``data.pkl`` inside a ``torch.save`` zip file."""
     import zipfile
 

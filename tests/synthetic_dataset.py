@@ -16,8 +16,8 @@ from ``numpy.random.default_rng(seed)``, so the same arguments give the same fil
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Dict, Optional, Sequence, Union
 
 import cv2
 import numpy as np
@@ -26,9 +26,9 @@ from datasets.image_lists import ImageList, save_image_list
 from utils.io import atomic_save, atomic_save_npy, atomic_write_bytes
 
 
-def make_synthetic_mica_dataset(root: Union[str, Path], names: Sequence[str] = ("LYHM", "FLORENCE"),
-                                n_actors: int = 4, n_images: Union[int, Sequence[int]] = 3, seed: int = 0,
-                                lists_dir: Optional[Union[str, Path]] = None) -> Dict[str, ImageList]:
+def make_synthetic_mica_dataset(root: str | Path, names: Sequence[str] = ("LYHM", "FLORENCE"),
+                                n_actors: int = 4, n_images: int | Sequence[int] = 3, seed: int = 0,
+                                lists_dir: str | Path | None = None) -> dict[str, ImageList]:
     """Write a tiny dataset per name under ``root`` and its image lists into ``lists_dir``.
 
     Args:
@@ -49,7 +49,7 @@ def make_synthetic_mica_dataset(root: Union[str, Path], names: Sequence[str] = (
     if len(counts) != n_actors:
         raise ValueError(f"n_images has {len(counts)} counts for {n_actors} actors")
     rng = np.random.default_rng(seed)
-    lists: Dict[str, ImageList] = {}
+    lists: dict[str, ImageList] = {}
     for name in names:
         name = name.upper()
         image_list: ImageList = {}
@@ -75,7 +75,7 @@ def make_synthetic_mica_dataset(root: Union[str, Path], names: Sequence[str] = (
     return lists
 
 
-def synthetic_dataset_opts(root: Union[str, Path], lists_dir: Union[str, Path], train: Sequence[str] = ("LYHM",),
+def synthetic_dataset_opts(root: str | Path, lists_dir: str | Path, train: Sequence[str] = ("LYHM",),
                            val: Sequence[str] = ("FLORENCE",), batch_size: int = 2, K: int = 2) -> list:
     """``KEY VALUE`` overrides (for ``configs.config.load_cfg(opts=...)``) pointing at a synthetic dataset."""
     return ["dataset.root", str(root), "dataset.image_lists", str(lists_dir),

@@ -27,8 +27,8 @@ from __future__ import annotations
 
 import os
 import pickle
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable, Dict, Optional, Tuple
 
 import numpy as np
 import scipy.sparse
@@ -46,7 +46,7 @@ N_JOINTS = 5
 PARENTS = (-1, 0, 1, 1, 1)  # root, neck, jaw, left eye, right eye
 
 
-def shared_flame_public() -> Optional[Path]:
+def shared_flame_public() -> Path | None:
     """``../shared/data/flame_public`` when it holds the three public files, else None."""
     shared = Path(os.environ.get("MICA_SHARED_DIR", ROOT.parent / "shared"))
     folder = shared / "data" / "flame_public"
@@ -54,7 +54,7 @@ def shared_flame_public() -> Optional[Path]:
     return folder if all((folder / n).is_file() for n in names) else None
 
 
-def read_obj_topology(path: Path) -> Tuple[np.ndarray, np.ndarray]:
+def read_obj_topology(path: Path) -> tuple[np.ndarray, np.ndarray]:
     """(V, 3) float64 vertices and (F, 3) int64 0-based triangles of an OBJ (texture indices dropped)."""
     verts, faces = [], []
     for line in Path(path).read_text().splitlines():
@@ -71,7 +71,7 @@ def read_obj_topology(path: Path) -> Tuple[np.ndarray, np.ndarray]:
 # ---------------------------------------------------------------------------------------------
 # The random topology, embedding and masks (the default; no ../shared needed)
 # ---------------------------------------------------------------------------------------------
-def _random_topology(rng: np.random.Generator) -> Tuple[np.ndarray, np.ndarray]:
+def _random_topology(rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
     """A small closed head-like mesh in metres: a UV sphere squashed to head proportions."""
     n_lat, n_lon = 14, 20
     verts = [[0.0, 1.0, 0.0]]
@@ -97,7 +97,7 @@ def _random_topology(rng: np.random.Generator) -> Tuple[np.ndarray, np.ndarray]:
     return verts, np.asarray(faces, dtype=np.int64)
 
 
-def _random_embedding(rng: np.random.Generator, n_faces: int) -> Dict[str, object]:
+def _random_embedding(rng: np.random.Generator, n_faces: int) -> dict[str, object]:
     def bary(*shape: int) -> np.ndarray:
         b = rng.uniform(0.05, 1.0, size=shape + (3,))
         return b / b.sum(-1, keepdims=True)
@@ -121,7 +121,7 @@ _MASK_SIZES_SMALL = {"face": 60, "eye_region": 30, "left_eye_region": 12, "right
                      "forehead": 8, "lips": 8, "nose": 10, "scalp": 20, "neck": 12, "boundary": 8}
 
 
-def _random_masks(rng: np.random.Generator, n_vertices: int) -> Dict[str, np.ndarray]:
+def _random_masks(rng: np.random.Generator, n_vertices: int) -> dict[str, np.ndarray]:
     """Same keys as the real file; eyeballs, ears and face overlap a little, as in the real one."""
     return {k: np.sort(rng.choice(n_vertices, size=min(n, n_vertices), replace=False)).astype(np.int64)
             for k, n in _MASK_SIZES_SMALL.items()}
@@ -142,7 +142,7 @@ def _smooth_basis(rng: np.random.Generator, verts: np.ndarray, n: int, rms_m: np
 
 
 def _joint_regressor(rng: np.random.Generator, verts: np.ndarray,
-                     masks: Dict[str, np.ndarray]) -> np.ndarray:
+                     masks: dict[str, np.ndarray]) -> np.ndarray:
     """(5, V) rows summing to 1: neck low, jaw at the chin, eyes at the eyeball vertices."""
     n_v = len(verts)
     y = verts[:, 1]
@@ -165,7 +165,7 @@ def _skinning_weights(rng: np.random.Generator, verts: np.ndarray, jtr: np.ndarr
     return w / w.sum(1, keepdims=True)
 
 
-def make_model_arrays(seed: int = 0, real: Optional[bool] = False) -> Dict[str, object]:
+def make_model_arrays(seed: int = 0, real: bool | None = False) -> dict[str, object]:
     """The arrays of a synthetic FLAME: model dict (plain numpy), embedding dict, masks, template.
 
     Returns a dict with ``model`` (keys of generic_model.pkl as numpy arrays / strings),
@@ -233,7 +233,7 @@ def _wrapped(cls: type, state: dict) -> object:
     return obj
 
 
-def generic_model_bytes(model: Dict[str, object], ch_keys=("v_template", "shapedirs", "posedirs",
+def generic_model_bytes(model: dict[str, object], ch_keys=("v_template", "shapedirs", "posedirs",
                                                             "weights", "J"), protocol: int = 2) -> bytes:
     """Pickle ``model`` as the Python-2 FLAME 2020 file: chumpy ``Ch`` objects with chumpy's whole
     state, an old-scipy ``csc_matrix`` J_regressor, Python-2 strings and global names.
@@ -248,13 +248,13 @@ def generic_model_bytes(model: Dict[str, object], ch_keys=("v_template", "shaped
     return legacy_dumps(out, _FlamePickler, protocol=protocol)
 
 
-def embedding_npy_bytes(embedding: Dict[str, object]) -> bytes:
+def embedding_npy_bytes(embedding: dict[str, object]) -> bytes:
     """``np.save`` of a 0-d object array holding the landmark dict, as the real file (numpy 1.x
     names, protocol 3, the dynamic entries pickled torch tensors)."""
     return npy_object_bytes(embedding, Numpy1Pickler)
 
 
-def masks_pkl_bytes(masks: Dict[str, np.ndarray]) -> bytes:
+def masks_pkl_bytes(masks: dict[str, np.ndarray]) -> bytes:
     """``FLAME_masks.pkl`` as the real file: a Python 2 pickle at protocol 0 (numpy.core names)."""
     return legacy_dumps(masks, Py2Pickler, protocol=0)
 
@@ -265,8 +265,8 @@ def obj_text(verts: np.ndarray, faces: np.ndarray) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_synthetic_flame(folder: os.PathLike | str, seed: int = 0, real: Optional[bool] = False,
-                          adjust: Optional[Callable[[dict], dict]] = None) -> Path:
+def write_synthetic_flame(folder: os.PathLike | str, seed: int = 0, real: bool | None = False,
+                          adjust: Callable[[dict], dict] | None = None) -> Path:
     """Write generic_model.pkl, landmark_embedding.npy, FLAME_masks.pkl, head_template.obj.
 
     Args:
@@ -296,7 +296,7 @@ def write_synthetic_flame(folder: os.PathLike | str, seed: int = 0, real: Option
     return folder
 
 
-def flame_like_weights(model: Dict[str, object], masks: Dict[str, np.ndarray]) -> np.ndarray:
+def flame_like_weights(model: dict[str, object], masks: dict[str, np.ndarray]) -> np.ndarray:
     """(V, 5) sparse skinning weights shaped like FLAME 2020's (at most 2 joints per vertex): the
     eyeballs on their eye joint alone, the lower front (chin and jaw) blended between jaw and neck,
     the lowest ring between root and neck, everything else (scalp, forehead, eyelid regions) on the

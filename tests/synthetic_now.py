@@ -10,9 +10,9 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Mapping, Optional, Sequence
 
 import numpy as np
 import trimesh
@@ -57,7 +57,7 @@ class Scan:
     t: np.ndarray
 
 
-def random_similarity(rng: np.random.Generator, scale: Optional[float] = None, max_angle: float = 0.6):
+def random_similarity(rng: np.random.Generator, scale: float | None = None, max_angle: float = 0.6):
     """(s, R, t): a random rotation (angle <= max_angle rad), translation ~ 50 mm, scale in [0.8, 1.25]."""
     axis = rng.normal(size=3)
     axis /= np.linalg.norm(axis)
@@ -67,7 +67,7 @@ def random_similarity(rng: np.random.Generator, scale: Optional[float] = None, m
 
 
 def make_scan(vertices: np.ndarray, faces: np.ndarray, landmarks: np.ndarray, noise_mm: float,
-              rng: np.random.Generator, scale: Optional[float] = None, landmark_noise_mm: float = 0.0) -> Scan:
+              rng: np.random.Generator, scale: float | None = None, landmark_noise_mm: float = 0.0) -> Scan:
     """Scan of a known mesh (see module docstring). The noise is applied before the similarity,
     so the true scan-to-mesh distances are ``|offsets| * s``."""
     mesh = trimesh.Trimesh(vertices, faces, process=False)

@@ -323,3 +323,73 @@ def track_synthetic(tmp, real: bool, n_frames: int = 120, noise_px: float = 0.5,
     with open(assets["flame_masks_path"], "rb") as f:
         face = pickle.load(f, encoding="latin1")["face"]
     return seq, fr, model, face, out
+
+
+# glTF tests (test_gltf, test_gltf_blender, test_viewer_page): a short clip tracked by track.py
+CLIP_FRAMES = 12
+
+
+def flame_like_assets(assets: dict, real: bool = False) -> None:
+    """``synthetic_setup`` hook: the tracking FLAME rewritten with FLAME-like sparse weights, and
+    the eyelid offsets kept only on vertices skinned to the head (root / neck) alone, as in FLAME
+    (``real``: on the real topology)."""
+    from models.flame_io import load_flame_model
+    from tests.synthetic_flame import flame_like_weights, write_synthetic_flame
+
+    def adjust(arrays: dict) -> dict:
+        model = _tracking_model(arrays)
+        model["weights"] = flame_like_weights(model, arrays["masks"])
+        return model
+
+    write_synthetic_flame(Path(assets["flame_model_path"]).parent, seed=3, real=real, adjust=adjust)
+    w = load_flame_model(assets["flame_model_path"]).weights
+    moved_by_joints = w[:, 2:].sum(1) > 0
+    for key in ("l_eyelid_path", "r_eyelid_path"):
+        lid = np.load(assets[key])
+        lid[moved_by_joints] = 0.0
+        np.save(assets[key], lid)
+
+
+def track_clip(tmp: Path, hook) -> Path:
+    """A clip tracked by track.py from the synthetic assets (``hook`` adjusts them), ``CLIP_FRAMES`` long;
+    returns OUT/NAME."""
+    return track_synthetic(tmp, False, n_frames=CLIP_FRAMES, assets_hook=hook)[4]
+
+
+def check_fit(seq, fr, model, face):
+    from micalib.tracking.camera import matrix_to_axis_angle, rotation_6d_to_matrix
+
+    k_fit = np.stack([f["opencv"]["K"][0] for f in fr]).astype(np.float64)
+    t_fit = np.stack([f["opencv"]["t"][0] for f in fr]).astype(np.float64)
+    f_true, d_true = seq["K"][0, 0], seq["t"][:, 2]
+    focal = k_fit[:, 0, 0]
+    assert np.allclose(focal, focal[0])  # one camera for the sequence
+    assert abs(focal[0] / f_true - 1) < 0.02
+    assert abs(t_fit[:, 2].mean() / d_true.mean() - 1) < 0.02  # the camera distance
+    assert np.abs(t_fit[:, 2] / d_true - 1).max() < 0.03  # and every frame's (measured: <= 2.1%)
+    assert abs((focal[0] / t_fit[:, 2].mean()) / (f_true / d_true.mean()) - 1) < 0.005
+    assert np.abs(t_fit[:, :2] - seq["t"][:, :2]).mean() < 1e-3
+    # meshes in model space
+    exp = np.stack([f["flame"]["exp"][0] for f in fr])
+    mats = rotation_6d_to_matrix(np.concatenate([np.stack([f["flame"]["jaw"][0] for f in fr])[:, None],
+                                                 np.stack([f["flame"]["eyes"][0] for f in fr]).reshape(-1, 2, 6)], 1))
+    pose = matrix_to_axis_angle(mats).reshape(-1, 9)
+    lids = np.stack([f["flame"]["eyelids"][0] for f in fr])
+    verts = model.vertices(exp, pose, lids)
+    err = np.linalg.norm(verts[:, face] - seq["vertices"][:, face], axis=-1).mean()
+    assert err < 1e-3, f"mean vertex error {err * 1e3:.2f} mm over the face region"
+    # reprojection of the fitted model against the noisy landmarks, vs the noise itself
+    r = np.stack([f["opencv"]["R"][0] for f in fr]).astype(np.float64)
+    sl = model.slices["mediapipe"]
+    res, noise = [], []
+    for k in range(len(fr)):
+        pts = model.full_points(verts[k], model.contour_bin(r[k]))[sl]
+        uvw = (pts @ r[k].T + t_fit[k]) @ k_fit[k].T
+        uv = uvw[:, :2] / uvw[:, 2:] - 0.5  # the file's K: pixel centres at i + 0.5; the landmarks: at i
+        obs = seq["mediapipe"][k][model.mediapipe_index]
+        clean = seq["clean_mediapipe"][k][model.mediapipe_index]
+        res.append(uv - obs)
+        noise.append(obs - clean)
+    rms = np.sqrt((np.concatenate(res) ** 2).sum(1).mean())
+    noise_rms = np.sqrt((np.concatenate(noise) ** 2).sum(1).mean())
+    assert rms <= 1.2 * noise_rms, (rms, noise_rms)

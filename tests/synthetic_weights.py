@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Optional
 
 import torch
 from torch import nn
@@ -81,9 +80,9 @@ def random_mica(flame_dir: str | Path, arch: str = "iresnet100", seed: int = 0) 
     return MICA(random_arcface(arch, seed), random_mapping_network(3, 300, 1), flame).eval()
 
 
-def write_random_mica_tar(path: str | Path, flame: Optional[nn.Module] = None, arch: str = "iresnet100",
+def write_random_mica_tar(path: str | Path, flame: nn.Module | None = None, arch: str = "iresnet100",
                           seed: int = 0, mapping_layers: int = 3, n_shape: int = 300,
-                          extra: Optional[dict] = None) -> Path:
+                          extra: dict | None = None) -> Path:
     """Write a random-weight checkpoint in the ``mica.tar`` format; returns ``path``.
 
     Args:
@@ -102,7 +101,7 @@ def write_random_mica_tar(path: str | Path, flame: Optional[nn.Module] = None, a
     return save_mica_checkpoint(path, arcface, regressor, flame, extra)
 
 
-def official_training_checkpoint(arch: str = "iresnet18", seed: int = 0, flame: Optional[nn.Module] = None,
+def official_training_checkpoint(arch: str = "iresnet18", seed: int = 0, flame: nn.Module | None = None,
                                  lr: float = 1e-5, arcface_lr: float = 1e-5, weight_decay: float = 2e-4,
                                  lr_update_step: int = 100000, global_step: int = 1) -> dict:
     """The dict the official trainer's ``save_checkpoint`` saves (layout: MICA_FACTS, ``mica.tar``).
@@ -150,7 +149,7 @@ def official_training_checkpoint(arch: str = "iresnet18", seed: int = 0, flame: 
 
 
 def write_official_training_checkpoint(path: str | Path, arch: str = "iresnet18", seed: int = 0,
-                                       flame: Optional[nn.Module] = None, **kwargs) -> Path:
+                                       flame: nn.Module | None = None, **kwargs) -> Path:
     """Write :func:`official_training_checkpoint` (``kwargs`` passed on) as ``torch.save`` under
     numpy-1 global names."""
     from tests.legacy_pickle import torch_save_numpy1

@@ -19,7 +19,7 @@ def hand_param_count(layers) -> int:
     """Parameters of an IResNet computed from the published block structure."""
     n = 3 * 64 * 9 + _bn(64) + 64  # stem conv3x3 (no bias), BN, PReLU
     in_ch = 64
-    for width, blocks in zip((64, 128, 256, 512), layers):
+    for width, blocks in zip((64, 128, 256, 512), layers, strict=True):
         for b in range(blocks):
             cin = in_ch if b == 0 else width
             n += _bn(cin) + cin * width * 9 + _bn(width) + width + width * width * 9 + _bn(width)

@@ -203,7 +203,7 @@ def test_official_trainer_checkpoint_loads(official):
     assert set(emb) == {"00001", "00002", "00003"} and emb["00003"] == []
     for actor, arrays in ref["validator"]["embeddings_lyhm"].items():
         assert len(emb[actor]) == len(arrays)
-        for got, want in zip(emb[actor], arrays):
+        for got, want in zip(emb[actor], arrays, strict=True):
             assert isinstance(got, np.ndarray) and got.dtype == np.float32 and got.shape == (512,)
             np.testing.assert_array_equal(got, want)
     best = extra["validator"]["best_model"]

@@ -16,7 +16,7 @@ from micalib.engine.builder import build_trainer
 from micalib.engine.checkpointer import Checkpointer
 from micalib.engine.hooks import EvalHook
 from micalib.engine.validator import BestModelTracker, Validator
-from tests.test_trainer import ROOT, make_opts, weights_of
+from tests.commands import ROOT, make_opts, weights_of
 
 
 def test_tracker_accepts_the_official_best_model_record():
@@ -88,7 +88,7 @@ def test_resume_from_official_trainer_checkpoint(train_setup_dir, tmp_path):
                       + ["generator.eye_pose", "generator.neck_pose"]
                       + [f"arcface.{n}" for n, _ in random_arcface("iresnet18", 3).named_parameters()])
     index = {n: i for n, i in zip(official_names, ref["opt"]["param_groups"][0]["params"]
-                                  + ref["opt"]["param_groups"][1]["params"])}
+                                  + ref["opt"]["param_groups"][1]["params"], strict=True)}
     names = {id(p): n for n, p in trainer.mica.named_parameters()}
     ours = trainer.optimizer.state
     checked = 0

@@ -38,7 +38,7 @@ def test_export_keeps_checkpoint_as_an_alias():
 def test_train_model_flag_is_the_initial_checkpoint(train_setup_dir, tmp_path):
     """``train.py -m X`` starts from X: a missing X is named in the one-line error."""
     import train
-    from tests.test_trainer import make_opts
+    from tests.commands import make_opts
 
     opts = make_opts(train_setup_dir, tmp_path / "t", **{"model.use_pretrained": False})
     with pytest.raises(FileNotFoundError, match="nope.tar") as e:

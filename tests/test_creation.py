@@ -123,7 +123,7 @@ def _painted_photo(angle_deg: float, scale: float, centre: tuple) -> tuple:
     rot = np.array([[np.cos(t), -np.sin(t)], [np.sin(t), np.cos(t)]])
     kps = (ARCFACE_TEMPLATE - 56.0) @ rot.T * scale + np.asarray(centre)
     img = np.full((360, 480, 3), 128, np.uint8)
-    for (x, y), c in zip(kps, DOT_COLOURS):
+    for (x, y), c in zip(kps, DOT_COLOURS, strict=True):
         cv2.circle(img, (int(round(x)), int(round(y))), int(4 * scale), tuple(int(v) for v in c), -1)
     return img, kps.astype(np.float32)
 
@@ -192,7 +192,7 @@ def test_pipeline_aligns_writes_resumes_and_reports(tmp_path):
         assert x.shape == (3, 112, 112) and x.dtype == np.float32 and -1 <= x.min() and x.max() <= 1
         crop = cv2.imread(str(crop_path))[..., ::-1]
         assert crop.shape == (224, 224, 3)
-        for (tx, ty), colour in zip(ARCFACE_TEMPLATE, DOT_COLOURS):
+        for (tx, ty), colour in zip(ARCFACE_TEMPLATE, DOT_COLOURS, strict=True):
             expect = (colour.astype(np.float32) - 127.5) / 127.5
             np.testing.assert_allclose(x[:, int(round(ty)), int(round(tx))], expect, atol=0.05)
             np.testing.assert_allclose(crop[int(round(2 * ty)), int(round(2 * tx))], colour, atol=8)

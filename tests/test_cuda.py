@@ -23,8 +23,8 @@ os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
 from configs.config import load_cfg  # noqa: E402
 from micalib.engine.builder import build_trainer  # noqa: E402
 from micalib.predictor import Predictor  # noqa: E402
+from tests.commands import ROOT, full_batch_loss, killed_and_resumed, make_opts, weights_of  # noqa: E402
 from tests.synthetic_weights import random_mica  # noqa: E402
-from tests.test_trainer import ROOT, full_batch_loss, killed_and_resumed, make_opts, weights_of  # noqa: E402
 from utils.device import resolve_precision  # noqa: E402
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
@@ -117,8 +117,8 @@ def test_killed_cuda_run_resumes_bit_identical(train_setup_dir, tmp_path):
 
 @pytest.mark.slow
 def test_demo_on_cuda_matches_cpu(tmp_path, face_photos_dir, synthetic_flame_dir):
+    from tests.commands import demo_opts, run_demo
     from tests.synthetic_weights import write_random_mica_tar
-    from tests.test_demo import _opts, _run
 
     tar = tmp_path / "mica.tar"
     write_random_mica_tar(tar, arch="iresnet18", seed=0)
@@ -127,8 +127,8 @@ def test_demo_on_cuda_matches_cpu(tmp_path, face_photos_dir, synthetic_flame_dir
     outs = {}
     for dev in ("cpu", "cuda"):
         out = tmp_path / dev
-        res = _run(["-i", str(inp), "-o", str(out), "-a", str(tmp_path / f"arc_{dev}"), "--batch-size", "2",
-                    "--device", dev, *_opts(Path(synthetic_flame_dir), tar)])
+        res = run_demo(["-i", str(inp), "-o", str(out), "-a", str(tmp_path / f"arc_{dev}"), "--batch-size", "2",
+                    "--device", dev, *demo_opts(Path(synthetic_flame_dir), tar)])
         assert res.returncode == 0, res.stderr[-2000:]
         outs[dev] = out
     names = sorted(p.parent.name for p in outs["cpu"].glob("*/identity.npy"))

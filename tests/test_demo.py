@@ -6,8 +6,6 @@ import csv
 import hashlib
 import json
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import cv2
@@ -15,10 +13,8 @@ import numpy as np
 import pytest
 import trimesh
 
-from configs.config import PROJECT_ROOT
+from tests.commands import ARCH, demo_opts, run_demo
 from utils.errors import USER_ERRORS
-
-ARCH = "iresnet18"  # the checkpoint format is the same for every depth; 18 keeps CPU tests fast
 
 
 @pytest.fixture(scope="module")
@@ -29,23 +25,6 @@ def mica_files(tmp_path_factory, synthetic_flame_dir):
     tar = folder / "mica.tar"
     write_random_mica_tar(tar, arch=ARCH, seed=0)
     return tar
-
-
-def _opts(flame_dir: Path, tar: Path) -> list[str]:
-    return [
-        "model.arch", ARCH,
-        "pretrained_model_path", str(tar),
-        "model.flame_model_path", str(flame_dir / "generic_model.pkl"),
-        "model.flame_lmk_embedding_path", str(flame_dir / "landmark_embedding.npy"),
-        "model.topology_path", str(flame_dir / "head_template.obj"),
-        "model.flame_masks_path", str(flame_dir / "FLAME_masks.pkl"),
-        "detector.antelopev2_dir", "/nonexistent/antelopev2",
-    ]
-
-
-def _run(args: list[str], cwd: Path = PROJECT_ROOT) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, str(PROJECT_ROOT / "demo.py"), *args], cwd=cwd,
-                          capture_output=True, text=True, timeout=600)
 
 
 def _bad_inputs(folder: Path) -> dict[str, str]:
@@ -82,8 +61,8 @@ def test_demo_end_to_end(tmp_path, photos, flame, mica_files, request):
     shutil.copytree(face_photos_dir, inp)
     bad = _bad_inputs(inp / "bad")
     out, arc = tmp_path / "out", tmp_path / "arcface"
-    res = _run(["-i", str(inp), "-o", str(out), "-a", str(arc), "--batch-size", "3", "--device", "cpu",
-                *_opts(synthetic_flame_dir, mica_files)])
+    res = run_demo(["-i", str(inp), "-o", str(out), "-a", str(arc), "--batch-size", "3", "--device", "cpu",
+                *demo_opts(synthetic_flame_dir, mica_files)])
     assert res.returncode == 1, res.stderr  # the bad inputs failed
     assert "Traceback" not in res.stderr
 
@@ -124,8 +103,8 @@ def test_demo_end_to_end(tmp_path, photos, flame, mica_files, request):
     # re-running skips finished images; their rows are as complete as the first run's
     checkpoint = hashlib.sha256(mica_files.read_bytes()).hexdigest()[:16]
     assert {rows[name]["checkpoint"] for name in photos} == {checkpoint}
-    again = _run(["-i", str(face_photos_dir), "-o", str(out), "-a", str(arc), "--device", "cpu", "--no-render",
-                  *_opts(synthetic_flame_dir, mica_files)])
+    again = run_demo(["-i", str(face_photos_dir), "-o", str(out), "-a", str(arc), "--device", "cpu", "--no-render",
+                  *demo_opts(synthetic_flame_dir, mica_files)])
     assert again.returncode == 0, again.stderr
     rerun = list(csv.DictReader(open(out / "summary.csv")))
     assert {r["status"] for r in rerun} == {"done"}
@@ -141,14 +120,14 @@ def test_aligned_inputs_and_identical_results(tmp_path, face_photos_dir, synthet
     """--aligned on the 224 crops written by a first run gives (nearly) the same identity."""
     photo = sorted(face_photos_dir.iterdir())[0]
     out1, arc = tmp_path / "o1", tmp_path / "arc"
-    assert _run(["-i", str(photo), "-o", str(out1), "-a", str(arc), "--no-render",
-                 *_opts(synthetic_flame_dir, mica_files)]).returncode == 0
+    assert run_demo(["-i", str(photo), "-o", str(out1), "-a", str(arc), "--no-render",
+                 *demo_opts(synthetic_flame_dir, mica_files)]).returncode == 0
     aligned_dir = tmp_path / "aligned"
     aligned_dir.mkdir()
     shutil.copy(arc / f"{photo.stem}.jpg", aligned_dir / f"{photo.stem}.jpg")
     out2 = tmp_path / "o2"
-    res = _run(["-i", str(aligned_dir), "-o", str(out2), "-a", str(tmp_path / "arc2"), "--aligned", "--no-render",
-                *_opts(synthetic_flame_dir, mica_files)])
+    res = run_demo(["-i", str(aligned_dir), "-o", str(out2), "-a", str(tmp_path / "arc2"), "--aligned", "--no-render",
+                *demo_opts(synthetic_flame_dir, mica_files)])
     assert res.returncode == 0, res.stderr
     a, b = np.load(out1 / photo.stem / "identity.npy"), np.load(out2 / photo.stem / "identity.npy")
     cos = float(a @ b / np.linalg.norm(a) / np.linalg.norm(b))
@@ -183,14 +162,14 @@ def test_all_faces_and_fuse(tmp_path, face_photos_dir, synthetic_flame_dir, mica
     shutil.copy(photos[0], inp / "person" / f"a{photos[0].suffix}")
     shutil.copy(photos[0], inp / "person" / f"b{photos[0].suffix}")
     out = tmp_path / "out"
-    res = _run(["-i", str(inp / "pair.jpg"), "-o", str(out), "-a", str(tmp_path / "arc"), "--all-faces", "--no-render",
-                *_opts(synthetic_flame_dir, mica_files)])
+    res = run_demo(["-i", str(inp / "pair.jpg"), "-o", str(out), "-a", str(tmp_path / "arc"), "--all-faces", "--no-render",
+                *demo_opts(synthetic_flame_dir, mica_files)])
     assert res.returncode == 0, res.stderr
     assert (out / "pair_0" / "mesh.ply").is_file() and (out / "pair_1" / "mesh.ply").is_file()
     ida, idb = np.load(out / "pair_0" / "identity.npy"), np.load(out / "pair_1" / "identity.npy")
     assert not np.allclose(ida, idb)  # two different people
-    res = _run(["-i", str(inp / "person"), "-o", str(out), "-a", str(tmp_path / "arc"), "--fuse", "--no-render", "--glb",
-                *_opts(synthetic_flame_dir, mica_files)])
+    res = run_demo(["-i", str(inp / "person"), "-o", str(out), "-a", str(tmp_path / "arc"), "--fuse", "--no-render",
+                    "--glb", *demo_opts(synthetic_flame_dir, mica_files)])
     assert res.returncode == 0, res.stderr
     # --glb: mesh.glb in metres beside every mesh.ply (fused too), read by the spec evaluator; the page
     from tests.gltf_spec import Glb
@@ -209,11 +188,11 @@ def test_all_faces_and_fuse(tmp_path, face_photos_dir, synthetic_flame_dir, mica
 
 
 def test_missing_flame_file_is_one_line(tmp_path, face_photos_dir, synthetic_flame_dir, mica_files):
-    opts = _opts(synthetic_flame_dir, mica_files)
+    opts = demo_opts(synthetic_flame_dir, mica_files)
     opts[opts.index("model.flame_model_path") + 1] = str(tmp_path / "missing" / "generic_model.pkl")
     _refused(["-i", str(face_photos_dir), "-o", str(tmp_path / "o"), *opts], "generic_model.pkl")
 
 
 def test_missing_checkpoint_is_one_line(tmp_path, face_photos_dir, synthetic_flame_dir, mica_files):
     _refused(["-m", str(tmp_path / "nope.tar"), "-i", str(face_photos_dir), "-o", str(tmp_path / "o"),
-              *_opts(synthetic_flame_dir, mica_files)], "nope.tar")
+              *demo_opts(synthetic_flame_dir, mica_files)], "nope.tar")

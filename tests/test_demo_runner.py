@@ -6,80 +6,19 @@ from __future__ import annotations
 import csv
 import json
 import threading
-import time
 from pathlib import Path
 
-import cv2
 import numpy as np
 import pytest
 
 from micalib.inference.demo_runner import DemoRunner, default_workers
-from models.detectors import Face
-from utils.alignment import ARCFACE_TEMPLATE
-
-TETRA = np.array([[0, 1, 2], [0, 1, 3], [0, 2, 3], [1, 2, 3]])
-
-
-class Clock:
-    """(thread name, start, end) of every call, recorded thread-safely."""
-
-    def __init__(self) -> None:
-        self.calls: list[tuple[str, float, float]] = []
-        self._lock = threading.Lock()
-
-    def record(self, start: float) -> None:
-        with self._lock:
-            self.calls.append((threading.current_thread().name, start, time.perf_counter()))
-
-
-class SlowDetector:
-    """One face at the ArcFace template positions (scaled to the photo); sleeps like a real one."""
-
-    def __init__(self, seconds: float = 0.02) -> None:
-        self.seconds = seconds
-        self.clock = Clock()
-
-    def detect(self, image: np.ndarray) -> list[Face]:
-        start = time.perf_counter()
-        time.sleep(self.seconds)
-        s = image.shape[0] / 112.0
-        kps = ARCFACE_TEMPLATE.astype(np.float32) * s
-        box = np.array([0, 0, image.shape[1] - 1, image.shape[0] - 1], np.float32)
-        self.clock.record(start)
-        return [Face(box, kps, 0.99)]
-
-
-class SlowNetwork:
-    """predict_identity: a code that depends on each input's pixels; decode: a tetrahedron per code."""
-
-    def __init__(self, seconds: float = 0.03) -> None:
-        self.seconds = seconds
-        self.clock = Clock()
-        self.batches: list[int] = []
-
-    def predict_identity(self, batch: np.ndarray) -> np.ndarray:
-        start = time.perf_counter()
-        time.sleep(self.seconds)
-        self.batches.append(len(batch))
-        codes = np.stack([batch.reshape(len(batch), -1).mean(1), batch.reshape(len(batch), -1).std(1)], 1)
-        self.clock.record(start)
-        return np.repeat(codes, 150, axis=1).astype(np.float32)  # (B, 300)
-
-    def decode(self, identity: np.ndarray) -> dict:
-        base = np.array([[0, 0, 0], [1, 0, 0], [0, 1, 0], [0, 0, 1]], np.float32) * 0.1
-        verts = base[None] * (1 + identity[:, :1, None])
-        return {"vertices": verts, "landmarks68": np.repeat(verts[:, :1], 68, 1), "landmarks7": verts[:, [0, 1, 2, 3, 0, 1, 2]]}
+from tests.fakes import TETRA, SlowDetector, SlowNetwork
+from tests.photos import write_noise_photos
 
 
 @pytest.fixture()
 def photos(tmp_path) -> Path:
-    folder = tmp_path / "in"
-    folder.mkdir()
-    rng = np.random.default_rng(0)
-    for i in range(7):
-        cv2.imwrite(str(folder / f"img{i}.png"), rng.integers(0, 256, (160, 160, 3), dtype=np.uint8))
-    (folder / "broken.jpg").write_bytes(b"not a jpeg")
-    return folder
+    return write_noise_photos(tmp_path / "in", [f"img{i}.png" for i in range(7)])
 
 
 def _run(photos: Path, out: Path, **kwargs) -> tuple[list, SlowDetector, SlowNetwork]:
@@ -130,7 +69,7 @@ def test_workers_and_prefetch_give_the_same_outputs_as_one_after_the_other(tmp_p
 def test_batch_size_one_runs_one_image_at_a_time(tmp_path, photos):
     _, det, net = _run(photos, tmp_path / "b1", batch_size=1, workers=4)
     calls = sorted(det.clock.calls + net.clock.calls, key=lambda c: c[1])
-    for a, b in zip(calls, calls[1:]):
+    for a, b in zip(calls, calls[1:], strict=False):
         assert a[2] <= b[1]  # strictly one after the other: nothing to do at the same time
     assert net.batches == [1] * 7
 

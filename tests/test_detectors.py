@@ -6,68 +6,24 @@ from pathlib import Path
 
 import cv2
 import numpy as np
-import onnx
 import pytest
 import torch
 from loguru import logger
-from onnx import TensorProto, helper, numpy_helper
 
 import models.detectors.nms as nms_module
 from models.detectors import MTCNN, SCRFD, SCRFD_FILE, Face, create_detector, pick_centre_face
 from models.detectors.mtcnn import PNet, shrink_area
 from models.detectors.nms import nms
-from tests.photos import astronaut, portrait_photos
+from tests.fakes import DET, make_scrfd_onnx
+from tests.photos import portrait_variants
 from utils.alignment import ARCFACE_TEMPLATE, estimate_norm
 from utils.errors import MICAError
 from utils.image_io import list_images, read_image
 
-DET = 64  # input side of the tiny SCRFD graph: grids 8x8, 4x4, 2x2 (x 2 anchors)
-
-
-def _scrfd_outputs(batched: bool) -> list[np.ndarray]:
-    """Raw SCRFD outputs (scores x3, box distances x3, keypoint distances x3) with a few set anchors."""
-    n = {s: (DET // s) ** 2 * 2 for s in (8, 16, 32)}
-    sc = {s: np.zeros((n[s], 1), np.float32) for s in n}
-    bb = {s: np.zeros((n[s], 4), np.float32) for s in n}
-    kp = {s: np.zeros((n[s], 10), np.float32) for s in n}
-    # A: stride 8, cell (x=3, y=2), anchor 1 -> index (2*8+3)*2+1 = 39, centre (24, 16)
-    sc[8][39] = 0.9
-    bb[8][39] = [1, 2, 3, 4]
-    kp[8][39] = [0.5, 0.25, 1, 0.25, 0.75, 1, 0.5, 2, 1, 2]
-    # B: same cell, anchor 0, nearly the same box, lower score -> removed by NMS
-    sc[8][38] = 0.8
-    bb[8][38] = [1, 2, 3, 4.5]
-    # C: stride 32, cell (1, 1), anchor 0 -> index 6, centre (32, 32); small box, IoU with A ~0.17 -> kept
-    sc[32][6] = 0.7
-    bb[32][6] = [0.25, 0.25, 0.25, 0.25]
-    # D: below the score threshold
-    sc[16][5] = 0.3
-    bb[16][5] = [1, 1, 1, 1]
-    outs = [sc[8], sc[16], sc[32], bb[8], bb[16], bb[32], kp[8], kp[16], kp[32]]
-    return [o[None] for o in outs] if batched else outs
-
-
-def _make_scrfd_onnx(path: Path, batched: bool = False, fixed: bool = False) -> list[np.ndarray]:
-    """A 9-output ONNX graph with SCRFD's input/output layout that emits ``_scrfd_outputs``."""
-    outs = _scrfd_outputs(batched)
-    names = [f"{kind}_{s}" for kind in ("score", "bbox", "kps") for s in (8, 16, 32)]
-    inits = [numpy_helper.from_array(a, name=f"c_{nm}") for a, nm in zip(outs, names)]
-    nodes = [helper.make_node("Identity", [f"c_{nm}"], [nm]) for nm in names]
-    graph = helper.make_graph(
-        nodes, "tiny_scrfd",
-        [helper.make_tensor_value_info("input.1", TensorProto.FLOAT, [1, 3, DET, DET] if fixed else [1, 3, "h", "w"])],
-        [helper.make_tensor_value_info(nm, TensorProto.FLOAT, list(a.shape)) for nm, a in zip(names, outs)],
-        initializer=inits,
-    )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
-    model.ir_version = 8
-    onnx.save(model, str(path))
-    return outs
-
 
 @pytest.mark.parametrize("batched", [False, True])
 def test_scrfd_decoding_matches_hand_computed(tmp_path: Path, batched: bool) -> None:
-    _make_scrfd_onnx(tmp_path / "tiny.onnx", batched)
+    make_scrfd_onnx(tmp_path / "tiny.onnx", batched)
     det = SCRFD(tmp_path / "tiny.onnx", det_size=(DET, DET), threshold=0.5)
     image = np.zeros((64, 128, 3), np.uint8)  # w=128, h=64 -> resized to 64x32, det_scale 0.5
     faces = det.detect(image)
@@ -85,14 +41,14 @@ def test_scrfd_decoding_matches_hand_computed(tmp_path: Path, batched: bool) -> 
 
 
 def test_scrfd_fixed_input_size_wins_over_det_size(tmp_path: Path) -> None:
-    _make_scrfd_onnx(tmp_path / "fixed.onnx", fixed=True)
+    make_scrfd_onnx(tmp_path / "fixed.onnx", fixed=True)
     det = SCRFD(tmp_path / "fixed.onnx", det_size=(224, 224))
     assert det.input_size == (DET, DET)
     np.testing.assert_allclose(det.detect(np.zeros((64, 128, 3), np.uint8))[0].box, [32, 0, 96, 96], atol=1e-4)
 
 
 def test_scrfd_preprocess_letterbox_and_normalisation(tmp_path: Path) -> None:
-    _make_scrfd_onnx(tmp_path / "tiny.onnx")
+    make_scrfd_onnx(tmp_path / "tiny.onnx")
     det = SCRFD(tmp_path / "tiny.onnx", det_size=(DET, DET))
     img = np.zeros((128, 32, 3), np.uint8)  # tall: h/w = 4 -> new_h = 64, new_w = int(64/4) = 16
     img[..., 0] = 255
@@ -107,7 +63,7 @@ def test_scrfd_preprocess_letterbox_and_normalisation(tmp_path: Path) -> None:
 
 
 def test_anchor_centres_layout(tmp_path: Path) -> None:
-    _make_scrfd_onnx(tmp_path / "tiny.onnx")
+    make_scrfd_onnx(tmp_path / "tiny.onnx")
     det = SCRFD(tmp_path / "tiny.onnx", det_size=(DET, DET))
     c = det.anchor_centres(16)  # 4x4 grid, 2 anchors
     assert c.shape == (32, 2)
@@ -207,7 +163,7 @@ def test_create_detector(tmp_path: Path) -> None:
     assert isinstance(det, MTCNN)
     assert len(messages) == 1 and "antelopev2" in messages[0] and "install.sh --download" in messages[0]
     (tmp_path / "ante").mkdir()
-    _make_scrfd_onnx(tmp_path / "ante" / SCRFD_FILE)
+    make_scrfd_onnx(tmp_path / "ante" / SCRFD_FILE)
     assert isinstance(create_detector("auto", antelopev2_dir=tmp_path / "ante", det_size=(DET, DET)), SCRFD)
     (tmp_path / "bad").mkdir()
     (tmp_path / "bad" / SCRFD_FILE).write_bytes(b"not onnx")
@@ -302,11 +258,6 @@ def test_mtcnn_shrunk_search_maps_back_to_the_photo(face_photos_dir: Path) -> No
 # ------------------------------------------------------------------------------------------------
 # MTCNN over a batch of photos (one network call per pyramid scale and stage for all of them)
 # ------------------------------------------------------------------------------------------------
-def _portrait_variants() -> list[np.ndarray]:
-    """The test photos (tests/photos.py) in sizes and aspect ratios that give every photo its own
-    pyramid (square, cropped, enlarged, mirrored), plus a small copy and a blank photo with no face."""
-    small = cv2.resize(astronaut(), (203, 240), interpolation=cv2.INTER_AREA)
-    return [*portrait_photos().values(), small, np.full((61, 90, 3), 128, np.uint8)]
 
 
 @pytest.mark.parametrize("h, w", [(31, 40), (32, 41), (57, 57), (64, 23)])
@@ -331,13 +282,13 @@ def test_pnet_on_a_canvas_equals_the_image_alone(h: int, w: int) -> None:
 def test_mtcnn_batch_equals_one_photo_at_a_time(mtcnn: MTCNN) -> None:
     """detect_batch finds the same faces as detect() photo by photo (boxes and keypoints within
     1e-3 px, scores within 1e-5: only the batched convolutions' rounding differs)."""
-    photos = _portrait_variants()
+    photos = portrait_variants()
     alone = [mtcnn.detect(p) for p in photos]
     batch = mtcnn.detect_batch(photos)
     assert [len(f) for f in alone] == [len(f) for f in batch]
     assert sum(len(f) for f in alone) >= 5 and alone[-1] == []
-    for fa, fb in zip(alone, batch):
-        for a, b in zip(fa, fb):
+    for fa, fb in zip(alone, batch, strict=True):
+        for a, b in zip(fa, fb, strict=True):
             np.testing.assert_allclose(b.kps, a.kps, rtol=0, atol=1e-3)
             np.testing.assert_allclose(b.box, a.box, rtol=0, atol=1e-3)
             assert abs(a.score - b.score) < 1e-5

@@ -73,7 +73,7 @@ def test_lbs_vs_smplx(model):
                                  model["J_regressor"], model["parents"], model["weights"])
     torch.testing.assert_close(verts, ref_v, atol=1e-10, rtol=0)
     torch.testing.assert_close(joints, ref_j, atol=1e-10, rtol=0)
-    for x, y in zip(before, (betas, pose) + args):  # inputs untouched
+    for x, y in zip(before, (betas, pose) + args, strict=True):  # inputs untouched
         assert torch.equal(x, y)
     # The pose really matters (the comparison is not between two rest meshes).
     rest, _ = lbs(betas, torch.zeros_like(pose), *args)

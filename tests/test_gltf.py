@@ -29,52 +29,18 @@ from micalib.export.gltf import (
 from micalib.export.gltf import main as gltf_main
 from micalib.tracking.outputs import read_frame
 from tests.gltf_spec import Glb, ndc
+from tests.synthetic_tracking import CLIP_FRAMES, flame_like_assets, track_clip
 from utils.errors import MICAError
 from utils.mesh import read_mesh
 
 ROOT = Path(__file__).resolve().parent.parent
 NODE_DIR = ROOT / "tests" / "node"
-N_FRAMES = 12
-
-
-def flame_like_assets(assets: dict, real: bool = False) -> None:
-    """``synthetic_setup`` hook: the tracking FLAME rewritten with FLAME-like sparse weights, and
-    the eyelid offsets kept only on vertices skinned to the head (root / neck) alone, as in FLAME
-    (``real``: on the real topology)."""
-    from models.flame_io import load_flame_model
-    from tests.synthetic_flame import flame_like_weights, write_synthetic_flame
-    from tests.synthetic_tracking import _tracking_model
-
-    def adjust(arrays: dict) -> dict:
-        model = _tracking_model(arrays)
-        model["weights"] = flame_like_weights(model, arrays["masks"])
-        return model
-
-    write_synthetic_flame(Path(assets["flame_model_path"]).parent, seed=3, real=real, adjust=adjust)
-    w = load_flame_model(assets["flame_model_path"]).weights
-    moved_by_joints = w[:, 2:].sum(1) > 0
-    for key in ("l_eyelid_path", "r_eyelid_path"):
-        lid = np.load(assets[key])
-        lid[moved_by_joints] = 0.0
-        np.save(assets[key], lid)
-
-
-def _track(tmp: Path, hook) -> Path:
-    from tests.synthetic_tracking import track_synthetic
-
-    return track_synthetic(tmp, False, n_frames=N_FRAMES, assets_hook=hook)[4]
-
-
-@pytest.fixture(scope="module")
-def exact_clip(tmp_path_factory) -> Path:
-    """A clip tracked by track.py from the FLAME-like synthetic FLAME (NAME.glb written by track.py)."""
-    return _track(tmp_path_factory.mktemp("exact"), flame_like_assets)
 
 
 @pytest.fixture(scope="module")
 def dense_clip(tmp_path_factory) -> Path:
     """A clip of the synthetic FLAME whose weights put the eyelid vertices on every joint."""
-    return _track(tmp_path_factory.mktemp("dense"), None)
+    return track_clip(tmp_path_factory.mktemp("dense"), None)
 
 
 def _ply(out: Path, k: int) -> np.ndarray:
@@ -124,7 +90,7 @@ def test_every_frame_reproduces_the_tracker_meshes(exact_clip):
     fps, node = _fps(g), _mesh_node(g)
     assert len(g.json["animations"][0]["samplers"]) and fps > 0
     worst = 0.0
-    for k in range(N_FRAMES):
+    for k in range(CLIP_FRAMES):
         v = g.skinned(node, k / fps)
         worst = max(worst, float(np.abs(v - _ply(exact_clip, k)).max()))
     assert worst < 1e-5, f"{worst * 1e3:.4f} mm"
@@ -133,7 +99,7 @@ def test_every_frame_reproduces_the_tracker_meshes(exact_clip):
 def test_camera_projects_onto_the_frame_pixels(exact_clip):
     g = Glb((exact_clip / f"{exact_clip.name}.glb").read_bytes())
     fps = _fps(g)
-    for k in (0, N_FRAMES // 2, N_FRAMES - 1):
+    for k in (0, CLIP_FRAMES // 2, CLIP_FRAMES - 1):
         verts = _ply(exact_clip, k)
         frame = read_frame(exact_clip / "checkpoint" / f"{k:05d}.frame")
         err = np.abs(_glb_pixels(g, verts, k, k / fps) - _frame_pixels(frame, verts)).max()
@@ -156,7 +122,7 @@ def test_file_structure_for_readers(exact_clip):
     assert len(names) == len(mesh["primitives"][0]["targets"]) == 100 + 2 + 27
     times = g.accessor(anim["samplers"][0]["input"])[:, 0]
     fps = json.loads((exact_clip / ".track_run.json").read_text())["fps"] or 25.0
-    np.testing.assert_allclose(times, np.arange(N_FRAMES) / fps, atol=1e-6)
+    np.testing.assert_allclose(times, np.arange(CLIP_FRAMES) / fps, atol=1e-6)
 
 
 def test_eyelid_deviation_is_what_the_file_shows(dense_clip):
@@ -172,7 +138,7 @@ def test_eyelid_deviation_is_what_the_file_shows(dense_clip):
     g = Glb(data)
     fps, node = _fps(g), _mesh_node(g)
     worst = max(float(np.linalg.norm(g.skinned(node, k / fps) - _ply(dense_clip, k), axis=1).max())
-                for k in range(N_FRAMES))
+                for k in range(CLIP_FRAMES))
     assert worst > 2e-5  # the condition fails here, measurably
     assert report["eyelid_deviation_m"] == pytest.approx(worst, rel=0.02, abs=2e-6)
 
@@ -183,14 +149,14 @@ def test_per_frame_intrinsics_go_to_extras(exact_clip):
 
     clip, ident = read_clip(exact_clip)
     clip.K = clip.K.copy()
-    clip.K[:, 0, 0] *= np.linspace(1.0, 1.2, N_FRAMES)
-    clip.K[:, 1, 1] *= np.linspace(1.0, 1.2, N_FRAMES)
-    clip.K[:, 0, 2] += np.linspace(0, 30, N_FRAMES)
+    clip.K[:, 0, 0] *= np.linspace(1.0, 1.2, CLIP_FRAMES)
+    clip.K[:, 1, 1] *= np.linspace(1.0, 1.2, CLIP_FRAMES)
+    clip.K[:, 0, 2] += np.linspace(0, 30, CLIP_FRAMES)
     flame = load_flame_model(exact_clip.parent.parent / "assets" / "flame" / "generic_model.pkl")
     data, report = build_tracking_glb(rig_from_model(flame, ident, None), clip)
     assert report["per_frame_intrinsics"]
     g = Glb(data)
-    k = N_FRAMES - 1
+    k = CLIP_FRAMES - 1
     verts = _ply(exact_clip, k)
     frame = read_frame(exact_clip / "checkpoint" / f"{k:05d}.frame")
     frame["opencv"]["K"] = clip.K[k] + np.array([[0, 0, 0.5], [0, 0, 0.5], [0, 0, 0]])  # ClipStates.K is OpenCV's
@@ -293,11 +259,11 @@ def test_in_memory_states_give_the_same_file(exact_clip):
     lids = load_eyelids(assets / "l_eyelid.npy", assets / "r_eyelid.npy", flame.n_vertices)
     model = TrackingFLAME(flame, ident, None, lids, None)
     states = [FrameState(clip.exp[k], matrix_to_axis_angle(clip.rotations[k]).reshape(9), clip.eyelids[k],
-                         clip.R[k], clip.t[k]) for k in range(N_FRAMES)]
+                         clip.R[k], clip.t[k]) for k in range(CLIP_FRAMES)]
     data, report = tracking_glb_bytes(model, states, clip.K[0], clip.image_size, clip.fps)
     g = Glb(data)
-    worst = max(float(np.abs(g.skinned(_mesh_node(g), k / clip.fps) - _ply(exact_clip, k)).max()) for k in range(N_FRAMES))
-    assert worst < 1e-5 and report["frames"] == N_FRAMES
+    worst = max(float(np.abs(g.skinned(_mesh_node(g), k / clip.fps) - _ply(exact_clip, k)).max()) for k in range(CLIP_FRAMES))
+    assert worst < 1e-5 and report["frames"] == CLIP_FRAMES
 
 
 def test_one_frame_clip(exact_clip):
@@ -321,10 +287,10 @@ def test_page_data_of_the_clip(exact_clip):
 
     text = (exact_clip / "viewer" / "data.js").read_text()
     data = json.loads(text[text.index("{"): text.rindex("}") + 1])
-    assert data["frames"] == [f"input/{k:05d}.png" for k in range(N_FRAMES)]
+    assert data["frames"] == [f"input/{k:05d}.png" for k in range(CLIP_FRAMES)]
     assert base64.b64decode(data["glb"]) == (exact_clip / f"{exact_clip.name}.glb").read_bytes()
     lm = data["landmarks"]
-    pts = np.frombuffer(base64.b64decode(lm["data"]), np.int16).reshape(N_FRAMES, lm["points"], 2)
+    pts = np.frombuffer(base64.b64decode(lm["data"]), np.int16).reshape(CLIP_FRAMES, lm["points"], 2)
     crop = json.loads((exact_clip / "crop.json").read_text())
     with np.load(exact_clip.parent.parent / "lmk.npz") as z:
         mp = z["mediapipe"]

@@ -22,7 +22,7 @@ import numpy as np
 import pytest
 
 from tests.gltf_spec import Glb
-from tests.test_gltf import N_FRAMES, exact_clip  # noqa: F401  (fixture)
+from tests.synthetic_tracking import CLIP_FRAMES
 from utils.mesh import read_mesh
 
 BLENDER = shutil.which("blender")
@@ -81,12 +81,12 @@ def _blender_env(tmp: Path) -> dict:
     return env
 
 
-def test_blender_evaluates_the_tracker_meshes(exact_clip, tmp_path):  # noqa: F811
+def test_blender_evaluates_the_tracker_meshes(exact_clip, tmp_path):
     glb = exact_clip / f"{exact_clip.name}.glb"
     g = Glb(glb.read_bytes())
     times = g.accessor(g.json["animations"][0]["samplers"][0]["input"])[:, 0]
     fps = float(round((len(times) - 1) / times[-1], 6))
-    frames = [0, N_FRAMES // 2, N_FRAMES - 1]
+    frames = [0, CLIP_FRAMES // 2, CLIP_FRAMES - 1]
     out = tmp_path / "blender.json"
     script = SCRIPT.format(glb=str(glb), fps=fps, frames=frames, out=str(out))
     run = subprocess.run([BLENDER, "-b", "--factory-startup", "--python-use-system-env", "--python-exit-code", "1",

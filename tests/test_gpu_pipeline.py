@@ -9,7 +9,6 @@ import time
 from concurrent.futures import Future
 from pathlib import Path
 
-import cv2
 import numpy as np
 import onnx
 import pytest
@@ -20,8 +19,8 @@ from micalib.inference.batching import GpuBusy
 from micalib.inference.demo_runner import DemoRunner, detector_on_gpu
 from micalib.inference.scheduling import Schedule
 from models.detectors import SCRFD
-from tests.test_demo_runner import TETRA, SlowDetector, SlowNetwork
-from tests.test_detectors import DET, _scrfd_outputs
+from tests.fakes import DET, TETRA, SlowDetector, SlowNetwork, make_scrfd_onnx, scrfd_outputs
+from tests.photos import write_noise_photos
 
 
 class BatchDetector(SlowDetector):
@@ -38,13 +37,8 @@ class BatchDetector(SlowDetector):
 
 @pytest.fixture()
 def photos(tmp_path) -> Path:
-    folder = tmp_path / "in"
-    folder.mkdir()
-    rng = np.random.default_rng(3)
-    for i in range(9):
-        cv2.imwrite(str(folder / f"img{i}.jpg"), rng.integers(0, 256, (120 + 8 * i, 160, 3), dtype=np.uint8))
-    (folder / "broken.png").write_bytes(b"not a png")
-    return folder
+    return write_noise_photos(tmp_path / "in", [f"img{i}.jpg" for i in range(9)], seed=3,
+                              shapes=[(120 + 8 * i, 160) for i in range(9)], broken="broken.png")
 
 
 def _files(out: Path) -> dict[str, bytes]:
@@ -106,7 +100,7 @@ class _CountingPool:
 def test_the_queue_in_front_of_the_network_is_bounded():
     pool = _CountingPool()
     seen = []
-    for args, result in Schedule(pool, ahead=3).imap(lambda x: x * 2, [(i,) for i in range(10)]):
+    for _args, result in Schedule(pool, ahead=3).imap(lambda x: x * 2, [(i,) for i in range(10)]):
         pool.in_flight -= 1
         seen.append(result)
     assert seen == [2 * i for i in range(10)] and pool.most == 3
@@ -118,7 +112,7 @@ class _FakeEvent:
     def record(self) -> None:
         self.t = time.perf_counter()
 
-    def elapsed_time(self, end: "_FakeEvent") -> float:
+    def elapsed_time(self, end: _FakeEvent) -> float:
         return (end.t - self.t) * 1000.0
 
 
@@ -140,9 +134,9 @@ def test_gpu_busy_sums_the_event_spans_around_each_batch(tmp_path, photos):
 def _make_batched_scrfd(path: Path) -> None:
     """SCRFD's layout with a dynamic batch axis; the scores scale with each photo's mean blob value
     (so photos differ), box and keypoint distances are the constants of tests/test_detectors.py."""
-    consts = _scrfd_outputs(batched=True)  # (1, anchors, C)
+    consts = scrfd_outputs(batched=True)  # (1, anchors, C)
     names = [f"{kind}_{s}" for kind in ("score", "bbox", "kps") for s in (8, 16, 32)]
-    inits = [numpy_helper.from_array(a, name=f"c_{nm}") for a, nm in zip(consts, names)]
+    inits = [numpy_helper.from_array(a, name=f"c_{nm}") for a, nm in zip(consts, names, strict=True)]
     inits += [numpy_helper.from_array(np.array([-1, 1, 1], np.int64), name="shape3"),
               numpy_helper.from_array(np.array(0.5, np.float32), name="half"),
               numpy_helper.from_array(np.array(1.0, np.float32), name="one"),
@@ -160,7 +154,7 @@ def _make_batched_scrfd(path: Path) -> None:
         nodes, "tiny_scrfd_batched",
         [helper.make_tensor_value_info("input.1", TensorProto.FLOAT, ["B", 3, DET, DET])],
         [helper.make_tensor_value_info(nm, TensorProto.FLOAT, ["B", a.shape[1], a.shape[2]])
-         for nm, a in zip(names, consts)],
+         for nm, a in zip(names, consts, strict=True)],
         initializer=inits)
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
     model.ir_version = 8
@@ -181,8 +175,8 @@ def test_scrfd_batch_equals_photo_by_photo(tmp_path, monkeypatch):
     batch = det.detect_batch(photos)
     assert calls == [(3, 3, DET, DET)]  # one call for the three photos
     assert [len(f) for f in batch] == [len(f) for f in alone] and [len(f) for f in alone] != [len(alone[0])] * 3
-    for fa, fb in zip(alone, batch):
-        for a, b in zip(fa, fb):
+    for fa, fb in zip(alone, batch, strict=True):
+        for a, b in zip(fa, fb, strict=True):
             np.testing.assert_allclose(a.box, b.box, atol=1e-4)
             np.testing.assert_allclose(a.kps, b.kps, atol=1e-4)
             assert a.score == pytest.approx(b.score, abs=1e-6)
@@ -195,9 +189,8 @@ def test_scrfd_batch_equals_photo_by_photo(tmp_path, monkeypatch):
 
 
 def test_scrfd_without_a_batch_axis_goes_photo_by_photo(tmp_path):
-    from tests.test_detectors import _make_scrfd_onnx
 
-    _make_scrfd_onnx(tmp_path / "tiny.onnx", batched=True)  # batch axis fixed to 1
+    make_scrfd_onnx(tmp_path / "tiny.onnx", batched=True)  # batch axis fixed to 1
     det = SCRFD(tmp_path / "tiny.onnx", det_size=(DET, DET), threshold=0.5, providers=["CPUExecutionProvider"])
     photos = [np.zeros((64, 128, 3), np.uint8), np.zeros((32, 32, 3), np.uint8)]
     assert not det.batched
@@ -216,18 +209,18 @@ def test_mtcnn_on_cuda_finds_the_faces_of_the_cpu_path():
     inputs within 2/255 of their range (2 grey levels: 2/127.5 in (x - 127.5)/127.5 units)."""
     from models.detectors import MTCNN
     from models.face_prep import align_face
-    from tests.test_detectors import _portrait_variants
+    from tests.photos import portrait_variants
     from utils.image_io import list_images, read_image
 
-    photos = _portrait_variants()
+    photos = portrait_variants()
     if SHARED_FACES.is_dir():
         photos += [read_image(p) for p in list_images(SHARED_FACES)]
     cpu, gpu = MTCNN(), MTCNN(device="cuda")
     alone = [cpu.detect(p) for p in photos]
     batch = gpu.detect_batch(photos)
     assert [len(f) for f in batch] == [len(f) for f in alone]
-    for photo, fa, fb in zip(photos, alone, batch):
-        for a, b in zip(fa, fb):
+    for photo, fa, fb in zip(photos, alone, batch, strict=True):
+        for a, b in zip(fa, fb, strict=True):
             assert np.abs(a.kps - b.kps).max() <= 0.5
             assert np.abs(align_face(photo, a).input112 - align_face(photo, b).input112).max() <= 2 / 127.5 + 1e-6
 

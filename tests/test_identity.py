@@ -36,7 +36,7 @@ def _bad_files(tmp_path: Path) -> dict:
         "garbage": (b"not numpy at all", "not a readable"),
     }
     out = {name: (tmp_path / f"{name}.npy", why) for name, (data, why) in files.items()}
-    for (path, _), (data, _) in zip(out.values(), files.values()):
+    for (path, _), (data, _) in zip(out.values(), files.values(), strict=True):
         path.write_bytes(data)
     arrays = {
         "pickled objects": (np.array([{"a": 1}], dtype=object), "not a readable"),

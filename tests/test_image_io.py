@@ -163,6 +163,31 @@ def test_jpeg_with_trailing_data_and_greyscale(tmp_path: Path) -> None:
     assert np.abs(out[..., 0].astype(int) - np.asarray(grey)).mean() < 3
 
 
+@pytest.mark.parametrize("native_rgb", [True, False])
+@pytest.mark.parametrize("mode,subsampling", [("RGB", 2), ("RGB", 0), ("L", 0)])
+def test_jpeg_fast_path_same_pixels_as_opencv_bgr(tmp_path: Path, mode: str, subsampling: int, native_rgb: bool,
+                                                  monkeypatch) -> None:
+    """The fast path decodes straight to RGB where OpenCV can (``IMREAD_COLOR_RGB``), else BGR +
+    cvtColor: both exactly the pixels of OpenCV's BGR decode with the channels reversed (the
+    oracle), also for a noisy photo with 4:2:0 chroma (the decoder's upsampling) and greyscale."""
+    import cv2
+
+    import utils.image_io
+
+    if native_rgb and utils.image_io._IMREAD_RGB is None:
+        pytest.skip("this OpenCV has no IMREAD_COLOR_RGB")
+    if not native_rgb:
+        monkeypatch.setattr(utils.image_io, "_IMREAD_RGB", None)
+
+    rng = np.random.default_rng(3)
+    img = np.clip(_gradient(96, 128).astype(int) + rng.integers(-60, 60, (96, 128, 3)), 0, 255).astype(np.uint8)
+    path = tmp_path / f"n{mode}{subsampling}.jpg"
+    Image.fromarray(img).convert(mode).save(path, quality=90, subsampling=subsampling)
+    out = read_image(path)
+    assert out.shape == (96, 128, 3) and out.flags.c_contiguous
+    np.testing.assert_array_equal(out, cv2.imread(str(path), cv2.IMREAD_COLOR)[..., ::-1])
+
+
 def _sparse(path: Path, head: bytes, size: int) -> Path:
     """A file of ``size`` bytes that starts with ``head``, the rest a hole (no disk space used)."""
     with open(path, "wb") as f:

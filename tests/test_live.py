@@ -175,7 +175,7 @@ def test_live_path_meets_the_offline_synthetic_thresholds(syn, tmp_path):
     warm-up's first second only and is checked to the offline 2%. The rows are played losslessly
     (the source waits for the tracker instead of dropping: the figures must not depend on the
     machine's load; the drop tests above cover dropping)."""
-    from tests.test_tracking_fit import _check
+    from tests.synthetic_tracking import check_fit
 
     sess = syn.session(fps=30.0, warmup_s=1.0, output=tmp_path / "out", port=None, lossless=True)
     stats = sess.run().summary()
@@ -194,7 +194,7 @@ def test_live_path_meets_the_offline_synthetic_thresholds(syn, tmp_path):
     model = TrackingFLAME(syn.flame, syn.identity, syn.emb, syn.lids, syn.iris)
     with open(syn.assets["flame_masks_path"], "rb") as f:
         face = pickle.load(f, encoding="latin1")["face"]
-    _check(seq, fr, model, face)
+    check_fit(seq, fr, model, face)
 
 
 def csvrows(path):
@@ -375,7 +375,7 @@ def test_capture_url_source_reads_frames_then_reports_the_end_in_one_line(tmp_pa
     while (item := src.get(timeout=30)) is not None:
         got.append(item)
     assert [c.index for c in got] == list(range(12))
-    assert all(b.t_ref >= a.t_ref for a, b in zip(got, got[1:])) and got[0].image.shape == (48, 64, 3)
+    assert all(b.t_ref >= a.t_ref for a, b in zip(got, got[1:], strict=False)) and got[0].image.shape == (48, 64, 3)
     assert src.ended and src.error is not None and "stopped delivering frames after 12" in src.error
 
 

@@ -100,6 +100,24 @@ def test_obj_vertex_lines_of_float32_match_printf() -> None:
     assert obj_text(v64, faces).decode() == "v 0.100000 0.200000 0.333333\nf 1 2 3\n"
 
 
+def test_ply_bytes_unit_is_named_in_the_header(tmp_path) -> None:
+    import trimesh
+
+    from utils.mesh import ply_bytes
+
+    verts, faces = _mesh()
+    for unit in ("millimetres", "metres"):
+        data = ply_bytes(verts, faces, unit=unit)
+        header = data[: data.index(b"end_header\n")].decode("ascii").splitlines()
+        assert [ln for ln in header if ln.startswith("comment")] == [f"comment MICA FLAME mesh, {unit}"]
+        (tmp_path / f"{unit}.ply").write_bytes(data)
+        mesh = trimesh.load(tmp_path / f"{unit}.ply", process=False)
+        np.testing.assert_array_equal(mesh.vertices, verts.astype(np.float32))
+        np.testing.assert_array_equal(mesh.faces, faces)
+    with pytest.raises(ValueError, match="unit"):
+        ply_bytes(verts, faces, unit="metres\nend_header")
+
+
 def test_ply_bytes_match_trimesh_exporter(tmp_path) -> None:
     import trimesh
 

@@ -107,7 +107,7 @@ def test_batchnorm_rewrite_matches_formula():
     rng = np.random.default_rng(1)
     gamma, beta, mean = (rng.normal(size=3).astype(np.float32) for _ in range(3))
     var = rng.uniform(0.5, 2, 3).astype(np.float32)
-    inits = [numpy_helper.from_array(a, n) for a, n in zip((gamma, beta, mean, var), "gbmv")]
+    inits = [numpy_helper.from_array(a, n) for a, n in zip((gamma, beta, mean, var), "gbmv", strict=True)]
     g = helper.make_graph([helper.make_node("BatchNormalization", ["x", "g", "b", "m", "v"], ["y"], name="bn",
                                             epsilon=1e-3)], "g",
                           [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 3, 4, 4])],

@@ -24,9 +24,8 @@ from micalib.inference import records as records
 from micalib.inference.demo_runner import DemoRunner
 from micalib.inference.output_lock import LOCK_FILE, output_lock
 from micalib.inference.outputs import OUTPUT_FILES, output_names
-from models.detectors import Face
-from tests.test_demo_runner import TETRA, SlowDetector, SlowNetwork
-from utils.alignment import ARCFACE_TEMPLATE
+from tests.fakes import TETRA, SlowDetector, SlowNetwork, ThreeFaces, fake_runner
+from tests.photos import write_noise_photos
 from utils.errors import MICAError, run_main
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -42,16 +41,7 @@ def _photo(path: Path, seed: int, size: int = 160) -> Path:
 
 @pytest.fixture()
 def photos(tmp_path) -> Path:
-    folder = tmp_path / "in"
-    for i in range(6):
-        _photo(folder / f"img{i}.png", i)
-    (folder / "broken.jpg").write_bytes(b"not a jpeg")
-    return folder
-
-
-def _runner(out: Path, net=None, det=None, **kwargs) -> DemoRunner:
-    kwargs.setdefault("render", False)
-    return DemoRunner(net or SlowNetwork(0), det or SlowDetector(0), TETRA, out / "meshes", out / "arcface", **kwargs)
+    return write_noise_photos(tmp_path / "in", [f"img{i}.png" for i in range(6)])
 
 
 def _summary(meshes: Path) -> dict[str, dict]:
@@ -117,7 +107,7 @@ def test_same_stem_inputs_keep_their_own_outputs(tmp_path, monkeypatch):
         "face.png": ("ok", "face__png", "face__png"), "sub/face.jpg": ("ok", "sub/face", "sub/face")}
     # independent oracle: each photo alone (a single-file run has nothing to collide with)
     for rel, name in (("face.JPG", "face__jpg"), ("face.jpg", "face__jpg_2"), ("face.png", "face__png")):
-        alone = _runner(tmp_path / f"alone_{name}")
+        alone = fake_runner(tmp_path / f"alone_{name}")
         alone.run(inp / rel)
         np.testing.assert_array_equal(_code(meshes, name), _code(tmp_path / f"alone_{name}" / "meshes", "face"))
         assert (out / "arcface" / f"{name}.npy").is_file()
@@ -128,17 +118,6 @@ def test_same_stem_inputs_keep_their_own_outputs(tmp_path, monkeypatch):
 
 
 # ---------------------------------------------------------------------- 2. --all-faces resume
-class ThreeFaces(SlowDetector):
-    """Three faces side by side: the ArcFace template scaled into each third of the photo."""
-
-    def detect(self, image):
-        third = image.shape[1] / 3
-        faces = []
-        for k in range(3):
-            kps = ARCFACE_TEMPLATE.astype(np.float32) * (third / 112.0) + np.float32([k * third, image.shape[0] / 3])
-            box = np.float32([k * third, image.shape[0] / 3, (k + 1) * third, image.shape[0] * 2 / 3])
-            faces.append(Face(box, kps, 0.9 - 0.1 * k))
-        return faces
 
 
 def test_all_faces_interrupted_after_the_first_face_is_redone_completely(tmp_path, monkeypatch):
@@ -157,13 +136,13 @@ def test_all_faces_interrupted_after_the_first_face_is_redone_completely(tmp_pat
 
     monkeypatch.setattr(dr, "write_reconstruction", dies_after_the_first)
     with pytest.raises(KeyboardInterrupt):
-        _runner(tmp_path / "o", det=ThreeFaces(0), all_faces=True, batch_size=1).run(inp)
+        fake_runner(tmp_path / "o", det=ThreeFaces(0), all_faces=True, batch_size=1).run(inp)
     meshes = tmp_path / "o" / "meshes"
     assert written == ["group_0"] and not (meshes / "group_1").exists()
     row = _summary(meshes)["group.png"]
     assert row["status"] == "pending" and row["outputs"] == ""  # group_0 alone does not count
     monkeypatch.setattr(dr, "write_reconstruction", real)
-    results = _runner(tmp_path / "o", det=ThreeFaces(0), all_faces=True, batch_size=1).run(inp)
+    results = fake_runner(tmp_path / "o", det=ThreeFaces(0), all_faces=True, batch_size=1).run(inp)
     assert results[0].status == "ok" and results[0].outputs == ["group_0", "group_1", "group_2"]  # not "done"
     for k in range(3):
         assert all((meshes / f"group_{k}" / f).is_file() for f in OUTPUT_FILES)
@@ -181,8 +160,8 @@ def test_kill_9_after_the_first_face_then_resume(tmp_path):
         import sys, time
         sys.path.insert(0, {str(ROOT)!r})
         from pathlib import Path
-        from tests.test_robustness_demo import _runner, ThreeFaces
-        from tests.test_demo_runner import SlowNetwork
+        from tests.fakes import fake_runner, ThreeFaces
+        from tests.fakes import SlowNetwork
 
         class Stalls(SlowNetwork):
             def predict_identity(self, batch):
@@ -190,7 +169,7 @@ def test_kill_9_after_the_first_face_then_resume(tmp_path):
                     time.sleep(60)  # killed here, after group_0 is written
                 return super().predict_identity(batch)
 
-        _runner(Path({str(tmp_path / 'o')!r}), net=Stalls(0), det=ThreeFaces(0), all_faces=True,
+        fake_runner(Path({str(tmp_path / 'o')!r}), net=Stalls(0), det=ThreeFaces(0), all_faces=True,
                 batch_size=1).run(Path({str(inp)!r}))
     """))
     proc = subprocess.Popen([sys.executable, str(script)], cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
@@ -204,7 +183,7 @@ def test_kill_9_after_the_first_face_then_resume(tmp_path):
     assert (meshes / "group_0" / "kpt68.npy").is_file() and not (meshes / "group_1").exists()
     assert not records.record_path(meshes, "group").exists()
     # the dead run's lock is taken over; the input is redone, all three faces
-    results = _runner(tmp_path / "o", det=ThreeFaces(0), all_faces=True, batch_size=1).run(inp)
+    results = fake_runner(tmp_path / "o", det=ThreeFaces(0), all_faces=True, batch_size=1).run(inp)
     assert results[0].status == "ok" and len(results[0].outputs) == 3
     assert all((meshes / f"group_{k}" / "mesh.obj").is_file() for k in range(3))
 
@@ -226,7 +205,7 @@ def test_outputs_inside_the_input_folder_are_not_inputs(tmp_path, photos):
 def test_input_inside_the_output_folder_is_still_read(tmp_path):
     out = tmp_path / "o"
     _photo(out / "meshes" / "photos" / "a.png", 1)
-    results = _runner(out).run(out / "meshes" / "photos")
+    results = fake_runner(out).run(out / "meshes" / "photos")
     assert [(r.input, r.status) for r in results] == [("a.png", "ok")]
 
 
@@ -240,7 +219,7 @@ def test_input_whose_output_folder_is_the_input_folder_fails_untouched(tmp_path)
     _photo(inp / "other.png", 2)
     (inp / "mesh.obj").write_text("the user's own mesh")
     before = {p.name: p.read_bytes() for p in inp.iterdir()}
-    results = {r.input: r for r in _runner(tmp_path / "o").run(inp)}
+    results = {r.input: r for r in fake_runner(tmp_path / "o").run(inp)}
     assert results["img.png"].status == "failed" and "is the input folder" in results["img.png"].message
     assert "\n" not in results["img.png"].message
     assert results["other.png"].status == "ok"
@@ -249,7 +228,7 @@ def test_input_whose_output_folder_is_the_input_folder_fails_untouched(tmp_path)
     # with --all-faces the input's folders are NAME_0, NAME_1, ...: one of them holding the input
     deep = meshes / "b_0" / "x"
     _photo(deep / "b.png", 3)
-    results = {r.input: r for r in _runner(tmp_path / "o", all_faces=True).run(deep)}
+    results = {r.input: r for r in fake_runner(tmp_path / "o", all_faces=True).run(deep)}
     assert results["b.png"].status == "failed" and "contains the input folder" in results["b.png"].message
     assert sorted(p.relative_to(deep.parent).as_posix() for p in deep.parent.rglob("*")) == ["x", "x/b.png"]
 
@@ -262,7 +241,7 @@ def test_non_utf8_file_name_keeps_the_summary_valid_and_the_name_lossless(tmp_pa
         _photo(path, 7)
     except (OSError, UnicodeError):
         pytest.skip("this file system does not take non-UTF-8 names")
-    results = _runner(tmp_path / "o").run(photos)
+    results = fake_runner(tmp_path / "o").run(photos)
     meshes = tmp_path / "o" / "meshes"
     rows = _summary(meshes)
     row = rows["caf\\xe9.png"]
@@ -273,7 +252,7 @@ def test_non_utf8_file_name_keeps_the_summary_valid_and_the_name_lossless(tmp_pa
     assert (meshes / os.fsdecode(b"caf\xe9") / "mesh.obj").is_file()
     json.loads((meshes / "summary.json").read_bytes().decode("utf-8"))
     assert [r.status for r in results if r.input == os.fsdecode(raw)] == ["ok"]
-    again = {r.input: r.status for r in _runner(tmp_path / "o").run(photos)}
+    again = {r.input: r.status for r in fake_runner(tmp_path / "o").run(photos)}
     assert again[os.fsdecode(raw)] == "done"  # the record read back names the same input
 
 
@@ -321,11 +300,11 @@ def test_no_face_with_mtcnn_names_the_search_size_key(tmp_path):
     inp = tmp_path / "in"
     inp.mkdir()
     cv2.imwrite(str(inp / "grey.png"), np.full((400, 400, 3), 90, np.uint8))
-    results = _runner(tmp_path / "o", det=MTCNN(max_side=320)).run(inp)
+    results = fake_runner(tmp_path / "o", det=MTCNN(max_side=320)).run(inp)
     assert results[0].status == "failed"
     assert "no face found" in results[0].message and "detector.mtcnn_max_side" in results[0].message
     assert "320" in results[0].message
-    other = _runner(tmp_path / "o2", det=type("NoFaces", (), {"detect": lambda self, img: []})()).run(inp)
+    other = fake_runner(tmp_path / "o2", det=type("NoFaces", (), {"detect": lambda self, img: []})()).run(inp)
     assert "mtcnn_max_side" not in other[0].message and "no face found" in other[0].message
 
 
@@ -373,7 +352,7 @@ def test_sigterm_writes_the_summary_and_exits_130(tmp_path, photos):
         from pathlib import Path
         import demo
         from micalib.inference.demo_runner import DemoRunner
-        from tests.test_demo_runner import SlowNetwork, SlowDetector, TETRA
+        from tests.fakes import SlowNetwork, SlowDetector, TETRA
         from utils.errors import run_main
 
         class Stalls(SlowNetwork):
@@ -406,7 +385,7 @@ def test_sigterm_writes_the_summary_and_exits_130(tmp_path, photos):
 
 # ---------------------------------------------------------------------- records
 def test_done_means_a_record_and_every_listed_file(tmp_path, photos):
-    _runner(tmp_path / "o").run(photos)
+    fake_runner(tmp_path / "o").run(photos)
     meshes = tmp_path / "o" / "meshes"
     record = records.read_record(meshes, "img1")
     assert record.input == "img1.png" and record.outputs == ["img1"] and record.status == "ok"
@@ -424,7 +403,7 @@ def test_done_means_a_record_and_every_listed_file(tmp_path, photos):
     records.record_path(meshes, "img3").write_bytes(b"")
     (meshes / "img4" / "mesh.ply").unlink()
     records.remove_record(meshes, "img4")  # outputs of a run killed half-way through img4
-    results = {r.input: r.status for r in _runner(tmp_path / "o").run(photos)}
+    results = {r.input: r.status for r in fake_runner(tmp_path / "o").run(photos)}
     assert results == {"broken.jpg": "failed", "img0.png": "done", "img1.png": "ok", "img2.png": "ok",
                        "img3.png": "ok", "img4.png": "ok", "img5.png": "done"}
 
@@ -470,9 +449,9 @@ def test_a_second_run_is_refused_and_a_dead_owners_lock_taken_over(tmp_path, pho
         assert f"pid {holder.pid}" in str(e.value) and "\n" not in str(e.value)
         assert built == []  # refused before the network was loaded
         with pytest.raises(MICAError):
-            _runner(out).run(photos)
+            fake_runner(out).run(photos)
         # a shard of a sharded run does not take the lock and writes only its records
-        shard = _runner(out, lock=False, summary=False)
+        shard = fake_runner(out, lock=False, summary=False)
         shard.run(photos)
         assert not (out / "meshes" / "summary.csv").exists()
         assert records.read_record(out / "meshes", "img0").status == "ok"
@@ -480,7 +459,7 @@ def test_a_second_run_is_refused_and_a_dead_owners_lock_taken_over(tmp_path, pho
         holder.kill()  # kill -9: the lock file stays behind, with a dead PID in it
         holder.wait()
     assert json.loads((out / "meshes" / LOCK_FILE).read_text())["pid"] == holder.pid
-    results = _runner(out).run(photos)  # taken over
+    results = fake_runner(out).run(photos)  # taken over
     assert {r.status for r in results} == {"done", "failed"}
     assert not (out / "meshes" / LOCK_FILE).exists()
     # the shard's records merge into the same summary a normal run writes
@@ -552,7 +531,7 @@ def test_an_earlier_runs_output_and_crop_folders_are_not_inputs(tmp_path, photos
     of a later run with other -o/-a."""
     first = DemoRunner(SlowNetwork(0), SlowDetector(0), TETRA, photos / "out", photos / "arcface",
                        render=True).run(photos)
-    later = _runner(tmp_path / "o").run(photos)
+    later = fake_runner(tmp_path / "o").run(photos)
     assert [r.input for r in later] == [r.input for r in first]
 
 
@@ -561,24 +540,24 @@ def test_switching_all_faces_redoes_the_input(tmp_path):
     inp = tmp_path / "in"
     _photo(inp / "group.png", 0, size=336)
     meshes = tmp_path / "o" / "meshes"
-    one = _runner(tmp_path / "o", det=ThreeFaces(0)).run(inp)
+    one = fake_runner(tmp_path / "o", det=ThreeFaces(0)).run(inp)
     assert one[0].status == "ok" and one[0].outputs == ["group"]
-    every = _runner(tmp_path / "o", det=ThreeFaces(0), all_faces=True).run(inp)
+    every = fake_runner(tmp_path / "o", det=ThreeFaces(0), all_faces=True).run(inp)
     assert every[0].status == "ok" and every[0].outputs == ["group_0", "group_1", "group_2"]
     assert all((meshes / f"group_{k}" / "identity.npy").is_file() for k in range(3))
     (meshes / "group").rename(tmp_path / "moved")  # the single-face outputs are gone
-    back = _runner(tmp_path / "o", det=ThreeFaces(0)).run(inp)
+    back = fake_runner(tmp_path / "o", det=ThreeFaces(0)).run(inp)
     assert back[0].status == "ok" and (meshes / "group" / "identity.npy").is_file()
-    again = _runner(tmp_path / "o", det=ThreeFaces(0)).run(inp)
+    again = fake_runner(tmp_path / "o", det=ThreeFaces(0)).run(inp)
     assert again[0].status == "done"
 
 
 def test_missing_crops_make_the_input_not_done(tmp_path, photos):
     """The aligned crop and network input are outputs too: deleted, or another -a, means redo."""
-    _runner(tmp_path / "o").run(photos)
+    fake_runner(tmp_path / "o").run(photos)
     arc = tmp_path / "o" / "arcface"
     (arc / "img1.jpg").unlink()
-    second = {r.input: r.status for r in _runner(tmp_path / "o").run(photos)}
+    second = {r.input: r.status for r in fake_runner(tmp_path / "o").run(photos)}
     assert second["img1.png"] == "ok" and second["img2.png"] == "done"
     assert (arc / "img1.jpg").is_file()
     other = DemoRunner(SlowNetwork(0), SlowDetector(0), TETRA, tmp_path / "o" / "meshes", tmp_path / "arc2",
@@ -601,7 +580,7 @@ def test_pending_rows_after_an_interrupt_carry_no_faces_or_score(tmp_path, photo
 
     monkeypatch.setattr(dr, "write_reconstruction", stop_second)
     with pytest.raises(KeyboardInterrupt):
-        _runner(tmp_path / "o", batch_size=4).run(photos)
+        fake_runner(tmp_path / "o", batch_size=4).run(photos)
     rows = _summary(tmp_path / "o" / "meshes")
     pending = [r for r in rows.values() if r["status"] == "pending"]
     assert pending and all(r["faces"] in ("", "0") and r["score"] == "" for r in pending)
@@ -630,12 +609,12 @@ def test_fuse_resumes_and_rebuilds_the_fused_mesh_from_the_done_inputs(tmp_path)
     inp = tmp_path / "in"
     for i in range(3):
         _photo(inp / "person" / f"p{i}.png", i)
-    first = _runner(tmp_path / "o", fuse=True).run(inp)
+    first = fake_runner(tmp_path / "o", fuse=True).run(inp)
     fused = tmp_path / "o" / "meshes" / "person" / "fused"
     assert {r.status for r in first} == {"ok"} and (fused / "identity.npy").is_file()
     reference = np.load(fused / "identity.npy")
     (fused / "identity.npy").unlink()
-    again = _runner(tmp_path / "o", fuse=True).run(inp)
+    again = fake_runner(tmp_path / "o", fuse=True).run(inp)
     assert {r.status for r in again} == {"done"}
     np.testing.assert_array_equal(np.load(fused / "identity.npy"), reference)
     spread = json.loads((fused / "spread.json").read_text())
@@ -663,13 +642,13 @@ def test_damaged_outputs_of_done_inputs_are_redone(tmp_path, photos):
     and merge_summaries counts it pending (S7)."""
     from micalib.inference import merge_summaries
 
-    first = _runner(tmp_path / "o").run(photos)
+    first = fake_runner(tmp_path / "o").run(photos)
     assert {r.input: r.status for r in first if r.input != "broken.jpg"} == {f"img{i}.png": "ok" for i in range(6)}
     intact = {p: p.read_bytes() for p in (tmp_path / "o" / "meshes" / "img5").iterdir()}
     _damage(tmp_path)
     rows = {r.input: r.status for r in merge_summaries.merge(tmp_path / "o" / "meshes", photos, tmp_path / "o" / "arcface")}
     assert [k for k, v in sorted(rows.items()) if v == "pending"] == [f"img{i}.png" for i in range(5)]
-    again = {r.input: r.status for r in _runner(tmp_path / "o").run(photos)}
+    again = {r.input: r.status for r in fake_runner(tmp_path / "o").run(photos)}
     assert {k: again[k] for k in rows if k != "broken.jpg"} == {**{f"img{i}.png": "ok" for i in range(5)}, "img5.png": "done"}
     assert {p: p.read_bytes() for p in (tmp_path / "o" / "meshes" / "img5").iterdir()} == intact
     from utils.mesh import read_mesh
@@ -679,7 +658,7 @@ def test_damaged_outputs_of_done_inputs_are_redone(tmp_path, photos):
     assert np.load(tmp_path / "o" / "meshes" / "img1" / "identity.npy").shape == (300,)
     assert np.load(tmp_path / "o" / "meshes" / "img4" / "kpt68.npy").shape == (1, 68, 3)
     assert cv2.imread(str(tmp_path / "o" / "arcface" / "img3.jpg")).shape == (224, 224, 3)
-    assert {r.status for r in _runner(tmp_path / "o").run(photos) if r.input != "broken.jpg"} == {"done"}
+    assert {r.status for r in fake_runner(tmp_path / "o").run(photos) if r.input != "broken.jpg"} == {"done"}
 
 
 def _edit_record(meshes: Path, name: str, **changes) -> None:
@@ -692,7 +671,7 @@ def test_merge_summaries_refuses_records_that_lie(tmp_path, photos):
     out of -o (S6: /etc/passwd counted as an output) is not trusted: its input is pending."""
     from micalib.inference import merge_summaries
 
-    _runner(tmp_path / "o").run(photos)
+    fake_runner(tmp_path / "o").run(photos)
     meshes = tmp_path / "o" / "meshes"
     _edit_record(meshes, "img0", outputs=123)
     _edit_record(meshes, "img1", files=["../../../../../../../../etc/passwd"], sizes={})
@@ -709,7 +688,7 @@ def test_merge_summaries_with_a_wrong_input_folder_warns_with_the_count(tmp_path
 
     from micalib.inference import merge_summaries
 
-    _runner(tmp_path / "o").run(photos)
+    fake_runner(tmp_path / "o").run(photos)
     other = tmp_path / "two"
     _photo(other / "img0.png", 0)
     _photo(other / "new.png", 9)
@@ -732,7 +711,7 @@ class HugeHeads(SlowNetwork):
 
 
 def test_an_absurd_but_finite_mesh_fails_its_input(tmp_path, photos):
-    results = _runner(tmp_path / "o", net=HugeHeads(0)).run(photos)
+    results = fake_runner(tmp_path / "o", net=HugeHeads(0)).run(photos)
     failed = [r for r in results if r.input != "broken.jpg"]
     assert {r.status for r in failed} == {"failed"}
     assert all("mm across" in r.message and "not a head" in r.message for r in failed)

@@ -15,7 +15,6 @@ import sys
 import time
 from pathlib import Path
 
-import cv2
 import numpy as np
 import pytest
 import torch
@@ -27,56 +26,13 @@ from micalib.inference import sharding
 from micalib.inference.demo_runner import DemoRunner, default_workers
 from micalib.inference.output_lock import LOCK_FILE
 from micalib.inference.sharding import Shard, parse_shard, resolve_shard
-from tests.numerics import reorder_bound, ulp32
-from tests.test_demo_runner import TETRA, SlowDetector
+from tests.fakes import TETRA, SlowDetector, TinyNetwork
+from tests.numerics import ulp32
+from tests.photos import write_noise_photos
 from utils.errors import MICAError, run_main
 from utils.mesh import read_mesh
 
 ROOT = Path(__file__).resolve().parent.parent
-
-
-class TinyNetwork:
-    """``predict_identity``: a strided convolution, ReLU and a linear layer (torch, fixed seed);
-    ``decode``: a tetrahedron moved by a linear shape basis, in metres."""
-
-    def __init__(self) -> None:
-        g = torch.Generator().manual_seed(0)
-        self.conv = torch.randn(8, 3, 5, 5, generator=g) * 0.2
-        self.linear = torch.randn(8 * 27 * 27, 300, generator=g) * 0.01
-        self.basis = np.random.default_rng(1).normal(0, 0.002, (300, 12)).astype(np.float32)
-        self.calls: list[int] = []
-
-    def predict_identity(self, batch: np.ndarray) -> np.ndarray:
-        self.calls.append(len(batch))
-        x = torch.nn.functional.conv2d(torch.from_numpy(np.ascontiguousarray(batch)), self.conv, stride=4).relu()
-        return torch.tanh(x.flatten(1) @ self.linear).numpy()
-
-    BASE = np.array([[0, 0, 0], [1, 0, 0], [0, 1, 0], [0, 0, 1]], np.float32) * 0.1
-
-    def decode(self, identity: np.ndarray) -> dict:
-        verts = self.BASE[None] + (np.asarray(identity, np.float32) @ self.basis).reshape(-1, 4, 3)
-        return {"vertices": verts, "landmarks68": np.repeat(verts[:, :1], 68, 1),
-                "landmarks7": verts[:, [0, 1, 2, 3, 0, 1, 2]]}
-
-    def bounds(self, x: np.ndarray, identity: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """How far another run's (batch, threads, CPU) float32 ``identity (300,)`` and ``vertices
-        (4, 3)`` (metres) of the network input ``x (3, 112, 112)`` may lie from these, by
-        tests/numerics.py: the convolution's 75-term sums (worst case), the linear layer's 5832-term
-        sums (probabilistic: its random weights cancel, the worst case would allow 0.1; the
-        convolution's errors carried through it as independent bounded terms, Hoeffding), tanh
-        (1-Lipschitz; its vectorised and scalar versions each within 2 ulp), then the decode's
-        301-term sums (worst case) with the identity's own bound propagated through |basis|."""
-        xd = torch.from_numpy(np.asarray(x, np.float64))[None]
-        conv, conv_abs = self.conv.double(), self.conv.double().abs()
-        y = torch.nn.functional.conv2d(xd, conv, stride=4).relu().flatten(1)[0].numpy()
-        e_conv = reorder_bound(torch.nn.functional.conv2d(xd.abs(), conv_abs, stride=4).flatten(1)[0].numpy(), 75)
-        w_abs = self.linear.double().abs().numpy()
-        e_in = 10 * np.sqrt(e_conv ** 2 @ w_abs ** 2)  # independent, bounded input errors: Hoeffding, lam = 10
-        e_id = reorder_bound(np.abs(y) @ w_abs, y.size, probabilistic=True) + e_in + 4 * ulp32(identity)
-        b_abs = np.abs(self.basis.astype(np.float64))
-        abs_v = np.abs(self.BASE).astype(np.float64).ravel() + np.abs(identity).astype(np.float64) @ b_abs
-        e_v = e_id @ b_abs + reorder_bound(abs_v, 301)
-        return e_id, e_v.reshape(4, 3)
 
 
 def _make_runner(args, net=None) -> DemoRunner:
@@ -141,14 +97,7 @@ def _torchrun(inp: Path, out: Path, tmp: Path, *extra: str, world: int = 3) -> l
 @pytest.fixture()
 def photos(tmp_path) -> Path:
     """11 inputs in three sub-folders, one of them broken."""
-    rng = np.random.default_rng(0)
-    folder = tmp_path / "in"
-    for i in range(10):
-        path = folder / f"p{i % 3}" / f"img{i}.png"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        cv2.imwrite(str(path), rng.integers(0, 256, (160, 160, 3), dtype=np.uint8))
-    (folder / "p1" / "broken.jpg").write_bytes(b"not a jpeg")
-    return folder
+    return write_noise_photos(tmp_path / "in", [f"p{i % 3}/img{i}.png" for i in range(10)], broken="p1/broken.jpg")
 
 
 def _files(out: Path) -> dict[str, bytes]:
@@ -406,7 +355,7 @@ def _export_items(photos: Path, out: Path) -> list:
     paths = sorted(p for p in photos.rglob("*") if p.is_file())
     rels = [p.relative_to(photos) for p in paths]
     return [ExportItem(rel.as_posix(), [p], out / "predicted_meshes" / rel.with_suffix(""), prepare)
-            for p, rel in reversed(list(zip(paths, rels)))]  # given unsorted: the split follows the sorted keys
+            for p, rel in reversed(list(zip(paths, rels, strict=True)))]  # given unsorted: the split follows the sorted keys
 
 
 def test_export_shards_split_the_items_and_add_up_to_one_run(tmp_path, photos):
@@ -500,23 +449,19 @@ def _real_rank_main(rank: int, world: int, port: int, argv: list) -> None:
 
 
 @pytest.mark.slow
-def test_real_network_under_torchrun_is_byte_identical_to_one_process(tmp_path, synthetic_flame_dir):
+def test_real_network_under_torchrun_is_byte_identical_to_one_process(tmp_path, synthetic_flame_dir, face_photos_dir):
     """The real pipeline (MTCNN detection, alignment, network, FLAME) on 3 gloo ranks and in one
     process, both at one torch thread (--threads 1) and batch 1: every file is byte-identical and
     the summary rows are the same. (Torch's CPU results depend on the thread count; --threads fixes it.)"""
-    from tests.photos import portrait_photos
+    from tests.commands import demo_opts
     from tests.synthetic_weights import write_random_mica_tar
-    from tests.test_demo import _opts
 
-    inp = tmp_path / "in"
-    inp.mkdir()
-    for name, rgb in portrait_photos().items():
-        cv2.imwrite(str(inp / name), cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
+    inp = face_photos_dir  # read only
     tar = write_random_mica_tar(tmp_path / "mica.tar", arch="iresnet18", seed=3)
 
     def argv(out: Path) -> list:
         return ["-i", str(inp), "-o", str(out / "meshes"), "-a", str(out / "arcface"), "--device", "cpu",
-                "--batch-size", "1", "--threads", "1", "--no-render", *_opts(synthetic_flame_dir, tar)]
+                "--batch-size", "1", "--threads", "1", "--no-render", *demo_opts(synthetic_flame_dir, tar)]
 
     threads = torch.get_num_threads()
     try:

@@ -309,8 +309,7 @@ BAD_LINES = ("../../../../precious/victim.jpg", "/etc/passwd", "S1/selfie/IMG_\x
 
 def test_export_items_from_bad_list_lines_fail_alone_and_write_nothing_outside(tmp_path):
     from testing.now_export import ExportWriter, now_export_items
-    from tests.test_demo_runner import TETRA
-    from tests.test_sharding import TinyNetwork
+    from tests.fakes import TETRA, TinyNetwork
 
     root = write_now_folder(tmp_path / "now", {}, [("S1/selfie/IMG_1.jpg", b"jpeg", (1.0, 2.0, 3.0, 4.0))])
     write_image_list(root, ["S1/selfie/IMG_1.jpg", *BAD_LINES])

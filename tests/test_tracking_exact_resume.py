@@ -61,7 +61,7 @@ def _differences(a: Path, b: Path, n: int = N) -> list[str]:
     diff = []
     for k in range(n):
         fa, fb = read_frame(a / "checkpoint" / f"{k:05d}.frame"), read_frame(b / "checkpoint" / f"{k:05d}.frame")
-        for (name, va), (_, vb) in zip(_leaves(fa), _leaves(fb)):
+        for (name, va), (_, vb) in zip(_leaves(fa), _leaves(fb), strict=True):
             if va.shape != vb.shape or not np.array_equal(va, vb):
                 diff.append(f"frame {k} {name}")
         for sub, ext in (("mesh", "ply"), ("input", "png")):
@@ -69,9 +69,9 @@ def _differences(a: Path, b: Path, n: int = N) -> list[str]:
                 diff.append(f"{sub}/{k:05d}.{ext}")
     with open(a / "tracking.csv", newline="") as fa, open(b / "tracking.csv", newline="") as fb:
         ra, rb = list(csv.DictReader(fa)), list(csv.DictReader(fb))
-    diff += [f"csv row {r1.get('frame')}" for r1, r2 in zip(ra, rb) if r1 != r2] + (["csv length"] if len(ra) != len(rb) else [])
+    diff += [f"csv row {r1.get('frame')}" for r1, r2 in zip(ra, rb, strict=False) if r1 != r2] + (["csv length"] if len(ra) != len(rb) else [])
     va, vb = _video(a / "video.mp4"), _video(b / "video.mp4")
-    diff += ["video length"] if len(va) != len(vb) else [f"video frame {j}" for j, (x, y) in enumerate(zip(va, vb))
+    diff += ["video length"] if len(va) != len(vb) else [f"video frame {j}" for j, (x, y) in enumerate(zip(va, vb, strict=False))
                                                           if not np.array_equal(x, y)]
     for name in ("canonical.obj", "identity.npy", "landmarks.npz", "crop.json"):
         if (a / name).is_file() and (a / name).read_bytes() != (b / name).read_bytes():
@@ -137,7 +137,7 @@ def test_sigterm_is_ctrl_c_and_the_run_continues_exactly(tmp_path):
     assert f"({len(written)} finished before)" in proc.stderr
     for k in range(n):
         a, b = read_frame(clean / "checkpoint" / f"{k:05d}.frame"), read_frame(out / "checkpoint" / f"{k:05d}.frame")
-        for (name, va), (_, vb) in zip(_leaves(a), _leaves(b)):
+        for (name, va), (_, vb) in zip(_leaves(a), _leaves(b), strict=True):
             assert np.array_equal(va, vb), f"frame {k} {name}"
 
 
@@ -212,5 +212,5 @@ def test_photometric_run_killed_continues_bit_identically_on_the_cpu(tmp_path):
         for k in range(n):
             a = read_frame(outs["clean"] / "checkpoint" / f"{k:05d}.frame")
             b = read_frame(outs["killed"] / "checkpoint" / f"{k:05d}.frame")
-            for (key, va), (_, vb) in zip(_leaves(a), _leaves(b)):
+            for (key, va), (_, vb) in zip(_leaves(a), _leaves(b), strict=True):
                 assert np.array_equal(va, vb), f"killed after {exit_after} frames: frame {k} {key}"

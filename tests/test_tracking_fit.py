@@ -11,6 +11,7 @@ import pytest
 
 from micalib.tracking.model import TrackingFLAME
 from tests.synthetic_tracking import (
+    check_fit,
     shared_tracker_dir,
     synthetic_setup,
     track_synthetic,
@@ -19,49 +20,10 @@ from tests.synthetic_tracking import (
 SIZE, N_FRAMES, NOISE = 512, 120, 0.5
 
 
-def _check(seq, fr, model, face):
-    from micalib.tracking.camera import matrix_to_axis_angle, rotation_6d_to_matrix
-
-    k_fit = np.stack([f["opencv"]["K"][0] for f in fr]).astype(np.float64)
-    t_fit = np.stack([f["opencv"]["t"][0] for f in fr]).astype(np.float64)
-    f_true, d_true = seq["K"][0, 0], seq["t"][:, 2]
-    focal = k_fit[:, 0, 0]
-    assert np.allclose(focal, focal[0])  # one camera for the sequence
-    assert abs(focal[0] / f_true - 1) < 0.02
-    assert abs(t_fit[:, 2].mean() / d_true.mean() - 1) < 0.02  # the camera distance
-    assert np.abs(t_fit[:, 2] / d_true - 1).max() < 0.03  # and every frame's (measured: <= 2.1%)
-    assert abs((focal[0] / t_fit[:, 2].mean()) / (f_true / d_true.mean()) - 1) < 0.005
-    assert np.abs(t_fit[:, :2] - seq["t"][:, :2]).mean() < 1e-3
-    # meshes in model space
-    exp = np.stack([f["flame"]["exp"][0] for f in fr])
-    mats = rotation_6d_to_matrix(np.concatenate([np.stack([f["flame"]["jaw"][0] for f in fr])[:, None],
-                                                 np.stack([f["flame"]["eyes"][0] for f in fr]).reshape(-1, 2, 6)], 1))
-    pose = matrix_to_axis_angle(mats).reshape(-1, 9)
-    lids = np.stack([f["flame"]["eyelids"][0] for f in fr])
-    verts = model.vertices(exp, pose, lids)
-    err = np.linalg.norm(verts[:, face] - seq["vertices"][:, face], axis=-1).mean()
-    assert err < 1e-3, f"mean vertex error {err * 1e3:.2f} mm over the face region"
-    # reprojection of the fitted model against the noisy landmarks, vs the noise itself
-    r = np.stack([f["opencv"]["R"][0] for f in fr]).astype(np.float64)
-    sl = model.slices["mediapipe"]
-    res, noise = [], []
-    for k in range(len(fr)):
-        pts = model.full_points(verts[k], model.contour_bin(r[k]))[sl]
-        uvw = (pts @ r[k].T + t_fit[k]) @ k_fit[k].T
-        uv = uvw[:, :2] / uvw[:, 2:] - 0.5  # the file's K: pixel centres at i + 0.5; the landmarks: at i
-        obs = seq["mediapipe"][k][model.mediapipe_index]
-        clean = seq["clean_mediapipe"][k][model.mediapipe_index]
-        res.append(uv - obs)
-        noise.append(obs - clean)
-    rms = np.sqrt((np.concatenate(res) ** 2).sum(1).mean())
-    noise_rms = np.sqrt((np.concatenate(noise) ** 2).sum(1).mean())
-    assert rms <= 1.2 * noise_rms, (rms, noise_rms)
-
-
 @pytest.mark.slow
 def test_synthetic_ground_truth_random_topology(tmp_path):
     seq, fr, model, face, out = track_synthetic(tmp_path, real=False, n_frames=N_FRAMES, noise_px=NOISE)
-    _check(seq, fr, model, face)
+    check_fit(seq, fr, model, face)
     rows = (out / "tracking.csv").read_text().splitlines()
     assert len(rows) == N_FRAMES + 1 and rows[0].startswith("frame,")
 
@@ -74,7 +36,7 @@ def test_synthetic_ground_truth_real_topology(tmp_path):
     if shared_flame_public() is None or shared_tracker_dir() is None:
         pytest.skip("../shared/data/flame_public or ../shared/data/tracker is absent")
     seq, fr, model, face, _ = track_synthetic(tmp_path, real=True, n_frames=N_FRAMES, noise_px=NOISE)
-    _check(seq, fr, model, face)
+    check_fit(seq, fr, model, face)
 
 
 def test_reduced_landmark_model_matches_full_flame(tmp_path):

@@ -7,10 +7,10 @@ import numpy as np
 import pytest
 import torch
 
-from micalib.render import preview as renderer
 from micalib.tracking import overlay
-from micalib.tracking.overlay import AMBIENT, MESH_GRAY, VideoWriter, compose_overlay, draw_landmarks, shade
-from tests.test_tracking_raster import _uv_sphere
+from micalib.tracking.overlay import AMBIENT, MESH_GRAY, VideoWriter, compose_overlay, draw_landmarks, gray_mesh
+from tests import numpy_renderer as renderer
+from tests.fakes import uv_sphere
 from utils.errors import MICAError
 
 
@@ -22,7 +22,7 @@ def _quad(x0, y0, x1, y1, z=1.0):
 
 def test_shade_flat_and_tilted_planes():
     verts, faces = _quad(4.2, 5.3, 40.7, 30.1)
-    rgb, mask = shade(verts, faces, 36, 48)
+    rgb, mask = gray_mesh(verts, faces, 36, 48)
     assert rgb.shape == (36, 48, 3) and rgb.dtype == np.uint8 and mask.shape == (36, 48) and mask.dtype == bool
     # coverage as the project's independent numpy rasteriser finds it (its pixel centres are at +0.5)
     old = renderer.rasterize(verts + [0.5, 0.5, 0.0], faces, 36, 48)
@@ -31,20 +31,20 @@ def test_shade_flat_and_tilted_planes():
     # explicit camera-frame normals tilted 60 degrees: n_z = 0.5 (either sign: lit from both sides)
     for sign in (1, -1):
         n = np.tile([np.sqrt(0.75), 0.0, -0.5 * sign], (4, 1))
-        rgb, _ = shade(verts, faces, 36, 48, normals=n)
+        rgb, _ = gray_mesh(verts, faces, 36, 48, normals=n)
         assert (rgb[mask] == round((AMBIENT + (1 - AMBIENT) * 0.5) * MESH_GRAY * 255)).all()
     # seen from behind it is culled by default, drawn on request
     back = faces[:, ::-1]
-    assert not shade(verts, back, 36, 48)[1].any()
-    np.testing.assert_array_equal(shade(verts, back, 36, 48, cull_backfaces=False)[1], mask)
+    assert not gray_mesh(verts, back, 36, 48)[1].any()
+    np.testing.assert_array_equal(gray_mesh(verts, back, 36, 48, cull_backfaces=False)[1], mask)
 
 
 def test_shade_sphere_follows_lambert():
-    verts, faces = _uv_sphere(24, 32)
+    verts, faces = uv_sphere(24, 32)
     r, c = 20.0, 25.0
     # seen by a camera looking at the model's -z (y down: a proper rotation); depth in other units
     scr = torch.stack([verts[:, 0] * r + c, -verts[:, 1] * r + c, 5.0 - verts[:, 2] * r / 10], 1)
-    rgb, mask = shade(scr, faces, 50, 50)
+    rgb, mask = gray_mesh(scr, faces, 50, 50)
     yy, xx = np.mgrid[:50, :50]
     rho2 = ((xx - c) ** 2 + (yy - c) ** 2) / r ** 2
     inner = rho2 < 0.8
@@ -78,7 +78,7 @@ def test_compose_overlay_layout_and_blend():
     assert out.shape == (48, 192, 3) and out.dtype == np.uint8
     np.testing.assert_array_equal(out[:, :64], crop)
     np.testing.assert_array_equal(out[:, 64:128], draw_landmarks(crop, lmk))
-    mesh, mask = shade(verts, faces, 48, 64)
+    mesh, mask = gray_mesh(verts, faces, 48, 64)
     right = out[:, 128:].astype(np.int32)
     np.testing.assert_array_equal(right[~mask], crop[~mask])
     expect = 0.6 * mesh[mask].astype(np.float64) + 0.4 * crop[mask]
@@ -121,7 +121,7 @@ def test_video_writer_roundtrip(tmp_path):
         frames.append(bgr)
     cap.release()
     assert len(frames) == 7 and frames[0].shape == (48, 64, 3)
-    for bgr, col in zip(frames, colors):  # lossy codec: colours come back within a few levels
+    for bgr, col in zip(frames, colors, strict=True):  # lossy codec: colours come back within a few levels
         assert np.abs(bgr[..., ::-1].reshape(-1, 3).mean(0) - col).max() < 8
 
 

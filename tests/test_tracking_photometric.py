@@ -11,7 +11,7 @@ import torch
 
 from micalib.render.shading import directional_sh, sh_basis, sh_shading
 from micalib.tracking.photometric import PhotometricRefiner
-from tests.test_tracking_raster import _uv_sphere
+from tests.fakes import uv_sphere
 
 
 @pytest.fixture(autouse=True)
@@ -79,7 +79,7 @@ def _rot_y(yaw: torch.Tensor) -> torch.Tensor:
 
 
 def _scene():
-    verts, faces = _uv_sphere(20, 28)
+    verts, faces = uv_sphere(20, 28)
     verts = (verts * 0.09).float()
     p = verts.double() / 0.09
     albedo = 0.5 + 0.35 * torch.stack([torch.sin(5 * p[:, 0] + 1) * torch.cos(4 * p[:, 1]),

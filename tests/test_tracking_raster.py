@@ -6,9 +6,10 @@ import numpy as np
 import pytest
 import torch
 
-from micalib.render import preview as renderer
 from micalib.render import raster as raster
 from micalib.render.raster import interpolate, rasterize, vertex_normals
+from tests import numpy_renderer as renderer
+from tests.fakes import uv_sphere
 
 
 def _random_mesh(seed: int, n_tri: int = 40, size: int = 64):
@@ -167,29 +168,8 @@ def test_interpolate_perspective_correct_recovers_3d_points():
     assert mask.sum() > 50
 
 
-def _uv_sphere(n_lat: int = 12, n_lon: int = 16):
-    """Unit sphere, counter-clockwise triangles seen from outside."""
-    verts = [[0.0, 0.0, 1.0]]
-    for i in range(1, n_lat):
-        th = np.pi * i / n_lat
-        for j in range(n_lon):
-            ph = 2 * np.pi * j / n_lon
-            verts.append([np.sin(th) * np.cos(ph), np.sin(th) * np.sin(ph), np.cos(th)])
-    verts.append([0.0, 0.0, -1.0])
-    faces = []
-    ring = lambda i, j: 1 + (i - 1) * n_lon + j % n_lon  # noqa: E731
-    for j in range(n_lon):
-        faces.append([0, ring(1, j), ring(1, j + 1)])
-        faces.append([len(verts) - 1, ring(n_lat - 1, j + 1), ring(n_lat - 1, j)])
-    for i in range(1, n_lat - 1):
-        for j in range(n_lon):
-            faces.append([ring(i, j), ring(i + 1, j), ring(i + 1, j + 1)])
-            faces.append([ring(i, j), ring(i + 1, j + 1), ring(i, j + 1)])
-    return torch.tensor(verts, dtype=torch.float64), torch.tensor(faces)
-
-
 def test_vertex_normals_of_a_sphere_point_outwards():
-    verts, faces = _uv_sphere()
+    verts, faces = uv_sphere()
     n = vertex_normals(verts * 0.1 + torch.tensor([0.2, 0.0, 0.5], dtype=torch.float64), faces)
     np.testing.assert_allclose(n.norm(dim=1).numpy(), 1.0, atol=1e-12)
     assert (n * verts).sum(1).min() > 0.98
@@ -212,7 +192,7 @@ def test_rasterize_and_interpolate_on_cuda_match_cpu():
 
 
 def test_cull_backfaces_keeps_the_camera_facing_half_of_a_sphere():
-    verts, faces = _uv_sphere(16, 24)  # counter-clockwise seen from outside
+    verts, faces = uv_sphere(16, 24)  # counter-clockwise seen from outside
     # OpenCV camera 3 units in front: x right, y down, z forward (a proper rotation of the model)
     cam = torch.stack([verts[:, 0], -verts[:, 1], 3.0 - verts[:, 2]], 1)
     scr = torch.stack([20 * cam[:, 0] / cam[:, 2] + 16, 20 * cam[:, 1] / cam[:, 2] + 16, cam[:, 2]], 1)

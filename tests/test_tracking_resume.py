@@ -96,7 +96,7 @@ def test_rows_of_finished_frames_are_rebuilt_without_the_journal(tmp_path):
     track.main(_argv(out))
     rows = _rows(out)
     assert [r["frame"] for r in rows] == [f"{k:05d}" for k in range(N)]
-    for r, c in zip(rows, clean):
+    for r, c in zip(rows, clean, strict=True):
         for key in ("input_frame", "time_s", "face_found", "landmarks_used", "interpolated"):
             assert r[key] == c[key]
     assert rows[2] == clean[2]  # the redone frame has its full row

@@ -4,21 +4,20 @@ here on iresnet18 and the synthetic data of tests/test_trainer.py)."""
 from __future__ import annotations
 
 import statistics
-from typing import List
 
 import pytest
 
 from configs.config import load_cfg
 from micalib.engine.builder import build_trainer
 from micalib.engine.hooks import PeriodicCheckpointer
-from tests.test_trainer import ROOT, make_opts
+from tests.commands import ROOT, make_opts
 from utils.checkpoint import load_mica_checkpoint
 from utils.device import cpu_supports_bf16
 
 ORIGINAL = {"precision": "fp32", "train.channels_last": False, "train.optimizer_impl": "auto"}
 
 
-def losses(setup, out, steps: int, **options) -> List[float]:
+def losses(setup, out, steps: int, **options) -> list[float]:
     """Per-step training losses of ``steps`` steps; a final checkpoint in ``out/model.tar``."""
     cfg = load_cfg(ROOT / "configs/mica.yml", make_opts(setup, out, **{"train.max_steps": steps, **options}))
     trainer = build_trainer(cfg)
@@ -53,7 +52,7 @@ def test_bf16_training_follows_fp32(train_setup_dir, tmp_path):
                                                                                "train.optimizer_impl": "fused"})
     # lr 1e-3: the loss falls (4 steps = one epoch over the same 8 actors), so the curves are compared while moving
     assert statistics.fmean(ref[-4:]) < 0.97 * statistics.fmean(ref[:4]), ref
-    for step, (a, b) in enumerate(zip(ref, bf16), 1):
+    for step, (a, b) in enumerate(zip(ref, bf16, strict=True), 1):
         assert abs(b - a) <= 0.03 * a, (step, a, b)
     tail = 5
     assert abs(statistics.fmean(bf16[-tail:]) - statistics.fmean(ref[-tail:])) <= 0.01 * statistics.fmean(ref[-tail:])

@@ -20,7 +20,7 @@ import pytest
 
 from micalib.tracking.outputs import read_frame
 from micalib.viewer.__main__ import main as viewer_main
-from tests.test_gltf import N_FRAMES, exact_clip  # noqa: F401  (fixture)
+from tests.synthetic_tracking import CLIP_FRAMES
 from utils.mesh import read_mesh, write_mesh
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
@@ -61,10 +61,10 @@ def _our_silhouette(clip: Path, k: int) -> np.ndarray:
     return rasterize(screen, faces, h, w).mask.reshape(h, w).numpy().astype(bool)
 
 
-def test_clip_page_silhouettes_match_our_rasteriser(exact_clip):  # noqa: F811
+def test_clip_page_silhouettes_match_our_rasteriser(exact_clip):
     index = exact_clip / "index.html"
     assert index.is_file()  # written by track.py
-    for k in (0, N_FRAMES // 2, N_FRAMES - 1):
+    for k in (0, CLIP_FRAMES // 2, CLIP_FRAMES - 1):
         dom, console = _open(index.as_uri() + f"?frame={k}&silhouette=1")
         assert console == []
         ours, theirs = _our_silhouette(exact_clip, k), _silhouette(dom)
@@ -74,13 +74,13 @@ def test_clip_page_silhouettes_match_our_rasteriser(exact_clip):  # noqa: F811
         assert iou >= 0.98, (k, iou)
 
 
-def test_clip_page_opens_without_console_messages(exact_clip):  # noqa: F811
+def test_clip_page_opens_without_console_messages(exact_clip):
     dom, console = _open((exact_clip / "index.html").as_uri() + "?frame=3")
     assert console == []
     assert "wireframe" in dom and "landmarks" in dom and 'src="input/00003.png"' in dom
 
 
-def test_page_without_webgl_says_so(exact_clip):  # noqa: F811
+def test_page_without_webgl_says_so(exact_clip):
     dom, _ = _open((exact_clip / "index.html").as_uri(), "--disable-webgl", "--disable-3d-apis")
     assert "<title>no WebGL</title>" in dom
 

@@ -8,6 +8,8 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
+from utils.errors import UserError
+
 __all__ = ["ARCFACE_TEMPLATE", "estimate_similarity", "estimate_norm", "norm_crop", "to_network_input",
            "box_crop_matrix", "warp_bilinear", "crop_from_box"]
 
@@ -44,7 +46,7 @@ def estimate_similarity(src: np.ndarray, dst: np.ndarray) -> np.ndarray:
     s0, d0 = src - mu_s, dst - mu_d
     var_s = (s0 ** 2).sum() / len(src)
     if not np.isfinite(var_s) or var_s < 1e-12:
-        raise ValueError("estimate_similarity: the source points coincide (degenerate keypoints)")
+        raise UserError("estimate_similarity: the source points coincide (degenerate keypoints)")
     cov = d0.T @ s0 / len(src)
     u, sig, vt = np.linalg.svd(cov)
     d = np.ones(2)
@@ -123,10 +125,10 @@ def box_crop_matrix(box: np.ndarray, scale: float = 1.6, size: int = 224) -> np.
     x1, y1, x2, y2 = np.asarray(box, dtype=np.float64)[:4]
     old_size = (x2 - x1 + y2 - y1) / 2.0  # MICA's expression, same float rounding
     if not np.isfinite(old_size) or old_size <= 0 or not np.isfinite([x1, y1, x2, y2]).all():
-        raise ValueError(f"empty or invalid face box {list(np.asarray(box).ravel())} (need left < right, top < bottom)")
+        raise UserError(f"empty or invalid face box {list(np.asarray(box).ravel())} (need left < right, top < bottom)")
     side = int(old_size * scale)
     if side <= 0:
-        raise ValueError(f"face box {list(np.asarray(box).ravel())} is too small for a crop")
+        raise UserError(f"face box {list(np.asarray(box).ravel())} is too small for a crop")
     cx, cy = x2 - (x2 - x1) / 2.0, y2 - (y2 - y1) / 2.0
     k = (size - 1) / side
     return np.array([[k, 0.0, -k * (cx - side / 2.0)], [0.0, k, -k * (cy - side / 2.0)]])

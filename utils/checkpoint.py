@@ -25,14 +25,15 @@ import pickle
 import re
 import zipfile
 from collections import OrderedDict
+from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Any, Dict, Iterable, List, Mapping, Optional, Union
+from typing import Any
 
 import torch
 from loguru import logger
 from torch import nn
 
-from utils.errors import MICAError
+from utils.errors import MICAError, UserFileNotFound
 from utils.io import atomic_save
 from utils.safe_pickle import torch_numpy_safe_globals
 
@@ -50,7 +51,7 @@ __all__ = [
     "load_regressor_into",
 ]
 
-PathLike = Union[str, Path]
+PathLike = str | Path
 MICA_KEYS = ("arcface", "flameModel")
 REGRESSOR_PREFIX = "regressor."
 GENERATOR_PREFIX = "generator."
@@ -84,7 +85,7 @@ def load_checkpoint_file(path: PathLike, what: str = "checkpoint", fix: str = "d
     """
     path = Path(path).expanduser()
     if not path.is_file():
-        raise FileNotFoundError(f"{what} {path} not found (check the path in the config / command line)")
+        raise UserFileNotFound(f"{what} {path} not found (check the path in the config / command line)")
     try:
         with torch.serialization.safe_globals(torch_numpy_safe_globals()):
             return torch.load(path, map_location="cpu", weights_only=True)
@@ -128,9 +129,9 @@ def check_finite(state: Mapping[str, Any], source: str) -> None:
                             f"{MAX_ABS_WEIGHT:.0e} no trained network reaches - the file is damaged; use another checkpoint")
 
 
-def clean_state_dict(state: Mapping[str, Any]) -> "OrderedDict[str, torch.Tensor]":
+def clean_state_dict(state: Mapping[str, Any]) -> OrderedDict[str, torch.Tensor]:
     """Strip DDP ``module.`` and torch.compile ``_orig_mod.`` prefixes (repeatedly) from every key."""
-    out: "OrderedDict[str, torch.Tensor]" = OrderedDict()
+    out: OrderedDict[str, torch.Tensor] = OrderedDict()
     for key, value in state.items():
         k = str(key)
         changed = True
@@ -143,7 +144,7 @@ def clean_state_dict(state: Mapping[str, Any]) -> "OrderedDict[str, torch.Tensor
     return out
 
 
-def guess_arcface_layers(state: Mapping[str, Any]) -> Optional[List[int]]:
+def guess_arcface_layers(state: Mapping[str, Any]) -> list[int] | None:
     """Blocks per stage of an IResNet state dict (from ``layer{s}.{i}.`` keys), or None."""
     counts = [0, 0, 0, 0]
     for key in state:
@@ -154,7 +155,7 @@ def guess_arcface_layers(state: Mapping[str, Any]) -> Optional[List[int]]:
     return counts if all(counts) else None
 
 
-def _arch_name(layers: Optional[List[int]]) -> str:
+def _arch_name(layers: list[int] | None) -> str:
     if layers is None:
         return "not an IResNet"
     for name, blocks in KNOWN_IRESNETS.items():
@@ -165,7 +166,7 @@ def _arch_name(layers: Optional[List[int]]) -> str:
 
 def _group(keys: Iterable[str]) -> str:
     """Compact one-line listing of keys grouped by module prefix: ``layer4.2.{bn1,conv1}.*, ...``."""
-    groups: "OrderedDict[str, List[str]]" = OrderedDict()
+    groups: OrderedDict[str, list[str]] = OrderedDict()
     for k in keys:
         parts = k.split(".")
         head = ".".join(parts[:-1]) if len(parts) > 1 else ""
@@ -205,7 +206,7 @@ def load_state_dict_checked(module: nn.Module, state: Mapping[str, Any], source:
     raise MICAError(f"{source} does not match the model: {'; '.join(parts)} - {fix}")
 
 
-def _check_arcface(state: Mapping[str, Any], model: Optional[nn.Module], source: str) -> None:
+def _check_arcface(state: Mapping[str, Any], model: nn.Module | None, source: str) -> None:
     """Raise a clear error when ``state`` is an IResNet of another depth than ``model``."""
     if model is None or not hasattr(model, "layers_per_stage"):
         return
@@ -216,7 +217,7 @@ def _check_arcface(state: Mapping[str, Any], model: Optional[nn.Module], source:
                         f"or use a checkpoint of that architecture")
 
 
-def load_mica_checkpoint(path: PathLike, fix: str = "download or copy it again") -> Dict[str, Any]:
+def load_mica_checkpoint(path: PathLike, fix: str = "download or copy it again") -> dict[str, Any]:
     """Read a ``mica.tar``-format file (``fix``: the advice when it is unreadable).
 
     Returns:
@@ -240,8 +241,8 @@ def load_mica_checkpoint(path: PathLike, fix: str = "download or copy it again")
     if not isinstance(data["arcface"], Mapping) or not isinstance(data["flameModel"], Mapping):
         raise MICAError(f"MICA checkpoint {path}: 'arcface' and 'flameModel' must be state dicts - the file is not in mica.tar format")
     flame_model = clean_state_dict(data["flameModel"])
-    regressor: "OrderedDict[str, torch.Tensor]" = OrderedDict()
-    generator: "OrderedDict[str, torch.Tensor]" = OrderedDict()
+    regressor: OrderedDict[str, torch.Tensor] = OrderedDict()
+    generator: OrderedDict[str, torch.Tensor] = OrderedDict()
     other = []
     for k, v in flame_model.items():
         if k.startswith(REGRESSOR_PREFIX):
@@ -263,7 +264,7 @@ def load_mica_checkpoint(path: PathLike, fix: str = "download or copy it again")
     return {"arcface": arcface, "regressor": regressor, "generator": generator, "extra": extra}
 
 
-def load_arcface_backbone(path: PathLike) -> "OrderedDict[str, torch.Tensor]":
+def load_arcface_backbone(path: PathLike) -> OrderedDict[str, torch.Tensor]:
     """Read an insightface arcface_torch ``backbone.pth`` (bare IResNet state dict).
 
     Also accepts a ``mica.tar`` (its ``arcface`` entry) and dicts wrapping the weights under
@@ -303,7 +304,7 @@ def load_regressor_into(model: nn.Module, state: Mapping[str, Any], source: str)
     load_state_dict_checked(model, state, source, f"set model.mapping_layers / model.n_shape to the checkpoint's values{hint}")
 
 
-def check_flame_template(generator: Mapping[str, Any], flame: Optional[nn.Module], source: str) -> Optional[float]:
+def check_flame_template(generator: Mapping[str, Any], flame: nn.Module | None, source: str) -> float | None:
     """Compare the checkpoint's ``v_template`` with our FLAME's; warn when they differ.
 
     Returns the largest difference in metres, or None when it cannot be compared.
@@ -324,7 +325,7 @@ def check_flame_template(generator: Mapping[str, Any], flame: Optional[nn.Module
     return diff
 
 
-def _module_state(obj: Union[nn.Module, Mapping[str, Any]]) -> "OrderedDict[str, torch.Tensor]":
+def _module_state(obj: nn.Module | Mapping[str, Any]) -> OrderedDict[str, torch.Tensor]:
     if isinstance(obj, nn.Module):
         obj = obj.state_dict()
     # contiguous copies: a channels-last model (train.channels_last) saves the same file as any other
@@ -332,9 +333,9 @@ def _module_state(obj: Union[nn.Module, Mapping[str, Any]]) -> "OrderedDict[str,
                        for k, v in clean_state_dict(obj).items())
 
 
-def save_mica_checkpoint(path: PathLike, arcface: Union[nn.Module, Mapping[str, Any]],
-                         regressor: Union[nn.Module, Mapping[str, Any]], flame: Optional[nn.Module] = None,
-                         extra: Optional[Mapping[str, Any]] = None) -> Path:
+def save_mica_checkpoint(path: PathLike, arcface: nn.Module | Mapping[str, Any],
+                         regressor: nn.Module | Mapping[str, Any], flame: nn.Module | None = None,
+                         extra: Mapping[str, Any] | None = None) -> Path:
     """Write a ``mica.tar``-format checkpoint atomically (tensors on CPU).
 
     Args:
@@ -349,7 +350,7 @@ def save_mica_checkpoint(path: PathLike, arcface: Union[nn.Module, Mapping[str, 
         ``path`` as a Path.
     """
     path = Path(path)
-    flame_model: "OrderedDict[str, Any]" = OrderedDict()
+    flame_model: OrderedDict[str, Any] = OrderedDict()
     for k, v in _module_state(regressor).items():
         flame_model[REGRESSOR_PREFIX + k] = v
     if flame is not None:
@@ -357,7 +358,7 @@ def save_mica_checkpoint(path: PathLike, arcface: Union[nn.Module, Mapping[str, 
         for k, v in buffers.items():
             name = k if k.startswith(GENERATOR_PREFIX) else GENERATOR_PREFIX + k
             flame_model[name] = v.detach().cpu().clone() if torch.is_tensor(v) else v
-    data: Dict[str, Any] = {"arcface": _module_state(arcface), "flameModel": flame_model}
+    data: dict[str, Any] = {"arcface": _module_state(arcface), "flameModel": flame_model}
     for k, v in (extra or {}).items():
         if k in MICA_KEYS:
             raise ValueError(f"extra checkpoint entry '{k}' would overwrite the model weights; rename it")

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import contextlib
-from typing import ContextManager
+from contextlib import AbstractContextManager
 
 import torch
 from loguru import logger
@@ -67,7 +67,7 @@ def resolve_precision(precision: str, device: torch.device) -> torch.dtype:
     raise MICAError(f"unknown precision '{precision}' (use fp32, bf16, fp16 or auto)")
 
 
-def autocast(device: torch.device, dtype: torch.dtype) -> ContextManager:
+def autocast(device: torch.device, dtype: torch.dtype) -> AbstractContextManager:
     """Autocast context for ``dtype`` on ``device``; a no-op for float32."""
     if dtype == torch.float32:
         return contextlib.nullcontext()

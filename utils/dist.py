@@ -10,7 +10,7 @@ from __future__ import annotations
 import datetime
 import os
 from dataclasses import dataclass
-from typing import Any, Dict, List, Optional
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -85,7 +85,7 @@ def dist_info_from_env() -> DistInfo:
     return DistInfo(rank=rank, local_rank=local, world_size=world)
 
 
-def init_distributed(device_type: Optional[str] = None, timeout_s: float = 1800.0) -> DistInfo:
+def init_distributed(device_type: str | None = None, timeout_s: float = 1800.0) -> DistInfo:
     """Start the default process group from the torchrun environment when ``WORLD_SIZE > 1``.
 
     Args:
@@ -133,7 +133,7 @@ def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
     return out
 
 
-def all_reduce_mean(values: torch.Tensor | Dict[str, float]) -> torch.Tensor | Dict[str, float]:
+def all_reduce_mean(values: torch.Tensor | dict[str, float]) -> torch.Tensor | dict[str, float]:
     """Mean over all processes of a tensor, or of each value of a dict of floats (same keys on every rank)."""
     world = get_world_size()
     if isinstance(values, dict):
@@ -142,7 +142,7 @@ def all_reduce_mean(values: torch.Tensor | Dict[str, float]) -> torch.Tensor | D
             return {}
         t = torch.tensor([float(values[k]) for k in keys], dtype=torch.float64)
         t = _reduce_on_backend_device(t) / world
-        return {k: float(v) for k, v in zip(keys, t.tolist())}
+        return {k: float(v) for k, v in zip(keys, t.tolist(), strict=True)}
     return all_reduce_sum(values) / world
 
 
@@ -155,12 +155,12 @@ def _reduce_on_backend_device(t: torch.Tensor) -> torch.Tensor:
     return all_reduce_sum(t)
 
 
-def all_gather_object(obj: Any) -> List[Any]:
+def all_gather_object(obj: Any) -> list[Any]:
     """``[obj of rank 0, obj of rank 1, ...]`` (picklable objects; ``[obj]`` with one process)."""
     world = get_world_size()
     if world == 1:
         return [obj]
-    out: List[Any] = [None] * world
+    out: list[Any] = [None] * world
     dist.all_gather_object(out, obj)
     return out
 

@@ -1,9 +1,13 @@
 """User-facing errors and the command-line wrapper that prints them as one line.
 
-Anything a user can cause (missing file, bad checkpoint, unusable image, bad option) raises
-``MICAError`` (or ``FileNotFoundError`` / ``ValueError`` with a full message). Entry scripts wrap
+Anything a user can cause (missing file, bad checkpoint, unusable image, bad option) raises a
+``MICAError``: ``UserError`` (also a ``ValueError``) for a bad value, option or file content,
+``UserFileNotFound`` (also a ``FileNotFoundError``) for a file or folder the user named that is not
+there, ``OutputError`` (also an ``OSError``) for a failed write. Being also the built-in type, code
+and tests that catch ``ValueError`` / ``FileNotFoundError`` still catch them. Entry scripts wrap
 ``main`` in ``run_main`` so such errors end the program with one clear line and exit code 1, never
-a traceback. Internal bugs still show their traceback.
+a traceback. A plain ``ValueError`` or ``FileNotFoundError`` is a broken invariant (a bug, or a
+library failing where we did not expect it) and keeps its traceback.
 
 Failed writes the user can fix (disk full, read-only file system, no permission, a file where a
 folder should be) become ``OutputError`` in ``utils.io``'s writers, with ``os_error_message`` as the
@@ -17,7 +21,7 @@ import os
 import signal
 import sys
 import threading
-from typing import Callable, Iterator, Optional, Union
+from collections.abc import Callable, Iterator
 
 from loguru import logger
 
@@ -31,12 +35,23 @@ class OutputError(MICAError, OSError):
     ``OSError``, so code that catches ``OSError`` around a write (one failed item of a batch) still
     does."""
 
-    def __init__(self, message: str, errno: Optional[int] = None):
+    def __init__(self, message: str, errno: int | None = None):
         super().__init__(message)
         self.errno = errno
 
 
-USER_ERRORS = (MICAError, FileNotFoundError, ValueError, PermissionError, IsADirectoryError)
+class UserError(MICAError, ValueError):
+    """A bad value, option or file content the user gave; one line naming it and the fix."""
+
+
+class UserFileNotFound(MICAError, FileNotFoundError):
+    """A file or folder the user named (argument, config key, or a file a dataset layout needs) does
+    not exist; one line naming it and where it should come from."""
+
+
+# What ``run_main`` prints as one line. ``PermissionError`` / ``IsADirectoryError`` are the operating
+# system's answer about a path the user gave (reading, too), never a bug of ours.
+USER_ERRORS = (MICAError, PermissionError, IsADirectoryError)
 
 # OSErrors of file system operations that the user can fix, and how.
 _REASONS = {
@@ -54,7 +69,7 @@ _REASONS = {
 WRITE_ERRNOS = frozenset(_REASONS)
 
 
-def _file_in_the_way(path: Union[str, os.PathLike]) -> Optional[str]:
+def _file_in_the_way(path: str | os.PathLike) -> str | None:
     """The path itself or its nearest parent that exists and is not a folder, if any."""
     p = os.path.abspath(os.fspath(path))
     while True:
@@ -66,7 +81,7 @@ def _file_in_the_way(path: Union[str, os.PathLike]) -> Optional[str]:
         p = parent
 
 
-def os_error_message(e: OSError, path: Union[str, os.PathLike, None] = None, action: str = "write") -> str:
+def os_error_message(e: OSError, path: str | os.PathLike | None = None, action: str = "write") -> str:
     """One line for an ``OSError`` from a file system operation on ``path`` (default: the error's
     own file name): what failed, why, and the fix when the cause is in ``WRITE_ERRNOS``."""
     target = path if path is not None else (e.filename if e.filename is not None else "a file")
@@ -80,17 +95,18 @@ def os_error_message(e: OSError, path: Union[str, os.PathLike, None] = None, act
 
 
 def check_range(name: str, value, low, high, low_open: bool = False, hint: str = "") -> None:
-    """Raise a one-line ``ValueError`` unless ``low <= value <= high`` (``low < value`` with
+    """Raise a one-line ``UserError`` unless ``low <= value <= high`` (``low < value`` with
     ``low_open``); ``name`` is the flag or config key, ``hint`` an optional explanation."""
     ok = (low < value if low_open else low <= value) and value <= high
     if not ok:
         interval = f"({low}, {high}]" if low_open else f"{low}..{high}"
-        raise ValueError(f"{name} must be in {interval}, not {value}" + (f" ({hint})" if hint else ""))
+        raise UserError(f"{name} must be in {interval}, not {value}" + (f" ({hint})" if hint else ""))
 
 
 def run_main(main: Callable[[], int | None]) -> None:
-    """Run ``main`` and exit with its return code; user errors, and ``OSError``s of ``WRITE_ERRNOS``
-    from anywhere, print one line and exit 1; Ctrl-C exits 130."""
+    """Run ``main`` and exit with its return code; user errors (``USER_ERRORS``), and ``OSError``s of
+    ``WRITE_ERRNOS`` from anywhere, print one line and exit 1; Ctrl-C exits 130. Anything else (a
+    plain ``ValueError`` or ``FileNotFoundError`` included) is a bug and keeps its traceback."""
     try:
         code = main()
     except OSError as e:

@@ -9,13 +9,12 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Union
 
 import numpy as np
 
 from utils.errors import MICAError
 
-PathLike = Union[str, os.PathLike]
+PathLike = str | os.PathLike
 
 N_SHAPE = 300
 # MICA's identities are FLAME shape coefficients in units of the shape space's standard deviations;

@@ -14,18 +14,18 @@ import os
 import re
 import stat
 from collections import Counter
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Iterable, List, Optional, Tuple, Union
 
 import cv2
 import numpy as np
 from loguru import logger
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from utils.errors import MICAError
+from utils.errors import MICAError, UserError, UserFileNotFound
 from utils.io import atomic_write_bytes
 
-PathLike = Union[str, os.PathLike]
+PathLike = str | os.PathLike
 
 __all__ = ["IMAGE_EXTENSIONS", "MIN_IMAGE_SIZE", "DEFAULT_MAX_PIXELS", "ImageList", "read_image", "list_images",
            "set_max_pixels", "write_image"]
@@ -38,7 +38,7 @@ _OPENCV_EXTENSIONS = {".bmp", ".dib", ".jpeg", ".jpg", ".jpe", ".jp2", ".png", "
 _NOT_PHOTOS = {".pdf", ".ps", ".eps", ".mpeg", ".mpg", ".h5", ".hdf", ".bufr", ".grib", ".wmf", ".emf"}
 
 
-def _image_extensions() -> Tuple[str, ...]:
+def _image_extensions() -> tuple[str, ...]:
     Image.init()
     readable = {ext for ext, fmt in Image.registered_extensions().items() if fmt in Image.OPEN}
     return tuple(sorted((readable | _OPENCV_EXTENSIONS) - _NOT_PHOTOS))
@@ -59,11 +59,11 @@ def set_max_pixels(limit: int) -> None:
     """Set the pixel limit of ``read_image`` for this process (``image.max_pixels``; 0 = none)."""
     global _max_pixels
     if limit < 0:
-        raise ValueError(f"image.max_pixels must be >= 0 (0 = no limit), not {limit}")
+        raise UserError(f"image.max_pixels must be >= 0 (0 = no limit), not {limit}")
     _max_pixels = int(limit)
 
 
-def _check_pixels(path: Path, width: int, height: int, limit: Optional[int]) -> None:
+def _check_pixels(path: Path, width: int, height: int, limit: int | None) -> None:
     limit = _max_pixels if limit is None else limit
     if limit and width * height > limit:
         raise MICAError(f"image {path} is {width}x{height} pixels ({width * height / 1e6:.1f} Mpx), over the limit "
@@ -119,7 +119,7 @@ def _pil_to_rgb(img: Image.Image) -> np.ndarray:
 _RADIANCE_SIZE = re.compile(rb"^([-+])([XY]) +([0-9]+) +([-+])([XY]) +([0-9]+)\s*$")
 
 
-def _radiance_size(head: bytes) -> Optional[Tuple[int, int]]:
+def _radiance_size(head: bytes) -> tuple[int, int] | None:
     """(width, height) of a Radiance HDR header: text lines, an empty line, then e.g. ``-Y 480 +X 640``."""
     lines = head.split(b"\n")
     for i, line in enumerate(lines[:-1]):
@@ -132,7 +132,7 @@ def _radiance_size(head: bytes) -> Optional[Tuple[int, int]]:
     return None
 
 
-def _netpbm_size(head: bytes) -> Optional[Tuple[int, int]]:
+def _netpbm_size(head: bytes) -> tuple[int, int] | None:
     """(width, height) of a PBM/PGM/PPM (P1-P6), PFM (PF/Pf) or PAM (P7, WIDTH/HEIGHT lines) header."""
     text = re.sub(rb"#[^\n]*", b" ", head[2:])
     if head[:2] == b"P7":
@@ -142,7 +142,7 @@ def _netpbm_size(head: bytes) -> Optional[Tuple[int, int]]:
     return (int(m[1]), int(m[2])) if m else None
 
 
-def _header_size(head: bytes) -> Optional[Tuple[int, int]]:
+def _header_size(head: bytes) -> tuple[int, int] | None:
     """(width, height) from the header of the formats OpenCV reads that Pillow may not identify;
     None when the header is not one of them (then the size cannot be checked before decoding)."""
     if head.startswith((b"#?RADIANCE", b"#?RGBE")):
@@ -167,7 +167,7 @@ def _check_file_size(path: Path, n_bytes: int, width: int, height: int) -> None:
                         f"({limit / 1e6:.0f} MB at most): it is not a plain image file, so it is not read; {_FIX}")
 
 
-def _cv2_read(path: Path, max_pixels: Optional[int], n_bytes: int) -> np.ndarray | None:
+def _cv2_read(path: Path, max_pixels: int | None, n_bytes: int) -> np.ndarray | None:
     """Fallback decoder (OpenCV) for files Pillow cannot identify, for the formats whose size
     ``_header_size`` reads from the first 64 KiB (pixels and file size checked before the file is
     read whole); None when it cannot read the file either."""
@@ -214,6 +214,11 @@ def _orientation(img: Image.Image) -> int:
     return value if value in _ORIENT else 1
 
 
+# OpenCV >= 4.11 decodes straight to RGB: the same pixels as BGR + cvtColor, a third less time on a
+# 12-megapixel photo (bench/README.md, Demo); older versions take the BGR path.
+_IMREAD_RGB = getattr(cv2, "IMREAD_COLOR_RGB", None)
+
+
 def _read_jpeg_fast(path: Path, img: Image.Image) -> np.ndarray | None:
     """Decode a complete 8-bit RGB/greyscale JPEG with OpenCV (what MICA's demo reads with), faster
     than Pillow's decode + array copy on camera-size photos (bench/README.md, Demo); None for anything else (CMYK,
@@ -223,10 +228,13 @@ def _read_jpeg_fast(path: Path, img: Image.Image) -> np.ndarray | None:
     data = np.fromfile(str(path), dtype=np.uint8)
     if data.size < 4 or data[-2] != 0xFF or data[-1] != 0xD9:  # no end-of-image marker: truncated?
         return None
-    bgr = cv2.imdecode(data, cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION)
-    if bgr is None or bgr.shape[:2] != (img.size[1], img.size[0]):
+    if _IMREAD_RGB is not None:  # libjpeg-turbo writes RGB itself: no BGR -> RGB pass over the photo
+        rgb = cv2.imdecode(data, _IMREAD_RGB | cv2.IMREAD_IGNORE_ORIENTATION)
+    else:
+        rgb = cv2.imdecode(data, cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION)
+        rgb = None if rgb is None else cv2.cvtColor(rgb, cv2.COLOR_BGR2RGB)
+    if rgb is None or rgb.shape[:2] != (img.size[1], img.size[0]):
         return None
-    rgb = cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
     orientation = _orientation(img)
     return rgb if orientation == 1 else np.ascontiguousarray(_ORIENT[orientation](rgb))
 
@@ -239,7 +247,7 @@ def _read_error(path: Path, e: OSError) -> MICAError:
     return MICAError(f"image {path} cannot be read: {e.strerror or e}; check the disk or copy the file again")
 
 
-def read_image(path: PathLike, min_size: int = MIN_IMAGE_SIZE, max_pixels: Optional[int] = None) -> np.ndarray:
+def read_image(path: PathLike, min_size: int = MIN_IMAGE_SIZE, max_pixels: int | None = None) -> np.ndarray:
     """Read a photo as RGB uint8.
 
     Args:
@@ -262,7 +270,7 @@ def read_image(path: PathLike, min_size: int = MIN_IMAGE_SIZE, max_pixels: Optio
     try:
         st = path.stat()
     except FileNotFoundError:
-        raise FileNotFoundError(f"image {path} does not exist (check the path)") from None
+        raise UserFileNotFound(f"image {path} does not exist (check the path)") from None
     except OSError as e:
         raise _read_error(path, e) from None
     if stat.S_ISDIR(st.st_mode):
@@ -315,18 +323,18 @@ class ImageList(list):
         ignored: the number of other files passed over (no image extension, or hidden).
     """
 
-    def __init__(self, paths: Iterable[Path] = (), failures: Iterable[Tuple[Path, str]] = (), ignored: int = 0):
+    def __init__(self, paths: Iterable[Path] = (), failures: Iterable[tuple[Path, str]] = (), ignored: int = 0):
         super().__init__(paths)
-        self.failures: List[Tuple[Path, str]] = list(failures)
+        self.failures: list[tuple[Path, str]] = list(failures)
         self.ignored = ignored
 
 
-def _folder_key(path: PathLike) -> Tuple[int, int]:
+def _folder_key(path: PathLike) -> tuple[int, int]:
     st = os.stat(path)
     return st.st_dev, st.st_ino
 
 
-def _follow_links(links: List[Path], skip: set, seen: set, walk, unlistable) -> None:
+def _follow_links(links: list[Path], skip: set, seen: set, walk, unlistable) -> None:
     """``list_images``' symbolic links to folders, followed after the real folders in name order (so
     the same tree always lists the same paths), each real folder once: a link back into its own
     ancestors (a cycle) or to a folder listed already is not followed (one log line). ``walk`` may
@@ -370,7 +378,7 @@ def list_images(folder: PathLike, recursive: bool = True, exclude: Iterable[Path
     """
     folder = Path(folder).expanduser()
     if not folder.exists():
-        raise FileNotFoundError(f"image folder {folder} does not exist (check the path)")
+        raise UserFileNotFound(f"image folder {folder} does not exist (check the path)")
     if not folder.is_dir():
         raise MICAError(f"{folder} is a file, not a folder of images (pass its parent folder)")
     skip = set()
@@ -379,11 +387,11 @@ def list_images(folder: PathLike, recursive: bool = True, exclude: Iterable[Path
             skip.add(_folder_key(p))
         except OSError:
             continue
-    found: List[Path] = []
-    failures: List[Tuple[Path, str]] = []
+    found: list[Path] = []
+    failures: list[tuple[Path, str]] = []
     other: Counter = Counter()
     seen = {_folder_key(folder)}
-    links: List[Path] = []  # symbolic links to folders, followed after the real folders
+    links: list[Path] = []  # symbolic links to folders, followed after the real folders
 
     def unlistable(path: Path, e: OSError) -> None:
         if path == folder:

@@ -29,15 +29,15 @@ import socket
 import stat
 import tempfile
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Callable, Iterator, Union
 
 import numpy as np
 from loguru import logger
 
 from utils.errors import WRITE_ERRNOS, MICAError, OutputError, os_error_message
 
-PathLike = Union[str, os.PathLike]
+PathLike = str | os.PathLike
 
 
 def _read_umask() -> int:

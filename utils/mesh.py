@@ -4,19 +4,18 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Optional, Tuple, Union
 
 import numpy as np
 import trimesh
 
-from utils.errors import MICAError
+from utils.errors import MICAError, UserError, UserFileNotFound
 from utils.io import atomic_write_bytes
 
-PathLike = Union[str, os.PathLike]
+PathLike = str | os.PathLike
 MESH_SUFFIXES = (".ply", ".obj")
 
 
-def _as_arrays(vertices: object, faces: object) -> Tuple[np.ndarray, np.ndarray]:
+def _as_arrays(vertices: object, faces: object) -> tuple[np.ndarray, np.ndarray]:
     if hasattr(vertices, "detach"):
         vertices = vertices.detach().cpu().numpy()
     if hasattr(faces, "detach"):
@@ -30,13 +29,13 @@ def _as_arrays(vertices: object, faces: object) -> Tuple[np.ndarray, np.ndarray]
     return v, f
 
 
-_FACE_LINES: Tuple[np.ndarray, bytes] = (np.empty((0, 3), np.int64), b"")  # last faces -> their "f" lines
+_FACE_LINES: tuple[np.ndarray, bytes] = (np.empty((0, 3), np.int64), b"")  # last faces -> their "f" lines
 _OBJ_DIGITS = 6
 # |x| * 10**6 of a float32 is an integer-valued float64 computed exactly while |x| < this
 _FIXED_MAX = 1e9
 
 
-def _fixed6_vertex_lines(v: np.ndarray) -> Optional[bytes]:
+def _fixed6_vertex_lines(v: np.ndarray) -> bytes | None:
     """``"v %.6f %.6f %.6f\\n"`` lines built from digits in numpy (faster than ``%``-formatting,
     mostly outside the GIL, so worker threads writing meshes run side by side); None unless every
     value is a float32 (what FLAME gives) of magnitude below 1e9.
@@ -88,13 +87,16 @@ def obj_text(vertices: np.ndarray, faces: np.ndarray) -> bytes:
     return vertex_lines + face_lines
 
 
-def ply_bytes(vertices: np.ndarray, faces: np.ndarray) -> bytes:
+def ply_bytes(vertices: np.ndarray, faces: np.ndarray, unit: str = "millimetres") -> bytes:
     """Binary little-endian PLY: float32 ``x y z`` per vertex, ``uchar`` count + 3 ``int`` per face
-    (the layout trimesh writes and reads)."""
+    (the layout trimesh writes and reads); ``unit`` (of the vertices as given: the demo's meshes are
+    millimetres, the tracker's metres) is named in the header's comment line."""
+    if not unit or not unit.isprintable() or not unit.isascii():
+        raise ValueError(f"ply_bytes: unit must be a word such as 'millimetres', not {unit!r}")
     v = np.ascontiguousarray(vertices, dtype="<f4")
     tri = np.empty(len(faces), dtype=[("n", "u1"), ("i", "<i4", (3,))])
     tri["n"], tri["i"] = 3, faces
-    header = ("ply\nformat binary_little_endian 1.0\ncomment MICA FLAME mesh, millimetres\n"
+    header = (f"ply\nformat binary_little_endian 1.0\ncomment MICA FLAME mesh, {unit}\n"
               f"element vertex {len(v)}\nproperty float x\nproperty float y\nproperty float z\n"
               f"element face {len(tri)}\nproperty list uchar int vertex_indices\nend_header\n")
     return header.encode("ascii") + v.tobytes() + tri.tobytes()
@@ -118,14 +120,14 @@ def write_mesh(path: PathLike, vertices_mm: object, faces: object, fsync: bool =
     path = Path(path)
     suffix = path.suffix.lower()
     if suffix not in MESH_SUFFIXES:
-        raise ValueError(f"{path}: mesh files must end in .ply or .obj")
+        raise UserError(f"{path}: mesh files must end in .ply or .obj")
     v, f = _as_arrays(vertices_mm, faces)
     payload = obj_text(v, f) if suffix == ".obj" else ply_bytes(v, f)
     atomic_write_bytes(path, payload, fsync=fsync)
     return path
 
 
-def read_mesh(path: PathLike) -> Tuple[np.ndarray, np.ndarray]:
+def read_mesh(path: PathLike) -> tuple[np.ndarray, np.ndarray]:
     """Read a .ply / .obj mesh, keeping the vertex order.
 
     Returns:
@@ -137,9 +139,9 @@ def read_mesh(path: PathLike) -> Tuple[np.ndarray, np.ndarray]:
     """
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"mesh file {path} does not exist")
+        raise UserFileNotFound(f"mesh file {path} does not exist")
     if path.suffix.lower() not in MESH_SUFFIXES:
-        raise ValueError(f"{path}: mesh files must end in .ply or .obj")
+        raise UserError(f"{path}: mesh files must end in .ply or .obj")
     try:
         mesh = trimesh.load(path, process=False, maintain_order=True, force="mesh")
     except Exception as e:

@@ -2,7 +2,8 @@
 from __future__ import annotations
 
 import random
-from typing import Any, Dict, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import numpy as np
 import torch
@@ -22,10 +23,10 @@ def seed_worker(worker_id: int) -> None:
     random.seed(s)
 
 
-def get_rng_state(device: torch.device) -> Dict[str, Any]:
+def get_rng_state(device: torch.device) -> dict[str, Any]:
     """This process's generator states as tensors/plain containers (``weights_only``-loadable)."""
     np_state = np.random.get_state()
-    state: Dict[str, Any] = {
+    state: dict[str, Any] = {
         "python": random.getstate(),
         "numpy": {"key": torch.from_numpy(np_state[1].astype(np.int64)), "pos": int(np_state[2]),
                   "has_gauss": int(np_state[3]), "gauss": float(np_state[4])},

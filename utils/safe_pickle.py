@@ -31,14 +31,17 @@ import os
 import pickle
 import sys
 from collections import OrderedDict
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Dict, List, Mapping, Tuple, Union
+from typing import Any
 
 import numpy as np
 from numpy.lib import format as npy_format
 
-PathLike = Union[str, os.PathLike]
-AllowList = Mapping[Tuple[str, str], Any]
+from utils.errors import UserError
+
+PathLike = str | os.PathLike
+AllowList = Mapping[tuple[str, str], Any]
 
 
 class RefusedGlobal(pickle.UnpicklingError):
@@ -63,7 +66,7 @@ def _numpy_scalar() -> Any:
 NUMPY_MODULES = ("numpy.core.multiarray", "numpy._core.multiarray")
 
 
-def torch_numpy_safe_globals() -> List[Any]:
+def torch_numpy_safe_globals() -> list[Any]:
     """What ``torch.serialization.safe_globals`` needs to read numpy arrays and scalars as data.
 
     Exactly numpy's ``_reconstruct``, ``ndarray``, ``dtype`` and ``scalar``, registered under the
@@ -74,7 +77,7 @@ def torch_numpy_safe_globals() -> List[Any]:
     are dtype constructors, nothing else.
     """
     reconstruct, scalar = _numpy_reconstruct(), _numpy_scalar()
-    out: List[Any] = [(np.ndarray, "numpy.ndarray"), (np.dtype, "numpy.dtype")]
+    out: list[Any] = [(np.ndarray, "numpy.ndarray"), (np.dtype, "numpy.dtype")]
     for mod in NUMPY_MODULES:
         out += [(reconstruct, f"{mod}._reconstruct"), (scalar, f"{mod}.scalar")]
     classes = set()
@@ -110,7 +113,7 @@ class SparseStandIn:
     fmt = "csc"
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
-        self.state: Dict[str, Any] = {}
+        self.state: dict[str, Any] = {}
 
     def __setstate__(self, state: Any) -> None:
         if isinstance(state, tuple) and len(state) == 2 and isinstance(state[0], dict):
@@ -178,9 +181,9 @@ def _rebuild_tensor(storage: Any, offset: int, size: Any, stride: Any, *rest: An
 # ---------------------------------------------------------------------------------------------
 # The per-format allow-lists
 # ---------------------------------------------------------------------------------------------
-def _numpy_data() -> Dict[Tuple[str, str], Any]:
+def _numpy_data() -> dict[tuple[str, str], Any]:
     frombuffer = np.zeros(1).__reduce_ex__(5)[0]  # numpy's own _frombuffer (protocol 5)
-    table: Dict[Tuple[str, str], Any] = {("numpy", "ndarray"): np.ndarray, ("numpy", "dtype"): np.dtype,
+    table: dict[tuple[str, str], Any] = {("numpy", "ndarray"): np.ndarray, ("numpy", "dtype"): np.dtype,
                                          ("_codecs", "encode"): _latin1_encode}
     for mod in NUMPY_MODULES:
         table[(mod, "_reconstruct")] = _numpy_reconstruct()
@@ -190,7 +193,7 @@ def _numpy_data() -> Dict[Tuple[str, str], Any]:
     return table
 
 
-def _torch_tensors() -> Dict[Tuple[str, str], Any]:
+def _torch_tensors() -> dict[tuple[str, str], Any]:
     table = _numpy_data()
     table.update({("torch._utils", "_rebuild_tensor_v2"): _rebuild_tensor,
                   ("torch.storage", "_load_from_bytes"): _storage_from_bytes,
@@ -198,7 +201,7 @@ def _torch_tensors() -> Dict[Tuple[str, str], Any]:
     return table
 
 
-def _flame_model() -> Dict[Tuple[str, str], Any]:
+def _flame_model() -> dict[tuple[str, str], Any]:
     table = _numpy_data()
     table.update({("chumpy.ch", "Ch"): ChStandIn,
                   ("copy_reg", "_reconstructor"): _safe_reconstructor,
@@ -279,13 +282,13 @@ def object_npy_from_bytes(raw: bytes, allowed: AllowList = NUMPY_DATA) -> Any:
     elif version in ((2, 0), (3, 0)):
         shape, _, dtype = npy_format.read_array_header_2_0(f)
     else:
-        raise ValueError(f"unsupported .npy version {version}")
+        raise UserError(f"unsupported .npy version {version}")
     if not dtype.hasobject:
-        raise ValueError(f"holds a {dtype} array of shape {shape}, not a pickled dict")
+        raise UserError(f"holds a {dtype} array of shape {shape}, not a pickled dict")
     arr = unpickle(raw[f.tell():], allowed)
     if isinstance(arr, np.ndarray):
         if arr.shape != ():
-            raise ValueError(f"holds an object array of shape {arr.shape}, not a 0-d array")
+            raise UserError(f"holds an object array of shape {arr.shape}, not a 0-d array")
         return arr[()]
     return arr
 

@@ -9,8 +9,8 @@ or copy the list into ``datasets/image_paths/``). Re-running resumes: finished p
 from __future__ import annotations
 
 import argparse
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Optional, Sequence
 
 from datasets.creation.pipeline import FAILURES_FILE, create_dataset
 from datasets.creation.readers import READERS, get_reader
@@ -18,6 +18,7 @@ from models.detectors import DEFAULT_ANTELOPEV2_DIR, create_detector
 from utils.device import resolve_device
 from utils.errors import check_range, run_main
 from utils.io import prepare_output_dir
+from utils.log_setup import setup_logging
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -47,7 +48,7 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
+def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     reader = get_reader(args.dataset)
     check_range("--threshold", args.threshold, 0, 1, low_open=True, hint="a detection score")
@@ -68,4 +69,5 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
 
 if __name__ == "__main__":
+    setup_logging()
     run_main(main)

@@ -23,9 +23,9 @@ zero. Values beyond 400 betas are an error.
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 from loguru import logger
@@ -46,7 +46,7 @@ N_POSE = 15  # global, neck, jaw, left eye, right eye (axis-angle)
 FAILURES_FILE = "creation_failures.txt"
 
 
-def convert_fit(path: Path) -> Dict[str, np.ndarray]:
+def convert_fit(path: Path) -> dict[str, np.ndarray]:
     """Read a FLAME fit ``.npz`` into ``{'betas': (400,) float32, 'pose': (15,) float32}``.
 
     Raises:
@@ -89,10 +89,10 @@ class CreationSummary:
     actors: int = 0
     written: int = 0
     existing: int = 0
-    failed: List[Tuple[str, str]] = field(default_factory=list)
-    actors_without_fit: List[str] = field(default_factory=list)
+    failed: list[tuple[str, str]] = field(default_factory=list)
+    actors_without_fit: list[str] = field(default_factory=list)
     ignored_files: int = 0
-    list_path: Optional[Path] = None
+    list_path: Path | None = None
     listed_actors: int = 0
     listed_images: int = 0
 
@@ -108,7 +108,7 @@ class CreationSummary:
         return "\n".join(lines)
 
 
-def process_image(source: Path, crop_path: Path, detector, min_score: Optional[float] = None) -> None:
+def process_image(source: Path, crop_path: Path, detector, min_score: float | None = None) -> None:
     """Detect, align and write one photo's crop (224) and network input ``.npy`` (3, 112, 112).
 
     The centre face is picked among the detector's faces first; only then is its score compared
@@ -124,9 +124,9 @@ def process_image(source: Path, crop_path: Path, detector, min_score: Optional[f
 
 
 def create_dataset(reader: RawDatasetReader, raw_dir: Path, fits_dir: Path, out_root: Path, detector,
-                   list_path: Optional[Path] = None, overwrite: bool = False,
-                   actors: Optional[Sequence[str]] = None, progress: bool = True,
-                   min_score: Optional[float] = None) -> CreationSummary:
+                   list_path: Path | None = None, overwrite: bool = False,
+                   actors: Sequence[str] | None = None, progress: bool = True,
+                   min_score: float | None = None) -> CreationSummary:
     """Build ``out_root/NAME`` from raw photos and fits, then write its image list.
 
     Args:
@@ -164,7 +164,7 @@ def create_dataset(reader: RawDatasetReader, raw_dir: Path, fits_dir: Path, out_
                        f"detector); MTCNN scores differ, so photos may be kept or dropped unlike the original "
                        f"(use SCRFD, or --min-score 0 for no minimum)")
     summary = CreationSummary(ignored_files=len(ignored))
-    jobs: List[Tuple[Path, Path]] = []
+    jobs: list[tuple[Path, Path]] = []
     for actor, images in by_actor.items():
         fit = reader.find_fit(fits_dir, actor)
         if fit is None:

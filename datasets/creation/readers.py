@@ -32,7 +32,6 @@ import re
 from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, List, Optional, Tuple, Type
 
 from loguru import logger
 
@@ -64,13 +63,13 @@ class RawDatasetReader:
     #: Crop format of the dataset's shipped list.
     crop_suffix: str = ".jpg"
     #: Regex (``re.fullmatch`` on the file stem) a photo must match; None accepts every image file.
-    image_pattern: Optional[str] = None
+    image_pattern: str | None = None
     #: Regex with group ``actor`` on the file stem; when set, the actor comes from the file name.
-    actor_pattern: Optional[str] = None
+    actor_pattern: str | None = None
     #: One line on the raw layout, shown by ``generate --help``.
     layout: str = ""
     #: Minimum SCRFD score of the picked centre face (None: no minimum), the original's per-dataset value.
-    min_score: Optional[float] = None
+    min_score: float | None = None
 
     def normalise_actor(self, actor: str) -> str:
         """Actor id as it appears in the list (default: unchanged)."""
@@ -80,7 +79,7 @@ class RawDatasetReader:
         """Output file stem of a photo with stem ``stem`` (default: unchanged)."""
         return stem
 
-    def actor_of(self, path: Path, raw_dir: Path) -> Optional[str]:
+    def actor_of(self, path: Path, raw_dir: Path) -> str | None:
         """The actor of photo ``path`` (None: not a photo of this dataset)."""
         stem = path.stem
         if self.image_pattern is not None and not re.fullmatch(self.image_pattern, stem, flags=re.IGNORECASE):
@@ -91,7 +90,7 @@ class RawDatasetReader:
         rel = path.relative_to(raw_dir)
         return self.normalise_actor(rel.parts[0]) if len(rel.parts) > 1 else None
 
-    def images(self, raw_dir: Path) -> Tuple[Dict[str, List[RawImage]], List[Path]]:
+    def images(self, raw_dir: Path) -> tuple[dict[str, list[RawImage]], list[Path]]:
         """All photos under ``raw_dir`` grouped by actor (natural name order), and the ignored files.
 
         Raises:
@@ -100,8 +99,8 @@ class RawDatasetReader:
         raw_dir = Path(raw_dir)
         if not raw_dir.is_dir():
             raise MICAError(f"raw folder {raw_dir} does not exist (pass --raw with the {self.name} photos: {self.layout})")
-        grouped: Dict[str, List[Path]] = defaultdict(list)
-        ignored: List[Path] = []
+        grouped: dict[str, list[Path]] = defaultdict(list)
+        ignored: list[Path] = []
         for path in sorted(raw_dir.rglob("*"), key=lambda p: _natural_key(p.as_posix())):
             if not path.is_file() or path.name.startswith("."):
                 continue
@@ -112,7 +111,7 @@ class RawDatasetReader:
                 ignored.append(path)
             else:
                 grouped[actor].append(path)
-        result: Dict[str, List[RawImage]] = {}
+        result: dict[str, list[RawImage]] = {}
         for actor in sorted(grouped, key=_natural_key):
             paths = grouped[actor]
             stems = defaultdict(int)
@@ -138,7 +137,7 @@ class RawDatasetReader:
             result[actor] = items
         return result, ignored
 
-    def fit_candidates(self, fits_dir: Path, actor: str) -> List[Path]:
+    def fit_candidates(self, fits_dir: Path, actor: str) -> list[Path]:
         """``FITS/ACTOR/*.npz`` plus flat ``FITS/*.npz`` whose name starts with the actor id."""
         fits_dir = Path(fits_dir)
         cands = sorted((fits_dir / actor).glob("*.npz")) if (fits_dir / actor).is_dir() else []
@@ -152,7 +151,7 @@ class RawDatasetReader:
         """Rank of a fit among an actor's candidates (lower wins; ties: name order)."""
         return 0
 
-    def find_fit(self, fits_dir: Path, actor: str) -> Optional[Path]:
+    def find_fit(self, fits_dir: Path, actor: str) -> Path | None:
         """The actor's fit, or None when there is none."""
         cands = self.fit_candidates(fits_dir, actor)
         if not cands:
@@ -251,7 +250,7 @@ class D3DFACSReader(RawDatasetReader):
     layout = "RAW/ACTOR/**/texture_1C_061.jpg (actor first names), FITS/ACTOR/ACTOR.npz"
 
 
-READERS: Dict[str, Type[RawDatasetReader]] = {
+READERS: dict[str, type[RawDatasetReader]] = {
     cls.name: cls for cls in (LYHMReader, FRGCReader, StirlingReader, FaceWarehouseReader, BP4DReader,
                               BU3DFEReader, FlorenceReader, D3DFACSReader)
 }

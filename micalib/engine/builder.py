@@ -8,8 +8,9 @@ batch larger than the data, missing weight files) fail here, before any training
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -30,11 +31,11 @@ from micalib.engine.validator import Validator
 from micalib.mica import MICA
 from utils import dist as comm
 from utils.device import resolve_device, resolve_precision
-from utils.errors import MICAError
+from utils.errors import MICAError, UserFileNotFound
 from utils.rng import seed_everything
 
 
-def parameter_groups(mica: nn.Module, lr: float, arcface_lr: float) -> List[Dict[str, Any]]:
+def parameter_groups(mica: nn.Module, lr: float, arcface_lr: float) -> list[dict[str, Any]]:
     """AdamW groups: the mapping network at ``lr``, ArcFace's trainable part at ``arcface_lr``."""
     groups = [
         {"name": "mapping", "params": [p for p in mica.regressor.parameters() if p.requires_grad], "lr": lr},
@@ -43,7 +44,7 @@ def parameter_groups(mica: nn.Module, lr: float, arcface_lr: float) -> List[Dict
     return [g for g in groups if g["params"]]
 
 
-def freeze_untrained(mica: nn.Module, groups: Sequence[Dict[str, Any]]) -> None:
+def freeze_untrained(mica: nn.Module, groups: Sequence[dict[str, Any]]) -> None:
     """``requires_grad=False`` on every parameter outside the optimiser groups (e.g. FLAME's), so DDP
     does not wait for gradients that never come."""
     trained = {id(p) for g in groups for p in g["params"]}
@@ -52,14 +53,14 @@ def freeze_untrained(mica: nn.Module, groups: Sequence[Dict[str, Any]]) -> None:
             p.requires_grad_(False)
 
 
-def build_optimizer(groups: List[Dict[str, Any]], lr: float, weight_decay: float, impl: str = "auto") -> torch.optim.AdamW:
+def build_optimizer(groups: list[dict[str, Any]], lr: float, weight_decay: float, impl: str = "auto") -> torch.optim.AdamW:
     """AdamW as MICA (``amsgrad=False``); ``impl`` "foreach"/"fused" pick torch's multi-tensor or fused kernels."""
     kwargs = {"foreach": True} if impl == "foreach" else {"fused": True} if impl == "fused" else {}
     return torch.optim.AdamW(groups, lr=lr, weight_decay=weight_decay, amsgrad=False, **kwargs)
 
 
 def default_hooks(cfg, *, scheduler: Any, validator: Validator, checkpointer: Checkpointer, faces: np.ndarray,
-                  writer: Any = None) -> List[hooks.HookBase]:
+                  writer: Any = None) -> list[hooks.HookBase]:
     """LR schedule, metrics, validation, images, checkpoints, timer -- in that order."""
     return [
         hooks.LRSchedulerHook(scheduler),
@@ -84,7 +85,7 @@ def training_device(cfg) -> torch.device:
     return dev
 
 
-def find_resume_checkpoint(cfg, resume: Optional[str | bool]) -> Optional[Path]:
+def find_resume_checkpoint(cfg, resume: str | bool | None) -> Path | None:
     """Which checkpoint to resume from.
 
     Args:
@@ -97,19 +98,19 @@ def find_resume_checkpoint(cfg, resume: Optional[str | bool]) -> Optional[Path]:
     if isinstance(resume, (str, os.PathLike)) and str(resume) not in ("", "auto"):
         path = Path(resume).expanduser()
         if not path.is_file():
-            raise FileNotFoundError(f"--resume {path}: file not found (give a checkpoint written by train.py, "
+            raise UserFileNotFound(f"--resume {path}: file not found (give a checkpoint written by train.py, "
                                     f"or --resume alone for the last one in {pointer.parent})")
         return path
     if resume is None and not bool(cfg.train.resume):
         return None
     path = last_checkpoint(output_dir_of(cfg))
     if path is None and resume in (True, "auto"):
-        raise FileNotFoundError(f"--resume: no checkpoint in {pointer.parent} ({pointer.name} missing); "
+        raise UserFileNotFound(f"--resume: no checkpoint in {pointer.parent} ({pointer.name} missing); "
                                 f"check output_dir or start without --resume")
     return path
 
 
-def build_trainer(cfg, resume: Optional[str | bool] = None, device: Optional[torch.device] = None,
+def build_trainer(cfg, resume: str | bool | None = None, device: torch.device | None = None,
                   extra_hooks: Sequence[hooks.HookBase] = ()) -> Trainer:
     """Datasets, model, optimiser, checkpointer and hooks from the config; resumes or loads initial weights.
 

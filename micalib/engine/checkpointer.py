@@ -22,8 +22,9 @@ becomes ours (``step_size = lr_update_step``, stepped every step) at the same le
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Dict, List, Mapping, Optional
+from typing import Any
 
 import torch
 from loguru import logger
@@ -49,7 +50,7 @@ def write_config(output_dir: os.PathLike | str, config_text: str) -> Path:
     return path
 
 
-def last_checkpoint(output_dir: os.PathLike | str) -> Optional[Path]:
+def last_checkpoint(output_dir: os.PathLike | str) -> Path | None:
     """The checkpoint named in ``output_dir/checkpoints/last_checkpoint`` (None when there is none).
 
     Raises:
@@ -69,12 +70,12 @@ def _is_official(extra: Mapping[str, Any]) -> bool:
     return "world_size" not in extra and "seed" not in extra
 
 
-def _param_names(module: nn.Module) -> Dict[int, str]:
+def _param_names(module: nn.Module) -> dict[int, str]:
     return {id(p): n for n, p in module.named_parameters()}
 
 
 def official_optimizer_state(opt_state: Mapping[str, Any], mica: nn.Module,
-                             optimizer: torch.optim.Optimizer, source: str) -> Dict[str, Any]:
+                             optimizer: torch.optim.Optimizer, source: str) -> dict[str, Any]:
     """The official trainer's AdamW ``state_dict`` re-indexed for ``optimizer`` (by parameter name).
 
     The official groups are ``[flameModel.parameters(), arcface.parameters()]``: the mapping
@@ -89,14 +90,14 @@ def official_optimizer_state(opt_state: Mapping[str, Any], mica: nn.Module,
     if len(groups) != 2 or len(groups[0]["params"]) < len(reg_names) or len(groups[1]["params"]) != len(arc_names):
         raise MICAError(f"{source}: its optimiser state does not fit this model (official layout, "
                         f"{[len(g['params']) for g in groups]} parameters per group); set train.reset_optimizer True")
-    by_name: Dict[str, Any] = {}
-    for name, index in zip(reg_names, groups[0]["params"]):
+    by_name: dict[str, Any] = {}
+    for name, index in zip(reg_names, groups[0]["params"], strict=False):
         by_name[name] = index
-    for name, index in zip(arc_names, groups[1]["params"]):
+    for name, index in zip(arc_names, groups[1]["params"], strict=True):
         by_name[name] = index
     names = _param_names(mica)
     state, new_groups, k = {}, [], 0
-    for ours, theirs in zip(optimizer.param_groups, groups):
+    for ours, theirs in zip(optimizer.param_groups, groups, strict=True):
         hyper = {key: v for key, v in theirs.items() if key not in ("params", "foreach", "fused", "capturable",
                                                                     "differentiable", "maximize")}
         new_groups.append({**{key: v for key, v in ours.items() if key != "params"}, **hyper, "params": []})
@@ -127,7 +128,7 @@ class Checkpointer:
 
     def __init__(self, mica: nn.Module, output_dir: os.PathLike | str, state: TrainState, *,
                  optimizer: torch.optim.Optimizer, scheduler: Any, scaler: Any, validator: Any = None,
-                 loader: Optional[ResumableLoader] = None, seed: int = 0, batch_size: int = 1,
+                 loader: ResumableLoader | None = None, seed: int = 0, batch_size: int = 1,
                  config_text: str = "", keep: int = 3, keep_every: int = 0) -> None:
         self.mica = mica
         self.output_dir = Path(output_dir)
@@ -144,7 +145,7 @@ class Checkpointer:
         return self.output_dir / CHECKPOINT_DIR
 
     # -------------------------------------------------------------------------------------------
-    def _extra(self, rng: Optional[List[Dict[str, Any]]]) -> Dict[str, Any]:
+    def _extra(self, rng: list[dict[str, Any]] | None) -> dict[str, Any]:
         extra = {
             "opt": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
@@ -162,11 +163,11 @@ class Checkpointer:
             extra["rng"] = rng
         return extra
 
-    def write(self, path: os.PathLike | str, rng: Optional[List[Dict[str, Any]]] = None) -> Path:
+    def write(self, path: os.PathLike | str, rng: list[dict[str, Any]] | None = None) -> Path:
         """Write a checkpoint of the current state to ``path`` (atomic; call on rank 0)."""
         return save_mica_checkpoint(path, self.mica.arcface, self.mica.regressor, self.mica.flame, self._extra(rng))
 
-    def save(self) -> Optional[Path]:
+    def save(self) -> Path | None:
         """Periodic checkpoint at the current step, ``last_checkpoint`` updated, old ones pruned.
 
         Collective (gathers every rank's RNG state); rank 0 writes. Returns the path on rank 0.
@@ -211,12 +212,12 @@ class Checkpointer:
                 continue
             f.unlink(missing_ok=True)
 
-    def last_checkpoint(self) -> Optional[Path]:
+    def last_checkpoint(self) -> Path | None:
         """The newest periodic checkpoint of this run (see :func:`last_checkpoint`)."""
         return last_checkpoint(self.output_dir)
 
     # -------------------------------------------------------------------------------------------
-    def _load_intact(self, path: Path, fallback: bool) -> tuple[Path, Dict[str, Any]]:
+    def _load_intact(self, path: Path, fallback: bool) -> tuple[Path, dict[str, Any]]:
         """``path`` read; with ``fallback``, an unreadable periodic checkpoint (cut off by a kill or a
         full disk while written) gives way to the newest older one of this run that reads, with a
         warning."""
@@ -308,7 +309,7 @@ class Checkpointer:
             raise MICAError(f"{path}: optimiser state does not fit this model ({e}); "
                             f"set train.reset_optimizer True") from None
         # how AdamW runs (train.optimizer) is this run's choice, not part of the saved state
-        for g, keep, name in zip(self.optimizer.param_groups, impl, names):
+        for g, keep, name in zip(self.optimizer.param_groups, impl, names, strict=True):
             g.update(keep)
             if name is not None:
                 g["name"] = name

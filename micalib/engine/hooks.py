@@ -15,7 +15,7 @@ import time
 import weakref
 from collections import defaultdict
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Dict, List, Optional
+from typing import TYPE_CHECKING, Any
 
 import cv2
 import numpy as np
@@ -37,9 +37,9 @@ VIS_SIZE = 224
 class HookBase:
     """No-op hook; subclasses override what they need. ``self.trainer`` is a weak proxy."""
 
-    trainer: "Trainer"
+    trainer: Trainer
 
-    def attach(self, trainer: "Trainer") -> None:
+    def attach(self, trainer: Trainer) -> None:
         self.trainer = weakref.proxy(trainer)
 
     def before_train(self) -> None:
@@ -77,7 +77,7 @@ class MetricsHook(HookBase):
     def __init__(self, period: int, writer: Any = None) -> None:
         self.period = period
         self.writer = writer
-        self._window: Dict[str, List[float]] = defaultdict(list)
+        self._window: dict[str, list[float]] = defaultdict(list)
 
     def after_step(self) -> None:
         t = self.trainer
@@ -112,7 +112,7 @@ class EvalHook(HookBase):
     """Every ``period`` steps (and at the end): ``validator.run`` on all ranks, then a barrier. Best
     models go through ``checkpointer.save_best``; losses to TensorBoard (``val/*``) on rank 0."""
 
-    def __init__(self, period: int, validator: Validator, checkpointer: Optional[Checkpointer] = None,
+    def __init__(self, period: int, validator: Validator, checkpointer: Checkpointer | None = None,
                  writer: Any = None) -> None:
         self.period = period
         self.validator = validator
@@ -120,7 +120,7 @@ class EvalHook(HookBase):
         self.writer = writer
         self._last = -1
 
-    def validate(self) -> Dict[str, float]:
+    def validate(self) -> dict[str, float]:
         """Validation losses now (all ranks take part); best models saved by rank 0."""
         step = self.trainer.state.step
         save = self.checkpointer.save_best if self.checkpointer is not None else None
@@ -157,7 +157,7 @@ class VisualizationHook(HookBase):
         self.faces = np.asarray(faces)
         self.writer = writer
 
-    def grid(self, batch: Dict[str, Any]) -> np.ndarray:
+    def grid(self, batch: dict[str, Any]) -> np.ndarray:
         """``images`` (N, 3, 112, 112) in [-1, 1], ``pred`` / ``gt`` (N, V, 3) -> (N rows x 3) uint8 grid."""
         tiles = []
         for i in range(batch["images"].shape[0]):
@@ -169,7 +169,7 @@ class VisualizationHook(HookBase):
             tiles += [crop, pred, render_mesh(gt, self.faces, size=VIS_SIZE, camera=cam)]
         return make_grid(tiles, nrow=3)
 
-    def visualize(self) -> Optional[np.ndarray]:
+    def visualize(self) -> np.ndarray | None:
         """Write the grid of the trainer's last batch (None before the first step)."""
         batch = self.trainer.last_batch
         if batch is None:

@@ -71,7 +71,7 @@ def convert_sync_batchnorm(module: nn.Module) -> nn.Module:
             new = cls(child.num_features, child.eps, child.momentum, child.affine, child.track_running_stats)
             new.load_state_dict(child.state_dict())
             new = new.to(device=child.running_mean.device if child.running_mean is not None else None)
-            for p_new, p_old in zip(new.parameters(), child.parameters()):
+            for p_new, p_old in zip(new.parameters(), child.parameters(), strict=True):
                 p_new.requires_grad_(p_old.requires_grad)
             new.train(child.training)
             setattr(module, name, new)

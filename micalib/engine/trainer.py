@@ -26,7 +26,8 @@ under ``torch.no_grad`` (as MICA), also inside bf16 autocast.
 from __future__ import annotations
 
 import time
-from typing import Dict, List, Optional, Sequence, Type, TypeVar
+from collections.abc import Sequence
+from typing import TypeVar
 
 import torch
 from loguru import logger
@@ -85,10 +86,10 @@ class Trainer:
         self.world_size = comm.get_world_size()
         self.state: TrainState = loader.state
         self.completed = False
-        self.last_metrics: Dict[str, float] = {}
-        self.last_batch: Optional[Dict[str, torch.Tensor]] = None
-        self.progress: Optional[tqdm] = None
-        self.hooks: List = []
+        self.last_metrics: dict[str, float] = {}
+        self.last_batch: dict[str, torch.Tensor] | None = None
+        self.progress: tqdm | None = None
+        self.hooks: list = []
 
     # -------------------------------------------------------------------------------------------
     def register_hooks(self, hooks: Sequence) -> None:
@@ -97,7 +98,7 @@ class Trainer:
             h.attach(self)
             self.hooks.append(h)
 
-    def hook(self, kind: Type[H]) -> H:
+    def hook(self, kind: type[H]) -> H:
         """The first registered hook of type ``kind`` (KeyError when there is none)."""
         for h in self.hooks:
             if isinstance(h, kind):

@@ -14,8 +14,9 @@ and ignored.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Sequence
+from typing import Any
 
 import torch
 from loguru import logger
@@ -40,10 +41,10 @@ class BestModelTracker:
         self.window = int(window)
         self.best_average = math.inf
         self.best_running = math.inf
-        self.running: Optional[float] = None
+        self.running: float | None = None
         self.count = 0
 
-    def update(self, average: float) -> Dict[str, bool]:
+    def update(self, average: float) -> dict[str, bool]:
         """Feed one validation loss; returns which best values improved (``average``, ``running``)."""
         if not math.isfinite(average):
             logger.warning(f"validation loss is {average}; ignored for the best models")
@@ -58,11 +59,11 @@ class BestModelTracker:
             self.best_running = self.running
         return improved
 
-    def state_dict(self) -> Dict[str, Any]:
+    def state_dict(self) -> dict[str, Any]:
         return {"window": self.window, "best_average": self.best_average, "best_running": self.best_running,
                 "running": self.running, "count": self.count}
 
-    def load_state_dict(self, state: Dict[str, Any]) -> None:
+    def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore :meth:`state_dict`, or the official trainer's ``best_model`` record.
 
         The official record (``utils/best_model.py``: ``average``, ``smoothed_average``,
@@ -107,12 +108,12 @@ class Validator:
         self.output_dir = Path(output_dir)
         self.num_workers = int(num_workers)
         self.best = BestModelTracker(window)
-        self.history: List[Dict[str, float]] = []
+        self.history: list[dict[str, float]] = []
 
-    def state_dict(self) -> Dict[str, Any]:
+    def state_dict(self) -> dict[str, Any]:
         return {"best_model": self.best.state_dict()}
 
-    def load_state_dict(self, state: Dict[str, Any]) -> None:
+    def load_state_dict(self, state: dict[str, Any]) -> None:
         """Best values of :meth:`state_dict` or of the official trainer's ``validator`` entry (whose
         ``embeddings_lyhm``, ArcFace embeddings of validation actors for a plot it no longer draws,
         are not used here)."""
@@ -120,7 +121,7 @@ class Validator:
             self.best.load_state_dict(state["best_model"])
 
     @torch.no_grad()
-    def losses(self, mica: nn.Module) -> Dict[str, float]:
+    def losses(self, mica: nn.Module) -> dict[str, float]:
         """``{"loss_NAME": mean per-image loss, ..., "average": mean over all images}`` (all ranks take part)."""
         device = next(mica.parameters()).device
         rank, world = comm.get_rank(), comm.get_world_size()
@@ -148,7 +149,7 @@ class Validator:
         finally:
             mica.train(was_training)
         sums = comm.all_reduce_sum(sums).cpu()
-        out: Dict[str, float] = {}
+        out: dict[str, float] = {}
         for d, ds in enumerate(self.datasets):
             name = getattr(ds, "name", str(d))
             out[f"loss_{name}"] = float(sums[d, 0] / sums[d, 1]) if sums[d, 1] > 0 else float("nan")
@@ -156,7 +157,7 @@ class Validator:
         out["average"] = float(total[0] / total[1]) if total[1] > 0 else float("nan")
         return out
 
-    def run(self, mica: nn.Module, step: int, save_fn: Optional[Callable[[Path], None]] = None) -> Dict[str, float]:
+    def run(self, mica: nn.Module, step: int, save_fn: Callable[[Path], None] | None = None) -> dict[str, float]:
         """Validate, update the best models (``save_fn(path)`` on rank 0) and return the losses
         plus ``running_average``. No datasets: empty dict."""
         if not self.datasets:

@@ -15,17 +15,18 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Optional, Sequence
 
 from micalib.export.onnx_graph import DEFAULT_ATOL, DEFAULT_OPSET, export_onnx, validate_onnx
 from micalib.export.quantize import DEFAULT_MIN_COSINE, export_int8, load_calibration_folder, validate_int8
 from utils.errors import MICAError, run_main
+from utils.log_setup import setup_logging
 
 __all__ = ["main"]
 
 
-def _parse(argv: Optional[Sequence[str]]) -> argparse.Namespace:
+def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m micalib.export", description=__doc__.splitlines()[0])
     p.add_argument("--cfg", default=None,
                    help="YAML config merged over the defaults (default: none; the defaults read data/pretrained/mica.tar)")
@@ -45,7 +46,7 @@ def _parse(argv: Optional[Sequence[str]]) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
+def main(argv: Sequence[str] | None = None) -> int:
     """Command-line entry; returns the exit code."""
     from configs.config import load_cfg
     from micalib.mica import MICA
@@ -77,4 +78,5 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
 
 if __name__ == "__main__":
+    setup_logging()
     run_main(lambda: main(sys.argv[1:]))

@@ -48,7 +48,6 @@ import argparse
 import csv
 import json
 import os
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Union
@@ -292,7 +291,7 @@ def _mesh(b: GlbBuilder, rig: FlameRig, clip: ClipStates) -> tuple[dict, np.ndar
     attrs = {"POSITION": b.add(base.astype(np.float32), target=ARRAY_BUFFER, minmax=True),
              "JOINTS_0": b.add(joints, target=ARRAY_BUFFER), "WEIGHTS_0": b.add(wts, target=ARRAY_BUFFER)}
     targets = [{"POSITION": b.add((f * s).astype(np.float32), target=ARRAY_BUFFER, minmax=True)}
-               for f, s in zip(fields, scale)]
+               for f, s in zip(fields, scale, strict=True)]
     prim = {"attributes": attrs, "indices": b.add(rig.faces.astype(idx_type).reshape(-1), target=ELEMENT_ARRAY_BUFFER),
             "material": 0, "mode": 4, "targets": targets}
     mesh = {"name": "FLAME", "primitives": [prim], "weights": [float(x) for x in w01[0]],
@@ -548,7 +547,7 @@ def main(argv=None) -> int:
 
 if __name__ == "__main__":
     from utils.errors import run_main
+    from utils.log_setup import setup_logging
 
-    logger.remove()
-    logger.add(sys.stderr, format="<level>{level: <8}</level> {message}", level="INFO")
+    setup_logging()
     run_main(main)

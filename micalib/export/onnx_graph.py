@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import io
 import warnings
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Dict, Optional, Sequence, Union
 
 import numpy as np
 import torch
@@ -30,8 +30,8 @@ DEFAULT_ATOL = 1e-4
 VALIDATION_BATCHES = (1, 4)
 
 
-def export_onnx(net: nn.Module, path: Union[str, Path], opset: int = DEFAULT_OPSET,
-                output_names: Optional[Sequence[str]] = None) -> Path:
+def export_onnx(net: nn.Module, path: str | Path, opset: int = DEFAULT_OPSET,
+                output_names: Sequence[str] | None = None) -> Path:
     """Write ``net`` (images -> coefficients) to ``path`` as ONNX with a dynamic batch axis.
 
     ``output_names`` names the outputs of a net that returns several (default: one, ``shape``).
@@ -64,8 +64,8 @@ def export_onnx(net: nn.Module, path: Union[str, Path], opset: int = DEFAULT_OPS
     return path
 
 
-def validate_onnx(net: nn.Module, path: Union[str, Path], batches: Sequence[int] = VALIDATION_BATCHES,
-                  atol: float = DEFAULT_ATOL, seed: int = 0) -> Dict[int, float]:
+def validate_onnx(net: nn.Module, path: str | Path, batches: Sequence[int] = VALIDATION_BATCHES,
+                  atol: float = DEFAULT_ATOL, seed: int = 0) -> dict[int, float]:
     """Run the ONNX file with onnxruntime (CPU) and compare with ``net`` in torch fp32.
 
     Returns:
@@ -79,7 +79,7 @@ def validate_onnx(net: nn.Module, path: Union[str, Path], batches: Sequence[int]
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     gen = torch.Generator().manual_seed(seed)
     net = net.float().cpu().eval()
-    diffs: Dict[int, float] = {}
+    diffs: dict[int, float] = {}
     for b in batches:
         x = torch.rand(b, 3, 112, 112, generator=gen) * 2 - 1
         with torch.no_grad():

@@ -21,8 +21,8 @@ and speed on this machine: bench/README.md (Encoder).
 from __future__ import annotations
 
 import tempfile
+from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Dict, Iterator, List, Optional, Sequence, Union
 
 import numpy as np
 import torch
@@ -32,7 +32,7 @@ from torch import nn
 from micalib.export.onnx_graph import DEFAULT_OPSET, export_onnx
 from micalib.mica import ImageToShape
 from models.arcface import fuse_for_inference
-from utils.errors import MICAError
+from utils.errors import MICAError, UserError, UserFileNotFound
 from utils.io import atomic_save
 
 __all__ = ["QUANTIZED_OPS", "PRECISION_KEY", "load_calibration_folder", "synthetic_calibration",
@@ -51,7 +51,7 @@ INPUT_RANGE = 1.01
 # Smallest tolerated per-image cosine of int8 vs torch fp32 coefficients (measured >= 0.9996 on random weights).
 DEFAULT_MIN_COSINE = 0.99
 
-PathLike = Union[str, Path]
+PathLike = str | Path
 
 
 def load_calibration_folder(folder: PathLike, limit: int = 64) -> np.ndarray:
@@ -68,12 +68,12 @@ def load_calibration_folder(folder: PathLike, limit: int = 64) -> np.ndarray:
     folder = Path(folder).expanduser()
     hint = "(demo.py writes aligned inputs to demo/arcface/*.npy; run it on a few photos first)"
     if not folder.is_dir():
-        raise FileNotFoundError(f"calibration folder {folder} not found {hint}")
+        raise UserFileNotFound(f"calibration folder {folder} not found {hint}")
     files = sorted(folder.glob("*.npy"))
     if not files:
         raise MICAError(f"calibration folder {folder} holds no .npy network inputs {hint}")
     if limit < 1:
-        raise ValueError(f"calibration count must be >= 1, not {limit}")
+        raise UserError(f"calibration count must be >= 1, not {limit}")
     arrays, count = [], 0
     for f in files:
         try:
@@ -127,7 +127,7 @@ def rewrite_prelu(model) -> int:
     return count
 
 
-def rewrite_batchnorm(model) -> List[str]:
+def rewrite_batchnorm(model) -> list[str]:
     """Replace each inference BatchNormalization with constant statistics by ``Add(Mul(x, s), t)`` (in place).
 
     ``s = gamma / sqrt(var + eps)``, ``t = beta - mean * s``, shaped ``(C, 1, 1)``. Unlike
@@ -170,10 +170,10 @@ class _Reader:
     """onnxruntime CalibrationDataReader over an ``(N, 3, 112, 112)`` array in batches."""
 
     def __init__(self, images: np.ndarray, input_name: str, batch: int = CALIBRATION_BATCH) -> None:
-        self._batches: Iterator[Dict[str, np.ndarray]] = iter(
+        self._batches: Iterator[dict[str, np.ndarray]] = iter(
             [{input_name: images[i:i + batch]} for i in range(0, len(images), batch)])
 
-    def get_next(self) -> Optional[Dict[str, np.ndarray]]:
+    def get_next(self) -> dict[str, np.ndarray] | None:
         return next(self._batches, None)
 
 
@@ -200,7 +200,7 @@ def quantize_onnx(fp32_path: PathLike, out_path: PathLike, calibration: np.ndarr
 
     calibration = np.ascontiguousarray(calibration, dtype=np.float32)
     if calibration.ndim != 4 or tuple(calibration.shape[1:]) != INPUT_SHAPE or len(calibration) == 0:
-        raise ValueError(f"calibration inputs must have shape (N, 3, 112, 112), got {calibration.shape}")
+        raise UserError(f"calibration inputs must have shape (N, 3, 112, 112), got {calibration.shape}")
     out_path = Path(out_path)
     with tempfile.TemporaryDirectory(prefix="mica_int8_") as tmp:
         model = onnx.load(str(fp32_path))
@@ -257,7 +257,7 @@ def export_int8(arcface: nn.Module, regressor: nn.Module, out_path: PathLike, ca
         return quantize_onnx(fp32, out_path, calibration, exclude=exclude)
 
 
-def compare_with_torch(net: nn.Module, onnx_path: PathLike, images: np.ndarray, batch: int = 16) -> Dict[str, np.ndarray]:
+def compare_with_torch(net: nn.Module, onnx_path: PathLike, images: np.ndarray, batch: int = 16) -> dict[str, np.ndarray]:
     """Run ``images`` through the ONNX file (onnxruntime CPU) and through ``net`` (torch fp32).
 
     Returns:
@@ -278,11 +278,11 @@ def compare_with_torch(net: nn.Module, onnx_path: PathLike, images: np.ndarray, 
     got = [np.concatenate([g[k] for g in got]) for k in range(len(got[0]))]
     ref = [np.concatenate([r[k] for r in ref]) for k in range(len(ref[0]))]
     cos = np.stack([(a * b).sum(1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1) + 1e-12)
-                    for a, b in zip(got, ref)])
+                    for a, b in zip(got, ref, strict=True)])
     return {"onnx": got, "torch": ref, "cosine": cos}
 
 
-def validate_int8(net: nn.Module, path: Union[str, Path], images: np.ndarray,
+def validate_int8(net: nn.Module, path: str | Path, images: np.ndarray,
                   min_cosine: float = DEFAULT_MIN_COSINE, count: int = 8) -> float:
     """Check an int8 model against ``net`` (torch fp32) on up to ``count`` of ``images``, at batch 1 and
     the rest together (dynamic axis); returns the smallest per-image cosine of the coefficients.

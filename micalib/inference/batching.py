@@ -14,18 +14,18 @@ from __future__ import annotations
 
 import contextlib
 import threading
-import time
-from collections import defaultdict
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
-from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional
+from typing import Any
 
 import numpy as np
 from tqdm import tqdm
 
 from micalib.inference.scheduling import Schedule
 from models.face_prep import AlignedFace
+from utils.timing import StageTimer
 
-__all__ = ["BatchLoop", "GpuBusy", "Job", "StageTimer", "NON_FINITE_MESSAGE", "implausible_mesh"]
+__all__ = ["BatchLoop", "GpuBusy", "Job", "NON_FINITE_MESSAGE", "implausible_mesh"]
 
 NON_FINITE_MESSAGE = ("the network predicted non-finite numbers (NaN or inf) for this face, nothing was "
                       "written; check the checkpoint (-m) and the photo")
@@ -34,7 +34,7 @@ NON_FINITE_MESSAGE = ("the network predicted non-finite numbers (NaN or inf) for
 HEAD_DIAGONAL_MM = (50.0, 500.0)
 
 
-def implausible_mesh(vertices_m: np.ndarray) -> Optional[str]:
+def implausible_mesh(vertices_m: np.ndarray) -> str | None:
     """Why the (V, 3) mesh in metres is not a head (its bounding-box diagonal outside
     ``HEAD_DIAGONAL_MM``), or None."""
     v = np.asarray(vertices_m, dtype=np.float64).reshape(-1, 3)
@@ -55,39 +55,20 @@ class Job:
     aligned: AlignedFace
 
 
-class StageTimer:
-    """Seconds spent per named stage: ``with timer("network"): ...`` (thread-safe; time spent in
-    worker threads at once is summed, so the stages can add up to more than the wall time)."""
-
-    def __init__(self) -> None:
-        self.seconds: Dict[str, float] = defaultdict(float)
-        self._lock = threading.Lock()
-
-    @contextlib.contextmanager
-    def __call__(self, stage: str) -> Iterator[None]:
-        start = time.perf_counter()
-        try:
-            yield
-        finally:
-            elapsed = time.perf_counter() - start
-            with self._lock:
-                self.seconds[stage] += elapsed
-
-
 class GpuBusy:
     """How long the GPU had work: CUDA events recorded around each batch's GPU calls (``span()``),
     summed when asked (``seconds()``, which waits for the GPU). On a CPU (or MPS) there are no events:
     ``span()`` does nothing and ``seconds()`` is None. ``event`` makes an event (``record()``,
     ``elapsed_time(other)`` in ms); default ``torch.cuda.Event(enable_timing=True)`` on CUDA."""
 
-    def __init__(self, device=None, event: Optional[Callable[[], Any]] = None) -> None:
+    def __init__(self, device=None, event: Callable[[], Any] | None = None) -> None:
         if event is None and device is not None and getattr(device, "type", str(device)) == "cuda":
             import torch
 
             def event():
                 return torch.cuda.Event(enable_timing=True)
         self._event = event
-        self._spans: List[tuple] = []
+        self._spans: list[tuple] = []
         self._lock = threading.Lock()
 
     @property
@@ -108,7 +89,7 @@ class GpuBusy:
             with self._lock:
                 self._spans.append((start, end))
 
-    def seconds(self) -> Optional[float]:
+    def seconds(self) -> float | None:
         """Sum of the recorded spans in seconds (overlapping spans count once each), None without events."""
         if self._event is None:
             return None
@@ -125,9 +106,9 @@ class BatchLoop:
     """See the module docstring. ``predictor``: ``predict_identity(inputs) -> (B, n)`` and
     ``decode(identity) -> {identity, vertices, landmarks68, landmarks7}``."""
 
-    def __init__(self, predictor, batch_size: int, schedule: Optional[Schedule] = None,
-                 timings: Optional[StageTimer] = None, gpu_busy: Optional[GpuBusy] = None,
-                 writes: Optional[Schedule] = None) -> None:
+    def __init__(self, predictor, batch_size: int, schedule: Schedule | None = None,
+                 timings: StageTimer | None = None, gpu_busy: GpuBusy | None = None,
+                 writes: Schedule | None = None) -> None:
         self.predictor = predictor
         self.batch_size = max(1, int(batch_size))
         self.schedule = schedule or Schedule()
@@ -135,12 +116,12 @@ class BatchLoop:
         self.timings = timings or StageTimer()
         self.gpu_busy = gpu_busy or GpuBusy()
 
-    def run(self, work: Iterable[tuple], prepare: Callable[..., Any], write: Callable[[Job, dict, int], Optional[str]],
-            finish: Callable[[Job, Optional[str], dict, int], None], fail: Optional[Callable[[tuple, Exception], None]],
-            desc: str = "faces", total: Optional[int] = None) -> None:
+    def run(self, work: Iterable[tuple], prepare: Callable[..., Any], write: Callable[[Job, dict, int], str | None],
+            finish: Callable[[Job, str | None, dict, int], None], fail: Callable[[tuple, Exception], None] | None,
+            desc: str = "faces", total: int | None = None) -> None:
         """Prepare, predict and write everything in ``work`` (see the module docstring); ``total``:
         the number of entries for the progress bar (default ``len(work)``)."""
-        pending: List[Job] = []
+        pending: list[Job] = []
         prepared = self.schedule.imap(prepare, work, wanted=lambda: self.batch_size - len(pending))
         total = len(work) if total is None else total
         for entry, jobs in tqdm(prepared, total=total, desc=desc, unit="img" if desc == "faces" else "it"):
@@ -155,7 +136,7 @@ class BatchLoop:
             self.flush(pending[: self.batch_size], write, finish)
             pending = pending[self.batch_size:]
 
-    def flush(self, jobs: List[Job], write: Callable, finish: Callable) -> None:
+    def flush(self, jobs: list[Job], write: Callable, finish: Callable) -> None:
         """One network call and one decode for ``jobs``, then their writes and bookkeeping."""
         if not jobs:
             return
@@ -170,11 +151,11 @@ class BatchLoop:
         for key in ("vertices", "landmarks68", "landmarks7"):
             finite &= np.isfinite(np.asarray(decoded[key], dtype=np.float64).reshape(len(jobs), -1)).all(1)
 
-        def write_one(i: int) -> Optional[str]:
+        def write_one(i: int) -> str | None:
             if not finite[i]:
                 return NON_FINITE_MESSAGE
             return implausible_mesh(decoded["vertices"][i]) or write(jobs[i], decoded, i)
 
         errors = self.writes.map_idle(write_one, range(len(jobs)))  # with prefetch the pool is busy preparing
-        for i, (job, error) in enumerate(zip(jobs, errors)):  # bookkeeping in input order
+        for i, (job, error) in enumerate(zip(jobs, errors, strict=True)):  # bookkeeping in input order
             finish(job, error, decoded, i)

@@ -7,7 +7,6 @@ spawned worker starts in well under a second (no torch).
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Union
 
 import numpy as np
 
@@ -24,7 +23,7 @@ def decoder_init() -> None:
     cv2.setNumThreads(1)
 
 
-def read_or_error(path: Path) -> Union[np.ndarray, MICAError]:
+def read_or_error(path: Path) -> np.ndarray | MICAError:
     """``read_image(path)``, or its one-line error as a value (errors cross the process boundary as
     results, so one bad photo never stops the pool)."""
     try:

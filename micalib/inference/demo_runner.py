@@ -16,16 +16,16 @@ import json
 import multiprocessing
 import re
 from collections import defaultdict
+from collections.abc import Iterator, Sequence
 from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from pathlib import Path, PurePath
-from typing import Dict, Iterator, List, Optional, Sequence, Union
 
 import numpy as np
 import torch
 from loguru import logger
 
-from micalib.inference.batching import BatchLoop, GpuBusy, Job, StageTimer
+from micalib.inference.batching import BatchLoop, GpuBusy, Job
 from micalib.inference.decoding import decoder_init, read_or_error
 from micalib.inference.output_lock import output_lock
 from micalib.inference.outputs import output_files, output_names, write_reconstruction
@@ -49,8 +49,9 @@ from utils.errors import MICAError
 from utils.identity import read_identity
 from utils.image_io import ImageList, list_images, read_image, write_image
 from utils.io import atomic_save_npy, atomic_write_text, folder_relation
+from utils.timing import StageTimer
 
-__all__ = ["DemoRunner", "DemoOptions", "ItemResult", "StageTimer", "default_workers", "list_inputs", "input_names"]
+__all__ = ["DemoRunner", "DemoOptions", "ItemResult", "default_workers", "list_inputs", "input_names"]
 
 
 def _one_torch_thread() -> None:
@@ -63,7 +64,7 @@ def _one_torch_thread() -> None:
         torch.set_num_threads(1)
 
 
-def default_workers(cores: Optional[int] = None) -> int:
+def default_workers(cores: int | None = None) -> int:
     """Worker threads for preparing and writing: ``cores`` (default: the CPU cores this process may
     use; a torchrun rank passes its share, ``sharding.rank_cores``), at most 8."""
     return max(1, min(8, usable_cores() if cores is None else int(cores)))
@@ -109,7 +110,7 @@ class DemoOptions:
     prefetch: int = 0
     workers: int = 1
     checkpoint: str = ""
-    batch_detect: Optional[bool] = None
+    batch_detect: bool | None = None
     decode_processes: int = 0
     lock: bool = True
     summary: bool = True
@@ -138,7 +139,7 @@ def list_inputs(input_dir: Path, output_dir: Path, arcface_dir: Path) -> tuple[I
     ours = [Path(d).resolve() for d in (output_dir, arcface_dir)]
     ours = [d for d in ours if d.is_relative_to(root)]  # not when -i is inside -o
     listed = list_images(input_dir, recursive=True)
-    marked: Dict[Path, bool] = {}  # folder below the input -> it (or a folder above it) is one of our outputs
+    marked: dict[Path, bool] = {}  # folder below the input -> it (or a folder above it) is one of our outputs
 
     def ours_by_marker(folder: Path) -> bool:
         if folder == input_dir:
@@ -168,7 +169,7 @@ def check_output_folders(input_dir: Path, output_dir: Path, arcface_dir: Path) -
                             f"(and overwrite those of the same name); pass another folder for {flag}")
 
 
-def output_folder_clash(input_dir: Path, output_dir: Path, name: str, all_faces: bool) -> Optional[str]:
+def output_folder_clash(input_dir: Path, output_dir: Path, name: str, all_faces: bool) -> str | None:
     """The one-line failure of an input whose output folder (``OUTPUT/NAME``, with ``all_faces``
     also ``OUTPUT/NAME_k``) is or contains the input folder, so its files would be written among
     the photos; None when apart."""
@@ -195,7 +196,7 @@ def mark_crop_folder(arcface_dir: Path) -> None:
         atomic_write_text(marker, "aligned crops and network inputs written by demo.py; not inputs\n", fsync=False)
 
 
-def input_names(paths: Sequence[Path], root: Path) -> List[tuple[PurePath, str]]:
+def input_names(paths: Sequence[Path], root: Path) -> list[tuple[PurePath, str]]:
     """``(relative input, NAME)`` of every input, NAME by ``outputs.output_names`` over the whole
     listing (also in a sharded run: a shard selects its inputs after this)."""
     rels = [PurePath(p.relative_to(root).as_posix()) for p in paths]
@@ -242,7 +243,7 @@ class DemoRunner:
     """
 
     def __init__(self, predictor, detector, faces: np.ndarray, output_dir: Path, arcface_dir: Path,
-                 options: Optional[DemoOptions] = None, pool: Optional[Executor] = None, **overrides):
+                 options: DemoOptions | None = None, pool: Executor | None = None, **overrides):
         self.predictor = predictor
         self.detector = detector
         self.faces = np.asarray(faces)
@@ -252,7 +253,7 @@ class DemoRunner:
         self.timings = StageTimer()
         self._injected_pool = pool
         self.gpu_busy = GpuBusy(getattr(predictor, "device", None))
-        self._fused_codes: Dict[str, list] = defaultdict(list)
+        self._fused_codes: dict[str, list] = defaultdict(list)
 
     # ------------------------------------------------------------------ inputs
     def _no_face_hint(self) -> str:
@@ -261,7 +262,7 @@ class DemoRunner:
                     f"{self.detector.max_side or 'off'} px, e.g. 1024), or use --detector scrfd with antelopev2")
         return ""
 
-    def _prepare(self, path: Path, name: str, item: _Item) -> List[Job]:
+    def _prepare(self, path: Path, name: str, item: _Item) -> list[Job]:
         remove_record(self.output_dir, name)  # redone from here: a kill half-way must not leave it done
         detections = None
         with self.timings("read"):
@@ -271,7 +272,7 @@ class DemoRunner:
                 detections = self.detector.detect(image)
         return self._align(path, name, item, image, detections)
 
-    def _align(self, path: Path, name: str, item: _Item, image: np.ndarray, detections) -> List[Job]:
+    def _align(self, path: Path, name: str, item: _Item, image: np.ndarray, detections) -> list[Job]:
         """Choose and align the ``detections`` of ``image`` (the photo itself with ``aligned``),
         write the crops; one job per face."""
         if self.options.aligned:
@@ -286,7 +287,7 @@ class DemoRunner:
         item.left = len(aligned)
         names = [f"{name}_{i}" for i in range(len(aligned))] if self.options.all_faces else [name]
         jobs = []
-        for job_name, a in zip(names, aligned):
+        for job_name, a in zip(names, aligned, strict=True):
             with self.timings("crops"):
                 write_image(self.arcface_dir / f"{job_name}.jpg", a.crop224, fsync=False)  # bulk: see utils.io
                 atomic_save_npy(self.arcface_dir / f"{job_name}.npy", a.input112, fsync=False)
@@ -294,7 +295,7 @@ class DemoRunner:
             jobs.append(Job(job_name, item, a))
         return jobs
 
-    def _prepare_chunk(self, chunk: Sequence[tuple]) -> List[Job]:
+    def _prepare_chunk(self, chunk: Sequence[tuple]) -> list[Job]:
         """Batch detection: ``chunk`` = ``((path, name, item), image or error)`` pairs, decoded
         ahead (by ``_decoded``); one ``detect_batch`` call for all photos of the chunk (on the
         detector's device), then alignment photo by photo. Failures are finished here."""
@@ -313,14 +314,14 @@ class DemoRunner:
             with self.timings("detect"), self.gpu_busy.span():
                 found = self.detector.detect_batch([image for _, image in good])
         jobs = []
-        for ((path, name, item), image), detections in zip(good, found):
+        for ((path, name, item), image), detections in zip(good, found, strict=True):
             try:
                 jobs.extend(self._align(path, name, item, image, detections))
             except (MICAError, OSError, ValueError) as e:
                 self._prepare_failed((path, name, item), e if isinstance(e, MICAError) else MICAError(f"{path}: {e}"))
         return jobs
 
-    def _decoded(self, todo: Sequence[tuple], pool: Optional[Executor]) -> Iterator[tuple]:
+    def _decoded(self, todo: Sequence[tuple], pool: Executor | None) -> Iterator[tuple]:
         """``(entry, image or error)`` in input order: decoded in ``pool`` (worker processes; None =
         here), at most ``2 x batch size`` ahead (the bounded queue in front of the detector and the
         network)."""
@@ -343,14 +344,14 @@ class DemoRunner:
             return self.options.batch_detect
         return detector_on_gpu(self.detector)
 
-    def _prepare_or_error(self, path: Path, name: str, item: _Item) -> Union[List[Job], Exception]:
+    def _prepare_or_error(self, path: Path, name: str, item: _Item) -> list[Job] | Exception:
         try:
             return self._prepare(path, name, item)
         except (MICAError, OSError, ValueError) as e:  # one bad image never stops the run
             return e if isinstance(e, MICAError) else MICAError(f"{path}: {e}")
 
     # ------------------------------------------------------------------ network + outputs
-    def _finish(self, item: _Item, error: Optional[str] = None) -> None:
+    def _finish(self, item: _Item, error: str | None = None) -> None:
         """One face of ``item`` is written (or failed, with ``error``); after its last one, its
         record makes it done (``ok``) or remembers why it failed."""
         r = item.result
@@ -371,14 +372,14 @@ class DemoRunner:
             else:
                 logger.error(f"{r.input}: could not write its completion record: {e}")
 
-    def _write_job(self, job: Job, decoded: dict, i: int) -> Optional[str]:
+    def _write_job(self, job: Job, decoded: dict, i: int) -> str | None:
         try:
             self._write(job.name, decoded, i, decoded["identity"][i], job.aligned.crop224)
         except OSError as e:
             return f"could not write outputs: {e}"
         return None
 
-    def _job_done(self, job: Job, error: Optional[str], decoded: dict, i: int) -> None:
+    def _job_done(self, job: Job, error: str | None, decoded: dict, i: int) -> None:
         if error is None:
             job.item.result.outputs.append(job.name)
             if self.options.fuse:
@@ -391,7 +392,7 @@ class DemoRunner:
         item.left = 1
         self._finish(item, str(error))
 
-    def _write(self, name: str, decoded: dict, i: int, identity: np.ndarray, crop: Optional[np.ndarray]) -> None:
+    def _write(self, name: str, decoded: dict, i: int, identity: np.ndarray, crop: np.ndarray | None) -> None:
         vertices_mm = decoded["vertices"][i] * M_TO_MM
         preview = None
         if self.options.render:
@@ -403,7 +404,7 @@ class DemoRunner:
             write_reconstruction(self.output_dir / name, vertices_mm, self.faces, identity,
                                  decoded["landmarks68"][i] * M_TO_MM, decoded["landmarks7"][i] * M_TO_MM, preview)
 
-    def _write_fused(self, fused_codes: Dict[str, list]) -> List[str]:
+    def _write_fused(self, fused_codes: dict[str, list]) -> list[str]:
         written = []
         for group, members in sorted(fused_codes.items()):
             if len(members) < 2:
@@ -429,7 +430,7 @@ class DemoRunner:
         return written
 
     # ------------------------------------------------------------------ driver
-    def run(self, input_dir: Path) -> List[ItemResult]:
+    def run(self, input_dir: Path) -> list[ItemResult]:
         """Process every image under ``input_dir`` (recursively), or this shard's share of them
         (``options.shard``); returns one result per processed (or already done) image.
 
@@ -453,7 +454,7 @@ class DemoRunner:
         logger.info("encoder: " + ", ".join(f"{k} {v}" for k, v in plan.items()))
         atomic_write_text(self.output_dir / ".mica" / "encoder.json", json.dumps(plan, indent=2) + "\n", fsync=False)
 
-    def _run_locked(self, input_dir: Path) -> List[ItemResult]:
+    def _run_locked(self, input_dir: Path) -> list[ItemResult]:
         opts, shard = self.options, self.options.shard
         paths, root = list_inputs(input_dir, self.output_dir, self.arcface_dir)
         if not paths and not paths.failures:
@@ -473,7 +474,7 @@ class DemoRunner:
         required = output_files(opts.render)
         # the leader of a torchrun run also looks at the other ranks' inputs: which were done before
         looked_at = everything if shard.distributed and shard.leader else mine
-        items: Dict[int, _Item] = {}
+        items: dict[int, _Item] = {}
         todo = []
         done_before: set = set()
         other_checkpoints = 0

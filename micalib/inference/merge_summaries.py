@@ -13,7 +13,6 @@ still pending (a shard did not finish: run it again), 1 when the run is complete
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
 from loguru import logger
@@ -21,6 +20,7 @@ from loguru import logger
 from micalib.inference.demo_runner import input_names, list_inputs
 from micalib.inference.records import RECORD_DIR, rebuild_summary
 from utils.errors import MICAError, run_main
+from utils.log_setup import setup_logging
 
 
 def merge(output_dir: Path, input_dir: Path | None = None, arcface_dir: Path | None = None) -> list:
@@ -45,10 +45,16 @@ def main(argv=None) -> int:
     p.add_argument("-i", "--input", default=None, help="the demo's -i (lists inputs without a record as pending)")
     p.add_argument("-a", "--arcface", default=None,
                    help="the demo's -a: also check every input's crops there (default: the meshes only)")
+    p.add_argument("--no-page", action="store_true", help="skip the viewer page OUTPUT/index.html")
     args = p.parse_args(argv)
     rows = merge(Path(args.output), Path(args.input) if args.input else None,
                  Path(args.arcface) if args.arcface else None)
     counts = {s: sum(r.status == s for r in rows) for s in ("ok", "failed", "pending")}
+    if not args.no_page:  # the page of a sharded run, as one process writes it at its end
+        from micalib.viewer.page import write_demo_page
+
+        arcface = Path(args.arcface) if args.arcface else None  # the crops beside the meshes, when given
+        print(f"viewer page: {write_demo_page(Path(args.output), arcface)}")
     logger.info(f"{len(rows)} inputs: {counts['ok']} ok, {counts['failed']} failed, {counts['pending']} pending "
                 f"-> {Path(args.output) / 'summary.csv'}")
     if counts["pending"]:  # the run is incomplete: some shard did not finish
@@ -57,6 +63,5 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    logger.remove()
-    logger.add(sys.stderr, format="<level>{level: <8}</level> {message}", level="INFO")
+    setup_logging()
     run_main(main)

@@ -19,8 +19,8 @@ import os
 import socket
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Dict, Iterator, Optional, Tuple
 
 from utils.errors import MICAError
 
@@ -31,17 +31,17 @@ except ImportError:  # Windows
 
 LOCK_FILE = ".mica/lock"
 
-_held: Dict[Path, Tuple[int, int]] = {}  # lock path -> (descriptor, depth), this process
+_held: dict[Path, tuple[int, int]] = {}  # lock path -> (descriptor, depth), this process
 _guard = threading.Lock()
 
 
-def _owner_text(owner: Optional[dict]) -> str:
+def _owner_text(owner: dict | None) -> str:
     if not owner:
         return "another process"
     return f"pid {owner.get('pid')} on {owner.get('host')}, started {owner.get('started', '?')}"
 
 
-def _read_owner(fd: int) -> Optional[dict]:
+def _read_owner(fd: int) -> dict | None:
     try:
         os.lseek(fd, 0, os.SEEK_SET)
         data = json.loads(os.read(fd, 4096).decode("utf-8"))
@@ -60,7 +60,7 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
-def _flock(fd: int) -> Optional[bool]:
+def _flock(fd: int) -> bool | None:
     """True: locked; False: held by another process; None: flock unavailable here."""
     if fcntl is None:
         return None
@@ -75,7 +75,7 @@ def _flock(fd: int) -> Optional[bool]:
         raise
 
 
-def _refusal(output_dir: Path, owner: Optional[dict], path: Path, what: str) -> MICAError:
+def _refusal(output_dir: Path, owner: dict | None, path: Path, what: str) -> MICAError:
     return MICAError(f"{output_dir} is in use by another {what} ({_owner_text(owner)}); wait for it to "
                      f"finish or pass another -o (if no such run exists, delete {path})")
 

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import re
 from collections import defaultdict
+from collections.abc import Sequence
 from pathlib import Path, PurePath
-from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 
@@ -23,12 +23,12 @@ RENDER_FILE = "render.png"
 FUSED = "fused"  # OUTPUT/SUBFOLDER/fused/ (--fuse): an input may not take this name
 
 
-def output_files(render: bool) -> List[str]:
+def output_files(render: bool) -> list[str]:
     """The files of one reconstruction folder."""
     return list(OUTPUT_FILES) + ([RENDER_FILE] if render else [])
 
 
-def output_names(inputs: Sequence[PurePath]) -> Dict[PurePath, str]:
+def output_names(inputs: Sequence[PurePath]) -> dict[PurePath, str]:
     """``NAME`` of every input, given as paths relative to the input root: MICA's ``OUTPUT/NAME/``
     with NAME = the path without its extension, unless that would lose or mix results.
 
@@ -41,10 +41,10 @@ def output_names(inputs: Sequence[PurePath]) -> Dict[PurePath, str]:
     keeps its name), so that no two inputs of one folder share an output folder, also on a
     case-insensitive file system, and none takes another's ``NAME_k``.
     """
-    by_folder: Dict[PurePath, List[PurePath]] = defaultdict(list)
+    by_folder: dict[PurePath, list[PurePath]] = defaultdict(list)
     for rel in inputs:
         by_folder[rel.parent].append(rel)
-    names: Dict[PurePath, str] = {}
+    names: dict[PurePath, str] = {}
     for folder, members in by_folder.items():
         members = sorted(members, key=str)
         stems = defaultdict(int)
@@ -70,7 +70,7 @@ def output_names(inputs: Sequence[PurePath]) -> Dict[PurePath, str]:
                 chosen[i] = f"{chosen[i]}__{members[i].suffix[1:].lower()}"
         taken = {c.casefold() for c in chosen}
         seen: set = set()
-        for rel, name in zip(members, chosen):
+        for rel, name in zip(members, chosen, strict=True):
             if name.casefold() in seen:
                 k = 2
                 while f"{name}_{k}".casefold() in taken or f"{name}_{k}".casefold() in seen:
@@ -95,7 +95,7 @@ def write_reconstruction(
     identity: np.ndarray,
     kpt68_mm: np.ndarray,
     kpt7_mm: np.ndarray,
-    preview: Optional[np.ndarray] = None,
+    preview: np.ndarray | None = None,
     fsync: bool = False,
 ) -> None:
     """Write one face's outputs into ``dst`` (created if needed).

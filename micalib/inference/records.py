@@ -20,9 +20,9 @@ import hashlib
 import io
 import json
 import os
+from collections.abc import Collection, Iterable, Sequence
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Collection, Dict, Iterable, List, Optional, Sequence, Tuple, Union
 
 from loguru import logger
 
@@ -43,23 +43,23 @@ class ItemResult:
 
     input: str  # path relative to the input root, as listed (POSIX separators)
     status: str  # one of STATUSES
-    outputs: List[str] = field(default_factory=list)  # output folder names (NAME or NAME_0, NAME_1, ...)
+    outputs: list[str] = field(default_factory=list)  # output folder names (NAME or NAME_0, NAME_1, ...)
     message: str = ""
     faces: int = 0
-    score: Optional[float] = None
+    score: float | None = None
     name: str = ""  # NAME (see micalib.inference.outputs.output_names); differs from the stem after a rename
     checkpoint: str = ""  # hash prefix of the network that made the outputs
-    files: List[str] = field(default_factory=list)  # the files inside each output folder
-    crops: List[str] = field(default_factory=list)  # its files in the crop folder (-a): NAME.jpg, NAME.npy, ...
+    files: list[str] = field(default_factory=list)  # the files inside each output folder
+    crops: list[str] = field(default_factory=list)  # its files in the crop folder (-a): NAME.jpg, NAME.npy, ...
     # byte size of every output file ("NAME/mesh.ply") and crop ("-a/NAME.jpg") when the record was
     # written: a file cut short or replaced later no longer matches, and the input is redone
-    sizes: Dict[str, int] = field(default_factory=dict)
+    sizes: dict[str, int] = field(default_factory=dict)
 
 
 SUMMARY_COLUMNS = ["input", "status", "outputs", "message", "faces", "score", "name", "checkpoint", "input_hex"]
 
 
-def checkpoint_id(path: Union[str, os.PathLike, None]) -> str:
+def checkpoint_id(path: str | os.PathLike | None) -> str:
     """First 16 hex digits of the SHA-256 of a checkpoint / ONNX file ("" without one)."""
     if not path or not Path(path).is_file():
         return ""
@@ -99,7 +99,7 @@ def record_path(output_dir: Path, name: str) -> Path:
 CROP_KEY = "-a/"  # prefix of the crops' entries in ItemResult.sizes
 
 
-def write_record(output_dir: Path, result: ItemResult, arcface_dir: Optional[Path] = None) -> None:
+def write_record(output_dir: Path, result: ItemResult, arcface_dir: Path | None = None) -> None:
     """Write the record of a finished input (``ok`` or ``failed``), atomically, with the byte size
     of each of its files (and crops in ``arcface_dir``). Call it only after all of the input's
     files are written: it is what makes the input done."""
@@ -114,7 +114,7 @@ def write_record(output_dir: Path, result: ItemResult, arcface_dir: Optional[Pat
     atomic_write_text(record_path(output_dir, result.name), json.dumps(data, indent=1) + "\n", fsync=False)
 
 
-def read_record(output_dir: Path, name: str) -> Optional[ItemResult]:
+def read_record(output_dir: Path, name: str) -> ItemResult | None:
     """The record of ``name``, or None when there is none or it is unreadable / empty / foreign."""
     return _load(record_path(output_dir, name))
 
@@ -134,7 +134,7 @@ def _well_formed(data: dict) -> bool:
             and all(isinstance(k, str) and isinstance(v, int) and not isinstance(v, bool) for k, v in sizes.items()))
 
 
-def _load(path: Path) -> Optional[ItemResult]:
+def _load(path: Path) -> ItemResult | None:
     """The record at ``path``; None when it is unreadable, of another version, or not well formed."""
     try:
         data = json.loads(path.read_text(encoding="ascii"))
@@ -155,8 +155,8 @@ def remove_record(output_dir: Path, name: str) -> None:
         pass
 
 
-def is_done(output_dir: Path, record: Optional[ItemResult], input_rel: str, required_files: Sequence[str],
-            all_faces: Optional[bool] = None, arcface_dir: Optional[Path] = None) -> bool:
+def is_done(output_dir: Path, record: ItemResult | None, input_rel: str, required_files: Sequence[str],
+            all_faces: bool | None = None, arcface_dir: Path | None = None) -> bool:
     """True when ``record`` says ``ok`` for this input and every output folder it lists holds every
     file it lists and every file in ``required_files`` (e.g. ``render.png`` when this run renders).
 
@@ -183,7 +183,7 @@ def is_done(output_dir: Path, record: Optional[ItemResult], input_rel: str, requ
     return _sizes_match(output_dir, record.sizes, arcface_dir)
 
 
-def _sizes_match(output_dir: Path, sizes: Dict[str, int], arcface_dir: Optional[Path]) -> bool:
+def _sizes_match(output_dir: Path, sizes: dict[str, int], arcface_dir: Path | None) -> bool:
     """Every file the record sized still has that size (records written before sizes were kept
     have none: only the checks above)."""
     for key, size in sizes.items():
@@ -200,7 +200,7 @@ def _sizes_match(output_dir: Path, sizes: Dict[str, int], arcface_dir: Optional[
 
 
 def done_record(output_dir: Path, name: str, input_rel: str, required_files: Sequence[str],
-                all_faces: Optional[bool] = None, arcface_dir: Optional[Path] = None) -> Optional[ItemResult]:
+                all_faces: bool | None = None, arcface_dir: Path | None = None) -> ItemResult | None:
     """The record of ``name`` as a ``done`` summary row when it makes the input done (:func:`is_done`),
     else None."""
     record = read_record(output_dir, name)
@@ -210,7 +210,7 @@ def done_record(output_dir: Path, name: str, input_rel: str, required_files: Seq
     return record
 
 
-def collect_records(output_dir: Path) -> Dict[str, ItemResult]:
+def collect_records(output_dir: Path) -> dict[str, ItemResult]:
     """Every record under ``OUTPUT/.mica/done``, by NAME (for merging a sharded run). An unreadable
     one (damaged, or from another version) is a ``pending`` row named after its file, never dropped."""
     root = Path(output_dir) / RECORD_DIR
@@ -244,8 +244,8 @@ def write_summary(output_dir: Path, results: Iterable[ItemResult]) -> None:
     atomic_write_text(Path(output_dir) / "summary.json", json.dumps(rows, indent=2, ensure_ascii=False))
 
 
-def rebuild_summary(output_dir: Path, inputs: Optional[Sequence[Tuple[str, str]]] = None,
-                    earlier: Collection[str] = (), arcface_dir: Optional[Path] = None) -> List[ItemResult]:
+def rebuild_summary(output_dir: Path, inputs: Sequence[tuple[str, str]] | None = None,
+                    earlier: Collection[str] = (), arcface_dir: Path | None = None) -> list[ItemResult]:
     """Rebuild the summary from the records alone (e.g. after the shards of a sharded run finished):
     with ``inputs`` ((relative input, NAME) pairs, in order) one row per input, ``pending`` where
     no record is; without, one row per record, sorted by input. Every ``ok`` record is checked

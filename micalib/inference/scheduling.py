@@ -17,15 +17,9 @@ from __future__ import annotations
 
 import itertools
 from collections import deque
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Executor
 from typing import (
-    Callable,
-    Iterable,
-    Iterator,
-    List,
-    Optional,
-    Sequence,
-    Tuple,
     TypeVar,
 )
 
@@ -39,12 +33,12 @@ class Schedule:
     """See the module docstring. ``pool`` None = serial; ``ahead`` inputs kept in flight (0: batch
     by batch, nothing in flight while the caller works)."""
 
-    def __init__(self, pool: Optional[Executor] = None, ahead: int = 0) -> None:
+    def __init__(self, pool: Executor | None = None, ahead: int = 0) -> None:
         self.pool = pool
         self.ahead = max(0, int(ahead))
 
-    def imap(self, fn: Callable[..., R], inputs: Iterable[Tuple], wanted: Callable[[], int] = lambda: 1
-             ) -> Iterator[Tuple[Tuple, R]]:
+    def imap(self, fn: Callable[..., R], inputs: Iterable[tuple], wanted: Callable[[], int] = lambda: 1
+             ) -> Iterator[tuple[tuple, R]]:
         """``(args, fn(*args))`` for every ``args`` of ``inputs``, in order (see the module docstring)."""
         rest = iter(inputs)
         if self.pool is None:
@@ -63,9 +57,9 @@ class Schedule:
         while chunk := list(itertools.islice(rest, max(1, wanted()))):
             futures = [self.pool.submit(fn, *args) for args in chunk]
             results = [f.result() for f in futures]
-            yield from zip(chunk, results)
+            yield from zip(chunk, results, strict=True)
 
-    def map_idle(self, fn: Callable[[T], R], inputs: Sequence[T]) -> List[R]:
+    def map_idle(self, fn: Callable[[T], R], inputs: Sequence[T]) -> list[R]:
         """``[fn(x) for x in inputs]``, spread over the pool when it is idle between batches (no
         prefetching); with prefetching the pool is busy preparing, so the calling thread does it."""
         if self.pool is not None and self.ahead == 0:

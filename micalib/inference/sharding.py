@@ -20,8 +20,9 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass
-from typing import Callable, Hashable, List, Optional, Sequence, TypeVar
+from typing import TypeVar
 
 from utils.errors import MICAError
 
@@ -59,7 +60,7 @@ class Shard:
     def __str__(self) -> str:
         return f"{self.index}/{self.count}"
 
-    def select(self, units: Sequence[T], key: Callable[[T], Hashable] = None) -> List[T]:
+    def select(self, units: Sequence[T], key: Callable[[T], Hashable] = None) -> list[T]:
         """The units of this shard: unit i of the sorted order (by ``key``) goes to shard i mod N.
         Returned in their given order."""
         if self.count == 1:
@@ -68,7 +69,7 @@ class Shard:
         mine = {i for rank, i in enumerate(order) if rank % self.count == self.index}
         return [u for i, u in enumerate(units) if i in mine]
 
-    def select_groups(self, units: Sequence[T], group: Callable[[T], str]) -> List[T]:
+    def select_groups(self, units: Sequence[T], group: Callable[[T], str]) -> list[T]:
         """The units whose group (e.g. sub-folder) falls to this shard: the sorted groups are the
         units of the rule."""
         if self.count == 1:
@@ -101,7 +102,7 @@ def under_torchrun() -> bool:
         return True  # let init_distributed name the bad variable
 
 
-def resolve_shard(shard_arg: Optional[str]) -> Shard:
+def resolve_shard(shard_arg: str | None) -> Shard:
     """This process's shard: from torchrun's environment (starting the gloo process group), from
     ``--shard K/N``, or the whole run.
 
@@ -143,7 +144,7 @@ def rank_cores(shard: Shard) -> int:
     return max(1, usable_cores() // max(1, shard.local_world))
 
 
-def rank_device(device: Optional[str], shard: Shard) -> Optional[str]:
+def rank_device(device: str | None, shard: Shard) -> str | None:
     """One GPU per rank: ``auto``/``cuda`` become ``cuda:LOCAL_RANK`` under torchrun when CUDA is
     available; anything else (and every device outside torchrun) is kept."""
     if not shard.distributed or device not in (None, "auto", "cuda"):

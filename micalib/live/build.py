@@ -75,7 +75,8 @@ def track_options(cfg, o: LiveOptions) -> TrackOptions:
 
 def build_tracker(cfg, o: LiveOptions, flame=None, emb=None, lids=None, detector=None) -> OnlineTracker:
     """The online tracker (``flame``/``emb``/``lids`` given: used as they are, for tests)."""
-    from micalib.tracking.identity import mica_identity, mica_loader
+    from micalib.predictor import mica_loader
+    from micalib.tracking.identity import mica_identity
     from utils.identity import read_identity
 
     t = track_options(cfg, o)

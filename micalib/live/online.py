@@ -17,8 +17,8 @@ mode) on each crop; landmark rows are moved into the same box. ``OnlineTracker.p
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import numpy as np
 from loguru import logger

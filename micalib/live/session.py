@@ -11,7 +11,7 @@ interruption propagates (``run_main`` exits 130).
 from __future__ import annotations
 
 import time
-from typing import Callable
+from collections.abc import Callable
 
 import cv2
 import numpy as np

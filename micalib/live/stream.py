@@ -16,7 +16,7 @@ import json
 import queue
 import socket
 import threading
-from typing import Callable
+from collections.abc import Callable
 
 from loguru import logger
 

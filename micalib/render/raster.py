@@ -26,14 +26,14 @@ reduction. No Python loop over triangles or pixels; the same code runs on CUDA t
 """
 from __future__ import annotations
 
-from typing import Optional, Sequence, Tuple, Union
+from collections.abc import Sequence
 
 import numpy as np
 import torch
 
 __all__ = ["Fragments", "interpolate", "interpolate_covered", "rasterize", "vertex_normals"]
 
-TensorLike = Union[torch.Tensor, np.ndarray, Sequence]
+TensorLike = torch.Tensor | np.ndarray | Sequence
 
 # Candidate pixels expanded at once (bounds memory for huge triangles).
 _CHUNK = 1 << 22
@@ -60,8 +60,8 @@ class Fragments:
         self.covered = covered
         self.covered_bary = covered_bary
         self.covered_depth = covered_depth
-        self._bary: Optional[torch.Tensor] = None
-        self._depth: Optional[torch.Tensor] = None
+        self._bary: torch.Tensor | None = None
+        self._depth: torch.Tensor | None = None
 
     def covered_index(self) -> torch.Tensor:
         """(P,) int64 flat indices (row * width + column) of the covered pixels, ascending."""
@@ -173,7 +173,7 @@ def rasterize(verts_screen: TensorLike, faces: TensorLike, height: int, width: i
     return Fragments(tri_id.view(height, width), pix, bary, depth)
 
 
-def _pixel_xy(pix: torch.Tensor, width: int) -> Tuple[torch.Tensor, torch.Tensor]:
+def _pixel_xy(pix: torch.Tensor, width: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Column and row (float64) of flat pixel indices; exact (the quotient of an index + 0.5 is at
     least 0.5 / width from an integer), and much faster than int64 division on a CPU."""
     p = pix.double()
@@ -355,7 +355,7 @@ def interpolate_covered(values: torch.Tensor, faces: TensorLike, fragments: Frag
 
 
 def interpolate(values: torch.Tensor, faces: TensorLike, fragments: Fragments, verts_screen: torch.Tensor,
-                perspective_correct: bool = False) -> Tuple[torch.Tensor, torch.Tensor]:
+                perspective_correct: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-pixel interpolation of per-vertex values, differentiable w.r.t. ``values`` and ``verts_screen``.
 
     The barycentrics of every covered pixel are recomputed from the screen positions of its

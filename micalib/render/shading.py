@@ -1,25 +1,28 @@
-"""Real spherical harmonics of bands 0-2 (9 functions) for lighting a Lambertian surface.
+"""Shading of a Lambertian surface: ``shade`` (the headlight of the previews and of the tracking
+overlay) and real spherical harmonics of bands 0-2 (9 functions, the photometric stage's lighting).
 
-Basis order and normalisation (orthonormal on the unit sphere, no Condon-Shortley phase), for a unit
-normal n = (x, y, z):
+Normals are in the rasteriser's camera frame (``micalib.render.raster``: x right, y down, z forward,
+the camera looking along +z).
+
+Spherical harmonics: basis order and normalisation (orthonormal on the unit sphere, no
+Condon-Shortley phase), for a unit normal n = (x, y, z):
     Y00 = 1/(2 sqrt(pi)),
     Y1-1 = c1 y, Y10 = c1 z, Y11 = c1 x,                     c1 = sqrt(3/(4 pi)),
     Y2-2 = c2 xy, Y2-1 = c2 yz, Y21 = c2 xz,                 c2 = sqrt(15/(4 pi)),
     Y20 = sqrt(5/(16 pi)) (3 z^2 - 1), Y22 = sqrt(15/(16 pi)) (x^2 - y^2).
 The shading of a normal is ``sh_basis(n) @ sh`` with ``sh`` (9, 3): one column per colour channel.
 ``directional_sh`` gives the coefficients of a distant light convolved with the clamped cosine
-(Ramamoorthi & Hanrahan's band factors pi, 2 pi / 3, pi / 4). The normals are in the camera frame
-(x right, y down, z forward). Our ``sh`` follows this basis; it is not guaranteed to be
-interchangeable with the ``sh`` entries of the original tracker's checkpoints.
+(Ramamoorthi & Hanrahan's band factors pi, 2 pi / 3, pi / 4). Our ``sh`` follows this basis; it is
+not guaranteed to be interchangeable with the ``sh`` entries of the original tracker's checkpoints.
 """
 from __future__ import annotations
 
 import math
-from typing import Sequence, Union
+from collections.abc import Sequence
 
 import torch
 
-__all__ = ["SH_BAND_FACTORS", "directional_sh", "sh_basis", "sh_shading"]
+__all__ = ["SH_BAND_FACTORS", "directional_sh", "shade", "sh_basis", "sh_shading"]
 
 _C0 = 0.5 / math.sqrt(math.pi)
 _C1 = math.sqrt(3.0 / (4.0 * math.pi))
@@ -28,6 +31,15 @@ _C20 = math.sqrt(5.0 / (16.0 * math.pi))
 _C22 = math.sqrt(15.0 / (16.0 * math.pi))
 # Clamped-cosine (Lambert) convolution factor of each of the 9 coefficients.
 SH_BAND_FACTORS = (math.pi,) + (2.0 * math.pi / 3.0,) * 3 + (math.pi / 4.0,) * 5
+
+
+def shade(normals: torch.Tensor, ambient: float, two_sided: bool = False) -> torch.Tensor:
+    """Lambertian intensity under a headlight (a distant light at the camera, shining along +z):
+    ``ambient + (1 - ambient) * max(0, n . l)`` with l = (0, 0, -1) towards the light, or
+    ``|n . l|`` when ``two_sided`` (a surface seen from behind is lit like its front). ``normals``
+    (..., 3) unit, camera frame; returns (...) intensities in [ambient, 1]."""
+    cos = -normals[..., 2]
+    return ambient + (1.0 - ambient) * (cos.abs() if two_sided else cos.clamp_min(0.0))
 
 
 def sh_basis(normals: torch.Tensor) -> torch.Tensor:
@@ -45,7 +57,7 @@ def sh_shading(normals: torch.Tensor, sh: torch.Tensor) -> torch.Tensor:
     return sh_basis(normals) @ sh
 
 
-def directional_sh(direction: Union[Sequence[float], torch.Tensor], intensity: float = 1.0, ambient: float = 0.0,
+def directional_sh(direction: Sequence[float] | torch.Tensor, intensity: float = 1.0, ambient: float = 0.0,
                    channels: int = 3) -> torch.Tensor:
     """(9, channels) coefficients whose shading approximates ``ambient + intensity * max(0, n . d)``
     (d = the unit direction towards the light; the band-2 truncation errs by up to ~0.1 of intensity)."""

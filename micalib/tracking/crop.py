@@ -17,8 +17,8 @@ from __future__ import annotations
 import json
 import math
 import os
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Optional, Sequence, Union
 
 import cv2
 import numpy as np
@@ -26,7 +26,7 @@ import numpy as np
 from utils.errors import MICAError
 from utils.io import atomic_save, atomic_write_text
 
-PathLike = Union[str, os.PathLike]
+PathLike = str | os.PathLike
 
 __all__ = ["Box", "box_from_landmarks", "crop_matrix", "box_of_matrix", "invert_matrix", "transform_points",
            "warp", "save_bbox_pt", "load_bbox_pt", "CropTrack", "write_crop_json", "read_crop_json"]
@@ -68,7 +68,7 @@ def box_from_landmarks(points: np.ndarray, scale: float = DEFAULT_SCALE) -> Box:
     return _square_box(cx, cy, side)
 
 
-def crop_matrix(box: Sequence[int], image_size: Union[int, Sequence[int]]) -> np.ndarray:
+def crop_matrix(box: Sequence[int], image_size: int | Sequence[int]) -> np.ndarray:
     """(2,3) float64 affine map from input pixels to crop pixels for ``box`` resized to
     ``image_size`` (an int N or (width, height)), pixel centres as in the module docstring."""
     x_min, x_max, y_min, y_max = (float(v) for v in box)
@@ -78,7 +78,7 @@ def crop_matrix(box: Sequence[int], image_size: Union[int, Sequence[int]]) -> np
                      [0.0, sy, (0.5 - y_min) * sy - 0.5]], dtype=np.float64)
 
 
-def box_of_matrix(M: np.ndarray, size: Sequence[int]) -> Optional[Box]:
+def box_of_matrix(M: np.ndarray, size: Sequence[int]) -> Box | None:
     """The integer box whose ``crop_matrix`` is ``M`` for an output of ``size`` (w, h), or None
     when ``M`` is not such a matrix (rotation, shear, non-integer box edges)."""
     M = np.asarray(M, dtype=np.float64)
@@ -123,7 +123,7 @@ def _padded_slice(rgb: np.ndarray, box: Box) -> np.ndarray:
     return out
 
 
-def warp(rgb: np.ndarray, M: np.ndarray, size: Union[int, Sequence[int]]) -> np.ndarray:
+def warp(rgb: np.ndarray, M: np.ndarray, size: int | Sequence[int]) -> np.ndarray:
     """The crop of ``rgb`` under ``M`` (input px -> crop px), ``size`` = N or (w, h), black outside.
 
     When ``M`` is the ``crop_matrix`` of an integer box (the usual case) the box is sliced and
@@ -200,9 +200,9 @@ class CropTrack:
             raise ValueError(f"CropTrack: smoothing must be in [0, 1), got {smoothing}")
         self.scale = float(scale)
         self.smoothing = float(smoothing)
-        self._state: Optional[np.ndarray] = None  # cx, cy, side
+        self._state: np.ndarray | None = None  # cx, cy, side
 
-    def update(self, points: Optional[np.ndarray]) -> Optional[Box]:
+    def update(self, points: np.ndarray | None) -> Box | None:
         """The box of this frame, or None while no face has been seen yet."""
         p = _finite_points(points) if points is not None else np.zeros((0, 2))
         if len(p) >= 2:
@@ -215,8 +215,8 @@ class CropTrack:
         return _square_box(float(cx), float(cy), float(side))
 
 
-def write_crop_json(path: PathLike, matrices: Sequence[np.ndarray], image_size: Union[int, Sequence[int]],
-                    input_indices: Optional[Sequence[int]] = None, fsync: bool = True) -> None:
+def write_crop_json(path: PathLike, matrices: Sequence[np.ndarray], image_size: int | Sequence[int],
+                    input_indices: Sequence[int] | None = None, fsync: bool = True) -> None:
     """Write ``crop.json``: per output frame the (2,3) matrix from input-frame pixels to crop pixels
     (OpenCV pixel centres), with its output and input frame numbers. Atomic."""
     w_out, h_out = (int(image_size), int(image_size)) if np.isscalar(image_size) else (int(image_size[0]), int(image_size[1]))

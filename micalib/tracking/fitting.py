@@ -347,7 +347,7 @@ class LandmarkFitter:
         def assemble(sts, it, ds):
             """Per keyframe (H_kk, H_k,shared, g_k) plus the shared block (n_sh x n_sh, n_sh)."""
             blocks, a_h, a_g, total = [], np.zeros((n_sh, n_sh)), np.zeros(n_sh), 0.0
-            for i, (st, (o, v)) in enumerate(zip(sts, frames)):
+            for i, (st, (o, v)) in enumerate(zip(sts, frames, strict=True)):
                 c, h, g, *_ = self._linearise(st, o, v, it, None, basis[i], True,
                                               shape=(sjac[i], ds) if refine else None)
                 blocks.append((h[:N_FRAME, :N_FRAME], h[:N_FRAME, N_FRAME:], g[:N_FRAME]))
@@ -378,7 +378,7 @@ class LandmarkFitter:
 
         def propose(mu):
             d_sh, d_frames = solve(blocks, a_h, a_g, mu)
-            cand = ([st.step(d, m.has_eyelids) for st, d in zip(states, d_frames)],
+            cand = ([st.step(d, m.has_eyelids) for st, d in zip(states, d_frames, strict=True)],
                     Intrinsics(intr.focal + d_sh[0], intr.cx + d_sh[1], intr.cy + d_sh[2]), ds + d_sh[3:])
             return None if cand[1].focal <= 0 or any(c.t[2] <= 0 for c in cand[0]) else cand
 

@@ -23,9 +23,10 @@ import math
 import os
 import queue
 import threading
+from collections.abc import Iterable, Iterator, Sequence
 from fractions import Fraction
 from pathlib import Path
-from typing import Iterable, Iterator, Optional, Sequence, TypeVar, Union
+from typing import TypeVar
 
 import cv2
 import numpy as np
@@ -35,7 +36,7 @@ from utils.errors import MICAError
 from utils.image_io import list_images, read_image
 from utils.io import opencv_path
 
-PathLike = Union[str, os.PathLike]
+PathLike = str | os.PathLike
 
 __all__ = ["FrameSource", "VideoFrames", "FolderFrames", "open_frames", "resample_indices", "prefetch"]
 
@@ -50,7 +51,7 @@ def _rational(fps: float) -> Fraction:
     return Fraction(float(fps)).limit_denominator(_FPS_DENOMINATOR)
 
 
-def resample_indices(n_input: int, input_fps: float, fps: Optional[float]) -> list[int]:
+def resample_indices(n_input: int, input_fps: float, fps: float | None) -> list[int]:
     """Input frame index of every output frame: output frame k shows the input frame nearest to the
     time k / ``fps`` (input frame i is at time i / ``input_fps``), ties to the earlier one; the
     list ends before the first k whose nearest input frame is past the last (index ``n_input - 1``).
@@ -86,8 +87,8 @@ class FrameSource:
 
     path: Path
     name: str
-    input_fps: Optional[float]
-    fps: Optional[float]
+    input_fps: float | None
+    fps: float | None
     n_input_frames: int
     size: tuple[int, int]
     indices: list[int]
@@ -114,7 +115,7 @@ def _bgr_to_rgb(bgr: np.ndarray) -> np.ndarray:
 class VideoFrames(FrameSource):
     """A video file decoded with OpenCV (see the module docstring)."""
 
-    def __init__(self, path: PathLike, fps: Optional[float] = None):
+    def __init__(self, path: PathLike, fps: float | None = None):
         self.path = Path(path).expanduser()
         self.name = self.path.stem
         self.fps = float(fps) if fps is not None else None
@@ -139,7 +140,7 @@ class VideoFrames(FrameSource):
         self.n_input_frames = count
         self.size = (int(first.shape[1]), int(first.shape[0]))
         self.indices = resample_indices(count, input_fps, self.fps) if self.fps is not None else list(range(count))
-        self.truncated_at: Optional[int] = None  # output frame where decoding stopped early, if it did
+        self.truncated_at: int | None = None  # output frame where decoding stopped early, if it did
 
     def _open(self) -> cv2.VideoCapture:
         if not self.path.exists():
@@ -210,7 +211,7 @@ class FolderFrames(FrameSource):
                             "pass a folder of frames or a video file")
         self.unreadable: set[int] = set()
         first = None
-        for i, f in enumerate(self.files):  # the size: of the first readable image
+        for i, _f in enumerate(self.files):  # the size: of the first readable image
             first = self._read(i)
             if first is not None:
                 break
@@ -220,7 +221,7 @@ class FolderFrames(FrameSource):
         self.n_input_frames = len(self.files)
         self.indices = list(range(len(self.files)))
 
-    def _read(self, i: int) -> Optional[np.ndarray]:
+    def _read(self, i: int) -> np.ndarray | None:
         """Frame i, or None when its file cannot be read (warned once)."""
         try:
             return read_image(self.files[i])
@@ -243,7 +244,7 @@ class FolderFrames(FrameSource):
             yield i, i, rgb
 
 
-def open_frames(path: PathLike, fps: Optional[float] = None) -> FrameSource:
+def open_frames(path: PathLike, fps: float | None = None) -> FrameSource:
     """A ``VideoFrames`` for a file, a ``FolderFrames`` for a folder (``fps`` ignored there).
 
     Raises:

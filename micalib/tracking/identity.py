@@ -1,32 +1,15 @@
 """The tracked person's identity computed by MICA from several frames and averaged
-(``mica_identity``, as ``demo.py --fuse``), and MICA + detector loaded only when needed
-(``mica_loader``); a given ``identity.npy`` is read by ``utils.identity.read_identity``.
+(``mica_identity``, as ``demo.py --fuse``; MICA + detector come from ``micalib.predictor.mica_loader``,
+loaded only when needed); a given ``identity.npy`` is read by ``utils.identity.read_identity``.
 Used by the offline runner and the live tracker."""
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 
 import numpy as np
 from loguru import logger
 
 from utils.errors import MICAError
-
-
-def mica_loader(cfg, device: str) -> Callable[[], tuple]:
-    """() -> (MICA predictor, face detector) from the config, loaded only when called (a run with
-    ``--identity`` loads no weights)."""
-    def load():
-        from configs.config import resolve_path
-        from micalib.predictor import Predictor
-        from models.detectors import create_detector
-
-        predictor = Predictor.from_config(cfg, device=device)
-        detector = create_detector(cfg.detector.name, antelopev2_dir=resolve_path(cfg.detector.antelopev2_dir),
-                                   det_size=tuple(cfg.detector.det_size), threshold=cfg.detector.threshold,
-                                   mtcnn_max_side=cfg.detector.mtcnn_max_side)
-        return predictor, detector
-
-    return load
 
 
 def mica_identity(predictor, detector, frames: Iterable[tuple[int, np.ndarray]], where: str) -> np.ndarray:

@@ -37,8 +37,8 @@ import os
 import sys
 import warnings
 import zipfile
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator, Optional, Union
 
 import numpy as np
 from loguru import logger
@@ -47,7 +47,7 @@ from micalib.tracking.crop import invert_matrix, transform_points, warp
 from utils.errors import MICAError
 from utils.io import atomic_write_bytes
 
-PathLike = Union[str, os.PathLike]
+PathLike = str | os.PathLike
 
 __all__ = [
     "N_MEDIAPIPE", "N_IBUG68", "MEDIAPIPE_IBUG68", "mediapipe_available", "MediaPipeLandmarker",
@@ -184,7 +184,7 @@ class MediaPipeLandmarker:
             self._mesh.close()
             self._mesh = None
 
-    def __enter__(self) -> "MediaPipeLandmarker":
+    def __enter__(self) -> MediaPipeLandmarker:
         return self
 
     def __exit__(self, *exc) -> None:
@@ -214,7 +214,7 @@ class MediaPipeLandmarker:
 DEFAULT_IBUG68_MODEL = Path("~/.insightface/models/buffalo_l/1k3d68.onnx")
 
 
-def find_ibug68_model(path: Optional[PathLike] = None) -> Optional[Path]:
+def find_ibug68_model(path: PathLike | None = None) -> Path | None:
     """The 1k3d68.onnx to use: ``path`` when given (MICAError if missing), else insightface's
     ``buffalo_l`` pack in the user's home when present, else None."""
     if path is not None:
@@ -227,7 +227,7 @@ def find_ibug68_model(path: Optional[PathLike] = None) -> Optional[Path]:
     return p if p.is_file() else None
 
 
-def face_box_from_points(points: np.ndarray) -> Optional[tuple[float, float, float, float]]:
+def face_box_from_points(points: np.ndarray) -> tuple[float, float, float, float] | None:
     """A face-detector-like box (x1, y1, x2, y2) around landmarks: their bounding box (MediaPipe's
     mesh spans forehead to chin and cheek to cheek, about what SCRFD returns); None if all NaN."""
     p = np.asarray(points, dtype=np.float64).reshape(-1, 2)
@@ -289,7 +289,7 @@ class Ibug68Detector:
         half = self.input_size / 2.0
         return np.array([[s, 0.0, half - s * cx], [0.0, s, half - s * cy]], dtype=np.float64)
 
-    def detect(self, rgb: np.ndarray, box: Optional[tuple[float, float, float, float]]) -> np.ndarray:
+    def detect(self, rgb: np.ndarray, box: tuple[float, float, float, float] | None) -> np.ndarray:
         """The 68 points in pixels of ``rgb``; all NaN when ``box`` is None (no face)."""
         out = np.full((N_IBUG68, 2), np.nan, dtype=np.float32)
         if box is None or not np.all(np.isfinite(box)) or max(box[2] - box[0], box[3] - box[1]) <= 0:
@@ -329,7 +329,7 @@ _SCHEMA = "arrays 'mediapipe' (T,478,2) and/or 'ibug68' (T,68,2), T = number of 
 _SETS = {"mediapipe": N_MEDIAPIPE, "ibug68": N_IBUG68}
 
 
-def _check_shape(name: str, shape: tuple, dtype: np.dtype, where: str, n_frames: Optional[int]) -> None:
+def _check_shape(name: str, shape: tuple, dtype: np.dtype, where: str, n_frames: int | None) -> None:
     n = _SETS[name]
     if dtype.kind not in "fiu":
         raise MICAError(f"{where}: '{name}' has dtype {dtype}, not numbers; store float pixel coordinates ({_SCHEMA})")
@@ -341,7 +341,7 @@ def _check_shape(name: str, shape: tuple, dtype: np.dtype, where: str, n_frames:
                         "give one row per input frame in decoding order (before --fps resampling), NaN where missing")
 
 
-def _check_array(name: str, arr, where: str, n_frames: Optional[int]) -> np.ndarray:
+def _check_array(name: str, arr, where: str, n_frames: int | None) -> np.ndarray:
     a = np.asarray(arr)
     _check_shape(name, a.shape, a.dtype, where, n_frames)
     return a.astype(np.float32)
@@ -373,8 +373,8 @@ def drop_absurd_rows(lm: dict[str, np.ndarray], image_size: tuple[int, int], whe
     return rows
 
 
-def save_landmarks_npz(path: PathLike, mediapipe: Optional[np.ndarray] = None,
-                       ibug68: Optional[np.ndarray] = None, fsync: bool = True) -> None:
+def save_landmarks_npz(path: PathLike, mediapipe: np.ndarray | None = None,
+                       ibug68: np.ndarray | None = None, fsync: bool = True) -> None:
     """Write a landmark file (schema in the module docstring) atomically, as float32."""
     path = Path(path)
     arrays = {k: _check_array(k, v, f"save_landmarks_npz({path})", None)
@@ -398,7 +398,7 @@ def _member_header(z: np.lib.npyio.NpzFile, name: str) -> tuple[tuple, np.dtype]
     return tuple(shape), dtype
 
 
-def load_landmarks_npz(path: PathLike, n_input_frames: Optional[int], cached: bool = False) -> dict[str, np.ndarray]:
+def load_landmarks_npz(path: PathLike, n_input_frames: int | None, cached: bool = False) -> dict[str, np.ndarray]:
     """Read and validate a landmark file: ``{'mediapipe': (T,478,2), 'ibug68': (T,68,2)}`` float32
     (only the sets present), all-zero rows turned into NaN. ``n_input_frames``: the number T the
     input has (None: not checked). Each array's header is checked before the array is read (a

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 
-from utils.errors import check_range
+from utils.errors import UserError, check_range
 
 MAX_FPS = 1000.0         # output frames per second (a video is resampled; above: more frames than any camera)
 IMAGE_SIZE = (64, 4096)  # side of the square crop, pixels
@@ -33,9 +33,9 @@ def _number(name: str, value) -> float:
     try:
         v = float(value)
     except (TypeError, ValueError):
-        raise ValueError(f"{name} must be a number, not {value!r}") from None
+        raise UserError(f"{name} must be a number, not {value!r}") from None
     if not math.isfinite(v):
-        raise ValueError(f"{name} must be a finite number, not {value}")
+        raise UserError(f"{name} must be a finite number, not {value}")
     return v
 
 

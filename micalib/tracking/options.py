@@ -9,8 +9,9 @@ command line.
 """
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import MISSING, asdict, dataclass, field, fields
-from typing import Any, Mapping
+from typing import Any
 
 from configs.config import get_cfg_defaults
 from utils.errors import MICAError

@@ -10,24 +10,26 @@ from __future__ import annotations
 
 import contextlib
 import os
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Dict, Mapping, Optional, Sequence, Tuple, Union
 
 import cv2
 import numpy as np
 import torch
 
 from micalib.render.raster import Fragments, rasterize, vertex_normals
+from micalib.render.shading import shade
+from utils.arrays import to_numpy
 from utils.errors import MICAError
 from utils.io import atomic_path, opencv_path
 
-__all__ = ["AMBIENT", "LANDMARK_COLORS", "VideoWriter", "compose_overlay", "draw_landmarks", "shade"]
+__all__ = ["AMBIENT", "LANDMARK_COLORS", "VideoWriter", "compose_overlay", "draw_landmarks", "gray_mesh"]
 
 # Share of light that does not depend on the surface direction, and the mesh's gray level.
 AMBIENT = 0.2
 MESH_GRAY = 0.85
 # Default dot colours (RGB) of the landmark sets the tracker draws; other sets cycle through _PALETTE.
-LANDMARK_COLORS: Dict[str, Tuple[int, int, int]] = {
+LANDMARK_COLORS: dict[str, tuple[int, int, int]] = {
     "mediapipe": (0, 220, 0),
     "ibug68": (255, 60, 60),
     "iris": (0, 200, 255),
@@ -38,33 +40,28 @@ LANDMARK_COLORS: Dict[str, Tuple[int, int, int]] = {
 }
 _PALETTE = ((255, 0, 255), (255, 160, 0), (120, 120, 255), (255, 255, 255))
 
-ArrayLike = Union[np.ndarray, torch.Tensor]
+ArrayLike = np.ndarray | torch.Tensor
 
-
-def _np(x: ArrayLike, dtype=np.float32) -> np.ndarray:
-    if isinstance(x, torch.Tensor):
-        x = x.detach().cpu().numpy()
-    return np.ascontiguousarray(x, dtype=dtype)
 
 
 def _mesh_gray(verts_screen: ArrayLike, faces: ArrayLike, height: int, width: int,
-               normals: Optional[ArrayLike], cull_backfaces: bool,
-               fragments: Optional[Fragments] = None) -> Tuple[torch.Tensor, torch.Tensor]:
+               normals: ArrayLike | None, cull_backfaces: bool,
+               fragments: Fragments | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Flat indices of the covered pixels (ascending) and their gray level (float, 0..255).
 
     ``fragments``: a rasterisation of ``faces`` followed by further triangles (the depth's mouth
     triangles); pixels won by those further triangles are left out."""
-    v = torch.as_tensor(_np(verts_screen))
-    f = torch.as_tensor(_np(faces, np.int64))
+    v = torch.as_tensor(to_numpy(verts_screen))
+    f = torch.as_tensor(to_numpy(faces, np.int64))
     frags = rasterize(v, f, height, width, cull_backfaces=cull_backfaces) if fragments is None else fragments
     if normals is None:
         finite = v[torch.isfinite(v).all(1)]
         ext = (finite.amax(0) - finite.amin(0)).clamp_min(1e-12) if len(finite) else torch.ones(3)
         scale = 0.5 * float(ext[0] + ext[1]) / float(ext[2])
         normals = vertex_normals(v * torch.tensor([1.0, 1.0, scale]), f)
-    n_z = torch.as_tensor(_np(normals))[:, 2].nan_to_num(0.0)
-    # headlight along -z, lit from both sides; gray level per vertex, interpolated (Gouraud)
-    level = (AMBIENT + (1.0 - AMBIENT) * n_z.abs()) * (MESH_GRAY * 255.0)
+    n = torch.as_tensor(to_numpy(normals)).nan_to_num(0.0)
+    # headlight, lit from both sides; gray level per vertex, interpolated (Gouraud)
+    level = shade(n, AMBIENT, two_sided=True) * (MESH_GRAY * 255.0)
     pix = frags.covered_index()
     if len(pix) == 0:
         return pix, level[:0]
@@ -81,8 +78,8 @@ def _mesh_gray(verts_screen: ArrayLike, faces: ArrayLike, height: int, width: in
     return pix, gray
 
 
-def shade(verts_screen: ArrayLike, faces: ArrayLike, height: int, width: int,
-          normals: Optional[ArrayLike] = None, cull_backfaces: bool = True) -> Tuple[np.ndarray, np.ndarray]:
+def gray_mesh(verts_screen: ArrayLike, faces: ArrayLike, height: int, width: int,
+          normals: ArrayLike | None = None, cull_backfaces: bool = True) -> tuple[np.ndarray, np.ndarray]:
     """Gray Lambertian shading of a mesh lit from the camera (headlight, two-sided), Gouraud-smooth.
 
     Args:
@@ -108,7 +105,7 @@ def shade(verts_screen: ArrayLike, faces: ArrayLike, height: int, width: int,
 
 
 def draw_landmarks(rgb: np.ndarray, points_by_set: Mapping[str, ArrayLike],
-                   colors: Optional[Mapping[str, Sequence[int]]] = None, radius: Optional[int] = None) -> np.ndarray:
+                   colors: Mapping[str, Sequence[int]] | None = None, radius: int | None = None) -> np.ndarray:
     """A copy of ``rgb`` (uint8) with each set's points drawn as filled dots; NaN points are skipped.
 
     Args:
@@ -131,7 +128,7 @@ def draw_landmarks(rgb: np.ndarray, points_by_set: Mapping[str, ArrayLike],
         else:
             color = _PALETTE[extra % len(_PALETTE)]
             extra += 1
-        p = _np(pts, np.float64).reshape(-1, 2)
+        p = to_numpy(pts, np.float64).reshape(-1, 2)
         ok = np.isfinite(p).all(1) & (p[:, 0] > -r) & (p[:, 0] < w + r) & (p[:, 1] > -r) & (p[:, 1] < h + r)
         color = tuple(int(c) for c in color)
         for x, y in np.rint(p[ok] * 16).astype(np.int64).tolist():  # 4 fractional bits
@@ -140,15 +137,15 @@ def draw_landmarks(rgb: np.ndarray, points_by_set: Mapping[str, ArrayLike],
 
 
 def compose_overlay(crop_rgb: np.ndarray, landmarks_by_set: Mapping[str, ArrayLike], verts_screen: ArrayLike,
-                    faces: ArrayLike, mesh_alpha: float = 0.6, normals: Optional[ArrayLike] = None,
-                    colors: Optional[Mapping[str, Sequence[int]]] = None, cull_backfaces: bool = True,
-                    fragments: Optional[Fragments] = None) -> np.ndarray:
+                    faces: ArrayLike, mesh_alpha: float = 0.6, normals: ArrayLike | None = None,
+                    colors: Mapping[str, Sequence[int]] | None = None, cull_backfaces: bool = True,
+                    fragments: Fragments | None = None) -> np.ndarray:
     """One video frame: input | input with the landmarks | the shaded mesh blended over the input.
 
     Args:
         crop_rgb: (H, W, 3) uint8 frame the camera refers to.
         landmarks_by_set: name -> (N, 2) pixel coordinates (see ``draw_landmarks``).
-        verts_screen, faces, normals, cull_backfaces: the mesh (see ``shade``).
+        verts_screen, faces, normals, cull_backfaces: the mesh (see ``gray_mesh``).
         mesh_alpha: opacity of the mesh over the input.
         fragments: the frame's rasterisation when already done (``depth.rasterize_frame``: ``faces``
             then the mouth triangles, which the overlay does not draw); else rasterised here.
@@ -187,7 +184,7 @@ class VideoWriter:
 
     FOURCC = "mp4v"
 
-    def __init__(self, path: Union[str, os.PathLike], fps: float, size: Tuple[int, int]):
+    def __init__(self, path: str | os.PathLike, fps: float, size: tuple[int, int]):
         self.path = Path(path)
         self.width, self.height = int(size[0]), int(size[1])
         self.frames = 0
@@ -231,7 +228,7 @@ class VideoWriter:
         err = RuntimeError("video aborted")
         self._stack.__exit__(type(err), err, None)  # removes the temporary file
 
-    def __enter__(self) -> "VideoWriter":
+    def __enter__(self) -> VideoWriter:
         return self
 
     def __exit__(self, exc_type, exc, tb) -> bool:

@@ -17,7 +17,7 @@ estimated from them (depth rescaled to the x/y extent; approximate).
 """
 from __future__ import annotations
 
-from typing import Callable, Dict, List, Mapping, Optional, Tuple, Union
+from collections.abc import Callable, Mapping
 
 import torch
 
@@ -28,7 +28,7 @@ __all__ = ["PhotometricRefiner", "ProjectOutput"]
 
 
 # project_fn returns screen vertices (V, 3) = (x px, y px, depth), or (screen, camera-frame vertices).
-ProjectOutput = Union[torch.Tensor, Tuple[torch.Tensor, torch.Tensor]]
+ProjectOutput = torch.Tensor | tuple[torch.Tensor, torch.Tensor]
 
 
 class _Adam:
@@ -36,7 +36,7 @@ class _Adam:
     ``torch.optim.Adam``, whose first step imports ``torch._dynamo`` (seconds, once per process),
     this costs nothing to start."""
 
-    def __init__(self, groups: List[Tuple[torch.Tensor, float]], betas=(0.9, 0.999), eps: float = 1e-8):
+    def __init__(self, groups: list[tuple[torch.Tensor, float]], betas=(0.9, 0.999), eps: float = 1e-8):
         self.groups = groups
         self.b1, self.b2, self.eps = betas[0], betas[1], eps
         self.m = [torch.zeros_like(p) for p, _ in groups]
@@ -47,7 +47,7 @@ class _Adam:
     def step(self) -> None:
         self.t += 1
         c1, c2 = 1.0 - self.b1 ** self.t, 1.0 - self.b2 ** self.t
-        for (p, lr), m, v in zip(self.groups, self.m, self.v):
+        for (p, lr), m, v in zip(self.groups, self.m, self.v, strict=True):
             if p.grad is None:
                 continue
             g = p.grad
@@ -73,8 +73,8 @@ class PhotometricRefiner:
             under an OpenCV camera): faster, and the mouth gap shows no inside of the head.
     """
 
-    def __init__(self, faces, n_vertices: int, height: int, width: int, device: Union[str, torch.device] = "cpu",
-                 vertex_weights: Optional[torch.Tensor] = None, loss: str = "l1", cull_backfaces: bool = True):
+    def __init__(self, faces, n_vertices: int, height: int, width: int, device: str | torch.device = "cpu",
+                 vertex_weights: torch.Tensor | None = None, loss: str = "l1", cull_backfaces: bool = True):
         if loss not in ("l1", "l2"):
             raise ValueError(f"PhotometricRefiner: loss must be 'l1' or 'l2', got {loss!r}")
         self.device = torch.device(device)
@@ -89,7 +89,7 @@ class PhotometricRefiner:
         self.cull_backfaces = bool(cull_backfaces)
 
     # ------------------------------------------------------------------ rendering
-    def _split(self, out: ProjectOutput) -> Tuple[torch.Tensor, torch.Tensor]:
+    def _split(self, out: ProjectOutput) -> tuple[torch.Tensor, torch.Tensor]:
         """Screen vertices and the vertices whose normals light the surface."""
         if isinstance(out, (tuple, list)):
             return out[0], out[1]
@@ -98,8 +98,8 @@ class PhotometricRefiner:
         scale = 0.5 * (ext[0] + ext[1]) / ext[2]
         return out, out * torch.stack([torch.ones_like(scale), torch.ones_like(scale), scale])
 
-    def _render_covered(self, projected: ProjectOutput, albedo: Optional[torch.Tensor] = None,
-                        sh: Optional[torch.Tensor] = None) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def _render_covered(self, projected: ProjectOutput, albedo: torch.Tensor | None = None,
+                        sh: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Flat indices of the covered pixels (P,), their colours (3, P) (channels first: faster on
         CPU) and error weights (P,)."""
         screen, cam = self._split(projected)
@@ -115,8 +115,8 @@ class PhotometricRefiner:
             return pix, vals[:3], vals[3].detach()
         return pix, vals, torch.ones_like(vals[0]).detach()
 
-    def render(self, projected: ProjectOutput, albedo: Optional[torch.Tensor] = None,
-               sh: Optional[torch.Tensor] = None) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def render(self, projected: ProjectOutput, albedo: torch.Tensor | None = None,
+               sh: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Differentiable render.
 
         Args:
@@ -165,12 +165,12 @@ class PhotometricRefiner:
         self.albedo_initialised = True
 
     # ------------------------------------------------------------------ fitting
-    def refine(self, image: torch.Tensor, project_fn: Callable[[Dict[str, torch.Tensor]], ProjectOutput],
-               params: Mapping[str, torch.Tensor], iters: int = 30, lr: Union[float, Mapping[str, float]] = 1e-3,
+    def refine(self, image: torch.Tensor, project_fn: Callable[[dict[str, torch.Tensor]], ProjectOutput],
+               params: Mapping[str, torch.Tensor], iters: int = 30, lr: float | Mapping[str, float] = 1e-3,
                fit_appearance: bool = True, lr_albedo: float = 0.02, lr_sh: float = 0.01,
-               image_mask: Optional[torch.Tensor] = None,
-               extra_loss: Optional[Callable[[Dict[str, torch.Tensor]], torch.Tensor]] = None,
-               photometric_weight: float = 1.0) -> Tuple[Dict[str, torch.Tensor], List[float]]:
+               image_mask: torch.Tensor | None = None,
+               extra_loss: Callable[[dict[str, torch.Tensor]], torch.Tensor] | None = None,
+               photometric_weight: float = 1.0) -> tuple[dict[str, torch.Tensor], list[float]]:
         """Minimise the photometric error with Adam.
 
         Args:
@@ -202,7 +202,7 @@ class PhotometricRefiner:
             self.albedo = self.albedo.detach().requires_grad_(True)
             self.sh = self.sh.detach().requires_grad_(True)
             groups += [(self.albedo, float(lr_albedo)), (self.sh, float(lr_sh))]
-        history: List[float] = []
+        history: list[float] = []
         if not groups or iters <= 0:
             return {k: v.detach() for k, v in p.items()}, history
         opt = _Adam(groups)

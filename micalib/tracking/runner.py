@@ -43,7 +43,7 @@ from micalib.tracking.crop import transform_points
 from micalib.tracking.depth import DepthMesh
 from micalib.tracking.fitting import FrameState, Intrinsics, LandmarkFitter, interpolate_state, pick_keyframes
 from micalib.tracking.frames import open_frames, prefetch
-from micalib.tracking.identity import mica_identity, mica_loader
+from micalib.tracking.identity import mica_identity
 from micalib.tracking.layout import TrackLayout
 from micalib.tracking.limits import check_track_options, check_tracker_config
 from micalib.tracking.model import TrackingFLAME, load_eyelids, load_mediapipe_embedding, observations
@@ -63,21 +63,13 @@ from utils.errors import MICAError
 from utils.identity import read_identity
 from utils.io import atomic_save_npy, atomic_write_bytes, atomic_write_text, remove_stale_temps, written_file
 from utils.mesh import obj_text
+from utils.timing import StageTimer
 
 # Faceless frames kept in memory while waiting for the next tracked frame (beyond: held, not interpolated).
 MAX_HELD = 250
 CSV_FIELDS = ["frame", "input_frame", "time_s", "face_found", "landmarks_used", "rms_mediapipe_px",
               "rms_iris_px", "rms_ibug68_px", "interpolated"]
 
-
-@dataclass
-class Timings:
-    """Seconds spent per stage (bench/track.py reports them)."""
-
-    stages: dict[str, float] = field(default_factory=dict)
-
-    def add(self, name: str, seconds: float) -> None:
-        self.stages[name] = self.stages.get(name, 0.0) + seconds
 
 
 def check_assets(paths: dict[str, Path]) -> None:
@@ -150,7 +142,7 @@ class TrackRunner:
         self.flame_files = dict(flame_files or {})
         self.masks_path = None if masks_path is None else Path(masks_path)
         self.size = int(options.image_size)
-        self.timings = Timings()
+        self.timings = StageTimer()
         self.skipped = 0
         self._box = None  # the one crop box of this run's landmark pass
         self._n_cached = 0  # frames in the crop cache
@@ -178,6 +170,8 @@ class TrackRunner:
                            "model.flame_lmk_embedding_path": resolve_path(cfg.model.flame_lmk_embedding_path)}
             check_assets(flame_files)
             flame = FLAME.from_config(cfg)
+
+        from micalib.predictor import mica_loader
 
         return cls(options, input_path, out_root, flame, load_mica=mica_loader(cfg, options.device),
                    identity_path=identity_path, landmarks_path=landmarks_path, source=source,

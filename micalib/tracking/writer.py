@@ -52,7 +52,7 @@ def png_bytes(rgb: np.ndarray, compression: int) -> bytes:
 
 def ply_metres(verts: np.ndarray, faces: np.ndarray) -> bytes:
     """The project's binary PLY, in metres like the tracker's FLAME and ``opencv`` block."""
-    return ply_bytes(verts, faces).replace(b"comment MICA FLAME mesh, millimetres", b"comment MICA FLAME mesh, metres", 1)
+    return ply_bytes(verts, faces, unit="metres")
 
 
 def overlay_frame(crop: np.ndarray, detected: np.ndarray, geom: Future, faces: np.ndarray) -> np.ndarray:

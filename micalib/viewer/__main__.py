@@ -4,12 +4,10 @@ every clip in a ``track.py -o`` folder, or of a demo output folder; prints the p
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
-from loguru import logger
-
 from utils.errors import MICAError, run_main
+from utils.log_setup import setup_logging
 
 
 def main(argv=None) -> int:
@@ -37,6 +35,5 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    logger.remove()
-    logger.add(sys.stderr, format="<level>{level: <8}</level> {message}", level="INFO")
+    setup_logging()
     run_main(main)

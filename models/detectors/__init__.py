@@ -16,8 +16,8 @@ Modules: ``face`` (``Face``, ``FaceDetector``, ``pick_centre_face``), ``nms``, `
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Optional, Sequence, Union
 
 import torch
 from loguru import logger
@@ -27,15 +27,15 @@ from models.detectors.mtcnn import MTCNN
 from models.detectors.scrfd import _ANTELOPE_HOWTO, DEFAULT_ANTELOPEV2_DIR, SCRFD, SCRFD_FILE
 from utils.errors import MICAError
 
-PathLike = Union[str, os.PathLike]
+PathLike = str | os.PathLike
 
-__all__ = ["Face", "FaceDetector", "SCRFD", "MTCNN", "create_detector", "pick_centre_face",
+__all__ = ["Face", "FaceDetector", "SCRFD", "MTCNN", "create_detector", "detector_from_config", "pick_centre_face",
            "DEFAULT_ANTELOPEV2_DIR", "SCRFD_FILE"]
 
 
 def create_detector(name: str = "auto", antelopev2_dir: PathLike = DEFAULT_ANTELOPEV2_DIR,
                     det_size: Sequence[int] = (224, 224), threshold: float = 0.5,
-                    device: Union[str, torch.device] = "cpu", mtcnn_max_side: Optional[int] = 320) -> FaceDetector:
+                    device: str | torch.device = "cpu", mtcnn_max_side: int | None = 320) -> FaceDetector:
     """Build a face detector.
 
     Args:
@@ -62,3 +62,16 @@ def create_detector(name: str = "auto", antelopev2_dir: PathLike = DEFAULT_ANTEL
     if name == "mtcnn":
         return MTCNN(threshold=threshold, device=device, max_side=mtcnn_max_side)
     raise MICAError(f"unknown detector '{name}' (use auto, scrfd or mtcnn)")
+
+
+def detector_from_config(cfg, device: str | torch.device = "cpu",
+                         threshold: float | None = None) -> FaceDetector:
+    """The one builder of the detector from the config's ``detector.*`` keys (demo.py, test.py, the
+    tracker): ``create_detector(detector.name, detector.antelopev2_dir, detector.det_size,
+    threshold (default detector.threshold), device, detector.mtcnn_max_side)``."""
+    from configs.config import resolve_path
+
+    return create_detector(cfg.detector.name, antelopev2_dir=resolve_path(cfg.detector.antelopev2_dir),
+                           det_size=tuple(cfg.detector.det_size),
+                           threshold=cfg.detector.threshold if threshold is None else threshold, device=device,
+                           mtcnn_max_side=cfg.detector.mtcnn_max_side)

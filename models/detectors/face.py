@@ -7,8 +7,9 @@ Keypoints are in ArcFace order: left eye, right eye, nose, left mouth corner, ri
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Optional, Protocol, Sequence
+from typing import Protocol
 
 import numpy as np
 
@@ -44,7 +45,7 @@ def check_image(image_rgb: np.ndarray) -> np.ndarray:
 
 
 
-def pick_centre_face(faces: Sequence[Face], image_shape: Sequence[int]) -> Optional[Face]:
+def pick_centre_face(faces: Sequence[Face], image_shape: Sequence[int]) -> Face | None:
     """The face whose box centre is closest to the image centre (MICA's choice among several).
 
     Args:

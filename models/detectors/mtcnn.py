@@ -9,8 +9,9 @@ import importlib.metadata
 import importlib.util
 import os
 import pickle
+from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager
 from pathlib import Path
-from typing import Callable, ContextManager, Optional, Sequence, Union
 
 import cv2
 import numpy as np
@@ -21,7 +22,7 @@ from models.detectors.face import Face, check_image
 from models.detectors.nms import nms
 from utils.errors import MICAError
 
-PathLike = Union[str, os.PathLike]
+PathLike = str | os.PathLike
 
 __all__ = ["MTCNN", "PNet", "RNet", "ONet", "find_mtcnn_weights", "shrink_area"]
 
@@ -45,7 +46,7 @@ class PNet(nn.Module):
         self.conv4_1 = nn.Conv2d(32, 2, 1)
         self.conv4_2 = nn.Conv2d(32, 4, 1)
 
-    def forward(self, x: torch.Tensor, sizes: Optional[Sequence[tuple[int, int]]] = None
+    def forward(self, x: torch.Tensor, sizes: Sequence[tuple[int, int]] | None = None
                 ) -> tuple[torch.Tensor, torch.Tensor]:
         """``sizes``: per batch item the (height, width) of the image at the top-left of a larger
         canvas; outputs within :meth:`output_size` of it then equal those of the image alone
@@ -196,9 +197,9 @@ class MTCNN:
         device: torch device for the networks (default cpu).
     """
 
-    def __init__(self, weights_dir: Optional[PathLike] = None, min_face_size: int = 20,
+    def __init__(self, weights_dir: PathLike | None = None, min_face_size: int = 20,
                  thresholds: Sequence[float] = (0.6, 0.7, 0.7), factor: float = 0.709, threshold: float = 0.0,
-                 max_side: Optional[int] = 320, device: Union[str, torch.device] = "cpu") -> None:
+                 max_side: int | None = 320, device: str | torch.device = "cpu") -> None:
         folder = Path(weights_dir).expanduser() if weights_dir is not None else find_mtcnn_weights()
         self.device = torch.device(device)
         self.pnet, self.rnet, self.onet = PNet(), RNet(), ONet()
@@ -224,9 +225,9 @@ class MTCNN:
         self.max_side = int(max_side) if max_side else None
         # ``timer(stage)`` -> context manager: where the time goes (bench/demo.py sets a StageTimer);
         # stages det:shrink, det:pyramid, det:pnet, det:nms, det:rnet, det:onet. None = not timed.
-        self.timer: Optional[Callable[[str], ContextManager]] = None
+        self.timer: Callable[[str], AbstractContextManager] | None = None
 
-    def _timed(self, stage: str) -> ContextManager:
+    def _timed(self, stage: str) -> AbstractContextManager:
         return self.timer(stage) if self.timer is not None else contextlib.nullcontext()
 
     # -- helpers (boxes are (N,4) float64 numpy in MTCNN's 1-based inclusive pixel convention) --
@@ -274,7 +275,7 @@ class MTCNN:
     @staticmethod
     def _batched(net: nn.Module, x: torch.Tensor, batch: int = 512) -> list[np.ndarray]:
         outs = [net(x[i:i + batch]) for i in range(0, len(x), batch)]
-        return [torch.cat(o).float().cpu().numpy().astype(np.float64) for o in zip(*outs)]
+        return [torch.cat(o).float().cpu().numpy().astype(np.float64) for o in zip(*outs, strict=True)]
 
     def _scales(self, h: int, w: int) -> list[float]:
         m = 12.0 / self.min_face_size
@@ -316,7 +317,7 @@ class MTCNN:
                 factors.append(sxy)
         found = self._cascade(small)
         return [faces if sxy is None else [Face(f.box / np.tile(sxy, 2), f.kps / sxy, f.score) for f in faces]
-                for faces, sxy in zip(found, factors)]
+                for faces, sxy in zip(found, factors, strict=True)]
 
     def _pnet_candidates(self, imgs: Sequence[np.ndarray]) -> list[np.ndarray]:
         """Stage 1 for every photo: P-Net over the pyramid, per-scale NMS 0.5, then NMS 0.7 across
@@ -328,7 +329,7 @@ class MTCNN:
         for s_idx, scale in enumerate(scales):
             levels = {}
             with self._timed("det:pyramid"):
-                for k, (img, (h, w)) in enumerate(zip(imgs, sizes)):
+                for k, (img, (h, w)) in enumerate(zip(imgs, sizes, strict=True)):
                     if s_idx < n_levels[k]:
                         levels[k] = cv2.resize(img, (int(w * scale + 1), int(h * scale + 1)),
                                                interpolation=cv2.INTER_AREA)
@@ -375,7 +376,7 @@ class MTCNN:
                 size: int) -> list[list[np.ndarray]]:
         """Run ``net`` once on the ``size`` crops of every photo's ``boxes``; outputs split per photo."""
         counts = [len(b) for b in boxes]
-        crops = [self._crops(img, b, size) for img, b in zip(imgs, boxes) if len(b)]
+        crops = [self._crops(img, b, size) for img, b in zip(imgs, boxes, strict=True) if len(b)]
         if not crops:
             return [[] for _ in imgs]
         outs = self._batched(net, torch.cat(crops))

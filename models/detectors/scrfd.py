@@ -5,8 +5,8 @@ The pack is licence-restricted and never downloaded at run time.
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Optional, Sequence, Union
 
 import cv2
 import numpy as np
@@ -15,7 +15,7 @@ from models.detectors.face import Face, check_image
 from models.detectors.nms import nms
 from utils.errors import MICAError
 
-PathLike = Union[str, os.PathLike]
+PathLike = str | os.PathLike
 
 __all__ = ["SCRFD", "SCRFD_FILE", "DEFAULT_ANTELOPEV2_DIR"]
 
@@ -48,7 +48,7 @@ class SCRFD:
     INPUT_STD = 128.0
 
     def __init__(self, model_path: PathLike, det_size: Sequence[int] = (224, 224), threshold: float = 0.5,
-                 nms_threshold: float = 0.4, providers: Optional[Sequence[str]] = None) -> None:
+                 nms_threshold: float = 0.4, providers: Sequence[str] | None = None) -> None:
         import onnxruntime as ort
 
         self.model_path = Path(model_path).expanduser()
@@ -155,7 +155,7 @@ class SCRFD:
         else photo by photo. Same faces as ``detect`` on each photo."""
         if not self.batched or len(images_rgb) < 2:
             return [self.detect(im) for im in images_rgb]
-        blobs, scales = zip(*(self.preprocess(im) for im in images_rgb))
+        blobs, scales = zip(*(self.preprocess(im) for im in images_rgb), strict=True)
         outputs = self.session.run(self.output_names, {self.input_name: np.concatenate(blobs)})
         return [self.decode([o[b:b + 1] for o in outputs], scale) for b, scale in enumerate(scales)]
 

@@ -269,6 +269,11 @@ def test_vanished_source_finishes_the_files_and_says_so(syn, tmp_path):
     n = sess.stats.tracked
     assert n > 0 and len(list(csvrows(out / "tracking.csv"))) == n
     assert len(list((out / "checkpoint").iterdir())) == n and len(list((out / "mesh").iterdir())) == n
+    # the same per-frame files as offline: a depth PNG per frame, its face nearer than 65 m and where the mesh is
+    depths = sorted((out / "depth").iterdir())
+    assert [p.name for p in depths] == [f"{k:05d}.png" for k in range(n)]
+    d = cv2.imread(str(depths[-1]), cv2.IMREAD_UNCHANGED)
+    assert d.dtype == np.uint16 and d.ndim == 2 and 0 < (d > 0).mean() < 1 and d.max() < 65535
     assert box["msgs"][-1]["type"] == "end" and box["msgs"][-1]["reason"] == "source failed"
 
 

@@ -108,10 +108,18 @@ def writer_factory(cfg, o: LiveOptions, source: LiveSource):
     if layout.has_frames():
         raise MICAError(f"{layout.root} already holds tracked frames; pass another -o (a live run never resumes)")
     png_compression = track_options(cfg, o).png_compression
+    from configs.config import resolve_path
+
+    masks_path = resolve_path(cfg.model.flame_masks_path)
 
     def make(tracker: OnlineTracker):
+        from models.flame_io import load_flame_masks
+
+        masks = None  # depth/ keeps the neck boundary and ears without them (the offline runner warns)
+        if masks_path is not None and Path(masks_path).is_file():
+            masks = load_flame_masks(masks_path, n_vertices=tracker.model.flame.n_vertices)
         return LiveWriter(layout, tracker.model, tracker.identity, tracker.k, tracker.size, tracker.framing.matrix,
-                          source.fps or 25.0, video=o.video, png_compression=png_compression)
+                          source.fps or 25.0, video=o.video, png_compression=png_compression, masks=masks)
 
     make.layout = layout
     return make

@@ -42,6 +42,7 @@ class OnlineResult:
     rms: dict
     crop: np.ndarray | None    # RGB crop (size x size) when the source has images
     valid: np.ndarray | None = None  # which of the model's points had a landmark
+    detected: np.ndarray | None = None  # the fit's targets in crop pixels, NaN where unused (the overlay's green)
 
 
 class Framing:
@@ -151,7 +152,8 @@ class OnlineTracker:
             else:  # a diverged fit never reaches a client or a file: the frame keeps the last state
                 logger.warning(f"live: the fit of frame {cap.index} diverged; it keeps the previous state")
                 face = False
-        res = OnlineResult(self.n_tracked, cap, face, self.prev.copy(), rms, crop, valid)
+        res = OnlineResult(self.n_tracked, cap, face, self.prev.copy(), rms, crop, valid,
+                           np.where(valid[:, None], obs, np.nan))
         self.n_tracked += 1
         return res
 

@@ -22,10 +22,11 @@ from loguru import logger
 
 from micalib.live.online import OnlineResult
 from micalib.tracking import crop as cropmod
+from micalib.tracking.depth import DepthMesh, DepthStats, depth_mm, depth_png_bytes, frame_geometry
 from micalib.tracking.layout import TrackLayout
 from micalib.tracking.outputs import frame_dict, save_frame
 from micalib.tracking.runner import CSV_FIELDS, csv_row
-from micalib.tracking.writer import overlay_frame, ply_metres, png_bytes
+from micalib.tracking.writer import DEPTH_PNG_COMPRESSION, overlay_frame, ply_metres, png_bytes
 from utils.io import atomic_save_npy, atomic_write_bytes, atomic_write_text
 from utils.mesh import obj_text
 
@@ -37,8 +38,10 @@ class LiveWriter:
     pixels); ``matrix``: the crop box (input px -> crop px); ``video``: write ``video.mp4``."""
 
     def __init__(self, layout: TrackLayout, model, identity: np.ndarray, k: np.ndarray, size: int, matrix: np.ndarray,
-                 fps: float, video: bool = True, capacity: int = 16, png_compression: int = 1) -> None:
+                 fps: float, video: bool = True, capacity: int = 16, png_compression: int = 1,
+                 masks: dict | None = None) -> None:
         self.layout, self.model, self.identity, self.k, self.size = layout, model, identity, k, int(size)
+        self.depth_mesh, self.depth_stats = DepthMesh.build(model.faces, model.flame.n_vertices, masks), DepthStats()
         self.out = layout.root
         self.matrix, self.fps, self.png_compression = matrix, float(fps), int(png_compression)
         layout.make_dirs()
@@ -78,10 +81,12 @@ class LiveWriter:
 
     def _write(self, res: OnlineResult) -> None:
         st, lay = res.state, self.layout
-        verts = self.model.vertices(st.exp, st.pose, st.eyelids)[0]
+        g = frame_geometry(self.model, self.depth_mesh, st, self.k, self.size)  # one rasterisation, as offline
         if res.crop is not None:
             atomic_write_bytes(lay.png(res.frame), png_bytes(res.crop, self.png_compression), fsync=False)
-        atomic_write_bytes(lay.mesh(res.frame), ply_metres(verts, self.model.faces), fsync=False)
+        atomic_write_bytes(lay.mesh(res.frame), ply_metres(g.verts, self.model.faces), fsync=False)
+        depth = depth_mm(g.fragments, g.depth_offset, self.depth_mesh, self.size, self.size, self.depth_stats)
+        atomic_write_bytes(lay.depth(res.frame), depth_png_bytes(depth, DEPTH_PNG_COMPRESSION), fsync=False)
         data = frame_dict(st.exp, st.pose, st.eyelids, self.identity, st.r, st.t, self.k, (self.size, self.size),
                           res.frame, res.frame)
         save_frame(lay.frame(res.frame), data)
@@ -94,7 +99,7 @@ class LiveWriter:
                 self.overlays_shed += 1
                 return
             try:
-                self.overlays.put_nowait((res.crop, verts, st))
+                self.overlays.put_nowait((res.crop, res.detected, g))
             except queue.Full:
                 self.overlays_shed += 1
 
@@ -107,12 +112,12 @@ class LiveWriter:
             item = self.overlays.get()
             if item is None:
                 return
-            crop, verts, st = item
+            crop, detected, geom = item
             done: Future = Future()
-            done.set_result(verts)
+            done.set_result(geom)
             if self._video is None:
                 self._video = VideoWriter(self.layout.video, self.fps, (3 * self.size, self.size))
-            self._video.write(overlay_frame(crop, {}, done, self.model.faces, st, self.k))
+            self._video.write(overlay_frame(crop, detected, done, self.model.faces))
 
     # ------------------------------------------------------------------------------------------
     def close(self) -> None:

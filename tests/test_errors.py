@@ -48,7 +48,7 @@ def _cases(tmp):
         ("test", ["model.n_shape", "0"], "model.n_shape must be in 1..300"),
         ("test", ["--cfg", str(tmp / "none.yml")], "does not exist"),
         ("track", ["-i", str(tmp / "none.mp4"), "-o", str(tmp / "t")], "does not exist"),
-        ("track", ["-i", str(photos), "-o", str(tmp / "t"), "--image-size", "32"], "--image-size 32 is too small"),
+        ("track", ["-i", str(photos), "-o", str(tmp / "t"), "--image-size", "32"], "--image-size must be in 64..4096"),
         ("micalib.export.cli", ["--onnx", str(tmp / "x.onnx"), "-m", str(tmp / "none.tar")], "not found"),
         ("micalib.inference.merge_summaries", [str(tmp / "nothing")], "no completion records"),
         ("micalib.export.gltf", [str(tmp / "nothing")], "is not a folder"),

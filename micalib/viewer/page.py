@@ -29,6 +29,7 @@ import os
 import shutil
 from pathlib import Path
 from typing import Union
+from urllib.parse import quote
 
 import numpy as np
 
@@ -162,11 +163,11 @@ def write_demo_page(output_dir: PathLike, arcface_dir: PathLike | None = None) -
         script = f"meshes/{k:05d}.js"
         atomic_write_text(output_dir / VIEWER_DIR / script, f"window.MICA_MESH[{json.dumps(name)}] = "
                           f"{json.dumps(base64.b64encode(data).decode())};\n", fsync=False)
-        crop = None
+        crop = None  # a URL relative to index.html: percent-encoded, so '#', '?', '%' in names stay in the path
         if arcface_dir is not None and (Path(arcface_dir) / f"{name}.jpg").is_file():
-            crop = Path(os.path.relpath(Path(arcface_dir) / f"{name}.jpg", output_dir)).as_posix()
+            crop = quote(Path(os.path.relpath(Path(arcface_dir) / f"{name}.jpg", output_dir)).as_posix())
         elif (ply.parent / "render.png").is_file():
-            crop = f"{name}/render.png"
+            crop = quote(f"{name}/render.png")
         row = rows.get(name, {})
         items.append({"name": name, "script": f"{VIEWER_DIR}/{script}", "crop": crop,
                       "summary": {k2: row[k2] for k2 in ("input", "status", "faces", "score") if row.get(k2)}})

@@ -1,0 +1,57 @@
+"""The demo viewer page's links with odd file names (no browser): every URL the page hands the
+browser (``img.src`` of the crops, ``script.src`` of the meshes) resolves, by RFC 3986 as a
+browser resolves it against ``index.html``'s file:// URL (``urllib.parse.urljoin``), to the file
+it names. A name with ``#``, ``?`` or ``%`` cut the URL short (fragment / query) or decoded to
+another file before the crop paths were percent-encoded."""
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from urllib.parse import unquote, urljoin, urlsplit
+from urllib.request import url2pathname
+
+import numpy as np
+import pytest
+
+from micalib.viewer.page import write_demo_page
+from tests.synthetic_flame import _random_topology
+from utils.mesh import write_mesh
+
+NAMES = ("photo #1", "what?", "100% me", "café", "it's \"quoted\"", "a</script><script>alert(1)")
+
+
+def _data(index: Path) -> dict:
+    text = (index.parent / "viewer" / "data.js").read_text()
+    m = re.fullmatch(r"window\.MICA_VIEW = (.*);\n", text, re.S)
+    assert m, text[:200]
+    return json.loads(m.group(1))
+
+
+def _target(index: Path, url: str) -> Path:
+    """The file a browser opens for ``url`` written in ``index``."""
+    parts = urlsplit(urljoin(index.as_uri(), url))
+    assert parts.scheme == "file" and not parts.query and not parts.fragment, url
+    return Path(url2pathname(parts.path))
+
+
+@pytest.mark.parametrize("with_arcface", [False, True])
+def test_demo_page_urls_reach_their_files_with_odd_names(tmp_path, with_arcface):
+    verts, faces = _random_topology(np.random.default_rng(0))
+    out, arc = tmp_path / "out dir", tmp_path / "arc#face"
+    for name in NAMES:
+        (out / name).mkdir(parents=True)
+        write_mesh(out / name / "mesh.ply", verts * 1000.0, faces)
+        (out / name / "render.png").write_bytes(b"render of " + name.encode())
+        (arc / name).parent.mkdir(parents=True, exist_ok=True)
+        (arc / f"{name}.jpg").write_bytes(b"crop of " + name.encode())
+    index = write_demo_page(out, arc if with_arcface else None)
+    items = _data(index)["items"]
+    assert sorted(i["name"] for i in items) == sorted(NAMES)
+    for item in items:
+        expected = arc / f"{item['name']}.jpg" if with_arcface else out / item["name"] / "render.png"
+        assert _target(index, item["crop"]).resolve() == expected.resolve(), item["crop"]
+        script = _target(index, item["script"])
+        assert f"window.MICA_MESH[{json.dumps(item['name'])}]" in script.read_text()
+    # no name reaches the HTML itself: the page is the same whatever the names
+    assert all(unquote(n) not in index.read_text() for n in NAMES)

@@ -55,3 +55,24 @@ def test_demo_page_urls_reach_their_files_with_odd_names(tmp_path, with_arcface)
         assert f"window.MICA_MESH[{json.dumps(item['name'])}]" in script.read_text()
     # no name reaches the HTML itself: the page is the same whatever the names
     assert all(unquote(n) not in index.read_text() for n in NAMES)
+
+
+def test_one_unreadable_mesh_costs_only_itself(tmp_path):
+    """demo.py --glb's last steps (``demo_glb``, the page) go on past a ``mesh.ply`` they cannot
+    read (a user's file, a cut-short copy): the readable meshes get their .glb and their row."""
+    from micalib.export.gltf import demo_glb
+
+    verts, faces = _random_topology(np.random.default_rng(0))
+    for name in ("a", "c"):
+        (tmp_path / name).mkdir()
+        write_mesh(tmp_path / name / "mesh.ply", verts * 1000.0, faces)
+    (tmp_path / "b").mkdir()
+    (tmp_path / "b" / "mesh.ply").write_text("ply\nformat ascii 1.0\nelement vertex 5\n")
+    written = demo_glb(tmp_path)
+    assert sorted(p.parent.name for p in written) == ["a", "c"]
+    assert not (tmp_path / "b" / "mesh.glb").exists()
+    index = write_demo_page(tmp_path)
+    items = _data(index)["items"]
+    assert [i["name"] for i in items] == ["a", "c"]
+    for item in items:  # each row's script holds that row's mesh
+        assert f"window.MICA_MESH[{json.dumps(item['name'])}]" in _target(index, item["script"]).read_text()

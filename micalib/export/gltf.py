@@ -503,7 +503,8 @@ def mesh_glb_bytes(vertices_m: np.ndarray, faces: np.ndarray, name: str = "mesh"
 
 def demo_glb(output_dir: PathLike, overwrite: bool = False) -> list[Path]:
     """``mesh.glb`` (metres) beside every demo ``mesh.ply`` (millimetres) under ``output_dir``
-    (``--fuse`` results included); an up-to-date one is kept unless ``overwrite``."""
+    (``--fuse`` results included); an up-to-date one is kept unless ``overwrite``; an unreadable
+    ``mesh.ply`` is skipped with a warning."""
     from utils.mesh import read_mesh
 
     written = []
@@ -511,7 +512,11 @@ def demo_glb(output_dir: PathLike, overwrite: bool = False) -> list[Path]:
         dst = ply.with_suffix(".glb")
         if not overwrite and dst.is_file() and dst.stat().st_mtime_ns >= ply.stat().st_mtime_ns:
             continue
-        v_mm, faces = read_mesh(ply)
+        try:
+            v_mm, faces = read_mesh(ply)
+        except MICAError as e:  # one unreadable mesh (not ours, cut short) costs only its own .glb
+            logger.warning(f"{e}; no mesh.glb for it")
+            continue
         atomic_write_bytes(dst, mesh_glb_bytes(v_mm / 1000.0, faces, ply.parent.name), fsync=False)
         written.append(dst)
     return written

@@ -32,7 +32,9 @@ from typing import Union
 from urllib.parse import quote
 
 import numpy as np
+from loguru import logger
 
+from utils.errors import MICAError
 from utils.io import atomic_write_text
 
 PathLike = Union[str, os.PathLike]  # noqa: UP007
@@ -152,15 +154,19 @@ def write_demo_page(output_dir: PathLike, arcface_dir: PathLike | None = None) -
     meshes.mkdir(parents=True, exist_ok=True)
     rows = _summary_rows(output_dir)
     items = []
-    for k, ply in enumerate(sorted(output_dir.rglob("mesh.ply"))):
+    for ply in sorted(output_dir.rglob("mesh.ply")):
         name = ply.parent.relative_to(output_dir).as_posix()
         glb = ply.with_suffix(".glb")
         if glb.is_file() and glb.stat().st_mtime_ns >= ply.stat().st_mtime_ns:
             data = glb.read_bytes()
         else:
-            v_mm, faces = read_mesh(ply)
+            try:
+                v_mm, faces = read_mesh(ply)
+            except MICAError as e:  # one unreadable mesh is left off the page, not the whole page
+                logger.warning(f"{e}; left off the viewer page")
+                continue
             data = mesh_glb_bytes(v_mm / 1000.0, faces, name)
-        script = f"meshes/{k:05d}.js"
+        script = f"meshes/{len(items):05d}.js"
         atomic_write_text(output_dir / VIEWER_DIR / script, f"window.MICA_MESH[{json.dumps(name)}] = "
                           f"{json.dumps(base64.b64encode(data).decode())};\n", fsync=False)
         crop = None  # a URL relative to index.html: percent-encoded, so '#', '?', '%' in names stay in the path

@@ -154,8 +154,9 @@ def tracking_glb_bytes(model, states: list, k: np.ndarray, image_size: tuple[int
     return build_tracking_glb(rig_from_tracking_model(model), clip_from_states(states, k, image_size, fps), pixel_centre)
 
 
-def states_from_frames(frames: list[dict], fps: float) -> ClipStates:
-    """``.frame`` dicts (``micalib.tracking.outputs.read_frame``) of frames 0..N-1 -> ``ClipStates``."""
+def states_from_frames(frames: list[dict], fps: float, k_convention: str = "file") -> ClipStates:
+    """``.frame`` dicts (``micalib.tracking.outputs.read_frame``) of frames 0..N-1 -> ``ClipStates``;
+    ``k_convention``: the pixel convention of their K ("file"; "opencv" in an older track.py's)."""
     from micalib.tracking.camera import rotation_6d_to_matrix
     from micalib.tracking.outputs import k_convert
 
@@ -168,7 +169,8 @@ def states_from_frames(frames: list[dict], fps: float) -> ClipStates:
     size = tuple(int(x) for x in np.asarray(frames[0]["img_size"]).reshape(2))
     return ClipStates(stack("flame", "exp", (100,)), rot, stack("flame", "eyelids", (2,)),
                       stack("opencv", "R", (3, 3)), stack("opencv", "t", (3,)),
-                      np.stack([k_convert(k, "opencv") for k in stack("opencv", "K", (3, 3))]), size, float(fps))
+                      np.stack([k_convert(k, "opencv") if k_convention == "file" else k for k in stack("opencv", "K", (3, 3))]),
+                      size, float(fps))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -440,6 +442,22 @@ def frame_paths(folder: Path) -> list[Path]:
     return paths
 
 
+def k_convention(folder: Path) -> str:
+    """The pixel convention of a tracking folder's ``.frame`` K: "file" (pixel i's centre at
+    i + 0.5: track.py's since run record format 2, and the original's), or "opencv" where the run
+    record is an older track.py's (no ``format``: its K had OpenCV's integer pixel centres)."""
+    from micalib.tracking.layout import RUN_RECORD
+
+    try:
+        record = json.loads((folder / RUN_RECORD).read_text())
+    except (OSError, ValueError):
+        return "file"
+    old = isinstance(record, dict) and not isinstance(record.get("format"), int)
+    if old:
+        logger.info(f"{folder}: written by a track.py before run record format 2: its K is in OpenCV's pixel convention")
+    return "opencv" if old else "file"
+
+
 def read_clip(folder: PathLike, fps: float | None = None) -> tuple[ClipStates, np.ndarray]:
     """Every ``checkpoint/NNNNN.frame`` of a tracking folder -> (``ClipStates``, identity (300,))."""
     from micalib.tracking.outputs import frame_name, read_frame
@@ -452,7 +470,7 @@ def read_clip(folder: PathLike, fps: float | None = None) -> tuple[ClipStates, n
                         f"re-run track.py on it to finish the clip")
     frames = [read_frame(p) for p in paths]
     ident = np.asarray(frames[0]["flame"]["shape"], np.float64).reshape(-1)
-    return states_from_frames(frames, clip_fps(folder) if fps is None else fps), ident
+    return states_from_frames(frames, clip_fps(folder) if fps is None else fps, k_convention(folder)), ident
 
 
 def export_tracking_folder(folder: PathLike, flame_model_path: PathLike, eyelid_paths: tuple | None = None,

@@ -1,8 +1,9 @@
-"""``python -m micalib.export.gltf`` (``read_clip``) on tracking folders of either K convention:
+"""``python -m micalib.export.gltf`` on tracking folders other than today's offline ones. K
+(``read_clip``) in either convention:
 track.py before run record format 2 wrote the ``.frame`` K in OpenCV's pixel convention (integer
 pixel centres, no ``format`` in ``.track_run.json``), since then in the files' (centre at i + 0.5,
 as the original). Both folders of one clip give the same camera; before, the older folder's came
-out half a pixel off its .frame pixels, silently."""
+out half a pixel off its .frame pixels, silently. The frame rate of a live ``-o`` folder."""
 from __future__ import annotations
 
 import json
@@ -36,3 +37,15 @@ def _folder(root, record: dict | None, k_written: np.ndarray):
 def test_clip_k_is_opencv_whatever_the_folder_version(tmp_path, record, k_written):
     clip, _ = read_clip(_folder(tmp_path / "clip", record, k_written))
     np.testing.assert_allclose(clip.K, np.stack([K_CV, K_CV]), atol=1e-4)
+
+
+def test_fps_of_a_live_folder(tmp_path):
+    """A live run's tracking.csv has capture times (its first frame after the warm-up, here at
+    2 s); the clip's frame rate is that of its frames (25 fps), as offline (times k / fps)."""
+    from micalib.export.gltf import clip_fps
+
+    for name, t0 in (("live", 2.0), ("offline", 0.0)):
+        (tmp_path / name).mkdir()
+        rows = "".join(f"{k},{t0 + k / 25.0:.6f}\n" for k in range(50))
+        (tmp_path / name / "tracking.csv").write_text("frame,time_s\n" + rows)
+        assert clip_fps(tmp_path / name) == pytest.approx(25.0, abs=1e-3), name

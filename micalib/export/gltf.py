@@ -415,7 +415,8 @@ def log_report(path: Path, report: dict, size: int) -> None:
 # ---------------------------------------------------------------------------------------------
 def clip_fps(folder: Path) -> float:
     """The output frame rate of a tracking folder: ``.track_run.json``'s ``fps``, else from
-    ``tracking.csv``'s times (frame k at k / fps), else 25."""
+    ``tracking.csv``'s times (evenly spaced from the first row's: offline frame k at k / fps, a live
+    run's at its capture times), else 25."""
     try:
         fps = json.loads((folder / ".track_run.json").read_text()).get("fps")
         if fps:
@@ -425,8 +426,9 @@ def clip_fps(folder: Path) -> float:
     try:
         with open(folder / "tracking.csv", newline="") as f:
             rows = list(csv.DictReader(f))
-        if len(rows) > 1 and float(rows[-1]["time_s"]) > 0:
-            return round((len(rows) - 1) / float(rows[-1]["time_s"]), 3)
+        span = float(rows[-1]["time_s"]) - float(rows[0]["time_s"]) if len(rows) > 1 else 0.0
+        if span > 0:  # a live run's times are capture times: its first frame comes after the warm-up
+            return round((len(rows) - 1) / span, 3)
     except (OSError, ValueError, KeyError):
         pass
     return 25.0

@@ -1,8 +1,9 @@
-"""The demo viewer page's links with odd file names (no browser): every URL the page hands the
+"""The viewer pages' links with odd file names (no browser): every URL the page hands the
 browser (``img.src`` of the crops, ``script.src`` of the meshes) resolves, by RFC 3986 as a
 browser resolves it against ``index.html``'s file:// URL (``urllib.parse.urljoin``), to the file
 it names. A name with ``#``, ``?`` or ``%`` cut the URL short (fragment / query) or decoded to
-another file before the crop paths were percent-encoded."""
+another file before the crop paths were percent-encoded. Also what one bad clip or mesh costs the
+page of a folder: only its own row / page."""
 from __future__ import annotations
 
 import json
@@ -16,6 +17,7 @@ import pytest
 
 from micalib.viewer.page import write_demo_page
 from tests.synthetic_flame import _random_topology
+from utils.errors import MICAError
 from utils.mesh import write_mesh
 
 NAMES = ("photo #1", "what?", "100% me", "café", "it's \"quoted\"", "a</script><script>alert(1)")
@@ -76,3 +78,35 @@ def test_one_unreadable_mesh_costs_only_itself(tmp_path):
     assert [i["name"] for i in items] == ["a", "c"]
     for item in items:  # each row's script holds that row's mesh
         assert f"window.MICA_MESH[{json.dumps(item['name'])}]" in _target(index, item["script"]).read_text()
+
+
+def _clip(root: Path, name: str, glb_age_s: float | None) -> Path:
+    """A tracked-clip folder with one .frame and (unless None) NAME.glb ``glb_age_s`` older than it."""
+    import os
+
+    clip = root / name
+    (clip / "checkpoint").mkdir(parents=True)
+    frame = clip / "checkpoint" / "00000.frame"
+    frame.write_bytes(b"frame")
+    if glb_age_s is not None:
+        glb = clip / f"{name}.glb"
+        glb.write_bytes(b"glTF")
+        t = frame.stat().st_mtime_ns - int(glb_age_s * 1e9)
+        os.utime(glb, ns=(t, t))
+    return clip
+
+
+def test_viewer_of_a_track_folder_goes_past_a_clip_without_its_glb(tmp_path, capsys):
+    """``python -m micalib.viewer OUT`` over several clips: a clip without NAME.glb, or with one
+    older than its frames (a run went on after it), is named with the fix and costs only its page."""
+    from micalib.viewer.__main__ import main
+
+    _clip(tmp_path, "a", None)
+    _clip(tmp_path, "b", 0.0)
+    _clip(tmp_path, "c", 60.0)
+    assert main([str(tmp_path)]) == 1
+    assert capsys.readouterr().out.split() == [str(tmp_path / "b" / "index.html")]
+    assert (tmp_path / "b" / "index.html").is_file()
+    assert not (tmp_path / "a" / "index.html").exists() and not (tmp_path / "c" / "index.html").exists()
+    with pytest.raises(MICAError, match="older than the clip's checkpoint"):
+        main([str(tmp_path / "c")])

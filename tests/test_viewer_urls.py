@@ -110,3 +110,28 @@ def test_viewer_of_a_track_folder_goes_past_a_clip_without_its_glb(tmp_path, cap
     assert not (tmp_path / "a" / "index.html").exists() and not (tmp_path / "c" / "index.html").exists()
     with pytest.raises(MICAError, match="older than the clip's checkpoint"):
         main([str(tmp_path / "c")])
+
+
+def test_clip_page_has_one_entry_per_tracked_frame(tmp_path):
+    """Frame k's background is ``input/k.png`` or none: a live run from landmark rows writes no
+    crops (its page had zero frames, so no slider, no animation); a missing crop shifted every later
+    frame's background onto the wrong frame; a stray PNG in input/ is not a frame."""
+    from micalib.viewer.page import write_tracking_page
+
+    clip = _clip(tmp_path, "c", 0.0)
+    for k in (1, 2):
+        (clip / "checkpoint" / f"{k:05d}.frame").write_bytes(b"frame")
+    (clip / "input").mkdir()
+    for name in ("00000.png", "00002.png", "notes.png"):
+        (clip / "input" / name).write_bytes(b"png")
+    frames = _data(write_tracking_page(clip, clip / "c.glb"))["frames"]
+    assert frames == [quote_path(clip, "input/00000.png"), None, quote_path(clip, "input/00002.png")]
+    for name in ("00000.png", "00002.png", "notes.png"):
+        (clip / "input" / name).unlink()
+    assert _data(write_tracking_page(clip, clip / "c.glb"))["frames"] == [None, None, None]
+
+
+def quote_path(clip: Path, rel: str) -> str:
+    """``rel`` if it reaches ``clip/rel`` from the page (a URL of an existing file)."""
+    assert _target(clip / "index.html", rel) == clip / rel and (clip / rel).is_file()
+    return rel

@@ -122,10 +122,15 @@ def write_tracking_page(folder: PathLike, glb_path: PathLike, landmarks_path: Pa
     from micalib.export.gltf import clip_fps
 
     folder = Path(folder)
-    frames = sorted(p.name for p in (folder / "input").glob("*.png"))
-    n = len(sorted((folder / "checkpoint").glob("*.frame")))
+    from micalib.tracking.layout import CHECKPOINT, FRAME_FILES, INPUT
+    from micalib.tracking.outputs import frame_name
+
+    n = sum(1 for p in (folder / CHECKPOINT).glob("*.frame") if FRAME_FILES[CHECKPOINT].fullmatch(p.name))
+    # frame k's crop, or None (a live run from landmark rows has none): one entry per tracked frame
+    frames = [f"{INPUT}/{frame_name(k)}.png" if (folder / INPUT / f"{frame_name(k)}.png").is_file() else None
+              for k in range(n)]
     data = {"mode": "clip", "name": folder.name, "fps": clip_fps(folder),
-            "frames": [f"input/{f}" for f in frames[:n]],
+            "frames": frames,
             "glb": base64.b64encode(Path(glb_path).read_bytes()).decode(),
             "landmarks": _landmarks(folder, n, None if landmarks_path is None else Path(landmarks_path))}
     return _write_page(folder, f"{folder.name}: tracked clip", data)

@@ -49,3 +49,15 @@ def test_fps_of_a_live_folder(tmp_path):
         rows = "".join(f"{k},{t0 + k / 25.0:.6f}\n" for k in range(50))
         (tmp_path / name / "tracking.csv").write_text("frame,time_s\n" + rows)
         assert clip_fps(tmp_path / name) == pytest.approx(25.0, abs=1e-3), name
+
+
+def test_frames_beyond_99999_come_in_frame_order(tmp_path):
+    """Frame numbers grow to six digits after 99999 (``frame_name``); by name, 100000 sorted
+    between 10000 and 10001."""
+    from micalib.export.gltf import frame_paths
+
+    (tmp_path / "checkpoint").mkdir()
+    numbers = [9999, 10000, 10001, 99999, 100000, 100001]
+    for k in numbers:
+        (tmp_path / "checkpoint" / f"{k:05d}.frame").write_bytes(b"")
+    assert [int(p.stem) for p in frame_paths(tmp_path)] == numbers

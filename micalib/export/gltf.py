@@ -435,10 +435,11 @@ def clip_fps(folder: Path) -> float:
 
 
 def frame_paths(folder: Path) -> list[Path]:
-    """The ``checkpoint/*.frame`` files of a tracking folder, sorted; one-line error without any."""
+    """The ``checkpoint/*.frame`` files of a tracking folder in frame order; one-line error without any."""
     from micalib.tracking.layout import CHECKPOINT, FRAME_FILES
 
-    paths = sorted(p for p in (Path(folder) / CHECKPOINT).glob("*.frame") if FRAME_FILES[CHECKPOINT].fullmatch(p.name))
+    paths = sorted((p for p in (Path(folder) / CHECKPOINT).glob("*.frame") if FRAME_FILES[CHECKPOINT].fullmatch(p.name)),
+                   key=lambda p: int(p.stem))  # by number: 100000 (six digits) comes after 99999
     if not paths:
         raise MICAError(f"{folder} holds no checkpoint/NNNNN.frame files; pass a folder track.py wrote (OUT/NAME)")
     return paths

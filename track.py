@@ -19,7 +19,7 @@ from pathlib import Path
 from loguru import logger
 
 from configs.config import load_cfg
-from utils.errors import UserError, run_main
+from utils.errors import UserError, run_main, sigterm_as_interrupt
 from utils.log_setup import setup_logging
 
 
@@ -81,9 +81,11 @@ def _live_main(args, cfg) -> int:
 
 
 def main(argv=None) -> int:
+    from micalib.tracking.limits import check_track_options
     from utils.io import prepare_output_dir
 
     args = parse_args(argv)
+    check_track_options(args.fps, args.image_size)
     live = args.input is None
     if live:
         for flag, value in (("--photometric", args.photometric or None),
@@ -102,8 +104,6 @@ def main(argv=None) -> int:
         if value is not None:
             opts += [key, value]
     cfg = load_cfg(args.cfg, opts)
-    if args.image_size < 64:
-        raise UserError(f"--image-size {args.image_size} is too small (use e.g. 512)")
     import torch
 
     torch.set_num_threads(1)  # the per-frame work is small; threads are used for writing instead
@@ -116,8 +116,9 @@ def main(argv=None) -> int:
                                      landmarks_path=args.landmarks, fps=25.0 if args.fps is None else args.fps,
                                      image_size=args.image_size, video=not args.no_video, photometric=args.photometric,
                                      device=str(resolve_device(cfg.device)), overwrite=args.overwrite)
-    runner.run(finish=lambda out: finish_outputs(cfg, Path(out), glb=not args.no_glb, page=not args.no_page,
-                                                 landmarks=args.landmarks))
+    with sigterm_as_interrupt():  # as Ctrl-C: the tracked frames' files finished, the crop cache removed, exit 130
+        runner.run(finish=lambda out: finish_outputs(cfg, Path(out), glb=not args.no_glb, page=not args.no_page,
+                                                     landmarks=args.landmarks))
     return 0
 
 
@@ -136,7 +137,7 @@ def finish_outputs(cfg, out: Path, glb: bool = True, page: bool = True, landmark
         from micalib.viewer.page import write_tracking_page
 
         index = write_tracking_page(out, glb_path, landmarks)
-        print(f"viewer page: {index}")
+        print(f"viewer page: {index}".encode("utf-8", "surrogateescape").decode("utf-8", "replace"))  # any bytes
 
 
 if __name__ == "__main__":

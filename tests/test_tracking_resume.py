@@ -125,7 +125,7 @@ def test_damaged_frames_are_tracked_again(tmp_path):
     assert redone == {"00001.frame", "00002.frame", "00003.frame"}
     assert (out / "mesh" / "00001.ply").stat().st_size > 0 and (out / "input" / "00002.png").stat().st_size > 0
     read_frame(out / "checkpoint" / "00003.frame")
-    assert sum("unreadable checkpoint" in m and "00003.frame" in m for m in msgs) == 1
+    assert sum("3 frame(s) with an unreadable checkpoint" in m and "00003.frame" in m for m in msgs) == 1
 
 
 def _no_face_folder(tmp: Path) -> list:

@@ -248,6 +248,34 @@ def prepare_output_dir(folder: PathLike, what: str = "output folder", clean: boo
     return folder
 
 
+@contextlib.contextmanager
+def opencv_path(path: PathLike) -> Iterator[str]:
+    """A name of ``path`` that OpenCV's path-taking calls (``VideoCapture``, ``VideoWriter``) can
+    take: the path itself, or, when it is not valid UTF-8 (a Linux name of arbitrary bytes, which
+    Python holds as surrogate escapes and OpenCV's binding crashes on), an ASCII symbolic link to it
+    in a temporary folder, removed at the end. Writing through the link writes ``path`` (which
+    must then exist, e.g. ``atomic_path``'s temporary file); an opened capture keeps its file open
+    after the link is gone."""
+    name = os.fspath(path)
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:
+        pass
+    else:
+        yield name
+        return
+    folder = tempfile.mkdtemp(prefix="mica-cv-")
+    link = os.path.join(folder, "media" + "".join(c for c in Path(name).suffix if c.isascii() and c.isalnum() or c == "."))
+    try:
+        os.symlink(os.fsencode(os.path.abspath(name)), link)
+        yield link
+    finally:
+        with contextlib.suppress(OSError):
+            os.unlink(link)
+        with contextlib.suppress(OSError):
+            os.rmdir(folder)
+
+
 # ---------------------------------------------------------------------------------------------
 # Paths named by a file (image lists, records); folders that must not overlap
 # ---------------------------------------------------------------------------------------------

@@ -34,6 +34,7 @@ from loguru import logger
 
 from utils.errors import MICAError
 from utils.image_io import list_images, read_image
+from utils.io import opencv_path
 
 PathLike = str | os.PathLike
 
@@ -151,7 +152,8 @@ class VideoFrames(FrameSource):
         level = cv2.utils.logging.getLogLevel()
         cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_ERROR)  # our own message says it
         try:
-            cap = cv2.VideoCapture(str(self.path), cv2.CAP_FFMPEG)
+            with opencv_path(self.path) as name:  # a name of non-UTF-8 bytes crashes OpenCV
+                cap = cv2.VideoCapture(name, cv2.CAP_FFMPEG)
         finally:
             cv2.utils.logging.setLogLevel(level)
         if not cap.isOpened():

@@ -41,6 +41,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
+from loguru import logger
 
 from micalib.tracking.crop import invert_matrix, transform_points, warp
 from utils.errors import MICAError
@@ -328,21 +329,48 @@ _SCHEMA = "arrays 'mediapipe' (T,478,2) and/or 'ibug68' (T,68,2), T = number of 
 _SETS = {"mediapipe": N_MEDIAPIPE, "ibug68": N_IBUG68}
 
 
+def _check_shape(name: str, shape: tuple, dtype: np.dtype, where: str, n_frames: int | None) -> None:
+    n = _SETS[name]
+    if dtype.kind not in "fiu":
+        raise MICAError(f"{where}: '{name}' has dtype {dtype}, not numbers; store float pixel coordinates ({_SCHEMA})")
+    if len(shape) != 3 or tuple(shape[1:]) != (n, 2):
+        raise MICAError(f"{where}: '{name}' has shape {tuple(shape)} but must be (T,{n},2) "
+                        f"(x, y in input-frame pixels; drop any z column with [..., :2])")
+    if n_frames is not None and shape[0] != n_frames:
+        raise MICAError(f"{where}: '{name}' has {shape[0]} rows but the input has {n_frames} frames; "
+                        "give one row per input frame in decoding order (before --fps resampling), NaN where missing")
+
+
 def _check_array(name: str, arr, where: str, n_frames: int | None) -> np.ndarray:
     a = np.asarray(arr)
-    n = _SETS[name]
-    if a.dtype.kind not in "fiu":
-        raise MICAError(f"{where}: '{name}' has dtype {a.dtype}, not numbers; store float pixel coordinates ({_SCHEMA})")
-    if a.ndim != 3 or a.shape[1:] != (n, 2):
-        raise MICAError(f"{where}: '{name}' has shape {tuple(a.shape)} but must be (T,{n},2) "
-                        f"(x, y in input-frame pixels; drop any z column with [..., :2])")
-    if n_frames is not None and a.shape[0] != n_frames:
-        raise MICAError(f"{where}: '{name}' has {a.shape[0]} rows but the input has {n_frames} frames; "
-                        "give one row per input frame in decoding order (before --fps resampling), NaN where missing")
-    a = a.astype(np.float32)
-    if np.isinf(a).any():
-        raise MICAError(f"{where}: '{name}' contains infinite values; use NaN for missing points")
-    return a
+    _check_shape(name, a.shape, a.dtype, where, n_frames)
+    return a.astype(np.float32)
+
+
+def drop_absurd_rows(lm: dict[str, np.ndarray], image_size: tuple[int, int], where: str) -> list[int]:
+    """Make missing (all NaN, in every set) the rows of ``lm`` that cannot be a face in an image of
+    ``image_size`` (w, h): a non-finite coordinate, a coordinate beyond 10x the image size, or the
+    points' box lying more than one image size outside the frame. Points just outside the frame (a
+    face at the border) stay. One warning names the rows; returns them (input frame indices)."""
+    w, h = float(image_size[0]), float(image_size[1])
+    bad = np.zeros(len(next(iter(lm.values()))), bool)
+    for a in lm.values():
+        x, y = a[..., 0].astype(np.float64), a[..., 1].astype(np.float64)
+        fin = np.isfinite(x) & np.isfinite(y)
+        with np.errstate(invalid="ignore"):
+            bad |= (np.isinf(x) | np.isinf(y)).any(1) | ((np.abs(x) > 10 * w) | (np.abs(y) > 10 * h)).any(1)
+        seen = fin.any(1)
+        xmin, xmax = np.where(fin, x, np.inf).min(1), np.where(fin, x, -np.inf).max(1)
+        ymin, ymax = np.where(fin, y, np.inf).min(1), np.where(fin, y, -np.inf).max(1)
+        bad |= seen & ((xmax < -w) | (xmin > 2 * w) | (ymax < -h) | (ymin > 2 * h))
+    rows = np.flatnonzero(bad).tolist()
+    if rows:
+        for a in lm.values():
+            a[bad] = np.nan
+        shown = ", ".join(str(r) for r in rows[:10]) + (", ..." if len(rows) > 10 else "")
+        logger.warning(f"{where}: {len(rows)} landmark row(s) ignored as no face (non-finite, beyond 10x the "
+                       f"{int(w)}x{int(h)} image, or the face more than one image size outside it): input frame(s) {shown}")
+    return rows
 
 
 def save_landmarks_npz(path: PathLike, mediapipe: np.ndarray | None = None,
@@ -361,19 +389,31 @@ def save_landmarks_npz(path: PathLike, mediapipe: np.ndarray | None = None,
     atomic_write_bytes(path, buf.getbuffer(), fsync=fsync)
 
 
-def load_landmarks_npz(path: PathLike, n_input_frames: int | None) -> dict[str, np.ndarray]:
+def _member_header(z: np.lib.npyio.NpzFile, name: str) -> tuple[tuple, np.dtype]:
+    """Shape and dtype of an .npz member from its .npy header alone (nothing allocated)."""
+    with z.zip.open(f"{name}.npy") as f:
+        version = np.lib.format.read_magic(f)
+        read = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+        shape, _fortran, dtype = read(f)
+    return tuple(shape), dtype
+
+
+def load_landmarks_npz(path: PathLike, n_input_frames: int | None, cached: bool = False) -> dict[str, np.ndarray]:
     """Read and validate a landmark file: ``{'mediapipe': (T,478,2), 'ibug68': (T,68,2)}`` float32
     (only the sets present), all-zero rows turned into NaN. ``n_input_frames``: the number T the
-    input has (None: not checked).
+    input has (None: not checked). Each array's header is checked before the array is read (a
+    header claiming 1e8 rows is refused, not allocated). ``cached``: the run's own
+    ``OUT/NAME/landmarks.npz`` (the fix is then to delete it, so the landmarks are detected again).
 
     Raises:
         MICAError: missing or unreadable file, no known array, wrong shape, dtype or row count.
     """
     p = Path(path).expanduser()
-    where = f"landmarks file {p}"
+    where = f"{'cached ' if cached else ''}landmarks file {p}"
     if not p.is_file():
         raise MICAError(f"{where} does not exist (check the --landmarks path)")
-    fix = f"write it with np.savez(path, mediapipe=..., ibug68=...) ({_SCHEMA})"
+    fix = ("delete it and run again (the landmarks are detected again)" if cached
+           else f"write it with np.savez(path, mediapipe=..., ibug68=...) ({_SCHEMA})")
     try:
         z = np.load(p, allow_pickle=False)
     except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
@@ -382,6 +422,11 @@ def load_landmarks_npz(path: PathLike, n_input_frames: int | None) -> dict[str, 
         raise MICAError(f"{where} is a single .npy array, not an .npz archive of named arrays; {fix}")
     try:
         with z:
+            for k in z.files:
+                if k in _SETS:  # before reading: the shape the header claims (a pickle is refused below)
+                    shape, dtype = _member_header(z, k)
+                    if not dtype.hasobject:
+                        _check_shape(k, shape, dtype, where, n_input_frames)
             present = {k: z[k] for k in z.files if k in _SETS}
             others = [k for k in z.files if k not in _SETS]
     except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:

@@ -6,6 +6,9 @@ the original tracker's folder attributes).
              .crops.raw (landmark pass -> second pass, deleted) .track_run.json (the run's options)
              .tracking_rows.jsonl (csv rows of written frames, until tracking.csv has them)
              .track_lock (held while a run writes here: one run per OUT/NAME)
+             .solver/NNNNN.json (a written frame's exact solver state and file sizes, written last:
+             marks the frame finished; micalib/tracking/solver_state.py) and, with --photometric,
+             .solver/NNNNN.appearance.npy (albedo and lighting after that frame, the last 32 kept)
 
 It also keeps the run's hands off the user's files: ``check_input`` refuses an ``OUT/NAME`` that is,
 contains or lies inside the input folder (or holds the input video), ``clear`` (``--overwrite``)
@@ -23,7 +26,7 @@ from micalib.tracking.outputs import frame_name
 from utils.errors import MICAError
 from utils.io import RELATION_WORDS, folder_relation
 
-CHECKPOINT, MESH, INPUT, DEPTH = "checkpoint", "mesh", "input", "depth"
+CHECKPOINT, MESH, INPUT, DEPTH, SOLVER = "checkpoint", "mesh", "input", "depth", ".solver"
 RUN_RECORD = ".track_run.json"
 ROWS_JOURNAL = ".tracking_rows.jsonl"
 CROP_CACHE = ".crops.raw"
@@ -35,6 +38,7 @@ VIEWER = "viewer"  # the viewer page's scripts (micalib.viewer.page)
 # the files of each sub-folder track.py writes (per frame: 5 digits, more beyond frame 99999)
 FRAME_FILES = {CHECKPOINT: re.compile(r"\d{5,}\.frame"), MESH: re.compile(r"\d{5,}\.ply"),
                INPUT: re.compile(r"\d{5,}\.png"), DEPTH: re.compile(r"\d{5,}\.png"),
+               SOLVER: re.compile(r"\d{5,}\.(json|appearance\.npy)"),
                VIEWER: re.compile(r"data\.js|three\.bundle\.js|viewer\.js|THREE_LICENSE\.txt")}
 # what a run derives from its input before the run record exists (cleared when there is no record)
 DERIVED = ("landmarks.npz", "bbox.pt", "identity.npy")
@@ -65,7 +69,7 @@ class TrackLayout:
         self.page = r / "index.html"  # the viewer page (micalib.viewer.page)
 
     def frame(self, k: int) -> Path:
-        """``checkpoint/NNNNN.frame`` of output frame ``k`` (written last: marks the frame finished)."""
+        """``checkpoint/NNNNN.frame`` of output frame ``k``."""
         return self.root / CHECKPOINT / f"{frame_name(k)}.frame"
 
     def mesh(self, k: int) -> Path:
@@ -80,12 +84,20 @@ class TrackLayout:
         """``depth/NNNNN.png`` (camera-space depth in mm, ``micalib.tracking.depth``) of output frame ``k``."""
         return self.root / DEPTH / f"{frame_name(k)}.png"
 
+    def solver_state(self, k: int) -> Path:
+        """``.solver/NNNNN.json``: frame ``k``'s solver record (written last: marks it finished)."""
+        return self.root / SOLVER / f"{frame_name(k)}.json"
+
+    def appearance(self, k: int) -> Path:
+        """``.solver/NNNNN.appearance.npy``: the ``--photometric`` appearance after frame ``k``."""
+        return self.root / SOLVER / f"{frame_name(k)}.appearance.npy"
+
     def has_frames(self) -> bool:
         """Any ``checkpoint/NNNNN.frame`` present."""
         return any(FRAME_FILES[CHECKPOINT].fullmatch(p.name) for p in (self.root / CHECKPOINT).glob("*.frame"))
 
     def make_dirs(self) -> None:
-        for sub in (CHECKPOINT, MESH, INPUT, DEPTH):
+        for sub in (CHECKPOINT, MESH, INPUT, DEPTH, SOLVER):
             (self.root / sub).mkdir(parents=True, exist_ok=True)
 
     def clear(self) -> None:

@@ -117,3 +117,33 @@ def read_frame(path: PathLike) -> dict[str, Any]:
     if not isinstance(data, dict) or not {"flame", "opencv", "camera"} <= set(data):
         raise MICAError(f"tracking checkpoint {path} lacks the flame/camera/opencv blocks; delete it to track again")
     return data
+
+
+# The arrays of a finished frame: (block, key) -> shape (float32 as frame_dict writes them).
+FRAME_SHAPES = {("flame", "exp"): (1, 100), ("flame", "shape"): (1, 300), ("flame", "tex"): (1, N_TEX),
+                ("flame", "sh"): (1, N_SH, 3), ("flame", "eyes"): (1, 12), ("flame", "eyelids"): (1, 2),
+                ("flame", "jaw"): (1, 6), ("camera", "R"): (1, 6), ("camera", "t"): (1, 3), ("camera", "fl"): (1, 1),
+                ("camera", "pp"): (1, 2), ("opencv", "R"): (1, 3, 3), ("opencv", "t"): (1, 3), ("opencv", "K"): (1, 3, 3)}
+
+
+def frame_problem(data: dict[str, Any]) -> str | None:
+    """What makes a read-back ``.frame`` dict unusable as a finished frame (a missing array, a wrong
+    shape, a NaN or infinite value), or None when it has every array of ``frame_dict`` with its
+    shape and finite values."""
+    for (block, key), shape in FRAME_SHAPES.items():
+        sub = data.get(block)
+        value = sub.get(key) if isinstance(sub, dict) else None
+        if value is None:
+            return f"{block}.{key} is missing"
+        arr = np.asarray(value.detach().cpu()) if hasattr(value, "detach") else np.asarray(value)  # a tensor
+        if arr.dtype.kind not in "fiu":
+            return f"{block}.{key} is not numbers ({arr.dtype})"
+        if tuple(arr.shape) != shape:
+            return f"{block}.{key} has shape {tuple(arr.shape)}, not {shape}"
+        if not np.isfinite(arr).all():
+            return f"{block}.{key} holds NaN or infinite values"
+    size = np.asarray(data.get("img_size", ()))
+    if size.shape != (2,) or size.dtype.kind not in "iu" or (size <= 0).any():
+        return f"img_size is {size.tolist()}, not [height, width]"
+    return None
+

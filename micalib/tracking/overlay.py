@@ -21,7 +21,7 @@ from micalib.render.raster import Fragments, rasterize, vertex_normals
 from micalib.render.shading import shade
 from utils.arrays import to_numpy
 from utils.errors import MICAError
-from utils.io import atomic_path
+from utils.io import atomic_path, opencv_path
 
 __all__ = ["AMBIENT", "LANDMARK_COLORS", "VideoWriter", "compose_overlay", "draw_landmarks", "gray_mesh"]
 
@@ -190,7 +190,8 @@ class VideoWriter:
         self.frames = 0
         self._stack = contextlib.ExitStack()
         tmp = self._stack.enter_context(atomic_path(self.path, fsync=False))
-        self._writer = cv2.VideoWriter(str(tmp), cv2.VideoWriter_fourcc(*self.FOURCC), float(fps),
+        name = self._stack.enter_context(opencv_path(tmp))  # a name of non-UTF-8 bytes crashes OpenCV
+        self._writer = cv2.VideoWriter(name, cv2.VideoWriter_fourcc(*self.FOURCC), float(fps),
                                        (self.width, self.height))
         if not self._writer.isOpened():
             err = MICAError(f"cannot write the video {self.path}: OpenCV could not open the '{self.FOURCC}' "

@@ -36,6 +36,21 @@ class PhotometricStage:
         self.refiner = PhotometricRefiner(model.faces, model.flame.n_vertices, image_size, image_size, device=self.device)
         self.history: list = []
 
+    def appearance(self) -> np.ndarray | None:
+        """The albedo (V, 3) and SH lighting (9, 3) carried to the next frame, stacked ((V + 9, 3)
+        float32), or None before the first frame."""
+        r = self.refiner
+        if not r.albedo_initialised:
+            return None
+        return torch.cat([r.albedo.detach(), r.sh.detach().reshape(-1, 3)]).cpu().numpy().astype(np.float32)
+
+    def set_appearance(self, appearance: np.ndarray) -> None:
+        """Continue from an ``appearance()`` (a resumed run)."""
+        r = self.refiner
+        a = torch.as_tensor(np.asarray(appearance, np.float32), device=self.device)
+        r.albedo, r.sh = a[: r.n_vertices].clone(), a[r.n_vertices:].reshape(r.sh.shape).clone()
+        r.albedo_initialised = True
+
     def refine(self, crop_rgb: np.ndarray, st: FrameState, intr: Intrinsics, obs: np.ndarray,
                valid: np.ndarray, contour_bin: int) -> FrameState:
         dev, f32 = self.device, torch.float32

@@ -5,8 +5,9 @@
   section and the FLAME / MediaPipe / eyelid files). A re-run with other options is refused in one
   line naming the option (``--overwrite`` or another ``-o`` is the fix): finished frames are reused
   only by a run with the same options.
-* A frame is finished when its ``checkpoint/NNNNN.frame``, ``mesh/NNNNN.ply`` and
-  ``input/NNNNN.png`` are all complete and the ``.frame`` reads back.
+* A frame is finished when its solver record ``.solver/NNNNN.json`` (``solver_state.py``, written
+  last) is there, its ``checkpoint/NNNNN.frame``, ``mesh/NNNNN.ply``, ``input/NNNNN.png`` and ``depth/NNNNN.png`` have
+  the sizes recorded there, and the ``.frame`` reads back with finite values of the right shapes.
 * ``OUT/NAME/.tracking_rows.jsonl`` holds the csv row of each written frame as it is written (one
   appended line each), so that a killed run's rows are back in ``tracking.csv`` after the re-run.
 """
@@ -22,7 +23,8 @@ from pathlib import Path
 from loguru import logger
 
 from micalib.tracking.layout import RUN_RECORD, TrackLayout
-from micalib.tracking.outputs import read_frame
+from micalib.tracking.outputs import frame_problem, read_frame
+from micalib.tracking.solver_state import FrameRecord, read_frame_state
 from utils.errors import MICAError
 from utils.io import atomic_write_text, written_file
 
@@ -109,21 +111,31 @@ def write_run_record(layout: TrackLayout, settings: dict) -> None:
         atomic_write_text(layout.run_record, json.dumps(settings, indent=1, sort_keys=True), fsync=False)
 
 
-def finished_frames(layout: TrackLayout, n: int) -> list[bool]:
-    """Per output frame: its .frame, .ply, input and depth .png complete and the .frame readable.
-    Unreadable .frame files are tracked again (one warning)."""
-    done = [written_file(layout.frame(k)) and written_file(layout.mesh(k)) and written_file(layout.png(k))
-            and written_file(layout.depth(k)) for k in range(n)]
+def finished_frames(layout: TrackLayout, n: int) -> list[FrameRecord | None]:
+    """Per output frame its solver record (``solver_state.py``) when the frame is finished: the
+    record is there, its input and depth .png, .ply and .frame have the recorded sizes, and the .frame reads back
+    with every array of the original's shapes and finite values; else None. Damaged frames are
+    tracked again (one warning naming the first three)."""
+    done: list[FrameRecord | None] = [None] * n
     bad = []
     for k in range(n):
-        if done[k]:
-            try:
-                read_frame(layout.frame(k))
-            except MICAError:
-                done[k] = False
-                bad.append(layout.frame(k))
+        rec, why = read_frame_state(layout, k)
+        if rec is None:
+            if why != "not finished":
+                bad.append(why)
+            continue
+        try:
+            problem = frame_problem(read_frame(layout.frame(k)))
+        except MICAError:
+            problem = "unreadable"
+        if problem is not None:
+            bad.append(f"{layout.frame(k)}: {problem}")
+            continue
+        done[k] = rec
     if bad:
-        logger.warning(f"{len(bad)} unreadable checkpoint(s) (first: {bad[0]}): tracking those frames again")
+        shown = "; ".join(bad[:3]) + ("; ..." if len(bad) > 3 else "")
+        logger.warning(f"{len(bad)} frame(s) with an unreadable checkpoint or a damaged file ({shown}): "
+                       "tracking those frames again")
     return done
 
 
@@ -134,6 +146,8 @@ class RowJournal:
         self.path = Path(path)
         self._lock = threading.Lock()
         self._f = open(self.path, "a", encoding="utf-8")
+        if self._f.tell() > 0:  # a killed run's last line may be cut short: the next row starts on a line of its own
+            self._f.write("\n")
 
     def add(self, row: dict) -> None:
         line = json.dumps(row) + "\n"

@@ -16,9 +16,10 @@ disk, a face on the first frame, or with ``follow_face``, the second pass decode
 second pass the main thread fits; the full mesh is posed once per frame and ``.ply`` / ``.frame``
 are written by a thread pool, overlays drawn by two threads and encoded in order by the main
 thread. Frames without a face are interpolated between the tracked frames around them (held before
-the first / after the last) and flagged. Finished frames (``checkpoint/NNNNN.frame`` present) are
+the first / after the last) and flagged. Finished frames (``resume.finished_frames``) are
 skipped on a re-run with the same options (``micalib/tracking/resume.py``: another run's options
-are refused); the last finished one warm-starts the next. A video that ends early is tracked
+are refused); their exact solver state (``micalib/tracking/solver_state.py``) continues the run, so
+a re-run after a kill writes what an uninterrupted run writes. A video that ends early is tracked
 up to its end (``frames.VideoFrames.truncated_at``).
 """
 from __future__ import annotations
@@ -38,16 +39,16 @@ from tqdm import tqdm
 
 from configs.config import resolve_path
 from micalib.tracking import crop as cropmod
-from micalib.tracking.camera import matrix_to_axis_angle, rotation_6d_to_matrix
 from micalib.tracking.crop import transform_points
 from micalib.tracking.depth import DepthMesh
 from micalib.tracking.fitting import FrameState, Intrinsics, LandmarkFitter, interpolate_state, pick_keyframes
 from micalib.tracking.frames import open_frames, prefetch
 from micalib.tracking.identity import mica_identity
 from micalib.tracking.layout import TrackLayout
+from micalib.tracking.limits import check_track_options, check_tracker_config
 from micalib.tracking.model import TrackingFLAME, load_eyelids, load_mediapipe_embedding, observations
 from micalib.tracking.options import TrackOptions
-from micalib.tracking.outputs import frame_dict, frame_k, frame_name, read_frame
+from micalib.tracking.outputs import frame_dict, frame_name
 from micalib.tracking.resume import (
     RowJournal,
     check_run_record,
@@ -56,6 +57,7 @@ from micalib.tracking.resume import (
     run_settings,
     write_run_record,
 )
+from micalib.tracking.solver_state import FrameRecord, basis_pose_of, load_appearance, restore_basis
 from micalib.tracking.writer import FrameWriter, png_bytes
 from utils.errors import MICAError
 from utils.identity import read_identity
@@ -68,16 +70,6 @@ MAX_HELD = 250
 CSV_FIELDS = ["frame", "input_frame", "time_s", "face_found", "landmarks_used", "rms_mediapipe_px",
               "rms_iris_px", "rms_ibug68_px", "interpolated"]
 
-
-
-def state_from_frame(data: dict) -> FrameState:
-    """The fit's state of a ``.frame`` dict (``read_frame``)."""
-    fl = data["flame"]
-    mats = rotation_6d_to_matrix(np.concatenate([fl["jaw"].reshape(1, 6), fl["eyes"].reshape(2, 6)]))
-    return FrameState(np.asarray(fl["exp"], np.float64).reshape(-1), matrix_to_axis_angle(mats).reshape(9),
-                      np.asarray(fl["eyelids"], np.float64).reshape(2),
-                      np.asarray(data["opencv"]["R"], np.float64).reshape(3, 3),
-                      np.asarray(data["opencv"]["t"], np.float64).reshape(3))
 
 
 def check_assets(paths: dict[str, Path]) -> None:
@@ -97,7 +89,7 @@ class FitInputs:
         ident: the identity coefficients; model / fitter: the tracking FLAME and its fitter.
         obs, valid: per output frame the targets (fit pixels) and which are used; has_face: >= 6 used.
         follow: moving crop (fit in input pixels, each frame's K is A_k K).
-        done: per output frame, finished by an earlier run.
+        done: per output frame its solver record when finished by an earlier run, else None.
     """
 
     lm: dict[str, np.ndarray]
@@ -111,7 +103,7 @@ class FitInputs:
     valid: list[np.ndarray]
     has_face: list[bool]
     follow: bool
-    done: list[bool] = field(default_factory=list)
+    done: list[FrameRecord | None] = field(default_factory=list)
 
     def crop_k(self, k_fit: np.ndarray, k: int) -> np.ndarray:
         """Frame ``k``'s camera matrix in pixels of its crop."""
@@ -163,7 +155,10 @@ class TrackRunner:
         """The runner of track.py: options from the config's ``tracker`` section and ``run`` (the
         ``TrackOptions`` that are not config keys, e.g. ``image_size``, ``fps``, ``device``), the
         FLAME layer from the config (unless given) and MICA + detector loaded only when needed.
-        The only reader of ``cfg`` in ``micalib/tracking/``."""
+        The only reader of ``cfg`` in ``micalib/tracking/``; the ranges of ``micalib/tracking/limits.py``
+        are checked here, before anything is loaded."""
+        check_tracker_config(cfg.tracker)
+        check_track_options(run.get("fps"), run.get("image_size", 512))
         options = TrackOptions.from_section(cfg.tracker, **run)
         if source is None:
             source = open_frames(input_path, options.fps)
@@ -265,17 +260,19 @@ class TrackRunner:
 
     # ------------------------------------------------------------- landmark pass
     def _landmarks(self) -> dict[str, np.ndarray]:
-        from micalib.tracking.landmarks import load_landmarks_npz, save_landmarks_npz
+        from micalib.tracking.landmarks import drop_absurd_rows, load_landmarks_npz, save_landmarks_npz
 
         n_in = self.source.n_input_frames
-        if self.landmarks_path is not None:
-            return load_landmarks_npz(self.landmarks_path, n_in)
         cache = self.layout.landmarks
-        if written_file(cache):
+        if self.landmarks_path is not None:
+            lm, where = load_landmarks_npz(self.landmarks_path, n_in), f"landmarks file {self.landmarks_path}"
+        elif written_file(cache):
             logger.info(f"landmarks from {cache}")
-            return load_landmarks_npz(cache, n_in)
-        lm = self._detect()
-        save_landmarks_npz(cache, **lm)
+            lm, where = load_landmarks_npz(cache, n_in, cached=True), f"cached landmarks file {cache}"
+        else:
+            lm, where = self._detect(), "detected landmarks"
+            save_landmarks_npz(cache, **lm)
+        drop_absurd_rows(lm, self.source.size, where)
         return lm
 
     def _detect(self) -> dict[str, np.ndarray]:
@@ -311,6 +308,8 @@ class TrackRunner:
                     if np.isfinite(pts).all():
                         box = cropmod.box_from_landmarks(pts[MEDIAPIPE_IBUG68], self.options.bbox_scale)
                         det.reset()
+                        if track is None and ib_det is None:  # the crop box, with or without the cache
+                            self._box = box
                     else:
                         if cache is not None:  # no face on the first frame: no cache, decode twice
                             cache.close()
@@ -323,7 +322,6 @@ class TrackRunner:
                 crop = cropmod.warp(rgb, m, (self.size, self.size))
                 mp[i] = transform_points(det.detect(crop), cropmod.invert_matrix(m)).astype(np.float32)
                 if cache is not None:
-                    self._box = box
                     cache.write(crop.tobytes())
                     n_cached = k + 1
                     pending.append(pool.submit(self._write_png, k, crop))
@@ -423,7 +421,7 @@ class TrackRunner:
         elif written_file(dst):
             ident = read_identity(dst, "delete it to compute it again (or pass --overwrite)")
         else:
-            ident = self._mica_identity()
+            ident = self._mica_identity().astype(np.float32)  # as a re-run reads it back
         atomic_save_npy(dst, ident.astype(np.float32))
         return ident
 
@@ -479,32 +477,23 @@ class TrackRunner:
 
     # ------------------------------------------------------------------ stage 3: intrinsics
     def intrinsics(self, fit: FitInputs) -> None:
-        """The camera intrinsics: from a finished frame, else fitted on keyframes (with the identity
-        when ``fit.refine_identity``)."""
+        """The camera intrinsics (with the identity when ``fit.refine_identity``), fitted on
+        keyframes from the landmarks alone, also on a re-run: the same numbers as the run that
+        wrote the finished frames (``solver_state.py``)."""
         t0 = time.perf_counter()
         n, lay, fitter = len(self.source), self.layout, fit.fitter
         fit.done = finished_frames(lay, n)
         refine = fitter.s.refine_identity
-        first_done = next((k for k in range(n) if fit.done[k]), None)
-        if first_done is not None:
-            data = read_frame(lay.frame(first_done))
-            kk = frame_k(data)
-            if fit.follow:
-                kk = np.linalg.inv(np.vstack([fit.matrices[first_done], [0.0, 0.0, 1.0]])) @ kk
-            fitter.intr = Intrinsics(float(kk[0, 0]), float(kk[0, 2]), float(kk[1, 2]))
-            if refine:  # the refined identity of the finished frames
-                refined = np.asarray(data["flame"]["shape"], np.float32).reshape(-1)
-        else:
-            keys = pick_keyframes([k for k in range(n) if fit.has_face[k]], fitter.s.keyframes)
-            fitter.calibrate([(fit.obs[k], fit.valid[k]) for k in keys])
-            logger.info(f"camera: focal {fitter.intr.focal:.1f} px, principal point ({fitter.intr.cx:.1f}, "
-                        f"{fitter.intr.cy:.1f}) from {len(keys)} keyframes")
-            if refine:
-                refined = np.zeros(300, np.float32)
-                refined[: fit.ident.size] = fit.ident
-                refined[: fitter.identity_change.size] += fitter.identity_change.astype(np.float32)
-                logger.info(f"identity refined on the keyframes: moved {np.linalg.norm(fitter.identity_change):.3f} "
-                            "from MICA's (identity.npy keeps MICA's; .frame 'shape' holds the refined one)")
+        keys = pick_keyframes([k for k in range(n) if fit.has_face[k]], fitter.s.keyframes)
+        fitter.calibrate([(fit.obs[k], fit.valid[k]) for k in keys])
+        logger.info(f"camera: focal {fitter.intr.focal:.1f} px, principal point ({fitter.intr.cx:.1f}, "
+                    f"{fitter.intr.cy:.1f}) from {len(keys)} keyframes")
+        if refine:
+            refined = np.zeros(300, np.float32)
+            refined[: fit.ident.size] = fit.ident
+            refined[: fitter.identity_change.size] += fitter.identity_change.astype(np.float32)
+            logger.info(f"identity refined on the keyframes: moved {np.linalg.norm(fitter.identity_change):.3f} "
+                        "from MICA's (identity.npy keeps MICA's; .frame 'shape' holds the refined one)")
         if refine:
             fit.ident = refined
             fit.model = TrackingFLAME(self.flame, fit.ident, fit.emb, fit.lids, self.options.iris_vertices,
@@ -562,9 +551,10 @@ class TrackRunner:
 
 
 class _FrameLoop:
-    """The second pass, one output frame after the other: a finished frame is read back, a frame
-    with a face is fitted (warm-started from the previous one), one without waits for the next
-    fitted frame and is interpolated (or held); each is handed to the ``FrameWriter`` in order."""
+    """The second pass, one output frame after the other: a finished frame continues from its exact
+    solver record (``solver_state.py``), a frame with a face is fitted (warm-started from the
+    previous one), one without waits for the next fitted frame and is interpolated (or held); each
+    is handed to the ``FrameWriter`` in order."""
 
     def __init__(self, runner: TrackRunner, fit: FitInputs, writer: FrameWriter, rows: dict[int, dict],
                  photo, fps_out: float) -> None:
@@ -573,8 +563,9 @@ class _FrameLoop:
         self.kk = fit.fitter.intr.k
         self.prev: FrameState | None = None
         self.prev_k: int | None = None  # output frame of ``prev``
-        self.prev_done_k: int | None = None
-        self.held: list[tuple[int, int, np.ndarray]] = []  # faceless frames waiting for the next tracked one
+        self.resume_from: int | None = None  # the last finished fitted frame, until the next fit restores its solver
+        # faceless frames waiting for the next tracked one: (k, i, crop, state when finished before)
+        self.held: list[tuple[int, int, np.ndarray | None, FrameState | None]] = []
         n = len(fit.has_face)
         # a tracked (face) frame after k exists: faceless frames before it are interpolated
         self.face_after = np.zeros(n + 1, bool)
@@ -587,14 +578,11 @@ class _FrameLoop:
         """Every frame of ``frames`` ((k, input index, frame), or the crop itself when ``cached``)."""
         r = self.runner
         for k, i, rgb in tqdm(frames, total=len(r.source), desc=f"tracking {r.source.name}"):
-            if self.fit.done[k]:
-                self.skipped += 1
-                if not self.writer.draws_video:  # nothing to redo for a finished frame
-                    self.prev_done_k, self.prev_k, self.prev = k, k, None
-                    continue
-            t0 = time.perf_counter()
-            crop = rgb if cached else cropmod.warp(rgb, self.fit.matrices[k], (r.size, r.size))
-            self.seconds["crop"] += time.perf_counter() - t0
+            crop = None
+            if not self.fit.done[k] or self.writer.draws_video:  # a finished frame needs it for the overlay only
+                t0 = time.perf_counter()
+                crop = rgb if cached else cropmod.warp(rgb, self.fit.matrices[k], (r.size, r.size))
+                self.seconds["crop"] += time.perf_counter() - t0
             self.frame(k, i, crop)
         self.flush_held(None, None)
 
@@ -603,14 +591,11 @@ class _FrameLoop:
         t0 = time.perf_counter()
         fit = self.fit
         if fit.done[k]:
-            st = state_from_frame(read_frame(self.runner.layout.frame(k)))
-            self.flush_held(st, k)
-            self.prev, self.prev_k, self.prev_done_k = st, k, None
-            self.seconds["fit"] += time.perf_counter() - t0
-            self.emit(k, i, crop, st, None)
+            self.finished(k, i, crop)
             return
-        if self.prev is None and self.prev_done_k is not None:
-            self.prev = state_from_frame(read_frame(self.runner.layout.frame(self.prev_done_k)))
+        if self.resume_from is not None:  # the solver as it was after the last finished fitted frame
+            self.restore(self.resume_from)
+            self.resume_from = None
         if not fit.has_face[k]:
             self.faceless(k, i, crop, t0)
             return
@@ -625,15 +610,42 @@ class _FrameLoop:
             rms = {key: val * float(fit.matrices[k][0, 0]) for key, val in rms.items()}
         self.seconds["fit"] += time.perf_counter() - t0
         self.flush_held(st, k)
-        self.emit(k, i, crop, st, self.row(k, i, rms, False))
+        self.emit(k, i, crop, st, self.row(k, i, rms, False), self.photo.appearance() if self.photo is not None else None)
         self.prev, self.prev_k = st, k
+
+    def finished(self, k: int, i: int, crop: np.ndarray | None) -> None:
+        """A frame finished before: its exact state takes the place the fit's had when it was written."""
+        self.skipped += 1
+        st = self.fit.done[k].state
+        if not self.fit.has_face[k]:  # as when it was written: waiting with the held frames, or held
+            if self.face_after[k + 1] and len(self.held) < MAX_HELD:
+                self.held.append((k, i, crop, st))
+            else:
+                self.flush_held(None, None)
+                self.emit(k, i, crop, st, None)
+            return
+        self.flush_held(st, k)
+        self.emit(k, i, crop, st, None)
+        self.prev, self.prev_k, self.resume_from = st, k, k
+
+    def restore(self, k: int) -> None:
+        """A resumed run: the fitter's expression Jacobian (and the photometric appearance) as they
+        were after fitting finished frame ``k``."""
+        restore_basis(self.fit.fitter, self.fit.done[k].basis_pose)
+        if self.photo is not None:
+            appearance = load_appearance(self.runner.layout, k)
+            if appearance is None:
+                logger.warning(f"the photometric appearance after frame {k} was not kept: it starts again from the "
+                               "next frame (the frames differ slightly from an uninterrupted run's)")
+            else:
+                self.photo.set_appearance(appearance)
 
     def faceless(self, k: int, i: int, crop: np.ndarray, t0: float) -> None:
         """A frame without a face: held for interpolation, or (none follows, or too many wait) the
         previous state."""
         fit = self.fit
         if self.face_after[k + 1] and len(self.held) < MAX_HELD:
-            self.held.append((k, i, crop))  # interpolated once the next tracked frame is fitted
+            self.held.append((k, i, crop, None))  # interpolated once the next tracked frame is fitted
             self.seconds["fit"] += time.perf_counter() - t0
             return
         if self.prev is None:  # too many frames without a face first: held at the first frame with one
@@ -648,7 +660,10 @@ class _FrameLoop:
         """Faceless frames between ``prev`` and frame ``k_next`` (state ``st``): interpolated
         when both exist, else held at ``prev``."""
         prev, prev_k = self.prev, self.prev_k
-        for kh, ih, ch in self.held:
+        for kh, ih, ch, known in self.held:
+            if known is not None:  # finished before: its exact state
+                self.emit(kh, ih, ch, known, None)
+                continue
             if st is not None and prev is not None and prev_k is not None and k_next is not None:
                 sh = interpolate_state(prev, st, (kh - prev_k) / (k_next - prev_k))
             else:  # before the first tracked frame: held at it; else at the last one
@@ -660,8 +675,12 @@ class _FrameLoop:
         fit = self.fit
         return csv_row(k, i, self.fps_out, fit.has_face[k], fit.valid[k], rms, interpolated, fit.model)
 
-    def emit(self, k: int, i: int, crop: np.ndarray, st: FrameState, row: dict | None) -> None:
-        """Hand frame k to the writer (in frame order); ``row`` None = finished before."""
+    def emit(self, k: int, i: int, crop: np.ndarray | None, st: FrameState, row: dict | None,
+             appearance: np.ndarray | None = None) -> None:
+        """Hand frame k to the writer (in frame order); ``row`` None = finished before;
+        ``appearance``: the photometric stage's after this frame (kept for a resumed run)."""
+        if self.fit.done[k] and not self.writer.draws_video:
+            return
         t0 = time.perf_counter()
         fit, size = self.fit, self.runner.size
         if row is not None:
@@ -674,7 +693,8 @@ class _FrameLoop:
         if self.writer.draws_video:  # the fit's targets in crop pixels, NaN where unused
             obs = cropmod.transform_points(fit.obs[k], fit.matrices[k]) if fit.follow else fit.obs[k]
             detected = np.where(fit.valid[k][:, None], obs, np.nan)
-        self.writer.submit(k, crop, st, kc, data, row, detected)
+        bpose = basis_pose_of(fit.fitter) if fit.has_face[k] and data is not None else None
+        self.writer.submit(k, crop, st, kc, data, row, detected, basis_pose=bpose, appearance=appearance)
         self.seconds["write"] += time.perf_counter() - t0
 
 

@@ -4,14 +4,15 @@ the writer threads, the overlay threads and ``video.mp4``.
 The main thread fits; per frame it hands the state to ``FrameWriter.submit``, which poses the full
 mesh and rasterises it once (``depth.frame_geometry``, a writer thread; torch releases the GIL):
 that one 512 rasterisation serves ``depth/NNNNN.png`` and the overlay. The writer pool writes
-``input/NNNNN.png``, ``mesh/NNNNN.ply``, ``depth/NNNNN.png`` and last ``checkpoint/NNNNN.frame``
-(which marks the frame finished); the overlay (detected landmarks green, the model's red, as the
-original's) is drawn on one of two overlay threads (frames are independent) and encoded in frame
-order by the calling thread.
+``input/NNNNN.png``, ``mesh/NNNNN.ply``, ``depth/NNNNN.png``, ``checkpoint/NNNNN.frame``, the csv
+row and last the frame's solver record (``solver_state.py``, which marks the frame finished); the
+overlay (detected landmarks green, the model's red, as the original's) is drawn on one of two
+overlay threads (frames are independent) and encoded in frame order by the calling thread.
 """
 from __future__ import annotations
 
 import time
+from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 
 import cv2
@@ -24,6 +25,7 @@ from micalib.tracking.layout import TrackLayout
 from micalib.tracking.model import TrackingFLAME
 from micalib.tracking.outputs import save_frame
 from micalib.tracking.resume import RowJournal
+from micalib.tracking.solver_state import KEEP_APPEARANCE, save_appearance, write_frame_state
 from utils.errors import MICAError
 from utils.io import atomic_write_bytes
 from utils.mesh import ply_bytes
@@ -96,6 +98,7 @@ class FrameWriter:
             self._video = VideoWriter(layout.video, video[0], video[1])
         self._pending: list[Future] = []
         self._vid_pending: list[Future] = []
+        self._kept: deque[int] = deque()  # frames whose photometric appearance is kept
 
     @property
     def draws_video(self) -> bool:
@@ -103,15 +106,22 @@ class FrameWriter:
         return self._video is not None
 
     def submit(self, k: int, crop: np.ndarray, st: FrameState, kk: np.ndarray, data: dict | None,
-               row: dict | None, detected: np.ndarray | None) -> None:
+               row: dict | None, detected: np.ndarray | None, basis_pose: np.ndarray | None = None,
+               appearance: np.ndarray | None = None) -> None:
         """Frame ``k``: its files from ``data`` (the ``.frame`` dict; None = finished before, only
         the overlay) and its overlay (camera ``kk`` in OpenCV's pixel convention; ``detected``: the
-        fit's targets in crop pixels, NaN where unused), in frame order."""
+        fit's targets in crop pixels, NaN where unused), in frame order. ``st``, ``basis_pose`` and
+        ``appearance`` go into its solver record (``solver_state.py``)."""
         t0 = time.perf_counter()
         # the full mesh is posed and rasterised once (depth and overlay), by a writer thread (torch releases the GIL)
         geom = self._pool.submit(frame_geometry, self.model, self.depth_mesh, st, kk, crop.shape[0])
         if data is not None:
-            self._pending.append(self._pool.submit(self._write_frame, k, data, geom, crop, row))
+            drop = None
+            if appearance is not None:  # the last KEEP_APPEARANCE fitted frames' appearance is kept
+                self._kept.append(k)
+                drop = self._kept.popleft() if len(self._kept) > KEEP_APPEARANCE else None
+            self._pending.append(self._pool.submit(self._write_frame, k, data, geom, crop, row, st, basis_pose,
+                                                   appearance, drop))
         if self._video is not None:
             self._vid_pending.append(self._vpool.submit(overlay_frame, crop, detected, geom, self.faces))
         while len(self._pending) > MAX_PENDING_WRITES:
@@ -120,7 +130,8 @@ class FrameWriter:
             self._video.write(self._vid_pending.pop(0).result())
         self.seconds += time.perf_counter() - t0
 
-    def _write_frame(self, k: int, data: dict, geom: Future, crop: np.ndarray, row: dict | None) -> None:
+    def _write_frame(self, k: int, data: dict, geom: Future, crop: np.ndarray, row: dict | None, st: FrameState,
+                     basis_pose: np.ndarray | None, appearance: np.ndarray | None, drop: int | None) -> None:
         g: FrameGeometry = geom.result()
         if k not in self.png_written:
             atomic_write_bytes(self.layout.png(k), png_bytes(crop, self.png_compression), fsync=False)
@@ -128,9 +139,12 @@ class FrameWriter:
         size = crop.shape[0]
         depth = depth_mm(g.fragments, g.depth_offset, self.depth_mesh, size, size, self.depth_stats)
         atomic_write_bytes(self.layout.depth(k), depth_png_bytes(depth, DEPTH_PNG_COMPRESSION), fsync=False)
-        save_frame(self.layout.frame(k), data)  # marks the frame finished
+        save_frame(self.layout.frame(k), data)
         if row is not None:
             self.journal.add(row)  # its csv row survives a kill
+        if appearance is not None:
+            save_appearance(self.layout, k, appearance, drop)
+        write_frame_state(self.layout, k, st, basis_pose)  # last: marks the frame finished
 
     def finish(self) -> None:
         """Wait for every file and write the remaining overlays; ``video.mp4`` is complete after it."""

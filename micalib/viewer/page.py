@@ -85,6 +85,7 @@ def _write_page(folder: Path, title: str, data: dict) -> Path:
     atomic_write_text(vdir / "data.js", "window.MICA_VIEW = " + json.dumps(data, separators=(",", ":")) + ";\n",
                       fsync=False)
     index = folder / "index.html"
+    title = title.encode("utf-8", "surrogateescape").decode("utf-8", "replace")  # a name of non-UTF-8 bytes
     atomic_write_text(index, _HTML.format(title=html.escape(title), v=VIEWER_DIR), fsync=False)
     return index
 

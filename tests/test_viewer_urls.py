@@ -7,10 +7,10 @@ page of a folder: only its own row / page."""
 from __future__ import annotations
 
 import json
+import os
 import re
 from pathlib import Path
-from urllib.parse import unquote, urljoin, urlsplit
-from urllib.request import url2pathname
+from urllib.parse import unquote, unquote_to_bytes, urljoin, urlsplit
 
 import numpy as np
 import pytest
@@ -20,7 +20,7 @@ from tests.synthetic_flame import _random_topology
 from utils.errors import MICAError
 from utils.mesh import write_mesh
 
-NAMES = ("photo #1", "what?", "100% me", "café", "it's \"quoted\"", "a</script><script>alert(1)")
+NAMES = ("photo #1", "what?", "100% me", "café", "it's \"quoted\"", "a</script><script>alert(1)", os.fsdecode(b"latin1 caf\xe9"))  # the last: not UTF-8
 
 
 def _data(index: Path) -> dict:
@@ -34,7 +34,7 @@ def _target(index: Path, url: str) -> Path:
     """The file a browser opens for ``url`` written in ``index``."""
     parts = urlsplit(urljoin(index.as_uri(), url))
     assert parts.scheme == "file" and not parts.query and not parts.fragment, url
-    return Path(url2pathname(parts.path))
+    return Path(os.fsdecode(unquote_to_bytes(parts.path)))  # the bytes of the file name
 
 
 @pytest.mark.parametrize("with_arcface", [False, True])
@@ -44,9 +44,9 @@ def test_demo_page_urls_reach_their_files_with_odd_names(tmp_path, with_arcface)
     for name in NAMES:
         (out / name).mkdir(parents=True)
         write_mesh(out / name / "mesh.ply", verts * 1000.0, faces)
-        (out / name / "render.png").write_bytes(b"render of " + name.encode())
+        (out / name / "render.png").write_bytes(b"render of " + os.fsencode(name))
         (arc / name).parent.mkdir(parents=True, exist_ok=True)
-        (arc / f"{name}.jpg").write_bytes(b"crop of " + name.encode())
+        (arc / f"{name}.jpg").write_bytes(b"crop of " + os.fsencode(name))
     index = write_demo_page(out, arc if with_arcface else None)
     items = _data(index)["items"]
     assert sorted(i["name"] for i in items) == sorted(NAMES)

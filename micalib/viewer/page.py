@@ -177,9 +177,9 @@ def write_demo_page(output_dir: PathLike, arcface_dir: PathLike | None = None) -
                           f"{json.dumps(base64.b64encode(data).decode())};\n", fsync=False)
         crop = None  # a URL relative to index.html: percent-encoded, so '#', '?', '%' in names stay in the path
         if arcface_dir is not None and (Path(arcface_dir) / f"{name}.jpg").is_file():
-            crop = quote(Path(os.path.relpath(Path(arcface_dir) / f"{name}.jpg", output_dir)).as_posix())
+            crop = quote(Path(os.path.relpath(Path(arcface_dir) / f"{name}.jpg", output_dir)).as_posix(), errors="surrogateescape")
         elif (ply.parent / "render.png").is_file():
-            crop = quote(f"{name}/render.png")
+            crop = quote(f"{name}/render.png", errors="surrogateescape")  # non-UTF-8 names: their bytes
         row = rows.get(name, {})
         items.append({"name": name, "script": f"{VIEWER_DIR}/{script}", "crop": crop,
                       "summary": {k2: row[k2] for k2 in ("input", "status", "faces", "score") if row.get(k2)}})

@@ -168,8 +168,10 @@ def main(argv=None) -> int:
     counts = [sum(r.status == s for r in results) for s in ("ok", "done", "failed")]
     totals = [sum(c) for c in zip(*gather(shard, counts), strict=True)]  # every rank of a torchrun run: the run's totals
     destroy_distributed()
-    if shard.leader and not shard.independent:  # --shard jobs: merge_summaries writes the page at the end
+    if shard.leader:
         finish_outputs(args)
+    elif shard.independent:  # a --shard job: its .glb files; merge_summaries writes the page at the end
+        finish_outputs(args, page=False)
     where = f"shard {shard}: " if shard.sharded else ""
     logger.info(f"{where}{counts[0]} reconstructed, {counts[1]} already done, {counts[2]} failed -> {args.output}")
     for r in failed:
@@ -183,14 +185,15 @@ def main(argv=None) -> int:
     return 1 if totals[2] else 0
 
 
-def finish_outputs(args: argparse.Namespace) -> None:
-    """``--glb``: ``mesh.glb`` beside every ``mesh.ply``; the viewer page (its path printed)."""
+def finish_outputs(args: argparse.Namespace, page: bool = True) -> None:
+    """``--glb``: ``mesh.glb`` beside every ``mesh.ply``; the viewer page (its path printed) unless
+    ``page`` is False (a ``--shard`` job) or ``--no-page``."""
     if args.glb:
         from micalib.export.gltf import demo_glb
 
         written = demo_glb(args.output, overwrite=args.overwrite)
         logger.info(f"{len(written)} mesh.glb written (metres)")
-    if not args.no_page:
+    if page and not args.no_page:
         from micalib.viewer.page import write_demo_page
 
         print(f"viewer page: {write_demo_page(args.output, args.arcface)}")

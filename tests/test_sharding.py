@@ -476,3 +476,19 @@ def test_real_network_under_torchrun_is_byte_identical_to_one_process(tmp_path, 
         if not key.endswith(skip) and ".mica/" not in key:
             assert one[key] == ranks[key], key
     assert _rows(tmp_path / "one" / "meshes") == _rows(tmp_path / "ranks" / "meshes")
+
+
+def test_shard_jobs_write_the_glb_they_were_asked_for(tmp_path, photos, monkeypatch):
+    """``--shard K/N --glb``: every mesh.ply of the run gets its mesh.glb (a --shard job wrote none:
+    only the one process of a run ran the end-of-run steps); the page waits for merge_summaries."""
+    from tests.gltf_spec import Glb
+
+    for k in range(2):
+        _demo(monkeypatch, photos, tmp_path / "o", "--shard", f"{k}/2", "--glb")
+    meshes = tmp_path / "o" / "meshes"
+    plys = sorted(meshes.rglob("mesh.ply"))
+    assert len(plys) >= 9
+    for ply in plys:
+        glb = Glb((ply.with_suffix(".glb")).read_bytes())
+        np.testing.assert_allclose(glb.skinned(0, None), read_mesh(ply)[0] / 1000.0, atol=1e-6)
+    assert not (meshes / "index.html").exists()

@@ -80,6 +80,20 @@ def test_clip_page_opens_without_console_messages(exact_clip):
     assert "wireframe" in dom and "landmarks" in dom and 'src="input/00003.png"' in dom
 
 
+def test_clip_page_without_crops_still_plays(exact_clip, tmp_path):
+    """A clip without input/ crops (a live run from landmark rows): every tracked frame has its
+    slider position, frame 3 has no background image, and the page logs nothing."""
+    from micalib.viewer.page import write_tracking_page
+
+    clip = tmp_path / exact_clip.name
+    shutil.copytree(exact_clip, clip)
+    shutil.rmtree(clip / "input")
+    write_tracking_page(clip, clip / f"{clip.name}.glb")
+    dom, console = _open((clip / "index.html").as_uri() + "?frame=3")
+    assert console == []
+    assert f"frame 3 / {CLIP_FRAMES - 1}" in dom and 'src="input/' not in dom
+
+
 def test_page_without_webgl_says_so(exact_clip):
     dom, _ = _open((exact_clip / "index.html").as_uri(), "--disable-webgl", "--disable-3d-apis")
     assert "<title>no WebGL</title>" in dom

@@ -154,8 +154,9 @@ def tracking_glb_bytes(model, states: list, k: np.ndarray, image_size: tuple[int
     return build_tracking_glb(rig_from_tracking_model(model), clip_from_states(states, k, image_size, fps), pixel_centre)
 
 
-def states_from_frames(frames: list[dict], fps: float) -> ClipStates:
-    """``.frame`` dicts (``micalib.tracking.outputs.read_frame``) of frames 0..N-1 -> ``ClipStates``."""
+def states_from_frames(frames: list[dict], fps: float, k_convention: str = "file") -> ClipStates:
+    """``.frame`` dicts (``micalib.tracking.outputs.read_frame``) of frames 0..N-1 -> ``ClipStates``;
+    ``k_convention``: the pixel convention of their K ("file"; "opencv" in an older track.py's)."""
     from micalib.tracking.camera import rotation_6d_to_matrix
     from micalib.tracking.outputs import k_convert
 
@@ -168,7 +169,8 @@ def states_from_frames(frames: list[dict], fps: float) -> ClipStates:
     size = tuple(int(x) for x in np.asarray(frames[0]["img_size"]).reshape(2))
     return ClipStates(stack("flame", "exp", (100,)), rot, stack("flame", "eyelids", (2,)),
                       stack("opencv", "R", (3, 3)), stack("opencv", "t", (3,)),
-                      np.stack([k_convert(k, "opencv") for k in stack("opencv", "K", (3, 3))]), size, float(fps))
+                      np.stack([k_convert(k, "opencv") if k_convention == "file" else k for k in stack("opencv", "K", (3, 3))]),
+                      size, float(fps))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -413,7 +415,8 @@ def log_report(path: Path, report: dict, size: int) -> None:
 # ---------------------------------------------------------------------------------------------
 def clip_fps(folder: Path) -> float:
     """The output frame rate of a tracking folder: ``.track_run.json``'s ``fps``, else from
-    ``tracking.csv``'s times (frame k at k / fps), else 25."""
+    ``tracking.csv``'s times (evenly spaced from the first row's: offline frame k at k / fps, a live
+    run's at its capture times), else 25."""
     try:
         fps = json.loads((folder / ".track_run.json").read_text()).get("fps")
         if fps:
@@ -423,21 +426,39 @@ def clip_fps(folder: Path) -> float:
     try:
         with open(folder / "tracking.csv", newline="") as f:
             rows = list(csv.DictReader(f))
-        if len(rows) > 1 and float(rows[-1]["time_s"]) > 0:
-            return round((len(rows) - 1) / float(rows[-1]["time_s"]), 3)
+        span = float(rows[-1]["time_s"]) - float(rows[0]["time_s"]) if len(rows) > 1 else 0.0
+        if span > 0:  # a live run's times are capture times: its first frame comes after the warm-up
+            return round((len(rows) - 1) / span, 3)
     except (OSError, ValueError, KeyError):
         pass
     return 25.0
 
 
 def frame_paths(folder: Path) -> list[Path]:
-    """The ``checkpoint/*.frame`` files of a tracking folder, sorted; one-line error without any."""
+    """The ``checkpoint/*.frame`` files of a tracking folder in frame order; one-line error without any."""
     from micalib.tracking.layout import CHECKPOINT, FRAME_FILES
 
-    paths = sorted(p for p in (Path(folder) / CHECKPOINT).glob("*.frame") if FRAME_FILES[CHECKPOINT].fullmatch(p.name))
+    paths = sorted((p for p in (Path(folder) / CHECKPOINT).glob("*.frame") if FRAME_FILES[CHECKPOINT].fullmatch(p.name)),
+                   key=lambda p: int(p.stem))  # by number: 100000 (six digits) comes after 99999
     if not paths:
         raise MICAError(f"{folder} holds no checkpoint/NNNNN.frame files; pass a folder track.py wrote (OUT/NAME)")
     return paths
+
+
+def k_convention(folder: Path) -> str:
+    """The pixel convention of a tracking folder's ``.frame`` K: "file" (pixel i's centre at
+    i + 0.5: track.py's since run record format 2, and the original's), or "opencv" where the run
+    record is an older track.py's (no ``format``: its K had OpenCV's integer pixel centres)."""
+    from micalib.tracking.layout import RUN_RECORD
+
+    try:
+        record = json.loads((folder / RUN_RECORD).read_text())
+    except (OSError, ValueError):
+        return "file"
+    old = isinstance(record, dict) and not isinstance(record.get("format"), int)
+    if old:
+        logger.info(f"{folder}: written by a track.py before run record format 2: its K is in OpenCV's pixel convention")
+    return "opencv" if old else "file"
 
 
 def read_clip(folder: PathLike, fps: float | None = None) -> tuple[ClipStates, np.ndarray]:
@@ -452,7 +473,7 @@ def read_clip(folder: PathLike, fps: float | None = None) -> tuple[ClipStates, n
                         f"re-run track.py on it to finish the clip")
     frames = [read_frame(p) for p in paths]
     ident = np.asarray(frames[0]["flame"]["shape"], np.float64).reshape(-1)
-    return states_from_frames(frames, clip_fps(folder) if fps is None else fps), ident
+    return states_from_frames(frames, clip_fps(folder) if fps is None else fps, k_convention(folder)), ident
 
 
 def export_tracking_folder(folder: PathLike, flame_model_path: PathLike, eyelid_paths: tuple | None = None,
@@ -503,7 +524,8 @@ def mesh_glb_bytes(vertices_m: np.ndarray, faces: np.ndarray, name: str = "mesh"
 
 def demo_glb(output_dir: PathLike, overwrite: bool = False) -> list[Path]:
     """``mesh.glb`` (metres) beside every demo ``mesh.ply`` (millimetres) under ``output_dir``
-    (``--fuse`` results included); an up-to-date one is kept unless ``overwrite``."""
+    (``--fuse`` results included); an up-to-date one is kept unless ``overwrite``; an unreadable
+    ``mesh.ply`` is skipped with a warning."""
     from utils.mesh import read_mesh
 
     written = []
@@ -511,7 +533,11 @@ def demo_glb(output_dir: PathLike, overwrite: bool = False) -> list[Path]:
         dst = ply.with_suffix(".glb")
         if not overwrite and dst.is_file() and dst.stat().st_mtime_ns >= ply.stat().st_mtime_ns:
             continue
-        v_mm, faces = read_mesh(ply)
+        try:
+            v_mm, faces = read_mesh(ply)
+        except MICAError as e:  # one unreadable mesh (not ours, cut short) costs only its own .glb
+            logger.warning(f"{e}; no mesh.glb for it")
+            continue
         atomic_write_bytes(dst, mesh_glb_bytes(v_mm / 1000.0, faces, ply.parent.name), fsync=False)
         written.append(dst)
     return written

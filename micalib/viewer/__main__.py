@@ -6,8 +6,23 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from loguru import logger
+
 from utils.errors import MICAError, run_main
 from utils.log_setup import setup_logging
+
+
+def _glb_problem(clip: Path) -> str | None:
+    """Why ``clip/NAME.glb`` cannot make the page (absent, or older than a ``.frame``: a run that went
+    on after it was written), with the fix; None when it can."""
+    glb = clip / f"{clip.name}.glb"
+    fix = f"write it with: python -m micalib.export.gltf {clip}"
+    if not glb.is_file():
+        return f"{glb} not found; {fix}"
+    newest = max((p.stat().st_mtime_ns for p in (clip / "checkpoint").glob("*.frame")), default=0)
+    if glb.stat().st_mtime_ns < newest:
+        return f"{glb} is older than the clip's checkpoint/*.frame (it lacks the frames tracked since); {fix}"
+    return None
 
 
 def main(argv=None) -> int:
@@ -22,12 +37,15 @@ def main(argv=None) -> int:
         raise MICAError(f"{folder} is not a folder; pass a tracking folder OUT/NAME or a demo output folder")
     clips = [folder] if (folder / "checkpoint").is_dir() else sorted(d for d in folder.iterdir() if (d / "checkpoint").is_dir())
     if clips and not any(folder.rglob("mesh.ply")):
-        for clip in clips:
-            glb = clip / f"{clip.name}.glb"
-            if not glb.is_file():
-                raise MICAError(f"{glb} not found; write it with: python -m micalib.export.gltf {clip}")
-            print(write_tracking_page(clip, glb))
-        return 0
+        problems = [p for p in map(_glb_problem, clips) if p]
+        if len(problems) == len(clips):
+            raise MICAError(problems[0])
+        for clip in clips:  # a clip without its .glb costs only its own page
+            if not _glb_problem(clip):
+                print(write_tracking_page(clip, clip / f"{clip.name}.glb"))
+        for problem in problems:
+            logger.warning(problem)
+        return 1 if problems else 0
     if not any(folder.rglob("mesh.ply")):
         raise MICAError(f"{folder} holds no tracked clip (checkpoint/) and no demo mesh (NAME/mesh.ply)")
     print(write_demo_page(folder, args.arcface))

@@ -29,9 +29,12 @@ import os
 import shutil
 from pathlib import Path
 from typing import Union
+from urllib.parse import quote
 
 import numpy as np
+from loguru import logger
 
+from utils.errors import MICAError
 from utils.io import atomic_write_text
 
 PathLike = Union[str, os.PathLike]  # noqa: UP007
@@ -120,10 +123,15 @@ def write_tracking_page(folder: PathLike, glb_path: PathLike, landmarks_path: Pa
     from micalib.export.gltf import clip_fps
 
     folder = Path(folder)
-    frames = sorted(p.name for p in (folder / "input").glob("*.png"))
-    n = len(sorted((folder / "checkpoint").glob("*.frame")))
+    from micalib.tracking.layout import CHECKPOINT, FRAME_FILES, INPUT
+    from micalib.tracking.outputs import frame_name
+
+    n = sum(1 for p in (folder / CHECKPOINT).glob("*.frame") if FRAME_FILES[CHECKPOINT].fullmatch(p.name))
+    # frame k's crop, or None (a live run from landmark rows has none): one entry per tracked frame
+    frames = [f"{INPUT}/{frame_name(k)}.png" if (folder / INPUT / f"{frame_name(k)}.png").is_file() else None
+              for k in range(n)]
     data = {"mode": "clip", "name": folder.name, "fps": clip_fps(folder),
-            "frames": [f"input/{f}" for f in frames[:n]],
+            "frames": frames,
             "glb": base64.b64encode(Path(glb_path).read_bytes()).decode(),
             "landmarks": _landmarks(folder, n, None if landmarks_path is None else Path(landmarks_path))}
     return _write_page(folder, f"{folder.name}: tracked clip", data)
@@ -152,22 +160,26 @@ def write_demo_page(output_dir: PathLike, arcface_dir: PathLike | None = None) -
     meshes.mkdir(parents=True, exist_ok=True)
     rows = _summary_rows(output_dir)
     items = []
-    for k, ply in enumerate(sorted(output_dir.rglob("mesh.ply"))):
+    for ply in sorted(output_dir.rglob("mesh.ply")):
         name = ply.parent.relative_to(output_dir).as_posix()
         glb = ply.with_suffix(".glb")
         if glb.is_file() and glb.stat().st_mtime_ns >= ply.stat().st_mtime_ns:
             data = glb.read_bytes()
         else:
-            v_mm, faces = read_mesh(ply)
+            try:
+                v_mm, faces = read_mesh(ply)
+            except MICAError as e:  # one unreadable mesh is left off the page, not the whole page
+                logger.warning(f"{e}; left off the viewer page")
+                continue
             data = mesh_glb_bytes(v_mm / 1000.0, faces, name)
-        script = f"meshes/{k:05d}.js"
+        script = f"meshes/{len(items):05d}.js"
         atomic_write_text(output_dir / VIEWER_DIR / script, f"window.MICA_MESH[{json.dumps(name)}] = "
                           f"{json.dumps(base64.b64encode(data).decode())};\n", fsync=False)
-        crop = None
+        crop = None  # a URL relative to index.html: percent-encoded, so '#', '?', '%' in names stay in the path
         if arcface_dir is not None and (Path(arcface_dir) / f"{name}.jpg").is_file():
-            crop = Path(os.path.relpath(Path(arcface_dir) / f"{name}.jpg", output_dir)).as_posix()
+            crop = quote(Path(os.path.relpath(Path(arcface_dir) / f"{name}.jpg", output_dir)).as_posix(), errors="surrogateescape")
         elif (ply.parent / "render.png").is_file():
-            crop = f"{name}/render.png"
+            crop = quote(f"{name}/render.png", errors="surrogateescape")  # non-UTF-8 names: their bytes
         row = rows.get(name, {})
         items.append({"name": name, "script": f"{VIEWER_DIR}/{script}", "crop": crop,
                       "summary": {k2: row[k2] for k2 in ("input", "status", "faces", "score") if row.get(k2)}})

@@ -134,9 +134,13 @@
         cam.projectionMatrixInverse.copy(cam.projectionMatrix).invert();
         renderer.render(scene, cam);
         if (!silhouette) {
-          img.src = data.frames[frame];
+          if (data.frames[frame]) img.src = data.frames[frame];  // null: no crop of this frame
+          else img.removeAttribute("src");
           for (var a = 1; a <= 3 && frame + a < n; a++) {
-            if (!ahead[frame + a]) { ahead[frame + a] = new Image(); ahead[frame + a].src = data.frames[frame + a]; }
+            if (!ahead[frame + a] && data.frames[frame + a]) {
+              ahead[frame + a] = new Image();
+              ahead[frame + a].src = data.frames[frame + a];
+            }
           }
           drawMarks(overlay, data.landmarks, frame, size, controls.marks());
           controls.update(frame);

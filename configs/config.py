@@ -265,7 +265,17 @@ _C.tracker.fit.smooth_eyes = 0.35
 _C.tracker.fit.smooth_eyelids = 0.3
 _C.tracker.fit.smooth_rot = 0.03
 _C.tracker.fit.smooth_t = 0.01
-_C.tracker.fit.focal_init = 2.0
+# Focal length prior (micalib/tracking/focal_prior.py): the source camera's field of view across
+# the source frame's larger side (degrees), log-normal with this standard deviation of log focal
+# (band +-2 sigma: 32-98 degrees). A face spanning more than face_fraction of the frame's larger
+# side marks a pre-cropped input: the source frame is then taken as the one in which the face spans
+# face_fraction, with the width precrop_log_sigma. focal > 0 (--focal PX, source pixels) fixes the
+# focal length (and the principal point at the crop centre) instead of fitting it.
+_C.tracker.fit.fov_deg = 60.0
+_C.tracker.fit.focal_log_sigma = 0.35
+_C.tracker.fit.face_fraction = 0.25
+_C.tracker.fit.precrop_log_sigma = 0.5
+_C.tracker.fit.focal = 0.0
 _C.tracker.fit.pp_sigma = 0.01
 # Refine MICA's identity on the keyframes (jointly with the intrinsics), pulled towards MICA's:
 # identity coefficients ~ N(MICA's, identity_sigma^2) (the original: shape regulariser 0.3).

@@ -19,7 +19,9 @@ from tests.synthetic_tracking import (
 SIZE, N_FRAMES, NOISE = 512, 120, 0.5
 
 
-def _check(seq, fr, model, face):
+def _check(seq, fr, model, face, out, focal_tol=0.01):
+    import json
+
     from micalib.tracking.camera import matrix_to_axis_angle, rotation_6d_to_matrix
 
     k_fit = np.stack([f["opencv"]["K"][0] for f in fr]).astype(np.float64)
@@ -27,9 +29,14 @@ def _check(seq, fr, model, face):
     f_true, d_true = seq["K"][0, 0], seq["t"][:, 2]
     focal = k_fit[:, 0, 0]
     assert np.allclose(focal, focal[0])  # one camera for the sequence
-    assert abs(focal[0] / f_true - 1) < 0.02
-    assert abs(t_fit[:, 2].mean() / d_true.mean() - 1) < 0.02  # the camera distance
-    assert np.abs(t_fit[:, 2] / d_true - 1).max() < 0.03  # and every frame's (measured: <= 2.1%)
+    # issue 22's goals: focal and distance within 1% on the mean, 2% on every frame
+    assert abs(focal[0] / f_true - 1) < focal_tol
+    assert abs(t_fit[:, 2].mean() / d_true.mean() - 1) < focal_tol  # the camera distance
+    assert np.abs(t_fit[:, 2] / d_true - 1).max() < 0.02  # and every frame's
+    # the run record states the estimate: the truth inside its 95% interval, decided by the motion
+    cam = json.loads((out / ".track_run.json").read_text())["camera"]
+    assert cam["low"] <= f_true <= cam["high"] and cam["decided_by"] == "motion"
+    assert abs(cam["focal"] - focal[0]) < 1e-3 * focal[0]
     assert abs((focal[0] / t_fit[:, 2].mean()) / (f_true / d_true.mean()) - 1) < 0.005
     assert np.abs(t_fit[:, :2] - seq["t"][:, :2]).mean() < 1e-3
     # meshes in model space
@@ -61,7 +68,7 @@ def _check(seq, fr, model, face):
 @pytest.mark.slow
 def test_synthetic_ground_truth_random_topology(tmp_path):
     seq, fr, model, face, out = track_synthetic(tmp_path, real=False, n_frames=N_FRAMES, noise_px=NOISE)
-    _check(seq, fr, model, face)
+    _check(seq, fr, model, face, out)
     rows = (out / "tracking.csv").read_text().splitlines()
     assert len(rows) == N_FRAMES + 1 and rows[0].startswith("frame,")
 
@@ -73,8 +80,10 @@ def test_synthetic_ground_truth_real_topology(tmp_path):
 
     if shared_flame_public() is None or shared_tracker_dir() is None:
         pytest.skip("../shared/data/flame_public or ../shared/data/tracker is absent")
-    seq, fr, model, face, _ = track_synthetic(tmp_path, real=True, n_frames=N_FRAMES, noise_px=NOISE)
-    _check(seq, fr, model, face)
+    seq, fr, model, face, out = track_synthetic(tmp_path, real=True, n_frames=N_FRAMES, noise_px=NOISE)
+    # issue 22 asks for 1% on the mean: measured 1.3% here (8 keyframes; inside the reported 95%
+    # interval of +-2.4%, 24 keyframes still gave 0.8-1.7% on three noise draws): not met, 2% kept
+    _check(seq, fr, model, face, out, focal_tol=0.02)
 
 
 def test_reduced_landmark_model_matches_full_flame(tmp_path):

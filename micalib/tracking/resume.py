@@ -102,6 +102,18 @@ def check_run_record(out: Path, settings: dict) -> None:
     atomic_write_text(path, json.dumps(settings, indent=1, sort_keys=True), fsync=False)
 
 
+def record_camera(out: Path, camera: dict) -> None:
+    """Add what the keyframes decided about the camera (``focal_prior.CameraEstimate``, source
+    pixels) to the run record as its ``camera`` entry (not an option: re-runs do not compare it)."""
+    path = out / RUN_RECORD
+    try:
+        rec = json.loads(path.read_text()) if written_file(path) else {}
+    except (OSError, ValueError):
+        rec = {}
+    rec["camera"] = camera
+    atomic_write_text(path, json.dumps(rec, indent=1, sort_keys=True), fsync=False)
+
+
 def clear_run(out: Path) -> None:
     """``--overwrite``: remove what track.py wrote into ``out`` (nothing else)."""
     for name in RUN_FILES:

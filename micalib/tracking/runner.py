@@ -142,6 +142,7 @@ class TrackRunner:
         self._png_written: set[int] = set()
         self.overwrite = overwrite
         self._journal: RowJournal | None = None
+        self.camera = None  # the keyframes' CameraEstimate (focal_prior.py), None when resumed
 
     # -----------------------------------------------------------------------------------------
     def _landmarks(self) -> dict[str, np.ndarray]:
@@ -456,10 +457,7 @@ class TrackRunner:
                 done_shape = read_frame(out / "checkpoint" / f"{frame_name(first_done)}.frame")["flame"]["shape"]
                 refined = np.asarray(done_shape, np.float32).reshape(-1)
         else:
-            keys = pick_keyframes([k for k in range(n) if has_face[k]], fitter.s.keyframes)
-            fitter.calibrate([(obs_all[k], valid_all[k]) for k in keys])
-            logger.info(f"camera: focal {fitter.intr.focal:.1f} px, principal point ({fitter.intr.cx:.1f}, "
-                        f"{fitter.intr.cy:.1f}) from {len(keys)} keyframes")
+            self._calibrate(fitter, obs_all, valid_all, has_face, 1.0 if follow else float(matrices[0][0, 0]))
             if fitter.s.refine_identity:
                 refined = np.zeros(300, np.float32)
                 refined[: ident.size] = ident
@@ -639,6 +637,24 @@ class TrackRunner:
         uvw = cam @ kk.T
         screen = np.concatenate([uvw[:, :2] / uvw[:, 2:3], cam[:, 2:3]], 1).astype(np.float32)
         return compose_overlay(crop, land, screen, faces)
+
+    def _calibrate(self, fitter, obs_all, valid_all, has_face, scale: float) -> None:
+        """The intrinsics from keyframes chosen for pose diversity, with the focal prior; the
+        estimate goes to the log and the run record (``scale``: fitted px per source px)."""
+        from micalib.tracking.focal_prior import face_size, make_prior
+        from micalib.tracking.keyframes import calibrate, choose_keyframes
+        from micalib.tracking.resume import record_camera
+
+        keys = choose_keyframes(fitter, obs_all, valid_all, [k for k in range(len(has_face)) if has_face[k]],
+                                fitter.s.keyframes)
+        face = face_size([obs_all[k][valid_all[k]] for k in keys])
+        prior = make_prior(fitter.s, self.source.size, scale, None if face is None else face / scale)
+        _states, est = calibrate(fitter, [(obs_all[k], valid_all[k]) for k in keys], prior, keys)
+        logger.info(f"focal prior: {prior.note}")
+        logger.info(est.describe(scale, max(self.source.size)) + f"; principal point ({fitter.intr.cx:.1f}, "
+                    f"{fitter.intr.cy:.1f}) crop px; {len(keys)} keyframes {keys}")
+        record_camera(self.out, est.in_source_px(scale))
+        self.camera = est
 
     def _write_csv(self, rows: dict[int, dict]) -> None:
         buf = io.StringIO()

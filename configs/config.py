@@ -229,6 +229,9 @@ _C.tracker.ibug68_model = ""
 # Crop: one square box from the first frame's landmarks times bbox_scale (False = the whole frame).
 _C.tracker.crop = True
 _C.tracker.bbox_scale = 2.5
+# Where MediaPipe finds no face on the whole frame (small faces), windows of the frame are searched
+# (micalib/tracking/landmarks.py FaceSearch): every frame until the first face, then every Nth faceless one.
+_C.tracker.search_every = 10
 # Follow the face with a box per frame (smoothed) instead of one box.
 _C.tracker.follow_face = False
 # Frames with a face used to compute the identity with MICA when no --identity is given.

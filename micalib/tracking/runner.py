@@ -70,6 +70,8 @@ from utils.mesh import obj_text, ply_bytes
 
 # Raw crops of the landmark pass (uint8, frame after frame), read by the second pass, then deleted.
 CROP_CACHE = ".crops.raw"
+# Frames before the first face kept in memory (bytes) to be cropped once the face is found.
+EARLY_BYTES = 512 << 20
 # Faceless frames kept in memory while waiting for the next tracked frame (beyond: held, not interpolated).
 MAX_HELD = 250
 CSV_FIELDS = ["frame", "input_frame", "time_s", "face_found", "landmarks_used", "rms_mediapipe_px",
@@ -163,6 +165,7 @@ class TrackRunner:
         """MediaPipe on the crop of each output frame (the box from the first frame with a face)."""
         from micalib.tracking.landmarks import (
             MEDIAPIPE_IBUG68,
+            FaceSearch,
             Ibug68Detector,
             MediaPipeLandmarker,
             face_box_from_points,
@@ -177,6 +180,9 @@ class TrackRunner:
         if ib_det is not None:
             logger.info(f"68-point landmarks from {ib_path}")
         det = MediaPipeLandmarker(video_mode=True)
+        search = FaceSearch(int(self.cfg.tracker.search_every))
+        early: list[np.ndarray] = []  # frames before the first face, cropped once the box is known
+        faceless: int | None = None  # faceless frames since the first face
         box = None
         track = cropmod.CropTrack(self.cfg.tracker.bbox_scale) if self.cfg.tracker.follow_face else None
         # One fixed box (the default): this pass's crops are the final ones, so they are kept in a
@@ -186,30 +192,44 @@ class TrackRunner:
         pending: list[Future] = []
         n_cached = 0
         try:
+            def keep(k, crop):  # the crop cache and input/NNNNN.png of frame k
+                cache.write(crop.tobytes())
+                pending.append(pool.submit(self._write_png, k, crop))
+                while len(pending) > 4:
+                    pending.pop(0).result()
+                return k + 1
+
             for k, i, rgb in tqdm(prefetch(self.source), total=len(self.source), desc="landmarks", leave=False):
                 if box is None:
                     pts = det.detect(rgb)
-                    if np.isfinite(pts).all():
-                        box = cropmod.box_from_landmarks(pts[MEDIAPIPE_IBUG68], self.cfg.tracker.bbox_scale)
-                        det.reset()
-                    else:
-                        if cache is not None:  # no face on the first frame: no cache, decode twice
+                    if not np.isfinite(pts).all():  # too small for the full frame: search windows
+                        pts = search.find(rgb)
+                    if not np.isfinite(pts).all():
+                        if cache is not None and (len(early) + 1) * rgb.nbytes <= EARLY_BYTES:
+                            early.append(rgb.copy())
+                        elif cache is not None:  # no face for too long: no cache, decode twice
+                            logger.info(f"no face in the first {k + 1} frames: the video is decoded twice")
                             cache.close()
-                            cache = None
+                            cache, early = None, []
                             (self.out / CROP_CACHE).unlink(missing_ok=True)
                         continue
+                    box = cropmod.box_from_landmarks(pts[MEDIAPIPE_IBUG68], self.cfg.tracker.bbox_scale)
+                    det.reset()
+                    faceless = 0
+                    for ke, rgb_e in enumerate(early):  # frames 0..k-1 (no face): their crops now
+                        n_cached = keep(ke, cropmod.warp(rgb_e, cropmod.crop_matrix(box, self.size), (self.size,) * 2))
+                    early = []
                 if track is not None:
                     box = track.update(mp[i - 1][MEDIAPIPE_IBUG68] if i > 0 else None) or box
                 m = cropmod.crop_matrix(box, self.size)
                 crop = cropmod.warp(rgb, m, (self.size, self.size))
                 mp[i] = transform_points(det.detect(crop), cropmod.invert_matrix(m)).astype(np.float32)
+                if not np.isfinite(mp[i]).all():  # the face left the crop, or shrank: search now and then
+                    mp[i] = search.find(rgb) if search.wanted(faceless) else mp[i]
+                    faceless += 1
                 if cache is not None:
                     self._box = box
-                    cache.write(crop.tobytes())
-                    n_cached = k + 1
-                    pending.append(pool.submit(self._write_png, k, crop))
-                    while len(pending) > 4:
-                        pending.pop(0).result()
+                    n_cached = keep(k, crop)
                 face = face_box_from_points(mp[i])
                 if ib_det is not None and face is not None:
                     ib[i] = ib_det.detect(rgb, face)
@@ -217,6 +237,9 @@ class TrackRunner:
                 f.result()
         finally:
             det.close()
+            search.close()
+            if search.searches:
+                logger.info(f"face search on {search.searches} frame(s) where MediaPipe missed the face")
             if pool is not None:
                 pool.shutdown(wait=True)
             if cache is not None:

@@ -272,11 +272,13 @@ _C.tracker.fit.smooth_t = 0.01
 # the source frame's larger side (degrees), log-normal with this standard deviation of log focal
 # (band +-2 sigma: 32-98 degrees). A face spanning more than face_fraction of the frame's larger
 # side marks a pre-cropped input: the source frame is then taken as the one in which the face spans
-# face_fraction, with the width precrop_log_sigma. focal > 0 (--focal PX, source pixels) fixes the
-# focal length (and the principal point at the crop centre) instead of fitting it.
+# precrop_face_fraction (in 1080p talking-head clips the face spans 0.08-0.18 of the width), with
+# the width precrop_log_sigma. focal > 0 (--focal PX, source pixels) fixes the focal length (and the
+# principal point at the crop centre) instead of fitting it.
 _C.tracker.fit.fov_deg = 60.0
 _C.tracker.fit.focal_log_sigma = 0.35
 _C.tracker.fit.face_fraction = 0.25
+_C.tracker.fit.precrop_face_fraction = 0.12
 _C.tracker.fit.precrop_log_sigma = 0.5
 _C.tracker.fit.focal = 0.0
 _C.tracker.fit.pp_sigma = 0.01

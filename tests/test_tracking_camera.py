@@ -36,9 +36,10 @@ def test_prior_centre_from_the_source_frame_and_precropped_inputs():
     assert abs(p.centre - 960 / math.tan(math.radians(30)) * 512 / 540) < 1e-6 and not p.fixed
     lo, hi = p.band()
     assert abs(lo - p.centre * math.exp(-0.7)) < 1e-6 and abs(hi - p.centre * math.exp(0.7)) < 1e-6
-    # a pre-cropped 512 clip whose face spans 300 px: the source frame is the one where it spans 0.25
+    # a pre-cropped 512 clip whose face spans 300 px: the source frame is the one where it spans 0.12
     q = make_prior(s, (512, 512), 1.0, face_px=300.0)
-    assert abs(q.centre - 0.5 * 1200 / math.tan(math.radians(30))) < 1e-6 and q.log_sigma == s.precrop_log_sigma
+    assert abs(q.centre - 0.5 * 2500 / math.tan(math.radians(30))) < 1e-6 and q.log_sigma == s.precrop_log_sigma
+    assert make_prior(s, (512, 512), 1.0, face_px=120.0).log_sigma == s.focal_log_sigma  # 0.23: not pre-cropped
     # --focal: fixed, in crop pixels
     g = make_prior(FitSettings(focal=1500.0), (1920, 1080), 0.5, face_px=300.0)
     assert g.fixed and g.centre == 750.0
@@ -181,3 +182,55 @@ def test_far_still_head_is_decided_by_the_prior_and_its_interval_holds_the_truth
     dz = np.mean([s.t[2] / seq["t"][k, 2] for s, k in zip(states, keys)])
     assert abs(dz / (est.focal / f_true) - 1) < 0.02  # distance off by the focal's factor
     assert max(est.high / est.focal - 1, 1 - est.low / est.focal) >= abs(dz - 1)
+
+
+@pytest.mark.shared_data
+@pytest.mark.slow
+def test_justin_projected_landmarks_follow_the_fast_motion_of_frames_67_68(tmp_path):
+    """Lag guard on real motion: justin.mp4 at 25 fps, output frames 67 -> 68 (the face moves ~10 px
+    in the crop): the fitted model's projected landmarks move with the detected ones, their mean
+    motion within 1 px (stand-in FLAME on the real topology, zero identity)."""
+    from configs.config import load_cfg
+    from micalib.tracking.crop import read_crop_json, transform_points
+    from micalib.tracking.frames import open_frames
+    from micalib.tracking.landmarks import load_landmarks_npz, mediapipe_available
+    from micalib.tracking.model import load_eyelids, load_mediapipe_embedding
+    from micalib.tracking.outputs import read_frame
+    from micalib.tracking.runner import TrackRunner, _state_from_frame
+    from models.flame import FLAME
+    from tests.synthetic_flame import shared_flame_public
+    from tests.synthetic_tracking import shared_tracker_dir, write_tracker_assets
+
+    shared = shared_tracker_dir()
+    if shared is None or not (shared / "justin.mp4").is_file() or shared_flame_public() is None \
+            or not mediapipe_available():
+        pytest.skip("../shared/data/tracker/justin.mp4, ../shared/data/flame_public or mediapipe is absent")
+    a = write_tracker_assets(tmp_path / "assets", seed=0, real=True)
+    np.save(tmp_path / "zero.npy", np.zeros(300, np.float32))
+    cfg = load_cfg("configs/tracker.yml", [
+        "model.flame_model_path", str(a["flame_model_path"]), "model.flame_lmk_embedding_path",
+        str(a["flame_lmk_embedding_path"]), "tracker.mediapipe_embedding_path", str(a["mediapipe_embedding_path"]),
+        "tracker.l_eyelid_path", str(a["l_eyelid_path"]), "tracker.r_eyelid_path", str(a["r_eyelid_path"])])
+    src = open_frames(shared / "justin.mp4", 25.0)
+    src.indices = src.indices[:70]
+    out = TrackRunner(cfg, shared / "justin.mp4", tmp_path / "out", identity_path=tmp_path / "zero.npy",
+                      video=False, source=src).run()
+    flame = FLAME.from_files(a["flame_model_path"], a["flame_lmk_embedding_path"])
+    model = TrackingFLAME(flame, np.zeros(300), load_mediapipe_embedding(a["mediapipe_embedding_path"]),
+                          load_eyelids(a["l_eyelid_path"], a["r_eyelid_path"], flame.n_vertices))
+    det = load_landmarks_npz(out / "landmarks.npz", src.n_input_frames)["mediapipe"]
+    mats = read_crop_json(out / "crop.json")
+    sl = model.slices["mediapipe"]
+    proj, seen = [], []
+    for k in (67, 68):
+        fr = read_frame(out / "checkpoint" / f"{k:05d}.frame")
+        st = _state_from_frame(fr)
+        kk = np.asarray(fr["opencv"]["K"], np.float64).reshape(3, 3)
+        pts = model.points(st.exp, st.pose, st.eyelids, model.contour_bin(st.r))[sl]
+        uvw = (pts @ st.r.T + st.t) @ kk.T
+        proj.append(uvw[:, :2] / uvw[:, 2:])
+        seen.append(transform_points(det[src.indices[k]][model.mediapipe_index], mats[k]))
+    moved_seen = (seen[1] - seen[0]).mean(0)
+    moved_proj = (proj[1] - proj[0]).mean(0)
+    assert np.linalg.norm(moved_seen) > 5.0  # the fast motion this guards
+    assert np.linalg.norm(moved_proj - moved_seen) <= 1.0, (moved_proj, moved_seen)

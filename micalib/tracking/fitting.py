@@ -74,6 +74,7 @@ class FitSettings:
     fov_deg: float = 60.0          # focal prior: the source camera's field of view across its larger side
     focal_log_sigma: float = 0.35  # its width: standard deviation of log focal
     face_fraction: float = 0.25    # a face larger than this part of the frame: a pre-cropped input (focal_prior.py)
+    precrop_face_fraction: float = 0.12  # the part of its source frame such a face is taken to span
     precrop_log_sigma: float = 0.5  # the prior's width then
     focal: float = 0.0             # focal length in source pixels (--focal): fixed, no prior; 0 = fitted
     pp_sigma: float = 0.01         # principal point prior around the centre, times the crop size
@@ -374,6 +375,7 @@ def settings_from_config(cfg) -> FitSettings:
         fov_deg=float(cfg.tracker.fit.fov_deg),
         focal_log_sigma=float(cfg.tracker.fit.focal_log_sigma),
         face_fraction=float(cfg.tracker.fit.face_fraction),
+        precrop_face_fraction=float(cfg.tracker.fit.precrop_face_fraction),
         precrop_log_sigma=float(cfg.tracker.fit.precrop_log_sigma),
         focal=float(cfg.tracker.fit.focal),
         pp_sigma=float(cfg.tracker.fit.pp_sigma),

@@ -18,14 +18,16 @@ band reported is +-2 sigma.
 the clip is then itself a crop of an unknown larger frame, and its own size says nothing about the
 lens. When the face (the landmarks' bounding box, larger side) spans more than ``face_fraction``
 (0.25) of the frame's larger side, the source frame is taken as the frame in which that face spans
-``face_fraction`` (L = face / face_fraction, a face at a usual filming distance), and the width is
-``precrop_log_sigma`` (0.5) instead: the prior then says "a head at a typical distance", loosely.
+``precrop_face_fraction`` (0.12: in the 1080p talking-head clips at hand the face spans 0.08-0.18
+of the width; L = face / precrop_face_fraction), and the width is ``precrop_log_sigma`` (0.5)
+instead: the prior then says "a head at a typical distance from a usual lens", loosely.
 
 ``--focal PX`` (``tracker.fit.focal``, source pixels) replaces the prior: the focal length is fixed.
 
 The **estimate** (``CameraEstimate``) carries the fitted focal length, a 95% interval from the
 curvature of the keyframe cost (the Gauss-Newton normal matrix, keyframe parameters marginalised by
-the Schur complement, scaled by the landmark residual variance the keyframes show), and which of
+the Schur complement, scaled by the landmark residual variance the keyframes show and by how much
+more they disagree about the focal length than that allows), and which of
 the two decided it: the motion (the landmarks' information on log f exceeds the prior's) or the
 prior.
 """
@@ -91,11 +93,11 @@ def make_prior(settings, source_size: tuple[int, int], scale: float, face_px: fl
                           fixed=True)
     sigma, note = float(settings.focal_log_sigma), f"{settings.fov_deg:g} deg across the {side:.0f}-px source frame"
     if face_px is not None and face_px > settings.face_fraction * side:
-        side = face_px / settings.face_fraction
+        side = face_px / settings.precrop_face_fraction
         sigma = float(settings.precrop_log_sigma)
         note = (f"pre-cropped input (face {face_px:.0f} px > {settings.face_fraction:g} of the frame): "
                 f"{settings.fov_deg:g} deg across a {side:.0f}-px source frame in which the face spans "
-                f"{settings.face_fraction:g}")
+                f"{settings.precrop_face_fraction:g}")
     return FocalPrior(focal_from_fov(settings.fov_deg, side) * scale, sigma, scale, note)
 
 
@@ -119,6 +121,7 @@ class CameraEstimate:
     prior_low: float          # the prior's +-2 sigma band
     prior_high: float
     keyframes: list[int] | None = None
+    dispersion: float = 1.0   # the keyframes' disagreement on the focal beyond the noise (keyframes.py)
 
     def in_source_px(self, scale: float) -> dict:
         """The estimate as a JSON-able dict with every focal length in source pixels."""
@@ -127,6 +130,7 @@ class CameraEstimate:
             d[k] = round(float(d[k]) / scale, 3) if math.isfinite(d[k]) else None
         d["data_share"] = round(float(d["data_share"]), 4)
         d["residual_px"] = round(float(d["residual_px"]), 4)
+        d["dispersion"] = round(float(d["dispersion"]), 3)
         return d
 
     def describe(self, scale: float, source_side: float) -> str:
@@ -138,7 +142,7 @@ class CameraEstimate:
             return f"camera: focal {f:.1f} source px ({fov:.1f} deg across {source_side:.0f} px), given (--focal)"
         return (f"camera: focal {f:.1f} source px ({fov:.1f} deg across {source_side:.0f} px), 95% interval "
                 f"{lo:.1f}-{hi:.1f}, decided by the {self.decided_by} (landmarks' share of the information "
-                f"{self.data_share:.0%}; prior band {self.prior_low / scale:.0f}-{self.prior_high / scale:.0f})")
+                f"{self.data_share:.0%}, keyframe disagreement x{self.dispersion:.1f}; prior band {self.prior_low / scale:.0f}-{self.prior_high / scale:.0f})")
 
 
 def estimate(prior: FocalPrior, focal: float, var_focal_post: float, var_focal_data: float,

@@ -12,12 +12,14 @@ extremes; a still head falls back to frames spread in time (the time term).
 **Joint fit** (``calibrate``): Levenberg-Marquardt over all keyframes at once, each keyframe's 117
 parameters and the shared intrinsics (focal, cx, cy; plus the identity change with
 ``refine_identity``), solved by the Schur complement on the shared unknowns. The focal length's
-cost has the prior of ``focal_prior.py`` added with the weight ``s^2``, s^2 the landmark residual
-variance (per coordinate, in units of ``sigma_px``) of the keyframes, re-estimated every 5 steps:
-so the landmarks count as much as their real scatter says, on clean and on noisy input alike. The
-posterior variance of the focal length is s^2 times the focal entry of the inverse Schur complement
-(the curvature of the keyframe cost); without the prior the same gives the landmarks' own
-information, and the larger of the two informations decided (``focal_prior.estimate``).
+cost has the prior of ``focal_prior.py`` added with the weight ``s^2 phi``: s^2 the landmark
+residual variance (per coordinate, in units of ``sigma_px``) of the keyframes, phi >= 1 how much
+more the keyframes disagree about the focal length than that noise allows (``_Joint.dispersion``:
+model error), both re-estimated every 5 steps. So the landmarks count as much as their real scatter
+and agreement say, on clean and on noisy input, with the right face model or a wrong one. The
+posterior variance of the focal length is s^2 phi times the focal entry of the inverse Schur
+complement (the curvature of the keyframe cost); without the prior the same gives the landmarks'
+own information, and the larger of the two informations decided (``focal_prior.estimate``).
 """
 from __future__ import annotations
 
@@ -91,6 +93,7 @@ class _Joint:
         self.n_sh = 3 + (m.flame.n_shape if self.refine else 0)
         self.w_id = 1.0 / fitter.s.identity_sigma ** 2
         self.s2 = 1.0  # landmark residual variance (units of sigma_px^2), weights the prior
+        self.phi = 1.0  # over-dispersion of the keyframes' focal gradients (model error), >= 1
         self.n_obs = 2 * float(sum((fitter.set_w * v).sum() for _o, v in frames))
         self.lmk = 0.0
 
@@ -107,7 +110,7 @@ class _Joint:
         for i, (st, (o, v)) in enumerate(zip(sts, self.frames)):
             c, h, g, res, *_ = f._linearise(st, o, v, it, None, self.basis[i], True,
                                             shape=(self.sjac[i], ds) if self.refine else None, reg_scale=self.s2)
-            blocks.append((h[:N_FRAME, :N_FRAME], h[:N_FRAME, N_FRAME:], g[:N_FRAME]))
+            blocks.append((h[:N_FRAME, :N_FRAME], h[:N_FRAME, N_FRAME:], g[:N_FRAME], h[N_FRAME, N_FRAME], g[N_FRAME]))
             a_h += h[N_FRAME:, N_FRAME:]
             a_g += g[N_FRAME:]
             total += c
@@ -117,7 +120,7 @@ class _Joint:
             a_g[3:] += self.w_id * ds
             total += float(self.w_id * ds @ ds)
         if with_prior:
-            c, h, g = self.prior.terms(it.focal, self.s2)
+            c, h, g = self.prior.terms(it.focal, self.s2 * self.phi)
             a_h[0, 0] += h
             a_g[0] += g
             total += c
@@ -136,13 +139,32 @@ class _Joint:
         s_mat = a_h + mu * np.diag(np.diag(a_h))
         s_rhs = -a_g.copy() if a_g is not None else np.zeros(n_sh)
         sols = []
-        for d, b, g in blocks:
+        for d, b, g, *_ in blocks:
             d = d + mu * np.diag(np.diag(d)) + 1e-9 * np.eye(N_FRAME)
             x = _solve(d, np.concatenate([b, -g[:, None]], 1))
             sols.append(x)
             s_mat = s_mat - b.T @ x[:, :n_sh]
             s_rhs = s_rhs - b.T @ x[:, n_sh]
         return s_mat, s_rhs, sols
+
+    def dispersion(self, blocks, s2: float) -> float:
+        """How much more the keyframes disagree on the focal length than the landmark noise allows
+        (>= 1): each keyframe's focal gradient gamma_k, its own parameters marginalised, has the
+        variance s^2 I_k (I_k its information on the focal) when the model fits up to that noise,
+        and at the joint optimum the gammas sum to about zero, so sum gamma_k^2 / (s^2 I_k) is about
+        K - 1. A model that does not fit the face (a stand-in FLAME, an identity off) makes each
+        keyframe pull its own way: the landmarks' information on the focal is then divided by
+        this factor (a quasi-likelihood over-dispersion estimate)."""
+        if len(blocks) < 3:
+            return 1.0
+        chi = 0.0
+        for d, b, g, h_ff, g_f in blocks:
+            x = _solve(d + 1e-9 * np.eye(N_FRAME), np.stack([b[:, 0], g], 1))
+            info = h_ff - b[:, 0] @ x[:, 0]
+            gamma = g_f - b[:, 0] @ x[:, 1]
+            if info > 0:
+                chi += gamma * gamma / (s2 * info)
+        return max(1.0, chi / (len(blocks) - 1))
 
     def residual_variance(self) -> float:
         """Landmark residual variance per coordinate (sigma_px units) of the keyframes, the rigid
@@ -183,13 +205,15 @@ class _Joint:
             if it_n % 5 == 4:  # new expression bases, and the prior's weight from the residuals now
                 s2 = self.residual_variance()
                 self.refresh(states)
-                converged = converged and abs(s2 / self.s2 - 1) < 0.1
-                self.s2 = s2
+                phi = self.dispersion(blocks, s2)
+                converged = converged and abs(s2 * phi / (self.s2 * self.phi) - 1) < 0.1
+                self.s2, self.phi = s2, phi
                 cost, blocks, a_h, a_g = self.assemble(states, intr, ds)
-            if converged:
+            if converged and it_n >= 4:  # after the residual scale has been measured once
                 break
-        self.assemble(states, intr, ds)
+        _c, blocks, _h, _g = self.assemble(states, intr, ds)
         self.s2 = self.residual_variance()
+        self.phi = self.dispersion(blocks, self.s2)
         return states, intr, ds
 
     def curvature(self, states, intr: Intrinsics, ds) -> tuple[float, float]:
@@ -203,7 +227,7 @@ class _Joint:
                 var = float(np.linalg.inv(s_mat)[0, 0])
             except np.linalg.LinAlgError:
                 var = np.inf
-            out.append(self.s2 * var if var > 0 else np.inf)
+            out.append(self.s2 * self.phi * var if var > 0 else np.inf)
         return out[0], out[1]
 
 
@@ -230,4 +254,5 @@ def calibrate(fitter, frames: Sequence[tuple[np.ndarray, np.ndarray]], prior: Fo
     var_post, var_data = (0.0, 0.0) if prior.fixed else joint.curvature(states, intr, ds)
     est = estimate(prior, intr.focal, var_post, var_data, float(np.sqrt(joint.s2)),
                    None if keyframes is None else [int(k) for k in keyframes])
+    est.dispersion = float(joint.phi)
     return states, est

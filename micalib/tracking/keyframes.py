@@ -211,20 +211,24 @@ class _Joint:
                 cost, blocks, a_h, a_g = self.assemble(states, intr, ds)
             if converged and it_n >= 4:  # after the residual scale has been measured once
                 break
-        _c, blocks, _h, _g = self.assemble(states, intr, ds)
+        _c, blocks, a_h, _g = self.assemble(states, intr, ds, with_prior=False)
         self.s2 = self.residual_variance()
         self.phi = self.dispersion(blocks, self.s2)
+        self.final = (blocks, a_h, intr.focal)
         return states, intr, ds
 
-    def curvature(self, states, intr: Intrinsics, ds) -> tuple[float, float]:
-        """Variances of the focal length (fitted px^2): posterior (landmarks + prior) and from the
-        landmarks alone, keyframe parameters (and the identity change) marginalised."""
+    def curvature(self) -> tuple[float, float]:
+        """Variances of the focal length (fitted px^2) at the end of ``run``: posterior (landmarks +
+        prior) and from the landmarks alone, keyframe parameters (and the identity change)
+        marginalised (the prior touches only the shared block: one Schur complement for both)."""
+        blocks, a_h, focal = self.final
+        s_data = self.schur(blocks, a_h, 0.0)[0]
+        s_post = s_data.copy()
+        s_post[0, 0] += self.prior.terms(focal, self.s2 * self.phi)[1]
         out = []
-        for with_prior in (True, False):
-            _c, blocks, a_h, _g = self.assemble(states, intr, ds, with_prior)
-            s_mat, _r, _x = self.schur(blocks, a_h, 0.0)
+        for m in (s_post, s_data):
             try:
-                var = float(np.linalg.inv(s_mat)[0, 0])
+                var = float(np.linalg.inv(m)[0, 0])
             except np.linalg.LinAlgError:
                 var = np.inf
             out.append(self.s2 * self.phi * var if var > 0 else np.inf)
@@ -251,7 +255,7 @@ def calibrate(fitter, frames: Sequence[tuple[np.ndarray, np.ndarray]], prior: Fo
     states, intr, ds = joint.run(states, fitter.intr)
     fitter.intr = intr
     fitter.identity_change = ds
-    var_post, var_data = (0.0, 0.0) if prior.fixed else joint.curvature(states, intr, ds)
+    var_post, var_data = (0.0, 0.0) if prior.fixed else joint.curvature()
     est = estimate(prior, intr.focal, var_post, var_data, float(np.sqrt(joint.s2)),
                    None if keyframes is None else [int(k) for k in keyframes])
     est.dispersion = float(joint.phi)

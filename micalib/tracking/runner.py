@@ -51,6 +51,7 @@ from micalib.tracking.model import (
 from micalib.tracking.outputs import frame_dict, frame_name, read_frame, save_frame
 from micalib.tracking.resume import (
     ROWS_JOURNAL,
+    RUN_RECORD,
     RowJournal,
     check_run_record,
     clear_run,
@@ -476,6 +477,7 @@ class TrackRunner:
             if follow:
                 kk = np.linalg.inv(np.vstack([matrices[first_done], [0.0, 0.0, 1.0]])) @ kk
             fitter.intr = Intrinsics(float(kk[0, 0]), float(kk[0, 2]), float(kk[1, 2]))
+            logger.info(f"camera of the finished frames: focal {kk[0, 0]:.1f} crop px (the estimate: {RUN_RECORD} 'camera')")
             if fitter.s.refine_identity:  # the refined identity of the finished frames
                 done_shape = read_frame(out / "checkpoint" / f"{frame_name(first_done)}.frame")["flame"]["shape"]
                 refined = np.asarray(done_shape, np.float32).reshape(-1)

@@ -2,8 +2,9 @@
 
     python demo.py -i demo/input -o demo/output
 
-For every face: OUTPUT/NAME/{mesh.ply, mesh.obj (mm), identity.npy, kpt7.npy, kpt68.npy, render.png},
-the aligned crops in -a (NAME.jpg 224 crop, NAME.npy network input), and OUTPUT/summary.{csv,json}.
+For every face: OUTPUT/NAME/{mesh.ply, mesh.obj (mm), identity.npy, kpt7.npy, kpt68.npy, render.png}
+(+ mesh.glb in metres with --glb), the aligned crops in -a (NAME.jpg 224 crop, NAME.npy network
+input), OUTPUT/summary.{csv,json} and the viewer page OUTPUT/index.html (--no-page skips it).
 Trailing KEY VALUE pairs override the configuration (see configs/config.py).
 Exit code: 0 when every input is reconstructed (or was by an earlier run), 1 when any failed,
 130 when interrupted (Ctrl-C or SIGTERM; the summary then lists the unprocessed inputs as pending).
@@ -56,6 +57,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--fuse", action="store_true",
                    help="also average the identity of all images of each sub-folder into SUBFOLDER/fused/")
     p.add_argument("--no-render", action="store_true", help="skip render.png previews")
+    p.add_argument("--glb", action="store_true",
+                   help="also write NAME/mesh.glb (glTF binary, metres; mesh.ply / mesh.obj stay millimetres), "
+                        "--fuse results too")
+    p.add_argument("--no-page", action="store_true", help="skip the viewer page OUTPUT/index.html")
     p.add_argument("--overwrite", action="store_true", help="redo images whose outputs already exist")
     p.add_argument("--threads", type=int, default=None,
                    help="torch threads of this process (1..1024; default: torch's, under torchrun the machine's "
@@ -169,6 +174,8 @@ def main(argv=None) -> int:
     counts = [sum(r.status == s for r in results) for s in ("ok", "done", "failed")]
     totals = [sum(c) for c in zip(*gather(shard, counts))]  # every rank of a torchrun run: the run's totals
     destroy_distributed()
+    if shard.leader:
+        finish_outputs(args)
     where = f"shard {shard}: " if shard.sharded else ""
     logger.info(f"{where}{counts[0]} reconstructed, {counts[1]} already done, {counts[2]} failed -> {args.output}")
     for r in failed:
@@ -180,6 +187,19 @@ def main(argv=None) -> int:
         logger.info(f"when every shard has finished: python -m micalib.inference.merge_summaries {args.output} -i {args.input} "
                     f"-a {args.arcface}")
     return 1 if totals[2] else 0
+
+
+def finish_outputs(args: argparse.Namespace) -> None:
+    """``--glb``: ``mesh.glb`` beside every ``mesh.ply``; the viewer page (its path printed)."""
+    if args.glb:
+        from micalib.export.gltf import demo_glb
+
+        written = demo_glb(args.output, overwrite=args.overwrite)
+        logger.info(f"{len(written)} mesh.glb written (metres)")
+    if not args.no_page:
+        from micalib.viewer.page import write_demo_page
+
+        print(f"viewer page: {write_demo_page(args.output, args.arcface)}")
 
 
 @contextlib.contextmanager

@@ -60,6 +60,16 @@ echo "[install] test dependencies"
 "${PIP[@]}" -r requirements-test.txt
 "${PIP[@]}" --no-deps smplx==0.1.28
 
+# The Khronos glTF validator (npm, pinned in tests/node/package-lock.json) for tests/test_gltf.py;
+# without node/npm that test is skipped. Blender and Chromium (the other readers the tests use):
+# scripts/install_readers.sh (apt-get, root).
+if command -v npm >/dev/null 2>&1; then
+  echo "[install] tests/node: the Khronos glTF validator (npm ci)"
+  if ! (cd tests/node && npm ci --no-audit --no-fund --loglevel=error >/dev/null); then
+    echo "[install] WARNING: npm ci in tests/node failed; the glTF validator test will be skipped" >&2
+  fi
+fi
+
 if [[ "$DOWNLOAD" == 1 ]]; then
   bash scripts/download_assets.sh
 fi

@@ -3,8 +3,8 @@
     python track.py -i video.mp4 -o output/tracking [--identity identity.npy] [--landmarks lmk.npz]
 
 Writes OUT/NAME/{checkpoint/NNNNN.frame, mesh/NNNNN.ply, input/NNNNN.png, canonical.obj,
-identity.npy, landmarks.npz, crop.json, bbox.pt, tracking.csv, video.mp4}; see README "Tracking a
-video". A re-run into the same -o skips the finished frames if its options are the same, and is
+identity.npy, landmarks.npz, crop.json, bbox.pt, tracking.csv, video.mp4, NAME.glb, view/index.html};
+see README "Tracking a video" and "Look at the results". A re-run into the same -o skips the finished frames if its options are the same, and is
 refused otherwise (--overwrite tracks again from scratch). Trailing KEY VALUE pairs override the configuration (configs/tracker.yml, section tracker).
 """
 from __future__ import annotations
@@ -34,6 +34,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                         "keyframes with a field-of-view prior, tracker.fit.fov_deg)")
     p.add_argument("--photometric", action="store_true", help="photometric refinement after the landmark fit (slower; a GPU helps)")
     p.add_argument("--no-video", action="store_true", help="skip video.mp4")
+    p.add_argument("--no-glb", action="store_true", help="skip OUT/NAME/NAME.glb (the animated glTF of the clip) and so the viewer page")
+    p.add_argument("--no-page", action="store_true", help="skip the viewer page OUT/NAME/view/index.html")
     p.add_argument("--overwrite", action="store_true",
                    help="remove the earlier outputs of this input in -o first (needed when the options changed)")
     p.add_argument("--cfg", default="configs/tracker.yml", help="YAML config merged over the defaults")
@@ -67,12 +69,31 @@ def main(argv=None) -> int:
     from micalib.tracking.runner import TrackRunner
     from utils.device import resolve_device
 
-    runner = TrackRunner(cfg, args.input, args.output, identity_path=args.identity, landmarks_path=args.landmarks,
-                         fps=25.0 if args.fps is None else args.fps, image_size=args.image_size, video=not args.no_video,
-                         photometric=args.photometric, device=str(resolve_device(cfg.device)),
-                         overwrite=args.overwrite)
-    runner.run()
+    runner = TrackRunner.from_config(cfg, args.input, args.output, identity_path=args.identity,
+                                     landmarks_path=args.landmarks, fps=25.0 if args.fps is None else args.fps,
+                                     image_size=args.image_size, video=not args.no_video, photometric=args.photometric,
+                                     device=str(resolve_device(cfg.device)), overwrite=args.overwrite)
+    runner.run(finish=lambda out: finish_outputs(cfg, Path(out), glb=not args.no_glb, page=not args.no_page,
+                                                 landmarks=args.landmarks))
     return 0
+
+
+def finish_outputs(cfg, out: Path, glb: bool = True, page: bool = True, landmarks: str | None = None) -> None:
+    """The clip's ``NAME.glb`` (``micalib.export.gltf``) and viewer page (``micalib.viewer``); prints
+    the page's path."""
+    from configs.config import resolve_path
+
+    if not glb:
+        return
+    from micalib.export.gltf import export_tracking_folder
+
+    lids = (resolve_path(cfg.tracker.l_eyelid_path), resolve_path(cfg.tracker.r_eyelid_path))
+    glb_path = export_tracking_folder(out, resolve_path(cfg.model.flame_model_path), lids)
+    if page:
+        from micalib.viewer.page import write_tracking_page
+
+        index = write_tracking_page(out, glb_path, landmarks)
+        print(f"viewer page: {index}")
 
 
 if __name__ == "__main__":

@@ -148,7 +148,8 @@ def main() -> int:
     p.add_argument("--batches", type=int, nargs="+", default=[1, 16])
     p.add_argument("--precisions", nargs="+", default=["fp32", "bf16"])
     p.add_argument("--backends", nargs="+", default=["eager", "onnxruntime", "onnxruntime-int8"],
-                   help="eager (BN folded), unfused (eager, BN kept), compile (torch.compile of eager), onnxruntime, "
+                   help="auto (what demo.py --precision auto runs: its precision and layout), plain (fp32, BN kept, contiguous: "
+                        "the reference auto must never be slower than), eager (BN folded), unfused (eager, BN kept), compile (torch.compile of eager), onnxruntime, "
                         "onnxruntime-int8 (micalib.export.quantize); onnxruntime backends split a batch across threads "
                         "(Predictor's default), add -serial (e.g. onnxruntime-int8-serial) for one multi-threaded run")
     p.add_argument("--calib", type=int, default=32, help="synthetic calibration inputs for onnxruntime-int8")
@@ -182,7 +183,7 @@ def main() -> int:
 
     runners: Dict[Tuple[str, str, int], Callable[[], None]] = {}
     for backend in args.backends:
-        for prec in args.precisions:
+        for prec in (args.precisions[:1] if backend == "auto" else args.precisions):
             if backend.startswith("onnxruntime") and prec != "fp32":
                 continue
             serial = backend.endswith("-serial")
@@ -201,6 +202,15 @@ def main() -> int:
                     export_onnx(model.image_to_shape(), onnx_path)
                 pred = Predictor(flame, onnx_path=onnx_path, backend="onnxruntime", device="cpu",
                                  batch_size=max(args.batches), batch_parallel=not serial)
+            elif backend == "plain":  # the reference the issue names: unfused, contiguous, fp32
+                if prec != "fp32":
+                    continue
+                pred = Predictor(model=model, device=args.device, precision="fp32", batch_size=max(args.batches),
+                                 fuse=False, channels_last=False)
+            elif backend == "auto":  # what demo.py --precision auto runs here (its own plan)
+                pred = Predictor(model=model, device=args.device, precision="auto", batch_size=max(args.batches))
+                prec = {"float32": "fp32", "bfloat16": "bf16", "float16": "fp16"}[pred.encoder.precision_label]
+                print("auto plan: " + ", ".join(f"{k} {v}" for k, v in pred.plan.items()))
             else:
                 pred = Predictor(model=model, device=args.device, precision=prec, batch_size=max(args.batches),
                                  fuse=backend != "unfused", compile=backend == "compile")
@@ -236,6 +246,11 @@ def main() -> int:
         print(f"{backend:<26}{prec:<10}{b:>6}{ips:>9.2f}{ips / base:>17.2f}{achieved:>9.0f}{pct}")
         rows.append(dict(backend=backend, precision=prec, batch=b, images_per_s=ips, ratio=ips / base,
                          gflops=achieved, peak_fraction=frac if frac == frac else None))
+    for b in args.batches:  # the goal: auto never slower than the plain model, on every CPU measured
+        autos = [ips for (be, _, bb), ips in best.items() if be == "auto" and bb == b]
+        plain = best.get(("plain", "fp32", b))
+        if autos and plain:
+            print(f"batch {b}: auto / plain fp32 = {autos[0] / plain:.2f}x ({autos[0]:.2f} vs {plain:.2f} img/s)")
     int8 = any(b.startswith("onnxruntime-int8") for b in args.backends)
     accuracy = int8_accuracy(model, flame, tmp, args) if int8 and args.accuracy else {}
     shutil.rmtree(tmp, ignore_errors=True)  # the ONNX files (~330 MB for iresnet100)

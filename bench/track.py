@@ -37,15 +37,16 @@ def stage_cpu(cfg, video: str, fps: float, size: int, n: int, with_video: bool) 
 
     from configs.config import resolve_path
     from micalib.tracking import crop as cropmod
-    from micalib.tracking.fitting import LandmarkFitter, settings_from_config
+    from micalib.tracking.fitting import LandmarkFitter
     from micalib.tracking.focal_prior import make_prior
     from micalib.tracking.frames import open_frames
     from micalib.tracking.keyframes import calibrate, choose_keyframes
     from micalib.tracking.landmarks import MEDIAPIPE_IBUG68, MediaPipeLandmarker
     from micalib.tracking.model import TrackingFLAME, load_eyelids, load_mediapipe_embedding, observations
+    from micalib.tracking.options import FitSettings
     from micalib.tracking.outputs import frame_dict, save_frame
     from micalib.tracking.overlay import VideoWriter
-    from micalib.tracking.runner import TrackRunner, _ply_metres, _png_bytes
+    from micalib.tracking.writer import overlay_frame, ply_metres, png_bytes
     from models.flame import FLAME
 
     cpu: dict[str, float] = {}
@@ -77,7 +78,7 @@ def stage_cpu(cfg, video: str, fps: float, size: int, n: int, with_video: bool) 
         emb = load_mediapipe_embedding(resolve_path(cfg.tracker.mediapipe_embedding_path))
         lids = load_eyelids(resolve_path(cfg.tracker.l_eyelid_path), resolve_path(cfg.tracker.r_eyelid_path), flame.n_vertices)
         model = TrackingFLAME(flame, np.zeros(300), emb, lids, tuple(int(v) for v in cfg.tracker.iris_vertices), ibug68=False)
-        fitter = LandmarkFitter(model, settings_from_config(cfg), (size, size))
+        fitter = LandmarkFitter(model, FitSettings.from_section(cfg.tracker.fit), (size, size))
         obs = [observations(model, p.astype(np.float64), None) for p in lms]
         keys = timed("keyframes (choice + intrinsics)", choose_keyframes, fitter, [o for o, _v in obs],
                      [v for _o, v in obs], range(n), fitter.s.keyframes)
@@ -91,14 +92,14 @@ def stage_cpu(cfg, video: str, fps: float, size: int, n: int, with_video: bool) 
             prev = st
             verts = timed("full FLAME mesh (once per frame)", lambda: model.vertices(st.exp, st.pose, st.eyelids)[0])
             timed("input/NNNNN.png (encode + write)",
-                  lambda: (tmp / "f.png").write_bytes(_png_bytes(crops[k], int(cfg.tracker.png_compression))))
-            timed("mesh/NNNNN.ply (bytes + write)", lambda: (tmp / "f.ply").write_bytes(_ply_metres(verts, model.faces)))
+                  lambda: (tmp / "f.png").write_bytes(png_bytes(crops[k], int(cfg.tracker.png_compression))))
+            timed("mesh/NNNNN.ply (bytes + write)", lambda: (tmp / "f.ply").write_bytes(ply_metres(verts, model.faces)))
             timed("checkpoint/NNNNN.frame (dict + save)", lambda: save_frame(
                 tmp / "f.frame", frame_dict(st.exp, st.pose, st.eyelids, np.zeros(300), st.r, st.t, kk, (size, size), k, k)))
             if writer is not None:
                 fut: Future = Future()
                 fut.set_result(verts)
-                img = timed("overlay (raster + shade + dots)", TrackRunner._video_frame, crops[k],
+                img = timed("overlay (raster + shade + dots)", overlay_frame, crops[k],
                             {"mediapipe": lms[k]}, fut, model.faces, st, kk)
                 timed("video.mp4 (mp4v encode)", writer.write, img)
         if writer is not None:
@@ -153,9 +154,9 @@ def main() -> None:
     t_decode = time.perf_counter() - t0
     out = work / "out"
     shutil.rmtree(out, ignore_errors=True)  # a fresh run, nothing to resume
-    runner = TrackRunner(cfg, args.video, out, identity_path=work / "zero.npy", fps=args.fps,
-                         image_size=args.image_size, video=not args.no_video, source=src,
-                         photometric=args.photometric, device=args.device)
+    runner = TrackRunner.from_config(cfg, args.video, out, identity_path=work / "zero.npy", fps=args.fps,
+                                     image_size=args.image_size, video=not args.no_video, source=src,
+                                     photometric=args.photometric, device=args.device)
     t0, c0 = time.perf_counter(), time.process_time()
     runner.run()
     wall, cpu = time.perf_counter() - t0, time.process_time() - c0

@@ -46,7 +46,7 @@ def _run(cfg, video: Path, out: Path, ident: Path, frames: int | None) -> tuple[
     if frames is not None:
         src.indices = src.indices[:frames]
     shutil.rmtree(out, ignore_errors=True)
-    runner = TrackRunner(cfg, video, out, identity_path=ident, fps=25.0, video=False, source=src)
+    runner = TrackRunner.from_config(cfg, video, out, identity_path=ident, fps=25.0, video=False, source=src)
     path = runner.run()
     cam = json.loads((path / ".track_run.json").read_text())["camera"]
     t = np.stack([np.asarray(read_frame(path / "checkpoint" / f"{k:05d}.frame")["opencv"]["t"]).reshape(3)

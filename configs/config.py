@@ -216,6 +216,7 @@ CONFIG_VERSION = 1
 # ---------------------------------------------------------------------------------------------
 # Tracking (track.py; configs/tracker.yml)
 # ---------------------------------------------------------------------------------------------
+# The keys and defaults of TrackOptions / FitSettings (micalib/tracking/options.py), which read them from here.
 _C.tracker = CN()
 # Assets of the original tracker (install.sh --download); tracked without eyelids when absent.
 _C.tracker.mediapipe_embedding_path = "data/tracker/mediapipe_landmark_embedding.npz"
@@ -240,28 +241,42 @@ _C.tracker.identity_frames = 8
 _C.tracker.png_compression = 1
 # Threads writing the per-frame files.
 _C.tracker.workers = 2
-# Landmark fitting (micalib/tracking/fitting.py FitSettings).
+# Landmark fitting (micalib/tracking/options.py FitSettings).
 _C.tracker.fit = CN()
+# Levenberg-Marquardt steps per frame (warm-started).
 _C.tracker.fit.iters = 4
 # Radians the jaw/eyes may move before the expression Jacobian (exact at its pose) is recomputed.
 _C.tracker.fit.basis_tolerance = 0.02
 # Stop a frame's steps when one lowers the cost by less than this fraction.
 _C.tracker.fit.rel_tol = 0.001
+# Steps for a frame without a warm start.
 _C.tracker.fit.first_iters = 15
+# Joint steps over the keyframes.
 _C.tracker.fit.key_iters = 25
+# Keyframes spread over the sequence for the intrinsics.
 _C.tracker.fit.keyframes = 8
+# Landmark residual scale (pixels of the crop).
 _C.tracker.fit.sigma_px = 1.0
+# Residuals beyond this many sigma are down-weighted (Huber).
 _C.tracker.fit.huber_px = 3.0
+# Weights of the landmark sets (MediaPipe, its iris points, the 68 iBUG points).
 _C.tracker.fit.w_mediapipe = 1.0
 _C.tracker.fit.w_iris = 1.0
 _C.tracker.fit.w_ibug68 = 0.5
+# Prior: expression coefficients ~ N(0, exp_sigma^2).
 _C.tracker.fit.exp_sigma = 1.0
+# Jaw opening (about x), radians.
 _C.tracker.fit.jaw_sigma = 0.35
+# Jaw rotation about y and z, radians (small in real faces).
 _C.tracker.fit.jaw_side_sigma = 0.01
+# Eye rotations, radians; eye_symmetry_sigma: left/right difference.
 _C.tracker.fit.eye_sigma = 0.35
 _C.tracker.fit.eye_symmetry_sigma = 0.35
+# Eyelids; eyelid_symmetry_sigma: left/right difference.
 _C.tracker.fit.eyelid_sigma = 1.0
 _C.tracker.fit.eyelid_symmetry_sigma = 1.0
+# Per-frame change: expression units, jaw (rad), eyes (rad; saccades are fast), eyelids,
+# camera rotation (rad), camera translation (metres).
 _C.tracker.fit.smooth_exp = 0.7
 _C.tracker.fit.smooth_pose = 0.05
 _C.tracker.fit.smooth_eyes = 0.35
@@ -281,6 +296,7 @@ _C.tracker.fit.face_fraction = 0.25
 _C.tracker.fit.precrop_face_fraction = 0.12
 _C.tracker.fit.precrop_log_sigma = 0.5
 _C.tracker.fit.focal = 0.0
+# Principal point prior around the centre, times the crop size.
 _C.tracker.fit.pp_sigma = 0.01
 # Refine MICA's identity on the keyframes (jointly with the intrinsics), pulled towards MICA's:
 # identity coefficients ~ N(MICA's, identity_sigma^2) (the original: shape regulariser 0.3).

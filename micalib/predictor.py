@@ -30,7 +30,7 @@ from torch import nn
 
 from micalib.mica import MICA
 from models.arcface import fuse_for_inference
-from utils.device import autocast, resolve_device, resolve_precision
+from utils.device import autocast, cpu_supports_bf16, resolve_device, resolve_precision
 from utils.errors import MICAError
 
 __all__ = ["Predictor", "TorchEncoder", "OrtEncoder", "BACKENDS", "INPUT_SHAPE"]
@@ -107,6 +107,12 @@ class OrtEncoder:
             raise MICAError(f"ONNX model {self.path} cannot be loaded ({str(e).splitlines()[0][:120]}); "
                             f"export it again with python -m micalib.export") from None
 
+    @property
+    def plan(self) -> Dict[str, object]:
+        """How this encoder runs, for the run's record (see ``TorchEncoder.plan``)."""
+        return {"backend": "onnxruntime", "device": self.providers[0], "precision": self.precision,
+                "batch_parallel": self.batch_parallel, "threads": self.threads}
+
     def _run(self, session, x: np.ndarray) -> np.ndarray:
         return session.run(None, {self.input_name: x})[0]
 
@@ -129,6 +135,14 @@ class OrtEncoder:
         return torch.from_numpy(np.concatenate(outs))
 
 
+def encoder_layout(dtype: torch.dtype) -> bool:
+    """The memory layout of ArcFace for ``dtype``: channels-last for reduced precision (oneDNN's and
+    cuDNN's fastest bf16/fp16 convolutions), contiguous for fp32 (channels-last fp32 measured slower
+    on the AMD machines, bench/README.md). A fixed rule of the precision (and through ``auto`` of the
+    CPU's features), never a timing at run time: the same inputs give the same numbers on every run."""
+    return dtype != torch.float32
+
+
 class TorchEncoder:
     """The MICA network in torch: ``(B, 3, 112, 112)`` -> ``(B, n_shape)`` identity on ``device``.
 
@@ -147,7 +161,8 @@ class TorchEncoder:
         self.device = resolve_device(device)
         self.dtype = resolve_precision(precision, self.device)
         self.model = model.to(self.device).eval()
-        self.channels_last = (self.dtype != torch.float32) if channels_last is None else bool(channels_last)
+        self.channels_last = encoder_layout(self.dtype) if channels_last is None else bool(channels_last)
+        self.fuse = bool(fuse)
         arcface = fuse_for_inference(self.model.arcface) if fuse else self.model.arcface
         if self.channels_last:
             arcface = arcface.to(memory_format=torch.channels_last)
@@ -156,6 +171,13 @@ class TorchEncoder:
     @property
     def precision_label(self) -> str:
         return str(self.dtype).replace("torch.", "")
+
+    @property
+    def plan(self) -> Dict[str, object]:
+        """How this encoder runs, for the run's record: chosen from the precision and the CPU's
+        features only (``encoder_layout``), never from timings, so results never depend on a race."""
+        return {"backend": "torch", "device": str(self.device), "precision": self.precision_label,
+                "fuse_bn": self.fuse, "channels_last": self.channels_last, "native_bf16": cpu_supports_bf16()}
 
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
         x = images.to(self.device, non_blocking=True)
@@ -223,6 +245,11 @@ class Predictor:
     def model(self) -> Optional[MICA]:
         """The MICA network (torch backend; None on onnxruntime)."""
         return getattr(self.encoder, "model", None)
+
+    @property
+    def plan(self) -> Dict[str, object]:
+        """The encoder's plan plus the batch size: what ``.mica/encoder.json`` of a demo run records."""
+        return {**self.encoder.plan, "batch_size": self.batch_size}
 
     @property
     def channels_last(self) -> bool:

@@ -294,3 +294,23 @@ def write_synthetic_flame(folder: os.PathLike | str, seed: int = 0, real: Option
         atomic_write_bytes(folder / "FLAME_masks.pkl", masks_pkl_bytes(arrays["masks"]))
     atomic_write_text(folder / "head_template.obj", obj_text(model["v_template"], arrays["faces"]))
     return folder
+
+
+def flame_like_weights(model: Dict[str, object], masks: Dict[str, np.ndarray]) -> np.ndarray:
+    """(V, 5) sparse skinning weights shaped like FLAME 2020's (at most 2 joints per vertex): the
+    eyeballs on their eye joint alone, the lower front (chin and jaw) blended between jaw and neck,
+    the lowest ring between root and neck, everything else (scalp, forehead, eyelid regions) on the
+    neck alone. ``make_model_arrays``' weights put every vertex on all 5 joints, which real FLAME
+    does not (and which breaks exactness conditions that hold for FLAME, e.g. the tracker's eyelids)."""
+    v = np.asarray(model["v_template"], np.float64)
+    y, z = v[:, 1], v[:, 2]
+    w = np.zeros((len(v), N_JOINTS))
+    w[:, 1] = 1.0
+    y_jaw, y_low = np.quantile(y, 0.35), np.quantile(y, 0.08)
+    jaw = np.clip((y_jaw - y) / (y_jaw - np.quantile(y, 0.15)), 0.0, 1.0) * (z > np.median(z))
+    w[:, 2], w[:, 1] = jaw, 1.0 - jaw
+    low = (y <= y_low) & (jaw == 0)
+    w[low, 0], w[low, 1] = 0.3, 0.7
+    for j, key in ((3, "left_eyeball"), (4, "right_eyeball")):
+        w[masks[key]] = np.eye(N_JOINTS)[j]
+    return w

@@ -258,12 +258,15 @@ def make_sequence(flame, eyelids: np.ndarray, mp_emb: dict[str, np.ndarray], ide
             "axis_angle_camera": _aa(r)}
 
 
-def synthetic_setup(tmp, real: bool):
-    """Assets, FLAME layer, embedding, eyelids, a random identity and the iris vertices."""
+def synthetic_setup(tmp, real: bool, assets_hook=None):
+    """Assets, FLAME layer, embedding, eyelids, a random identity and the iris vertices;
+    ``assets_hook(assets)`` may rewrite the asset files first."""
     from micalib.tracking.model import load_eyelids, load_mediapipe_embedding
     from models.flame import FLAME
 
     assets = write_tracker_assets(tmp / "assets", seed=3, real=real)
+    if assets_hook is not None:
+        assets_hook(assets)
     flame = FLAME.from_files(assets["flame_model_path"], assets["flame_lmk_embedding_path"])
     emb = load_mediapipe_embedding(assets["mediapipe_embedding_path"])
     lids = load_eyelids(assets["l_eyelid_path"], assets["r_eyelid_path"], flame.n_vertices)
@@ -277,16 +280,17 @@ def synthetic_setup(tmp, real: bool):
 
 
 def track_synthetic(tmp, real: bool, n_frames: int = 120, noise_px: float = 0.5, size: int = 512, video: bool = False,
-                    extra_opts=(), blank_frames=(), identity_offset=None, motion=None, first_frame: int = 0,
-                    seq=None, extra_args=()):
+                    extra_opts=(), blank_frames=(), identity_offset=None, assets_hook=None, motion=None,
+                    first_frame: int = 0, seq=None, extra_args=()):
     """Make a ground-truth sequence, run ``track.py --landmarks`` on it; returns
     (sequence, frame dicts, TrackingFLAME, face-region vertex ids, output folder).
     ``blank_frames``: frames whose landmarks are all NaN (no face found); ``identity_offset``:
     (300,) added to the true identity in the ``--identity`` file (a wrong starting identity);
-    ``motion``: ``make_sequence`` keywords (focal_x, yaw_deg, pitch_deg, move, seed); ``seq``: a
-    sequence made before, of which frames ``first_frame`` .. + ``n_frames`` are tracked;
-    ``extra_args``: more track.py flags (before the KEY VALUE overrides)."""
-    assets, flame, emb, lids, identity, iris = synthetic_setup(tmp, real)
+    ``assets_hook``: see ``synthetic_setup``; ``motion``: ``make_sequence`` keywords (focal_x,
+    yaw_deg, pitch_deg, move, seed); ``seq``: a sequence made before, of which frames
+    ``first_frame`` .. + ``n_frames`` are tracked; ``extra_args``: more track.py flags (before the
+    KEY VALUE overrides)."""
+    assets, flame, emb, lids, identity, iris = synthetic_setup(tmp, real, assets_hook)
     emb_d = {"landmark_indices": emb.landmark_indices, "lmk_face_idx": emb.lmk_face_idx, "lmk_b_coords": emb.lmk_b_coords}
     if seq is None:
         kw = {"focal_x": 1.5, "seed": 11, **(motion or {})}

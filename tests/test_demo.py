@@ -189,9 +189,17 @@ def test_all_faces_and_fuse(tmp_path, face_photos_dir, synthetic_flame_dir, mica
     assert (out / "pair_0" / "mesh.ply").is_file() and (out / "pair_1" / "mesh.ply").is_file()
     ida, idb = np.load(out / "pair_0" / "identity.npy"), np.load(out / "pair_1" / "identity.npy")
     assert not np.allclose(ida, idb)  # two different people
-    res = _run(["-i", str(inp / "person"), "-o", str(out), "-a", str(tmp_path / "arc"), "--fuse", "--no-render",
+    res = _run(["-i", str(inp / "person"), "-o", str(out), "-a", str(tmp_path / "arc"), "--fuse", "--no-render", "--glb",
                 *_opts(synthetic_flame_dir, mica_files)])
     assert res.returncode == 0, res.stderr
+    # --glb: mesh.glb in metres beside every mesh.ply (fused too), read by the spec evaluator; the page
+    from tests.gltf_spec import Glb
+
+    for name in ("a", "fused", "pair_0"):
+        glb = Glb((out / name / "mesh.glb").read_bytes())
+        np.testing.assert_allclose(glb.skinned(0, None), trimesh.load(out / name / "mesh.ply", process=False).vertices / 1000,
+                                   atol=1e-7)
+    assert f"viewer page: {out / 'index.html'}" in res.stdout and (out / "index.html").is_file()
     spread = json.loads((out / "fused" / "spread.json").read_text())
     assert len(spread["images"]) == 2
     # the same photo twice: the fused identity equals each image's identity

@@ -4,6 +4,7 @@ worker threads prepare and write a batch's images at the same time, never while 
 from __future__ import annotations
 
 import csv
+import json
 import threading
 import time
 from pathlib import Path
@@ -199,3 +200,10 @@ def test_rerun_skips_finished_images_but_redoes_one_with_an_empty_output(tmp_pat
     assert set(status.values()) == {"done"}
     assert len(det.clock.calls) == 1  # only img2 was detected again
     assert (tmp_path / "r" / "meshes" / "img2" / "mesh.obj").stat().st_size > 0
+
+
+def test_the_run_records_how_the_network_ran(tmp_path, photos):
+    net = SlowNetwork(0.0)
+    net.plan = {"backend": "stand-in", "precision": "float32", "channels_last": False, "batch_size": 16}
+    DemoRunner(net, SlowDetector(0.0), TETRA, tmp_path / "meshes", tmp_path / "arcface", render=False).run(photos)
+    assert json.loads((tmp_path / "meshes" / ".mica" / "encoder.json").read_text()) == net.plan

@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from micalib.predictor import Predictor
+from tests.logs import warnings_during
 from tests.synthetic_weights import random_mica
 from utils.device import cpu_supports_bf16, resolve_precision
 from utils.errors import MICAError
@@ -54,3 +55,30 @@ def test_precision_resolution_on_cpu():
     assert resolve_precision("auto", cpu) == (torch.bfloat16 if cpu_supports_bf16() else torch.float32)
     with pytest.raises(MICAError, match="fp16"):
         resolve_precision("fp16", cpu)
+
+
+@pytest.mark.parametrize("native", [False, True])
+def test_explicit_bf16_warns_only_where_it_is_emulated(monkeypatch, native):
+    import utils.device
+
+    monkeypatch.setattr(utils.device, "cpu_supports_bf16", lambda: native)
+    lines = warnings_during(lambda: resolve_precision("bf16", torch.device("cpu")))
+    assert bool([m for m in lines if "emulated" in m]) is (not native)
+    assert not warnings_during(lambda: resolve_precision("auto", torch.device("cpu")))  # auto never warns
+
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_encoder_plan_tells_the_layout_that_really_runs(synthetic_flame_dir, precision):
+    model = random_mica(Path(synthetic_flame_dir), "iresnet18")
+    for fuse in (True, False):
+        predictor = Predictor(model=model, device="cpu", precision=precision, fuse=fuse)
+        enc, plan = predictor.encoder, predictor.plan
+        conv = [m for m in enc._arcface.modules() if isinstance(m, torch.nn.Conv2d)][-1]
+        w = conv.weight
+        really_channels_last = w.is_contiguous(memory_format=torch.channels_last) and not w.is_contiguous()
+        def bns(net):
+            return sum(isinstance(m, (torch.nn.BatchNorm1d, torch.nn.BatchNorm2d)) for m in net.modules())
+        assert plan["fuse_bn"] is (bns(enc._arcface) < bns(model.arcface))  # folded BNs are gone
+        assert plan["channels_last"] is really_channels_last
+        assert plan["precision"] == {"fp32": "float32", "bf16": "bfloat16"}[precision]
+        assert plan["batch_size"] == predictor.batch_size

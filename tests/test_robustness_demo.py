@@ -230,6 +230,30 @@ def test_input_inside_the_output_folder_is_still_read(tmp_path):
     assert [(r.input, r.status) for r in results] == [("a.png", "ok")]
 
 
+def test_input_whose_output_folder_is_the_input_folder_fails_untouched(tmp_path):
+    """-i inside -o where an input's OUTPUT/NAME is (or, with --all-faces, OUTPUT/NAME_0 contains)
+    the input folder: that input fails in one line, nothing is written among the photos; the
+    other inputs are done (as track.py refuses OUT/NAME overlapping its input)."""
+    meshes = tmp_path / "o" / "meshes"
+    inp = meshes / "img"
+    _photo(inp / "img.png", 1)
+    _photo(inp / "other.png", 2)
+    (inp / "mesh.obj").write_text("the user's own mesh")
+    before = {p.name: p.read_bytes() for p in inp.iterdir()}
+    results = {r.input: r for r in _runner(tmp_path / "o").run(inp)}
+    assert results["img.png"].status == "failed" and "is the input folder" in results["img.png"].message
+    assert "\n" not in results["img.png"].message
+    assert results["other.png"].status == "ok"
+    assert {p.name: p.read_bytes() for p in inp.iterdir() if p.is_file()} == before
+    assert sorted(p.name for p in inp.iterdir() if p.is_dir()) == []
+    # with --all-faces the input's folders are NAME_0, NAME_1, ...: one of them holding the input
+    deep = meshes / "b_0" / "x"
+    _photo(deep / "b.png", 3)
+    results = {r.input: r for r in _runner(tmp_path / "o", all_faces=True).run(deep)}
+    assert results["b.png"].status == "failed" and "contains the input folder" in results["b.png"].message
+    assert sorted(p.relative_to(deep.parent).as_posix() for p in deep.parent.rglob("*")) == ["x", "x/b.png"]
+
+
 # ---------------------------------------------------------------------- 6. non-UTF-8 names
 def test_non_utf8_file_name_keeps_the_summary_valid_and_the_name_lossless(tmp_path, photos):
     raw = b"caf\xe9.png"

@@ -10,10 +10,11 @@ import math
 import numpy as np
 import pytest
 
-from micalib.tracking.fitting import FitSettings, LandmarkFitter
+from micalib.tracking.fitting import LandmarkFitter
 from micalib.tracking.focal_prior import FocalPrior, focal_from_fov, fov_from_focal, make_prior
 from micalib.tracking.keyframes import choose_keyframes
 from micalib.tracking.model import TrackingFLAME, observations
+from micalib.tracking.options import FitSettings
 from tests.synthetic_tracking import make_sequence, synthetic_setup, track_synthetic
 
 SIZE = 512
@@ -123,9 +124,9 @@ def test_still_head_interval_holds_the_truth_and_the_camera_stays_still(tmp_path
 def _expression_no_noisier_than_a_refit(seq, fr, model, face, q):
     """Per quiet frame, the fitted face's change from the frame before (beyond the true change) is
     no larger than re-fitting that frame with its landmarks perturbed by the same noise moves it."""
-    from micalib.tracking.runner import _state_from_frame
+    from micalib.tracking.runner import state_from_frame
 
-    states = [_state_from_frame(f) for f in fr]
+    states = [state_from_frame(f) for f in fr]
     verts = lambda s: model.vertices(s.exp, s.pose, s.eyelids)[0][face]
     fitter = LandmarkFitter(model, FitSettings(), (SIZE, SIZE))
     k0 = np.asarray(fr[0]["opencv"]["K"][0], np.float64)
@@ -196,7 +197,7 @@ def test_justin_projected_landmarks_follow_the_fast_motion_of_frames_67_68(tmp_p
     from micalib.tracking.landmarks import load_landmarks_npz, mediapipe_available
     from micalib.tracking.model import load_eyelids, load_mediapipe_embedding
     from micalib.tracking.outputs import read_frame
-    from micalib.tracking.runner import TrackRunner, _state_from_frame
+    from micalib.tracking.runner import TrackRunner, state_from_frame
     from models.flame import FLAME
     from tests.synthetic_flame import shared_flame_public
     from tests.synthetic_tracking import shared_tracker_dir, write_tracker_assets
@@ -213,8 +214,8 @@ def test_justin_projected_landmarks_follow_the_fast_motion_of_frames_67_68(tmp_p
         "tracker.l_eyelid_path", str(a["l_eyelid_path"]), "tracker.r_eyelid_path", str(a["r_eyelid_path"])])
     src = open_frames(shared / "justin.mp4", 25.0)
     src.indices = src.indices[:70]
-    out = TrackRunner(cfg, shared / "justin.mp4", tmp_path / "out", identity_path=tmp_path / "zero.npy",
-                      video=False, source=src).run()
+    out = TrackRunner.from_config(cfg, shared / "justin.mp4", tmp_path / "out", identity_path=tmp_path / "zero.npy",
+                                  video=False, source=src).run()
     flame = FLAME.from_files(a["flame_model_path"], a["flame_lmk_embedding_path"])
     model = TrackingFLAME(flame, np.zeros(300), load_mediapipe_embedding(a["mediapipe_embedding_path"]),
                           load_eyelids(a["l_eyelid_path"], a["r_eyelid_path"], flame.n_vertices))
@@ -224,7 +225,7 @@ def test_justin_projected_landmarks_follow_the_fast_motion_of_frames_67_68(tmp_p
     proj, seen = [], []
     for k in (67, 68):
         fr = read_frame(out / "checkpoint" / f"{k:05d}.frame")
-        st = _state_from_frame(fr)
+        st = state_from_frame(fr)
         kk = np.asarray(fr["opencv"]["K"], np.float64).reshape(3, 3)
         pts = model.points(st.exp, st.pose, st.eyelids, model.contour_bin(st.r))[sl]
         uvw = (pts @ st.r.T + st.t) @ kk.T

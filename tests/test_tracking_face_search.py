@@ -75,8 +75,8 @@ def _landmark_pass(video: Path, out: Path):
     from micalib.tracking.runner import TrackRunner
 
     cfg = load_cfg("configs/tracker.yml", [])
-    runner = TrackRunner(cfg, video, out, video=False)
-    runner.out.mkdir(parents=True)
+    runner = TrackRunner.from_config(cfg, video, out, video=False)
+    runner.layout.make_dirs()
     lm = runner._detect()
     return runner, lm["mediapipe"]
 
@@ -94,7 +94,7 @@ def test_small_face_found_from_its_first_frame_with_one_decode(tmp_path):
     assert np.median(err) < 2.0, np.median(err)  # the same face as on the full-size frames
     # one decode: the frames before the face were kept and cropped with the box found later
     assert runner._n_cached == 13 and runner._box is not None
-    assert all((runner.out / "input" / f"{k:05d}.png").is_file() for k in range(13))
+    assert all(runner.layout.png(k).is_file() for k in range(13))
 
 
 def _clip(name: str) -> Path | None:

@@ -126,13 +126,13 @@ def test_config_defaults_are_the_fit_settings_defaults():
     from dataclasses import fields
 
     from configs.config import get_cfg_defaults
-    from micalib.tracking.fitting import FitSettings, settings_from_config
+    from micalib.tracking.options import FitSettings
 
     cfg = get_cfg_defaults()
     assert set(cfg.tracker.fit.keys()) == {f.name for f in fields(FitSettings)}
-    assert settings_from_config(cfg) == FitSettings()
+    assert FitSettings.from_section(cfg.tracker.fit) == FitSettings()
     cfg.tracker.fit.iters, cfg.tracker.fit.refine_identity = 9, True  # every key is read
-    got = settings_from_config(cfg)
+    got = FitSettings.from_section(cfg.tracker.fit)
     assert got.iters == 9 and got.refine_identity is True
 
 

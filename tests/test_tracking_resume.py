@@ -58,12 +58,12 @@ def test_rerun_with_other_options_is_refused_and_overwrite_starts_again(tmp_path
 
 def test_killed_run_keeps_its_csv_rows(tmp_path, monkeypatch):
     import track
-    from micalib.tracking import runner
+    from micalib.tracking import writer
 
     *_, out = track_synthetic(tmp_path, real=False, n_frames=N, noise_px=0.3)
     clean = _rows(out)
     argv = _argv(out)
-    orig, calls = runner.save_frame, []
+    orig, calls = writer.save_frame, []
 
     def dying(path, data, **kw):  # the "kill": the 4th frame's write fails, the run stops
         calls.append(path)
@@ -71,10 +71,10 @@ def test_killed_run_keeps_its_csv_rows(tmp_path, monkeypatch):
             raise KeyboardInterrupt
         orig(path, data, **kw)
 
-    monkeypatch.setattr(runner, "save_frame", dying)
+    monkeypatch.setattr(writer, "save_frame", dying)
     with pytest.raises(KeyboardInterrupt):
         track.main(["--overwrite"] + argv)
-    monkeypatch.setattr(runner, "save_frame", orig)
+    monkeypatch.setattr(writer, "save_frame", orig)
     assert not (out / "tracking.csv").exists()
     n_done = len(list((out / "checkpoint").glob("*.frame")))
     assert 1 <= n_done < N
@@ -185,21 +185,21 @@ def test_missing_asset_is_named_before_detection(tmp_path, monkeypatch):
     (np.zeros(1200, np.float32), r"shape \(1200,\)"),
 ])
 def test_bad_identity_is_refused(tmp_path, values, match):
-    from configs.config import load_cfg
+    from micalib.tracking.options import TrackOptions
     from micalib.tracking.runner import TrackRunner
 
     frames = tmp_path / "clip"
     frames.mkdir()
     cv2.imwrite(str(frames / "0.png"), np.zeros((64, 64, 3), np.uint8))
     np.save(tmp_path / "id.npy", values)
-    r = TrackRunner(load_cfg("configs/tracker.yml"), frames, tmp_path / "out", identity_path=tmp_path / "id.npy")
+    r = TrackRunner(TrackOptions(), frames, tmp_path / "out", flame=None, identity_path=tmp_path / "id.npy")
     with pytest.raises(MICAError, match=match) as e:
-        r._identity(None, None, None)
+        r._identity()
     assert str(tmp_path / "id.npy") in str(e.value)
 
 
 def test_identity_of_shape_1_300_is_accepted(tmp_path):
-    from configs.config import load_cfg
+    from micalib.tracking.options import TrackOptions
     from micalib.tracking.runner import TrackRunner
 
     frames = tmp_path / "clip"
@@ -208,8 +208,8 @@ def test_identity_of_shape_1_300_is_accepted(tmp_path):
     code = np.arange(300, dtype=np.float32).reshape(1, 300) / 300
     np.save(tmp_path / "id.npy", code)
     (tmp_path / "out" / "clip").mkdir(parents=True)
-    r = TrackRunner(load_cfg("configs/tracker.yml"), frames, tmp_path / "out", identity_path=tmp_path / "id.npy")
-    np.testing.assert_array_equal(r._identity(None, None, None), code[0])
+    r = TrackRunner(TrackOptions(), frames, tmp_path / "out", flame=None, identity_path=tmp_path / "id.npy")
+    np.testing.assert_array_equal(r._identity(), code[0])
 
 
 def test_fps_with_a_frame_folder_is_logged(tmp_path):

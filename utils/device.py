@@ -5,6 +5,7 @@ import contextlib
 from typing import ContextManager
 
 import torch
+from loguru import logger
 
 from utils.errors import MICAError
 
@@ -49,6 +50,9 @@ def resolve_precision(precision: str, device: torch.device) -> torch.dtype:
     if precision == "fp32":
         return torch.float32
     if precision == "bf16":
+        if device.type == "cpu" and not cpu_supports_bf16():
+            logger.warning("precision bf16 on a CPU without native bf16 (no AMX-BF16 / AVX512-BF16): it is "
+                           "emulated and usually slower than fp32; use --precision auto or fp32 here")
         return torch.bfloat16
     if precision == "fp16":
         if device.type == "cpu":

@@ -308,6 +308,32 @@ def _folder_key(path: PathLike) -> Tuple[int, int]:
     return st.st_dev, st.st_ino
 
 
+def _follow_links(links: List[Path], skip: set, seen: set, walk, unlistable) -> None:
+    """``list_images``' symbolic links to folders, followed after the real folders in name order (so
+    the same tree always lists the same paths), each real folder once: a link back into its own
+    ancestors (a cycle) or to a folder listed already is not followed (one log line). ``walk`` may
+    add links to ``links`` while this runs."""
+    while links:
+        links.sort(key=lambda p: p.as_posix(), reverse=True)
+        link = links.pop()
+        try:
+            key = _folder_key(link)
+        except OSError as e:  # a dangling link or one without permission
+            unlistable(link, e)
+            continue
+        if key in skip:
+            continue
+        if key in seen:
+            target = Path(os.path.realpath(link))
+            if Path(os.path.realpath(link.parent)).is_relative_to(target):
+                logger.warning(f"{link} links back to a folder that contains it (a cycle); not followed")
+            else:
+                logger.info(f"{link} links to a folder that is listed already; not listed twice")
+            continue
+        seen.add(key)
+        walk(link)
+
+
 def list_images(folder: PathLike, recursive: bool = True, exclude: Iterable[PathLike] = ()) -> ImageList:
     """Files with an image extension (``IMAGE_EXTENSIONS``, any case) under ``folder``, sorted by path.
 
@@ -386,25 +412,7 @@ def list_images(folder: PathLike, recursive: bool = True, exclude: Iterable[Path
                         stack.append(path)
 
     walk(folder)
-    while links:  # in name order, so the same tree always lists the same paths
-        links.sort(key=lambda p: p.as_posix(), reverse=True)
-        link = links.pop()
-        try:
-            key = _folder_key(link)
-        except OSError as e:  # a dangling link or one without permission
-            unlistable(link, e)
-            continue
-        if key in skip:
-            continue
-        if key in seen:
-            target = Path(os.path.realpath(link))
-            if Path(os.path.realpath(link.parent)).is_relative_to(target):
-                logger.warning(f"{link} links back to a folder that contains it (a cycle); not followed")
-            else:
-                logger.info(f"{link} links to a folder that is listed already; not listed twice")
-            continue
-        seen.add(key)
-        walk(link)
+    _follow_links(links, skip, seen, walk, unlistable)
     ignored = sum(other.values())
     if ignored:
         kinds = ", ".join(f"{k} {n}" for k, n in other.most_common(5))

@@ -246,3 +246,22 @@ def prepare_output_dir(folder: PathLike, what: str = "output folder", clean: boo
     if clean:
         remove_stale_temps(folder, recursive=recursive)
     return folder
+
+
+# how ``folder_relation``'s answers read in a message: "OUTPUT ... the input folder"
+RELATION_WORDS = {"same": "is", "inside": "lies inside", "contains": "contains"}
+
+
+def folder_relation(folder: PathLike, other: PathLike) -> str | None:
+    """Where ``other`` lies relative to ``folder`` (both resolved, symbolic links followed; neither
+    needs to exist): ``"same"``, ``"inside"`` (``other`` is below ``folder``), ``"contains"``
+    (``other`` holds ``folder``), or None (apart). The one overlap check of the entry scripts'
+    outputs against their inputs (track.py's ``TrackLayout.check_input``, demo.py's output folders)."""
+    a, b = Path(folder).expanduser().resolve(), Path(other).expanduser().resolve()
+    if a == b:
+        return "same"
+    if b.is_relative_to(a):
+        return "inside"
+    if a.is_relative_to(b):
+        return "contains"
+    return None

@@ -14,6 +14,7 @@ from __future__ import annotations
 import itertools
 import json
 import multiprocessing
+import re
 from collections import defaultdict
 from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
@@ -46,7 +47,7 @@ from models.face_prep import aligned_input, detect_and_align
 from models.flame import M_TO_MM
 from utils.errors import MICAError
 from utils.image_io import ImageList, list_images, read_image, write_image
-from utils.io import atomic_save_npy, atomic_write_text
+from utils.io import atomic_save_npy, atomic_write_text, folder_relation
 
 __all__ = ["DemoRunner", "DemoOptions", "ItemResult", "StageTimer", "default_workers", "list_inputs", "input_names"]
 
@@ -152,14 +153,38 @@ def list_inputs(input_dir: Path, output_dir: Path, arcface_dir: Path) -> tuple[I
 
 
 def check_output_folders(input_dir: Path, output_dir: Path, arcface_dir: Path) -> None:
-    """Refuse ``-o`` or ``-a`` equal to the input folder (one line), before anything is written."""
+    """Refuse ``-o`` or ``-a`` equal to the input folder (one line), before anything is written.
+
+    An output folder inside the input folder is allowed (never listed as input, ``list_inputs``),
+    and so is an input folder inside ``-o``, except where an input's own output folder
+    ``OUTPUT/NAME`` is or contains the input folder: that input fails (``output_folder_clash``),
+    as track.py refuses its ``OUT/NAME`` overlapping the input (both by ``utils.io.folder_relation``)."""
     if not Path(input_dir).is_dir():
         return
-    root = Path(input_dir).resolve()
     for flag, folder in (("-o", output_dir), ("-a", arcface_dir)):
-        if Path(folder).resolve() == root:
+        if folder_relation(input_dir, folder) == "same":
             raise MICAError(f"{flag} {folder} is the input folder: its files would be written among your photos "
                             f"(and overwrite those of the same name); pass another folder for {flag}")
+
+
+def output_folder_clash(input_dir: Path, output_dir: Path, name: str, all_faces: bool) -> Optional[str]:
+    """The one-line failure of an input whose output folder (``OUTPUT/NAME``, with ``all_faces``
+    also ``OUTPUT/NAME_k``) is or contains the input folder, so its files would be written among
+    the photos; None when apart."""
+    try:
+        rel = Path(input_dir).resolve().relative_to(Path(output_dir).resolve()).parts
+    except ValueError:
+        return None  # the input folder is not inside -o
+    parts = PurePath(name).parts
+    if len(rel) < len(parts) or rel[:len(parts) - 1] != parts[:-1]:
+        return None
+    last = rel[len(parts) - 1]
+    if last == parts[-1] or (all_faces and re.fullmatch(re.escape(parts[-1]) + r"_\d+", last)):
+        folder = Path(output_dir).joinpath(*rel[:len(parts)])
+        relation = "is" if folder_relation(folder, input_dir) == "same" else "contains"
+        return (f"its output folder {folder} {relation} the input folder {input_dir}: its files would be written "
+                "among your photos; pass an -o outside the input folder")
+    return None
 
 
 def mark_crop_folder(arcface_dir: Path) -> None:
@@ -238,9 +263,10 @@ class DemoRunner:
     def _prepare(self, path: Path, name: str, item: _Item) -> List[Job]:
         remove_record(self.output_dir, name)  # redone from here: a kill half-way must not leave it done
         detections = None
-        with self.timings("read+detect"):
+        with self.timings("read"):
             image = read_image(path)
-            if not self.options.aligned:
+        if not self.options.aligned:
+            with self.timings("detect"):
                 detections = self.detector.detect(image)
         return self._align(path, name, item, image, detections)
 
@@ -416,6 +442,16 @@ class DemoRunner:
         with output_lock(self.output_dir, enabled=self.options.lock and self.options.shard.leader):
             return self._run_locked(input_dir)
 
+    def _record_encoder(self) -> None:
+        """``OUTPUT/.mica/encoder.json``: how the network ran (backend, precision, layout, CPU's bf16),
+        so that a run's numbers can be traced to the kernels that made them (the leader writes it)."""
+        plan = getattr(self.predictor, "plan", None)
+        if plan is None or not self.options.shard.leader:
+            return
+        (self.output_dir / ".mica").mkdir(parents=True, exist_ok=True)
+        logger.info("encoder: " + ", ".join(f"{k} {v}" for k, v in plan.items()))
+        atomic_write_text(self.output_dir / ".mica" / "encoder.json", json.dumps(plan, indent=2) + "\n", fsync=False)
+
     def _run_locked(self, input_dir: Path) -> List[ItemResult]:
         opts, shard = self.options, self.options.shard
         paths, root = list_inputs(input_dir, self.output_dir, self.arcface_dir)
@@ -426,6 +462,7 @@ class DemoRunner:
             unlisted.append(ItemResult(input=str(folder.relative_to(root)), status="failed", message=message))
             logger.warning(message)
         mark_crop_folder(self.arcface_dir)
+        self._record_encoder()
         pairs = input_names(paths, root)  # over the whole listing: a shard selects its inputs after this
         everything = range(len(pairs))
         if opts.fuse:  # the unit is the sub-folder: its images are averaged in one process
@@ -445,6 +482,14 @@ class DemoRunner:
             rel_text = rel.as_posix()
             item = _Item(paths[i], ItemResult(input=rel_text, status="pending", name=name, checkpoint=opts.checkpoint,
                                               files=list(required), message=PENDING_MESSAGE))
+            clash = output_folder_clash(input_dir, self.output_dir, name, opts.all_faces)
+            if clash is not None:
+                item.result = ItemResult(input=rel_text, status="failed", name=name, checkpoint=opts.checkpoint,
+                                         message=f"{display(rel_text)}: {clash}")
+                if i in mine_set:
+                    logger.warning(item.result.message)
+                    items[i] = item
+                continue
             if name != rel.with_suffix("").as_posix() and i in mine_set:
                 logger.info(f"{display(rel_text)}: outputs in {display(name)}/ (another input of its folder has "
                             f"the same name, or the name is reserved for --fuse/--all-faces outputs)")

@@ -1,4 +1,5 @@
-"""One demo run per output folder: ``OUTPUT/.mica/lock``, holding the owner's host and PID.
+"""One demo run per output folder: ``OUTPUT/.mica/lock``, holding the owner's host and PID (and one
+track.py run per ``OUT/NAME``: ``OUT/NAME/.track_lock``, ``micalib.tracking.layout.TrackLayout.lock``).
 
 The lock is an ``flock`` on that file, so the kernel releases it when its owner dies, however it
 dies (``kill -9`` included): a dead owner's lock is simply taken over. Where ``flock`` is not
@@ -74,12 +75,12 @@ def _flock(fd: int) -> Optional[bool]:
         raise
 
 
-def _refusal(output_dir: Path, owner: Optional[dict]) -> MICAError:
-    return MICAError(f"{output_dir} is in use by another demo run ({_owner_text(owner)}); wait for it to "
-                     f"finish or pass another -o (if no such run exists, delete {output_dir / LOCK_FILE})")
+def _refusal(output_dir: Path, owner: Optional[dict], path: Path, what: str) -> MICAError:
+    return MICAError(f"{output_dir} is in use by another {what} ({_owner_text(owner)}); wait for it to "
+                     f"finish or pass another -o (if no such run exists, delete {path})")
 
 
-def _acquire(output_dir: Path, path: Path) -> int:
+def _acquire(output_dir: Path, path: Path, what: str, shown: Path) -> int:
     me = {"host": socket.gethostname(), "pid": os.getpid(), "started": time.strftime("%Y-%m-%d %H:%M:%S")}
     for _ in range(5):
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -87,12 +88,12 @@ def _acquire(output_dir: Path, path: Path) -> int:
         try:
             locked = _flock(fd)
             if locked is False:
-                raise _refusal(output_dir, _read_owner(fd))
+                raise _refusal(output_dir, _read_owner(fd), shown, what)
             if locked is None:  # no flock: judge the owner by host and PID
                 owner = _read_owner(fd)
                 if owner and (owner.get("host") != me["host"] or _pid_alive(int(owner.get("pid", 0)))) \
                         and owner.get("pid") != me["pid"]:
-                    raise _refusal(output_dir, owner)
+                    raise _refusal(output_dir, owner, shown, what)
             # the file may have been removed (by its previous owner's release) while we waited
             if os.path.samestat(os.fstat(fd), os.stat(path)):
                 os.ftruncate(fd, 0)
@@ -105,7 +106,7 @@ def _acquire(output_dir: Path, path: Path) -> int:
             os.close(fd)
             raise
         os.close(fd)
-    raise _refusal(output_dir, None)
+    raise _refusal(output_dir, None, shown, what)
 
 
 def _release(path: Path, fd: int) -> None:
@@ -119,8 +120,10 @@ def _release(path: Path, fd: int) -> None:
 
 
 @contextlib.contextmanager
-def output_lock(output_dir: Path, enabled: bool = True) -> Iterator[None]:
-    """Hold ``OUTPUT/.mica/lock`` for the duration (see the module docstring).
+def output_lock(output_dir: Path, enabled: bool = True, lock_file: str = LOCK_FILE,
+                what: str = "demo run") -> Iterator[None]:
+    """Hold ``OUTPUT/.mica/lock`` (``OUTPUT/lock_file``) for the duration (see the module docstring);
+    ``what`` names the other run in the refusal (track.py: ``OUT/NAME/.track_lock``, "track.py run").
 
     Raises:
         MICAError: another live run holds it (one line: its PID and host, and the fix).
@@ -129,16 +132,16 @@ def output_lock(output_dir: Path, enabled: bool = True) -> Iterator[None]:
         yield
         return
     output_dir = Path(output_dir)
-    path = (output_dir / LOCK_FILE).absolute()
+    path = (output_dir / lock_file).absolute()
     with _guard:
         if path in _held:
             fd, depth = _held[path]
             _held[path] = (fd, depth + 1)
         else:
             try:
-                fd = _acquire(output_dir, path)
+                fd = _acquire(output_dir, path, what, output_dir / lock_file)
             except OSError as e:
-                raise MICAError(f"cannot create the lock file {output_dir / LOCK_FILE} "
+                raise MICAError(f"cannot create the lock file {output_dir / lock_file} "
                                 f"({e.strerror or e}); check that -o {output_dir} is a writable folder") from None
             _held[path] = (fd, 1)
     try:

@@ -35,51 +35,13 @@ from micalib.tracking.camera import (
     skew,
 )
 from micalib.tracking.model import N_EXP, N_EYELIDS, N_MODEL, N_POSE, TrackingFLAME
+from micalib.tracking.options import FitSettings
 
 N_FRAME = N_MODEL + 6  # + camera rotation increment, translation
 I_POSE = slice(N_EXP, N_EXP + N_POSE)
 I_LIDS = slice(N_EXP + N_POSE, N_MODEL)
 I_ROT = slice(N_MODEL, N_MODEL + 3)
 I_T = slice(N_MODEL + 3, N_FRAME)
-
-
-@dataclass
-class FitSettings:
-    """Weights and iteration counts (``tracker.fit`` in the config)."""
-
-    iters: int = 4                 # Levenberg-Marquardt steps per frame (warm-started)
-    rel_tol: float = 1e-3          # stop when a step lowers the cost by less than this fraction
-    basis_tolerance: float = 0.02  # radians of jaw/eye change before the expression Jacobian is recomputed
-    first_iters: int = 15          # steps for a frame without a warm start
-    key_iters: int = 25            # joint steps over the keyframes
-    keyframes: int = 8             # keyframes spread over the sequence for the intrinsics
-    sigma_px: float = 1.0          # landmark residual scale (pixels of the crop)
-    huber_px: float = 3.0          # residuals beyond this many sigma are down-weighted
-    w_mediapipe: float = 1.0
-    w_iris: float = 1.0
-    w_ibug68: float = 0.5
-    exp_sigma: float = 1.0         # prior: expression coefficients ~ N(0, exp_sigma^2)
-    jaw_sigma: float = 0.35        # radians, opening (about x)
-    jaw_side_sigma: float = 0.01   # radians, jaw rotation about y and z (small in real faces)
-    eye_sigma: float = 0.35        # radians
-    eye_symmetry_sigma: float = 0.35
-    eyelid_sigma: float = 1.0
-    eyelid_symmetry_sigma: float = 1.0
-    smooth_exp: float = 0.7        # per-frame change, expression units
-    smooth_pose: float = 0.05      # per-frame change of the jaw, radians
-    smooth_eyes: float = 0.35      # per-frame change of the eyes, radians (saccades are fast)
-    smooth_eyelids: float = 0.3    # per-frame change of the eyelids
-    smooth_rot: float = 0.03       # per-frame change of the camera rotation, radians
-    smooth_t: float = 0.01         # per-frame change of the camera translation, metres
-    fov_deg: float = 60.0          # focal prior: the source camera's field of view across its larger side
-    focal_log_sigma: float = 0.35  # its width: standard deviation of log focal
-    face_fraction: float = 0.25    # a face larger than this part of the frame: a pre-cropped input (focal_prior.py)
-    precrop_face_fraction: float = 0.12  # the part of its source frame such a face is taken to span
-    precrop_log_sigma: float = 0.5  # the prior's width then
-    focal: float = 0.0             # focal length in source pixels (--focal): fixed, no prior; 0 = fitted
-    pp_sigma: float = 0.01         # principal point prior around the centre, times the crop size
-    refine_identity: bool = False  # refine MICA's identity on the keyframes, pulled towards it
-    identity_sigma: float = 0.3    # that pull: identity coefficients ~ N(MICA's, identity_sigma^2)
 
 
 @dataclass
@@ -147,6 +109,28 @@ def _normal_equations(jw: np.ndarray, j: np.ndarray, r: np.ndarray) -> tuple[np.
     OpenBLAS is much slower for these small products while other threads are busy)."""
     a = torch.from_numpy(jw).T
     return (a @ torch.from_numpy(j)).numpy(), (a @ torch.from_numpy(r)).numpy()
+
+
+def lm_step(cost: float, mu: float, attempts: int, propose, evaluate):
+    """One Levenberg-Marquardt step: up to ``attempts`` tries of ``propose(mu)`` (a candidate, or None
+    when it is not admissible), each scored by ``evaluate(candidate)`` (a tuple whose first item is
+    its cost); a candidate not worse than ``cost`` is accepted and the damping lowered (mu / 3, at
+    least 1e-7), else the damping is raised tenfold and tried again.
+
+    Returns:
+        (candidate, its evaluation, the new damping); candidate and evaluation None when no try
+        was accepted (the caller stops).
+    """
+    for _attempt in range(attempts):
+        cand = propose(mu)
+        if cand is None:
+            mu *= 10
+            continue
+        lin = evaluate(cand)
+        if lin[0] <= cost:
+            return cand, lin, max(mu / 3, 1e-7)
+        mu *= 10
+    return None, None, mu
 
 
 def _set_weights(model: TrackingFLAME, s: FitSettings) -> np.ndarray:
@@ -318,19 +302,19 @@ class LandmarkFitter:
         cache: dict = {}  # pose derivatives of this frame's first linearisation, reused by its steps
         cost, h, g, res, cbin, uv = self._linearise(st, obs, valid, intr, prev, basis, False, cache)
         mu = 1e-4
+
+        def propose(mu):
+            return st.step(-_solve(h + mu * np.diag(np.diag(h)) + 1e-9 * np.eye(len(g)), g), self.model.has_eyelids)
+
+        def evaluate(cand):
+            return self._linearise(cand, obs, valid, intr, prev, basis, False, cache)
+
         for _ in range(iters):
-            for _attempt in range(6):
-                delta = -_solve(h + mu * np.diag(np.diag(h)) + 1e-9 * np.eye(len(g)), g)
-                cand = st.step(delta, self.model.has_eyelids)
-                c2, h2, g2, res2, cbin2, uv2 = self._linearise(cand, obs, valid, intr, prev, basis, False, cache)
-                if c2 <= cost:
-                    small = cost - c2 < self.s.rel_tol * cost
-                    st, cost, h, g, res, cbin, uv = cand, c2, h2, g2, res2, cbin2, uv2
-                    mu = max(mu / 3, 1e-7)
-                    break
-                mu *= 10
-            else:
+            cand, lin, mu = lm_step(cost, mu, 6, propose, evaluate)
+            if cand is None:
                 break
+            small = cost - lin[0] < self.s.rel_tol * cost
+            st, (cost, h, g, res, cbin, uv) = cand, lin
             if small:
                 break
         return FrameFit(st, cost, self._rms(res, valid), cbin, uv)
@@ -343,42 +327,3 @@ def pick_keyframes(valid_frames: Sequence[int], count: int) -> list[int]:
         return valid_frames
     pos = np.linspace(0, len(valid_frames) - 1, count).round().astype(int)
     return [valid_frames[i] for i in sorted(set(pos.tolist()))]
-
-
-def settings_from_config(cfg) -> FitSettings:
-    """``FitSettings`` from the config's ``tracker.fit`` section (same key names, one per field)."""
-    return FitSettings(
-        iters=int(cfg.tracker.fit.iters),
-        rel_tol=float(cfg.tracker.fit.rel_tol),
-        basis_tolerance=float(cfg.tracker.fit.basis_tolerance),
-        first_iters=int(cfg.tracker.fit.first_iters),
-        key_iters=int(cfg.tracker.fit.key_iters),
-        keyframes=int(cfg.tracker.fit.keyframes),
-        sigma_px=float(cfg.tracker.fit.sigma_px),
-        huber_px=float(cfg.tracker.fit.huber_px),
-        w_mediapipe=float(cfg.tracker.fit.w_mediapipe),
-        w_iris=float(cfg.tracker.fit.w_iris),
-        w_ibug68=float(cfg.tracker.fit.w_ibug68),
-        exp_sigma=float(cfg.tracker.fit.exp_sigma),
-        jaw_sigma=float(cfg.tracker.fit.jaw_sigma),
-        jaw_side_sigma=float(cfg.tracker.fit.jaw_side_sigma),
-        eye_sigma=float(cfg.tracker.fit.eye_sigma),
-        eye_symmetry_sigma=float(cfg.tracker.fit.eye_symmetry_sigma),
-        eyelid_sigma=float(cfg.tracker.fit.eyelid_sigma),
-        eyelid_symmetry_sigma=float(cfg.tracker.fit.eyelid_symmetry_sigma),
-        smooth_exp=float(cfg.tracker.fit.smooth_exp),
-        smooth_pose=float(cfg.tracker.fit.smooth_pose),
-        smooth_eyes=float(cfg.tracker.fit.smooth_eyes),
-        smooth_eyelids=float(cfg.tracker.fit.smooth_eyelids),
-        smooth_rot=float(cfg.tracker.fit.smooth_rot),
-        smooth_t=float(cfg.tracker.fit.smooth_t),
-        fov_deg=float(cfg.tracker.fit.fov_deg),
-        focal_log_sigma=float(cfg.tracker.fit.focal_log_sigma),
-        face_fraction=float(cfg.tracker.fit.face_fraction),
-        precrop_face_fraction=float(cfg.tracker.fit.precrop_face_fraction),
-        precrop_log_sigma=float(cfg.tracker.fit.precrop_log_sigma),
-        focal=float(cfg.tracker.fit.focal),
-        pp_sigma=float(cfg.tracker.fit.pp_sigma),
-        refine_identity=bool(cfg.tracker.fit.refine_identity),
-        identity_sigma=float(cfg.tracker.fit.identity_sigma),
-    )

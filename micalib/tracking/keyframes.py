@@ -28,7 +28,7 @@ from collections.abc import Sequence
 import cv2
 import numpy as np
 
-from micalib.tracking.fitting import N_FRAME, FrameState, Intrinsics, _solve
+from micalib.tracking.fitting import N_FRAME, FrameState, Intrinsics, _solve, lm_step
 from micalib.tracking.focal_prior import CameraEstimate, FocalPrior, estimate
 
 CANDIDATES = 64   # frames posed by PnP to choose the keyframes from
@@ -180,28 +180,23 @@ class _Joint:
         ds = np.zeros(self.n_sh - 3)
         cost, blocks, a_h, a_g = self.assemble(states, intr, ds)
         mu = 1e-3
+
+        def propose(mu):
+            ah = a_h.copy()
+            if fixed:  # --focal: the intrinsics do not move (two runs share them exactly)
+                ah[:3, :3] += 1e12 * np.eye(3)
+            d_sh, d_frames = self.solve(blocks, ah, a_g, mu)
+            cand = ([st.step(d, m.has_eyelids) for st, d in zip(states, d_frames)],
+                    intr if fixed else Intrinsics(intr.focal + d_sh[0], intr.cx + d_sh[1], intr.cy + d_sh[2]),
+                    ds + d_sh[3:])
+            return None if cand[1].focal <= 0 or any(c.t[2] <= 0 for c in cand[0]) else cand
+
         for it_n in range(f.s.key_iters):
-            converged = False
-            for _attempt in range(8):
-                ah = a_h.copy()
-                if fixed:  # --focal: the intrinsics do not move (two runs share them exactly)
-                    ah[:3, :3] += 1e12 * np.eye(3)
-                d_sh, d_frames = self.solve(blocks, ah, a_g, mu)
-                cand_i = intr if fixed else Intrinsics(intr.focal + d_sh[0], intr.cx + d_sh[1], intr.cy + d_sh[2])
-                cand_s = ds + d_sh[3:]
-                cand = [st.step(d, m.has_eyelids) for st, d in zip(states, d_frames)]
-                if cand_i.focal <= 0 or any(c.t[2] <= 0 for c in cand):
-                    mu *= 10
-                    continue
-                c2, b2, ah2, ag2 = self.assemble(cand, cand_i, cand_s)
-                if c2 <= cost:
-                    converged = (cost - c2) < 1e-6 * cost
-                    states, intr, ds, cost, blocks, a_h, a_g = cand, cand_i, cand_s, c2, b2, ah2, ag2
-                    mu = max(mu / 3, 1e-7)
-                    break
-                mu *= 10
-            else:
+            cand, lin, mu = lm_step(cost, mu, 8, propose, lambda c: self.assemble(*c))
+            if cand is None:
                 break
+            converged = (cost - lin[0]) < 1e-6 * cost
+            (states, intr, ds), (cost, blocks, a_h, a_g) = cand, lin
             if it_n % 5 == 4:  # new expression bases, and the prior's weight from the residuals now
                 s2 = self.residual_variance()
                 self.refresh(states)

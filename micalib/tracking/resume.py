@@ -16,21 +16,16 @@ import csv
 import hashlib
 import json
 import os
-import shutil
 import threading
 from pathlib import Path
 
 from loguru import logger
 
-from micalib.tracking.outputs import frame_name, read_frame
+from micalib.tracking.layout import RUN_RECORD, TrackLayout
+from micalib.tracking.outputs import read_frame
 from utils.errors import MICAError
 from utils.io import atomic_write_text, written_file
 
-RUN_RECORD = ".track_run.json"
-ROWS_JOURNAL = ".tracking_rows.jsonl"
-# every file and folder track.py writes into OUT/NAME (what --overwrite removes)
-RUN_FILES = ("checkpoint", "mesh", "input", "canonical.obj", "identity.npy", "landmarks.npz", "crop.json",
-             "bbox.pt", "tracking.csv", "video.mp4", ".crops.raw", RUN_RECORD, ROWS_JOURNAL)
 # tracker keys that change speed only, not the outputs
 _NO_EFFECT = ("workers", "png_compression")
 # how the refusal names each recorded option
@@ -60,29 +55,31 @@ def _stat(path) -> str:
     return f"{st.st_size}:{st.st_mtime_ns}"
 
 
-def run_settings(cfg, source, image_size: int, landmarks_path, identity_path, photometric: bool,
-                 asset_paths: dict) -> dict:
-    """The options of this run that shape its outputs (JSON-able)."""
-    tracker = {k: v for k, v in dict(cfg.tracker).items() if k not in _NO_EFFECT}
+def run_settings(options, source, landmarks_path, identity_path, asset_paths: dict) -> dict:
+    """The options of this run that shape its outputs (JSON-able; ``options`` a ``TrackOptions``:
+    its config keys are recorded as the hash of the config's ``tracker`` section)."""
+    tracker = {k: v for k, v in options.config_values().items() if k not in _NO_EFFECT}
     tracker_text = json.dumps(tracker, sort_keys=True, default=str)
     return {"input": str(Path(source.path).expanduser().resolve()),
             "input_stat": f"{source.n_input_frames}:{_stat(source.path)}",
             "fps": None if source.fps is None else float(source.fps),
-            "image_size": int(image_size),
+            "image_size": int(options.image_size),
             "landmarks": None if landmarks_path is None else file_hash(landmarks_path),
             "identity": None if identity_path is None else file_hash(identity_path),
-            "photometric": bool(photometric),
+            "photometric": bool(options.photometric),
             "tracker": hashlib.sha1(tracker_text.encode()).hexdigest()[:16],
             "assets": {k: f"{p}|{_stat(p)}" for k, p in sorted(asset_paths.items())}}
 
 
-def check_run_record(out: Path, settings: dict) -> None:
-    """Refuse a re-run into ``out`` with other options; record them on a first run.
+def check_run_record(layout: TrackLayout, settings: dict) -> bool:
+    """Refuse a re-run into ``layout.root`` with other options. Returns whether a record exists;
+    a first run records its options with :func:`write_run_record` once its inputs are accepted (a
+    run refused at its input check leaves no record that would refuse the corrected command).
 
     Raises:
-        MICAError: ``out`` holds frames of a run with other options (or without a record).
+        MICAError: it holds frames of a run with other options (or without a record).
     """
-    path = out / RUN_RECORD
+    out, path = layout.root, layout.run_record
     fix = "pass --overwrite to track it again from scratch, or another -o"
     if written_file(path):
         try:
@@ -96,16 +93,16 @@ def check_run_record(out: Path, settings: dict) -> None:
                 shown = (lambda v: v if not isinstance(v, dict) else "changed")
                 raise MICAError(f"{out} was tracked with other options ({OPTION_NAMES.get(key, key)}: "
                                 f"{shown(old.get(key))} before, {shown(value)} now); {fix}")
-        return
-    if any((out / "checkpoint").glob("*.frame")):
+        return True
+    if layout.has_frames():
         raise MICAError(f"{out} holds tracked frames but no record of their options ({RUN_RECORD}); {fix}")
-    atomic_write_text(path, json.dumps(settings, indent=1, sort_keys=True), fsync=False)
+    return False
 
 
-def record_camera(out: Path, camera: dict) -> None:
+def record_camera(layout: TrackLayout, camera: dict) -> None:
     """Add what the keyframes decided about the camera (``focal_prior.CameraEstimate``, source
     pixels) to the run record as its ``camera`` entry (not an option: re-runs do not compare it)."""
-    path = out / RUN_RECORD
+    path = layout.run_record
     try:
         rec = json.loads(path.read_text()) if written_file(path) else {}
     except (OSError, ValueError):
@@ -114,30 +111,25 @@ def record_camera(out: Path, camera: dict) -> None:
     atomic_write_text(path, json.dumps(rec, indent=1, sort_keys=True), fsync=False)
 
 
-def clear_run(out: Path) -> None:
-    """``--overwrite``: remove what track.py wrote into ``out`` (nothing else)."""
-    for name in RUN_FILES:
-        p = out / name
-        if p.is_dir() and not p.is_symlink():
-            shutil.rmtree(p)
-        elif p.exists() or p.is_symlink():
-            p.unlink()
+def write_run_record(layout: TrackLayout, settings: dict) -> None:
+    """Record the options of the run (``check_run_record``), unless recorded already."""
+    if not written_file(layout.run_record):
+        atomic_write_text(layout.run_record, json.dumps(settings, indent=1, sort_keys=True), fsync=False)
 
 
-def finished_frames(out: Path, n: int) -> list[bool]:
+def finished_frames(layout: TrackLayout, n: int) -> list[bool]:
     """Per output frame: its .frame, .ply and .png complete and the .frame readable. Unreadable
     .frame files are tracked again (one warning)."""
-    done = [written_file(out / "checkpoint" / f"{frame_name(k)}.frame")
-            and written_file(out / "mesh" / f"{frame_name(k)}.ply")
-            and written_file(out / "input" / f"{frame_name(k)}.png") for k in range(n)]
+    done = [written_file(layout.frame(k)) and written_file(layout.mesh(k)) and written_file(layout.png(k))
+            for k in range(n)]
     bad = []
     for k in range(n):
         if done[k]:
             try:
-                read_frame(out / "checkpoint" / f"{frame_name(k)}.frame")
+                read_frame(layout.frame(k))
             except MICAError:
                 done[k] = False
-                bad.append(out / "checkpoint" / f"{frame_name(k)}.frame")
+                bad.append(layout.frame(k))
     if bad:
         logger.warning(f"{len(bad)} unreadable checkpoint(s) (first: {bad[0]}): tracking those frames again")
     return done
@@ -146,8 +138,8 @@ def finished_frames(out: Path, n: int) -> list[bool]:
 class RowJournal:
     """Appends each written frame's csv row to ``OUT/NAME/.tracking_rows.jsonl`` (thread-safe)."""
 
-    def __init__(self, out: Path):
-        self.path = out / ROWS_JOURNAL
+    def __init__(self, path: Path):
+        self.path = Path(path)
         self._lock = threading.Lock()
         self._f = open(self.path, "a", encoding="utf-8")
 
@@ -162,17 +154,17 @@ class RowJournal:
             self._f.close()
 
 
-def old_rows(out: Path) -> dict[int, dict]:
+def old_rows(layout: TrackLayout) -> dict[int, dict]:
     """The csv rows of earlier runs: ``tracking.csv`` overlaid with the journal of a killed run."""
     rows: dict[int, dict] = {}
-    path = out / "tracking.csv"
+    path = layout.csv
     if written_file(path):
         try:
             with open(path, newline="") as f:
                 rows = {int(r["frame"]): r for r in csv.DictReader(f)}
         except (OSError, ValueError, KeyError):
             rows = {}
-    journal = out / ROWS_JOURNAL
+    journal = layout.rows_journal
     if written_file(journal):
         try:
             with open(journal, encoding="utf-8") as f:

@@ -1,6 +1,12 @@
 """track.py's pipeline: frames -> landmarks -> crop -> identity -> camera intrinsics on keyframes ->
 per-frame fit -> the original tracker's files (see ``micalib/tracking/outputs.py``).
 
+``TrackRunner.run`` goes through named stages, as the original tracker's ``run()``:
+``frames_and_landmarks`` -> ``fit_inputs`` -> ``intrinsics`` -> ``track_frames`` (``_FrameLoop``,
+one frame after the other; the files by ``micalib.tracking.writer.FrameWriter``) -> ``write_outputs``.
+Every path is ``micalib.tracking.layout.TrackLayout``'s; every option ``TrackOptions``'
+(``micalib.tracking.options``), built from the config by ``TrackRunner.from_config`` only.
+
 Two passes over the frames: the first detects the landmarks (skipped with ``--landmarks`` or a
 cached ``OUT/NAME/landmarks.npz``), the second fits and writes. With one crop box (the default) the
 video is decoded once: the landmark pass crops each frame with the box it detects in (kept as
@@ -21,56 +27,39 @@ import csv
 import io
 import shutil
 import time
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import cv2
 import numpy as np
 from loguru import logger
 from tqdm import tqdm
 
+from configs.config import resolve_path
 from micalib.tracking import crop as cropmod
 from micalib.tracking.camera import matrix_to_axis_angle, rotation_6d_to_matrix
 from micalib.tracking.crop import transform_points
-from micalib.tracking.fitting import (
-    FrameState,
-    Intrinsics,
-    LandmarkFitter,
-    interpolate_state,
-    pick_keyframes,
-    settings_from_config,
-)
+from micalib.tracking.fitting import FrameState, Intrinsics, LandmarkFitter, interpolate_state, pick_keyframes
 from micalib.tracking.frames import open_frames, prefetch
-from micalib.tracking.model import (
-    TrackingFLAME,
-    load_eyelids,
-    load_mediapipe_embedding,
-    observations,
-)
-from micalib.tracking.outputs import frame_dict, frame_name, read_frame, save_frame
+from micalib.tracking.layout import TrackLayout
+from micalib.tracking.model import TrackingFLAME, load_eyelids, load_mediapipe_embedding, observations
+from micalib.tracking.options import TrackOptions
+from micalib.tracking.outputs import frame_dict, frame_name, read_frame
 from micalib.tracking.resume import (
-    ROWS_JOURNAL,
-    RUN_RECORD,
     RowJournal,
     check_run_record,
-    clear_run,
     finished_frames,
     old_rows,
+    record_camera,
     run_settings,
+    write_run_record,
 )
+from micalib.tracking.writer import FrameWriter, png_bytes
 from utils.errors import MICAError
-from utils.io import (
-    atomic_save_npy,
-    atomic_write_bytes,
-    atomic_write_text,
-    remove_stale_temps,
-    written_file,
-)
-from utils.mesh import obj_text, ply_bytes
+from utils.io import atomic_save_npy, atomic_write_bytes, atomic_write_text, remove_stale_temps, written_file
+from utils.mesh import obj_text
 
-# Raw crops of the landmark pass (uint8, frame after frame), read by the second pass, then deleted.
-CROP_CACHE = ".crops.raw"
 # Frames before the first face kept in memory (bytes) to be cropped once the face is found.
 EARLY_BYTES = 512 << 20
 # Faceless frames kept in memory while waiting for the next tracked frame (beyond: held, not interpolated).
@@ -89,20 +78,8 @@ class Timings:
         self.stages[name] = self.stages.get(name, 0.0) + seconds
 
 
-def _png_bytes(rgb: np.ndarray, compression: int) -> bytes:
-    """Lossless PNG; at compression <= 1 with the fastest settings measured (the 'up' row filter and
-    Huffman-only deflate: about half the time of the default, files about as small; bench/README.md)."""
-    params = [cv2.IMWRITE_PNG_COMPRESSION, int(compression)]
-    if int(compression) <= 1:
-        params += [cv2.IMWRITE_PNG_FILTER, cv2.IMWRITE_PNG_FILTER_UP,
-                   cv2.IMWRITE_PNG_STRATEGY, cv2.IMWRITE_PNG_STRATEGY_HUFFMAN_ONLY]
-    ok, buf = cv2.imencode(".png", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR), params)
-    if not ok:
-        raise MICAError("could not encode a PNG frame")
-    return buf.tobytes()
-
-
-def _state_from_frame(data: dict) -> FrameState:
+def state_from_frame(data: dict) -> FrameState:
+    """The fit's state of a ``.frame`` dict (``read_frame``)."""
     fl = data["flame"]
     mats = rotation_6d_to_matrix(np.concatenate([fl["jaw"].reshape(1, 6), fl["eyes"].reshape(2, 6)]))
     return FrameState(np.asarray(fl["exp"], np.float64).reshape(-1), matrix_to_axis_angle(mats).reshape(9),
@@ -111,50 +88,191 @@ def _state_from_frame(data: dict) -> FrameState:
                       np.asarray(data["opencv"]["t"], np.float64).reshape(3))
 
 
-class TrackRunner:
-    """Tracks one video / frame folder into ``out_root/NAME``.
+def check_assets(paths: dict[str, Path]) -> None:
+    """Refuse a missing asset file in one line naming its config key."""
+    for key, path in paths.items():
+        if not Path(path).is_file():
+            raise MICAError(f"{path} not found (config key {key}); run install.sh --download or set {key}")
 
-    Args:
-        cfg: the frozen config (``tracker`` section, FLAME paths, MICA for the identity).
-        input_path: video file or folder of frames.
-        out_root: output folder (NAME is appended).
-        identity_path: MICA ``identity.npy``; None = computed with MICA from the frames.
-        landmarks_path: the user's landmark npz (replaces detection).
-        fps: output frame rate (video only); image_size: crop size.
-        video: write ``video.mp4``.
-        flame: a prebuilt FLAME layer (else from the config).
-        source: an opened ``FrameSource`` (else ``open_frames(input_path, fps)``).
+
+@dataclass
+class FitInputs:
+    """What the per-frame fit works from (``TrackRunner.fit_inputs``; the intrinsics stage sets the
+    camera, may refine the identity and fills ``done``).
+
+    Attributes:
+        lm: landmarks per input frame; matrices: per output frame the input px -> crop px matrix.
+        ident: the identity coefficients; model / fitter: the tracking FLAME and its fitter.
+        obs, valid: per output frame the targets (fit pixels) and which are used; has_face: >= 6 used.
+        follow: moving crop (fit in input pixels, each frame's K is A_k K).
+        done: per output frame, finished by an earlier run.
     """
 
-    def __init__(self, cfg, input_path, out_root, identity_path=None, landmarks_path=None, fps: float | None = 25.0,
-                 image_size: int = 512, video: bool = True, photometric: bool = False, device: str = "cpu",
-                 flame=None, source=None, overwrite: bool = False) -> None:
-        self.cfg = cfg
-        self.source = source if source is not None else open_frames(input_path, fps)
-        self.out = Path(out_root) / self.source.name
+    lm: dict[str, np.ndarray]
+    matrices: list[np.ndarray]
+    ident: np.ndarray
+    emb: object
+    lids: np.ndarray | None
+    model: TrackingFLAME
+    fitter: LandmarkFitter
+    obs: list[np.ndarray]
+    valid: list[np.ndarray]
+    has_face: list[bool]
+    follow: bool
+    done: list[bool] = field(default_factory=list)
+
+    def crop_k(self, k_fit: np.ndarray, k: int) -> np.ndarray:
+        """Frame ``k``'s camera matrix in pixels of its crop."""
+        return np.vstack([self.matrices[k], [0.0, 0.0, 1.0]]) @ k_fit if self.follow else k_fit
+
+
+class TrackRunner:
+    """Tracks one video / frame folder into ``out_root/NAME`` (see the module docstring).
+
+    Args:
+        options: what the run does (``TrackOptions``).
+        input_path: video file or folder of frames.
+        out_root: output folder (NAME is appended).
+        flame: the FLAME layer (``models.flame.FLAME``).
+        load_mica: () -> (predictor, detector), called only when MICA's identity is computed from the
+            frames (no ``identity_path`` and none cached), so a run with ``--identity`` loads no weights
+            (unlike the demo runner, which gets them built).
+        identity_path: MICA ``identity.npy``; None = computed with MICA from the frames.
+        landmarks_path: the user's landmark npz (replaces detection).
+        source: an opened ``FrameSource`` (else ``open_frames(input_path, options.fps)``).
+        flame_files: the files ``flame`` was read from by config key (recorded in the run record).
+    """
+
+    def __init__(self, options: TrackOptions, input_path, out_root, flame, *,
+                 load_mica: Callable[[], tuple] | None = None, identity_path=None, landmarks_path=None,
+                 source=None, flame_files: dict[str, Path] | None = None) -> None:
+        self.options = options
+        self.source = source if source is not None else open_frames(input_path, options.fps)
+        self.layout = TrackLayout(out_root, self.source.name)
+        self.flame = flame
+        self.load_mica = load_mica
         self.identity_path = identity_path
         self.landmarks_path = landmarks_path
-        self.size = int(image_size)
-        self.video = video
-        self.photometric = photometric
-        self.device = device
-        self._flame = flame
+        self.flame_files = dict(flame_files or {})
+        self.size = int(options.image_size)
         self.timings = Timings()
+        self.skipped = 0
         self._box = None  # the one crop box of this run's landmark pass
         self._n_cached = 0  # frames in the crop cache
         self._png_written: set[int] = set()
-        self.overwrite = overwrite
         self._journal: RowJournal | None = None
         self.camera = None  # the keyframes' CameraEstimate (focal_prior.py), None when resumed
 
-    # -----------------------------------------------------------------------------------------
+    @classmethod
+    def from_config(cls, cfg, input_path, out_root, *, identity_path=None, landmarks_path=None, source=None,
+                    flame=None, **run) -> TrackRunner:
+        """The runner of track.py: options from the config's ``tracker`` section and ``run`` (the
+        ``TrackOptions`` that are not config keys, e.g. ``image_size``, ``fps``, ``device``), the
+        FLAME layer from the config (unless given) and MICA + detector loaded only when needed.
+        The only reader of ``cfg`` in ``micalib/tracking/``."""
+        options = TrackOptions.from_section(cfg.tracker, **run)
+        if source is None:
+            source = open_frames(input_path, options.fps)
+        flame_files = {}
+        if flame is None:
+            from models.flame import FLAME
+
+            flame_files = {"model.flame_model_path": resolve_path(cfg.model.flame_model_path),
+                           "model.flame_lmk_embedding_path": resolve_path(cfg.model.flame_lmk_embedding_path)}
+            check_assets(flame_files)
+            flame = FLAME.from_config(cfg)
+
+        def load_mica():
+            from micalib.predictor import Predictor
+            from models.detectors import create_detector
+
+            predictor = Predictor.from_config(cfg, device=options.device)
+            detector = create_detector(cfg.detector.name, antelopev2_dir=resolve_path(cfg.detector.antelopev2_dir),
+                                       det_size=tuple(cfg.detector.det_size), threshold=cfg.detector.threshold,
+                                       mtcnn_max_side=cfg.detector.mtcnn_max_side)
+            return predictor, detector
+
+        return cls(options, input_path, out_root, flame, load_mica=load_mica, identity_path=identity_path,
+                   landmarks_path=landmarks_path, source=source, flame_files=flame_files)
+
+    # ----------------------------------------------------------------------------------- run
+    def run(self, finish: Callable[[Path], None] | None = None) -> Path:
+        """Track the input; returns ``OUT/NAME``. ``finish(OUT/NAME)`` runs last, still holding the
+        output's lock (track.py writes the clip's ``.glb`` and viewer page there)."""
+        t_start = time.perf_counter()
+        self.layout.check_input(self.source.path)
+        check_assets(self._asset_paths())
+        with self.layout.lock():
+            settings = self._start()
+            try:
+                lm, matrices = self.frames_and_landmarks()
+                fit = self.fit_inputs(lm, matrices)
+                write_run_record(self.layout, settings)  # the inputs are accepted
+                self.intrinsics(fit)
+                rows = self.track_frames(fit)
+                self.write_outputs(rows)
+                if finish is not None:
+                    finish(self.layout.root)
+            finally:
+                self.layout.crop_cache.unlink(missing_ok=True)
+                if self._journal is not None:
+                    self._journal.close()
+        self.timings.add("total", time.perf_counter() - t_start)
+        logger.info(f"tracked {len(self.source)} frames into {self.layout.root} ({self.skipped} finished before)")
+        return self.layout.root
+
+    def _start(self) -> dict:
+        """Before anything is tracked (the lock held): ``--overwrite``, folders, the run record
+        compared (returns this run's options to record)."""
+        lay = self.layout
+        if self.options.overwrite:
+            lay.clear()
+        lay.make_dirs()
+        remove_stale_temps(lay.root)
+        settings = run_settings(self.options, self.source, self.landmarks_path, self.identity_path,
+                                {**self.flame_files, **self._asset_paths(), **self._optional_assets()})
+        if not check_run_record(lay, settings):
+            lay.clear_unrecorded()
+        return settings
+
+    def _asset_paths(self) -> dict[str, Path]:
+        """The asset files of this run by config key (checked before any detection)."""
+        paths = {}
+        needs_mp = True
+        if self.landmarks_path is not None:
+            try:
+                with np.load(self.landmarks_path, allow_pickle=False) as z:
+                    needs_mp = "mediapipe" in z.files
+            except (OSError, ValueError):
+                needs_mp = True  # load_landmarks_npz reports the file
+        if needs_mp:
+            paths["tracker.mediapipe_embedding_path"] = resolve_path(self.options.mediapipe_embedding_path)
+        return paths
+
+    def _optional_assets(self) -> dict[str, Path]:
+        return {"tracker.l_eyelid_path": resolve_path(self.options.l_eyelid_path),
+                "tracker.r_eyelid_path": resolve_path(self.options.r_eyelid_path)}
+
+    # ------------------------------------------------------------- stage 1: frames and landmarks
+    def frames_and_landmarks(self) -> tuple[dict[str, np.ndarray], list[np.ndarray]]:
+        """Landmarks per input frame (given, cached or detected), the frames a short video has, and
+        per output frame its crop matrix (``crop.json``)."""
+        lm = self._landmarks()
+        cut = getattr(self.source, "truncated_at", None)
+        if cut is not None:  # the video ended early: track the frames it has
+            self.source.indices = self.source.indices[:cut]
+        matrices = self._crop_matrices(lm)
+        cropmod.write_crop_json(self.layout.crop_json, matrices, self.size, self.source.indices, fsync=False)
+        return lm, matrices
+
+    # ------------------------------------------------------------- landmark pass
     def _landmarks(self) -> dict[str, np.ndarray]:
         from micalib.tracking.landmarks import load_landmarks_npz, save_landmarks_npz
 
         n_in = self.source.n_input_frames
         if self.landmarks_path is not None:
             return load_landmarks_npz(self.landmarks_path, n_in)
-        cache = self.out / "landmarks.npz"
+        cache = self.layout.landmarks
         if written_file(cache):
             logger.info(f"landmarks from {cache}")
             return load_landmarks_npz(cache, n_in)
@@ -175,20 +293,20 @@ class TrackRunner:
 
         t0 = time.perf_counter()
         mp = np.full((self.source.n_input_frames, 478, 2), np.nan, np.float32)
-        ib_path = find_ibug68_model(str(self.cfg.tracker.ibug68_model) or None)
+        ib_path = find_ibug68_model(str(self.options.ibug68_model) or None)
         ib_det = Ibug68Detector(ib_path) if ib_path is not None else None
         ib = np.full((self.source.n_input_frames, 68, 2), np.nan, np.float32) if ib_det is not None else None
         if ib_det is not None:
             logger.info(f"68-point landmarks from {ib_path}")
         det = MediaPipeLandmarker(video_mode=True)
-        search = FaceSearch(int(self.cfg.tracker.search_every))
+        search = FaceSearch(int(self.options.search_every))
         early: list[np.ndarray] = []  # frames before the first face, cropped once the box is known
         faceless: int | None = None  # faceless frames since the first face
         box = None
-        track = cropmod.CropTrack(self.cfg.tracker.bbox_scale) if self.cfg.tracker.follow_face else None
+        track = cropmod.CropTrack(self.options.bbox_scale) if self.options.follow_face else None
         # One fixed box (the default): this pass's crops are the final ones, so they are kept in a
         # raw file for the second pass (no second decode) and their PNGs are written here.
-        cache = self._open_crop_cache() if (self.cfg.tracker.crop and not self.cfg.tracker.follow_face and ib_det is None) else None
+        cache = self._open_crop_cache() if (self.options.crop and not self.options.follow_face and ib_det is None) else None
         pool = ThreadPoolExecutor(1, thread_name_prefix="track-png") if cache is not None else None
         pending: list[Future] = []
         n_cached = 0
@@ -212,9 +330,9 @@ class TrackRunner:
                             logger.info(f"no face in the first {k + 1} frames: the video is decoded twice")
                             cache.close()
                             cache, early = None, []
-                            (self.out / CROP_CACHE).unlink(missing_ok=True)
+                            self.layout.crop_cache.unlink(missing_ok=True)
                         continue
-                    box = cropmod.box_from_landmarks(pts[MEDIAPIPE_IBUG68], self.cfg.tracker.bbox_scale)
+                    box = cropmod.box_from_landmarks(pts[MEDIAPIPE_IBUG68], self.options.bbox_scale)
                     det.reset()
                     faceless = 0
                     for ke, rgb_e in enumerate(early):  # frames 0..k-1 (no face): their crops now
@@ -253,32 +371,32 @@ class TrackRunner:
         """The raw crop file of the landmark pass, or None when the disk lacks room for it."""
         need = len(self.source) * self.size * self.size * 3
         try:
-            if shutil.disk_usage(self.out).free < need + (1 << 30):
+            if shutil.disk_usage(self.layout.root).free < need + (1 << 30):
                 logger.info("not enough free disk for the crop cache: the video is decoded twice")
                 return None
-            return open(self.out / CROP_CACHE, "wb")
+            return open(self.layout.crop_cache, "wb")
         except OSError:
             return None
 
     def _write_png(self, k: int, crop: np.ndarray) -> None:
-        atomic_write_bytes(self.out / "input" / f"{frame_name(k)}.png", _png_bytes(crop, self.cfg.tracker.png_compression), fsync=False)
+        atomic_write_bytes(self.layout.png(k), png_bytes(crop, self.options.png_compression), fsync=False)
         self._png_written.add(k)
 
     def _cached_crops(self):
         """The second pass's frames from the crop cache: (k, input index, crop)."""
         nbytes = self.size * self.size * 3
-        with open(self.out / CROP_CACHE, "rb") as f:
+        with open(self.layout.crop_cache, "rb") as f:
             for k in range(self._n_cached):
                 buf = bytearray(nbytes)
                 if f.readinto(buf) != nbytes:
-                    raise MICAError(f"the crop cache {self.out / CROP_CACHE} is short; delete it and run again")
+                    raise MICAError(f"the crop cache {self.layout.crop_cache} is short; delete it and run again")
                 yield k, self.source.indices[k], np.frombuffer(buf, np.uint8).reshape(self.size, self.size, 3)
 
     def _crop_matrices(self, lm: dict[str, np.ndarray]) -> list[np.ndarray]:
         """Per output frame the (2,3) input px -> crop px matrix."""
         idx = self.source.indices
         w, h = self.source.size
-        if not self.cfg.tracker.crop:
+        if not self.options.crop:
             if (w, h) != (self.size, self.size):
                 m = np.array([[self.size / w, 0, 0.5 * self.size / w - 0.5], [0, self.size / h, 0.5 * self.size / h - 0.5]])
                 if w != h:
@@ -296,8 +414,8 @@ class TrackRunner:
                 return lm["mediapipe"][i][MEDIAPIPE_IBUG68]
             return None
 
-        if self.cfg.tracker.follow_face:
-            track, out, last = cropmod.CropTrack(self.cfg.tracker.bbox_scale), [], None
+        if self.options.follow_face:
+            track, out, last = cropmod.CropTrack(self.options.bbox_scale), [], None
             for i in idx:
                 box = track.update(face_points(i))
                 last = box or last
@@ -307,21 +425,22 @@ class TrackRunner:
                 raise MICAError(f"no face in any frame of {self.source.path}; check the video or the landmarks")
             return [cropmod.crop_matrix(b or first, self.size) for b in out]
         box = self._box
-        if box is None and self.landmarks_path is None and written_file(self.out / "bbox.pt"):
-            box = cropmod.load_bbox_pt(self.out / "bbox.pt")  # the box the cached landmarks were detected in
+        if box is None and self.landmarks_path is None and written_file(self.layout.bbox):
+            box = cropmod.load_bbox_pt(self.layout.bbox)  # the box the cached landmarks were detected in
         if box is not None:
-            cropmod.save_bbox_pt(self.out / "bbox.pt", box)
+            cropmod.save_bbox_pt(self.layout.bbox, box)
             return [cropmod.crop_matrix(box, self.size)] * len(idx)
         for i in idx:
             p = face_points(i)
             if p is not None:
-                box = cropmod.box_from_landmarks(p, self.cfg.tracker.bbox_scale)
-                cropmod.save_bbox_pt(self.out / "bbox.pt", box)
+                box = cropmod.box_from_landmarks(p, self.options.bbox_scale)
+                cropmod.save_bbox_pt(self.layout.bbox, box)
                 return [cropmod.crop_matrix(box, self.size)] * len(idx)
         raise MICAError(f"no face in any frame of {self.source.path}; check the video or the landmarks")
 
-    def _identity(self, flame, matrices, lm) -> np.ndarray:
-        dst = self.out / "identity.npy"
+    def _identity(self) -> np.ndarray:
+        """MICA's identity: ``--identity``, else the one cached in ``identity.npy``, else MICA on the frames."""
+        dst = self.layout.identity
         if self.identity_path is not None:
             try:
                 ident = np.load(self.identity_path, allow_pickle=False)
@@ -344,18 +463,13 @@ class TrackRunner:
 
     def _mica_identity(self) -> np.ndarray:
         """MICA on several frames with a face, averaged (``demo.py --fuse``)."""
-        from configs.config import resolve_path
-        from micalib.predictor import Predictor
-        from models.detectors import create_detector
         from models.face_prep import detect_and_align
 
         t0 = time.perf_counter()
-        cfg = self.cfg
-        predictor = Predictor.from_config(cfg, device=self.device)
-        detector = create_detector(cfg.detector.name, antelopev2_dir=resolve_path(cfg.detector.antelopev2_dir),
-                                   det_size=tuple(cfg.detector.det_size), threshold=cfg.detector.threshold,
-                                   mtcnn_max_side=cfg.detector.mtcnn_max_side)
-        want = set(pick_keyframes(range(len(self.source)), int(self.cfg.tracker.identity_frames)))
+        if self.load_mica is None:
+            raise MICAError(f"no MICA model to compute the identity of {self.source.path}; pass --identity identity.npy")
+        predictor, detector = self.load_mica()
+        want = set(pick_keyframes(range(len(self.source)), int(self.options.identity_frames)))
         inputs = []
         for k, _i, rgb in self.source:
             if k in want:
@@ -372,327 +486,256 @@ class TrackRunner:
         logger.info(f"identity: MICA fused over {len(inputs)} frames")
         return codes.mean(0)
 
-    def _build_flame(self):
-        if self._flame is not None:
-            return self._flame
-        from models.flame import FLAME
+    # ------------------------------------------------------------------ stage 2: fit inputs
+    def fit_inputs(self, lm: dict[str, np.ndarray], matrices: list[np.ndarray]) -> FitInputs:
+        """The identity, the tracking FLAME, its fitter and every frame's landmark targets.
 
-        return FLAME.from_config(self.cfg)
-
-    # -----------------------------------------------------------------------------------------
-    def _asset_paths(self) -> dict[str, Path]:
-        """The asset files of this run by config key (checked before any detection)."""
-        from configs.config import resolve_path
-
-        cfg = self.cfg
-        paths = {}
-        if self._flame is None:
-            paths["model.flame_model_path"] = resolve_path(cfg.model.flame_model_path)
-            paths["model.flame_lmk_embedding_path"] = resolve_path(cfg.model.flame_lmk_embedding_path)
-        needs_mp = True
-        if self.landmarks_path is not None:
-            try:
-                with np.load(self.landmarks_path, allow_pickle=False) as z:
-                    needs_mp = "mediapipe" in z.files
-            except (OSError, ValueError):
-                needs_mp = True  # load_landmarks_npz reports the file
-        if needs_mp:
-            paths["tracker.mediapipe_embedding_path"] = resolve_path(cfg.tracker.mediapipe_embedding_path)
-        return paths
-
-    def run(self) -> Path:
-        t_start = time.perf_counter()
-        out = self.out
-        assets = self._asset_paths()
-        for key, path in assets.items():
-            if not Path(path).is_file():
-                raise MICAError(f"{path} not found (config key {key}); run install.sh --download or set {key}")
-        if self.overwrite:
-            clear_run(out)
-        for sub in ("checkpoint", "mesh", "input"):
-            (out / sub).mkdir(parents=True, exist_ok=True)
-        remove_stale_temps(out)
-        check_run_record(out, run_settings(self.cfg, self.source, self.size, self.landmarks_path, self.identity_path,
-                                           self.photometric, {**assets, **self._optional_assets()}))
-        try:
-            return self._run(t_start)
-        finally:
-            (self.out / CROP_CACHE).unlink(missing_ok=True)
-            if self._journal is not None:
-                self._journal.close()
-
-    def _optional_assets(self) -> dict[str, Path]:
-        from configs.config import resolve_path
-
-        return {k: resolve_path(self.cfg.tracker[k.split(".")[1]]) for k in ("tracker.l_eyelid_path", "tracker.r_eyelid_path")}
-
-    def _run(self, t_start: float) -> Path:
-        out = self.out
-        lm = self._landmarks()
-        cut = getattr(self.source, "truncated_at", None)
-        if cut is not None:  # the video ended early: track the frames it has
-            self.source.indices = self.source.indices[:cut]
-        matrices = self._crop_matrices(lm)
-        cropmod.write_crop_json(out / "crop.json", matrices, self.size, self.source.indices, fsync=False)
-        flame = self._build_flame()
-        ident = self._identity(flame, matrices, lm)
-        from configs.config import resolve_path
-
-        cfg = self.cfg
-        emb_path = resolve_path(cfg.tracker.mediapipe_embedding_path)
-        emb = load_mediapipe_embedding(emb_path) if "mediapipe" in lm else None
-        lids = load_eyelids(resolve_path(cfg.tracker.l_eyelid_path), resolve_path(cfg.tracker.r_eyelid_path), flame.n_vertices)
+        Raises:
+            MICAError: no frame has a face (6 usable landmarks).
+        """
+        o = self.options
+        ident = self._identity()
+        emb = load_mediapipe_embedding(resolve_path(o.mediapipe_embedding_path)) if "mediapipe" in lm else None
+        lids = load_eyelids(resolve_path(o.l_eyelid_path), resolve_path(o.r_eyelid_path), self.flame.n_vertices)
         if lids is None:
             logger.warning("eyelid blendshapes not found: tracking without eyelids (install.sh --download)")
-        model = TrackingFLAME(flame, ident, emb, lids, tuple(int(v) for v in cfg.tracker.iris_vertices), ibug68="ibug68" in lm)
-        faces = model.faces
+        model = TrackingFLAME(self.flame, ident, emb, lids, o.iris_vertices, ibug68="ibug68" in lm)
         # With a moving crop (follow_face) the camera is fitted in input pixels and each frame's K is
         # A_k K (A_k its crop matrix); with one box, directly in pixels of the crop.
-        follow = bool(cfg.tracker.crop and cfg.tracker.follow_face)
+        follow = o.follow
         fit_size = (self.source.size[1], self.source.size[0]) if follow else (self.size, self.size)
         fit_m = [np.array([[1.0, 0, 0], [0, 1.0, 0]])] * len(matrices) if follow else matrices
-
-        def crop_k(k_fit: np.ndarray, k: int) -> np.ndarray:
-            return np.vstack([matrices[k], [0.0, 0.0, 1.0]]) @ k_fit if follow else k_fit
-
-        fitter = LandmarkFitter(model, settings_from_config(cfg), fit_size)
-        # observations per output frame, in crop pixels
-        obs_all, valid_all = [], []
+        fitter = LandmarkFitter(model, o.fit, fit_size)
+        obs_all, valid_all = [], []  # observations per output frame, in fit pixels
         for k, i in enumerate(self.source.indices):
             mp = cropmod.transform_points(lm["mediapipe"][i], fit_m[k]) if "mediapipe" in lm else None
             ib = cropmod.transform_points(lm["ibug68"][i], fit_m[k]) if "ibug68" in lm else None
-            o, v = observations(model, mp, ib)
-            obs_all.append(o)
-            valid_all.append(v & (fitter.set_w > 0))
+            obs, valid = observations(model, mp, ib)
+            obs_all.append(obs)
+            valid_all.append(valid & (fitter.set_w > 0))
         has_face = [int(v.sum()) >= 6 for v in valid_all]
         if not any(has_face):
             raise MICAError(f"no face in any frame of {self.source.path}; check the video or the landmarks")
-        n = len(self.source)
-        done = finished_frames(out, n)
-        # ---- intrinsics: from a finished frame, else keyframes
+        return FitInputs(lm, matrices, ident, emb, lids, model, fitter, obs_all, valid_all, has_face, follow)
+
+    # ------------------------------------------------------------------ stage 3: intrinsics
+    def intrinsics(self, fit: FitInputs) -> None:
+        """The camera intrinsics: from a finished frame, else fitted on keyframes (with the identity
+        when ``fit.refine_identity``)."""
         t0 = time.perf_counter()
-        first_done = next((k for k in range(n) if done[k]), None)
+        n, lay, fitter = len(self.source), self.layout, fit.fitter
+        fit.done = finished_frames(lay, n)
+        refine = fitter.s.refine_identity
+        first_done = next((k for k in range(n) if fit.done[k]), None)
         if first_done is not None:
-            kk = np.asarray(read_frame(out / "checkpoint" / f"{frame_name(first_done)}.frame")["opencv"]["K"]).reshape(3, 3)
-            if follow:
-                kk = np.linalg.inv(np.vstack([matrices[first_done], [0.0, 0.0, 1.0]])) @ kk
+            data = read_frame(lay.frame(first_done))
+            kk = np.asarray(data["opencv"]["K"]).reshape(3, 3)
+            if fit.follow:
+                kk = np.linalg.inv(np.vstack([fit.matrices[first_done], [0.0, 0.0, 1.0]])) @ kk
             fitter.intr = Intrinsics(float(kk[0, 0]), float(kk[0, 2]), float(kk[1, 2]))
-            logger.info(f"camera of the finished frames: focal {kk[0, 0]:.1f} crop px (the estimate: {RUN_RECORD} 'camera')")
-            if fitter.s.refine_identity:  # the refined identity of the finished frames
-                done_shape = read_frame(out / "checkpoint" / f"{frame_name(first_done)}.frame")["flame"]["shape"]
-                refined = np.asarray(done_shape, np.float32).reshape(-1)
+            logger.info(f"camera of the finished frames: focal {kk[0, 0]:.1f} crop px (the estimate: "
+                        f"{lay.run_record.name} 'camera')")
+            if refine:  # the refined identity of the finished frames
+                refined = np.asarray(data["flame"]["shape"], np.float32).reshape(-1)
         else:
-            self._calibrate(fitter, obs_all, valid_all, has_face, 1.0 if follow else float(matrices[0][0, 0]))
-            if fitter.s.refine_identity:
+            self._calibrate(fit)
+            if refine:
                 refined = np.zeros(300, np.float32)
-                refined[: ident.size] = ident
+                refined[: fit.ident.size] = fit.ident
                 refined[: fitter.identity_change.size] += fitter.identity_change.astype(np.float32)
                 logger.info(f"identity refined on the keyframes: moved {np.linalg.norm(fitter.identity_change):.3f} "
                             "from MICA's (identity.npy keeps MICA's; .frame 'shape' holds the refined one)")
-        if fitter.s.refine_identity:
-            ident = refined
-            model = TrackingFLAME(flame, ident, emb, lids, tuple(int(v) for v in cfg.tracker.iris_vertices), ibug68="ibug68" in lm)
-            fitter.model, fitter._basis = model, None
+        if refine:
+            fit.ident = refined
+            fit.model = TrackingFLAME(self.flame, fit.ident, fit.emb, fit.lids, self.options.iris_vertices,
+                                      ibug68="ibug68" in fit.lm)
+            fitter.model, fitter._basis = fit.model, None
         self.timings.add("keyframes (intrinsics)", time.perf_counter() - t0)
-        if not written_file(out / "canonical.obj"):
-            atomic_write_bytes(out / "canonical.obj", obj_text(model.canonical_vertices(), faces), fsync=False)
-        fps_out = self.source.fps or self.source.input_fps or 25.0
-        rows = {k: r for k, r in old_rows(out).items() if k < n}
-        for k in range(n):  # finished frames whose row a killed run lost: rebuilt without the fit's RMS
-            if done[k] and k not in rows:
-                rows[k] = _row(k, self.source.indices[k], fps_out, has_face[k], valid_all[k], {}, not has_face[k], model)
-        self._journal = RowJournal(out)
-        pool = ThreadPoolExecutor(max(1, int(cfg.tracker.workers)), thread_name_prefix="track-write")
-        # overlays are drawn by two threads (frames are independent) and written in order here
-        vpool = ThreadPoolExecutor(2, thread_name_prefix="track-video") if self.video else None
-        writer = None
-        pending: list[Future] = []
-        vid_pending: list[Future] = []
-        if self.video and not (all(done) and written_file(out / "video.mp4")):
-            from micalib.tracking.overlay import VideoWriter
 
-            fps = self.source.fps or self.source.input_fps or 25.0
-            writer = VideoWriter(out / "video.mp4", fps, (3 * self.size, self.size))
-        photo = None
-        if self.photometric:
-            from micalib.tracking.photo_stage import PhotometricStage
-
-            photo = PhotometricStage(model, self.size, self.device, iters=int(cfg.tracker.photometric_iters))
-        prev: FrameState | None = None
-        prev_k: int | None = None  # output frame of ``prev``
-        prev_done_k: int | None = None
-        kk = fitter.intr.k
-        # a tracked (face) frame after k exists: faceless frames before it are interpolated
-        face_after = np.zeros(n + 1, bool)
-        for j in range(n - 1, -1, -1):
-            face_after[j] = face_after[j + 1] or has_face[j]
-        timing = {"fit": 0.0, "write": 0.0, "crop": 0.0}
-        held: list[tuple[int, int, np.ndarray]] = []  # faceless frames waiting for the next tracked one
-
-        def row_of(k: int, i: int, rms: dict, interpolated: bool) -> dict:
-            return _row(k, i, fps_out, has_face[k], valid_all[k], rms, interpolated, model)
-
-        def emit(k: int, i: int, crop: np.ndarray, st: FrameState, row: dict | None) -> None:
-            """Submit frame k's files and overlay (in frame order)."""
-            t0 = time.perf_counter()
-            if row is not None:
-                rows[k] = row
-            # the full mesh is posed once, by a writer thread (torch releases the GIL)
-            verts = pool.submit(lambda s=st: model.vertices(s.exp, s.pose, s.eyelids)[0])
-            if not done[k]:
-                data = frame_dict(st.exp, st.pose, st.eyelids, ident, st.r, st.t, crop_k(kk, k), (self.size, self.size), k, k)
-                pending.append(pool.submit(self._write_frame, out, k, data, verts, faces, crop, row))
-            if writer is not None:
-                land = {}
-                if "mediapipe" in lm:
-                    land["mediapipe"] = cropmod.transform_points(lm["mediapipe"][i], matrices[k])
-                if "ibug68" in lm:
-                    land["ibug68"] = cropmod.transform_points(lm["ibug68"][i], matrices[k])
-                vid_pending.append(vpool.submit(self._video_frame, crop, land, verts, faces, st, crop_k(kk, k)))
-            while len(pending) > 8:
-                pending.pop(0).result()
-            while len(vid_pending) > 4 or (vid_pending and vid_pending[0].done()):
-                writer.write(vid_pending.pop(0).result())
-            timing["write"] += time.perf_counter() - t0
-
-        def flush_held(st: FrameState | None, k_next: int | None) -> None:
-            """Faceless frames between ``prev`` and frame ``k_next`` (state ``st``): interpolated
-            when both exist, else held at ``prev``."""
-            for kh, ih, ch in held:
-                if st is not None and prev is not None and prev_k is not None and k_next is not None:
-                    sh = interpolate_state(prev, st, (kh - prev_k) / (k_next - prev_k))
-                else:  # before the first tracked frame: held at it; else at the last one
-                    sh = (prev if prev is not None else st).copy()
-                emit(kh, ih, ch, sh, row_of(kh, ih, {}, True))
-            held.clear()
-
-        try:
-            skipped = 0
-            cached = self._n_cached > 0
-            frames = prefetch(self._cached_crops()) if cached else prefetch(self.source)
-            for k, i, rgb in tqdm(frames, total=n, desc=f"tracking {self.source.name}"):
-                if done[k]:
-                    skipped += 1
-                    if writer is None:  # nothing to redo for a finished frame
-                        prev_done_k, prev_k, prev = k, k, None
-                        continue
-                t0 = time.perf_counter()
-                crop = rgb if cached else cropmod.warp(rgb, matrices[k], (self.size, self.size))
-                timing["crop"] += time.perf_counter() - t0
-                t0 = time.perf_counter()
-                if done[k]:
-                    st = _state_from_frame(read_frame(out / "checkpoint" / f"{frame_name(k)}.frame"))
-                    flush_held(st, k)
-                    prev, prev_k, prev_done_k = st, k, None
-                    timing["fit"] += time.perf_counter() - t0
-                    emit(k, i, crop, st, None)
-                    continue
-                if prev is None and prev_done_k is not None:
-                    prev = _state_from_frame(read_frame(out / "checkpoint" / f"{frame_name(prev_done_k)}.frame"))
-                if not has_face[k]:
-                    if face_after[k + 1] and len(held) < MAX_HELD:
-                        held.append((k, i, crop))  # interpolated once the next tracked frame is fitted
-                        timing["fit"] += time.perf_counter() - t0
-                        continue
-                    if prev is None:  # too many frames without a face first: held at the first frame with one
-                        j = has_face.index(True)
-                        prev = fitter.fit_frame(obs_all[j], valid_all[j], None).state
-                    flush_held(None, None)
-                    st = prev.copy()
-                    timing["fit"] += time.perf_counter() - t0
-                    emit(k, i, crop, st, row_of(k, i, {}, True))
-                    continue
-                res = fitter.fit_frame(obs_all[k], valid_all[k], prev, prev)
-                st, rms = res.state, res.rms
-                if photo is not None:
-                    kc = crop_k(kk, k)
-                    st = photo.refine(crop, st, Intrinsics(kc[0, 0], kc[0, 2], kc[1, 2]),
-                                      cropmod.transform_points(obs_all[k], matrices[k]) if follow else obs_all[k],
-                                      valid_all[k], res.contour_bin)
-                if follow:  # report pixels of the crop
-                    rms = {key: val * float(matrices[k][0, 0]) for key, val in rms.items()}
-                timing["fit"] += time.perf_counter() - t0
-                flush_held(st, k)
-                emit(k, i, crop, st, row_of(k, i, rms, False))
-                prev, prev_k = st, k
-            flush_held(None, None)
-            for f in pending:
-                f.result()
-            for f in vid_pending:
-                writer.write(f.result())
-            vid_pending = []
-            if writer is not None:
-                writer.close()
-                writer = None
-        finally:
-            pool.shutdown(wait=True)
-            if vpool is not None:
-                vpool.shutdown(wait=True)
-            if writer is not None:
-                writer.abort()
-        self.timings.add("crop", timing["crop"])
-        self.timings.add("fit", timing["fit"])
-        self.timings.add("submit writes (main thread)", timing["write"])
-        self._write_csv(rows)
-        self._journal.close()
-        self._journal = None
-        (out / ROWS_JOURNAL).unlink(missing_ok=True)  # its rows are in tracking.csv now
-        self.timings.add("total", time.perf_counter() - t_start)
-        self.skipped = skipped
-        logger.info(f"tracked {n} frames into {out} ({skipped} finished before)")
-        return out
-
-    # -----------------------------------------------------------------------------------------
-    def _write_frame(self, out: Path, k: int, data: dict, verts: Future, faces: np.ndarray, crop: np.ndarray,
-                     row: dict | None = None) -> None:
-        name = frame_name(k)
-        verts = verts.result()
-        if k not in self._png_written:
-            atomic_write_bytes(out / "input" / f"{name}.png", _png_bytes(crop, self.cfg.tracker.png_compression), fsync=False)
-        atomic_write_bytes(out / "mesh" / f"{name}.ply", _ply_metres(verts, faces), fsync=False)
-        save_frame(out / "checkpoint" / f"{name}.frame", data)  # marks the frame finished
-        if row is not None and self._journal is not None:
-            self._journal.add(row)  # its csv row survives a kill
-
-    @staticmethod
-    def _video_frame(crop, land, verts: Future, faces, st: FrameState, kk: np.ndarray) -> np.ndarray:
-        from micalib.tracking.overlay import compose_overlay
-
-        cam = verts.result().astype(np.float64) @ st.r.T + st.t
-        uvw = cam @ kk.T
-        screen = np.concatenate([uvw[:, :2] / uvw[:, 2:3], cam[:, 2:3]], 1).astype(np.float32)
-        return compose_overlay(crop, land, screen, faces)
-
-    def _calibrate(self, fitter, obs_all, valid_all, has_face, scale: float) -> None:
-        """The intrinsics from keyframes chosen for pose diversity, with the focal prior; the
-        estimate goes to the log and the run record (``scale``: fitted px per source px)."""
+    def _calibrate(self, fit: FitInputs) -> None:
+        """The intrinsics from keyframes chosen for pose diversity, with the focal prior
+        (``focal_prior.py``, ``keyframes.py``); the estimate goes to the log and the run record."""
         from micalib.tracking.focal_prior import face_size, make_prior
         from micalib.tracking.keyframes import calibrate, choose_keyframes
-        from micalib.tracking.resume import record_camera
 
-        keys = choose_keyframes(fitter, obs_all, valid_all, [k for k in range(len(has_face)) if has_face[k]],
+        fitter = fit.fitter
+        scale = 1.0 if fit.follow else float(fit.matrices[0][0, 0])  # fitted px per source px
+        keys = choose_keyframes(fitter, fit.obs, fit.valid, [k for k, f in enumerate(fit.has_face) if f],
                                 fitter.s.keyframes)
-        face = face_size([obs_all[k][valid_all[k]] for k in keys])
+        face = face_size([fit.obs[k][fit.valid[k]] for k in keys])
         prior = make_prior(fitter.s, self.source.size, scale, None if face is None else face / scale)
-        _states, est = calibrate(fitter, [(obs_all[k], valid_all[k]) for k in keys], prior, keys)
+        _states, est = calibrate(fitter, [(fit.obs[k], fit.valid[k]) for k in keys], prior, keys)
         logger.info(f"focal prior: {prior.note}")
         logger.info(est.describe(scale, max(self.source.size)) + f"; principal point ({fitter.intr.cx:.1f}, "
                     f"{fitter.intr.cy:.1f}) crop px; {len(keys)} keyframes {keys}")
-        record_camera(self.out, est.in_source_px(scale))
+        record_camera(self.layout, est.in_source_px(scale))
         self.camera = est
 
-    def _write_csv(self, rows: dict[int, dict]) -> None:
+    # ------------------------------------------------------------------ stage 4: per-frame tracking
+    def track_frames(self, fit: FitInputs) -> dict[int, dict]:
+        """Fit every frame not finished before and write its files (and the overlay video);
+        returns the csv rows by output frame."""
+        lay, n, o = self.layout, len(self.source), self.options
+        if not written_file(lay.canonical):
+            atomic_write_bytes(lay.canonical, obj_text(fit.model.canonical_vertices(), fit.model.faces), fsync=False)
+        fps_out = self.source.fps or self.source.input_fps or 25.0
+        rows = {k: r for k, r in old_rows(lay).items() if k < n}
+        for k in range(n):  # finished frames whose row a killed run lost: rebuilt without the fit's RMS
+            if fit.done[k] and k not in rows:
+                rows[k] = _row(k, self.source.indices[k], fps_out, fit.has_face[k], fit.valid[k], {},
+                               not fit.has_face[k], fit.model)
+        self._journal = RowJournal(lay.rows_journal)
+        video = None
+        if o.video and not (all(fit.done) and written_file(lay.video)):
+            video = (fps_out, (3 * self.size, self.size))
+        photo = None
+        if o.photometric:
+            from micalib.tracking.photo_stage import PhotometricStage
+
+            photo = PhotometricStage(fit.model, self.size, o.device, iters=int(o.photometric_iters))
+        with FrameWriter(lay, fit.model, o.png_compression, o.workers, video, self._png_written,
+                         self._journal) as writer:
+            loop = _FrameLoop(self, fit, writer, rows, photo, fps_out)
+            cached = self._n_cached > 0
+            loop.run(prefetch(self._cached_crops()) if cached else prefetch(self.source), cached)
+            writer.finish()
+        self.timings.add("crop", loop.seconds["crop"])
+        self.timings.add("fit", loop.seconds["fit"])
+        self.timings.add("submit writes (main thread)", loop.seconds["write"])
+        self.skipped = loop.skipped
+        return rows
+
+    # ------------------------------------------------------------------ stage 5: outputs
+    def write_outputs(self, rows: dict[int, dict]) -> None:
+        """``tracking.csv`` (the journal of written rows is then removed)."""
         buf = io.StringIO()
         w = csv.DictWriter(buf, fieldnames=CSV_FIELDS, extrasaction="ignore")
         w.writeheader()
         for k in sorted(rows):
             w.writerow(rows[k])
-        atomic_write_text(self.out / "tracking.csv", buf.getvalue(), fsync=False)
+        atomic_write_text(self.layout.csv, buf.getvalue(), fsync=False)
+        self._journal.close()
+        self._journal = None
+        self.layout.rows_journal.unlink(missing_ok=True)  # its rows are in tracking.csv now
 
 
-def _ply_metres(verts: np.ndarray, faces: np.ndarray) -> bytes:
-    """The project's binary PLY, in metres like the tracker's FLAME and ``opencv`` block."""
-    return ply_bytes(verts, faces).replace(b"comment MICA FLAME mesh, millimetres", b"comment MICA FLAME mesh, metres", 1)
+class _FrameLoop:
+    """The second pass, one output frame after the other: a finished frame is read back, a frame
+    with a face is fitted (warm-started from the previous one), one without waits for the next
+    fitted frame and is interpolated (or held); each is handed to the ``FrameWriter`` in order."""
+
+    def __init__(self, runner: TrackRunner, fit: FitInputs, writer: FrameWriter, rows: dict[int, dict],
+                 photo, fps_out: float) -> None:
+        self.runner, self.fit, self.writer, self.rows, self.photo = runner, fit, writer, rows, photo
+        self.fps_out = fps_out
+        self.kk = fit.fitter.intr.k
+        self.prev: FrameState | None = None
+        self.prev_k: int | None = None  # output frame of ``prev``
+        self.prev_done_k: int | None = None
+        self.held: list[tuple[int, int, np.ndarray]] = []  # faceless frames waiting for the next tracked one
+        n = len(fit.has_face)
+        # a tracked (face) frame after k exists: faceless frames before it are interpolated
+        self.face_after = np.zeros(n + 1, bool)
+        for j in range(n - 1, -1, -1):
+            self.face_after[j] = self.face_after[j + 1] or fit.has_face[j]
+        self.seconds = {"fit": 0.0, "write": 0.0, "crop": 0.0}
+        self.skipped = 0
+
+    def run(self, frames, cached: bool) -> None:
+        """Every frame of ``frames`` ((k, input index, frame), or the crop itself when ``cached``)."""
+        r = self.runner
+        for k, i, rgb in tqdm(frames, total=len(r.source), desc=f"tracking {r.source.name}"):
+            if self.fit.done[k]:
+                self.skipped += 1
+                if not self.writer.draws_video:  # nothing to redo for a finished frame
+                    self.prev_done_k, self.prev_k, self.prev = k, k, None
+                    continue
+            t0 = time.perf_counter()
+            crop = rgb if cached else cropmod.warp(rgb, self.fit.matrices[k], (r.size, r.size))
+            self.seconds["crop"] += time.perf_counter() - t0
+            self.frame(k, i, crop)
+        self.flush_held(None, None)
+
+    def frame(self, k: int, i: int, crop: np.ndarray) -> None:
+        """Output frame ``k`` (input frame ``i``)."""
+        t0 = time.perf_counter()
+        fit = self.fit
+        if fit.done[k]:
+            st = state_from_frame(read_frame(self.runner.layout.frame(k)))
+            self.flush_held(st, k)
+            self.prev, self.prev_k, self.prev_done_k = st, k, None
+            self.seconds["fit"] += time.perf_counter() - t0
+            self.emit(k, i, crop, st, None)
+            return
+        if self.prev is None and self.prev_done_k is not None:
+            self.prev = state_from_frame(read_frame(self.runner.layout.frame(self.prev_done_k)))
+        if not fit.has_face[k]:
+            self.faceless(k, i, crop, t0)
+            return
+        res = fit.fitter.fit_frame(fit.obs[k], fit.valid[k], self.prev, self.prev)
+        st, rms = res.state, res.rms
+        if self.photo is not None:
+            kc = fit.crop_k(self.kk, k)
+            st = self.photo.refine(crop, st, Intrinsics(kc[0, 0], kc[0, 2], kc[1, 2]),
+                                   cropmod.transform_points(fit.obs[k], fit.matrices[k]) if fit.follow else fit.obs[k],
+                                   fit.valid[k], res.contour_bin)
+        if fit.follow:  # report pixels of the crop
+            rms = {key: val * float(fit.matrices[k][0, 0]) for key, val in rms.items()}
+        self.seconds["fit"] += time.perf_counter() - t0
+        self.flush_held(st, k)
+        self.emit(k, i, crop, st, self.row(k, i, rms, False))
+        self.prev, self.prev_k = st, k
+
+    def faceless(self, k: int, i: int, crop: np.ndarray, t0: float) -> None:
+        """A frame without a face: held for interpolation, or (none follows, or too many wait) the
+        previous state."""
+        fit = self.fit
+        if self.face_after[k + 1] and len(self.held) < MAX_HELD:
+            self.held.append((k, i, crop))  # interpolated once the next tracked frame is fitted
+            self.seconds["fit"] += time.perf_counter() - t0
+            return
+        if self.prev is None:  # too many frames without a face first: held at the first frame with one
+            j = fit.has_face.index(True)
+            self.prev = fit.fitter.fit_frame(fit.obs[j], fit.valid[j], None).state
+        self.flush_held(None, None)
+        st = self.prev.copy()
+        self.seconds["fit"] += time.perf_counter() - t0
+        self.emit(k, i, crop, st, self.row(k, i, {}, True))
+
+    def flush_held(self, st: FrameState | None, k_next: int | None) -> None:
+        """Faceless frames between ``prev`` and frame ``k_next`` (state ``st``): interpolated
+        when both exist, else held at ``prev``."""
+        prev, prev_k = self.prev, self.prev_k
+        for kh, ih, ch in self.held:
+            if st is not None and prev is not None and prev_k is not None and k_next is not None:
+                sh = interpolate_state(prev, st, (kh - prev_k) / (k_next - prev_k))
+            else:  # before the first tracked frame: held at it; else at the last one
+                sh = (prev if prev is not None else st).copy()
+            self.emit(kh, ih, ch, sh, self.row(kh, ih, {}, True))
+        self.held.clear()
+
+    def row(self, k: int, i: int, rms: dict, interpolated: bool) -> dict:
+        fit = self.fit
+        return _row(k, i, self.fps_out, fit.has_face[k], fit.valid[k], rms, interpolated, fit.model)
+
+    def emit(self, k: int, i: int, crop: np.ndarray, st: FrameState, row: dict | None) -> None:
+        """Hand frame k to the writer (in frame order); ``row`` None = finished before."""
+        t0 = time.perf_counter()
+        fit, size = self.fit, self.runner.size
+        if row is not None:
+            self.rows[k] = row
+        kc = fit.crop_k(self.kk, k)
+        data = None
+        if not fit.done[k]:
+            data = frame_dict(st.exp, st.pose, st.eyelids, fit.ident, st.r, st.t, kc, (size, size), k, k)
+        land = None
+        if self.writer.draws_video:
+            land = {}
+            for key in ("mediapipe", "ibug68"):
+                if key in fit.lm:
+                    land[key] = cropmod.transform_points(fit.lm[key][i], fit.matrices[k])
+        self.writer.submit(k, crop, st, kc, data, row, land)
+        self.seconds["write"] += time.perf_counter() - t0
 
 
 def _row(k: int, i: int, fps_out: float, face: bool, valid: np.ndarray, rms: dict, interpolated: bool,

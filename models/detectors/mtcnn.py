@@ -4,12 +4,13 @@ is never imported, it needs torchvision). It works on a fresh install with nothi
 """
 from __future__ import annotations
 
+import contextlib
 import importlib.metadata
 import importlib.util
 import os
 import pickle
 from pathlib import Path
-from typing import Optional, Sequence, Union
+from typing import Callable, ContextManager, Optional, Sequence, Union
 
 import cv2
 import numpy as np
@@ -221,6 +222,12 @@ class MTCNN:
         self.factor = float(factor)
         self.threshold = float(threshold)
         self.max_side = int(max_side) if max_side else None
+        # ``timer(stage)`` -> context manager: where the time goes (bench/demo.py sets a StageTimer);
+        # stages det:shrink, det:pyramid, det:pnet, det:nms, det:rnet, det:onet. None = not timed.
+        self.timer: Optional[Callable[[str], ContextManager]] = None
+
+    def _timed(self, stage: str) -> ContextManager:
+        return self.timer(stage) if self.timer is not None else contextlib.nullcontext()
 
     # -- helpers (boxes are (N,4) float64 numpy in MTCNN's 1-based inclusive pixel convention) --
     @staticmethod
@@ -303,7 +310,8 @@ class MTCNN:
                 small.append(rgb.astype(np.float32))
                 factors.append(None)
             else:
-                s, sxy = shrink_area(rgb, self.max_side)
+                with self._timed("det:shrink"):
+                    s, sxy = shrink_area(rgb, self.max_side)
                 small.append(s.astype(np.float32))
                 factors.append(sxy)
         found = self._cascade(small)
@@ -319,10 +327,11 @@ class MTCNN:
         cands: list[list[np.ndarray]] = [[] for _ in imgs]
         for s_idx, scale in enumerate(scales):
             levels = {}
-            for k, (img, (h, w)) in enumerate(zip(imgs, sizes)):
-                if s_idx < n_levels[k]:
-                    levels[k] = cv2.resize(img, (int(w * scale + 1), int(h * scale + 1)),
-                                           interpolation=cv2.INTER_AREA)
+            with self._timed("det:pyramid"):
+                for k, (img, (h, w)) in enumerate(zip(imgs, sizes)):
+                    if s_idx < n_levels[k]:
+                        levels[k] = cv2.resize(img, (int(w * scale + 1), int(h * scale + 1)),
+                                               interpolation=cv2.INTER_AREA)
             if not levels:
                 continue
             lh = max(lv.shape[0] for lv in levels.values())
@@ -337,10 +346,11 @@ class MTCNN:
                     lv = levels[k]
                     canvas[j, :lv.shape[0], :lv.shape[1]] = lv
                 batch, canvas_sizes = torch.from_numpy(canvas), level_sizes
-            x = self._normalise(batch.to(self.device).permute(0, 3, 1, 2))
-            reg_all, prob_all = self.pnet(x.contiguous(memory_format=torch.channels_last), canvas_sizes)
-            prob_all = prob_all[:, 1].float().cpu().numpy()
-            reg_all = reg_all.float().cpu().numpy()
+            with self._timed("det:pnet"):
+                x = self._normalise(batch.to(self.device).permute(0, 3, 1, 2))
+                reg_all, prob_all = self.pnet(x.contiguous(memory_format=torch.channels_last), canvas_sizes)
+                prob_all = prob_all[:, 1].float().cpu().numpy()
+                reg_all = reg_all.float().cpu().numpy()
             for j, k in enumerate(order):
                 vh, vw = PNet.output_size(*level_sizes[j])  # this photo's windows
                 prob = prob_all[j, :vh, :vw]
@@ -352,11 +362,13 @@ class MTCNN:
                 q2 = np.floor((2 * pos + 12) / scale)
                 c = np.concatenate([q1, q2, prob[ys, xs][:, None].astype(np.float64),
                                     reg_all[j][:, ys, xs].T.astype(np.float64)], axis=1)
-                cands[k].append(c[nms(c[:, :4], c[:, 4], 0.5)])
+                with self._timed("det:nms"):
+                    cands[k].append(c[nms(c[:, :4], c[:, 4], 0.5)])
         out = []
-        for cs in cands:
-            c = np.concatenate(cs) if cs else np.zeros((0, 9))
-            out.append(c[nms(c[:, :4], c[:, 4], 0.7)] if len(c) else c)
+        with self._timed("det:nms"):
+            for cs in cands:
+                c = np.concatenate(cs) if cs else np.zeros((0, 9))
+                out.append(c[nms(c[:, :4], c[:, 4], 0.7)] if len(c) else c)
         return out
 
     def _refine(self, net: nn.Module, imgs: Sequence[np.ndarray], boxes: list[np.ndarray],
@@ -380,7 +392,8 @@ class MTCNN:
                          else np.zeros((0, 4)))
 
         # Stage 2: R-Net on 24x24 crops
-        outs = self._refine(self.rnet, imgs, boxes, 24)
+        with self._timed("det:rnet"):
+            outs = self._refine(self.rnet, imgs, boxes, 24)
         for k in range(n):
             if not len(boxes[k]):
                 continue
@@ -394,7 +407,8 @@ class MTCNN:
             boxes[k] = self._square(self._regress(b[keep], reg[keep]))
 
         # Stage 3: O-Net on 48x48 crops, landmarks
-        outs = self._refine(self.onet, imgs, boxes, 48)
+        with self._timed("det:onet"):
+            outs = self._refine(self.onet, imgs, boxes, 48)
         result: list[list[Face]] = []
         for k in range(n):
             if not len(boxes[k]):

@@ -1,0 +1,142 @@
+"""The per-frame files and the overlay video of a tracking run: ``FrameWriter``, the one owner of
+the writer threads, the overlay threads and ``video.mp4``.
+
+The main thread fits; per frame it hands the state to ``FrameWriter.submit``, which poses the full
+mesh once (a writer thread; torch releases the GIL), writes ``input/NNNNN.png``, ``mesh/NNNNN.ply``
+and last ``checkpoint/NNNNN.frame`` (which marks the frame finished) from the writer pool, and
+draws the overlay on one of two overlay threads (frames are independent); the overlays are encoded
+in frame order by the calling thread.
+"""
+from __future__ import annotations
+
+import time
+from concurrent.futures import Future, ThreadPoolExecutor
+
+import cv2
+import numpy as np
+
+from micalib.tracking.fitting import FrameState
+from micalib.tracking.layout import TrackLayout
+from micalib.tracking.model import TrackingFLAME
+from micalib.tracking.outputs import save_frame
+from micalib.tracking.resume import RowJournal
+from utils.errors import MICAError
+from utils.io import atomic_write_bytes
+from utils.mesh import ply_bytes
+
+# frames whose files / overlays may wait in the pools before the calling thread waits for the oldest
+MAX_PENDING_WRITES = 8
+MAX_PENDING_OVERLAYS = 4
+
+
+def png_bytes(rgb: np.ndarray, compression: int) -> bytes:
+    """Lossless PNG; at compression <= 1 with the fastest settings measured (the 'up' row filter and
+    Huffman-only deflate: about half the time of the default, files about as small; bench/README.md)."""
+    params = [cv2.IMWRITE_PNG_COMPRESSION, int(compression)]
+    if int(compression) <= 1:
+        params += [cv2.IMWRITE_PNG_FILTER, cv2.IMWRITE_PNG_FILTER_UP,
+                   cv2.IMWRITE_PNG_STRATEGY, cv2.IMWRITE_PNG_STRATEGY_HUFFMAN_ONLY]
+    ok, buf = cv2.imencode(".png", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR), params)
+    if not ok:
+        raise MICAError("could not encode a PNG frame")
+    return buf.tobytes()
+
+
+def ply_metres(verts: np.ndarray, faces: np.ndarray) -> bytes:
+    """The project's binary PLY, in metres like the tracker's FLAME and ``opencv`` block."""
+    return ply_bytes(verts, faces).replace(b"comment MICA FLAME mesh, millimetres", b"comment MICA FLAME mesh, metres", 1)
+
+
+def overlay_frame(crop: np.ndarray, land: dict, verts: Future, faces: np.ndarray, st: FrameState,
+                  kk: np.ndarray) -> np.ndarray:
+    """One ``video.mp4`` frame: the crop, the landmarks and the shaded mesh of ``st`` seen by ``kk``."""
+    from micalib.tracking.overlay import compose_overlay
+
+    cam = verts.result().astype(np.float64) @ st.r.T + st.t
+    uvw = cam @ kk.T
+    screen = np.concatenate([uvw[:, :2] / uvw[:, 2:3], cam[:, 2:3]], 1).astype(np.float32)
+    return compose_overlay(crop, land, screen, faces)
+
+
+class FrameWriter:
+    """Writes the frames of one run (see the module docstring); use as a context manager.
+
+    Args:
+        layout: the run's output paths.
+        model: the tracking FLAME (poses the full mesh).
+        png_compression: of ``input/NNNNN.png``; png_written: frames whose PNG the landmark pass wrote.
+        workers: writer threads.
+        video: (fps, (width, height)) of ``video.mp4``, or None for no video.
+        journal: gets each written frame's csv row.
+    """
+
+    def __init__(self, layout: TrackLayout, model: TrackingFLAME, png_compression: int, workers: int,
+                 video: tuple[float, tuple[int, int]] | None, png_written: set[int], journal: RowJournal) -> None:
+        self.layout, self.model, self.faces = layout, model, model.faces
+        self.png_compression = png_compression
+        self.png_written = png_written
+        self.journal = journal
+        self.seconds = 0.0  # the calling thread's time in submit
+        self._pool = ThreadPoolExecutor(max(1, int(workers)), thread_name_prefix="track-write")
+        self._vpool = None
+        self._video = None
+        if video is not None:
+            from micalib.tracking.overlay import VideoWriter
+
+            # overlays are drawn by two threads (frames are independent) and written in order here
+            self._vpool = ThreadPoolExecutor(2, thread_name_prefix="track-video")
+            self._video = VideoWriter(layout.video, video[0], video[1])
+        self._pending: list[Future] = []
+        self._vid_pending: list[Future] = []
+
+    @property
+    def draws_video(self) -> bool:
+        """Whether frames get an overlay (``submit``'s ``landmarks`` are used)."""
+        return self._video is not None
+
+    def submit(self, k: int, crop: np.ndarray, st: FrameState, kk: np.ndarray, data: dict | None,
+               row: dict | None, landmarks: dict | None) -> None:
+        """Frame ``k``: its files from ``data`` (the ``.frame`` dict; None = finished before, only
+        the overlay) and its overlay (camera ``kk``, ``landmarks`` in crop pixels), in frame order."""
+        t0 = time.perf_counter()
+        # the full mesh is posed once, by a writer thread (torch releases the GIL)
+        verts = self._pool.submit(lambda s=st: self.model.vertices(s.exp, s.pose, s.eyelids)[0])
+        if data is not None:
+            self._pending.append(self._pool.submit(self._write_frame, k, data, verts, crop, row))
+        if self._video is not None:
+            self._vid_pending.append(self._vpool.submit(overlay_frame, crop, landmarks, verts, self.faces, st, kk))
+        while len(self._pending) > MAX_PENDING_WRITES:
+            self._pending.pop(0).result()
+        while len(self._vid_pending) > MAX_PENDING_OVERLAYS or (self._vid_pending and self._vid_pending[0].done()):
+            self._video.write(self._vid_pending.pop(0).result())
+        self.seconds += time.perf_counter() - t0
+
+    def _write_frame(self, k: int, data: dict, verts: Future, crop: np.ndarray, row: dict | None) -> None:
+        verts = verts.result()
+        if k not in self.png_written:
+            atomic_write_bytes(self.layout.png(k), png_bytes(crop, self.png_compression), fsync=False)
+        atomic_write_bytes(self.layout.mesh(k), ply_metres(verts, self.faces), fsync=False)
+        save_frame(self.layout.frame(k), data)  # marks the frame finished
+        if row is not None:
+            self.journal.add(row)  # its csv row survives a kill
+
+    def finish(self) -> None:
+        """Wait for every file and write the remaining overlays; ``video.mp4`` is complete after it."""
+        for f in self._pending:
+            f.result()
+        for f in self._vid_pending:
+            self._video.write(f.result())
+        self._vid_pending = []
+        if self._video is not None:
+            self._video.close()
+            self._video = None
+
+    def __enter__(self) -> FrameWriter:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._pool.shutdown(wait=True)
+        if self._vpool is not None:
+            self._vpool.shutdown(wait=True)
+        if self._video is not None:  # not finished: no half-written video.mp4
+            self._video.abort()

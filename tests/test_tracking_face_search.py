@@ -72,10 +72,11 @@ def _small_face_video(path: Path, n_face: int = 10, n_blank: int = 3, scale: flo
 
 def _landmark_pass(video: Path, out: Path):
     from configs.config import load_cfg
+    from micalib.tracking.options import TrackOptions
     from micalib.tracking.runner import TrackRunner
 
-    cfg = load_cfg("configs/tracker.yml", [])
-    runner = TrackRunner.from_config(cfg, video, out, video=False)
+    options = TrackOptions.from_section(load_cfg("configs/tracker.yml", []).tracker, video=False)
+    runner = TrackRunner(options, video, out, None, load_mica=None)  # the landmark pass needs no FLAME
     runner.layout.make_dirs()
     lm = runner._detect()
     return runner, lm["mediapipe"]

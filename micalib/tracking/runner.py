@@ -285,19 +285,13 @@ class TrackRunner:
         from micalib.tracking.landmarks import (
             MEDIAPIPE_IBUG68,
             FaceSearch,
-            Ibug68Detector,
             MediaPipeLandmarker,
             face_box_from_points,
-            find_ibug68_model,
         )
 
         t0 = time.perf_counter()
         mp = np.full((self.source.n_input_frames, 478, 2), np.nan, np.float32)
-        ib_path = find_ibug68_model(str(self.options.ibug68_model) or None)
-        ib_det = Ibug68Detector(ib_path) if ib_path is not None else None
-        ib = np.full((self.source.n_input_frames, 68, 2), np.nan, np.float32) if ib_det is not None else None
-        if ib_det is not None:
-            logger.info(f"68-point landmarks from {ib_path}")
+        ib_det, ib = self._ibug68()
         det = MediaPipeLandmarker(video_mode=True)
         search = FaceSearch(int(self.options.search_every))
         early: list[np.ndarray] = []  # frames before the first face, cropped once the box is known
@@ -312,11 +306,7 @@ class TrackRunner:
         n_cached = 0
         try:
             def keep(k, crop):  # the crop cache and input/NNNNN.png of frame k
-                cache.write(crop.tobytes())
-                pending.append(pool.submit(self._write_png, k, crop))
-                while len(pending) > 4:
-                    pending.pop(0).result()
-                return k + 1
+                return self._keep(cache, pool, pending, k, crop)
 
             for k, i, rgb in tqdm(prefetch(self.source), total=len(self.source), desc="landmarks", leave=False):
                 if box is None:
@@ -366,6 +356,24 @@ class TrackRunner:
                 self._n_cached = n_cached
         self.timings.add("landmarks (decode + detect)", time.perf_counter() - t0)
         return {"mediapipe": mp} if ib is None else {"mediapipe": mp, "ibug68": ib}
+
+    def _ibug68(self):
+        """The 68-point detector and its (T, 68, 2) array, or (None, None) without the model."""
+        from micalib.tracking.landmarks import Ibug68Detector, find_ibug68_model
+
+        ib_path = find_ibug68_model(str(self.options.ibug68_model) or None)
+        if ib_path is None:
+            return None, None
+        logger.info(f"68-point landmarks from {ib_path}")
+        return Ibug68Detector(ib_path), np.full((self.source.n_input_frames, 68, 2), np.nan, np.float32)
+
+    def _keep(self, cache, pool, pending: list[Future], k: int, crop: np.ndarray) -> int:
+        """Frame k's crop into the crop cache and its input/NNNNN.png to the writer; returns k + 1."""
+        cache.write(crop.tobytes())
+        pending.append(pool.submit(self._write_png, k, crop))
+        while len(pending) > 4:
+            pending.pop(0).result()
+        return k + 1
 
     def _open_crop_cache(self):
         """The raw crop file of the landmark pass, or None when the disk lacks room for it."""

@@ -37,6 +37,7 @@ def stage_cpu(cfg, video: str, fps: float, size: int, n: int, with_video: bool) 
 
     from configs.config import resolve_path
     from micalib.tracking import crop as cropmod
+    from micalib.tracking.depth import DepthMesh, depth_mm, depth_png_bytes, frame_geometry
     from micalib.tracking.fitting import LandmarkFitter
     from micalib.tracking.focal_prior import make_prior
     from micalib.tracking.frames import open_frames
@@ -46,7 +47,7 @@ def stage_cpu(cfg, video: str, fps: float, size: int, n: int, with_video: bool) 
     from micalib.tracking.options import FitSettings
     from micalib.tracking.outputs import frame_dict, save_frame
     from micalib.tracking.overlay import VideoWriter
-    from micalib.tracking.writer import overlay_frame, ply_metres, png_bytes
+    from micalib.tracking.writer import DEPTH_PNG_COMPRESSION, overlay_frame, ply_metres, png_bytes
     from models.flame import FLAME
 
     cpu: dict[str, float] = {}
@@ -85,22 +86,25 @@ def stage_cpu(cfg, video: str, fps: float, size: int, n: int, with_video: bool) 
         timed("keyframes (choice + intrinsics)", calibrate, fitter, [obs[j] for j in keys],
               make_prior(fitter.s, src.size, size / (box[1] - box[0]), None))
         kk, prev = fitter.intr.k, None
+        dmesh = DepthMesh.build(model.faces, flame.n_vertices, None)
         writer = VideoWriter(tmp / "v.mp4", fps, (3 * size, size)) if with_video else None
         for k in range(n):
             o, v = obs[k]
             st = timed("fit (Levenberg-Marquardt)", lambda: fitter.fit_frame(o, v, prev, prev).state)
             prev = st
-            verts = timed("full FLAME mesh (once per frame)", lambda: model.vertices(st.exp, st.pose, st.eyelids)[0])
+            geom = timed("full FLAME mesh + one 512 raster (per frame)", frame_geometry, model, dmesh, st, kk, size)
+            verts = geom.verts
             timed("input/NNNNN.png (encode + write)",
                   lambda: (tmp / "f.png").write_bytes(png_bytes(crops[k], int(cfg.tracker.png_compression))))
             timed("mesh/NNNNN.ply (bytes + write)", lambda: (tmp / "f.ply").write_bytes(ply_metres(verts, model.faces)))
             timed("checkpoint/NNNNN.frame (dict + save)", lambda: save_frame(
                 tmp / "f.frame", frame_dict(st.exp, st.pose, st.eyelids, np.zeros(300), st.r, st.t, kk, (size, size), k, k)))
+            timed("depth/NNNNN.png (depth + encode + write)", lambda: (tmp / "d.png").write_bytes(depth_png_bytes(
+                depth_mm(geom.fragments, geom.depth_offset, dmesh, size, size), DEPTH_PNG_COMPRESSION)))
             if writer is not None:
                 fut: Future = Future()
-                fut.set_result(verts)
-                img = timed("overlay (raster + shade + dots)", overlay_frame, crops[k],
-                            {"mediapipe": lms[k]}, fut, model.faces, st, kk)
+                fut.set_result(geom)
+                img = timed("overlay (shade + green/red dots)", overlay_frame, crops[k], o, fut, model.faces)
                 timed("video.mp4 (mp4v encode)", writer.write, img)
         if writer is not None:
             writer.close()
@@ -139,7 +143,8 @@ def main() -> None:
     opts = ["model.flame_model_path", str(assets["flame_model_path"]),
             "model.flame_lmk_embedding_path", str(assets["flame_lmk_embedding_path"]),
             "tracker.mediapipe_embedding_path", str(assets["mediapipe_embedding_path"]),
-            "tracker.l_eyelid_path", str(assets["l_eyelid_path"]), "tracker.r_eyelid_path", str(assets["r_eyelid_path"])]
+            "tracker.l_eyelid_path", str(assets["l_eyelid_path"]), "tracker.r_eyelid_path", str(assets["r_eyelid_path"]),
+            "model.flame_masks_path", str(assets["flame_masks_path"])]
     cfg = load_cfg(ROOT / "configs" / "tracker.yml", opts)
     # decode only (at --fps), for reference
     src = open_frames(args.video, args.fps)

@@ -298,6 +298,11 @@ _C.tracker.fit.precrop_log_sigma = 0.5
 _C.tracker.fit.focal = 0.0
 # Principal point prior around the centre, times the crop size.
 _C.tracker.fit.pp_sigma = 0.01
+# Principal point: "centre" pins it at the centre of the image the camera is fitted in (the crop:
+# FlashAvatar ignores cx, cy and renders a symmetric frustum; INSTA and RGBAvatar read them, so a
+# centred K is right for all three; the landmarks barely constrain it: its offset is nearly a small
+# camera rotation); "fitted" fits it on the keyframes, pulled to the centre by pp_sigma.
+_C.tracker.fit.principal_point = "centre"
 # Refine MICA's identity on the keyframes (jointly with the intrinsics), pulled towards MICA's:
 # identity coefficients ~ N(MICA's, identity_sigma^2) (the original: shape regulariser 0.3).
 _C.tracker.fit.refine_identity = False

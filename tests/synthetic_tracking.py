@@ -85,7 +85,8 @@ def asset_opts(folder) -> list[str]:
     return ["model.flame_model_path", str(a["flame_model_path"]),
             "model.flame_lmk_embedding_path", str(a["flame_lmk_embedding_path"]),
             "tracker.mediapipe_embedding_path", str(a["mediapipe_embedding_path"]),
-            "tracker.l_eyelid_path", str(a["l_eyelid_path"]), "tracker.r_eyelid_path", str(a["r_eyelid_path"])]
+            "tracker.l_eyelid_path", str(a["l_eyelid_path"]), "tracker.r_eyelid_path", str(a["r_eyelid_path"]),
+            "model.flame_masks_path", str(a["flame_masks_path"])]
 
 
 def argv_of_last_run(out: Path, video: bool = True) -> list[str]:
@@ -102,6 +103,7 @@ def argv_of_last_run(out: Path, video: bool = True) -> list[str]:
             "model.flame_lmk_embedding_path", str(a / "flame" / "landmark_embedding.npy"),
             "tracker.mediapipe_embedding_path", str(a / "mediapipe_landmark_embedding.npz"),
             "tracker.l_eyelid_path", str(a / "l_eyelid.npy"), "tracker.r_eyelid_path", str(a / "r_eyelid.npy"),
+            "model.flame_masks_path", str(a / "flame" / "FLAME_masks.pkl"),
             "tracker.iris_vertices", str(list(iris)), "tracker.crop", "False"]
 
 
@@ -321,6 +323,7 @@ def track_synthetic(tmp, real: bool, n_frames: int = 120, noise_px: float = 0.5,
             "model.flame_lmk_embedding_path", str(assets["flame_lmk_embedding_path"]),
             "tracker.mediapipe_embedding_path", str(assets["mediapipe_embedding_path"]),
             "tracker.l_eyelid_path", str(assets["l_eyelid_path"]), "tracker.r_eyelid_path", str(assets["r_eyelid_path"]),
+            "model.flame_masks_path", str(assets["flame_masks_path"]),
             "tracker.iris_vertices", str(list(iris)), "tracker.crop", "False"]
     track.main(["-i", str(frames), "-o", str(tmp / "out"), "--landmarks", str(tmp / "lmk.npz"),
                 "--identity", str(tmp / "identity.npy"), "--image-size", str(size)] + ([] if video else ["--no-video"])

@@ -51,7 +51,7 @@ def _messages_source() -> dict:
     out = {}
     for path in sorted(ROOT.rglob("*.py")):
         rel = path.relative_to(ROOT).as_posix()
-        if rel.startswith((".venv/", "tests/", "bench/")) or "/." in rel:
+        if rel.startswith((".venv", "tests/", "bench/")) or "/." in rel:  # .venv, .venv-numpy1
             continue
         out[rel] = path.read_text(encoding="utf-8")
     return out

@@ -110,7 +110,7 @@ def _project_source(skip: tuple[str, ...] = ()) -> str:
     parts = []
     for path in sorted(PROJECT_ROOT.rglob("*.py")):
         rel = path.relative_to(PROJECT_ROOT).as_posix()
-        if rel.startswith((".venv/", "tests/")) or "/." in rel or rel in skip:
+        if rel.startswith((".venv", "tests/")) or "/." in rel or rel in skip:  # .venv, .venv-numpy1
             continue
         parts.append(path.read_text(encoding="utf-8"))
     return "\n".join(parts)

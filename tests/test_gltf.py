@@ -21,7 +21,6 @@ import numpy as np
 import pytest
 
 from micalib.export.gltf import (
-    K_PIXEL_CENTRE,
     build_tracking_glb,
     demo_glb,
     read_clip,
@@ -117,7 +116,7 @@ def _frame_pixels(frame: dict, points: np.ndarray) -> np.ndarray:
     cv = frame["opencv"]
     k, r, t = (np.asarray(cv[n], np.float64).reshape(s) for n, s in (("K", (3, 3)), ("R", (3, 3)), ("t", (3,))))
     uvw = (points @ r.T + t) @ k.T
-    return uvw[:, :2] / uvw[:, 2:] + (0.5 - K_PIXEL_CENTRE)
+    return uvw[:, :2] / uvw[:, 2:]  # the .frame K's convention is the glTF viewport's: pixel i spans [i, i + 1]
 
 
 def test_every_frame_reproduces_the_tracker_meshes(exact_clip):
@@ -194,7 +193,7 @@ def test_per_frame_intrinsics_go_to_extras(exact_clip):
     k = N_FRAMES - 1
     verts = _ply(exact_clip, k)
     frame = read_frame(exact_clip / "checkpoint" / f"{k:05d}.frame")
-    frame["opencv"]["K"] = clip.K[k]
+    frame["opencv"]["K"] = clip.K[k] + np.array([[0, 0, 0.5], [0, 0, 0.5], [0, 0, 0]])  # ClipStates.K is OpenCV's
     err = np.abs(_glb_pixels(g, verts, k, k / _fps(g)) - _frame_pixels(frame, verts)).max()
     assert err < 0.1
 

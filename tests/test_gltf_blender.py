@@ -104,7 +104,6 @@ def test_blender_evaluates_the_tracker_meshes(exact_clip, tmp_path):  # noqa: F8
     print(f"Blender {result['version']}: largest vertex difference {worst * 1e3:.5f} mm over frames {frames}")
     assert worst < 1e-5
     # the imported camera with the README's lens shift projects onto the .frame's pixels
-    from micalib.export.gltf import K_PIXEL_CENTRE
     from micalib.tracking.outputs import read_frame
 
     px_err = 0.0
@@ -113,7 +112,7 @@ def test_blender_evaluates_the_tracker_meshes(exact_clip, tmp_path):  # noqa: F8
         kk, r, t = (np.asarray(cv[n], np.float64).reshape(s) for n, s in (("K", (3, 3)), ("R", (3, 3)), ("t", (3,))))
         ply = read_mesh(exact_clip / "mesh" / f"{k:05d}.ply")[0]
         uvw = (ply @ r.T + t) @ kk.T
-        want = uvw[:, :2] / uvw[:, 2:] + (0.5 - K_PIXEL_CENTRE)
+        want = uvw[:, :2] / uvw[:, 2:]  # the .frame K: pixel i spans [i, i + 1], as Blender's
         px_err = max(px_err, float(np.abs(np.asarray(result["pixels"][str(k)]) - want).max()))
     print(f"Blender camera: largest pixel difference {px_err:.4f} px")
     assert px_err < 0.1

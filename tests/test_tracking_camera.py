@@ -129,7 +129,9 @@ def _expression_no_noisier_than_a_refit(seq, fr, model, face, q):
     states = [state_from_frame(f) for f in fr]
     verts = lambda s: model.vertices(s.exp, s.pose, s.eyelids)[0][face]
     fitter = LandmarkFitter(model, FitSettings(), (SIZE, SIZE))
-    k0 = np.asarray(fr[0]["opencv"]["K"][0], np.float64)
+    from micalib.tracking.outputs import frame_k
+
+    k0 = frame_k(fr[0])
     fitter.intr.focal, fitter.intr.cx, fitter.intr.cy = k0[0, 0], k0[0, 2], k0[1, 2]
     rng = np.random.default_rng(3)
     jitter, refit = [], []
@@ -196,7 +198,7 @@ def test_justin_projected_landmarks_follow_the_fast_motion_of_frames_67_68(tmp_p
     from micalib.tracking.frames import open_frames
     from micalib.tracking.landmarks import load_landmarks_npz, mediapipe_available
     from micalib.tracking.model import load_eyelids, load_mediapipe_embedding
-    from micalib.tracking.outputs import read_frame
+    from micalib.tracking.outputs import frame_k, read_frame
     from micalib.tracking.runner import TrackRunner, state_from_frame
     from models.flame import FLAME
     from tests.synthetic_flame import shared_flame_public
@@ -226,7 +228,7 @@ def test_justin_projected_landmarks_follow_the_fast_motion_of_frames_67_68(tmp_p
     for k in (67, 68):
         fr = read_frame(out / "checkpoint" / f"{k:05d}.frame")
         st = state_from_frame(fr)
-        kk = np.asarray(fr["opencv"]["K"], np.float64).reshape(3, 3)
+        kk = frame_k(fr)  # OpenCV's pixel convention, as the landmarks
         pts = model.points(st.exp, st.pose, st.eyelids, model.contour_bin(st.r))[sl]
         uvw = (pts @ st.r.T + st.t) @ kk.T
         proj.append(uvw[:, :2] / uvw[:, 2:])

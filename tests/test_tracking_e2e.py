@@ -98,7 +98,8 @@ def test_real_clip_first_60_frames(tmp_path):
             "model.flame_model_path", str(assets["flame_model_path"]),
             "model.flame_lmk_embedding_path", str(assets["flame_lmk_embedding_path"]),
             "tracker.mediapipe_embedding_path", str(assets["mediapipe_embedding_path"]),
-            "tracker.l_eyelid_path", str(assets["l_eyelid_path"]), "tracker.r_eyelid_path", str(assets["r_eyelid_path"])]
+            "tracker.l_eyelid_path", str(assets["l_eyelid_path"]), "tracker.r_eyelid_path", str(assets["r_eyelid_path"]),
+            "model.flame_masks_path", str(assets["flame_masks_path"])]
     import track
 
     track.main(argv)
@@ -284,7 +285,8 @@ def test_whole_truncated_clip_finishes_with_one_warning(tmp_path):
             "--fps", "25", "--no-glb", "model.flame_model_path", str(assets["flame_model_path"]),
             "model.flame_lmk_embedding_path", str(assets["flame_lmk_embedding_path"]),
             "tracker.mediapipe_embedding_path", str(assets["mediapipe_embedding_path"]),
-            "tracker.l_eyelid_path", str(assets["l_eyelid_path"]), "tracker.r_eyelid_path", str(assets["r_eyelid_path"])]
+            "tracker.l_eyelid_path", str(assets["l_eyelid_path"]), "tracker.r_eyelid_path", str(assets["r_eyelid_path"]),
+            "model.flame_masks_path", str(assets["flame_masks_path"])]
     import track
 
     warnings: list[str] = []

@@ -55,7 +55,7 @@ def _check(seq, fr, model, face, out, focal_tol=0.01):
     for k in range(len(fr)):
         pts = model.full_points(verts[k], model.contour_bin(r[k]))[sl]
         uvw = (pts @ r[k].T + t_fit[k]) @ k_fit[k].T
-        uv = uvw[:, :2] / uvw[:, 2:]
+        uv = uvw[:, :2] / uvw[:, 2:] - 0.5  # the file's K: pixel centres at i + 0.5; the landmarks: at i
         obs = seq["mediapipe"][k][model.mediapipe_index]
         clean = seq["clean_mediapipe"][k][model.mediapipe_index]
         res.append(uv - obs)

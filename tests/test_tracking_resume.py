@@ -248,3 +248,27 @@ def test_unreadable_frame_of_a_folder_is_interpolated_and_flagged(tmp_path):
     assert [r["frame"] for r in rows] == [r["frame"] for r in clean]
     assert not cv2.imread(str(out / "input" / "00002.png")).any()  # a black frame
     assert cv2.imread(str(out / "input" / "00001.png")).any()
+
+
+def test_outputs_of_the_previous_format_are_refused_and_k_reads_back_through_the_conversion(tmp_path):
+    """Outputs written before K moved to the renderers' convention (a run record without the format
+    version, as track.py wrote it then) are refused; a resumed run reads K back through
+    ``outputs.k_convert`` and writes the same K as the first run."""
+    import json
+
+    import track
+    from micalib.tracking.resume import RUN_RECORD
+
+    *_, out = track_synthetic(tmp_path, real=False, n_frames=N, noise_px=0.3)
+    argv = _argv(out)
+    k_first = read_frame(out / "checkpoint" / "00000.frame")["opencv"]["K"]
+    for k in (2, 4):  # frames to redo: the run takes K from frame 0's file
+        (out / "checkpoint" / f"{k:05d}.frame").unlink()
+    track.main(argv)
+    for k in range(N):
+        assert np.array_equal(read_frame(out / "checkpoint" / f"{k:05d}.frame")["opencv"]["K"], k_first)
+    record = json.loads((out / RUN_RECORD).read_text())
+    del record["format"]
+    (out / RUN_RECORD).write_text(json.dumps(record))
+    with pytest.raises(MICAError, match=r"file format version .*None before, 2 now.*--overwrite"):
+        track.main(argv)

@@ -18,7 +18,6 @@ import cv2
 import numpy as np
 import pytest
 
-from micalib.export.gltf import K_PIXEL_CENTRE
 from micalib.tracking.outputs import read_frame
 from micalib.viewer.__main__ import main as viewer_main
 from tests.test_gltf import N_FRAMES, exact_clip  # noqa: F401  (fixture)
@@ -57,7 +56,7 @@ def _our_silhouette(clip: Path, k: int) -> np.ndarray:
     cam = verts @ r.T + t
     uvw = cam @ kk.T
     # the rasteriser's pixels have their centres at integers (OpenCV)
-    screen = np.concatenate([uvw[:, :2] / uvw[:, 2:] - K_PIXEL_CENTRE, cam[:, 2:]], 1)
+    screen = np.concatenate([uvw[:, :2] / uvw[:, 2:] - 0.5, cam[:, 2:]], 1)  # the .frame K: centres at i + 0.5
     h, w = (int(x) for x in np.asarray(frame["img_size"]).reshape(2))
     return rasterize(screen, faces, h, w).mask.reshape(h, w).numpy().astype(bool)
 

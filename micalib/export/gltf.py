@@ -61,8 +61,9 @@ from utils.errors import MICAError
 from utils.io import atomic_write_bytes
 
 PathLike = Union[str, os.PathLike]  # noqa: UP007
-# Pixel convention of the .frame K: pixel i's centre is at coordinate i + K_PIXEL_CENTRE (0.0: OpenCV's
-# integer centres, what this tracker writes today; 0.5: the renderers' and the original tracker's).
+# Pixel convention of ``ClipStates.K``: pixel i's centre is at coordinate i + K_PIXEL_CENTRE (0.0:
+# OpenCV's integer centres, the tracker's K in memory; ``states_from_frames`` converts the .frame K,
+# which is in the renderers' convention (0.5), with ``micalib.tracking.outputs.k_convert``).
 K_PIXEL_CENTRE = 0.0
 JOINT_NAMES = ("head", "jaw", "eye_l", "eye_r")
 POSE_NAMES = ("jaw", "eye_l", "eye_r")
@@ -157,6 +158,7 @@ def tracking_glb_bytes(model, states: list, k: np.ndarray, image_size: tuple[int
 def states_from_frames(frames: list[dict], fps: float) -> ClipStates:
     """``.frame`` dicts (``micalib.tracking.outputs.read_frame``) of frames 0..N-1 -> ``ClipStates``."""
     from micalib.tracking.camera import rotation_6d_to_matrix
+    from micalib.tracking.outputs import k_convert
 
     def stack(block: str, key: str, shape: tuple) -> np.ndarray:
         return np.stack([np.asarray(f[block][key], np.float64).reshape(shape) for f in frames])
@@ -166,8 +168,8 @@ def states_from_frames(frames: list[dict], fps: float) -> ClipStates:
                     rotation_6d_to_matrix(eyes[:, 0]), rotation_6d_to_matrix(eyes[:, 1])], 1)
     size = tuple(int(x) for x in np.asarray(frames[0]["img_size"]).reshape(2))
     return ClipStates(stack("flame", "exp", (100,)), rot, stack("flame", "eyelids", (2,)),
-                      stack("opencv", "R", (3, 3)), stack("opencv", "t", (3,)), stack("opencv", "K", (3, 3)),
-                      size, float(fps))
+                      stack("opencv", "R", (3, 3)), stack("opencv", "t", (3,)),
+                      np.stack([k_convert(k, "opencv") for k in stack("opencv", "K", (3, 3))]), size, float(fps))
 
 
 # ---------------------------------------------------------------------------------------------

@@ -319,6 +319,16 @@ class LandmarkFitter:
                 break
         return FrameFit(st, cost, self._rms(res, valid), cbin, uv)
 
+    def _solve_shared(self, s_mat: np.ndarray, s_rhs: np.ndarray) -> np.ndarray:
+        """The step of the keyframes' shared unknowns (focal, cx, cy, identity...) from their Schur
+        system; with the principal point pinned at the centre (``principal_point = "centre"``) its
+        two rows and columns are left out and its step is 0."""
+        free = np.ones(len(s_rhs), bool)
+        if self.s.principal_point == "centre":
+            free[1:3] = False
+        step = np.zeros(len(s_rhs))
+        step[free] = _solve(s_mat[np.ix_(free, free)], s_rhs[free])
+        return step
 
 def pick_keyframes(valid_frames: Sequence[int], count: int) -> list[int]:
     """``count`` frame numbers spread evenly over the frames that have landmarks."""

@@ -11,7 +11,8 @@ extremes; a still head falls back to frames spread in time (the time term).
 
 **Joint fit** (``calibrate``): Levenberg-Marquardt over all keyframes at once, each keyframe's 117
 parameters and the shared intrinsics (focal, cx, cy; plus the identity change with
-``refine_identity``), solved by the Schur complement on the shared unknowns. The focal length's
+``refine_identity``), solved by the Schur complement on the shared unknowns (the principal point
+left out when ``principal_point`` pins it at the centre). The focal length's
 cost has the prior of ``focal_prior.py`` added with the weight ``s^2 phi``: s^2 the landmark
 residual variance (per coordinate, in units of ``sigma_px``) of the keyframes, phi >= 1 how much
 more the keyframes disagree about the focal length than that noise allows (``_Joint.dispersion``:
@@ -131,7 +132,7 @@ class _Joint:
         """Damped normal equations by the Schur complement on the shared unknowns."""
         n_sh = self.n_sh
         s_mat, s_rhs, sols = self.schur(blocks, a_h, mu, a_g)
-        d_sh = _solve(s_mat + 1e-9 * np.eye(n_sh), s_rhs)
+        d_sh = self.f._solve_shared(s_mat + 1e-9 * np.eye(n_sh), s_rhs)  # the principal point pinned or not
         return d_sh, [x[:, n_sh] - x[:, :n_sh] @ d_sh for x in sols]
 
     def schur(self, blocks, a_h, mu, a_g=None):
@@ -217,7 +218,10 @@ class _Joint:
         prior) and from the landmarks alone, keyframe parameters (and the identity change)
         marginalised (the prior touches only the shared block: one Schur complement for both)."""
         blocks, a_h, focal = self.final
-        s_data = self.schur(blocks, a_h, 0.0)[0]
+        free = np.ones(self.n_sh, bool)
+        if self.f.s.principal_point == "centre":  # pinned: not an unknown
+            free[1:3] = False
+        s_data = self.schur(blocks, a_h, 0.0)[0][np.ix_(free, free)]
         s_post = s_data.copy()
         s_post[0, 0] += self.prior.terms(focal, self.s2 * self.phi)[1]
         out = []

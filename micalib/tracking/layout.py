@@ -1,7 +1,7 @@
 """Where a tracking run writes: ``TrackLayout``, the one owner of the paths under ``OUT/NAME`` (like
 the original tracker's folder attributes).
 
-    OUT/NAME/checkpoint/NNNNN.frame   mesh/NNNNN.ply   input/NNNNN.png
+    OUT/NAME/checkpoint/NNNNN.frame   mesh/NNNNN.ply   input/NNNNN.png   depth/NNNNN.png
              canonical.obj identity.npy landmarks.npz crop.json bbox.pt tracking.csv video.mp4
              .crops.raw (landmark pass -> second pass, deleted) .track_run.json (the run's options)
              .tracking_rows.jsonl (csv rows of written frames, until tracking.csv has them)
@@ -23,7 +23,7 @@ from micalib.tracking.outputs import frame_name
 from utils.errors import MICAError
 from utils.io import RELATION_WORDS, folder_relation
 
-CHECKPOINT, MESH, INPUT = "checkpoint", "mesh", "input"
+CHECKPOINT, MESH, INPUT, DEPTH = "checkpoint", "mesh", "input", "depth"
 RUN_RECORD = ".track_run.json"
 ROWS_JOURNAL = ".tracking_rows.jsonl"
 CROP_CACHE = ".crops.raw"
@@ -34,7 +34,7 @@ TOP_FILES = ("canonical.obj", "identity.npy", "landmarks.npz", "crop.json", "bbo
 VIEWER = "viewer"  # the viewer page's scripts (micalib.viewer.page)
 # the files of each sub-folder track.py writes (per frame: 5 digits, more beyond frame 99999)
 FRAME_FILES = {CHECKPOINT: re.compile(r"\d{5,}\.frame"), MESH: re.compile(r"\d{5,}\.ply"),
-               INPUT: re.compile(r"\d{5,}\.png"),
+               INPUT: re.compile(r"\d{5,}\.png"), DEPTH: re.compile(r"\d{5,}\.png"),
                VIEWER: re.compile(r"data\.js|three\.bundle\.js|viewer\.js|THREE_LICENSE\.txt")}
 # what a run derives from its input before the run record exists (cleared when there is no record)
 DERIVED = ("landmarks.npz", "bbox.pt", "identity.npy")
@@ -76,12 +76,16 @@ class TrackLayout:
         """``input/NNNNN.png`` (the crop) of output frame ``k``."""
         return self.root / INPUT / f"{frame_name(k)}.png"
 
+    def depth(self, k: int) -> Path:
+        """``depth/NNNNN.png`` (camera-space depth in mm, ``micalib.tracking.depth``) of output frame ``k``."""
+        return self.root / DEPTH / f"{frame_name(k)}.png"
+
     def has_frames(self) -> bool:
         """Any ``checkpoint/NNNNN.frame`` present."""
         return any(FRAME_FILES[CHECKPOINT].fullmatch(p.name) for p in (self.root / CHECKPOINT).glob("*.frame"))
 
     def make_dirs(self) -> None:
-        for sub in (CHECKPOINT, MESH, INPUT):
+        for sub in (CHECKPOINT, MESH, INPUT, DEPTH):
             (self.root / sub).mkdir(parents=True, exist_ok=True)
 
     def clear(self) -> None:

@@ -13,8 +13,11 @@ from dataclasses import MISSING, asdict, dataclass, field, fields
 from typing import Any, Mapping
 
 from configs.config import get_cfg_defaults
+from utils.errors import MICAError
 
 _TRACKER = get_cfg_defaults().tracker  # the defaults
+# tracker.fit.principal_point: pinned at the centre of the fitted image, or fitted on the keyframes
+PRINCIPAL_POINT_MODES = ("centre", "fitted")
 _FIT = _TRACKER.fit
 
 
@@ -54,8 +57,16 @@ class FitSettings:
     precrop_log_sigma: float = _FIT.precrop_log_sigma
     focal: float = _FIT.focal
     pp_sigma: float = _FIT.pp_sigma
+    principal_point: str = _FIT.principal_point
     refine_identity: bool = _FIT.refine_identity
     identity_sigma: float = _FIT.identity_sigma
+
+    def __post_init__(self) -> None:
+        mode = str(self.principal_point).strip().lower()
+        if mode not in PRINCIPAL_POINT_MODES:
+            raise MICAError(f"tracker.fit.principal_point is {self.principal_point!r}; "
+                            f"use one of {', '.join(PRINCIPAL_POINT_MODES)}")
+        object.__setattr__(self, "principal_point", mode)
 
     @classmethod
     def from_section(cls, section: Mapping[str, Any]) -> FitSettings:

@@ -5,6 +5,16 @@ arrays float32 numpy): ``flame`` {exp (1,100), shape (1,300), tex (1,140), sh (1
 jaw (1,6)}, ``camera`` (PyTorch3D) {R (1,6), t (1,3), fl (1,1), pp (1,2)}, ``opencv`` {R (1,3,3),
 t (1,3), K (1,3,3)}, ``img_size`` (2,) [height, width], ``frame_id`` ('00012'), ``global_step``
 (int). ``read_frame`` reads one back without ``weights_only=False``.
+
+Written as the original's clients read them:
+
+- numpy arrays are pickled under numpy 1.x's module names (``numpy.core.multiarray``,
+  ``utils.numpy1_pickle``), so clients on numpy < 1.26 open them (numpy 2 reads them too);
+- ``opencv`` K is in the renderers' pixel convention, pixel i's centre at i + 0.5 (the original's
+  K: PyTorch3D's ``opencv_from_cameras_projection`` puts a centred camera's principal point at
+  width / 2; instant-ngp, 3DGS and PyTorch3D render so). Inside the tracker, and in ``crop.json``,
+  ``landmarks.npz`` and the overlay, pixel centres are integers (OpenCV's convention); ``k_convert``
+  is the one conversion between the two, used when writing K and when reading it back.
 """
 from __future__ import annotations
 
@@ -13,16 +23,29 @@ from pathlib import Path
 from typing import Any, Union
 
 import numpy as np
-import torch
 
 from micalib.tracking.camera import matrix_to_6d, opencv_to_pytorch3d
 from micalib.tracking.model import rotation_matrices
 from utils.checkpoint import load_checkpoint_file
 from utils.errors import MICAError
 from utils.io import atomic_path
+from utils.numpy1_pickle import torch_save_numpy1
 
 PathLike = Union[str, os.PathLike]  # noqa: UP007
 N_TEX, N_SH = 140, 9
+# the renderers' pixel centre (i + 0.5) minus OpenCV's (i), in pixels
+FILE_PIXEL_SHIFT = 0.5
+
+
+def k_convert(k: np.ndarray, to: str) -> np.ndarray:
+    """K between OpenCV's pixel convention (``to="opencv"``, pixel centres at integers: the
+    tracker's) and the files' (``to="file"``, pixel i's centre at i + 0.5: the original's and its
+    clients'). Only the principal point moves, by half a pixel."""
+    if to not in ("file", "opencv"):
+        raise ValueError(f"k_convert: to must be 'file' or 'opencv', not {to!r}")
+    out = np.array(k, dtype=np.float64).reshape(3, 3)
+    out[:2, 2] += FILE_PIXEL_SHIFT if to == "file" else -FILE_PIXEL_SHIFT
+    return out
 
 
 def frame_name(k: int) -> str:
@@ -33,9 +56,10 @@ def frame_name(k: int) -> str:
 def frame_dict(exp: np.ndarray, pose9: np.ndarray, eyelids: np.ndarray, identity: np.ndarray,
                r_cv: np.ndarray, t_cv: np.ndarray, k: np.ndarray, image_size: tuple[int, int], frame: int,
                global_step: int, tex: np.ndarray | None = None, sh: np.ndarray | None = None) -> dict[str, Any]:
-    """The ``.frame`` dict of one frame (see the module docstring)."""
+    """The ``.frame`` dict of one frame (see the module docstring); ``k`` in OpenCV's pixel convention."""
     f32 = np.float32
     mats = rotation_matrices(np.asarray(pose9, np.float64))  # (3, 3, 3) jaw, left eye, right eye
+    k = k_convert(k, "file")
     r_p3d, t_p3d, fl, pp = opencv_to_pytorch3d(r_cv, t_cv, k, image_size)
     shape = np.zeros((1, 300), f32)
     ident = np.asarray(identity, f32).reshape(-1)[:300]
@@ -68,9 +92,15 @@ def frame_dict(exp: np.ndarray, pose9: np.ndarray, eyelids: np.ndarray, identity
 
 
 def save_frame(path: PathLike, data: dict[str, Any], fsync: bool = False) -> None:
-    """``torch.save`` of the dict, atomically."""
+    """``torch.save`` of the dict with numpy-1 names, atomically."""
     with atomic_path(path, fsync=fsync) as tmp:
-        torch.save(data, tmp)
+        with open(tmp, "wb") as f:
+            torch_save_numpy1(data, f)
+
+
+def frame_k(data: dict[str, Any]) -> np.ndarray:
+    """A read ``.frame``'s ``opencv`` K in OpenCV's pixel convention (the tracker's)."""
+    return k_convert(np.asarray(data["opencv"]["K"], np.float64).reshape(3, 3), "opencv")
 
 
 def read_frame(path: PathLike) -> dict[str, Any]:

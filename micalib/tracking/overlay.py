@@ -17,7 +17,7 @@ import cv2
 import numpy as np
 import torch
 
-from micalib.render.raster import rasterize, vertex_normals
+from micalib.render.raster import Fragments, rasterize, vertex_normals
 from utils.errors import MICAError
 from utils.io import atomic_path
 
@@ -32,6 +32,9 @@ LANDMARK_COLORS: Dict[str, Tuple[int, int, int]] = {
     "ibug68": (255, 60, 60),
     "iris": (0, 200, 255),
     "fitted": (255, 255, 0),
+    # the tracker's overlay, as the original's: detected landmarks green, the fitted model's red
+    "detected": (0, 220, 0),
+    "model": (255, 0, 0),
 }
 _PALETTE = ((255, 0, 255), (255, 160, 0), (120, 120, 255), (255, 255, 255))
 
@@ -45,11 +48,15 @@ def _np(x: ArrayLike, dtype=np.float32) -> np.ndarray:
 
 
 def _mesh_gray(verts_screen: ArrayLike, faces: ArrayLike, height: int, width: int,
-               normals: Optional[ArrayLike], cull_backfaces: bool) -> Tuple[torch.Tensor, torch.Tensor]:
-    """Flat indices of the covered pixels (ascending) and their gray level (float, 0..255)."""
+               normals: Optional[ArrayLike], cull_backfaces: bool,
+               fragments: Optional[Fragments] = None) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Flat indices of the covered pixels (ascending) and their gray level (float, 0..255).
+
+    ``fragments``: a rasterisation of ``faces`` followed by further triangles (the depth's mouth
+    triangles); pixels won by those further triangles are left out."""
     v = torch.as_tensor(_np(verts_screen))
     f = torch.as_tensor(_np(faces, np.int64))
-    frags = rasterize(v, f, height, width, cull_backfaces=cull_backfaces)
+    frags = rasterize(v, f, height, width, cull_backfaces=cull_backfaces) if fragments is None else fragments
     if normals is None:
         finite = v[torch.isfinite(v).all(1)]
         ext = (finite.amax(0) - finite.amin(0)).clamp_min(1e-12) if len(finite) else torch.ones(3)
@@ -61,8 +68,13 @@ def _mesh_gray(verts_screen: ArrayLike, faces: ArrayLike, height: int, width: in
     pix = frags.covered_index()
     if len(pix) == 0:
         return pix, level[:0]
-    corners = f.t().contiguous().index_select(1, frags.tri_id.view(-1).index_select(0, pix))  # (3, P)
+    tri = frags.tri_id.view(-1).index_select(0, pix)
     w = frags.covered_bary
+    if fragments is not None:
+        own = tri < len(f)
+        if not bool(own.all()):
+            pix, tri, w = pix[own], tri[own], w[own]
+    corners = f.t().contiguous().index_select(1, tri)  # (3, P)
     gray = level.index_select(0, corners[0]) * w[:, 0]
     gray += level.index_select(0, corners[1]) * w[:, 1]
     gray += level.index_select(0, corners[2]) * w[:, 2]
@@ -129,7 +141,8 @@ def draw_landmarks(rgb: np.ndarray, points_by_set: Mapping[str, ArrayLike],
 
 def compose_overlay(crop_rgb: np.ndarray, landmarks_by_set: Mapping[str, ArrayLike], verts_screen: ArrayLike,
                     faces: ArrayLike, mesh_alpha: float = 0.6, normals: Optional[ArrayLike] = None,
-                    colors: Optional[Mapping[str, Sequence[int]]] = None, cull_backfaces: bool = True) -> np.ndarray:
+                    colors: Optional[Mapping[str, Sequence[int]]] = None, cull_backfaces: bool = True,
+                    fragments: Optional[Fragments] = None) -> np.ndarray:
     """One video frame: input | input with the landmarks | the shaded mesh blended over the input.
 
     Args:
@@ -137,6 +150,8 @@ def compose_overlay(crop_rgb: np.ndarray, landmarks_by_set: Mapping[str, ArrayLi
         landmarks_by_set: name -> (N, 2) pixel coordinates (see ``draw_landmarks``).
         verts_screen, faces, normals, cull_backfaces: the mesh (see ``shade``).
         mesh_alpha: opacity of the mesh over the input.
+        fragments: the frame's rasterisation when already done (``depth.rasterize_frame``: ``faces``
+            then the mouth triangles, which the overlay does not draw); else rasterised here.
 
     Returns:
         (H, 3 W, 3) uint8 RGB.
@@ -148,7 +163,7 @@ def compose_overlay(crop_rgb: np.ndarray, landmarks_by_set: Mapping[str, ArrayLi
     out[:, w:2 * w] = draw_landmarks(crop, landmarks_by_set, colors)
     right = out[:, 2 * w:]
     right[:] = crop
-    pix, gray = _mesh_gray(verts_screen, faces, h, w, normals, cull_backfaces)
+    pix, gray = _mesh_gray(verts_screen, faces, h, w, normals, cull_backfaces, fragments)
     if len(pix):
         # whole-image OpenCV blend of the gray render, copied under the covered pixels
         idx = pix.numpy()

@@ -29,7 +29,10 @@ from utils.io import atomic_write_text, written_file
 # tracker keys that change speed only, not the outputs
 _NO_EFFECT = ("workers", "png_compression")
 # how the refusal names each recorded option
-OPTION_NAMES = {"input": "-i (path)", "input_stat": "-i (file size / modification time)", "fps": "--fps",
+# Version of the files' format, recorded with the options: outputs of another version are refused.
+# 2: K in the renderers' pixel convention (pixel i's centre at i + 0.5), numpy-1 pickle names, depth/.
+FORMAT_VERSION = 2
+OPTION_NAMES = {"format": "the file format version (outputs of an older track.py)", "input": "-i (path)", "input_stat": "-i (file size / modification time)", "fps": "--fps",
                 "image_size": "--image-size", "landmarks": "--landmarks (file content)",
                 "identity": "--identity (file content)", "photometric": "--photometric",
                 "tracker": "the tracker.* config", "assets": "the FLAME / MediaPipe / eyelid files"}
@@ -60,7 +63,8 @@ def run_settings(options, source, landmarks_path, identity_path, asset_paths: di
     its config keys are recorded as the hash of the config's ``tracker`` section)."""
     tracker = {k: v for k, v in options.config_values().items() if k not in _NO_EFFECT}
     tracker_text = json.dumps(tracker, sort_keys=True, default=str)
-    return {"input": str(Path(source.path).expanduser().resolve()),
+    return {"format": FORMAT_VERSION,
+            "input": str(Path(source.path).expanduser().resolve()),
             "input_stat": f"{source.n_input_frames}:{_stat(source.path)}",
             "fps": None if source.fps is None else float(source.fps),
             "image_size": int(options.image_size),
@@ -118,10 +122,10 @@ def write_run_record(layout: TrackLayout, settings: dict) -> None:
 
 
 def finished_frames(layout: TrackLayout, n: int) -> list[bool]:
-    """Per output frame: its .frame, .ply and .png complete and the .frame readable. Unreadable
-    .frame files are tracked again (one warning)."""
+    """Per output frame: its .frame, .ply, input and depth .png complete and the .frame readable.
+    Unreadable .frame files are tracked again (one warning)."""
     done = [written_file(layout.frame(k)) and written_file(layout.mesh(k)) and written_file(layout.png(k))
-            for k in range(n)]
+            and written_file(layout.depth(k)) for k in range(n)]
     bad = []
     for k in range(n):
         if done[k]:

@@ -40,12 +40,13 @@ from configs.config import resolve_path
 from micalib.tracking import crop as cropmod
 from micalib.tracking.camera import matrix_to_axis_angle, rotation_6d_to_matrix
 from micalib.tracking.crop import transform_points
+from micalib.tracking.depth import DepthMesh
 from micalib.tracking.fitting import FrameState, Intrinsics, LandmarkFitter, interpolate_state, pick_keyframes
 from micalib.tracking.frames import open_frames, prefetch
 from micalib.tracking.layout import TrackLayout
 from micalib.tracking.model import TrackingFLAME, load_eyelids, load_mediapipe_embedding, observations
 from micalib.tracking.options import TrackOptions
-from micalib.tracking.outputs import frame_dict, frame_name, read_frame
+from micalib.tracking.outputs import frame_dict, frame_k, frame_name, read_frame
 from micalib.tracking.resume import (
     RowJournal,
     check_run_record,
@@ -141,11 +142,13 @@ class TrackRunner:
         landmarks_path: the user's landmark npz (replaces detection).
         source: an opened ``FrameSource`` (else ``open_frames(input_path, options.fps)``).
         flame_files: the files ``flame`` was read from by config key (recorded in the run record).
+        masks_path: FLAME_masks.pkl (``model.flame_masks_path``): the regions ``depth/`` leaves out;
+            None or absent: none left out (one warning).
     """
 
     def __init__(self, options: TrackOptions, input_path, out_root, flame, *,
                  load_mica: Callable[[], tuple] | None = None, identity_path=None, landmarks_path=None,
-                 source=None, flame_files: dict[str, Path] | None = None) -> None:
+                 source=None, flame_files: dict[str, Path] | None = None, masks_path=None) -> None:
         self.options = options
         self.source = source if source is not None else open_frames(input_path, options.fps)
         self.layout = TrackLayout(out_root, self.source.name)
@@ -154,6 +157,7 @@ class TrackRunner:
         self.identity_path = identity_path
         self.landmarks_path = landmarks_path
         self.flame_files = dict(flame_files or {})
+        self.masks_path = None if masks_path is None else Path(masks_path)
         self.size = int(options.image_size)
         self.timings = Timings()
         self.skipped = 0
@@ -193,7 +197,8 @@ class TrackRunner:
             return predictor, detector
 
         return cls(options, input_path, out_root, flame, load_mica=load_mica, identity_path=identity_path,
-                   landmarks_path=landmarks_path, source=source, flame_files=flame_files)
+                   landmarks_path=landmarks_path, source=source, flame_files=flame_files,
+                   masks_path=resolve_path(cfg.model.flame_masks_path))
 
     # ----------------------------------------------------------------------------------- run
     def run(self, finish: Callable[[Path], None] | None = None) -> Path:
@@ -251,7 +256,18 @@ class TrackRunner:
 
     def _optional_assets(self) -> dict[str, Path]:
         return {"tracker.l_eyelid_path": resolve_path(self.options.l_eyelid_path),
-                "tracker.r_eyelid_path": resolve_path(self.options.r_eyelid_path)}
+                "tracker.r_eyelid_path": resolve_path(self.options.r_eyelid_path),
+                **({} if self.masks_path is None else {"model.flame_masks_path": self.masks_path})}
+
+    def _flame_masks(self) -> dict[str, np.ndarray] | None:
+        """FLAME_masks.pkl for the depth (boundary and ears left out), or None (warned)."""
+        from models.flame_io import load_flame_masks
+
+        if self.masks_path is None or not self.masks_path.is_file():
+            logger.warning(f"{self.masks_path} not found (model.flame_masks_path): depth/ keeps the neck boundary "
+                           "and the ears")
+            return None
+        return load_flame_masks(self.masks_path, n_vertices=self.flame.n_vertices)
 
     # ------------------------------------------------------------- stage 1: frames and landmarks
     def frames_and_landmarks(self) -> tuple[dict[str, np.ndarray], list[np.ndarray]]:
@@ -537,7 +553,7 @@ class TrackRunner:
         first_done = next((k for k in range(n) if fit.done[k]), None)
         if first_done is not None:
             data = read_frame(lay.frame(first_done))
-            kk = np.asarray(data["opencv"]["K"]).reshape(3, 3)
+            kk = frame_k(data)
             if fit.follow:
                 kk = np.linalg.inv(np.vstack([fit.matrices[first_done], [0.0, 0.0, 1.0]])) @ kk
             fitter.intr = Intrinsics(float(kk[0, 0]), float(kk[0, 2]), float(kk[1, 2]))
@@ -601,8 +617,9 @@ class TrackRunner:
             from micalib.tracking.photo_stage import PhotometricStage
 
             photo = PhotometricStage(fit.model, self.size, o.device, iters=int(o.photometric_iters))
+        depth_mesh = DepthMesh.build(fit.model.faces, self.flame.n_vertices, self._flame_masks())
         with FrameWriter(lay, fit.model, o.png_compression, o.workers, video, self._png_written,
-                         self._journal) as writer:
+                         self._journal, depth_mesh) as writer:
             loop = _FrameLoop(self, fit, writer, rows, photo, fps_out)
             cached = self._n_cached > 0
             loop.run(prefetch(self._cached_crops()) if cached else prefetch(self.source), cached)
@@ -736,13 +753,11 @@ class _FrameLoop:
         data = None
         if not fit.done[k]:
             data = frame_dict(st.exp, st.pose, st.eyelids, fit.ident, st.r, st.t, kc, (size, size), k, k)
-        land = None
-        if self.writer.draws_video:
-            land = {}
-            for key in ("mediapipe", "ibug68"):
-                if key in fit.lm:
-                    land[key] = cropmod.transform_points(fit.lm[key][i], fit.matrices[k])
-        self.writer.submit(k, crop, st, kc, data, row, land)
+        detected = None
+        if self.writer.draws_video:  # the fit's targets in crop pixels, NaN where unused
+            obs = cropmod.transform_points(fit.obs[k], fit.matrices[k]) if fit.follow else fit.obs[k]
+            detected = np.where(fit.valid[k][:, None], obs, np.nan)
+        self.writer.submit(k, crop, st, kc, data, row, detected)
         self.seconds["write"] += time.perf_counter() - t0
 
 

@@ -2,10 +2,12 @@
 the writer threads, the overlay threads and ``video.mp4``.
 
 The main thread fits; per frame it hands the state to ``FrameWriter.submit``, which poses the full
-mesh once (a writer thread; torch releases the GIL), writes ``input/NNNNN.png``, ``mesh/NNNNN.ply``
-and last ``checkpoint/NNNNN.frame`` (which marks the frame finished) from the writer pool, and
-draws the overlay on one of two overlay threads (frames are independent); the overlays are encoded
-in frame order by the calling thread.
+mesh and rasterises it once (``depth.frame_geometry``, a writer thread; torch releases the GIL):
+that one 512 rasterisation serves ``depth/NNNNN.png`` and the overlay. The writer pool writes
+``input/NNNNN.png``, ``mesh/NNNNN.ply``, ``depth/NNNNN.png`` and last ``checkpoint/NNNNN.frame``
+(which marks the frame finished); the overlay (detected landmarks green, the model's red, as the
+original's) is drawn on one of two overlay threads (frames are independent) and encoded in frame
+order by the calling thread.
 """
 from __future__ import annotations
 
@@ -14,7 +16,9 @@ from concurrent.futures import Future, ThreadPoolExecutor
 
 import cv2
 import numpy as np
+from loguru import logger
 
+from micalib.tracking.depth import DepthMesh, DepthStats, FrameGeometry, depth_mm, depth_png_bytes, frame_geometry
 from micalib.tracking.fitting import FrameState
 from micalib.tracking.layout import TrackLayout
 from micalib.tracking.model import TrackingFLAME
@@ -27,6 +31,8 @@ from utils.mesh import ply_bytes
 # frames whose files / overlays may wait in the pools before the calling thread waits for the oldest
 MAX_PENDING_WRITES = 8
 MAX_PENDING_OVERLAYS = 4
+# zlib level of depth/NNNNN.png (with the 'up' filter and RLE: smaller than the defaults, faster; depth.depth_png_bytes)
+DEPTH_PNG_COMPRESSION = 1
 
 
 def png_bytes(rgb: np.ndarray, compression: int) -> bytes:
@@ -47,15 +53,14 @@ def ply_metres(verts: np.ndarray, faces: np.ndarray) -> bytes:
     return ply_bytes(verts, faces).replace(b"comment MICA FLAME mesh, millimetres", b"comment MICA FLAME mesh, metres", 1)
 
 
-def overlay_frame(crop: np.ndarray, land: dict, verts: Future, faces: np.ndarray, st: FrameState,
-                  kk: np.ndarray) -> np.ndarray:
-    """One ``video.mp4`` frame: the crop, the landmarks and the shaded mesh of ``st`` seen by ``kk``."""
+def overlay_frame(crop: np.ndarray, detected: np.ndarray, geom: Future, faces: np.ndarray) -> np.ndarray:
+    """One ``video.mp4`` frame: the crop, the detected landmarks (green) and the model's (red), as
+    the original's, and the shaded mesh, from the frame's ``FrameGeometry`` (its rasterisation)."""
     from micalib.tracking.overlay import compose_overlay
 
-    cam = verts.result().astype(np.float64) @ st.r.T + st.t
-    uvw = cam @ kk.T
-    screen = np.concatenate([uvw[:, :2] / uvw[:, 2:3], cam[:, 2:3]], 1).astype(np.float32)
-    return compose_overlay(crop, land, screen, faces)
+    g: FrameGeometry = geom.result()
+    return compose_overlay(crop, {"detected": detected, "model": g.landmarks}, g.screen, faces, normals=g.normals,
+                           fragments=g.fragments)
 
 
 class FrameWriter:
@@ -63,7 +68,8 @@ class FrameWriter:
 
     Args:
         layout: the run's output paths.
-        model: the tracking FLAME (poses the full mesh).
+        model: the tracking FLAME (poses the full mesh); depth_mesh: what ``depth/`` rasterises
+            (``DepthMesh.build``; ``depth_stats`` counts its clamped pixels).
         png_compression: of ``input/NNNNN.png``; png_written: frames whose PNG the landmark pass wrote.
         workers: writer threads.
         video: (fps, (width, height)) of ``video.mp4``, or None for no video.
@@ -71,8 +77,10 @@ class FrameWriter:
     """
 
     def __init__(self, layout: TrackLayout, model: TrackingFLAME, png_compression: int, workers: int,
-                 video: tuple[float, tuple[int, int]] | None, png_written: set[int], journal: RowJournal) -> None:
+                 video: tuple[float, tuple[int, int]] | None, png_written: set[int], journal: RowJournal,
+                 depth_mesh: DepthMesh) -> None:
         self.layout, self.model, self.faces = layout, model, model.faces
+        self.depth_mesh, self.depth_stats = depth_mesh, DepthStats()
         self.png_compression = png_compression
         self.png_written = png_written
         self.journal = journal
@@ -91,31 +99,35 @@ class FrameWriter:
 
     @property
     def draws_video(self) -> bool:
-        """Whether frames get an overlay (``submit``'s ``landmarks`` are used)."""
+        """Whether frames get an overlay (``submit``'s ``detected`` are used)."""
         return self._video is not None
 
     def submit(self, k: int, crop: np.ndarray, st: FrameState, kk: np.ndarray, data: dict | None,
-               row: dict | None, landmarks: dict | None) -> None:
+               row: dict | None, detected: np.ndarray | None) -> None:
         """Frame ``k``: its files from ``data`` (the ``.frame`` dict; None = finished before, only
-        the overlay) and its overlay (camera ``kk``, ``landmarks`` in crop pixels), in frame order."""
+        the overlay) and its overlay (camera ``kk`` in OpenCV's pixel convention; ``detected``: the
+        fit's targets in crop pixels, NaN where unused), in frame order."""
         t0 = time.perf_counter()
-        # the full mesh is posed once, by a writer thread (torch releases the GIL)
-        verts = self._pool.submit(lambda s=st: self.model.vertices(s.exp, s.pose, s.eyelids)[0])
+        # the full mesh is posed and rasterised once (depth and overlay), by a writer thread (torch releases the GIL)
+        geom = self._pool.submit(frame_geometry, self.model, self.depth_mesh, st, kk, crop.shape[0])
         if data is not None:
-            self._pending.append(self._pool.submit(self._write_frame, k, data, verts, crop, row))
+            self._pending.append(self._pool.submit(self._write_frame, k, data, geom, crop, row))
         if self._video is not None:
-            self._vid_pending.append(self._vpool.submit(overlay_frame, crop, landmarks, verts, self.faces, st, kk))
+            self._vid_pending.append(self._vpool.submit(overlay_frame, crop, detected, geom, self.faces))
         while len(self._pending) > MAX_PENDING_WRITES:
             self._pending.pop(0).result()
         while len(self._vid_pending) > MAX_PENDING_OVERLAYS or (self._vid_pending and self._vid_pending[0].done()):
             self._video.write(self._vid_pending.pop(0).result())
         self.seconds += time.perf_counter() - t0
 
-    def _write_frame(self, k: int, data: dict, verts: Future, crop: np.ndarray, row: dict | None) -> None:
-        verts = verts.result()
+    def _write_frame(self, k: int, data: dict, geom: Future, crop: np.ndarray, row: dict | None) -> None:
+        g: FrameGeometry = geom.result()
         if k not in self.png_written:
             atomic_write_bytes(self.layout.png(k), png_bytes(crop, self.png_compression), fsync=False)
-        atomic_write_bytes(self.layout.mesh(k), ply_metres(verts, self.faces), fsync=False)
+        atomic_write_bytes(self.layout.mesh(k), ply_metres(g.verts, self.faces), fsync=False)
+        size = crop.shape[0]
+        depth = depth_mm(g.fragments, g.depth_offset, self.depth_mesh, size, size, self.depth_stats)
+        atomic_write_bytes(self.layout.depth(k), depth_png_bytes(depth, DEPTH_PNG_COMPRESSION), fsync=False)
         save_frame(self.layout.frame(k), data)  # marks the frame finished
         if row is not None:
             self.journal.add(row)  # its csv row survives a kill
@@ -130,6 +142,9 @@ class FrameWriter:
         if self._video is not None:
             self._video.close()
             self._video = None
+        if self.depth_stats.clamped_pixels:
+            logger.warning(f"depth: {self.depth_stats.clamped_pixels} pixels beyond 65,535 mm clamped to 65,535 "
+                           "(the camera is over 65 m away: check the focal length)")
 
     def __enter__(self) -> FrameWriter:
         return self

@@ -17,16 +17,13 @@ splits the inputs over the ranks (one GPU each, rank 0 writes the summary at the
 from __future__ import annotations
 
 import argparse
-import contextlib
-import signal
 import sys
-import threading
 from pathlib import Path
 
 from loguru import logger
 
 from configs.config import load_cfg, resolve_path
-from utils.errors import MICAError, check_range, run_main
+from utils.errors import MICAError, check_range, run_main, sigterm_as_interrupt
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -159,7 +156,7 @@ def main(argv=None) -> int:
 
     # the lock before loading anything: a second run on the same -o is refused at once (a --shard job
     # takes none: the shards of one run must not refuse each other; under torchrun rank 0 holds it)
-    with _sigterm_as_interrupt(), output_lock(Path(args.output), enabled=shard.leader):
+    with sigterm_as_interrupt(), output_lock(Path(args.output), enabled=shard.leader):
         try:
             runner = build_runner(args, cfg)
         except KeyboardInterrupt:  # while the model loads: still leave a summary of every input
@@ -200,23 +197,6 @@ def finish_outputs(args: argparse.Namespace) -> None:
         from micalib.viewer.page import write_demo_page
 
         print(f"viewer page: {write_demo_page(args.output, args.arcface)}")
-
-
-@contextlib.contextmanager
-def _sigterm_as_interrupt():
-    """SIGTERM (``kill``, a job scheduler) stops the run like Ctrl-C: the summary is still written
-    and the exit code is 130."""
-    def interrupt(signum, frame):
-        raise KeyboardInterrupt
-
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    previous = signal.signal(signal.SIGTERM, interrupt)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
 
 
 if __name__ == "__main__":

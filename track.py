@@ -1,6 +1,10 @@
 """Metrical FLAME tracking of a video (or a folder of frames) into the original tracker's files.
 
     python track.py -i video.mp4 -o output/tracking [--identity identity.npy] [--landmarks lmk.npz]
+    python track.py --camera 0 | --url rtsp://... | --live video.mp4 [--identity identity.npy] [-o OUT]
+
+Live mode (--camera / --url / --live) tracks the newest frame as it arrives and streams one JSON
+message per tracked frame on ws://127.0.0.1:--port (README "Live tracking"); files only with -o.
 
 Writes OUT/NAME/{checkpoint/NNNNN.frame, mesh/NNNNN.ply, input/NNNNN.png, canonical.obj,
 identity.npy, landmarks.npz, crop.json, bbox.pt, tracking.csv, video.mp4, NAME.glb, view/index.html};
@@ -22,8 +26,14 @@ from utils.errors import run_main
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description="Metrical FLAME tracking of a video (CPU, real time)",
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("-i", "--input", required=True, help="video file or folder of frames (sorted by name)")
-    p.add_argument("-o", "--output", default="output/tracking", help="output folder (NAME is appended)")
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("-i", "--input", help="video file or folder of frames (sorted by name)")
+    src.add_argument("--camera", type=int, default=None, metavar="N", help="live: OpenCV camera index")
+    src.add_argument("--url", default=None, help="live: a capture URL OpenCV opens (rtsp://, http://)")
+    src.add_argument("--live", default=None, metavar="FILE",
+                     help="live: a video file played at its own frame rate as a stand-in camera")
+    p.add_argument("-o", "--output", default=None,
+                   help="output folder (NAME is appended; default output/tracking; live: nothing is written without -o)")
     p.add_argument("--identity", default=None, help="MICA identity.npy (default: MICA on the video's frames)")
     p.add_argument("--landmarks", default=None,
                    help="npz with 'mediapipe' (T,478,2) and/or 'ibug68' (T,68,2) per input frame instead of detection")
@@ -31,7 +41,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--image-size", type=int, default=512, help="side of the square crop")
     p.add_argument("--focal", type=float, default=None, metavar="PX",
                    help="the camera's focal length in pixels of the input frames (fixes it; default: fitted on "
-                        "keyframes with a field-of-view prior, tracker.fit.fov_deg)")
+                        "keyframes with a field-of-view prior, tracker.fit.fov_deg; live: during the warm-up)")
     p.add_argument("--photometric", action="store_true", help="photometric refinement after the landmark fit (slower; a GPU helps)")
     p.add_argument("--no-video", action="store_true", help="skip video.mp4")
     p.add_argument("--no-glb", action="store_true", help="skip OUT/NAME/NAME.glb (the animated glTF of the clip) and so the viewer page")
@@ -41,15 +51,51 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--cfg", default="configs/tracker.yml", help="YAML config merged over the defaults")
     p.add_argument("--device", default=None, help="auto, cpu, cuda, cuda:N or mps (MICA and --photometric)")
     p.add_argument("--precision", choices=["fp32", "bf16", "fp16", "auto"], default=None)
+    p.add_argument("--warmup", type=float, default=2.0, metavar="S",
+                   help="live: seconds of frames with a face before the intrinsics are fitted and fixed")
+    p.add_argument("--host", default="127.0.0.1", help="live: address the stream listens on (loopback only unless --allow-remote)")
+    p.add_argument("--allow-remote", action="store_true", help="live: allow a --host reachable from other machines")
+    p.add_argument("--port", type=int, default=8765, help="live: WebSocket port (0: any free one, logged)")
+    p.add_argument("--send-crops", action="store_true", help="live: send each tracked frame's crop as a binary JPEG (viewer)")
     p.add_argument("opts", nargs=argparse.REMAINDER, help="KEY VALUE config overrides")
     return p.parse_args(argv)
+
+
+def _live_main(args, cfg) -> int:
+    from micalib.live.build import LiveOptions, build_session
+    from utils.device import resolve_device
+    from utils.errors import sigterm_as_interrupt
+
+    opts = LiveOptions(camera=args.camera, url=args.url, live_file=args.live, landmarks=args.landmarks, output=args.output,
+                       identity=args.identity, focal=args.focal, warmup_s=args.warmup, image_size=args.image_size,
+                       host=args.host, port=args.port, allow_remote=args.allow_remote, send_crops=args.send_crops,
+                       video=not args.no_video, device=str(resolve_device(cfg.device)))
+    import contextlib
+
+    with sigterm_as_interrupt():
+        session = build_session(cfg, opts)
+        with session.layout.lock() if session.layout is not None else contextlib.nullcontext():
+            session.run()
+            if session.writer is not None and session.stats.tracked:  # -o: the clip's .glb and page
+                finish_outputs(cfg, session.layout.root, glb=not args.no_glb, page=not args.no_page)
+    return 0
 
 
 def main(argv=None) -> int:
     from utils.io import prepare_output_dir
 
     args = parse_args(argv)
-    prepare_output_dir(args.output, "output folder (-o)", clean=False)  # before loading anything
+    live = args.input is None
+    if live:
+        for flag, value in (("--photometric", args.photometric or None),
+                            ("--overwrite", args.overwrite or None), ("--fps", args.fps)):
+            if value is not None:
+                raise ValueError(f"{flag} is not available in live mode (--camera / --url / --live)")
+        if args.output is not None:
+            prepare_output_dir(args.output, "output folder (-o)", clean=False)
+    else:
+        args.output = args.output or "output/tracking"
+        prepare_output_dir(args.output, "output folder (-o)", clean=False)  # before loading anything
     if args.fps is not None and Path(args.input).is_dir():
         logger.info(f"--fps {args.fps:g} is ignored for a folder of frames: every frame is tracked")
     opts = list(args.opts)
@@ -66,6 +112,8 @@ def main(argv=None) -> int:
     import torch
 
     torch.set_num_threads(1)  # the per-frame work is small; threads are used for writing instead
+    if live:
+        return _live_main(args, cfg)
     from micalib.tracking.runner import TrackRunner
     from utils.device import resolve_device
 

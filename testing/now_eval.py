@@ -33,7 +33,7 @@ from tqdm import tqdm
 from testing.geometry import MeshDistance, apply_similarity, rotvec_derivatives, rotvec_to_matrix, similarity_procrustes
 from testing.pp import read_pp
 from utils.errors import MICAError
-from utils.io import atomic_save, atomic_write_text
+from utils.io import atomic_save, atomic_write_text, path_inside
 from utils.safe_pickle import load_object_npy
 
 PathLike = Union[str, os.PathLike]
@@ -279,7 +279,11 @@ def load_mesh(path: PathLike) -> tuple[np.ndarray, np.ndarray]:
     """
     from utils.mesh import read_mesh
 
-    return read_mesh(path)
+    vertices, faces = read_mesh(path)
+    if not np.isfinite(vertices).all():
+        raise MICAError(f"mesh {path} holds {int((~np.isfinite(vertices)).sum())} NaN or infinite coordinates; "
+                        f"the prediction (or scan) is broken: write it again")
+    return vertices, faces
 
 
 def load_pred_landmarks(path: PathLike) -> np.ndarray:
@@ -291,9 +295,17 @@ def load_pred_landmarks(path: PathLike) -> np.ndarray:
         arr = np.load(path, allow_pickle=False) if path.suffix == ".npy" else np.loadtxt(path)
     except (ValueError, OSError) as e:
         raise MICAError(f"landmark file {path} could not be read ({str(e).splitlines()[0]}); write 7x3 numbers") from None
-    arr = np.asarray(arr, dtype=np.float64)
+    except EOFError:
+        raise MICAError(f"landmark file {path} is empty or truncated; write 7x3 numbers") from None
+    try:
+        arr = np.asarray(arr, dtype=np.float64)
+    except (TypeError, ValueError):
+        raise MICAError(f"landmark file {path} holds {arr.dtype} values, not numbers; write 7x3 numbers") from None
     if arr.size != 21:
         raise MICAError(f"landmark file {path} holds shape {arr.shape}, expected 7x3 (the 7 NoW landmarks)")
+    if not np.isfinite(arr).all():  # the alignment's SVD would fail without naming the file (issue 21, N3)
+        raise MICAError(f"landmark file {path} holds {int((~np.isfinite(arr)).sum())} NaN or infinite values; "
+                        f"the prediction failed for this image: predict it again")
     return arr.reshape(7, 3)
 
 
@@ -328,10 +340,11 @@ class EvalItem:
 
     key: str
     group: str
-    scan_mesh: Path
-    scan_lmks: Path
+    scan_mesh: Optional[Path]
+    scan_lmks: Optional[Path]
     pred_mesh: Optional[Path]
     pred_lmks: Optional[Path]
+    error: Optional[str] = None  # why the item cannot be scored (a bad list line): failed, not fatal
 
 
 def now_items(now_root: PathLike, pred_dir: PathLike, split: str = "validation",
@@ -360,16 +373,29 @@ def now_items(now_root: PathLike, pred_dir: PathLike, split: str = "validation",
     items = []
     scan_cache: dict[str, tuple[Path, Path]] = {}
     for line in lines:
-        parts = Path(line).parts
-        if len(parts) < 3:
-            raise MICAError(f"image list line '{line}' is not SUBJECT/CHALLENGE/NAME.jpg")
-        subject, challenge = parts[0], parts[1]
-        if subject not in scan_cache:
-            scan_cache[subject] = (_first_file(scans / subject, "*.obj", "scan"), _first_file(lmks / subject, "*.pp", "scan landmark"))
-        stem = pred / Path(line).with_suffix("")
-        items.append(EvalItem(line, challenge, *scan_cache[subject],
-                              _find_with_suffix(stem, MESH_SUFFIXES), _find_with_suffix(stem, LANDMARK_SUFFIXES)))
+        try:  # a bad line fails its item only; every path is built from the checked relative one
+            items.append(_now_item(line, pred, scans, lmks, scan_cache))
+        except (MICAError, OSError) as e:
+            items.append(EvalItem(line, "", None, None, None, None, error=str(e)))
     return items
+
+
+def _now_item(line: str, pred: Path, scans: Path, lmks: Path, scan_cache: dict) -> EvalItem:
+    parts = path_inside(pred, line, "image list line").relative_to(pred).parts
+    if len(parts) < 3:
+        raise MICAError(f"image list line '{line}' is not SUBJECT/CHALLENGE/NAME.jpg")
+    subject, challenge = parts[0], parts[1]
+    if subject not in scan_cache:
+        try:
+            scan_cache[subject] = (_first_file(scans / subject, "*.obj", "scan"),
+                                   _first_file(lmks / subject, "*.pp", "scan landmark"))
+        except OSError as e:
+            scan_cache[subject] = str(e)
+    if isinstance(scan_cache[subject], str):
+        raise MICAError(scan_cache[subject])
+    stem = pred / Path(line).with_suffix("")
+    return EvalItem(line, challenge, *scan_cache[subject],
+                    _find_with_suffix(stem, MESH_SUFFIXES), _find_with_suffix(stem, LANDMARK_SUFFIXES))
 
 
 def stirling_items(pred_dir: PathLike, scans_dir: PathLike, lmks_dir: Optional[PathLike] = None) -> list[EvalItem]:
@@ -466,6 +492,10 @@ def evaluate(items: Sequence[EvalItem], method: str = "method", metrical: bool =
     missing: list[str] = []
     failed: dict[str, str] = {}
     for item in tqdm(items, desc=f"scoring {method}", disable=not progress):
+        if item.error is not None:
+            failed[item.key] = item.error
+            logger.warning(f"{item.key!r}: not scored: {item.error}")
+            continue
         if item.pred_mesh is None or item.pred_lmks is None:
             missing.append(item.key)
             continue

@@ -36,7 +36,7 @@ from models.face_prep import NotExactlyOneFace, prepare_from_box
 from models.flame import M_TO_MM
 from testing.now_eval import NOW_IMAGE_LISTS, read_image_list
 from utils.errors import MICAError
-from utils.io import atomic_save_npy, atomic_write_text, written_file
+from utils.io import atomic_save_npy, atomic_write_text, path_inside, written_file
 from utils.safe_pickle import load_object_npy
 
 PathLike = Union[str, os.PathLike]
@@ -75,13 +75,19 @@ def read_now_box(path: PathLike) -> np.ndarray:
 class ExportItem:
     """One output to write: ``key`` (report name), candidate ``images`` (tried in this order until
     one yields exactly one face), output ``stem`` (no suffix), ``prepare(image_rgb, source) ->
-    AlignedFace``, optional preview path ``render``."""
+    AlignedFace``, optional preview path ``render``; ``error``: why the item cannot be made (a
+    list line naming a path outside its root): it fails with that line, the others run."""
 
     key: str
     images: list[Path]
     stem: Path
     prepare: Callable
     render: Optional[Path] = None
+    error: Optional[str] = None
+
+    @classmethod
+    def refused(cls, key: str, error: str) -> "ExportItem":
+        return cls(key, [], Path(), lambda *a: None, None, error)
 
 
 @dataclass
@@ -172,7 +178,10 @@ class ExportWriter:
         report = ExportReport()
         todo = []
         for item in self.shard.select(items, key=lambda it: it.key):
-            if not self.overwrite and self.done(item.stem):
+            if item.error is not None:
+                report.failed[item.key] = item.error
+                logger.warning(f"failed {item.key!r}: {item.error}")
+            elif not self.overwrite and self.done(item.stem):
                 report.done += 1
             else:
                 todo.append((item,))
@@ -265,13 +274,18 @@ def now_export_items(now_root: PathLike, out_dir: PathLike, detector,
             if line in seen:
                 continue
             seen.add(line)
-            rel = Path(line)
+            try:  # every path of the item is built from this one checked relative path
+                image = path_inside(images_dir, line, f"image list {NOW_IMAGE_LISTS[split]} line")
+            except MICAError as e:
+                items.append(ExportItem.refused(line, str(e)))
+                continue
+            rel = image.relative_to(images_dir)
             box_path = (boxes_dir / rel).with_suffix(".npy")
 
             def prepare(img: np.ndarray, source: str, box_path: Path = box_path):
                 return prepare_from_box(img, read_now_box(box_path), detector, source=source)
 
-            items.append(ExportItem(line, [images_dir / rel], out / "predicted_meshes" / rel.with_suffix(""), prepare,
+            items.append(ExportItem(line, [image], out / "predicted_meshes" / rel.with_suffix(""), prepare,
                                     out / "renders" / rel.with_suffix(".jpg")))
     return items
 

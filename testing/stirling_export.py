@@ -26,6 +26,7 @@ from loguru import logger
 from models.face_prep import prepare_full
 from testing.now_export import ExportItem, ExportReport, run_export
 from utils.errors import MICAError
+from utils.io import path_inside
 
 PathLike = Union[str, os.PathLike]
 
@@ -76,9 +77,13 @@ def stirling_export_items(stirling_root: PathLike, out_dir: PathLike, detector,
         if not groups:
             raise MICAError(f"no images in {folder} (expected Stirling .jpg photos)")
         for id9, imgs in groups.items():
-            id5 = id9[:5]
-            items.append(ExportItem(f"{q}/{id5}/{id9}", imgs[::-1], out / "predicted_meshes" / q / id5 / id9, prepare,
-                                    out / "renders" / q / id5 / f"{id9}.jpg"))
+            key = f"{q}/{id9[:5]}/{id9}"
+            try:  # ID9 comes from a file name: the outputs stay under OUT whatever it holds
+                stem = path_inside(out / "predicted_meshes", key, "Stirling subject")
+            except MICAError as e:
+                items.append(ExportItem.refused(key, str(e)))
+                continue
+            items.append(ExportItem(key, imgs[::-1], stem, prepare, out / "renders" / f"{key}.jpg"))
     return items
 
 

@@ -316,3 +316,17 @@ def test_permission_denied_is_not_called_corrupt(tmp_path, monkeypatch):
     with pytest.raises(MICAError, match="permission denied") as e:
         load_checkpoint_file(path)
     assert "corrupt" not in str(e.value) and str(path) in str(e.value)
+
+
+@pytest.mark.parametrize("scale", [1e30, 2e6])
+def test_absurd_finite_weights_are_named(tmp_path, tar18, scale):
+    """Issue 21, D21: regressor.output.weight x1e30 ran to identities of 8e29 with status ok."""
+    raw = torch.load(tar18, weights_only=True)
+    key = "regressor.output.weight"
+    raw["flameModel"][key] = raw["flameModel"][key] / raw["flameModel"][key].abs().max() * scale
+    torch.save(raw, tmp_path / "big.tar")
+    with pytest.raises(MICAError) as e:
+        ckpt.load_mica_checkpoint(tmp_path / "big.tar")
+    msg = _one_line(e)
+    assert "big.tar" in msg and "'output.weight' holds values up to" in msg and f"{scale:.3g}" in msg
+    assert ckpt.load_mica_checkpoint(tar18)  # the real scale loads

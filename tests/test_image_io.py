@@ -161,3 +161,37 @@ def test_jpeg_with_trailing_data_and_greyscale(tmp_path: Path) -> None:
     out = read_image(tmp_path / "g.jpg")
     assert out.shape == img.shape and (out[..., 0] == out[..., 1]).all()
     assert np.abs(out[..., 0].astype(int) - np.asarray(grey)).mean() < 3
+
+
+def _sparse(path: Path, head: bytes, size: int) -> Path:
+    """A file of ``size`` bytes that starts with ``head``, the rest a hole (no disk space used)."""
+    with open(path, "wb") as f:
+        f.write(head)
+        f.truncate(size)
+    return path
+
+
+@pytest.mark.parametrize("head", ["zeros", "jpeg", "pgm"])
+def test_a_huge_file_named_like_an_image_is_not_read_whole(tmp_path: Path, monkeypatch, head: str) -> None:
+    """Issue 21, D5: a 20 GB file named .jpg was read whole into memory (21.9 GB peak) before being
+    refused. Files of 8 GB (sparse): nothing reads more than the header; one line naming the file."""
+    import utils.image_io as image_io
+
+    real_fromfile, read = np.fromfile, []
+
+    def spy(file, *args, **kwargs):
+        read.append(Path(file).stat().st_size)
+        assert Path(file).stat().st_size < 1 << 30, "a huge file is being read whole"
+        return real_fromfile(file, *args, **kwargs)
+
+    monkeypatch.setattr(image_io.np, "fromfile", spy)
+    small = tmp_path / "small.jpg"
+    Image.fromarray(np.full((64, 64, 3), 90, np.uint8)).save(small, quality=90)
+    data = {"zeros": b"", "jpeg": small.read_bytes(), "pgm": b"P5\n64 64\n255\n"}[head]
+    big = _sparse(tmp_path / f"big_{head}.jpg", data, 8 << 30)
+    with pytest.raises(MICAError) as e:
+        read_image(big)
+    msg = str(e.value)
+    assert "\n" not in msg and str(big) in msg
+    assert ("unsupported" in msg) if head == "zeros" else ("more than a 64x64 image can take" in msg)
+    assert read_image(small).shape == (64, 64, 3) and read  # a plain photo still reads (through the spy)

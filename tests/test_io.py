@@ -7,6 +7,7 @@ import stat
 import numpy as np
 import pytest
 
+from utils.errors import MICAError
 from utils.io import atomic_path, atomic_save_npy, atomic_write_bytes, atomic_write_text, written_file
 
 
@@ -97,3 +98,15 @@ def test_reconstruction_outputs_skip_fsync_and_empty_files_are_not_done(tmp_path
     assert not outputs_done(tmp_path / "r", render=True)  # no render.png
     (tmp_path / "r" / OUTPUT_FILES[2]).write_bytes(b"")  # what a power failure can leave
     assert not outputs_done(tmp_path / "r", render=False)
+
+
+def test_path_inside_keeps_list_lines_under_their_root(tmp_path):
+    from utils.io import path_inside
+
+    assert path_inside(tmp_path, "S1/selfie/a.jpg", "line") == tmp_path / "S1" / "selfie" / "a.jpg"
+    for bad, why in (("../x.jpg", "outside"), ("a/../../x", "outside"), ("/etc/passwd", "outside"),
+                     ("", "outside"), (".", "outside"), ("a/\x00b.jpg", "NUL")):
+        with pytest.raises(MICAError, match=why) as e:
+            path_inside(tmp_path, bad, "image list line")
+        assert "\n" not in str(e.value) and "image list line" in str(e.value)
+

@@ -24,6 +24,7 @@ from tests.synthetic_now import (
     kept_mask,
     make_scan,
     random_similarity,
+    write_image_list,
     write_now_folder,
     write_prediction,
 )
@@ -276,3 +277,20 @@ def test_unreadable_files_fail_their_items_and_the_rest_is_scored(tmp_path):
     assert res.missing == [lines[5]]
     expected = np.concatenate([truths["S1"], truths["S3"]])
     assert res.overall.mean == pytest.approx(np.mean(expected), rel=0.03)
+
+
+def test_nan_prediction_landmarks_fail_their_image_naming_the_file(tmp_path):
+    """Issue 21, N3: all-NaN predicted landmarks gave "not scored: SVD did not converge"."""
+    rng = np.random.default_rng(3)
+    v, f, lm = ellipsoid_head(3)
+    root = write_now_folder(tmp_path / "now", {"S1": make_scan(v, f, lm, noise_mm=0.2, rng=rng)})
+    lines = ["S1/selfie/IMG_1.jpg", "S1/selfie/IMG_2.jpg"]
+    write_image_list(root, lines)
+    for ln in lines:
+        write_prediction(tmp_path / "pred", ln, v, f, lm)
+    bad = tmp_path / "pred" / "S1" / "selfie" / "IMG_2.npy"
+    np.save(bad, np.full((7, 3), np.nan))
+    result = evaluate(now_items(root, tmp_path / "pred"), progress=False)
+    assert result.input_files == [lines[0]]
+    assert list(result.failed) == [lines[1]]
+    assert str(bad) in result.failed[lines[1]] and "NaN" in result.failed[lines[1]]

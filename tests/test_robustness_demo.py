@@ -640,3 +640,100 @@ def test_fuse_resumes_and_rebuilds_the_fused_mesh_from_the_done_inputs(tmp_path)
     np.testing.assert_array_equal(np.load(fused / "identity.npy"), reference)
     spread = json.loads((fused / "spread.json").read_text())
     assert spread["images"] == ["person/p0", "person/p1", "person/p2"]
+
+
+# ---------------------------------------------------------------------- issue 21: damaged outputs, records
+DAMAGE = {  # output folder or crop -> how it is damaged after a complete run
+    "img0/mesh.ply": lambda b: b[:100],  # cut to 100 bytes
+    "img1/identity.npy": lambda b: b[:-40],  # truncated
+    "img2/mesh.obj": lambda b: np.random.default_rng(0).bytes(len(b) // 2),  # random bytes
+    "-a/img3.jpg": lambda b: b[: len(b) // 3],  # a truncated crop
+    "img4/kpt68.npy": lambda b: b + b"x",  # one byte more
+}
+
+
+def _damage(tmp_path: Path) -> None:
+    for key, how in DAMAGE.items():
+        path = tmp_path / "o" / ("arcface" if key.startswith("-a/") else "meshes") / key.removeprefix("-a/")
+        path.write_bytes(how(path.read_bytes()))
+
+
+def test_damaged_outputs_of_done_inputs_are_redone(tmp_path, photos):
+    """Issue 21, D13: only empty files were caught; every damaged output now redoes its input,
+    and merge_summaries counts it pending (S7)."""
+    from micalib.inference import merge_summaries
+
+    first = _runner(tmp_path / "o").run(photos)
+    assert {r.input: r.status for r in first if r.input != "broken.jpg"} == {f"img{i}.png": "ok" for i in range(6)}
+    intact = {p: p.read_bytes() for p in (tmp_path / "o" / "meshes" / "img5").iterdir()}
+    _damage(tmp_path)
+    rows = {r.input: r.status for r in merge_summaries.merge(tmp_path / "o" / "meshes", photos, tmp_path / "o" / "arcface")}
+    assert [k for k, v in sorted(rows.items()) if v == "pending"] == [f"img{i}.png" for i in range(5)]
+    again = {r.input: r.status for r in _runner(tmp_path / "o").run(photos)}
+    assert {k: again[k] for k in rows if k != "broken.jpg"} == {**{f"img{i}.png": "ok" for i in range(5)}, "img5.png": "done"}
+    assert {p: p.read_bytes() for p in (tmp_path / "o" / "meshes" / "img5").iterdir()} == intact
+    from utils.mesh import read_mesh
+
+    assert read_mesh(tmp_path / "o" / "meshes" / "img0" / "mesh.ply")[0].shape == (4, 3)  # whole again
+    assert read_mesh(tmp_path / "o" / "meshes" / "img2" / "mesh.obj")[0].shape == (4, 3)
+    assert np.load(tmp_path / "o" / "meshes" / "img1" / "identity.npy").shape == (300,)
+    assert np.load(tmp_path / "o" / "meshes" / "img4" / "kpt68.npy").shape == (1, 68, 3)
+    assert cv2.imread(str(tmp_path / "o" / "arcface" / "img3.jpg")).shape == (224, 224, 3)
+    assert {r.status for r in _runner(tmp_path / "o").run(photos) if r.input != "broken.jpg"} == {"done"}
+
+
+def _edit_record(meshes: Path, name: str, **changes) -> None:
+    path = meshes / ".mica" / "done" / f"{name}.json"
+    path.write_text(json.dumps({**json.loads(path.read_text()), **changes}))
+
+
+def test_merge_summaries_refuses_records_that_lie(tmp_path, photos):
+    """Issue 21: a record with ``"outputs": 123`` (S4: a TypeError traceback) or a file list leading
+    out of -o (S6: /etc/passwd counted as an output) is not trusted: its input is pending."""
+    from micalib.inference import merge_summaries
+
+    _runner(tmp_path / "o").run(photos)
+    meshes = tmp_path / "o" / "meshes"
+    _edit_record(meshes, "img0", outputs=123)
+    _edit_record(meshes, "img1", files=["../../../../../../../../etc/passwd"], sizes={})
+    _edit_record(meshes, "img2", outputs=["../in"], files=["img0.png"], sizes={})
+    rows = {r.input: r for r in merge_summaries.merge(meshes, photos)}
+    assert rows["img0.png"].status == "pending" and "unreadable" in rows["img0.png"].message
+    assert rows["img1.png"].status == "pending" and rows["img2.png"].status == "pending"
+    assert [rows[f"img{i}.png"].status for i in range(3, 6)] == ["ok"] * 3
+    assert merge_summaries.main([str(meshes), "-i", str(photos)]) == 3  # pending: run again
+
+
+def test_merge_summaries_with_a_wrong_input_folder_warns_with_the_count(tmp_path, photos):
+    from loguru import logger
+
+    from micalib.inference import merge_summaries
+
+    _runner(tmp_path / "o").run(photos)
+    other = tmp_path / "two"
+    _photo(other / "img0.png", 0)
+    _photo(other / "new.png", 9)
+    lines = []
+    sink = logger.add(lambda m: lines.append(m.record["message"]), level="WARNING")
+    try:
+        rows = merge_summaries.merge(tmp_path / "o" / "meshes", other)
+    finally:
+        logger.remove(sink)
+    assert [r.status for r in rows] == ["ok", "pending"]
+    assert any("6 of the 7 completion records" in ln and "-i" in ln for ln in lines), lines
+
+
+class HugeHeads(SlowNetwork):
+    """Finite but absurd: every mesh 1000 times too large (a checkpoint with weights x1e30 does this)."""
+
+    def decode(self, identity):
+        out = super().decode(identity)
+        return {k: v * 1000 for k, v in out.items()}
+
+
+def test_an_absurd_but_finite_mesh_fails_its_input(tmp_path, photos):
+    results = _runner(tmp_path / "o", net=HugeHeads(0)).run(photos)
+    failed = [r for r in results if r.input != "broken.jpg"]
+    assert {r.status for r in failed} == {"failed"}
+    assert all("mm across" in r.message and "not a head" in r.message for r in failed)
+    assert not any((tmp_path / "o" / "meshes").glob("img*/mesh.ply"))

@@ -596,3 +596,17 @@ def test_config_keys_at_the_bounds_are_accepted():
     cfg = load_cfg(None, ["detector.threshold", "1.0", "dataset.batch_size", "4096", "dataset.num_workers", "64"])
     assert cfg.detector.threshold == 1.0 and cfg.dataset.batch_size == 4096
     assert load_cfg(None, ["detector.threshold", "0.01", "dataset.num_workers", "0"]).dataset.num_workers == 0
+
+
+def test_sigterm_as_interrupt_raises_keyboardinterrupt_and_restores_the_handler():
+    """utils.errors.sigterm_as_interrupt: the one SIGTERM handling of demo.py (and track.py)."""
+    import signal
+
+    from utils.errors import sigterm_as_interrupt
+
+    before = signal.getsignal(signal.SIGTERM)
+    with pytest.raises(KeyboardInterrupt):
+        with sigterm_as_interrupt():
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(5)  # the handler raises at once
+    assert signal.getsignal(signal.SIGTERM) is before

@@ -27,8 +27,10 @@ from micalib.inference import sharding
 from micalib.inference.demo_runner import DemoRunner, default_workers
 from micalib.inference.output_lock import LOCK_FILE
 from micalib.inference.sharding import Shard, parse_shard, resolve_shard
+from tests.numerics import reorder_bound, ulp32
 from tests.test_demo_runner import TETRA, SlowDetector
 from utils.errors import MICAError, run_main
+from utils.mesh import read_mesh
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -49,11 +51,32 @@ class TinyNetwork:
         x = torch.nn.functional.conv2d(torch.from_numpy(np.ascontiguousarray(batch)), self.conv, stride=4).relu()
         return torch.tanh(x.flatten(1) @ self.linear).numpy()
 
+    BASE = np.array([[0, 0, 0], [1, 0, 0], [0, 1, 0], [0, 0, 1]], np.float32) * 0.1
+
     def decode(self, identity: np.ndarray) -> dict:
-        base = np.array([[0, 0, 0], [1, 0, 0], [0, 1, 0], [0, 0, 1]], np.float32) * 0.1
-        verts = base[None] + (np.asarray(identity, np.float32) @ self.basis).reshape(-1, 4, 3)
+        verts = self.BASE[None] + (np.asarray(identity, np.float32) @ self.basis).reshape(-1, 4, 3)
         return {"vertices": verts, "landmarks68": np.repeat(verts[:, :1], 68, 1),
                 "landmarks7": verts[:, [0, 1, 2, 3, 0, 1, 2]]}
+
+    def bounds(self, x: np.ndarray, identity: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """How far another run's (batch, threads, CPU) float32 ``identity (300,)`` and ``vertices
+        (4, 3)`` (metres) of the network input ``x (3, 112, 112)`` may lie from these, by
+        tests/numerics.py: the convolution's 75-term sums (worst case), the linear layer's 5832-term
+        sums (probabilistic: its random weights cancel, the worst case would allow 0.1; the
+        convolution's errors carried through it as independent bounded terms, Hoeffding), tanh
+        (1-Lipschitz; its vectorised and scalar versions each within 2 ulp), then the decode's
+        301-term sums (worst case) with the identity's own bound propagated through |basis|."""
+        xd = torch.from_numpy(np.asarray(x, np.float64))[None]
+        conv, conv_abs = self.conv.double(), self.conv.double().abs()
+        y = torch.nn.functional.conv2d(xd, conv, stride=4).relu().flatten(1)[0].numpy()
+        e_conv = reorder_bound(torch.nn.functional.conv2d(xd.abs(), conv_abs, stride=4).flatten(1)[0].numpy(), 75)
+        w_abs = self.linear.double().abs().numpy()
+        e_in = 10 * np.sqrt(e_conv ** 2 @ w_abs ** 2)  # independent, bounded input errors: Hoeffding, lam = 10
+        e_id = reorder_bound(np.abs(y) @ w_abs, y.size, probabilistic=True) + e_in + 4 * ulp32(identity)
+        b_abs = np.abs(self.basis.astype(np.float64))
+        abs_v = np.abs(self.BASE).astype(np.float64).ravel() + np.abs(identity).astype(np.float64) @ b_abs
+        e_v = e_id @ b_abs + reorder_bound(abs_v, 301)
+        return e_id, e_v.reshape(4, 3)
 
 
 def _make_runner(args, net=None) -> DemoRunner:
@@ -132,6 +155,48 @@ def _files(out: Path) -> dict[str, bytes]:
     return {p.relative_to(out).as_posix(): p.read_bytes() for p in sorted(out.rglob("*")) if p.is_file()}
 
 
+NUMERIC_FILES = ("identity.npy", "kpt7.npy", "kpt68.npy", "mesh.ply", "mesh.obj")
+
+
+def _assert_same_results(got: Path, ref: Path) -> None:
+    """``got`` holds what ``ref`` holds: the same files; crops, network inputs and summary byte
+    for byte, records with the same content; the network's numbers (identity, landmarks, meshes)
+    within :meth:`TinyNetwork.bounds` of the reference, since another batch, thread count or CPU
+    may sum them in another order (byte identity across processes is not what MKL/oneDNN
+    guarantee: issue 21). Meshes in mm: plus 2 ulp of the mm value, and the .obj's 6 decimals."""
+    a, b = _files(got), _files(ref)
+    assert sorted(a) == sorted(b)
+    for key in b:
+        if key.endswith(".json") and "/.mica/done/" in key:
+            assert _record_content(a[key]) == _record_content(b[key]), key
+        elif not key.endswith(NUMERIC_FILES):
+            assert a[key] == b[key], key
+    net, checked = TinyNetwork(), 0
+    for ident in sorted((ref / "meshes").rglob("identity.npy")):
+        name = ident.parent.relative_to(ref / "meshes").as_posix()
+        id_ref, id_got = np.load(ident), np.load(got / "meshes" / name / "identity.npy")
+        e_id, e_v = net.bounds(np.load(ref / "arcface" / f"{name}.npy"), id_ref)
+        assert (np.abs(id_got.astype(np.float64) - id_ref) <= e_id).all(), name
+        v_ref = read_mesh(ident.parent / "mesh.ply")[0].astype(np.float64)
+        e_mm = e_v * 1000 + 2 * ulp32(v_ref)
+        assert e_mm.max() < 2.0  # mm; the meshes of two different photos lie ~25 mm apart
+        for f in ("mesh.ply", "mesh.obj"):
+            v_got = read_mesh(got / "meshes" / name / f)[0]
+            assert (np.abs(v_got - v_ref) <= e_mm + (1e-6 if f == "mesh.obj" else 0)).all(), (name, f)
+        for f, rows in (("kpt7.npy", [0, 1, 2, 3, 0, 1, 2]), ("kpt68.npy", [0] * 68)):
+            k_ref, k_got = (np.load(d / "meshes" / name / f).reshape(-1, 3).astype(np.float64) for d in (ref, got))
+            assert (np.abs(k_got - k_ref) <= e_mm[rows]).all(), (name, f)
+        checked += 1
+    assert checked >= 9  # every ok input was compared
+
+
+def _record_content(data: bytes) -> dict:
+    """A completion record without the byte sizes of text meshes (their digits may differ)."""
+    record = json.loads(data)
+    record.pop("sizes", None)
+    return record
+
+
 def _rows(meshes: Path) -> list[dict]:
     with open(meshes / "summary.csv", encoding="utf-8", newline="") as f:
         return sorted(csv.DictReader(f), key=lambda r: r["input"])
@@ -190,27 +255,22 @@ def test_three_gloo_ranks_and_shard_jobs_give_what_one_process_gives(tmp_path, p
     # one process, the oracle; batch 3 (the ranks batch other images together) and batch 1
     assert _demo(monkeypatch, photos, tmp_path / "one", "--batch-size", "3") == 1  # broken.jpg fails
     assert _demo(monkeypatch, photos, tmp_path / "one_b1", "--batch-size", "1") == 1
-    one = _files(tmp_path / "one")
-
     ranks = _torchrun(photos, tmp_path / "tr", tmp_path, "--batch-size", "3")
     assert [r["code"] for r in ranks] == [1, 1, 1]  # every rank: the run's exit code
     assert all(r["threads"] == max(1, sharding.usable_cores() // 3) for r in ranks)
-    tr = _files(tmp_path / "tr")
-    assert sorted(tr) == sorted(one)  # the same files (records, crops, meshes, summary)
+    # the same files (records, crops, meshes, summary); other batches: the numbers within bounds
+    _assert_same_results(tmp_path / "tr", tmp_path / "one")
     assert _rows(tmp_path / "tr" / "meshes") == _rows(tmp_path / "one" / "meshes")
-    for key in one:
-        if key.endswith("mesh.obj"):
-            np.testing.assert_allclose(_obj_vertices(tr[key]), _obj_vertices(one[key]), atol=1e-4)  # mm
     # the split: unit i of the sorted inputs on rank i mod 3
     inputs = sorted(p.relative_to(photos).as_posix() for p in photos.rglob("*") if p.is_file())
     for k, r in enumerate(ranks):
         assert sorted(r["inputs"]) == inputs[k::3]
-    # batch size 1: byte-identical to one process (meshes, crops, records, summary)
+    # batch size 1: the same files as one process, numbers within float32 reordering bounds
     ranks_b1 = _torchrun(photos, tmp_path / "tr_b1", tmp_path, "--batch-size", "1")
     assert [r["code"] for r in ranks_b1] == [1, 1, 1]
-    assert _files(tmp_path / "tr_b1") == _files(tmp_path / "one_b1")
+    _assert_same_results(tmp_path / "tr_b1", tmp_path / "one_b1")  # other thread counts: within bounds
 
-    # three --shard jobs at batch 1, then the merge: byte-identical to one process at batch 1
+    # three --shard jobs at batch 1, then the merge: what one process at batch 1 gives
     seen = []
     for k in range(3):
         net = TinyNetwork()
@@ -220,7 +280,7 @@ def test_three_gloo_ranks_and_shard_jobs_give_what_one_process_gives(tmp_path, p
         assert not (tmp_path / "sh" / "meshes" / "summary.csv").exists()  # independent jobs: no summary
     assert seen == [len(inputs[k::3]) - ("p1/broken.jpg" in inputs[k::3]) for k in range(3)]  # the same split
     assert merge_summaries.main([str(tmp_path / "sh" / "meshes"), "-i", str(photos)]) == 1  # one failed row
-    assert _files(tmp_path / "sh") == _files(tmp_path / "one_b1")
+    _assert_same_results(tmp_path / "sh", tmp_path / "one_b1")
 
 
 @pytest.mark.slow

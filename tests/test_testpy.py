@@ -196,7 +196,13 @@ def test_now_export_then_evaluate(tmp_path, face_photos_dir, synthetic_flame_dir
     # An image in which no face can be found: reported as failed, scored as missing.
     blank = cv2.imencode(".jpg", np.full((400, 400, 3), 120, np.uint8))[1].tobytes()
     val.append(("SUBJ0/selfie/IMG_blank.jpg", blank, (100.0, 100.0, 300.0, 300.0)))
-    write_now_folder(root, {}, val, "validation")
+    # A line leading out of the NoW folder, to a photo and a box beside which the user keeps files
+    # (issue 21, N7: they were overwritten): that item fails, nothing is written there.
+    escape = ("../../../../precious/victim.jpg",) + val[0][1:]
+    write_now_folder(root, {}, val + [escape], "validation")
+    val_lines = (root / "imagepathsvalidation.txt").read_text()
+    victim = {p: p.read_bytes() for p in (tmp_path / "precious").iterdir()}
+    assert sorted(p.name for p in victim) == ["victim.jpg", "victim.npy"]
     write_now_folder(root, {}, test, "test")
     out = tmp_path / "bench"
     args = ["--benchmark", "now", "--now-root", str(root), "-o", str(out), "--batch-size", "2", "--mesh-format", "obj",
@@ -207,7 +213,11 @@ def test_now_export_then_evaluate(tmp_path, face_photos_dir, synthetic_flame_dir
     assert "export_report.json" in res.stderr and "Traceback" not in res.stderr
     pred = out / "predicted_meshes"
     report = json.loads((out / "export_report.json").read_text())
-    assert report["written"] == len(photos) and list(report["failed"]) == ["SUBJ0/selfie/IMG_blank.jpg"]
+    assert report["written"] == len(photos)
+    assert sorted(report["failed"]) == sorted(["SUBJ0/selfie/IMG_blank.jpg", escape[0]])
+    assert "outside" in report["failed"][escape[0]]
+    assert {p: p.read_bytes() for p in (tmp_path / "precious").iterdir()} == victim  # nothing written there
+    (root / "imagepathsvalidation.txt").write_text(val_lines.replace(escape[0] + "\n", ""))
     assert "no face" in report["failed"]["SUBJ0/selfie/IMG_blank.jpg"] and report["skipped"] == {}
     for line, _, _ in val[:-1] + test:
         stem = pred / Path(line).with_suffix("")
@@ -289,3 +299,49 @@ def test_stirling_export_layout(tmp_path, face_photos_dir, synthetic_flame_dir, 
     report = json.loads((tmp_path / "out" / "export_report.json").read_text())
     assert report["done"] == 3 and report["written"] == 0 and list(report["failed"]) == ["HQ/F1003/F1003_01A"]
     assert not (pred / "HQ/F1003").exists()
+
+
+# ---------------------------------------------------------------------------------------------
+# Image-list lines that leave their root, or hold a NUL byte (issue 21: N5, N6, N7)
+# ---------------------------------------------------------------------------------------------
+BAD_LINES = ("../../../../precious/victim.jpg", "/etc/passwd", "S1/selfie/IMG_\x00.jpg", "S1/../../x/y.jpg")
+
+
+def test_export_items_from_bad_list_lines_fail_alone_and_write_nothing_outside(tmp_path):
+    from testing.now_export import ExportWriter, now_export_items
+    from tests.test_demo_runner import TETRA
+    from tests.test_sharding import TinyNetwork
+
+    root = write_now_folder(tmp_path / "now", {}, [("S1/selfie/IMG_1.jpg", b"jpeg", (1.0, 2.0, 3.0, 4.0))])
+    write_image_list(root, ["S1/selfie/IMG_1.jpg", *BAD_LINES])
+    victim = tmp_path / "precious" / "victim.npy"
+    victim.parent.mkdir()
+    victim.write_bytes(b"the user's file")
+    out = tmp_path / "out"
+    items = {it.key: it for it in now_export_items(root, out, detector=None, splits=("validation",))}
+    assert items["S1/selfie/IMG_1.jpg"].error is None
+    assert items["S1/selfie/IMG_1.jpg"].stem == out / "predicted_meshes" / "S1" / "selfie" / "IMG_1"
+    for line in BAD_LINES:
+        assert items[line].error and ("outside" in items[line].error or "NUL" in items[line].error), line
+        assert "\n" not in items[line].error
+    report = ExportWriter(TinyNetwork(), TETRA, ".ply", render=False).run([items[ln] for ln in BAD_LINES])
+    assert sorted(report.failed) == sorted(BAD_LINES) and report.written == 0
+    assert victim.read_bytes() == b"the user's file" and sorted(victim.parent.iterdir()) == [victim]
+    assert not out.exists() or not any(out.rglob("*.ply"))
+
+
+def test_evaluate_scores_the_good_lines_and_fails_each_bad_one(tmp_path):
+    rng = np.random.default_rng(2)
+    v, f, lm = ellipsoid_head(3)
+    root = write_now_folder(tmp_path / "now", {"S1": make_scan(v, f, lm, noise_mm=0.2, rng=rng)})
+    good = "S1/selfie/IMG_1.jpg"
+    write_prediction(tmp_path / "pred", good, v, f, lm)
+    write_image_list(root, [good, *BAD_LINES])
+    res = _run(["--evaluate", "--now-root", str(root), "--predicted", f"m={tmp_path / 'pred'}",
+                "--results", str(tmp_path / "res")])
+    assert res.returncode == 1 and "Traceback" not in res.stderr, res.stderr
+    summary = json.loads((tmp_path / "res" / "results.json").read_text())[0]
+    assert summary["overall"]["n_images"] == 1  # the good line is scored
+    assert sorted(summary["failed"]) == sorted(BAD_LINES)
+    not_scored = [ln for ln in res.stderr.splitlines() if "not scored" in ln]
+    assert len(not_scored) == len(BAD_LINES)

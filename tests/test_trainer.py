@@ -487,3 +487,27 @@ def test_fp16_loss_scale_is_checkpointed_and_resumed(train_setup_dir, tmp_path, 
     wa, wb = weights_of(ref), weights_of(resumed)
     for k in wa:
         assert torch.equal(wa[k], wb[k]), k
+
+
+@pytest.mark.slow
+def test_truncated_last_checkpoint_falls_back_to_the_last_intact_one(train_setup_dir, tmp_path):
+    """Issue 21, R2: a cut-off latest checkpoint stopped the run with advice for a downloaded mica.tar;
+    the automatic resume now takes the newest intact one with a warning, and a checkpoint named with
+    --resume that is cut off is one line with advice for a training checkpoint."""
+    opts = make_opts(train_setup_dir, tmp_path / "r", **{"train.checkpoint_steps": 1, "train.max_steps": 2,
+                                                          "train.keep_checkpoints": 0})
+    build_trainer(load_cfg(ROOT / "configs/mica.yml", opts)).train()
+    ckpts = tmp_path / "r" / "checkpoints"
+    latest = ckpts / "model_00000002.tar"
+    assert (ckpts / "last_checkpoint").read_text().strip() == latest.name
+    latest.write_bytes(latest.read_bytes()[:5000])  # a kill or a full disk while it was written
+    cfg = load_cfg(ROOT / "configs/mica.yml", opts + ["train.max_steps", "3"])
+    box = {}
+    warnings = warnings_during(lambda: box.setdefault("t", build_trainer(cfg)))
+    assert box["t"].state.step == 1  # from model_00000001.tar
+    assert any("unreadable" in w and "model_00000001.tar" in w and "newest intact" in w for w in warnings), warnings
+    with pytest.raises(MICAError) as e:  # named explicitly: no silent substitute
+        build_trainer(cfg, resume=str(latest))
+    msg = str(e.value)
+    assert "\n" not in msg and str(latest) in msg and "cut off while being written" in msg
+    assert "download" not in msg

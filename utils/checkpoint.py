@@ -70,7 +70,7 @@ KNOWN_IRESNETS = {
 _MAX_GROUPS = 6
 
 
-def load_checkpoint_file(path: PathLike, what: str = "checkpoint") -> Any:
+def load_checkpoint_file(path: PathLike, what: str = "checkpoint", fix: str = "download or copy it again") -> Any:
     """``torch.load(path, map_location='cpu', weights_only=True)`` with numpy allowed, one-line errors.
 
     The one reader of every ``torch.save`` file of the project (checkpoints, ``backbone.pth``,
@@ -96,7 +96,7 @@ def load_checkpoint_file(path: PathLike, what: str = "checkpoint") -> Any:
             raise MICAError(f"{what} {path} refused: it holds Python objects other than tensors and numpy arrays{name}; "
                             f"it was not executed - use an original checkpoint file from a trusted source") from None
         raise MICAError(f"{what} {path} is not a readable PyTorch file ({msg.splitlines()[0][:120]}); "
-                        f"the file is corrupt - download or copy it again") from None
+                        f"the file is corrupt - {fix}") from None
     except PermissionError:
         raise MICAError(f"{what} {path} cannot be read: permission denied - give your user read access "
                         f"(chmod/chown) or copy it somewhere readable") from None
@@ -104,16 +104,28 @@ def load_checkpoint_file(path: PathLike, what: str = "checkpoint") -> Any:
             IndexError, TypeError, UnicodeDecodeError) as e:
         first = (str(e).splitlines() or [type(e).__name__])[0][:120]
         raise MICAError(f"{what} {path} is not a readable PyTorch file ({first}); it is truncated or "
-                        f"corrupt - download or copy it again") from None
+                        f"corrupt - {fix}") from None
+
+
+# No weight or BatchNorm statistic of a trained network comes near this; a file that holds one is
+# damaged (issue 21, D21: regressor weights x1e30 gave identities of 8e29 and no warning).
+MAX_ABS_WEIGHT = 1e6
 
 
 def check_finite(state: Mapping[str, Any], source: str) -> None:
-    """Raise one ``MICAError`` line naming ``source`` and the first tensor holding NaN or inf."""
+    """Raise one ``MICAError`` line naming ``source`` and the first tensor holding NaN or inf, or a
+    value beyond ``MAX_ABS_WEIGHT`` in magnitude."""
     for key, value in state.items():
-        if torch.is_tensor(value) and value.is_floating_point() and not bool(torch.isfinite(value).all()):
+        if not (torch.is_tensor(value) and value.is_floating_point()) or value.numel() == 0:
+            continue
+        if not bool(torch.isfinite(value).all()):
             bad = int((~torch.isfinite(value)).sum())
             raise MICAError(f"{source}: tensor '{key}' holds {bad} NaN or infinite values - the file is damaged "
                             f"or comes from a diverged training run; use another checkpoint")
+        biggest = float(value.abs().max())
+        if biggest > MAX_ABS_WEIGHT:
+            raise MICAError(f"{source}: tensor '{key}' holds values up to {biggest:.3g} in magnitude, beyond the "
+                            f"{MAX_ABS_WEIGHT:.0e} no trained network reaches - the file is damaged; use another checkpoint")
 
 
 def clean_state_dict(state: Mapping[str, Any]) -> "OrderedDict[str, torch.Tensor]":
@@ -204,8 +216,8 @@ def _check_arcface(state: Mapping[str, Any], model: Optional[nn.Module], source:
                         f"or use a checkpoint of that architecture")
 
 
-def load_mica_checkpoint(path: PathLike) -> Dict[str, Any]:
-    """Read a ``mica.tar``-format file.
+def load_mica_checkpoint(path: PathLike, fix: str = "download or copy it again") -> Dict[str, Any]:
+    """Read a ``mica.tar``-format file (``fix``: the advice when it is unreadable).
 
     Returns:
         dict with ``arcface`` (IResNet state dict), ``regressor`` (mapping-network state dict,
@@ -217,7 +229,7 @@ def load_mica_checkpoint(path: PathLike) -> Dict[str, Any]:
         FileNotFoundError, MICAError: unreadable file or not the mica.tar layout.
     """
     path = Path(path).expanduser()
-    data = load_checkpoint_file(path, "MICA checkpoint")
+    data = load_checkpoint_file(path, "MICA checkpoint", fix)
     if not isinstance(data, Mapping) or any(k not in data for k in MICA_KEYS):
         if isinstance(data, Mapping) and guess_arcface_layers(clean_state_dict(data)) is not None:
             raise MICAError(f"MICA checkpoint {path} is a bare ArcFace backbone ({_arch_name(guess_arcface_layers(clean_state_dict(data)))}), "

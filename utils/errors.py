@@ -11,10 +11,13 @@ one line; ``run_main`` formats such an ``OSError`` the same way when it comes fr
 """
 from __future__ import annotations
 
+import contextlib
 import errno as errno_codes
 import os
+import signal
 import sys
-from typing import Callable, Optional, Union
+import threading
+from typing import Callable, Iterator, Optional, Union
 
 from loguru import logger
 
@@ -105,3 +108,22 @@ def run_main(main: Callable[[], int | None]) -> None:
         logger.error("interrupted")
         sys.exit(130)
     sys.exit(int(code or 0))
+
+
+@contextlib.contextmanager
+def sigterm_as_interrupt() -> Iterator[None]:
+    """SIGTERM (``kill``, a job scheduler, a lost session's cleanup) stops the command like Ctrl-C:
+    a ``KeyboardInterrupt`` in the main thread, so the command finishes what it must write (the
+    demo's summary with ``pending`` rows) and ``run_main`` exits with 130. Outside the main thread
+    (where no handler can be set) it does nothing; the previous handler is restored on exit."""
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)

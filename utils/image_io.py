@@ -152,16 +152,33 @@ def _header_size(head: bytes) -> Optional[Tuple[int, int]]:
     return None
 
 
-def _cv2_read(path: Path, max_pixels: Optional[int]) -> np.ndarray | None:
+# The most bytes an image file of W x H pixels takes: float32 RGBA (TIFF, PFM) is 16 per pixel,
+# plus room for metadata (EXIF, ICC profiles, thumbnails). A larger file is not a plain image of
+# that size (a 20 GB file named .jpg was read whole into memory before being refused: issue 21, D5).
+MAX_BYTES_PER_PIXEL = 16
+FILE_SLACK_BYTES = 64 << 20
+_HEAD_BYTES = 65536
+
+
+def _check_file_size(path: Path, n_bytes: int, width: int, height: int) -> None:
+    limit = MAX_BYTES_PER_PIXEL * width * height + FILE_SLACK_BYTES
+    if n_bytes > limit:
+        raise MICAError(f"image {path} is {n_bytes / 1e6:.0f} MB, more than a {width}x{height} image can take "
+                        f"({limit / 1e6:.0f} MB at most): it is not a plain image file, so it is not read; {_FIX}")
+
+
+def _cv2_read(path: Path, max_pixels: Optional[int], n_bytes: int) -> np.ndarray | None:
     """Fallback decoder (OpenCV) for files Pillow cannot identify, for the formats whose size
-    ``_header_size`` reads (checked before decoding); None when it cannot read the file either."""
-    data = np.fromfile(str(path), dtype=np.uint8)
-    if data.size == 0:
-        return None
-    size = _header_size(data[:65536].tobytes())
+    ``_header_size`` reads from the first 64 KiB (pixels and file size checked before the file is
+    read whole); None when it cannot read the file either."""
+    with open(path, "rb") as f:
+        head = f.read(_HEAD_BYTES)
+    size = _header_size(head) if head else None
     if size is None:
         return None
     _check_pixels(path, size[0], size[1], max_pixels)
+    _check_file_size(path, n_bytes, size[0], size[1])
+    data = np.fromfile(str(path), dtype=np.uint8)
     img = cv2.imdecode(data, cv2.IMREAD_UNCHANGED)
     if img is None:
         return None
@@ -256,6 +273,7 @@ def read_image(path: PathLike, min_size: int = MIN_IMAGE_SIZE, max_pixels: Optio
     try:
         with Image.open(path) as img:
             _check_pixels(path, img.size[0], img.size[1], max_pixels)
+            _check_file_size(path, st.st_size, img.size[0], img.size[1])
             rgb = _read_jpeg_fast(path, img)
             if rgb is None:
                 img.load()
@@ -264,7 +282,7 @@ def read_image(path: PathLike, min_size: int = MIN_IMAGE_SIZE, max_pixels: Optio
                 rgb = _pil_to_rgb(img)
     except UnidentifiedImageError:
         try:
-            rgb = _cv2_read(path, max_pixels)
+            rgb = _cv2_read(path, max_pixels, st.st_size)
         except OSError as e:
             raise _read_error(path, e) from None
         if rgb is None:

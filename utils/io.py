@@ -248,6 +248,24 @@ def prepare_output_dir(folder: PathLike, what: str = "output folder", clean: boo
     return folder
 
 
+# ---------------------------------------------------------------------------------------------
+# Paths named by a file (image lists, records); folders that must not overlap
+# ---------------------------------------------------------------------------------------------
+def path_inside(root: PathLike, relative: str, what: str) -> Path:
+    """``root / relative`` for a relative path read from a file (an image-list line, a record's
+    file list), refused with one line (``MICAError`` naming ``what``) when it could leave ``root``
+    or cannot be a file name: empty, absolute, a ``..`` component, or a NUL byte. Lexical only:
+    a symbolic link inside ``root`` placed by the user is followed as the user meant it."""
+    text = str(relative)
+    if "\x00" in text:
+        raise MICAError(f"{what} {text!r} holds a NUL byte, which no file name can hold; fix that line")
+    rel = Path(text)
+    if not text.strip() or not rel.parts or rel.is_absolute() or ".." in rel.parts:
+        raise MICAError(f"{what} {text!r} points outside {root} (an absolute path or '..'); "
+                        "give a path relative to it, without '..'")
+    return Path(root) / rel
+
+
 # how ``folder_relation``'s answers read in a message: "OUTPUT ... the input folder"
 RELATION_WORDS = {"same": "is", "inside": "lies inside", "contains": "contains"}
 

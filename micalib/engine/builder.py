@@ -180,7 +180,8 @@ def build_trainer(cfg, resume: Optional[str | bool] = None, device: Optional[tor
     trainer.register_hooks(default_hooks(cfg, scheduler=scheduler, validator=validator, checkpointer=checkpointer,
                                          faces=faces, writer=writer) + list(extra_hooks))
     if ckpt is not None:
-        checkpointer.resume(ckpt, reset_optimizer=bool(cfg.train.reset_optimizer))
+        named = isinstance(resume, (str, os.PathLike)) and str(resume) not in ("", "auto")  # --resume PATH
+        checkpointer.resume(ckpt, reset_optimizer=bool(cfg.train.reset_optimizer), fallback=not named)
     if comm.is_main_process() and (amp_dtype != torch.float32 or cfg.train.channels_last
                                    or cfg.train.optimizer_impl != "auto"):
         logger.info(f"training precision {str(amp_dtype).replace('torch.', '')}, channels-last "

@@ -216,14 +216,37 @@ class Checkpointer:
         return last_checkpoint(self.output_dir)
 
     # -------------------------------------------------------------------------------------------
-    def resume(self, path: os.PathLike | str, reset_optimizer: bool = False) -> None:
-        """Restore weights, optimiser, scheduler, loss scale, validator, position and RNG state from ``path``.
+    def _load_intact(self, path: Path, fallback: bool) -> tuple[Path, Dict[str, Any]]:
+        """``path`` read; with ``fallback``, an unreadable periodic checkpoint (cut off by a kill or a
+        full disk while written) gives way to the newest older one of this run that reads, with a
+        warning."""
+        fix = (f"it was cut off while being written (a kill, a full disk); delete it to resume from the one "
+               f"before, or pass --resume with an older checkpoint of {self.checkpoint_dir}")
+        try:
+            return path, load_mica_checkpoint(path, fix)
+        except MICAError as error:
+            if not fallback:
+                raise
+            older = sorted((p for p in self.checkpoint_dir.glob("model_*.tar") if p.name < path.name), reverse=True)
+            for candidate in older:
+                try:
+                    ckpt = load_mica_checkpoint(candidate, fix)
+                except MICAError:
+                    continue
+                if comm.is_main_process():
+                    logger.warning(f"the last checkpoint is unreadable ({error}); resuming from {candidate}, "
+                                   f"the newest intact one")
+                return candidate, ckpt
+            raise
+
+    def resume(self, path: os.PathLike | str, reset_optimizer: bool = False, fallback: bool = False) -> None:
+        """Restore weights, optimiser, scheduler, loss scale, validator, position and RNG state from ``path``
+        (``fallback``: from the newest intact checkpoint of this run when ``path`` is unreadable).
 
         Raises:
             MICAError: not a training checkpoint, or incompatible with this run.
         """
-        path = Path(path)
-        ckpt = load_mica_checkpoint(path)
+        path, ckpt = self._load_intact(Path(path), fallback)
         extra = ckpt["extra"]
         if "global_step" not in extra or "opt" not in extra:
             raise MICAError(f"{path} holds weights only, no training state (start from it with -m {path} "

@@ -7,7 +7,8 @@ detect, align: ``prepare(*entry) -> [Job, ...]`` or an exception value), schedul
 network runs once (``predictor.predict_identity``) and FLAME decodes once (``predictor.decode``);
 then ``write(job, decoded, i)`` writes each face (spread over the pool when it is idle) and
 ``finish(job, error, decoded, i)`` does the caller's bookkeeping, in input order. A face whose
-prediction is not finite (NaN or inf) is not written: ``finish`` gets the reason instead.
+prediction is not finite (NaN or inf), or whose mesh is not head-sized (``implausible_mesh``), is not
+written: ``finish`` gets the reason instead.
 """
 from __future__ import annotations
 
@@ -24,10 +25,25 @@ from tqdm import tqdm
 from micalib.inference.scheduling import Schedule
 from models.face_prep import AlignedFace
 
-__all__ = ["BatchLoop", "GpuBusy", "Job", "StageTimer", "NON_FINITE_MESSAGE"]
+__all__ = ["BatchLoop", "GpuBusy", "Job", "StageTimer", "NON_FINITE_MESSAGE", "implausible_mesh"]
 
 NON_FINITE_MESSAGE = ("the network predicted non-finite numbers (NaN or inf) for this face, nothing was "
                       "written; check the checkpoint (-m) and the photo")
+# A head mesh's bounding-box diagonal (FLAME's template: ~330 mm); outside, the prediction is absurd
+# though finite (a damaged checkpoint: issue 21, D21) and that face fails.
+HEAD_DIAGONAL_MM = (50.0, 500.0)
+
+
+def implausible_mesh(vertices_m: np.ndarray) -> Optional[str]:
+    """Why the (V, 3) mesh in metres is not a head (its bounding-box diagonal outside
+    ``HEAD_DIAGONAL_MM``), or None."""
+    v = np.asarray(vertices_m, dtype=np.float64).reshape(-1, 3)
+    diag = float(np.linalg.norm(v.max(0) - v.min(0))) * 1000.0
+    low, high = HEAD_DIAGONAL_MM
+    if low <= diag <= high:
+        return None
+    return (f"the predicted mesh is {diag:.3g} mm across (bounding-box diagonal), not a head ({low:.0f}-{high:.0f} mm); "
+            "nothing was written; check the checkpoint (-m) and the photo")
 
 
 @dataclass
@@ -155,7 +171,9 @@ class BatchLoop:
             finite &= np.isfinite(np.asarray(decoded[key], dtype=np.float64).reshape(len(jobs), -1)).all(1)
 
         def write_one(i: int) -> Optional[str]:
-            return write(jobs[i], decoded, i) if finite[i] else NON_FINITE_MESSAGE
+            if not finite[i]:
+                return NON_FINITE_MESSAGE
+            return implausible_mesh(decoded["vertices"][i]) or write(jobs[i], decoded, i)
 
         errors = self.writes.map_idle(write_one, range(len(jobs)))  # with prefetch the pool is busy preparing
         for i, (job, error) in enumerate(zip(jobs, errors)):  # bookkeeping in input order

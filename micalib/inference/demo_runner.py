@@ -46,6 +46,7 @@ from models.detectors import MTCNN
 from models.face_prep import aligned_input, detect_and_align
 from models.flame import M_TO_MM
 from utils.errors import MICAError
+from utils.identity import read_identity
 from utils.image_io import ImageList, list_images, read_image, write_image
 from utils.io import atomic_save_npy, atomic_write_text, folder_relation
 
@@ -362,7 +363,7 @@ class DemoRunner:
         if r.status != "failed":
             r.status, r.message = "ok", ""
         try:
-            write_record(self.output_dir, r)
+            write_record(self.output_dir, r, self.arcface_dir)
         except OSError as e:
             if r.status == "ok":
                 r.status, r.message = "failed", f"could not write its completion record: {e}"
@@ -528,7 +529,8 @@ class DemoRunner:
         if opts.fuse:  # inputs done before join their group's mean through their saved identity
             for r in results:
                 if r.status == "done" and r.outputs:
-                    code = np.load(self.output_dir / r.outputs[0] / "identity.npy", allow_pickle=False)
+                    code = read_identity(self.output_dir / r.outputs[0] / "identity.npy",
+                                         "delete that output folder to redo the input, or pass --overwrite")
                     self._fused_codes[str(PurePath(r.input).parent)].append((r.outputs[0], code))
             self._write_fused(self._fused_codes)
         renamed = [r for r in results if r.name and r.name != PurePath(r.input).with_suffix("").as_posix()]

@@ -24,7 +24,10 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Collection, Dict, Iterable, List, Optional, Sequence, Tuple, Union
 
-from utils.io import atomic_write_text, written_file
+from loguru import logger
+
+from utils.errors import MICAError
+from utils.io import atomic_write_text, path_inside, written_file
 
 STATE_DIR = ".mica"  # OUTPUT/.mica: the run's bookkeeping (records, lock); never an input
 RECORD_DIR = f"{STATE_DIR}/done"
@@ -48,6 +51,9 @@ class ItemResult:
     checkpoint: str = ""  # hash prefix of the network that made the outputs
     files: List[str] = field(default_factory=list)  # the files inside each output folder
     crops: List[str] = field(default_factory=list)  # its files in the crop folder (-a): NAME.jpg, NAME.npy, ...
+    # byte size of every output file ("NAME/mesh.ply") and crop ("-a/NAME.jpg") when the record was
+    # written: a file cut short or replaced later no longer matches, and the input is redone
+    sizes: Dict[str, int] = field(default_factory=dict)
 
 
 SUMMARY_COLUMNS = ["input", "status", "outputs", "message", "faces", "score", "name", "checkpoint", "input_hex"]
@@ -90,10 +96,19 @@ def record_path(output_dir: Path, name: str) -> Path:
     return Path(output_dir) / RECORD_DIR / f"{name}.json"
 
 
-def write_record(output_dir: Path, result: ItemResult) -> None:
-    """Write the record of a finished input (``ok`` or ``failed``), atomically. Call it only after
-    all of the input's files are written: it is what makes the input done."""
+CROP_KEY = "-a/"  # prefix of the crops' entries in ItemResult.sizes
+
+
+def write_record(output_dir: Path, result: ItemResult, arcface_dir: Optional[Path] = None) -> None:
+    """Write the record of a finished input (``ok`` or ``failed``), atomically, with the byte size
+    of each of its files (and crops in ``arcface_dir``). Call it only after all of the input's
+    files are written: it is what makes the input done."""
     assert result.status in ("ok", "failed"), result.status
+    if result.status == "ok":
+        result.sizes = {f"{out}/{f}": os.stat(Path(output_dir) / out / f).st_size
+                        for out in result.outputs for f in result.files}
+        if arcface_dir is not None:
+            result.sizes.update({CROP_KEY + c: os.stat(Path(arcface_dir) / c).st_size for c in result.crops})
     data = {"version": RECORD_VERSION, **asdict(result), "input_hex": name_hex(result.input)}
     # no fsync: an empty record (power failure) reads as no record, and the outputs are checked anyway
     atomic_write_text(record_path(output_dir, result.name), json.dumps(data, indent=1) + "\n", fsync=False)
@@ -104,10 +119,27 @@ def read_record(output_dir: Path, name: str) -> Optional[ItemResult]:
     return _load(record_path(output_dir, name))
 
 
+# The types a record's fields must have (a record is a file anyone can edit: issue 21, S4)
+_FIELD_TYPES = {"input": str, "status": str, "outputs": list, "message": str, "faces": int,
+                "score": (int, float, type(None)), "name": str, "checkpoint": str, "files": list, "crops": list,
+                "sizes": dict}
+
+
+def _well_formed(data: dict) -> bool:
+    if any(k in data and not isinstance(data[k], t) for k, t in _FIELD_TYPES.items()):
+        return False
+    lists = [x for k in ("outputs", "files", "crops") for x in data.get(k, [])]
+    sizes = data.get("sizes", {})
+    return (all(isinstance(x, str) for x in lists)
+            and all(isinstance(k, str) and isinstance(v, int) and not isinstance(v, bool) for k, v in sizes.items()))
+
+
 def _load(path: Path) -> Optional[ItemResult]:
+    """The record at ``path``; None when it is unreadable, of another version, or not well formed."""
     try:
         data = json.loads(path.read_text(encoding="ascii"))
-        if data.get("version") != RECORD_VERSION or data.get("status") not in ("ok", "failed"):
+        if not isinstance(data, dict) or data.get("version") != RECORD_VERSION \
+                or data.get("status") not in ("ok", "failed") or not _well_formed(data):
             return None
         known = {f.name for f in fields(ItemResult)}
         return ItemResult(**{k: v for k, v in data.items() if k in known})
@@ -138,11 +170,33 @@ def is_done(output_dir: Path, record: Optional[ItemResult], input_rel: str, requ
         expected = [f"{record.name}_{k}" for k in range(len(record.outputs))] if all_faces else [record.name]
         if record.outputs != expected:
             return False
-    if arcface_dir is not None and (not record.crops or
-                                    not all(written_file(Path(arcface_dir) / c) for c in record.crops)):
+    try:  # every path a record names stays inside its folder (issue 21, S6)
+        crops = [path_inside(arcface_dir, c, "crop") for c in record.crops] if arcface_dir is not None else []
+        files = set(record.files) | set(required_files)
+        outputs = [path_inside(output_dir, f"{out}/{f}", "output") for out in record.outputs for f in files]
+    except MICAError:
         return False
-    files = set(record.files) | set(required_files)
-    return all(written_file(Path(output_dir) / out / f) for out in record.outputs for f in files)
+    if arcface_dir is not None and (not crops or not all(written_file(c) for c in crops)):
+        return False
+    if not all(written_file(p) for p in outputs):
+        return False
+    return _sizes_match(output_dir, record.sizes, arcface_dir)
+
+
+def _sizes_match(output_dir: Path, sizes: Dict[str, int], arcface_dir: Optional[Path]) -> bool:
+    """Every file the record sized still has that size (records written before sizes were kept
+    have none: only the checks above)."""
+    for key, size in sizes.items():
+        crop = key.startswith(CROP_KEY)
+        if crop and arcface_dir is None:
+            continue
+        try:
+            path = path_inside(arcface_dir, key[len(CROP_KEY):], "crop") if crop else path_inside(output_dir, key, "output")
+            if os.stat(path).st_size != size:
+                return False
+        except (MICAError, OSError):
+            return False
+    return True
 
 
 def done_record(output_dir: Path, name: str, input_rel: str, required_files: Sequence[str],
@@ -208,10 +262,20 @@ def rebuild_summary(output_dir: Path, inputs: Optional[Sequence[Tuple[str, str]]
         rows = sorted(records.values(), key=lambda r: r.input)
     else:
         rows = []
+        used = set()
         for rel, name in inputs:
             record = records.get(name)
+            if record is not None and record.status == "pending" and record.input != rel:  # unreadable record
+                record = ItemResult(input=rel, status="pending", name=name, message=record.message)
+            if record is not None and record.input == rel:
+                used.add(name)
             rows.append(record if record is not None and record.input == rel
                         else ItemResult(input=rel, status="pending", name=name, message=PENDING_MESSAGE))
+        unused = len(set(records) - used)
+        if unused:
+            logger.warning(f"{unused} of the {len(records)} completion records in {Path(output_dir) / RECORD_DIR} "
+                           f"name inputs that are not in the input folder; they are left out of the summary "
+                           f"(is -i the folder the run read?)")
     write_summary(output_dir, rows)
     return rows
 

@@ -43,6 +43,7 @@ from micalib.tracking.crop import transform_points
 from micalib.tracking.depth import DepthMesh
 from micalib.tracking.fitting import FrameState, Intrinsics, LandmarkFitter, interpolate_state, pick_keyframes
 from micalib.tracking.frames import open_frames, prefetch
+from micalib.tracking.identity import mica_identity, mica_loader
 from micalib.tracking.layout import TrackLayout
 from micalib.tracking.model import TrackingFLAME, load_eyelids, load_mediapipe_embedding, observations
 from micalib.tracking.options import TrackOptions
@@ -58,6 +59,7 @@ from micalib.tracking.resume import (
 )
 from micalib.tracking.writer import FrameWriter, png_bytes
 from utils.errors import MICAError
+from utils.identity import read_identity
 from utils.io import atomic_save_npy, atomic_write_bytes, atomic_write_text, remove_stale_temps, written_file
 from utils.mesh import obj_text
 
@@ -186,19 +188,9 @@ class TrackRunner:
             check_assets(flame_files)
             flame = FLAME.from_config(cfg)
 
-        def load_mica():
-            from micalib.predictor import Predictor
-            from models.detectors import create_detector
-
-            predictor = Predictor.from_config(cfg, device=options.device)
-            detector = create_detector(cfg.detector.name, antelopev2_dir=resolve_path(cfg.detector.antelopev2_dir),
-                                       det_size=tuple(cfg.detector.det_size), threshold=cfg.detector.threshold,
-                                       mtcnn_max_side=cfg.detector.mtcnn_max_side)
-            return predictor, detector
-
-        return cls(options, input_path, out_root, flame, load_mica=load_mica, identity_path=identity_path,
-                   landmarks_path=landmarks_path, source=source, flame_files=flame_files,
-                   masks_path=resolve_path(cfg.model.flame_masks_path))
+        return cls(options, input_path, out_root, flame, load_mica=mica_loader(cfg, options.device),
+                   identity_path=identity_path, landmarks_path=landmarks_path, source=source,
+                   flame_files=flame_files, masks_path=resolve_path(cfg.model.flame_masks_path))
 
     # ----------------------------------------------------------------------------------- run
     def run(self, finish: Callable[[Path], None] | None = None) -> Path:
@@ -466,20 +458,9 @@ class TrackRunner:
         """MICA's identity: ``--identity``, else the one cached in ``identity.npy``, else MICA on the frames."""
         dst = self.layout.identity
         if self.identity_path is not None:
-            try:
-                ident = np.load(self.identity_path, allow_pickle=False)
-            except (OSError, ValueError) as e:
-                raise MICAError(f"identity {self.identity_path} is not a readable .npy ({str(e)[:80]}); "
-                                "pass MICA's identity.npy") from None
-            if tuple(np.shape(ident)) not in ((300,), (1, 300)):
-                raise MICAError(f"identity {self.identity_path} has shape {tuple(np.shape(ident))}, not MICA's (300,) "
-                                "coefficients; pass MICA's identity.npy")
-            ident = np.asarray(ident, np.float32).reshape(-1)
-            if not np.isfinite(ident).all():
-                raise MICAError(f"identity {self.identity_path} holds non-finite values (NaN/inf); "
-                                "pass MICA's identity.npy")
+            ident = read_identity(self.identity_path, "pass MICA's identity.npy")
         elif written_file(dst):
-            ident = np.load(dst, allow_pickle=False).astype(np.float32).reshape(-1)
+            ident = read_identity(dst, "delete it to compute it again (or pass --overwrite)")
         else:
             ident = self._mica_identity()
         atomic_save_npy(dst, ident.astype(np.float32))
@@ -487,28 +468,21 @@ class TrackRunner:
 
     def _mica_identity(self) -> np.ndarray:
         """MICA on several frames with a face, averaged (``demo.py --fuse``)."""
-        from models.face_prep import detect_and_align
-
         t0 = time.perf_counter()
         if self.load_mica is None:
             raise MICAError(f"no MICA model to compute the identity of {self.source.path}; pass --identity identity.npy")
-        predictor, detector = self.load_mica()
         want = set(pick_keyframes(range(len(self.source)), int(self.options.identity_frames)))
-        inputs = []
-        for k, _i, rgb in self.source:
-            if k in want:
-                try:
-                    inputs.append(detect_and_align(rgb, detector, source=f"frame {k}")[0].input112)
-                except MICAError:
-                    continue
-            if k >= max(want):
-                break
-        if not inputs:
-            raise MICAError(f"MICA found no face in the frames of {self.source.path}; pass --identity identity.npy")
-        codes = predictor.predict_identity(np.stack(inputs))
+
+        def frames():
+            for k, _i, rgb in self.source:
+                if k in want:
+                    yield k, rgb
+                if k >= max(want):
+                    break
+
+        codes = mica_identity(*self.load_mica(), frames(), str(self.source.path))
         self.timings.add("identity (MICA)", time.perf_counter() - t0)
-        logger.info(f"identity: MICA fused over {len(inputs)} frames")
-        return codes.mean(0)
+        return codes
 
     # ------------------------------------------------------------------ stage 2: fit inputs
     def fit_inputs(self, lm: dict[str, np.ndarray], matrices: list[np.ndarray]) -> FitInputs:
@@ -606,7 +580,7 @@ class TrackRunner:
         rows = {k: r for k, r in old_rows(lay).items() if k < n}
         for k in range(n):  # finished frames whose row a killed run lost: rebuilt without the fit's RMS
             if fit.done[k] and k not in rows:
-                rows[k] = _row(k, self.source.indices[k], fps_out, fit.has_face[k], fit.valid[k], {},
+                rows[k] = csv_row(k, self.source.indices[k], fps_out, fit.has_face[k], fit.valid[k], {},
                                not fit.has_face[k], fit.model)
         self._journal = RowJournal(lay.rows_journal)
         video = None
@@ -741,7 +715,7 @@ class _FrameLoop:
 
     def row(self, k: int, i: int, rms: dict, interpolated: bool) -> dict:
         fit = self.fit
-        return _row(k, i, self.fps_out, fit.has_face[k], fit.valid[k], rms, interpolated, fit.model)
+        return csv_row(k, i, self.fps_out, fit.has_face[k], fit.valid[k], rms, interpolated, fit.model)
 
     def emit(self, k: int, i: int, crop: np.ndarray, st: FrameState, row: dict | None) -> None:
         """Hand frame k to the writer (in frame order); ``row`` None = finished before."""
@@ -761,7 +735,7 @@ class _FrameLoop:
         self.seconds["write"] += time.perf_counter() - t0
 
 
-def _row(k: int, i: int, fps_out: float, face: bool, valid: np.ndarray, rms: dict, interpolated: bool,
+def csv_row(k: int, i: int, fps_out: float, face: bool, valid: np.ndarray, rms: dict, interpolated: bool,
          model: TrackingFLAME) -> dict:
     """Frame k's tracking.csv row."""
     return {"frame": frame_name(k), "input_frame": int(i), "time_s": round(k / fps_out, 6),

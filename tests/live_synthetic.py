@@ -1,0 +1,68 @@
+"""Synthetic-truth live runs for the live tests: the tracker test's ground-truth sequence
+(``tests.synthetic_tracking``) played through ``PacedRows`` into a ``LiveSession``."""
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+import numpy as np
+
+from tests.synthetic_tracking import make_sequence, synthetic_setup
+
+
+class Synthetic:
+    """Assets, FLAME, a ground-truth sequence and a config pointing at them (built once per test module)."""
+
+    def __init__(self, tmp: Path, n_frames: int = 120, noise_px: float = 0.5) -> None:
+        from configs.config import load_cfg
+
+        self.assets, self.flame, self.emb, self.lids, self.identity, self.iris = synthetic_setup(tmp, real=False)
+        emb_d = {"landmark_indices": self.emb.landmark_indices, "lmk_face_idx": self.emb.lmk_face_idx,
+                 "lmk_b_coords": self.emb.lmk_b_coords}
+        self.seq = make_sequence(self.flame, self.lids, emb_d, self.identity, n_frames=n_frames, size=512,
+                                 distance=0.6, focal_x=1.5, noise_px=noise_px, iris_vertices=self.iris, seed=11)
+        np.save(tmp / "identity.npy", self.identity)
+        self.identity_path = tmp / "identity.npy"
+        a = self.assets
+        self.cfg = load_cfg(None, ["model.flame_model_path", str(a["flame_model_path"]),
+                                   "model.flame_lmk_embedding_path", str(a["flame_lmk_embedding_path"]),
+                                   "tracker.mediapipe_embedding_path", str(a["mediapipe_embedding_path"]),
+                                   "tracker.l_eyelid_path", str(a["l_eyelid_path"]),
+                                   "tracker.r_eyelid_path", str(a["r_eyelid_path"]),
+                                   "tracker.iris_vertices", str(list(self.iris)), "tracker.crop", "False"])
+
+    def rows(self, repeat: int = 1) -> dict[str, np.ndarray]:
+        mp = self.seq["mediapipe"].astype(np.float32)
+        return {"mediapipe": np.concatenate([mp] * repeat)}
+
+    def session(self, fps: float, warmup_s: float = 1.0, output=None, port: int | None = 0, send_crops=False,
+                image=None, repeat: int = 1, fail_after=None, start_server: bool = True, lossless: bool = False):
+        from micalib.live.build import LiveOptions, build_tracker, writer_factory
+        from micalib.live.session import LiveSession, glb_builder
+        from micalib.live.sources import PacedRows
+        from micalib.live.stream import StreamServer
+
+        o = LiveOptions(identity=str(self.identity_path), warmup_s=warmup_s, output=None if output is None else str(output),
+                        send_crops=send_crops)
+        src = PacedRows(self.rows(repeat), fps, image=image, name="synthetic", fail_after=fail_after, lossless=lossless)
+        tracker = build_tracker(self.cfg, o, flame=self.flame, emb=self.emb, lids=self.lids, detector=object())
+        server = StreamServer("127.0.0.1", 0) if port is not None else None
+        sess = LiveSession(src, tracker, server, writer_factory(self.cfg, o, src), send_crops, glb=glb_builder(fps))
+        if server is not None and start_server:
+            server.start()
+        return sess
+
+
+def run_in_thread(session):
+    """Run ``session.run()`` in a thread; returns (thread, box) with box["stats"] or box["error"]."""
+    box: dict = {}
+
+    def work():
+        try:
+            box["stats"] = session.run()
+        except BaseException as e:  # noqa: BLE001 - handed to the test
+            box["error"] = e
+
+    t = threading.Thread(target=work, daemon=True)
+    t.start()
+    return t, box

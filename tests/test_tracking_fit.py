@@ -19,7 +19,8 @@ from tests.synthetic_tracking import (
 SIZE, N_FRAMES, NOISE = 512, 120, 0.5
 
 
-def _check(seq, fr, model, face, out, focal_tol=0.01):
+def _check(seq, fr, model, face, out=None, focal_tol=0.02):
+    """The synthetic ground-truth checks; ``out``: also the run record's camera estimate (offline runs)."""
     import json
 
     from micalib.tracking.camera import matrix_to_axis_angle, rotation_6d_to_matrix
@@ -34,9 +35,10 @@ def _check(seq, fr, model, face, out, focal_tol=0.01):
     assert abs(t_fit[:, 2].mean() / d_true.mean() - 1) < focal_tol  # the camera distance
     assert np.abs(t_fit[:, 2] / d_true - 1).max() < 0.02  # and every frame's
     # the run record states the estimate: the truth inside its 95% interval, decided by the motion
-    cam = json.loads((out / ".track_run.json").read_text())["camera"]
-    assert cam["low"] <= f_true <= cam["high"] and cam["decided_by"] == "motion"
-    assert abs(cam["focal"] - focal[0]) < 1e-3 * focal[0]
+    if out is not None:
+        cam = json.loads((out / ".track_run.json").read_text())["camera"]
+        assert cam["low"] <= f_true <= cam["high"] and cam["decided_by"] == "motion"
+        assert abs(cam["focal"] - focal[0]) < 1e-3 * focal[0]
     assert abs((focal[0] / t_fit[:, 2].mean()) / (f_true / d_true.mean()) - 1) < 0.005
     assert np.abs(t_fit[:, :2] - seq["t"][:, :2]).mean() < 1e-3
     # meshes in model space
@@ -68,7 +70,7 @@ def _check(seq, fr, model, face, out, focal_tol=0.01):
 @pytest.mark.slow
 def test_synthetic_ground_truth_random_topology(tmp_path):
     seq, fr, model, face, out = track_synthetic(tmp_path, real=False, n_frames=N_FRAMES, noise_px=NOISE)
-    _check(seq, fr, model, face, out)
+    _check(seq, fr, model, face, out, focal_tol=0.01)  # issue 22: 1% on the mean
     rows = (out / "tracking.csv").read_text().splitlines()
     assert len(rows) == N_FRAMES + 1 and rows[0].startswith("frame,")
 

@@ -39,6 +39,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="npz with 'mediapipe' (T,478,2) and/or 'ibug68' (T,68,2) per input frame instead of detection")
     p.add_argument("--fps", type=float, default=None, help="output frame rate of a video (default 25; a folder of frames: every frame)")
     p.add_argument("--image-size", type=int, default=512, help="side of the square crop")
+    p.add_argument("--focal", type=float, default=None, metavar="PX",
+                   help="the camera's focal length in pixels of the input frames (fixes it; default: fitted on "
+                        "keyframes with a field-of-view prior, tracker.fit.fov_deg; live: during the warm-up)")
     p.add_argument("--photometric", action="store_true", help="photometric refinement after the landmark fit (slower; a GPU helps)")
     p.add_argument("--no-video", action="store_true", help="skip video.mp4")
     p.add_argument("--no-glb", action="store_true", help="skip OUT/NAME/NAME.glb (the animated glTF of the clip) and so the viewer page")
@@ -48,8 +51,6 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--cfg", default="configs/tracker.yml", help="YAML config merged over the defaults")
     p.add_argument("--device", default=None, help="auto, cpu, cuda, cuda:N or mps (MICA and --photometric)")
     p.add_argument("--precision", choices=["fp32", "bf16", "fp16", "auto"], default=None)
-    p.add_argument("--focal", type=float, default=None, metavar="PX",
-                   help="live: the camera's focal length in source pixels (default: fitted during the warm-up)")
     p.add_argument("--warmup", type=float, default=2.0, metavar="S",
                    help="live: seconds of frames with a face before the intrinsics are fitted and fixed")
     p.add_argument("--host", default="127.0.0.1", help="live: address the stream listens on (loopback only unless --allow-remote)")
@@ -100,6 +101,10 @@ def main(argv=None) -> int:
     if args.fps is not None and Path(args.input).is_dir():
         logger.info(f"--fps {args.fps:g} is ignored for a folder of frames: every frame is tracked")
     opts = list(args.opts)
+    if args.focal is not None:
+        if not args.focal > 0:
+            raise ValueError(f"--focal {args.focal:g}: give the focal length in pixels of the input frames (> 0)")
+        opts += ["tracker.fit.focal", str(float(args.focal))]
     for key, value in (("device", args.device), ("precision", args.precision)):
         if value is not None:
             opts += [key, value]

@@ -38,8 +38,10 @@ def stage_cpu(cfg, video: str, fps: float, size: int, n: int, with_video: bool) 
     from configs.config import resolve_path
     from micalib.tracking import crop as cropmod
     from micalib.tracking.depth import DepthMesh, depth_mm, depth_png_bytes, frame_geometry
-    from micalib.tracking.fitting import LandmarkFitter, pick_keyframes
+    from micalib.tracking.fitting import LandmarkFitter
+    from micalib.tracking.focal_prior import make_prior
     from micalib.tracking.frames import open_frames
+    from micalib.tracking.keyframes import calibrate, choose_keyframes
     from micalib.tracking.landmarks import MEDIAPIPE_IBUG68, MediaPipeLandmarker
     from micalib.tracking.model import TrackingFLAME, load_eyelids, load_mediapipe_embedding, observations
     from micalib.tracking.options import FitSettings
@@ -79,7 +81,10 @@ def stage_cpu(cfg, video: str, fps: float, size: int, n: int, with_video: bool) 
         model = TrackingFLAME(flame, np.zeros(300), emb, lids, tuple(int(v) for v in cfg.tracker.iris_vertices), ibug68=False)
         fitter = LandmarkFitter(model, FitSettings.from_section(cfg.tracker.fit), (size, size))
         obs = [observations(model, p.astype(np.float64), None) for p in lms]
-        fitter.calibrate([obs[j] for j in pick_keyframes(range(n), fitter.s.keyframes)])
+        keys = timed("keyframes (choice + intrinsics)", choose_keyframes, fitter, [o for o, _v in obs],
+                     [v for _o, v in obs], range(n), fitter.s.keyframes)
+        timed("keyframes (choice + intrinsics)", calibrate, fitter, [obs[j] for j in keys],
+              make_prior(fitter.s, src.size, size / (box[1] - box[0]), None))
         kk, prev = fitter.intr.k, None
         dmesh = DepthMesh.build(model.faces, flame.n_vertices, None)
         writer = VideoWriter(tmp / "v.mp4", fps, (3 * size, size)) if with_video else None

@@ -232,6 +232,9 @@ _C.tracker.ibug68_model = ""
 # Crop: one square box from the first frame's landmarks times bbox_scale (False = the whole frame).
 _C.tracker.crop = True
 _C.tracker.bbox_scale = 2.5
+# Where MediaPipe finds no face on the whole frame (small faces), windows of the frame are searched
+# (micalib/tracking/landmarks.py FaceSearch): every frame until the first face, then every Nth faceless one.
+_C.tracker.search_every = 10
 # Follow the face with a box per frame (smoothed) instead of one box.
 _C.tracker.follow_face = False
 # Frames with a face used to compute the identity with MICA when no --identity is given.
@@ -282,8 +285,19 @@ _C.tracker.fit.smooth_eyes = 0.35
 _C.tracker.fit.smooth_eyelids = 0.3
 _C.tracker.fit.smooth_rot = 0.03
 _C.tracker.fit.smooth_t = 0.01
-# Initial focal length, times the crop's larger side.
-_C.tracker.fit.focal_init = 2.0
+# Focal length prior (micalib/tracking/focal_prior.py): the source camera's field of view across
+# the source frame's larger side (degrees), log-normal with this standard deviation of log focal
+# (band +-2 sigma: 32-98 degrees). A face spanning more than face_fraction of the frame's larger
+# side marks a pre-cropped input: the source frame is then taken as the one in which the face spans
+# precrop_face_fraction (in 1080p talking-head clips the face spans 0.08-0.18 of the width), with
+# the width precrop_log_sigma. focal > 0 (--focal PX, source pixels) fixes the focal length (and the
+# principal point at the crop centre) instead of fitting it.
+_C.tracker.fit.fov_deg = 60.0
+_C.tracker.fit.focal_log_sigma = 0.35
+_C.tracker.fit.face_fraction = 0.25
+_C.tracker.fit.precrop_face_fraction = 0.12
+_C.tracker.fit.precrop_log_sigma = 0.5
+_C.tracker.fit.focal = 0.0
 # Principal point prior around the centre, times the crop size.
 _C.tracker.fit.pp_sigma = 0.01
 # Principal point: "centre" pins it at the centre of the image the camera is fitted in (the crop:

@@ -190,8 +190,11 @@ def _aa(r: np.ndarray) -> np.ndarray:
 
 def make_sequence(flame, eyelids: np.ndarray, mp_emb: dict[str, np.ndarray], identity: np.ndarray,
                   n_frames: int = 120, size: int = 512, distance: float = 0.6, focal_x: float = 1.5,
-                  noise_px: float = 0.5, iris_vertices=None, seed: int = 0) -> dict[str, np.ndarray]:
-    """Ground truth and noisy landmarks of a smooth head motion (see the module docstring).
+                  noise_px: float = 0.5, iris_vertices=None, seed: int = 0, yaw_deg: float = 30.0,
+                  pitch_deg: float = 15.0, move: float = 1.0) -> dict[str, np.ndarray]:
+    """Ground truth and noisy landmarks of a smooth head motion (see the module docstring): yaw
+    +-``yaw_deg``, pitch +-``pitch_deg``, translation +-2 cm, 1 cm sideways and 1 cm in depth
+    times ``move``.
 
     Returns a dict: ``exp`` (T,100), ``pose`` (T,9) axis-angle jaw/eyes, ``eyelids`` (T,2),
     ``R`` (T,3,3), ``t`` (T,3), ``K`` (3,3), ``vertices`` (T,V,3), ``mediapipe`` (T,478,2),
@@ -212,12 +215,12 @@ def make_sequence(flame, eyelids: np.ndarray, mp_emb: dict[str, np.ndarray], ide
     pose[:, 3], pose[:, 4] = eyes[:, 0], eyes[:, 1]
     pose[:, 6], pose[:, 7] = eyes[:, 2], eyes[:, 3]
     lids = np.clip(0.5 + 0.5 * np.sin(2 * np.pi * tt[:, None] / np.array([[30.0, 37.0]]) + rng.uniform(0, 6, 2)), 0, 1)
-    yaw = np.radians(30) * np.sin(2 * np.pi * tt / n_frames)
-    pitch = np.radians(15) * np.sin(2 * np.pi * tt / (n_frames / 2.0) + 0.5)
+    yaw = np.radians(yaw_deg) * np.sin(2 * np.pi * tt / n_frames)
+    pitch = np.radians(pitch_deg) * np.sin(2 * np.pi * tt / (n_frames / 2.0) + 0.5)
     head = _rot("y", yaw) @ _rot("x", pitch)
     r = np.diag([1.0, -1.0, -1.0])[None] @ head
-    t = np.stack([0.02 * np.sin(2 * np.pi * tt / 70.0), 0.01 * np.cos(2 * np.pi * tt / 50.0),
-                  distance + 0.01 * np.sin(2 * np.pi * tt / 90.0)], 1)
+    t = np.stack([0.02 * move * np.sin(2 * np.pi * tt / 70.0), 0.01 * move * np.cos(2 * np.pi * tt / 50.0),
+                  distance + 0.01 * move * np.sin(2 * np.pi * tt / 90.0)], 1)
     f = focal_x * size
     k = np.array([[f, 0, size / 2.0 - 0.5], [0, f, size / 2.0 - 0.5], [0, 0, 1.0]])
     shape = torch.as_tensor(np.asarray(identity, np.float32)[None]).expand(n_frames, -1)
@@ -279,16 +282,24 @@ def synthetic_setup(tmp, real: bool, assets_hook=None):
 
 
 def track_synthetic(tmp, real: bool, n_frames: int = 120, noise_px: float = 0.5, size: int = 512, video: bool = False,
-                    extra_opts=(), blank_frames=(), identity_offset=None, assets_hook=None):
+                    extra_opts=(), blank_frames=(), identity_offset=None, assets_hook=None, motion=None,
+                    first_frame: int = 0, seq=None, extra_args=()):
     """Make a ground-truth sequence, run ``track.py --landmarks`` on it; returns
     (sequence, frame dicts, TrackingFLAME, face-region vertex ids, output folder).
     ``blank_frames``: frames whose landmarks are all NaN (no face found); ``identity_offset``:
     (300,) added to the true identity in the ``--identity`` file (a wrong starting identity);
-    ``assets_hook``: see ``synthetic_setup``."""
+    ``assets_hook``: see ``synthetic_setup``; ``motion``: ``make_sequence`` keywords (focal_x,
+    yaw_deg, pitch_deg, move, seed); ``seq``: a sequence made before, of which frames
+    ``first_frame`` .. + ``n_frames`` are tracked; ``extra_args``: more track.py flags (before the
+    KEY VALUE overrides)."""
     assets, flame, emb, lids, identity, iris = synthetic_setup(tmp, real, assets_hook)
     emb_d = {"landmark_indices": emb.landmark_indices, "lmk_face_idx": emb.lmk_face_idx, "lmk_b_coords": emb.lmk_b_coords}
-    seq = make_sequence(flame, lids, emb_d, identity, n_frames=n_frames, size=size, distance=0.6, focal_x=1.5,
-                        noise_px=noise_px, iris_vertices=iris, seed=11)
+    if seq is None:
+        kw = {"focal_x": 1.5, "seed": 11, **(motion or {})}
+        seq = make_sequence(flame, lids, emb_d, identity, n_frames=first_frame + n_frames, size=size, distance=0.6,
+                            noise_px=noise_px, iris_vertices=iris, **kw)
+    seq = {k: (v[first_frame:first_frame + n_frames] if isinstance(v, np.ndarray) and k != "K" else v)
+           for k, v in seq.items()}
     frames = tmp / "clip"
     frames.mkdir()
     grey = np.full((size, size, 3), 90, np.uint8)
@@ -316,7 +327,7 @@ def track_synthetic(tmp, real: bool, n_frames: int = 120, noise_px: float = 0.5,
             "tracker.iris_vertices", str(list(iris)), "tracker.crop", "False"]
     track.main(["-i", str(frames), "-o", str(tmp / "out"), "--landmarks", str(tmp / "lmk.npz"),
                 "--identity", str(tmp / "identity.npy"), "--image-size", str(size)] + ([] if video else ["--no-video"])
-               + opts + list(extra_opts))
+               + list(extra_args) + opts + list(extra_opts))
     out = tmp / "out" / "clip"
     fr = [read_frame(out / "checkpoint" / f"{k:05d}.frame") for k in range(n_frames)]
     model = TrackingFLAME(flame, identity, emb, lids, iris)
@@ -356,7 +367,10 @@ def track_clip(tmp: Path, hook) -> Path:
     return track_synthetic(tmp, False, n_frames=CLIP_FRAMES, assets_hook=hook)[4]
 
 
-def check_fit(seq, fr, model, face):
+def check_fit(seq, fr, model, face, out=None, focal_tol=0.02):
+    """The synthetic ground-truth checks; ``out``: also the run record's camera estimate (offline runs)."""
+    import json
+
     from micalib.tracking.camera import matrix_to_axis_angle, rotation_6d_to_matrix
 
     k_fit = np.stack([f["opencv"]["K"][0] for f in fr]).astype(np.float64)
@@ -364,9 +378,15 @@ def check_fit(seq, fr, model, face):
     f_true, d_true = seq["K"][0, 0], seq["t"][:, 2]
     focal = k_fit[:, 0, 0]
     assert np.allclose(focal, focal[0])  # one camera for the sequence
-    assert abs(focal[0] / f_true - 1) < 0.02
-    assert abs(t_fit[:, 2].mean() / d_true.mean() - 1) < 0.02  # the camera distance
-    assert np.abs(t_fit[:, 2] / d_true - 1).max() < 0.03  # and every frame's (measured: <= 2.1%)
+    # issue 22's goals: focal and distance within 1% on the mean, 2% on every frame
+    assert abs(focal[0] / f_true - 1) < focal_tol
+    assert abs(t_fit[:, 2].mean() / d_true.mean() - 1) < focal_tol  # the camera distance
+    assert np.abs(t_fit[:, 2] / d_true - 1).max() < 0.02  # and every frame's
+    # the run record states the estimate: the truth inside its 95% interval, decided by the motion
+    if out is not None:
+        cam = json.loads((out / ".track_run.json").read_text())["camera"]
+        assert cam["low"] <= f_true <= cam["high"] and cam["decided_by"] == "motion"
+        assert abs(cam["focal"] - focal[0]) < 1e-3 * focal[0]
     assert abs((focal[0] / t_fit[:, 2].mean()) / (f_true / d_true.mean()) - 1) < 0.005
     assert np.abs(t_fit[:, :2] - seq["t"][:, :2]).mean() < 1e-3
     # meshes in model space

@@ -23,7 +23,7 @@ SIZE, N_FRAMES, NOISE = 512, 120, 0.5
 @pytest.mark.slow
 def test_synthetic_ground_truth_random_topology(tmp_path):
     seq, fr, model, face, out = track_synthetic(tmp_path, real=False, n_frames=N_FRAMES, noise_px=NOISE)
-    check_fit(seq, fr, model, face)
+    check_fit(seq, fr, model, face, out, focal_tol=0.01)  # issue 22: 1% on the mean
     rows = (out / "tracking.csv").read_text().splitlines()
     assert len(rows) == N_FRAMES + 1 and rows[0].startswith("frame,")
 
@@ -35,8 +35,10 @@ def test_synthetic_ground_truth_real_topology(tmp_path):
 
     if shared_flame_public() is None or shared_tracker_dir() is None:
         pytest.skip("../shared/data/flame_public or ../shared/data/tracker is absent")
-    seq, fr, model, face, _ = track_synthetic(tmp_path, real=True, n_frames=N_FRAMES, noise_px=NOISE)
-    check_fit(seq, fr, model, face)
+    seq, fr, model, face, out = track_synthetic(tmp_path, real=True, n_frames=N_FRAMES, noise_px=NOISE)
+    # issue 22 asks for 1% on the mean: measured 1.3% here (8 keyframes; inside the reported 95%
+    # interval of +-2.4%, 24 keyframes still gave 0.8-1.7% on three noise draws): not met, 2% kept
+    check_fit(seq, fr, model, face, out, focal_tol=0.02)
 
 
 def test_reduced_landmark_model_matches_full_flame(tmp_path):

@@ -7,7 +7,7 @@ mode) on each crop; landmark rows are moved into the same box. ``OnlineTracker.p
 - **warm-up**: frames with a face are collected until ``warmup_s`` seconds of the source have passed
   since the first face (at least ``MIN_WARMUP`` of them); then the identity is fixed (``--identity``,
   or MICA on up to ``tracker.identity_frames`` of those frames, fused) and the intrinsics (given
-  with ``--focal``, else fitted on keyframes of the warm-up frames, ``LandmarkFitter.calibrate``),
+  with ``--focal``, else fitted on keyframes of the warm-up frames with the focal prior, ``keyframes.calibrate``),
   then kept. Warm-up frames are not tracked (``process`` returns None);
 - **tracking**: ``LandmarkFitter.fit_frame`` warm-started from the previous frame (the first from
   the warm-up's last keyframe), with the temporal prior towards it -- only past frames are used.
@@ -26,6 +26,8 @@ from loguru import logger
 from micalib.live.sources import Captured
 from micalib.tracking import crop as cropmod
 from micalib.tracking.fitting import FrameState, Intrinsics, LandmarkFitter, pick_keyframes
+from micalib.tracking.focal_prior import CameraEstimate, face_size, make_prior
+from micalib.tracking.keyframes import calibrate, choose_keyframes
 from micalib.tracking.model import TrackingFLAME, observations
 from micalib.tracking.options import FitSettings
 
@@ -52,8 +54,10 @@ class Framing:
     def __init__(self, size: int, bbox_scale: float, crop: bool, detector=None) -> None:
         self.size, self.scale, self.crop, self.detector = int(size), float(bbox_scale), bool(crop), detector
         self.matrix: np.ndarray | None = None  # (2, 3) input px -> crop px, fixed at the first face
+        self.source_wh: tuple[int, int] | None = None  # the input frames' (width, height)
 
     def _set_box(self, pts68: np.ndarray | None, wh: tuple[int, int]) -> bool:
+        self.source_wh = tuple(int(v) for v in wh)
         if not self.crop:
             w, h = wh
             s = self.size / w
@@ -114,6 +118,7 @@ class OnlineTracker:
         self.model: TrackingFLAME | None = None
         self.fitter: LandmarkFitter | None = None
         self.identity_source = "given" if identity is not None else "mica"
+        self.camera: CameraEstimate | None = None  # what the warm-up's keyframes decided (focal_prior.py)
         self._warm: list[tuple[Captured, np.ndarray | None, np.ndarray | None]] = []
         self.prev: FrameState | None = None
         self.n_tracked = 0
@@ -171,15 +176,18 @@ class OnlineTracker:
         for _, mp, ib in warm:
             o, v = observations(self.model, mp, ib)
             obs.append((o, v & (fitter.set_w > 0)))
-        keys = pick_keyframes(range(len(warm)), self.s.keyframes)
+        keys = choose_keyframes(fitter, [o for o, _v in obs], [v for _o, v in obs], range(len(warm)), self.s.keyframes)
         if self.focal_px is not None:
             fitter.intr = Intrinsics(float(self.focal_px) * float(self.framing.matrix[0, 0]), *fitter.centre)
             self.prev = fitter.fit_frame(*obs[-1], None).state
             how = "given (--focal)"
         else:
-            states = fitter.calibrate([obs[k] for k in keys])
+            scale, wh = float(self.framing.matrix[0, 0]), self.framing.source_wh or (self.size, self.size)
+            face = face_size([obs[k][0][obs[k][1]] for k in keys])
+            prior = make_prior(self.s, wh, scale, None if face is None else face / scale)
+            states, self.camera = calibrate(fitter, [obs[k] for k in keys], prior, keys)
             self.prev = states[-1]
-            how = f"fitted on {len(keys)} keyframes of the warm-up"
+            how = f"fitted on {len(keys)} keyframes of the warm-up ({self.camera.describe(scale, max(wh))})"
             if self.s.refine_identity:
                 self.identity = self.identity.copy()
                 self.identity[: fitter.identity_change.size] += fitter.identity_change.astype(np.float32)

@@ -125,9 +125,10 @@ class LiveSession:
         if self.writer_factory is not None:
             self.writer = self.writer_factory(t)
         if self.server is not None:
-            i = t.fitter.intr
+            i, c = t.fitter.intr, t.camera
+            interval = None if c is None else [round(c.low, 3), round(c.high, 3)]  # crop px, as focal_px
             self.server.publish([text({"type": "camera", "K": np.round(t.k, 4).tolist(), "focal_px": round(i.focal, 3),
-                                       "focal_interval_px": None, "warmup_frames": self._taken_warm + self.source.dropped,
+                                       "focal_interval_px": interval, "warmup_frames": self._taken_warm + self.source.dropped,
                                        "identity": t.identity_source})])
 
     def _emit(self, res: OnlineResult) -> None:

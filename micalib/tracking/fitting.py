@@ -3,10 +3,9 @@ vector, and the camera intrinsics on keyframes.
 
 Per frame the unknowns are ``[exp (100) | jaw, left eye, right eye (9, axis-angle) | eyelids (2) |
 camera rotation increment (3) | camera translation (3)]`` (117); the intrinsics (focal, cx, cy, in
-pixels of the crop) are shared and fitted jointly on keyframes first (unlike the original, which
-fits them with Adam on the first keyframe and refines them on the others: here one joint
-Levenberg-Marquardt over all keyframes, so the focal length / distance trade-off is decided by
-several head poses at once).
+pixels of the crop) are shared and fitted jointly on keyframes first (``keyframes.py``, with the
+focal prior of ``focal_prior.py``; unlike the original, which fits them with Adam on the first
+keyframe and refines them on the others).
 
 Cost (pixels of the crop; every term a squared, weighted residual):
 - landmark terms: per point ``w_set * rho(|proj - obs| / sigma_px)`` with a Huber ``rho`` (robust,
@@ -156,7 +155,8 @@ class LandmarkFitter:
         self.set_w = _set_weights(model, settings)
         self._basis = None  # (pose, exp_basis at that pose), reused while the jaw/eyes stay near it
         self.centre = ((self.w - 1) / 2.0, (self.h - 1) / 2.0)  # OpenCV pixel centres
-        self.intr = Intrinsics(settings.focal_init * max(self.h, self.w), *self.centre)
+        # until the keyframes decide: the focal prior's centre for an uncropped frame (focal_prior.py)
+        self.intr = Intrinsics(0.5 * max(self.h, self.w) / np.tan(np.radians(settings.fov_deg) / 2), *self.centre)
         s = settings
         prior = np.zeros(N_FRAME)
         prior[:N_EXP] = 1 / s.exp_sigma ** 2
@@ -186,10 +186,11 @@ class LandmarkFitter:
     # -----------------------------------------------------------------------------------------
     def _linearise(self, st: FrameState, obs: np.ndarray, valid: np.ndarray, intr: Intrinsics,
                    prev: FrameState | None, basis: np.ndarray, with_intr: bool, cache: dict | None = None,
-                   shape: tuple[np.ndarray, np.ndarray] | None = None):
+                   shape: tuple[np.ndarray, np.ndarray] | None = None, reg_scale: float = 1.0):
         """Cost, normal matrix H, gradient g (of 0.5 * cost) at ``st``; sizes 117 (+3 intrinsics,
         + S identity coefficients when ``shape`` = (the points' identity Jacobian (N, 3, S), the
-        identity change) is given; its prior is added by the caller, once for all keyframes)."""
+        identity change) is given; its prior is added by the caller, once for all keyframes).
+        ``reg_scale`` multiplies the priors (the keyframe fit's noise scale, ``keyframes.py``)."""
         m, s = self.model, self.s
         cbin = m.contour_bin(st.r) if "contour" in m.slices else 0
         pts, jm = m.point_jacobian(st.exp, st.pose, st.eyelids, cbin, basis, cache)
@@ -218,18 +219,13 @@ class LandmarkFitter:
             jac[:, 1, N_FRAME] = xc[:, 1] / z
             jac[:, 0, N_FRAME + 1] = 1.0
             jac[:, 1, N_FRAME + 2] = 1.0
-        # robust per-point weights (Huber, IRLS)
-        norm = np.linalg.norm(res, axis=1) / s.sigma_px
-        huber = np.where(norm <= s.huber_px, 1.0, s.huber_px / np.maximum(norm, 1e-12))
-        wpt = self.set_w * valid * huber / s.sigma_px ** 2
-        rho = np.where(norm <= s.huber_px, norm ** 2, 2 * s.huber_px * norm - s.huber_px ** 2)
-        cost = float((self.set_w * valid * rho).sum())
+        wpt, cost = self._robust(res, valid)
         j2 = jac.reshape(-1, n_par)
         jw = j2 * np.repeat(wpt, 2)[:, None]
         h, g = _normal_equations(jw, j2, res.reshape(-1))
         # priors and symmetry
         x = np.concatenate([st.exp, st.pose, st.eyelids, np.zeros(6)])
-        hp = np.diag(self.prior) + self.sym
+        hp = (np.diag(self.prior) + self.sym) * reg_scale
         h[:N_FRAME, :N_FRAME] += hp
         g[:N_FRAME] += hp @ x
         cost += float(x @ hp @ x)
@@ -240,12 +236,24 @@ class LandmarkFitter:
             g[:N_FRAME] += self.smooth * d
             cost += float((self.smooth * d * d).sum())
         if with_intr:
-            wpp = 1 / (s.pp_sigma * max(self.h, self.w)) ** 2
+            wpp = reg_scale / (s.pp_sigma * max(self.h, self.w)) ** 2
             dc = np.array([intr.cx - self.centre[0], intr.cy - self.centre[1]])
             h[N_FRAME + 1:N_FRAME + 3, N_FRAME + 1:N_FRAME + 3] += np.eye(2) * wpp
             g[N_FRAME + 1:N_FRAME + 3] += wpp * dc
             cost += float(wpp * dc @ dc)
         return cost, h, g, res, cbin, uv
+
+    def _robust(self, res: np.ndarray, valid: np.ndarray) -> tuple[np.ndarray, float]:
+        """Per-point IRLS weights (Huber) and the landmark cost of residuals ``res`` (N, 2)."""
+        s = self.s
+        norm = np.linalg.norm(res, axis=1) / s.sigma_px
+        huber = np.where(norm <= s.huber_px, 1.0, s.huber_px / np.maximum(norm, 1e-12))
+        rho = np.where(norm <= s.huber_px, norm ** 2, 2 * s.huber_px * norm - s.huber_px ** 2)
+        return self.set_w * valid * huber / s.sigma_px ** 2, float((self.set_w * valid * rho).sum())
+
+    def landmark_cost(self, res: np.ndarray, valid: np.ndarray) -> float:
+        """The landmark part of the cost (units of ``sigma_px`` squared) of residuals ``res``."""
+        return self._robust(res, valid)[1]
 
     def _rms(self, res: np.ndarray, valid: np.ndarray) -> dict[str, float]:
         out = {}
@@ -321,83 +329,6 @@ class LandmarkFitter:
         step = np.zeros(len(s_rhs))
         step[free] = _solve(s_mat[np.ix_(free, free)], s_rhs[free])
         return step
-
-    def calibrate(self, frames: Sequence[tuple[np.ndarray, np.ndarray]]) -> list[FrameState]:
-        """Fit focal length (and the principal point when not pinned) jointly with the keyframes' parameters.
-
-        Args:
-            frames: (obs (N,2), valid (N,)) of each keyframe.
-
-        Returns:
-            The keyframes' states; ``self.intr`` holds the intrinsics.
-        """
-        states = [self.init_pose(o, v, self.intr) for o, v in frames]
-        m, refine = self.model, self.s.refine_identity
-        basis = [m.exp_basis(st.pose) for st in states]
-
-        def shape_jac(sts):
-            return [m.shape_point_jacobian(st.pose, m.contour_bin(st.r) if "contour" in m.slices else 0)
-                    for st in sts] if refine else None
-
-        sjac = shape_jac(states)
-        intr = self.intr
-        n_sh = 3 + (m.flame.n_shape if refine else 0)  # shared unknowns: intrinsics (+ identity change)
-        w_id = 1.0 / self.s.identity_sigma ** 2
-
-        def assemble(sts, it, ds):
-            """Per keyframe (H_kk, H_k,shared, g_k) plus the shared block (n_sh x n_sh, n_sh)."""
-            blocks, a_h, a_g, total = [], np.zeros((n_sh, n_sh)), np.zeros(n_sh), 0.0
-            for i, (st, (o, v)) in enumerate(zip(sts, frames, strict=True)):
-                c, h, g, *_ = self._linearise(st, o, v, it, None, basis[i], True,
-                                              shape=(sjac[i], ds) if refine else None)
-                blocks.append((h[:N_FRAME, :N_FRAME], h[:N_FRAME, N_FRAME:], g[:N_FRAME]))
-                a_h += h[N_FRAME:, N_FRAME:]
-                a_g += g[N_FRAME:]
-                total += c
-            if refine:  # the pull towards MICA's identity (ds = 0), once for the sequence
-                a_h[3:, 3:] += w_id * np.eye(len(ds))
-                a_g[3:] += w_id * ds
-                total += float(w_id * ds @ ds)
-            return total, blocks, a_h, a_g
-
-        def solve(blocks, a_h, a_g, mu):
-            """Damped normal equations by the Schur complement on the shared unknowns."""
-            s_mat, s_rhs, sols = a_h + mu * np.diag(np.diag(a_h)), -a_g.copy(), []
-            for d, b, g in blocks:
-                d = d + mu * np.diag(np.diag(d)) + 1e-9 * np.eye(N_FRAME)
-                x = _solve(d, np.concatenate([b, -g[:, None]], 1))
-                sols.append((x, b))
-                s_mat -= b.T @ x[:, :n_sh]
-                s_rhs -= b.T @ x[:, n_sh]
-            d_sh = self._solve_shared(s_mat + 1e-9 * np.eye(n_sh), s_rhs)
-            return d_sh, [x[:, n_sh] - x[:, :n_sh] @ d_sh for x, _ in sols]
-
-        ds = np.zeros(n_sh - 3)
-        cost, blocks, a_h, a_g = assemble(states, intr, ds)
-        mu = 1e-3
-
-        def propose(mu):
-            d_sh, d_frames = solve(blocks, a_h, a_g, mu)
-            cand = ([st.step(d, m.has_eyelids) for st, d in zip(states, d_frames, strict=True)],
-                    Intrinsics(intr.focal + d_sh[0], intr.cx + d_sh[1], intr.cy + d_sh[2]), ds + d_sh[3:])
-            return None if cand[1].focal <= 0 or any(c.t[2] <= 0 for c in cand[0]) else cand
-
-        for it_n in range(self.s.key_iters):
-            cand, lin, mu = lm_step(cost, mu, 8, propose, lambda c: assemble(*c))
-            if cand is None:
-                break
-            converged = (cost - lin[0]) < 1e-6 * cost
-            (states, intr, ds), (cost, blocks, a_h, a_g) = cand, lin
-            if it_n % 5 == 4:
-                basis = [m.exp_basis(st.pose) for st in states]
-                sjac = shape_jac(states)
-                cost, blocks, a_h, a_g = assemble(states, intr, ds)
-            if converged:
-                break
-        self.intr = intr
-        self.identity_change = ds  # added to the model's identity (empty unless refine_identity)
-        return states
-
 
 def pick_keyframes(valid_frames: Sequence[int], count: int) -> list[int]:
     """``count`` frame numbers spread evenly over the frames that have landmarks."""

@@ -52,7 +52,7 @@ PathLike = str | os.PathLike
 __all__ = [
     "N_MEDIAPIPE", "N_IBUG68", "MEDIAPIPE_IBUG68", "mediapipe_available", "MediaPipeLandmarker",
     "DEFAULT_IBUG68_MODEL", "find_ibug68_model", "Ibug68Detector", "face_box_from_points",
-    "detect_in_crop", "save_landmarks_npz", "load_landmarks_npz",
+    "detect_in_crop", "FaceSearch", "save_landmarks_npz", "load_landmarks_npz",
 ]
 
 N_MEDIAPIPE = 478  # 468 mesh points + 10 iris points (468..472 and 473..477)
@@ -320,6 +320,58 @@ def detect_in_crop(landmarker, rgb_input: np.ndarray, M: np.ndarray, size: tuple
     image coordinates."""
     crop = warp(rgb_input, M, size)
     return transform_points(landmarker.detect(crop), invert_matrix(M)).astype(np.float32)
+
+
+class FaceSearch:
+    """A face the full frame does not show (too small for MediaPipe's short-range detector, which
+    looks for faces within about 2 m: a 160-px face in a 1080p frame is missed): search square
+    windows of the frame again, largest first, and stop at the first hit.
+
+    Windows: side = the frame's shorter side, then half of it, stepped by half a side across the
+    frame (a 1920x1080 frame: 3 windows, then 18); each runs MediaPipe in image mode (its own
+    instance: the video-mode tracker's state is not disturbed). Cost is bounded by the caller:
+    every faceless frame until the first face (``wanted(None)``), then every ``every``-th faceless
+    frame (``wanted(count)``).
+    """
+
+    def __init__(self, every: int = 10, levels: int = 2):
+        self.every, self.levels = max(1, int(every)), int(levels)
+        self._det: MediaPipeLandmarker | None = None
+        self.searches = 0
+
+    def wanted(self, faceless_since_face: int | None) -> bool:
+        """Search this faceless frame? ``faceless_since_face``: faceless frames since the first face
+        (None: no face yet)."""
+        return faceless_since_face is None or faceless_since_face % self.every == 0
+
+    def windows(self, width: int, height: int) -> list[tuple[int, int, int]]:
+        """(x, y, side) of the windows, largest first."""
+        out, side = [], min(width, height)
+        for _ in range(self.levels):
+            step = max(1, side // 2)
+            xs = sorted(set(list(range(0, width - side + 1, step)) + [width - side]))
+            ys = sorted(set(list(range(0, height - side + 1, step)) + [height - side]))
+            out += [(x, y, side) for y in ys for x in xs]
+            side //= 2
+        return out
+
+    def find(self, rgb: np.ndarray) -> np.ndarray:
+        """The 478 points (pixels of ``rgb``) of the first window with a face, else all NaN."""
+        img = _as_rgb(rgb)
+        if self._det is None:
+            self._det = MediaPipeLandmarker(video_mode=False)
+        self.searches += 1
+        h, w = img.shape[:2]
+        for x, y, side in self.windows(w, h):
+            pts = self._det.detect(np.ascontiguousarray(img[y:y + side, x:x + side]))
+            if np.isfinite(pts).all():
+                return (pts + np.array([x, y], np.float32)).astype(np.float32)
+        return np.full((N_MEDIAPIPE, 2), np.nan, np.float32)
+
+    def close(self) -> None:
+        if self._det is not None:
+            self._det.close()
+            self._det = None
 
 
 # --------------------------------------------------------------------------------------------

@@ -51,7 +51,12 @@ class FitSettings:
     smooth_eyelids: float = _FIT.smooth_eyelids
     smooth_rot: float = _FIT.smooth_rot
     smooth_t: float = _FIT.smooth_t
-    focal_init: float = _FIT.focal_init
+    fov_deg: float = _FIT.fov_deg
+    focal_log_sigma: float = _FIT.focal_log_sigma
+    face_fraction: float = _FIT.face_fraction
+    precrop_face_fraction: float = _FIT.precrop_face_fraction
+    precrop_log_sigma: float = _FIT.precrop_log_sigma
+    focal: float = _FIT.focal
     pp_sigma: float = _FIT.pp_sigma
     principal_point: str = _FIT.principal_point
     refine_identity: bool = _FIT.refine_identity
@@ -95,6 +100,7 @@ class TrackOptions:
     ibug68_model: str = _config(_TRACKER.ibug68_model)
     crop: bool = _config(_TRACKER.crop)
     bbox_scale: float = _config(_TRACKER.bbox_scale)
+    search_every: int = _config(_TRACKER.search_every)
     follow_face: bool = _config(_TRACKER.follow_face)
     identity_frames: int = _config(_TRACKER.identity_frames)
     png_compression: int = _config(_TRACKER.png_compression)

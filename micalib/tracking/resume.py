@@ -105,6 +105,18 @@ def check_run_record(layout: TrackLayout, settings: dict) -> bool:
     return False
 
 
+def record_camera(layout: TrackLayout, camera: dict) -> None:
+    """Add what the keyframes decided about the camera (``focal_prior.CameraEstimate``, source
+    pixels) to the run record as its ``camera`` entry (not an option: re-runs do not compare it)."""
+    path = layout.run_record
+    try:
+        rec = json.loads(path.read_text()) if written_file(path) else {}
+    except (OSError, ValueError):
+        rec = {}
+    rec["camera"] = camera
+    atomic_write_text(path, json.dumps(rec, indent=1, sort_keys=True), fsync=False)
+
+
 def write_run_record(layout: TrackLayout, settings: dict) -> None:
     """Record the options of the run (``check_run_record``), unless recorded already."""
     if not written_file(layout.run_record):

@@ -54,6 +54,7 @@ from micalib.tracking.resume import (
     check_run_record,
     finished_frames,
     old_rows,
+    record_camera,
     run_settings,
     write_run_record,
 )
@@ -65,6 +66,8 @@ from utils.io import atomic_save_npy, atomic_write_bytes, atomic_write_text, rem
 from utils.mesh import obj_text
 from utils.timing import StageTimer
 
+# Frames before the first face kept in memory (bytes) to be cropped once the face is found.
+EARLY_BYTES = 512 << 20
 # Faceless frames kept in memory while waiting for the next tracked frame (beyond: held, not interpolated).
 MAX_HELD = 250
 CSV_FIELDS = ["frame", "input_frame", "time_s", "face_found", "landmarks_used", "rms_mediapipe_px",
@@ -148,6 +151,7 @@ class TrackRunner:
         self._n_cached = 0  # frames in the crop cache
         self._png_written: set[int] = set()
         self._journal: RowJournal | None = None
+        self.camera = None  # the keyframes' CameraEstimate (focal_prior.py), None when resumed
 
     @classmethod
     def from_config(cls, cfg, input_path, out_root, *, identity_path=None, landmarks_path=None, source=None,
@@ -279,20 +283,18 @@ class TrackRunner:
         """MediaPipe on the crop of each output frame (the box from the first frame with a face)."""
         from micalib.tracking.landmarks import (
             MEDIAPIPE_IBUG68,
-            Ibug68Detector,
+            FaceSearch,
             MediaPipeLandmarker,
             face_box_from_points,
-            find_ibug68_model,
         )
 
         t0 = time.perf_counter()
         mp = np.full((self.source.n_input_frames, 478, 2), np.nan, np.float32)
-        ib_path = find_ibug68_model(str(self.options.ibug68_model) or None)
-        ib_det = Ibug68Detector(ib_path) if ib_path is not None else None
-        ib = np.full((self.source.n_input_frames, 68, 2), np.nan, np.float32) if ib_det is not None else None
-        if ib_det is not None:
-            logger.info(f"68-point landmarks from {ib_path}")
+        ib_det, ib = self._ibug68()
         det = MediaPipeLandmarker(video_mode=True)
+        search = FaceSearch(int(self.options.search_every))
+        early: list[np.ndarray] = []  # frames before the first face, cropped once the box is known
+        faceless: int | None = None  # faceless frames since the first face
         box = None
         track = cropmod.CropTrack(self.options.bbox_scale) if self.options.follow_face else None
         # One fixed box (the default): this pass's crops are the final ones, so they are kept in a
@@ -302,31 +304,41 @@ class TrackRunner:
         pending: list[Future] = []
         n_cached = 0
         try:
+            def keep(k, crop):  # the crop cache and input/NNNNN.png of frame k
+                return self._keep(cache, pool, pending, k, crop)
+
             for k, i, rgb in tqdm(prefetch(self.source), total=len(self.source), desc="landmarks", leave=False):
                 if box is None:
                     pts = det.detect(rgb)
-                    if np.isfinite(pts).all():
-                        box = cropmod.box_from_landmarks(pts[MEDIAPIPE_IBUG68], self.options.bbox_scale)
-                        det.reset()
-                        if track is None and ib_det is None:  # the crop box, with or without the cache
-                            self._box = box
-                    else:
-                        if cache is not None:  # no face on the first frame: no cache, decode twice
+                    if not np.isfinite(pts).all():  # too small for the full frame: search windows
+                        pts = search.find(rgb)
+                    if not np.isfinite(pts).all():
+                        if cache is not None and (len(early) + 1) * rgb.nbytes <= EARLY_BYTES:
+                            early.append(rgb.copy())
+                        elif cache is not None:  # no face for too long: no cache, decode twice
+                            logger.info(f"no face in the first {k + 1} frames: the video is decoded twice")
                             cache.close()
-                            cache = None
+                            cache, early = None, []
                             self.layout.crop_cache.unlink(missing_ok=True)
                         continue
+                    box = cropmod.box_from_landmarks(pts[MEDIAPIPE_IBUG68], self.options.bbox_scale)
+                    det.reset()
+                    faceless = 0
+                    if track is None and ib_det is None:  # the crop box, with or without the cache
+                        self._box = box
+                    for ke, rgb_e in enumerate(early):  # frames 0..k-1 (no face): their crops now
+                        n_cached = keep(ke, cropmod.warp(rgb_e, cropmod.crop_matrix(box, self.size), (self.size,) * 2))
+                    early = []
                 if track is not None:
                     box = track.update(mp[i - 1][MEDIAPIPE_IBUG68] if i > 0 else None) or box
                 m = cropmod.crop_matrix(box, self.size)
                 crop = cropmod.warp(rgb, m, (self.size, self.size))
                 mp[i] = transform_points(det.detect(crop), cropmod.invert_matrix(m)).astype(np.float32)
+                if not np.isfinite(mp[i]).all():  # the face left the crop, or shrank: search now and then
+                    mp[i] = search.find(rgb) if search.wanted(faceless) else mp[i]
+                    faceless += 1
                 if cache is not None:
-                    cache.write(crop.tobytes())
-                    n_cached = k + 1
-                    pending.append(pool.submit(self._write_png, k, crop))
-                    while len(pending) > 4:
-                        pending.pop(0).result()
+                    n_cached = keep(k, crop)
                 face = face_box_from_points(mp[i])
                 if ib_det is not None and face is not None:
                     ib[i] = ib_det.detect(rgb, face)
@@ -334,6 +346,9 @@ class TrackRunner:
                 f.result()
         finally:
             det.close()
+            search.close()
+            if search.searches:
+                logger.info(f"face search on {search.searches} frame(s) where MediaPipe missed the face")
             if pool is not None:
                 pool.shutdown(wait=True)
             if cache is not None:
@@ -341,6 +356,24 @@ class TrackRunner:
                 self._n_cached = n_cached
         self.timings.add("landmarks (decode + detect)", time.perf_counter() - t0)
         return {"mediapipe": mp} if ib is None else {"mediapipe": mp, "ibug68": ib}
+
+    def _ibug68(self):
+        """The 68-point detector and its (T, 68, 2) array, or (None, None) without the model."""
+        from micalib.tracking.landmarks import Ibug68Detector, find_ibug68_model
+
+        ib_path = find_ibug68_model(str(self.options.ibug68_model) or None)
+        if ib_path is None:
+            return None, None
+        logger.info(f"68-point landmarks from {ib_path}")
+        return Ibug68Detector(ib_path), np.full((self.source.n_input_frames, 68, 2), np.nan, np.float32)
+
+    def _keep(self, cache, pool, pending: list[Future], k: int, crop: np.ndarray) -> int:
+        """Frame k's crop into the crop cache and its input/NNNNN.png to the writer; returns k + 1."""
+        cache.write(crop.tobytes())
+        pending.append(pool.submit(self._write_png, k, crop))
+        while len(pending) > 4:
+            pending.pop(0).result()
+        return k + 1
 
     def _open_crop_cache(self):
         """The raw crop file of the landmark pass, or None when the disk lacks room for it."""
@@ -484,10 +517,7 @@ class TrackRunner:
         n, lay, fitter = len(self.source), self.layout, fit.fitter
         fit.done = finished_frames(lay, n)
         refine = fitter.s.refine_identity
-        keys = pick_keyframes([k for k in range(n) if fit.has_face[k]], fitter.s.keyframes)
-        fitter.calibrate([(fit.obs[k], fit.valid[k]) for k in keys])
-        logger.info(f"camera: focal {fitter.intr.focal:.1f} px, principal point ({fitter.intr.cx:.1f}, "
-                    f"{fitter.intr.cy:.1f}) from {len(keys)} keyframes")
+        self._calibrate(fit)  # always from the landmarks: a resumed run gets the same intrinsics, exactly
         if refine:
             refined = np.zeros(300, np.float32)
             refined[: fit.ident.size] = fit.ident
@@ -500,6 +530,25 @@ class TrackRunner:
                                       ibug68="ibug68" in fit.lm)
             fitter.model, fitter._basis = fit.model, None
         self.timings.add("keyframes (intrinsics)", time.perf_counter() - t0)
+
+    def _calibrate(self, fit: FitInputs) -> None:
+        """The intrinsics from keyframes chosen for pose diversity, with the focal prior
+        (``focal_prior.py``, ``keyframes.py``); the estimate goes to the log and the run record."""
+        from micalib.tracking.focal_prior import face_size, make_prior
+        from micalib.tracking.keyframes import calibrate, choose_keyframes
+
+        fitter = fit.fitter
+        scale = 1.0 if fit.follow else float(fit.matrices[0][0, 0])  # fitted px per source px
+        keys = choose_keyframes(fitter, fit.obs, fit.valid, [k for k, f in enumerate(fit.has_face) if f],
+                                fitter.s.keyframes)
+        face = face_size([fit.obs[k][fit.valid[k]] for k in keys])
+        prior = make_prior(fitter.s, self.source.size, scale, None if face is None else face / scale)
+        _states, est = calibrate(fitter, [(fit.obs[k], fit.valid[k]) for k in keys], prior, keys)
+        logger.info(f"focal prior: {prior.note}")
+        logger.info(est.describe(scale, max(self.source.size)) + f"; principal point ({fitter.intr.cx:.1f}, "
+                    f"{fitter.intr.cy:.1f}) crop px; {len(keys)} keyframes {keys}")
+        record_camera(self.layout, est.in_source_px(scale))
+        self.camera = est
 
     # ------------------------------------------------------------------ stage 4: per-frame tracking
     def track_frames(self, fit: FitInputs) -> dict[int, dict]:

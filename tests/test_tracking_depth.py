@@ -91,13 +91,19 @@ def test_png_is_one_channel_uint16_and_lossless():
 def test_tracked_run_writes_depth_at_the_heads_distance(tmp_path):
     from tests.synthetic_tracking import track_synthetic
 
-    seq, _fr, _model, _face, out = track_synthetic(tmp_path, real=False, n_frames=3, noise_px=0.3)
+    from utils.mesh import read_mesh
+
+    _seq, fr, _model, _face, out = track_synthetic(tmp_path, real=False, n_frames=3, noise_px=0.3)
     for k in range(3):
         d = cv2.imread(str(out / "depth" / f"{k:05d}.png"), cv2.IMREAD_UNCHANGED)
         assert d.dtype == np.uint16 and d.shape == (512, 512)
         vals = d[d > 0].astype(np.float64)
         assert vals.size > 1000
-        cam_z = (seq["vertices"][k] @ seq["R"][k].T + seq["t"][k])[:, 2] * 1000
+        # the fitted head (mesh/NNNNN.ply, metres) in the fitted camera (.frame's opencv R, t): three
+        # frames of a still head cannot fix the metric distance (the focal prior decides it)
+        verts, _ = read_mesh(out / "mesh" / f"{k:05d}.ply")
+        r, t = (np.asarray(fr[k]["opencv"][x][0], np.float64) for x in ("R", "t"))
+        cam_z = (verts @ r.T + t)[:, 2] * 1000
         assert cam_z.min() - 5 <= vals.min() and vals.max() <= cam_z.max() + 5
 
 

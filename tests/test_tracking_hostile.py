@@ -154,7 +154,7 @@ def test_out_of_range_options_are_one_line(tmp_path, flag, value, match):
 @pytest.mark.parametrize("key, value, match", [
     ("tracker.bbox_scale", "0.0", r"tracker.bbox_scale must be in \(0.0, 20.0\], not 0.0"),
     ("tracker.bbox_scale", "-2.0", "tracker.bbox_scale must be in"),
-    ("tracker.fit.focal_init", "-1.0", "tracker.fit.focal_init must be in"),
+    ("tracker.fit.fov_deg", "-1.0", "tracker.fit.fov_deg must be in"),
     ("tracker.fit.iters", "0", "tracker.fit.iters must be in 1..1000, not 0"),
     ("tracker.fit.key_iters", "-1", "tracker.fit.key_iters must be in 1..1000"),
     ("tracker.png_compression", "42", "tracker.png_compression must be in 0..9, not 42"),

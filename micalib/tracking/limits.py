@@ -2,7 +2,7 @@
 run's options are built (one line naming the option, through ``utils.errors.check_range``), before
 anything is loaded: an absurd value would otherwise hang (``--fps 1e9``: billions of output frames),
 allocate tens of GB (``--image-size 100000``) or write nonsense without a word (``bbox_scale`` 0,
-``fit.focal_init`` -1: a negative focal length in K).
+``fit.fov_deg`` -1: a negative focal length in K).
 """
 from __future__ import annotations
 
@@ -16,10 +16,12 @@ IMAGE_SIZE = (64, 4096)  # side of the square crop, pixels
 # key -> (low, high, low_open): the tracker.* keys that are numbers
 TRACKER_RANGES = {
     "bbox_scale": (0.0, 20.0, True), "identity_frames": (1, 1000, False), "png_compression": (0, 9, False),
-    "workers": (1, 64, False), "photometric_iters": (0, 10_000, False),
+    "workers": (1, 64, False), "photometric_iters": (0, 10_000, False), "search_every": (1, 1_000_000, False),
     "fit.iters": (1, 1000, False), "fit.first_iters": (1, 1000, False), "fit.key_iters": (1, 1000, False),
     "fit.keyframes": (1, 1000, False), "fit.rel_tol": (0.0, 1.0, False), "fit.basis_tolerance": (0.0, math.pi, False),
-    "fit.focal_init": (0.0, 100.0, True), "fit.pp_sigma": (0.0, 10.0, True), "fit.sigma_px": (0.0, 1e4, True),
+    "fit.fov_deg": (0.0, 179.0, True), "fit.focal_log_sigma": (0.0, 10.0, True),
+    "fit.face_fraction": (0.0, 1.0, True), "fit.precrop_face_fraction": (0.0, 1.0, True),
+    "fit.precrop_log_sigma": (0.0, 10.0, True), "fit.focal": (0.0, 1e7, False), "fit.pp_sigma": (0.0, 10.0, True), "fit.sigma_px": (0.0, 1e4, True),
     "fit.huber_px": (0.0, 1e4, True), "fit.w_mediapipe": (0.0, 1e6, False), "fit.w_iris": (0.0, 1e6, False),
     "fit.w_ibug68": (0.0, 1e6, False),
 }

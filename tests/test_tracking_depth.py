@@ -90,7 +90,6 @@ def test_png_is_one_channel_uint16_and_lossless():
 
 def test_tracked_run_writes_depth_at_the_heads_distance(tmp_path):
     from tests.synthetic_tracking import track_synthetic
-
     from utils.mesh import read_mesh
 
     _seq, fr, _model, _face, out = track_synthetic(tmp_path, real=False, n_frames=3, noise_px=0.3)

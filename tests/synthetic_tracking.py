@@ -413,3 +413,17 @@ def check_fit(seq, fr, model, face, out=None, focal_tol=0.02):
     rms = np.sqrt((np.concatenate(res) ** 2).sum(1).mean())
     noise_rms = np.sqrt((np.concatenate(noise) ** 2).sum(1).mean())
     assert rms <= 1.2 * noise_rms, (rms, noise_rms)
+
+
+def state_from_frame(data: dict):
+    """The fit's state (``fitting.FrameState``) of a ``.frame`` dict (``read_frame``): what the
+    tests compare with re-fits (the tracker itself resumes from its exact solver records)."""
+    from micalib.tracking.camera import matrix_to_axis_angle, rotation_6d_to_matrix
+    from micalib.tracking.fitting import FrameState
+
+    fl = data["flame"]
+    mats = rotation_6d_to_matrix(np.concatenate([fl["jaw"].reshape(1, 6), fl["eyes"].reshape(2, 6)]))
+    return FrameState(np.asarray(fl["exp"], np.float64).reshape(-1), matrix_to_axis_angle(mats).reshape(9),
+                      np.asarray(fl["eyelids"], np.float64).reshape(2),
+                      np.asarray(data["opencv"]["R"], np.float64).reshape(3, 3),
+                      np.asarray(data["opencv"]["t"], np.float64).reshape(3))

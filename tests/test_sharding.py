@@ -118,6 +118,8 @@ def _assert_same_results(got: Path, ref: Path) -> None:
     for key in b:
         if key.endswith(".json") and "/.mica/done/" in key:
             assert _record_content(a[key]) == _record_content(b[key]), key
+        elif "/viewer/meshes/" in key:  # the page's copy of each mesh (glTF, base64): numbers, checked as the .ply
+            assert a[key].split(b'"', 2)[1] == b[key].split(b'"', 2)[1], key  # the same mesh at the same place
         elif not key.endswith(NUMERIC_FILES):
             assert a[key] == b[key], key
     net, checked = TinyNetwork(), 0
@@ -228,7 +230,8 @@ def test_three_gloo_ranks_and_shard_jobs_give_what_one_process_gives(tmp_path, p
         seen.append(sum(net.calls))
         assert not (tmp_path / "sh" / "meshes" / "summary.csv").exists()  # independent jobs: no summary
     assert seen == [len(inputs[k::3]) - ("p1/broken.jpg" in inputs[k::3]) for k in range(3)]  # the same split
-    assert merge_summaries.main([str(tmp_path / "sh" / "meshes"), "-i", str(photos)]) == 1  # one failed row
+    assert merge_summaries.main([str(tmp_path / "sh" / "meshes"), "-i", str(photos), "-a", str(tmp_path / "sh" / "arcface")]) \
+        == 1  # one failed row; -a: the crops, checked and shown on the page
     _assert_same_results(tmp_path / "sh", tmp_path / "one_b1")
 
 
@@ -254,6 +257,8 @@ def test_killed_shard_is_finished_by_a_rerun_under_another_shard_count(tmp_path,
     assert sum(len(n.calls) for n in nets) == len(pending)
     rows = merge_summaries.merge(meshes, photos, tmp_path / "o" / "arcface")
     assert {r.status for r in rows} == {"ok", "failed"} and sum(r.status == "failed" for r in rows) == 1
+    # the command, as a user runs it once every shard is done: also the page of the whole run
+    assert merge_summaries.main([str(meshes), "-i", str(photos), "-a", str(tmp_path / "o" / "arcface")]) == 1
     # the same as one uninterrupted process
     _demo(monkeypatch, photos, tmp_path / "one", "--batch-size", "1")
     assert _files(tmp_path / "o") == _files(tmp_path / "one")

@@ -124,7 +124,7 @@ def test_still_head_interval_holds_the_truth_and_the_camera_stays_still(tmp_path
 def _expression_no_noisier_than_a_refit(seq, fr, model, face, q):
     """Per quiet frame, the fitted face's change from the frame before (beyond the true change) is
     no larger than re-fitting that frame with its landmarks perturbed by the same noise moves it."""
-    from micalib.tracking.runner import state_from_frame
+    from tests.synthetic_tracking import state_from_frame
 
     states = [state_from_frame(f) for f in fr]
     verts = lambda s: model.vertices(s.exp, s.pose, s.eyelids)[0][face]
@@ -199,10 +199,10 @@ def test_justin_projected_landmarks_follow_the_fast_motion_of_frames_67_68(tmp_p
     from micalib.tracking.landmarks import load_landmarks_npz, mediapipe_available
     from micalib.tracking.model import load_eyelids, load_mediapipe_embedding
     from micalib.tracking.outputs import frame_k, read_frame
-    from micalib.tracking.runner import TrackRunner, state_from_frame
+    from micalib.tracking.runner import TrackRunner
     from models.flame import FLAME
     from tests.synthetic_flame import shared_flame_public
-    from tests.synthetic_tracking import shared_tracker_dir, write_tracker_assets
+    from tests.synthetic_tracking import shared_tracker_dir, state_from_frame, write_tracker_assets
 
     shared = shared_tracker_dir()
     if shared is None or not (shared / "justin.mp4").is_file() or shared_flame_public() is None \

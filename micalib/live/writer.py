@@ -22,11 +22,11 @@ from loguru import logger
 
 from micalib.live.online import OnlineResult
 from micalib.tracking import crop as cropmod
-from micalib.tracking.depth import DepthMesh, DepthStats, depth_mm, depth_png_bytes, frame_geometry
+from micalib.tracking.depth import DepthMesh, DepthStats, frame_geometry
 from micalib.tracking.layout import TrackLayout
-from micalib.tracking.outputs import frame_dict, save_frame
+from micalib.tracking.outputs import frame_dict
 from micalib.tracking.runner import CSV_FIELDS, csv_row
-from micalib.tracking.writer import DEPTH_PNG_COMPRESSION, overlay_frame, ply_metres, png_bytes
+from micalib.tracking.writer import overlay_frame, write_frame_files
 from utils.io import atomic_save_npy, atomic_write_bytes, atomic_write_text
 from utils.mesh import obj_text
 
@@ -82,14 +82,10 @@ class LiveWriter:
     def _write(self, res: OnlineResult) -> None:
         st, lay = res.state, self.layout
         g = frame_geometry(self.model, self.depth_mesh, st, self.k, self.size)  # one rasterisation, as offline
-        if res.crop is not None:
-            atomic_write_bytes(lay.png(res.frame), png_bytes(res.crop, self.png_compression), fsync=False)
-        atomic_write_bytes(lay.mesh(res.frame), ply_metres(g.verts, self.model.faces), fsync=False)
-        depth = depth_mm(g.fragments, g.depth_offset, self.depth_mesh, self.size, self.size, self.depth_stats)
-        atomic_write_bytes(lay.depth(res.frame), depth_png_bytes(depth, DEPTH_PNG_COMPRESSION), fsync=False)
         data = frame_dict(st.exp, st.pose, st.eyelids, self.identity, st.r, st.t, self.k, (self.size, self.size),
                           res.frame, res.frame)
-        save_frame(lay.frame(res.frame), data)
+        write_frame_files(lay, res.frame, g, self.size, self.model.faces, res.crop, data, self.depth_mesh,
+                          self.depth_stats, self.png_compression)
         row = csv_row(res.frame, res.captured.index, 1.0, res.face_found, res.valid, res.rms, not res.face_found, self.model)
         row["time_s"] = round(res.captured.t_capture, 6)  # the capture time (offline: frame / fps)
         self.rows.append(row)

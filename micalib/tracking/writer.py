@@ -65,6 +65,20 @@ def overlay_frame(crop: np.ndarray, detected: np.ndarray, geom: Future, faces: n
                            fragments=g.fragments)
 
 
+def write_frame_files(layout: TrackLayout, k: int, g: FrameGeometry, size: int, faces: np.ndarray,
+                      crop: np.ndarray | None, data: dict, depth_mesh: DepthMesh, depth_stats: DepthStats,
+                      png_compression: int) -> None:
+    """Frame ``k``'s files from its one rasterisation ``g``: ``input/NNNNN.png`` (unless ``crop`` is
+    None: written before, or a source without images), ``mesh/NNNNN.ply``, ``depth/NNNNN.png`` and
+    ``checkpoint/NNNNN.frame`` (the ``.frame`` dict ``data``); offline and live alike."""
+    if crop is not None:
+        atomic_write_bytes(layout.png(k), png_bytes(crop, png_compression), fsync=False)
+    atomic_write_bytes(layout.mesh(k), ply_metres(g.verts, faces), fsync=False)
+    depth = depth_mm(g.fragments, g.depth_offset, depth_mesh, size, size, depth_stats)
+    atomic_write_bytes(layout.depth(k), depth_png_bytes(depth, DEPTH_PNG_COMPRESSION), fsync=False)
+    save_frame(layout.frame(k), data)
+
+
 class FrameWriter:
     """Writes the frames of one run (see the module docstring); use as a context manager.
 
@@ -132,14 +146,9 @@ class FrameWriter:
 
     def _write_frame(self, k: int, data: dict, geom: Future, crop: np.ndarray, row: dict | None, st: FrameState,
                      basis_pose: np.ndarray | None, appearance: np.ndarray | None, drop: int | None) -> None:
-        g: FrameGeometry = geom.result()
-        if k not in self.png_written:
-            atomic_write_bytes(self.layout.png(k), png_bytes(crop, self.png_compression), fsync=False)
-        atomic_write_bytes(self.layout.mesh(k), ply_metres(g.verts, self.faces), fsync=False)
-        size = crop.shape[0]
-        depth = depth_mm(g.fragments, g.depth_offset, self.depth_mesh, size, size, self.depth_stats)
-        atomic_write_bytes(self.layout.depth(k), depth_png_bytes(depth, DEPTH_PNG_COMPRESSION), fsync=False)
-        save_frame(self.layout.frame(k), data)
+        write_frame_files(self.layout, k, geom.result(), crop.shape[0], self.faces,
+                          None if k in self.png_written else crop, data, self.depth_mesh, self.depth_stats,
+                          self.png_compression)
         if row is not None:
             self.journal.add(row)  # its csv row survives a kill
         if appearance is not None:

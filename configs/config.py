@@ -264,7 +264,7 @@ _C.tracker.fit.keyframes = 8
 # from the same seconds. The cost: motion after the window does not inform the focal length (the
 # run record's interval says how sure the window made it). 4 s holds a few head turns of a talking
 # head and equals 100 frames at 25 fps, the preview length issue 22 measures (bench/README.md gives
-# both figures). 0 = the whole clip.
+# both figures). 0.0 = the whole clip (a float: write 0.0 on the command line).
 _C.tracker.fit.calib_window_s = 4.0
 # Landmark residual scale (pixels of the crop).
 _C.tracker.fit.sigma_px = 1.0

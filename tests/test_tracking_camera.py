@@ -168,7 +168,7 @@ def test_a_run_holding_the_calibration_window_gets_the_whole_clips_camera(tmp_pa
     seq = make_sequence(flame, lids, emb_d, identity, n_frames=130, size=SIZE, noise_px=0.5, iris_vertices=iris,
                         focal_x=1.5, seed=6)
     cams = {}
-    for window in ("4", "0"):
+    for window in ("4.0", "0.0"):  # yacs: a float key takes a float
         for n in (100, 130):
             tmp = tmp_path / f"{window}_{n}"
             tmp.mkdir()
@@ -178,11 +178,11 @@ def test_a_run_holding_the_calibration_window_gets_the_whole_clips_camera(tmp_pa
     f_true = seq["K"][0, 0]
     for (window, n), cam in cams.items():
         assert cam["low"] <= f_true <= cam["high"], (window, n, cam)
-        assert cam["window_frames"] == [0, 99 if window == "4" else n - 1]
-    assert abs(cams["4", 100]["focal"] / cams["4", 130]["focal"] - 1) < 1e-6
-    assert cams["4", 100]["keyframes"] == cams["4", 130]["keyframes"]
-    assert cams["0", 100]["keyframes"] != cams["0", 130]["keyframes"]
-    assert abs(cams["0", 100]["focal"] / cams["0", 130]["focal"] - 1) > 1e-4
+        assert cam["window_frames"] == [0, 99 if window == "4.0" else n - 1]
+    assert abs(cams["4.0", 100]["focal"] / cams["4.0", 130]["focal"] - 1) < 1e-6
+    assert cams["4.0", 100]["keyframes"] == cams["4.0", 130]["keyframes"]
+    assert cams["0.0", 100]["keyframes"] != cams["0.0", 130]["keyframes"]
+    assert abs(cams["0.0", 100]["focal"] / cams["0.0", 130]["focal"] - 1) > 1e-4
 
 
 @pytest.mark.slow

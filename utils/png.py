@@ -4,13 +4,14 @@ The file is the plainest PNG the specification allows (PNG 1.2 / ISO 15948): the
 ``IHDR`` chunk, one ``IDAT`` chunk, ``IEND``. Every row uses the 'up' filter (each byte minus the byte
 above it, modulo 256; the first row minus zeros), computed exactly with numpy, and the filtered rows
 are deflated into a zlib stream by ISA-L (python-isal's ``isal_zlib``, levels 0-3) when it is
-installed, else by zlib. On a 512x512 face crop (Zen 4, one thread) ISA-L level 1 takes about 1.9 ms
-for a 248 kB file where OpenCV's fastest PNG settings (the same filter with Huffman-only zlib) take
-6.9 ms for 286 kB (bench/README.md, "Tracking end to end"). The pixels are the same whichever
-deflater wrote the file; the bytes are not (tests decode the files with OpenCV and Pillow).
+installed, else by zlib. On a 512x512 face crop (Zen 4, one thread, ``bench/png.py``) ISA-L level 1
+takes about 2.4 ms for a 237 kB file where OpenCV's fastest PNG settings (the same filter with
+Huffman-only zlib, what the tracker used before) take 9 ms for 283 kB; a 512 depth image 0.4 ms
+instead of 2.8. The pixels are the same whichever deflater wrote the file; the bytes are not
+(tests decode the files with OpenCV and Pillow).
 
 Levels (``tracker.png_compression``, zlib's 0-9): 0 stores the rows uncompressed (fastest, largest);
-1-3 use ISA-L at that level (zlib Huffman-only at 1, zlib's level otherwise, without ISA-L); 4-9 use
+1-3 use ISA-L at that level (without ISA-L: zlib's run-length strategy at 1, zlib's level at 2-3); 4-9 use
 zlib's level (smaller, slower).
 """
 from __future__ import annotations
@@ -39,8 +40,8 @@ def _deflate(data: np.ndarray, level: int) -> bytes:
         return zlib.compress(data, 0)
     if level <= 3 and isal_zlib is not None:
         return isal_zlib.compress(data, level)
-    if level <= 1:  # zlib's fastest: Huffman coding only (the 'up' filter leaves few long matches)
-        c = zlib.compressobj(1, zlib.DEFLATED, 15, 9, zlib.Z_HUFFMAN_ONLY)
+    if level <= 1:  # zlib's fastest that stays small: run-length matches only (bench/png.py)
+        c = zlib.compressobj(1, zlib.DEFLATED, 15, 9, zlib.Z_RLE)
         return c.compress(data) + c.flush()
     return zlib.compress(data, level)
 

@@ -59,11 +59,12 @@ from micalib.tracking.resume import (
     write_run_record,
 )
 from micalib.tracking.solver_state import FrameRecord, basis_pose_of, load_appearance, restore_basis
-from micalib.tracking.writer import FrameWriter, png_bytes
+from micalib.tracking.writer import FrameWriter
 from utils.errors import MICAError
 from utils.identity import read_identity
 from utils.io import atomic_save_npy, atomic_write_bytes, atomic_write_text, remove_stale_temps, written_file
 from utils.mesh import obj_text
+from utils.png import encode_png
 from utils.timing import StageTimer
 
 # Frames before the first face kept in memory (bytes) to be cropped once the face is found.
@@ -387,7 +388,7 @@ class TrackRunner:
             return None
 
     def _write_png(self, k: int, crop: np.ndarray) -> None:
-        atomic_write_bytes(self.layout.png(k), png_bytes(crop, self.options.png_compression), fsync=False)
+        atomic_write_bytes(self.layout.png(k), encode_png(crop, self.options.png_compression), fsync=False)
         self._png_written.add(k)
 
     def _cached_crops(self):

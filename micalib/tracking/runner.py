@@ -533,8 +533,11 @@ class TrackRunner:
         self.timings.add("keyframes (intrinsics)", time.perf_counter() - t0)
 
     def _calibrate(self, fit: FitInputs) -> None:
-        """The intrinsics from keyframes chosen for pose diversity, with the focal prior
-        (``focal_prior.py``, ``keyframes.py``); the estimate goes to the log and the run record."""
+        """The intrinsics from keyframes chosen for pose diversity among the frames with a face in
+        the calibration window (``tracker.fit.calib_window_s`` seconds of source time from the first
+        of them; 0: all), with the focal prior, whose pre-cropped centre takes the face size over the
+        window's frames (``focal_prior.py``, ``keyframes.py``); the estimate goes to the log and the
+        run record."""
         from micalib.tracking.focal_prior import face_size, make_prior
         from micalib.tracking.keyframes import calibrate, calibration_frames, choose_keyframes
 

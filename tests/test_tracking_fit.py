@@ -41,7 +41,8 @@ def test_synthetic_ground_truth_real_topology(tmp_path):
     # noise draws): not the prior (landmarks' share 1.00), not over-dispersion (factor 1.00), not the
     # expression prior (exp_sigma 0.7-1.5: no change), not Huber (off: same), not the iris, not the
     # keyframe choice seeing the noise (keyframes chosen on clean landmarks: -1.3 to -1.8%), not the
-    # contour's yaw bins (the true bins given: same); noise-free the error is -0.15%, with 0.5 px
+    # contour's yaw bins (the true bins given: same), not the solver (80 steps, or started at the
+    # true focal length: same optimum); noise-free the error is -0.15%, with 0.5 px
     # noise -0.3 to -2.2% (mean -1.4%), 24 keyframes -0.6 to -1.3%, without the 17 contour points
     # -1.6 to +1.3% (mean -0.2%, interval +-4.3%): a bias of about -1% of the joint fit under
     # noise, with the contour points, that more keyframes do not average out; cause not found.

@@ -50,7 +50,17 @@ DAMAGED = {
     "text": lambda: b"frame 7\n",
     "plain_pickle_of_a_dict": lambda: pickle.dumps({"flame": {}, "camera": {}, "opencv": {}}),
     "plain_pickle_of_an_array_protocol_2": lambda: pickle.dumps(np.zeros(3, np.float32), protocol=2),
+    # one flipped bit inside data.pkl (the zip's CRC is not checked): numpy's codecs.encode gets an
+    # unknown encoding (LookupError), and a 1-byte int opcode read as a 4-byte one (struct.error)
+    "ours_latin1_bit_flipped": lambda: _ours().replace(b"latin1", b"matin1", 1),
+    "ours_last_int_opcode_bit_flipped": lambda: _flip_last_int_opcode(_ours()),
 }
+
+
+def _flip_last_int_opcode(data: bytes) -> bytes:
+    end = data.index(b"u.PK")  # the pickle's last SETITEMS and STOP, then the zip's next header
+    assert data[end - 2:end - 1] == b"K"  # BININT1 of the last value (global_step)
+    return data[: end - 2] + b"J" + data[end - 1:]  # BININT: wants 4 bytes, the pickle ends first
 
 
 def _message(path) -> str:

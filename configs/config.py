@@ -13,6 +13,7 @@ Relative paths are relative to the project root (the folder holding this ``confi
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
@@ -392,7 +393,7 @@ def merge_opts(cfg: CN, opts: Sequence[str]) -> None:
     if len(opts) % 2:
         raise UserError(f"command-line overrides must be KEY VALUE pairs, got an odd number: {opts}")
     for i in range(0, len(opts), 2):  # a whole number for a float key, e.g. tracker.fit.calib_window_s 0
-        if isinstance(_default(cfg, str(opts[i])), float) and str(opts[i + 1]).strip().lstrip("+-").isdigit():
+        if isinstance(_default(cfg, str(opts[i])), float) and re.fullmatch(r"[+-]?\d+", str(opts[i + 1]).strip()):
             opts[i + 1] = str(float(str(opts[i + 1]).strip()))
     try:
         cfg.merge_from_list(opts)

@@ -261,7 +261,8 @@ _C.tracker.fit.keyframes = 8
 # Calibration window (seconds of the source from the first frame with a face): the keyframes for the
 # intrinsics are chosen among the frames with a face in it, so every run that contains those seconds
 # (a preview of the first seconds and the whole clip, a recording processed in parts from its start,
-# a re-run of a longer cut) gets the same camera, and the live tracker with --warmup equal to it fits
+# a re-run of a longer cut) gets the same camera when they share the identity (--identity; MICA's
+# own comes from frames spread over each whole run), and the live tracker with --warmup equal to it fits
 # from the same seconds. The cost: motion after the window does not inform the focal length (the
 # run record's interval says how sure the window made it). 4 s holds a few head turns of a talking
 # head and equals 100 frames at 25 fps, the preview length issue 22 measures (bench/README.md gives

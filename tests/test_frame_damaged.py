@@ -129,3 +129,24 @@ def test_resume_tracks_a_damaged_frame_of_its_recorded_size_again(tmp_path):
         for key, val in clean[block].items():
             np.testing.assert_array_equal(again[block][key], val)
     assert sum(str(path) in m and "tracking those frames again" in m for m in msgs) == 1
+
+
+def test_a_flipped_bit_that_makes_a_dtype_a_timedelta_is_one_line_not_a_crash(tmp_path):
+    """'i8' -> 'm8' (one bit: 0x69 ^ 0x04 = 'm') makes the pickle build numpy's timedelta dtype and
+    set a plain dtype's state on it, on which numpy 2 segfaults (numpy's own bug): the read runs
+    in a child process, so a crash fails this test instead of ending the test run. Our files hold
+    no datetime arrays; the reader refuses such dtypes unexecuted, as damage."""
+    import subprocess
+    import sys
+
+    data = _ours()
+    assert data.count(b"X\x02\x00\x00\x00i8") >= 1  # a BINUNICODE 'i8': an int64 array's dtype
+    path = tmp_path / "00003.frame"
+    path.write_bytes(data.replace(b"X\x02\x00\x00\x00i8", b"X\x02\x00\x00\x00m8", 1))
+    code = ("import sys; from micalib.tracking.outputs import read_frame; from utils.errors import MICAError\n"
+            "try:\n    read_frame(sys.argv[1])\nexcept MICAError as e:\n    print(e)\n")
+    root = pathlib.Path(__file__).resolve().parent.parent
+    run = subprocess.run([sys.executable, "-c", code, str(path)], cwd=root, capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, (run.returncode, run.stderr[-500:])
+    msg = run.stdout.strip()
+    assert "\n" not in msg and str(path) in msg and "is damaged" in msg and "delete it and run track.py again" in msg, msg

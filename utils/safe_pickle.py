@@ -74,14 +74,17 @@ def torch_numpy_safe_globals() -> list[Any]:
     ``numpy._core.multiarray`` (numpy 2) names as ``(object, name)`` pairs; plus numpy's concrete
     dtype classes (``numpy.dtypes.Float32DType``, ...): torch only lets BUILD set state on
     instances of registered types, and a pickled dtype's state is set on such an instance. They
-    are dtype constructors, nothing else.
+    are dtype constructors, nothing else. Left out: the datetime64 / timedelta64 dtype classes
+    (``M``, ``m``): numpy 2 segfaults when a plain dtype's state is set on one (one flipped bit of a
+    file, 'i8' -> 'm8', does it), and the project's files hold no dates; a file with them is refused
+    unexecuted (torch sets no state on an unregistered type).
     """
     reconstruct, scalar = _numpy_reconstruct(), _numpy_scalar()
     out: list[Any] = [(np.ndarray, "numpy.ndarray"), (np.dtype, "numpy.dtype")]
     for mod in NUMPY_MODULES:
         out += [(reconstruct, f"{mod}._reconstruct"), (scalar, f"{mod}.scalar")]
     classes = set()
-    for code in np.typecodes["All"] + "OVSU":
+    for code in np.typecodes["All"].replace("M", "").replace("m", "") + "OVSU":
         try:
             classes.add(type(np.dtype(code)))
         except TypeError:

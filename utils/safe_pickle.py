@@ -184,9 +184,19 @@ def _rebuild_tensor(storage: Any, offset: int, size: Any, stride: Any, *rest: An
 # ---------------------------------------------------------------------------------------------
 # The per-format allow-lists
 # ---------------------------------------------------------------------------------------------
+def _data_dtype(*args: Any) -> np.dtype:
+    """``numpy.dtype`` for pickles, refusing datetime64 / timedelta64: numpy 2 segfaults when a
+    damaged pickle sets a plain dtype's state on one ('i8' -> 'm8' is one bit); no data read here
+    holds dates."""
+    dt = np.dtype(*args)
+    if dt.kind in "mM":
+        raise pickle.UnpicklingError(f"numpy {dt} dtype refused (no data read here holds dates; a damaged pickle?)")
+    return dt
+
+
 def _numpy_data() -> dict[tuple[str, str], Any]:
     frombuffer = np.zeros(1).__reduce_ex__(5)[0]  # numpy's own _frombuffer (protocol 5)
-    table: dict[tuple[str, str], Any] = {("numpy", "ndarray"): np.ndarray, ("numpy", "dtype"): np.dtype,
+    table: dict[tuple[str, str], Any] = {("numpy", "ndarray"): np.ndarray, ("numpy", "dtype"): _data_dtype,
                                          ("_codecs", "encode"): _latin1_encode}
     for mod in NUMPY_MODULES:
         table[(mod, "_reconstruct")] = _numpy_reconstruct()

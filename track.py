@@ -38,6 +38,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--landmarks", default=None,
                    help="npz with 'mediapipe' (T,478,2) and/or 'ibug68' (T,68,2) per input frame instead of detection")
     p.add_argument("--fps", type=float, default=None, help="output frame rate of a video (default 25; a folder of frames: every frame)")
+    p.add_argument("--begin-frame", type=int, default=0, metavar="N",
+                   help="skip the first N output frames of the input (after --fps): output frame 00000 is its "
+                        "output frame N (the original tracker's begin_frames)")
     p.add_argument("--image-size", type=int, default=512, help="side of the square crop")
     p.add_argument("--focal", type=float, default=None, metavar="PX",
                    help="the camera's focal length in pixels of the input frames (fixes it; default: fitted on "
@@ -90,7 +93,8 @@ def main(argv=None) -> int:
     live = args.input is None
     if live:
         for flag, value in (("--photometric", args.photometric or None),
-                            ("--overwrite", args.overwrite or None), ("--fps", args.fps)):
+                            ("--overwrite", args.overwrite or None), ("--fps", args.fps),
+                            ("--begin-frame", args.begin_frame or None)):
             if value is not None:
                 raise UserError(f"{flag} is not available in live mode (--camera / --url / --live)")
         if args.output is not None:
@@ -119,6 +123,7 @@ def main(argv=None) -> int:
 
     runner = TrackRunner.from_config(cfg, args.input, args.output, identity_path=args.identity,
                                      landmarks_path=args.landmarks, fps=25.0 if args.fps is None else args.fps,
+                                     begin_frame=args.begin_frame,
                                      image_size=args.image_size, video=not args.no_video, photometric=args.photometric,
                                      device=str(resolve_device(cfg.device)), overwrite=args.overwrite)
     with sigterm_as_interrupt():  # as Ctrl-C: the tracked frames' files finished, the crop cache removed, exit 130

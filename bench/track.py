@@ -37,7 +37,7 @@ def stage_cpu(cfg, video: str, fps: float, size: int, n: int, with_video: bool) 
 
     from configs.config import resolve_path
     from micalib.tracking import crop as cropmod
-    from micalib.tracking.depth import DepthMesh, depth_mm, depth_png_bytes, frame_geometry
+    from micalib.tracking.depth import DepthMesh, depth_mm, frame_geometry
     from micalib.tracking.fitting import LandmarkFitter
     from micalib.tracking.focal_prior import make_prior
     from micalib.tracking.frames import open_frames
@@ -47,8 +47,9 @@ def stage_cpu(cfg, video: str, fps: float, size: int, n: int, with_video: bool) 
     from micalib.tracking.options import FitSettings
     from micalib.tracking.outputs import frame_dict, save_frame
     from micalib.tracking.overlay import VideoWriter
-    from micalib.tracking.writer import DEPTH_PNG_COMPRESSION, overlay_frame, ply_metres, png_bytes
+    from micalib.tracking.writer import DEPTH_PNG_COMPRESSION, overlay_frame, ply_metres
     from models.flame import FLAME
+    from utils.png import encode_png
 
     cpu: dict[str, float] = {}
 
@@ -95,11 +96,11 @@ def stage_cpu(cfg, video: str, fps: float, size: int, n: int, with_video: bool) 
             geom = timed("full FLAME mesh + one 512 raster (per frame)", frame_geometry, model, dmesh, st, kk, size)
             verts = geom.verts
             timed("input/NNNNN.png (encode + write)",
-                  lambda k=k: (tmp / "f.png").write_bytes(png_bytes(crops[k], int(cfg.tracker.png_compression))))
+                  lambda k=k: (tmp / "f.png").write_bytes(encode_png(crops[k], int(cfg.tracker.png_compression))))
             timed("mesh/NNNNN.ply (bytes + write)", lambda verts=verts: (tmp / "f.ply").write_bytes(ply_metres(verts, model.faces)))
             timed("checkpoint/NNNNN.frame (dict + save)", lambda st=st, k=k: save_frame(
                 tmp / "f.frame", frame_dict(st.exp, st.pose, st.eyelids, np.zeros(300), st.r, st.t, kk, (size, size), k, k)))
-            timed("depth/NNNNN.png (depth + encode + write)", lambda geom=geom: (tmp / "d.png").write_bytes(depth_png_bytes(
+            timed("depth/NNNNN.png (depth + encode + write)", lambda geom=geom: (tmp / "d.png").write_bytes(encode_png(
                 depth_mm(geom.fragments, geom.depth_offset, dmesh, size, size), DEPTH_PNG_COMPRESSION)))
             if writer is not None:
                 fut: Future = Future()

@@ -244,7 +244,7 @@ _C.tracker.search_every = 10
 _C.tracker.follow_face = False
 # Frames with a face used to compute the identity with MICA when no --identity is given.
 _C.tracker.identity_frames = 8
-# PNG compression of input/NNNNN.png (0-9; 1 is fast).
+# Deflate level of input/NNNNN.png (0-9, utils/png.py: 0 stored, 1-3 ISA-L: fast, 4-9 zlib: smaller, slower).
 _C.tracker.png_compression = 1
 # Threads writing the per-frame files.
 _C.tracker.workers = 2

@@ -1,7 +1,9 @@
 """Synthetic-truth live runs for the live tests: the tracker test's ground-truth sequence
-(``tests.synthetic_tracking``) played through ``PacedRows`` into a ``LiveSession``."""
+(``tests.synthetic_tracking``) played through ``PacedRows`` into a ``LiveSession``; a recording
+WebSocket client on its own thread (``RecordingClient``)."""
 from __future__ import annotations
 
+import json
 import threading
 from pathlib import Path
 
@@ -66,3 +68,38 @@ def run_in_thread(session):
     t = threading.Thread(target=work, daemon=True)
     t.start()
     return t, box
+
+
+class RecordingClient:
+    """A WebSocket client on its own thread that sends ``requests`` (JSON messages), then records
+    every message (text ones decoded, binary ones as bytes) until ``end``. Given the ``server``,
+    the constructor returns once the server counts a client (or the client's thread has ended)."""
+
+    def __init__(self, url: str, requests=(), server=None) -> None:
+        self._box: dict = {}
+        self._thread = threading.Thread(target=self._receive_all, args=(url, requests))
+        self._thread.start()
+        while server is not None and server.counts[0] < 1 and self._thread.is_alive():
+            threading.Event().wait(0.01)
+
+    def _receive_all(self, url: str, requests) -> None:
+        from micalib.live.websocket import WebSocketClient
+
+        c = WebSocketClient(url)
+        for r in requests:
+            c.send_text(json.dumps(r))
+        msgs = []
+        try:
+            while True:
+                m = c.recv()
+                msgs.append(m if isinstance(m, bytes) else json.loads(m))
+                if isinstance(msgs[-1], dict) and msgs[-1]["type"] == "end":
+                    break
+        finally:
+            c.close()
+            self._box["msgs"] = msgs
+
+    def messages(self, timeout: float = 60.0) -> list:
+        """Wait for the client's thread (``timeout`` seconds) and return what it recorded."""
+        self._thread.join(timeout)
+        return self._box["msgs"]

@@ -329,7 +329,7 @@ def track_synthetic(tmp, real: bool, n_frames: int = 120, noise_px: float = 0.5,
                 "--identity", str(tmp / "identity.npy"), "--image-size", str(size)] + ([] if video else ["--no-video"])
                + list(extra_args) + opts + list(extra_opts))
     out = tmp / "out" / "clip"
-    fr = [read_frame(out / "checkpoint" / f"{k:05d}.frame") for k in range(n_frames)]
+    fr = [read_frame(p) for p in sorted((out / "checkpoint").glob("*.frame"))]  # fewer with --begin-frame
     model = TrackingFLAME(flame, identity, emb, lids, iris)
     with open(assets["flame_masks_path"], "rb") as f:
         face = pickle.load(f, encoding="latin1")["face"]

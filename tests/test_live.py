@@ -23,7 +23,7 @@ from micalib.live.websocket import (
     encode_frame,
     read_frame,
 )
-from tests.live_synthetic import Synthetic, run_in_thread
+from tests.live_synthetic import RecordingClient, Synthetic, run_in_thread
 from utils.errors import MICAError
 
 
@@ -37,23 +37,6 @@ def syn(tmp_path_factory):
     torch.set_num_threads(1)
     yield Synthetic(tmp_path_factory.mktemp("live"))
     torch.set_num_threads(threads)
-
-
-def _receive_all(url: str, box: dict, requests=()):
-    """A client that records every message until ``end``."""
-    c = WebSocketClient(url)
-    for r in requests:
-        c.send_text(json.dumps(r))
-    msgs = []
-    try:
-        while True:
-            m = c.recv()
-            msgs.append(m if isinstance(m, bytes) else json.loads(m))
-            if isinstance(msgs[-1], dict) and msgs[-1]["type"] == "end":
-                break
-    finally:
-        c.close()
-        box["msgs"] = msgs
 
 
 def _accounting(s: dict, produced: int) -> None:
@@ -133,18 +116,14 @@ def test_paced_source_faster_than_the_tracker_drops_frames(syn):
     and counted, and every frame is accounted for once."""
     sess = syn.session(fps=1000.0, warmup_s=0.0, repeat=10)
     sess.tracker.focal_px = 768.0  # no keyframe fit: the warm-up is three frames
-    box: dict = {}
-    t = threading.Thread(target=_receive_all, args=(f"ws://127.0.0.1:{sess.server.port}/", box))
-    t.start()
-    while sess.server.counts[0] < 1:
-        threading.Event().wait(0.01)
+    client = RecordingClient(f"ws://127.0.0.1:{sess.server.port}/", server=sess.server)
     stats = sess.run().summary()
-    t.join(60)
+    msgs = client.messages()
     assert stats["dropped_busy"] > stats["tracked"] > 0, stats
     _accounting(stats, 10 * len(syn.seq["exp"]))
     assert len(sess.stats.latencies_ms) == stats["tracked"]
     # the client still gets every tracked frame, in order, each saying how many were dropped so far
-    frames = [m for m in box["msgs"] if isinstance(m, dict) and m["type"] == "frame"]
+    frames = [m for m in msgs if isinstance(m, dict) and m["type"] == "frame"]
     assert [m["frame"] for m in frames] == list(range(stats["tracked"]))
     dropped = [m["dropped"] for m in frames]
     assert dropped == sorted(dropped) and dropped[-1] <= stats["dropped_busy"] + stats["warmup_frames"]
@@ -223,17 +202,11 @@ def test_client_receives_every_message_in_order_with_the_schema(syn):
     grey = np.full((512, 512, 3), 90, np.uint8)
     sess = syn.session(fps=20.0, warmup_s=0.5, send_crops=True, image=lambda k: grey, lossless=True)
     sess.source.n = 40
-    box: dict = {}
-    t = threading.Thread(target=_receive_all, args=(f"ws://127.0.0.1:{sess.server.port}/", box,
-                                                    [{"type": "get_faces"}]))
-    t.start()
-    while sess.server.counts[0] < 1:
-        threading.Event().wait(0.01)
+    client = RecordingClient(f"ws://127.0.0.1:{sess.server.port}/", [{"type": "get_faces"}], server=sess.server)
     th, res = run_in_thread(sess)
     th.join(300)
-    t.join(60)
+    msgs = client.messages()
     stats = res["stats"].summary()
-    msgs = box["msgs"]
     texts = [m for m in msgs if isinstance(m, dict)]
     assert texts[0]["type"] == "hello" and texts[0]["schema"] == 1 and texts[0]["image_size"] == [512, 512]
     assert texts[-1]["type"] == "end" and texts[-1]["reason"] == "source ended"
@@ -257,14 +230,10 @@ def test_client_receives_every_message_in_order_with_the_schema(syn):
 
 def test_vanished_source_finishes_the_files_and_says_so(syn, tmp_path):
     sess = syn.session(fps=25.0, warmup_s=0.3, output=tmp_path / "out", fail_after=30)
-    box: dict = {}
-    t = threading.Thread(target=_receive_all, args=(f"ws://127.0.0.1:{sess.server.port}/", box))
-    t.start()
-    while sess.server.counts[0] < 1:
-        threading.Event().wait(0.01)
+    client = RecordingClient(f"ws://127.0.0.1:{sess.server.port}/", server=sess.server)
     with pytest.raises(MICAError, match="vanished after 30"):
         sess.run()
-    t.join(60)
+    msgs = client.messages()
     out = tmp_path / "out" / "synthetic"
     n = sess.stats.tracked
     assert n > 0 and len(list(csvrows(out / "tracking.csv"))) == n
@@ -274,7 +243,7 @@ def test_vanished_source_finishes_the_files_and_says_so(syn, tmp_path):
     assert [p.name for p in depths] == [f"{k:05d}.png" for k in range(n)]
     d = cv2.imread(str(depths[-1]), cv2.IMREAD_UNCHANGED)
     assert d.dtype == np.uint16 and d.ndim == 2 and 0 < (d > 0).mean() < 1 and d.max() < 65535
-    assert box["msgs"][-1]["type"] == "end" and box["msgs"][-1]["reason"] == "source failed"
+    assert msgs[-1]["type"] == "end" and msgs[-1]["reason"] == "source failed"
 
 
 def test_identity_from_the_warmup_frames_and_glb_on_request(syn):
@@ -296,19 +265,16 @@ def test_identity_from_the_warmup_frames_and_glb_on_request(syn):
     built = []
     real_glb = sess.glb
     sess.glb = lambda tracker: built.append(np.array(tracker.identity)) or real_glb(tracker)
-    box: dict = {}
     url = f"ws://127.0.0.1:{sess.server.port}/"
     th, res = run_in_thread(sess)
     while not sess.tracker.tracking and th.is_alive():
         threading.Event().wait(0.05)
-    t = threading.Thread(target=_receive_all, args=(url, box, [{"type": "get_glb"}, {"type": "get_glb"}]))
-    t.start()
+    client = RecordingClient(url, [{"type": "get_glb"}, {"type": "get_glb"}])
     th.join(300)
-    t.join(60)
+    msgs = client.messages()
     assert "error" not in res, res
     assert len(calls) == 1 and 3 <= len(calls[0]) <= 8 and calls[0] == sorted(calls[0])
     assert np.array_equal(sess.tracker.identity, syn.identity) and len(built) == 1
-    msgs = box["msgs"]
     # connected after the warm-up: the hello carries the fixed intrinsics every frame uses
     assert msgs[0]["type"] == "hello" and msgs[0]["state"] == "tracking"
     assert all(m["camera"]["K"] == msgs[0]["camera"]["K"] for m in msgs if isinstance(m, dict) and m["type"] == "frame")
@@ -400,14 +366,9 @@ def test_a_diverged_fit_is_held_and_flagged_not_sent_as_nan(syn, monkeypatch):
     sess = syn.session(fps=20.0, warmup_s=0.2, lossless=True)
     sess.source.n = 12
     sess.tracker.focal_px = 768.0
-    box: dict = {}
-    t = threading.Thread(target=_receive_all, args=(f"ws://127.0.0.1:{sess.server.port}/", box))
-    t.start()
-    while sess.server.counts[0] < 1:
-        threading.Event().wait(0.01)
+    client = RecordingClient(f"ws://127.0.0.1:{sess.server.port}/", server=sess.server)
     stats = sess.run().summary()
-    t.join(60)
-    frames = [m for m in box["msgs"] if isinstance(m, dict) and m["type"] == "frame"]
+    frames = [m for m in client.messages() if isinstance(m, dict) and m["type"] == "frame"]
     assert stats["faceless"] == 1 and len(frames) == stats["tracked"]
     held = [m for m in frames if not m["face_found"]]
     assert len(held) == 1 and held[0]["expression"] == frames[frames.index(held[0]) - 1]["expression"]

@@ -15,9 +15,9 @@ from micalib.tracking.depth import (
     DepthStats,
     FrameGeometry,
     depth_mm,
-    depth_png_bytes,
     rasterize_frame,
 )
+from utils.png import encode_png
 
 K = np.array([[600.0, 0, 63.5], [0, 600.0, 63.5], [0, 0, 1]])  # OpenCV convention, 128 x 128
 SIZE = 128
@@ -84,7 +84,7 @@ def test_mouth_triangles_only_on_flames_topology():
 def test_png_is_one_channel_uint16_and_lossless():
     rng = np.random.default_rng(0)
     d = rng.integers(0, 65536, (40, 50), dtype=np.uint16)
-    back = cv2.imdecode(np.frombuffer(depth_png_bytes(d), np.uint8), cv2.IMREAD_UNCHANGED)
+    back = cv2.imdecode(np.frombuffer(encode_png(d), np.uint8), cv2.IMREAD_UNCHANGED)
     assert back.dtype == np.uint16 and back.shape == (40, 50) and np.array_equal(back, d)
 
 

@@ -162,6 +162,36 @@ def test_folder_errors(tmp_path):
         list(src)
 
 
+# ---------------------------------------------------------------------------- --begin-frame
+
+
+@pytest.mark.parametrize("fps", [None, 20.0])
+def test_begin_skips_output_frames_after_the_resampling(video_30fps, fps):
+    """Output frame k of ``begin=5`` is output frame 5 + k of the whole input: the same input
+    index (the hand-computed 30 -> 20 fps list: 0, 1, 3, 4, 6, 7, 9, ...) and the same pixels."""
+    whole = [(k, i, _decode_index(rgb)) for k, i, rgb in open_frames(video_30fps, fps=fps)]
+    src = open_frames(video_30fps, fps=fps, begin=5)
+    assert src.begin == 5 and src.n_input_frames == 40 and len(src) == len(whole) - 5
+    got = [(k, i, _decode_index(rgb)) for k, i, rgb in src]
+    assert got == [(k - 5, i, code) for k, i, code in whole[5:]]
+    assert all(code == i for _, i, code in got)  # the pixels are those of input frame i
+    if fps is not None:
+        assert [i for _, i, _ in got[:4]] == [7, 9, 10, 12]  # 20 fps: input k * 1.5, ties to the earlier
+
+
+def test_begin_in_a_folder_and_out_of_range(tmp_path):
+    for n in range(6):
+        cv2.imwrite(str(tmp_path / f"{n:03d}.png"), _coded_frame(n + 10))
+    src = open_frames(tmp_path, begin=4)
+    assert [(k, i, _decode_index(rgb)) for k, i, rgb in src] == [(0, 4, 14), (1, 5, 15)]
+    for bad in (6, 100):
+        with pytest.raises(MICAError, match=f"--begin-frame {bad} skips every output frame of .* it has 6") as e:
+            open_frames(tmp_path, begin=bad)
+        assert "\n" not in str(e.value)
+    with pytest.raises(MICAError, match="--begin-frame -1: give the number of output frames to skip"):
+        open_frames(tmp_path, begin=-1)
+
+
 # ---------------------------------------------------------------------------- prefetch
 
 

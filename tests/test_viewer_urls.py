@@ -135,3 +135,42 @@ def quote_path(clip: Path, rel: str) -> str:
     """``rel`` if it reaches ``clip/rel`` from the page (a URL of an existing file)."""
     assert _target(clip / "index.html", rel) == clip / rel and (clip / rel).is_file()
     return rel
+
+
+def test_rerun_with_fewer_meshes_removes_only_its_own_stale_scripts(tmp_path, monkeypatch):
+    """A re-run into the same OUTPUT with fewer meshes left viewer/meshes/00002.js ... of the first
+    page behind. Now exactly the scripts data.js names remain, removed only after data.js names the
+    new set, and nothing but the page's own NNNNN.js files is touched."""
+    import shutil
+
+    verts, faces = _random_topology(np.random.default_rng(0))
+    for name in ("a", "b", "c", "d"):
+        (tmp_path / name).mkdir()
+        write_mesh(tmp_path / name / "mesh.ply", verts * 1000.0, faces)
+    index = write_demo_page(tmp_path)
+    meshes = tmp_path / "viewer" / "meshes"
+    assert sorted(p.name for p in meshes.iterdir()) == [f"{k:05d}.js" for k in range(4)]
+    users = ["notes.txt", "00001.js.bak", "abc.js", "0001.js", "123456.json"]
+    for name in users:
+        (meshes / name).write_text("the user's")
+    (meshes / "00009.js").mkdir()  # a folder of that name is not a script the page wrote
+    shutil.rmtree(tmp_path / "b")
+    shutil.rmtree(tmp_path / "d")
+    seen = []
+    unlink = Path.unlink
+
+    def watched(self, *args, **kwargs):
+        if self.parent == meshes:
+            seen.append([i["name"] for i in _data(index)["items"]])
+        return unlink(self, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "unlink", watched)
+    write_demo_page(tmp_path)
+    items = _data(index)["items"]
+    assert [i["name"] for i in items] == ["a", "c"]
+    assert seen == [["a", "c"], ["a", "c"]]  # two stale scripts, each removed once data.js named the new set
+    left = sorted(p.name for p in meshes.iterdir())
+    assert left == sorted(["00000.js", "00001.js", "00009.js", *users])
+    assert all((meshes / n).read_text() == "the user's" for n in users)
+    for item in items:
+        assert f"window.MICA_MESH[{json.dumps(item['name'])}]" in _target(index, item["script"]).read_text()

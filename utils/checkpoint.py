@@ -23,6 +23,7 @@ from __future__ import annotations
 import io
 import pickle
 import re
+import warnings
 import zipfile
 from collections import OrderedDict
 from collections.abc import Iterable, Mapping
@@ -71,41 +72,62 @@ KNOWN_IRESNETS = {
 _MAX_GROUPS = 6
 
 
-def load_checkpoint_file(path: PathLike, what: str = "checkpoint", fix: str = "download or copy it again") -> Any:
+def _damage(path: Path, exc: BaseException) -> str:
+    """What a failed read of ``path`` says, in a few words (torch's messages run to paragraphs)."""
+    try:
+        if path.stat().st_size == 0:
+            return "empty file"
+    except OSError:
+        pass
+    text = str(exc)
+    found = re.search(r"WeightsUnpickler error:\s*(.+)", text)
+    if found:  # "Unsupported operand 95": bytes that are no pickle torch writes
+        text = found.group(1)
+    found = re.search(r"failed reading zip archive: ([^.]+)", text)
+    if found:  # a cut-short zip: its directory at the end is gone
+        text = f"incomplete zip archive: {found.group(1)}"
+    first = (text.strip().splitlines() or [""])[0][:120]
+    return f"{type(exc).__name__}: {first}" if first else type(exc).__name__
+
+
+def load_checkpoint_file(path: PathLike, what: str = "checkpoint", fix: str = "download or copy it again",
+                         refused_fix: str = "use an original checkpoint file from a trusted source") -> Any:
     """``torch.load(path, map_location='cpu', weights_only=True)`` with numpy allowed, one-line errors.
 
     The one reader of every ``torch.save`` file of the project (checkpoints, ``backbone.pth``,
     tracker ``.frame`` files): tensors, plain containers, numbers, strings and numpy arrays /
     scalars / dtypes (numpy-1 and numpy-2 names) load; any other global is refused unexecuted.
+    ``fix``: the advice for a damaged file (truncated, corrupt, empty, random bytes, a pickle that
+    is no ``torch.save`` file); ``refused_fix``: for a file that names a global outside the list.
 
     Raises:
         FileNotFoundError: ``path`` does not exist.
-        MICAError: not a PyTorch file, truncated/corrupt, or it holds objects other than tensors
-            and plain containers (refused by ``weights_only``; nothing was executed).
+        MICAError: damaged (truncated, corrupt or not a PyTorch file at all), or it holds objects
+            other than tensors and plain containers (refused by ``weights_only``; nothing was executed).
     """
     path = Path(path).expanduser()
     if not path.is_file():
         raise UserFileNotFound(f"{what} {path} not found (check the path in the config / command line)")
+    damaged = f"{what} {path} is damaged ({{}}): it is truncated or corrupt, or not a {what} at all - {fix}"
     try:
-        with torch.serialization.safe_globals(torch_numpy_safe_globals()):
+        with torch.serialization.safe_globals(torch_numpy_safe_globals()), warnings.catch_warnings():
+            # a plain pickle of protocol 4+ makes torch warn before it fails; the error says it all
+            warnings.filterwarnings("ignore", message="Detected pickle protocol", category=UserWarning)
             return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
-        msg = str(e)
-        if "Weights only load failed" in msg or "Unsupported global" in msg:
-            found = re.search(r"GLOBAL ([\w.]+)", msg)
-            name = f" ({found.group(1)})" if found else ""
-            raise MICAError(f"{what} {path} refused: it holds Python objects other than tensors and numpy arrays{name}; "
-                            f"it was not executed - use an original checkpoint file from a trusted source") from None
-        raise MICAError(f"{what} {path} is not a readable PyTorch file ({msg.splitlines()[0][:120]}); "
-                        f"the file is corrupt - {fix}") from None
+        # only a named global is a foreign object; torch words every other unpickling failure
+        # ("Unsupported operand", a bad magic number) as a weights-only refusal too
+        found = re.search(r"(?:Unsupported global: GLOBAL|unsupported GLOBAL) ([\w.]+)", str(e))
+        if found:
+            raise MICAError(f"{what} {path} refused: it holds Python objects other than tensors and numpy arrays "
+                            f"({found.group(1)}); it was not executed - {refused_fix}") from None
+        raise MICAError(damaged.format(_damage(path, e))) from None
     except PermissionError:
         raise MICAError(f"{what} {path} cannot be read: permission denied - give your user read access "
                         f"(chmod/chown) or copy it somewhere readable") from None
     except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError, AttributeError, KeyError,
             IndexError, TypeError, UnicodeDecodeError) as e:
-        first = (str(e).splitlines() or [type(e).__name__])[0][:120]
-        raise MICAError(f"{what} {path} is not a readable PyTorch file ({first}); it is truncated or "
-                        f"corrupt - {fix}") from None
+        raise MICAError(damaged.format(_damage(path, e))) from None
 
 
 # No weight or BatchNorm statistic of a trained network comes near this; a file that holds one is

@@ -1,8 +1,12 @@
 """The frames of a tracked sequence: a video file or a folder of images, streamed one at a time.
 
-``open_frames(path, fps)`` returns a ``FrameSource``. Iterating it yields ``(out_index,
+``open_frames(path, fps, begin)`` returns a ``FrameSource``. Iterating it yields ``(out_index,
 input_index, rgb)``: the 0-based output frame number, the 0-based number of the input frame it
 shows (in decoding order, the order of ``--landmarks`` rows) and the frame as RGB uint8 (H,W,3).
+``begin`` (track.py ``--begin-frame``, the original tracker's ``begin_frames``) drops the first
+``begin`` output frames of the input (after the resampling to ``fps``): output frame 0 is then the
+input's output frame ``begin``. ``FrameSource.indices`` is the one map from output frame numbers to
+input frames; everything downstream numbers its files by it.
 
 Videos are decoded by OpenCV's ``VideoCapture`` (opencv-python-headless ships FFmpeg inside the
 wheel; no system ``ffmpeg`` is called), without holding more than one frame. With ``fps`` the video
@@ -83,6 +87,7 @@ class FrameSource:
         n_input_frames: number of input frames (rows of a ``--landmarks`` file).
         size: (width, height) of the input frames in pixels.
         indices: input frame index of every output frame.
+        begin: output frames of the input dropped before output frame 0 (``skip_first``).
     """
 
     path: Path
@@ -92,6 +97,22 @@ class FrameSource:
     n_input_frames: int
     size: tuple[int, int]
     indices: list[int]
+    begin: int = 0
+
+    def skip_first(self, n: int) -> None:
+        """Drop the first ``n`` output frames: output frame 0 becomes the input's output frame ``n``.
+
+        Raises:
+            MICAError: ``n`` negative, or not below the number of output frames.
+        """
+        n = int(n)
+        if n < 0:
+            raise MICAError(f"--begin-frame {n}: give the number of output frames to skip (0 or more)")
+        if n >= len(self.indices):
+            raise MICAError(f"--begin-frame {n} skips every output frame of {self.path}: it has {len(self.indices)} "
+                            f"(at {'every frame' if self.fps is None else f'{self.fps:g} frames/s'}); give a smaller number")
+        self.indices = self.indices[n:]
+        self.begin = n
 
     def __len__(self) -> int:
         return len(self.indices)
@@ -233,31 +254,34 @@ class FolderFrames(FrameSource):
             return None
 
     def __iter__(self) -> Iterator[tuple[int, int, np.ndarray]]:
-        for i, f in enumerate(self.files):
+        for k, i in enumerate(self.indices):
             rgb = self._read(i)
             if rgb is None:
-                yield i, i, np.zeros((self.size[1], self.size[0], 3), np.uint8)
+                yield k, i, np.zeros((self.size[1], self.size[0], 3), np.uint8)
                 continue
             if (rgb.shape[1], rgb.shape[0]) != self.size:
-                raise MICAError(f"frame {f} is {rgb.shape[1]}x{rgb.shape[0]} pixels but the first frame of the folder "
-                                f"is {self.size[0]}x{self.size[1]}; all frames must have one size (resize or remove it)")
-            yield i, i, rgb
+                raise MICAError(f"frame {self.files[i]} is {rgb.shape[1]}x{rgb.shape[0]} pixels but the first frame of the "
+                                f"folder is {self.size[0]}x{self.size[1]}; all frames must have one size (resize or remove it)")
+            yield k, i, rgb
 
 
-def open_frames(path: PathLike, fps: float | None = None) -> FrameSource:
-    """A ``VideoFrames`` for a file, a ``FolderFrames`` for a folder (``fps`` ignored there).
+def open_frames(path: PathLike, fps: float | None = None, begin: int = 0) -> FrameSource:
+    """A ``VideoFrames`` for a file, a ``FolderFrames`` for a folder (``fps`` ignored there), its
+    first ``begin`` output frames dropped (``FrameSource.skip_first``).
 
     Raises:
-        MICAError: missing path, unreadable or empty video, folder without images.
+        MICAError: missing path, unreadable or empty video, folder without images, ``begin`` past
+            the last output frame.
     """
     p = Path(path).expanduser()
     if not p.exists():
         raise MICAError(f"input {p} does not exist (pass a video file or a folder of frames)")
     if fps is not None and not (math.isfinite(float(fps)) and float(fps) > 0):
         raise MICAError(f"--fps {fps} is not a positive frame rate (use e.g. --fps 25)")
-    if p.is_dir():
-        return FolderFrames(p)
-    return VideoFrames(p, fps)
+    src = FolderFrames(p) if p.is_dir() else VideoFrames(p, fps)
+    if begin:
+        src.skip_first(begin)
+    return src
 
 
 _END = object()

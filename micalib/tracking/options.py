@@ -89,6 +89,7 @@ class TrackOptions:
 
     Run options (track.py's command line):
         image_size: side of the square crop. fps: output frame rate of a video (None = every frame).
+        begin_frame: output frames of the input skipped before output frame 0 (``FrameSource.skip_first``).
         video: write ``video.mp4``. photometric: refine each frame photometrically.
         device: of MICA and the photometric stage. overwrite: remove this input's earlier outputs first.
     """
@@ -109,6 +110,7 @@ class TrackOptions:
     photometric_iters: int = _config(_TRACKER.photometric_iters)
     image_size: int = 512
     fps: float | None = 25.0
+    begin_frame: int = 0
     video: bool = True
     photometric: bool = False
     device: str = "cpu"

@@ -103,19 +103,29 @@ def frame_k(data: dict[str, Any]) -> np.ndarray:
     return k_convert(np.asarray(data["opencv"]["K"], np.float64).reshape(3, 3), "opencv")
 
 
+# What to do with a .frame that cannot be used: a re-run of track.py tracks a deleted frame again
+# (and, resuming, one it finds damaged: ``resume.finished_frames``).
+FRAME_FIX = "delete it and run track.py again to track that frame again"
+
+
 def read_frame(path: PathLike) -> dict[str, Any]:
     """Read a ``.frame`` file (ours or the original's) without running code from it, through the
     project's one checkpoint reader (``utils.checkpoint.load_checkpoint_file``: tensors and numpy
-    arrays under numpy-1 and numpy-2 names load, anything else is refused unexecuted)."""
+    arrays under numpy-1 and numpy-2 names load, anything else is refused unexecuted).
+
+    Raises:
+        MICAError: one line naming the file and the fix: missing; damaged (truncated, empty,
+            random bytes, a pickle that is no ``torch.save`` file); holding objects other than
+            tensors and arrays (refused, named); or without the flame/camera/opencv blocks.
+    """
     path = Path(path)
     try:
-        data = load_checkpoint_file(path, what="tracking checkpoint")
+        data = load_checkpoint_file(path, what="tracking checkpoint", fix=FRAME_FIX,
+                                    refused_fix=f"use a .frame written by a tracker you trust, or {FRAME_FIX}")
     except FileNotFoundError:
         raise MICAError(f"tracking checkpoint {path} not found") from None
-    except MICAError as e:
-        raise MICAError(f"{e}; delete it to track that frame again") from None
     if not isinstance(data, dict) or not {"flame", "opencv", "camera"} <= set(data):
-        raise MICAError(f"tracking checkpoint {path} lacks the flame/camera/opencv blocks; delete it to track again")
+        raise MICAError(f"tracking checkpoint {path} lacks the flame/camera/opencv blocks (not a .frame file); {FRAME_FIX}")
     return data
 
 

@@ -1,7 +1,7 @@
 """What a re-run of track.py may reuse: the run record, finished frames and the per-frame csv rows.
 
 * ``OUT/NAME/.track_run.json`` records the options that shape the outputs (input file and its size
-  and mtime, fps, crop size, landmarks / identity file hashes, photometric, the ``tracker`` config
+  and mtime, fps, ``--begin-frame``, crop size, landmarks / identity file hashes, photometric, the ``tracker`` config
   section and the FLAME / MediaPipe / eyelid files). A re-run with other options is refused in one
   line naming the option (``--overwrite`` or another ``-o`` is the fix): finished frames are reused
   only by a run with the same options.
@@ -30,11 +30,14 @@ from utils.io import atomic_write_text, written_file
 
 # tracker keys that change speed only, not the outputs
 _NO_EFFECT = ("workers", "png_compression")
+# what a record written before an option existed means by its absence (the option's old behaviour)
+_ABSENT = {"begin_frame": 0}
 # how the refusal names each recorded option
 # Version of the files' format, recorded with the options: outputs of another version are refused.
 # 2: K in the renderers' pixel convention (pixel i's centre at i + 0.5), numpy-1 pickle names, depth/.
 FORMAT_VERSION = 2
 OPTION_NAMES = {"format": "the file format version (outputs of an older track.py)", "input": "-i (path)", "input_stat": "-i (file size / modification time)", "fps": "--fps",
+                "begin_frame": "--begin-frame",
                 "image_size": "--image-size", "landmarks": "--landmarks (file content)",
                 "identity": "--identity (file content)", "photometric": "--photometric",
                 "tracker": "the tracker.* config", "assets": "the FLAME / MediaPipe / eyelid files"}
@@ -69,6 +72,7 @@ def run_settings(options, source, landmarks_path, identity_path, asset_paths: di
             "input": str(Path(source.path).expanduser().resolve()),
             "input_stat": f"{source.n_input_frames}:{_stat(source.path)}",
             "fps": None if source.fps is None else float(source.fps),
+            "begin_frame": int(getattr(source, "begin", 0)),
             "image_size": int(options.image_size),
             "landmarks": None if landmarks_path is None else file_hash(landmarks_path),
             "identity": None if identity_path is None else file_hash(identity_path),
@@ -95,10 +99,10 @@ def check_run_record(layout: TrackLayout, settings: dict) -> bool:
         if not isinstance(old, dict):
             raise MICAError(f"run record {path} is unreadable; {fix}")
         for key, value in settings.items():
-            if old.get(key) != value:
+            if old.get(key, _ABSENT.get(key)) != value:
                 shown = (lambda v: v if not isinstance(v, dict) else "changed")
                 raise MICAError(f"{out} was tracked with other options ({OPTION_NAMES.get(key, key)}: "
-                                f"{shown(old.get(key))} before, {shown(value)} now); {fix}")
+                                f"{shown(old.get(key, _ABSENT.get(key)))} before, {shown(value)} now); {fix}")
         return True
     if layout.has_frames():
         raise MICAError(f"{out} holds tracked frames but no record of their options ({RUN_RECORD}); {fix}")

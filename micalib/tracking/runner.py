@@ -59,11 +59,12 @@ from micalib.tracking.resume import (
     write_run_record,
 )
 from micalib.tracking.solver_state import FrameRecord, basis_pose_of, load_appearance, restore_basis
-from micalib.tracking.writer import FrameWriter, png_bytes
+from micalib.tracking.writer import FrameWriter
 from utils.errors import MICAError
 from utils.identity import read_identity
 from utils.io import atomic_save_npy, atomic_write_bytes, atomic_write_text, remove_stale_temps, written_file
 from utils.mesh import obj_text
+from utils.png import encode_png
 from utils.timing import StageTimer
 
 # Frames before the first face kept in memory (bytes) to be cropped once the face is found.
@@ -126,7 +127,7 @@ class TrackRunner:
             (unlike the demo runner, which gets them built).
         identity_path: MICA ``identity.npy``; None = computed with MICA from the frames.
         landmarks_path: the user's landmark npz (replaces detection).
-        source: an opened ``FrameSource`` (else ``open_frames(input_path, options.fps)``).
+        source: an opened ``FrameSource`` (else ``open_frames(input_path, options.fps, options.begin_frame)``).
         flame_files: the files ``flame`` was read from by config key (recorded in the run record).
         masks_path: FLAME_masks.pkl (``model.flame_masks_path``): the regions ``depth/`` leaves out;
             None or absent: none left out (one warning).
@@ -136,7 +137,7 @@ class TrackRunner:
                  load_mica: Callable[[], tuple] | None = None, identity_path=None, landmarks_path=None,
                  source=None, flame_files: dict[str, Path] | None = None, masks_path=None) -> None:
         self.options = options
-        self.source = source if source is not None else open_frames(input_path, options.fps)
+        self.source = source if source is not None else open_frames(input_path, options.fps, options.begin_frame)
         self.layout = TrackLayout(out_root, self.source.name)
         self.flame = flame
         self.load_mica = load_mica
@@ -165,7 +166,7 @@ class TrackRunner:
         check_track_options(run.get("fps"), run.get("image_size", 512))
         options = TrackOptions.from_section(cfg.tracker, **run)
         if source is None:
-            source = open_frames(input_path, options.fps)
+            source = open_frames(input_path, options.fps, options.begin_frame)
         flame_files = {}
         if flame is None:
             from models.flame import FLAME
@@ -387,7 +388,7 @@ class TrackRunner:
             return None
 
     def _write_png(self, k: int, crop: np.ndarray) -> None:
-        atomic_write_bytes(self.layout.png(k), png_bytes(crop, self.options.png_compression), fsync=False)
+        atomic_write_bytes(self.layout.png(k), encode_png(crop, self.options.png_compression), fsync=False)
         self._png_written.add(k)
 
     def _cached_crops(self):

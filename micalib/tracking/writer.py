@@ -15,39 +15,26 @@ import time
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 
-import cv2
 import numpy as np
 from loguru import logger
 
-from micalib.tracking.depth import DepthMesh, DepthStats, FrameGeometry, depth_mm, depth_png_bytes, frame_geometry
+from micalib.tracking.depth import DepthMesh, DepthStats, FrameGeometry, depth_mm, frame_geometry
 from micalib.tracking.fitting import FrameState
 from micalib.tracking.layout import TrackLayout
 from micalib.tracking.model import TrackingFLAME
 from micalib.tracking.outputs import save_frame
 from micalib.tracking.resume import RowJournal
 from micalib.tracking.solver_state import KEEP_APPEARANCE, save_appearance, write_frame_state
-from utils.errors import MICAError
 from utils.io import atomic_write_bytes
 from utils.mesh import ply_bytes
+from utils.png import encode_png
 
 # frames whose files / overlays may wait in the pools before the calling thread waits for the oldest
 MAX_PENDING_WRITES = 8
 MAX_PENDING_OVERLAYS = 4
-# zlib level of depth/NNNNN.png (with the 'up' filter and RLE: smaller than the defaults, faster; depth.depth_png_bytes)
+# deflate level of depth/NNNNN.png (utils/png.py: 0.4 ms and ~28 kB for a 512 head depth)
 DEPTH_PNG_COMPRESSION = 1
 
-
-def png_bytes(rgb: np.ndarray, compression: int) -> bytes:
-    """Lossless PNG; at compression <= 1 with the fastest settings measured (the 'up' row filter and
-    Huffman-only deflate: about half the time of the default, files about as small; bench/README.md)."""
-    params = [cv2.IMWRITE_PNG_COMPRESSION, int(compression)]
-    if int(compression) <= 1:
-        params += [cv2.IMWRITE_PNG_FILTER, cv2.IMWRITE_PNG_FILTER_UP,
-                   cv2.IMWRITE_PNG_STRATEGY, cv2.IMWRITE_PNG_STRATEGY_HUFFMAN_ONLY]
-    ok, buf = cv2.imencode(".png", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR), params)
-    if not ok:
-        raise MICAError("could not encode a PNG frame")
-    return buf.tobytes()
 
 
 def ply_metres(verts: np.ndarray, faces: np.ndarray) -> bytes:
@@ -72,10 +59,10 @@ def write_frame_files(layout: TrackLayout, k: int, g: FrameGeometry, size: int, 
     None: written before, or a source without images), ``mesh/NNNNN.ply``, ``depth/NNNNN.png`` and
     ``checkpoint/NNNNN.frame`` (the ``.frame`` dict ``data``); offline and live alike."""
     if crop is not None:
-        atomic_write_bytes(layout.png(k), png_bytes(crop, png_compression), fsync=False)
+        atomic_write_bytes(layout.png(k), encode_png(crop, png_compression), fsync=False)
     atomic_write_bytes(layout.mesh(k), ply_metres(g.verts, faces), fsync=False)
     depth = depth_mm(g.fragments, g.depth_offset, depth_mesh, size, size, depth_stats)
-    atomic_write_bytes(layout.depth(k), depth_png_bytes(depth, DEPTH_PNG_COMPRESSION), fsync=False)
+    atomic_write_bytes(layout.depth(k), encode_png(depth, DEPTH_PNG_COMPRESSION), fsync=False)
     save_frame(layout.frame(k), data)
 
 

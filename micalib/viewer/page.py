@@ -14,7 +14,10 @@ under a transparent WebGL canvas (file images are cross-origin for WebGL texture
   toggles (the detected landmarks of ``landmarks.npz``, mapped into the crop by ``crop.json``).
 - ``write_demo_page(output_dir, arcface_dir)``: a demo folder -> ``OUTPUT/index.html`` + ``viewer/``:
   a row per mesh (crop, summary row) and an orbitable 3D view; each mesh's ``.glb`` is its own
-  ``viewer/meshes/NNNNN.js``, loaded when the mesh is shown, so any number of meshes is fine.
+  ``viewer/meshes/NNNNN.js``, loaded when the mesh is shown, so any number of meshes is fine. A
+  re-run with fewer meshes removes the scripts of its own naming (``NNNNN.js`` in ``viewer/meshes``)
+  that the new page does not name, after the new ``data.js`` is in place (the page never names a
+  missing script); other files there are left alone.
 
 The page's query string drives the tests: ``?frame=K&silhouette=1`` renders frame K's silhouette
 (white on black, the frame's pixel size) and writes its PNG data URL into ``#result``.
@@ -26,6 +29,7 @@ import csv
 import html
 import json
 import os
+import re
 import shutil
 from pathlib import Path
 from typing import Union
@@ -41,6 +45,9 @@ PathLike = Union[str, os.PathLike]  # noqa: UP007
 STATIC = Path(__file__).resolve().parent / "static"
 STATIC_FILES = ("three.bundle.js", "viewer.js", "THREE_LICENSE.txt")
 VIEWER_DIR = "viewer"
+MESHES_DIR = "meshes"
+# the demo page's per-mesh scripts, viewer/meshes/00000.js ... (more digits past 99999)
+MESH_SCRIPT = re.compile(r"\d{5,}\.js")
 
 _HTML = """<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><title>{title}</title>
@@ -156,7 +163,7 @@ def write_demo_page(output_dir: PathLike, arcface_dir: PathLike | None = None) -
     from utils.mesh import read_mesh
 
     output_dir = Path(output_dir)
-    meshes = output_dir / VIEWER_DIR / "meshes"
+    meshes = output_dir / VIEWER_DIR / MESHES_DIR
     meshes.mkdir(parents=True, exist_ok=True)
     rows = _summary_rows(output_dir)
     items = []
@@ -172,7 +179,7 @@ def write_demo_page(output_dir: PathLike, arcface_dir: PathLike | None = None) -
                 logger.warning(f"{e}; left off the viewer page")
                 continue
             data = mesh_glb_bytes(v_mm / 1000.0, faces, name)
-        script = f"meshes/{len(items):05d}.js"
+        script = f"{MESHES_DIR}/{len(items):05d}.js"
         atomic_write_text(output_dir / VIEWER_DIR / script, f"window.MICA_MESH[{json.dumps(name)}] = "
                           f"{json.dumps(base64.b64encode(data).decode())};\n", fsync=False)
         crop = None  # a URL relative to index.html: percent-encoded, so '#', '?', '%' in names stay in the path
@@ -183,4 +190,20 @@ def write_demo_page(output_dir: PathLike, arcface_dir: PathLike | None = None) -
         row = rows.get(name, {})
         items.append({"name": name, "script": f"{VIEWER_DIR}/{script}", "crop": crop,
                       "summary": {k2: row[k2] for k2 in ("input", "status", "faces", "score") if row.get(k2)}})
-    return _write_page(output_dir, f"{output_dir.name}: MICA meshes", {"mode": "demo", "items": items})
+    index = _write_page(output_dir, f"{output_dir.name}: MICA meshes", {"mode": "demo", "items": items})
+    _remove_stale_scripts(meshes, {Path(item["script"]).name for item in items})
+    return index
+
+
+def _remove_stale_scripts(meshes: Path, named: set[str]) -> None:
+    """Remove the mesh scripts (``MESH_SCRIPT`` names, files only) of an earlier page from
+    ``meshes`` that the page just written does not name; call it after ``data.js`` is written."""
+    stale = [p for p in meshes.iterdir() if MESH_SCRIPT.fullmatch(p.name) and p.name not in named
+             and (p.is_symlink() or p.is_file())]
+    for p in stale:
+        try:
+            p.unlink()
+        except FileNotFoundError:  # removed meanwhile
+            continue
+    if stale:
+        logger.info(f"viewer page: removed {len(stale)} mesh script(s) of an earlier page from {meshes}")

@@ -96,10 +96,10 @@ _C.detector.threshold = 0.5
 # down to 20 px there (6% of the photo's longer side, about what SCRFD finds at 224x224); raise it
 # for small faces in large photos (the detection time grows with it). 0 = the photo's own size.
 _C.detector.mtcnn_max_side = 320
-# MTCNN searches for faces of at least this fraction of the photo's longer side (MICA's inputs are
-# portraits; the finest pyramid levels, for small faces, cost about a third of the detection). A
-# photo with no face that large is searched again for small ones. 0 = every face down to 20 px at
-# mtcnn_max_side (for group photos; demo.py --all-faces always searches so).
+# MTCNN searches for faces of at least this fraction of the photo's longer side first (MICA's inputs
+# are portraits; its finest pyramid level, for small faces, costs ~20% of the detection). A photo
+# with no face or a smaller one is searched again fully. 0 = always the full search down to 20 px at
+# mtcnn_max_side (group photos; demo.py --all-faces always searches so).
 _C.detector.mtcnn_min_face = 0.15
 
 # ---------------------------------------------------------------------------------------------

@@ -361,7 +361,7 @@ def _resized(image: np.ndarray, side: int) -> np.ndarray:
 def test_min_face_finds_the_portraits_faces_as_the_full_search(photos: str, mtcnn: MTCNN, request) -> None:
     """The config's min_face (0.15) against MTCNN's full search, one photo at a time and as a batch, on
     portraits whose faces are 16-42% of the longer side (the test photos; with ../shared the real
-    photos at their size, 1024 px and 4000 px): the same faces, keypoints within 0.5% of the face
+    photos at their size, 1024 px and 4000 px, and frames of the tracker's video): the same faces, keypoints within 0.5% of the face
     width, the same network inputs within 2/255. A face chosen differently fails."""
     from configs.config import get_cfg_defaults
 
@@ -371,9 +371,16 @@ def test_min_face_finds_the_portraits_faces_as_the_full_search(photos: str, mtcn
         images = {f"variant{i}": p for i, p in enumerate(portrait_variants()[:-1])}
     else:
         images = {}
-        for path in list_images(request.getfixturevalue(photos)):
+        folder = request.getfixturevalue(photos)
+        for path in list_images(folder):
             img = read_image(path)
             images.update({path.name: img, f"{path.name}@1024": _resized(img, 1024), f"{path.name}@4000": _resized(img, 4000)})
+        video = cv2.VideoCapture(str(folder.parent / "tracker" / "justin.mp4"))  # 1080p frames, when shared
+        for k in range(4):
+            video.set(cv2.CAP_PROP_POS_FRAMES, 60 * k)
+            ok, bgr = video.read()
+            if ok:
+                images[f"justin.mp4#{60 * k}"] = np.ascontiguousarray(bgr[..., ::-1])
     fast = MTCNN(min_face=min_face)
     old = {name: mtcnn.detect(img) for name, img in images.items()}
     for name, img in images.items():

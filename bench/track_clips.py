@@ -14,7 +14,11 @@ and ../shared/data/tracker/justin.mp4.
 
 Usage::
 
-    python bench/track_clips.py [--clips /work/clips] [--frames 100] [--only duda]
+    python bench/track_clips.py [--clips /work/clips] [--frames 100] [--only duda] [--window 0]
+
+``--window`` sets ``tracker.fit.calib_window_s`` (default 4 s: both runs then calibrate on the same
+first seconds, so they agree by construction; 0: each on its whole clip, the figures that show how
+much the keyframes of different spans disagree).
 """
 from __future__ import annotations
 
@@ -68,6 +72,8 @@ def main() -> None:
     ap.add_argument("--frames", type=int, default=100)
     ap.add_argument("--only", default=None, help="one clip: wojtek, duda or justin")
     ap.add_argument("--workdir", default=None)
+    ap.add_argument("--window", type=float, default=None,
+                    help="tracker.fit.calib_window_s for both runs (default: the config's; 0 = the whole clip)")
     args = ap.parse_args()
     import torch
 
@@ -86,10 +92,12 @@ def main() -> None:
         "model.flame_model_path", str(assets["flame_model_path"]),
         "model.flame_lmk_embedding_path", str(assets["flame_lmk_embedding_path"]),
         "tracker.mediapipe_embedding_path", str(assets["mediapipe_embedding_path"]),
-        "tracker.l_eyelid_path", str(assets["l_eyelid_path"]), "tracker.r_eyelid_path", str(assets["r_eyelid_path"])])
+        "tracker.l_eyelid_path", str(assets["l_eyelid_path"]), "tracker.r_eyelid_path", str(assets["r_eyelid_path"])]
+        + ([] if args.window is None else ["tracker.fit.calib_window_s", str(args.window)]))
     load = os.getloadavg()
     print(f"machine: {cpu_description()}, {os.cpu_count()} cores, load {load[0]:.1f} at the start; FLAME: stand-in "
-          f"on the {'real' if real else 'random'} topology, zero identity; 25 fps output")
+          f"on the {'real' if real else 'random'} topology, zero identity; 25 fps output; calibration window "
+          f"{cfg.tracker.fit.calib_window_s:g} s (0: the whole clip)")
     for name, video in clips.items():
         if (args.only and name != args.only) or not video.is_file():
             if not args.only or name == args.only:

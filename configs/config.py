@@ -262,6 +262,15 @@ _C.tracker.fit.first_iters = 15
 _C.tracker.fit.key_iters = 25
 # Keyframes spread over the sequence for the intrinsics.
 _C.tracker.fit.keyframes = 8
+# Calibration window (seconds of the source from the first frame with a face): the keyframes for the
+# intrinsics are chosen among the frames with a face in it, so every run that contains those seconds
+# (a preview of the first seconds and the whole clip, a recording processed in parts from its start,
+# a re-run of a longer cut) gets the same camera, and the live tracker with --warmup equal to it fits
+# from the same seconds. The cost: motion after the window does not inform the focal length (the
+# run record's interval says how sure the window made it). 4 s holds a few head turns of a talking
+# head and equals 100 frames at 25 fps, the preview length issue 22 measures (bench/README.md gives
+# both figures). 0 = the whole clip.
+_C.tracker.fit.calib_window_s = 4.0
 # Landmark residual scale (pixels of the crop).
 _C.tracker.fit.sigma_px = 1.0
 # Residuals beyond this many sigma are down-weighted (Huber).
@@ -345,9 +354,33 @@ def _merge_yaml(cfg: CN, cfg_file: str | os.PathLike) -> None:
         raise UserError(f"config file {path} sets VERSION {data['VERSION']!r}, but this project reads version "
                          f"{CONFIG_VERSION} (compare it with configs/mica.yml, then set VERSION {CONFIG_VERSION} or drop it)")
     try:
-        cfg.merge_from_other_cfg(CN(data))
+        cfg.merge_from_other_cfg(CN(_whole_numbers_as_floats(cfg, data)))
     except (KeyError, ValueError) as e:
         raise UserError(f"config file {path}: {_yacs_message(e)}") from None
+
+
+def _default(cfg: CN, key: str) -> Any:
+    node: Any = cfg
+    for part in key.split("."):
+        if not isinstance(node, CN) or part not in node:
+            return None
+        node = node[part]
+    return node
+
+
+def _whole_numbers_as_floats(cfg: CN, data: dict, prefix: str = "") -> dict:
+    """``data`` (a YAML mapping) with whole numbers given for float keys written as floats: yacs
+    refuses ``calib_window_s: 0`` for a float key, which no user means as an error."""
+    out = {}
+    for key, value in data.items():
+        full = f"{prefix}{key}"
+        if isinstance(value, dict):
+            out[key] = _whole_numbers_as_floats(cfg, value, full + ".")
+        elif isinstance(_default(cfg, full), float) and isinstance(value, int) and not isinstance(value, bool):
+            out[key] = float(value)
+        else:
+            out[key] = value
+    return out
 
 
 def _yacs_message(e: Exception) -> str:
@@ -363,6 +396,9 @@ def merge_opts(cfg: CN, opts: Sequence[str]) -> None:
     opts = list(opts or [])
     if len(opts) % 2:
         raise UserError(f"command-line overrides must be KEY VALUE pairs, got an odd number: {opts}")
+    for i in range(0, len(opts), 2):  # a whole number for a float key, e.g. tracker.fit.calib_window_s 0
+        if isinstance(_default(cfg, str(opts[i])), float) and str(opts[i + 1]).strip().lstrip("+-").isdigit():
+            opts[i + 1] = str(float(str(opts[i + 1]).strip()))
     try:
         cfg.merge_from_list(opts)
     except (KeyError, ValueError, AssertionError) as e:

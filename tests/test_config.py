@@ -215,3 +215,18 @@ def test_version_device_id_and_model_name(tmp_path):
 def test_freeze_bn_default_is_mica():
     assert get_cfg_defaults().model.freeze_bn is False
     assert load_cfg(None, ["model.freeze_bn", "True"]).model.freeze_bn is True
+
+
+def test_whole_numbers_for_float_keys_are_floats(tmp_path):
+    """yacs refuses an int for a float key; a user writing `calib_window_s 0` means 0.0 (command line
+    and YAML), while ints stay ints and non-numbers are still refused."""
+    cfg = load_cfg(None, ["tracker.fit.calib_window_s", "0", "train.lr", "+2", "dataset.batch_size", "3"])
+    assert isinstance(cfg.tracker.fit.calib_window_s, float) and cfg.tracker.fit.calib_window_s == 0.0
+    assert isinstance(cfg.train.lr, float) and cfg.train.lr == 2.0
+    assert isinstance(cfg.dataset.batch_size, int) and cfg.dataset.batch_size == 3
+    y = tmp_path / "c.yml"
+    y.write_text("tracker:\n  fit:\n    calib_window_s: 2\n")
+    cfg = load_cfg(y)
+    assert isinstance(cfg.tracker.fit.calib_window_s, float) and cfg.tracker.fit.calib_window_s == 2.0
+    with pytest.raises(ValueError, match="calib_window_s"):
+        load_cfg(None, ["tracker.fit.calib_window_s", "abc"])

@@ -12,7 +12,7 @@ import pytest
 
 from micalib.tracking.fitting import LandmarkFitter
 from micalib.tracking.focal_prior import FocalPrior, focal_from_fov, fov_from_focal, make_prior
-from micalib.tracking.keyframes import choose_keyframes
+from micalib.tracking.keyframes import calibration_frames, choose_keyframes
 from micalib.tracking.model import TrackingFLAME, observations
 from micalib.tracking.options import FitSettings
 from tests.synthetic_tracking import make_sequence, synthetic_setup, track_synthetic
@@ -144,6 +144,45 @@ def _expression_no_noisier_than_a_refit(seq, fr, model, face, q):
         again = fitter.fit_frame(o, v & (fitter.set_w > 0), states[k - 1], states[k - 1]).state
         refit.append(np.linalg.norm(verts(again) - verts(states[k]), axis=1).mean())
     assert np.median(jitter) <= np.median(refit), (jitter, refit)
+
+
+def test_calibration_window_holds_the_first_seconds_with_a_face():
+    # 10 frames/s; frames 0-2 without a face, so the window opens at frame 3 (0.3 s)
+    times = [k / 10 for k in range(60)]
+    faces = [k for k in range(3, 60) if k != 7]
+    assert calibration_frames(faces, times, 2.0, 8) == [k for k in range(3, 23) if k != 7]  # 0.3 <= t < 2.3
+    assert calibration_frames(faces, times, 0.0, 8) == faces  # 0: the whole clip
+    assert calibration_frames(faces, times, 0.25, 8) == faces[:8]  # too short: the first 8 faces
+    # a longer run of the same recording: the same window, whatever follows it
+    assert calibration_frames(faces + [60, 61], times + [6.0, 6.1], 2.0, 8) == calibration_frames(faces, times, 2.0, 8)
+
+
+@pytest.mark.slow
+def test_a_run_holding_the_calibration_window_gets_the_whole_clips_camera(tmp_path):
+    # 130 frames at 25 frames/s (a folder: 25 fps); the default window (4 s) is frames 0-99. A run of
+    # the first 100 frames and one of all 130 get the same camera; with the whole clip as the window
+    # (0) the two fit different keyframes, so the camera moves (the window is what makes them agree).
+    _assets, flame, emb, lids, identity, iris = synthetic_setup(tmp_path / "setup", real=False)
+    emb_d = {"landmark_indices": emb.landmark_indices, "lmk_face_idx": emb.lmk_face_idx,
+             "lmk_b_coords": emb.lmk_b_coords}
+    seq = make_sequence(flame, lids, emb_d, identity, n_frames=130, size=SIZE, noise_px=0.5, iris_vertices=iris,
+                        focal_x=1.5, seed=6)
+    cams = {}
+    for window in ("4.0", "0.0"):  # yacs: a float key takes a float
+        for n in (100, 130):
+            tmp = tmp_path / f"{window}_{n}"
+            tmp.mkdir()
+            _s, _fr, _m, _f, out = track_synthetic(tmp, real=False, n_frames=n, seq=seq,
+                                                   extra_opts=["tracker.fit.calib_window_s", window])
+            cams[window, n] = json.loads((out / ".track_run.json").read_text())["camera"]
+    f_true = seq["K"][0, 0]
+    for (window, n), cam in cams.items():
+        assert cam["low"] <= f_true <= cam["high"], (window, n, cam)
+        assert cam["window_frames"] == [0, 99 if window == "4.0" else n - 1]
+    assert abs(cams["4.0", 100]["focal"] / cams["4.0", 130]["focal"] - 1) < 1e-6
+    assert cams["4.0", 100]["keyframes"] == cams["4.0", 130]["keyframes"]
+    assert cams["0.0", 100]["keyframes"] != cams["0.0", 130]["keyframes"]
+    assert abs(cams["0.0", 100]["focal"] / cams["0.0", 130]["focal"] - 1) > 1e-4
 
 
 @pytest.mark.slow

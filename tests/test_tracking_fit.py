@@ -36,8 +36,16 @@ def test_synthetic_ground_truth_real_topology(tmp_path):
     if shared_flame_public() is None or shared_tracker_dir() is None:
         pytest.skip("../shared/data/flame_public or ../shared/data/tracker is absent")
     seq, fr, model, face, out = track_synthetic(tmp_path, real=True, n_frames=N_FRAMES, noise_px=NOISE)
-    # issue 22 asks for 1% on the mean: measured 1.3% here (8 keyframes; inside the reported 95%
-    # interval of +-2.4%, 24 keyframes still gave 0.8-1.7% on three noise draws): not met, 2% kept
+    # issue 22 asks for 1% on the mean: measured -1.4% here (8 keyframes of the 4 s window; inside
+    # the reported 95% interval of +-2.4%): not met, 2% kept. Why (2026-12-07, this motion, four
+    # noise draws): not the prior (landmarks' share 1.00), not over-dispersion (factor 1.00), not the
+    # expression prior (exp_sigma 0.7-1.5: no change), not Huber (off: same), not the iris, not the
+    # keyframe choice seeing the noise (keyframes chosen on clean landmarks: -1.3 to -1.8%), not the
+    # contour's yaw bins (the true bins given: same), not the solver (80 steps, or started at the
+    # true focal length: same optimum); noise-free the error is -0.15%, with 0.5 px
+    # noise -0.3 to -2.2% (mean -1.4%), 24 keyframes -0.6 to -1.3%, without the 17 contour points
+    # -1.6 to +1.3% (mean -0.2%, interval +-4.3%): a bias of about -1% of the joint fit under
+    # noise, with the contour points, that more keyframes do not average out; cause not found.
     check_fit(seq, fr, model, face, out, focal_tol=0.02)
 
 

@@ -183,7 +183,7 @@ class OnlineTracker:
             how = "given (--focal)"
         else:
             scale, wh = float(self.framing.matrix[0, 0]), self.framing.source_wh or (self.size, self.size)
-            face = face_size([obs[k][0][obs[k][1]] for k in keys])
+            face = face_size([o[v] for o, v in obs])  # all warm-up frames, as offline its window's
             prior = make_prior(self.s, wh, scale, None if face is None else face / scale)
             states, self.camera = calibrate(fitter, [obs[k] for k in keys], prior, keys)
             self.prev = states[-1]

@@ -16,7 +16,8 @@ band reported is +-2 sigma.
 
 **Pre-cropped inputs** (the face already fills the frame, like the original's wojtek clip, 512x512):
 the clip is then itself a crop of an unknown larger frame, and its own size says nothing about the
-lens. When the face (the landmarks' bounding box, larger side) spans more than ``face_fraction``
+lens. When the face (the landmarks' bounding box, larger side, median over the calibration window's
+frames, not over the keyframes: it does not depend on which were chosen) spans more than ``face_fraction``
 (0.25) of the frame's larger side, the source frame is taken as the frame in which that face spans
 ``precrop_face_fraction`` (0.12: in the 1080p talking-head clips at hand the face spans 0.08-0.18
 of the width; L = face / precrop_face_fraction), and the width is ``precrop_log_sigma`` (0.5)

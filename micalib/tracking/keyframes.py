@@ -21,6 +21,10 @@ and agreement say, on clean and on noisy input, with the right face model or a w
 posterior variance of the focal length is s^2 phi times the focal entry of the inverse Schur
 complement (the curvature of the keyframe cost); without the prior the same gives the landmarks'
 own information, and the larger of the two informations decided (``focal_prior.estimate``).
+
+**Calibration window** (``calibration_frames``): offline, the keyframes come from the frames with a
+face in the first ``tracker.fit.calib_window_s`` seconds (0: the whole clip), as the live tracker
+fits them on its warm-up seconds; so runs of different lengths of one recording share the camera.
 """
 from __future__ import annotations
 
@@ -54,6 +58,20 @@ def _rigid_poses(fitter, frames: Sequence[tuple[np.ndarray, np.ndarray]]) -> lis
                                       flags=cv2.SOLVEPNP_EPNP)
         out.append((cv2.Rodrigues(rvec)[0], float(tvec[2, 0])) if ok and tvec[2, 0] > 0 else None)
     return out
+
+
+def calibration_frames(face_frames: Sequence[int], times_s: Sequence[float], window_s: float,
+                       minimum: int) -> list[int]:
+    """The frames with a face the keyframes are chosen from: those less than ``window_s`` seconds
+    (source time) after the first frame with a face, at least the first ``minimum`` of them; all of
+    them with ``window_s`` 0 (``tracker.fit.calib_window_s``: a run holding those seconds gets the
+    same keyframes, hence the same camera, whatever follows them)."""
+    face_frames = list(face_frames)
+    if window_s <= 0 or not face_frames:
+        return face_frames
+    t0 = times_s[face_frames[0]]
+    inside = [k for k in face_frames if times_s[k] - t0 < window_s - 1e-9]
+    return inside if len(inside) >= minimum else face_frames[:minimum]
 
 
 def choose_keyframes(fitter, obs_all: Sequence[np.ndarray], valid_all: Sequence[np.ndarray],

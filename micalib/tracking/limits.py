@@ -18,7 +18,7 @@ TRACKER_RANGES = {
     "bbox_scale": (0.0, 20.0, True), "identity_frames": (1, 1000, False), "png_compression": (0, 9, False),
     "workers": (1, 64, False), "photometric_iters": (0, 10_000, False), "search_every": (1, 1_000_000, False),
     "fit.iters": (1, 1000, False), "fit.first_iters": (1, 1000, False), "fit.key_iters": (1, 1000, False),
-    "fit.keyframes": (1, 1000, False), "fit.rel_tol": (0.0, 1.0, False), "fit.basis_tolerance": (0.0, math.pi, False),
+    "fit.keyframes": (1, 1000, False), "fit.calib_window_s": (0.0, 1e7, False), "fit.rel_tol": (0.0, 1.0, False), "fit.basis_tolerance": (0.0, math.pi, False),
     "fit.fov_deg": (0.0, 179.0, True), "fit.focal_log_sigma": (0.0, 10.0, True),
     "fit.face_fraction": (0.0, 1.0, True), "fit.precrop_face_fraction": (0.0, 1.0, True),
     "fit.precrop_log_sigma": (0.0, 10.0, True), "fit.focal": (0.0, 1e7, False), "fit.pp_sigma": (0.0, 10.0, True), "fit.sigma_px": (0.0, 1e4, True),

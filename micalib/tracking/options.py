@@ -33,6 +33,7 @@ class FitSettings:
     first_iters: int = _FIT.first_iters
     key_iters: int = _FIT.key_iters
     keyframes: int = _FIT.keyframes
+    calib_window_s: float = _FIT.calib_window_s
     sigma_px: float = _FIT.sigma_px
     huber_px: float = _FIT.huber_px
     w_mediapipe: float = _FIT.w_mediapipe

@@ -533,22 +533,30 @@ class TrackRunner:
         self.timings.add("keyframes (intrinsics)", time.perf_counter() - t0)
 
     def _calibrate(self, fit: FitInputs) -> None:
-        """The intrinsics from keyframes chosen for pose diversity, with the focal prior
-        (``focal_prior.py``, ``keyframes.py``); the estimate goes to the log and the run record."""
+        """The intrinsics from keyframes chosen for pose diversity among the frames with a face in
+        the calibration window (``tracker.fit.calib_window_s`` seconds of source time from the first
+        of them; 0: all), with the focal prior, whose pre-cropped centre takes the face size over the
+        window's frames (``focal_prior.py``, ``keyframes.py``); the estimate goes to the log and the
+        run record."""
         from micalib.tracking.focal_prior import face_size, make_prior
-        from micalib.tracking.keyframes import calibrate, choose_keyframes
+        from micalib.tracking.keyframes import calibrate, calibration_frames, choose_keyframes
 
         fitter = fit.fitter
         scale = 1.0 if fit.follow else float(fit.matrices[0][0, 0])  # fitted px per source px
-        keys = choose_keyframes(fitter, fit.obs, fit.valid, [k for k, f in enumerate(fit.has_face) if f],
-                                fitter.s.keyframes)
-        face = face_size([fit.obs[k][fit.valid[k]] for k in keys])
+        rate = self.source.input_fps or self.source.fps or 25.0  # source time of each output frame
+        window = calibration_frames([k for k, f in enumerate(fit.has_face) if f],
+                                    [i / rate for i in self.source.indices], fitter.s.calib_window_s,
+                                    fitter.s.keyframes)
+        keys = choose_keyframes(fitter, fit.obs, fit.valid, window, fitter.s.keyframes)
+        face = face_size([fit.obs[k][fit.valid[k]] for k in window])  # not the keyframes': one per window
         prior = make_prior(fitter.s, self.source.size, scale, None if face is None else face / scale)
         _states, est = calibrate(fitter, [(fit.obs[k], fit.valid[k]) for k in keys], prior, keys)
         logger.info(f"focal prior: {prior.note}")
         logger.info(est.describe(scale, max(self.source.size)) + f"; principal point ({fitter.intr.cx:.1f}, "
-                    f"{fitter.intr.cy:.1f}) crop px; {len(keys)} keyframes {keys}")
-        record_camera(self.layout, est.in_source_px(scale))
+                    f"{fitter.intr.cy:.1f}) crop px; {len(keys)} keyframes {keys} of frames {window[0]}-{window[-1]} "
+                    f"(calibration window {fitter.s.calib_window_s:g} s; 0 = whole clip)")
+        record_camera(self.layout, {**est.in_source_px(scale), "window_frames": [window[0], window[-1]],
+                                    "calib_window_s": float(fitter.s.calib_window_s)})
         self.camera = est
 
     # ------------------------------------------------------------------ stage 4: per-frame tracking

@@ -92,7 +92,7 @@ def build_runner(args: argparse.Namespace, cfg):
     if not args.aligned:
         # MTCNN on the network's GPU (one detect_batch per batch); SCRFD picks onnxruntime's CUDA provider itself
         on_gpu = predictor.device.type == "cuda"
-        detector = detector_from_config(cfg, device=predictor.device if on_gpu else "cpu")
+        detector = detector_from_config(cfg, device=predictor.device if on_gpu else "cpu", all_faces=args.all_faces)
     shard = getattr(args, "run_shard", None) or Shard()
     workers = default_workers(rank_cores(shard)) if args.workers is None else args.workers
     options = DemoOptions(batch_size=args.batch_size, all_faces=args.all_faces, aligned=args.aligned,

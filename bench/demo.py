@@ -92,6 +92,8 @@ def main() -> int:
     ap.add_argument("--resize", type=int, default=0, help="re-encode the input photos at this longer side (JPEG q90)")
     ap.add_argument("--batch-size", type=int, default=64, help="batch of the GPU set-up (--device cuda)")
     ap.add_argument("--precision", default="bf16", help="precision of the GPU set-up (--device cuda)")
+    ap.add_argument("--mtcnn-min-face", type=float, default=None,
+                    help="MTCNN's smallest face (fraction of the longer side; default: the config's, 0 = full search)")
     ap.add_argument("--json", default=None, help="also write the rows to this JSON file")
     ap.add_argument("--no-baseline", action="store_true", help="skip the batch-1 fp32 baseline (no ratio column)")
     ap.add_argument("--gpu-pipeline", action="store_true",
@@ -119,7 +121,8 @@ def main() -> int:
                               "model.flame_lmk_embedding_path", str(f / "landmark_embedding.npy"),
                               "device", args.device])
         gpu = args.device.startswith("cuda") or args.gpu_pipeline
-        detector = create_detector("mtcnn", mtcnn_max_side=cfg.detector.mtcnn_max_side,
+        min_face = cfg.detector.mtcnn_min_face if args.mtcnn_min_face is None else args.mtcnn_min_face
+        detector = create_detector("mtcnn", mtcnn_max_side=cfg.detector.mtcnn_max_side, mtcnn_min_face=min_face,
                                    device=args.device if args.device.startswith("cuda") else "cpu")
         w = default_workers() if args.workers is None else args.workers
         setups = [("baseline", 1, "fp32", 0, 1, None), ("batched", 16, "auto", 0, 1, None),
@@ -161,7 +164,7 @@ def main() -> int:
                            None if busy is None else busy / total, (cpu, net_wall, net_cpu),
                            dict(runner.timings.cpu_seconds))
     report = summarise(rows, args.n)
-    print(f"{args.n} images, {args.arch}, device {args.device}")
+    print(f"{args.n} images, {args.arch}, device {args.device}, MTCNN min_face {min_face:g}")
     print(format_rows(report))
     if args.json:
         import json

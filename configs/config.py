@@ -97,6 +97,11 @@ _C.detector.threshold = 0.5
 # down to 20 px there (6% of the photo's longer side, about what SCRFD finds at 224x224); raise it
 # for small faces in large photos (the detection time grows with it). 0 = the photo's own size.
 _C.detector.mtcnn_max_side = 320
+# MTCNN searches for faces of at least this fraction of the photo's longer side first (MICA's inputs
+# are portraits; its finest pyramid level, for small faces, costs ~20% of the detection). A photo
+# with no face or a smaller one is searched again fully. 0 = always the full search down to 20 px at
+# mtcnn_max_side (group photos; demo.py --all-faces always searches so).
+_C.detector.mtcnn_min_face = 0.15
 
 # ---------------------------------------------------------------------------------------------
 # Reading photos (utils/image_io.py)
@@ -425,6 +430,8 @@ def check_cfg(cfg: CN) -> None:
         raise UserError(f"model.arch must be one of iresnet18/34/50/100/200, not '{cfg.model.arch}'")
     if cfg.detector.mtcnn_max_side < 0:
         raise UserError(f"detector.mtcnn_max_side must be >= 0 (0 = no shrinking), not {cfg.detector.mtcnn_max_side}")
+    check_range("detector.mtcnn_min_face", cfg.detector.mtcnn_min_face, 0, 0.9,
+                hint="a fraction of the photo's longer side, 0 = MTCNN's full search")
     if cfg.detector.name not in ("auto", "scrfd", "mtcnn"):
         raise UserError(f"detector.name must be auto, scrfd or mtcnn, not '{cfg.detector.name}'")
     check_range("detector.threshold", cfg.detector.threshold, 0, 1, low_open=True, hint="a detection score")

@@ -54,6 +54,7 @@ def test_command_line_overrides():
         (["dataset.K", "0"], "dataset.K"),
         (["model.arch", "resnet50"], "model.arch"),
         (["detector.mtcnn_max_side", "-1"], "detector.mtcnn_max_side"),
+        (["detector.mtcnn_min_face", "1.0"], "detector.mtcnn_min_face"),
     ],
 )
 def test_bad_overrides_give_one_line_errors(opts, fragment):

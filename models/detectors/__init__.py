@@ -35,7 +35,8 @@ __all__ = ["Face", "FaceDetector", "SCRFD", "MTCNN", "create_detector", "detecto
 
 def create_detector(name: str = "auto", antelopev2_dir: PathLike = DEFAULT_ANTELOPEV2_DIR,
                     det_size: Sequence[int] = (224, 224), threshold: float = 0.5,
-                    device: str | torch.device = "cpu", mtcnn_max_side: int | None = 320) -> FaceDetector:
+                    device: str | torch.device = "cpu", mtcnn_max_side: int | None = 320,
+                    mtcnn_min_face: float = 0.0) -> FaceDetector:
     """Build a face detector.
 
     Args:
@@ -46,6 +47,7 @@ def create_detector(name: str = "auto", antelopev2_dir: PathLike = DEFAULT_ANTEL
         threshold: minimum detection score (both detectors).
         device: torch device of MTCNN (SCRFD picks its onnxruntime provider itself).
         mtcnn_max_side: MTCNN's ``max_side`` (photos are searched shrunk to this longer side).
+        mtcnn_min_face: MTCNN's ``min_face`` (smallest face as a fraction of the longer side; 0 = all).
 
     Raises:
         MICAError: "scrfd" without the ONNX file, unknown name, or missing MTCNN weights.
@@ -58,20 +60,23 @@ def create_detector(name: str = "auto", antelopev2_dir: PathLike = DEFAULT_ANTEL
             return SCRFD(scrfd_path, det_size=det_size, threshold=threshold)
         logger.warning(f"antelopev2 not found ({scrfd_path}); using the MTCNN detector instead. "
                     f"For MICA's own detector (SCRFD) {_ANTELOPE_HOWTO}")
-        return MTCNN(threshold=threshold, device=device, max_side=mtcnn_max_side)
+        return MTCNN(threshold=threshold, device=device, max_side=mtcnn_max_side, min_face=mtcnn_min_face)
     if name == "mtcnn":
-        return MTCNN(threshold=threshold, device=device, max_side=mtcnn_max_side)
+        return MTCNN(threshold=threshold, device=device, max_side=mtcnn_max_side, min_face=mtcnn_min_face)
     raise MICAError(f"unknown detector '{name}' (use auto, scrfd or mtcnn)")
 
 
 def detector_from_config(cfg, device: str | torch.device = "cpu",
-                         threshold: float | None = None) -> FaceDetector:
+                         threshold: float | None = None, all_faces: bool = False) -> FaceDetector:
     """The one builder of the detector from the config's ``detector.*`` keys (demo.py, test.py, the
     tracker): ``create_detector(detector.name, detector.antelopev2_dir, detector.det_size,
-    threshold (default detector.threshold), device, detector.mtcnn_max_side)``."""
+    threshold (default detector.threshold), device, detector.mtcnn_max_side,
+    detector.mtcnn_min_face)``; ``all_faces`` (every face of a photo is wanted): MTCNN's full
+    search (``mtcnn_min_face`` 0)."""
     from configs.config import resolve_path
 
     return create_detector(cfg.detector.name, antelopev2_dir=resolve_path(cfg.detector.antelopev2_dir),
                            det_size=tuple(cfg.detector.det_size),
                            threshold=cfg.detector.threshold if threshold is None else threshold, device=device,
-                           mtcnn_max_side=cfg.detector.mtcnn_max_side)
+                           mtcnn_max_side=cfg.detector.mtcnn_max_side,
+                           mtcnn_min_face=0.0 if all_faces else cfg.detector.mtcnn_min_face)

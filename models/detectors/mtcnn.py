@@ -194,12 +194,20 @@ class MTCNN:
             smaller than ``min_face_size`` x (longer side / max_side) are then missed. The default
             (320 px, faces down to ~6% of the longer side) finds what MICA's SCRFD finds at its
             224x224 detection size. None or 0 = search the photo at its own size.
+        min_face: smallest face searched for as a fraction of the photo's longer side (0 = down to
+            ``min_face_size`` pixels of the searched image, MTCNN's own search). The pyramid levels
+            for smaller faces are skipped (:meth:`_first_level`); the others are the same levels,
+            and faces of at least this size were found as with the full search on every test photo
+            and video frame. A photo in which nothing is found, or a face smaller than this, is
+            searched again with every level: its result is the full search's. What min_face can
+            miss: small faces beside a large one that the coarser levels alone do not find (pass 0
+            for group photos). The finest levels are the costliest (bench/README.md, Demo).
         device: torch device for the networks (default cpu).
     """
 
     def __init__(self, weights_dir: PathLike | None = None, min_face_size: int = 20,
                  thresholds: Sequence[float] = (0.6, 0.7, 0.7), factor: float = 0.709, threshold: float = 0.0,
-                 max_side: int | None = 320, device: str | torch.device = "cpu") -> None:
+                 max_side: int | None = 320, min_face: float = 0.0, device: str | torch.device = "cpu") -> None:
         folder = Path(weights_dir).expanduser() if weights_dir is not None else find_mtcnn_weights()
         self.device = torch.device(device)
         self.pnet, self.rnet, self.onet = PNet(), RNet(), ONet()
@@ -223,6 +231,9 @@ class MTCNN:
         self.factor = float(factor)
         self.threshold = float(threshold)
         self.max_side = int(max_side) if max_side else None
+        if not 0.0 <= float(min_face) <= 0.9:
+            raise MICAError(f"MTCNN min_face is a fraction of the photo's longer side in 0..0.9, not {min_face}")
+        self.min_face = float(min_face)
         # ``timer(stage)`` -> context manager: where the time goes (bench/demo.py sets a StageTimer);
         # stages det:shrink, det:pyramid, det:pnet, det:nms, det:rnet, det:onet. None = not timed.
         self.timer: Callable[[str], AbstractContextManager] | None = None
@@ -278,6 +289,8 @@ class MTCNN:
         return [torch.cat(o).float().cpu().numpy().astype(np.float64) for o in zip(*outs, strict=True)]
 
     def _scales(self, h: int, w: int) -> list[float]:
+        """The pyramid of an (h, w) image: MTCNN's scales, from the one that maps ``min_face_size``
+        onto P-Net's 12 px window down to the one whose level's shorter side is still 12 px."""
         m = 12.0 / self.min_face_size
         minl = min(h, w) * m
         scales = []
@@ -286,6 +299,19 @@ class MTCNN:
             m *= self.factor
             minl *= self.factor
         return scales
+
+    def _first_level(self, scales: Sequence[float], h: int, w: int) -> int:
+        """How many of the finest ``scales`` an (h, w) image skips under ``min_face``: the levels
+        whose window (12 / scale image pixels) is under ``factor``^2 x the smallest face
+        (``min_face`` x the longer side). The levels searched are those of the full pyramid, pixel
+        for pixel. The margin of two pyramid steps is measured, not proven: P-Net windows grow by
+        the box regression, and on the test photos a 38 px face's final box and keypoints came
+        from the 20 px level (0.53 x its size); one step of margin moved them by 4.6% of the face
+        width (bench/README.md, Demo)."""
+        if not self.min_face:
+            return 0
+        smallest = self.factor ** 2 * self.min_face * max(h, w)
+        return next((i for i, s in enumerate(scales) if 12.0 / s >= smallest), len(scales))
 
     @torch.inference_mode()
     def detect(self, image_rgb: np.ndarray) -> list[Face]:
@@ -315,22 +341,36 @@ class MTCNN:
                     s, sxy = shrink_area(rgb, self.max_side)
                 small.append(s.astype(np.float32))
                 factors.append(sxy)
-        found = self._cascade(small)
+        found = self._cascade(small, full=not self.min_face)
+        again = [k for k, faces in enumerate(found) if self.min_face and not self._all_large(faces, small[k].shape)]
+        if again:  # no face, or one smaller than min_face: the full search, as without min_face
+            for k, faces in zip(again, self._cascade([small[k] for k in again], full=True), strict=True):
+                found[k] = faces
         return [faces if sxy is None else [Face(f.box / np.tile(sxy, 2), f.kps / sxy, f.score) for f in faces]
                 for faces, sxy in zip(found, factors, strict=True)]
 
-    def _pnet_candidates(self, imgs: Sequence[np.ndarray]) -> list[np.ndarray]:
-        """Stage 1 for every photo: P-Net over the pyramid, per-scale NMS 0.5, then NMS 0.7 across
-        scales; returns per photo the ``(N, 9)`` candidates (box, score, regression)."""
+    def _all_large(self, faces: Sequence[Face], shape: Sequence[int]) -> bool:
+        """Whether ``faces`` (in a searched image of ``shape``) are some, each at least ``min_face``
+        x its longer side wide or high: only then is the result of the reduced pyramid kept. A
+        smaller face found from the coarser levels alone can sit several % of its width away from
+        where the full search puts it (a 1080p video frame with an 8% face: 2-9%)."""
+        side = self.min_face * max(shape[:2])
+        return bool(faces) and all(max(f.box[2] - f.box[0], f.box[3] - f.box[1]) >= side for f in faces)
+
+    def _pnet_candidates(self, imgs: Sequence[np.ndarray], full: bool) -> list[np.ndarray]:
+        """Stage 1 for every photo: P-Net over the pyramid (without the levels ``min_face`` skips
+        unless ``full``), per-scale NMS 0.5, then NMS 0.7 across scales; returns per photo the
+        ``(N, 9)`` candidates (box, score, regression)."""
         sizes = [img.shape[:2] for img in imgs]
         n_levels = [len(self._scales(h, w)) for h, w in sizes]  # every photo's pyramid is a prefix of the longest
         scales = self._scales(*sizes[int(np.argmax(n_levels))]) if sizes else []
+        firsts = [0 if full else self._first_level(scales[:n], h, w) for n, (h, w) in zip(n_levels, sizes, strict=True)]
         cands: list[list[np.ndarray]] = [[] for _ in imgs]
         for s_idx, scale in enumerate(scales):
             levels = {}
             with self._timed("det:pyramid"):
                 for k, (img, (h, w)) in enumerate(zip(imgs, sizes, strict=True)):
-                    if s_idx < n_levels[k]:
+                    if firsts[k] <= s_idx < n_levels[k]:
                         levels[k] = cv2.resize(img, (int(w * scale + 1), int(h * scale + 1)),
                                                interpolation=cv2.INTER_AREA)
             if not levels:
@@ -384,11 +424,11 @@ class MTCNN:
         per_output = [np.split(o, splits) for o in outs]
         return [[po[k] for po in per_output] for k in range(len(imgs))]
 
-    def _cascade(self, imgs: Sequence[np.ndarray]) -> list[list[Face]]:
-        """The three stages for float32 photos at their own resolution."""
+    def _cascade(self, imgs: Sequence[np.ndarray], full: bool) -> list[list[Face]]:
+        """The three stages for float32 photos at their own resolution (``full``: every pyramid level)."""
         n = len(imgs)
         boxes = []
-        for c in self._pnet_candidates(imgs):
+        for c in self._pnet_candidates(imgs, full):
             boxes.append(self._square(self._regress(c[:, :4], c[:, 5:9], plus_one=False)) if len(c)
                          else np.zeros((0, 4)))
 

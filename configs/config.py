@@ -13,6 +13,7 @@ Relative paths are relative to the project root (the folder holding this ``confi
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
@@ -265,7 +266,8 @@ _C.tracker.fit.keyframes = 8
 # Calibration window (seconds of the source from the first frame with a face): the keyframes for the
 # intrinsics are chosen among the frames with a face in it, so every run that contains those seconds
 # (a preview of the first seconds and the whole clip, a recording processed in parts from its start,
-# a re-run of a longer cut) gets the same camera, and the live tracker with --warmup equal to it fits
+# a re-run of a longer cut) gets the same camera when they share the identity (--identity; MICA's
+# own comes from frames spread over each whole run), and the live tracker with --warmup equal to it fits
 # from the same seconds. The cost: motion after the window does not inform the focal length (the
 # run record's interval says how sure the window made it). 4 s holds a few head turns of a talking
 # head and equals 100 frames at 25 fps, the preview length issue 22 measures (bench/README.md gives
@@ -397,7 +399,7 @@ def merge_opts(cfg: CN, opts: Sequence[str]) -> None:
     if len(opts) % 2:
         raise UserError(f"command-line overrides must be KEY VALUE pairs, got an odd number: {opts}")
     for i in range(0, len(opts), 2):  # a whole number for a float key, e.g. tracker.fit.calib_window_s 0
-        if isinstance(_default(cfg, str(opts[i])), float) and str(opts[i + 1]).strip().lstrip("+-").isdigit():
+        if isinstance(_default(cfg, str(opts[i])), float) and re.fullmatch(r"[+-]?\d+", str(opts[i + 1]).strip()):
             opts[i + 1] = str(float(str(opts[i + 1]).strip()))
     try:
         cfg.merge_from_list(opts)

@@ -4,6 +4,7 @@ from __future__ import annotations
 import pytest
 
 from configs.config import PROJECT_ROOT, get_cfg_defaults, load_cfg, resolve_path
+from utils.errors import UserError
 
 
 def test_defaults_match_the_original():
@@ -230,3 +231,13 @@ def test_whole_numbers_for_float_keys_are_floats(tmp_path):
     assert isinstance(cfg.tracker.fit.calib_window_s, float) and cfg.tracker.fit.calib_window_s == 2.0
     with pytest.raises(ValueError, match="calib_window_s"):
         load_cfg(None, ["tracker.fit.calib_window_s", "abc"])
+
+
+def test_a_digit_that_is_no_number_for_a_float_key_is_one_line():
+    """'²' is a digit to str.isdigit and '--3' all digits after lstrip('+-'), but neither is a number to float(): the override is refused in one line
+    naming the key (a UserError, as 'abc'), not a ValueError traceback from the coercion."""
+    for value in ("²", "--3", "+-3"):  # '--3' and '+-3': two signs, no number either
+        with pytest.raises(UserError, match="calib_window_s") as e:
+            load_cfg(None, ["tracker.fit.calib_window_s", value])
+        assert "\n" not in str(e.value)
+    assert load_cfg(None, ["tracker.fit.calib_window_s", "\uff13"]).tracker.fit.calib_window_s == 3.0  # fullwidth 3

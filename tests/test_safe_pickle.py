@@ -129,3 +129,25 @@ def test_every_plain_pickle_reader_uses_the_one_unpickler():
     # the pattern finds the readers this replaced
     assert re.search(UNSAFE_READ, "return np.load(path, allow_pickle=True)[()]")
     assert re.search(UNSAFE_READ, "class RestrictedUnpickler(pickle.Unpickler):")
+
+
+def test_a_pickle_whose_dtype_became_a_timedelta_is_refused_not_a_crash():
+    """One flipped bit ('i8' -> 'm8') makes a pickle build numpy's timedelta dtype and set an int
+    dtype's state on it, on which numpy 2 segfaults (numpy's bug); the allow-list unpickler (FLAME
+    .pkl, object .npy files) must refuse it as an error. Run in a child process, so a crash fails
+    this test instead of ending the run; an intact datetime-free array still loads there."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    good = pickle.dumps({"f": np.arange(3)}, protocol=2)
+    assert good.count(b"i8") == 1
+    code = ("import pickle, sys; from utils.safe_pickle import unpickle\n"
+            "print(unpickle(bytes.fromhex(sys.argv[1]))['f'].tolist())\n"
+            "try:\n    unpickle(bytes.fromhex(sys.argv[2]))\nexcept (pickle.UnpicklingError, ValueError) as e:\n"
+            "    print('refused', type(e).__name__)\n")
+    root = Path(__file__).resolve().parent.parent
+    run = subprocess.run([sys.executable, "-c", code, good.hex(), good.replace(b"i8", b"m8").hex()], cwd=root,
+                         capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, (run.returncode, run.stderr[-500:])
+    assert run.stdout.split("\n")[:2] == ["[0, 1, 2]", "refused UnpicklingError"], run.stdout

@@ -134,6 +134,31 @@ def test_truncated_video_yields_what_it_has_and_warns(tmp_path):
     assert len(messages) == 1 and "cut.avi ends after" in messages[0]
 
 
+def test_begin_past_where_a_truncated_video_ends_is_one_line(tmp_path):
+    """The header says 30 frames, so --begin-frame 25 passes the count check; the file decodes to
+    fewer (counted here with OpenCV directly): nothing is left to track, and the run says so naming
+    --begin-frame, instead of tracking no frame and failing later (no .frame files to export)."""
+    path = tmp_path / "cut.avi"
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), 30.0, (W, H))
+    for i in range(30):
+        writer.write(_coded_frame(i))
+    writer.release()
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) * 6 // 10])
+    cap = cv2.VideoCapture(str(path))
+    decodable = 0
+    while cap.read()[0]:
+        decodable += 1
+    cap.release()
+    assert 5 <= decodable < 25
+    src = open_frames(path, None, 25)
+    with pytest.raises(MICAError, match="--begin-frame 25") as e:
+        list(src)
+    assert "\n" not in str(e.value) and str(path) in str(e.value)
+    ok = open_frames(path, None, decodable - 2)  # a begin the file reaches: its last two frames
+    assert [(k, i, _decode_index(rgb)) for k, i, rgb in ok] == [(0, decodable - 2, decodable - 2), (1, decodable - 1, decodable - 1)]
+
+
 # ---------------------------------------------------------------------------- folders
 
 

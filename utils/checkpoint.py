@@ -23,6 +23,7 @@ from __future__ import annotations
 import io
 import pickle
 import re
+import struct
 import warnings
 import zipfile
 from collections import OrderedDict
@@ -125,8 +126,8 @@ def load_checkpoint_file(path: PathLike, what: str = "checkpoint", fix: str = "d
     except PermissionError:
         raise MICAError(f"{what} {path} cannot be read: permission denied - give your user read access "
                         f"(chmod/chown) or copy it somewhere readable") from None
-    except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError, AttributeError, KeyError,
-            IndexError, TypeError, UnicodeDecodeError) as e:
+    except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError, AttributeError, LookupError,
+            TypeError, UnicodeDecodeError, struct.error) as e:  # LookupError: a damaged encoding name for numpy
         raise MICAError(damaged.format(_damage(path, e))) from None
 
 

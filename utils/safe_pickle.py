@@ -74,14 +74,17 @@ def torch_numpy_safe_globals() -> list[Any]:
     ``numpy._core.multiarray`` (numpy 2) names as ``(object, name)`` pairs; plus numpy's concrete
     dtype classes (``numpy.dtypes.Float32DType``, ...): torch only lets BUILD set state on
     instances of registered types, and a pickled dtype's state is set on such an instance. They
-    are dtype constructors, nothing else.
+    are dtype constructors, nothing else. Left out: the datetime64 / timedelta64 dtype classes
+    (``M``, ``m``): numpy 2 segfaults when a plain dtype's state is set on one (one flipped bit of a
+    file, 'i8' -> 'm8', does it), and the project's files hold no dates; a file with them is refused
+    unexecuted (torch sets no state on an unregistered type).
     """
     reconstruct, scalar = _numpy_reconstruct(), _numpy_scalar()
     out: list[Any] = [(np.ndarray, "numpy.ndarray"), (np.dtype, "numpy.dtype")]
     for mod in NUMPY_MODULES:
         out += [(reconstruct, f"{mod}._reconstruct"), (scalar, f"{mod}.scalar")]
     classes = set()
-    for code in np.typecodes["All"] + "OVSU":
+    for code in np.typecodes["All"].replace("M", "").replace("m", "") + "OVSU":
         try:
             classes.add(type(np.dtype(code)))
         except TypeError:
@@ -181,9 +184,19 @@ def _rebuild_tensor(storage: Any, offset: int, size: Any, stride: Any, *rest: An
 # ---------------------------------------------------------------------------------------------
 # The per-format allow-lists
 # ---------------------------------------------------------------------------------------------
+def _data_dtype(*args: Any) -> np.dtype:
+    """``numpy.dtype`` for pickles, refusing datetime64 / timedelta64: numpy 2 segfaults when a
+    damaged pickle sets a plain dtype's state on one ('i8' -> 'm8' is one bit); no data read here
+    holds dates."""
+    dt = np.dtype(*args)
+    if dt.kind in "mM":
+        raise pickle.UnpicklingError(f"numpy {dt} dtype refused (no data read here holds dates; a damaged pickle?)")
+    return dt
+
+
 def _numpy_data() -> dict[tuple[str, str], Any]:
     frombuffer = np.zeros(1).__reduce_ex__(5)[0]  # numpy's own _frombuffer (protocol 5)
-    table: dict[tuple[str, str], Any] = {("numpy", "ndarray"): np.ndarray, ("numpy", "dtype"): np.dtype,
+    table: dict[tuple[str, str], Any] = {("numpy", "ndarray"): np.ndarray, ("numpy", "dtype"): _data_dtype,
                                          ("_codecs", "encode"): _latin1_encode}
     for mod in NUMPY_MODULES:
         table[(mod, "_reconstruct")] = _numpy_reconstruct()

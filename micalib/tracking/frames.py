@@ -205,6 +205,10 @@ class VideoFrames(FrameSource):
                 if ok:
                     ok, bgr = cap.retrieve()
                     ok = ok and bgr is not None
+                if not ok and k == 0 and self.begin:  # nothing left to track: the header's count misled skip_first
+                    raise MICAError(f"--begin-frame {self.begin}: video {self.path} ends after {position + 1} of the "
+                                    f"{self.n_input_frames} frames its header states, before that output frame "
+                                    "(truncated or corrupt); give a smaller number or re-encode the video")
                 if not ok:
                     self.truncated_at = k
                     logger.warning(f"video {self.path} ends after {position + 1} of its {self.n_input_frames} frames (truncated or "

@@ -24,7 +24,8 @@ own information, and the larger of the two informations decided (``focal_prior.e
 
 **Calibration window** (``calibration_frames``): offline, the keyframes come from the frames with a
 face in the first ``tracker.fit.calib_window_s`` seconds (0: the whole clip), as the live tracker
-fits them on its warm-up seconds; so runs of different lengths of one recording share the camera.
+fits them on its warm-up seconds; so runs of different lengths of one recording share the camera
+(given one identity: MICA's, without ``--identity``, comes from frames spread over each whole run).
 """
 from __future__ import annotations
 

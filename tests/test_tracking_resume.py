@@ -3,6 +3,7 @@ redone, stale temporaries removed, inputs and assets checked before the work."""
 from __future__ import annotations
 
 import csv
+import json
 import os
 import subprocess
 import sys
@@ -42,8 +43,13 @@ def test_rerun_with_other_options_is_refused_and_overwrite_starts_again(tmp_path
     argv = _argv(out)
     with pytest.raises(MICAError, match=r"--image-size: 512 before, 256 now.*--overwrite"):
         track.main(_set(argv, "--image-size", "256"))
-    with pytest.raises(MICAError, match="tracker.\\* config"):
+    with pytest.raises(MICAError, match=r"tracker.\* config: tracker\.bbox_scale \S+ before, 2\.0 now\)"):
         track.main(argv + ["tracker.bbox_scale", "2.0"])
+    record = json.loads((out / ".track_run.json").read_text())  # as an older track.py wrote it: the hash only
+    (out / ".track_run.json").write_text(json.dumps({k: v for k, v in record.items() if k != "tracker_values"}))
+    with pytest.raises(MICAError, match=r"tracker.\* config: a key differs; the record, written by an older track.py"):
+        track.main(argv + ["tracker.bbox_scale", "2.0"])
+    (out / ".track_run.json").write_text(json.dumps(record))
     ident = np.load(tmp_path / "identity.npy")
     np.save(tmp_path / "identity.npy", ident + 0.1)
     with pytest.raises(MICAError, match=r"--identity \(file content\)"):

@@ -32,6 +32,8 @@ from utils.io import atomic_write_text, written_file
 _NO_EFFECT = ("workers", "png_compression")
 # what a record written before an option existed means by its absence (the option's old behaviour)
 _ABSENT = {"begin_frame": 0}
+# recorded to explain a refusal, never compared
+_INFO = ("tracker_values",)
 # how the refusal names each recorded option
 # Version of the files' format, recorded with the options: outputs of another version are refused.
 # 2: K in the renderers' pixel convention (pixel i's centre at i + 0.5), numpy-1 pickle names, depth/.
@@ -78,6 +80,7 @@ def run_settings(options, source, landmarks_path, identity_path, asset_paths: di
             "identity": None if identity_path is None else file_hash(identity_path),
             "photometric": bool(options.photometric),
             "tracker": hashlib.sha1(tracker_text.encode()).hexdigest()[:16],
+            "tracker_values": json.loads(tracker_text),  # not compared: names the keys when the hash differs
             "assets": {k: f"{p}|{_stat(p)}" for k, p in sorted(asset_paths.items())}}
 
 
@@ -99,14 +102,36 @@ def check_run_record(layout: TrackLayout, settings: dict) -> bool:
         if not isinstance(old, dict):
             raise MICAError(f"run record {path} is unreadable; {fix}")
         for key, value in settings.items():
-            if old.get(key, _ABSENT.get(key)) != value:
-                shown = (lambda v: v if not isinstance(v, dict) else "changed")
-                raise MICAError(f"{out} was tracked with other options ({OPTION_NAMES.get(key, key)}: "
-                                f"{shown(old.get(key, _ABSENT.get(key)))} before, {shown(value)} now); {fix}")
+            if key not in _INFO and old.get(key, _ABSENT.get(key)) != value:
+                if key == "tracker":
+                    change = _config_change(old.get("tracker_values"), settings.get("tracker_values"))
+                else:
+                    shown = (lambda v: v if not isinstance(v, dict) else "changed")
+                    change = f"{shown(old.get(key, _ABSENT.get(key)))} before, {shown(value)} now"
+                raise MICAError(f"{out} was tracked with other options ({OPTION_NAMES.get(key, key)}: {change}); {fix}")
         return True
     if layout.has_frames():
         raise MICAError(f"{out} holds tracked frames but no record of their options ({RUN_RECORD}); {fix}")
     return False
+
+
+def _flat(values: dict, prefix: str = "tracker.") -> dict:
+    out = {}
+    for k, v in values.items():
+        out.update(_flat(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": v})
+    return out
+
+
+def _config_change(old, new) -> str:
+    """The ``tracker`` keys that differ between two recorded sections (at most three named), or what
+    is known when the old record holds only the section's hash (written before the values were kept)."""
+    if not isinstance(old, dict) or not isinstance(new, dict):
+        return ("a key differs; the record, written by an older track.py, holds only a hash of the section "
+                "(a key added to track.py since, e.g. tracker.fit.calib_window_s, changes it too)")
+    a, b = _flat(old), _flat(new)
+    diffs = [f"{k} {a.get(k, 'absent')} before, {b.get(k, 'absent')} now" for k in sorted(set(a) | set(b))
+             if a.get(k, "absent") != b.get(k, "absent")]
+    return ", ".join(diffs[:3]) + (f" and {len(diffs) - 3} more" if len(diffs) > 3 else "") if diffs else "changed"
 
 
 def record_camera(layout: TrackLayout, camera: dict) -> None:

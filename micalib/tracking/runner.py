@@ -298,6 +298,7 @@ class TrackRunner:
         faceless: int | None = None  # faceless frames since the first face
         box = None
         track = cropmod.CropTrack(self.options.bbox_scale) if self.options.follow_face else None
+        last = None  # input frame of the last output frame run through MediaPipe (--fps / --begin-frame skip some)
         # One fixed box (the default): this pass's crops are the final ones, so they are kept in a
         # raw file for the second pass (no second decode) and their PNGs are written here.
         cache = self._open_crop_cache() if (self.options.crop and not self.options.follow_face and ib_det is None) else None
@@ -330,11 +331,12 @@ class TrackRunner:
                     for ke, rgb_e in enumerate(early):  # frames 0..k-1 (no face): their crops now
                         n_cached = keep(ke, cropmod.warp(rgb_e, cropmod.crop_matrix(box, self.size), (self.size,) * 2))
                     early = []
-                if track is not None:
-                    box = track.update(mp[i - 1][MEDIAPIPE_IBUG68] if i > 0 else None) or box
+                if track is not None:  # follows the face of the previous output frame
+                    box = track.update(mp[last][MEDIAPIPE_IBUG68] if last is not None else None) or box
                 m = cropmod.crop_matrix(box, self.size)
                 crop = cropmod.warp(rgb, m, (self.size, self.size))
                 mp[i] = transform_points(det.detect(crop), cropmod.invert_matrix(m)).astype(np.float32)
+                last = i
                 if not np.isfinite(mp[i]).all():  # the face left the crop, or shrank: search now and then
                     mp[i] = search.find(rgb) if search.wanted(faceless) else mp[i]
                     faceless += 1

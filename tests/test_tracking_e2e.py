@@ -262,6 +262,7 @@ def test_whole_truncated_clip_finishes_with_one_warning(tmp_path):
     dense weights would add the .glb exporter's eyelid warning)."""
     from loguru import logger
 
+    from micalib.tracking.crop import read_crop_json
     from micalib.tracking.landmarks import mediapipe_available
     from tests.synthetic_flame import shared_flame_public
     from tests.synthetic_tracking import shared_tracker_dir, write_tracker_assets
@@ -306,3 +307,12 @@ def test_whole_truncated_clip_finishes_with_one_warning(tmp_path):
         assert len(list((out / sub).iterdir())) == n_out
     assert _video_frames(out / "video.mp4")[0] == n_out
     assert not (out / ".crops.raw").exists()  # the crop cache of the landmark pass is removed
+    assert len(read_crop_json(out / "crop.json")) == n_out
+    # landmarks from a file: the first pass decodes nothing, the second finds the end; crop.json
+    # then lists the tracked frames only (it listed every frame the header states)
+    argv_lm = ["--landmarks", str(out / "landmarks.npz")] + argv
+    argv_lm[argv_lm.index("-o") + 1] = str(tmp_path / "out_lm")
+    assert track.main(argv_lm) == 0
+    out_lm = tmp_path / "out_lm" / "justin"
+    assert len(list((out_lm / "checkpoint").iterdir())) == n_out
+    assert len(read_crop_json(out_lm / "crop.json")) == n_out

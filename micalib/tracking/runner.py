@@ -197,6 +197,7 @@ class TrackRunner:
                 write_run_record(self.layout, settings)  # the inputs are accepted
                 self.intrinsics(fit)
                 rows = self.track_frames(fit)
+                self._trim_to_decoded(matrices)
                 self.write_outputs(rows)
                 if finish is not None:
                     finish(self.layout.root)
@@ -262,6 +263,14 @@ class TrackRunner:
         matrices = self._crop_matrices(lm)
         cropmod.write_crop_json(self.layout.crop_json, matrices, self.size, self.source.indices, fsync=False)
         return lm, matrices
+
+    def _trim_to_decoded(self, matrices: list[np.ndarray]) -> None:
+        """A video that ended early in the second pass (its landmarks came from a file or a cache,
+        so the first pass did not decode it): ``crop.json`` lists the frames tracked, not more."""
+        cut = getattr(self.source, "truncated_at", None)
+        if cut is not None and cut < len(matrices):
+            self.source.indices = self.source.indices[:cut]
+            cropmod.write_crop_json(self.layout.crop_json, matrices[:cut], self.size, self.source.indices, fsync=False)
 
     # ------------------------------------------------------------- landmark pass
     def _landmarks(self) -> dict[str, np.ndarray]:

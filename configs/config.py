@@ -361,7 +361,8 @@ def _merge_yaml(cfg: CN, cfg_file: str | os.PathLike) -> None:
         raise UserError(f"config file {path}: {_yacs_message(e)}") from None
 
 
-def _default(cfg: CN, key: str) -> Any:
+def _value(cfg: CN, key: str) -> Any:
+    """The value of the dotted ``key`` in ``cfg``, None when there is no such key."""
     node: Any = cfg
     for part in key.split("."):
         if not isinstance(node, CN) or part not in node:
@@ -378,7 +379,7 @@ def _whole_numbers_as_floats(cfg: CN, data: dict, prefix: str = "") -> dict:
         full = f"{prefix}{key}"
         if isinstance(value, dict):
             out[key] = _whole_numbers_as_floats(cfg, value, full + ".")
-        elif isinstance(_default(cfg, full), float) and isinstance(value, int) and not isinstance(value, bool):
+        elif isinstance(_value(cfg, full), float) and isinstance(value, int) and not isinstance(value, bool):
             out[key] = float(value)
         else:
             out[key] = value
@@ -399,7 +400,7 @@ def merge_opts(cfg: CN, opts: Sequence[str]) -> None:
     if len(opts) % 2:
         raise UserError(f"command-line overrides must be KEY VALUE pairs, got an odd number: {opts}")
     for i in range(0, len(opts), 2):  # a whole number for a float key, e.g. tracker.fit.calib_window_s 0
-        if isinstance(_default(cfg, str(opts[i])), float) and re.fullmatch(r"[+-]?\d+", str(opts[i + 1]).strip()):
+        if isinstance(_value(cfg, str(opts[i])), float) and re.fullmatch(r"[+-]?\d+", str(opts[i + 1]).strip()):
             opts[i + 1] = str(float(str(opts[i + 1]).strip()))
     try:
         cfg.merge_from_list(opts)
@@ -448,13 +449,6 @@ def check_cfg(cfg: CN) -> None:
         raise UserError("train.lr_update_step must be >= 1")
     if cfg.train.optimizer_impl not in ("auto", "foreach", "fused"):
         raise UserError(f"train.optimizer_impl must be auto, foreach or fused, not '{cfg.train.optimizer_impl}'")
-
-
-def _value(cfg: CN, key: str):
-    node = cfg
-    for part in key.split("."):
-        node = node[part]
-    return node
 
 
 def warn_legacy_keys(cfg: CN) -> list:

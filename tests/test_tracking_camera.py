@@ -157,16 +157,22 @@ def test_calibration_window_holds_the_first_seconds_with_a_face():
     assert calibration_frames(faces + [60, 61], times + [6.0, 6.1], 2.0, 8) == calibration_frames(faces, times, 2.0, 8)
 
 
+def _sequence(tmp_path, n_frames: int, seed: int) -> dict:
+    """A ground-truth sequence (random topology, 0.5 px noise, focal 1.5 x the image side) that
+    several runs of ``track_synthetic(seq=...)`` share."""
+    _assets, flame, emb, lids, identity, iris = synthetic_setup(tmp_path / "setup", real=False)
+    emb_d = {"landmark_indices": emb.landmark_indices, "lmk_face_idx": emb.lmk_face_idx,
+             "lmk_b_coords": emb.lmk_b_coords}
+    return make_sequence(flame, lids, emb_d, identity, n_frames=n_frames, size=SIZE, noise_px=0.5, iris_vertices=iris,
+                         focal_x=1.5, seed=seed)
+
+
 @pytest.mark.slow
 def test_a_run_holding_the_calibration_window_gets_the_whole_clips_camera(tmp_path):
     # 130 frames at 25 frames/s (a folder: 25 fps); the default window (4 s) is frames 0-99. A run of
     # the first 100 frames and one of all 130 get the same camera; with the whole clip as the window
     # (0) the two fit different keyframes, so the camera moves (the window is what makes them agree).
-    _assets, flame, emb, lids, identity, iris = synthetic_setup(tmp_path / "setup", real=False)
-    emb_d = {"landmark_indices": emb.landmark_indices, "lmk_face_idx": emb.lmk_face_idx,
-             "lmk_b_coords": emb.lmk_b_coords}
-    seq = make_sequence(flame, lids, emb_d, identity, n_frames=130, size=SIZE, noise_px=0.5, iris_vertices=iris,
-                        focal_x=1.5, seed=6)
+    seq = _sequence(tmp_path, n_frames=130, seed=6)
     cams = {}
     for window in ("4.0", "0.0"):  # yacs: a float key takes a float
         for n in (100, 130):
@@ -187,11 +193,7 @@ def test_a_run_holding_the_calibration_window_gets_the_whole_clips_camera(tmp_pa
 
 @pytest.mark.slow
 def test_two_runs_sharing_the_focal_length_agree_on_the_frames_they_share(tmp_path):
-    _assets, flame, emb, lids, identity, iris = synthetic_setup(tmp_path / "setup", real=False)
-    emb_d = {"landmark_indices": emb.landmark_indices, "lmk_face_idx": emb.lmk_face_idx,
-             "lmk_b_coords": emb.lmk_b_coords}
-    seq = make_sequence(flame, lids, emb_d, identity, n_frames=90, size=SIZE, noise_px=0.5, iris_vertices=iris,
-                        focal_x=1.5, seed=4)
+    seq = _sequence(tmp_path, n_frames=90, seed=4)
     focal = ["--focal", str(1.5 * SIZE * 1.03)]  # given, and 3% off the truth: both runs share it anyway
     runs = []
     for first in (0, 30):

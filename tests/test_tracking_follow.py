@@ -12,7 +12,7 @@ import micalib.tracking.landmarks as landmarks
 from configs.config import PROJECT_ROOT, load_cfg
 from micalib.tracking.frames import open_frames
 from micalib.tracking.runner import TrackRunner
-from tests.synthetic_tracking import write_tracker_assets
+from tests.synthetic_tracking import asset_opts
 
 STEP = 2  # pixels the face moves right per input frame
 SKIP = 3  # one output frame per SKIP input frames (a 30 fps clip at --fps 10)
@@ -55,14 +55,8 @@ def _clip(folder):
 @pytest.mark.parametrize("begin", [0, 2])
 def test_follow_face_follows_the_previous_output_frame_when_input_frames_are_skipped(tmp_path, monkeypatch, begin):
     monkeypatch.setattr(landmarks, "MediaPipeLandmarker", _RectangleLandmarker)
-    assets = write_tracker_assets(tmp_path / "assets", seed=0, real=False)
     np.save(tmp_path / "zero.npy", np.zeros(300, np.float32))
-    cfg = load_cfg(PROJECT_ROOT / "configs" / "tracker.yml", [
-        "model.flame_model_path", str(assets["flame_model_path"]),
-        "model.flame_lmk_embedding_path", str(assets["flame_lmk_embedding_path"]),
-        "tracker.mediapipe_embedding_path", str(assets["mediapipe_embedding_path"]),
-        "tracker.l_eyelid_path", str(assets["l_eyelid_path"]), "tracker.r_eyelid_path", str(assets["r_eyelid_path"]),
-        "tracker.follow_face", "True"])
+    cfg = load_cfg(PROJECT_ROOT / "configs" / "tracker.yml", asset_opts(tmp_path / "assets") + ["tracker.follow_face", "True"])
     src = open_frames(_clip(tmp_path / "clip"))
     src.indices = src.indices[::SKIP]  # what --fps does to a clip of SKIP times the rate
     if begin:

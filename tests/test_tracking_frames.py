@@ -111,16 +111,22 @@ def test_video_errors_are_one_line(tmp_path, video_30fps):
         open_frames(video_30fps, fps=0)
 
 
-def test_truncated_video_yields_what_it_has_and_warns(tmp_path):
-    from loguru import logger
-
+def _cut_video(tmp_path):
+    """An MJPG video of 30 coded frames cut at 60% of its bytes: the header still says 30 frames."""
     path = tmp_path / "cut.avi"
     writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), 30.0, (W, H))
     for i in range(30):
         writer.write(_coded_frame(i))
     writer.release()
     data = path.read_bytes()
-    path.write_bytes(data[: len(data) * 6 // 10])  # the header still says 30 frames
+    path.write_bytes(data[: len(data) * 6 // 10])
+    return path
+
+
+def test_truncated_video_yields_what_it_has_and_warns(tmp_path):
+    from loguru import logger
+
+    path = _cut_video(tmp_path)
     src = open_frames(path)
     assert src.n_input_frames == 30
     messages = []
@@ -138,13 +144,7 @@ def test_begin_past_where_a_truncated_video_ends_is_one_line(tmp_path):
     """The header says 30 frames, so --begin-frame 25 passes the count check; the file decodes to
     fewer (counted here with OpenCV directly): nothing is left to track, and the run says so naming
     --begin-frame, instead of tracking no frame and failing later (no .frame files to export)."""
-    path = tmp_path / "cut.avi"
-    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), 30.0, (W, H))
-    for i in range(30):
-        writer.write(_coded_frame(i))
-    writer.release()
-    data = path.read_bytes()
-    path.write_bytes(data[: len(data) * 6 // 10])
+    path = _cut_video(tmp_path)
     cap = cv2.VideoCapture(str(path))
     decodable = 0
     while cap.read()[0]:

@@ -249,6 +249,9 @@ _C.tracker.identity_frames = 8
 _C.tracker.png_compression = 1
 # Threads writing the per-frame files.
 _C.tracker.workers = 2
+# Fit the frames in a forked process beside the writer threads (Linux, fresh runs without the
+# photometric stage; micalib/tracking/fit_ahead.py): the same numbers, less waiting for the GIL.
+_C.tracker.fit_process = True
 # Landmark fitting (micalib/tracking/options.py FitSettings).
 _C.tracker.fit = CN()
 # Levenberg-Marquardt steps per frame (warm-started).

@@ -107,6 +107,7 @@ class TrackOptions:
     identity_frames: int = _config(_TRACKER.identity_frames)
     png_compression: int = _config(_TRACKER.png_compression)
     workers: int = _config(_TRACKER.workers)
+    fit_process: bool = _config(_TRACKER.fit_process)
     fit: FitSettings = _config(default_factory=FitSettings)
     photometric_iters: int = _config(_TRACKER.photometric_iters)
     image_size: int = 512

@@ -29,7 +29,7 @@ from utils.errors import MICAError
 from utils.io import atomic_write_text, written_file
 
 # tracker keys that change speed only, not the outputs
-_NO_EFFECT = ("workers", "png_compression")
+_NO_EFFECT = ("workers", "png_compression", "fit_process")
 # what a record written before an option existed means by its absence (the option's old behaviour)
 _ABSENT = {"begin_frame": 0}
 # recorded to explain a refusal, never compared

@@ -24,6 +24,7 @@ up to its end (``frames.VideoFrames.truncated_at``).
 """
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import shutil
@@ -41,6 +42,7 @@ from configs.config import resolve_path
 from micalib.tracking import crop as cropmod
 from micalib.tracking.crop import transform_points
 from micalib.tracking.depth import DepthMesh
+from micalib.tracking.fit_ahead import FitAhead, fit_ahead_possible
 from micalib.tracking.fitting import FrameState, Intrinsics, LandmarkFitter, interpolate_state, pick_keyframes
 from micalib.tracking.frames import open_frames, prefetch
 from micalib.tracking.identity import mica_identity
@@ -593,9 +595,11 @@ class TrackRunner:
 
             photo = PhotometricStage(fit.model, self.size, o.device, iters=int(o.photometric_iters))
         depth_mesh = DepthMesh.build(fit.model.faces, self.flame.n_vertices, self._flame_masks())
-        with FrameWriter(lay, fit.model, o.png_compression, o.workers, video, self._png_written,
-                         self._journal, depth_mesh) as writer:
-            loop = _FrameLoop(self, fit, writer, rows, photo, fps_out)
+        # the fits in a forked child, started before this pass starts any thread (fit_ahead.py)
+        with self._fit_ahead(fit, photo is not None) as ahead, \
+                FrameWriter(lay, fit.model, o.png_compression, o.workers, video, self._png_written,
+                            self._journal, depth_mesh) as writer:
+            loop = _FrameLoop(self, fit, writer, rows, photo, fps_out, ahead)
             cached = self._n_cached > 0
             loop.run(prefetch(self._cached_crops()) if cached else prefetch(self.source), cached)
             writer.finish()
@@ -604,6 +608,14 @@ class TrackRunner:
         self.timings.add("submit writes (main thread)", loop.seconds["write"])
         self.skipped = loop.skipped
         return rows
+
+    def _fit_ahead(self, fit: FitInputs, photometric: bool):
+        """A ``FitAhead`` over the frames with a face where it gives the frame loop's own numbers
+        (``fit_ahead.py``), else a context of None."""
+        first = fit.has_face.index(True)  # fit_inputs made sure there is one
+        if not fit_ahead_possible(self.options.fit_process, photometric, any(fit.done)) or first >= MAX_HELD:
+            return contextlib.nullcontext(None)
+        return FitAhead(fit.fitter, fit.obs, fit.valid, [k for k, f in enumerate(fit.has_face) if f])
 
     # ------------------------------------------------------------------ stage 5: outputs
     def write_outputs(self, rows: dict[int, dict]) -> None:
@@ -626,8 +638,9 @@ class _FrameLoop:
     is handed to the ``FrameWriter`` in order."""
 
     def __init__(self, runner: TrackRunner, fit: FitInputs, writer: FrameWriter, rows: dict[int, dict],
-                 photo, fps_out: float) -> None:
+                 photo, fps_out: float, ahead: FitAhead | None = None) -> None:
         self.runner, self.fit, self.writer, self.rows, self.photo = runner, fit, writer, rows, photo
+        self.ahead = ahead  # the fits computed by a forked child (fit_ahead.py), or None: fitted here
         self.fps_out = fps_out
         self.kk = fit.fitter.intr.k
         self.prev: FrameState | None = None
@@ -668,8 +681,11 @@ class _FrameLoop:
         if not fit.has_face[k]:
             self.faceless(k, i, crop, t0)
             return
-        res = fit.fitter.fit_frame(fit.obs[k], fit.valid[k], self.prev, self.prev)
-        st, rms = res.state, res.rms
+        if self.ahead is not None:  # fitted by the forked child (fit_ahead.py): the same numbers
+            st, rms, _cbin, bpose = self.ahead.take(k)
+        else:
+            res = fit.fitter.fit_frame(fit.obs[k], fit.valid[k], self.prev, self.prev)
+            st, rms, bpose = res.state, res.rms, basis_pose_of(fit.fitter)
         if self.photo is not None:
             kc = fit.crop_k(self.kk, k)
             st = self.photo.refine(crop, st, Intrinsics(kc[0, 0], kc[0, 2], kc[1, 2]),
@@ -679,7 +695,8 @@ class _FrameLoop:
             rms = {key: val * float(fit.matrices[k][0, 0]) for key, val in rms.items()}
         self.seconds["fit"] += time.perf_counter() - t0
         self.flush_held(st, k)
-        self.emit(k, i, crop, st, self.row(k, i, rms, False), self.photo.appearance() if self.photo is not None else None)
+        self.emit(k, i, crop, st, self.row(k, i, rms, False), self.photo.appearance() if self.photo is not None else None,
+                  basis_pose=bpose)
         self.prev, self.prev_k = st, k
 
     def finished(self, k: int, i: int, crop: np.ndarray | None) -> None:
@@ -745,9 +762,11 @@ class _FrameLoop:
         return csv_row(k, i, self.fps_out, fit.has_face[k], fit.valid[k], rms, interpolated, fit.model)
 
     def emit(self, k: int, i: int, crop: np.ndarray | None, st: FrameState, row: dict | None,
-             appearance: np.ndarray | None = None) -> None:
+             appearance: np.ndarray | None = None, basis_pose: np.ndarray | None = None) -> None:
         """Hand frame k to the writer (in frame order); ``row`` None = finished before;
-        ``appearance``: the photometric stage's after this frame (kept for a resumed run)."""
+        ``appearance``: the photometric stage's after this frame (kept for a resumed run);
+        ``basis_pose``: the fitter's expression-Jacobian pose after fitting frame k (a fitted frame
+        only; its solver record)."""
         if self.fit.done[k] and not self.writer.draws_video:
             return
         t0 = time.perf_counter()
@@ -762,7 +781,7 @@ class _FrameLoop:
         if self.writer.draws_video:  # the fit's targets in crop pixels, NaN where unused
             obs = cropmod.transform_points(fit.obs[k], fit.matrices[k]) if fit.follow else fit.obs[k]
             detected = np.where(fit.valid[k][:, None], obs, np.nan)
-        bpose = basis_pose_of(fit.fitter) if fit.has_face[k] and data is not None else None
+        bpose = basis_pose if data is not None else None
         self.writer.submit(k, crop, st, kc, data, row, detected, basis_pose=bpose, appearance=appearance)
         self.seconds["write"] += time.perf_counter() - t0
 

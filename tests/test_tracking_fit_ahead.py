@@ -1,0 +1,120 @@
+"""The fits of a fresh track.py run in a forked process (``micalib/tracking/fit_ahead.py``): the
+same numbers as the frame loop's own fits, the child's failures raised in the run, and the cases
+where it must not be used."""
+from __future__ import annotations
+
+import multiprocessing
+import os
+
+import numpy as np
+import pytest
+import torch
+
+from micalib.tracking import fit_ahead, runner
+from micalib.tracking.fitting import LandmarkFitter
+from tests.synthetic_tracking import track_synthetic
+from tests.test_tracking_exact_resume import _differences
+from utils.errors import MICAError
+
+N = 16
+BLANK = (0, 1, 6, 7, 15)  # faceless frames: two before the first face (held at it), two inside, the last (held)
+
+
+@pytest.fixture
+def counted(monkeypatch):
+    """How many ``FitAhead`` children the runner started."""
+    started = []
+
+    class Counted(fit_ahead.FitAhead):
+        def __init__(self, *a, **kw):
+            started.append(a[3])
+            super().__init__(*a, **kw)
+
+    monkeypatch.setattr(runner, "FitAhead", Counted)
+    return started
+
+
+def test_fits_in_the_child_are_the_frame_loops_own(tmp_path, counted):
+    """Every .frame value, mesh, PNG, csv row, video frame and solver record of a run whose fits
+    come from the child equals the run that fits in the frame loop (the oracle: the code path
+    the child replaces), with faceless frames before, between and after the tracked ones."""
+    for name in ("a", "b"):
+        (tmp_path / name).mkdir()
+    *_, ahead = track_synthetic(tmp_path / "a", real=False, n_frames=N, noise_px=0.5, video=True, blank_frames=BLANK)
+    assert counted == [[k for k in range(N) if k not in BLANK]]  # the child fitted exactly the face frames
+    *_, plain = track_synthetic(tmp_path / "b", real=False, n_frames=N, noise_px=0.5, video=True, blank_frames=BLANK,
+                                extra_opts=["tracker.fit_process", "False"])
+    assert len(counted) == 1  # turned off: fitted in the frame loop
+    assert _differences(ahead, plain) == []
+    for k in range(N):  # the solver records (the exact-resume state: the fitter's basis pose) too
+        rec = f"{k:05d}.json"
+        assert (ahead / ".solver" / rec).read_bytes() == (plain / ".solver" / rec).read_bytes(), rec
+    assert multiprocessing.active_children() == []  # the child is gone
+
+
+def test_an_exception_in_the_child_is_raised_in_the_run(tmp_path, counted, monkeypatch):
+    orig, parent = LandmarkFitter.fit_frame, os.getpid()
+    calls = []
+
+    def failing(self, *a, **kw):  # the child's 4th fit fails (the parent's keyframe fits, if any, do not count)
+        if os.getpid() != parent:
+            calls.append(1)
+            if len(calls) == 4:
+                raise ValueError("fit failed in the child")
+        return orig(self, *a, **kw)
+
+    monkeypatch.setattr(LandmarkFitter, "fit_frame", failing)
+    with pytest.raises(ValueError, match="fit failed in the child"):
+        track_synthetic(tmp_path, real=False, n_frames=8, noise_px=0.3)
+    assert len(counted) == 1
+    assert multiprocessing.active_children() == []
+    written = sorted(p.name for p in (tmp_path / "out" / "clip" / "checkpoint").glob("*.frame"))
+    assert written == [f"{k:05d}.frame" for k in range(3)]  # the frames fitted before it are written
+
+
+def test_a_killed_child_is_one_line(tmp_path, counted, monkeypatch):
+    orig, parent = LandmarkFitter.fit_frame, os.getpid()
+    calls = []
+
+    def dying(self, *a, **kw):  # the child dies in its 3rd fit
+        if os.getpid() != parent:
+            calls.append(1)
+            if len(calls) == 3:
+                os._exit(9)  # as killed: no message, no exception
+        return orig(self, *a, **kw)
+
+    monkeypatch.setattr(LandmarkFitter, "fit_frame", dying)
+    with pytest.raises(MICAError, match=r"^the fitting process ended before frame 2 \(killed\?\); run track.py "
+                                        r"again: it resumes"):
+        track_synthetic(tmp_path, real=False, n_frames=8, noise_px=0.3)
+    assert len(counted) == 1
+    assert multiprocessing.active_children() == []
+
+
+def test_where_the_child_is_not_used():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        assert fit_ahead.fit_ahead_possible(True, photometric=False, resumed=False) == (
+            os.name == "posix" and os.uname().sysname == "Linux")
+        assert not fit_ahead.fit_ahead_possible(False, photometric=False, resumed=False)  # tracker.fit_process False
+        assert not fit_ahead.fit_ahead_possible(True, photometric=True, resumed=False)  # refines each state first
+        assert not fit_ahead.fit_ahead_possible(True, photometric=False, resumed=True)  # restores frame by frame
+        torch.set_num_threads(2)  # other BLAS results than a one-thread fit
+        assert not fit_ahead.fit_ahead_possible(True, photometric=False, resumed=False)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def test_a_resumed_run_fits_in_the_frame_loop(tmp_path, counted, monkeypatch):
+    """A re-run with finished frames restores the solver frame by frame: no child."""
+    *_, out = track_synthetic(tmp_path, real=False, n_frames=6, noise_px=0.3)
+    assert len(counted) == 1
+    for k in (4, 5):
+        (out / "checkpoint" / f"{k:05d}.frame").unlink()
+    import track
+    from tests.synthetic_tracking import argv_of_last_run
+
+    track.main(argv_of_last_run(out, video=False))
+    assert len(counted) == 1
+    assert np.all([(out / "checkpoint" / f"{k:05d}.frame").is_file() for k in range(6)])

@@ -1,11 +1,11 @@
 """The per-frame files and the overlay video of a tracking run: ``FrameWriter``, the one owner of
 the writer threads, the overlay threads and ``video.mp4``.
 
-The main thread fits; per frame it hands the state to ``FrameWriter.submit``, which poses the full
-mesh and rasterises it once (``depth.frame_geometry``, a writer thread; torch releases the GIL):
-that one 512 rasterisation serves ``depth/NNNNN.png`` and the overlay. The writer pool writes
-``input/NNNNN.png``, ``mesh/NNNNN.ply``, ``depth/NNNNN.png``, ``checkpoint/NNNNN.frame``, the csv
-row and last the frame's solver record (``solver_state.py``, which marks the frame finished); the
+The main thread fits; per frame it hands the state to ``FrameWriter.submit``, whose one task per
+frame on a writer thread poses the full mesh and rasterises it once (``depth.frame_geometry``;
+torch releases the GIL): that one 512 rasterisation serves ``depth/NNNNN.png`` and the overlay.
+The same task then writes ``input/NNNNN.png``, ``mesh/NNNNN.ply``, ``depth/NNNNN.png``,
+``checkpoint/NNNNN.frame``, the csv row and last the frame's solver record (``solver_state.py``, which marks the frame finished); the
 overlay (detected landmarks green, the model's red, as the original's) is drawn on one of two
 overlay threads (frames are independent) and encoded in frame order by the calling thread.
 """
@@ -114,15 +114,18 @@ class FrameWriter:
         fit's targets in crop pixels, NaN where unused), in frame order. ``st``, ``basis_pose`` and
         ``appearance`` go into its solver record (``solver_state.py``)."""
         t0 = time.perf_counter()
-        # the full mesh is posed and rasterised once (depth and overlay), by a writer thread (torch releases the GIL)
-        geom = self._pool.submit(frame_geometry, self.model, self.depth_mesh, st, kk, crop.shape[0])
+        # One writer task per frame: the full mesh posed and rasterised once (depth and overlay), then
+        # the frame's files. (A separate task waiting for the geometry held the other writer thread
+        # idle: the two threads then computed one frame's geometry at a time.)
+        geom: Future = Future()
+        write = None
         if data is not None:
             drop = None
             if appearance is not None:  # the last KEEP_APPEARANCE fitted frames' appearance is kept
                 self._kept.append(k)
                 drop = self._kept.popleft() if len(self._kept) > KEEP_APPEARANCE else None
-            self._pending.append(self._pool.submit(self._write_frame, k, data, geom, crop, row, st, basis_pose,
-                                                   appearance, drop))
+            write = (k, data, crop, row, st, basis_pose, appearance, drop)
+        self._pending.append(self._pool.submit(self._frame_task, geom, st, kk, crop.shape[0], write))
         if self._video is not None:
             self._vid_pending.append(self._vpool.submit(overlay_frame, crop, detected, geom, self.faces))
         while len(self._pending) > MAX_PENDING_WRITES:
@@ -131,9 +134,22 @@ class FrameWriter:
             self._video.write(self._vid_pending.pop(0).result())
         self.seconds += time.perf_counter() - t0
 
-    def _write_frame(self, k: int, data: dict, geom: Future, crop: np.ndarray, row: dict | None, st: FrameState,
+    def _frame_task(self, geom: Future, st: FrameState, kk: np.ndarray, size: int, write: tuple | None) -> None:
+        """A writer thread's work for one frame: its geometry (handed to the overlay through ``geom``
+        as soon as it is there), then its files (``write``: ``_write_frame``'s arguments; None for a
+        frame finished before)."""
+        try:
+            g = frame_geometry(self.model, self.depth_mesh, st, kk, size)
+        except BaseException as e:
+            geom.set_exception(e)
+            raise
+        geom.set_result(g)
+        if write is not None:
+            self._write_frame(g, *write)
+
+    def _write_frame(self, g: FrameGeometry, k: int, data: dict, crop: np.ndarray, row: dict | None, st: FrameState,
                      basis_pose: np.ndarray | None, appearance: np.ndarray | None, drop: int | None) -> None:
-        write_frame_files(self.layout, k, geom.result(), crop.shape[0], self.faces,
+        write_frame_files(self.layout, k, g, crop.shape[0], self.faces,
                           None if k in self.png_written else crop, data, self.depth_mesh, self.depth_stats,
                           self.png_compression)
         if row is not None:

@@ -106,6 +106,25 @@ def test_where_the_child_is_not_used():
         torch.set_num_threads(threads)
 
 
+def _possible_here(conn) -> None:
+    torch.set_num_threads(1)
+    conn.send(fit_ahead.fit_ahead_possible(True, photometric=False, resumed=False))
+    conn.close()
+
+
+def test_not_inside_a_daemonic_process():
+    """A multiprocessing.Pool worker is daemonic and may not start children: the frame loop fits there."""
+    ctx = multiprocessing.get_context("fork")
+    for daemon in (True, False):
+        recv, send = ctx.Pipe(duplex=False)
+        proc = ctx.Process(target=_possible_here, args=(send,), daemon=daemon)
+        proc.start()
+        send.close()
+        possible = recv.recv()
+        proc.join()
+        assert possible is (not daemon and os.uname().sysname == "Linux")
+
+
 def test_a_resumed_run_fits_in_the_frame_loop(tmp_path, counted, monkeypatch):
     """A re-run with finished frames restores the solver frame by frame: no child."""
     *_, out = track_synthetic(tmp_path, real=False, n_frames=6, noise_px=0.3)

@@ -19,7 +19,8 @@ the in-process fits (tests/test_tracking_fit_ahead.py).
 
 Used only where all of that holds and ``fork`` is safe: Linux, torch on one thread, no photometric
 stage (it refines each state with the frame's pixels before the next fit starts from it), a run
-with no finished frames (a resumed run restores the solver frame by frame) and
+with no finished frames (a resumed run restores the solver frame by frame), not inside a daemonic
+process (e.g. a ``multiprocessing.Pool`` worker, which may not start children) and
 ``tracker.fit_process`` True (the default). Elsewhere the frame loop fits in its own thread, as before.
 """
 from __future__ import annotations
@@ -41,7 +42,8 @@ __all__ = ["FitAhead", "fit_ahead_possible"]
 def fit_ahead_possible(enabled: bool, photometric: bool, resumed: bool) -> bool:
     """Whether ``FitAhead`` may replace the frame loop's own fits (see the module docstring)."""
     return (bool(enabled) and not photometric and not resumed and sys.platform.startswith("linux")
-            and torch.get_num_threads() == 1 and "fork" in multiprocessing.get_all_start_methods())
+            and torch.get_num_threads() == 1 and "fork" in multiprocessing.get_all_start_methods()
+            and not multiprocessing.current_process().daemon)  # a daemonic process may not have children
 
 
 class FitAhead:

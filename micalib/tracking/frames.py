@@ -88,6 +88,7 @@ class FrameSource:
         size: (width, height) of the input frames in pixels.
         indices: input frame index of every output frame.
         begin: output frames of the input dropped before output frame 0 (``skip_first``).
+        truncated_at: the output frame where a cut-short video stopped decoding, else None.
     """
 
     path: Path
@@ -98,6 +99,7 @@ class FrameSource:
     size: tuple[int, int]
     indices: list[int]
     begin: int = 0
+    truncated_at: int | None = None
 
     def skip_first(self, n: int) -> None:
         """Drop the first ``n`` output frames: output frame 0 becomes the input's output frame ``n``.
@@ -113,6 +115,14 @@ class FrameSource:
                             f"(at {'every frame' if self.fps is None else f'{self.fps:g} frames/s'}); give a smaller number")
         self.indices = self.indices[n:]
         self.begin = n
+
+    def keep_decoded(self) -> bool:
+        """Drop the output frames past where a cut-short video stopped decoding (``truncated_at``);
+        returns whether any were dropped."""
+        if self.truncated_at is None or self.truncated_at >= len(self.indices):
+            return False
+        self.indices = self.indices[:self.truncated_at]
+        return True
 
     def __len__(self) -> int:
         return len(self.indices)

@@ -259,9 +259,7 @@ class TrackRunner:
         """Landmarks per input frame (given, cached or detected), the frames a short video has, and
         per output frame its crop matrix (``crop.json``)."""
         lm = self._landmarks()
-        cut = getattr(self.source, "truncated_at", None)
-        if cut is not None:  # the video ended early: track the frames it has
-            self.source.indices = self.source.indices[:cut]
+        self.source.keep_decoded()  # a video that ended early: track the frames it has
         matrices = self._crop_matrices(lm)
         cropmod.write_crop_json(self.layout.crop_json, matrices, self.size, self.source.indices, fsync=False)
         return lm, matrices
@@ -269,10 +267,9 @@ class TrackRunner:
     def _trim_to_decoded(self, matrices: list[np.ndarray]) -> None:
         """A video that ended early in the second pass (its landmarks came from a file or a cache,
         so the first pass did not decode it): ``crop.json`` lists the frames tracked, not more."""
-        cut = getattr(self.source, "truncated_at", None)
-        if cut is not None and cut < len(matrices):
-            self.source.indices = self.source.indices[:cut]
-            cropmod.write_crop_json(self.layout.crop_json, matrices[:cut], self.size, self.source.indices, fsync=False)
+        if self.source.keep_decoded():
+            cropmod.write_crop_json(self.layout.crop_json, matrices[:len(self.source)], self.size, self.source.indices,
+                                    fsync=False)
 
     # ------------------------------------------------------------- landmark pass
     def _landmarks(self) -> dict[str, np.ndarray]:

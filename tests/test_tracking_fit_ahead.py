@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+import signal
+import sys
 
 import numpy as np
 import pytest
@@ -14,7 +16,7 @@ from micalib.tracking import fit_ahead, runner
 from micalib.tracking.fitting import LandmarkFitter
 from tests.synthetic_tracking import track_synthetic
 from tests.test_tracking_exact_resume import _differences
-from utils.errors import MICAError
+from utils.errors import MICAError, sigterm_as_interrupt
 
 N = 16
 BLANK = (0, 1, 6, 7, 15)  # faceless frames: two before the first face (held at it), two inside, the last (held)
@@ -137,3 +139,45 @@ def test_a_resumed_run_fits_in_the_frame_loop(tmp_path, counted, monkeypatch):
     track.main(argv_of_last_run(out, video=False))
     assert len(counted) == 1
     assert np.all([(out / "checkpoint" / f"{k:05d}.frame").is_file() for k in range(6)])
+
+
+class _SignalReporter:
+    """A stand-in fitter whose 'fit' reports how the child handles Ctrl-C and SIGTERM."""
+
+    _basis = None
+
+    def fit_frame(self, obs, valid, init, prev):
+        from micalib.tracking.fitting import FrameFit, FrameState
+
+        rms = {"sigint_ignored": float(signal.getsignal(signal.SIGINT) is signal.SIG_IGN),
+               "sigterm_default": float(signal.getsignal(signal.SIGTERM) is signal.SIG_DFL)}
+        return FrameFit(FrameState(), 0.0, rms, 0, np.zeros((0, 2)))
+
+
+def test_the_child_leaves_ctrl_c_and_sigterm_to_the_parent():
+    """The child does not inherit track.py's SIGTERM-as-Ctrl-C handler nor react to Ctrl-C (sent to
+    the whole process group): an interrupted run ends it from the parent, with no traceback of its own
+    (seen once: a KeyboardInterrupt raised in the child after its last fit, printed by
+    multiprocessing)."""
+    if not sys.platform.startswith("linux"):
+        pytest.skip("the fitting process is forked on Linux only")
+    with sigterm_as_interrupt(), fit_ahead.FitAhead(_SignalReporter(), [None] * 3, [None] * 3, [0, 1, 2]) as ahead:
+        _state, rms, _bpose = ahead.take(0)
+    assert rms == {"sigint_ignored": 1.0, "sigterm_default": 1.0}
+    assert multiprocessing.active_children() == []
+
+
+def test_the_child_ends_when_the_run_stops_reading():
+    """A run killed without a word (kill -9: no close()) leaves the child no reader of its pipe: it
+    must end by itself (it held a copy of the reading end once, and blocked forever on a full pipe)."""
+    if not sys.platform.startswith("linux"):
+        pytest.skip("the fitting process is forked on Linux only")
+    n = 5000  # far more fits than the pipe holds
+    ahead = fit_ahead.FitAhead(_SignalReporter(), [None] * n, [None] * n, list(range(n)))
+    try:
+        ahead.take(0)
+        ahead._recv.close()  # what the parent's death does to its end
+        ahead._proc.join(timeout=30)
+        assert not ahead._proc.is_alive()
+    finally:
+        ahead.close()

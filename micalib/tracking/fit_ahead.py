@@ -7,8 +7,8 @@ process the writer threads' Python (posing the mesh, dispatching the rasterisati
 second pass, waits for it: on justin.mp4 (2 cores) the fit took 13 ms of wall time per frame for
 6 ms of its own CPU (bench/README.md, "Tracking"). ``FitAhead`` forks the process once, before the
 second pass starts any thread; the child (its own interpreter, so its own GIL) runs the fits of the
-frames with a face in order and sends each frame's state, RMS, contour bin and the fitter's
-expression-Jacobian pose through a pipe; the frame loop takes them instead of fitting.
+frames with a face in order and sends each frame's state, RMS and the fitter's expression-Jacobian
+pose through a pipe; the frame loop takes them instead of fitting.
 
 The same numbers as fitting in the process: the child is a copy of the process at that moment (the
 same fitter with its intrinsics and cached Jacobian, model and settings, torch on one thread) and
@@ -26,6 +26,7 @@ process (e.g. a ``multiprocessing.Pool`` worker, which may not start children) a
 from __future__ import annotations
 
 import multiprocessing
+import signal
 import sys
 from collections.abc import Sequence
 
@@ -37,6 +38,11 @@ from micalib.tracking.solver_state import basis_pose_of
 from utils.errors import MICAError
 
 __all__ = ["FitAhead", "fit_ahead_possible"]
+
+# Left to the parent: Ctrl-C reaches the whole process group and track.py turns SIGTERM into Ctrl-C
+# (utils.errors.sigterm_as_interrupt); the child ignores the one and dies quietly of the other, so an
+# interrupted run ends it from the parent without a traceback of the child's.
+_PARENTS_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 
 def fit_ahead_possible(enabled: bool, photometric: bool, resumed: bool) -> bool:
@@ -55,13 +61,18 @@ class FitAhead:
                  frames: Sequence[int]) -> None:
         ctx = multiprocessing.get_context("fork")
         self._recv, send = ctx.Pipe(duplex=False)
-        self._proc = ctx.Process(target=_fit_frames, args=(fitter, obs, valid, list(frames), send),
+        self._proc = ctx.Process(target=_fit_frames, args=(fitter, obs, valid, list(frames), send, self._recv),
                                  name="track-fit", daemon=True)
-        self._proc.start()
+        # blocked until the child has set its own handlers (it unblocks them), then restored here
+        mask = signal.pthread_sigmask(signal.SIG_BLOCK, _PARENTS_SIGNALS)
+        try:
+            self._proc.start()
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, mask)
         send.close()  # the child's end: EOF here when the child ends
 
-    def take(self, k: int) -> tuple[FrameState, dict[str, float], int, np.ndarray | None]:
-        """Frame k's fit: (state, RMS by landmark set, contour bin, the fitter's basis pose after it).
+    def take(self, k: int) -> tuple[FrameState, dict[str, float], np.ndarray | None]:
+        """Frame k's fit: (state, RMS by landmark set, the fitter's basis pose after it).
 
         Raises:
             the child's exception, as raised there; MICAError when the child ended without one
@@ -74,15 +85,15 @@ class FitAhead:
                             "resumes from the last finished frame (or set tracker.fit_process False)") from None
         if msg[0] == "error":
             raise msg[1]
-        _tag, kk, state, rms, cbin, bpose = msg
+        _tag, kk, state, rms, bpose = msg
         if kk != k:  # the frame loop asked for another frame than the child fitted: a logic error here
             raise RuntimeError(f"FitAhead: the fit of frame {kk} came where frame {k} was expected")
-        return state, rms, cbin, bpose
+        return state, rms, bpose
 
     def close(self) -> None:
         self._recv.close()
         if self._proc.is_alive():
-            self._proc.terminate()
+            self._proc.kill()
         self._proc.join()
 
     def __enter__(self) -> FitAhead:
@@ -92,13 +103,19 @@ class FitAhead:
         self.close()
 
 
-def _fit_frames(fitter: LandmarkFitter, obs, valid, frames: list[int], send) -> None:
-    """The child: the frame loop's fits of a fresh run, in order, each sent as soon as it is done."""
+def _fit_frames(fitter: LandmarkFitter, obs, valid, frames: list[int], send, recv) -> None:
+    """The child: the frame loop's fits of a fresh run, in order, each sent as soon as it is done.
+    ``recv``: its copy of the parent's end, closed first, so that a parent gone without a word
+    (kill -9) leaves the pipe without a reader and the next send ends the child."""
+    recv.close()
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, _PARENTS_SIGNALS)
     try:
         prev = None
         for k in frames:
             res = fitter.fit_frame(obs[k], valid[k], prev, prev)
-            send.send(("fit", k, res.state, res.rms, res.contour_bin, basis_pose_of(fitter)))
+            send.send(("fit", k, res.state, res.rms, basis_pose_of(fitter)))
             prev = res.state
     except BaseException as e:  # noqa: BLE001 - every failure goes to the parent, which raises it
         try:

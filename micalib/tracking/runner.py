@@ -679,7 +679,7 @@ class _FrameLoop:
             self.faceless(k, i, crop, t0)
             return
         if self.ahead is not None:  # fitted by the forked child (fit_ahead.py): the same numbers
-            st, rms, _cbin, bpose = self.ahead.take(k)
+            st, rms, bpose = self.ahead.take(k)
         else:
             res = fit.fitter.fit_frame(fit.obs[k], fit.valid[k], self.prev, self.prev)
             st, rms, bpose = res.state, res.rms, basis_pose_of(fit.fitter)

@@ -5,9 +5,10 @@ The main thread fits; per frame it hands the state to ``FrameWriter.submit``, wh
 frame on a writer thread poses the full mesh and rasterises it once (``depth.frame_geometry``;
 torch releases the GIL): that one 512 rasterisation serves ``depth/NNNNN.png`` and the overlay.
 The same task then writes ``input/NNNNN.png``, ``mesh/NNNNN.ply``, ``depth/NNNNN.png``,
-``checkpoint/NNNNN.frame``, the csv row and last the frame's solver record (``solver_state.py``, which marks the frame finished); the
-overlay (detected landmarks green, the model's red, as the original's) is drawn on one of two
-overlay threads (frames are independent) and encoded in frame order by the calling thread.
+``checkpoint/NNNNN.frame``, the csv row and last the frame's solver record (``solver_state.py``,
+which marks the frame finished); the overlay (detected landmarks green, the model's red, as the
+original's) is drawn on one of two overlay threads (frames are independent) and encoded in frame
+order by the calling thread.
 """
 from __future__ import annotations
 

@@ -36,16 +36,19 @@ def test_synthetic_ground_truth_real_topology(tmp_path):
     if shared_flame_public() is None or shared_tracker_dir() is None:
         pytest.skip("../shared/data/flame_public or ../shared/data/tracker is absent")
     seq, fr, model, face, out = track_synthetic(tmp_path, real=True, n_frames=N_FRAMES, noise_px=NOISE)
-    # issue 22 asks for 1% on the mean: measured -1.4% here (8 keyframes of the 4 s window; inside
-    # the reported 95% interval of +-2.4%): not met, 2% kept. Why (2026-12-07, this motion, four
-    # noise draws): not the prior (landmarks' share 1.00), not over-dispersion (factor 1.00), not the
-    # expression prior (exp_sigma 0.7-1.5: no change), not Huber (off: same), not the iris, not the
-    # keyframe choice seeing the noise (keyframes chosen on clean landmarks: -1.3 to -1.8%), not the
-    # contour's yaw bins (the true bins given: same), not the solver (80 steps, or started at the
-    # true focal length: same optimum); noise-free the error is -0.15%, with 0.5 px
-    # noise -0.3 to -2.2% (mean -1.4%), 24 keyframes -0.6 to -1.3%, without the 17 contour points
-    # -1.6 to +1.3% (mean -0.2%, interval +-4.3%): a bias of about -1% of the joint fit under
-    # noise, with the contour points, that more keyframes do not average out; cause not found.
+    # issue 22 asks for 1% on the mean; this draw gives -1.4%, inside the reported 95% interval
+    # (+-2.4%), so 2% is kept. Why (2026-12-08, the keyframe calibration alone over many draws): the
+    # estimator is unbiased and its interval calibrated (test_tracking_camera.py, over 12 motions x 4
+    # noise draws); one draw's error is a noise part (sd 0.8% on this motion) plus a part set by the
+    # motion's own expression sequence (this motion: -0.93 +- 0.13% averaged over 40 noise draws;
+    # other motions -0.8 to +2.1%). A 1% focal change at a fixed image scale moves this motion's
+    # landmarks by 0.05-0.06 px RMS, 0.01-0.02 px of it beyond an affine map of the image: a change
+    # the expression blend shapes can mimic. With a weak expression prior (exp_sigma 10) the
+    # focal's scatter grows from 1.2% to 16%, and with the truth's expression set to 0 this motion's
+    # error averages +0.02 +- 0.14%. So the expression prior decides between the two, and a draw's
+    # expressions move the estimate by about its reported uncertainty: 1% on one draw is not a
+    # property an estimator can promise from these landmarks (16 / 24 keyframes: scatter 0.92 /
+    # 0.83%, this motion still -1.0%).
     check_fit(seq, fr, model, face, out, focal_tol=0.02)
 
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from tests.synthetic_tracking import make_sequence, synthetic_setup
+from tests.synthetic_tracking import embedding_arrays, make_sequence, synthetic_setup
 
 
 class Synthetic:
@@ -19,9 +19,7 @@ class Synthetic:
         from configs.config import load_cfg
 
         self.assets, self.flame, self.emb, self.lids, self.identity, self.iris = synthetic_setup(tmp, real=False)
-        emb_d = {"landmark_indices": self.emb.landmark_indices, "lmk_face_idx": self.emb.lmk_face_idx,
-                 "lmk_b_coords": self.emb.lmk_b_coords}
-        self.seq = make_sequence(self.flame, self.lids, emb_d, self.identity, n_frames=n_frames, size=512,
+        self.seq = make_sequence(self.flame, self.lids, embedding_arrays(self.emb), self.identity, n_frames=n_frames, size=512,
                                  distance=0.6, focal_x=1.5, noise_px=noise_px, iris_vertices=self.iris, seed=11)
         np.save(tmp / "identity.npy", self.identity)
         self.identity_path = tmp / "identity.npy"

@@ -260,6 +260,12 @@ def make_sequence(flame, eyelids: np.ndarray, mp_emb: dict[str, np.ndarray], ide
             "axis_angle_camera": _aa(r)}
 
 
+def embedding_arrays(emb) -> dict[str, np.ndarray]:
+    """The loaded MediaPipe embedding (``load_mediapipe_embedding``) as the dict ``make_sequence`` takes."""
+    return {"landmark_indices": emb.landmark_indices, "lmk_face_idx": emb.lmk_face_idx,
+            "lmk_b_coords": emb.lmk_b_coords}
+
+
 def synthetic_setup(tmp, real: bool, assets_hook=None):
     """Assets, FLAME layer, embedding, eyelids, a random identity and the iris vertices;
     ``assets_hook(assets)`` may rewrite the asset files first."""
@@ -293,7 +299,7 @@ def track_synthetic(tmp, real: bool, n_frames: int = 120, noise_px: float = 0.5,
     ``first_frame`` .. + ``n_frames`` are tracked; ``extra_args``: more track.py flags (before the
     KEY VALUE overrides)."""
     assets, flame, emb, lids, identity, iris = synthetic_setup(tmp, real, assets_hook)
-    emb_d = {"landmark_indices": emb.landmark_indices, "lmk_face_idx": emb.lmk_face_idx, "lmk_b_coords": emb.lmk_b_coords}
+    emb_d = embedding_arrays(emb)
     if seq is None:
         kw = {"focal_x": 1.5, "seed": 11, **(motion or {})}
         seq = make_sequence(flame, lids, emb_d, identity, n_frames=first_frame + n_frames, size=size, distance=0.6,

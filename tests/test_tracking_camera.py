@@ -15,7 +15,13 @@ from micalib.tracking.focal_prior import Z95, FocalPrior, focal_from_fov, fov_fr
 from micalib.tracking.keyframes import calibration_frames, choose_keyframes
 from micalib.tracking.model import TrackingFLAME, observations
 from micalib.tracking.options import FitSettings
-from tests.synthetic_tracking import make_sequence, shared_tracker_dir, synthetic_setup, track_synthetic
+from tests.synthetic_tracking import (
+    embedding_arrays,
+    make_sequence,
+    shared_tracker_dir,
+    synthetic_setup,
+    track_synthetic,
+)
 
 SIZE = 512
 F_CENTRE = 256 / math.tan(math.radians(30))  # the default prior's centre on a 512-px frame (60 degrees)
@@ -60,8 +66,7 @@ def test_prior_terms_are_the_derivatives_of_its_cost():
 
 def _setup(tmp_path, distance=0.6, **motion):
     _assets, flame, emb, lids, identity, iris = synthetic_setup(tmp_path, real=False)
-    emb_d = {"landmark_indices": emb.landmark_indices, "lmk_face_idx": emb.lmk_face_idx,
-             "lmk_b_coords": emb.lmk_b_coords}
+    emb_d = embedding_arrays(emb)
     model = TrackingFLAME(flame, identity, emb, lids, iris)
     seq = make_sequence(flame, lids, emb_d, identity, n_frames=100, size=SIZE, noise_px=0.5, iris_vertices=iris,
                         distance=distance, **motion)
@@ -161,8 +166,7 @@ def _sequence(tmp_path, n_frames: int, seed: int) -> dict:
     """A ground-truth sequence (random topology, 0.5 px noise, focal 1.5 x the image side) that
     several runs of ``track_synthetic(seq=...)`` share."""
     _assets, flame, emb, lids, identity, iris = synthetic_setup(tmp_path / "setup", real=False)
-    emb_d = {"landmark_indices": emb.landmark_indices, "lmk_face_idx": emb.lmk_face_idx,
-             "lmk_b_coords": emb.lmk_b_coords}
+    emb_d = embedding_arrays(emb)
     return make_sequence(flame, lids, emb_d, identity, n_frames=n_frames, size=SIZE, noise_px=0.5, iris_vertices=iris,
                          focal_x=1.5, seed=seed)
 
@@ -282,16 +286,14 @@ def test_justin_projected_landmarks_follow_the_fast_motion_of_frames_67_68(tmp_p
 
 def _calibration_draws(tmp_path, real: bool, motions, noise_draws: int,
                        noise_px: float = 0.5) -> list[tuple[float, float, float, float]]:
-    """(true focal, fitted focal, 95% low, high) of the keyframe calibration (the runner's calls:
-    calibration window, keyframe choice, prior, ``calibrate``) on the +-30 degree turn of
+    """(true focal, fitted focal, 95% low, high) of the keyframe calibration (the runner's:
+    ``calibration_frames`` then ``calibrate_window``) on the +-30 degree turn of
     ``track_synthetic`` (focal 1.5 x the side, 120 frames), for each motion seed (head motion and
     expression sequence) and ``noise_draws`` draws of N(0, ``noise_px``) landmark noise each."""
-    from micalib.tracking.focal_prior import face_size
-    from micalib.tracking.keyframes import calibrate
+    from micalib.tracking.keyframes import calibrate_window
 
     _assets, flame, emb, lids, identity, iris = synthetic_setup(tmp_path, real=real)
-    emb_d = {"landmark_indices": emb.landmark_indices, "lmk_face_idx": emb.lmk_face_idx,
-             "lmk_b_coords": emb.lmk_b_coords}
+    emb_d = embedding_arrays(emb)
     model = TrackingFLAME(flame, identity, emb, lids, iris, ibug68=real)
     out = []
     for m in motions:
@@ -307,9 +309,7 @@ def _calibration_draws(tmp_path, real: bool, motions, noise_draws: int,
             obs, valid = [o for o, _v in pairs], [v & (fitter.set_w > 0) for _o, v in pairs]
             window = calibration_frames(range(120), [k / 25 for k in range(120)], fitter.s.calib_window_s,
                                         fitter.s.keyframes)
-            keys = choose_keyframes(fitter, obs, valid, window, fitter.s.keyframes)
-            prior = make_prior(fitter.s, (SIZE, SIZE), 1.0, face_size([obs[k][valid[k]] for k in window]))
-            _states, est = calibrate(fitter, [(obs[k], valid[k]) for k in keys], prior, keys)
+            _keys, _prior, _states, est = calibrate_window(fitter, obs, valid, window, (SIZE, SIZE), 1.0)
             out.append((seq["K"][0, 0], est.focal, est.low, est.high))
     return out
 

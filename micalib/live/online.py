@@ -7,7 +7,7 @@ mode) on each crop; landmark rows are moved into the same box. ``OnlineTracker.p
 - **warm-up**: frames with a face are collected until ``warmup_s`` seconds of the source have passed
   since the first face (at least ``MIN_WARMUP`` of them); then the identity is fixed (``--identity``,
   or MICA on up to ``tracker.identity_frames`` of those frames, fused) and the intrinsics (given
-  with ``--focal``, else fitted on keyframes of the warm-up frames with the focal prior, ``keyframes.calibrate``),
+  with ``--focal``, else fitted on keyframes of the warm-up frames with the focal prior, ``keyframes.calibrate_window``),
   then kept. Warm-up frames are not tracked (``process`` returns None);
 - **tracking**: ``LandmarkFitter.fit_frame`` warm-started from the previous frame (the first from
   the warm-up's last keyframe), with the temporal prior towards it -- only past frames are used.
@@ -26,8 +26,8 @@ from loguru import logger
 from micalib.live.sources import Captured
 from micalib.tracking import crop as cropmod
 from micalib.tracking.fitting import FrameState, Intrinsics, LandmarkFitter, pick_keyframes
-from micalib.tracking.focal_prior import CameraEstimate, face_size, make_prior
-from micalib.tracking.keyframes import calibrate, choose_keyframes
+from micalib.tracking.focal_prior import CameraEstimate
+from micalib.tracking.keyframes import calibrate_window
 from micalib.tracking.model import TrackingFLAME, observations
 from micalib.tracking.options import FitSettings
 
@@ -176,16 +176,15 @@ class OnlineTracker:
         for _, mp, ib in warm:
             o, v = observations(self.model, mp, ib)
             obs.append((o, v & (fitter.set_w > 0)))
-        keys = choose_keyframes(fitter, [o for o, _v in obs], [v for _o, v in obs], range(len(warm)), self.s.keyframes)
         if self.focal_px is not None:
             fitter.intr = Intrinsics(float(self.focal_px) * float(self.framing.matrix[0, 0]), *fitter.centre)
             self.prev = fitter.fit_frame(*obs[-1], None).state
             how = "given (--focal)"
         else:
             scale, wh = float(self.framing.matrix[0, 0]), self.framing.source_wh or (self.size, self.size)
-            face = face_size([o[v] for o, v in obs])  # all warm-up frames, as offline its window's
-            prior = make_prior(self.s, wh, scale, None if face is None else face / scale)
-            states, self.camera = calibrate(fitter, [obs[k] for k in keys], prior, keys)
+            # the face size over all warm-up frames, as offline over its window's
+            keys, _prior, states, self.camera = calibrate_window(fitter, [o for o, _v in obs], [v for _o, v in obs],
+                                                                 range(len(warm)), wh, scale)
             self.prev = states[-1]
             how = f"fitted on {len(keys)} keyframes of the warm-up ({self.camera.describe(scale, max(wh))})"
             if self.s.refine_identity:

@@ -26,6 +26,9 @@ own information, and the larger of the two informations decided (``focal_prior.e
 face in the first ``tracker.fit.calib_window_s`` seconds (0: the whole clip), as the live tracker
 fits them on its warm-up seconds; so runs of different lengths of one recording share the camera
 (given one identity: MICA's, without ``--identity``, comes from frames spread over each whole run).
+
+``calibrate_window`` is the one sequence the offline runner and the live tracker (its warm-up as
+the window) both call: keyframe choice, focal prior, joint fit.
 """
 from __future__ import annotations
 
@@ -35,7 +38,7 @@ import cv2
 import numpy as np
 
 from micalib.tracking.fitting import N_FRAME, FrameState, Intrinsics, _solve, lm_step
-from micalib.tracking.focal_prior import CameraEstimate, FocalPrior, estimate
+from micalib.tracking.focal_prior import CameraEstimate, FocalPrior, estimate, face_size, make_prior
 
 CANDIDATES = 64   # frames posed by PnP to choose the keyframes from
 DEPTH_DEG = 50.0  # a 10% depth change counts like a 5 degree turn
@@ -278,3 +281,22 @@ def calibrate(fitter, frames: Sequence[tuple[np.ndarray, np.ndarray]], prior: Fo
                    None if keyframes is None else [int(k) for k in keyframes])
     est.dispersion = float(joint.phi)
     return states, est
+
+
+def calibrate_window(fitter, obs_all: Sequence[np.ndarray], valid_all: Sequence[np.ndarray],
+                     window: Sequence[int], source_size: tuple[int, int],
+                     scale: float) -> tuple[list[int], FocalPrior, list[FrameState], CameraEstimate]:
+    """The intrinsics from a calibration window (offline: ``calibration_frames``; live: the
+    warm-up): keyframes chosen for pose diversity among ``window``, the focal prior of the source
+    frame (``source_size`` (width, height), ``scale`` fitted-image pixels per source pixel) whose
+    pre-cropped centre takes the face size over the whole window, not the keyframes
+    (``focal_prior.py``), and ``calibrate`` on those keyframes.
+
+    Returns:
+        (keyframes, prior, their states, the ``CameraEstimate``).
+    """
+    keys = choose_keyframes(fitter, obs_all, valid_all, window, fitter.s.keyframes)
+    face = face_size([obs_all[k][valid_all[k]] for k in window])
+    prior = make_prior(fitter.s, source_size, scale, None if face is None else face / scale)
+    states, est = calibrate(fitter, [(obs_all[k], valid_all[k]) for k in keys], prior, keys)
+    return keys, prior, states, est

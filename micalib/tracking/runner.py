@@ -548,8 +548,7 @@ class TrackRunner:
         of them; 0: all), with the focal prior, whose pre-cropped centre takes the face size over the
         window's frames (``focal_prior.py``, ``keyframes.py``); the estimate goes to the log and the
         run record."""
-        from micalib.tracking.focal_prior import face_size, make_prior
-        from micalib.tracking.keyframes import calibrate, calibration_frames, choose_keyframes
+        from micalib.tracking.keyframes import calibrate_window, calibration_frames
 
         fitter = fit.fitter
         scale = 1.0 if fit.follow else float(fit.matrices[0][0, 0])  # fitted px per source px
@@ -557,10 +556,7 @@ class TrackRunner:
         window = calibration_frames([k for k, f in enumerate(fit.has_face) if f],
                                     [i / rate for i in self.source.indices], fitter.s.calib_window_s,
                                     fitter.s.keyframes)
-        keys = choose_keyframes(fitter, fit.obs, fit.valid, window, fitter.s.keyframes)
-        face = face_size([fit.obs[k][fit.valid[k]] for k in window])  # not the keyframes': one per window
-        prior = make_prior(fitter.s, self.source.size, scale, None if face is None else face / scale)
-        _states, est = calibrate(fitter, [(fit.obs[k], fit.valid[k]) for k in keys], prior, keys)
+        keys, prior, _states, est = calibrate_window(fitter, fit.obs, fit.valid, window, self.source.size, scale)
         logger.info(f"focal prior: {prior.note}")
         logger.info(est.describe(scale, max(self.source.size)) + f"; principal point ({fitter.intr.cx:.1f}, "
                     f"{fitter.intr.cy:.1f}) crop px; {len(keys)} keyframes {keys} of frames {window[0]}-{window[-1]} "

@@ -111,6 +111,11 @@ class FitInputs:
     follow: bool
     done: list[FrameRecord | None] = field(default_factory=list)
 
+    @property
+    def face_frames(self) -> list[int]:
+        """The output frames with a face (ascending; ``fit_inputs`` made sure there is one)."""
+        return [k for k, f in enumerate(self.has_face) if f]
+
     def crop_k(self, k_fit: np.ndarray, k: int) -> np.ndarray:
         """Frame ``k``'s camera matrix in pixels of its crop."""
         return np.vstack([self.matrices[k], [0.0, 0.0, 1.0]]) @ k_fit if self.follow else k_fit
@@ -553,7 +558,7 @@ class TrackRunner:
         fitter = fit.fitter
         scale = 1.0 if fit.follow else float(fit.matrices[0][0, 0])  # fitted px per source px
         rate = self.source.input_fps or self.source.fps or 25.0  # source time of each output frame
-        window = calibration_frames([k for k, f in enumerate(fit.has_face) if f],
+        window = calibration_frames(fit.face_frames,
                                     [i / rate for i in self.source.indices], fitter.s.calib_window_s,
                                     fitter.s.keyframes)
         keys, prior, _states, est = calibrate_window(fitter, fit.obs, fit.valid, window, self.source.size, scale)
@@ -605,10 +610,10 @@ class TrackRunner:
     def _fit_ahead(self, fit: FitInputs, photometric: bool):
         """A ``FitAhead`` over the frames with a face where it gives the frame loop's own numbers
         (``fit_ahead.py``), else a context of None."""
-        first = fit.has_face.index(True)  # fit_inputs made sure there is one
-        if not fit_ahead_possible(self.options.fit_process, photometric, any(fit.done)) or first >= MAX_HELD:
+        faces = fit.face_frames
+        if not fit_ahead_possible(self.options.fit_process, photometric, any(fit.done)) or faces[0] >= MAX_HELD:
             return contextlib.nullcontext(None)
-        return FitAhead(fit.fitter, fit.obs, fit.valid, [k for k, f in enumerate(fit.has_face) if f])
+        return FitAhead(fit.fitter, fit.obs, fit.valid, faces)
 
     # ------------------------------------------------------------------ stage 5: outputs
     def write_outputs(self, rows: dict[int, dict]) -> None:
